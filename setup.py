@@ -1,0 +1,10 @@
+"""Build of the compiled core. Metadata lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=cythonize(
+        [Extension("dfflow._core", ["dfflow/_core.pyx"], extra_compile_args=["-O3"])],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    ),
+)
