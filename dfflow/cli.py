@@ -1,0 +1,121 @@
+"""The `dfflow` command: NB inspection, the sandbox, and the demo."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from dfflow.errors import DfflowError
+from dfflow.models import MODELS
+
+DEFAULT_NB = os.environ.get("DFFLOW_NB", "redis://127.0.0.1:6379/0")
+
+
+@click.group()
+@click.version_option(package_name="dfflow")
+def main() -> None:
+    """dfflow: a distributed SDN controller that keeps VMs reachable through live migration."""
+
+
+@main.group()
+def nb() -> None:
+    """Inspect the northbound database."""
+
+
+def _nb_call(url: str, body) -> Any:
+    """Run `body(api)` against the NB db at `url`, turning failures into one clear line."""
+    from dfflow.nb.store import NbApi
+
+    async def runner() -> Any:
+        api = NbApi(url)
+        try:
+            return await body(api)
+        finally:
+            await api.close()
+
+    try:
+        return asyncio.run(runner())
+    except DfflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, RedisError) as exc:
+        raise click.ClickException(f"NB db at {url}: {exc}") from None
+
+
+def _summary(obj: Any) -> str:
+    data = obj.to_dict()
+    for key in ("id", "topic", "version"):
+        data.pop(key)
+    shown = []
+    for key, value in data.items():
+        if value in (None, "", [], {}, False) and key != "router_external":
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, separators=(",", ":"))
+        shown.append(f"{key}={value}")
+    text = " ".join(shown)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+@nb.command("list")
+@click.argument("table", required=False, type=click.Choice(sorted(MODELS)))
+@click.option("--topic", help="Only objects of this topic (tenant).")
+@click.option("--nb", "nb_url", default=DEFAULT_NB, show_default=True, envvar="DFFLOW_NB",
+              help="NB database URL (redis://, rediss://, unix://).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def nb_list(table: str | None, topic: str | None, nb_url: str, as_json: bool) -> None:
+    """List NB objects of TABLE (or of every table)."""
+    tables = [table] if table else sorted(MODELS)
+
+    async def body(api):
+        found = []
+        for name in tables:
+            found += await api.list(table=name, topic=topic) if topic else await api.list(table=name)
+        return found
+
+    objects = _nb_call(nb_url, body)
+    if as_json:
+        click.echo(json.dumps([dict(o.to_dict(), table=o.table) for o in objects], indent=2))
+        return
+    rows = [(o.table, o.id, o.topic, str(o.version), _summary(o)) for o in objects]
+    header = ("TABLE", "ID", "TOPIC", "VERSION", "FIELDS")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    for row in [header] + rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+@nb.command("show")
+@click.argument("table", type=click.Choice(sorted(MODELS)))
+@click.argument("obj_id")
+@click.option("--nb", "nb_url", default=DEFAULT_NB, show_default=True, envvar="DFFLOW_NB")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (default is key: value lines).")
+def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
+    """Show one NB object."""
+    obj = _nb_call(nb_url, lambda api: api.get_or_raise(table, obj_id))
+    data = obj.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        click.echo(f"{key}: {value}")
+
+
+def _mount_optional_groups() -> None:
+    """Command groups that live in the control plane package."""
+    try:
+        from controller.sandbox.cli import sandbox
+    except ImportError:
+        return
+    main.add_command(sandbox)
+
+
+_mount_optional_groups()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""dfflow's exceptions. Every NB refusal names the field (or object) at fault."""
+from __future__ import annotations
+
+
+class DfflowError(Exception):
+    """Base of every error dfflow raises on purpose."""
+
+
+class ValidationError(DfflowError):
+    """An object or request is malformed; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str, table: str | None = None):
+        self.field = field
+        self.table = table
+        where = f"{table}.{field}" if table else field
+        super().__init__(f"{where}: {message}")
+        self.message = message
+
+
+class NotFound(DfflowError):
+    def __init__(self, table: str, obj_id: str, field: str | None = None):
+        self.table, self.id, self.field = table, obj_id, field
+        prefix = f"{field}: " if field else ""
+        super().__init__(f"{prefix}{table} {obj_id!r} does not exist")
+
+
+class Conflict(DfflowError):
+    """A write lost a race or collides with existing state; nothing was written."""
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class VersionConflict(Conflict):
+    def __init__(self, table: str, obj_id: str, expected: int, actual: int | None):
+        self.table, self.id, self.expected, self.actual = table, obj_id, expected, actual
+        super().__init__(
+            f"{table} {obj_id!r} is at version {actual}, not {expected}: re-read and retry",
+            field="version")
+
+
+class InUse(Conflict):
+    """Deleting an object that others still reference."""
+
+    def __init__(self, table: str, obj_id: str, referrers: list[str]):
+        self.table, self.id, self.referrers = table, obj_id, referrers
+        shown = ", ".join(sorted(referrers)[:5]) + (" ..." if len(referrers) > 5 else "")
+        super().__init__(f"{table} {obj_id!r} is still referenced by {shown}")

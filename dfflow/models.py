@@ -1,0 +1,441 @@
+"""Northbound data model: what Neutron knows, as dfflow stores it.
+
+Each object has an `id`, a `topic` (the tenant/project; chassis live on the
+CHASSIS_TOPIC) and a `version`, the NB revision of its last write (set by the
+store; compare-and-set updates quote it back). `check()` validates the object's
+own fields; rules that need other objects (a fixed IP inside the switch's
+subnets, duplicates on a switch, references) live in `dfflow.nb.rules`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dfflow import core
+from dfflow.errors import ValidationError
+
+CHASSIS_TOPIC = "chassis"
+VNI_MIN, VNI_MAX = 1, 2**24 - 1
+TUNNEL_TYPES = ("geneve", "vxlan")
+CHASSIS_STATES = ("up", "down")
+ACTIVATION_STRATEGIES = ("unplug", "announce")
+# The life of a port-migration record (the blueprint's `port-migration` field);
+# controller/migration.py owns the transitions between them.
+MIGRATION_STATES = ("requested", "activated", "switched", "done", "aborted")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
+
+
+# -- field checkers: each raises ValidationError naming the field -------------
+
+def check_id(name: str, value: Any, table: str | None = None) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValidationError(name, f"not a valid id: {value!r} (letters, digits, '.', '_', '-'; "
+                                    "1-255 characters)", table)
+    return value
+
+
+def check_optional_id(name: str, value: Any, table: str | None = None) -> str | None:
+    return None if value is None else check_id(name, value, table)
+
+
+def check_mac(name: str, value: Any, table: str | None = None) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(name, f"not a MAC address: {value!r}", table)
+    try:
+        packed = core.mac_to_int(value)
+    except ValueError:
+        raise ValidationError(name, f"not a MAC address: {value!r}", table) from None
+    if packed >> 40 & 1:
+        raise ValidationError(name, f"multicast MAC not allowed: {value!r}", table)
+    return value.lower()
+
+
+def check_ip(name: str, value: Any, table: str | None = None, version: int | None = None) -> str:
+    try:
+        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None or (version and addr.version != version):
+        kind = {4: "IPv4", 6: "IPv6"}.get(version, "IP")
+        raise ValidationError(name, f"not an {kind} address: {value!r}", table)
+    return str(addr)
+
+
+def check_cidr(name: str, value: Any, table: str | None = None) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True) if isinstance(value, str) else None
+    except ValueError as exc:
+        raise ValidationError(name, f"not a CIDR: {value!r} ({exc})", table) from None
+    if net is None or "/" not in value:
+        raise ValidationError(name, f"not a CIDR: {value!r}", table)
+    return str(net)
+
+
+def check_int(name: str, value: Any, lo: int, hi: int, table: str | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValidationError(name, f"must be an integer in {lo}..{hi}, got {value!r}", table)
+    return value
+
+
+def check_bool(name: str, value: Any, table: str | None = None) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(name, f"must be true or false, got {value!r}", table)
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple, table: str | None = None) -> Any:
+    if value not in choices:
+        raise ValidationError(name, f"must be one of {', '.join(map(str, choices))}; got {value!r}", table)
+    return value
+
+
+def check_str(name: str, value: Any, max_len: int = 255, table: str | None = None) -> str:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ValidationError(name, f"must be a string of at most {max_len} characters", table)
+    return value
+
+
+def check_number(name: str, value: Any, table: str | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(name, f"must be a number, got {value!r}", table)
+    return float(value)
+
+
+# -- models --------------------------------------------------------------------
+
+@dataclass
+class Model:
+    table: ClassVar[str] = ""
+    # Nested record fields: name -> (record class, is_list)
+    records: ClassVar[dict[str, tuple[type, bool]]] = {}
+
+    id: str
+    topic: str
+    version: int = 0
+
+    def check(self) -> None:
+        check_id("id", self.id, self.table)
+        check_id("topic", self.topic, self.table)
+        check_int("version", self.version, 0, 2**63 - 1, self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        """(field, table, id) of every object this one needs to exist."""
+        return []
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        """(field, key) claims that no other object may hold at the same time."""
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Model":
+        if not isinstance(data, dict):
+            raise ValidationError("object", f"expected a JSON object, got {type(data).__name__}", cls.table)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValidationError(sorted(unknown)[0], "unknown field", cls.table)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValidationError(missing[0], "required field missing", cls.table)
+        values = dict(data)
+        for name, (record_cls, is_list) in cls.records.items():
+            raw = values.get(name)
+            if raw is None:
+                continue
+            if is_list:
+                if not isinstance(raw, list):
+                    raise ValidationError(name, "must be a list", cls.table)
+                values[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
+                                for i, item in enumerate(raw)]
+            else:
+                values[name] = record_cls.from_dict(raw, name, cls.table)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Model":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A small value nested in a model (router port, gateway, migration record)."""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, table: str) -> "Record":
+        if not isinstance(data, dict):
+            raise ValidationError(where, "must be a JSON object", table)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValidationError(f"{where}.{sorted(unknown)[0]}", "unknown field", table)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValidationError(where, f"incomplete: {exc}", table) from None
+
+
+@dataclass
+class Chassis(Model):
+    table: ClassVar[str] = "chassis"
+    tunnel_ip: str = ""
+    tunnel_type: str = "geneve"
+    status: str = "up"
+    last_seen: float = 0.0
+
+    def check(self) -> None:
+        super().check()
+        if self.topic != CHASSIS_TOPIC:
+            raise ValidationError("topic", f"chassis live on topic {CHASSIS_TOPIC!r}", self.table)
+        self.tunnel_ip = check_ip("tunnel_ip", self.tunnel_ip, self.table, version=4)
+        check_choice("tunnel_type", self.tunnel_type, TUNNEL_TYPES, self.table)
+        check_choice("status", self.status, CHASSIS_STATES, self.table)
+        self.last_seen = check_number("last_seen", self.last_seen, self.table)
+
+
+@dataclass
+class LogicalSwitch(Model):
+    """A Neutron network; its segmentation id is the tunnel VNI."""
+
+    table: ClassVar[str] = "lswitch"
+    name: str = ""
+    segmentation_id: int = 0
+    mtu: int = 1400
+    router_external: bool = False
+
+    def check(self) -> None:
+        super().check()
+        check_str("name", self.name, table=self.table)
+        check_int("segmentation_id", self.segmentation_id, VNI_MIN, VNI_MAX, self.table)
+        check_int("mtu", self.mtu, 68, 9000, self.table)
+        check_bool("router_external", self.router_external, self.table)
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        return [("segmentation_id", f"vni:{self.segmentation_id}")]
+
+
+@dataclass
+class Subnet(Model):
+    table: ClassVar[str] = "subnet"
+    lswitch: str = ""
+    cidr: str = ""
+    gateway_ip: str | None = None
+    name: str = ""
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.cidr)
+
+    def check(self) -> None:
+        super().check()
+        check_id("lswitch", self.lswitch, self.table)
+        check_str("name", self.name, table=self.table)
+        self.cidr = check_cidr("cidr", self.cidr, self.table)
+        if self.gateway_ip is not None:
+            net = self.network
+            self.gateway_ip = check_ip("gateway_ip", self.gateway_ip, self.table, version=net.version)
+            gw = ipaddress.ip_address(self.gateway_ip)
+            if gw not in net:
+                raise ValidationError("gateway_ip", f"{gw} is outside {self.cidr}", self.table)
+            if net.num_addresses > 2 and gw in (net.network_address, net.broadcast_address):
+                raise ValidationError("gateway_ip", f"{gw} is the network or broadcast address "
+                                                    f"of {self.cidr}", self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        return [("lswitch", LogicalSwitch.table, self.lswitch)]
+
+
+@dataclass(frozen=True)
+class MigrationRecord(Record):
+    """The blueprint's port-migration field: where the port is moving, and how far it got."""
+
+    chassis: str  # destination
+    source: str | None = None
+    state: str = "requested"
+    strategy: str = "unplug"
+    # state -> wall-clock time it was entered; `applied` chassis -> time its flows were applied
+    timestamps: dict[str, float] = field(default_factory=dict)
+    applied: dict[str, float] = field(default_factory=dict)
+
+    def check(self, table: str) -> None:
+        check_id("migration.chassis", self.chassis, table)
+        check_optional_id("migration.source", self.source, table)
+        check_choice("migration.state", self.state, MIGRATION_STATES, table)
+        check_choice("migration.strategy", self.strategy, ACTIVATION_STRATEGIES, table)
+        for name, stamps in (("timestamps", self.timestamps), ("applied", self.applied)):
+            if not isinstance(stamps, dict):
+                raise ValidationError(f"migration.{name}", "must be an object", table)
+            for key, value in stamps.items():
+                check_str(f"migration.{name}", key, table=table)
+                check_number(f"migration.{name}.{key}", value, table)
+
+
+@dataclass
+class LogicalPort(Model):
+    """A Neutron port. `binding_chassis` is Neutron's binding:host_id."""
+
+    table: ClassVar[str] = "lport"
+    records = {"migration": (MigrationRecord, False)}
+    lswitch: str = ""
+    mac: str = ""
+    ips: list[str] = field(default_factory=list)
+    binding_chassis: str | None = None
+    migration: MigrationRecord | None = None
+    activation_strategy: str | None = None  # per-port override of the deployment's strategy
+    device_owner: str = ""
+    device_id: str = ""
+    name: str = ""
+    enabled: bool = True
+    port_security: bool = True
+
+    def check(self) -> None:
+        super().check()
+        check_id("lswitch", self.lswitch, self.table)
+        self.mac = check_mac("mac", self.mac, self.table)
+        if not isinstance(self.ips, list):
+            raise ValidationError("ips", "must be a list of IP addresses", self.table)
+        self.ips = [check_ip(f"ips[{i}]", ip, self.table) for i, ip in enumerate(self.ips)]
+        if len(set(self.ips)) != len(self.ips):
+            raise ValidationError("ips", "lists an address twice", self.table)
+        check_optional_id("binding_chassis", self.binding_chassis, self.table)
+        if self.migration is not None:
+            self.migration.check(self.table)
+        if self.activation_strategy is not None:
+            check_choice("activation_strategy", self.activation_strategy, ACTIVATION_STRATEGIES, self.table)
+        check_str("device_owner", self.device_owner, table=self.table)
+        check_str("device_id", self.device_id, table=self.table)
+        check_str("name", self.name, table=self.table)
+        check_bool("enabled", self.enabled, self.table)
+        check_bool("port_security", self.port_security, self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        return [("lswitch", LogicalSwitch.table, self.lswitch)]
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        keys = [("mac", f"mac:{self.lswitch}:{self.mac}")]
+        keys += [(f"ips[{i}]", f"ip:{self.lswitch}:{ip}") for i, ip in enumerate(self.ips)]
+        return keys
+
+
+@dataclass(frozen=True)
+class RouterPort(Record):
+    """A router interface on one subnet; its IP is the subnet's gateway."""
+
+    subnet: str
+    mac: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class ExternalGateway(Record):
+    lswitch: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class LogicalRouter(Model):
+    table: ClassVar[str] = "lrouter"
+    records = {"ports": (RouterPort, True), "external_gateway": (ExternalGateway, False)}
+    name: str = ""
+    ports: list[RouterPort] = field(default_factory=list)
+    external_gateway: ExternalGateway | None = None
+
+    def check(self) -> None:
+        super().check()
+        check_str("name", self.name, table=self.table)
+        if not isinstance(self.ports, list):
+            raise ValidationError("ports", "must be a list", self.table)
+        seen: set[str] = set()
+        for i, port in enumerate(self.ports):
+            check_id(f"ports[{i}].subnet", port.subnet, self.table)
+            check_mac(f"ports[{i}].mac", port.mac, self.table)
+            check_ip(f"ports[{i}].ip", port.ip, self.table)
+            if port.subnet in seen:
+                raise ValidationError(f"ports[{i}].subnet", f"subnet {port.subnet!r} is attached twice",
+                                      self.table)
+            seen.add(port.subnet)
+        gw = self.external_gateway
+        if gw is not None:
+            check_id("external_gateway.lswitch", gw.lswitch, self.table)
+            check_ip("external_gateway.ip", gw.ip, self.table, version=4)
+            check_mac("external_gateway.mac", gw.mac, self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        refs = [(f"ports[{i}].subnet", Subnet.table, p.subnet) for i, p in enumerate(self.ports)]
+        if self.external_gateway is not None:
+            refs.append(("external_gateway.lswitch", LogicalSwitch.table, self.external_gateway.lswitch))
+        return refs
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        # A subnet has one gateway: it attaches to one router, once.
+        keys = [(f"ports[{i}].subnet", f"router-if:{p.subnet}") for i, p in enumerate(self.ports)]
+        gw = self.external_gateway
+        if gw is not None:
+            keys += [("external_gateway.ip", f"ip:{gw.lswitch}:{gw.ip}"),
+                     ("external_gateway.mac", f"mac:{gw.lswitch}:{gw.mac.lower()}")]
+        return keys
+
+
+@dataclass
+class FloatingIP(Model):
+    """A public IP on an external switch, mapped to a port's fixed IP by its router."""
+
+    table: ClassVar[str] = "floatingip"
+    floating_ip: str = ""
+    lswitch: str = ""  # the external network
+    mac: str = ""  # answers ARP for the floating IP wherever its port lives
+    port: str | None = None
+    fixed_ip: str | None = None
+    router: str | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.floating_ip = check_ip("floating_ip", self.floating_ip, self.table, version=4)
+        check_id("lswitch", self.lswitch, self.table)
+        self.mac = check_mac("mac", self.mac, self.table)
+        check_optional_id("port", self.port, self.table)
+        check_optional_id("router", self.router, self.table)
+        if self.port is None:
+            if self.fixed_ip is not None:
+                raise ValidationError("fixed_ip", "set without a port", self.table)
+        else:
+            if self.fixed_ip is None:
+                raise ValidationError("fixed_ip", "required when a port is associated", self.table)
+            self.fixed_ip = check_ip("fixed_ip", self.fixed_ip, self.table, version=4)
+            if self.router is None:
+                raise ValidationError("router", "required when a port is associated", self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        refs = [("lswitch", LogicalSwitch.table, self.lswitch)]
+        if self.port is not None:
+            refs.append(("port", LogicalPort.table, self.port))
+        if self.router is not None:
+            refs.append(("router", LogicalRouter.table, self.router))
+        return refs
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        keys = [("floating_ip", f"ip:{self.lswitch}:{self.floating_ip}"),
+                ("mac", f"mac:{self.lswitch}:{self.mac}")]
+        if self.port is not None:
+            keys.append(("fixed_ip", f"fip-fixed:{self.port}:{self.fixed_ip}"))
+        return keys
+
+
+MODELS: dict[str, type[Model]] = {
+    m.table: m for m in (Chassis, LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP)
+}
+
+
+def model_for(table: str) -> type[Model]:
+    try:
+        return MODELS[table]
+    except KeyError:
+        raise ValidationError("table", f"unknown table {table!r}; one of {', '.join(MODELS)}") from None

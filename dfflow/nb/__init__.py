@@ -1,0 +1,1 @@
+"""The northbound database: the store (`store.NbApi`) and the bus (`bus.Subscriber`)."""

@@ -1,0 +1,233 @@
+"""NB publish/subscribe: per-topic events that survive a lost connection.
+
+A `Subscriber` listens to the topics it is given (added and removed at run
+time) and hands every event to a callback and/or an asyncio queue. It keeps the
+version of every object it has seen; an event not newer than that is stale and
+dropped, so duplicates and reordering are harmless.
+
+When the connection drops it reconnects, resubscribes, and resynchronises each
+topic from a consistent snapshot of the store (one Lua script: revision,
+members and objects at one instant). What changed while it was away comes out
+as ordinary events, deletions included, marked `"resync": true`.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dfflow.nb.store import Keys, make_event
+
+LOG = logging.getLogger(__name__)
+Event = dict[str, Any]
+
+# KEYS[1] = topic set, KEYS[2] = revision counter; ARGV[1] = object key prefix ("{p}:obj:")
+_SNAPSHOT_LUA = """
+local members = redis.call('SMEMBERS', KEYS[1])
+local out = {redis.call('GET', KEYS[2]) or '0'}
+for _, member in ipairs(members) do
+  local sep = string.find(member, ':', 1, true)
+  local value = redis.call('GET', ARGV[1] .. string.sub(member, 1, sep - 1) .. ':' .. string.sub(member, sep + 1))
+  if value then
+    table.insert(out, member)
+    table.insert(out, value)
+  end
+end
+return out
+"""
+
+
+@dataclass
+class _Seen:
+    version: int
+    topic: str
+    alive: bool
+
+
+class Subscriber:
+    def __init__(self, url: str, prefix: str = "dfflow",
+                 callback: Callable[[Event], Awaitable[None] | None] | None = None,
+                 queue: asyncio.Queue | None = None, reconnect_delay: float = 0.1,
+                 max_reconnect_delay: float = 2.0):
+        self.url = url
+        self.keys = Keys(prefix)
+        self.callback = callback
+        self.queue = queue
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.topics: set[str] = set()
+        self.stats: Counter[str] = Counter()
+        self.errors: list[BaseException] = []  # callback failures, for tests and status
+        self.connected = asyncio.Event()
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: Any = None
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # one delivery path at a time: live events vs resync
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="nb-subscriber")
+        await self.connected.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._close_connection()
+
+    async def add_topic(self, topic: str) -> None:
+        """Subscribe to `topic` and emit its current objects (those not seen yet) as events."""
+        if topic in self.topics:
+            return
+        self.topics.add(topic)
+        if self.connected.is_set():
+            try:
+                await self._pubsub.subscribe(self.keys.channel(topic))
+                await self._resync(topic)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # The run loop notices the dead connection and resyncs every topic, this one included.
+                LOG.warning("connection lost while adding topic %s; resync follows reconnect", topic)
+
+    async def remove_topic(self, topic: str) -> None:
+        """Stop listening to `topic` and forget what was seen of it (no events are emitted)."""
+        if topic not in self.topics:
+            return
+        self.topics.discard(topic)
+        for key in [k for k, s in self._seen.items() if s.topic == topic]:
+            del self._seen[key]
+        if self.connected.is_set():
+            try:
+                await self._pubsub.unsubscribe(self.keys.channel(topic))
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass
+
+    def version_of(self, table: str, obj_id: str) -> int | None:
+        seen = self._seen.get((table, obj_id))
+        return seen.version if seen is not None and seen.alive else None
+
+    # -- the loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        delay = self.reconnect_delay
+        first = True
+        while True:
+            try:
+                await self._connect()
+                if not first:
+                    self.stats["reconnects"] += 1
+                first = False
+                for topic in sorted(self.topics):
+                    await self._resync(topic)
+                self.connected.set()
+                delay = self.reconnect_delay
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.connected.clear()
+                self.stats["disconnects"] += 1
+                LOG.warning("NB bus connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await self._close_connection()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
+
+    async def _connect(self) -> None:
+        self._redis = aioredis.from_url(self.url, socket_connect_timeout=2.0)
+        await self._redis.ping()
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        channels = [self.keys.channel(t) for t in sorted(self.topics)]
+        # A channel that nobody else uses keeps the connection in subscribed mode even with no topics.
+        await self._pubsub.subscribe(f"{self.keys.prefix}:ev-keepalive", *channels)
+
+    async def _close_connection(self) -> None:
+        pubsub, client = self._pubsub, self._redis
+        self._pubsub = self._redis = None
+        for closer in (getattr(pubsub, "aclose", None), getattr(client, "aclose", None)):
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:  # already broken; nothing more to release
+                    pass
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                await self._redis.ping()  # notices a dead server even when no events flow
+                continue
+            if message.get("type") != "message":
+                continue
+            try:
+                event = json.loads(message["data"])
+            except (ValueError, TypeError):
+                self.stats["malformed"] += 1
+                LOG.error("malformed event on %s: %r", message.get("channel"), message.get("data"))
+                continue
+            if event.get("topic") in self.topics:
+                async with self._lock:
+                    await self._deliver(event)
+
+    async def _resync(self, topic: str) -> None:
+        raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
+                                     f"{self.keys.prefix}:obj:")
+        revision = int(raw[0])
+        present: dict[tuple[str, str], dict[str, Any]] = {}
+        for i in range(1, len(raw), 2):
+            table, obj_id = _text(raw[i]).split(":", 1)
+            present[(table, obj_id)] = json.loads(raw[i + 1])
+        self.stats["resyncs"] += 1
+        async with self._lock:
+            for (table, obj_id), obj in sorted(present.items()):
+                seen = self._seen.get((table, obj_id))
+                action = "update" if seen is not None and seen.alive else "create"
+                event = make_event(action, table, obj_id, topic, obj["version"], obj)
+                event["resync"] = True
+                await self._deliver(event)
+            for (table, obj_id), seen in list(self._seen.items()):
+                if seen.topic == topic and seen.alive and (table, obj_id) not in present \
+                        and seen.version <= revision:
+                    event = make_event("delete", table, obj_id, topic, revision, None)
+                    event["resync"] = True
+                    await self._deliver(event)
+
+    async def _deliver(self, event: Event) -> None:
+        key = (event["table"], event["id"])
+        seen = self._seen.get(key)
+        deleting = event["action"] == "delete"
+        if seen is not None and (event["version"] <= seen.version or (deleting and not seen.alive)):
+            self.stats["stale"] += 1
+            return
+        if seen is None and deleting:
+            self.stats["stale"] += 1
+            return
+        self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        self.stats["events"] += 1
+        if self.queue is not None:
+            self.queue.put_nowait(event)
+        if self.callback is not None:
+            try:
+                result = self.callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # a handler bug must not kill the bus, nor vanish
+                self.stats["callback_errors"] += 1
+                self.errors.append(exc)
+                LOG.error("NB event handler failed on %s %s %s:\n%s", event["action"], event["table"],
+                          event["id"], traceback.format_exc())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,291 @@
+"""The NB database on Redis: versioned objects, written atomically with their events.
+
+Layout (all keys under a prefix, "dfflow" by default):
+  {p}:obj:{table}:{id}      the object's JSON
+  {p}:ids:{table}           set of ids in a table
+  {p}:topic:{topic}         set of "table:id" in a topic
+  {p}:refs:{table}:{id}     set of "table:id" that reference this object
+  {p}:uniq:{key}            "table:id" holding a unique claim (a MAC or IP on a switch, a VNI, ...)
+  {p}:claims:{table}:{id}   set of the claims an object holds
+  {p}:rev                   the NB revision counter
+  channel {p}:ev:{topic}    events of that topic
+
+Every write is one optimistic transaction: WATCH what it reads, check, then
+MULTI/EXEC of the data, the indexes and the PUBLISH of its event. Either all of
+it happens or none does; a concurrent change to anything read retries the whole
+write. An object's `version` is the NB revision of its last write, so versions
+only grow, also across delete and re-create of an id.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from dfflow.errors import InUse, NotFound, ValidationError, VersionConflict, Conflict
+from dfflow.models import Model, model_for
+from dfflow.nb import rules
+
+LOG = logging.getLogger(__name__)
+MAX_RETRIES = 50
+
+
+class Keys:
+    def __init__(self, prefix: str = "dfflow"):
+        self.prefix = prefix
+
+    def obj(self, table: str, obj_id: str) -> str:
+        return f"{self.prefix}:obj:{table}:{obj_id}"
+
+    def ids(self, table: str) -> str:
+        return f"{self.prefix}:ids:{table}"
+
+    def topic(self, topic: str) -> str:
+        return f"{self.prefix}:topic:{topic}"
+
+    def refs(self, table: str, obj_id: str) -> str:
+        return f"{self.prefix}:refs:{table}:{obj_id}"
+
+    def claims(self, table: str, obj_id: str) -> str:
+        return f"{self.prefix}:claims:{table}:{obj_id}"
+
+    def uniq(self, key: str) -> str:
+        return f"{self.prefix}:uniq:{key}"
+
+    @property
+    def rev(self) -> str:
+        return f"{self.prefix}:rev"
+
+    def channel(self, topic: str) -> str:
+        return f"{self.prefix}:ev:{topic}"
+
+    def topic_of_channel(self, channel: str) -> str:
+        return channel[len(self.prefix) + 4:]
+
+
+def decode(table: str, raw: bytes | str | None) -> Model | None:
+    if raw is None:
+        return None
+    return model_for(table).from_dict(json.loads(raw))
+
+
+def make_event(action: str, table: str, obj_id: str, topic: str, version: int,
+               obj: dict[str, Any] | None) -> dict[str, Any]:
+    return {"table": table, "action": action, "id": obj_id, "topic": topic,
+            "version": version, "object": obj, "ts": time.time()}
+
+
+class _TxnContext:
+    """What a rule may read inside a write: every read is WATCHed."""
+
+    def __init__(self, pipe: Any, keys: Keys):
+        self.pipe, self.keys = pipe, keys
+        self.cache: dict[tuple[str, str], Model | None] = {}
+
+    async def get(self, table: str, obj_id: str) -> Model | None:
+        if (table, obj_id) not in self.cache:
+            key = self.keys.obj(table, obj_id)
+            await self.pipe.watch(key)
+            self.cache[(table, obj_id)] = decode(table, await self.pipe.get(key))
+        return self.cache[(table, obj_id)]
+
+    async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
+        key = self.keys.refs(table, obj_id)
+        await self.pipe.watch(key)
+        members = await self.pipe.smembers(key)
+        return sorted(tuple(_s(m).split(":", 1)) for m in members)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class NbApi:
+    """Create, update (compare-and-set), delete, get and list NB objects."""
+
+    def __init__(self, url: str, prefix: str = "dfflow"):
+        self.url = url
+        self.keys = Keys(prefix)
+        self.redis = aioredis.from_url(url)
+        # Test hook: awaited after the data is queued and before its event is; raising aborts.
+        self.before_publish: Callable[[], Awaitable[None]] | None = None
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        return await self.redis.ping()
+
+    # -- reads -------------------------------------------------------------------
+    async def get(self, table: str, obj_id: str) -> Model | None:
+        return decode(table, await self.redis.get(self.keys.obj(table, obj_id)))
+
+    async def get_or_raise(self, table: str, obj_id: str) -> Model:
+        obj = await self.get(table, obj_id)
+        if obj is None:
+            raise NotFound(table, obj_id)
+        return obj
+
+    async def list(self, table: str | None = None, topic: str | None = None) -> list[Model]:
+        if topic is not None:
+            members = [_s(m).split(":", 1) for m in await self.redis.smembers(self.keys.topic(topic))]
+            pairs = [(t, i) for t, i in members if table is None or t == table]
+        elif table is not None:
+            model_for(table)
+            pairs = [(table, _s(i)) for i in await self.redis.smembers(self.keys.ids(table))]
+        else:
+            raise ValidationError("table", "list needs a table or a topic")
+        return await self.get_many(pairs)
+
+    async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model]:
+        if not pairs:
+            return []
+        raws = await self.redis.mget([self.keys.obj(t, i) for t, i in pairs])
+        found = [decode(t, raw) for (t, _), raw in zip(pairs, raws) if raw is not None]
+        return sorted(found, key=lambda o: (o.table, o.id))
+
+    # -- writes ------------------------------------------------------------------
+    async def create(self, obj: Model) -> Model:
+        return await self._write("create", obj)
+
+    async def update(self, obj: Model) -> Model:
+        """Write `obj` if the stored version still equals `obj.version`."""
+        return await self._write("update", obj)
+
+    async def delete(self, table: str, obj_id: str, version: int | None = None) -> None:
+        model_for(table)
+        await self._transact(lambda pipe: self._delete_in(pipe, table, obj_id, version))
+
+    async def modify(self, table: str, obj_id: str, change: Callable[[Model], Model | None]) -> Model | None:
+        """Read-modify-write with compare-and-set, retried on version conflicts.
+
+        `change` gets the current object and returns the new one (or None to leave it).
+        """
+        for _ in range(MAX_RETRIES):
+            current = await self.get_or_raise(table, obj_id)
+            wanted = change(current)
+            if wanted is None:
+                return current
+            try:
+                return await self.update(wanted.replace(version=current.version))
+            except VersionConflict:
+                continue
+        raise Conflict(f"{table} {obj_id!r} kept changing; gave up after {MAX_RETRIES} tries")
+
+    async def _write(self, action: str, obj: Model) -> Model:
+        obj = model_for(obj.table).from_dict(obj.to_dict())  # a private copy, re-parsed
+        obj.check()
+        return await self._transact(lambda pipe: self._write_in(pipe, action, obj))
+
+    async def _transact(self, body: Callable[[Any], Awaitable[Any]]) -> Any:
+        for _ in range(MAX_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    return await body(pipe)
+                except WatchError:
+                    continue
+        raise Conflict(f"NB write kept racing with others; gave up after {MAX_RETRIES} tries")
+
+    async def _write_in(self, pipe: Any, action: str, obj: Model) -> Model:
+        keys = self.keys
+        key = keys.obj(obj.table, obj.id)
+        await pipe.watch(key)
+        old = decode(obj.table, await pipe.get(key))
+        if action == "create" and old is not None:
+            raise Conflict(f"{obj.table} {obj.id!r} already exists", field="id")
+        if action == "update":
+            if old is None:
+                raise NotFound(obj.table, obj.id)
+            if old.version != obj.version:
+                raise VersionConflict(obj.table, obj.id, obj.version, old.version)
+            for name in ("topic",) + rules.IMMUTABLE.get(obj.table, ()):
+                if getattr(old, name) != getattr(obj, name):
+                    raise ValidationError(name, "cannot be changed once set", obj.table)
+        ctx = _TxnContext(pipe, keys)
+        for name, table, ref_id in obj.references():
+            if await ctx.get(table, ref_id) is None:
+                raise NotFound(table, ref_id, field=name)
+        claims = obj.unique_keys()
+        rule = rules.WRITE_RULES.get(obj.table)
+        if rule is not None:
+            claims += await rule(obj, ctx)
+        claims_key = keys.claims(obj.table, obj.id)
+        await pipe.watch(claims_key)
+        old_claims = {_s(m) for m in await pipe.smembers(claims_key)}
+        me = f"{obj.table}:{obj.id}"
+        for name, claim in claims:
+            ukey = keys.uniq(claim)
+            await pipe.watch(ukey)
+            holder = await pipe.get(ukey)
+            if holder is not None and _s(holder) != me:
+                raise Conflict(f"{claim.split(':')[-1]} is already used by {_s(holder)}", field=name)
+        new_claims = {k for _, k in claims}
+
+        version = int(await pipe.incr(keys.rev))
+        obj.version = version
+        body = obj.to_dict()
+        pipe.multi()
+        pipe.set(key, json.dumps(body, separators=(",", ":")))
+        pipe.sadd(keys.ids(obj.table), obj.id)
+        pipe.sadd(keys.topic(obj.topic), me)
+        old_refs = {(t, i) for _, t, i in old.references()} if old is not None else set()
+        new_refs = {(t, i) for _, t, i in obj.references()}
+        for t, i in old_refs - new_refs:
+            pipe.srem(keys.refs(t, i), me)
+        for t, i in new_refs - old_refs:
+            pipe.sadd(keys.refs(t, i), me)
+        for claim in old_claims - new_claims:
+            pipe.delete(keys.uniq(claim))
+        for claim in new_claims - old_claims:
+            pipe.set(keys.uniq(claim), me)
+        pipe.delete(claims_key)
+        if new_claims:
+            pipe.sadd(claims_key, *sorted(new_claims))
+        if self.before_publish is not None:
+            await self.before_publish()
+        event = make_event(action, obj.table, obj.id, obj.topic, version, body)
+        pipe.publish(keys.channel(obj.topic), json.dumps(event, separators=(",", ":")))
+        await pipe.execute()
+        return obj
+
+    async def _delete_in(self, pipe: Any, table: str, obj_id: str, version: int | None) -> None:
+        keys = self.keys
+        key = keys.obj(table, obj_id)
+        refs_key = keys.refs(table, obj_id)
+        await pipe.watch(key, refs_key)
+        old = decode(table, await pipe.get(key))
+        if old is None:
+            raise NotFound(table, obj_id)
+        if version is not None and old.version != version:
+            raise VersionConflict(table, obj_id, version, old.version)
+        referrers = [_s(m) for m in await pipe.smembers(refs_key)]
+        if referrers:
+            raise InUse(table, obj_id, referrers)
+        ctx = _TxnContext(pipe, keys)
+        delete_rule = rules.DELETE_RULES.get(table)
+        if delete_rule is not None:
+            await delete_rule(old, ctx)
+        claims_key = keys.claims(table, obj_id)
+        await pipe.watch(claims_key)
+        claims = {_s(m) for m in await pipe.smembers(claims_key)}
+        me = f"{table}:{obj_id}"
+        new_version = int(await pipe.incr(keys.rev))
+        pipe.multi()
+        pipe.delete(key)
+        pipe.srem(keys.ids(table), obj_id)
+        pipe.srem(keys.topic(old.topic), me)
+        for _, t, i in old.references():
+            pipe.srem(keys.refs(t, i), me)
+        for claim in claims:
+            pipe.delete(keys.uniq(claim))
+        pipe.delete(claims_key)
+        if self.before_publish is not None:
+            await self.before_publish()
+        event = make_event("delete", table, obj_id, old.topic, new_version, None)
+        pipe.publish(keys.channel(old.topic), json.dumps(event, separators=(",", ":")))
+        await pipe.execute()
+

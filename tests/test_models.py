@@ -1,0 +1,116 @@
+"""Each model refuses malformed fields by itself, naming the field."""
+import pytest
+
+from dfflow.errors import ValidationError
+from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch,
+                           MigrationRecord, Subnet, model_for)
+
+
+def raises_on(field, obj):
+    with pytest.raises(ValidationError) as info:
+        obj.check()
+    assert info.value.field == field, str(info.value)
+    assert field in str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("mac", ["fa:16:3e:00:00", "fa:16:3e:00:00:0g", "fa-16-3e-00-00-01",
+                                 "fa:16:3e:00:00:011", "", "01:00:5e:00:00:01"])
+def test_port_with_malformed_or_multicast_mac_is_refused(mac):
+    raises_on("mac", LogicalPort(id="p1", topic="t", lswitch="net1", mac=mac))
+
+
+@pytest.mark.parametrize("ip", ["10.0.0", "10.0.0.256", "fe80::zz", "host", ""])
+def test_port_with_malformed_ip_names_the_list_index(ip):
+    raises_on("ips[1]", LogicalPort(id="p1", topic="t", lswitch="n", mac="fa:16:3e:00:00:01",
+                                     ips=["10.0.0.5", ip]))
+
+
+def test_port_listing_an_ip_twice_is_refused():
+    raises_on("ips", LogicalPort(id="p1", topic="t", lswitch="n", mac="fa:16:3e:00:00:01",
+                                 ips=["10.0.0.5", "10.0.0.5"]))
+
+
+@pytest.mark.parametrize("vni", [0, -1, 2**24, "5", True, 1.5])
+def test_switch_vni_out_of_range_is_refused(vni):
+    raises_on("segmentation_id", LogicalSwitch(id="n", topic="t", segmentation_id=vni))
+
+
+@pytest.mark.parametrize("vni", [1, 2**24 - 1])
+def test_switch_vni_bounds_are_accepted(vni):
+    LogicalSwitch(id="n", topic="t", segmentation_id=vni).check()
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/33", "10.0.0.1/24", "10.0.0.0", "garbage", "2001:db8::/129"])
+def test_subnet_malformed_cidr_is_refused(cidr):
+    raises_on("cidr", Subnet(id="s", topic="t", lswitch="n", cidr=cidr))
+
+
+def test_subnet_ipv6_is_accepted_in_the_model():
+    Subnet(id="s", topic="t", lswitch="n", cidr="2001:db8::/64", gateway_ip="2001:db8::1").check()
+
+
+@pytest.mark.parametrize("gw", ["10.1.0.1", "10.0.0.0", "10.0.0.255", "2001:db8::1", "nope"])
+def test_subnet_gateway_outside_or_at_the_edges_of_its_cidr_is_refused(gw):
+    raises_on("gateway_ip", Subnet(id="s", topic="t", lswitch="n", cidr="10.0.0.0/24", gateway_ip=gw))
+
+
+def test_chassis_needs_an_ipv4_tunnel_ip_and_known_tunnel_type():
+    raises_on("tunnel_ip", Chassis(id="c1", topic="chassis", tunnel_ip="172.31.0.300"))
+    raises_on("tunnel_type", Chassis(id="c1", topic="chassis", tunnel_ip="172.31.0.1", tunnel_type="gre"))
+    raises_on("topic", Chassis(id="c1", topic="tenant", tunnel_ip="172.31.0.1"))
+
+
+@pytest.mark.parametrize("bad_id", ["", "has space", "a:b", "x" * 300, None, 7])
+def test_ids_must_be_plain_tokens(bad_id):
+    raises_on("id", LogicalSwitch(id=bad_id, topic="t", segmentation_id=5))
+
+
+def test_migration_record_state_and_strategy_are_checked():
+    port = LogicalPort(id="p", topic="t", lswitch="n", mac="fa:16:3e:00:00:01",
+                       migration=MigrationRecord(chassis="c2", state="flying"))
+    raises_on("migration.state", port)
+    port.migration = MigrationRecord(chassis="c2", strategy="teleport")
+    raises_on("migration.strategy", port)
+    port.migration = MigrationRecord(chassis="c2", timestamps={"requested": "soon"})
+    raises_on("migration.timestamps.requested", port)
+
+
+def test_router_attaching_a_subnet_twice_is_refused():
+    router = LogicalRouter.from_dict({"id": "r", "topic": "t", "ports": [
+        {"subnet": "s1", "mac": "fa:16:3e:00:00:01", "ip": "10.0.0.1"},
+        {"subnet": "s1", "mac": "fa:16:3e:00:00:02", "ip": "10.0.0.1"}]})
+    raises_on("ports[1].subnet", router)
+
+
+def test_floating_ip_with_a_port_needs_fixed_ip_and_router():
+    raises_on("fixed_ip", FloatingIP(id="f", topic="t", floating_ip="172.24.4.10", lswitch="pub",
+                                     mac="fa:16:3e:00:00:09", port="p1"))
+    raises_on("router", FloatingIP(id="f", topic="t", floating_ip="172.24.4.10", lswitch="pub",
+                                   mac="fa:16:3e:00:00:09", port="p1", fixed_ip="10.0.0.5"))
+
+
+def test_from_dict_names_unknown_and_missing_fields():
+    with pytest.raises(ValidationError) as info:
+        model_for("lswitch").from_dict({"id": "n", "topic": "t", "vni": 5})
+    assert info.value.field == "vni"
+    with pytest.raises(ValidationError) as info:
+        model_for("lport").from_dict({"topic": "t"})
+    assert info.value.field == "id"
+    with pytest.raises(ValidationError) as info:
+        model_for("lrouter").from_dict({"id": "r", "topic": "t", "ports": [{"subnet": "s"}]})
+    assert info.value.field == "ports[0]"
+
+
+def test_unknown_table_is_named():
+    with pytest.raises(ValidationError) as info:
+        model_for("networks")
+    assert info.value.field == "table"
+
+
+def test_round_trip_through_dict_keeps_nested_records():
+    port = LogicalPort(id="p", topic="t", lswitch="n", mac="fa:16:3e:00:00:01", ips=["10.0.0.5"],
+                       migration=MigrationRecord(chassis="c2", source="c1", timestamps={"requested": 1.0}))
+    again = LogicalPort.from_dict(port.to_dict())
+    assert again == port
+    assert isinstance(again.migration, MigrationRecord)
