@@ -1,0 +1,194 @@
+"""OpenFlow 1.3 flows as immutable values: what apps declare and the controller sends.
+
+A `Flow` names its match fields and actions by the names below (os-ken's OXM
+names), with integer values (MACs as 48-bit ints, IPv4 as 32-bit ints). The
+field table is declared once here; the compiled packer and the os-ken reference
+path (`to_osken`) both read it.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Iterable, Union
+
+from dfflow import core
+
+
+class Command(enum.IntEnum):
+    ADD = 0
+    MODIFY_STRICT = 2
+    DELETE = 3
+    DELETE_STRICT = 4
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str  # os-ken's name for the field
+    oxm_class: int
+    oxm_field: int
+    bits: int
+    maskable: bool
+
+
+OXM_OPENFLOW_BASIC = 0x8000
+NXM_1 = 0x0001
+
+# Every field the pipeline matches on or sets. Order is irrelevant here: os-ken
+# and the packer serialize matches in OXM (class, field) order.
+FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
+    FieldSpec("in_port", OXM_OPENFLOW_BASIC, 0, 32, False),
+    FieldSpec("metadata", OXM_OPENFLOW_BASIC, 2, 64, True),
+    FieldSpec("eth_dst", OXM_OPENFLOW_BASIC, 3, 48, True),
+    FieldSpec("eth_src", OXM_OPENFLOW_BASIC, 4, 48, True),
+    FieldSpec("eth_type", OXM_OPENFLOW_BASIC, 5, 16, False),
+    FieldSpec("ip_proto", OXM_OPENFLOW_BASIC, 10, 8, False),
+    FieldSpec("ipv4_src", OXM_OPENFLOW_BASIC, 11, 32, True),
+    FieldSpec("ipv4_dst", OXM_OPENFLOW_BASIC, 12, 32, True),
+    FieldSpec("icmpv4_type", OXM_OPENFLOW_BASIC, 19, 8, False),
+    FieldSpec("icmpv4_code", OXM_OPENFLOW_BASIC, 20, 8, False),
+    FieldSpec("arp_op", OXM_OPENFLOW_BASIC, 21, 16, False),
+    FieldSpec("arp_spa", OXM_OPENFLOW_BASIC, 22, 32, True),
+    FieldSpec("arp_tpa", OXM_OPENFLOW_BASIC, 23, 32, True),
+    FieldSpec("arp_sha", OXM_OPENFLOW_BASIC, 24, 48, True),
+    FieldSpec("arp_tha", OXM_OPENFLOW_BASIC, 25, 48, True),
+    FieldSpec("tunnel_id", OXM_OPENFLOW_BASIC, 38, 64, True),
+    FieldSpec("reg6", NXM_1, 6, 32, True),
+    FieldSpec("reg7", NXM_1, 7, 32, True),
+)}
+
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_CONTROLLER = 0xFFFFFFFD
+OFPCML_NO_BUFFER = 0xFFFF
+ETH_TYPE_IP = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_RARP = 0x8035
+BROADCAST_MAC = 0xFFFFFFFFFFFF
+MULTICAST_BIT = 0x010000000000
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+    max_len: int = 0
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: int
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    pass
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy `n_bits` of `src` to `dst` (Nicira reg-move): how flows answer ARP in place."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+
+Action = Union[Output, SetField, DecTtl, Move]
+MatchItem = tuple[str, int, Union[int, None]]  # (field, value, mask or None)
+
+
+@dataclass(frozen=True)
+class Flow:
+    table: int
+    priority: int
+    match: tuple[MatchItem, ...] = ()
+    actions: tuple[Action, ...] = ()
+    goto: int | None = None
+    write_metadata: tuple[int, int] | None = None  # (value, mask)
+    cookie: int = 0
+    command: Command = Command.ADD
+
+    @property
+    def key(self) -> tuple[int, int, tuple[MatchItem, ...]]:
+        """What makes a flow unique in a table (OpenFlow's strict identity)."""
+        return self.table, self.priority, self.match
+
+    def as_command(self, command: Command) -> "Flow":
+        return Flow(self.table, self.priority, self.match, self.actions, self.goto,
+                    self.write_metadata, self.cookie, command)
+
+    def to_osken(self, datapath: Any, xid: int | None = None) -> Any:
+        """The same flow as an os-ken OFPFlowMod: the reference path and the one-off path."""
+        ofp, parser = datapath.ofproto, datapath.ofproto_parser
+        instructions = []
+        if self.actions:
+            instructions.append(parser.OFPInstructionActions(
+                ofp.OFPIT_APPLY_ACTIONS, [_osken_action(a, parser) for a in self.actions]))
+        if self.write_metadata is not None:
+            instructions.append(parser.OFPInstructionWriteMetadata(*self.write_metadata))
+        if self.goto is not None:
+            instructions.append(parser.OFPInstructionGotoTable(self.goto))
+        deleting = self.command in (Command.DELETE, Command.DELETE_STRICT)
+        msg = parser.OFPFlowMod(
+            datapath, cookie=self.cookie, cookie_mask=(2**64 - 1) if deleting else 0,
+            table_id=self.table, command=int(self.command), priority=self.priority,
+            buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+            match=osken_match(self.match, parser), instructions=[] if deleting else instructions)
+        if xid is not None:
+            msg.xid = xid
+        return msg
+
+
+def osken_match(items: Iterable[MatchItem], parser: Any) -> Any:
+    kwargs = {}
+    for name, value, mask in items:
+        kwargs[name] = _osken_value(name, value) if mask is None else \
+            (_osken_value(name, value), _osken_value(name, mask))
+    return parser.OFPMatch(**kwargs)
+
+
+def _osken_value(name: str, value: int) -> Any:
+    bits = FIELDS[name].bits
+    if name in ("eth_dst", "eth_src", "arp_sha", "arp_tha"):
+        return core.int_to_mac(value)
+    if name in ("ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"):
+        return core.int_to_ipv4(value)
+    if value >> bits:
+        raise ValueError(f"{name}: {value:#x} does not fit in {bits} bits")
+    return value
+
+
+def _osken_action(action: Action, parser: Any) -> Any:
+    if isinstance(action, Output):
+        return parser.OFPActionOutput(action.port, action.max_len)
+    if isinstance(action, SetField):
+        return parser.OFPActionSetField(**{action.field: _osken_value(action.field, action.value)})
+    if isinstance(action, DecTtl):
+        return parser.OFPActionDecNwTtl()
+    if isinstance(action, Move):
+        return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst, n_bits=action.n_bits)
+    raise TypeError(f"unknown action {action!r}")
+
+
+def match(**fields: int | tuple[int, int]) -> tuple[MatchItem, ...]:
+    """match(eth_type=0x806, ipv4_dst=(addr, mask)) -> canonical, sorted match items."""
+    items = []
+    for name, value in fields.items():
+        spec = FIELDS.get(name)
+        if spec is None:
+            raise ValueError(f"unknown match field {name!r}")
+        if isinstance(value, tuple):
+            if not spec.maskable:
+                raise ValueError(f"{name} cannot be masked")
+            items.append((name, value[0] & value[1], value[1]))
+        else:
+            items.append((name, value, None))
+    return tuple(sorted(items, key=lambda item: (FIELDS[item[0]].oxm_class != OXM_OPENFLOW_BASIC,
+                                                 FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
+
+
+def controller_output() -> Output:
+    return Output(OFPP_CONTROLLER, OFPCML_NO_BUFFER)
+
+
+__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "match",
+           "controller_output", "osken_match"]
