@@ -1,0 +1,125 @@
+"""``dfflow sandbox ...``: bring a multi-chassis OVS sandbox up, inspect it, tear it down.
+
+The click group is `sandbox`; the main `dfflow` CLI mounts it. It also runs on
+its own: ``python -m controller.sandbox.cli up --chassis 3 --no-controllers``.
+Every subcommand takes ``--dir`` (default /var/tmp/dfflow-sandbox, or
+$DFFLOW_SANDBOX_DIR): the directory *is* the sandbox's identity.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .netns import SandboxError
+from .topology import DEFAULT_DIR, Sandbox
+
+dir_option = click.option(
+    "--dir", "dir_", default=DEFAULT_DIR, show_default=True, envvar="DFFLOW_SANDBOX_DIR",
+    type=click.Path(file_okay=False), help="Sandbox directory (state, OVS databases, logs); names derive from it.")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.group()
+def sandbox() -> None:
+    """Real Open vSwitch chassis, each in its own network namespace, joined by an underlay."""
+
+
+@sandbox.command()
+@click.option("--chassis", "count", default=2, show_default=True, type=click.IntRange(1, 250),
+              help="Number of chassis.")
+@click.option("--names", default=None, help="Comma-separated chassis names (default chassis-1..N).")
+@dir_option
+@click.option("--nb", "nb_url", default=None,
+              help="NB database URL to use instead of starting a private redis-server.")
+@click.option("--no-controllers", is_flag=True, help="Do not start dfflow-controller on the chassis.")
+@click.option("--of-transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
+              help="unix: controllers in the root namespace, OpenFlow over a unix socket; "
+                   "tcp: controllers inside the chassis namespaces on 127.0.0.1:6653.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
+       of_transport: str, as_json: bool) -> None:
+    """Create the underlay, the chassis (OVS, br-phy, br-int), the NB redis and the controllers."""
+    name_list = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    try:
+        status = Sandbox(dir_).up(chassis=count, names=name_list, nb_url=nb_url,
+                                  controllers=not no_controllers, of_transport=of_transport)
+    except (SandboxError, ValueError) as exc:
+        raise _fail(exc)
+    _print_status(status, as_json)
+
+
+@sandbox.command()
+@dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(dir_: str, as_json: bool) -> None:
+    """Show chassis (namespace, OVS paths, OpenFlow target, controller), NB URL and VMs."""
+    _print_status(Sandbox(dir_).status(), as_json)
+
+
+@sandbox.command()
+@dir_option
+def down(dir_: str) -> None:
+    """Stop everything the sandbox started and delete its namespaces (idempotent; works after a crash)."""
+    try:
+        result = Sandbox(dir_).down()
+    except SandboxError as exc:
+        raise _fail(exc)
+    click.echo(f"stopped {len(result['stopped_pids'])} processes, "
+               f"deleted {len(result['deleted_namespaces'])} namespaces")
+
+
+@sandbox.group()
+def vm() -> None:
+    """Work with the VMs (network namespaces) of a sandbox."""
+
+
+@vm.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@dir_option
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def vm_exec(dir_: str, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside VM NAME's namespace: ``vm exec NAME -- ping -c1 10.0.0.2``."""
+    if command and command[0] == "--":  # click keeps it once it stopped parsing options after NAME
+        command = command[1:]
+    if not command:
+        raise click.UsageError("no command given: vm exec NAME -- CMD...")
+    try:
+        argv = Sandbox(dir_).vm_argv(name, command)
+    except SandboxError as exc:
+        raise _fail(exc)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {argv[0]}: {exc}")
+
+
+def _print_status(status: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        return
+    click.echo(f"sandbox {status['sandbox_id']} in {status['dir']}: {status['phase']}")
+    if status["phase"] == "down":
+        return
+    click.echo(f"  NB: {status['nb_url']}" + (f"  (root ns: {status['nb_tcp_url']})" if status.get("nb_tcp_url") else ""))
+    for ch in status["chassis"]:
+        ctl = (f"controller pid {ch['controller_pid']} ({'alive' if ch['controller_alive'] else 'dead'})"
+               if ch["controller_pid"] else "no controller")
+        click.echo(f"  {ch['name']}: netns {ch['namespace']}  tunnel {ch['tunnel_ip']}  "
+                   f"ovs {'up' if ch['ovs_alive'] else 'DOWN'}  OVS_RUNDIR={ch['ovs_rundir']}")
+        click.echo(f"      ovsdb {ch['ovsdb_url']}  of-target {ch['of_target'] or '-'}  {ctl}")
+    for vm_ in status["vms"]:
+        click.echo(f"  vm {vm_['name']}: {vm_['chassis']} netns {vm_['namespace']} {vm_['ifname']} "
+                   f"{vm_['mac']} {vm_['ip'] or '-'} port {vm_['port_id']}"
+                   + (f" (+{len(vm_['vifs']) - 1} vifs)" if len(vm_["vifs"]) > 1 else ""))
+
+
+if __name__ == "__main__":
+    sandbox()
