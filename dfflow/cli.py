@@ -106,16 +106,12 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
-def _mount_optional_groups() -> None:
-    """Command groups that live in the control plane package."""
-    try:
-        from controller.sandbox.cli import sandbox
-    except ImportError:
-        return
+def _mount_control_plane_groups() -> None:
+    from controller.sandbox.cli import sandbox  # the control plane ships in the same wheel
     main.add_command(sandbox)
 
 
-_mount_optional_groups()
+_mount_control_plane_groups()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

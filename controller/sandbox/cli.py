@@ -7,12 +7,18 @@ $DFFLOW_SANDBOX_DIR): the directory *is* the sandbox's identity.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
+from typing import Any, Awaitable, Callable
 
 import click
 
+from dfflow.errors import DfflowError
+from dfflow.nb.store import NbApi
+
+from .cloud import Cloud
 from .netns import SandboxError
 from .topology import DEFAULT_DIR, Sandbox
 
@@ -99,6 +105,80 @@ def vm_exec(dir_: str, name: str, command: tuple[str, ...]) -> None:
         os.execvp(argv[0], argv)
     except OSError as exc:
         raise click.ClickException(f"cannot run {argv[0]}: {exc}")
+
+
+def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]]) -> Any:
+    """Run `body` with the sandbox's cloud (NB db + chassis); errors become one clear line."""
+    sb = Sandbox(dir_)
+    url = sb.status().get("nb_url")
+    if not url:
+        raise click.ClickException(f"no sandbox is up in {sb.dir}: run `dfflow sandbox up` first")
+
+    async def run() -> Any:
+        nb = NbApi(url)
+        try:
+            return await body(Cloud(sb, nb))
+        finally:
+            await nb.close()
+
+    try:
+        return asyncio.run(run())
+    except (DfflowError, SandboxError) as exc:
+        raise _fail(exc)
+
+
+@sandbox.group()
+def net() -> None:
+    """Networks (a Neutron network and its subnet) of the sandbox."""
+
+
+@net.command("create")
+@dir_option
+@click.argument("name")
+@click.option("--cidr", required=True, help="The subnet, e.g. 10.0.0.0/24 (gateway: its first address).")
+@click.option("--vni", type=int, default=None, help="Segmentation id (default: the next free one).")
+@click.option("--external", is_flag=True, help="An external network (router gateways, floating IPs).")
+def net_create(dir_: str, name: str, cidr: str, vni: int | None, external: bool) -> None:
+    """Create network NAME with one subnet."""
+    switch, subnet = _with_cloud(dir_, lambda c: c.create_network(name, cidr, vni, external))
+    click.echo(f"network {switch.id}: vni {switch.segmentation_id}, subnet {subnet.cidr} "
+               f"gateway {subnet.gateway_ip}")
+
+
+@vm.command("create")
+@dir_option
+@click.argument("name")
+@click.option("--chassis", required=True, help="The chassis (host) to start the VM on.")
+@click.option("--network", required=True, help="The network to attach it to.")
+@click.option("--ip", default=None, help="Fixed IP (default: the next free address).")
+def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None) -> None:
+    """Create a port for VM NAME (as Neutron) and plug the VM into CHASSIS (as Nova/os-vif)."""
+    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip))
+    vif = vm_.vifs[0]
+    click.echo(f"vm {vm_.name} on {vif.chassis}: {vif.mac} {vif.ip} port {vif.port_id}")
+
+
+@vm.command("delete")
+@dir_option
+@click.argument("name")
+def vm_delete(dir_: str, name: str) -> None:
+    """Unplug VM NAME, delete its namespace and its NB port."""
+    _with_cloud(dir_, lambda c: c.delete_vm(name))
+    click.echo(f"vm {name} deleted")
+
+
+@vm.command("list")
+@dir_option
+@click.option("--json", "as_json", is_flag=True)
+def vm_list(dir_: str, as_json: bool) -> None:
+    """The sandbox's VMs with their ports."""
+    rows = _with_cloud(dir_, lambda c: c.vm_rows())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:12} {row['chassis'] or '-':12} {row['network'] or '-':10} "
+                   f"{row['ip'] or '-':15} {row['mac'] or '-'}  port {row['port_id']}")
 
 
 def _print_status(status: dict, as_json: bool) -> None:

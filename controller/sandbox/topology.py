@@ -49,8 +49,9 @@ namespaces. So, by default (``of_transport="unix"``):
   to debug, reaches any NB URL the user gives, its CPU time is not in a
   chassis namespace's accounting);
 * it reaches OVSDB through the chassis' ``unix:<rundir>/db.sock``;
-* it listens for OpenFlow on ``unix:<dir>/<chassis>/openflow.sock``
-  (``--of-listen unix:PATH``), and br-int's controller target is that same
+* it listens for OpenFlow on ``unix:<dir>/<chassis>/ovs/openflow.sock``
+  (``--of-listen unix:PATH``; it must sit in OVS_RUNDIR: OVS refuses a socket
+  controller anywhere else), and br-int's controller target is that same
   path (``set-controller br-int unix:PATH``: OVS connects actively, as it does
   to ``tcp:``), so no port numbers are allocated at all and nothing races for
   them;
@@ -139,6 +140,10 @@ class Chassis:
     @property
     def controller_log(self) -> str:
         return os.path.join(self.dir, "controller.log")
+
+    @property
+    def status_socket(self) -> str:
+        return os.path.join(self.dir, "controller.sock")
 
     def ovs(self) -> OvsInstance:
         return OvsInstance(self.rundir, self.namespace)
@@ -297,7 +302,7 @@ class Sandbox:
         return self.status()
 
     def _check_path_lengths(self, names: Sequence[str]) -> None:
-        longest = max(len(os.path.join(self.dir, n, "openflow.sock")) for n in names)
+        longest = max(len(os.path.join(self.dir, n, "ovs", "openflow.sock")) for n in names)
         longest = max(longest, len(os.path.join(self.dir, "redis", "redis.sock")))
         if longest > UNIX_PATH_MAX:
             raise SandboxError(f"sandbox dir {self.dir} is too long for unix socket paths "
@@ -440,7 +445,7 @@ class Sandbox:
         ch = self.chassis(chassis)
         nb_url = self.nb_url
         if of_transport == "unix":
-            sock = os.path.join(ch.dir, "openflow.sock")
+            sock = os.path.join(ch.rundir, "openflow.sock")  # OVS accepts socket controllers only here
             ch.of_listen, ch.of_target, ch.of_port = f"unix:{sock}", f"unix:{sock}", None
         else:
             ch.of_listen = f"127.0.0.1:{TCP_OF_PORT}"
@@ -448,7 +453,8 @@ class Sandbox:
         ovs = ch.ovs()
         ch.controller_argv = list(cmd) + [
             "--chassis", ch.name, "--tunnel-ip", ch.tunnel_ip, "--nb", nb_url or "",
-            "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen]
+            "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen,
+            "--status-socket", ch.status_socket]
         argv = ch.controller_argv if of_transport == "unix" else netns.exec_argv(ch.namespace, ch.controller_argv)
         # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
         ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
@@ -633,7 +639,7 @@ class Sandbox:
                 "of_listen": ch.of_listen or None, "of_target": ch.of_target or None, "of_port": ch.of_port,
                 "controller_pid": ch.controller_pid,
                 "controller_alive": procs.same_process(ch.controller_pid, ch.controller_starttime),
-                "controller_log": ch.controller_log, "dir": ch.dir,
+                "controller_log": ch.controller_log, "status_socket": ch.status_socket, "dir": ch.dir,
             })
         vms = []
         for v in st.get("vms", {}).values():

@@ -1,0 +1,65 @@
+"""The app interface: the blueprint's port events, returning flows.
+
+An app never sends anything. For each port the controller asks the app for the
+flows of the port's role on this chassis: `add_local_port` when the port's VIF is
+here, `add_remote_port` when it lives on another chassis; `remove_*` give the
+flows to take away (by default, exactly those that were installed for it). A
+migration is nothing more than remove_local + add_remote on the source, the
+reverse on the destination, and remove_remote + add_remote elsewhere: the
+controller diffs them and applies the difference as one bundle.
+
+Cookies: `app_id << 56 | 56-bit hash of the object id`, so every flow names its
+app and object.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Iterable
+
+from dfflow.flows import Flow
+
+if TYPE_CHECKING:
+    from controller.view import View
+    from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch
+
+APP_COOKIE_SHIFT = 56
+OBJECT_MASK = (1 << APP_COOKIE_SHIFT) - 1
+
+
+def object_hash(obj_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(obj_id.encode(), digest_size=7).digest(), "big")
+
+
+def app_of_cookie(cookie: int) -> int:
+    return cookie >> APP_COOKIE_SHIFT
+
+
+class App:
+    name = "base"
+    app_id = 0
+
+    def cookie(self, obj_id: str) -> int:
+        return (self.app_id << APP_COOKIE_SHIFT) | object_hash(obj_id)
+
+    # -- the blueprint's four port events -------------------------------------------
+    def add_local_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
+        return []
+
+    def add_remote_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
+        return []
+
+    def remove_local_port(self, port: "LogicalPort", installed: Iterable[Flow]) -> list[Flow]:
+        return list(installed)
+
+    def remove_remote_port(self, port: "LogicalPort", installed: Iterable[Flow]) -> list[Flow]:
+        return list(installed)
+
+    # -- flows that belong to a network or to the app itself --------------------
+    def switch_flows(self, switch: "LogicalSwitch", view: "View") -> list[Flow]:
+        return []
+
+    def router_flows(self, router: "LogicalRouter", view: "View") -> list[Flow]:
+        return []
+
+    def static_flows(self) -> list[Flow]:
+        return []

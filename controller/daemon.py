@@ -1,0 +1,366 @@
+"""`dfflow-controller`: one per chassis, the shell around the engine.
+
+It owns every connection and the clock: the NB store and bus (Redis), this
+chassis' OVSDB (ovsdbapp) and the OpenFlow channel to br-int. Events from all
+three are handled one at a time on one asyncio loop: the engine turns each into
+a plan, commits it as the desired state at once, and a single sender task
+applies plans to OVS in order, each as one atomic bundle. On every (re)connect
+of the switch the sender first reconciles (dump, diff, fix the difference).
+
+Errors in any handler are logged with their traceback and counted; the counts
+and the rest of the state are served as JSON on the status socket.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import configparser
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+from controller.apps.dnat import DnatApp
+from controller.apps.l2 import L2App
+from controller.apps.l3 import L3App
+from controller.engine import Engine
+from controller.flowstate import Plan
+from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
+from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.reconcile import reconcile
+from dfflow.errors import Conflict, DfflowError, NotFound
+from dfflow.models import CHASSIS_TOPIC, Chassis, LogicalPort
+from dfflow.nb.bus import Subscriber
+from dfflow.nb.store import NbApi
+
+LOG = logging.getLogger("dfflow.controller")
+HEARTBEAT_INTERVAL = 5.0
+PENDING_VIF_RETRY = 0.5
+
+
+class ControllerDaemon:
+    def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
+                 of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve"):
+        self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
+        self.of_listen, self.status_socket = of_listen, status_socket
+        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()])
+        self.nb = NbApi(nb_url)
+        self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
+        self.ovsdb = Ovsdb(ovsdb, bridge)
+        self.interfaces = InterfaceTracker()
+        self.of = self._make_of_server(of_listen)
+        self.stats: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.dp: Datapath | None = None
+        self.pending_vifs: set[str] = set()  # iface-ids whose NB port we have not found yet
+        self._outbox: asyncio.Queue[Plan] = asyncio.Queue()
+        self._need_reconcile = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._peers: dict[str, str] = {}
+        self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
+
+    # -- plumbing ------------------------------------------------------------------
+    def _make_of_server(self, listen: str) -> OpenFlowServer:
+        kwargs = dict(on_connect=self._guard(self._on_switch_connect, "switch_connect"),
+                      on_disconnect=self._on_switch_disconnect)
+        if listen.startswith("unix:"):
+            return OpenFlowServer(path=listen[5:], **kwargs)
+        host, _, port = listen.rpartition(":")
+        return OpenFlowServer(host or "127.0.0.1", int(port), **kwargs)
+
+    @property
+    def of_target(self) -> str:
+        return self.of_listen if self.of_listen.startswith("unix:") else f"tcp:{self.of_listen}"
+
+    def _guard(self, handler: Any, what: str) -> Any:
+        """Wrap a handler: an exception is logged with its traceback, counted and kept for status."""
+        async def guarded(*args: Any) -> None:
+            try:
+                result = handler(*args)
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._record_error(what)
+        return guarded
+
+    def _record_error(self, what: str) -> None:
+        self.stats["handler_errors"] += 1
+        self.stats[f"errors.{what}"] += 1
+        text = traceback.format_exc()
+        self.errors = (self.errors + [f"{what}: {text}"])[-20:]
+        LOG.error("%s handler failed:\n%s", what, text)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
+            self.stats["task_crashes"] += 1
+            LOG.error("task %s died", task.get_name(), exc_info=task.exception())
+            self._stopping.set()  # a dead loop task means a broken controller: stop loudly
+
+    def _emit(self, plan: Plan) -> None:
+        """The engine's plan is now the desired state; the sender applies it to OVS."""
+        if plan:
+            self.engine.commit(plan)
+            self._outbox.put_nowait(plan)
+
+    # -- life cycle --------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._register_chassis()
+        await self.ovsdb.start()
+        await self.ovsdb.setup_bridge(self.of_target)
+        await self.bus.start()
+        await self.bus.add_topic(CHASSIS_TOPIC)
+        self._chassis_synced = True
+        await self._sync_tunnels()
+        self._emit(self.engine.everything())
+        await self.of.start()
+        if self.status_socket:
+            await self._start_status_server()
+        self._spawn(self._ovsdb_loop(), "ovsdb")
+        self._spawn(self._sender_loop(), "sender")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._pending_vif_loop(), "pending-vifs")
+        LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        LOG.info("chassis %s stopping", self.chassis)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(status="down"))
+        except (DfflowError, OSError) as exc:
+            LOG.warning("could not mark chassis down: %s", exc)
+        await self.bus.stop()
+        await self.of.stop()
+        await self.ovsdb.stop()
+        await self.nb.close()
+
+    async def _register_chassis(self) -> None:
+        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, tunnel_ip=self.tunnel_ip,
+                      tunnel_type=self.tunnel_type, status="up", last_seen=time.time())
+        try:
+            await self.nb.create(row)
+        except Conflict:
+            await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(
+                tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, status="up", last_seen=time.time()))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.nb.modify(Chassis.table, self.chassis,
+                                     lambda c: c.replace(status="up", last_seen=time.time()))
+            except NotFound:
+                await self._register_chassis()
+            except (OSError, ConnectionError, DfflowError):
+                self._record_error("heartbeat")
+
+    # -- NB ------------------------------------------------------------------------
+    async def _on_nb_event(self, event: dict[str, Any]) -> None:
+        self.stats["nb_events"] += 1
+        if event["table"] == Chassis.table:
+            self.engine.nb_event(event)  # keeps the view; tunnels follow below
+            await self._sync_tunnels()
+            return
+        self._emit(self.engine.nb_event(event))
+        if event["table"] == LogicalPort.table and event["id"] in self.pending_vifs \
+                and event["action"] != "delete":
+            self.pending_vifs.discard(event["id"])
+
+    async def _sync_tunnels(self) -> None:
+        if not self._chassis_synced:
+            return  # half a snapshot would delete the tunnels of chassis not delivered yet
+        peers = {c.id: c.tunnel_ip for c in self.engine.view.objects[Chassis.table].values()
+                 if c.id != self.chassis and c.status == "up"}
+        if peers != self._peers:
+            await self.ovsdb.ensure_tunnels(peers, self.tunnel_ip, self.tunnel_type)
+            self._peers = peers
+
+    async def _follow_port(self, port_id: str) -> None:
+        """Subscribe to the topic of a port plugged here, so its network and neighbours arrive."""
+        if self.engine.view.port(port_id) is not None:
+            return
+        port = await self.nb.get(LogicalPort.table, port_id)
+        if port is None:
+            if port_id not in self.pending_vifs:
+                LOG.warning("VIF with iface-id %s has no NB port (yet); waiting for it", port_id)
+                self.stats["unknown_vifs"] += 1
+            self.pending_vifs.add(port_id)
+            return
+        self.pending_vifs.discard(port_id)
+        await self.bus.add_topic(port.topic)
+
+    async def _pending_vif_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PENDING_VIF_RETRY)
+            for port_id in sorted(self.pending_vifs):
+                if port_id in self.engine.view.vifs:
+                    await self._guard(self._follow_port, "pending_vif")(port_id)
+
+    # -- OVSDB ---------------------------------------------------------------------
+    async def _ovsdb_loop(self) -> None:
+        while True:
+            update = await self.ovsdb.updates.get()
+            await self._guard(self._on_interface, "ovsdb_event")(update)
+
+    async def _on_interface(self, update: Any) -> None:
+        self.stats["ovsdb_events"] += 1
+        before_vifs = dict(self.engine.view.vifs)
+        self.interfaces.apply(update)
+        vifs, tunnels = self.interfaces.vifs(), self.interfaces.tunnels()
+        for iface_id in sorted(set(before_vifs) - set(vifs)):
+            self._emit(self.engine.vif_offline(iface_id))
+            self.pending_vifs.discard(iface_id)
+        for iface_id, vif in sorted(vifs.items()):
+            if before_vifs.get(iface_id) != vif:
+                self._emit(self.engine.vif_online(vif))
+                await self._follow_port(iface_id)
+        if tunnels != self.engine.view.tunnels:
+            self._emit(self.engine.tunnels_changed(tunnels))
+
+    # -- OpenFlow ------------------------------------------------------------------
+    async def _on_switch_connect(self, dp: Datapath) -> None:
+        LOG.info("switch connected: datapath %016x", dp.id or 0)
+        self.dp = dp
+        self.stats["switch_connects"] += 1
+        self._need_reconcile.set()
+        self._outbox.put_nowait(Plan())  # wake the sender
+
+    def _on_switch_disconnect(self, dp: Datapath, *args: Any) -> None:
+        if self.dp is dp:
+            self.dp = None
+            self.stats["switch_disconnects"] += 1
+
+    async def _sender_loop(self) -> None:
+        while True:
+            plan = await self._outbox.get()
+            dp = self.dp
+            if dp is None:
+                continue  # applied by the reconcile that follows the next connect
+            try:
+                if self._need_reconcile.is_set():
+                    self._need_reconcile.clear()
+                    self._drain_outbox()  # everything queued is part of the desired state below
+                    await self._reconcile(dp)
+                elif plan:
+                    await dp.send_bundle([f.to_osken(dp) for f in plan.messages()])
+                    self.stats["bundles"] += 1
+                    self.stats["flow_mods"] += len(plan.deletes) + len(plan.adds)
+            except ConnectionLost:
+                self._need_reconcile.set()
+            except OFChannelError:
+                self._record_error("apply")
+                self._need_reconcile.set()
+
+    def _drain_outbox(self) -> None:
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+
+    async def _reconcile(self, dp: Datapath) -> None:
+        started = time.monotonic()
+        dumped = await dp.dump_flows()
+        app_ids = {app.app_id for app in self.engine.apps}
+        plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
+        if plan:
+            await dp.send_bundle([f.to_osken(dp) for f in plan.messages()])
+        self.stats["reconciles"] += 1
+        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
+                 (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
+
+    # -- status --------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
+            "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
+            "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
+            "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
+            "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
+            "errors": self.errors[-5:],
+        }
+
+    async def _start_status_server(self) -> None:
+        if os.path.exists(self.status_socket):
+            os.unlink(self.status_socket)
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(json.dumps(self.status()).encode() + b"\n")
+            try:
+                await writer.drain()
+            finally:
+                writer.close()
+
+        server = await asyncio.start_unix_server(answer, path=self.status_socket)
+        self._spawn(server.serve_forever(), "status")
+
+
+def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
+    """What a running controller says about itself (its status socket)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dfflow-controller", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="INI file with a [controller] section holding the options below")
+    parser.add_argument("--chassis", help="this chassis' name (its host name, as Nova knows it)")
+    parser.add_argument("--tunnel-ip", help="this chassis' underlay IP for Geneve tunnels")
+    parser.add_argument("--tunnel-type", default=None, choices=("geneve", "vxlan"))
+    parser.add_argument("--nb", help="NB database URL: redis://, rediss:// or unix://")
+    parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
+    parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
+    parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
+    parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
+    parser.add_argument("--log-level", default=None)
+    args = parser.parse_args(argv)
+    if args.config:
+        cfg = configparser.ConfigParser()
+        if not cfg.read(args.config):
+            parser.error(f"--config: cannot read {args.config}")
+        section = cfg["controller"] if cfg.has_section("controller") else {}
+        for key, value in section.items():
+            attr = key.replace("-", "_")
+            if getattr(args, attr, None) is None:
+                setattr(args, attr, value)
+    args.bridge = args.bridge or "br-int"
+    args.tunnel_type = args.tunnel_type or "geneve"
+    args.log_level = args.log_level or "INFO"
+    for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
+        if not getattr(args, required):
+            parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
+                              args.of_listen, args.status_socket, args.tunnel_type)
+    asyncio.run(daemon.run())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,83 @@
+"""What flows this chassis has, per owner, and the difference to what it wants.
+
+An owner is (app, kind, object id): the flows one app installs for one object.
+`plan()` turns new per-owner flow lists into the minimal change (deletes and
+adds), which the controller sends as one atomic bundle and then `commit()`s.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from dfflow.flows import Command, Flow
+
+LOG = logging.getLogger(__name__)
+Owner = tuple[str, str, str]
+FlowKey = tuple
+
+
+@dataclass
+class Plan:
+    deletes: list[Flow] = field(default_factory=list)
+    adds: list[Flow] = field(default_factory=list)
+    owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.deletes or self.adds)
+
+    def messages(self) -> list[Flow]:
+        """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key)."""
+        return [f if f.command == Command.DELETE else f.as_command(Command.DELETE_STRICT)
+                for f in self.deletes] + \
+               [f.as_command(Command.ADD) for f in self.adds]
+
+
+class FlowState:
+    def __init__(self) -> None:
+        self.installed: dict[Owner, dict[FlowKey, Flow]] = {}
+        self.duplicate_keys = 0
+
+    def flows_of(self, owner: Owner) -> list[Flow]:
+        return list(self.installed.get(owner, {}).values())
+
+    def all_flows(self) -> dict[FlowKey, Flow]:
+        merged: dict[FlowKey, Flow] = {}
+        for flows in self.installed.values():
+            merged.update(flows)
+        return merged
+
+    def plan(self, wanted: dict[Owner, list[Flow]]) -> Plan:
+        """The change that makes each owner in `wanted` have exactly its listed flows."""
+        plan = Plan()
+        new_keys: dict[FlowKey, Flow] = {}
+        for owner, flows in wanted.items():
+            table = {}
+            for flow in flows:
+                if flow.key in table and table[flow.key] != flow:
+                    LOG.error("owner %s declares two different flows with key %s", owner, flow.key)
+                    self.duplicate_keys += 1
+                table[flow.key] = flow
+            plan.owners[owner] = table
+            new_keys.update(table)
+        for owner, table in plan.owners.items():
+            old = self.installed.get(owner, {})
+            for key, flow in old.items():
+                if key not in table and key not in new_keys and not self._owned_elsewhere(key, owner, wanted):
+                    plan.deletes.append(flow)
+            for key, flow in table.items():
+                if old.get(key) != flow:
+                    plan.adds.append(flow)
+        return plan
+
+    def _owned_elsewhere(self, key: FlowKey, owner: Owner, wanted: dict[Owner, list[Flow]]) -> bool:
+        for other, table in self.installed.items():
+            if other != owner and other not in wanted and key in table:
+                return True
+        return False
+
+    def commit(self, plan: Plan) -> None:
+        for owner, table in plan.owners.items():
+            if table:
+                self.installed[owner] = table
+            else:
+                self.installed.pop(owner, None)

@@ -1,0 +1,129 @@
+"""The OpenFlow pipeline of br-int, declared as data.
+
+Tables are referred to by name everywhere (`TABLES["l2_lookup"].id`); `docs/pipeline.md`
+is generated from this declaration (`python -m controller.pipeline > docs/pipeline.md`),
+and `check_flow` refuses a flow that sits in, or jumps to, a table not declared here.
+
+Registers and metadata:
+  metadata  the logical network of the packet: the switch's VNI (its segmentation id),
+            written at classification and rewritten by the router when it routes
+  reg6      the VIF ofport the packet came from on this chassis; 0 when it came from a tunnel
+            (flood flows use it to never send a tunnel's packet back into the overlay)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfflow.flows import Flow
+
+
+@dataclass(frozen=True)
+class Table:
+    id: int
+    name: str
+    purpose: str
+    matches: str
+    miss: str
+    next_tables: tuple[str, ...] = ()
+
+
+PIPELINE: tuple[Table, ...] = (
+    Table(0, "classify",
+          "Gives every packet its logical network. A VIF's packets get metadata=VNI and reg6=ofport; "
+          "a tunnel's packets get metadata=tun_id (the VNI) and reg6=0. A port awaiting activation "
+          "(announce strategy) sends its RARP/GARP to the controller and drops the rest.",
+          "in_port (VIF) | tunnel_id (tunnel) | in_port+eth_type (pending VIF announcements)",
+          "drop", ("port_security", "arp_responder")),
+    Table(10, "port_security",
+          "Egress port security: a VM may only send from its own MAC and, for IPv4 and ARP, from "
+          "its own addresses. Ports with port security off pass unchecked.",
+          "reg6, eth_src, eth_type, ipv4_src | arp_spa/arp_sha",
+          "drop", ("arp_responder",)),
+    Table(20, "arp_responder",
+          "Answers ARP requests for every known address of the network (ports, router ports, "
+          "floating IPs) in place, so ARP never floods the overlay for known addresses.",
+          "metadata, eth_type=ARP, arp_op=1, arp_tpa",
+          "goto l3_entry", ("l3_entry",)),
+    Table(30, "l3_entry",
+          "Splits routed from switched traffic: packets to a router port's MAC go to l3_lookup, "
+          "packets to the MAC of a floating IP whose port is on this chassis go to dnat.",
+          "metadata, eth_dst (router port MACs, floating IP MACs)",
+          "goto l2_lookup", ("dnat", "l3_lookup", "l2_lookup")),
+    Table(35, "dnat",
+          "Floating IP inbound, on the chassis hosting the port: destination floating IP -> fixed "
+          "IP, TTL decremented, source MAC -> the router port's, destination MAC -> the port's, "
+          "metadata -> the port's network; then the L2 lookup delivers it.",
+          "metadata (external network), eth_type=IP, ipv4_dst (floating IP)",
+          "drop", ("l2_lookup",)),
+    Table(40, "l3_lookup",
+          "Distributed routing, on the chassis where the packet enters. Router port IPs answer "
+          "ICMP echo in place (priority 300). A destination inside another subnet of the same "
+          "router (priority 200): TTL decremented, source MAC -> that router port's MAC, metadata "
+          "-> that network, then l3_resolve. A port with a floating IP sending elsewhere "
+          "(priority 100): source IP -> floating IP, source MAC -> the floating IP's MAC, metadata "
+          "-> the external network, then l3_resolve. An expired TTL (dec_ttl at 1 or 0) is dropped: "
+          "the controller does not ask OVS for invalid-TTL packets, so no ICMP time exceeded.",
+          "metadata, eth_type=IP, ipv4_dst (subnets, router IPs), ipv4_src (fixed IPs with a floating IP)",
+          "drop", ("l3_resolve",)),
+    Table(45, "l3_resolve",
+          "Next hop MAC of a routed packet: (network, destination IP) -> destination MAC of the "
+          "port (or floating IP) that owns the address; then the L2 lookup finds where it lives.",
+          "metadata, eth_type=IP, ipv4_dst",
+          "drop", ("l2_lookup",)),
+    Table(50, "l2_lookup",
+          "Destination lookup by (network, MAC): a local port is output to its ofport; a remote "
+          "port gets tun_id=VNI and is output to the tunnel of the chassis hosting it. Broadcast, "
+          "multicast and unknown unicast go to flood.",
+          "metadata, eth_dst",
+          "goto flood", ("flood",)),
+    Table(60, "flood",
+          "Floods a network: to its local ports and, for packets from local ports only (reg6!=0), "
+          "to every chassis hosting a port of the network.",
+          "metadata, reg6=0 (from a tunnel)",
+          "drop"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in PIPELINE}
+TABLE_IDS: dict[int, Table] = {t.id: t for t in PIPELINE}
+
+
+def table(name: str) -> int:
+    return TABLES[name].id
+
+
+class PipelineError(ValueError):
+    pass
+
+
+def check_flow(flow: Flow) -> Flow:
+    """Refuse a flow in an undeclared table or jumping to one it may not reach."""
+    current = TABLE_IDS.get(flow.table)
+    if current is None:
+        raise PipelineError(f"flow in undeclared table {flow.table}: {flow}")
+    if flow.goto is not None:
+        target = TABLE_IDS.get(flow.goto)
+        if target is None or target.name not in current.next_tables:
+            raise PipelineError(f"table {current.name} may not jump to table {flow.goto}: {flow}")
+    return flow
+
+
+def render_markdown() -> str:
+    lines = ["# br-int pipeline", "",
+             "Generated from `controller/pipeline.py` (`python -m controller.pipeline > docs/pipeline.md`).",
+             "", "## Registers", "", "| register | holds |", "| --- | --- |",
+             "| metadata | the packet's logical network: its switch's VNI (segmentation id) |",
+             "| reg6 | the VIF ofport the packet entered from on this chassis; 0 if it came from a tunnel |",
+             "", "## Cookies", "",
+             "Every flow's cookie is `app id << 56 | 56-bit hash of the object it serves` "
+             "(see `controller/apps/base.py`), so the controller can find, diff and remove exactly "
+             "one app's flows for one object, and a restarted controller reconciles by cookie.",
+             "", "## Tables", "", "| id | name | purpose | matches | on miss | next |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for t in PIPELINE:
+        lines.append(f"| {t.id} | `{t.name}` | {t.purpose} | {t.matches} | {t.miss} | "
+                     f"{', '.join(t.next_tables) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render_markdown(), end="")

@@ -1,0 +1,101 @@
+"""The cloud side of the sandbox: what Neutron and Nova do, against the NB db and the chassis.
+
+`Cloud` creates networks and ports in the NB db as Neutron would, and plugs VMs
+into a chassis' br-int as Nova and os-vif do (the port exists, bound to the host,
+before its VIF is plugged).
+"""
+from __future__ import annotations
+
+import ipaddress
+import random
+import uuid
+from typing import Any
+
+from controller.sandbox.topology import Sandbox, Vm
+from dfflow.errors import NotFound, ValidationError
+from dfflow.models import LogicalPort, LogicalSwitch, Subnet
+from dfflow.nb.store import NbApi
+
+DEFAULT_TOPIC = "demo"
+
+
+class Cloud:
+    def __init__(self, sandbox: Sandbox, nb: NbApi, topic: str = DEFAULT_TOPIC):
+        self.sandbox, self.nb, self.topic = sandbox, nb, topic
+
+    async def create_network(self, name: str, cidr: str, vni: int | None = None,
+                             external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
+        if vni is None:
+            used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
+            vni = max(used, default=100) + 1
+        switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name, segmentation_id=vni,
+                                                    mtu=mtu, router_external=external))
+        net = ipaddress.ip_network(cidr, strict=False)
+        try:
+            subnet = await self.nb.create(Subnet(id=f"{name}-subnet", topic=self.topic, lswitch=name,
+                                                 cidr=str(net), gateway_ip=str(net.network_address + 1)))
+        except Exception:
+            await self.nb.delete(LogicalSwitch.table, name)
+            raise
+        return switch, subnet
+
+    async def _subnet(self, network: str) -> Subnet:
+        subnets = [s for s in await self.nb.list(Subnet.table) if s.lswitch == network]
+        if not subnets:
+            if await self.nb.get(LogicalSwitch.table, network) is None:
+                raise NotFound(LogicalSwitch.table, network, field="network")
+            raise ValidationError("network", f"network {network!r} has no subnet")
+        return subnets[0]
+
+    async def _free_ip(self, network: str, subnet: Subnet) -> str:
+        used = {ip for p in await self.nb.list(LogicalPort.table) if p.lswitch == network for ip in p.ips}
+        used.add(subnet.gateway_ip)
+        for host in subnet.network.hosts():
+            if str(host) not in used:
+                return str(host)
+        raise ValidationError("ip", f"subnet {subnet.cidr} is full")
+
+    async def create_port(self, network: str, chassis: str | None, ip: str | None = None,
+                          name: str = "", device_id: str = "", mac: str | None = None) -> LogicalPort:
+        subnet = await self._subnet(network)
+        ip = ip or await self._free_ip(network, subnet)
+        mac = mac or "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
+        return await self.nb.create(LogicalPort(
+            id=str(uuid.uuid4()), topic=self.topic, lswitch=network, mac=mac, ips=[ip],
+            binding_chassis=chassis, name=name, device_owner="compute:nova", device_id=device_id))
+
+    async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
+                        mac: str | None = None) -> Vm:
+        """Neutron creates and binds the port; Nova plugs the VIF (os-vif's external_ids)."""
+        self.sandbox.chassis(chassis)  # fail before writing anything
+        vm_uuid = str(uuid.uuid4())
+        port = await self.create_port(network, chassis, ip, name=f"{name}-port", device_id=vm_uuid, mac=mac)
+        subnet = await self._subnet(network)
+        try:
+            return self.sandbox.plug_vm(name, chassis, port.id, port.mac,
+                                        ip=f"{port.ips[0]}/{subnet.network.prefixlen}",
+                                        gateway=subnet.gateway_ip, vm_uuid=vm_uuid)
+        except Exception:
+            await self.nb.delete(LogicalPort.table, port.id)
+            raise
+
+    async def delete_vm(self, name: str) -> None:
+        vm = self.sandbox.vm(name)
+        port_ids = {vif.port_id for vif in vm.vifs}
+        self.sandbox.unplug_vm(name)
+        for port_id in sorted(port_ids):
+            try:
+                await self.nb.delete(LogicalPort.table, port_id)
+            except NotFound:
+                pass
+
+    async def vm_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for vm in self.sandbox.vms():
+            first = vm.vifs[0] if vm.vifs else None
+            port = await self.nb.get(LogicalPort.table, first.port_id) if first else None
+            rows.append({"name": vm.name, "chassis": first.chassis if first else None,
+                         "network": port.lswitch if port else None, "ip": port.ips[0] if port else None,
+                         "mac": port.mac if port else None, "port_id": first.port_id if first else None,
+                         "binding": port.binding_chassis if port else None, "namespace": vm.namespace})
+        return rows

@@ -1,0 +1,193 @@
+"""What one chassis' controller knows: the NB objects it follows and its local facts.
+
+Pure data, no I/O. The daemon feeds it NB events and OVSDB facts; apps read it to
+compute flows. The location of a port (which chassis hosts it now) is decided
+here, in one place, from its binding and its migration record.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterator
+
+from dfflow import core
+from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, RouterPort,
+                           Subnet)
+
+LOCAL, REMOTE = "local", "remote"
+
+
+@dataclass(frozen=True)
+class Vif:
+    """An OVSDB Interface carrying os-vif's external_ids, with an ofport."""
+
+    iface_id: str
+    name: str
+    ofport: int
+    attached_mac: str | None = None
+
+
+class View:
+    def __init__(self, chassis: str):
+        self.chassis = chassis
+        self.objects: dict[str, dict[str, Model]] = defaultdict(dict)
+        self.vifs: dict[str, Vif] = {}  # iface-id -> VIF on this chassis' br-int
+        self.tunnels: dict[str, int] = {}  # peer chassis -> ofport of our tunnel port to it
+        self._ports_by_switch: dict[str, set[str]] = defaultdict(set)
+        self._needed: frozenset[str] | None = None  # memo of needed_switches(), reset on any change
+
+    # -- NB --------------------------------------------------------------------
+    def put(self, obj: Model) -> Model | None:
+        self._needed = None
+        old = self.objects[obj.table].get(obj.id)
+        self.objects[obj.table][obj.id] = obj
+        if isinstance(obj, LogicalPort):
+            if old is not None:
+                self._ports_by_switch[old.lswitch].discard(obj.id)
+            self._ports_by_switch[obj.lswitch].add(obj.id)
+        return old
+
+    def drop(self, table: str, obj_id: str) -> Model | None:
+        self._needed = None
+        old = self.objects[table].pop(obj_id, None)
+        if isinstance(old, LogicalPort):
+            self._ports_by_switch[old.lswitch].discard(obj_id)
+        return old
+
+    def set_vif(self, vif: Vif) -> None:
+        self._needed = None
+        self.vifs[vif.iface_id] = vif
+
+    def remove_vif(self, iface_id: str) -> Vif | None:
+        self._needed = None
+        return self.vifs.pop(iface_id, None)
+
+    def set_tunnels(self, tunnels: dict[str, int]) -> None:
+        self._needed = None
+        self.tunnels = dict(tunnels)
+
+    def get(self, table: str, obj_id: str) -> Model | None:
+        return self.objects[table].get(obj_id)
+
+    def port(self, port_id: str) -> LogicalPort | None:
+        return self.objects[LogicalPort.table].get(port_id)
+
+    def switch(self, switch_id: str) -> LogicalSwitch | None:
+        return self.objects[LogicalSwitch.table].get(switch_id)
+
+    def ports(self) -> Iterator[LogicalPort]:
+        return iter(list(self.objects[LogicalPort.table].values()))
+
+    def ports_on(self, switch_id: str) -> list[LogicalPort]:
+        table = self.objects[LogicalPort.table]
+        return [table[p] for p in sorted(self._ports_by_switch.get(switch_id, ())) if p in table]
+
+    def subnets_of(self, switch_id: str) -> list[Subnet]:
+        return [s for s in self.objects[Subnet.table].values() if s.lswitch == switch_id]
+
+    def routers(self) -> list[LogicalRouter]:
+        return list(self.objects[LogicalRouter.table].values())
+
+    def floating_ips(self) -> list[FloatingIP]:
+        return list(self.objects[FloatingIP.table].values())
+
+    def chassis_row(self, name: str) -> Chassis | None:
+        return self.objects[Chassis.table].get(name)
+
+    # -- where ports are ---------------------------------------------------------
+    def location(self, port: LogicalPort) -> str | None:
+        """The chassis that hosts the port now: its binding, unless a migration has switched it."""
+        mig = port.migration
+        if mig is not None and mig.state in ("activated", "switched"):
+            return mig.chassis
+        return port.binding_chassis
+
+    def role(self, port: LogicalPort) -> str | None:
+        """LOCAL if this chassis hosts the port and its VIF is here; REMOTE if another chassis
+        does and the port's network is needed here; otherwise None (no flows)."""
+        if not port.enabled or self.switch(port.lswitch) is None:
+            return None
+        where = self.location(port)
+        if where == self.chassis:
+            return LOCAL if port.id in self.vifs else None
+        if where is None or where not in self.tunnels:
+            return None
+        return REMOTE if port.lswitch in self.needed_switches() else None
+
+    def is_local(self, port: LogicalPort) -> bool:
+        return self.location(port) == self.chassis and port.id in self.vifs and port.enabled
+
+    def switch_is_present(self, switch_id: str) -> bool:
+        """A network is present on this chassis while one of its ports is local here."""
+        return any(self.is_local(p) for p in self.ports_on(switch_id))
+
+    def needed_switches(self) -> frozenset[str]:
+        """Networks this chassis needs flows for: those present here, and every network that
+        routers reach from them (their interfaces and gateways), transitively."""
+        if self._needed is None:
+            present = {p.lswitch for p in self.ports() if self.is_local(p)}
+            links: dict[str, set[str]] = defaultdict(set)
+            for router in self.routers():
+                attached = self.router_switches(router)
+                for switch_id in attached:
+                    links[switch_id] |= attached
+            needed, todo = set(present), list(present)
+            while todo:
+                for other in links.get(todo.pop(), ()):
+                    if other not in needed:
+                        needed.add(other)
+                        todo.append(other)
+            self._needed = frozenset(s for s in needed if self.switch(s) is not None)
+        return self._needed
+
+    # -- routers and floating IPs ---------------------------------------------------
+    def router_switches(self, router: LogicalRouter) -> set[str]:
+        found = set()
+        for rport in router.ports:
+            subnet = self.get(Subnet.table, rport.subnet)
+            if subnet is not None:
+                found.add(subnet.lswitch)
+        if router.external_gateway is not None:
+            found.add(router.external_gateway.lswitch)
+        return found
+
+    def router_interfaces(self, router: LogicalRouter) -> list[tuple[RouterPort, Subnet, LogicalSwitch]]:
+        """(router port, its subnet, its switch) for interfaces whose subnet and switch we know."""
+        found = []
+        for rport in router.ports:
+            subnet = self.get(Subnet.table, rport.subnet)
+            switch = self.switch(subnet.lswitch) if subnet is not None else None
+            if switch is not None:
+                found.append((rport, subnet, switch))
+        return found
+
+    def routers_on(self, switch_id: str) -> list[LogicalRouter]:
+        return [r for r in self.routers() if switch_id in self.router_switches(r)]
+
+    def floating_ips_of(self, port_id: str) -> list[FloatingIP]:
+        return [f for f in self.floating_ips() if f.port == port_id and f.fixed_ip is not None]
+
+    def local_ports(self, switch_id: str) -> list[LogicalPort]:
+        return [p for p in self.ports_on(switch_id) if self.role(p) == LOCAL]
+
+    def remote_chassis_of(self, switch_id: str) -> list[str]:
+        """Peers that host a port of the network and that we have a tunnel to."""
+        found = {self.location(p) for p in self.ports_on(switch_id) if self.role(p) == REMOTE}
+        return sorted(c for c in found if c is not None)
+
+    def ofport(self, port: LogicalPort) -> int:
+        return self.vifs[port.id].ofport
+
+    def tunnel_ofport(self, port: LogicalPort) -> int:
+        return self.tunnels[self.location(port)]
+
+    def vni(self, switch_id: str) -> int:
+        return self.switch(switch_id).segmentation_id
+
+
+def mac_int(mac: str) -> int:
+    return core.mac_to_int(mac)
+
+
+def ip_int(ip: str) -> int:
+    return core.ipv4_to_int(ip)

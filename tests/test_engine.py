@@ -1,0 +1,82 @@
+"""The controller's pure core: which flows a chassis wants as ports come, go and move."""
+from controller.apps.l2 import L2App
+from controller.engine import Engine
+from controller.view import Vif
+from dfflow.flows import Output, SetField
+from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
+
+
+def event(obj, action="create"):
+    return {"table": obj.table, "action": action, "id": obj.id, "topic": obj.topic,
+            "version": obj.version, "object": None if action == "delete" else obj.to_dict()}
+
+
+def make_engine(chassis="A"):
+    engine = Engine(chassis, [L2App()])
+    engine.commit(engine.tunnels_changed({"B": 10, "C": 11}))
+    for obj in (LogicalSwitch(id="net1", topic="t", segmentation_id=101),
+                Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24")):
+        engine.commit(engine.nb_event(event(obj)))
+    return engine
+
+
+def port(pid, mac_last, ip_last, chassis, **kw):
+    return LogicalPort(id=pid, topic="t", lswitch="net1", mac=f"fa:16:3e:00:00:{mac_last:02x}",
+                       ips=[f"10.0.0.{ip_last}"], binding_chassis=chassis, **kw)
+
+
+def l2_lookup_actions(engine, mac_last):
+    mac = 0xfa163e000000 | mac_last
+    for flow in engine.desired().values():
+        if flow.table == 50 and ("eth_dst", mac, None) in flow.match:
+            return flow.actions
+    return None
+
+
+def apply(engine, plan):
+    engine.commit(plan)
+    return plan
+
+
+def test_remote_ports_get_flows_only_while_their_network_has_a_local_port():
+    engine = make_engine()
+    apply(engine, engine.nb_event(event(port("b1", 2, 12, "B"))))
+    assert l2_lookup_actions(engine, 2) is None
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    assert l2_lookup_actions(engine, 1) is None  # its VIF is not plugged yet
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    assert l2_lookup_actions(engine, 1) == (Output(5),)
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(10))
+    apply(engine, engine.vif_offline("a1"))
+    assert engine.desired() == {k: f for k, f in engine.desired().items() if f.table != 50 or not f.match}
+
+
+def test_a_switched_migration_moves_the_port_with_remove_and_add_and_nothing_else():
+    engine = make_engine()
+    a1 = apply_port = port("a1", 1, 11, "A")
+    apply(engine, engine.nb_event(event(a1)))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    before = dict(engine.desired())
+    moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", state="switched"), version=5)
+    plan = apply(engine, engine.nb_event(event(moving, "update")))
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(11))
+    assert engine.stats["port_remote_to_remote"] == 1
+    changed = {f.key for f in plan.adds} | {f.key for f in plan.deletes}
+    # only b1's lookup flow and the flood flow (new peer set) change; ARP answers stay
+    assert all(k in before for k in changed)
+    assert {k[0] for k in changed} <= {50, 60}
+    # the same update again changes nothing
+    assert not engine.nb_event(event(moving.replace(version=6), "update"))
+
+
+def test_deleting_a_port_removes_every_flow_that_named_it():
+    engine = make_engine()
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    assert any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
+    apply(engine, engine.nb_event(event(b1, "delete")))
+    assert not any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
