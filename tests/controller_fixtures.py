@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import re
 import time
 from typing import Any
@@ -96,3 +97,58 @@ def rx_packets(sb: Sandbox, vm: str, ifname: str = "eth0") -> int:
 
 __all__ = ["SyncCloud", "dump_flows", "flow_cookies", "controller_status", "wait_until", "pings",
            "wait_controllers_ready", "controller_log", "rx_packets"]
+
+
+# UDP probes that report what the receiver saw: the sender's address and the TTL on arrival.
+UDP_ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL (not exported by Python)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(float(sys.argv[2]))
+print("ready", flush=True)
+try:
+    while True:
+        data, anc, _, addr = s.recvmsg(2048, socket.CMSG_SPACE(4))
+        ttl = next((int.from_bytes(d[:4], "little") for lvl, typ, d in anc if typ == socket.IP_TTL), -1)
+        print(f"from {addr[0]} ttl {ttl}", flush=True)
+        s.sendto(data, addr)
+except socket.timeout:
+    pass
+"""
+
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(sys.argv[3]))
+s.settimeout(0.5)
+for attempt in range(10):
+    s.sendto(b"probe", (sys.argv[1], int(sys.argv[2])))
+    try:
+        data, addr = s.recvfrom(2048)
+        print(f"reply from {addr[0]}", flush=True)
+        break
+    except socket.timeout:
+        continue
+else:
+    print("no reply", flush=True)
+    sys.exit(1)
+"""
+
+
+def udp_probe(sb, client_vm: str, server_vm: str, dst_ip: str, port: int = 7000, ttl: int = 10) -> tuple[str, str]:
+    """Send one UDP probe (retrying) from client_vm to dst_ip, answered by server_vm.
+
+    Returns (what the server saw: 'from A.B.C.D ttl N', what the client saw: 'reply from E.F.G.H')."""
+    import sys
+    server = sb.vm_popen(server_vm, [sys.executable, "-c", UDP_ECHO_SERVER, str(port), "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        client = sb.vm_exec(client_vm, [sys.executable, "-c", UDP_CLIENT, dst_ip, str(port), str(ttl)],
+                            check=False, timeout=15)
+    finally:
+        server.kill()
+        out, _ = server.communicate()
+    seen = [line for line in out.splitlines() if line.startswith("from ")]
+    return (seen[0] if seen else ""), client.stdout.strip()

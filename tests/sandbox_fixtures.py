@@ -174,9 +174,12 @@ _TCP_CLIENT = textwrap.dedent("""
 
 
 def tcp_transfer(sb: Sandbox, client_vm: str, server_vm: str, server_ip: str, nbytes: int = 1_000_000,
-                 port: int = 5001) -> None:
-    """Send `nbytes` random bytes over TCP between two VMs; the server's SHA-256 must match."""
-    server = sb.vm_popen(server_vm, [sys.executable, "-c", _TCP_SERVER, server_ip, str(port)],
+                 port: int = 5001, bind_ip: str | None = None) -> None:
+    """Send `nbytes` random bytes over TCP between two VMs; the server's SHA-256 must match.
+
+    The client connects to `server_ip`; the server listens on `bind_ip` (default: the same; a
+    floating IP's server listens on its fixed IP or 0.0.0.0)."""
+    server = sb.vm_popen(server_vm, [sys.executable, "-c", _TCP_SERVER, bind_ip or server_ip, str(port)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

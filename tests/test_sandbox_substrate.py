@@ -260,7 +260,7 @@ def test_controllers_started_recorded_and_killed(sandbox_factory):
     for ch in st["chassis"]:
         assert ch["controller_alive"]
         pids.append(ch["controller_pid"])
-        sock = os.path.join(ch["dir"], "openflow.sock")
+        sock = os.path.join(ch["ovs_rundir"], "openflow.sock")  # OVS takes socket controllers only there
         assert ch["of_listen"] == ch["of_target"] == f"unix:{sock}"
         assert sb.ovs(ch["name"]).vsctl("get-controller", INT_BRIDGE).strip() == f"unix:{sock}"
         log = wait_for(lambda: open(ch["controller_log"]).read())

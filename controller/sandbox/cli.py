@@ -64,8 +64,12 @@ def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controll
 @dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(dir_: str, as_json: bool) -> None:
-    """Show chassis (namespace, OVS paths, OpenFlow target, controller), NB URL and VMs."""
-    _print_status(Sandbox(dir_).status(), as_json)
+    """Show chassis (namespace, OVS paths, OpenFlow target, controller), NB URL, VMs, networks,
+    routers and floating IPs."""
+    status_ = Sandbox(dir_).status()
+    if status_.get("nb_url") and status_["phase"] != "down":
+        status_.update(_nb_summary(dir_))
+    _print_status(status_, as_json)
 
 
 @sandbox.command()
@@ -181,6 +185,97 @@ def vm_list(dir_: str, as_json: bool) -> None:
                    f"{row['ip'] or '-':15} {row['mac'] or '-'}  port {row['port_id']}")
 
 
+@sandbox.group()
+def router() -> None:
+    """Routers of the sandbox (distributed: they route on every chassis)."""
+
+
+@router.command("create")
+@dir_option
+@click.argument("name")
+@click.option("--subnets", "networks", required=True,
+              help="Comma-separated networks to attach (an interface at each subnet's gateway IP).")
+@click.option("--external", default=None, help="External network for the router's gateway.")
+def router_create(dir_: str, name: str, networks: str, external: str | None) -> None:
+    """Create router NAME attached to NETWORKS."""
+    nets = [n.strip() for n in networks.split(",") if n.strip()]
+    r = _with_cloud(dir_, lambda c: c.create_router(name, nets, external))
+    gw = f", gateway {r.external_gateway.ip} on {r.external_gateway.lswitch}" if r.external_gateway else ""
+    click.echo(f"router {r.id}: interfaces {', '.join(p.ip for p in r.ports)}{gw}")
+
+
+@router.command("add-interface")
+@dir_option
+@click.argument("name")
+@click.argument("network")
+def router_add_interface(dir_: str, name: str, network: str) -> None:
+    """Attach NETWORK's subnet to router NAME."""
+    _with_cloud(dir_, lambda c: c.add_router_interface(name, network))
+    click.echo(f"router {name}: attached {network}")
+
+
+@router.command("remove-interface")
+@dir_option
+@click.argument("name")
+@click.argument("network")
+def router_remove_interface(dir_: str, name: str, network: str) -> None:
+    """Detach NETWORK's subnet from router NAME."""
+    _with_cloud(dir_, lambda c: c.remove_router_interface(name, network))
+    click.echo(f"router {name}: detached {network}")
+
+
+@sandbox.group()
+def fip() -> None:
+    """Floating IPs of the sandbox (DNAT on the chassis hosting the VM)."""
+
+
+@fip.command("create")
+@dir_option
+@click.option("--port", "vm_name", required=True, help="The VM whose port gets the floating IP.")
+@click.option("--external", default=None, help="External network (default: the router's gateway network).")
+def fip_create(dir_: str, vm_name: str, external: str | None) -> None:
+    """Give VM a floating IP."""
+    f = _with_cloud(dir_, lambda c: c.create_floating_ip(vm_name, external))
+    click.echo(f"floating IP {f.id}: {f.floating_ip} -> {vm_name} ({f.fixed_ip})")
+
+
+@fip.command("disassociate")
+@dir_option
+@click.argument("fip_id")
+def fip_disassociate(dir_: str, fip_id: str) -> None:
+    _with_cloud(dir_, lambda c: c.disassociate_floating_ip(fip_id))
+    click.echo(f"floating IP {fip_id}: disassociated")
+
+
+@fip.command("delete")
+@dir_option
+@click.argument("fip_id")
+def fip_delete(dir_: str, fip_id: str) -> None:
+    _with_cloud(dir_, lambda c: c.delete_floating_ip(fip_id))
+    click.echo(f"floating IP {fip_id}: deleted")
+
+
+def _nb_summary(dir_: str) -> dict[str, Any]:
+    """Networks, routers and floating IPs, from the sandbox's NB db."""
+    async def body(cloud: Cloud) -> dict[str, Any]:
+        nb = cloud.nb
+        return {
+            "networks": [{"name": s.id, "vni": s.segmentation_id, "external": s.router_external,
+                          "subnets": [n.cidr for n in await nb.list("subnet") if n.lswitch == s.id]}
+                         for s in await nb.list("lswitch")],
+            "routers": [{"name": r.id, "interfaces": [{"subnet": p.subnet, "ip": p.ip, "mac": p.mac}
+                                                     for p in r.ports],
+                         "external_gateway": (None if r.external_gateway is None else
+                                              {"network": r.external_gateway.lswitch,
+                                               "ip": r.external_gateway.ip})}
+                        for r in await nb.list("lrouter")],
+            "floating_ips": [{"id": f.id, "floating_ip": f.floating_ip, "network": f.lswitch, "port": f.port,
+                              "fixed_ip": f.fixed_ip, "router": f.router}
+                             for f in await nb.list("floatingip")],
+        }
+    return _with_cloud(dir_, body)
+
+
 def _print_status(status: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
@@ -199,6 +294,15 @@ def _print_status(status: dict, as_json: bool) -> None:
         click.echo(f"  vm {vm_['name']}: {vm_['chassis']} netns {vm_['namespace']} {vm_['ifname']} "
                    f"{vm_['mac']} {vm_['ip'] or '-'} port {vm_['port_id']}"
                    + (f" (+{len(vm_['vifs']) - 1} vifs)" if len(vm_["vifs"]) > 1 else ""))
+    for net_ in status.get("networks", []):
+        click.echo(f"  network {net_['name']}: vni {net_['vni']} {', '.join(net_['subnets'])}"
+                   + (" (external)" if net_["external"] else ""))
+    for r in status.get("routers", []):
+        gw = r["external_gateway"]
+        click.echo(f"  router {r['name']}: {', '.join(i['ip'] for i in r['interfaces'])}"
+                   + (f", gateway {gw['ip']} on {gw['network']}" if gw else ""))
+    for f in status.get("floating_ips", []):
+        click.echo(f"  floating IP {f['floating_ip']} -> {f['fixed_ip'] or '-'} ({f['id']})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from typing import Any
 
 from controller.sandbox.topology import Sandbox, Vm
 from dfflow.errors import NotFound, ValidationError
-from dfflow.models import LogicalPort, LogicalSwitch, Subnet
+from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort,
+                           Subnet)
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
@@ -49,6 +50,9 @@ class Cloud:
 
     async def _free_ip(self, network: str, subnet: Subnet) -> str:
         used = {ip for p in await self.nb.list(LogicalPort.table) if p.lswitch == network for ip in p.ips}
+        used |= {f.floating_ip for f in await self.nb.list(FloatingIP.table) if f.lswitch == network}
+        used |= {r.external_gateway.ip for r in await self.nb.list(LogicalRouter.table)
+                 if r.external_gateway is not None and r.external_gateway.lswitch == network}
         used.add(subnet.gateway_ip)
         for host in subnet.network.hosts():
             if str(host) not in used:
@@ -59,7 +63,7 @@ class Cloud:
                           name: str = "", device_id: str = "", mac: str | None = None) -> LogicalPort:
         subnet = await self._subnet(network)
         ip = ip or await self._free_ip(network, subnet)
-        mac = mac or "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
+        mac = mac or _random_mac()
         return await self.nb.create(LogicalPort(
             id=str(uuid.uuid4()), topic=self.topic, lswitch=network, mac=mac, ips=[ip],
             binding_chassis=chassis, name=name, device_owner="compute:nova", device_id=device_id))
@@ -89,6 +93,59 @@ class Cloud:
             except NotFound:
                 pass
 
+    # -- routers and floating IPs ---------------------------------------------------
+    async def create_router(self, name: str, networks: list[str], external: str | None = None) -> LogicalRouter:
+        """A router with an interface on each network's subnet (at its gateway IP) and an optional
+        gateway on an external network."""
+        ports = []
+        for network in networks:
+            subnet = await self._subnet(network)
+            ports.append(RouterPort(subnet=subnet.id, mac=_random_mac(), ip=subnet.gateway_ip))
+        gateway = None
+        if external is not None:
+            ext_subnet = await self._subnet(external)
+            gateway = ExternalGateway(lswitch=external, ip=await self._free_ip(external, ext_subnet),
+                                      mac=_random_mac())
+        return await self.nb.create(LogicalRouter(id=name, topic=self.topic, name=name, ports=ports,
+                                                  external_gateway=gateway))
+
+    async def add_router_interface(self, router: str, network: str) -> LogicalRouter:
+        subnet = await self._subnet(network)
+        return await self.nb.modify(LogicalRouter.table, router, lambda r: r.replace(
+            ports=r.ports + [RouterPort(subnet=subnet.id, mac=_random_mac(), ip=subnet.gateway_ip)]))
+
+    async def remove_router_interface(self, router: str, network: str) -> LogicalRouter:
+        subnet = await self._subnet(network)
+        current = await self.nb.get_or_raise(LogicalRouter.table, router)
+        if subnet.id not in {p.subnet for p in current.ports}:
+            raise ValidationError("network", f"router {router!r} has no interface on {network!r}")
+        return await self.nb.modify(LogicalRouter.table, router, lambda r: r.replace(
+            ports=[p for p in r.ports if p.subnet != subnet.id]))
+
+    async def create_floating_ip(self, vm: str, external: str | None = None) -> FloatingIP:
+        """A floating IP on the external network of the router that serves the VM's subnet."""
+        port_id = self.sandbox.vm(vm).vifs[0].port_id
+        port = await self.nb.get_or_raise(LogicalPort.table, port_id)
+        subnet = await self._subnet(port.lswitch)
+        routers = [r for r in await self.nb.list(LogicalRouter.table)
+                   if subnet.id in {p.subnet for p in r.ports} and r.external_gateway is not None
+                   and (external is None or r.external_gateway.lswitch == external)]
+        if not routers:
+            raise ValidationError("vm", f"no router with an external gateway serves {vm}'s subnet")
+        router = routers[0]
+        ext = router.external_gateway.lswitch
+        address = await self._free_ip(ext, await self._subnet(ext))
+        return await self.nb.create(FloatingIP(
+            id=f"fip-{vm}-{uuid.uuid4().hex[:8]}", topic=self.topic, floating_ip=address, lswitch=ext,
+            mac=_random_mac(), port=port.id, fixed_ip=port.ips[0], router=router.id))
+
+    async def disassociate_floating_ip(self, fip_id: str) -> FloatingIP:
+        return await self.nb.modify(FloatingIP.table, fip_id,
+                                    lambda f: f.replace(port=None, fixed_ip=None, router=None))
+
+    async def delete_floating_ip(self, fip_id: str) -> None:
+        await self.nb.delete(FloatingIP.table, fip_id)
+
     async def vm_rows(self) -> list[dict[str, Any]]:
         rows = []
         for vm in self.sandbox.vms():
@@ -99,3 +156,7 @@ class Cloud:
                          "mac": port.mac if port else None, "port_id": first.port_id if first else None,
                          "binding": port.binding_chassis if port else None, "namespace": vm.namespace})
         return rows
+
+
+def _random_mac() -> str:
+    return "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
