@@ -106,6 +106,21 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
+@main.command("api")
+@click.option("--nb", "nb_url", default=DEFAULT_NB, show_default=True, envvar="DFFLOW_NB", help="NB database URL.")
+@click.option("--listen", default="127.0.0.1:9696", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--auth", type=click.Choice(["none", "token"]), default="none", show_default=True,
+              help="'token': clients must send X-Auth-Token (required off loopback).")
+@click.option("--token", envvar="DFFLOW_API_TOKEN", help="The token for --auth token (or DFFLOW_API_TOKEN).")
+def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
+    """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs)."""
+    from dfflow.api.server import ServeError, serve
+    try:
+        serve(nb_url, listen, auth=auth, token=token)
+    except ServeError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _mount_control_plane_groups() -> None:
     from controller.sandbox.cli import sandbox  # the control plane ships in the same wheel
     main.add_command(sandbox)

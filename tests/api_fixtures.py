@@ -1,0 +1,55 @@
+"""The Neutron-compatible API served by a real uvicorn on a free loopback port, over a real NB db."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from dfflow.api.server import ApiServer
+from dfflow.nb.store import NbApi
+
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api(nb_url):
+    server = ApiServer(nb_url, free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token_api(nb_url):
+    server = ApiServer(nb_url, free_port(), auth="token", token=TOKEN).start()
+    yield server
+    server.stop()
+
+
+def sdk(url: str, **auth: Any):
+    """An openstacksdk Connection to the API with no Keystone, ignoring any clouds.yaml or OS_* variables."""
+    import openstack.config
+    from openstack.connection import Connection
+
+    options: dict[str, Any] = {"auth_type": "none", "auth": {"endpoint": url}}
+    options.update(auth)
+    region = openstack.config.get_cloud_region(load_yaml_config=False, load_envvars=False, **options)
+    return Connection(config=region)
+
+
+def nb_call(url: str, method: str, *args: Any) -> Any:
+    """One NbApi call from synchronous test code."""
+    async def run() -> Any:
+        nb = NbApi(url)
+        try:
+            return await getattr(nb, method)(*args)
+        finally:
+            await nb.close()
+    return asyncio.run(run())
