@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from controller.apps.dnat import DnatApp
@@ -30,6 +30,8 @@ from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
 from controller.engine import Engine
 from controller.flowstate import Plan
+from controller.migration import step3_arrived
+from controller.migrator import Migrator
 from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.reconcile import reconcile
@@ -41,11 +43,13 @@ from dfflow.nb.store import NbApi
 LOG = logging.getLogger("dfflow.controller")
 HEARTBEAT_INTERVAL = 5.0
 PENDING_VIF_RETRY = 0.5
+HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
 
 
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
-                 of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve"):
+                 of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
+                 strategy: str = "unplug"):
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
         self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()])
@@ -60,15 +64,21 @@ class ControllerDaemon:
         self.pending_vifs: set[str] = set()  # iface-ids whose NB port we have not found yet
         self._outbox: asyncio.Queue[Plan] = asyncio.Queue()
         self._need_reconcile = asyncio.Event()
+        self._ovsdb_busy = False
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
+        self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
+        self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
+        self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
+        self.apply_timings: deque[dict[str, float]] = deque(maxlen=50)  # the last bundles, for status
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
         kwargs = dict(on_connect=self._guard(self._on_switch_connect, "switch_connect"),
-                      on_disconnect=self._on_switch_disconnect)
+                      on_disconnect=self._on_switch_disconnect,
+                      on_packet_in=self._guard(self._on_packet_in, "packet_in"))
         if listen.startswith("unix:"):
             return OpenFlowServer(path=listen[5:], **kwargs)
         host, _, port = listen.rpartition(":")
@@ -111,9 +121,20 @@ class ControllerDaemon:
 
     def _emit(self, plan: Plan) -> None:
         """The engine's plan is now the desired state; the sender applies it to OVS."""
-        if plan:
-            self.engine.commit(plan)
-            self._outbox.put_nowait(plan)
+        if not plan:
+            return
+        for port_id in sorted(plan.moved):
+            port = self.engine.view.port(port_id)
+            mig = port.migration if port is not None else None
+            if mig is not None:
+                self._last_migration[port_id] = mig.id
+                moved_by_binding = mig.state == "requested" and step3_arrived(port)
+                plan.stamps.append((mig.id, "bound" if moved_by_binding else mig.state))
+            elif port_id in self._last_migration:
+                plan.stamps.append((self._last_migration.pop(port_id), "bound"))
+        plan.timing["emitted"] = time.monotonic()
+        self.engine.commit(plan)
+        self._outbox.put_nowait(plan)
 
     # -- life cycle --------------------------------------------------------------
     async def run(self) -> None:
@@ -122,19 +143,26 @@ class ControllerDaemon:
             loop.add_signal_handler(sig, self._stopping.set)
         await self._register_chassis()
         await self.ovsdb.start()
+        await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
         await self.ovsdb.setup_bridge(self.of_target)
+        self._spawn(self._ovsdb_loop(), "ovsdb")
         await self.bus.start()
         await self.bus.add_topic(CHASSIS_TOPIC)
         self._chassis_synced = True
         await self._sync_tunnels()
+        # Ports tied to this chassis by the NB db even without a VIF here now (a migration that
+        # went on while this controller was away): follow their topics from the start.
+        for port in await self.nb.ports_of_chassis(self.chassis):
+            await self.bus.add_topic(port.topic)
+        await self._settle()
         self._emit(self.engine.everything())
-        await self.of.start()
+        # Only now may the switch be reconciled: a partial view would delete flows that still serve.
+        self._spawn(self._sender_loop(), "sender")
         if self.status_socket:
             await self._start_status_server()
-        self._spawn(self._ovsdb_loop(), "ovsdb")
-        self._spawn(self._sender_loop(), "sender")
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._pending_vif_loop(), "pending-vifs")
+        self._spawn(self._housekeeping_loop(), "migration-housekeeping")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
@@ -180,10 +208,19 @@ class ControllerDaemon:
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
             await self._sync_tunnels()
             return
-        self._emit(self.engine.nb_event(event))
-        if event["table"] == LogicalPort.table and event["id"] in self.pending_vifs \
-                and event["action"] != "delete":
+        received = time.time()
+        plan = self.engine.nb_event(event)
+        plan.timing.update(bus_ms=(received - event.get("ts", received)) * 1e3,
+                           compute_ms=(time.time() - received) * 1e3)
+        self._emit(plan)
+        if event["table"] == LogicalPort.table and event["action"] != "delete":
             self.pending_vifs.discard(event["id"])
+            port = self.engine.view.port(event["id"])
+            if port is not None:
+                if port.id in self._plugged_before_known:
+                    self._plugged_before_known.discard(port.id)
+                    await self.migrator.vif_online(port.id)  # its VIF came before the port did
+                await self.migrator.port_changed(port)
 
     async def _sync_tunnels(self) -> None:
         if not self._chassis_synced:
@@ -219,7 +256,20 @@ class ControllerDaemon:
     async def _ovsdb_loop(self) -> None:
         while True:
             update = await self.ovsdb.updates.get()
-            await self._guard(self._on_interface, "ovsdb_event")(update)
+            self._ovsdb_busy = True
+            try:
+                await self._guard(self._on_interface, "ovsdb_event")(update)
+            finally:
+                self._ovsdb_busy = self.ovsdb.updates.qsize() > 0
+
+    async def _settle(self, quiet_for: float = 0.1, limit: float = 10.0) -> None:
+        """Wait until OVSDB's initial rows are handled (and the topics they pulled in synced)."""
+        deadline = time.monotonic() + limit
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < quiet_for and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if self._ovsdb_busy or not self.ovsdb.updates.empty():
+                quiet_since = time.monotonic()
 
     async def _on_interface(self, update: Any) -> None:
         self.stats["ovsdb_events"] += 1
@@ -227,16 +277,33 @@ class ControllerDaemon:
         self.interfaces.apply(update)
         vifs, tunnels = self.interfaces.vifs(), self.interfaces.tunnels()
         for iface_id in sorted(set(before_vifs) - set(vifs)):
+            self._plugged_before_known.discard(iface_id)
+            port_before = self.engine.view.port(iface_id)
+            await self.migrator.vif_offline(port_before)  # step 2 on the source, or an abort
             self._emit(self.engine.vif_offline(iface_id))
             self.pending_vifs.discard(iface_id)
         for iface_id, vif in sorted(vifs.items()):
             if before_vifs.get(iface_id) != vif:
                 self._emit(self.engine.vif_online(vif))
                 await self._follow_port(iface_id)
+                if self.engine.view.port(iface_id) is None:
+                    self._plugged_before_known.add(iface_id)
+                else:
+                    await self.migrator.vif_online(iface_id)  # step 1 when the port lives elsewhere
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
 
+    async def _housekeeping_loop(self) -> None:
+        await asyncio.sleep(HOUSEKEEPING_START)  # let OVSDB's rows and the NB snapshot arrive first
+        while True:
+            await self._guard(self.migrator.housekeeping, "housekeeping")()
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
     # -- OpenFlow ------------------------------------------------------------------
+    async def _on_packet_in(self, dp: Datapath, msg: Any) -> None:
+        self.stats["packet_in"] += 1
+        await self.migrator.packet_in(msg.match["in_port"], bytes(msg.data))
+
     async def _on_switch_connect(self, dp: Datapath) -> None:
         LOG.info("switch connected: datapath %016x", dp.id or 0)
         self.dp = dp
@@ -261,14 +328,32 @@ class ControllerDaemon:
                     self._drain_outbox()  # everything queued is part of the desired state below
                     await self._reconcile(dp)
                 elif plan:
+                    sending = time.monotonic()
                     await dp.send_bundle([f.to_osken(dp) for f in plan.messages()])
+                    applied = time.time()
+                    timing = plan.timing
+                    self.apply_timings.append({
+                        **{k: round(v, 3) for k, v in timing.items() if k != "emitted"},
+                        "queued_ms": round((sending - timing["emitted"]) * 1e3, 3),
+                        "bundle_ms": round((time.monotonic() - sending) * 1e3, 3),
+                        "flow_mods": len(plan.deletes) + len(plan.adds)})
                     self.stats["bundles"] += 1
                     self.stats["flow_mods"] += len(plan.deletes) + len(plan.adds)
+                    for migration_id, state in plan.stamps:
+                        self._spawn_stamp(migration_id, state, applied)
             except ConnectionLost:
                 self._need_reconcile.set()
             except OFChannelError:
                 self._record_error("apply")
                 self._need_reconcile.set()
+
+    def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
+        async def stamp() -> None:
+            try:
+                await self.migrator.timelines.applied(migration_id, self.chassis, state, when)
+            except Exception:
+                self._record_error("timeline")
+        asyncio.get_running_loop().create_task(stamp())
 
     def _drain_outbox(self) -> None:
         while not self._outbox.empty():
@@ -290,10 +375,11 @@ class ControllerDaemon:
         return {
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
+            "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
-            "errors": self.errors[-5:],
+            "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
         }
 
     async def _start_status_server(self) -> None:
@@ -333,6 +419,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
     parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
+    parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
+                        help="live-migration activation: at the source's unplug (the blueprint) or at the "
+                             "VM's announcement on a pre-programmed destination (default unplug)")
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args(argv)
     if args.config:
@@ -347,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.bridge = args.bridge or "br-int"
     args.tunnel_type = args.tunnel_type or "geneve"
     args.log_level = args.log_level or "INFO"
+    args.strategy = args.strategy or "unplug"
     for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
         if not getattr(args, required):
             parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
@@ -358,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
-                              args.of_listen, args.status_socket, args.tunnel_type)
+                              args.of_listen, args.status_socket, args.tunnel_type, args.strategy)
     asyncio.run(daemon.run())
 
 

@@ -125,15 +125,21 @@ class Engine:
                     self.stats["app_errors"] += 1
                     LOG.exception("app %s failed computing flows for %s %s", app.name, kind, obj_id)
                     wanted[owner] = self.flows.flows_of(owner)
+        moved = set()
         for kind, obj_id, _ in targets:
             if kind == PORT:
                 port = self.view.port(obj_id)
                 new_role = self.view.role(port) if port is not None else None
+                before = self.roles.get(obj_id, (None, None))
                 if new_role is None:
                     self.roles.pop(obj_id, None)
                 else:
                     self.roles[obj_id] = (new_role, self.view.location(port))
-        return self.flows.plan(wanted)
+                if self.roles.get(obj_id, (None, None)) != before:
+                    moved.add(obj_id)
+        plan = self.flows.plan(wanted)
+        plan.moved = moved
+        return plan
 
     def _flows_for(self, app: App, kind: str, obj_id: str) -> list[Flow]:
         if kind == STATIC:

@@ -21,6 +21,9 @@ class Plan:
     deletes: list[Flow] = field(default_factory=list)
     adds: list[Flow] = field(default_factory=list)
     owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
+    moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
+    stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
+    timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.adds)

@@ -10,6 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator
 
+from controller.migration import current_location
 from dfflow import core
 from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, RouterPort,
                            Subnet)
@@ -96,26 +97,40 @@ class View:
 
     # -- where ports are ---------------------------------------------------------
     def location(self, port: LogicalPort) -> str | None:
-        """The chassis that hosts the port now: its binding, unless a migration has switched it."""
+        """The chassis that hosts the port now (the migration protocol's rule)."""
+        return current_location(port)
+
+    def is_pending(self, port: LogicalPort) -> bool:
+        """This chassis is the pre-programmed destination of an `announce` migration, not yet activated."""
         mig = port.migration
-        if mig is not None and mig.state in ("activated", "switched"):
+        return (mig is not None and mig.state == "requested" and mig.strategy == "announce"
+                and mig.chassis == self.chassis)
+
+    def also_send_to(self, port: LogicalPort) -> str | None:
+        """While an `announce` migration is in flight, traffic for the port goes to its destination
+        too (when this chassis is not that destination and has a tunnel to it)."""
+        mig = port.migration
+        if (mig is not None and mig.state == "requested" and mig.strategy == "announce"
+                and mig.chassis != self.chassis and mig.chassis in self.tunnels):
             return mig.chassis
-        return port.binding_chassis
+        return None
 
     def role(self, port: LogicalPort) -> str | None:
-        """LOCAL if this chassis hosts the port and its VIF is here; REMOTE if another chassis
-        does and the port's network is needed here; otherwise None (no flows)."""
+        """LOCAL if this chassis hosts the port (or is its pending `announce` destination) and its
+        VIF is here; REMOTE if another chassis does and the port's network is needed here;
+        otherwise None (no flows)."""
         if not port.enabled or self.switch(port.lswitch) is None:
             return None
+        if self.is_local(port):
+            return LOCAL
         where = self.location(port)
-        if where == self.chassis:
-            return LOCAL if port.id in self.vifs else None
-        if where is None or where not in self.tunnels:
+        if where is None or where == self.chassis or where not in self.tunnels:
             return None
         return REMOTE if port.lswitch in self.needed_switches() else None
 
     def is_local(self, port: LogicalPort) -> bool:
-        return self.location(port) == self.chassis and port.id in self.vifs and port.enabled
+        return (port.enabled and port.id in self.vifs
+                and (self.location(port) == self.chassis or self.is_pending(port)))
 
     def switch_is_present(self, switch_id: str) -> bool:
         """A network is present on this chassis while one of its ports is local here."""

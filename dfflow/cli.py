@@ -121,6 +121,76 @@ def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+@main.command()
+@click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Migrations per strategy.")
+@click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
+              help="ms from the VM's switchover to Nova's unplug of the source VIF.")
+@click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
+              help="ms from the unplug to update_port(binding:host_id).")
+def demo(runs: int, unplug_delay: int, update_port_delay: int) -> None:
+    """The live-migration demo on a fresh 3-chassis sandbox (needs root; tears down after)."""
+    from controller.sandbox import demo as demo_
+    try:
+        demo_.run(click.echo, runs, unplug_delay / 1000, update_port_delay / 1000)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def migration() -> None:
+    """Live migrations: their steps and each chassis' apply time."""
+
+
+def _timelines(nb_url: str, port: str | None, limit: int) -> list[dict[str, Any]]:
+    from dfflow.nb.timeline import Timelines
+    return _nb_call(nb_url, lambda api: Timelines(api.redis, api.keys).list(port, limit))
+
+
+def _print_timeline(entry: dict[str, Any]) -> None:
+    start = entry.get("requested", 0.0)
+    click.echo(f"{entry['id']}: port {entry['port']} {entry.get('source') or '-'} -> {entry['chassis']} "
+               f"({entry['strategy']})")
+    events = [(entry[s], f"NB: {s}") for s in ("requested", "activated", "switched", "done", "aborted")
+              if s in entry]
+    events += [(t, f"{ch}: flows applied ({state})") for state, per in entry["applied"].items()
+               for ch, t in per.items()]
+    for t, what in sorted(events):
+        click.echo(f"  {(t - start) * 1000:9.1f} ms  {what}")
+
+
+@migration.command("list")
+@click.option("--nb", "nb_url", default=DEFAULT_NB, show_default=True, envvar="DFFLOW_NB")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def migration_list(nb_url: str, limit: int, as_json: bool) -> None:
+    """The latest migrations, newest first."""
+    entries = _timelines(nb_url, None, limit)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        last = next((s for s in ("done", "aborted", "switched", "activated", "requested") if s in e), "-")
+        click.echo(f"{e['id']:60} {e.get('source') or '-':12} -> {e['chassis']:12} {e['strategy']:9} {last}")
+
+
+@migration.command("show")
+@click.argument("port")
+@click.option("--nb", "nb_url", default=DEFAULT_NB, show_default=True, envvar="DFFLOW_NB")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def migration_show(port: str, nb_url: str, limit: int, as_json: bool) -> None:
+    """The migrations of PORT (id), with their timelines."""
+    entries = _timelines(nb_url, port, limit)
+    if not entries:
+        raise click.ClickException(f"no migration recorded for port {port!r}")
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        _print_timeline(entry)
+
+
 def _mount_control_plane_groups() -> None:
     from controller.sandbox.cli import sandbox  # the control plane ships in the same wheel
     main.add_command(sandbox)

@@ -254,27 +254,31 @@ class Subnet(Model):
 
 @dataclass(frozen=True)
 class MigrationRecord(Record):
-    """The blueprint's port-migration field: where the port is moving, and how far it got."""
+    """The blueprint's port-migration field: where the port is moving, and how far it got.
+
+    `id` names this migration (its timeline lives under that id); `timestamps` maps each
+    state to the wall-clock time it was entered."""
 
     chassis: str  # destination
     source: str | None = None
     state: str = "requested"
     strategy: str = "unplug"
-    # state -> wall-clock time it was entered; `applied` chassis -> time its flows were applied
+    id: str = ""
+    bound: str | None = None  # the port's binding when the migration started
     timestamps: dict[str, float] = field(default_factory=dict)
-    applied: dict[str, float] = field(default_factory=dict)
 
     def check(self, table: str) -> None:
         check_id("migration.chassis", self.chassis, table)
         check_optional_id("migration.source", self.source, table)
+        check_optional_id("migration.bound", self.bound, table)
         check_choice("migration.state", self.state, MIGRATION_STATES, table)
         check_choice("migration.strategy", self.strategy, ACTIVATION_STRATEGIES, table)
-        for name, stamps in (("timestamps", self.timestamps), ("applied", self.applied)):
-            if not isinstance(stamps, dict):
-                raise ValidationError(f"migration.{name}", "must be an object", table)
-            for key, value in stamps.items():
-                check_str(f"migration.{name}", key, table=table)
-                check_number(f"migration.{name}.{key}", value, table)
+        check_str("migration.id", self.id, table=table)
+        if not isinstance(self.timestamps, dict):
+            raise ValidationError("migration.timestamps", "must be an object", table)
+        for key, value in self.timestamps.items():
+            check_choice("migration.timestamps", key, MIGRATION_STATES, table)
+            check_number(f"migration.timestamps.{key}", value, table)
 
 
 @dataclass

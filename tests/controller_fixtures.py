@@ -152,3 +152,41 @@ def udp_probe(sb, client_vm: str, server_vm: str, dst_ip: str, port: int = 7000,
         out, _ = server.communicate()
     seen = [line for line in out.splitlines() if line.startswith("from ")]
     return (seen[0] if seen else ""), client.stdout.strip()
+
+
+def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, Any]:
+    """Live-migrate through the sandbox's Nova emulation (see controller/sandbox/nova.py)."""
+    from controller.sandbox import nova
+
+    async def run() -> Any:
+        nb = NbApi(cloud.url)
+        try:
+            return await nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs)
+        finally:
+            await nb.close()
+    return asyncio.run(run())
+
+
+def set_fault(cloud: SyncCloud, name: str, on: bool) -> None:
+    from controller.migrator import set_fault as _set
+
+    async def run() -> None:
+        nb = NbApi(cloud.url)
+        try:
+            await _set(nb, name, on)
+        finally:
+            await nb.close()
+    asyncio.run(run())
+
+
+def update_binding(cloud: SyncCloud, port_id: str, host: str) -> None:
+    """Neutron's update_port(binding:host_id=host): the migration's step 3."""
+    from dfflow.nb.neutron import update_port_binding
+
+    async def run() -> None:
+        nb = NbApi(cloud.url)
+        try:
+            await update_port_binding(nb, port_id, host)
+        finally:
+            await nb.close()
+    asyncio.run(run())

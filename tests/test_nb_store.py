@@ -195,3 +195,16 @@ async def test_a_failure_between_write_and_publish_leaves_neither(nb, nb_url):
 async def test_chassis_rows_live_on_the_chassis_topic(nb):
     await nb.create(Chassis(id="chassis-1", topic=CHASSIS_TOPIC, tunnel_ip="172.31.0.1"))
     assert [c.id for c in await nb.list(topic=CHASSIS_TOPIC)] == ["chassis-1"]
+
+
+async def test_ports_are_indexed_by_the_chassis_they_are_bound_to_or_migrating_between(nb):
+    from dfflow.models import MigrationRecord
+    await network(nb, "net1", "10.1.0.0/24", 101)
+    p = await port(nb, "p1", "net1", "fa:16:3e:00:00:01", ["10.1.0.5"], chassis="c1")
+    assert [x.id for x in await nb.ports_of_chassis("c1")] == ["p1"]
+    p = await nb.update(p.replace(migration=MigrationRecord(chassis="c2", source="c1")))
+    assert [x.id for x in await nb.ports_of_chassis("c2")] == ["p1"]
+    p = await nb.update(p.replace(migration=None, binding_chassis="c2"))
+    assert await nb.ports_of_chassis("c1") == []
+    await nb.delete("lport", "p1")
+    assert await nb.ports_of_chassis("c2") == []

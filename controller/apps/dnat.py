@@ -65,9 +65,12 @@ class DnatApp(App):
         cookie = self.cookie(port.id)
         for fip, ext_vni, _ in self._floating_ips(port, view):
             flows += self._everywhere(fip, ext_vni, cookie)
+            outputs = [Output(view.tunnel_ofport(port))]
+            dest = view.also_send_to(port)  # an `announce` migration in flight: its destination too
+            if dest is not None:
+                outputs.append(Output(view.tunnels[dest]))
             flows.append(Flow(L2_LOOKUP, 100, match(metadata=ext_vni, eth_dst=mac_int(fip.mac)),
-                              (SetField("tunnel_id", ext_vni), Output(view.tunnel_ofport(port))),
-                              cookie=cookie))
+                              (SetField("tunnel_id", ext_vni), *outputs), cookie=cookie))
         return flows
 
 

@@ -5,7 +5,8 @@ from controller.apps.base import App
 from controller.apps.builders import ALL_ONES_64, arp_reply_flow
 from controller.pipeline import table
 from controller.view import View, ip_int, mac_int
-from dfflow.flows import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Output, SetField, match
+from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Output, SetField,
+                          controller_output, match)
 from dfflow.models import LogicalPort, LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
@@ -26,12 +27,33 @@ class L2App(App):
     def add_local_port(self, port: LogicalPort, view: View) -> list[Flow]:
         vni, ofport, mac = view.vni(port.lswitch), view.ofport(port), mac_int(port.mac)
         cookie = self.cookie(port.id)
-        flows = [Flow(CLASSIFY, 100, match(in_port=ofport),
-                      (SetField("reg6", ofport),), goto=PORT_SECURITY,
-                      write_metadata=(vni, ALL_ONES_64), cookie=cookie)]
-        flows += self._port_security_flows(port, ofport, mac, cookie)
-        flows.append(Flow(L2_LOOKUP, 100, match(metadata=vni, eth_dst=mac), (Output(ofport),), cookie=cookie))
+        if view.is_pending(port):
+            flows = self._pending_egress_flows(port, ofport, mac, cookie)
+        else:
+            flows = [Flow(CLASSIFY, 100, match(in_port=ofport),
+                          (SetField("reg6", ofport),), goto=PORT_SECURITY,
+                          write_metadata=(vni, ALL_ONES_64), cookie=cookie)]
+            flows += self._port_security_flows(port, ofport, mac, cookie)
+        to_port = [Output(ofport)] + self._copy_to_destination(port, view, vni)
+        flows.append(Flow(L2_LOOKUP, 100, match(metadata=vni, eth_dst=mac), tuple(to_port), cookie=cookie))
         return flows + self._arp_flows(port, vni, cookie)
+
+    def _pending_egress_flows(self, port: LogicalPort, ofport: int, mac: int, cookie: int) -> list[Flow]:
+        """A pre-programmed destination: the VM's first RARP or GARP goes to the controller, which
+        activates the port; anything else it sends is dropped until then."""
+        flows = [Flow(CLASSIFY, 110, match(in_port=ofport, eth_type=ETH_TYPE_RARP, eth_src=mac),
+                      (controller_output(),), cookie=cookie),
+                 Flow(CLASSIFY, 100, match(in_port=ofport), (), cookie=cookie)]
+        for ip in self._ipv4s(port):
+            flows.append(Flow(CLASSIFY, 110, match(in_port=ofport, eth_type=ETH_TYPE_ARP, eth_src=mac,
+                                                    arp_spa=ip, arp_tpa=ip),
+                              (controller_output(),), cookie=cookie))
+        return flows
+
+    def _copy_to_destination(self, port: LogicalPort, view: View, vni: int) -> list:
+        """While an `announce` migration is in flight, the destination gets a copy too."""
+        dest = view.also_send_to(port)
+        return [SetField("tunnel_id", vni), Output(view.tunnels[dest])] if dest is not None else []
 
     def _port_security_flows(self, port: LogicalPort, ofport: int, mac: int, cookie: int) -> list[Flow]:
         if not port.port_security:
@@ -52,8 +74,9 @@ class L2App(App):
 
     def add_remote_port(self, port: LogicalPort, view: View) -> list[Flow]:
         vni, mac, cookie = view.vni(port.lswitch), mac_int(port.mac), self.cookie(port.id)
+        outputs = [Output(view.tunnel_ofport(port))] + self._copy_to_destination(port, view, vni)[1:]
         return [Flow(L2_LOOKUP, 100, match(metadata=vni, eth_dst=mac),
-                     (SetField("tunnel_id", vni), Output(view.tunnel_ofport(port))), cookie=cookie)
+                     (SetField("tunnel_id", vni), *outputs), cookie=cookie)
                 ] + self._arp_flows(port, vni, cookie)
 
     def switch_flows(self, switch: LogicalSwitch, view: View) -> list[Flow]:

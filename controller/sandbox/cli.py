@@ -185,6 +185,35 @@ def vm_list(dir_: str, as_json: bool) -> None:
                    f"{row['ip'] or '-':15} {row['mac'] or '-'}  port {row['port_id']}")
 
 
+@vm.command("migrate")
+@dir_option
+@click.argument("name")
+@click.option("--to", "dest", required=True, help="Destination chassis.")
+@click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
+              help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2).")
+@click.option("--update-port-delay", default="300", show_default=True,
+              help="ms after the unplug until update_port(binding:host_id) (step 3), or 'never'.")
+@click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
+              help="Activation strategy for this port (default: the deployment's).")
+@click.option("--json", "as_json", is_flag=True)
+def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
+               strategy: str | None, as_json: bool) -> None:
+    """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
+    from .nova import format_timeline, migrate
+    if update_port_delay == "never":
+        update_delay = None
+    else:
+        try:
+            update_delay = int(update_port_delay) / 1000
+        except ValueError:
+            raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
+    result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_timeline(result))
+
+
 @sandbox.group()
 def router() -> None:
     """Routers of the sandbox (distributed: they route on every chassis)."""

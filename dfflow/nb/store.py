@@ -7,6 +7,7 @@ Layout (all keys under a prefix, "dfflow" by default):
   {p}:refs:{table}:{id}     set of "table:id" that reference this object
   {p}:uniq:{key}            "table:id" holding a unique claim (a MAC or IP on a switch, a VNI, ...)
   {p}:claims:{table}:{id}   set of the claims an object holds
+  {p}:chassis-ports:{name}  set of port ids bound to, or migrating from/to, a chassis
   {p}:rev                   the NB revision counter
   channel {p}:ev:{topic}    events of that topic
 
@@ -56,6 +57,9 @@ class Keys:
     def uniq(self, key: str) -> str:
         return f"{self.prefix}:uniq:{key}"
 
+    def chassis_ports(self, chassis: str) -> str:
+        return f"{self.prefix}:chassis-ports:{chassis}"
+
     @property
     def rev(self) -> str:
         return f"{self.prefix}:rev"
@@ -100,6 +104,16 @@ class _TxnContext:
         return sorted(tuple(_s(m).split(":", 1)) for m in members)
 
 
+def _chassis_of(obj: Model | None) -> set[str]:
+    """The chassis a port is tied to: its binding and both ends of its migration."""
+    if obj is None or obj.table != "lport":
+        return set()
+    names = {obj.binding_chassis}
+    if obj.migration is not None:
+        names |= {obj.migration.chassis, obj.migration.source}
+    return {n for n in names if n}
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -140,6 +154,11 @@ class NbApi:
         else:
             raise ValidationError("table", "list needs a table or a topic")
         return await self.get_many(pairs)
+
+    async def ports_of_chassis(self, chassis: str) -> list[Model]:
+        """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
+        ids = await self.redis.smembers(self.keys.chassis_ports(chassis))
+        return await self.get_many([("lport", _s(i)) for i in ids])
 
     async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model]:
         if not pairs:
@@ -238,6 +257,11 @@ class NbApi:
             pipe.srem(keys.refs(t, i), me)
         for t, i in new_refs - old_refs:
             pipe.sadd(keys.refs(t, i), me)
+        old_chassis, new_chassis = _chassis_of(old), _chassis_of(obj)
+        for name in old_chassis - new_chassis:
+            pipe.srem(keys.chassis_ports(name), obj.id)
+        for name in new_chassis - old_chassis:
+            pipe.sadd(keys.chassis_ports(name), obj.id)
         for claim in old_claims - new_claims:
             pipe.delete(keys.uniq(claim))
         for claim in new_claims - old_claims:
@@ -283,6 +307,8 @@ class NbApi:
         for claim in claims:
             pipe.delete(keys.uniq(claim))
         pipe.delete(claims_key)
+        for name in _chassis_of(old):
+            pipe.srem(keys.chassis_ports(name), obj_id)
         if self.before_publish is not None:
             await self.before_publish()
         event = make_event("delete", table, obj_id, old.topic, new_version, None)

@@ -1,0 +1,220 @@
+"""Migration downtime on a real sandbox, per activation strategy, probed every millisecond.
+
+Topology: net1 and net2 behind router R with a gateway on `public`. The migrating
+VM M (net1, with a floating IP) moves back and forth between chassis-1 and
+chassis-2; its L2 peer P (net1), the routed peer Q (net2) and the external host E
+(reaching M through its floating IP) live on chassis-3. P and E (and Q with
+`routed_probe`) probe M with sequence-numbered UDP every `interval`. Per run: downtime = the longest run of lost replies x interval
+(and the receive-time gap around it), for each prober; convergence = from the event
+that should move the flows (the VM's announcement, the source unplug, or
+update_port) to the last chassis' bundle applied.
+
+Strategies: `announce` (pre-programmed destination, activated by the VM's RARP),
+`unplug` (the blueprint: flows move at the source unplug), `fallback` (the step-2
+publish is dropped, so only update_port moves the flows).
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+from controller.migrator import FAULT_DROP_PUBLISH, set_fault
+from controller.sandbox import nova
+from controller.sandbox.cloud import Cloud
+from controller.sandbox.probe import Echo, Sender, analyse
+from controller.sandbox.topology import Sandbox
+from dfflow.nb.store import NbApi
+
+STRATEGIES = ("announce", "unplug", "fallback")
+M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
+TRIGGERS = {"announce": "vm_announced", "unplug": "unplug", "fallback": "update_port"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
+    nb = NbApi(sb.status()["nb_url"])
+    cloud = Cloud(sb, nb)
+    await cloud.create_network("net1", "10.1.0.0/24")
+    await cloud.create_network("net2", "10.2.0.0/24")
+    await cloud.create_network("public", "172.24.4.0/24", external=True)
+    await cloud.create_router("R", ["net1", "net2"], external="public")
+    await cloud.create_vm("M", "chassis-1", "net1", M_IP)
+    await cloud.create_vm("P", "chassis-3", "net1", P_IP)
+    await cloud.create_vm("Q", "chassis-3", "net2", Q_IP)
+    await cloud.create_vm("E", "chassis-3", "public", E_IP)
+    fip = await cloud.create_floating_ip("M")
+    return nb, cloud, fip.floating_ip
+
+
+def _wait_reachable(sb: Sandbox, sources: list[tuple[str, str]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for vm, ip in sources:
+        while sb.vm_exec(vm, ["ping", "-c", "1", "-W", "1", ip], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{vm} cannot reach {ip}: the sandbox is not working")
+            time.sleep(0.2)
+
+
+def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, unplug_delay: float = 0.2,
+        update_port_delay: float = 0.3, interval: float = 0.001,
+        progress: Callable[[str], None] | None = None, keep_samples: bool = True,
+        routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
+        workdir: str | None = None) -> dict[str, Any]:
+    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
+    workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
+    sb = Sandbox(workdir)
+    try:
+        sb.up(chassis=3, controllers=True)
+        time.sleep(1.0)
+        return asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
+                                keep_samples, routed_probe, on_migration))
+    finally:
+        sb.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay: float,
+               update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
+               keep_samples: bool, routed_probe: bool,
+               on_migration: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    nb, cloud, fip = await _build(sb)
+    echo = Echo(sb, "M")
+    probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
+    if routed_probe:
+        probes["routed peer (net2, chassis-3)"] = ("Q", M_IP)
+    try:
+        await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
+        results: list[dict[str, Any]] = []
+        here = "chassis-1"
+        for strategy in strategies:
+            for i in range(runs):
+                dest = "chassis-2" if here == "chassis-1" else "chassis-1"
+                if strategy == "fallback":
+                    await set_fault(nb, FAULT_DROP_PUBLISH, True)
+                senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
+                await asyncio.sleep(0.2)
+                started = time.time()
+                try:
+                    timeline = await nova.migrate(cloud, "M", dest, unplug_delay=unplug_delay,
+                                                  update_port_delay=update_port_delay,
+                                                  strategy="announce" if strategy == "announce" else "unplug")
+                    await asyncio.sleep(0.3)
+                finally:
+                    raw = {name: s.stop() for name, s in senders.items()}
+                    if strategy == "fallback":
+                        await set_fault(nb, FAULT_DROP_PUBLISH, False)
+                here = dest
+                results.append(_figures(strategy, i, started, timeline, raw, keep_samples))
+                if on_migration is not None:
+                    on_migration(results[-1])
+                if progress is not None:
+                    progress(f"{strategy} run {i + 1}/{runs}")
+        return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
+                "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
+                "probes": list(probes)}
+    finally:
+        echo.stop()
+        await nb.close()
+
+
+def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any],
+             raw: dict[str, dict[str, Any]], keep_samples: bool) -> dict[str, Any]:
+    probes = {}
+    for name, result in raw.items():
+        figures = analyse(result, after=started)
+        if keep_samples:  # (send time since the migration started, RTT) of every reply
+            figures["samples"] = [(round(s - started, 4), round((r - s) * 1e3, 3))
+                                  for _, s, r in result["replies"] if s >= started]
+        probes[name] = figures
+    steps = timeline["steps"]
+    trigger = steps.get(TRIGGERS[strategy])
+    moving = {"announce": "activated", "unplug": "switched", "fallback": "bound"}[strategy]
+    applied = timeline["applied"].get(moving, {})
+    convergence = (max(applied.values()) - trigger) * 1e3 if applied and trigger is not None else None
+    return {"strategy": strategy, "run": index, "from": timeline["source"], "to": timeline["destination"],
+            "probes": probes, "trigger": TRIGGERS[strategy], "convergence_ms": convergence,
+            "applied_ms": {ch: round((t - (trigger or 0)) * 1e3, 2) for ch, t in applied.items()},
+            "timeline": timeline, "plug_offset_s": timeline["origin"] - started}
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in results):
+        runs = [r for r in results if r["strategy"] == strategy]
+        downtimes = [p["downtime_ms"] for r in runs for p in r["probes"].values() if p["downtime_ms"] is not None]
+        unrecovered = sum(1 for r in runs for p in r["probes"].values() if not p["recovered"])
+        convergence = [r["convergence_ms"] for r in runs if r["convergence_ms"] is not None]
+        summary[strategy] = {
+            "runs": len(runs), "samples": len(downtimes), "unrecovered": unrecovered,
+            "downtime_median_ms": statistics.median(downtimes) if downtimes else None,
+            "downtime_p95_ms": percentile(downtimes, 0.95) if downtimes else None,
+            "downtime_min_ms": min(downtimes) if downtimes else None,
+            "downtime_max_ms": max(downtimes) if downtimes else None,
+            "convergence_median_ms": statistics.median(convergence) if convergence else None,
+            "convergence_p95_ms": percentile(convergence, 0.95) if convergence else None,
+            "per_probe_median_ms": {
+                name: statistics.median([r["probes"][name]["downtime_ms"] for r in runs
+                                         if r["probes"][name]["downtime_ms"] is not None] or [float("nan")])
+                for name in runs[0]["probes"]},
+        }
+    return summary
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """One panel per strategy: each probe's reply RTT over time for the median run, outage shaded,
+    and the steps of the migration marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = list(report["summary"])
+    fig, axes = plt.subplots(len(strategies), 1, figsize=(11, 3.2 * len(strategies)), squeeze=False)
+    for ax, strategy in zip(axes[:, 0], strategies):
+        runs = [r for r in report["runs"] if r["strategy"] == strategy]
+        worst = [max((p["downtime_ms"] or 0) for p in r["probes"].values()) for r in runs]
+        run_ = runs[sorted(range(len(runs)), key=lambda i: worst[i])[len(runs) // 2]]
+        for name, figures in run_["probes"].items():
+            xs = [t * 1e3 for t, _ in figures.get("samples", [])]
+            ys = [rtt for _, rtt in figures.get("samples", [])]
+            ax.plot(xs, ys, ".", markersize=2, label=f"{name}: {figures['downtime_ms']:.0f} ms down"
+                    if figures["downtime_ms"] is not None else name)
+        steps = run_["timeline"]["steps"]
+        base = run_["plug_offset_s"] * 1e3
+        for step in ("vm_source_down", "vm_announced", "unplug", "update_port"):
+            if step in steps:
+                ax.axvline(steps[step] * 1e3 + base, color="grey", linestyle=":", linewidth=1)
+                ax.text(steps[step] * 1e3 + base, ax.get_ylim()[1] * 0.9, step, rotation=90, fontsize=7,
+                        color="grey", va="top")
+        s = report["summary"][strategy]
+        ax.set_title(f"{strategy}: median downtime {s['downtime_median_ms']:.0f} ms, "
+                     f"p95 {s['downtime_p95_ms']:.0f} ms over {s['samples']} probe runs")
+        ax.set_xlabel("ms since the migration started (probe send time)")
+        ax.set_ylabel("reply RTT (ms)")
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    lines = [f"probes every {report['interval_ms']:g} ms; unplug delay {report['unplug_delay_ms']:g} ms, "
+             f"update_port delay {report['update_port_delay_ms']:g} ms",
+             f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'min':>8} {'max':>8} "
+             f"{'converge':>9} {'(from)':14} unrecovered"]
+    for strategy, s in report["summary"].items():
+        trigger = TRIGGERS[strategy]
+        fmt = lambda v: f"{v:.1f}" if v is not None else "-"
+        lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms {fmt(s['downtime_p95_ms']):>6} ms "
+                     f"{fmt(s['downtime_min_ms']):>5} ms {fmt(s['downtime_max_ms']):>5} ms "
+                     f"{fmt(s['convergence_median_ms']):>6} ms {trigger:14} {s['unrecovered']}")
+    lines.append("downtime: longest run of lost probe replies x interval, over every probing peer and run; "
+                 "converge: from the trigger to the last chassis' bundle applied (median).")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Nova's part of a live migration, emulated faithfully on the sandbox.
+
+In Nova's order: os-vif plugs the VM's VIF on the destination (a new veth whose
+VM end sits in the VM's namespace, down) and Nova waits for the port to be
+ready there; the VM switches over (source interface down, destination up with
+the same MAC and addresses, RARP + GARP, as QEMU announces); after the unplug
+delay Nova unplugs the source VIF; after the update-port delay it calls
+Neutron's update_port(binding:host_id=destination). Every step is timestamped,
+and the chassis' apply times come from the migration's timeline.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from controller.sandbox.cloud import Cloud
+from controller.sandbox.netns import SandboxError
+from dfflow.models import LogicalPort
+from dfflow.nb.neutron import update_port_binding
+from dfflow.nb.timeline import Timelines
+
+READY_TIMEOUT = 10.0
+
+
+class Switchover:
+    """The pre-started switchover process inside the VM's namespace (see switchover.py)."""
+
+    def __init__(self, cloud: Cloud, vm: str, old: str, new: str, mac: str, ip: str, gateway: str | None):
+        argv = [sys.executable, "-m", "controller.sandbox.switchover", "--old", old, "--new", new,
+                "--mac", mac, "--ip", ip] + (["--gateway", gateway] if gateway else [])
+        self.proc = cloud.sandbox.vm_popen(vm, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+        self._went = False
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SandboxError(f"switchover helper failed: {self.proc.stderr.read()}")
+
+    def go(self) -> dict[str, float]:
+        self._went = True
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # printed before the helper exits: don't wait for its exit
+        if not line:
+            raise SandboxError(f"switchover failed: {self.proc.stderr.read()}")
+        return json.loads(line)
+
+    def cancel(self) -> None:
+        """Reap the helper (it exits by itself after `go`; kill it if it never got there)."""
+        if self.proc.poll() is None and not self._went:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+async def _wait_for(predicate, timeout: float, what: str, interval: float = 0.002) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SandboxError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
+                  update_port_delay: float | None = 0.3, strategy: str | None = None) -> dict[str, Any]:
+    """Live-migrate `vm` to chassis `dest`; returns the timeline (seconds since the plug)."""
+    sb, nb = cloud.sandbox, cloud.nb
+    sb.chassis(dest)
+    vmrec = sb.vm(vm)
+    source_vif = next(v for v in vmrec.vifs if v.up)
+    if source_vif.chassis == dest:
+        raise SandboxError(f"{vm} is already on {dest}")
+    port = await nb.get_or_raise(LogicalPort.table, source_vif.port_id)
+    if strategy is not None and port.activation_strategy != strategy:
+        port = await nb.modify(LogicalPort.table, port.id, lambda p: p.replace(activation_strategy=strategy))
+    used = {v.ifname for v in vmrec.vifs}
+    new_ifname = next(f"eth{i}" for i in range(10) if f"eth{i}" not in used)
+    switchover = Switchover(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
+                            vmrec.gateway)
+    steps: dict[str, float] = {}
+    try:
+        steps["plug"] = time.time()
+        sb.plug_vif(vm, dest, port.id, port.mac, new_ifname, up=False, ip=source_vif.ip)
+        steps["plugged"] = time.time()
+
+        async def recorded() -> Any:
+            current = await nb.get(LogicalPort.table, port.id)
+            mig = current.migration if current is not None else None
+            return mig if mig is not None and mig.chassis == dest else None
+
+        mig = await _wait_for(recorded, READY_TIMEOUT, f"{dest} to record the migration (step 1)")
+        steps["recorded"] = time.time()
+        timelines = Timelines(nb.redis, nb.keys)
+        if mig.strategy == "announce":
+            async def preprogrammed() -> bool:
+                entry = await timelines.get(mig.id)
+                return bool(entry and dest in entry["applied"].get("requested", {}))
+            await _wait_for(preprogrammed, READY_TIMEOUT, f"{dest} to pre-program the port")
+            steps["preprogrammed"] = time.time()
+        steps.update({f"vm_{k}": v for k, v in switchover.go().items()})
+        await asyncio.sleep(unplug_delay)
+    except BaseException:
+        switchover.cancel()
+        raise
+    steps["unplug"] = time.time()
+    sb.unplug_vif(vm, source_vif.ifname)
+    await asyncio.to_thread(switchover.cancel)  # reaped only now: its exit must not delay the unplug
+    sb.set_vif_up(vm, new_ifname, True)
+    if update_port_delay is not None:
+        await asyncio.sleep(update_port_delay)
+        steps["update_port"] = time.time()
+        await update_port_binding(nb, port.id, dest)
+
+        async def finished() -> bool:
+            current = await nb.get(LogicalPort.table, port.id)
+            return current is not None and current.migration is None
+        await _wait_for(finished, READY_TIMEOUT, "the migration record to be cleared", interval=0.01)
+        steps["done"] = time.time()
+    async def both_moved() -> dict[str, Any] | None:
+        entry = await timelines.get(mig.id) or {}
+        moved = {ch for state, per in entry.get("applied", {}).items() if state != "requested" for ch in per}
+        return entry if {source_vif.chassis, dest} <= moved else None
+    try:  # the source and the destination always move; wait for their stamps
+        entry = await _wait_for(both_moved, 2.0, "apply stamps", interval=0.01)
+    except SandboxError:
+        entry = await timelines.get(mig.id) or {}
+    origin = steps["plug"]
+    return {
+        "vm": vm, "port": port.id, "migration": mig.id, "source": source_vif.chassis, "destination": dest,
+        "strategy": mig.strategy, "origin": origin, "steps": {k: round(v - origin, 6) for k, v in steps.items()},
+        "applied": {state: {ch: round(t - origin, 6) for ch, t in sorted(per.items())}
+                    for state, per in entry.get("applied", {}).items()},
+        "states": {k: round(entry[k] - origin, 6) for k in ("requested", "activated", "switched", "done",
+                                                            "aborted") if k in entry},
+    }
+
+
+def format_timeline(result: dict[str, Any]) -> str:
+    """The migration's steps, NB states and each chassis' apply time, in ms since the plug."""
+    lines = [f"{result['vm']}: {result['source']} -> {result['destination']} "
+             f"({result['strategy']}, migration {result['migration']})"]
+    events = [(t, f"nova/vm: {step}") for step, t in result["steps"].items()]
+    events += [(t, f"NB: {state}") for state, t in result["states"].items()]
+    events += [(t, f"{ch}: flows applied ({state})") for state, per in result["applied"].items()
+               for ch, t in per.items()]
+    lines += [f"  {t * 1000:9.1f} ms  {what}" for t, what in sorted(events)]
+    return "\n".join(lines)

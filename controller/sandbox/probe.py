@@ -1,0 +1,183 @@
+"""Downtime probes: sequence-numbered UDP every millisecond, answered by the migrating VM.
+
+`echo` runs in the migrating VM and answers every probe. `send` runs in a peer
+and sends one probe per interval on absolute deadlines (no busy spinning, no
+back-off while replies are missing, unlike ping), records each reply's kernel
+receive time, and on `stop` (stdin) prints one JSON line: the interval, the
+number sent, and (seq, send time, receive time) of every reply.
+
+`analyse()` turns that into the figures: the longest run of lost replies times
+the interval, and the gap between the last reply before it and the first after.
+
+    python -m controller.sandbox.probe echo --port 7100
+    python -m controller.sandbox.probe send --target 10.0.0.5 --port 7100 [--interval 0.001]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+PROBE = struct.Struct("!Qd")  # sequence number, send time
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def echo(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    print("ready", flush=True)
+    while True:
+        data, addr = sock.recvfrom(64)
+        try:
+            sock.sendto(data, addr)
+        except OSError:  # no route for a moment mid-switchover: that reply is lost, like a packet
+            pass
+
+
+def send(target: str, port: int, interval: float) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.connect((target, port))
+    replies: list[tuple[int, float, float]] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data, ancillary, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(16))
+            except ConnectionRefusedError:  # ICMP port unreachable while the VM is away
+                continue
+            received = time.time()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanos = struct.unpack("qq", value[:16])
+                    received = seconds + nanos / 1e9
+            if len(data) >= PROBE.size:
+                seq, sent = PROBE.unpack(data[:PROBE.size])
+                replies.append((seq, sent, received))
+
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
+    stopper = threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True)
+    stopper.start()
+    print("ready", flush=True)
+    start = time.monotonic()
+    seq = 0
+    while not stop.is_set():
+        deadline = start + seq * interval
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            sock.send(PROBE.pack(seq, time.time()))
+        except OSError:  # no route for a moment: the probe counts as lost
+            pass
+        seq += 1
+    receiver.join(1.0)
+    print(json.dumps({"interval": interval, "sent": seq, "replies": sorted(replies)}), flush=True)
+
+
+def analyse(result: dict[str, Any], after: float | None = None) -> dict[str, Any]:
+    """Downtime figures of one probe run (optionally only considering probes sent after `after`).
+
+    downtime_ms: the longest run of consecutive lost replies times the interval.
+    gap_ms: receive-time gap between the replies on either side of that run.
+    recovered: a reply arrived after the longest outage (the path works again)."""
+    interval, sent = result["interval"], result["sent"]
+    replies = result["replies"]
+    if after is not None:
+        replies = [r for r in replies if r[1] >= after]
+        if replies:  # count only the probes sent from the first one after `after`
+            sent -= min(r[0] for r in replies)
+            first = min(r[0] for r in replies)
+            replies = [(seq - first, s, r) for seq, s, r in replies]
+    answered = sorted({r[0] for r in replies})
+    received_at = {r[0]: r[2] for r in replies}
+    sent_at = {r[0]: r[1] for r in replies}
+    if not answered:
+        return {"sent": sent, "answered": 0, "lost": sent, "downtime_ms": None, "gap_ms": None,
+                "recovered": False, "outage_start": None, "outage_end": None}
+    longest, before, after_seq = 0, None, None
+    for prev, nxt in zip(answered, answered[1:]):
+        if nxt - prev - 1 > longest:
+            longest, before, after_seq = nxt - prev - 1, prev, nxt
+    last_sent = sent - 1
+    tail_loss = last_sent - answered[-1]
+    if tail_loss > longest + 50:  # never came back before the probe stopped
+        return {"sent": sent, "answered": len(answered), "lost": sent - len(answered),
+                "downtime_ms": tail_loss * interval * 1e3, "gap_ms": None, "recovered": False,
+                "outage_start": sent_at[answered[-1]], "outage_end": None}
+    gap = (received_at[after_seq] - received_at[before]) * 1e3 if before is not None else 0.0
+    return {"sent": sent, "answered": len(answered), "lost": sent - len(answered),
+            "downtime_ms": longest * interval * 1e3, "gap_ms": gap, "recovered": True,
+            "outage_start": sent_at[before] if before is not None else None,
+            "outage_end": sent_at[after_seq] if after_seq is not None else None}
+
+
+class Echo:
+    """The answering side, in the migrating VM's namespace (it follows the VM across interfaces)."""
+
+    def __init__(self, sandbox: Any, vm: str, port: int = 7100):
+        import subprocess
+        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "controller.sandbox.probe", "echo",
+                                          "--port", str(port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"probe echo failed in {vm}: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Sender:
+    """One probing peer: started before the migration, stopped after; `.result` then holds the run."""
+
+    def __init__(self, sandbox: Any, vm: str, target: str, port: int = 7100, interval: float = 0.001):
+        import subprocess
+        self.sandbox, self.vm, self.target = sandbox, vm, target
+        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "controller.sandbox.probe", "send",
+                                          "--target", target, "--port", str(port),
+                                          "--interval", str(interval)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"probe sender failed in {vm}: {self.proc.stderr.read()}")
+        self.result: dict[str, Any] | None = None
+
+    def stop(self) -> dict[str, Any]:
+        out, err = self.proc.communicate("stop\n", timeout=20)
+        if self.proc.returncode != 0 or not out.strip():
+            raise RuntimeError(f"probe sender in {self.vm} failed: {err}")
+        self.result = json.loads(out.strip().splitlines()[-1])
+        return self.result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    e = sub.add_parser("echo")
+    e.add_argument("--port", type=int, default=7100)
+    s = sub.add_parser("send")
+    s.add_argument("--target", required=True)
+    s.add_argument("--port", type=int, default=7100)
+    s.add_argument("--interval", type=float, default=0.001)
+    args = parser.parse_args()
+    if args.mode == "echo":
+        echo(args.port)
+    else:
+        send(args.target, args.port, args.interval)
+
+
+if __name__ == "__main__":
+    main()

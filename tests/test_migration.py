@@ -1,0 +1,228 @@
+"""Live migration on a real 3-chassis sandbox: the blueprint's steps, the announce strategy,
+and the edge cases, with L2, routed and floating-IP traffic probed every millisecond."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from controller.apps.l2 import L2App
+from controller.migrator import FAULT_DROP_PUBLISH
+from controller.sandbox.probe import Echo, Sender, analyse
+from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, pings, set_fault,
+                                 update_binding, wait_controllers_ready, wait_until)
+from sandbox_fixtures import _new_dir, _teardown, require_substrate
+
+pytestmark = pytest.mark.ovs
+
+M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    """M (migrating, floating IP) on net1/chassis-1; its L2 peer P on net1/chassis-3; routed peer Q
+    on net2/chassis-3; external host E on public/chassis-3."""
+    require_substrate()
+    sb = Sandbox(_new_dir())
+    try:
+        sb.up(chassis=3, controllers=True)
+        wait_controllers_ready(sb)
+        c = SyncCloud(sb)
+        c.call("create_network", "net1", "10.1.0.0/24")
+        c.call("create_network", "net2", "10.2.0.0/24")
+        c.call("create_network", "public", "172.24.4.0/24", external=True)
+        c.call("create_router", "R", ["net1", "net2"], external="public")
+        c.call("create_vm", "M", "chassis-1", "net1", M_IP)
+        c.call("create_vm", "P", "chassis-3", "net1", P_IP)
+        c.call("create_vm", "Q", "chassis-3", "net2", Q_IP)
+        c.call("create_vm", "E", "chassis-3", "public", E_IP)
+        c.fip = c.call("create_floating_ip", "M").floating_ip
+        c.echo = Echo(sb, "M")
+        for src, dst in (("P", M_IP), ("Q", M_IP), ("E", c.fip)):
+            wait_until(lambda: pings(sb, src, dst), 20, what=f"{src} -> M before migrating")
+        yield c
+        c.echo.stop()
+    finally:
+        _teardown([sb])
+
+
+def where(cloud) -> str:
+    return next(v for v in cloud.sb.vm("M").vifs if v.up).chassis
+
+
+def other(cloud, avoid: str = "chassis-3") -> str:
+    here = where(cloud)
+    return next(c.name for c in cloud.sb.chassis_list() if c.name not in (here, avoid))
+
+
+def port_id(cloud) -> str:
+    return cloud.sb.vm("M").vifs[0].port_id
+
+
+def probes(cloud):
+    return [Sender(cloud.sb, "P", M_IP), Sender(cloud.sb, "Q", M_IP), Sender(cloud.sb, "E", cloud.fip)]
+
+
+def tunnel_ofports(sb, chassis: str) -> dict[str, int]:
+    out = sb.ovs(chassis).vsctl("--columns=ofport,external_ids", "find", "Interface", "type=geneve")
+    found = {}
+    for block in out.strip().split("\n\n"):
+        ofport = int(re.search(r"ofport\s*:\s*(\d+)", block).group(1))
+        peer = re.search(r'dfflow-peer="?([^",\s}]+)', block).group(1)
+        found[peer] = ofport
+    return found
+
+
+def assert_everyone_places_m_on(cloud, dest: str) -> None:
+    """Every chassis' L2 lookup for M's MAC and its floating IP's MAC points at `dest` (chassis that
+    need no path to M have none), and only `dest` has M's local (classification) flows."""
+    sb = cloud.sb
+    port = cloud.nb("get", "lport", port_id(cloud))
+    fip = next(f for f in cloud.nb("list", "floatingip") if f.port == port.id)
+    cookie = L2App().cookie(port.id)
+    for ch in sb.chassis_list():
+        lines = dump_flows(sb, ch.name)
+        lookups = [l for l in lines if "table=50" in l and f"dl_dst={port.mac}" in l]
+        assert len(lookups) == (1 if ch.name == dest else len(lookups[:1])), (ch.name, lookups)
+        classify = [l for l in lines if f"cookie={hex(cookie)}," in l and "table=" not in l.split("priority")[0]]
+        if ch.name == dest:
+            ofport = int(sb.ovs(dest).vsctl("get", "Interface", sb.vm("M").vifs[0].tap, "ofport"))
+            assert lookups[0].endswith(f"actions=output:{ofport}"), lookups
+            assert any(f"in_port={ofport}" in l for l in classify), classify
+        elif lookups:
+            assert lookups[0].endswith(f"output:{tunnel_ofports(sb, ch.name)[dest]}"), (ch.name, lookups)
+        if ch.name != dest:
+            assert not classify, (ch.name, classify)
+            fip_lookups = [l for l in lines if "table=50" in l and f"dl_dst={fip.mac}" in l]
+            assert all(l.endswith(f"output:{tunnel_ofports(sb, ch.name)[dest]}") for l in fip_lookups), fip_lookups
+
+
+def assert_recovered(senders, started: float) -> list[dict]:
+    results = [analyse(s.stop(), after=started) for s in senders]
+    for sender, figures in zip(senders, results):
+        if not figures["recovered"]:
+            sb = senders[0].sandbox
+            lookups = {ch.name: [f for f in dump_flows(sb, ch.name) if "table=50" in f] for ch in sb.chassis_list()}
+            raise AssertionError(f"{sender.vm} -> {sender.target} did not recover: {figures}; L2 lookups: {lookups}")
+    return results
+
+
+@pytest.mark.parametrize("strategy", ["unplug", "announce"])
+def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cloud, strategy):
+    dest = other(cloud)
+    senders = probes(cloud)
+    time.sleep(0.3)
+    started = time.time()
+    result = migrate(cloud, "M", dest, strategy=strategy, unplug_delay=0.2, update_port_delay=0.3)
+    time.sleep(0.5)
+    assert_recovered(senders, started)
+    assert result["strategy"] == strategy
+    expected = {"requested", "switched"} | ({"activated"} if strategy == "announce" else set())
+    assert expected <= set(result["states"])
+    assert cloud.nb("get", "lport", port_id(cloud)).migration is None
+    assert_everyone_places_m_on(cloud, dest)
+
+
+def test_step_two_alone_moves_the_flows_when_update_port_never_comes(cloud):
+    source, dest = where(cloud), other(cloud)
+    senders = probes(cloud)
+    started = time.time()
+    result = migrate(cloud, "M", dest, strategy="unplug", update_port_delay=None)
+    time.sleep(0.5)
+    assert_recovered(senders, started)
+    port = cloud.nb("get", "lport", port_id(cloud))
+    assert port.binding_chassis == source  # step 3 never happened...
+    assert port.migration.state == "switched"  # ...step 2 did, and it moved everyone
+    assert set(result["applied"]["switched"]) == {"chassis-1", "chassis-2", "chassis-3"}
+    assert_everyone_places_m_on(cloud, dest)
+    update_binding(cloud, port.id, dest)  # step 3 at last: the record ends
+    wait_until(lambda: cloud.nb("get", "lport", port.id).migration is None, 10, what="record cleared")
+
+
+def test_step_three_moves_the_flows_when_the_step_two_publish_is_lost(cloud):
+    dest = other(cloud)
+    set_fault(cloud, FAULT_DROP_PUBLISH, True)
+    try:
+        senders = probes(cloud)
+        started = time.time()
+        result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=1.0)
+        time.sleep(0.5)
+        figures = assert_recovered(senders, started)
+    finally:
+        set_fault(cloud, FAULT_DROP_PUBLISH, False)
+    assert "switched" not in result["states"]  # no step 2...
+    assert "bound" in result["applied"]  # ...chassis moved on the binding (step 3)
+    # the outage lasted until update_port, a second after the unplug
+    assert all(f["downtime_ms"] > 800 for f in figures), figures
+    assert_everyone_places_m_on(cloud, dest)
+
+
+def test_destination_unplugged_before_the_source_aborts_with_no_loss(cloud):
+    sb, source, dest = cloud.sb, where(cloud), other(cloud)
+    port = cloud.nb("get", "lport", port_id(cloud))
+    senders = probes(cloud)
+    started = time.time()
+    sb.plug_vif("M", dest, port.id, port.mac, "eth9", up=False)
+    wait_until(lambda: (cloud.nb("get", "lport", port.id).migration or port).chassis if
+               cloud.nb("get", "lport", port.id).migration else None, 10, what="step 1 recorded")
+    sb.unplug_vif("M", "eth9")
+    wait_until(lambda: cloud.nb("get", "lport", port.id).migration is None, 10, what="record cleared")
+    time.sleep(0.3)
+    results = assert_recovered(senders, started)
+    assert all(r["downtime_ms"] <= 2 for r in results), results  # no outage: the source kept serving
+    assert_everyone_places_m_on(cloud, source)
+
+
+def test_controller_restarted_mid_migration_recovers_the_step_it_missed(cloud):
+    sb, source, dest = cloud.sb, where(cloud), other(cloud)
+    port = cloud.nb("get", "lport", port_id(cloud))
+    old_if = next(v for v in sb.vm("M").vifs if v.up).ifname
+    sb.plug_vif("M", dest, port.id, port.mac, "eth8", up=False, ip=f"{M_IP}/24")
+    wait_until(lambda: cloud.nb("get", "lport", port.id).migration is not None, 10, what="step 1")
+    sb.stop_controller(source)
+    sb.set_vif_up("M", old_if, False)
+    sb.set_vif_up("M", "eth8", True)
+    sb.unplug_vif("M", old_if)  # the source unplug happens while its controller is away
+    sb.start_controller(source)
+    wait_until(lambda: (cloud.nb("get", "lport", port.id).migration or port).state == "switched"
+               if cloud.nb("get", "lport", port.id).migration else False, 15, what="step 2 after restart")
+    wait_until(lambda: pings(sb, "P", M_IP), 15, what="P -> M at its destination")
+    assert_everyone_places_m_on(cloud, dest)
+
+
+def test_a_port_deleted_during_migration_leaves_nothing_behind(cloud):
+    sb = cloud.sb
+    cloud.call("create_vm", "T", "chassis-1", "net1", "10.1.0.77")
+    t_port = cloud.nb("get", "lport", sb.vm("T").vifs[0].port_id)
+    sb.plug_vif("T", "chassis-2", t_port.id, t_port.mac, "eth1", up=False)
+    wait_until(lambda: cloud.nb("get", "lport", t_port.id).migration is not None, 10, what="step 1")
+    cloud.call("delete_vm", "T")
+    cookie = L2App().cookie(t_port.id)
+
+    def gone() -> bool:
+        return not any(cookie in [int(m, 16) for m in re.findall(r"cookie=0x([0-9a-f]+)", "\n".join(
+            dump_flows(sb, ch.name)))] for ch in sb.chassis_list())
+
+    wait_until(gone, 10, what="every flow of the deleted port removed")
+    for ch in sb.chassis_list():
+        assert t_port.mac not in sb.ovs(ch.name).vsctl("--columns=external_ids", "list", "Interface")
+
+
+def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
+    sb = cloud.sb
+    baseline = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
+    ports_before = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}
+    for i in range(20):
+        migrate(cloud, "M", other(cloud), strategy="announce" if i % 2 else "unplug",
+                unplug_delay=0.05, update_port_delay=0.05)
+    wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
+    assert cloud.nb("get", "lport", port_id(cloud)).migration is None
+    assert_everyone_places_m_on(cloud, where(cloud))
+    after = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
+    assert after == baseline or sum(after.values()) == sum(baseline.values()), (baseline, after)
+    ports_after = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}
+    assert sum(map(len, ports_after.values())) == sum(map(len, ports_before.values()))
+    for ch in sb.chassis_list():
+        assert controller_status(sb, ch.name)["stats"].get("handler_errors", 0) == 0
