@@ -17,4 +17,37 @@ int_to_mac = _core.int_to_mac
 ipv4_to_int = _core.ipv4_to_int
 int_to_ipv4 = _core.int_to_ipv4
 
-__all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4"]
+# The bulk OpenFlow packer (rows of a dfflow.flowbatch.FlowBatch -> OpenFlow 1.3 bytes).
+FlowLayout = _core.FlowLayout
+validate_flows = _core.validate_flows
+packed_size = _core.packed_size
+pack_flow_mods = _core.pack_flow_mods
+pack_flow_mods_into = _core.pack_flow_mods_into
+pack_bundle = _core.pack_bundle
+pack_bundle_ctrl = _core.pack_bundle_ctrl
+pack_many = _core.pack_many
+
+OFP_VERSION: int = _core.OFP_VERSION
+OFPT_FLOW_MOD: int = _core.OFPT_FLOW_MOD
+OFPT_EXPERIMENTER: int = _core.OFPT_EXPERIMENTER
+ONF_EXPERIMENTER_ID: int = _core.ONF_EXPERIMENTER_ID
+ONF_ET_BUNDLE_CONTROL: int = _core.ONF_ET_BUNDLE_CONTROL
+ONF_ET_BUNDLE_ADD_MESSAGE: int = _core.ONF_ET_BUNDLE_ADD_MESSAGE
+ONF_BCT_OPEN_REQUEST: int = _core.ONF_BCT_OPEN_REQUEST
+ONF_BCT_CLOSE_REQUEST: int = _core.ONF_BCT_CLOSE_REQUEST
+ONF_BCT_COMMIT_REQUEST: int = _core.ONF_BCT_COMMIT_REQUEST
+ONF_BCT_DISCARD_REQUEST: int = _core.ONF_BCT_DISCARD_REQUEST
+ONF_BF_ATOMIC: int = _core.ONF_BF_ATOMIC
+ONF_BF_ORDERED: int = _core.ONF_BF_ORDERED
+FLOW_MOD_FIXED_LEN: int = _core.FLOW_MOD_FIXED_LEN
+BUNDLE_CTRL_LEN: int = _core.BUNDLE_CTRL_LEN
+BUNDLE_ADD_HEADER_LEN: int = _core.BUNDLE_ADD_HEADER_LEN
+
+__all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
+           "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
+           "pack_bundle", "pack_bundle_ctrl", "pack_many",
+           "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",
+           "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",
+           "ONF_BCT_CLOSE_REQUEST", "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_DISCARD_REQUEST",
+           "ONF_BF_ATOMIC", "ONF_BF_ORDERED", "FLOW_MOD_FIXED_LEN", "BUNDLE_CTRL_LEN",
+           "BUNDLE_ADD_HEADER_LEN"]

@@ -34,7 +34,8 @@ OXM_OPENFLOW_BASIC = 0x8000
 NXM_1 = 0x0001
 
 # Every field the pipeline matches on or sets. Order is irrelevant here: os-ken
-# and the packer serialize matches in OXM (class, field) order.
+# and the packer serialize matches in OXM (class, field) order -- numerically, so
+# NXM_1 registers (class 0x0001) precede OpenFlow-basic fields (class 0x8000).
 FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("in_port", OXM_OPENFLOW_BASIC, 0, 32, False),
     FieldSpec("metadata", OXM_OPENFLOW_BASIC, 2, 64, True),
@@ -182,8 +183,9 @@ def match(**fields: int | tuple[int, int]) -> tuple[MatchItem, ...]:
             items.append((name, value[0] & value[1], value[1]))
         else:
             items.append((name, value, None))
-    return tuple(sorted(items, key=lambda item: (FIELDS[item[0]].oxm_class != OXM_OPENFLOW_BASIC,
-                                                 FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
+    # os-ken's OFPMatch sorts its fields by OXM type, (oxm_class << 7) | oxm_field: Nicira
+    # registers (class 0x0001) first, then OpenFlow-basic fields by field number.
+    return tuple(sorted(items, key=lambda item: (FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
 
 
 def controller_output() -> Output:
