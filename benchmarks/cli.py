@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -26,6 +27,47 @@ def pack(n: int, min_time: float, osken_reps: int, as_json: bool) -> None:
 
     result = run(n, min_time=min_time, osken_reps=osken_reps)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+@main.command()
+@click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
+              help="Chassis in the sandbox (the migrating VM moves between chassis-1 and chassis-2; "
+                   "the probing peers live on chassis-3).")
+@click.option("--runs", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Migrations per strategy.")
+@click.option("--strategy", "strategies", default="announce,unplug,fallback", show_default=True,
+              help="Comma-separated: announce, unplug, fallback (step-2 publish dropped).")
+@click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
+              help="ms from the VM's switchover to Nova's unplug of the source VIF.")
+@click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
+              help="ms from the unplug to update_port(binding:host_id).")
+@click.option("--interval", type=click.FloatRange(0.0005, 1.0), default=0.001, show_default=True,
+              help="Probe interval in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the probe timelines of the median run of each strategy to this PNG.")
+def migration(chassis: int, runs: int, strategies: str, unplug_delay: int, update_port_delay: int,
+              interval: float, as_json: bool, plot_path: str | None) -> None:
+    """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
+    from benchmarks import migration as bench
+
+    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in bench.STRATEGIES]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
+                                 f"{', '.join(bench.STRATEGIES)}", param_hint="--strategy")
+    with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
+        report = bench.run(runs=runs, strategies=chosen, unplug_delay=unplug_delay / 1000,
+                           update_port_delay=update_port_delay / 1000, interval=interval,
+                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None)
+    if plot_path:
+        bench.plot(report, plot_path)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(bench.format_summary(report))
+    if plot_path:
+        click.echo(f"plot: {plot_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

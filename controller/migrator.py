@@ -25,6 +25,7 @@ from dfflow.nb.timeline import Timelines
 LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 FAULT_DROP_PUBLISH = "drop_migration_publish"
+FAULT_IGNORE_ANNOUNCEMENTS = "ignore_announcements"
 
 
 class Migrator:
@@ -59,6 +60,9 @@ class Migrator:
         """A pending VIF's RARP or GARP: the VM runs here now."""
         if not is_announcement(data):
             self._count("packet_in_ignored")
+            return
+        if await self._fault(FAULT_IGNORE_ANNOUNCEMENTS):
+            self._count("announcements_ignored")
             return
         for vif in self.engine.view.vifs.values():
             if vif.ofport == ofport:
@@ -156,4 +160,4 @@ async def set_fault(nb: NbApi, name: str, on: bool) -> None:
         await nb.redis.hdel(key, name)
 
 
-__all__ = ["Migrator", "is_announcement", "set_fault", "FAULT_DROP_PUBLISH"]
+__all__ = ["Migrator", "is_announcement", "set_fault", "FAULT_DROP_PUBLISH", "FAULT_IGNORE_ANNOUNCEMENTS"]

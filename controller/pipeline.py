@@ -5,6 +5,8 @@ is generated from this declaration (`python -m controller.pipeline > docs/pipeli
 and `check_flow` refuses a flow that sits in, or jumps to, a table not declared here.
 
 Registers and metadata:
+  reg5      1 once a pending port has announced itself (set by the flow its first RARP/GARP
+            learned in activation_gate); the pending port's port-security flows require it
   metadata  the logical network of the packet: the switch's VNI (its segmentation id),
             written at classification and rewritten by the router when it routes
   reg6      the VIF ofport the packet came from on this chassis; 0 when it came from a tunnel
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfflow.flows import Flow
+from dfflow.flows import Flow, Learn, Resubmit
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Table:
     matches: str
     miss: str
     next_tables: tuple[str, ...] = ()
+    resubmits: tuple[str, ...] = ()  # tables its flows may look up inline (Nicira resubmit)
 
 
 PIPELINE: tuple[Table, ...] = (
@@ -33,7 +36,13 @@ PIPELINE: tuple[Table, ...] = (
           "a tunnel's packets get metadata=tun_id (the VNI) and reg6=0. A port awaiting activation "
           "(announce strategy) sends its RARP/GARP to the controller and drops the rest.",
           "in_port (VIF) | tunnel_id (tunnel) | in_port+eth_type (pending VIF announcements)",
-          "drop", ("port_security", "arp_responder")),
+          "drop", ("port_security", "arp_responder"), resubmits=("activation_gate",)),
+    Table(5, "activation_gate",
+          "Announce strategy: a pre-programmed destination's VIF is looked up here (resubmit from "
+          "classify). Its first RARP/GARP learns a flow here, in the datapath, that sets reg5=1 "
+          "for that VIF, so the VM's egress opens at once, before the controller hears of it.",
+          "reg6 (learned flows only)",
+          "nothing (reg5 stays 0)"),
     Table(10, "port_security",
           "Egress port security: a VM may only send from its own MAC and, for IPv4 and ARP, from "
           "its own addresses. Ports with port security off pass unchecked.",
@@ -104,6 +113,13 @@ def check_flow(flow: Flow) -> Flow:
         target = TABLE_IDS.get(flow.goto)
         if target is None or target.name not in current.next_tables:
             raise PipelineError(f"table {current.name} may not jump to table {flow.goto}: {flow}")
+    for action in flow.actions:
+        if isinstance(action, Resubmit):
+            target = TABLE_IDS.get(action.table)
+            if target is None or target.name not in current.resubmits:
+                raise PipelineError(f"table {current.name} may not resubmit to table {action.table}: {flow}")
+        if isinstance(action, Learn) and action.table not in TABLE_IDS:
+            raise PipelineError(f"flow learns into undeclared table {action.table}: {flow}")
     return flow
 
 
@@ -112,6 +128,7 @@ def render_markdown() -> str:
              "Generated from `controller/pipeline.py` (`python -m controller.pipeline > docs/pipeline.md`).",
              "", "## Registers", "", "| register | holds |", "| --- | --- |",
              "| metadata | the packet's logical network: its switch's VNI (segmentation id) |",
+             "| reg5 | 1 once a pending (announce) port's first RARP/GARP has opened its egress |",
              "| reg6 | the VIF ofport the packet entered from on this chassis; 0 if it came from a tunnel |",
              "", "## Cookies", "",
              "Every flow's cookie is `app id << 56 | 56-bit hash of the object it serves` "
@@ -120,8 +137,9 @@ def render_markdown() -> str:
              "", "## Tables", "", "| id | name | purpose | matches | on miss | next |",
              "| --- | --- | --- | --- | --- | --- |"]
     for t in PIPELINE:
+        nexts = list(t.next_tables) + [f"{r} (resubmit)" for r in t.resubmits]
         lines.append(f"| {t.id} | `{t.name}` | {t.purpose} | {t.matches} | {t.miss} | "
-                     f"{', '.join(t.next_tables) or '-'} |")
+                     f"{', '.join(nexts) or '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from controller.apps.base import app_of_cookie
 from controller.flowstate import Plan
 from dfflow import core
-from dfflow.flows import FIELDS, Command, DecTtl, Flow, Move, Output, SetField, match
+from dfflow.flows import FIELDS, Command, DecTtl, Flow, Learn, Move, Output, Resubmit, SetField, match
 
 _MAC_FIELDS = {"eth_dst", "eth_src", "arp_sha", "arp_tha"}
 _IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
@@ -63,6 +63,13 @@ def _action(action: Any) -> Any:
         return DecTtl()
     if kind == "NXActionRegMove":
         return Move(action.src_field, action.dst_field, action.n_bits)
+    if kind == "NXActionResubmitTable":
+        return Resubmit(action.table_id)
+    if kind == "NXActionLearn":
+        specs = [(type(spec).__name__, spec.dst[0], spec.src) for spec in action.specs]
+        return Learn(action.table_id, action.priority, action.idle_timeout, action.hard_timeout, action.cookie,
+                     tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecMatch"),
+                     tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecLoad"))
     raise ValueError(f"action dfflow does not use: {kind}")
 
 

@@ -53,6 +53,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("arp_sha", OXM_OPENFLOW_BASIC, 24, 48, True),
     FieldSpec("arp_tha", OXM_OPENFLOW_BASIC, 25, 48, True),
     FieldSpec("tunnel_id", OXM_OPENFLOW_BASIC, 38, 64, True),
+    FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
 )}
@@ -93,7 +94,28 @@ class Move:
     n_bits: int
 
 
-Action = Union[Output, SetField, DecTtl, Move]
+@dataclass(frozen=True)
+class Resubmit:
+    """Run `table` for this packet now and come back (Nicira resubmit): a lookup inside an action list."""
+
+    table: int
+
+
+@dataclass(frozen=True)
+class Learn:
+    """Add a flow to `table` from the datapath itself (Nicira learn), matching `match` and loading
+    `loads` (immediate values): how a pending port opens its own egress at its first announcement."""
+
+    table: int
+    priority: int
+    idle_timeout: int
+    hard_timeout: int
+    cookie: int
+    match: tuple[tuple[str, int], ...]
+    loads: tuple[tuple[str, int], ...]
+
+
+Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn]
 MatchItem = tuple[str, int, Union[int, None]]  # (field, value, mask or None)
 
 
@@ -167,6 +189,16 @@ def _osken_action(action: Action, parser: Any) -> Any:
         return parser.OFPActionDecNwTtl()
     if isinstance(action, Move):
         return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst, n_bits=action.n_bits)
+    if isinstance(action, Resubmit):
+        return parser.NXActionResubmitTable(table_id=action.table)
+    if isinstance(action, Learn):
+        specs = [parser.NXFlowSpecMatch(src=value, dst=(name, 0), n_bits=FIELDS[name].bits)
+                 for name, value in action.match]
+        specs += [parser.NXFlowSpecLoad(src=value, dst=(name, 0), n_bits=FIELDS[name].bits)
+                  for name, value in action.loads]
+        return parser.NXActionLearn(table_id=action.table, specs=specs, priority=action.priority,
+                                    idle_timeout=action.idle_timeout, hard_timeout=action.hard_timeout,
+                                    cookie=action.cookie)
     raise TypeError(f"unknown action {action!r}")
 
 
@@ -192,5 +224,6 @@ def controller_output() -> Output:
     return Output(OFPP_CONTROLLER, OFPCML_NO_BUFFER)
 
 
-__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "match",
+__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "Resubmit", "Learn",
+           "match",
            "controller_output", "osken_match"]

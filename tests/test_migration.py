@@ -8,7 +8,7 @@ import time
 import pytest
 
 from controller.apps.l2 import L2App
-from controller.migrator import FAULT_DROP_PUBLISH
+from controller.migrator import FAULT_DROP_PUBLISH, FAULT_IGNORE_ANNOUNCEMENTS
 from controller.sandbox.probe import Echo, Sender, analyse
 from controller.sandbox.topology import INT_BRIDGE, Sandbox
 from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, pings, set_fault,
@@ -125,6 +125,24 @@ def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cl
     assert_everyone_places_m_on(cloud, dest)
 
 
+def test_the_vms_announcement_opens_its_egress_in_the_datapath_without_the_controller(cloud):
+    """With the controller deaf to announcements, the destination still serves the VM from its
+    first RARP on: the gate it learned in the datapath, and traffic sent to both chassis."""
+    dest = other(cloud)
+    set_fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS, True)
+    try:
+        senders = probes(cloud)
+        started = time.time()
+        result = migrate(cloud, "M", dest, strategy="announce", unplug_delay=1.0, update_port_delay=0.2)
+        time.sleep(0.3)
+        figures = assert_recovered(senders, started)
+    finally:
+        set_fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS, False)
+    assert "activated" not in result["states"]  # the controller never activated the port...
+    assert all(f["downtime_ms"] < 500 for f in figures), figures  # ...yet M answered long before the unplug
+    assert_everyone_places_m_on(cloud, dest)
+
+
 def test_step_two_alone_moves_the_flows_when_update_port_never_comes(cloud):
     source, dest = where(cloud), other(cloud)
     senders = probes(cloud)
@@ -220,6 +238,9 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, where(cloud))
+    # the activation gates the announcements learned in the datapath expire by themselves
+    wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
+               20, what="learned activation gates expired")
     after = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
     assert after == baseline or sum(after.values()) == sum(baseline.values()), (baseline, after)
     ports_after = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}

@@ -1,8 +1,8 @@
 """Nova's part of a live migration, emulated faithfully on the sandbox.
 
 In Nova's order: os-vif plugs the VM's VIF on the destination (a new veth whose
-VM end sits in the VM's namespace, down) and Nova waits for the port to be
-ready there; the VM switches over (source interface down, destination up with
+VM end sits in the VM's namespace, with carrier like QEMU's tap but unused by
+the guest until it resumes) and Nova waits for the port to be ready there; the VM switches over (source interface down, destination up with
 the same MAC and addresses, RARP + GARP, as QEMU announces); after the unplug
 delay Nova unplugs the source VIF; after the update-port delay it calls
 Neutron's update_port(binding:host_id=destination). Every step is timestamped,
@@ -35,8 +35,18 @@ class Switchover:
         self.proc = cloud.sandbox.vm_popen(vm, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)
         self._went = False
-        if self.proc.stdout.readline().strip() != "ready":
+        self._expect("started")
+
+    def _expect(self, word: str) -> None:
+        if self.proc.stdout.readline().strip() != word:
+            self.proc.kill()
             raise SandboxError(f"switchover helper failed: {self.proc.stderr.read()}")
+
+    def prepare(self) -> None:
+        """The destination interface exists now: give it what the guest will have after resuming."""
+        self.proc.stdin.write("prepare\n")
+        self.proc.stdin.flush()
+        self._expect("ready")
 
     def go(self) -> dict[str, float]:
         self._went = True
@@ -84,8 +94,11 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     steps: dict[str, float] = {}
     try:
         steps["plug"] = time.time()
-        sb.plug_vif(vm, dest, port.id, port.mac, new_ifname, up=False, ip=source_vif.ip)
+        # The destination tap has carrier from the start, as QEMU's tap does; the guest only starts
+        # using it (addresses, routes) at the switchover.
+        sb.plug_vif(vm, dest, port.id, port.mac, new_ifname, up=True, ip=source_vif.ip, configure_ip=False)
         steps["plugged"] = time.time()
+        switchover.prepare()
 
         async def recorded() -> Any:
             current = await nb.get(LogicalPort.table, port.id)

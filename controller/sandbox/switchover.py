@@ -1,12 +1,14 @@
 """A VM's switchover in a live migration, as QEMU does it, run inside the VM's namespace.
 
-Started ahead of time (a Python process takes ~150 ms to start), it prints
-`ready` and waits for `go` on stdin; then, over netlink in one process (four
-`ip` commands would take ~22 ms on their own): the source interface goes down
-and loses its addresses, the destination interface gets them, comes up, gets
-the default route and the guest's neighbour entries (a migrated guest keeps its
-ARP cache), and the guest announces itself with a RARP and a gratuitous ARP,
-like QEMU's self-announce. It prints one JSON line of timestamps and exits.
+Started ahead of time (a Python process takes ~150 ms to start), once told to
+`prepare` (when the destination interface exists) it sets up what a resumed
+guest already has (its ARP cache on the destination interface, a raw socket
+for the announcements), prints `ready` and waits for
+`go` on stdin. Then, over netlink in one process (four `ip` commands would take
+~22 ms on their own): the source interface goes down, the destination interface
+takes the guest's address, the guest announces itself with a RARP (as QEMU does right after the
+resume), takes the default route and sends a gratuitous ARP. It prints one JSON
+line of timestamps and exits.
 
     python -m controller.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
 """
@@ -38,31 +40,44 @@ def garp_frame(mac: bytes, ip: bytes) -> bytes:
             + bytes.fromhex("0001080006040001") + mac + ip + bytes(6) + ip).ljust(60, b"\0")
 
 
-def switch(old: str, new: str, mac: str, ip: str, gateway: str | None) -> dict[str, float]:
-    stamps = {"go": time.time()}
-    iface = ipaddress.ip_interface(ip)
-    mac_bytes = bytes.fromhex(mac.replace(":", ""))
-    with IPRoute() as ipr:
-        old_idx, new_idx = ipr.link_lookup(ifname=old)[0], ipr.link_lookup(ifname=new)[0]
-        neighbours = [(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
-                      for n in ipr.get_neighbours(ifindex=old_idx, family=socket.AF_INET)
-                      if n.get_attr("NDA_LLADDR")]
-        ipr.link("set", index=old_idx, state="down")
-        ipr.flush_addr(index=old_idx)
+class Switchover:
+    """Everything that can be prepared is, before `go`: at `go` only what QEMU's resume changes."""
+
+    def __init__(self, old: str, new: str, mac: str, ip: str, gateway: str | None):
+        self.ipr = IPRoute()
+        self.gateway, self.iface = gateway, ipaddress.ip_interface(ip)
+        self.mac = bytes.fromhex(mac.replace(":", ""))
+        self.old_idx = self.ipr.link_lookup(ifname=old)[0]
+        self.new_idx = self.ipr.link_lookup(ifname=new)[0]
+        # The guest keeps its ARP cache: the destination interface gets it now, while still down.
+        for n in self.ipr.get_neighbours(ifindex=self.old_idx, family=socket.AF_INET):
+            if n.get_attr("NDA_LLADDR"):
+                self.ipr.neigh("replace", dst=n.get_attr("NDA_DST"), lladdr=n.get_attr("NDA_LLADDR"),
+                               ifindex=self.new_idx, state=NUD_STALE)
+        # Routes of the interface that goes down must not be used any more (they stay, marked linkdown).
+        with open("/proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown", "w") as f:
+            f.write("1")
+        self.raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        self.raw.bind((new, 0))
+        self.frames = (rarp_frame(self.mac), garp_frame(self.mac, self.iface.ip.packed))
+
+    def go(self) -> dict[str, float]:
+        stamps = {"go": time.time()}
+        self.ipr.link("set", index=self.old_idx, state="down")
         stamps["source_down"] = time.time()
-        ipr.addr("replace", index=new_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        ipr.link("set", index=new_idx, state="up")
-        if gateway:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=new_idx)
-        for dst, lladdr in neighbours:
-            ipr.neigh("replace", dst=dst, lladdr=lladdr, ifindex=new_idx, state=NUD_STALE)
+        self.ipr.addr("replace", index=self.new_idx, address=str(self.iface.ip),
+                      prefixlen=self.iface.network.prefixlen)
+        self.ipr.link("set", index=self.new_idx, state="up")
         stamps["destination_up"] = time.time()
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
-        raw.bind((new, 0))
-        raw.send(rarp_frame(mac_bytes))
-        raw.send(garp_frame(mac_bytes, iface.ip.packed))
-    stamps["announced"] = time.time()
-    return stamps
+        self.raw.send(self.frames[0])  # QEMU announces first thing after the resume
+        stamps["announced"] = time.time()
+        if self.gateway:
+            self.ipr.route("replace", dst="0.0.0.0/0", gateway=self.gateway, oif=self.new_idx)
+        self.raw.send(self.frames[1])
+        stamps["routed"] = time.time()
+        self.raw.close()
+        self.ipr.close()
+        return stamps
 
 
 def main() -> None:
@@ -73,10 +88,14 @@ def main() -> None:
     parser.add_argument("--ip", required=True, help="address/prefix")
     parser.add_argument("--gateway")
     args = parser.parse_args()
+    print("started", flush=True)
+    if sys.stdin.readline().strip() != "prepare":  # sent once the destination interface exists
+        sys.exit("switchover: expected 'prepare' on stdin")
+    switchover = Switchover(args.old, args.new, args.mac, args.ip, args.gateway)
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         sys.exit("switchover: expected 'go' on stdin")
-    print(json.dumps(switch(args.old, args.new, args.mac, args.ip, args.gateway)), flush=True)
+    print(json.dumps(switchover.go()), flush=True)
 
 
 if __name__ == "__main__":

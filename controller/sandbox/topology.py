@@ -519,7 +519,7 @@ class Sandbox:
         return self.vm(name)
 
     def plug_vif(self, vm: str, chassis: str, port_id: str, mac: str, ifname: str, up: bool = False,
-                 ip: str | None = None, mtu: int = VM_MTU) -> Vif:
+                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True) -> Vif:
         """Add an interface to an existing VM namespace, plugged into `chassis`' br-int.
 
         For live-migration emulation: the destination VIF of a VM (same port id and
@@ -544,21 +544,21 @@ class Sandbox:
         with self._txn() as st:
             st["vms"][vm]["vifs"].append(asdict(vif))
         try:
-            self._create_vif(ch, vmrec, vif)
+            self._create_vif(ch, vmrec, vif, configure_ip)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.unplug_vif(vm, ifname)
             raise
         return vif
 
-    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif) -> None:
+    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True) -> None:
         tap, ifname = vif.tap, vif.ifname
         netns.batch(ch.namespace, [
             f"link add {tap} address {nm.tap_mac(vif.port_id, ch.name)} mtu {vif.mtu} type veth "
             f"peer name {ifname} address {vif.mac} mtu {vif.mtu} netns {vmrec.namespace}",
             f"link set {tap} up"])
         script = [f"ethtool -K {ifname} tx off >/dev/null"]
-        if vif.ip:
+        if vif.ip and configure_ip:  # (a migration's destination VIF gets it at the switchover)
             script.append(f"ip addr add {vif.ip} dev {ifname}")
         if vif.up:
             script.append(f"ip link set {ifname} up")
