@@ -1,18 +1,23 @@
 """The cloud side of the sandbox: what Neutron and Nova do, against the NB db and the chassis.
 
-`Cloud` creates networks and ports in the NB db as Neutron would, and plugs VMs
-into a chassis' br-int as Nova and os-vif do (the port exists, bound to the host,
-before its VIF is plugged).
+`Cloud` creates ports and changes their binding through the sandbox's
+Neutron-compatible API (`dfflow api`, over HTTP, as Nova does), networks, routers
+and floating IPs directly in the NB db, and plugs VMs into a chassis' br-int as
+Nova and os-vif do (the port exists, bound to the host, before its VIF is plugged).
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import random
+import urllib.error
+import urllib.request
 import uuid
 from typing import Any
 
 from controller.sandbox.topology import Sandbox, Vm
-from dfflow.errors import NotFound, ValidationError
+from dfflow.errors import DfflowError, NotFound, ValidationError
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort,
                            Subnet)
 from dfflow.nb.store import NbApi
@@ -23,6 +28,7 @@ DEFAULT_TOPIC = "demo"
 class Cloud:
     def __init__(self, sandbox: Sandbox, nb: NbApi, topic: str = DEFAULT_TOPIC):
         self.sandbox, self.nb, self.topic = sandbox, nb, topic
+        self._api_url: str | None = None
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
@@ -61,12 +67,42 @@ class Cloud:
 
     async def create_port(self, network: str, chassis: str | None, ip: str | None = None,
                           name: str = "", device_id: str = "", mac: str | None = None) -> LogicalPort:
-        subnet = await self._subnet(network)
-        ip = ip or await self._free_ip(network, subnet)
-        mac = mac or _random_mac()
-        return await self.nb.create(LogicalPort(
-            id=str(uuid.uuid4()), topic=self.topic, lswitch=network, mac=mac, ips=[ip],
-            binding_chassis=chassis, name=name, device_owner="compute:nova", device_id=device_id))
+        """POST /v2.0/ports on the sandbox's API, as Nova asks Neutron for a VM's port."""
+        body: dict[str, Any] = {"network_id": network, "name": name, "device_id": device_id,
+                                "device_owner": "compute:nova", "project_id": self.topic}
+        if chassis is not None:
+            body["binding:host_id"] = chassis
+        if mac is not None:
+            body["mac_address"] = mac
+        if ip is not None:
+            body["fixed_ips"] = [{"ip_address": ip}]
+        created = await self.neutron("POST", "/v2.0/ports", {"port": body})
+        return await self.nb.get_or_raise(LogicalPort.table, created["port"]["id"])
+
+    async def update_port_binding(self, port_id: str, host: str) -> None:
+        """PUT /v2.0/ports/{id} with binding:host_id: Nova's post-migration call (step 3)."""
+        await self.neutron("PUT", f"/v2.0/ports/{port_id}", {"port": {"binding:host_id": host}})
+
+    async def neutron(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call to the sandbox's Neutron API; a Neutron error becomes a DfflowError with its message."""
+        if self._api_url is None:
+            self._api_url = self.sandbox.status().get("api_url")
+        url = self._api_url
+        if not url:
+            raise DfflowError(f"the sandbox in {self.sandbox.dir} runs no API")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+
+        def call() -> dict[str, Any]:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return json.loads(reply.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                detail = json.loads(exc.read() or b"{}").get("NeutronError", {})
+                raise DfflowError(f"Neutron API {method} {path}: {exc.code} "
+                                  f"{detail.get('message') or exc.reason}") from None
+        return await asyncio.to_thread(call)
 
     async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
                         mac: str | None = None) -> Vm:

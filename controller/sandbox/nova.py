@@ -20,7 +20,6 @@ from typing import Any
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.netns import SandboxError
 from dfflow.models import LogicalPort
-from dfflow.nb.neutron import update_port_binding
 from dfflow.nb.timeline import Timelines
 
 READY_TIMEOUT = 10.0
@@ -126,7 +125,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     if update_port_delay is not None:
         await asyncio.sleep(update_port_delay)
         steps["update_port"] = time.time()
-        await update_port_binding(nb, port.id, dest)
+        await cloud.update_port_binding(port.id, dest)
 
         async def finished() -> bool:
             current = await nb.get(LogicalPort.table, port.id)

@@ -78,6 +78,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -87,7 +88,7 @@ from controller.ovsproc import OvsInstance
 from . import names as nm
 from . import netns, preflight, procs, state
 from .netns import SandboxError
-from .redisproc import RedisServer
+from .redisproc import RedisServer, free_port
 
 DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
 INT_BRIDGE = "br-int"
@@ -358,6 +359,7 @@ class Sandbox:
             with self._txn() as st:
                 st["nb"] = {"url": nb_url, "tcp_url": None, "external": True}
 
+        self._start_api()
         self._build_underlay(chs)
         # OVS start-up and configuration is mostly waiting on daemons: do the chassis in parallel.
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(chs))) as pool:
@@ -368,6 +370,32 @@ class Sandbox:
                 self._start_controller(ch.name, cmd, of_transport)
         with self._txn() as st:
             st["phase"] = "up"
+
+    def _start_api(self) -> None:
+        """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
+        creates ports and updates bindings through it, as Nova does through Neutron."""
+        with self._txn() as st:
+            nb = st["nb"]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "dfflow.cli", "api", "--nb", nb.get("tcp_url") or nb["url"],
+                "--listen", f"127.0.0.1:{port}"]
+        with open(os.path.join(self.dir, "api.log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=self.dir, start_new_session=True)
+        with self._txn() as st:
+            st["api"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v2.0", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
+            time.sleep(0.05)
 
     def _new_chassis(self, index: int, name: str) -> Chassis:
         n = self.names
@@ -656,6 +684,7 @@ class Sandbox:
         return {"sandbox_id": self.sbid, "dir": self.dir, "phase": st.get("phase"),
                 "nb_url": nb.get("url"), "nb_tcp_url": nb.get("tcp_url"), "nb_external": nb.get("external"),
                 "redis_pid": (st.get("redis") or {}).get("pid"), "underlay": st.get("underlay"),
+                "api_url": (st.get("api") or {}).get("url"), "api_pid": (st.get("api") or {}).get("pid"),
                 "of_transport": st.get("of_transport"), "chassis": chassis, "vms": vms,
                 "namespaces": list(st.get("namespaces", []))}
 
@@ -686,6 +715,9 @@ class Sandbox:
             redis = RedisServer.from_state(st["redis"]) if st.get("redis") else None
             if redis is not None and redis.running():
                 victims.add(redis.pid)  # type: ignore[arg-type]
+            api = st.get("api") or {}
+            if procs.same_process(api.get("pid"), api.get("starttime")):
+                victims.add(api["pid"])
             rundirs = {os.path.join(self.dir, c["name"], "ovs") for c in st.get("chassis", [])}
             rundirs |= {os.path.dirname(p) for p in glob.glob(os.path.join(self.dir, "*", "ovs", "*.pid"))}
             for c in st.get("chassis", []):

@@ -1,0 +1,34 @@
+"""openstacksdk, unmodified, drives the sandbox's own Neutron API; VMs on its ports talk across chassis."""
+from __future__ import annotations
+
+import pytest
+
+from controller.sandbox.topology import Sandbox
+from controller_fixtures import pings, wait_controllers_ready, wait_until
+from sandbox_fixtures import _new_dir, _teardown, require_substrate
+
+pytestmark = pytest.mark.ovs
+
+
+def test_ports_created_through_the_api_carry_traffic_between_chassis():
+    openstack = pytest.importorskip("openstack")
+    require_substrate()
+    sb = Sandbox(_new_dir())
+    try:
+        sb.up(chassis=2, controllers=True)
+        wait_controllers_ready(sb)
+        conn = openstack.connection.Connection(auth_type="none", auth={"endpoint": sb.status()["api_url"]})
+        net = conn.network.create_network(name="api-net", project_id="api-tenant")
+        conn.network.create_subnet(network_id=net.id, cidr="10.7.0.0/24", ip_version=4, project_id="api-tenant")
+        ports = {}
+        for vm, host in (("V1", "chassis-1"), ("V2", "chassis-2")):
+            port = conn.network.create_port(network_id=net.id, binding_host_id=host, project_id="api-tenant")
+            ip = port.fixed_ips[0]["ip_address"]
+            sb.plug_vm(vm, host, port.id, port.mac_address, ip=f"{ip}/24", gateway="10.7.0.1")
+            ports[vm] = (port, ip)
+        wait_until(lambda: pings(sb, "V1", ports["V2"][1]), 20, what="V1 -> V2 through API-made ports")
+        assert pings(sb, "V2", ports["V1"][1])
+        shown = conn.network.get_port(ports["V1"][0].id)
+        assert shown.binding_host_id == "chassis-1" and shown.status == "ACTIVE"
+    finally:
+        _teardown([sb])
