@@ -25,6 +25,7 @@ import traceback
 from collections import Counter, deque
 from typing import Any
 
+from controller import compiler
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
@@ -329,7 +330,7 @@ class ControllerDaemon:
                     await self._reconcile(dp)
                 elif plan:
                     sending = time.monotonic()
-                    await dp.send_bundle([f.to_osken(dp) for f in plan.messages()])
+                    await dp.send_bundle(compiler.flow_mods(dp, plan.messages()))
                     applied = time.time()
                     timing = plan.timing
                     self.apply_timings.append({
@@ -365,7 +366,7 @@ class ControllerDaemon:
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan:
-            await dp.send_bundle([f.to_osken(dp) for f in plan.messages()])
+            await dp.send_bundle(compiler.flow_mods(dp, plan.messages()))
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
                  (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))

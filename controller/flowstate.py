@@ -30,7 +30,8 @@ class Plan:
 
     def messages(self) -> list[Flow]:
         """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key)."""
-        return [f if f.command == Command.DELETE else f.as_command(Command.DELETE_STRICT)
+        return [f if f.command == Command.DELETE else
+                Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                 for f in self.deletes] + \
                [f.as_command(Command.ADD) for f in self.adds]
 

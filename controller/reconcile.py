@@ -53,6 +53,12 @@ def flow_from_stats(stats: Any) -> Flow:
                 stats.cookie)
 
 
+def _field_name(name: str) -> str:
+    """os-ken reads NXM fields back as e.g. 'eth_src_nxm'; ours is the OXM name."""
+    base = name[:-4] if name.endswith("_nxm") else name
+    return base if base in FIELDS else name
+
+
 def _action(action: Any) -> Any:
     kind = type(action).__name__
     if kind == "OFPActionOutput":
@@ -62,11 +68,11 @@ def _action(action: Any) -> Any:
     if kind == "OFPActionDecNwTtl":
         return DecTtl()
     if kind == "NXActionRegMove":
-        return Move(action.src_field, action.dst_field, action.n_bits)
+        return Move(_field_name(action.src_field), _field_name(action.dst_field), action.n_bits)
     if kind == "NXActionResubmitTable":
         return Resubmit(action.table_id)
     if kind == "NXActionLearn":
-        specs = [(type(spec).__name__, spec.dst[0], spec.src) for spec in action.specs]
+        specs = [(type(spec).__name__, _field_name(spec.dst[0]), spec.src) for spec in action.specs]
         return Learn(action.table_id, action.priority, action.idle_timeout, action.hard_timeout, action.cookie,
                      tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecMatch"),
                      tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecLoad"))
