@@ -1,7 +1,6 @@
 """Shared fixtures: a private, real redis-server per test that needs one."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess

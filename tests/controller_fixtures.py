@@ -6,12 +6,14 @@ import json
 import subprocess
 import re
 import time
-from typing import Any
+import contextlib
+from typing import Any, Awaitable, Callable, Iterator
 
 from controller.daemon import read_status
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.topology import INT_BRIDGE, Sandbox
 from dfflow.nb.store import NbApi
+from sandbox_fixtures import _new_dir, _teardown, require_substrate
 
 
 class SyncCloud:
@@ -21,23 +23,34 @@ class SyncCloud:
         self.sb = sb
         self.url = sb.status()["nb_url"]
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def with_nb(self, body: Callable[[NbApi], Awaitable[Any]]) -> Any:
+        """Run `body(nb)` on a fresh NB connection to the sandbox's db."""
         async def run() -> Any:
             nb = NbApi(self.url)
             try:
-                return await getattr(Cloud(self.sb, nb), method)(*args, **kwargs)
+                return await body(nb)
             finally:
                 await nb.close()
         return asyncio.run(run())
 
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self.with_nb(lambda nb: getattr(Cloud(self.sb, nb), method)(*args, **kwargs))
+
     def nb(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        async def run() -> Any:
-            nb = NbApi(self.url)
-            try:
-                return await getattr(nb, method)(*args, **kwargs)
-            finally:
-                await nb.close()
-        return asyncio.run(run())
+        return self.with_nb(lambda nb: getattr(nb, method)(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def running_cloud(chassis: int = 3) -> Iterator[SyncCloud]:
+    """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after."""
+    require_substrate()
+    sb = Sandbox(_new_dir())
+    try:
+        sb.up(chassis=chassis, controllers=True)
+        wait_controllers_ready(sb)
+        yield SyncCloud(sb)
+    finally:
+        _teardown([sb])
 
 
 def dump_flows(sb: Sandbox, chassis: str) -> list[str]:
@@ -157,36 +170,15 @@ def udp_probe(sb, client_vm: str, server_vm: str, dst_ip: str, port: int = 7000,
 def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, Any]:
     """Live-migrate through the sandbox's Nova emulation (see controller/sandbox/nova.py)."""
     from controller.sandbox import nova
-
-    async def run() -> Any:
-        nb = NbApi(cloud.url)
-        try:
-            return await nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs)
-        finally:
-            await nb.close()
-    return asyncio.run(run())
+    return cloud.with_nb(lambda nb: nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs))
 
 
 def set_fault(cloud: SyncCloud, name: str, on: bool) -> None:
     from controller.migrator import set_fault as _set
-
-    async def run() -> None:
-        nb = NbApi(cloud.url)
-        try:
-            await _set(nb, name, on)
-        finally:
-            await nb.close()
-    asyncio.run(run())
+    cloud.with_nb(lambda nb: _set(nb, name, on))
 
 
 def update_binding(cloud: SyncCloud, port_id: str, host: str) -> None:
     """Neutron's update_port(binding:host_id=host): the migration's step 3."""
     from dfflow.nb.neutron import update_port_binding
-
-    async def run() -> None:
-        nb = NbApi(cloud.url)
-        try:
-            await update_port_binding(nb, port_id, host)
-        finally:
-            await nb.close()
-    asyncio.run(run())
+    cloud.with_nb(lambda nb: update_port_binding(nb, port_id, host))

@@ -1,5 +1,5 @@
 """Small NB topologies for tests, written through the real NB API."""
-from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort, Subnet, ExternalGateway
+from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch, RouterPort, Subnet, ExternalGateway
 
 TOPIC = "tenant-a"
 

@@ -9,9 +9,8 @@ import pytest
 
 from controller.apps.l2 import L2App
 from controller.sandbox.topology import INT_BRIDGE
-from sandbox_fixtures import _new_dir, _teardown, require_substrate, tcp_transfer
-from controller.sandbox.topology import Sandbox
-from controller_fixtures import (SyncCloud, controller_status, dump_flows, flow_cookies, pings,
+from sandbox_fixtures import tcp_transfer
+from controller_fixtures import (running_cloud, controller_status, dump_flows, flow_cookies, pings,
                                  rx_packets, wait_controllers_ready, wait_until)
 
 pytestmark = pytest.mark.ovs
@@ -20,20 +19,13 @@ pytestmark = pytest.mark.ovs
 @pytest.fixture(scope="module")
 def cloud():
     """Chassis 1-3 with controllers; net1 with A1, A2 on chassis-1, B1 on chassis-2, C1 on chassis-3."""
-    require_substrate()
-    sb = Sandbox(_new_dir())
-    try:
-        sb.up(chassis=3, controllers=True)
-        wait_controllers_ready(sb)
-        c = SyncCloud(sb)
+    with running_cloud(3) as c:
         c.call("create_network", "net1", "10.0.0.0/24")
         c.call("create_vm", "A1", "chassis-1", "net1", "10.0.0.11", mac="fa:16:3e:00:00:11")
         c.call("create_vm", "A2", "chassis-1", "net1", "10.0.0.12", mac="fa:16:3e:00:00:12")
         c.call("create_vm", "B1", "chassis-2", "net1", "10.0.0.21", mac="fa:16:3e:00:00:21")
         c.call("create_vm", "C1", "chassis-3", "net1", "10.0.0.31", mac="fa:16:3e:00:00:31")
         yield c
-    finally:
-        _teardown([sb])
 
 
 IPS = {"A1": "10.0.0.11", "A2": "10.0.0.12", "B1": "10.0.0.21", "C1": "10.0.0.31"}

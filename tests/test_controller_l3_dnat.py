@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from controller.sandbox.topology import Sandbox
-from controller_fixtures import (SyncCloud, dump_flows, pings, udp_probe, wait_controllers_ready, wait_until)
+from controller_fixtures import (running_cloud, dump_flows, pings, udp_probe, wait_until)
 from dfflow.errors import Conflict, ValidationError
 from dfflow.models import FloatingIP
-from sandbox_fixtures import _new_dir, _teardown, require_substrate, tcp_transfer
+from sandbox_fixtures import tcp_transfer
 
 pytestmark = pytest.mark.ovs
 
@@ -18,12 +17,7 @@ X, Y, Z, E = "10.1.0.10", "10.2.0.20", "10.2.0.30", "172.24.4.100"
 def cloud():
     """net1 + net2 behind router R with a gateway on `public`; X net1/chassis-1, Y net2/chassis-2,
     Z net2/chassis-1, external host E on public/chassis-3; X has a floating IP."""
-    require_substrate()
-    sb = Sandbox(_new_dir())
-    try:
-        sb.up(chassis=3, controllers=True)
-        wait_controllers_ready(sb)
-        c = SyncCloud(sb)
+    with running_cloud(3) as c:
         c.call("create_network", "net1", "10.1.0.0/24")
         c.call("create_network", "net2", "10.2.0.0/24")
         c.call("create_network", "public", "172.24.4.0/24", external=True)
@@ -34,8 +28,6 @@ def cloud():
         c.call("create_vm", "E", "chassis-3", "public", E)
         c.fip = c.call("create_floating_ip", "X")
         yield c
-    finally:
-        _teardown([sb])
 
 
 def test_routed_ping_and_tcp_between_subnets_on_the_same_and_other_chassis(cloud):

@@ -53,7 +53,7 @@ def test_remote_ports_get_flows_only_while_their_network_has_a_local_port():
 
 def test_a_switched_migration_moves_the_port_with_remove_and_add_and_nothing_else():
     engine = make_engine()
-    a1 = apply_port = port("a1", 1, 11, "A")
+    a1 = port("a1", 1, 11, "A")
     apply(engine, engine.nb_event(event(a1)))
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     b1 = port("b1", 2, 12, "B")

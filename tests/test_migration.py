@@ -10,10 +10,9 @@ import pytest
 from controller.apps.l2 import L2App
 from controller.migrator import FAULT_DROP_PUBLISH, FAULT_IGNORE_ANNOUNCEMENTS
 from controller.sandbox.probe import Echo, Sender, analyse
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
-from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, pings, set_fault,
-                                 update_binding, wait_controllers_ready, wait_until)
-from sandbox_fixtures import _new_dir, _teardown, require_substrate
+from controller.sandbox.topology import INT_BRIDGE
+from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, set_fault,
+                                 update_binding, wait_until)
 
 pytestmark = pytest.mark.ovs
 
@@ -24,12 +23,8 @@ M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
 def cloud():
     """M (migrating, floating IP) on net1/chassis-1; its L2 peer P on net1/chassis-3; routed peer Q
     on net2/chassis-3; external host E on public/chassis-3."""
-    require_substrate()
-    sb = Sandbox(_new_dir())
-    try:
-        sb.up(chassis=3, controllers=True)
-        wait_controllers_ready(sb)
-        c = SyncCloud(sb)
+    with running_cloud(3) as c:
+        sb = c.sb
         c.call("create_network", "net1", "10.1.0.0/24")
         c.call("create_network", "net2", "10.2.0.0/24")
         c.call("create_network", "public", "172.24.4.0/24", external=True)
@@ -44,8 +39,6 @@ def cloud():
             wait_until(lambda: pings(sb, src, dst), 20, what=f"{src} -> M before migrating")
         yield c
         c.echo.stop()
-    finally:
-        _teardown([sb])
 
 
 def where(cloud) -> str:

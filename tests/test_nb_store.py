@@ -5,7 +5,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dfflow.errors import Conflict, InUse, NotFound, ValidationError, VersionConflict
-from dfflow.models import FloatingIP, LogicalPort, LogicalSwitch, Subnet, Chassis, CHASSIS_TOPIC
+from dfflow.models import FloatingIP, LogicalSwitch, Subnet, Chassis, CHASSIS_TOPIC
 from tests.nbtopo import TOPIC, network, port, router
 
 
