@@ -70,5 +70,33 @@ def migration(chassis: int, runs: int, strategies: str, unplug_delay: int, updat
         click.echo(f"plot: {plot_path}")
 
 
+
+@main.command("flow-update")
+@click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
+              help="Chassis in the sandbox (M migrates between chassis-1 and chassis-2; the evacuated "
+                   "ports move between them too).")
+@click.option("--ports", type=click.IntRange(1, 300), default=50, show_default=True,
+              help="K: ports whose binding moves at once in the evacuation.")
+@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Migrations and evacuations per path.")
+@click.option("--paths", "paths", default="compiled+bundle,osken+bundle,compiled+flow-mods,osken+flow-mods",
+              show_default=True, help="Comma-separated controller flow paths to compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
+def flow_update(chassis: int, ports: int, runs: int, paths: str, as_json: bool) -> None:
+    """NB event to the last chassis' commit/barrier reply on a real sandbox, per controller flow path
+    (compiled packer or os-ken objects, bundle or flow mods + barrier); needs root."""
+    from benchmarks import flow_update as bench
+
+    chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in bench.PATHS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"unknown path {', '.join(unknown)}; choose from {', '.join(bench.PATHS)}",
+                                 param_hint="--paths")
+    with click.progressbar(length=2 * runs * len(chosen), label="flow updates", file=sys.stderr) as bar:
+        report = bench.run(ports=ports, runs=runs, chassis=chassis, paths=chosen,
+                           progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_summary(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -45,12 +45,17 @@ LOG = logging.getLogger("dfflow.controller")
 HEARTBEAT_INTERVAL = 5.0
 PENDING_VIF_RETRY = 0.5
 HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
+FLOW_PATHS = ("compiled", "osken")
+APPLY_TIMINGS_KEPT = 1024
 
 
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "unplug"):
+                 strategy: str = "unplug", flow_path: str = "compiled", bundle: bool = True):
+        if flow_path not in FLOW_PATHS:
+            raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
+        self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
         self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()])
@@ -73,7 +78,8 @@ class ControllerDaemon:
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
         self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
-        self.apply_timings: deque[dict[str, float]] = deque(maxlen=50)  # the last bundles, for status
+        self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
+        self._sending = False  # a plan is out to the switch, its reply not in yet
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
@@ -205,6 +211,7 @@ class ControllerDaemon:
     # -- NB ------------------------------------------------------------------------
     async def _on_nb_event(self, event: dict[str, Any]) -> None:
         self.stats["nb_events"] += 1
+        self.stats[f"nb_events.{event['table']}"] += 1
         if event["table"] == Chassis.table:
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
             await self._sync_tunnels()
@@ -213,6 +220,9 @@ class ControllerDaemon:
         plan = self.engine.nb_event(event)
         plan.timing.update(bus_ms=(received - event.get("ts", received)) * 1e3,
                            compute_ms=(time.time() - received) * 1e3)
+        if "ts" in event:
+            plan.timing["event_ts"] = event["ts"]  # when the NB write was published (absolute)
+        plan.cause = f"{event['table']}:{event.get('id', '')}"
         self._emit(plan)
         if event["table"] == LogicalPort.table and event["action"] != "delete":
             self.pending_vifs.discard(event["id"])
@@ -330,15 +340,18 @@ class ControllerDaemon:
                     await self._reconcile(dp)
                 elif plan:
                     sending = time.monotonic()
-                    await dp.send_bundle(compiler.flow_mods(dp, plan.messages()))
+                    self._sending = True
+                    await self._send(dp, plan.messages())
                     applied = time.time()
                     timing = plan.timing
                     self.apply_timings.append({
-                        **{k: round(v, 3) for k, v in timing.items() if k != "emitted"},
+                        **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items() if k != "emitted"},
                         "queued_ms": round((sending - timing["emitted"]) * 1e3, 3),
                         "bundle_ms": round((time.monotonic() - sending) * 1e3, 3),
+                        "applied_at": round(applied, 6),  # absolute: the switch's commit/barrier reply
+                        "cause": plan.cause, "stamps": [list(s) for s in plan.stamps],
                         "flow_mods": len(plan.deletes) + len(plan.adds)})
-                    self.stats["bundles"] += 1
+                    self.stats["bundles" if self.bundle else "flow_mod_batches"] += 1
                     self.stats["flow_mods"] += len(plan.deletes) + len(plan.adds)
                     for migration_id, state in plan.stamps:
                         self._spawn_stamp(migration_id, state, applied)
@@ -347,6 +360,18 @@ class ControllerDaemon:
             except OFChannelError:
                 self._record_error("apply")
                 self._need_reconcile.set()
+            finally:
+                self._sending = False
+
+    async def _send(self, dp: Datapath, flows: list[Any]) -> None:
+        """Apply flow mods the way the benchmark switches say: the compiled packer (default) or os-ken
+        objects, in one atomic bundle (default) or as plain flow mods followed by a barrier."""
+        msgs: Any = (compiler.flow_mods(dp, flows) if self.flow_path == "compiled"
+                     else [f.to_osken(dp) for f in flows])
+        if self.bundle:
+            await dp.send_bundle(msgs)
+        else:
+            await dp.send_flow_mods(msgs)
 
     def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
         async def stamp() -> None:
@@ -366,7 +391,7 @@ class ControllerDaemon:
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan:
-            await dp.send_bundle(compiler.flow_mods(dp, plan.messages()))
+            await self._send(dp, plan.messages())
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
                  (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
@@ -381,6 +406,8 @@ class ControllerDaemon:
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
+            "flow_path": self.flow_path, "bundle": self.bundle,
+            "outbox": self._outbox.qsize(), "sending": self._sending,
         }
 
     async def _start_status_server(self) -> None:
@@ -424,6 +451,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="live-migration activation: at the source's unplug (the blueprint) or at the "
                              "VM's announcement on a pre-programmed destination (default unplug)")
     parser.add_argument("--log-level", default=None)
+    bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
+                                      "in production")
+    bench.add_argument("--flow-path", default=None, choices=FLOW_PATHS,
+                       help="how flow mods are encoded: the compiled packer or os-ken objects (default compiled)")
+    bench.add_argument("--no-bundle", action="store_true", default=None,
+                       help="send plain flow mods + a barrier instead of one atomic bundle per plan "
+                            "(not atomic: a benchmark baseline only)")
     args = parser.parse_args(argv)
     if args.config:
         cfg = configparser.ConfigParser()
@@ -438,6 +472,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tunnel_type = args.tunnel_type or "geneve"
     args.log_level = args.log_level or "INFO"
     args.strategy = args.strategy or "unplug"
+    args.flow_path = args.flow_path or "compiled"
+    if args.flow_path not in FLOW_PATHS:
+        parser.error(f"--flow-path must be one of {', '.join(FLOW_PATHS)}")
+    if isinstance(args.no_bundle, str):
+        args.no_bundle = args.no_bundle.strip().lower() in ("1", "true", "yes", "on")
+    args.no_bundle = bool(args.no_bundle)
     for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
         if not getattr(args, required):
             parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
@@ -449,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
-                              args.of_listen, args.status_socket, args.tunnel_type, args.strategy)
+                              args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
+                              flow_path=args.flow_path, bundle=not args.no_bundle)
     asyncio.run(daemon.run())
 
 

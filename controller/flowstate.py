@@ -24,6 +24,7 @@ class Plan:
     moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
     stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
     timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
+    cause: str = ""  # "table:id" of the NB event that made it (empty for local events)
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.adds)

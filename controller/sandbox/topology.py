@@ -275,8 +275,13 @@ class Sandbox:
 
     # --- up ---------------------------------------------------------------------------------------
     def up(self, chassis: int = 2, names: Sequence[str] | None = None, nb_url: str | None = None,
-           controllers: bool = True, of_transport: str = "unix") -> dict[str, Any]:
-        """Build the sandbox; returns `status()`. On failure everything built so far is removed."""
+           controllers: bool = True, of_transport: str = "unix",
+           controller_args: Sequence[str] | None = None) -> dict[str, Any]:
+        """Build the sandbox; returns `status()`. On failure everything built so far is removed.
+
+        `controller_args` are appended to every controller's command line (e.g. the benchmark
+        switches ``--flow-path osken --no-bundle``); they are kept in the state, so `start_controller`
+        uses them too until `set_controller_args` changes them."""
         names = list(names) if names else [f"chassis-{i}" for i in range(1, chassis + 1)]
         for n in names:
             nm.check_name("chassis", n)
@@ -295,7 +300,7 @@ class Sandbox:
         with state.locked(self.dir, state.UP_LOCK_FILE):
             self._clear_stale()
             try:
-                self._build(names, nb_url, cmd, of_transport)
+                self._build(names, nb_url, cmd, of_transport, list(controller_args or []))
             except BaseException:
                 with contextlib.suppress(Exception):
                     self.down()
@@ -330,7 +335,8 @@ class Sandbox:
             return True
         return False
 
-    def _build(self, names: list[str], nb_url: str | None, cmd: list[str] | None, of_transport: str) -> None:
+    def _build(self, names: list[str], nb_url: str | None, cmd: list[str] | None, of_transport: str,
+               controller_args: list[str] | None = None) -> None:
         os.makedirs(self.dir, exist_ok=True)
         n = self.names
         chs = [self._new_chassis(i, name) for i, name in enumerate(names, start=1)]
@@ -340,6 +346,7 @@ class Sandbox:
         with self._txn(create=True) as st:
             st.update(self._empty_state())
             st["of_transport"] = of_transport
+            st["controller_args"] = list(controller_args or [])
             st["underlay"] = {"namespace": n.underlay_ns, "bridge": n.underlay_bridge,
                               "cidr": f"{nm.UNDERLAY_NET}.0/{nm.UNDERLAY_PREFIXLEN}"}
             st["chassis"] = [asdict(ch) for ch in chs]
@@ -471,6 +478,7 @@ class Sandbox:
     # --- controllers ------------------------------------------------------------------------------
     def _start_controller(self, chassis: str, cmd: list[str], of_transport: str) -> Chassis:
         ch = self.chassis(chassis)
+        extra = list((self._load() or {}).get("controller_args") or [])
         nb_url = self.nb_url
         if of_transport == "unix":
             sock = os.path.join(ch.rundir, "openflow.sock")  # OVS accepts socket controllers only here
@@ -482,7 +490,7 @@ class Sandbox:
         ch.controller_argv = list(cmd) + [
             "--chassis", ch.name, "--tunnel-ip", ch.tunnel_ip, "--nb", nb_url or "",
             "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen,
-            "--status-socket", ch.status_socket]
+            "--status-socket", ch.status_socket] + extra
         argv = ch.controller_argv if of_transport == "unix" else netns.exec_argv(ch.namespace, ch.controller_argv)
         # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
         ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
@@ -502,6 +510,16 @@ class Sandbox:
             raise SandboxError(f"controller command {cmd[0]!r} not found")
         self.stop_controller(chassis)
         return self._start_controller(chassis, cmd, st.get("of_transport", "unix"))
+
+    @property
+    def controller_args(self) -> list[str]:
+        """What is appended to every controller's command line (see `up`)."""
+        return list((self._load() or {}).get("controller_args") or [])
+
+    def set_controller_args(self, args: Sequence[str]) -> None:
+        """Extra controller arguments for the next `start_controller` (running ones keep theirs)."""
+        with self._txn() as st:
+            st["controller_args"] = list(args)
 
     def stop_controller(self, chassis: str, timeout: float = 5.0) -> None:
         ch = self.chassis(chassis)
