@@ -37,7 +37,7 @@ def ours(sb: Sandbox) -> list[str]:
 
 def all_pids(sb: Sandbox) -> list[int]:
     st = sb.status()
-    pids = [st["redis_pid"]] if st.get("redis_pid") else []
+    pids = [p for p in (st.get("redis_pid"), st.get("api_pid")) if p]
     for ch in st["chassis"]:
         pids += [p for p in (ch["ovs_vswitchd_pid"], ch["ovsdb_server_pid"], ch["controller_pid"]) if p]
     return pids

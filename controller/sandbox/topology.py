@@ -751,6 +751,9 @@ class Sandbox:
             # controllers are the processes told to use one of our OVSDB sockets
             victims.update(procs.find(lambda pid: procs.comm(pid) == "redis-server"
                                       and procs.cwd(pid) == os.path.join(self.dir, "redis")))
+            # our Neutron API is the `dfflow.cli api` working in <dir>
+            victims.update(procs.find(lambda pid: procs.cwd(pid) == self.dir
+                                      and procs.cmdline(pid)[1:4] == ["-m", "dfflow.cli", "api"]))
             dbsocks = tuple(f"unix:{os.path.join(r, 'db.sock')}" for r in rundirs)
             if dbsocks:
                 victims.update(procs.find(lambda pid: "--ovsdb" in (argv := procs.cmdline(pid))
