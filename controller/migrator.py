@@ -104,10 +104,10 @@ class Migrator:
         view_port = self.engine.view.port(port_id)
         if view_port is None:
             return NO_CHANGE
+        step = transition(view_port, event, self.chassis, now, self.strategy)
+        if step.port is None:
+            return NO_CHANGE  # decided on this chassis' view: no NB round trip (housekeeping runs every second)
         if local_first:
-            step = transition(view_port, event, self.chassis, now, self.strategy)
-            if step.port is None:
-                return NO_CHANGE
             # Apply here at once: this chassis' bundle goes out before the publish round trip.
             self.emit(self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
                                             "object": step.port.to_dict()}))
