@@ -30,6 +30,30 @@ def pack(n: int, min_time: float, osken_reps: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--ports", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
+              help="P: ports in the simulated cloud, spread evenly over the chassis.")
+@click.option("--chassis", type=click.IntRange(2, 10_000), default=20, show_default=True,
+              help="C: chassis; each hosts ports of every network, so each is related to every port.")
+@click.option("--migrate", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
+              help="K: ports evacuated at once from chassis 0 (at most the ports it hosts).")
+@click.option("--min-time", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="Seconds each compiled measurement repeats for.")
+@click.option("--osken-reps", type=click.IntRange(1), default=1, show_default=True,
+              help="Repetitions of the (slow) Python apps + os-ken path for the evacuation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps: int, as_json: bool) -> None:
+    """Compute and pack every chassis' flows for one port's migration and for a host evacuation:
+    the compiled core vs the Python apps + os-ken, same change, same bytes."""
+    from benchmarks import compile as bench
+
+    steps = ["compiled", "osken", "compiled", "osken", "memory"]
+    with click.progressbar(length=len(steps), label="compiling", file=sys.stderr) as bar:
+        report = bench.run(ports, chassis, migrate, min_time=min_time, osken_reps=osken_reps,
+                           progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
+@main.command()
 @click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
               help="Chassis in the sandbox (the migrating VM moves between chassis-1 and chassis-2; "
                    "the probing peers live on chassis-3).")

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from dfflow import core
-from dfflow.flowbatch import FlowBatch
-from dfflow.flows import DecTtl, Flow, Move, Output, SetField
+import numpy as np
 
-PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move)
+from controller.templates import APP_COOKIE_SHIFT, Fact, Param, PortFacts, PortProgram, PortRole
+from dfflow import core
+from dfflow.flowbatch import (ACTION_DTYPE, FIELD_INDEX, FLOW_DTYPE, LAYOUT, MAX_ACTIONS, PACKABLE_ACTIONS,
+                              FlowBatch)
+from dfflow.flows import Flow
 
 
 def packable(flow: Flow) -> bool:
-    return all(isinstance(action, PACKABLE_ACTIONS) for action in flow.actions)
+    """Whether a FlowBatch row holds it: known actions, and no more than a row's slots (a flood
+    flow to many ports has more; os-ken serializes those)."""
+    return len(flow.actions) <= MAX_ACTIONS and all(isinstance(a, PACKABLE_ACTIONS) for a in flow.actions)
 
 
 def flow_mods(dp: Any, flows: Sequence[Flow]) -> bytes:
@@ -47,3 +51,149 @@ def flow_mods(dp: Any, flows: Sequence[Flow]) -> bytes:
         xid += 1
     flush()
     return bytes(out)
+
+
+# ---------------------------------------------------------------- the port-flow compiler
+# Port programs (controller.templates) as prototype rows for dfflow._core, the port
+# columns they read, and the calls the engine and the benchmarks make.
+
+PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
+FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
+TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
+NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
+
+# The compiled core numbers params and facts itself: it must be the numbering of the templates.
+assert core.PARAM_NAMES == tuple(p.name for p in Param), "dfflow._core and controller.templates disagree on params"
+assert core.FACT_BITS == {f.name: f.value for f in Fact}, "dfflow._core and controller.templates disagree on facts"
+
+_ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1] for name in ("cookie", "wmeta_value", "match_value", "actions")}
+_ACTION_VALUE = ACTION_DTYPE.fields["value"][1]
+
+
+def compile_program(*programs: PortProgram) -> core.CompiledProgram:
+    """The entries of one or more apps' port programs, as the compiled core runs them."""
+    protos = FlowBatch(sum(len(p.entries) for p in programs))
+    entries = []
+    for program in programs:
+        app_cookie = program.app_id << APP_COOKIE_SHIFT
+        for entry in program.entries:
+            t = entry.template
+            addable = t.packable()
+            prototype = t.flow({p: 0 for p in t.params()}, 0)
+            if not addable:  # deleted by key only: a delete carries no actions
+                prototype = Flow(prototype.table, prototype.priority, prototype.match, (), prototype.goto,
+                                 prototype.write_metadata)
+            protos.append(prototype, check=False)
+            patches = [(_ROW_OFFSET["cookie"], Param.COOKIE)]
+            patches += [(_ROW_OFFSET["match_value"] + 8 * FIELD_INDEX[name], entry.source(value))
+                        for name, value, _ in t.match if isinstance(value, Param)]
+            if addable:
+                for k, action in enumerate(t.actions):
+                    value = getattr(action, "port", getattr(action, "value", None))
+                    if isinstance(value, Param):
+                        patches.append((_ROW_OFFSET["actions"] + k * ACTION_DTYPE.itemsize + _ACTION_VALUE,
+                                        entry.source(value)))
+            if t.write_metadata is not None and isinstance(t.write_metadata[0], Param):
+                patches.append((_ROW_OFFSET["wmeta_value"], entry.source(t.write_metadata[0])))
+            entries.append((f"{program.app_id}:{t.name}", app_cookie, int(entry.when), int(entry.each), addable,
+                            entry.uses_location(), [(off, int(param)) for off, param in patches]))
+    return core.CompiledProgram(LAYOUT, protos.rows, entries)
+
+
+class PortTable:
+    """The ports' facts as typed columns, kept in step with the NB view by the engine.
+
+    `ports[i]` is port i's record (PORT_DTYPE); its IPv4 addresses and floating IPs are
+    slices of `ips` and `fips`. Rows are reused when a port goes; the IP and floating-IP
+    columns only grow until they are compacted (when half of them is stale).
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.ports = np.zeros(capacity, PORT_DTYPE)
+        self.ips = np.zeros(max(capacity, 1), np.uint64)
+        self.fips = np.zeros(max(capacity // 4, 1), FIP_DTYPE)
+        self.n_ips = self.n_fips = 0
+        self.index: dict[str, int] = {}
+        self.facts: dict[str, PortFacts] = {}
+        self._free: list[int] = []
+        self._n = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set(self, port_id: str, facts: PortFacts) -> int:
+        """Store a port's facts (a no-op when unchanged); returns its row."""
+        row = self.index.get(port_id)
+        if row is not None and self.facts[port_id] == facts:
+            return row
+        if row is None:
+            row = self._free.pop() if self._free else self._grow_row()
+            self.index[port_id] = row
+        self.facts[port_id] = facts
+        self._make_room(len(facts.ipv4s), len(facts.fips))
+        ip_start, fip_start = self.n_ips, self.n_fips
+        self.ips[ip_start:ip_start + len(facts.ipv4s)] = facts.ipv4s
+        for k, f in enumerate(facts.fips):
+            self.fips[fip_start + k] = (f.fip, f.fip_mac, f.fixed_ip, f.ext_vni, f.router_mac)
+        self.n_ips += len(facts.ipv4s)
+        self.n_fips += len(facts.fips)
+        flags = (core.PORT_FLAG_SECURITY if facts.port_security else 0) | (core.PORT_FLAG_ROUTED if facts.routed else 0)
+        self.ports[row] = (facts.object_hash, facts.vni, facts.mac, flags, ip_start, len(facts.ipv4s),
+                           fip_start, len(facts.fips))
+        return row
+
+    def drop(self, port_id: str) -> None:
+        row = self.index.pop(port_id, None)
+        if row is not None:
+            self.facts.pop(port_id)
+            self.ports[row] = 0
+            self._free.append(row)
+
+    def _grow_row(self) -> int:
+        if self._n == len(self.ports):
+            self.ports = np.concatenate([self.ports, np.zeros(len(self.ports), PORT_DTYPE)])
+        self._n += 1
+        return self._n - 1
+
+    def _make_room(self, n_ips: int, n_fips: int) -> None:
+        live_ips = sum(len(f.ipv4s) for f in self.facts.values())
+        if self.n_ips + n_ips > len(self.ips) or self.n_fips + n_fips > len(self.fips):
+            if live_ips * 2 < self.n_ips:
+                self._compact()
+            if self.n_ips + n_ips > len(self.ips):
+                self.ips = np.concatenate([self.ips, np.zeros(max(len(self.ips), n_ips), np.uint64)])
+            if self.n_fips + n_fips > len(self.fips):
+                self.fips = np.concatenate([self.fips, np.zeros(max(len(self.fips), n_fips), FIP_DTYPE)])
+
+    def _compact(self) -> None:
+        facts, self.n_ips, self.n_fips = dict(self.facts), 0, 0
+        self.facts.clear()
+        for port_id, f in facts.items():
+            self.facts[port_id] = f
+            row = self.index[port_id]
+            start = self.n_ips
+            self.ips[start:start + len(f.ipv4s)] = f.ipv4s
+            self.n_ips += len(f.ipv4s)
+            fstart = self.n_fips
+            for k, fip in enumerate(f.fips):
+                self.fips[fstart + k] = (fip.fip, fip.fip_mac, fip.fixed_ip, fip.ext_vni, fip.router_mac)
+            self.n_fips += len(f.fips)
+            self.ports[row]["ip_start"], self.ports[row]["fip_start"] = start, fstart
+
+
+def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
+    """A PortRole as the (kind, gated, ofport, tunnel, copy_tunnel) of a transition record."""
+    if role is None:
+        return (NONE, 0, 0, 0, 0)
+    return (LOCAL if role.local else REMOTE, int(role.gated), role.ofport, role.tunnel, role.copy_tunnel)
+
+
+def compile_port_change(program: core.CompiledProgram, table: PortTable, row: int,
+                        old: PortRole | None, new: PortRole | None) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take one port's flows on this chassis from role `old` to `new`.
+
+    Both roles are made from the port's facts in `table`: when the facts changed too, the
+    caller diffs with what is installed instead."""
+    transition = np.array([(row, 0, *role_fields(old), *role_fields(new))], TRANSITION_DTYPE)
+    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition)
+    return dels, adds

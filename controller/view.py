@@ -6,11 +6,13 @@ here, in one place, from its binding and its migration record.
 """
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator
 
 from controller.migration import current_location
+from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash
 from dfflow import core
 from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, RouterPort,
                            Subnet)
@@ -190,6 +192,39 @@ class View:
         found = {self.location(p) for p in self.ports_on(switch_id) if self.role(p) == REMOTE}
         return sorted(c for c in found if c is not None)
 
+    # -- what a port's flows depend on (controller.templates) ---------------------------
+    def port_facts(self, port: LogicalPort) -> PortFacts:
+        return PortFacts(object_hash(port.id), self.vni(port.lswitch), mac_int(port.mac), port.port_security,
+                         bool(self.routers_on(port.lswitch)), tuple(ipv4s_of(port)),
+                         tuple(self.usable_floating_ips(port)))
+
+    def port_role(self, port: LogicalPort) -> PortRole | None:
+        role = self.role(port)
+        if role is None:
+            return None
+        copy_to = self.also_send_to(port)
+        copy_tunnel = self.tunnels[copy_to] if copy_to is not None else 0
+        if role == LOCAL:
+            return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=self.is_pending(port))
+        return PortRole(False, tunnel=self.tunnel_ofport(port), copy_tunnel=copy_tunnel)
+
+    def usable_floating_ips(self, port: LogicalPort) -> list[FloatingIpFacts]:
+        """The port's floating IPs whose external network is needed here and whose router has an
+        interface on the port's subnet (that interface's MAC is the DNATed packets' source)."""
+        found = []
+        for fip in self.floating_ips_of(port.id):
+            ext = self.switch(fip.lswitch)
+            router = self.get(LogicalRouter.table, fip.router) if fip.router else None
+            if ext is None or router is None or fip.lswitch not in self.needed_switches():
+                continue
+            fixed = ipaddress.ip_address(fip.fixed_ip)
+            for rport, subnet, switch in self.router_interfaces(router):
+                if switch.id == port.lswitch and fixed in subnet.network:
+                    found.append(FloatingIpFacts(ip_int(fip.floating_ip), mac_int(fip.mac), ip_int(fip.fixed_ip),
+                                                 ext.segmentation_id, mac_int(rport.mac)))
+                    break
+        return found
+
     def ofport(self, port: LogicalPort) -> int:
         return self.vifs[port.id].ofport
 
@@ -206,3 +241,7 @@ def mac_int(mac: str) -> int:
 
 def ip_int(ip: str) -> int:
     return core.ipv4_to_int(ip)
+
+
+def ipv4s_of(port: LogicalPort) -> list[int]:
+    return [ip_int(ip) for ip in port.ips if ":" not in ip]

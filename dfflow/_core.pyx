@@ -109,6 +109,7 @@ cdef extern from *:
     static inline void dff_be32(unsigned char *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
     static inline void dff_be64(unsigned char *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
     static inline uint64_t dff_ld64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void dff_st64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
     static inline uint16_t dff_ld16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
     static inline int dff_ctz64(uint64_t v) { return __builtin_ctzll(v); }
     static inline int dff_clz64(uint64_t v) { return __builtin_clzll(v); }
@@ -126,6 +127,7 @@ cdef extern from *:
     void be32 "dff_be32"(unsigned char *p, uint32_t v) noexcept nogil
     void be64 "dff_be64"(unsigned char *p, uint64_t v) noexcept nogil
     uint64_t ld64 "dff_ld64"(const unsigned char *p) noexcept nogil
+    void store64 "dff_st64"(unsigned char *p, uint64_t v) noexcept nogil
     uint16_t ld16 "dff_ld16"(const unsigned char *p) noexcept nogil
     int ctz64 "dff_ctz64"(uint64_t v) noexcept nogil
     int clz64 "dff_clz64"(uint64_t v) noexcept nogil
@@ -912,3 +914,689 @@ def pack_many(batches, xid_starts, bundle_ids=None, flags=ONF_BF_ATOMIC | ONF_BF
         raise ValueError(f"bundle_ids: {len(bs)} values for {nb} batches")
     return [_pack_bytes(<_Rows>rows_list[j], xs[j], bundle, bs[j], flags, commit, f"batch {j}: ")
             for j in range(nb)]
+
+
+# =================================================================== the port-flow compiler
+#
+# A port's flows are a program (controller.templates): entries, each a template made
+# once, once per IPv4 address or once per floating IP of the port, when its facts hold.
+# Here each entry is a prototype row (a FlowBatch row of the template with every param
+# 0) and the byte offsets in that row where each param's value goes. Ports are typed
+# columns (PORT_FIELDS, IPv4s, floating IPs); a transition says a port's role on one
+# chassis before and after a change. For each transition the compiler makes the rows of
+# both roles, diffs them (delete what no longer has its key, add what is new or
+# different) and appends the result to the deletes and adds of its group (a chassis),
+# without a Python object per flow. pack_groups then packs each group as one bundle.
+
+from libc.string cimport memcmp
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport int32_t, int64_t
+from cpython.bytearray cimport PyByteArray_AsString
+
+cdef enum:
+    MAX_PATCHES = 24
+    # params (controller.templates.Param)
+    P_OBJECT = 0
+    P_VNI = 1
+    P_MAC = 2
+    P_OFPORT = 3
+    P_TUNNEL = 4
+    P_COPY_TUNNEL = 5
+    P_IP = 6
+    P_FIP = 7
+    P_FIP_MAC = 8
+    P_FIXED_IP = 9
+    P_EXT_VNI = 10
+    P_ROUTER_MAC = 11
+    P_COOKIE = 12
+    N_PARAMS_C = 13
+    # facts (controller.templates.Fact)
+    F_LOCAL = 1 << 0
+    F_REMOTE = 1 << 1
+    F_GATED = 1 << 2
+    F_OPEN = 1 << 3
+    F_COPY = 1 << 4
+    F_NO_COPY = 1 << 5
+    F_PS_OFF = 1 << 6
+    F_PS_MAC = 1 << 7
+    F_PS_IPS = 1 << 8
+    F_ROUTED = 1 << 9
+    # port flags column
+    PORT_SECURITY = 1
+    PORT_ROUTED = 2
+    ROLE_NONE = 0
+    ROLE_LOCAL = 1
+    ROLE_REMOTE = 2
+    EACH_ONCE = 0
+    EACH_PER_IP = 1
+    EACH_PER_FIP = 2
+
+PARAM_NAMES = ("OBJECT", "VNI", "MAC", "OFPORT", "TUNNEL", "COPY_TUNNEL", "IP", "FIP", "FIP_MAC", "FIXED_IP",
+               "EXT_VNI", "ROUTER_MAC", "COOKIE")
+FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_OPEN, "COPY": F_COPY,
+             "NO_COPY": F_NO_COPY, "PS_OFF": F_PS_OFF, "PS_MAC": F_PS_MAC, "PS_IPS": F_PS_IPS, "ROUTED": F_ROUTED}
+PORT_FLAG_SECURITY = PORT_SECURITY
+PORT_FLAG_ROUTED = PORT_ROUTED
+ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
+# The column tables' records: every column a little-endian uint64, in this order.
+PORT_FIELDS = ("object_hash", "vni", "mac", "flags", "ip_start", "ip_count", "fip_start", "fip_count")
+FIP_FIELDS = ("fip", "fip_mac", "fixed_ip", "ext_vni", "router_mac")
+ROLE_FIELDS = ("kind", "gated", "ofport", "tunnel", "copy_tunnel")
+TRANSITION_FIELDS = ("port", "group") + tuple("old_" + f for f in ROLE_FIELDS) + tuple("new_" + f for f in ROLE_FIELDS)
+
+cdef struct PortC:
+    uint64_t object_hash, vni, mac, flags, ip_start, ip_count, fip_start, fip_count
+
+cdef struct FipC:
+    uint64_t fip, fip_mac, fixed_ip, ext_vni, router_mac
+
+cdef struct RoleC:
+    uint64_t kind, gated, ofport, tunnel, copy_tunnel
+
+cdef struct TransitionC:
+    uint64_t port, group
+    RoleC old
+    RoleC new
+
+cdef struct EntryC:
+    uint64_t app_cookie     # app id << 56
+    uint32_t when, each, addable, uses_location, n_patches
+    uint32_t patch_off[MAX_PATCHES]
+    uint32_t patch_param[MAX_PATCHES]
+
+cdef enum CompileErr:
+    C_OK = 0
+    C_PORT_INDEX
+    C_IP_RANGE
+    C_FIP_RANGE
+    C_GROUP
+    C_ROLE_KIND
+    C_NOT_COMPILABLE
+
+assert sizeof(PortC) == 8 * len(PORT_FIELDS) and sizeof(FipC) == 8 * len(FIP_FIELDS)
+assert sizeof(TransitionC) == 8 * len(TRANSITION_FIELDS)
+
+
+cdef class CompiledProgram:
+    """Port-flow entries as prototype rows of a FlowLayout and where each param goes in them.
+
+    Built by controller.compiler from controller.templates programs; `entries` is a
+    sequence of (name, app_cookie, when, each, addable, uses_location, patches) with
+    patches a sequence of (byte offset in the row, param index). A patch ORs the param's
+    value into the (zero) 64-bit slot at its offset.
+    """
+    cdef FlowLayout layout
+    cdef object protos
+    cdef Py_buffer view
+    cdef bint held
+    cdef EntryC *entries
+    cdef readonly int n
+    cdef readonly tuple names
+
+    def __cinit__(self):
+        self.entries = NULL
+        self.held = False
+
+    def __init__(self, FlowLayout layout, protos, entries):
+        cdef int i, k
+        entries = list(entries)
+        if protos.dtype != layout.dtype or len(protos) != len(entries):
+            raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
+        self.layout = layout
+        self.protos = protos.copy()
+        PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
+        self.held = True
+        self.n = len(entries)
+        self.entries = <EntryC *>malloc(max(1, self.n) * sizeof(EntryC))
+        if self.entries == NULL:
+            raise MemoryError()
+        names = []
+        for i, (name, app_cookie, when, each, addable, uses_location, patches) in enumerate(entries):
+            names.append(name)
+            if len(patches) > MAX_PATCHES:
+                raise ValueError(f"entry {name}: {len(patches)} params, at most {MAX_PATCHES}")
+            if each not in (EACH_ONCE, EACH_PER_IP, EACH_PER_FIP):
+                raise ValueError(f"entry {name}: each {each} is not ONCE, PER_IP or PER_FIP")
+            self.entries[i].app_cookie = app_cookie
+            self.entries[i].when = when
+            self.entries[i].each = each
+            self.entries[i].addable = bool(addable)
+            self.entries[i].uses_location = bool(uses_location)
+            self.entries[i].n_patches = len(patches)
+            for k, (offset, param) in enumerate(patches):
+                if not 0 <= offset <= layout.c.itemsize - 8 or offset % 8:
+                    raise ValueError(f"entry {name}: patch offset {offset} outside the row or unaligned")
+                if not 0 <= param < N_PARAMS_C:
+                    raise ValueError(f"entry {name}: param {param} out of range")
+                self.entries[i].patch_off[k] = offset
+                self.entries[i].patch_param[k] = param
+        self.names = tuple(names)
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+        free(self.entries)
+
+    def __repr__(self):
+        return f"CompiledProgram({self.n} entries)"
+
+
+cdef struct ColumnsC:
+    const PortC *ports
+    Py_ssize_t nports
+    const uint64_t *ips
+    Py_ssize_t nips
+    const FipC *fips
+    Py_ssize_t nfips
+
+
+cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
+    cdef uint32_t f = F_LOCAL if r.kind == ROLE_LOCAL else F_REMOTE
+    f |= F_GATED if r.gated else F_OPEN
+    f |= F_COPY if r.copy_tunnel else F_NO_COPY
+    if not (p.flags & PORT_SECURITY):
+        f |= F_PS_OFF
+    elif p.ip_count:
+        f |= F_PS_IPS
+    else:
+        f |= F_PS_MAC
+    if p.flags & PORT_ROUTED:
+        f |= F_ROUTED
+    return f
+
+
+cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned char *protos,
+                           Py_ssize_t itemsize, const ColumnsC *C, const PortC *p, const RoleC *r,
+                           bint only_location, unsigned char *out, int32_t *entry_of) noexcept nogil:
+    """The rows of port p in role r (only the location-dependent ones with only_location);
+    with out == NULL, just how many."""
+    cdef uint32_t facts
+    cdef uint64_t param[N_PARAMS_C]
+    cdef Py_ssize_t count = 0, reps, j
+    cdef int e, k
+    cdef const EntryC *E
+    cdef const FipC *fip
+    cdef unsigned char *row
+    if r.kind == ROLE_NONE:
+        return 0
+    facts = _facts(p, r)
+    if out != NULL:
+        param[P_OBJECT] = p.object_hash
+        param[P_VNI] = p.vni
+        param[P_MAC] = p.mac
+        param[P_OFPORT] = r.ofport
+        param[P_TUNNEL] = r.tunnel
+        param[P_COPY_TUNNEL] = r.copy_tunnel
+        param[P_IP] = 0
+        param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
+    for e in range(nentries):
+        E = &entries[e]
+        if E.when & ~facts:
+            continue
+        if only_location and not E.uses_location:
+            continue
+        reps = 1 if E.each == EACH_ONCE else (p.ip_count if E.each == EACH_PER_IP else p.fip_count)
+        if out == NULL:
+            count += reps
+            continue
+        param[P_COOKIE] = E.app_cookie | p.object_hash
+        for j in range(reps):
+            if E.each == EACH_PER_IP:
+                param[P_IP] = C.ips[p.ip_start + j]
+            elif E.each == EACH_PER_FIP:
+                fip = &C.fips[p.fip_start + j]
+                param[P_FIP] = fip.fip
+                param[P_FIP_MAC] = fip.fip_mac
+                param[P_FIXED_IP] = fip.fixed_ip
+                param[P_EXT_VNI] = fip.ext_vni
+                param[P_ROUTER_MAC] = fip.router_mac
+            row = out + count * itemsize
+            memcpy(row, protos + e * itemsize, itemsize)
+            for k in range(<int>E.n_patches):
+                store64(row + E.patch_off[k], ld64(row + E.patch_off[k]) | param[E.patch_param[k]])
+            entry_of[count] = e
+            count += 1
+    return count
+
+
+cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:
+    return (a[L.table] == b[L.table] and ld16(a + L.priority) == ld16(b + L.priority)
+            and ld64(a + L.present) == ld64(b + L.present) and ld64(a + L.masked) == ld64(b + L.masked)
+            and memcmp(a + L.mvalue, b + L.mvalue, 8 * L.nfields) == 0
+            and memcmp(a + L.mmask, b + L.mmask, 8 * L.nfields) == 0)
+
+
+cdef inline void _as_delete(const LayoutC *L, unsigned char *row) noexcept nogil:
+    """A strict delete of the row's flow: its cookie, table, priority and match; no instructions."""
+    row[L.command] = 4
+    row[L.n_actions] = 0
+    row[L.has_wmeta] = 0
+    row[L.goto_] = 0xFF                # goto -1
+    row[L.goto_ + 1] = 0xFF
+
+
+cdef struct CompileOut:
+    unsigned char *dels
+    unsigned char *adds
+    Py_ssize_t ndel, nadd
+    int64_t *del_ends
+    int64_t *add_ends
+    int code
+    Py_ssize_t where      # transition of the error
+    uint64_t value
+
+
+cdef inline bint _same_role(const RoleC *a, const RoleC *b) noexcept nogil:
+    return (a.kind == b.kind and a.gated == b.gated and a.ofport == b.ofport and a.tunnel == b.tunnel
+            and a.copy_tunnel == b.copy_tunnel)
+
+
+cdef inline bint _only_location(const TransitionC *t) noexcept nogil:
+    """Same facts on both sides: only the entries that use the location can differ."""
+    return (t.old.kind == t.new.kind and t.old.gated == t.new.gated
+            and (t.old.copy_tunnel != 0) == (t.new.copy_tunnel != 0))
+
+
+cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, Py_ssize_t ngroups,
+                            CompileOut *o) noexcept nogil:
+    cdef Py_ssize_t t
+    cdef const PortC *p
+    cdef uint64_t group = 0
+    for t in range(nt):
+        o.where = t
+        if T[t].port >= <uint64_t>C.nports:
+            o.code = C_PORT_INDEX
+            o.value = T[t].port
+            return -1
+        p = &C.ports[T[t].port]
+        if p.ip_start > <uint64_t>C.nips or p.ip_count > <uint64_t>C.nips - p.ip_start:
+            o.code = C_IP_RANGE
+            o.value = T[t].port
+            return -1
+        if p.fip_start > <uint64_t>C.nfips or p.fip_count > <uint64_t>C.nfips - p.fip_start:
+            o.code = C_FIP_RANGE
+            o.value = T[t].port
+            return -1
+        if T[t].group >= <uint64_t>ngroups or T[t].group < group:
+            o.code = C_GROUP
+            o.value = T[t].group
+            return -1
+        group = T[t].group
+        if T[t].old.kind > ROLE_REMOTE or T[t].new.kind > ROLE_REMOTE:
+            o.code = C_ROLE_KIND
+            o.value = T[t].old.kind if T[t].old.kind > ROLE_REMOTE else T[t].new.kind
+            return -1
+    return 0
+
+
+cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const unsigned char *protos,
+                  const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, Py_ssize_t ngroups,
+                  unsigned char *scratch_old, int32_t *ent_old, int32_t *ent_new,
+                  CompileOut *o) noexcept nogil:
+    """The new role's rows are made in place at the end of the adds, then the ones equal to an
+    old row are squeezed out: most rows of a move are adds, so most are written once."""
+    cdef Py_ssize_t itemsize = L.itemsize, t, i, j, nold, nnew, kept
+    cdef Py_ssize_t g = 0
+    cdef const TransitionC *tr
+    cdef const PortC *p
+    cdef bint only_location, found
+    cdef const unsigned char *a
+    cdef unsigned char *new_rows
+    cdef unsigned char *b
+    for t in range(nt):
+        tr = &T[t]
+        while g < <Py_ssize_t>tr.group:
+            o.del_ends[g] = o.ndel
+            o.add_ends[g] = o.nadd
+            g += 1
+        if _same_role(&tr.old, &tr.new):
+            continue
+        p = &C.ports[tr.port]
+        only_location = _only_location(tr)
+        new_rows = o.adds + o.nadd * itemsize
+        nold = _instances(entries, nentries, protos, itemsize, C, p, &tr.old, only_location, scratch_old, ent_old)
+        nnew = _instances(entries, nentries, protos, itemsize, C, p, &tr.new, only_location, new_rows, ent_new)
+        for i in range(nold):
+            a = scratch_old + i * itemsize
+            found = False
+            for j in range(nnew):
+                if _same_key(L, a, new_rows + j * itemsize):
+                    found = True
+                    break
+            if not found:
+                memcpy(o.dels + o.ndel * itemsize, a, itemsize)
+                _as_delete(L, o.dels + o.ndel * itemsize)
+                o.ndel += 1
+        kept = 0
+        for j in range(nnew):
+            b = new_rows + j * itemsize
+            found = False
+            if entries[ent_new[j]].addable:
+                for i in range(nold):
+                    if entries[ent_old[i]].addable and memcmp(scratch_old + i * itemsize, b, itemsize) == 0:
+                        found = True
+                        break
+            if found:
+                continue
+            if not entries[ent_new[j]].addable:
+                o.code = C_NOT_COMPILABLE
+                o.where = t
+                o.value = ent_new[j]
+                return -1
+            if kept != j:
+                memcpy(new_rows + kept * itemsize, b, itemsize)
+            kept += 1
+        o.nadd += kept
+    while g < ngroups:
+        o.del_ends[g] = o.ndel
+        o.add_ends[g] = o.nadd
+        g += 1
+    return 0
+
+
+class NotCompilable(ValueError):
+    """A change needs a flow the compiled path cannot make (a learn or resubmit action):
+    the caller runs the Python program instead."""
+
+
+cdef class _Buf:
+    cdef Py_buffer view
+    cdef bint held
+
+    def __dealloc__(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+
+
+cdef _Buf _buf(obj, Py_ssize_t record, str what):
+    cdef _Buf b = _Buf.__new__(_Buf)
+    if obj.dtype.itemsize != record or not obj.flags.c_contiguous:
+        raise TypeError(f"{what}: expected a C-contiguous array of {record}-byte records, got {obj.dtype}")
+    PyObject_GetBuffer(obj, &b.view, PyBUF_SIMPLE)
+    b.held = True
+    return b
+
+
+def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, Py_ssize_t n_groups=1,
+                        workspace=None):
+    """The flows that change, per group, when ports go from their old to their new role.
+
+    ports: records of PORT_FIELDS; ips: uint64 IPv4s (ports[i] owns ips[ip_start:ip_start+ip_count]);
+    fips: records of FIP_FIELDS; transitions: records of TRANSITION_FIELDS, sorted by group.
+    Returns (deletes, adds, del_ends, add_ends): two arrays of the program's flow records
+    (deletes as DELETE_STRICT) and, per group g, the end of its rows in each
+    (group g's rows are [ends[g-1]:ends[g]]). Raises NotCompilable when an add needs a flow
+    with actions the packer does not encode, ValueError naming the field for bad columns.
+
+    workspace: a dict the call may keep its row arrays in and reuse next time (no fresh
+    pages to fault in per call); the rows returned are then valid until the next call with it.
+    """
+    import numpy as np
+    cdef ColumnsC C
+    cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt, total_old = 0, total_new = 0
+    cdef Py_ssize_t max_old = 0, max_new = 0, k
+    cdef CompileOut o
+    cdef int rc
+    cdef const TransitionC *T
+    cdef const EntryC *E = program.entries
+    cdef const unsigned char *protos = <const unsigned char *>program.view.buf
+    if n_groups < 1:
+        raise ValueError(f"n_groups: {n_groups}, at least 1")
+    ips = np.ascontiguousarray(ips, dtype="<u8")
+    cdef _Buf bp = _buf(ports, sizeof(PortC), "ports")
+    cdef _Buf bi = _buf(ips, 8, "ips")
+    cdef _Buf bf = _buf(fips, sizeof(FipC), "fips")
+    cdef _Buf bt = _buf(transitions, sizeof(TransitionC), "transitions")
+    C.ports = <const PortC *>bp.view.buf
+    C.nports = bp.view.len // sizeof(PortC)
+    C.ips = <const uint64_t *>bi.view.buf
+    C.nips = bi.view.len // 8
+    C.fips = <const FipC *>bf.view.buf
+    C.nfips = bf.view.len // sizeof(FipC)
+    T = <const TransitionC *>bt.view.buf
+    nt = bt.view.len // sizeof(TransitionC)
+    o.code = C_OK
+    if _check_transitions(&C, T, nt, n_groups, &o) < 0:
+        raise _compile_error(program, &o)
+    with nogil:
+        for t in range(nt):
+            if _same_role(&T[t].old, &T[t].new):
+                continue
+            k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].old,
+                           _only_location(&T[t]), NULL, NULL)
+            total_old += k
+            if k > max_old:
+                max_old = k
+            k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].new,
+                           _only_location(&T[t]), NULL, NULL)
+            total_new += k
+            if k > max_new:
+                max_new = k
+    ws = workspace if workspace is not None else {}
+    # every byte of a used row is written (prototype copy), so no zeroing
+    dels = _rows_room(ws, "deletes", total_old, program.layout.dtype)
+    adds = _rows_room(ws, "adds", total_new, program.layout.dtype)
+    del_ends = np.zeros(n_groups, np.int64)
+    add_ends = np.zeros(n_groups, np.int64)
+    cdef unsigned char *scratch = <unsigned char *>malloc((max_old + 1) * itemsize + (max_old + max_new + 2) * 4)
+    if scratch == NULL:
+        raise MemoryError()
+    cdef int32_t *ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
+    cdef int32_t *ent_new = ent_old + max_old + 1
+    cdef _Buf bd = _buf(dels, itemsize, "deletes")
+    cdef _Buf ba = _buf(adds, itemsize, "adds")
+    cdef _Buf bde = _buf(del_ends, 8, "del_ends")
+    cdef _Buf bae = _buf(add_ends, 8, "add_ends")
+    o.dels = <unsigned char *>bd.view.buf
+    o.adds = <unsigned char *>ba.view.buf
+    o.del_ends = <int64_t *>bde.view.buf
+    o.add_ends = <int64_t *>bae.view.buf
+    o.ndel = o.nadd = 0
+    try:
+        with nogil:
+            rc = _compile(&program.layout.c, E, program.n, protos, &C, T, nt, n_groups,
+                          scratch, ent_old, ent_new, &o)
+    finally:
+        free(scratch)
+    if rc < 0:
+        raise _compile_error(program, &o)
+    return dels[:o.ndel], adds[:o.nadd], del_ends, add_ends
+
+
+cdef object _rows_room(dict ws, str name, Py_ssize_t n, dtype):
+    import numpy as np
+    rows = ws.get(name)
+    if rows is None or len(rows) < n or rows.dtype != dtype:
+        rows = np.empty(max(1, n, 0 if rows is None else 2 * len(rows)), dtype)
+        ws[name] = rows
+    return rows
+
+
+cdef object _compile_error(CompiledProgram program, CompileOut *o):
+    cdef int code = o.code
+    where = f"transition {o.where}: "
+    if code == C_PORT_INDEX:
+        return ValueError(f"{where}port index {o.value} is not in the port table")
+    if code == C_IP_RANGE:
+        return ValueError(f"{where}port {o.value}: ip_start/ip_count run past the IPv4 column")
+    if code == C_FIP_RANGE:
+        return ValueError(f"{where}port {o.value}: fip_start/fip_count run past the floating-IP column")
+    if code == C_GROUP:
+        return ValueError(f"{where}group {o.value}: groups must be sorted and below n_groups")
+    if code == C_ROLE_KIND:
+        return ValueError(f"{where}role kind {o.value} is not none (0), local (1) or remote (2)")
+    if code == C_NOT_COMPILABLE:
+        return NotCompilable(f"{where}{program.names[o.value]} has actions the compiled path does not encode")
+    return RuntimeError(f"{where}compile error {code}")
+
+
+cdef Py_ssize_t _groups_size(const LayoutC *L, const unsigned char *D, const unsigned char *A,
+                             const int64_t *de, const int64_t *ae, Py_ssize_t ng, Py_ssize_t *n_messages,
+                             Err *err, Py_ssize_t *bad_group) noexcept nogil:
+    cdef Py_ssize_t g, d0 = 0, a0 = 0, n, w, total = 0
+    for g in range(ng):
+        bad_group[0] = g
+        n = (de[g] - d0) + (ae[g] - a0)
+        if n:
+            w = _check_rows(L, D + d0 * L.itemsize, 0, de[g] - d0, err)
+            if w < 0:
+                return -1
+            total += w
+            w = _check_rows(L, A + a0 * L.itemsize, 0, ae[g] - a0, err)
+            if w < 0:
+                return -2
+            total += w + 2 * C_BUNDLE_CTRL_LEN + C_BUNDLE_ADD_HEADER_LEN * n
+            n_messages[0] += n + 2
+        d0 = de[g]
+        a0 = ae[g]
+    return total
+
+
+cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const unsigned char *A,
+                              const int64_t *de, const int64_t *ae, Py_ssize_t ng, unsigned char *p,
+                              Py_ssize_t total, uint32_t xid, uint32_t bid, uint16_t fl,
+                              int64_t *offsets) noexcept nogil:
+    cdef Py_ssize_t g, d0 = 0, a0 = 0, pos = 0, w
+    offsets[0] = 0
+    for g in range(ng):
+        if (de[g] - d0) + (ae[g] - a0):
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 0, fl)
+            pos += C_BUNDLE_CTRL_LEN
+            xid += 1
+            w = _write_rows(L, D + d0 * L.itemsize, de[g] - d0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
+            if w < 0:
+                return -1
+            pos += w
+            xid += <uint32_t>(de[g] - d0)
+            w = _write_rows(L, A + a0 * L.itemsize, ae[g] - a0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
+            if w < 0:
+                return -1
+            pos += w
+            xid += <uint32_t>(ae[g] - a0)
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 4, fl)
+            pos += C_BUNDLE_CTRL_LEN
+            xid += 1
+        offsets[g + 1] = pos
+        d0 = de[g]
+        a0 = ae[g]
+    return pos
+
+
+def pack_groups(FlowLayout L, dels, adds, del_ends, add_ends, xid_start, bundle_id_start,
+                flags=ONF_BF_ATOMIC | ONF_BF_ORDERED, bytearray out=None):
+    """One ONF bundle per non-empty group (its deletes, then its adds) in one buffer.
+
+    Returns (buffer, offsets): group g's bundle is buffer[offsets[g]:offsets[g+1]] (empty when the
+    group changes nothing). xids run on from xid_start across the bundles; group g's bundle id is
+    bundle_id_start + g. Every row is validated before a byte is written.
+
+    With `out` (a bytearray kept between calls, grown when too small), the buffer is a
+    memoryview of it (valid until it is reused) instead of new bytes.
+    """
+    import numpy as np
+    cdef Py_ssize_t ng, g, total, n_messages = 0, bad = 0, written
+    cdef Err err
+    cdef uint32_t xid
+    if dels.dtype != L.dtype or adds.dtype != L.dtype:
+        raise TypeError(f"pack_groups: rows of {dels.dtype} / {adds.dtype}, not the layout's flow record")
+    del_ends = np.ascontiguousarray(del_ends, dtype=np.int64)
+    add_ends = np.ascontiguousarray(add_ends, dtype=np.int64)
+    ng = len(del_ends)
+    _check_bundle_args(bundle_id_start, flags, "")
+    if len(add_ends) != ng:
+        raise ValueError(f"add_ends: {len(add_ends)} groups, del_ends has {ng}")
+    if ng and bundle_id_start + ng - 1 > 0xFFFFFFFF:
+        raise ValueError(f"bundle_id_start {bundle_id_start:#x} + {ng} groups runs past 0xffffffff")
+    cdef Py_ssize_t itemsize = L.c.itemsize
+    cdef _Buf bd = _buf(np.ascontiguousarray(dels), itemsize, "deletes")
+    cdef _Buf ba = _buf(np.ascontiguousarray(adds), itemsize, "adds")
+    cdef _Buf bde = _buf(del_ends, 8, "del_ends")
+    cdef _Buf bae = _buf(add_ends, 8, "add_ends")
+    cdef const int64_t *de = <const int64_t *>bde.view.buf
+    cdef const int64_t *ae = <const int64_t *>bae.view.buf
+    for g in range(ng):
+        if de[g] < (de[g - 1] if g else 0) or ae[g] < (ae[g - 1] if g else 0):
+            raise ValueError(f"group {g}: ends must not decrease")
+    if ng and (de[ng - 1] < 0 or ae[ng - 1] < 0 or de[ng - 1] * itemsize > bd.view.len
+               or ae[ng - 1] * itemsize > ba.view.len):
+        raise ValueError("del_ends/add_ends run past their rows")
+    err.code = E_OK
+    with nogil:
+        total = _groups_size(&L.c, <const unsigned char *>bd.view.buf, <const unsigned char *>ba.view.buf,
+                             de, ae, ng, &n_messages, &err, &bad)
+    if total < 0:
+        raise _error(L, &err, f"group {bad} {'deletes' if total == -1 else 'adds'}: ")
+    xid = _check_xids(xid_start, n_messages, "")
+    offsets = np.zeros(ng + 1, np.int64)
+    cdef _Buf bo = _buf(offsets, 8, "offsets")
+    cdef bytes fresh = None
+    cdef unsigned char *p
+    if out is None:
+        fresh = PyBytes_FromStringAndSize(NULL, total)
+        p = <unsigned char *>PyBytes_AS_STRING(fresh)
+    else:
+        if len(out) < total:
+            out.extend(bytes(total - len(out)))
+        p = <unsigned char *>PyByteArray_AsString(out)
+    cdef uint32_t bid = bundle_id_start
+    cdef uint16_t fl = flags
+    with nogil:
+        written = _write_groups(&L.c, <const unsigned char *>bd.view.buf, <const unsigned char *>ba.view.buf,
+                                de, ae, ng, p, total, xid, bid, fl, <int64_t *>bo.view.buf)
+    if written != total:
+        raise RuntimeError("the rows changed while they were being packed")
+    return (fresh if out is None else memoryview(out)[:total]), offsets
+
+
+def migration_transitions(ports, old_host, new_host, old_ofport, new_ofport, tunnels, Py_ssize_t n_chassis):
+    """The transitions of ports migrating, on every chassis (grouped by chassis): on the source
+    local -> remote, on the destination remote -> local, elsewhere remote (old) -> remote (new).
+
+    ports, old_host, new_host, old_ofport, new_ofport: uint64 per moving port (the ofports of
+    its VIF on the source and on the destination); tunnels: uint64 [n_chassis, n_chassis],
+    tunnels[c, d] = the ofport on chassis c of its tunnel to chassis d.
+    """
+    import numpy as np
+    cdef Py_ssize_t k, c, i, j
+    cols = [np.ascontiguousarray(a, dtype=np.uint64) for a in (ports, old_host, new_host, old_ofport, new_ofport)]
+    k = len(cols[0])
+    if k == 0:
+        raise ValueError("ports: empty change (no port to migrate)")
+    for name, a in zip(("old_host", "new_host", "old_ofport", "new_ofport"), cols[1:]):
+        if len(a) != k:
+            raise ValueError(f"{name}: {len(a)} values for {k} ports")
+    tunnels = np.ascontiguousarray(tunnels, dtype=np.uint64)
+    if tunnels.shape != (n_chassis, n_chassis):
+        raise ValueError(f"tunnels: shape {tunnels.shape}, expected ({n_chassis}, {n_chassis})")
+    cdef const uint64_t[::1] P = cols[0]
+    cdef const uint64_t[::1] OH = cols[1]
+    cdef const uint64_t[::1] NH = cols[2]
+    cdef const uint64_t[::1] OO = cols[3]
+    cdef const uint64_t[::1] NO = cols[4]
+    cdef const uint64_t[:, ::1] TUN = tunnels
+    for i in range(k):
+        if OH[i] >= <uint64_t>n_chassis or NH[i] >= <uint64_t>n_chassis:
+            raise ValueError(f"old_host/new_host: port {i} names chassis outside 0..{n_chassis - 1}")
+    out = np.zeros(n_chassis * k, [(name, "<u8") for name in TRANSITION_FIELDS])
+    cdef _Buf bt = _buf(out, sizeof(TransitionC), "transitions")
+    cdef TransitionC *T = <TransitionC *>bt.view.buf
+    with nogil:
+        j = 0
+        for c in range(n_chassis):
+            for i in range(k):
+                T[j].port = P[i]
+                T[j].group = c
+                if OH[i] == <uint64_t>c:
+                    T[j].old.kind = ROLE_LOCAL
+                    T[j].old.ofport = OO[i]
+                else:
+                    T[j].old.kind = ROLE_REMOTE
+                    T[j].old.tunnel = TUN[c, OH[i]]
+                if NH[i] == <uint64_t>c:
+                    T[j].new.kind = ROLE_LOCAL
+                    T[j].new.ofport = NO[i]
+                else:
+                    T[j].new.kind = ROLE_REMOTE
+                    T[j].new.tunnel = TUN[c, NH[i]]
+                j += 1
+    return out

@@ -27,6 +27,22 @@ pack_bundle = _core.pack_bundle
 pack_bundle_ctrl = _core.pack_bundle_ctrl
 pack_many = _core.pack_many
 
+# The port-flow compiler (programs of flow templates x port columns -> rows; rows -> one bundle per chassis).
+CompiledProgram = _core.CompiledProgram
+compile_transitions = _core.compile_transitions
+migration_transitions = _core.migration_transitions
+pack_groups = _core.pack_groups
+NotCompilable = _core.NotCompilable
+PARAM_NAMES: tuple = _core.PARAM_NAMES
+FACT_BITS: dict = _core.FACT_BITS
+ROLE_KINDS: dict = _core.ROLE_KINDS
+PORT_FLAG_SECURITY: int = _core.PORT_FLAG_SECURITY
+PORT_FLAG_ROUTED: int = _core.PORT_FLAG_ROUTED
+PORT_FIELDS: tuple = _core.PORT_FIELDS
+FIP_FIELDS: tuple = _core.FIP_FIELDS
+ROLE_FIELDS: tuple = _core.ROLE_FIELDS
+TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
+
 OFP_VERSION: int = _core.OFP_VERSION
 OFPT_FLOW_MOD: int = _core.OFPT_FLOW_MOD
 OFPT_EXPERIMENTER: int = _core.OFPT_EXPERIMENTER
@@ -46,6 +62,9 @@ BUNDLE_ADD_HEADER_LEN: int = _core.BUNDLE_ADD_HEADER_LEN
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
            "pack_bundle", "pack_bundle_ctrl", "pack_many",
+           "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
+           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "ROLE_FIELDS",
+           "TRANSITION_FIELDS",
            "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",
            "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",
            "ONF_BCT_CLOSE_REQUEST", "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_DISCARD_REQUEST",

@@ -61,6 +61,7 @@ NF = len(FIELD_ORDER)
 MAX_ACTIONS = 8  # an ARP responder needs 8 (3 moves, 4 set-fields, output in_port)
 
 OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE = 0, 1, 2, 3, 4
+PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move)  # what a row encodes (not learn, not resubmit)
 
 # Range rules beyond the field width (the packer enforces them too).
 VNI_MAX = (1 << 24) - 1  # dfflow's tunnels (Geneve/VXLAN) carry a 24-bit VNI in tunnel_id
@@ -149,14 +150,17 @@ class FlowBatch:
         self.n = 0
 
     # --------------------------------------------------------------- encoder
-    def append(self, flow: Flow) -> int:
-        """Encode one Flow into the next row (checked at once); returns its row index."""
+    def append(self, flow: Flow, check: bool = True) -> int:
+        """Encode one Flow into the next row (checked at once, unless it is a template's
+        prototype whose values are still 0); returns its row index."""
         record = _encode(flow)
         if self.n == len(self.array):
             self.reserve(self.n + 1)
         i = self.n
         _RECORD.pack_into(self.array, i * FLOW_DTYPE.itemsize, *record)
         self.n = i + 1
+        if not check:
+            return i
         try:
             core.validate_flows(self, i, i + 1)
         except ValueError as exc:
@@ -358,5 +362,5 @@ def _decode(row: np.void) -> Flow:
 
 
 __all__ = ["FlowBatch", "FLOW_DTYPE", "ACTION_DTYPE", "FIELD_ORDER", "FIELD_INDEX", "FIELD_BIT", "NF",
-           "MAX_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "VNI_MAX",
+           "MAX_ACTIONS", "PACKABLE_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "VNI_MAX",
            "LAYOUT"]

@@ -1,12 +1,16 @@
 """Shared fixtures: a private, real redis-server per test that needs one."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
+
+from controller.ovsproc import OvsInstance, missing_binaries
 
 
 def free_port() -> int:
@@ -76,3 +80,29 @@ async def nb(nb_url):
     api = NbApi(nb_url)
     yield api
     await api.close()
+
+
+def _ovs_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to run ovs-vswitchd"
+    if missing_binaries():
+        return f"Open vSwitch binaries missing: {missing_binaries()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ovs():
+    """One real ovs-vswitchd with an empty netdev br-int (fail_mode=secure), for a test module."""
+    reason = _ovs_usable()
+    if reason:
+        pytest.skip(reason)
+    with tempfile.TemporaryDirectory(prefix="packer-ovs-") as rundir:
+        inst = OvsInstance(rundir)
+        inst.start()
+        try:
+            inst.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev",
+                       "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14")
+            yield inst
+        finally:
+            inst.stop()
+            inst.wait_stopped()

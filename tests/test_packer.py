@@ -17,7 +17,6 @@ import os
 import re
 import socket
 import struct
-import tempfile
 import tracemalloc
 from typing import Any
 
@@ -27,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
-from controller.ovsproc import OvsInstance, missing_binaries
+from controller.ovsproc import OvsInstance
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
                               OP_SET_FIELD, VNI_MAX, FlowBatch)
@@ -792,31 +791,6 @@ def ovs_valid_flows() -> list[Flow]:
              (SetField("reg7", 0xFFFFFFFF), SetField("tunnel_id", VNI_MAX), Output(0xFFFFFFFC))),
     ]
     return curated + realistic_flows(300, seed=7)
-
-
-def _ovs_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to run ovs-vswitchd"
-    if missing_binaries():
-        return f"Open vSwitch binaries missing: {missing_binaries()}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def ovs():
-    reason = _ovs_usable()
-    if reason:
-        pytest.skip(reason)
-    with tempfile.TemporaryDirectory(prefix="packer-ovs-") as rundir:
-        inst = OvsInstance(rundir)
-        inst.start()
-        try:
-            inst.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev",
-                       "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14")
-            yield inst
-        finally:
-            inst.stop()
-            inst.wait_stopped()
 
 
 class Switch:

@@ -13,21 +13,15 @@ app and object.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Iterable
 
+from controller.templates import APP_COOKIE_SHIFT, PortProgram, object_hash
 from dfflow.flows import Flow
 
 if TYPE_CHECKING:
     from controller.view import View
     from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch
 
-APP_COOKIE_SHIFT = 56
-OBJECT_MASK = (1 << APP_COOKIE_SHIFT) - 1
-
-
-def object_hash(obj_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(obj_id.encode(), digest_size=7).digest(), "big")
 
 
 def app_of_cookie(cookie: int) -> int:
@@ -37,16 +31,21 @@ def app_of_cookie(cookie: int) -> int:
 class App:
     name = "base"
     app_id = 0
+    # The app's port flows as data (controller.templates): add_local_port and add_remote_port
+    # run it in Python; the controller's compiled path runs the same program in dfflow._core.
+    port_program: PortProgram | None = None
 
     def cookie(self, obj_id: str) -> int:
         return (self.app_id << APP_COOKIE_SHIFT) | object_hash(obj_id)
 
     # -- the blueprint's four port events -------------------------------------------
     def add_local_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
-        return []
+        if self.port_program is None:
+            return []
+        return self.port_program.flows(view.port_facts(port), view.port_role(port))
 
     def add_remote_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
-        return []
+        return self.add_local_port(port, view)  # the role (view.port_role) says which
 
     def remove_local_port(self, port: "LogicalPort", installed: Iterable[Flow]) -> list[Flow]:
         return list(installed)

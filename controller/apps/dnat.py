@@ -5,75 +5,48 @@ with its own MAC and resolves to that MAC; the MAC's L2 location is the port's
 chassis. There, inbound packets are DNATed to the fixed IP and routed to the
 port, and the port's packets leaving through the router are SNATed to the
 floating IP. All of it hangs off the port's add/remove local/remote events, so
-when the port moves, its floating IP moves with it.
+when the port moves, its floating IP moves with it. Which floating IPs of a
+port are usable here (external network needed, router interface on the port's
+subnet) is `View.port_facts`' to say.
 """
 from __future__ import annotations
 
 from controller.apps.base import App
-from controller.apps.builders import ALL_ONES_64, arp_reply_flow, resolve_flow
+from controller.apps.builders import ALL_ONES_64, ARP_REPLY, RESOLVE
+from controller.apps.l2 import LOOKUP_REMOTE, LOOKUP_REMOTE_COPY
 from controller.pipeline import table
-from controller.view import View, ip_int, mac_int
-from dfflow.flows import ETH_TYPE_IP, DecTtl, Flow, Output, SetField, match
-from dfflow.models import FloatingIP, LogicalPort, Subnet
+from controller.templates import Each, Fact, Param, PortProgram, bound, template
+from dfflow.flows import ETH_TYPE_IP, DecTtl, SetField
 
 L3_ENTRY, DNAT, L3_LOOKUP = table("l3_entry"), table("dnat"), table("l3_lookup")
 L3_RESOLVE, L2_LOOKUP = table("l3_resolve"), table("l2_lookup")
+VNI, MAC, FIP, FIP_MAC = Param.VNI, Param.MAC, Param.FIP, Param.FIP_MAC
+EXT_VNI, FIXED_IP, ROUTER_MAC = Param.EXT_VNI, Param.FIXED_IP, Param.ROUTER_MAC
+
+# On the port's chassis: the floating IP's MAC enters routing through the DNAT table ...
+DNAT_ENTRY = template("dnat_entry", L3_ENTRY, 100, dict(metadata=EXT_VNI, eth_dst=FIP_MAC), goto=DNAT)
+# ... which rewrites it to the fixed IP and routes it onto the port's network ...
+DNAT_IN = template("dnat_in", DNAT, 100, dict(metadata=EXT_VNI, eth_type=ETH_TYPE_IP, ipv4_dst=FIP),
+                   (SetField("ipv4_dst", FIXED_IP), DecTtl(), SetField("eth_src", ROUTER_MAC), SetField("eth_dst", MAC)),
+                   goto=L2_LOOKUP, write_metadata=(VNI, ALL_ONES_64))
+# ... and the port's own packets leave through the router as the floating IP.
+SNAT_OUT = template("snat_out", L3_LOOKUP, 100, dict(metadata=VNI, eth_type=ETH_TYPE_IP, ipv4_src=FIXED_IP),
+                    (SetField("ipv4_src", FIP), SetField("eth_src", FIP_MAC), DecTtl()),
+                    goto=L3_RESOLVE, write_metadata=(EXT_VNI, ALL_ONES_64))
+ON_EXTERNAL_NET = dict(vni=EXT_VNI, ip=FIP, mac=FIP_MAC)  # the shared templates, for the floating IP
+
+DNAT_PORT_FLOWS = PortProgram(3, [
+    bound(ARP_REPLY, Fact(0), Each.PER_FIP, **ON_EXTERNAL_NET),
+    bound(RESOLVE, Fact(0), Each.PER_FIP, **ON_EXTERNAL_NET),
+    bound(DNAT_ENTRY, Fact.LOCAL, Each.PER_FIP),
+    bound(DNAT_IN, Fact.LOCAL, Each.PER_FIP),
+    bound(SNAT_OUT, Fact.LOCAL, Each.PER_FIP),
+    bound(LOOKUP_REMOTE, Fact.REMOTE | Fact.NO_COPY, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
+    bound(LOOKUP_REMOTE_COPY, Fact.REMOTE | Fact.COPY, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
+])
 
 
 class DnatApp(App):
     name = "dnat"
-    app_id = 3
-
-    def _floating_ips(self, port: LogicalPort, view: View) -> list[tuple[FloatingIP, int, int]]:
-        """(floating IP, external VNI, MAC of the router port on the port's subnet) for each usable one."""
-        found = []
-        for fip in view.floating_ips_of(port.id):
-            ext = view.switch(fip.lswitch)
-            router = view.get("lrouter", fip.router) if fip.router else None
-            if ext is None or router is None or fip.lswitch not in view.needed_switches():
-                continue
-            for rport, subnet, switch in view.router_interfaces(router):
-                if switch.id == port.lswitch and _contains(subnet, fip.fixed_ip):
-                    found.append((fip, ext.segmentation_id, mac_int(rport.mac)))
-                    break
-        return found
-
-    def _everywhere(self, fip: FloatingIP, ext_vni: int, cookie: int) -> list[Flow]:
-        fmac, fip_ip = mac_int(fip.mac), ip_int(fip.floating_ip)
-        return [arp_reply_flow(ext_vni, fip_ip, fmac, cookie), resolve_flow(ext_vni, fip_ip, fmac, cookie)]
-
-    def add_local_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        flows: list[Flow] = []
-        vni, pmac, cookie = view.vni(port.lswitch), mac_int(port.mac), self.cookie(port.id)
-        for fip, ext_vni, router_mac in self._floating_ips(port, view):
-            fmac, fip_ip, fixed = mac_int(fip.mac), ip_int(fip.floating_ip), ip_int(fip.fixed_ip)
-            flows += self._everywhere(fip, ext_vni, cookie)
-            flows += [
-                Flow(L3_ENTRY, 100, match(metadata=ext_vni, eth_dst=fmac), goto=DNAT, cookie=cookie),
-                Flow(DNAT, 100, match(metadata=ext_vni, eth_type=ETH_TYPE_IP, ipv4_dst=fip_ip),
-                     (SetField("ipv4_dst", fixed), DecTtl(), SetField("eth_src", router_mac),
-                      SetField("eth_dst", pmac)),
-                     goto=L2_LOOKUP, write_metadata=(vni, ALL_ONES_64), cookie=cookie),
-                Flow(L3_LOOKUP, 100, match(metadata=vni, eth_type=ETH_TYPE_IP, ipv4_src=fixed),
-                     (SetField("ipv4_src", fip_ip), SetField("eth_src", fmac), DecTtl()),
-                     goto=L3_RESOLVE, write_metadata=(ext_vni, ALL_ONES_64), cookie=cookie),
-            ]
-        return flows
-
-    def add_remote_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        flows: list[Flow] = []
-        cookie = self.cookie(port.id)
-        for fip, ext_vni, _ in self._floating_ips(port, view):
-            flows += self._everywhere(fip, ext_vni, cookie)
-            outputs = [Output(view.tunnel_ofport(port))]
-            dest = view.also_send_to(port)  # an `announce` migration in flight: its destination too
-            if dest is not None:
-                outputs.append(Output(view.tunnels[dest]))
-            flows.append(Flow(L2_LOOKUP, 100, match(metadata=ext_vni, eth_dst=mac_int(fip.mac)),
-                              (SetField("tunnel_id", ext_vni), *outputs), cookie=cookie))
-        return flows
-
-
-def _contains(subnet: Subnet, ip: str | None) -> bool:
-    import ipaddress
-    return ip is not None and ipaddress.ip_address(ip) in subnet.network
+    app_id = DNAT_PORT_FLOWS.app_id
+    port_program = DNAT_PORT_FLOWS

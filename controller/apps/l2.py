@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from controller.apps.base import App
-from controller.apps.builders import ALL_ONES_64, arp_reply_flow
+from controller.apps.builders import ALL_ONES_64, ARP_REPLY
 from controller.pipeline import table
-from controller.view import View, ip_int, mac_int
+from controller.templates import Each, Fact, Param, PortProgram, bound, template, with_match
+from controller.view import View
 from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Learn, Output,
                           Resubmit, SetField, controller_output, match)
-from dfflow.models import LogicalPort, LogicalSwitch
+from dfflow.models import LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
 ACTIVATION_GATE = table("activation_gate")
@@ -15,75 +16,70 @@ ACTIVATION_GATE = table("activation_gate")
 # up): unused for GATE_IDLE seconds it goes by itself, and never outlives GATE_MAX.
 GATE_IDLE, GATE_MAX = 5, 60
 L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood")
+VNI, MAC, OFPORT, IP = Param.VNI, Param.MAC, Param.OFPORT, Param.IP
+TUNNEL, COPY_TUNNEL = Param.TUNNEL, Param.COPY_TUNNEL
+LOCAL, REMOTE, GATED, OPEN = Fact.LOCAL, Fact.REMOTE, Fact.GATED, Fact.OPEN
+
+# -- a local port: classification, then what the VM may send (port security) -----------------
+CLASSIFY_PORT = template("classify_port", CLASSIFY, 100, dict(in_port=OFPORT), (SetField("reg6", OFPORT),),
+                         goto=PORT_SECURITY, write_metadata=(VNI, ALL_ONES_64))
+# A pre-programmed `announce` destination: classify looks the activation gate up (reg5) first.
+CLASSIFY_GATED = template("classify_gated", CLASSIFY, 100, dict(in_port=OFPORT),
+                          (SetField("reg6", OFPORT), Resubmit(ACTIVATION_GATE)),
+                          goto=PORT_SECURITY, write_metadata=(VNI, ALL_ONES_64))
+PS_ANY = template("ps_any", PORT_SECURITY, 100, dict(reg6=OFPORT), goto=ARP_RESPONDER)
+PS_MAC = template("ps_mac", PORT_SECURITY, 100, dict(eth_src=MAC, reg6=OFPORT), goto=ARP_RESPONDER)
+# QEMU announces a migrated guest with RARP from its MAC: always let that through.
+PS_RARP = template("ps_rarp", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_RARP, reg6=OFPORT),
+                   goto=ARP_RESPONDER)
+PS_IP = template("ps_ip", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_IP, ipv4_src=IP, reg6=OFPORT),
+                 goto=ARP_RESPONDER)
+PS_ARP = template("ps_arp", PORT_SECURITY, 100,
+                  dict(eth_src=MAC, eth_type=ETH_TYPE_ARP, arp_spa=IP, arp_sha=MAC, reg6=OFPORT), goto=ARP_RESPONDER)
+PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC, Each.ONCE),
+                         (PS_RARP, Fact.PS_IPS, Each.ONCE), (PS_IP, Fact.PS_IPS, Each.PER_IP),
+                         (PS_ARP, Fact.PS_IPS, Each.PER_IP))
+
+# A pre-programmed destination: the VM's first RARP or GARP opens its egress in the datapath
+# (a learned activation_gate flow sets reg5=1 for this VIF) and tells the controller, which
+# activates the port and publishes. Until then the gated port-security flows drop its packets.
+OPENS_GATE = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+ANNOUNCE_RARP = template("announce_rarp", CLASSIFY, 110, dict(in_port=OFPORT, eth_type=ETH_TYPE_RARP, eth_src=MAC),
+                         (OPENS_GATE, controller_output()))
+ANNOUNCE_GARP = template("announce_garp", CLASSIFY, 110,
+                         dict(in_port=OFPORT, eth_type=ETH_TYPE_ARP, eth_src=MAC, arp_spa=IP, arp_tpa=IP),
+                         (OPENS_GATE, controller_output()))
+
+# -- where packets for the port go ----------------------------------------------------------------
+LOOKUP_LOCAL = template("lookup_local", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC), (Output(OFPORT),))
+LOOKUP_REMOTE = template("lookup_remote", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
+                         (SetField("tunnel_id", VNI), Output(TUNNEL)))
+# While an `announce` migration is in flight, its destination gets a copy too.
+LOOKUP_LOCAL_COPY = template("lookup_local_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
+                             (Output(OFPORT), SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
+LOOKUP_REMOTE_COPY = template("lookup_remote_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
+                              (SetField("tunnel_id", VNI), Output(TUNNEL), Output(COPY_TUNNEL)))
+
+L2_PORT_FLOWS = PortProgram(1, [
+    bound(CLASSIFY_PORT, LOCAL | OPEN),
+    bound(CLASSIFY_GATED, LOCAL | GATED),
+    *(bound(t, LOCAL | OPEN | facts, each) for t, facts, each in PORT_SECURITY_ENTRIES),
+    *(bound(with_match(t, t.name + "_gated", reg5=1), LOCAL | GATED | facts, each)
+      for t, facts, each in PORT_SECURITY_ENTRIES),
+    bound(ANNOUNCE_RARP, LOCAL | GATED),
+    bound(ANNOUNCE_GARP, LOCAL | GATED, Each.PER_IP),
+    bound(LOOKUP_LOCAL, LOCAL | Fact.NO_COPY),
+    bound(LOOKUP_LOCAL_COPY, LOCAL | Fact.COPY),
+    bound(LOOKUP_REMOTE, REMOTE | Fact.NO_COPY),
+    bound(LOOKUP_REMOTE_COPY, REMOTE | Fact.COPY),
+    bound(ARP_REPLY, Fact(0), Each.PER_IP),
+])
 
 
 class L2App(App):
     name = "l2"
-    app_id = 1
-
-    def _ipv4s(self, port: LogicalPort) -> list[int]:
-        return [ip_int(ip) for ip in port.ips if ":" not in ip]
-
-    def _arp_flows(self, port: LogicalPort, vni: int, cookie: int) -> list[Flow]:
-        mac = mac_int(port.mac)
-        return [arp_reply_flow(vni, ip, mac, cookie) for ip in self._ipv4s(port)]
-
-    def add_local_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        vni, ofport, mac = view.vni(port.lswitch), view.ofport(port), mac_int(port.mac)
-        cookie = self.cookie(port.id)
-        pending = view.is_pending(port)
-        classify = (SetField("reg6", ofport),) + ((Resubmit(ACTIVATION_GATE),) if pending else ())
-        flows = [Flow(CLASSIFY, 100, match(in_port=ofport), classify, goto=PORT_SECURITY,
-                      write_metadata=(vni, ALL_ONES_64), cookie=cookie)]
-        flows += self._port_security_flows(port, ofport, mac, cookie, gated=pending)
-        if pending:
-            flows += self._announcement_flows(port, ofport, mac, cookie)
-        to_port = [Output(ofport)] + self._copy_to_destination(port, view, vni)
-        flows.append(Flow(L2_LOOKUP, 100, match(metadata=vni, eth_dst=mac), tuple(to_port), cookie=cookie))
-        return flows + self._arp_flows(port, vni, cookie)
-
-    def _announcement_flows(self, port: LogicalPort, ofport: int, mac: int, cookie: int) -> list[Flow]:
-        """A pre-programmed destination: the VM's first RARP or GARP opens its egress in the datapath
-        (a learned activation_gate flow sets reg5=1 for this VIF) and tells the controller, which
-        activates the port and publishes. Until then the gated port-security flows drop its packets."""
-        opens_gate = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, cookie, (("reg6", ofport),), (("reg5", 1),))
-        announcements = [match(in_port=ofport, eth_type=ETH_TYPE_RARP, eth_src=mac)]
-        announcements += [match(in_port=ofport, eth_type=ETH_TYPE_ARP, eth_src=mac, arp_spa=ip, arp_tpa=ip)
-                          for ip in self._ipv4s(port)]
-        return [Flow(CLASSIFY, 110, m, (opens_gate, controller_output()), cookie=cookie) for m in announcements]
-
-    def _copy_to_destination(self, port: LogicalPort, view: View, vni: int) -> list:
-        """While an `announce` migration is in flight, the destination gets a copy too."""
-        dest = view.also_send_to(port)
-        return [SetField("tunnel_id", vni), Output(view.tunnels[dest])] if dest is not None else []
-
-    def _port_security_flows(self, port: LogicalPort, ofport: int, mac: int, cookie: int,
-                             gated: bool = False) -> list[Flow]:
-        """What the VM may send. `gated`: only once its announcement opened the activation gate."""
-        gate = {"reg5": 1} if gated else {}
-        if not port.port_security:
-            return [Flow(PORT_SECURITY, 100, match(reg6=ofport, **gate), goto=ARP_RESPONDER, cookie=cookie)]
-        ips = self._ipv4s(port)
-        if not ips:
-            return [Flow(PORT_SECURITY, 100, match(eth_src=mac, reg6=ofport, **gate), goto=ARP_RESPONDER,
-                         cookie=cookie)]
-        # QEMU announces a migrated guest with RARP from its MAC: always let that through.
-        flows = [Flow(PORT_SECURITY, 100, match(eth_src=mac, eth_type=ETH_TYPE_RARP, reg6=ofport, **gate),
-                      goto=ARP_RESPONDER, cookie=cookie)]
-        for ip in ips:
-            flows.append(Flow(PORT_SECURITY, 100, match(eth_src=mac, eth_type=ETH_TYPE_IP, ipv4_src=ip,
-                                                        reg6=ofport, **gate), goto=ARP_RESPONDER, cookie=cookie))
-            flows.append(Flow(PORT_SECURITY, 100, match(eth_src=mac, eth_type=ETH_TYPE_ARP, arp_spa=ip,
-                                                        arp_sha=mac, reg6=ofport, **gate), goto=ARP_RESPONDER,
-                              cookie=cookie))
-        return flows
-
-    def add_remote_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        vni, mac, cookie = view.vni(port.lswitch), mac_int(port.mac), self.cookie(port.id)
-        outputs = [Output(view.tunnel_ofport(port))] + self._copy_to_destination(port, view, vni)[1:]
-        return [Flow(L2_LOOKUP, 100, match(metadata=vni, eth_dst=mac),
-                     (SetField("tunnel_id", vni), *outputs), cookie=cookie)
-                ] + self._arp_flows(port, vni, cookie)
+    app_id = L2_PORT_FLOWS.app_id
+    port_program = L2_PORT_FLOWS
 
     def switch_flows(self, switch: LogicalSwitch, view: View) -> list[Flow]:
         """Tunnel classification wherever the network is needed; flooding where it is present."""

@@ -6,21 +6,24 @@ a migration moves nothing here: the L2 lookup after resolution finds the port.
 """
 from __future__ import annotations
 
-import ipaddress
-
 from controller.apps.base import App
-from controller.apps.builders import ALL_ONES_64, arp_reply_flow, icmp_echo_reply_flow, resolve_flow
+from controller.apps.builders import ALL_ONES_64, RESOLVE, arp_reply_flow, icmp_echo_reply_flow
 from controller.pipeline import table
+from controller.templates import Each, Fact, PortProgram, bound
 from controller.view import View, ip_int, mac_int
 from dfflow.flows import ETH_TYPE_IP, DecTtl, Flow, SetField, match
-from dfflow.models import LogicalPort, LogicalRouter
+from dfflow.models import LogicalRouter
 
 L3_ENTRY, L3_LOOKUP, L3_RESOLVE = table("l3_entry"), table("l3_lookup"), table("l3_resolve")
+
+# Wherever the port is, a packet routed to one of its addresses is for its MAC.
+L3_PORT_FLOWS = PortProgram(2, [bound(RESOLVE, Fact.ROUTED, Each.PER_IP)])
 
 
 class L3App(App):
     name = "l3"
-    app_id = 2
+    app_id = L3_PORT_FLOWS.app_id
+    port_program = L3_PORT_FLOWS
 
     def router_flows(self, router: LogicalRouter, view: View) -> list[Flow]:
         needed = view.needed_switches()
@@ -50,16 +53,3 @@ class L3App(App):
             flows += [arp_reply_flow(vni, ip, mac, cookie), icmp_echo_reply_flow(vni, ip, mac, cookie),
                       Flow(L3_ENTRY, 100, match(metadata=vni, eth_dst=mac), goto=L3_LOOKUP, cookie=cookie)]
         return flows
-
-    def _resolve_flows(self, port: LogicalPort, view: View) -> list[Flow]:
-        if not view.routers_on(port.lswitch):
-            return []
-        vni, mac, cookie = view.vni(port.lswitch), mac_int(port.mac), self.cookie(port.id)
-        return [resolve_flow(vni, ip_int(ip), mac, cookie) for ip in port.ips
-                if ipaddress.ip_address(ip).version == 4]
-
-    def add_local_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        return self._resolve_flows(port, view)
-
-    def add_remote_port(self, port: LogicalPort, view: View) -> list[Flow]:
-        return self._resolve_flows(port, view)

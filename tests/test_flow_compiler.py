@@ -1,0 +1,228 @@
+"""The compiled port-flow compiler runs the apps' programs exactly as the Python apps do.
+
+Oracles: the Python interpreter of the same programs (controller.templates), os-ken's
+serializer for the bytes, and a real Open vSwitch for what the bundles install.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.compile import Cloud
+from controller import compiler
+from controller.apps.dnat import DNAT_PORT_FLOWS
+from controller.apps.l2 import L2_PORT_FLOWS
+from controller.apps.l3 import L3_PORT_FLOWS
+from controller.flowstate import FlowState
+from controller.templates import FloatingIpFacts, PortFacts, PortRole
+from dfflow import core
+from dfflow.flowbatch import LAYOUT, FlowBatch
+from dfflow.flows import Command, Flow
+from tests.test_packer import Switch, expected_in_ovs, osken_bundle, parse_dump_flows
+
+PROGRAMS = (L2_PORT_FLOWS, L3_PORT_FLOWS, DNAT_PORT_FLOWS)
+ALL_APPS = compiler.compile_program(*PROGRAMS)
+PER_APP = {p.app_id: compiler.compile_program(p) for p in PROGRAMS}
+
+u24 = st.integers(1, (1 << 24) - 1)
+mac = st.integers(1, (1 << 48) - 1)
+ipv4 = st.integers(1, (1 << 32) - 2)
+ofport = st.integers(1, 0xFFFFFF00)
+
+
+@st.composite
+def port_facts(draw) -> PortFacts:
+    fips = draw(st.lists(st.builds(FloatingIpFacts, ipv4, mac, ipv4, u24, mac), max_size=2,
+                         unique_by=lambda f: f.fip))
+    return PortFacts(draw(st.integers(0, (1 << 56) - 1)), draw(u24), draw(mac), draw(st.booleans()),
+                     draw(st.booleans()), tuple(draw(st.lists(ipv4, max_size=3, unique=True))), tuple(fips))
+
+
+@st.composite
+def roles(draw, gated: bool = True) -> PortRole | None:
+    kind = draw(st.sampled_from(["none", "local", "remote"]))
+    copy = draw(st.sampled_from([0, 0, draw(ofport)]))
+    if kind == "none":
+        return None
+    if kind == "local":
+        return PortRole(True, ofport=draw(ofport), copy_tunnel=copy, gated=gated and draw(st.booleans()))
+    return PortRole(False, tunnel=draw(ofport), copy_tunnel=copy)
+
+
+def table_of(*facts: PortFacts) -> compiler.PortTable:
+    table = compiler.PortTable(capacity=2)
+    for i, f in enumerate(facts):
+        table.set(f"p{i}", f)
+    return table
+
+
+def flows_of(rows: np.ndarray) -> list[Flow]:
+    batch = FlowBatch(len(rows))
+    batch.add_rows(len(rows))[:] = rows
+    return batch.flows()
+
+
+def python_diff(program, facts: PortFacts, old: PortRole | None, new: PortRole | None) -> tuple[set, list[Flow]]:
+    """What FlowState.plan (the engine's Python path) changes between the two roles."""
+    state = FlowState()
+    owner = ("app", "port", "p0")
+    state.commit(state.plan({owner: program.flows(facts, old)}))
+    plan = state.plan({owner: program.flows(facts, new)})
+    return {(f.table, f.priority, f.match, f.cookie) for f in plan.deletes}, plan.adds
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(port_facts(), roles(gated=False))
+def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role):
+    table = table_of(facts)
+    for program in PROGRAMS:
+        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, None, role)
+        assert len(dels) == 0
+        assert flows_of(adds) == program.flows(facts, role)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(port_facts(), roles(), roles(gated=False))
+def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
+    table = table_of(facts)
+    for program in PROGRAMS:
+        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, old, new)
+        want_deletes, want_adds = python_diff(program, facts, old, new)
+        deleted = flows_of(dels)
+        assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
+        assert {(f.table, f.priority, f.match, f.cookie) for f in deleted} == want_deletes
+        assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, want_adds))
+
+
+def test_a_pre_programmed_destination_needs_the_python_path_and_says_which_flow():
+    facts = PortFacts(7, 101, 0xFA163E000001, True, False, (0x0A000001,))
+    with pytest.raises(core.NotCompilable, match="classify_gated"):
+        compiler.compile_port_change(PER_APP[1], table_of(facts), 0, None, PortRole(True, ofport=5, gated=True))
+    # leaving it (activation: gated -> open) compiles: the gate's flows are deleted by key
+    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, PortRole(True, ofport=5, gated=True),
+                                              PortRole(True, ofport=5))
+    assert {f.table for f in flows_of(dels)} >= {0}  # the announcement flows in classify
+    assert flows_of(adds)
+
+
+def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
+    facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
+                      (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
+    dels, adds = compiler.compile_port_change(ALL_APPS, table_of(facts), 0, PortRole(False, tunnel=10),
+                                              PortRole(False, tunnel=11))
+    assert len(dels) == 0
+    assert sorted((f.table, f.actions[-1].port) for f in flows_of(adds)) == [(50, 11), (50, 11)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"port": 5}, "port index 5 is not in the port table"),
+    ({"group": 3}, "group 3"),
+    ({"old_kind": 7}, "role kind 7"),
+])
+def test_bad_transitions_raise_naming_the_field(change, message):
+    table = table_of(PortFacts(7, 101, 0xFA163E000001))
+    transition = np.zeros(1, compiler.TRANSITION_DTYPE)
+    transition["new_kind"] = compiler.LOCAL
+    transition["new_ofport"] = 5
+    for name, value in change.items():
+        transition[name] = value
+    with pytest.raises(ValueError, match=message):
+        core.compile_transitions(ALL_APPS, table.ports, table.ips, table.fips, transition, 2)
+
+
+def test_a_port_whose_addresses_run_past_the_column_is_refused():
+    table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1, 2)))
+    table.ports[0]["ip_count"] = 99
+    with pytest.raises(ValueError, match="ip_start/ip_count"):
+        compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(True, ofport=5))
+
+
+def test_an_out_of_range_vni_is_refused_before_anything_is_packed():
+    table = table_of(PortFacts(7, 1 << 24, 0xFA163E000001))
+    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(False, tunnel=3))
+    with pytest.raises(ValueError, match="tunnel_id"):
+        core.pack_groups(LAYOUT, dels, adds, [len(dels)], [len(adds)], 1, 1)
+
+
+def test_an_empty_change_is_refused():
+    cloud = Cloud(ports=10, chassis=3, seed=1)
+    with pytest.raises(ValueError, match="empty change"):
+        cloud.migrate([])
+
+
+def test_the_port_table_reuses_rows_and_compacts_its_columns():
+    table = compiler.PortTable(capacity=2)
+    for round_ in range(50):
+        for i in range(5):
+            table.set(f"p{i}", PortFacts(i, 100 + round_, 1 + i, ipv4s=(round_ + 1, round_ + 2)))
+    assert len(table) == 5 and table.n_ips <= 4 * 5 * 2
+    table.drop("p3")
+    row = table.set("p9", PortFacts(9, 1, 2))
+    assert row == 3
+    for port_id, facts in table.facts.items():
+        rec = table.ports[table.index[port_id]]
+        assert tuple(table.ips[rec["ip_start"]:rec["ip_start"] + rec["ip_count"]]) == facts.ipv4s
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000), st.integers(1, 5), st.integers(2, 6))
+def test_every_chassis_bundle_is_byte_identical_to_osken(seed, k, n_chassis):
+    cloud = Cloud(ports=12, chassis=n_chassis, seed=seed)
+    moves = cloud.evacuation(0, k)
+    buf, offsets = cloud.migrate(moves, xid_start=100, bundle_id_start=7)
+    xid = 100
+    for c in range(n_chassis):
+        dels, adds = cloud.python_plan(moves, c)
+        flows = [Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT) for f in dels]
+        flows += adds
+        want = osken_bundle(flows, 7 + c, xid) if flows else b""
+        assert buf[offsets[c]:offsets[c + 1]] == want, f"chassis {c}"
+        xid += len(flows) + 2 if flows else 0
+
+
+def test_ovs_installs_what_the_python_apps_would_after_a_compiled_migration(ovs):
+    cloud = Cloud(ports=20, chassis=3, seed=3)
+    before = [f for p in range(len(cloud.ports)) for f in cloud.python_flows(p, chassis=2)]
+    moves = cloud.evacuation(0, 6)
+    buf, offsets = cloud.migrate(moves, xid_start=1, bundle_id_start=1)
+    after = dict(cloud.python_state(chassis=2, moves=moves))
+
+    async def run() -> None:
+        ovs.ofctl("del-flows", "br-int")
+        async with Switch(ovs) as switch:
+            switch.send(core.pack_bundle(FlowBatch.from_flows(before), 90, 1000))
+            assert not [m for m in await switch.barrier() if type(m).__name__ == "OFPErrorMsg"]
+            switch.send(buf[offsets[2]:offsets[3]])
+            errors = [m for m in await switch.barrier() if type(m).__name__ == "OFPErrorMsg"]
+            assert not errors
+    asyncio.run(run())
+    assert parse_dump_flows(ovs.ofctl("dump-flows", "br-int")) == expected_in_ovs(list(after.values()))
+
+
+def test_no_memory_growth_over_10000_compiled_migrations():
+    from tests.test_packer import _rss_kib
+    cloud = Cloud(ports=40, chassis=10, seed=2)
+    moves = cloud.evacuation(0, 2)
+    table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1,)))
+
+    def round_() -> None:
+        cloud.migrate(moves)
+        dels, adds, de, ae = core.compile_transitions(cloud.program, cloud.table.ports, cloud.table.ips,
+                                                      cloud.table.fips, cloud.transitions(moves), 10)
+        core.pack_groups(LAYOUT, dels, adds, de, ae, 1, 1)
+        for bad in (None, PortRole(True, ofport=5, gated=True)):
+            try:  # the error paths too
+                compiler.compile_port_change(PER_APP[1], table, 99 if bad is None else 0, None, bad)
+            except ValueError:
+                pass
+
+    for _ in range(200):
+        round_()
+    rss0 = _rss_kib()
+    for _ in range(10_000):
+        round_()
+    assert _rss_kib() - rss0 < 4 * 1024, f"RSS grew by {_rss_kib() - rss0} KiB"
