@@ -25,11 +25,12 @@ def packable(flow: Flow) -> bool:
     return len(flow.actions) <= MAX_ACTIONS and all(isinstance(a, PACKABLE_ACTIONS) for a in flow.actions)
 
 
-def flow_mods(dp: Any, flows: Sequence[Flow]) -> bytes:
-    """FLOW_MOD messages for `flows`, in order, numbered from a block of the channel's xids."""
-    if not flows:
+def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
+    """FLOW_MOD messages for `messages` (flows, and batches of rows the compiled core made), in
+    order, numbered from a block of the channel's xids."""
+    if not messages:
         return b""
-    xid = dp.xids.alloc(len(flows))
+    xid = dp.xids.alloc(sum(len(m) if isinstance(m, FlowBatch) else 1 for m in messages))
     out = bytearray()
     run: list[Flow] = []
 
@@ -40,15 +41,19 @@ def flow_mods(dp: Any, flows: Sequence[Flow]) -> bytes:
             xid += len(run)
             run.clear()
 
-    for flow in flows:
-        if packable(flow):
-            run.append(flow)
-            continue
-        flush()
-        message = flow.to_osken(dp, xid)
-        message.serialize()
-        out.extend(message.buf)
-        xid += 1
+    for item in messages:
+        if isinstance(item, FlowBatch):
+            flush()
+            out.extend(core.pack_flow_mods(item, xid))
+            xid += len(item)
+        elif packable(item):
+            run.append(item)
+        else:
+            flush()
+            message = item.to_osken(dp, xid)
+            message.serialize()
+            out.extend(message.buf)
+            xid += 1
     flush()
     return bytes(out)
 

@@ -59,7 +59,7 @@ class ControllerDaemon:
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
-        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()])
+        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()], compiled=flow_path == "compiled")
         self.nb = NbApi(nb_url)
         self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
         self.ovsdb = Ovsdb(ovsdb, bridge)
@@ -342,7 +342,7 @@ class ControllerDaemon:
                 elif plan:
                     # Plans queued meanwhile go out with this one, in order, as one bundle: a burst
                     # of NB events (an evacuation) costs one round trip per chassis, not one per event.
-                    batch = [plan] + self._take_queued(MAX_COALESCED_FLOW_MODS - len(plan.deletes) - len(plan.adds))
+                    batch = [plan] + self._take_queued(MAX_COALESCED_FLOW_MODS - plan.n_flow_mods)
                     sending = time.monotonic()
                     self._sending = True
                     await self._send(dp, [m for p in batch for m in p.messages()])
@@ -359,8 +359,9 @@ class ControllerDaemon:
                             "bundle_ms": bundle_ms, "coalesced": len(batch),
                             "applied_at": round(applied, 6),  # absolute: the switch's commit/barrier reply
                             "cause": p.cause, "stamps": [list(s) for s in p.stamps],
-                            "flow_mods": len(p.deletes) + len(p.adds)})
-                        self.stats["flow_mods"] += len(p.deletes) + len(p.adds)
+                            "flow_mods": p.n_flow_mods,
+                            "compiled_flow_mods": sum(len(d) + len(a) for d, a in p.rows)})
+                        self.stats["flow_mods"] += p.n_flow_mods
                         for migration_id, state in p.stamps:
                             self._spawn_stamp(migration_id, state, applied)
             except ConnectionLost:
@@ -378,7 +379,7 @@ class ControllerDaemon:
             queued = self._outbox.get_nowait()
             if queued:
                 taken.append(queued)
-                room -= len(queued.deletes) + len(queued.adds)
+                room -= queued.n_flow_mods
         return taken
 
     async def _send(self, dp: Datapath, flows: list[Any]) -> None:

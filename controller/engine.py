@@ -6,6 +6,15 @@ For every port whose role on this chassis changes, the engine calls the apps'
 blueprint interface: remove_local/remove_remote for the old role, then
 add_local/add_remote for the new one; the union of every app's answer for
 every affected object is one plan, applied as one bundle.
+
+A port's flows are its apps' port programs (controller.templates) run for its
+facts and role. With `compiled` (the default), the engine runs them in the
+compiled core: the port's facts are a row of typed columns, and the core makes
+the flow mods of the role change itself, as rows sent without a Python object
+per flow. The Python apps remain the path for what the core does not encode (a
+pre-programmed `announce` destination's learn and resubmit flows) and for a
+port whose facts changed while it keeps a role (rare: its IPs, floating IPs or
+routers changed) -- and the reference the tests hold the core to.
 """
 from __future__ import annotations
 
@@ -13,25 +22,37 @@ import logging
 from collections import Counter
 from typing import Any, Iterable
 
+from controller import compiler
 from controller.apps.base import App
-from controller.flowstate import FlowState, Owner, Plan
+from controller.flowstate import DerivedFlows, FlowState, Owner, Plan
 from controller.pipeline import check_flow
+from controller.templates import PortFacts, PortRole
 from controller.view import LOCAL, REMOTE, View, Vif
+from dfflow import core
+from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Flow
 from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch, Model, model_for
 
 LOG = logging.getLogger(__name__)
 PORT, SWITCH, ROUTER, STATIC = "port", "switch", "router", "static"
+# A port update that changes only these moves the port and nothing else: no other port's flows.
+WHERE_FIELDS = frozenset({"binding_chassis", "migration", "version"})
+PortState = tuple["PortFacts | None", "PortRole | None"]
 
 
 class Engine:
-    def __init__(self, chassis: str, apps: Iterable[App]):
+    def __init__(self, chassis: str, apps: Iterable[App], compiled: bool = True):
         self.view = View(chassis)
         self.apps = list(apps)
         self.flows = FlowState()
         # port id -> (role, chassis) its installed flows are for
         self.roles: dict[str, tuple[str, str | None]] = {}
         self.stats: Counter[str] = Counter()
+        # the compiled path: each app's port program, and the ports' facts as columns
+        self.programs = {app.name: compiler.compile_program(app.port_program)
+                         for app in self.apps if compiled and app.port_program is not None}
+        self.table = compiler.PortTable()
+        self.port_state: dict[str, PortState] = {}  # port id -> (facts, role) of its installed flows
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
@@ -74,10 +95,18 @@ class Engine:
 
     def commit(self, plan: Plan) -> None:
         self.flows.commit(plan)
+        for port_id, state in plan.port_states.items():
+            if state == (None, None):
+                self.port_state.pop(port_id, None)
+            else:
+                self.port_state[port_id] = state
 
     # -- what an event touches ------------------------------------------------------
     def _affected(self, old: Model | None, new: Model | None) -> set[Owner]:
         obj = new or old
+        if isinstance(old, LogicalPort) and isinstance(new, LogicalPort) and _only_moved(old, new):
+            # A migration step or a binding change: the port itself, and its network's flooding.
+            return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")}
         if isinstance(obj, LogicalPort):
             switches = {p.lswitch for p in (old, new) if p is not None}
             return self._switches_and_their_ports(switches)
@@ -115,8 +144,20 @@ class Engine:
     # -- recomputation -----------------------------------------------------------
     def _recompute(self, targets: set[Owner]) -> Plan:
         wanted: dict[Owner, list[Flow]] = {}
+        compiled: dict[Owner, tuple[Any, Any, DerivedFlows]] = {}
+        port_states: dict[str, PortState] = {}
         for kind, obj_id, _ in sorted(targets):
+            done: set[str] = set()
+            if kind == PORT:
+                port = self.view.port(obj_id)
+                role = self.view.port_role(port) if port is not None else None
+                facts = self.view.port_facts(port) if role is not None else None
+                port_states[obj_id] = (facts, role)
+                if self.programs:
+                    done = self._compile_port(obj_id, facts, role, compiled)
             for app in self.apps:
+                if app.name in done:
+                    continue
                 owner = (app.name, kind, obj_id)
                 try:
                     wanted[owner] = [check_flow(f) for f in self._flows_for(app, kind, obj_id)]
@@ -125,21 +166,66 @@ class Engine:
                     self.stats["app_errors"] += 1
                     LOG.exception("app %s failed computing flows for %s %s", app.name, kind, obj_id)
                     wanted[owner] = self.flows.flows_of(owner)
+                    port_states.pop(obj_id, None)
         moved = set()
         for kind, obj_id, _ in targets:
             if kind == PORT:
                 port = self.view.port(obj_id)
+                if port is not None and self.view.switch(port.lswitch) is None:
+                    # Its network is in a topic this chassis does not follow (or has not arrived yet).
+                    self.stats["ports_without_switch"] += 1
+                    LOG.warning("port %s is on network %s, which this chassis does not know", port.id,
+                                port.lswitch)
                 new_role = self.view.role(port) if port is not None else None
                 before = self.roles.get(obj_id, (None, None))
                 if new_role is None:
                     self.roles.pop(obj_id, None)
                 else:
                     self.roles[obj_id] = (new_role, self.view.location(port))
-                if self.roles.get(obj_id, (None, None)) != before:
+                after = self.roles.get(obj_id, (None, None))
+                if after != before:
                     moved.add(obj_id)
+                    self.stats[f"port_{before[0]}_to_{after[0]}"] += 1
         plan = self.flows.plan(wanted)
+        for owner, (dels, adds, flows) in compiled.items():
+            if len(dels) or len(adds):
+                plan.rows.append((dels, adds))
+            plan.owners[owner] = flows
         plan.moved = moved
+        plan.port_states = port_states
         return plan
+
+    def _compile_port(self, port_id: str, facts: PortFacts | None, role: PortRole | None,
+                      out: dict[Owner, tuple[Any, Any, DerivedFlows]]) -> set[str]:
+        """The flow mods of the port's role change, made by the compiled core, per app; returns
+        the apps it did (the others go the Python way)."""
+        old_facts, old_role = self.port_state.get(port_id, (None, None))
+        if (old_facts, old_role) == (facts, role):
+            return set(self.programs)  # nothing changes
+        if old_role is not None and role is not None and old_facts != facts:
+            self.stats["port_facts_changed"] += 1
+            return set()  # the old flows were made from other facts: the Python path diffs them
+        row = self.table.set(port_id, facts if facts is not None else old_facts)
+        done = set()
+        for app in self.apps:
+            program = self.programs.get(app.name)
+            if program is None:
+                continue
+            try:
+                dels, adds = compiler.compile_port_change(program, self.table, row, old_role, role)
+            except core.NotCompilable:
+                self.stats["compiled_fallbacks"] += 1
+                continue
+            if facts is None:
+                flows = DerivedFlows(list)
+            else:
+                flows = DerivedFlows(lambda prog=app.port_program, f=facts, r=role: prog.flows(f, r))
+            out[(app.name, PORT, port_id)] = (_batch(dels), _batch(adds), flows)
+            done.add(app.name)
+        self.stats["compiled_ports"] += 1
+        if facts is None:
+            self.table.drop(port_id)
+        return done
 
     def _flows_for(self, app: App, kind: str, obj_id: str) -> list[Flow]:
         if kind == STATIC:
@@ -151,21 +237,14 @@ class Engine:
             router = self.view.get(LogicalRouter.table, obj_id)
             return app.router_flows(router, self.view) if router is not None else []
         port = self.view.port(obj_id)
-        if port is not None and self.view.switch(port.lswitch) is None and app is self.apps[0]:
-            # Its network is in a topic this chassis does not follow (or has not arrived yet).
-            self.stats["ports_without_switch"] += 1
-            LOG.warning("port %s is on network %s, which this chassis does not know", port.id, port.lswitch)
-        old_role, old_place = self.roles.get(obj_id, (None, None))
+        old_role, _ = self.roles.get(obj_id, (None, None))
         new_role = self.view.role(port) if port is not None else None
-        new_place = self.view.location(port) if port is not None else None
         installed = self.flows.flows_of((app.name, kind, obj_id))
         removed: list[Flow] = []
         if old_role == LOCAL:
             removed = app.remove_local_port(port, installed)
         elif old_role == REMOTE:
             removed = app.remove_remote_port(port, installed)
-        if (old_role, old_place) != (new_role, new_place) and app is self.apps[0]:
-            self.stats[f"port_{old_role}_to_{new_role}"] += 1
         added: list[Flow] = []
         if new_role == LOCAL:
             added = app.add_local_port(port, self.view)
@@ -176,3 +255,13 @@ class Engine:
         added_keys = {f.key for f in added}
         kept = [f for f in installed if f.key not in removed_keys and f.key not in added_keys]
         return kept + added
+
+
+def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:
+    return all(getattr(old, f) == getattr(new, f) for f in old.__dataclass_fields__ if f not in WHERE_FIELDS)
+
+
+def _batch(rows: Any) -> FlowBatch:
+    batch = FlowBatch(max(1, len(rows)))
+    batch.add_rows(len(rows))[:] = rows
+    return batch

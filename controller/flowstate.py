@@ -7,7 +7,9 @@ adds), which the controller sends as one atomic bundle and then `commit()`s.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 from dfflow.flows import Command, Flow
 
@@ -16,30 +18,63 @@ Owner = tuple[str, str, str]
 FlowKey = tuple
 
 
+class DerivedFlows(Mapping):
+    """An owner's flows when the compiled path installed them: made (by the same program, in
+    Python) only if someone asks -- a reconcile, a later Python-path diff, a test."""
+
+    def __init__(self, make: Callable[[], list[Flow]]):
+        self._make = make
+        self._flows: dict[FlowKey, Flow] | None = None
+
+    def _table(self) -> dict[FlowKey, Flow]:
+        if self._flows is None:
+            self._flows = {f.key: f for f in self._make()}
+        return self._flows
+
+    def __getitem__(self, key: FlowKey) -> Flow:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[FlowKey]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
 @dataclass
 class Plan:
     deletes: list[Flow] = field(default_factory=list)
     adds: list[Flow] = field(default_factory=list)
-    owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
+    # Flow mods the compiled core made as rows (FlowBatch deletes, FlowBatch adds), sent between
+    # the Python deletes and adds; `owners` has their owners' new flows as DerivedFlows.
+    rows: list[tuple[Any, Any]] = field(default_factory=list)
+    owners: dict[Owner, Mapping[FlowKey, Flow]] = field(default_factory=dict)
     moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
     stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
     timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
     cause: str = ""  # "table:id" of the NB event that made it (empty for local events)
+    port_states: dict[str, Any] = field(default_factory=dict)  # port id -> (facts, role) once committed
 
     def __bool__(self) -> bool:
-        return bool(self.deletes or self.adds)
+        return bool(self.deletes or self.adds or self.rows)
 
-    def messages(self) -> list[Flow]:
-        """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key)."""
+    @property
+    def n_flow_mods(self) -> int:
+        return len(self.deletes) + len(self.adds) + sum(len(d) + len(a) for d, a in self.rows)
+
+    def messages(self) -> list[Any]:
+        """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key); the
+        compiled rows as FlowBatches in between (controller.compiler.flow_mods packs both)."""
         return [f if f.command == Command.DELETE else
                 Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                 for f in self.deletes] + \
+               [d for d, _ in self.rows if len(d)] + [a for _, a in self.rows if len(a)] + \
                [f.as_command(Command.ADD) for f in self.adds]
 
 
 class FlowState:
     def __init__(self) -> None:
-        self.installed: dict[Owner, dict[FlowKey, Flow]] = {}
+        self.installed: dict[Owner, Mapping[FlowKey, Flow]] = {}
         self.duplicate_keys = 0
 
     def flows_of(self, owner: Owner) -> list[Flow]:

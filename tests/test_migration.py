@@ -116,6 +116,15 @@ def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cl
     assert expected <= set(result["states"])
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, dest)
+    assert_the_compiled_core_moved_m(cloud, result)
+
+
+def assert_the_compiled_core_moved_m(cloud, result) -> None:
+    """Every chassis applied its part of the migration with flow mods the compiled core made."""
+    for ch in cloud.sb.chassis_list():
+        timings = controller_status(cloud.sb, ch.name)["apply_timings"]
+        moves = [t for t in timings if any(stamp[0] == result["migration"] for stamp in t["stamps"])]
+        assert any(t["compiled_flow_mods"] > 0 for t in moves), (ch.name, moves)
 
 
 def test_the_vms_announcement_opens_its_egress_in_the_datapath_without_the_controller(cloud):
