@@ -226,3 +226,15 @@ def test_no_memory_growth_over_10000_compiled_migrations():
     for _ in range(10_000):
         round_()
     assert _rss_kib() - rss0 < 4 * 1024, f"RSS grew by {_rss_kib() - rss0} KiB"
+
+
+@pytest.mark.parametrize("role, field", [
+    (PortRole(True, ofport=0), "in_port"),                 # no such OpenFlow port
+    (PortRole(True, ofport=0xFFFFFFFF), "in_port"),        # OFPP_ANY is not a port
+    (PortRole(False, tunnel=0xFFFFFFFF), "output port"),
+])
+def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field):
+    table = table_of(PortFacts(7, 101, 0xFA163E000001))
+    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, role)
+    with pytest.raises(ValueError, match=field):
+        core.pack_groups(LAYOUT, dels, adds, [len(dels)], [len(adds)], 1, 1)
