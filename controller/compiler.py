@@ -122,6 +122,7 @@ class PortTable:
         self.facts: dict[str, PortFacts] = {}
         self._free: list[int] = []
         self._n = 0
+        self._live_ips = self._live_fips = 0  # of current facts (the rest of the columns is stale)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -134,7 +135,12 @@ class PortTable:
         if row is None:
             row = self._free.pop() if self._free else self._grow_row()
             self.index[port_id] = row
+        else:
+            self._live_ips -= len(self.facts[port_id].ipv4s)
+            self._live_fips -= len(self.facts[port_id].fips)
         self.facts[port_id] = facts
+        self._live_ips += len(facts.ipv4s)
+        self._live_fips += len(facts.fips)
         self._make_room(len(facts.ipv4s), len(facts.fips))
         ip_start, fip_start = self.n_ips, self.n_fips
         self.ips[ip_start:ip_start + len(facts.ipv4s)] = facts.ipv4s
@@ -150,7 +156,9 @@ class PortTable:
     def drop(self, port_id: str) -> None:
         row = self.index.pop(port_id, None)
         if row is not None:
-            self.facts.pop(port_id)
+            gone = self.facts.pop(port_id)
+            self._live_ips -= len(gone.ipv4s)
+            self._live_fips -= len(gone.fips)
             self.ports[row] = 0
             self._free.append(row)
 
@@ -161,9 +169,8 @@ class PortTable:
         return self._n - 1
 
     def _make_room(self, n_ips: int, n_fips: int) -> None:
-        live_ips = sum(len(f.ipv4s) for f in self.facts.values())
         if self.n_ips + n_ips > len(self.ips) or self.n_fips + n_fips > len(self.fips):
-            if live_ips * 2 < self.n_ips:
+            if self._live_ips * 2 < self.n_ips or self._live_fips * 2 < self.n_fips:
                 self._compact()
             if self.n_ips + n_ips > len(self.ips):
                 self.ips = np.concatenate([self.ips, np.zeros(max(len(self.ips), n_ips), np.uint64)])

@@ -238,3 +238,13 @@ def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field
     dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, role)
     with pytest.raises(ValueError, match=field):
         core.pack_groups(LAYOUT, dels, adds, [len(dels)], [len(adds)], 1, 1)
+
+
+def test_floating_ips_that_come_and_go_do_not_grow_the_columns():
+    table = compiler.PortTable(capacity=4)
+    fip = FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001)
+    for round_ in range(200):
+        table.set("p0", PortFacts(7, 101, 1, fips=(fip,) if round_ % 2 else ()))
+    assert len(table.fips) <= 16 and len(table.ips) <= 16
+    rec = table.ports[table.index["p0"]]
+    assert tuple(table.fips[rec["fip_start"]:rec["fip_start"] + rec["fip_count"]]["fip"]) == (0xC0000232,)
