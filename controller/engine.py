@@ -216,6 +216,12 @@ class Engine:
             except core.NotCompilable:
                 self.stats["compiled_fallbacks"] += 1
                 continue
+            except Exception:
+                # Counted and logged; the Python path then tries the same change (and keeps the
+                # port's current flows if it fails too).
+                self.stats["compiler_errors"] += 1
+                LOG.exception("compiled core failed computing %s flows of port %s", app.name, port_id)
+                continue
             if facts is None:
                 flows = DerivedFlows(list)
             else:

@@ -80,3 +80,17 @@ def test_deleting_a_port_removes_every_flow_that_named_it():
     assert any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
     apply(engine, engine.nb_event(event(b1, "delete")))
     assert not any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
+
+
+def test_a_compiled_core_failure_is_counted_and_the_python_path_takes_the_port(monkeypatch):
+    from controller import compiler
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    engine = make_engine()
+    monkeypatch.setattr(compiler, "compile_port_change", broken)
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    assert engine.stats["compiler_errors"] >= 1
+    assert l2_lookup_actions(engine, 1) == (Output(5),)
