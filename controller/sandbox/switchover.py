@@ -75,9 +75,11 @@ class Switchover:
             self.ipr.route("replace", dst="0.0.0.0/0", gateway=self.gateway, oif=self.new_idx)
         self.raw.send(self.frames[1])
         stamps["routed"] = time.time()
-        self.raw.close()
-        self.ipr.close()
         return stamps
+
+    def close(self) -> None:
+        self.raw.close()
+        self.ipr.close()  # takes milliseconds: only after the stamps are out
 
 
 def main() -> None:
@@ -96,6 +98,7 @@ def main() -> None:
     if sys.stdin.readline().strip() != "go":
         sys.exit("switchover: expected 'go' on stdin")
     print(json.dumps(switchover.go()), flush=True)
+    switchover.close()
 
 
 if __name__ == "__main__":
