@@ -6,10 +6,20 @@ resulting record to its own flows at once (the chassis that saw the event does
 not wait for its own publish to come back), and writes the record to the NB db
 with compare-and-set, which publishes it to every other chassis following the
 port's topic. Each transition is stamped in the migration's timeline.
+
+The step-2 (source unplugged) and announce (activated) transitions also go out
+as a migration event on one channel (`<prefix>:migration-events`), published
+before the NB write starts: "chassis X saw EVENT for migration M at NOW". Every
+chassis that follows the port runs the same pure transition on its own view and
+applies it at once, as the chassis that saw the event does; the NB write's event
+follows a few milliseconds later and, being the same port, changes no flow. The
+message is only a head start: a chassis that misses it, or whose view does not
+hold that migration, converges from the NB event as before.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Callable
@@ -26,6 +36,9 @@ LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 FAULT_DROP_PUBLISH = "drop_migration_publish"
 FAULT_IGNORE_ANNOUNCEMENTS = "ignore_announcements"
+# Events every related chassis can apply to its own view at once, told by the chassis that saw them.
+FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
+RESUBSCRIBE_DELAY = 0.5
 
 
 class Migrator:
@@ -42,8 +55,8 @@ class Migrator:
     async def vif_online(self, port_id: str) -> None:
         await self._run(port_id, Event.DEST_PLUGGED)
 
-    async def vif_offline(self, port_before: LogicalPort | None) -> None:
-        """Called with the port as it was before its VIF left this chassis."""
+    async def vif_offline(self, port_before: LogicalPort | None, timing: dict[str, float] | None = None) -> None:
+        """Called with the port as it was before its VIF left this chassis (`timing`: when that was seen)."""
         if port_before is None or port_before.migration is None:
             return
         mig = port_before.migration
@@ -52,7 +65,7 @@ class Migrator:
                 self._count("publishes_dropped")
                 LOG.warning("fault injection: dropping the step-2 publish of port %s", port_before.id)
                 return
-            await self._run(port_before.id, Event.SOURCE_UNPLUGGED)
+            await self._run(port_before.id, Event.SOURCE_UNPLUGGED, timing=timing)
         elif mig.chassis == self.chassis:
             await self._run(port_before.id, Event.DEST_UNPLUGGED)
 
@@ -77,6 +90,60 @@ class Migrator:
         if mig is not None and mig.chassis == self.chassis and port.binding_chassis == mig.chassis:
             await self._run(port.id, Event.BINDING_UPDATED, local_first=False)
 
+    # -- the migration-event channel ---------------------------------------------------
+    @property
+    def channel(self) -> str:
+        return f"{self.nb.keys.prefix}:migration-events"
+
+    async def listen(self) -> None:
+        """Follow the migration-event channel for as long as the controller runs."""
+        while True:
+            pubsub = self.nb.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._on_migration_event(message["data"], time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._count("event_channel_errors")
+                LOG.exception("migration-event channel failed; resubscribing (NB events still converge)")
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
+            finally:
+                await pubsub.aclose()
+
+    def _on_migration_event(self, data: bytes, received: float) -> None:
+        try:
+            msg = json.loads(data)
+            if msg["chassis"] == self.chassis:
+                return  # ours: applied here already
+            event = Event(msg["event"])
+            port = self.engine.view.port(msg["port"])
+            if port is None or port.migration is None or port.migration.id != msg["migration"] \
+                    or event not in FAST_EVENTS:
+                self._count("events_not_applicable")  # not ours to follow, or this view moved on
+                return
+            step = transition(port, event, msg["chassis"], msg["now"], self.strategy)
+            if step.port is None:
+                self._count("events_not_applicable")
+                return
+            self._apply_here(port.id, step, event, {"event_ts": msg["ts"], "received": received,
+                                                    "bus_ms": (received - msg["ts"]) * 1e3})
+            self._count("events_applied")
+        except Exception:
+            self._count("event_errors")
+            LOG.exception("migration event %r not applied (the NB event will be)", data[:200])
+
+    async def _publish_event(self, port_id: str, event: Event, step: Step, now: float) -> None:
+        msg = {"port": port_id, "event": event.value, "chassis": self.chassis, "now": now,
+               "migration": step.record.id, "ts": time.time()}
+        try:
+            await self.nb.redis.publish(self.channel, json.dumps(msg, separators=(",", ":")))
+        except Exception:
+            self._count("event_publish_errors")
+            LOG.exception("migration event of port %s not published (the NB write still is)", port_id)
+
     async def housekeeping(self, now: float | None = None) -> None:
         """Finish what events cannot: unplugs that happened while this controller was away, and
         records that waited too long."""
@@ -99,7 +166,7 @@ class Migrator:
 
     # -- running a transition --------------------------------------------------------
     async def _run(self, port_id: str, event: Event, now: float | None = None,
-                   local_first: bool = True) -> Step:
+                   local_first: bool = True, timing: dict[str, float] | None = None) -> Step:
         now = time.time() if now is None else now
         view_port = self.engine.view.port(port_id)
         if view_port is None:
@@ -107,10 +174,6 @@ class Migrator:
         step = transition(view_port, event, self.chassis, now, self.strategy)
         if step.port is None:
             return NO_CHANGE  # decided on this chassis' view: no NB round trip (housekeeping runs every second)
-        if local_first:
-            # Apply here at once: this chassis' bundle goes out before the publish round trip.
-            self.emit(self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
-                                            "object": step.port.to_dict()}))
         written: list[Step] = []
 
         def change(current: LogicalPort) -> LogicalPort | None:
@@ -118,10 +181,29 @@ class Migrator:
             written[:] = [step]
             return step.port
 
+        # The NB write (a dozen Redis round trips before its publish) starts first; this chassis computes
+        # and queues its own bundle while the write's first request is out, so neither waits for the other.
+        published = None
+        if local_first and event in FAST_EVENTS:
+            published = asyncio.ensure_future(self._publish_event(port_id, event, step, now))
+        write = asyncio.ensure_future(self.nb.modify(LogicalPort.table, port_id, change))
+        if local_first:
+            await asyncio.sleep(0)  # let the write send its first request
+            try:
+                self._apply_here(port_id, step, event, timing)
+            except Exception:
+                await asyncio.wait([write])  # the publish still goes out; then the local error is raised
+                if not write.cancelled() and write.exception() is not None:
+                    self._count("write_errors")
+                    LOG.error("port %s: NB write of %s failed", port_id, event.value, exc_info=write.exception())
+                raise
         try:
-            await self.nb.modify(LogicalPort.table, port_id, change)
+            await write
         except NotFound:
             return NO_CHANGE  # deleted meanwhile: its flows go with the delete event
+        finally:
+            if published is not None:
+                await published  # logs and counts its own errors
         step = written[0] if written else NO_CHANGE
         if step.outcome:
             self._count(step.outcome)
@@ -129,6 +211,20 @@ class Migrator:
                      step.record.source, step.record.chassis, step.record.strategy)
             asyncio.get_running_loop().create_task(self._stamp(port_id, step, now))
         return step
+
+    def _apply_here(self, port_id: str, step: Step, event: Event, timing: dict[str, float] | None) -> None:
+        """This chassis' part of the transition, as if its NB event had come in already.
+
+        `timing`: event_ts (when the event happened), received (when this loop got it), and what the
+        hops before took; compute_ms is added."""
+        plan = self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
+                                     "object": step.port.to_dict()})
+        if timing:
+            timing = dict(timing)
+            received = timing.pop("received", timing["event_ts"])
+            plan.timing.update(timing, compute_ms=(time.time() - received) * 1e3)
+        plan.cause = f"{event.value}:{port_id}"
+        self.emit(plan)
 
     async def _stamp(self, port_id: str, step: Step, now: float) -> None:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ class IfaceUpdate:
     ofport: int | None
     external_ids: dict[str, str]
     deleted: bool
+    seen: float = 0.0  # time.time() when the IDL thread got the row (for the apply timings)
 
     @property
     def iface_id(self) -> str | None:
@@ -79,7 +81,7 @@ class _RowBridge(idl_event.RowEvent):
     def run(self, event: str, row: Any, old: Any) -> None:
         update = IfaceUpdate(name=row.name, ofport=_ofport(row),
                              external_ids=dict(getattr(row, "external_ids", {}) or {}),
-                             deleted=event == self.ROW_DELETE)
+                             deleted=event == self.ROW_DELETE, seen=time.time())
         self.loop.call_soon_threadsafe(self.queue.put_nowait, update)
 
 
