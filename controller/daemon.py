@@ -440,6 +440,7 @@ class ControllerDaemon:
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
+            "ovsdb": dict(self.ovsdb.stats),
             "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
