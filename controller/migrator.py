@@ -47,6 +47,7 @@ class Migrator:
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
         self.timelines = Timelines(nb.redis, nb.keys)
         self.stats: dict[str, int] = {}
+        self._faults: set[str] | None = None  # injected faults, while the migration-event channel is followed
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -93,7 +94,7 @@ class Migrator:
     # -- the migration-event channel ---------------------------------------------------
     @property
     def channel(self) -> str:
-        return f"{self.nb.keys.prefix}:migration-events"
+        return channel_of(self.nb)
 
     async def listen(self) -> None:
         """Follow the migration-event channel for as long as the controller runs."""
@@ -101,6 +102,8 @@ class Migrator:
             pubsub = self.nb.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
+                # Subscribed first: a fault set from now on reaches us as a message as well.
+                self._faults = {_s(k) for k in await self.nb.redis.hkeys(self._faults_key(self.nb))}
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         self._on_migration_event(message["data"], time.time())
@@ -111,11 +114,16 @@ class Migrator:
                 LOG.exception("migration-event channel failed; resubscribing (NB events still converge)")
                 await asyncio.sleep(RESUBSCRIBE_DELAY)
             finally:
+                self._faults = None  # until resubscribed, faults are read from Redis again
                 await pubsub.aclose()
 
     def _on_migration_event(self, data: bytes, received: float) -> None:
         try:
             msg = json.loads(data)
+            if "fault" in msg:
+                if self._faults is not None:
+                    (self._faults.add if msg["on"] else self._faults.discard)(msg["fault"])
+                return
             if msg["chassis"] == self.chassis:
                 return  # ours: applied here already
             event = Event(msg["event"])
@@ -234,7 +242,19 @@ class Migrator:
             LOG.exception("could not stamp migration %s", step.record.id)
 
     async def _fault(self, name: str) -> bool:
-        return bool(await self.nb.redis.hget(f"{self.nb.keys.prefix}:faults", name))
+        """A fault injected by a test or benchmark: from the channel's copy once subscribed (no Redis
+        round trip in front of step 2), from Redis before."""
+        if self._faults is not None:
+            return name in self._faults
+        return bool(await self.nb.redis.hget(self._faults_key(self.nb), name))
+
+    @staticmethod
+    def _faults_key(nb: NbApi) -> str:
+        return f"{nb.keys.prefix}:faults"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def is_announcement(data: bytes) -> bool:
@@ -247,13 +267,19 @@ def is_announcement(data: bytes) -> bool:
     return eth_type == ETH_TYPE_ARP and len(data) >= 42 and data[28:32] == data[38:42]
 
 
+def channel_of(nb: NbApi) -> str:
+    """The migration-event channel (events, and fault switches for tests and benchmarks)."""
+    return f"{nb.keys.prefix}:migration-events"
+
+
 async def set_fault(nb: NbApi, name: str, on: bool) -> None:
     """Fault injection for tests and benchmarks (e.g. drop_migration_publish)."""
-    key = f"{nb.keys.prefix}:faults"
+    key = Migrator._faults_key(nb)
     if on:
         await nb.redis.hset(key, name, "1")
     else:
         await nb.redis.hdel(key, name)
+    await nb.redis.publish(channel_of(nb), json.dumps({"fault": name, "on": on}))
 
 
 __all__ = ["Migrator", "is_announcement", "set_fault", "FAULT_DROP_PUBLISH", "FAULT_IGNORE_ANNOUNCEMENTS"]

@@ -28,7 +28,11 @@ from controller.view import Vif
 
 LOG = logging.getLogger(__name__)
 PEER_KEY = "dfflow-peer"
-TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Controller")
+# Of Interface, only what we read and write: its statistics and status change every few seconds on
+# every interface, and each change would be parsed (in pure Python) by the IDL thread that also
+# brings the VIF events.
+INTERFACE_COLUMNS = ("name", "type", "options", "ofport", "external_ids")
 
 
 def tunnel_port_name(peer: str) -> str:
@@ -104,6 +108,7 @@ class Ovsdb:
             helper = idlutils.get_schema_helper(self.remote, "Open_vSwitch")
             for table in TABLES:
                 helper.register_table(table)
+            helper.register_columns("Interface", list(INTERFACE_COLUMNS))
             idl = _Idl(self.remote, helper, loop, self.updates, self.stats)
             return impl_idl.OvsdbIdl(connection.Connection(idl, timeout=self.timeout))
 
