@@ -110,6 +110,14 @@ async def _wait_for(predicate, timeout: float, what: str, interval: float = 0.00
         await asyncio.sleep(interval)
 
 
+async def _sleep_until(deadline: float, spin: float = 0.002) -> None:
+    """Wake at `deadline` (time.time()): the loop's timers wake up to a millisecond late, so the last
+    two milliseconds are waited for on the clock."""
+    await asyncio.sleep(max(0.0, deadline - spin - time.time()))
+    while time.time() < deadline:
+        pass
+
+
 async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                   update_port_delay: float | None = 0.3, strategy: str | None = None) -> dict[str, Any]:
     """Live-migrate `vm` to chassis `dest`; returns the timeline (seconds since the plug)."""
@@ -154,7 +162,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
         steps.update({f"vm_{k}": v for k, v in switchover.go().items()})
         # The unplug delay counts from the switchover (the VM stopping on the source), not from when
         # the helper's report got here.
-        await asyncio.sleep(max(0.0, steps["vm_source_down"] + unplug_delay - time.time()))
+        await _sleep_until(steps["vm_source_down"] + unplug_delay)
         steps["unplug"] = time.time()
         await unplugger.del_port(source_vif.tap)
         steps["unplugged"] = time.time()  # OVSDB committed the removal
