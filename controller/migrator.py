@@ -191,9 +191,10 @@ class Migrator:
 
         # The NB write (a dozen Redis round trips before its publish) starts first; this chassis computes
         # and queues its own bundle while the write's first request is out, so neither waits for the other.
-        published = None
         if local_first and event in FAST_EVENTS:
-            published = asyncio.ensure_future(self._publish_event(port_id, event, step, now))
+            # Out before anything else here: taking a pooled Redis connection yields to the loop, so a
+            # publish merely started would leave only after this chassis computed its own flows.
+            await self._publish_event(port_id, event, step, now)
         write = asyncio.ensure_future(self.nb.modify(LogicalPort.table, port_id, change))
         if local_first:
             await asyncio.sleep(0)  # let the write send its first request
@@ -209,9 +210,6 @@ class Migrator:
             await write
         except NotFound:
             return NO_CHANGE  # deleted meanwhile: its flows go with the delete event
-        finally:
-            if published is not None:
-                await published  # logs and counts its own errors
         step = written[0] if written else NO_CHANGE
         if step.outcome:
             self._count(step.outcome)
