@@ -189,19 +189,24 @@ class Migrator:
             written[:] = [step]
             return step.port
 
-        # The NB write (a dozen Redis round trips before its publish) starts first; this chassis computes
-        # and queues its own bundle while the write's first request is out, so neither waits for the other.
         if local_first and event in FAST_EVENTS:
-            # Out before anything else here: taking a pooled Redis connection yields to the loop, so a
-            # publish merely started would leave only after this chassis computed its own flows.
+            # The other chassis' head start goes out before anything else here: taking a pooled Redis
+            # connection yields to the loop, so a publish merely started would leave only after this
+            # chassis computed its own flows.
             await self._publish_event(port_id, event, step, now)
+        # The NB write (a dozen Redis round trips before its publish) starts next; this chassis computes
+        # and queues its own bundle while the write's first request is out.
         write = asyncio.ensure_future(self.nb.modify(LogicalPort.table, port_id, change))
         if local_first:
             await asyncio.sleep(0)  # let the write send its first request
             try:
-                self._apply_here(port_id, step, event, timing)
+                # Decided again on the view as it is now: other events may have been handled meanwhile.
+                current = self.engine.view.port(port_id)
+                here = transition(current, event, self.chassis, now, self.strategy) if current else NO_CHANGE
+                if here.port is not None:
+                    self._apply_here(port_id, here, event, timing)
             except Exception:
-                await asyncio.wait([write])  # the publish still goes out; then the local error is raised
+                await asyncio.wait([write])  # the NB write still completes; then the local error is raised
                 if not write.cancelled() and write.exception() is not None:
                     self._count("write_errors")
                     LOG.error("port %s: NB write of %s failed", port_id, event.value, exc_info=write.exception())
