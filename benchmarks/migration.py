@@ -140,8 +140,11 @@ def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any]
     moving = {"announce": "activated", "unplug": "switched", "fallback": "bound"}[strategy]
     applied = timeline["applied"].get(moving, {})
     convergence = (max(applied.values()) - trigger) * 1e3 if applied and trigger is not None else None
+    unplug_at = ((steps["unplug"] - steps["vm_source_down"]) * 1e3
+                 if "unplug" in steps and "vm_source_down" in steps else None)
     return {"strategy": strategy, "run": index, "from": timeline["source"], "to": timeline["destination"],
             "probes": probes, "trigger": TRIGGERS[strategy], "convergence_ms": convergence,
+            "unplug_at_ms": unplug_at,  # when emulated Nova really unplugged, after the VM left the source
             "applied_ms": {ch: round((t - (trigger or 0)) * 1e3, 2) for ch, t in applied.items()},
             "timeline": timeline, "plug_offset_s": timeline["origin"] - started}
 
@@ -153,6 +156,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         downtimes = [p["downtime_ms"] for r in runs for p in r["probes"].values() if p["downtime_ms"] is not None]
         unrecovered = sum(1 for r in runs for p in r["probes"].values() if not p["recovered"])
         convergence = [r["convergence_ms"] for r in runs if r["convergence_ms"] is not None]
+        unplug_at = [r["unplug_at_ms"] for r in runs if r.get("unplug_at_ms") is not None]
         summary[strategy] = {
             "runs": len(runs), "samples": len(downtimes), "unrecovered": unrecovered,
             "downtime_median_ms": statistics.median(downtimes) if downtimes else None,
@@ -161,6 +165,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "downtime_max_ms": max(downtimes) if downtimes else None,
             "convergence_median_ms": statistics.median(convergence) if convergence else None,
             "convergence_p95_ms": percentile(convergence, 0.95) if convergence else None,
+            "unplug_at_median_ms": statistics.median(unplug_at) if unplug_at else None,
             "per_probe_median_ms": {
                 name: statistics.median([r["probes"][name]["downtime_ms"] for r in runs
                                          if r["probes"][name]["downtime_ms"] is not None] or [float("nan")])
@@ -215,6 +220,10 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms {fmt(s['downtime_p95_ms']):>6} ms "
                      f"{fmt(s['downtime_min_ms']):>5} ms {fmt(s['downtime_max_ms']):>5} ms "
                      f"{fmt(s['convergence_median_ms']):>6} ms {trigger:14} {s['unrecovered']}")
+    unplug_at = [s["unplug_at_median_ms"] for s in report["summary"].values() if s.get("unplug_at_median_ms")]
+    if unplug_at:
+        lines.append(f"the source VIF was unplugged {statistics.median(unplug_at):.1f} ms (median) after the VM "
+                     "left the source")
     lines.append("downtime: longest run of lost probe replies x interval, over every probing peer and run; "
                  "converge: from the trigger to the last chassis' bundle applied (median).")
     return "\n".join(lines)

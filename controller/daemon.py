@@ -81,6 +81,7 @@ class ControllerDaemon:
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self._sending = False  # a plan is out to the switch, its reply not in yet
+        self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
@@ -171,6 +172,7 @@ class ControllerDaemon:
         self._spawn(self._heartbeat_loop(), "heartbeat")
         self._spawn(self._pending_vif_loop(), "pending-vifs")
         self._spawn(self._housekeeping_loop(), "migration-housekeeping")
+        self._spawn(self.migrator.listen(), "migration-events")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
@@ -269,6 +271,7 @@ class ControllerDaemon:
         while True:
             update = await self.ovsdb.updates.get()
             self._ovsdb_busy = True
+            self._ovsdb_received = time.time()
             try:
                 await self._guard(self._on_interface, "ovsdb_event")(update)
             finally:
@@ -291,8 +294,9 @@ class ControllerDaemon:
         for iface_id in sorted(set(before_vifs) - set(vifs)):
             self._plugged_before_known.discard(iface_id)
             port_before = self.engine.view.port(iface_id)
-            await self.migrator.vif_offline(port_before)  # step 2 on the source, or an abort
-            self._emit(self.engine.vif_offline(iface_id))
+            timing = self._vif_timing(update)
+            await self.migrator.vif_offline(port_before, timing)  # step 2 on the source, or an abort
+            self._emit(self._timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
             self.pending_vifs.discard(iface_id)
         for iface_id, vif in sorted(vifs.items()):
             if before_vifs.get(iface_id) != vif:
@@ -304,6 +308,22 @@ class ControllerDaemon:
                     await self.migrator.vif_online(iface_id)  # step 1 when the port lives elsewhere
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
+
+    def _vif_timing(self, update: Any) -> dict[str, float]:
+        """When an OVSDB row change was seen by the IDL thread, and what reaching this loop took."""
+        if not update.seen:
+            return {}
+        return {"event_ts": update.seen, "received": self._ovsdb_received,
+                "ovsdb_loop_ms": (self._ovsdb_received - update.seen) * 1e3}
+
+    @staticmethod
+    def _timed(plan: Plan, timing: dict[str, float], cause: str) -> Plan:
+        if timing:
+            timing = dict(timing)
+            received = timing.pop("received")
+            plan.timing.update(timing, compute_ms=(time.time() - received) * 1e3)
+        plan.cause = plan.cause or cause
+        return plan
 
     async def _housekeeping_loop(self) -> None:
         await asyncio.sleep(HOUSEKEEPING_START)  # let OVSDB's rows and the NB snapshot arrive first
@@ -421,6 +441,7 @@ class ControllerDaemon:
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
+            "ovsdb": dict(self.ovsdb.stats),
             "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),

@@ -6,10 +6,20 @@ resulting record to its own flows at once (the chassis that saw the event does
 not wait for its own publish to come back), and writes the record to the NB db
 with compare-and-set, which publishes it to every other chassis following the
 port's topic. Each transition is stamped in the migration's timeline.
+
+The step-2 (source unplugged) and announce (activated) transitions also go out
+as a migration event on one channel (`<prefix>:migration-events`), published
+before the NB write starts: "chassis X saw EVENT for migration M at NOW". Every
+chassis that follows the port runs the same pure transition on its own view and
+applies it at once, as the chassis that saw the event does; the NB write's event
+follows a few milliseconds later and, being the same port, changes no flow. The
+message is only a head start: a chassis that misses it, or whose view does not
+hold that migration, converges from the NB event as before.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Callable
@@ -26,6 +36,9 @@ LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 FAULT_DROP_PUBLISH = "drop_migration_publish"
 FAULT_IGNORE_ANNOUNCEMENTS = "ignore_announcements"
+# Events every related chassis can apply to its own view at once, told by the chassis that saw them.
+FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
+RESUBSCRIBE_DELAY = 0.5
 
 
 class Migrator:
@@ -34,6 +47,7 @@ class Migrator:
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
         self.timelines = Timelines(nb.redis, nb.keys)
         self.stats: dict[str, int] = {}
+        self._faults: set[str] | None = None  # injected faults, while the migration-event channel is followed
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -42,8 +56,8 @@ class Migrator:
     async def vif_online(self, port_id: str) -> None:
         await self._run(port_id, Event.DEST_PLUGGED)
 
-    async def vif_offline(self, port_before: LogicalPort | None) -> None:
-        """Called with the port as it was before its VIF left this chassis."""
+    async def vif_offline(self, port_before: LogicalPort | None, timing: dict[str, float] | None = None) -> None:
+        """Called with the port as it was before its VIF left this chassis (`timing`: when that was seen)."""
         if port_before is None or port_before.migration is None:
             return
         mig = port_before.migration
@@ -52,7 +66,7 @@ class Migrator:
                 self._count("publishes_dropped")
                 LOG.warning("fault injection: dropping the step-2 publish of port %s", port_before.id)
                 return
-            await self._run(port_before.id, Event.SOURCE_UNPLUGGED)
+            await self._run(port_before.id, Event.SOURCE_UNPLUGGED, timing=timing)
         elif mig.chassis == self.chassis:
             await self._run(port_before.id, Event.DEST_UNPLUGGED)
 
@@ -77,6 +91,67 @@ class Migrator:
         if mig is not None and mig.chassis == self.chassis and port.binding_chassis == mig.chassis:
             await self._run(port.id, Event.BINDING_UPDATED, local_first=False)
 
+    # -- the migration-event channel ---------------------------------------------------
+    @property
+    def channel(self) -> str:
+        return channel_of(self.nb)
+
+    async def listen(self) -> None:
+        """Follow the migration-event channel for as long as the controller runs."""
+        while True:
+            pubsub = self.nb.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                # Subscribed first: a fault set from now on reaches us as a message as well.
+                self._faults = {_s(k) for k in await self.nb.redis.hkeys(self._faults_key(self.nb))}
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._on_migration_event(message["data"], time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._count("event_channel_errors")
+                LOG.exception("migration-event channel failed; resubscribing (NB events still converge)")
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
+            finally:
+                self._faults = None  # until resubscribed, faults are read from Redis again
+                await pubsub.aclose()
+
+    def _on_migration_event(self, data: bytes, received: float) -> None:
+        try:
+            msg = json.loads(data)
+            if "fault" in msg:
+                if self._faults is not None:
+                    (self._faults.add if msg["on"] else self._faults.discard)(msg["fault"])
+                return
+            if msg["chassis"] == self.chassis:
+                return  # ours: applied here already
+            event = Event(msg["event"])
+            port = self.engine.view.port(msg["port"])
+            if port is None or port.migration is None or port.migration.id != msg["migration"] \
+                    or event not in FAST_EVENTS:
+                self._count("events_not_applicable")  # not ours to follow, or this view moved on
+                return
+            step = transition(port, event, msg["chassis"], msg["now"], self.strategy)
+            if step.port is None:
+                self._count("events_not_applicable")
+                return
+            self._apply_here(port.id, step, event, {"event_ts": msg["ts"], "received": received,
+                                                    "bus_ms": (received - msg["ts"]) * 1e3})
+            self._count("events_applied")
+        except Exception:
+            self._count("event_errors")
+            LOG.exception("migration event %r not applied (the NB event will be)", data[:200])
+
+    async def _publish_event(self, port_id: str, event: Event, step: Step, now: float) -> None:
+        msg = {"port": port_id, "event": event.value, "chassis": self.chassis, "now": now,
+               "migration": step.record.id, "ts": time.time()}
+        try:
+            await self.nb.redis.publish(self.channel, json.dumps(msg, separators=(",", ":")))
+        except Exception:
+            self._count("event_publish_errors")
+            LOG.exception("migration event of port %s not published (the NB write still is)", port_id)
+
     async def housekeeping(self, now: float | None = None) -> None:
         """Finish what events cannot: unplugs that happened while this controller was away, and
         records that waited too long."""
@@ -99,7 +174,7 @@ class Migrator:
 
     # -- running a transition --------------------------------------------------------
     async def _run(self, port_id: str, event: Event, now: float | None = None,
-                   local_first: bool = True) -> Step:
+                   local_first: bool = True, timing: dict[str, float] | None = None) -> Step:
         now = time.time() if now is None else now
         view_port = self.engine.view.port(port_id)
         if view_port is None:
@@ -107,10 +182,6 @@ class Migrator:
         step = transition(view_port, event, self.chassis, now, self.strategy)
         if step.port is None:
             return NO_CHANGE  # decided on this chassis' view: no NB round trip (housekeeping runs every second)
-        if local_first:
-            # Apply here at once: this chassis' bundle goes out before the publish round trip.
-            self.emit(self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
-                                            "object": step.port.to_dict()}))
         written: list[Step] = []
 
         def change(current: LogicalPort) -> LogicalPort | None:
@@ -118,8 +189,30 @@ class Migrator:
             written[:] = [step]
             return step.port
 
+        if local_first and event in FAST_EVENTS:
+            # The other chassis' head start goes out before anything else here: taking a pooled Redis
+            # connection yields to the loop, so a publish merely started would leave only after this
+            # chassis computed its own flows.
+            await self._publish_event(port_id, event, step, now)
+        # The NB write (a dozen Redis round trips before its publish) starts next; this chassis computes
+        # and queues its own bundle while the write's first request is out.
+        write = asyncio.ensure_future(self.nb.modify(LogicalPort.table, port_id, change))
+        if local_first:
+            await asyncio.sleep(0)  # let the write send its first request
+            try:
+                # Decided again on the view as it is now: other events may have been handled meanwhile.
+                current = self.engine.view.port(port_id)
+                here = transition(current, event, self.chassis, now, self.strategy) if current else NO_CHANGE
+                if here.port is not None:
+                    self._apply_here(port_id, here, event, timing)
+            except Exception:
+                await asyncio.wait([write])  # the NB write still completes; then the local error is raised
+                if not write.cancelled() and write.exception() is not None:
+                    self._count("write_errors")
+                    LOG.error("port %s: NB write of %s failed", port_id, event.value, exc_info=write.exception())
+                raise
         try:
-            await self.nb.modify(LogicalPort.table, port_id, change)
+            await write
         except NotFound:
             return NO_CHANGE  # deleted meanwhile: its flows go with the delete event
         step = written[0] if written else NO_CHANGE
@@ -130,6 +223,20 @@ class Migrator:
             asyncio.get_running_loop().create_task(self._stamp(port_id, step, now))
         return step
 
+    def _apply_here(self, port_id: str, step: Step, event: Event, timing: dict[str, float] | None) -> None:
+        """This chassis' part of the transition, as if its NB event had come in already.
+
+        `timing`: event_ts (when the event happened), received (when this loop got it), and what the
+        hops before took; compute_ms is added."""
+        plan = self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
+                                     "object": step.port.to_dict()})
+        if timing:
+            timing = dict(timing)
+            received = timing.pop("received", timing["event_ts"])
+            plan.timing.update(timing, compute_ms=(time.time() - received) * 1e3)
+        plan.cause = f"{event.value}:{port_id}"
+        self.emit(plan)
+
     async def _stamp(self, port_id: str, step: Step, now: float) -> None:
         try:
             await self.timelines.record(port_id, step.record, step.outcome, now)
@@ -138,7 +245,19 @@ class Migrator:
             LOG.exception("could not stamp migration %s", step.record.id)
 
     async def _fault(self, name: str) -> bool:
-        return bool(await self.nb.redis.hget(f"{self.nb.keys.prefix}:faults", name))
+        """A fault injected by a test or benchmark: from the channel's copy once subscribed (no Redis
+        round trip in front of step 2), from Redis before."""
+        if self._faults is not None:
+            return name in self._faults
+        return bool(await self.nb.redis.hget(self._faults_key(self.nb), name))
+
+    @staticmethod
+    def _faults_key(nb: NbApi) -> str:
+        return f"{nb.keys.prefix}:faults"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def is_announcement(data: bytes) -> bool:
@@ -151,13 +270,19 @@ def is_announcement(data: bytes) -> bool:
     return eth_type == ETH_TYPE_ARP and len(data) >= 42 and data[28:32] == data[38:42]
 
 
+def channel_of(nb: NbApi) -> str:
+    """The migration-event channel (events, and fault switches for tests and benchmarks)."""
+    return f"{nb.keys.prefix}:migration-events"
+
+
 async def set_fault(nb: NbApi, name: str, on: bool) -> None:
     """Fault injection for tests and benchmarks (e.g. drop_migration_publish)."""
-    key = f"{nb.keys.prefix}:faults"
+    key = Migrator._faults_key(nb)
     if on:
         await nb.redis.hset(key, name, "1")
     else:
         await nb.redis.hdel(key, name)
+    await nb.redis.publish(channel_of(nb), json.dumps({"fault": name, "on": on}))
 
 
 __all__ = ["Migrator", "is_announcement", "set_fault", "FAULT_DROP_PUBLISH", "FAULT_IGNORE_ANNOUNCEMENTS"]

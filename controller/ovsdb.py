@@ -1,8 +1,8 @@
 """This chassis' OVSDB, through ovsdbapp: bridge set-up, tunnel ports, and VIF events.
 
 ovsdbapp's IDL runs in its own thread. Row events are frozen copies, handed to
-the asyncio loop in exactly one place (`_RowBridge.run`, via
-`call_soon_threadsafe`); commands run in explicit transactions with
+the asyncio loop in exactly one place (`_Idl.notify`, via
+`call_soon_threadsafe`, straight from the IDL's thread); commands run in explicit transactions with
 `check_error=True`, in a worker thread so the loop never blocks.
 
 A VIF is an Interface whose external_ids carry os-vif's `iface-id` and that has
@@ -15,18 +15,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import connection, event as idl_event, idlutils
+from ovs.db.idl import ROW_DELETE
+from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.view import Vif
 
 LOG = logging.getLogger(__name__)
 PEER_KEY = "dfflow-peer"
-TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Controller")
+# Of Interface, only what we read and write: its statistics and status change every few seconds on
+# every interface, and each change would be parsed (in pure Python) by the IDL thread that also
+# brings the VIF events.
+INTERFACE_COLUMNS = ("name", "type", "options", "ofport", "external_ids")
 
 
 def tunnel_port_name(peer: str) -> str:
@@ -41,6 +47,7 @@ class IfaceUpdate:
     ofport: int | None
     external_ids: dict[str, str]
     deleted: bool
+    seen: float = 0.0  # time.time() when the IDL thread got the row (for the apply timings)
 
     @property
     def iface_id(self) -> str | None:
@@ -61,26 +68,28 @@ def _ofport(row: Any) -> int | None:
 
 
 class _Idl(connection.OvsdbIdl):
-    def __init__(self, remote: str, helper: Any, handler: idl_event.RowEventHandler):
+    """The IDL, handing every Interface change straight from its thread to the asyncio loop.
+
+    Rows are copied here, in the IDL's thread, while they are consistent (python-ovs updates them in
+    place afterwards); no notification thread in between (ovsdbapp's RowEventHandler would add one
+    more thread hop, and a GIL hand-over, to every event)."""
+
+    def __init__(self, remote: str, helper: Any, loop: asyncio.AbstractEventLoop,
+                 queue: asyncio.Queue, stats: Counter[str]):
         super().__init__(remote, helper)
-        self.notify_handler = handler
+        self.loop, self.queue, self.stats = loop, queue, stats
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
-        self.notify_handler.notify(event, row, updates)
-
-
-class _RowBridge(idl_event.RowEvent):
-    """Every Interface change, copied and handed to the asyncio loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        super().__init__((self.ROW_CREATE, self.ROW_UPDATE, self.ROW_DELETE), "Interface", None)
-        self.loop, self.queue = loop, queue
-
-    def run(self, event: str, row: Any, old: Any) -> None:
-        update = IfaceUpdate(name=row.name, ofport=_ofport(row),
-                             external_ids=dict(getattr(row, "external_ids", {}) or {}),
-                             deleted=event == self.ROW_DELETE)
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, update)
+        if row._table.name != "Interface":
+            return
+        try:
+            update = IfaceUpdate(name=row.name, ofport=_ofport(row),
+                                 external_ids=dict(getattr(row, "external_ids", {}) or {}),
+                                 deleted=event == ROW_DELETE, seen=time.time())
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, update)
+        except Exception:
+            self.stats["notify_errors"] += 1
+            LOG.exception("OVSDB %s of an Interface row not handed over", event)
 
 
 class Ovsdb:
@@ -99,9 +108,8 @@ class Ovsdb:
             helper = idlutils.get_schema_helper(self.remote, "Open_vSwitch")
             for table in TABLES:
                 helper.register_table(table)
-            handler = idl_event.RowEventHandler()
-            handler.watch_event(_RowBridge(loop, self.updates))
-            idl = _Idl(self.remote, helper, handler)
+            helper.register_columns("Interface", list(INTERFACE_COLUMNS))
+            idl = _Idl(self.remote, helper, loop, self.updates, self.stats)
             return impl_idl.OvsdbIdl(connection.Connection(idl, timeout=self.timeout))
 
         self.api = await asyncio.to_thread(connect)

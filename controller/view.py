@@ -130,6 +130,11 @@ class View:
             return None
         return REMOTE if port.lswitch in self.needed_switches() else None
 
+    def is_arriving(self, port: LogicalPort) -> bool:
+        """A migration of the port to this chassis is recorded and its VIF is plugged here."""
+        mig = port.migration
+        return port.enabled and port.id in self.vifs and mig is not None and mig.chassis == self.chassis
+
     def is_local(self, port: LogicalPort) -> bool:
         return (port.enabled and port.id in self.vifs
                 and (self.location(port) == self.chassis or self.is_pending(port)))
@@ -139,10 +144,12 @@ class View:
         return any(self.is_local(p) for p in self.ports_on(switch_id))
 
     def needed_switches(self) -> frozenset[str]:
-        """Networks this chassis needs flows for: those present here, and every network that
-        routers reach from them (their interfaces and gateways), transitively."""
+        """Networks this chassis needs flows for: those present here or with a port migrating in (its
+        VIF plugged here), and every network that routers reach from them (their interfaces and
+        gateways), transitively. (The destination of a migration thus gets the network's flows at
+        step 1; the switch changes only the port's own flows there.)"""
         if self._needed is None:
-            present = {p.lswitch for p in self.ports() if self.is_local(p)}
+            present = {p.lswitch for p in self.ports() if self.is_local(p) or self.is_arriving(p)}
             links: dict[str, set[str]] = defaultdict(set)
             for router in self.routers():
                 attached = self.router_switches(router)

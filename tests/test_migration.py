@@ -161,6 +161,26 @@ def test_step_two_alone_moves_the_flows_when_update_port_never_comes(cloud):
     wait_until(lambda: cloud.nb("get", "lport", port.id).migration is None, 10, what="record cleared")
 
 
+def test_the_sources_migration_event_moves_every_chassis_ahead_of_the_nb_write(cloud):
+    """Step 2 reaches the other chassis as a migration event published before the NB write: each
+    applies the switch from it (its plan's cause is the event, not the NB update); the NB event that
+    follows changes no flow."""
+    source, dest = where(cloud), other(cloud)
+    before = {ch.name: controller_status(cloud.sb, ch.name)["migrations"].get("events_applied", 0)
+              for ch in cloud.sb.chassis_list()}
+    result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=0.3)
+    assert set(result["applied"]["switched"]) == {"chassis-1", "chassis-2", "chassis-3"}
+    port = port_id(cloud)
+    for ch in cloud.sb.chassis_list():
+        status = controller_status(cloud.sb, ch.name)
+        switched = [t for t in status["apply_timings"] if [result["migration"], "switched"] in t["stamps"]]
+        assert [t["cause"] for t in switched] == [f"source_unplugged:{port}"], (ch.name, switched)
+        applied = status["migrations"].get("events_applied", 0) - before[ch.name]
+        assert applied == (0 if ch.name == source else 1), (ch.name, status["migrations"])
+        assert status["stats"].get("handler_errors", 0) == 0, status["errors"]
+    assert_everyone_places_m_on(cloud, dest)
+
+
 def test_step_three_moves_the_flows_when_the_step_two_publish_is_lost(cloud):
     dest = other(cloud)
     set_fault(cloud, FAULT_DROP_PUBLISH, True)
