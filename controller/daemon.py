@@ -402,13 +402,18 @@ class ControllerDaemon:
                 room -= queued.n_flow_mods
         return taken
 
-    async def _send(self, dp: Datapath, flows: list[Any]) -> None:
+    async def _send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
         """Apply flow mods the way the benchmark switches say: the compiled packer (default) or os-ken
-        objects, in one atomic bundle (default) or as plain flow mods followed by a barrier."""
+        objects, in one atomic bundle (default) or as plain flow mods followed by a barrier.
+
+        A plan's bundle is pipelined (open, adds and commit in one round trip): its rows were
+        validated by the packer, so the switch rejecting one means it changed under us -- the
+        BundleError that says so makes the sender reconcile. A reconcile's own bundle is checked
+        before it commits."""
         msgs: Any = (compiler.flow_mods(dp, flows) if self.flow_path == "compiled"
                      else [f.to_osken(dp) for f in flows])
         if self.bundle:
-            await dp.send_bundle(msgs)
+            await dp.send_bundle(msgs, pipelined=pipelined)
         else:
             await dp.send_flow_mods(msgs)
 
@@ -430,7 +435,7 @@ class ControllerDaemon:
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan:
-            await self._send(dp, plan.messages())
+            await self._send(dp, plan.messages(), pipelined=False)
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
                  (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))

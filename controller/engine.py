@@ -56,13 +56,17 @@ class Engine:
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
-        table, obj_id = event["table"], event["id"]
-        needed = self.view.needed_switches()
         if event["action"] == "delete":
-            old, new = self.view.drop(table, obj_id), None
-        else:
-            new = model_for(table).from_dict(event["object"])
-            old = self.view.put(new)
+            return self._changed(event["table"], event["id"], None)
+        return self.object_written(model_for(event["table"]).from_dict(event["object"]))
+
+    def object_written(self, obj: Model) -> Plan:
+        """An NB object as written (the migrator's own step, applied before its NB event arrives)."""
+        return self._changed(obj.table, obj.id, obj)
+
+    def _changed(self, table: str, obj_id: str, new: Model | None) -> Plan:
+        needed = self.view.needed_switches()
+        old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
         if self.view.needed_switches() != needed:
             return self._recompute(self._everything())
         return self._recompute(self._affected(old, new))
@@ -222,11 +226,11 @@ class Engine:
                 self.stats["compiler_errors"] += 1
                 LOG.exception("compiled core failed computing %s flows of port %s", app.name, port_id)
                 continue
-            if facts is None:
-                flows = DerivedFlows(list)
+            if role is None:
+                flows = DerivedFlows(list, empty=True)
             else:
                 flows = DerivedFlows(lambda prog=app.port_program, f=facts, r=role: prog.flows(f, r))
-            out[(app.name, PORT, port_id)] = (_batch(dels), _batch(adds), flows)
+            out[(app.name, PORT, port_id)] = (FlowBatch.of_rows(dels), FlowBatch.of_rows(adds), flows)
             done.add(app.name)
         self.stats["compiled_ports"] += 1
         if facts is None:
@@ -266,8 +270,3 @@ class Engine:
 def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:
     return all(getattr(old, f) == getattr(new, f) for f in old.__dataclass_fields__ if f not in WHERE_FIELDS)
 
-
-def _batch(rows: Any) -> FlowBatch:
-    batch = FlowBatch(max(1, len(rows)))
-    batch.add_rows(len(rows))[:] = rows
-    return batch

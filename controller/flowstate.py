@@ -22,9 +22,10 @@ class DerivedFlows(Mapping):
     """An owner's flows when the compiled path installed them: made (by the same program, in
     Python) only if someone asks -- a reconcile, a later Python-path diff, a test."""
 
-    def __init__(self, make: Callable[[], list[Flow]]):
+    def __init__(self, make: Callable[[], list[Flow]], empty: bool = False):
         self._make = make
-        self._flows: dict[FlowKey, Flow] | None = None
+        self._flows: dict[FlowKey, Flow] | None = {} if empty else None
+        self.empty = empty  # known without making them (the port has no role here)
 
     def _table(self) -> dict[FlowKey, Flow]:
         if self._flows is None:
@@ -117,7 +118,7 @@ class FlowState:
 
     def commit(self, plan: Plan) -> None:
         for owner, table in plan.owners.items():
-            if table:
-                self.installed[owner] = table
+            if (not table.empty) if isinstance(table, DerivedFlows) else table:
+                self.installed[owner] = table  # (derived flows are not made to find out)
             else:
                 self.installed.pop(owner, None)

@@ -228,8 +228,7 @@ class Migrator:
 
         `timing`: event_ts (when the event happened), received (when this loop got it), and what the
         hops before took; compute_ms is added."""
-        plan = self.engine.nb_event({"table": LogicalPort.table, "action": "update", "id": port_id,
-                                     "object": step.port.to_dict()})
+        plan = self.engine.object_written(step.port)
         if timing:
             timing = dict(timing)
             received = timing.pop("received", timing["event_ts"])

@@ -308,11 +308,12 @@ class FlowModError(OpenFlowError):
 
 
 class BundleError(OpenFlowError):
-    """:meth:`Datapath.send_bundle` was rejected; nothing of the bundle was applied.
+    """:meth:`Datapath.send_bundle` was rejected; nothing of the bundle was applied (except at
+    stage "pipelined": then the adds the switch accepted were committed).
 
     type/code/xid are those of the root cause (the failing message if the switch named
     one, else the failing bundle-control request); ``errors`` lists every error received
-    for the bundle, ``bundle_id`` identifies it and ``stage`` is "add" or "commit".
+    for the bundle, ``bundle_id`` identifies it and ``stage`` is "add", "commit" or "pipelined".
     """
 
     def __init__(self, bundle_id: int, stage: str, errors: list[OpenFlowError]) -> None:
@@ -961,6 +962,29 @@ class Datapath(asyncio.Protocol):
         if errors:
             raise FlowModError(errors)
 
+    async def _send_pipelined_bundle(self, ctrl: bytearray, xids: list[int], opener: MsgBase, bundle_id: int,
+                                     commit_t: int, flags: int, timeout: float | None) -> None:
+        commit = self._bundle_ctrl(bundle_id, commit_t, flags)
+        commit.set_xid(self.xids.alloc())
+        ctrl += self._pack([commit])[0]
+        replies = [self._expect(opener.xid, opener.cls_msg_type), self._expect(commit.xid, commit.cls_msg_type)]
+        errors: list[OpenFlowError] = []
+        try:
+            errors = await self._send_and_barrier(ctrl, xids, timeout)
+            for reply, what in zip(replies, ("open", "commit")):
+                if not reply.done():
+                    raise ProtocolError(f"{self._desc()}: no reply to bundle {bundle_id} {what} before barrier")
+                try:
+                    reply.result()  # raises OpenFlowError if the switch refused it
+                except OpenFlowError as exc:
+                    errors.append(exc)
+        finally:
+            self._pending.pop(opener.xid, None)
+            self._pending.pop(commit.xid, None)
+        if errors:
+            self._count("bundles_failed")
+            raise BundleError(bundle_id, "pipelined", errors)
+
     def _bundle_ctrl(self, bundle_id: int, type_: int, flags: int) -> MsgBase:
         parser = self.ofproto_parser
         if self.version == OFP13:
@@ -978,13 +1002,19 @@ class Datapath(asyncio.Protocol):
                 o.OFPBF_ATOMIC, o.OFPBF_ORDERED)
 
     async def send_bundle(self, msgs: Messages, *, flags: int | None = None,
-                          timeout: float | None = None) -> None:
+                          timeout: float | None = None, pipelined: bool = False) -> None:
         """Apply messages (os-ken objects or one raw buffer of plain messages) atomically.
 
         open + bundle-adds + barrier go out in one write; if the switch rejected no add,
         COMMIT (ATOMIC|ORDERED by default) follows and its reply is awaited.  If anything
         is rejected the bundle is discarded and :class:`BundleError` (with the OpenFlow
         error type/code and the failing xid) is raised; nothing of it is applied.
+
+        ``pipelined``: open + adds + COMMIT + barrier in one write, one round trip instead
+        of two. The commit is still atomic, but Open vSwitch leaves a rejected add out and
+        commits the others; :class:`BundleError` (stage "pipelined") then says so, and the
+        caller must reconcile. For messages already validated (dfflow's packer checks
+        every row), where a rejection means the switch changed under us.
         """
         version = self._require_version()
         open_t, commit_t, discard_t, atomic, ordered = self._bundle_consts()
@@ -999,6 +1029,9 @@ class Datapath(asyncio.Protocol):
         ctrl, xids = wrap_bundle_adds(buf, version, bundle_id, flags, out=ctrl)
         self._count("msgs_tx", len(xids) + 2)
         self._count("bundles")
+        if pipelined:
+            await self._send_pipelined_bundle(ctrl, xids, opener, bundle_id, commit_t, flags, timeout)
+            return
         # Stage 1: open + adds + barrier in one write.  OVS validates each message when
         # it is added and merely leaves a bad one out, so an error on the open or on any
         # add must abort the bundle (a commit would apply the rest).

@@ -174,6 +174,15 @@ class FlowBatch:
             self.append(flow)
 
     @classmethod
+    def of_rows(cls, rows: np.ndarray) -> "FlowBatch":
+        """A batch over existing rows of the flow record (no copy; the packer validates them)."""
+        if rows.dtype != FLOW_DTYPE or not rows.flags.c_contiguous:
+            raise TypeError(f"of_rows: expected C-contiguous rows of the flow record, got {rows.dtype}")
+        batch = cls.__new__(cls)
+        batch.array, batch.n = rows, len(rows)
+        return batch
+
+    @classmethod
     def from_flows(cls, flows: Iterable[Flow]) -> "FlowBatch":
         flows = list(flows)
         batch = cls(len(flows))

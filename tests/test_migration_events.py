@@ -16,10 +16,10 @@ class FakeEngine:
         self.view = SimpleNamespace(port=lambda port_id: port if port_id == port.id else None)
         self.events = []
 
-    def nb_event(self, event):
-        self.events.append(event)
+    def object_written(self, obj):
+        self.events.append({"table": obj.table, "action": "update", "id": obj.id, "object": obj.to_dict()})
         plan = Plan()
-        plan.moved.add(event["id"])
+        plan.moved.add(obj.id)
         return plan
 
 

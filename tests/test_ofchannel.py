@@ -548,6 +548,29 @@ def test_bundle_all_or_nothing(ovs, versions):
 
 
 @pytest.mark.ovs
+def test_a_pipelined_bundle_commits_in_one_round_trip_and_reports_a_left_out_add(ovs):
+    async def body():
+        async with channel(ovs) as (server, dp, ev):
+            p, ofp = dp.ofproto_parser, dp.ofproto
+            await dp.send_flow_mods([flow(dp, 5, 1)])
+            delete_5 = p.OFPFlowMod(dp, command=ofp.OFPFC_DELETE_STRICT, priority=5, table_id=0,
+                                    out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=p.OFPMatch(in_port=5))
+            await dp.send_bundle([flow(dp, 6, 1), delete_5, flow(dp, 8, 2)], pipelined=True)
+            assert await asyncio.to_thread(ofctl_flows, ovs) == sorted([flow_line(6, 1), flow_line(8, 2)])
+            # a rejected add is left out, the rest is committed, and the caller is told (it reconciles)
+            bad_goto = p.OFPFlowMod(dp, priority=7, table_id=2, match=p.OFPMatch(in_port=7),
+                                    instructions=[p.OFPInstructionGotoTable(1)])
+            with pytest.raises(oc.BundleError) as ei:
+                await dp.send_bundle([flow(dp, 9, 3), bad_goto], pipelined=True)
+            assert ei.value.stage == "pipelined" and ei.value.xid == bad_goto.xid
+            assert await asyncio.to_thread(ofctl_flows, ovs) == sorted([flow_line(6, 1), flow_line(8, 2),
+                                                                        flow_line(9, 3)])
+            assert server.stats["bundles_failed"] == 1 and server.stats["unsolicited_errors"] == 0
+            assert not ev.messages
+    run(body())
+
+
+@pytest.mark.ovs
 def test_ovs_leaves_a_bad_add_out_of_a_pipelined_bundle(ovs):
     """The OVS behaviour that makes send_bundle check the adds before committing:
     open + adds + commit in one go commits the good adds although one add failed."""
