@@ -84,7 +84,7 @@ def compile_program(*programs: PortProgram) -> core.CompiledProgram:
         for entry in program.entries:
             t = entry.template
             addable = t.packable()
-            prototype = t.flow({p: 0 for p in t.params()}, 0)
+            prototype = t.flow({p: 0 for p in t.params}, 0)
             if not addable:  # deleted by key only: a delete carries no actions
                 prototype = Flow(prototype.table, prototype.priority, prototype.match, (), prototype.goto,
                                  prototype.write_metadata)

@@ -190,7 +190,7 @@ class Engine:
                 if after != before:
                     moved.add(obj_id)
                     self.stats[f"port_{before[0]}_to_{after[0]}"] += 1
-        plan = self.flows.plan(wanted)
+        plan = self.flows.plan(wanted, frozenset(compiled))
         for owner, (dels, adds, flows) in compiled.items():
             if len(dels) or len(adds):
                 plan.rows.append((dels, adds))

@@ -87,8 +87,12 @@ class FlowState:
             merged.update(flows)
         return merged
 
-    def plan(self, wanted: dict[Owner, list[Flow]]) -> Plan:
-        """The change that makes each owner in `wanted` have exactly its listed flows."""
+    def plan(self, wanted: dict[Owner, list[Flow]], replaced: frozenset[Owner] = frozenset()) -> Plan:
+        """The change that makes each owner in `wanted` have exactly its listed flows.
+
+        `replaced`: owners the caller changes itself in the same plan (the compiled core's port
+        owners); a deleted key is not looked for among their flows: port flows and the
+        network/router flows planned here never share a key."""
         plan = Plan()
         new_keys: dict[FlowKey, Flow] = {}
         for owner, flows in wanted.items():
@@ -103,16 +107,18 @@ class FlowState:
         for owner, table in plan.owners.items():
             old = self.installed.get(owner, {})
             for key, flow in old.items():
-                if key not in table and key not in new_keys and not self._owned_elsewhere(key, owner, wanted):
+                if key not in table and key not in new_keys and not self._owned_elsewhere(key, owner, wanted,
+                                                                                         replaced):
                     plan.deletes.append(flow)
             for key, flow in table.items():
                 if old.get(key) != flow:
                     plan.adds.append(flow)
         return plan
 
-    def _owned_elsewhere(self, key: FlowKey, owner: Owner, wanted: dict[Owner, list[Flow]]) -> bool:
+    def _owned_elsewhere(self, key: FlowKey, owner: Owner, wanted: dict[Owner, list[Flow]],
+                         replaced: frozenset[Owner]) -> bool:
         for other, table in self.installed.items():
-            if other != owner and other not in wanted and key in table:
+            if other != owner and other not in wanted and other not in replaced and key in table:
                 return True
         return False
 

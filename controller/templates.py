@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Union
@@ -93,6 +94,7 @@ class FlowTemplate:
     goto: int | None = None
     write_metadata: tuple[Value, int] | None = None
 
+    @functools.cached_property
     def params(self) -> frozenset[Param]:
         used = {v for _, v, _ in self.match if isinstance(v, Param)}
         for action in self.actions:
@@ -168,7 +170,7 @@ class Entry:
         return dict(self.bind).get(param, param)
 
     def params(self) -> frozenset[Param]:
-        return frozenset(self.source(p) for p in self.template.params())
+        return frozenset(self.source(p) for p in self.template.params)
 
     def uses_location(self) -> bool:
         return bool(self.params() & LOCATION_PARAMS)
@@ -245,7 +247,7 @@ class PortProgram:
                 continue
             for each in _each(entry.each, port):
                 merged = values | each
-                flows.append(entry.template.flow({p: merged[entry.source(p)] for p in entry.template.params()},
+                flows.append(entry.template.flow({p: merged[entry.source(p)] for p in entry.template.params},
                                                  cookie))
         return flows
 
