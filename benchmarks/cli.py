@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from controller.sandbox.cli import nova_delay_options
+
 
 @click.group()
 @click.version_option(package_name="dfflow")
@@ -61,10 +63,7 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
               help="Migrations per strategy.")
 @click.option("--strategy", "strategies", default="announce,unplug,fallback", show_default=True,
               help="Comma-separated: announce, unplug, fallback (step-2 publish dropped).")
-@click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
-              help="ms from the VM's switchover to Nova's unplug of the source VIF.")
-@click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
-              help="ms from the unplug to update_port(binding:host_id).")
+@nova_delay_options
 @click.option("--interval", type=click.FloatRange(0.0005, 1.0), default=0.001, show_default=True,
               help="Probe interval in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")

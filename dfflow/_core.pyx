@@ -1412,22 +1412,21 @@ cdef object _rows_room(dict ws, str name, Py_ssize_t n, dtype):
     return rows
 
 
+_COMPILE_ERR_TEXT = {
+    C_PORT_INDEX: "port index {value} is not in the port table",
+    C_IP_RANGE: "port {value}: ip_start/ip_count run past the IPv4 column",
+    C_FIP_RANGE: "port {value}: fip_start/fip_count run past the floating-IP column",
+    C_GROUP: "group {value}: groups must be sorted and below n_groups",
+    C_ROLE_KIND: "role kind {value} is not none (0), local (1) or remote (2)",
+}
+
+
 cdef object _compile_error(CompiledProgram program, CompileOut *o):
-    cdef int code = o.code
     where = f"transition {o.where}: "
-    if code == C_PORT_INDEX:
-        return ValueError(f"{where}port index {o.value} is not in the port table")
-    if code == C_IP_RANGE:
-        return ValueError(f"{where}port {o.value}: ip_start/ip_count run past the IPv4 column")
-    if code == C_FIP_RANGE:
-        return ValueError(f"{where}port {o.value}: fip_start/fip_count run past the floating-IP column")
-    if code == C_GROUP:
-        return ValueError(f"{where}group {o.value}: groups must be sorted and below n_groups")
-    if code == C_ROLE_KIND:
-        return ValueError(f"{where}role kind {o.value} is not none (0), local (1) or remote (2)")
-    if code == C_NOT_COMPILABLE:
+    if o.code == C_NOT_COMPILABLE:
         return NotCompilable(f"{where}{program.names[o.value]} has actions the compiled path does not encode")
-    return RuntimeError(f"{where}compile error {code}")
+    text = _COMPILE_ERR_TEXT.get(o.code, "compile error {code}")
+    return ValueError(where + text.format(value=o.value, code=o.code))
 
 
 cdef Py_ssize_t _groups_size(const LayoutC *L, const unsigned char *D, const unsigned char *A,

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from dfflow.errors import DfflowError
 from dfflow.models import MODELS
+from controller.sandbox.cli import nova_delay_options
 
 DEFAULT_NB = os.environ.get("DFFLOW_NB", "redis://127.0.0.1:6379/0")
 
@@ -124,10 +125,7 @@ def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
 @main.command()
 @click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Migrations per strategy.")
-@click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
-              help="ms from the VM's switchover to Nova's unplug of the source VIF.")
-@click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
-              help="ms from the unplug to update_port(binding:host_id).")
+@nova_delay_options
 def demo(runs: int, unplug_delay: int, update_port_delay: int) -> None:
     """The live-migration demo on a fresh 3-chassis sandbox (needs root; tears down after)."""
     from controller.sandbox import demo as demo_

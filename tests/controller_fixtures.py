@@ -173,9 +173,15 @@ def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, An
     return cloud.with_nb(lambda nb: nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs))
 
 
-def set_fault(cloud: SyncCloud, name: str, on: bool) -> None:
-    from controller.migrator import set_fault as _set
-    cloud.with_nb(lambda nb: _set(nb, name, on))
+@contextlib.contextmanager
+def fault(cloud: SyncCloud, name: str) -> Iterator[None]:
+    """An injected fault (controller.migrator's switches), on for the block only."""
+    from controller.migrator import set_fault
+    cloud.with_nb(lambda nb: set_fault(nb, name, True))
+    try:
+        yield
+    finally:
+        cloud.with_nb(lambda nb: set_fault(nb, name, False))
 
 
 def update_binding(cloud: SyncCloud, port_id: str, host: str) -> None:

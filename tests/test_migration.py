@@ -11,7 +11,7 @@ from controller.apps.l2 import L2App
 from controller.migrator import FAULT_DROP_PUBLISH, FAULT_IGNORE_ANNOUNCEMENTS
 from controller.sandbox.probe import Echo, Sender, analyse
 from controller.sandbox.topology import INT_BRIDGE
-from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, set_fault,
+from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, fault,
                                  update_binding, wait_until)
 
 pytestmark = pytest.mark.ovs
@@ -131,15 +131,12 @@ def test_the_vms_announcement_opens_its_egress_in_the_datapath_without_the_contr
     """With the controller deaf to announcements, the destination still serves the VM from its
     first RARP on: the gate it learned in the datapath, and traffic sent to both chassis."""
     dest = other(cloud)
-    set_fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS, True)
-    try:
+    with fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS):
         senders = probes(cloud)
         started = time.time()
         result = migrate(cloud, "M", dest, strategy="announce", unplug_delay=1.0, update_port_delay=0.2)
         time.sleep(0.3)
         figures = assert_recovered(senders, started)
-    finally:
-        set_fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS, False)
     assert "activated" not in result["states"]  # the controller never activated the port...
     assert all(f["downtime_ms"] < 500 for f in figures), figures  # ...yet M answered long before the unplug
     assert_everyone_places_m_on(cloud, dest)
@@ -183,15 +180,12 @@ def test_the_sources_migration_event_moves_every_chassis_ahead_of_the_nb_write(c
 
 def test_step_three_moves_the_flows_when_the_step_two_publish_is_lost(cloud):
     dest = other(cloud)
-    set_fault(cloud, FAULT_DROP_PUBLISH, True)
-    try:
+    with fault(cloud, FAULT_DROP_PUBLISH):
         senders = probes(cloud)
         started = time.time()
         result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=1.0)
         time.sleep(0.5)
         figures = assert_recovered(senders, started)
-    finally:
-        set_fault(cloud, FAULT_DROP_PUBLISH, False)
     assert "switched" not in result["states"]  # no step 2...
     assert "bound" in result["applied"]  # ...chassis moved on the binding (step 3)
     # the outage lasted until update_port, a second after the unplug

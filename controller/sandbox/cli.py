@@ -31,6 +31,14 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
+
+def nova_delay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--unplug-delay and --update-port-delay (ms), as the demo and the downtime benchmark take them."""
+    fn = click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
+                      help="ms from the unplug to update_port(binding:host_id).")(fn)
+    return click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
+                        help="ms from the VM's switchover to Nova's unplug of the source VIF.")(fn)
+
 @click.group()
 def sandbox() -> None:
     """Real Open vSwitch chassis, each in its own network namespace, joined by an underlay."""
