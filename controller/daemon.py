@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import configparser
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,36 @@ FLOW_PATHS = ("compiled", "osken")
 APPLY_TIMINGS_KEPT = 1024
 
 
+
+class GcPauses:
+    """Every garbage collection of this process: how many per generation, and the recent ones with
+    their pause (a collection stops the loop, and a full one over a large heap can take milliseconds)."""
+
+    def __init__(self, kept: int = 50):
+        self.counts: Counter[int] = Counter()
+        self.recent: deque[tuple[float, int, float]] = deque(maxlen=kept)
+        self._started = 0.0
+
+    def install(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.counts[generation] += 1
+            self.recent.append((time.time(), generation, (time.perf_counter() - self._started) * 1e3))
+
+    def status(self) -> dict[str, Any]:
+        return {"collections": {str(g): n for g, n in sorted(self.counts.items())},
+                "max_ms": round(max((p for _, _, p in self.recent), default=0.0), 3),
+                "recent": [[round(t, 6), g, round(p, 3)] for t, g, p in self.recent]}
+
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
@@ -80,6 +111,7 @@ class ControllerDaemon:
         self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
+        self.gc_pauses = GcPauses()
         self._sending = False  # a plan is out to the switch, its reply not in yet
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
 
@@ -150,6 +182,7 @@ class ControllerDaemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        self.gc_pauses.install()
         await self._register_chassis()
         await self.ovsdb.start()
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
@@ -190,6 +223,7 @@ class ControllerDaemon:
         await self.of.stop()
         await self.ovsdb.stop()
         await self.nb.close()
+        self.gc_pauses.uninstall()
 
     async def _register_chassis(self) -> None:
         row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, tunnel_ip=self.tunnel_ip,
@@ -452,7 +486,7 @@ class ControllerDaemon:
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
-            "outbox": self._outbox.qsize(), "sending": self._sending,
+            "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
         }
 
     async def _start_status_server(self) -> None:

@@ -17,9 +17,7 @@ import sys
 import time
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import connection, idlutils
-from ovsdbapp.schema.open_vswitch import impl_idl
-
+from controller.ovsdb_jsonrpc import JsonRpc
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.netns import SandboxError
 from controller.sandbox.topology import INT_BRIDGE
@@ -27,38 +25,45 @@ from dfflow.models import LogicalPort
 from dfflow.nb.timeline import Timelines
 
 READY_TIMEOUT = 10.0
-OVSDB_TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface")
+HOUSEKEEPING_AFTER_UNPLUG = 0.05  # s
 
 
 class OvsdbUnplug:
-    """Nova's unplug of the source VIF as os-vif's native OVSDB interface does it: one `del_port`
-    transaction on a connection opened beforehand (an `ovs-vsctl` process would add ~10 ms of start-up
-    and OVSDB handshake to the unplug, which is the emulation's cost, not the controller's)."""
+    """Nova's unplug of the source VIF: what os-vif's `del_port(bridge, name, if_exists)` sends, one
+    OVSDB transaction (take the port off the bridge, delete it), on a connection opened beforehand
+    with the rows it names already looked up. The transaction reaches ovsdb-server when the unplug
+    delay is up: going through ovsdbapp (or `ovs-vsctl`) adds 2 ms (or ~10 ms) of client-side
+    thread hops (or start-up) first, which is the emulation's cost, not the controller's."""
 
     def __init__(self, ovsdb_url: str, bridge: str):
         self.ovsdb_url, self.bridge = ovsdb_url, bridge
-        self.api: Any = None
+        self.rpc: JsonRpc | None = None
+        self._ops: list[dict[str, Any]] = []
 
-    async def connect(self) -> None:
-        def connect() -> Any:
-            helper = idlutils.get_schema_helper(self.ovsdb_url, "Open_vSwitch")
-            for table in OVSDB_TABLES:
-                helper.register_table(table)
-            idl = connection.OvsdbIdl(self.ovsdb_url, helper)
-            # ovsdbapp keeps the connection in a class attribute, set once per class: a class of our
-            # own per unplugger, or the second migration would use the first one's chassis.
-            backend = type("SourceOvsdb", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
-            return backend(connection.Connection(idl, timeout=READY_TIMEOUT))
-        self.api = await asyncio.to_thread(connect)
+    async def connect(self, port_name: str) -> None:
+        self.rpc = await JsonRpc.open(self.ovsdb_url)
+        found = await self.rpc.transact("Open_vSwitch", {
+            "op": "select", "table": "Port", "where": [["name", "==", port_name]], "columns": ["_uuid"]})
+        rows = found[0]["rows"]
+        if not rows:
+            self._ops = []  # gone already: del_port with if_exists does nothing
+            return
+        port = ["uuid", rows[0]["_uuid"][1]]
+        self._ops = [
+            {"op": "mutate", "table": "Bridge", "where": [["name", "==", self.bridge]],
+             "mutations": [["ports", "delete", ["set", [port]]]]},
+            {"op": "delete", "table": "Port", "where": [["_uuid", "==", port]]},
+        ]
 
-    async def del_port(self, name: str) -> None:
-        await asyncio.to_thread(lambda: self.api.del_port(name, bridge=self.bridge, if_exists=True)
-                                .execute(check_error=True))
+    async def del_port(self) -> None:
+        assert self.rpc is not None
+        if self._ops:
+            await self.rpc.transact("Open_vSwitch", *self._ops)
 
     async def close(self) -> None:
-        if self.api is not None:
-            await asyncio.to_thread(self.api.ovsdb_connection.stop)
-            self.api = None
+        if self.rpc is not None:
+            await self.rpc.close()
+            self.rpc = None
 
 
 class Switchover:
@@ -137,7 +142,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     unplugger = OvsdbUnplug(sb.chassis(source_vif.chassis).ovs().ovsdb_url, INT_BRIDGE)
     steps: dict[str, float] = {}
     try:
-        await unplugger.connect()
+        await unplugger.connect(source_vif.tap)
         steps["plug"] = time.time()
         # The destination tap has carrier from the start, as QEMU's tap does; the guest only starts
         # using it (addresses, routes) at the switchover.
@@ -164,18 +169,25 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
         # the helper's report got here.
         await _sleep_until(steps["vm_source_down"] + unplug_delay)
         steps["unplug"] = time.time()
-        await unplugger.del_port(source_vif.tap)
+        await unplugger.del_port()
         steps["unplugged"] = time.time()  # OVSDB committed the removal
     except BaseException:
         switchover.cancel()
         raise
     finally:
         await unplugger.close()
+    # The emulation's own housekeeping (the source veth, the switchover helper, the sandbox's record)
+    # waits until the chassis have reacted to the unplug: it forks `ovs-vsctl` and `ip`, and on the
+    # sandbox's shared cores their CPU would be taken from the chassis whose reaction is measured
+    # (on a cloud it runs on the source host, apart from them).
+    quiet = HOUSEKEEPING_AFTER_UNPLUG if update_port_delay is None else min(HOUSEKEEPING_AFTER_UNPLUG,
+                                                                             update_port_delay)
+    await _sleep_until(steps["unplug"] + quiet)
     sb.unplug_vif(vm, source_vif.ifname)  # the veth and the sandbox's record (the port is gone already)
     await asyncio.to_thread(switchover.cancel)  # reaped only now: its exit must not delay the unplug
     sb.set_vif_up(vm, new_ifname, True)
     if update_port_delay is not None:
-        await asyncio.sleep(update_port_delay)
+        await _sleep_until(steps["unplug"] + update_port_delay)
         steps["update_port"] = time.time()
         await cloud.update_port_binding(port.id, dest)
 

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dfflow.nb.store import Keys, make_event
+from dfflow.nb.store import Keys, make_event, redis_client
 
 LOG = logging.getLogger(__name__)
 Event = dict[str, Any]
@@ -145,7 +145,7 @@ class Subscriber:
                 delay = min(delay * 2, self.max_reconnect_delay)
 
     async def _connect(self) -> None:
-        self._redis = aioredis.from_url(self.url, socket_connect_timeout=2.0)
+        self._redis = redis_client(self.url, socket_connect_timeout=2.0)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         channels = [self.keys.channel(t) for t in sorted(self.topics)]
