@@ -69,8 +69,8 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
-def migration(chassis: int, runs: int, strategies: str, unplug_delay: int, update_port_delay: int,
-              interval: float, as_json: bool, plot_path: str | None) -> None:
+def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug_delay: int,
+              update_port_delay: int, interval: float, as_json: bool, plot_path: str | None) -> None:
     """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
     from benchmarks import migration as bench
 
@@ -80,7 +80,8 @@ def migration(chassis: int, runs: int, strategies: str, unplug_delay: int, updat
         raise click.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
                                  f"{', '.join(bench.STRATEGIES)}", param_hint="--strategy")
     with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
-        report = bench.run(runs=runs, strategies=chosen, unplug_delay=unplug_delay / 1000,
+        report = bench.run(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000,
+                           unplug_delay=unplug_delay / 1000,
                            update_port_delay=update_port_delay / 1000, interval=interval,
                            progress=lambda _: bar.update(1), keep_samples=plot_path is not None)
     if plot_path:

@@ -64,7 +64,8 @@ def _wait_reachable(sb: Sandbox, sources: list[tuple[str, str]], timeout: float 
             time.sleep(0.2)
 
 
-def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, unplug_delay: float = 0.2,
+def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: float = nova.MEMORY_COPY,
+        unplug_delay: float = 0.2,
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
@@ -76,7 +77,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, unplug_delay: f
         sb.up(chassis=3, controllers=True)
         time.sleep(1.0)
         return asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                keep_samples, routed_probe, on_migration))
+                                keep_samples, routed_probe, on_migration, memory_copy))
     finally:
         sb.down()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -85,7 +86,8 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, unplug_delay: f
 async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay: float,
                update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
                keep_samples: bool, routed_probe: bool,
-               on_migration: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+               on_migration: Callable[[dict[str, Any]], None] | None,
+               memory_copy: float = nova.MEMORY_COPY) -> dict[str, Any]:
     nb, cloud, fip = await _build(sb)
     echo = Echo(sb, "M")
     probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
@@ -104,7 +106,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 await asyncio.sleep(0.2)
                 started = time.time()
                 try:
-                    timeline = await nova.migrate(cloud, "M", dest, unplug_delay=unplug_delay,
+                    timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
+                                                  unplug_delay=unplug_delay,
                                                   update_port_delay=update_port_delay,
                                                   strategy="announce" if strategy == "announce" else "unplug")
                     await asyncio.sleep(0.3)
@@ -119,7 +122,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 if progress is not None:
                     progress(f"{strategy} run {i + 1}/{runs}")
         return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
-                "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
+                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
                 "probes": list(probes)}
     finally:
         echo.stop()
@@ -210,8 +213,8 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 
 def format_summary(report: dict[str, Any]) -> str:
-    lines = [f"probes every {report['interval_ms']:g} ms; unplug delay {report['unplug_delay_ms']:g} ms, "
-             f"update_port delay {report['update_port_delay_ms']:g} ms",
+    lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
+             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms",
              f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'min':>8} {'max':>8} "
              f"{'converge':>9} {'(from)':14} unrecovered"]
     for strategy, s in report["summary"].items():

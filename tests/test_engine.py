@@ -71,6 +71,22 @@ def test_a_switched_migration_moves_the_port_with_remove_and_add_and_nothing_els
     assert not engine.nb_event(event(moving.replace(version=6), "update"))
 
 
+def test_the_nb_event_of_a_step_already_applied_from_the_migration_event_recomputes_nothing():
+    engine = make_engine()
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", state="switched"))
+    assert apply(engine, engine.object_written(moving))  # the migration event: the port moves here
+    desired = dict(engine.desired())
+    assert not engine.nb_event(event(moving.replace(version=b1.version + 1), "update"))
+    assert engine.stats["unchanged_writes"] == 1 and engine.desired() == desired
+    assert engine.view.port("b1").version == b1.version + 1  # the view holds the NB revision
+    # a write that does change something is not taken for the same
+    assert engine.nb_event(event(moving.replace(version=b1.version + 2, mac="fa:16:3e:00:00:99"), "update"))
+
+
 def test_deleting_a_port_removes_every_flow_that_named_it():
     engine = make_engine()
     apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))

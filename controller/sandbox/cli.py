@@ -32,8 +32,15 @@ def _fail(exc: Exception) -> click.ClickException:
 
 
 
+MEMORY_COPY_OPTION = click.option(
+    "--memory-copy", type=click.IntRange(0, 600_000), default=500, show_default=True,
+    help="ms of libvirt's memory copy, from the destination being ready to the VM's switchover.")
+
+
 def nova_delay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--unplug-delay and --update-port-delay (ms), as the demo and the downtime benchmark take them."""
+    """--memory-copy, --unplug-delay and --update-port-delay (ms), as the demo and the downtime benchmark
+    take them."""
+    fn = MEMORY_COPY_OPTION(fn)
     fn = click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
                       help="ms from the unplug to update_port(binding:host_id).")(fn)
     return click.option("--unplug-delay", type=click.IntRange(0, 60_000), default=200, show_default=True,
@@ -208,9 +215,10 @@ def vm_list(dir_: str, as_json: bool) -> None:
               help="ms after the unplug until update_port(binding:host_id) (step 3), or 'never'.")
 @click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
               help="Activation strategy for this port (default: the deployment's).")
+@MEMORY_COPY_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
-               strategy: str | None, as_json: bool) -> None:
+               strategy: str | None, memory_copy: int, as_json: bool) -> None:
     """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
     from .nova import format_timeline, migrate
     if update_port_delay == "never":
@@ -220,7 +228,8 @@ def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_d
             update_delay = int(update_port_delay) / 1000
         except ValueError:
             raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
-    result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy))
+    result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy,
+                                                  memory_copy / 1000))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from benchmarks import migration as scenario
-from controller.sandbox.nova import format_timeline
+from controller.sandbox.nova import MEMORY_COPY, format_timeline
 from controller.sandbox.preflight import problems
 
 INTRO = """dfflow demo: 3 chassis (real Open vSwitch, one namespace each), a private Redis NB db,
@@ -21,7 +21,7 @@ whose gateway is on the external network `public` (172.24.4.0/24).
 
 
 def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
-        update_port_delay: float = 0.3) -> dict[str, Any]:
+        update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY) -> dict[str, Any]:
     missing = problems(need_redis=True)
     if missing:
         raise RuntimeError("; ".join(missing))
@@ -39,7 +39,8 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
         if result["convergence_ms"] is not None:
             echo(f"  convergence ({result['trigger']} -> last chassis applied): {result['convergence_ms']:.1f} ms")
 
-    report = scenario.run(runs=runs, strategies=("announce", "unplug"), unplug_delay=unplug_delay,
+    report = scenario.run(runs=runs, strategies=("announce", "unplug"), memory_copy=memory_copy,
+                          unplug_delay=unplug_delay,
                           update_port_delay=update_port_delay, keep_samples=False, routed_probe=True,
                           on_migration=show)
     echo("")
