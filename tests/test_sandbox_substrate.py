@@ -314,3 +314,11 @@ def test_failed_up_cleans_up_and_stale_state_is_replaced(sandbox_factory, monkey
     assert wait_for(lambda: not any(procs.alive(p) for p in pids))
     stale.up(chassis=1, controllers=False)  # stale state is cleared, not refused
     assert all(ch["ovs_alive"] for ch in stale.status()["chassis"]) and len(ours(stale)) == 2
+
+
+def test_vm_exec_refuses_its_own_options_after_the_vm_name_instead_of_running_them():
+    from click.testing import CliRunner
+
+    from dfflow.cli import main
+    result = CliRunner().invoke(main, ["sandbox", "vm", "exec", "A1", "--dir", "/tmp/elsewhere", "--", "true"])
+    assert result.exit_code == 2 and "options before NAME" in result.output

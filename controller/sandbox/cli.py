@@ -115,6 +115,8 @@ def vm() -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def vm_exec(dir_: str, name: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside VM NAME's namespace: ``vm exec NAME -- ping -c1 10.0.0.2``."""
+    if command and (command[0] == "--dir" or command[0].startswith("--dir=")):
+        raise click.UsageError("vm exec takes its options before NAME: vm exec [--dir DIR] NAME -- CMD...")
     if command and command[0] == "--":  # click keeps it once it stopped parsing options after NAME
         command = command[1:]
     if not command:
