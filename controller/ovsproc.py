@@ -80,12 +80,7 @@ class OvsInstance:
         db = os.path.join(self.rundir, "conf.db")
         if not os.path.exists(db):
             self._run(["ovsdb-tool", "create", db, OVS_SCHEMA])
-        self._run(self._prefix() + [
-            "ovsdb-server", db, f"--remote=punix:{self.db_sock}",
-            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
-            f"--unixctl={self.ovsdb_ctl}", f"--pidfile={self.pidfile('ovsdb-server')}",
-            f"--log-file={os.path.join(self.rundir, 'ovsdb-server.log')}", "--detach", "--no-chdir",
-        ])
+        self._start_ovsdb()
         self.vsctl("--no-wait", "init")
         self._run(self._prefix() + [
             "ovs-vswitchd", self.ovsdb_url, f"--unixctl={self.vswitchd_ctl}",
@@ -98,6 +93,27 @@ class OvsInstance:
             if time.monotonic() > deadline:
                 raise OvsError(f"ovs-vswitchd did not start in {self.rundir}")
             time.sleep(0.02)
+
+    def _start_ovsdb(self) -> None:
+        self._run(self._prefix() + [
+            "ovsdb-server", os.path.join(self.rundir, "conf.db"), f"--remote=punix:{self.db_sock}",
+            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+            f"--unixctl={self.ovsdb_ctl}", f"--pidfile={self.pidfile('ovsdb-server')}",
+            f"--log-file={os.path.join(self.rundir, 'ovsdb-server.log')}", "--detach", "--no-chdir",
+        ])
+
+    def restart_ovsdb(self, timeout: float = 10.0) -> None:
+        """Restart ovsdb-server alone, as a package upgrade does; ovs-vswitchd and every other client
+        reconnect by themselves."""
+        pid = self.pid("ovsdb-server")
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    raise OvsError(f"ovsdb-server {pid} did not stop")
+                time.sleep(0.02)
+        self._start_ovsdb()
 
     def stop(self) -> None:
         """Send SIGTERM to both daemons; `wait_stopped()` waits for them (stop many, then wait)."""

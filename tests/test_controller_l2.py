@@ -81,6 +81,23 @@ def test_deleted_vm_leaves_no_flow_on_any_chassis_and_stops_answering(cloud):
     assert not pings(sb, "A1", "10.0.0.41", count=2)
 
 
+def test_ovsdb_server_restarted_under_a_running_controller_keeps_vifs_coming_and_going(cloud):
+    sb = cloud.sb
+    sb.ovs("chassis-2").restart_ovsdb()
+    wait_until(lambda: controller_status(sb, "chassis-2")["ovsdb"].get("monitor_reconnects", 0) >= 1, 10,
+               what="the controller's OVSDB monitor reconnected")
+    cloud.call("create_vm", "B2", "chassis-2", "net1", "10.0.0.22", mac="fa:16:3e:00:00:22")
+    wait_until(lambda: pings(sb, "A1", "10.0.0.22"), 15, what="A1 -> B2, plugged after the restart")
+    cookie = L2App().cookie(sb.vm("B2").vifs[0].port_id)
+    cloud.call("delete_vm", "B2")
+    wait_until(lambda: cookie not in flow_cookies(dump_flows(sb, "chassis-2")), 10,
+               what="B2's flows gone from chassis-2 after its unplug")
+    status = controller_status(sb, "chassis-2")
+    assert status["ovsdb"]["monitor_disconnects"] == status["ovsdb"]["monitor_reconnects"] == 1
+    assert status["stats"].get("handler_errors", 0) == 0
+    assert pings(sb, "A1", IPS["B1"])
+
+
 def _tunnel_peers(sb, chassis):
     out = sb.ovs(chassis).vsctl("--columns=external_ids", "find", "Interface", "type=geneve")
     return sorted(set(re.findall(r'dfflow-peer="?([^",\s}]+)', out)))
