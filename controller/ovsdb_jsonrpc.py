@@ -91,8 +91,11 @@ class Framer:
 
 
 def _odd_backslashes(buf: bytearray) -> bool:
-    run = len(buf) - len(buf.rstrip(b"\\"))
-    return run % 2 == 1
+    """Does `buf` end with an odd run of backslashes (the last one escaping a byte still to come)?"""
+    end = len(buf)
+    while end and buf[end - 1] == 0x5C:
+        end -= 1
+    return (len(buf) - end) % 2 == 1
 
 
 def datum(value: Any) -> Any:
