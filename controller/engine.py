@@ -37,6 +37,7 @@ LOG = logging.getLogger(__name__)
 PORT, SWITCH, ROUTER, STATIC = "port", "switch", "router", "static"
 # A port update that changes only these moves the port and nothing else: no other port's flows.
 WHERE_FIELDS = frozenset({"binding_chassis", "migration", "version"})
+REVISION_FIELDS = frozenset({"version"})
 PortState = tuple["PortFacts | None", "PortRole | None"]
 
 
@@ -271,12 +272,16 @@ class Engine:
         return kept + added
 
 
+def _equal_except(old: Model, new: Model, ignored: frozenset[str]) -> bool:
+    return type(old) is type(new) and all(getattr(old, f) == getattr(new, f)
+                                          for f in old.__dataclass_fields__ if f not in ignored)
+
+
 def _same_content(old: Model, new: Model) -> bool:
     """The same object but for its NB revision: no flow can differ."""
-    return type(old) is type(new) and all(getattr(old, f) == getattr(new, f)
-                                          for f in old.__dataclass_fields__ if f != "version")
+    return _equal_except(old, new, REVISION_FIELDS)
 
 
 def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:
-    return all(getattr(old, f) == getattr(new, f) for f in old.__dataclass_fields__ if f not in WHERE_FIELDS)
+    return _equal_except(old, new, WHERE_FIELDS)
 

@@ -998,6 +998,17 @@ cdef struct TransitionC:
     RoleC old
     RoleC new
 
+
+cdef inline void _set_role(RoleC *role, Py_ssize_t chassis, uint64_t host, uint64_t ofport,
+                           uint64_t tunnel) noexcept nogil:
+    """The port's role on `chassis` when it lives on `host`: local with its VIF, or remote by a tunnel."""
+    if host == <uint64_t>chassis:
+        role.kind = ROLE_LOCAL
+        role.ofport = ofport
+    else:
+        role.kind = ROLE_REMOTE
+        role.tunnel = tunnel
+
 cdef struct EntryC:
     uint64_t app_cookie     # app id << 56
     uint32_t when, each, addable, uses_location, n_patches
@@ -1585,17 +1596,7 @@ def migration_transitions(ports, old_host, new_host, old_ofport, new_ofport, tun
             for i in range(k):
                 T[j].port = P[i]
                 T[j].group = c
-                if OH[i] == <uint64_t>c:
-                    T[j].old.kind = ROLE_LOCAL
-                    T[j].old.ofport = OO[i]
-                else:
-                    T[j].old.kind = ROLE_REMOTE
-                    T[j].old.tunnel = TUN[c, OH[i]]
-                if NH[i] == <uint64_t>c:
-                    T[j].new.kind = ROLE_LOCAL
-                    T[j].new.ofport = NO[i]
-                else:
-                    T[j].new.kind = ROLE_REMOTE
-                    T[j].new.tunnel = TUN[c, NH[i]]
+                _set_role(&T[j].old, c, OH[i], OO[i], TUN[c, OH[i]])
+                _set_role(&T[j].new, c, NH[i], NO[i], TUN[c, NH[i]])
                 j += 1
     return out

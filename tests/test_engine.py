@@ -20,6 +20,16 @@ def make_engine(chassis="A"):
     return engine
 
 
+def engine_with_a1_here_and_b1_on_b():
+    """Chassis A with a1 (VIF plugged) and b1 on chassis B, both on net1."""
+    engine = make_engine()
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    return engine, b1
+
+
 def port(pid, mac_last, ip_last, chassis, **kw):
     return LogicalPort(id=pid, topic="t", lswitch="net1", mac=f"fa:16:3e:00:00:{mac_last:02x}",
                        ips=[f"10.0.0.{ip_last}"], binding_chassis=chassis, **kw)
@@ -52,12 +62,7 @@ def test_remote_ports_get_flows_only_while_their_network_has_a_local_port():
 
 
 def test_a_switched_migration_moves_the_port_with_remove_and_add_and_nothing_else():
-    engine = make_engine()
-    a1 = port("a1", 1, 11, "A")
-    apply(engine, engine.nb_event(event(a1)))
-    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
-    b1 = port("b1", 2, 12, "B")
-    apply(engine, engine.nb_event(event(b1)))
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
     before = dict(engine.desired())
     moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", state="switched"), version=5)
     plan = apply(engine, engine.nb_event(event(moving, "update")))
@@ -72,11 +77,7 @@ def test_a_switched_migration_moves_the_port_with_remove_and_add_and_nothing_els
 
 
 def test_the_nb_event_of_a_step_already_applied_from_the_migration_event_recomputes_nothing():
-    engine = make_engine()
-    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
-    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
-    b1 = port("b1", 2, 12, "B")
-    apply(engine, engine.nb_event(event(b1)))
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
     moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", state="switched"))
     assert apply(engine, engine.object_written(moving))  # the migration event: the port moves here
     desired = dict(engine.desired())
@@ -88,11 +89,7 @@ def test_the_nb_event_of_a_step_already_applied_from_the_migration_event_recompu
 
 
 def test_deleting_a_port_removes_every_flow_that_named_it():
-    engine = make_engine()
-    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
-    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
-    b1 = port("b1", 2, 12, "B")
-    apply(engine, engine.nb_event(event(b1)))
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
     assert any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
     apply(engine, engine.nb_event(event(b1, "delete")))
     assert not any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
