@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,6 +22,9 @@ CHASSIS_TOPIC = "chassis"
 VNI_MIN, VNI_MAX = 1, 2**24 - 1
 TUNNEL_TYPES = ("geneve", "vxlan")
 CHASSIS_STATES = ("up", "down")
+DATAPATH_TYPES = ("system", "netdev")  # Open vSwitch's Bridge.datapath_type: kernel, or userspace
+VNIC_TYPES = ("normal",)  # the vnic types a dfflow chassis binds (OVS ports); Neutron has more
+PROFILE_MAX_BYTES = 4096  # binding:profile, serialized
 ACTIVATION_STRATEGIES = ("unplug", "announce")
 # The life of a port-migration record (the blueprint's `port-migration` field);
 # controller/migration.py owns the transitions between them.
@@ -96,6 +100,19 @@ def check_choice(name: str, value: Any, choices: tuple, table: str | None = None
 def check_str(name: str, value: Any, max_len: int = 255, table: str | None = None) -> str:
     if not isinstance(value, str) or len(value) > max_len:
         raise ValidationError(name, f"must be a string of at most {max_len} characters", table)
+    return value
+
+
+def check_profile(name: str, value: Any, table: str | None = None) -> dict[str, Any]:
+    """Neutron's binding:profile: a JSON object with string keys, at most PROFILE_MAX_BYTES serialized."""
+    if not isinstance(value, dict):
+        raise ValidationError(name, f"must be a JSON object, got {type(value).__name__}", table)
+    try:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(name, f"is not JSON-serializable: {exc}", table) from None
+    if size > PROFILE_MAX_BYTES:
+        raise ValidationError(name, f"is {size} bytes serialized; at most {PROFILE_MAX_BYTES}", table)
     return value
 
 
@@ -189,6 +206,10 @@ class Chassis(Model):
     tunnel_type: str = "geneve"
     status: str = "up"
     last_seen: float = 0.0
+    # What a VIF plugged here needs (Neutron's binding:vif_details for os-vif): the integration
+    # bridge's name and datapath type (os-vif creates the bridge with it if it is missing).
+    datapath_type: str = "system"
+    bridge_name: str = "br-int"
 
     def check(self) -> None:
         super().check()
@@ -198,6 +219,8 @@ class Chassis(Model):
         check_choice("tunnel_type", self.tunnel_type, TUNNEL_TYPES, self.table)
         check_choice("status", self.status, CHASSIS_STATES, self.table)
         self.last_seen = check_number("last_seen", self.last_seen, self.table)
+        check_choice("datapath_type", self.datapath_type, DATAPATH_TYPES, self.table)
+        check_id("bridge_name", self.bridge_name, self.table)
 
 
 @dataclass
@@ -281,12 +304,30 @@ class MigrationRecord(Record):
             check_number(f"migration.timestamps.{key}", value, table)
 
 
+@dataclass(frozen=True)
+class InactiveBinding(Record):
+    """A port binding Neutron holds INACTIVE for another host (the `binding-extended` extension):
+    Nova creates one for a live migration's destination and activates it at the end."""
+
+    host: str
+    vnic_type: str = "normal"
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, where: str, table: str) -> None:
+        check_id(f"{where}.host", self.host, table)
+        check_choice(f"{where}.vnic_type", self.vnic_type, VNIC_TYPES, table)
+        check_profile(f"{where}.profile", self.profile, table)
+
+
 @dataclass
 class LogicalPort(Model):
-    """A Neutron port. `binding_chassis` is Neutron's binding:host_id."""
+    """A Neutron port. `binding_chassis` is Neutron's binding:host_id: the host of its ACTIVE binding,
+    whose vnic type and profile are `vnic_type` and `binding_profile`; `inactive_bindings` are the
+    others (at most one per host). `binding_profile["migrating_to"]` is Nova's legacy announcement
+    of a live migration's destination."""
 
     table: ClassVar[str] = "lport"
-    records = {"migration": (MigrationRecord, False)}
+    records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True)}
     lswitch: str = ""
     mac: str = ""
     ips: list[str] = field(default_factory=list)
@@ -298,6 +339,17 @@ class LogicalPort(Model):
     name: str = ""
     enabled: bool = True
     port_security: bool = True
+    vnic_type: str = "normal"
+    binding_profile: dict[str, Any] = field(default_factory=dict)
+    inactive_bindings: list[InactiveBinding] = field(default_factory=list)
+
+    @property
+    def migrating_to(self) -> str | None:
+        dest = self.binding_profile.get("migrating_to")
+        return dest if isinstance(dest, str) and dest else None
+
+    def inactive_binding(self, host: str) -> InactiveBinding | None:
+        return next((b for b in self.inactive_bindings if b.host == host), None)
 
     def check(self) -> None:
         super().check()
@@ -318,6 +370,20 @@ class LogicalPort(Model):
         check_str("name", self.name, table=self.table)
         check_bool("enabled", self.enabled, self.table)
         check_bool("port_security", self.port_security, self.table)
+        check_choice("vnic_type", self.vnic_type, VNIC_TYPES, self.table)
+        check_profile("binding_profile", self.binding_profile, self.table)
+        if not isinstance(self.inactive_bindings, list):
+            raise ValidationError("inactive_bindings", "must be a list", self.table)
+        hosts: set[str] = set()
+        for i, binding in enumerate(self.inactive_bindings):
+            binding.check(f"inactive_bindings[{i}]", self.table)
+            if binding.host == self.binding_chassis:
+                raise ValidationError(f"inactive_bindings[{i}].host", f"{binding.host!r} holds the port's "
+                                                                      "active binding", self.table)
+            if binding.host in hosts:
+                raise ValidationError(f"inactive_bindings[{i}].host", f"a second binding for host "
+                                                                      f"{binding.host!r}", self.table)
+            hosts.add(binding.host)
 
     def references(self) -> list[tuple[str, str, str]]:
         return [("lswitch", LogicalSwitch.table, self.lswitch)]
@@ -433,8 +499,27 @@ class FloatingIP(Model):
         return keys
 
 
+@dataclass
+class PortStatus(Model):
+    """Where a port's VIF is plugged and up, as the chassis report it (Neutron's port status comes
+    from it). `id` is the port's id, `topic` its topic; `up` maps each chassis that has the VIF
+    online to when it came up there. Kept apart from the port so that a report never races a
+    migration's compare-and-set on the port, and publishes nothing the flows depend on."""
+
+    table: ClassVar[str] = "lport_status"
+    up: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.up, dict):
+            raise ValidationError("up", "must be an object of chassis -> time", self.table)
+        for chassis, since in self.up.items():
+            check_id("up", chassis, self.table)
+            check_number(f"up.{chassis}", since, self.table)
+
+
 MODELS: dict[str, type[Model]] = {
-    m.table: m for m in (Chassis, LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP)
+    m.table: m for m in (Chassis, LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP, PortStatus)
 }
 
 
