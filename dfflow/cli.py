@@ -113,11 +113,16 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
 @click.option("--auth", type=click.Choice(["none", "token"]), default="none", show_default=True,
               help="'token': clients must send X-Auth-Token (required off loopback).")
 @click.option("--token", envvar="DFFLOW_API_TOKEN", help="The token for --auth token (or DFFLOW_API_TOKEN).")
-def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
-    """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs)."""
+@click.option("--nova-url", envvar="DFFLOW_NOVA_URL",
+              help="Nova's compute endpoint (e.g. http://nova:8774/v2.1): send it network-vif-plugged/unplugged "
+                   "events (or DFFLOW_NOVA_URL).")
+@click.option("--nova-token", envvar="DFFLOW_NOVA_TOKEN", help="X-Auth-Token for Nova (or DFFLOW_NOVA_TOKEN).")
+def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | None,
+        nova_token: str | None) -> None:
+    """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs, port bindings)."""
     from dfflow.api.server import ServeError, serve
     try:
-        serve(nb_url, listen, auth=auth, token=token)
+        serve(nb_url, listen, auth=auth, token=token, nova_url=nova_url, nova_token=nova_token)
     except ServeError as exc:
         raise click.UsageError(str(exc)) from None
 
