@@ -210,8 +210,41 @@ def test_the_queue_is_bounded_and_drops_its_oldest_events():
     assert "queue full (3)" in sender.last_error
 
 
-def test_a_nova_url_must_be_http():
-    from dfflow.api.server import ServeError, make_config
+def test_dfflow_api_takes_the_nova_endpoint_from_its_options_or_environment(nb_url):
+    import os
+    import subprocess
+    import sys
 
-    with pytest.raises(ServeError, match="--nova-url"):
-        make_config("redis://127.0.0.1:1/0", "127.0.0.1:9696", nova_url="nova:8774")
+    from click.testing import CliRunner
+
+    from dfflow.cli import main
+
+    refused = CliRunner().invoke(main, ["api", "--nb", nb_url, "--nova-url", "nova:8774"])
+    assert refused.exit_code == 2 and "--nova-url 'nova:8774': expected an http" in refused.output
+    port = free_port()
+    with NovaRecorder() as nova:
+        env = dict(os.environ, DFFLOW_NOVA_URL=nova.url, DFFLOW_NOVA_TOKEN="from-env")
+        proc = subprocess.Popen([sys.executable, "-m", "dfflow.cli", "api", "--nb", nb_url, "--listen",
+                                 f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    status = httpx.get(f"http://127.0.0.1:{port}/dfflow/status").json()["nova_notifier"]
+                    if status["ready"]:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "dfflow api did not start"
+                time.sleep(0.1)
+            assert status["url"] == nova.url
+            nb_call(nb_url, "create", LogicalSwitch(id="n", topic="t", segmentation_id=7))
+            nb_call(nb_url, "create", Subnet(id="s", topic="t", lswitch="n", cidr="10.6.0.0/24"))
+            nb_call(nb_url, "create", LogicalPort(id="p", topic="t", lswitch="n", mac="fa:16:3e:00:00:09",
+                                                  device_id="vm", binding_chassis="h"))
+            nb_call(nb_url, "create", PortStatus(id="p", topic="t", up={"h": 1.0}))
+            nova.wait_for(lambda ev: len(ev) == 1)
+            assert nova.requests[0]["headers"]["X-Auth-Token"] == "from-env"
+        finally:
+            proc.terminate()
+            proc.wait(10)

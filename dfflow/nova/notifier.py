@@ -95,17 +95,17 @@ class NovaSender:
     async def _deliver(self, client: httpx.AsyncClient, headers: dict[str, str], batch: list[dict]) -> None:
         url = self.config.url + EVENTS_PATH
         delay = self.config.retry_base
+        failure: BaseException | None = None
         for attempt in range(1, self.config.max_attempts + 1):
-            problem = None
             try:
                 resp = await client.post(url, json={"events": batch}, headers=headers)
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                failure, problem = exc, f"{type(exc).__name__}: {exc}"
             else:
                 if resp.status_code not in _RETRIED:
                     self._answered(resp, batch)
                     return
-                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                failure, problem = None, f"HTTP {resp.status_code}: {resp.text[:200]}"
             self.stats["retries"] += 1
             LOG.warning("Nova events POST to %s failed (%s), attempt %d/%d; retrying in %.2fs", url, problem,
                         attempt, self.config.max_attempts, delay)
@@ -114,7 +114,7 @@ class NovaSender:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.retry_max)
         self.stats["dropped_failed"] += len(batch)
-        self._error(f"gave up on {len(batch)} events after {self.config.max_attempts} attempts: {problem}")
+        self._error(f"gave up on {len(batch)} events after {self.config.max_attempts} attempts: {problem}", failure)
 
     def _answered(self, resp: httpx.Response, batch: list[dict]) -> None:
         self.stats["batches"] += 1
@@ -136,9 +136,9 @@ class NovaSender:
                 self.stats["event_failures"] += 1
                 LOG.warning("Nova did not take event %s", answer)
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, exc: BaseException | None = None) -> None:
         self.last_error = message
-        LOG.error("Nova notifier: %s", message)
+        LOG.error("Nova notifier: %s", message, exc_info=exc)
 
 
 class NovaNotifier:
