@@ -14,37 +14,64 @@ from typing import Any, Callable
 
 
 class NovaRecorder:
-    def __init__(self, fail_first: int = 0, status: int = 200):
+    def __init__(self, fail_first: int = 0, status: int = 200, password: str | None = None):
         self.fail_first = fail_first
         self.status = status  # the answer once the failures are used up
-        self.requests: list[dict[str, Any]] = []  # every request: path, headers, body, answered status
+        self.requests: list[dict[str, Any]] = []  # every request to Nova: path, headers, body, answered status
+        # With a password, a Keystone too (POST /identity/v3/auth/tokens), and Nova takes only its tokens.
+        self.password = password
+        self.tokens: set[str] = set()
+        self.logins = 0
         self._lock = threading.Lock()
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _reply(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+                reply = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(reply)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def _login(self, raw: bytes) -> None:
+                user = json.loads(raw)["auth"]["identity"]["password"]["user"]
+                if user["password"] != recorder.password:
+                    self._reply(401, {"error": {"code": 401}})
+                    return
+                with recorder._lock:
+                    recorder.logins += 1
+                    token = f"token-{recorder.logins}"
+                    recorder.tokens.add(token)
+                self._reply(201, {"token": {"expires_at": "2999-01-01T00:00:00.000000Z"}},
+                            {"X-Subject-Token": token})
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.path.endswith("/v3/auth/tokens"):
+                    self._login(raw)
+                    return
                 with recorder._lock:
                     failing = recorder.fail_first > 0
                     recorder.fail_first -= failing
                     status = 500 if failing else recorder.status
+                    if recorder.password is not None and self.headers.get("X-Auth-Token") not in recorder.tokens:
+                        status = 401
                     recorder.requests.append({"path": self.path, "headers": dict(self.headers),
                                               "body": json.loads(raw or b"null"), "status": status,
                                               "at": time.monotonic()})
                 events = (json.loads(raw or b"{}") or {}).get("events", [])
-                reply = json.dumps({"events": [dict(e, code=200) for e in events]} if status == 200
-                                   else {"error": "recorder says no"}).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                self._reply(status, {"events": [dict(e, code=200) for e in events]} if status == 200
+                            else {"error": "recorder says no"})
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2.1"
+        self.keystone_url = f"http://127.0.0.1:{self.server.server_address[1]}/identity"
         self.thread = threading.Thread(target=self.server.serve_forever, name="nova-recorder", daemon=True)
 
     def __enter__(self) -> "NovaRecorder":

@@ -116,6 +116,32 @@ async def test_failures_are_retried_with_back_off_and_counted(nb, notifier):
         assert "gave up on 1 events after 3 attempts" in status["last_error"]
 
 
+async def test_keystone_credentials_log_in_once_and_again_when_the_token_is_revoked(nb, notifier):
+    from dfflow.nova.keystone import KeystoneCredentials
+
+    await _vm_port(nb)
+    with NovaRecorder(password="s3cret") as nova:
+        credentials = KeystoneCredentials(nova.keystone_url, "neutron", "s3cret", "service")
+        made = await notifier(nova, credentials=credentials)
+        await _up(nb, "p1", "src")
+        await nova.until(lambda ev: len(ev) == 1)
+        await _up(nb, "p1")
+        await nova.until(lambda ev: len(ev) == 2)
+        assert nova.logins == 1 and {r["headers"]["X-Auth-Token"] for r in nova.requests} == {"token-1"}
+        nova.tokens.clear()  # revoked: Nova answers 401, the notifier logs in again and resends
+        await _up(nb, "p1", "src")
+        await nova.until(lambda ev: len(ev) == 3)
+        assert [(r["status"], r["headers"]["X-Auth-Token"]) for r in nova.requests[2:]] == [
+            (401, "token-1"), (200, "token-2")]
+        assert made.status()["errors"] == 0
+    with NovaRecorder(password="other") as nova:  # wrong credentials: retried, then given up, counted
+        credentials = KeystoneCredentials(nova.keystone_url, "neutron", "s3cret", "service")
+        made = await notifier(nova, credentials=credentials, max_attempts=2)
+        await _up(nb, "p1")
+        status = await _counted(made, "dropped_failed", 1)
+        assert nova.requests == [] and "Keystone" in status["last_error"] and "HTTP 401" in status["last_error"]
+
+
 async def test_rejections_and_unknown_servers_are_not_retried(nb, notifier):
     await _vm_port(nb)
     with NovaRecorder(status=404) as nova:
@@ -221,6 +247,9 @@ def test_dfflow_api_takes_the_nova_endpoint_from_its_options_or_environment(nb_u
 
     refused = CliRunner().invoke(main, ["api", "--nb", nb_url, "--nova-url", "nova:8774"])
     assert refused.exit_code == 2 and "--nova-url 'nova:8774': expected an http" in refused.output
+    refused = CliRunner().invoke(main, ["api", "--nb", nb_url, "--nova-url", "http://nova/v2.1", "--nova-auth-url",
+                                        "http://keystone:5000", "--nova-username", "neutron"])
+    assert refused.exit_code == 2 and "needs --nova-password, --nova-project" in refused.output
     port = free_port()
     with NovaRecorder() as nova:
         env = dict(os.environ, DFFLOW_NOVA_URL=nova.url, DFFLOW_NOVA_TOKEN="from-env")

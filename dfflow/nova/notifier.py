@@ -23,6 +23,7 @@ import httpx
 from dfflow.models import CHASSIS_TOPIC
 from dfflow.nova.events import VifEvents
 from dfflow.nova.follow import AllTopics
+from dfflow.nova.keystone import AuthError, FixedToken, KeystoneCredentials, KeystoneToken
 
 LOG = logging.getLogger(__name__)
 EVENTS_PATH = "/os-server-external-events"
@@ -33,6 +34,7 @@ _RETRIED = {429, 500, 502, 503, 504}
 class NovaConfig:
     url: str  # Nova's compute endpoint, the events go to {url}/os-server-external-events
     token: str | None = None  # sent as X-Auth-Token
+    credentials: KeystoneCredentials | None = None  # instead of a token: log in to Keystone, renew
     batch_window: float = 0.02  # events arriving within it go in one request
     max_batch: int = 100
     max_queue: int = 10_000  # beyond it the oldest events are dropped (and counted)
@@ -52,6 +54,7 @@ class NovaSender:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._client = client
+        self.auth = KeystoneToken(config.credentials) if config.credentials else FixedToken(config.token)
 
     def submit(self, events: list[dict[str, str]]) -> None:
         """Queue events; never blocks. A full queue drops its oldest events (counted, logged)."""
@@ -69,8 +72,6 @@ class NovaSender:
     async def run(self) -> None:
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "OpenStack-API-Version": "compute 2.1", "X-OpenStack-Nova-API-Version": "2.1"}
-        if self.config.token:
-            headers["X-Auth-Token"] = self.config.token
         own = self._client is None
         client = self._client or httpx.AsyncClient(timeout=self.config.timeout)
         try:
@@ -98,11 +99,14 @@ class NovaSender:
         failure: BaseException | None = None
         for attempt in range(1, self.config.max_attempts + 1):
             try:
-                resp = await client.post(url, json={"events": batch}, headers=headers)
-            except httpx.HTTPError as exc:
+                token = await self.auth.get(client)
+                resp = await client.post(url, json={"events": batch},
+                                         headers=dict(headers, **({"X-Auth-Token": token} if token else {})))
+            except (httpx.HTTPError, AuthError) as exc:
                 failure, problem = exc, f"{type(exc).__name__}: {exc}"
             else:
-                if resp.status_code not in _RETRIED:
+                renewed = resp.status_code == 401 and self.auth.invalidate()  # a revoked or expired token
+                if resp.status_code not in _RETRIED and not renewed:
                     self._answered(resp, batch)
                     return
                 failure, problem = None, f"HTTP {resp.status_code}: {resp.text[:200]}"
