@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import json
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +29,12 @@ VENV_BIN = Path(sys.executable).parent
 DB_PASSWORD = "dfflow-test"
 
 
-def _wait(what: str, ready: Any, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def _wait(what: str, ready: Any, proc: subprocess.Popen, logs: list[Path], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{what} did not start (exit {proc.poll()}); {log}:\n{tail}")
+            tails = "".join(f"\n--- {log}:\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
+            raise RuntimeError(f"{what} did not start (exit {proc.poll()}){tails}")
         time.sleep(0.1)
 
 
@@ -74,7 +77,7 @@ class MariaDb:
              "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.dir / 'mariadb.pid'}",
              f"--log-error={self.log}", "--innodb-buffer-pool-size=64M", "--skip-name-resolve"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait("mariadbd", lambda: self._sql("SELECT 1").returncode == 0, self.proc, self.log, 60)
+        _wait("mariadbd", lambda: self._sql("SELECT 1").returncode == 0, self.proc, [self.log], 60)
         done = self._sql("CREATE DATABASE neutron CHARACTER SET utf8; "
                          f"CREATE USER 'neutron'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
                          "GRANT ALL PRIVILEGES ON neutron.* TO 'neutron'@'127.0.0.1';")
@@ -85,7 +88,53 @@ class MariaDb:
         _stop(self.proc)
 
 
-def neutron_config(workdir: Path, db_url: str, nb_url: str, extra: str = "") -> list[Path]:
+class NovaRecorder:
+    """Stands in for Nova's API: records the external events (`network-vif-plugged`, ...) that Neutron's
+    Nova notifier POSTs to `/v2.1/os-server-external-events`, and accepts them as Nova does."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not self.path.endswith("/os-server-external-events"):
+                    self.send_error(404)
+                    return
+                with recorder.lock:
+                    recorder.events.extend(body.get("events", []))
+                reply = json.dumps({"events": [dict(e, status="completed", code=200)
+                                               for e in body.get("events", [])]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name="nova-recorder", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v2.1"
+
+    def events_for(self, port_id: str) -> list[tuple[str, str, str]]:
+        """(name, status, server_uuid) of the events about `port_id`, in the order received."""
+        with self.lock:
+            return [(e["name"], e.get("status", ""), e["server_uuid"]) for e in self.events
+                    if e.get("tag") == port_id]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def neutron_config(workdir: Path, db_url: str, nb_url: str, nova_url: str) -> list[Path]:
     """neutron.conf and ml2_conf.ini for the dfflow driver and router plugin (what README shows)."""
     paste = VENV_BIN.parent / "etc" / "neutron" / "api-paste.ini"
     (workdir / "state").mkdir(exist_ok=True)
@@ -98,9 +147,14 @@ transport_url = fake:/
 api_paste_config = {paste}
 state_path = {workdir / 'state'}
 log_file = {workdir / 'neutron.log'}
-notify_nova_on_port_status_changes = false
-notify_nova_on_port_data_changes = false
-{extra}
+notify_nova_on_port_status_changes = true
+notify_nova_on_port_data_changes = true
+send_events_interval = 1
+
+[nova]
+auth_type = none
+endpoint = {nova_url}
+
 [database]
 connection = {db_url}
 
@@ -159,19 +213,21 @@ class NeutronApi:
             [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
              "--timeout", "300", "--log-file", str(self.log), "dfflow.neutron.wsgi:application"],
             env=env, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait("neutron-server (gunicorn)", self._answers, self.proc, self.dir / "neutron.log", 120)
+        _wait("neutron-server (gunicorn)", self._answers, self.proc, [self.dir / "neutron.log", self.log], 120)
 
     def stop(self) -> None:
         _stop(self.proc)
 
 
 class NeutronDeployment:
-    """MariaDB + redis (the NB) + Neutron's API with dfflow, started in order and stopped in reverse."""
+    """MariaDB + redis (the NB) + Neutron's API with dfflow (its Nova notifier sending to a recorder),
+    started in order and stopped in reverse."""
 
     def __init__(self, workdir: Path):
         self.dir = workdir
         self.redis = RedisProcess(str(workdir))
         self.db = MariaDb(workdir)
+        self.nova = NovaRecorder()
         self.api: NeutronApi | None = None
 
     @property
@@ -187,7 +243,7 @@ class NeutronDeployment:
         try:
             self.redis.start()
             self.db.start()
-            self.api = NeutronApi(self.dir, neutron_config(self.dir, self.db.url, self.redis.url))
+            self.api = NeutronApi(self.dir, neutron_config(self.dir, self.db.url, self.redis.url, self.nova.url))
             self.api.migrate()
             self.api.start()
         except BaseException:
@@ -200,6 +256,7 @@ class NeutronDeployment:
             self.api.stop()
         self.db.stop()
         self.redis.stop()
+        self.nova.stop()
 
 
 def _missing() -> str | None:
@@ -216,7 +273,8 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="session")
 def neutron():
-    """The session's neutron-server with dfflow: `.url` (Neutron API), `.nb_url` (the NB db)."""
+    """The session's neutron-server with dfflow: `.url` (Neutron API), `.nb_url` (the NB db), `.nova`
+    (the events Neutron sent to Nova)."""
     reason = _missing()
     if reason:
         pytest.skip(reason)

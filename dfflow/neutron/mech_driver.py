@@ -3,7 +3,8 @@
 Pre-commit hooks check the NB object Neutron is about to commit with the NB's own field checks, so
 Neutron refuses (400, naming the field) what the NB db would; post-commit hooks write it to the NB db.
 A failed create post-commit makes ML2 delete what it created; the error names the NB's reason.
-`bind_port` binds a host that runs a dfflow chassis, for active and inactive bindings alike."""
+`bind_port` binds a host that runs a dfflow chassis, for active and inactive bindings alike; the port
+goes ACTIVE when its VIF is up there (`status.py`)."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib.plugins.ml2 import api
 
 from dfflow.nb import convert
-from dfflow.neutron import binding, config, networks, ports, subnets
+from dfflow.neutron import binding, config, networks, ports, status, subnets
 from dfflow.neutron.errors import refusals
 from dfflow.neutron.nbclient import NbClient
 
@@ -27,6 +28,8 @@ class DfflowMechanismDriver(api.MechanismDriver):
 
     def initialize(self) -> None:
         self.nb = NbClient(**config.nb_client_args())
+        self.vif_up = status.VifUpWatcher(self.nb)
+        self.vif_up.start()
         LOG.info("dfflow mechanism driver writing to the NB db at %s", self.nb.url)
 
     @property
@@ -61,8 +64,13 @@ class DfflowMechanismDriver(api.MechanismDriver):
 
     # -- ports ---------------------------------------------------------------------------------------
     def create_port_precommit(self, context: api.PortContext) -> None:
-        if convert.is_nb_port(context.current):
-            ports.check(context.current)
+        port = context.current
+        if not convert.is_nb_port(port):
+            return
+        ports.check(port)
+        if binding.bindable_vnic(port.get(portbindings.VNIC_TYPE)) and \
+                status.block_needed(port, context.host, context.original_host):
+            status.add_block(context.plugin_context, port["id"])
 
     def create_port_postcommit(self, context: api.PortContext) -> None:
         self._write_port(context)
@@ -80,6 +88,11 @@ class DfflowMechanismDriver(api.MechanismDriver):
             ports.delete(self.nb, port["id"])
             return
         ports.write(self.nb, port, self._inactive_bindings(context.plugin_context, port["id"]))
+        if ports.is_bound(port.get(portbindings.VIF_TYPE)) and context.host:
+            with refusals():
+                up = status.up_hosts(self.nb, port["id"])
+            if context.host in up:  # the VIF was up there before the port was bound there
+                status.complete_if_up(context.plugin_context, port["id"], up)
 
     @staticmethod
     def _inactive_bindings(plugin_context: Any, port_id: str) -> list:

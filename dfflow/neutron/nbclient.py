@@ -51,6 +51,11 @@ class NbClient:
             future.cancel()
             raise TimeoutError(f"the NB db at {self.url} did not answer within {self.timeout} s") from None
 
+    def spawn(self, call: Callable[[NbApi], Awaitable[Any]]) -> concurrent.futures.Future:
+        """Start `call(nb_api)` on the NB loop without waiting for it (a long-lived task)."""
+        loop, api = self._started()
+        return asyncio.run_coroutine_threadsafe(call(api), loop)
+
     def get(self, table: str, obj_id: str) -> Model | None:
         return self.run(lambda nb: nb.get(table, obj_id))
 
