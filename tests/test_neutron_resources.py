@@ -182,3 +182,23 @@ def test_neutron_refuses_what_the_nb_would_refuse_naming_the_field(conn, neutron
     # Nothing half-written: neither Neutron nor the NB holds a port from the refused requests.
     assert {p.id for p in net.ports(network_id=network.id)} == before
     assert {p.id for p in nb_call(neutron.nb_url, "list", "lport") if p.lswitch == network.id} == before
+
+
+def test_a_router_interface_the_nb_refuses_is_undone_in_neutron(conn, neutron):  # noqa: F811
+    """The NB routes a subnet through its gateway address only: an interface on a port holding another
+    address is refused with the NB's reason, and Neutron's router is left without it."""
+    net = conn.network
+    network = net.create_network(name="not-gateway")
+    subnet = net.create_subnet(network_id=network.id, cidr="10.70.0.0/24", ip_version=4)
+    port = net.create_port(network_id=network.id, fixed_ips=[{"subnet_id": subnet.id, "ip_address": "10.70.0.50"}])
+    router = net.create_router(name="strict")
+
+    with pytest.raises(sdk_errors.BadRequestException, match=r"ports\[0\]\.ip.*gateway 10\.70\.0\.1"):
+        net.add_interface_to_router(router, port_id=port.id)
+    assert list(net.ports(device_id=router.id)) == []
+    assert nb_call(neutron.nb_url, "get", "lrouter", router.id).ports == []
+    # The interface took the port (as Neutron's own removal of a port interface, the undo deletes it).
+    assert nb_call(neutron.nb_url, "get", "lport", port.id) is None
+
+    net.add_interface_to_router(router, subnet_id=subnet.id)  # on the gateway address: accepted
+    assert [p.ip for p in nb_call(neutron.nb_url, "get", "lrouter", router.id).ports] == ["10.70.0.1"]
