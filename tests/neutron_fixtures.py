@@ -221,18 +221,19 @@ class NeutronApi:
 
 class NeutronDeployment:
     """MariaDB + redis (the NB) + Neutron's API with dfflow (its Nova notifier sending to a recorder),
-    started in order and stopped in reverse."""
+    started in order and stopped in reverse. With `nb_url`, the NB is that one (a sandbox's) instead."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, nb_url: str | None = None):
         self.dir = workdir
-        self.redis = RedisProcess(str(workdir))
+        self.redis = RedisProcess(str(workdir)) if nb_url is None else None
+        self._nb_url = nb_url
         self.db = MariaDb(workdir)
         self.nova = NovaRecorder()
         self.api: NeutronApi | None = None
 
     @property
     def nb_url(self) -> str:
-        return self.redis.url
+        return self.redis.url if self.redis is not None else self._nb_url
 
     @property
     def url(self) -> str:
@@ -241,9 +242,10 @@ class NeutronDeployment:
 
     def start(self) -> "NeutronDeployment":
         try:
-            self.redis.start()
+            if self.redis is not None:
+                self.redis.start()
             self.db.start()
-            self.api = NeutronApi(self.dir, neutron_config(self.dir, self.db.url, self.redis.url, self.nova.url))
+            self.api = NeutronApi(self.dir, neutron_config(self.dir, self.db.url, self.nb_url, self.nova.url))
             self.api.migrate()
             self.api.start()
         except BaseException:
@@ -255,11 +257,13 @@ class NeutronDeployment:
         if self.api is not None:
             self.api.stop()
         self.db.stop()
-        self.redis.stop()
+        if self.redis is not None:
+            self.redis.stop()
         self.nova.stop()
 
 
-def _missing() -> str | None:
+def missing() -> str | None:
+    """Why a neutron-server cannot be run here, or None."""
     for binary in ("mariadbd", "mariadb-install-db", "redis-server"):
         if shutil.which(binary) is None:
             return f"{binary} is not installed (bash scripts/setup-neutron.sh)"
@@ -275,7 +279,7 @@ def _missing() -> str | None:
 def neutron():
     """The session's neutron-server with dfflow: `.url` (Neutron API), `.nb_url` (the NB db), `.nova`
     (the events Neutron sent to Nova)."""
-    reason = _missing()
+    reason = missing()
     if reason:
         pytest.skip(reason)
     with tempfile.TemporaryDirectory(prefix="dfflow-neutron-") as workdir:

@@ -11,7 +11,6 @@ import pytest
 
 from api_fixtures import nb_call, sdk
 from dfflow.models import Chassis, PortStatus
-from neutron_fixtures import neutron  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.neutron,
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")]
@@ -19,7 +18,7 @@ WAIT = 20.0  # seconds; the notifier batches events every second here
 
 
 @pytest.fixture
-def net(neutron):  # noqa: F811
+def net(neutron):
     return sdk(neutron.url).network
 
 
@@ -63,7 +62,7 @@ def network(net):
     return network
 
 
-def test_port_goes_active_and_nova_hears_vif_plugged_when_its_vif_is_up_on_its_host(net, neutron, network):  # noqa: F811
+def test_port_goes_active_and_nova_hears_vif_plugged_when_its_vif_is_up_on_its_host(net, neutron, network):
     _chassis(neutron.nb_url, "status-host", "other-host")
     port = _vm_port(net, network.id, "status-host")
     assert (port.binding_vif_type, port.status) == ("ovs", "DOWN")
@@ -78,7 +77,7 @@ def test_port_goes_active_and_nova_hears_vif_plugged_when_its_vif_is_up_on_its_h
     _eventually(lambda: plugged in neutron.nova.events_for(port.id), "network-vif-plugged sent to Nova")
 
 
-def test_a_vif_already_up_when_the_port_is_bound_there_makes_it_active(net, neutron, network):  # noqa: F811
+def test_a_vif_already_up_when_the_port_is_bound_there_makes_it_active(net, neutron, network):
     _chassis(neutron.nb_url, "early-host")
     port = net.create_port(network_id=network.id, device_owner="compute:nova", device_id=str(uuid.uuid4()))
     _report_vif_up(neutron.nb_url, port.id, "early-host")
@@ -89,7 +88,7 @@ def test_a_vif_already_up_when_the_port_is_bound_there_makes_it_active(net, neut
     _eventually(lambda: net.get_port(port.id).status == "ACTIVE", "port ACTIVE")
 
 
-def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, network):  # noqa: F811
+def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, network):
     """Nova's live migration: the port goes DOWN at the activation on the destination (Nova hears
     vif-unplugged), and ACTIVE again with vif-plugged once the destination reports the VIF up."""
     _chassis(neutron.nb_url, "mig-src", "mig-dst")

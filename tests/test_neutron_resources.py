@@ -8,14 +8,13 @@ from openstack import exceptions as sdk_errors
 
 from api_fixtures import nb_call, sdk
 from dfflow.models import Chassis
-from neutron_fixtures import neutron  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.neutron,
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")]
 
 
 @pytest.fixture
-def conn(neutron):  # noqa: F811
+def conn(neutron):
     return sdk(neutron.url)
 
 
@@ -24,7 +23,7 @@ def _chassis(nb_url: str, name: str, **fields) -> Chassis:
     return nb_call(nb_url, "create", Chassis(id=name, topic="chassis", tunnel_ip="172.31.0.9", **fields))
 
 
-def test_networks_subnets_ports_are_the_nb_switches_subnets_and_ports(conn, neutron):  # noqa: F811
+def test_networks_subnets_ports_are_the_nb_switches_subnets_and_ports(conn, neutron):
     net = conn.network
     network = net.create_network(name="private", mtu=1400)
     subnet = net.create_subnet(network_id=network.id, cidr="10.10.0.0/24", ip_version=4, name="private-v4")
@@ -59,7 +58,7 @@ def test_networks_subnets_ports_are_the_nb_switches_subnets_and_ports(conn, neut
         assert nb_call(neutron.nb_url, "get", table, obj_id) is None, (table, obj_id)
 
 
-def test_router_interfaces_gateway_and_floating_ip_are_the_nb_router_and_floating_ip(conn, neutron):  # noqa: F811
+def test_router_interfaces_gateway_and_floating_ip_are_the_nb_router_and_floating_ip(conn, neutron):
     net = conn.network
     ext = net.create_network(name="public", is_router_external=True)
     ext_subnet = net.create_subnet(network_id=ext.id, cidr="172.24.4.0/24", ip_version=4)
@@ -109,7 +108,7 @@ def test_router_interfaces_gateway_and_floating_ip_are_the_nb_router_and_floatin
         assert nb_call(neutron.nb_url, "get", table, obj_id) is None, (table, obj_id)
 
 
-def test_a_host_with_a_chassis_binds_with_its_bridge_and_datapath_one_without_fails(conn, neutron):  # noqa: F811
+def test_a_host_with_a_chassis_binds_with_its_bridge_and_datapath_one_without_fails(conn, neutron):
     _chassis(neutron.nb_url, "compute-netdev", datapath_type="netdev", bridge_name="br-dfflow")
     net = conn.network
     network = net.create_network(name="bind")
@@ -132,7 +131,7 @@ def test_a_host_with_a_chassis_binds_with_its_bridge_and_datapath_one_without_fa
     assert nb_call(neutron.nb_url, "get", "lport", failed.id).binding_chassis == "no-chassis-here"
 
 
-def test_nova_binding_extended_calls_move_the_nb_binding(conn, neutron):  # noqa: F811
+def test_nova_binding_extended_calls_move_the_nb_binding(conn, neutron):
     """Nova's live-migration calls (binding-extended): an inactive binding for the destination, then
     its activation; each shows in the NB port."""
     _chassis(neutron.nb_url, "src-host")
@@ -165,7 +164,7 @@ def test_nova_binding_extended_calls_move_the_nb_binding(conn, neutron):  # noqa
     assert nb_call(neutron.nb_url, "get", "lport", port.id).inactive_bindings == []
 
 
-def test_neutron_refuses_what_the_nb_would_refuse_naming_the_field(conn, neutron):  # noqa: F811
+def test_neutron_refuses_what_the_nb_would_refuse_naming_the_field(conn, neutron):
     net = conn.network
     network = net.create_network(name="refusals")
     net.create_subnet(network_id=network.id, cidr="10.50.0.0/24", ip_version=4)
@@ -184,7 +183,7 @@ def test_neutron_refuses_what_the_nb_would_refuse_naming_the_field(conn, neutron
     assert {p.id for p in nb_call(neutron.nb_url, "list", "lport") if p.lswitch == network.id} == before
 
 
-def test_a_router_interface_the_nb_refuses_is_undone_in_neutron(conn, neutron):  # noqa: F811
+def test_a_router_interface_the_nb_refuses_is_undone_in_neutron(conn, neutron):
     """The NB routes a subnet through its gateway address only: an interface on a port holding another
     address is refused with the NB's reason, and Neutron's router is left without it."""
     net = conn.network
