@@ -62,9 +62,9 @@ def complete_if_up(plugin_context: Any, port_id: str, hosts: Iterable[str]) -> b
 class VifUpWatcher:
     """Follows every topic's NB events for `lport_status` and completes the ports whose VIF came up."""
 
-    def __init__(self, nb: NbClient, reconnect_delay: float = 0.5):
+    def __init__(self, nb: NbClient, reconnect_delay: float = 0.5, max_reconnect_delay: float = 5.0):
         self.nb = nb
-        self.reconnect_delay = reconnect_delay
+        self.reconnect_delay, self.max_reconnect_delay = reconnect_delay, max_reconnect_delay
         self.stats: Counter[str] = Counter()
         # Neutron's DB work blocks: it runs here, never on the NB loop.
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dfflow-vif-up")
@@ -75,6 +75,7 @@ class VifUpWatcher:
 
     async def _run(self, api: NbApi) -> None:
         pattern = api.keys.channel("*")
+        delay = self.reconnect_delay
         while True:
             client = redis_client(api.url)
             try:
@@ -82,6 +83,7 @@ class VifUpWatcher:
                     await pubsub.psubscribe(pattern)
                     for status in await api.list(table=PortStatus.table):  # what happened while away
                         self._hand_over(status.id, status.up)
+                    delay = self.reconnect_delay
                     async for message in pubsub.listen():
                         if message["type"] == "pmessage":
                             self._on_event(message["data"])
@@ -89,8 +91,9 @@ class VifUpWatcher:
                 raise
             except Exception:
                 self.stats["reconnects"] += 1
-                LOG.exception("dfflow NB event watcher lost its connection; reconnecting")
-                await asyncio.sleep(self.reconnect_delay)
+                LOG.exception("dfflow NB event watcher lost its connection; reconnecting in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
             finally:
                 await client.aclose()
 
