@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RedisProcess, free_port
+from controller.sandbox.redisproc import RedisServer, free_port
 
 VENV_BIN = Path(sys.executable).parent
 DB_PASSWORD = "dfflow-test"
@@ -225,7 +225,7 @@ class NeutronDeployment:
 
     def __init__(self, workdir: Path, nb_url: str | None = None):
         self.dir = workdir
-        self.redis = RedisProcess(str(workdir)) if nb_url is None else None
+        self.redis = RedisServer(str(workdir / "redis"), unixsocket=False) if nb_url is None else None
         self._nb_url = nb_url
         self.db = MariaDb(workdir)
         self.nova = NovaRecorder()

@@ -36,8 +36,10 @@ def test_neutron_leaving_fields_out_gives_the_nb_defaults():
 
 
 def test_router_and_floating_ip_fields_come_from_their_ports():
-    interfaces = [_port(id="if2", mac_address="fa:16:3e:00:00:22", fixed_ips=[{"subnet_id": "s2", "ip_address": "10.2.0.1"}]),
-                  _port(id="if1", mac_address="fa:16:3e:00:00:11", fixed_ips=[{"subnet_id": "s1", "ip_address": "10.1.0.1"}])]
+    interfaces = [_port(id="if2", mac_address="fa:16:3e:00:00:22",
+                        fixed_ips=[{"subnet_id": "s2", "ip_address": "10.2.0.1"}]),
+                  _port(id="if1", mac_address="fa:16:3e:00:00:11",
+                        fixed_ips=[{"subnet_id": "s1", "ip_address": "10.1.0.1"}])]
     gw_port = _port(network_id="ext", mac_address="fa:16:3e:00:00:33",
                     fixed_ips=[{"subnet_id": "v6", "ip_address": "2001:db8::5"},
                                {"subnet_id": "v4", "ip_address": "172.24.4.5"}])

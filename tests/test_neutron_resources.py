@@ -133,7 +133,7 @@ def test_a_host_with_a_chassis_binds_with_its_bridge_and_datapath_one_without_fa
 
 def test_nova_binding_extended_calls_move_the_nb_binding(conn, neutron):
     """Nova's live-migration calls (binding-extended): an inactive binding for the destination, then
-    its activation; each shows in the NB port."""
+    its activation; each shows in the NB port, as does an aborted migration's deleted binding."""
     _chassis(neutron.nb_url, "src-host")
     _chassis(neutron.nb_url, "dst-host", datapath_type="netdev")
     net = conn.network
@@ -151,6 +151,12 @@ def test_nova_binding_extended_calls_move_the_nb_binding(conn, neutron):
     assert lport.binding_chassis == "src-host"
     assert [(b.host, b.vnic_type, b.profile) for b in lport.inactive_bindings] == [
         ("dst-host", "normal", {"os_vif_delegation": True})]
+
+    # An aborted migration: Nova deletes the destination's binding; then it tries again.
+    assert nova.delete(f"/ports/{port.id}/bindings/dst-host").status_code == 204
+    assert nb_call(neutron.nb_url, "get", "lport", port.id).inactive_bindings == []
+    assert nova.post(f"/ports/{port.id}/bindings", json={"binding": {"host": "dst-host"}}).status_code == 201
+    assert [b.host for b in nb_call(neutron.nb_url, "get", "lport", port.id).inactive_bindings] == ["dst-host"]
 
     reply = nova.put(f"/ports/{port.id}/bindings/dst-host/activate")
     assert reply.status_code == 200, reply.text

@@ -8,13 +8,16 @@ goes ACTIVE when its VIF is up there (`status.py`)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
-from neutron.objects import ports as port_objects
-from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
+from neutron_lib.api.definitions import portbindings_extended as pbe_ext
+from neutron_lib.callbacks import events, registry
 from neutron_lib.plugins.ml2 import api
 
+from dfflow.models import LogicalPort
 from dfflow.nb import convert
 from dfflow.neutron import binding, config, networks, ports, status, subnets
 from dfflow.neutron.errors import refusals
@@ -27,9 +30,11 @@ class DfflowMechanismDriver(api.MechanismDriver):
     nb: NbClient
 
     def initialize(self) -> None:
+        self.errors: Counter[str] = Counter()  # failures no request reports (logged with traceback)
         self.nb = NbClient(**config.nb_client_args())
         self.vif_up = status.VifUpWatcher(self.nb)
         self.vif_up.start()
+        registry.subscribe(self._binding_deleted, pbe_ext.RESOURCE_NAME, events.BEFORE_RESPONSE)
         LOG.info("dfflow mechanism driver writing to the NB db at %s", self.nb.url)
 
     @property
@@ -87,26 +92,12 @@ class DfflowMechanismDriver(api.MechanismDriver):
             # It became (or always was) part of a router or floating IP: no NB port of its own.
             ports.delete(self.nb, port["id"])
             return
-        ports.write(self.nb, port, self._inactive_bindings(context.plugin_context, port["id"]))
+        ports.write(self.nb, port, binding.inactive_bindings(context.plugin_context, port["id"]))
         if ports.is_bound(port.get(portbindings.VIF_TYPE)) and context.host:
             with refusals():
                 up = status.up_hosts(self.nb, port["id"])
             if context.host in up:  # the VIF was up there before the port was bound there
                 status.complete_if_up(context.plugin_context, port["id"], up)
-
-    @staticmethod
-    def _inactive_bindings(plugin_context: Any, port_id: str) -> list:
-        rows = port_objects.PortBinding.get_objects(plugin_context, port_id=port_id, status=n_const.INACTIVE)
-        return [binding.inactive_binding(row.host, row.vnic_type, row.profile) for row in rows
-                if ports.is_bound(row.vif_type)]
-
-    @staticmethod
-    def _binds_inactive(context: api.PortContext) -> bool:
-        """Whether `bind_port` is binding an inactive binding: the port's active one is on another host.
-        (ML2 hands the driver a copy of the binding without its status.)"""
-        active = port_objects.PortBinding.get_objects(context.plugin_context, port_id=context.current["id"],
-                                                      status=n_const.ACTIVE)
-        return any(row.host != context.host for row in active)
 
     # -- binding -------------------------------------------------------------------------------------
     def bind_port(self, context: api.PortContext) -> None:
@@ -122,15 +113,33 @@ class DfflowMechanismDriver(api.MechanismDriver):
             if segment[api.NETWORK_TYPE] == networks.NETWORK_TYPE:
                 security = port.get("port_security_enabled", True) is not False
                 context.set_binding(segment[api.ID], binding.VIF_TYPE, binding.vif_details(chassis, security))
-                if self._binds_inactive(context):
+                if binding.binds_inactive(context.plugin_context, port["id"], context.host):
                     self._record_inactive_binding(context)
                 return
         LOG.info("port %s: no %s segment to bind on network %s", port["id"], networks.NETWORK_TYPE,
                  port["network_id"])
 
+    def _binding_deleted(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """`DELETE /ports/{id}/bindings/{host}` (Nova aborting a live migration) reaches no driver hook
+        either; Neutron's API announces it without the port: every NB port holding an inactive binding
+        for that host is made to match Neutron's bindings again."""
+        if payload is None or payload.method_name != f"{pbe_ext.RESOURCE_NAME}.delete.end":
+            return
+        hosts = {state.get("host") or (state.get(pbe_ext.RESOURCE_NAME) or {}).get("host")
+                 for state in payload.states if isinstance(state, dict)} - {None}
+        admin = n_context.get_admin_context()
+        try:
+            for lport in self.nb.list(LogicalPort.table):
+                if any(lport.inactive_binding(host) for host in hosts):
+                    ports.set_inactive_bindings(self.nb, lport.id, binding.inactive_bindings(admin, lport.id))
+        except Exception:  # the binding is gone in Neutron: failing the response would not bring it back
+            self.errors["binding_delete"] += 1
+            LOG.exception("NB ports keep inactive bindings for %s that Neutron deleted", sorted(hosts))
+
     def _record_inactive_binding(self, context: api.PortContext) -> None:
         """An inactive binding (Nova's live-migration destination) reaches no post-commit hook: ML2
         stores it right after a driver bound it, so the NB records it now."""
         port = context.current  # the port as the binding being bound shows it: its vnic type and profile
-        ports.add_inactive_binding(self.nb, port["id"], binding.inactive_binding(
-            context.host, port.get(portbindings.VNIC_TYPE), port.get(portbindings.PROFILE)))
+        new = binding.inactive_binding(context.host, port.get(portbindings.VNIC_TYPE), port.get(portbindings.PROFILE))
+        others = [b for b in binding.inactive_bindings(context.plugin_context, port["id"]) if b.host != new.host]
+        ports.set_inactive_bindings(self.nb, port["id"], [*others, new])

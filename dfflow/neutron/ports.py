@@ -36,12 +36,12 @@ def write(nb: NbClient, port: dict[str, Any], inactive: Iterable[InactiveBinding
     resource.write(nb, LogicalPort, port, fields(port, inactive))
 
 
-def add_inactive_binding(nb: NbClient, port_id: str, new: InactiveBinding) -> None:
-    """Record one more inactive binding (or replace the one for its host); the rest of the port is kept."""
+def set_inactive_bindings(nb: NbClient, port_id: str, inactive: Iterable[InactiveBinding]) -> None:
+    """Make the NB port's inactive bindings these; the rest of the port is kept."""
+    wanted = sorted(inactive, key=lambda b: b.host)
+
     def change(port: LogicalPort) -> LogicalPort | None:
-        kept = [b for b in port.inactive_bindings if b.host != new.host]
-        wanted = port.replace(inactive_bindings=sorted([*kept, new], key=lambda b: b.host))
-        return None if wanted == port else wanted
+        return None if port.inactive_bindings == wanted else port.replace(inactive_bindings=wanted)
 
     with refusals():
         nb.modify(LogicalPort.table, port_id, change)
