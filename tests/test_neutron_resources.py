@@ -207,3 +207,25 @@ def test_a_router_interface_the_nb_refuses_is_undone_in_neutron(conn, neutron):
 
     net.add_interface_to_router(router, subnet_id=subnet.id)  # on the gateway address: accepted
     assert [p.ip for p in nb_call(neutron.nb_url, "get", "lrouter", router.id).ports] == ["10.70.0.1"]
+
+
+def test_novas_legacy_migrating_to_reaches_the_nb_port(conn, neutron):
+    """Without binding-extended, Nova announces a live migration's destination in the active binding's
+    profile (`migrating_to`) and ends it with update_port(binding:host_id)."""
+    _chassis(neutron.nb_url, "legacy-src")
+    _chassis(neutron.nb_url, "legacy-dst")
+    net = conn.network
+    network = net.create_network(name="legacy")
+    net.create_subnet(network_id=network.id, cidr="10.90.0.0/24", ip_version=4)
+    port = net.create_port(network_id=network.id, binding_host_id="legacy-src", device_owner="compute:nova")
+    nova = httpx.Client(base_url=neutron.url + "/v2.0", headers={"X-Roles": "service"}, timeout=30)
+
+    reply = nova.put(f"/ports/{port.id}", json={"port": {"binding:profile": {"migrating_to": "legacy-dst"}}})
+    assert reply.status_code == 200, reply.text
+    lport = nb_call(neutron.nb_url, "get", "lport", port.id)
+    assert (lport.binding_chassis, lport.migrating_to) == ("legacy-src", "legacy-dst")
+
+    reply = nova.put(f"/ports/{port.id}", json={"port": {"binding:host_id": "legacy-dst", "binding:profile": {}}})
+    assert reply.status_code == 200 and reply.json()["port"]["binding:vif_type"] == "ovs", reply.text
+    lport = nb_call(neutron.nb_url, "get", "lport", port.id)
+    assert (lport.binding_chassis, lport.migrating_to) == ("legacy-dst", None)
