@@ -354,7 +354,9 @@ class Sandbox:
 
         # NB database first: the controllers need it, and it is independent of the network.
         if nb_url is None:
-            redis = RedisServer(os.path.join(self.dir, "redis"))
+            # The NB survives a restart of its redis-server: an empty NB after one would hand out
+            # VNIs, MACs and IPs again that running VMs still use.
+            redis = RedisServer(os.path.join(self.dir, "redis"), persistent=True, appendfsync="everysec")
             shutil.rmtree(redis.dir, ignore_errors=True)
             with self._txn() as st:
                 st["redis"] = redis.to_state()
@@ -474,6 +476,24 @@ class Sandbox:
                 break
             time.sleep(0.02)
         ovs.appctl("ovs/route/add", prefix, PHY_BRIDGE)
+
+    # --- the NB's redis-server (fault tests) ---------------------------------------------------------
+    def stop_nb(self) -> None:
+        """Stop the sandbox's own redis-server (its append-only file stays)."""
+        with self._txn() as st:
+            if not st.get("redis"):
+                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to stop")
+            RedisServer.from_state(st["redis"]).stop()
+
+    def start_nb(self) -> None:
+        """Start it again, same port and directory: it reloads the NB from its append-only file."""
+        with self._txn() as st:
+            if not st.get("redis"):
+                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to start")
+            redis = RedisServer.from_state(st["redis"])
+            if not redis.running():
+                redis.start()
+            st["redis"] = redis.to_state()
 
     # --- controllers ------------------------------------------------------------------------------
     def _start_controller(self, chassis: str, cmd: list[str], of_transport: str) -> Chassis:

@@ -27,6 +27,10 @@ from typing import Any, Awaitable, Callable
 import redis
 import redis.asyncio as aioredis
 from redis.driver_info import DriverInfo
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from dfflow.errors import InUse, NotFound, ValidationError, VersionConflict, Conflict
@@ -120,7 +124,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def redis_client(url: str, **options: Any) -> aioredis.Redis:
+def redis_client(url: str, resend: bool = True, **options: Any) -> aioredis.Redis:
     """A Redis client for the NB db.
 
     redis-py names itself to the server on every new connection and, unless told its version,
@@ -128,6 +132,13 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     ms of CPU): a connection added to the pool in the middle of a migration paid that on the
     critical path."""
     driver = DriverInfo(name="redis-py", lib_version=redis.__version__)
+    if resend:
+        # A command on a connection found dead (after a restart of redis-server every pooled one
+        # is) is sent again on a new one. Inside a transaction that is safe: a connection lost
+        # while WATCHing raises WatchError, and the whole write is redone. Not for a subscriber:
+        # it must see the loss, to resynchronise what it missed.
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
+        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
     return aioredis.from_url(url, driver_info=driver, **options)
 
 
