@@ -502,7 +502,7 @@ class ControllerDaemon:
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
-            "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
+            "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
