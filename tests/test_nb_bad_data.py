@@ -14,14 +14,7 @@ from dfflow.errors import BadObject
 from dfflow.nb.bus import Subscriber
 from nb_corrupt import publish_raw, store_raw, write_object
 from nbtopo import TOPIC, network, port
-
-
-async def eventually(predicate, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+from test_nb_bus import eventually
 
 
 def port_dict(port_id, mac="fa:16:3e:00:00:09", **extra):
