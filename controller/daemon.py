@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from controller import compiler
+from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
@@ -52,6 +52,7 @@ HEARTBEAT_INTERVAL = 5.0
 PENDING_VIF_RETRY = 0.5
 HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
 STARTUP_NB_ATTEMPTS = 12  # ~40 s of back-off for the NB db at start-up
+NB_MARK_INTERVAL = 10.0  # s between records of the NB revision the flows come from (in OVSDB)
 MAX_COALESCED_FLOW_MODS = 5000
 FLOW_PATHS = ("compiled", "osken")
 APPLY_TIMINGS_KEPT = 1024
@@ -114,6 +115,8 @@ class ControllerDaemon:
         self.tasks = TaskSupervisor(self.stats, self._task_died, self._fatal)
         self.exit_code = 0
         self.exit_reason = ""
+        self._deletions_held = False  # a reconcile kept flows because the NB db was behind
+        self._mark_written, self._mark_at = 0, 0.0
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
@@ -200,6 +203,8 @@ class ControllerDaemon:
         await retried(self._register_chassis, "nb_register", self.stats, attempts=STARTUP_NB_ATTEMPTS,
                       backoff=Backoff(0.2, 5.0))
         await self.ovsdb.start()
+        # What this chassis' flows were programmed from: an NB db older than that is not trusted.
+        self._mark_written = self.bus.high_water = await nbmark.read_mark(self.ovsdb.remote)
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
         await self.ovsdb.setup_bridge(self.of_target)
         self._spawn(self._ovsdb_loop, "ovsdb")
@@ -288,8 +293,8 @@ class ControllerDaemon:
                 await self.migrator.port_changed(port)
 
     async def _sync_tunnels(self) -> None:
-        if not self._chassis_synced:
-            return  # half a snapshot would delete the tunnels of chassis not delivered yet
+        if not self._chassis_synced or self.bus.behind is not None:
+            return  # half a snapshot, or an NB older than ours, would delete tunnels still in use
         peers = {c.id: c.tunnel_ip for c in self.engine.view.objects[Chassis.table].values()
                  if c.id != self.chassis and c.status == "up"}
         if peers != self._peers:
@@ -380,7 +385,23 @@ class ControllerDaemon:
         await asyncio.sleep(HOUSEKEEPING_START)  # let OVSDB's rows and the NB snapshot arrive first
         while True:
             await self._guard(self.migrator.housekeeping, "housekeeping")()
+            await self._guard(self._follow_nb_revision, "nb_mark")()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _follow_nb_revision(self) -> None:
+        """Record (in OVSDB) the NB revision the flows come from; once an NB db that was behind has
+        caught up, reconcile again to remove what the held reconcile kept."""
+        if self.bus.behind is not None:
+            return
+        if self._deletions_held:
+            self._deletions_held = False
+            self._need_reconcile.set()
+            self._outbox.put_nowait(Plan())
+        now = time.monotonic()
+        if self.bus.high_water > self._mark_written and now - self._mark_at >= NB_MARK_INTERVAL:
+            self._mark_at = now
+            await nbmark.write_mark(self.ovsdb.remote, self.bus.high_water)
+            self._mark_written = self.bus.high_water
 
     # -- OpenFlow ------------------------------------------------------------------
     async def _on_packet_in(self, dp: Datapath, msg: Any) -> None:
@@ -489,6 +510,11 @@ class ControllerDaemon:
         dumped = await dp.dump_flows()
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
+        if plan.deletes and self.bus.behind is not None:
+            LOG.warning("NB db behind (%s): the reconcile keeps %d flows it cannot explain until it catches up",
+                        self.bus.behind, len(plan.deletes))
+            self.stats["reconcile_deletions_held"] += 1
+            self._deletions_held, plan.deletes = True, []
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
         self.stats["reconciles"] += 1
@@ -502,6 +528,7 @@ class ControllerDaemon:
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
+            "nb_behind": self.bus.behind,
             "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),

@@ -35,6 +35,13 @@ def controller_pids(sb: Sandbox) -> dict[str, int]:
     return {ch["name"]: ch["controller_pid"] for ch in sb.status()["chassis"] if ch["controller_alive"]}
 
 
+def status_if_up(sb: Sandbox, chassis: str) -> dict:
+    try:
+        return controller_status(sb, chassis)
+    except (OSError, ValueError):
+        return {}
+
+
 def all_flows(sb: Sandbox) -> dict[str, list[str]]:
     return {ch.name: sorted(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
 
@@ -94,3 +101,32 @@ def test_a_redis_restart_keeps_the_nb_every_flow_and_the_pings(cloud):
     assert got == sent, f"{sent - got} of {sent} pings lost across the Redis restart"
     assert {p.id for p in cloud.nb("list", "lport")} == ports_before, "the NB lost ports in the restart"
     assert all_flows(sb) == before
+
+
+def test_a_flushed_nb_makes_no_controller_delete_a_flow_nor_hands_out_a_vni_again(cloud):
+    """Last in this module: it leaves the NB empty."""
+    sb = cloud.sb
+    wait_until(lambda: pings(sb, "A1", IPS["C1"]), 15, what="A1 -> C1")
+    used_vni = cloud.nb("get", "lswitch", "net1").segmentation_id
+    before = all_flows(sb)
+    cloud.with_nb(lambda nb: nb.redis.flushdb())
+    for name in controller_pids(sb):
+        wait_until(lambda: controller_status(sb, name)["nb_behind"], 10, what=f"{name} saying the NB is behind")
+    sb.stop_nb()  # a restart: the controllers reconnect and resynchronise from the empty NB
+    sb.start_nb()
+    for name in controller_pids(sb):
+        wait_until(lambda: controller_status(sb, name)["nb_connected"], 15, what=f"{name} back on the NB")
+        assert controller_status(sb, name)["nb_behind"]["revision"] < controller_status(sb, name)["nb_behind"]["delivered"]
+    time.sleep(1.0)
+    assert all_flows(sb) == before
+    assert pings(sb, "A1", IPS["C1"], count=3)
+    # A controller restarted meanwhile reads the NB revision its flows came from (kept in OVSDB) and
+    # does not take the empty NB for the truth either.
+    sb.start_controller("chassis-1")
+    wait_until(lambda: status_if_up(sb, "chassis-1").get("stats", {}).get("reconciles"), 15,
+               what="chassis-1 restarted and reconciled")
+    assert controller_status(sb, "chassis-1")["nb_behind"]
+    assert all_flows(sb) == before
+    assert pings(sb, "A1", IPS["C1"], count=3)
+    switch, _ = cloud.call("create_network", "net2", "10.9.0.0/24")
+    assert switch.segmentation_id > used_vni

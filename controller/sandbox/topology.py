@@ -477,6 +477,15 @@ class Sandbox:
             time.sleep(0.02)
         ovs.appctl("ovs/route/add", prefix, PHY_BRIDGE)
 
+    def allocate_vni(self, used: set[int], first: int = 101) -> int:
+        """A VNI above every one in `used` and every one this sandbox handed out before. The high-water
+        mark lives in the sandbox's state, outside the NB: an NB that lost its data must never give a
+        new network a VNI that flows of an old one may still carry (tenant isolation)."""
+        with self._txn() as st:
+            vni = max([first - 1, int(st.get("vni_high_water") or 0), *used]) + 1
+            st["vni_high_water"] = vni
+        return vni
+
     # --- the NB's redis-server (fault tests) ---------------------------------------------------------
     def stop_nb(self) -> None:
         """Stop the sandbox's own redis-server (its append-only file stays)."""

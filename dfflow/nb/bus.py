@@ -16,6 +16,12 @@ key, counted (`bad_events`, `bad_objects`), kept in `bad` (the latest ones, for
 status) and skipped; the subscriber goes on with the next one. A malformed
 object met at resync is skipped the same way, and the version of it delivered
 before stays in force (it is not deleted).
+
+An NB db older than what was delivered (emptied by FLUSHDB, or a restart without
+persistence, or restored from an older copy: its revision is below the highest
+version delivered) is not trusted: nothing is resynchronised from it (no
+deletions), `behind` says so, and the subscriber checks again every second
+until the NB has caught up.
 """
 from __future__ import annotations
 
@@ -80,6 +86,8 @@ class Subscriber:
         self.errors: list[BaseException] = []  # callback failures, for tests and status
         self.bad: deque[dict[str, Any]] = deque(maxlen=BAD_KEPT)  # the latest malformed events/objects
         self._bad_seen: set[tuple[str, str, Any]] = set()  # (table, id, version) reported already
+        self.high_water = 0  # the highest NB revision delivered or resynchronised from
+        self.behind: dict[str, int] | None = None  # {"revision", "delivered"} while the NB is older
         self.connected = asyncio.Event()
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._redis: aioredis.Redis | None = None
@@ -179,7 +187,8 @@ class Subscriber:
         while True:
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
-                await self._redis.ping()  # notices a dead server even when no events flow
+                # also notices a dead server even when no events flow
+                await self._check_revision(int(await self._redis.get(self.keys.rev) or 0))
                 continue
             if message.get("type") != "message":
                 continue
@@ -202,6 +211,8 @@ class Subscriber:
         raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
                                      f"{self.keys.prefix}:obj:")
         revision = int(raw[0])
+        if not await self._check_revision(revision, resyncing=True):
+            return  # nothing from an NB older than what was delivered; checked again every second
         present: dict[tuple[str, str], dict[str, Any] | None] = {}  # None: present but unreadable
         for i in range(1, len(raw), 2):
             table, _, obj_id = _text(raw[i]).partition(":")
@@ -230,6 +241,26 @@ class Subscriber:
                     event["resync"] = True
                     await self._deliver(event)
 
+    async def _check_revision(self, revision: int, resyncing: bool = False) -> bool:
+        """Is the NB at `revision` at least as new as what was delivered? If not, say so (once per
+        episode); when it has caught up again, resynchronise every topic."""
+        if revision < self.high_water:
+            if self.behind is None:
+                self.stats["nb_behind"] += 1
+                LOG.error("the NB db is at revision %d, older than revision %d delivered here: it was emptied "
+                          "or restored from an older copy. Keeping everything delivered (nothing is deleted) "
+                          "and waiting for the NB to catch up", revision, self.high_water)
+            self.behind = {"revision": revision, "delivered": self.high_water}
+            return False
+        self.high_water = revision
+        if self.behind is not None:
+            LOG.warning("the NB db has caught up (revision %d); resynchronising", revision)
+            self.behind = None
+            if not resyncing:
+                for topic in sorted(self.topics):
+                    await self._resync(topic)
+        return True
+
     async def _deliver(self, event: Event) -> None:
         key = (event["table"], event["id"])
         seen = self._seen.get(key)
@@ -248,6 +279,7 @@ class Subscriber:
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return
         self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
         if self.queue is not None:
             self.queue.put_nowait(event)
