@@ -11,7 +11,7 @@ import pytest
 
 from controller.sandbox.cloud import DEFAULT_TOPIC
 from dfflow.models import LogicalPort
-from controller_fixtures import controller_status, pings, running_cloud, wait_until
+from controller_fixtures import controller_status, network_with_vms, pings, running_cloud, wait_until
 from nb_corrupt import publish_raw, write_object
 
 pytestmark = pytest.mark.ovs
@@ -20,11 +20,8 @@ pytestmark = pytest.mark.ovs
 def test_bad_events_and_objects_are_skipped_and_counted_and_everything_else_is_programmed():
     with running_cloud(3) as cloud:
         sb = cloud.sb
-        cloud.call("create_network", "net1", "10.0.0.0/24")
-        cloud.call("create_vm", "A1", "chassis-1", "net1", "10.0.0.11")
-        cloud.call("create_vm", "B1", "chassis-2", "net1", "10.0.0.21")
-        cloud.call("create_vm", "C1", "chassis-3", "net1", "10.0.0.31")
-        wait_until(lambda: pings(sb, "A1", "10.0.0.31"), 15, what="A1 -> C1")
+        network_with_vms(cloud, {"A1": ("chassis-1", "10.0.0.11"), "B1": ("chassis-2", "10.0.0.21"),
+                                 "C1": ("chassis-3", "10.0.0.31")})
         c1_port = sb.vm("C1").vifs[0].port_id
 
         async def corrupt(nb):

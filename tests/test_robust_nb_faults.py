@@ -11,8 +11,8 @@ import time
 import pytest
 
 from controller.sandbox.topology import Sandbox
-from controller_fixtures import (controller_status, dump_flows, migrate, pings, running_cloud,
-                                 wait_until)
+from controller_fixtures import (controller_status, dump_flows, migrate, network_with_vms, pings,
+                                 running_cloud, wait_until)
 
 pytestmark = pytest.mark.ovs
 IPS = {"A1": "10.0.0.11", "B1": "10.0.0.21", "C1": "10.0.0.31"}
@@ -22,12 +22,7 @@ OUTAGE = 10.0
 @pytest.fixture(scope="module")
 def cloud():
     with running_cloud(3) as c:
-        c.call("create_network", "net1", "10.0.0.0/24")
-        c.call("create_vm", "A1", "chassis-1", "net1", IPS["A1"])
-        c.call("create_vm", "B1", "chassis-2", "net1", IPS["B1"])
-        c.call("create_vm", "C1", "chassis-3", "net1", IPS["C1"])
-        for src, dst in (("A1", "B1"), ("A1", "C1"), ("B1", "C1")):
-            wait_until(lambda: pings(c.sb, src, IPS[dst]), 15, what=f"{src} -> {dst}")
+        network_with_vms(c, {name: (f"chassis-{i}", ip) for i, (name, ip) in enumerate(IPS.items(), start=1)})
         yield c
 
 

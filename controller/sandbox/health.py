@@ -9,13 +9,18 @@ from typing import Any
 from . import procs
 
 LOG_LINES_SHOWN = 5
+GIVE_UP_AFTER_RESTARTS = 3
+KEEPS_DYING = "controller keeps dying"
 
 
 def problem(chassis: Any, peers: int) -> str | None:
     """What is wrong with `chassis`' controller (a topology.Chassis), or None when it is healthy."""
     from controller.daemon import read_status
 
-    if not procs.same_process(chassis.controller_pid, chassis.controller_starttime):
+    supervised = chassis.supervised()
+    if supervised.get("restarts", 0) >= GIVE_UP_AFTER_RESTARTS:
+        return f"{KEEPS_DYING} ({supervised['restarts']} restarts, last: {supervised.get('last_exit')})"
+    if not procs.same_process(*chassis.controller_now()):
         return "controller is not running"
     try:
         status = read_status(chassis.status_socket)
@@ -35,7 +40,8 @@ def wait_healthy(chassis: list[Any], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
         problems = {ch.name: found for ch in chassis if (found := problem(ch, len(chassis) - 1)) is not None}
-        if not problems or time.monotonic() > deadline:
+        if not problems or time.monotonic() > deadline or \
+                any(p.startswith(KEEPS_DYING) for p in problems.values()):
             return problems
         time.sleep(0.1)
 
