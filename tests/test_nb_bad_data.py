@@ -105,3 +105,24 @@ def test_api_port_list_with_a_corrupt_record_answers_json_naming_it(api, nb_url)
     assert reply.status_code == 500
     error = reply.json()["NeutronError"]
     assert "lport 'p-junk' in the NB db is malformed" in error["message"]
+
+
+async def test_an_unexpected_error_in_the_subscriber_is_counted_and_it_resynchronises(nb, nb_url):
+    got = []
+    sub = Subscriber(nb_url, callback=got.append, reconnect_delay=0.1, max_reconnect_delay=0.1)
+    await sub.start()
+    await sub.add_topic(TOPIC)
+    check, failures = sub._check_revision, []
+
+    async def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in the idle check")
+        return await check(*args, **kwargs)
+
+    sub._check_revision = failing_once
+    await eventually(lambda: sub.stats["loop_errors"] == 1)
+    await network(nb, "net1", "10.1.0.0/24", 101)
+    await eventually(lambda: {e["id"] for e in got} >= {"net1", "net1-subnet"})
+    assert isinstance(sub.errors[-1], RuntimeError)
+    await sub.stop()

@@ -83,7 +83,7 @@ class Subscriber:
         self.max_reconnect_delay = max_reconnect_delay
         self.topics: set[str] = set()
         self.stats: Counter[str] = Counter()
-        self.errors: list[BaseException] = []  # callback failures, for tests and status
+        self.errors: deque[BaseException] = deque(maxlen=BAD_KEPT)  # the latest failures, for tests and status
         self.bad: deque[dict[str, Any]] = deque(maxlen=BAD_KEPT)  # the latest malformed events/objects
         self._bad_seen: set[tuple[str, str, Any]] = set()  # (table, id, version) reported already
         self.high_water = 0  # the highest NB revision delivered or resynchronised from
@@ -157,10 +157,15 @@ class Subscriber:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except Exception as exc:
                 self.connected.clear()
-                self.stats["disconnects"] += 1
-                LOG.warning("NB bus connection lost (%s); reconnecting in %.1fs", exc, delay)
+                if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                    self.stats["disconnects"] += 1
+                    LOG.warning("NB bus connection lost (%s); reconnecting in %.1fs", exc, delay)
+                else:  # a bug or an answer we did not expect: never a silent end of the subscriber
+                    self.stats["loop_errors"] += 1
+                    self.errors.append(exc)
+                    LOG.exception("NB subscriber failed; reconnecting and resynchronising in %.1fs", delay)
                 await self._close_connection()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
