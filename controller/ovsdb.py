@@ -29,7 +29,7 @@ from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.ovsdb_jsonrpc import JsonRpc, OvsdbProtocolError, datum
-from controller.retry import retried
+from controller.retry import Backoff, retried
 from controller.view import Vif
 
 LOG = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ TABLES = ("Open_vSwitch", "Bridge", "Port", "Controller")
 INTERFACE_COLUMNS = ("name", "type", "options", "ofport", "external_ids")
 MONITORED_COLUMNS = ("name", "ofport", "external_ids")
 RECONNECT_DELAY = 0.2
+MAX_RECONNECT_DELAY = 3.0  # an ovsdb-server away for long is tried every 3 s, not 5 times a second
 CONFIGURE_ATTEMPTS = 6  # a configuration transaction re-reads what it changes: safe to repeat
 
 
@@ -148,8 +149,9 @@ class InterfaceMonitor:
             LOG.error("OVSDB monitor of %s lost: %s; reconnecting", self.remote, error,
                       exc_info=error if isinstance(error, OvsdbProtocolError) else None)
             await self._rpc.close()
+            backoff = Backoff(self.reconnect_delay, MAX_RECONNECT_DELAY)
             while True:
-                await asyncio.sleep(self.reconnect_delay)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self._connect()
                     self.stats["monitor_reconnects"] += 1
