@@ -28,11 +28,26 @@ class TaskSupervisor:
         self._deaths: dict[str, deque[float]] = {}
         self._backoff: dict[str, Backoff] = {}
 
-    def spawn(self, factory: Callable[[], Awaitable[Any]], name: str) -> asyncio.Task:
-        """Run `factory()` as task `name`, and again whenever it dies."""
+    def spawn(self, factory: Callable[[], Awaitable[Any]] | Awaitable[Any], name: str) -> asyncio.Task:
+        """Run `factory()` as task `name`, and again whenever it dies. Given a coroutine object instead
+        (it cannot be started twice), its death is fatal."""
+        if asyncio.iscoroutine(factory):
+            coroutine = factory
+            factory = self._once(coroutine, name)
         task = asyncio.get_running_loop().create_task(self._keep(factory, name), name=name)
         self.tasks[name] = task
         return task
+
+    def _once(self, coroutine: Awaitable[Any], name: str) -> Callable[[], Awaitable[Any]]:
+        started = []
+
+        async def run() -> Any:
+            if started:
+                self.on_fatal(f"task {name} died and cannot be started again (spawned as a coroutine)")
+                await asyncio.Event().wait()  # the controller is stopping
+            started.append(True)
+            return await coroutine
+        return run
 
     async def _keep(self, factory: Callable[[], Awaitable[Any]], name: str) -> None:
         deaths = self._deaths.setdefault(name, deque(maxlen=self.max_deaths))

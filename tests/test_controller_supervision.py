@@ -38,6 +38,22 @@ async def test_a_dying_task_is_restarted_and_one_that_keeps_dying_is_fatal():
     await tasks.stop()
 
 
+async def test_a_task_given_as_a_coroutine_cannot_be_restarted_so_its_death_is_fatal():
+    fatal: list[str] = []
+    tasks = TaskSupervisor(Counter(), lambda name, exc: None, fatal.append)
+
+    async def broken() -> None:
+        raise ValueError("once")
+
+    tasks.spawn(broken(), "legacy")
+    for _ in range(100):
+        if fatal:
+            break
+        await asyncio.sleep(0.05)
+    assert fatal == ["task legacy died and cannot be started again (spawned as a coroutine)"]
+    await tasks.stop()
+
+
 def test_a_fault_the_controller_cannot_handle_ends_it_non_zero_with_a_last_line_saying_why(nb_url, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "controller.daemon", "--chassis", "c1", "--tunnel-ip", "192.0.2.1", "--nb", nb_url,
