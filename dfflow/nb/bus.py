@@ -171,7 +171,7 @@ class Subscriber:
                 delay = min(delay * 2, self.max_reconnect_delay)
 
     async def _connect(self) -> None:
-        self._redis = redis_client(self.url, resend=False, socket_connect_timeout=2.0)
+        self._redis = redis_client(self.url, socket_connect_timeout=2.0)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         channels = [self.keys.channel(t) for t in sorted(self.topics)]

@@ -132,7 +132,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def redis_client(url: str, resend: bool = True, **options: Any) -> aioredis.Redis:
+def redis_client(url: str, resend: bool = False, **options: Any) -> aioredis.Redis:
     """A Redis client for the NB db.
 
     redis-py names itself to the server on every new connection and, unless told its version,
@@ -156,7 +156,7 @@ class NbApi:
     def __init__(self, url: str, prefix: str = "dfflow"):
         self.url = url
         self.keys = Keys(prefix)
-        self.redis = redis_client(url)
+        self.redis = redis_client(url, resend=True)
         # Test hook: awaited after the data is queued and before its event is; raising aborts.
         self.before_publish: Callable[[], Awaitable[None]] | None = None
 
