@@ -17,12 +17,13 @@ import uuid
 from typing import Any
 
 from controller.sandbox.topology import Sandbox, Vm
-from dfflow.errors import DfflowError, NotFound, ValidationError
+from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort,
                            Subnet)
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
+VNI_ATTEMPTS = 5
 
 
 class Cloud:
@@ -32,11 +33,19 @@ class Cloud:
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
-        if vni is None:
-            used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
-            vni = max(used, default=100) + 1
-        switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name, segmentation_id=vni,
-                                                    mtu=mtu, router_external=external))
+        for attempt in range(VNI_ATTEMPTS):
+            chosen = vni
+            if chosen is None:
+                used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
+                chosen = self.sandbox.allocate_vni(used)
+            try:
+                switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name,
+                                                            segmentation_id=chosen, mtu=mtu,
+                                                            router_external=external))
+                break
+            except Conflict as exc:  # another network took that VNI meanwhile: take the next one
+                if vni is not None or exc.field != "segmentation_id" or attempt == VNI_ATTEMPTS - 1:
+                    raise
         net = ipaddress.ip_network(cidr, strict=False)
         try:
             subnet = await self.nb.create(Subnet(id=f"{name}-subnet", topic=self.topic, lswitch=name,
