@@ -2,7 +2,7 @@
 from controller.apps.l2 import L2App
 from controller.engine import Engine
 from controller.view import Vif
-from dfflow.flows import Output, SetField
+from dfflow.flows import Learn, Output, SetField
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
 
 
@@ -107,3 +107,45 @@ def test_a_compiled_core_failure_is_counted_and_the_python_path_takes_the_port(m
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
     assert l2_lookup_actions(engine, 1) == (Output(5),)
+
+
+def pending_destination_a1():
+    """Chassis A with a1 (VIF on ofport 5) and the pre-programmed destination of b1's announce
+    migration from B (b1's VIF on ofport 6)."""
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    moving = b1.replace(migration=MigrationRecord(chassis="A", source="B", strategy="announce"))
+    apply(engine, engine.nb_event(event(moving)))
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 6)))
+    return engine, moving
+
+
+def test_a_pending_destination_delivers_nothing_to_its_vif_until_the_announcement_learns_it():
+    engine, b1 = pending_destination_a1()
+    assert l2_lookup_actions(engine, 2) == ()  # the copies sent here are dropped...
+    lookup = next(f for f in engine.desired().values()
+                  if f.table == 50 and ("eth_dst", 0xfa163e000002, None) in f.match)
+    learns = {a for f in engine.desired().values() if f.table == 0 and ("in_port", 6, None) in f.match
+              for a in f.actions if isinstance(a, Learn) and a.table == 50}
+    # ...until the VM's RARP/GARP learns, over that very flow, the output to its VIF, with no timeout
+    assert learns == {Learn(50, lookup.priority, 0, 0, lookup.cookie, (("metadata", 101), ("eth_dst", 0xfa163e000002)),
+                            (), output_in_port=True)}
+    assert [(n, v) for n, v, _ in lookup.match] == [("metadata", 101), ("eth_dst", 0xfa163e000002)]
+    flood = [f for f in engine.desired().values() if f.table == 60]
+    assert flood and all(Output(6) not in f.actions and Output(5) in f.actions for f in flood)
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated")))))
+    assert l2_lookup_actions(engine, 2) == (Output(6),)
+    assert all(Output(6) in f.actions for f in engine.desired().values() if f.table == 60)
+
+
+def test_an_announce_source_copies_what_its_vifs_send_and_not_what_a_tunnel_brought():
+    engine = make_engine("B")
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 4)))
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="C", source="B", strategy="announce")))))
+    lookups = {f.priority: f for f in engine.desired().values()
+               if f.table == 50 and ("eth_dst", 0xfa163e000002, None) in f.match}
+    assert lookups[100].actions == (Output(4), SetField("tunnel_id", 101), Output(11))
+    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == (Output(4),)
