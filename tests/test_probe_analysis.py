@@ -51,3 +51,11 @@ def test_a_path_that_never_comes_back_is_not_recovered():
     figures = analyse(run(replies, 400))
     assert not figures["recovered"] and figures["downtime_ms"] is None
     assert figures["lost_window_ms"] == 300.0
+
+
+def test_a_window_counts_only_the_probes_sent_inside_it():
+    on_time = [(s, s * INTERVAL + 0.0002) for s in range(300) if not (20 <= s < 70 or 200 <= s < 240)]
+    held = [(s, 0.250 + s * 1e-6) for s in range(200, 240)]  # an outage before the window; inside, a stall
+    figures = analyse(run(on_time + held, 300), after=100 * INTERVAL, until=280 * INTERVAL)
+    assert figures["sent"] == 180 and figures["lost"] == 0 and figures["lost_window_ms"] == 0
+    assert 40.0 < figures["downtime_ms"] < 41.5  # nothing arrived from 199 (0.1992) until 240 (0.2402)

@@ -88,8 +88,9 @@ def send(target: str, port: int, interval: float) -> None:
     print(json.dumps({"interval": interval, "sent": seq, "replies": sorted(replies)}), flush=True)
 
 
-def analyse(result: dict[str, Any], after: float | None = None) -> dict[str, Any]:
-    """Downtime figures of one probe run (optionally only considering probes sent after `after`).
+def analyse(result: dict[str, Any], after: float | None = None, until: float | None = None) -> dict[str, Any]:
+    """Downtime figures of one probe run (optionally only of the probes sent from `after`, and
+    before `until`: a window around the migration).
 
     downtime_ms: the headline, the longest gap between reply arrivals (kernel receive times of each
       sequence number's first reply): replies held in a queue are an outage to the user even though
@@ -101,6 +102,10 @@ def analyse(result: dict[str, Any], after: float | None = None) -> dict[str, Any
     recovered: a reply arrived after the longest outage (the path works again)."""
     interval, sent = result["interval"], result["sent"]
     replies = result["replies"]
+    if until is not None:
+        replies = [r for r in replies if r[1] < until]
+        if replies:  # the probes sent before `until`: up to the last one answered among them
+            sent = min(sent, max(r[0] for r in replies) + 1)
     if after is not None:
         replies = [r for r in replies if r[1] >= after]
         if replies:  # count only the probes sent from the first one after `after`
