@@ -86,11 +86,14 @@ PIPELINE: tuple[Table, ...] = (
           "multicast and unknown unicast go to flood. While an announce migration is in flight, "
           "the chassis where a packet for the port enters the overlay also sends it to the "
           "destination (the source copies only what its own VIFs send: a tunnel's packet was "
-          "copied by its sender). The destination drops it (priority 100, no actions) until the "
-          "VM's first RARP/GARP learns, over that very flow (same key, no timeout), the output to "
-          "the VIF it came in on; the controller's activation then writes the key as its own. So "
-          "a VM not yet running there is never handed a copy, and each packet reaches it once.",
-          "metadata, eth_dst (+ reg6=0 on an announce source: a tunnel's packet, not copied again)",
+          "copied by its sender). Until the VM announces itself there, the destination drops what "
+          "tunnels bring for the port (priority 110, reg6=0: copies) and sends what its own VIFs "
+          "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
+          "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
+          "came in on; the controller's activation then writes or deletes those keys as its own. "
+          "So a VM not yet running there is never handed a copy, and each packet reaches it once.",
+          "metadata, eth_dst (+ reg6=0 on an announce source or a pending destination: a tunnel's "
+          "packet)",
           "goto flood", ("flood",)),
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "

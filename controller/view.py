@@ -212,7 +212,10 @@ class View:
         copy_to = self.also_send_to(port)
         copy_tunnel = self.tunnels[copy_to] if copy_to is not None else 0
         if role == LOCAL:
-            return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=self.is_pending(port))
+            gated = self.is_pending(port)
+            if gated:  # until the VM announces itself here, what this chassis sends it goes to the source
+                copy_tunnel = self.tunnels.get(self.location(port), 0)
+            return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=gated)
         return PortRole(False, tunnel=self.tunnel_ofport(port), copy_tunnel=copy_tunnel)
 
     def usable_floating_ips(self, port: LogicalPort) -> list[FloatingIpFacts]:

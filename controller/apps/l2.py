@@ -47,17 +47,24 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 # a VM that is not running here yet, it would be a duplicate, or queued in a paused guest's tap).
 # Egress: a learned activation_gate flow sets reg5=1 for this VIF.
 OPENS_GATE = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
-# Ingress: a learned flow with the gated lookup's own key (table, priority, match) replaces it with
-# the delivery to the VIF the announcement came in on. It needs no timeout: that key is the
-# controller's, whose next write of it (activation, step 2 or 3, an abort) replaces or deletes it.
+# Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
+# source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
+# (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
+LOOKUP_GATED_FROM_TUNNEL = template("lookup_gated_from_tunnel", L2_LOOKUP, 110,
+                                   dict(metadata=VNI, eth_dst=MAC, reg6=0))
+LOOKUP_GATED_VIA_SOURCE = template("lookup_gated_via_source", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
+                                   (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
 LOOKUP_GATED = template("lookup_gated", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC))
-OPENS_INGRESS = Learn(L2_LOOKUP, LOOKUP_GATED.priority, 0, 0, Param.COOKIE, (("metadata", VNI), ("eth_dst", MAC)),
-                      (), output_in_port=True)
+# The announcement learns, over both of those flows (their own keys: table, priority, match), the
+# delivery to the VIF it came in on. No timeout: each key is the controller's, whose next write of
+# it (activation, step 2 or 3, an abort) replaces or deletes the learned flow.
+OPENS_INGRESS = tuple(Learn(L2_LOOKUP, t.priority, 0, 0, Param.COOKIE, tuple((f, v) for f, v, _ in t.match), (),
+                            output_in_port=True) for t in (LOOKUP_GATED_FROM_TUNNEL, LOOKUP_GATED))
 ANNOUNCE_RARP = template("announce_rarp", CLASSIFY, 110, dict(in_port=OFPORT, eth_type=ETH_TYPE_RARP, eth_src=MAC),
-                         (OPENS_GATE, OPENS_INGRESS, controller_output()))
+                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
 ANNOUNCE_GARP = template("announce_garp", CLASSIFY, 110,
                          dict(in_port=OFPORT, eth_type=ETH_TYPE_ARP, eth_src=MAC, arp_spa=IP, arp_tpa=IP),
-                         (OPENS_GATE, OPENS_INGRESS, controller_output()))
+                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
 
 # -- where packets for the port go ----------------------------------------------------------------
 LOOKUP_LOCAL = template("lookup_local", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC), (Output(OFPORT),))
@@ -81,7 +88,9 @@ L2_PORT_FLOWS = PortProgram(1, [
       for t, facts, each in PORT_SECURITY_ENTRIES),
     bound(ANNOUNCE_RARP, LOCAL | GATED),
     bound(ANNOUNCE_GARP, LOCAL | GATED, Each.PER_IP),
-    bound(LOOKUP_GATED, LOCAL | GATED),
+    bound(LOOKUP_GATED_FROM_TUNNEL, LOCAL | GATED),
+    bound(LOOKUP_GATED_VIA_SOURCE, LOCAL | GATED | Fact.COPY),
+    bound(LOOKUP_GATED, LOCAL | GATED | Fact.NO_COPY),
     bound(LOOKUP_LOCAL, LOCAL | OPEN | Fact.NO_COPY),
     bound(LOOKUP_LOCAL_COPY, LOCAL | OPEN | Fact.COPY),
     bound(LOOKUP_LOCAL_FROM_TUNNEL, LOCAL | OPEN | Fact.COPY),
