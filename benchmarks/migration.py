@@ -12,7 +12,7 @@ replies (there should be none). Convergence = from the event that should move th
 flows (the VM's announcement, the source unplug, or update_port) to the last
 chassis' bundle applied.
 
-Strategies: `announce` (pre-programmed destination, activated by the VM's RARP),
+Strategies: `announce` (the default: pre-programmed destination, activated by the VM's RARP),
 `unplug` (the blueprint: flows move at the source unplug), `fallback` (the step-2
 publish is dropped, so only update_port moves the flows).
 """
