@@ -91,9 +91,12 @@ PIPELINE: tuple[Table, ...] = (
           "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
           "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
           "came in on; the controller's activation then writes or deletes those keys as its own. "
-          "So a VM not yet running there is never handed a copy, and each packet reaches it once.",
-          "metadata, eth_dst (+ reg6=0 on an announce source or a pending destination: a tunnel's "
-          "packet)",
+          "Once the VM is activated there, the source drops what tunnels still bring it for the "
+          "port (priority 110, reg6=0: its sender copied it to the destination) until the source "
+          "unplug. So a VM not yet running there is never handed a copy, and each packet reaches "
+          "it once.",
+          "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
+          "a tunnel's packet)",
           "goto flood", ("flood",)),
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "

@@ -64,7 +64,8 @@ class Fact(enum.IntFlag):
 
     LOCAL = 1 << 0      # its VIF is on this chassis
     REMOTE = 1 << 1     # another chassis hosts it
-    GATED = 1 << 2      # pre-programmed `announce` destination, egress still closed
+    GATED = 1 << 2      # LOCAL: pre-programmed `announce` destination, still closed; REMOTE: the source
+    #                     of an activated `announce` migration (forwards nothing a tunnel brings for it)
     OPEN = 1 << 3
     COPY = 1 << 4       # traffic for it is also sent to an `announce` destination (gated: to the source)
     NO_COPY = 1 << 5
@@ -212,7 +213,7 @@ class PortRole:
     ofport: int = 0
     tunnel: int = 0
     copy_tunnel: int = 0  # 0: no copy (gated: the tunnel to the source, 0 if none)
-    gated: bool = False
+    gated: bool = False  # see Fact.GATED
 
     def facts(self, port: PortFacts) -> Fact:
         facts = Fact.LOCAL if self.local else Fact.REMOTE

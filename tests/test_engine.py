@@ -155,3 +155,23 @@ def test_an_announce_source_copies_what_its_vifs_send_and_not_what_a_tunnel_brou
                if f.table == 50 and ("eth_dst", 0xfa163e000002, None) in f.match}
     assert lookups[100].actions == (Output(4), SetField("tunnel_id", 101), Output(11))
     assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == (Output(4),)
+
+
+def test_an_activated_announce_source_forwards_nothing_a_tunnel_brings_until_the_unplug():
+    """Once the VM is activated on C, a tunnel's packet for it still reaching the source B was copied
+    to C by its sender: forwarded, it would arrive twice. B's own VMs still reach it on C."""
+    engine = make_engine("B")
+    for p, ofport in ((port("b1", 2, 12, "B"), 4), (port("b2", 3, 13, "B"), 7)):
+        apply(engine, engine.nb_event(event(p)))
+        apply(engine, engine.vif_online(Vif(p.id, f"tap{p.id}", ofport)))
+    b1 = port("b1", 2, 12, "B")
+    for state in ("requested", "activated"):
+        apply(engine, engine.nb_event(event(b1.replace(
+            migration=MigrationRecord(chassis="C", source="B", strategy="announce", state=state)))))
+    lookups = lookups_of(engine, 2)
+    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == ()
+    assert lookups[100].actions == (SetField("tunnel_id", 101), Output(11))
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="C", source="B", strategy="announce", state="switched")))))
+    to_c = (SetField("tunnel_id", 101), Output(11))
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
