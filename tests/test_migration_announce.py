@@ -35,6 +35,12 @@ def lookup_of(sb, chassis: str, mac: str, priority: int = 100, counted: bool = F
     return next((line.strip() for line in out.splitlines() if f"priority={priority}," in line), None)
 
 
+def answered_after(raw: dict, since: float) -> int:
+    """Probes sent after `since` that were answered: traffic flows (a stall of the busy machine just
+    before the probe stops does not hide it, as it would `analyse`'s `recovered`)."""
+    return len({seq for seq, sent, _ in raw["replies"] if sent > since})
+
+
 def destination_vif(sb, dest: str):
     try:
         return next((v for v in sb.vm("M").vifs if v.chassis == dest), None)
@@ -77,11 +83,13 @@ def test_each_probe_is_answered_once_and_the_destination_vif_gets_nothing_before
         migrated.set()
         watcher.join()
     time.sleep(0.3)
-    figures = {s.vm: analyse(s.stop(), after=started) for s in senders}
+    raw = {s.vm: s.stop() for s in senders}
+    figures = {vm: analyse(r, after=started) for vm, r in raw.items()}
+    finished = result["origin"] + max(result["steps"].values())
     assert {vm: f["duplicates"] for vm, f in figures.items()} == {"P": 0, "Q": 0, "E": 0}, figures
     assert "error" not in during, during
     assert result["strategy"] == strategy
-    assert all(f["recovered"] for f in figures.values()), figures
+    assert all(answered_after(r, finished) > 100 for r in raw.values()), figures
     # Until the switchover the destination VIF received nothing at all...
     switchover = result["origin"] + result["steps"]["vm_go"]
     before = [rx for rx, at in during["rx"] if at < switchover]
@@ -106,13 +114,15 @@ def test_a_vm_on_the_destination_chassis_reaches_the_migrating_vm_throughout(clo
         sender = Sender(sb, "N", M_IP)
         time.sleep(0.3)
         started = time.time()
-        migrate(cloud, "M", dest, strategy="announce", memory_copy=MEMORY_COPY, unplug_delay=0.2,
-                update_port_delay=0.3)
+        result = migrate(cloud, "M", dest, strategy="announce", memory_copy=MEMORY_COPY, unplug_delay=0.2,
+                         update_port_delay=0.3)
         time.sleep(0.3)
-        figures = analyse(sender.stop(), after=started)
+        raw = sender.stop()
+        figures = analyse(raw, after=started)
     finally:
         cloud.call("delete_vm", "N")
-    assert figures["recovered"] and figures["duplicates"] == 0, figures
+    assert figures["duplicates"] == 0, figures
+    assert answered_after(raw, result["origin"] + max(result["steps"].values())) > 100, figures
     assert figures["lost_window_ms"] < MEMORY_COPY * 1e3 / 4, figures  # not the whole memory copy
 
 
