@@ -32,6 +32,18 @@ ACTIVATION_STRATEGIES = ("unplug", "announce")
 # controller/migration.py owns the transitions between them.
 MIGRATION_STATES = ("requested", "activated", "switched", "done", "aborted")
 
+# Security groups, with the values Neutron accepts.
+SG_DIRECTIONS = ("ingress", "egress")
+ETHERTYPES = ("IPv4", "IPv6")
+# IP protocol names Neutron's security-group rules accept, with their IANA numbers.
+IP_PROTOCOLS = {"ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "hopopt": 0, "icmp": 1, "igmp": 2,
+                "ip": 0, "ipip": 4, "ipv6-encap": 41, "ipv6-frag": 44, "ipv6-icmp": 58, "icmpv6": 58,
+                "ipv6-nonxt": 59, "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46,
+                "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112}
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # the protocols whose rules take a port range
+ICMP_PROTOCOLS = frozenset({1, 58})  # whose rules' port range is an ICMP type and code
+MAX_ADDRESS_PAIRS = 10  # Neutron's default max_allowed_address_pair
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 
 
@@ -165,6 +177,10 @@ class Model:
     def unique_keys(self) -> list[tuple[str, str]]:
         """(field, key) claims that no other object may hold at the same time."""
         return []
+
+    def owner(self) -> tuple[str, str] | None:
+        """(table, id) of the object this one belongs to: deleting that deletes this one with it."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -332,6 +348,43 @@ class InactiveBinding(Record):
         check_profile(f"{where}.profile", self.profile, table)
 
 
+@dataclass(frozen=True)
+class AddressPair(Record):
+    """An allowed address pair: the port may also send from `ip_address` (an address or a CIDR) with
+    `mac_address` (the port's own MAC when Neutron was given none)."""
+
+    ip_address: str
+    mac_address: str
+
+
+def check_address_pairs(pairs: Any, table: str, field_name: str = "allowed_address_pairs") -> None:
+    if not isinstance(pairs, list):
+        raise ValidationError(field_name, "must be a list", table)
+    if len(pairs) > MAX_ADDRESS_PAIRS:
+        raise ValidationError(field_name, f"at most {MAX_ADDRESS_PAIRS} pairs allowed, got {len(pairs)}", table)
+    seen: set[tuple[str, str]] = set()
+    for i, pair in enumerate(pairs):
+        where = f"{field_name}[{i}]"
+        check_mac(f"{where}.mac_address", pair.mac_address, table)
+        check_address_or_cidr(f"{where}.ip_address", pair.ip_address, table)
+        key = (pair.ip_address, pair.mac_address.lower())
+        if key in seen:
+            raise ValidationError(where, f"duplicate pair ip_address {pair.ip_address} mac_address "
+                                         f"{pair.mac_address}", table)
+        seen.add(key)
+
+
+def check_address_or_cidr(name: str, value: Any, table: str | None = None) -> str:
+    """An IP address or a CIDR (host bits allowed, as Neutron allows them in address pairs)."""
+    try:
+        ipaddress.ip_interface(value) if isinstance(value, str) else None
+    except ValueError:
+        raise ValidationError(name, f"not an IP address or CIDR: {value!r}", table) from None
+    if not isinstance(value, str):
+        raise ValidationError(name, f"not an IP address or CIDR: {value!r}", table)
+    return value
+
+
 @dataclass
 class LogicalPort(Model):
     """A Neutron port. `binding_chassis` is Neutron's binding:host_id: the host of its ACTIVE binding,
@@ -340,7 +393,8 @@ class LogicalPort(Model):
     of a live migration's destination."""
 
     table: ClassVar[str] = "lport"
-    records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True)}
+    records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True),
+               "allowed_address_pairs": (AddressPair, True)}
     lswitch: str = ""
     mac: str = ""
     ips: list[str] = field(default_factory=list)
@@ -351,10 +405,12 @@ class LogicalPort(Model):
     device_id: str = ""
     name: str = ""
     enabled: bool = True
-    port_security: bool = True
+    port_security: bool = True  # Neutron's port_security_enabled
     vnic_type: str = "normal"
     binding_profile: dict[str, Any] = field(default_factory=dict)
     inactive_bindings: list[InactiveBinding] = field(default_factory=list)
+    security_groups: list[str] = field(default_factory=list)  # secgroup ids
+    allowed_address_pairs: list[AddressPair] = field(default_factory=list)
 
     @property
     def migrating_to(self) -> str | None:
@@ -397,9 +453,22 @@ class LogicalPort(Model):
                 raise ValidationError(f"inactive_bindings[{i}].host", f"a second binding for host "
                                                                       f"{binding.host!r}", self.table)
             hosts.add(binding.host)
+        if not isinstance(self.security_groups, list):
+            raise ValidationError("security_groups", "must be a list of security group ids", self.table)
+        for i, group in enumerate(self.security_groups):
+            check_id(f"security_groups[{i}]", group, self.table)
+        if len(set(self.security_groups)) != len(self.security_groups):
+            raise ValidationError("security_groups", "lists a group twice", self.table)
+        check_address_pairs(self.allowed_address_pairs, self.table)
+        if not self.port_security and self.security_groups:
+            raise ValidationError("security_groups", "need port_security: a port without port security "
+                                                     "has no security groups", self.table)
+        if not self.port_security and self.allowed_address_pairs:
+            raise ValidationError("allowed_address_pairs", "need port_security", self.table)
 
     def references(self) -> list[tuple[str, str, str]]:
-        return [("lswitch", LogicalSwitch.table, self.lswitch)]
+        return [("lswitch", LogicalSwitch.table, self.lswitch)] + [
+            (f"security_groups[{i}]", SecurityGroup.table, g) for i, g in enumerate(self.security_groups)]
 
     def unique_keys(self) -> list[tuple[str, str]]:
         keys = [("mac", f"mac:{self.lswitch}:{self.mac}")]
@@ -531,8 +600,172 @@ class PortStatus(Model):
             check_number(f"up.{chassis}", since, self.table)
 
 
+@dataclass
+class SecurityGroup(Model):
+    """A Neutron security group; its rules are `secgroup_rule` objects that name it. `is_default`
+    marks the project's `default` group, one per project (a unique claim)."""
+
+    table: ClassVar[str] = "secgroup"
+    name: str = ""
+    description: str = ""
+    is_default: bool = False
+
+    def check(self) -> None:
+        super().check()
+        check_str("name", self.name, table=self.table)
+        check_str("description", self.description, table=self.table)
+        check_bool("is_default", self.is_default, self.table)
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        return [("is_default", f"default-secgroup:{self.topic}")] if self.is_default else []
+
+
+class RuleError(ValidationError):
+    """A malformed security-group rule; `kind` is the name Neutron gives the error."""
+
+    def __init__(self, field: str, message: str, kind: str):
+        super().__init__(field, message, "secgroup_rule")
+        self.kind = kind
+
+
+def protocol_number(protocol: str | None) -> int | None:
+    """A rule's protocol (a name Neutron knows, or a number 0-255 as a string) -> its number."""
+    if protocol is None:
+        return None
+    if protocol in IP_PROTOCOLS:
+        return IP_PROTOCOLS[protocol]
+    return int(protocol)
+
+
+def normalize_protocol(value: Any) -> str | None:
+    """Neutron's protocol value: None, a known name (any case, given back lower-case) or a number
+    0-255 (int or string, given back as a string)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in IP_PROTOCOLS:
+        return value.lower()
+    if not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if 0 <= number <= 255 and str(value).strip().isdigit():
+            return str(number)
+    raise RuleError("protocol", f"Security group rule protocol {value} not supported. Only protocol values "
+                                f"{sorted(set(IP_PROTOCOLS))} and integer representations [0 to 255] are "
+                                f"supported.", "SecurityGroupRuleInvalidProtocol")
+
+
+@dataclass
+class SecurityGroupRule(Model):
+    """A rule of security group `secgroup`: traffic in `direction` matching it is allowed (stateful).
+    For ICMP, `port_range_min`/`port_range_max` are the ICMP type and code. At most one of
+    `remote_ip_prefix` (a CIDR) and `remote_group` (members of that group)."""
+
+    table: ClassVar[str] = "secgroup_rule"
+    secgroup: str = ""
+    direction: str = "ingress"
+    ethertype: str = "IPv4"
+    protocol: str | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group: str | None = None
+    description: str = ""
+
+    def check(self) -> None:
+        super().check()
+        check_id("secgroup", self.secgroup, self.table)
+        check_str("description", self.description, table=self.table)
+        if self.direction not in SG_DIRECTIONS:
+            raise RuleError("direction", f"{self.direction!r} is not one of ingress, egress",
+                            "SecurityGroupRuleInvalidDirection")
+        if self.ethertype not in ETHERTYPES:
+            raise RuleError("ethertype", f"Security group rule for ethertype {self.ethertype!r} not supported. "
+                                         f"Allowed values are IPv4, IPv6.", "SecurityGroupRuleInvalidEtherType")
+        self.protocol = normalize_protocol(self.protocol)
+        number = protocol_number(self.protocol)
+        if number == 58 and self.ethertype == "IPv4":
+            raise RuleError("protocol", f"Invalid ethertype IPv4 for protocol {self.protocol}.",
+                            "SecurityGroupEthertypeConflictWithProtocol")
+        self._check_port_range(number)
+        check_optional_id("remote_group", self.remote_group, self.table)
+        if self.remote_ip_prefix is not None:
+            if self.remote_group is not None:
+                raise RuleError("remote_ip_prefix", "Only remote_ip_prefix or remote_group_id may be provided.",
+                                "SecurityGroupRemoteGroupAndRemoteIpPrefix")
+            try:
+                prefix = ipaddress.ip_interface(self.remote_ip_prefix) \
+                    if isinstance(self.remote_ip_prefix, str) else None
+            except ValueError:
+                prefix = None
+            if prefix is None:
+                raise ValidationError("remote_ip_prefix", f"not an IP address or CIDR: {self.remote_ip_prefix!r}",
+                                      self.table)
+            if f"IPv{prefix.version}" != self.ethertype:
+                raise RuleError("remote_ip_prefix", f"Conflicting value ethertype {self.ethertype} for CIDR "
+                                                    f"{self.remote_ip_prefix}", "SecurityGroupRuleParameterConflict")
+            self.remote_ip_prefix = str(prefix)  # host bits kept, as Neutron keeps them (normalized_cidr drops them)
+
+    def _check_port_range(self, number: int | None) -> None:
+        low, high = self.port_range_min, self.port_range_max
+        for name, value in (("port_range_min", low), ("port_range_max", high)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value <= 65535):
+                raise RuleError(name, f"Invalid value for port {value}", "SecurityGroupInvalidPortValue")
+        if low is None and high is None:
+            return
+        if number is None:
+            raise RuleError("protocol", "Must also specify protocol if port range is given.",
+                            "SecurityGroupProtocolRequiredWithPorts")
+        if number in PORT_PROTOCOLS:
+            if low == 0 or high == 0:
+                raise RuleError("port_range_min" if low == 0 else "port_range_max", "Invalid value for port 0",
+                                "SecurityGroupInvalidPortValue")
+            if low is None or high is None or low > high:
+                raise RuleError("port_range_min", "For TCP/UDP protocols, port_range_min must be <= "
+                                                  "port_range_max", "SecurityGroupInvalidPortRange")
+        elif number in ICMP_PROTOCOLS:
+            for name, what, value in (("port_range_min", "type", low), ("port_range_max", "code", high)):
+                if value is not None and not 0 <= value <= 255:
+                    raise RuleError(name, f"Invalid value for ICMP {what} ({name.replace('_', '-')}): {value}. "
+                                          f"It must be 0 to 255.", "SecurityGroupInvalidIcmpValue")
+            if low is None:
+                raise RuleError("port_range_max", f"ICMP code (port-range-max) {high} is provided but ICMP type "
+                                                  f"(port-range-min) is missing.", "SecurityGroupMissingIcmpType")
+        else:
+            raise RuleError("protocol", f"Invalid protocol {self.protocol} for port range, only supported for "
+                                        f"TCP, UDP, UDPLITE, SCTP and DCCP.", "SecurityGroupInvalidProtocolForPort")
+
+    def owner(self) -> tuple[str, str]:
+        return (SecurityGroup.table, self.secgroup)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        refs = [("secgroup", SecurityGroup.table, self.secgroup)]
+        if self.remote_group is not None:
+            refs.append(("remote_group", SecurityGroup.table, self.remote_group))
+        return refs
+
+    def match_key(self) -> str:
+        """What the rule matches, canonical: two rules of a group with the same key are duplicates
+        (a protocol's name and number, `icmp` and `ipv6-icmp` for IPv6, 0.0.0.0/0 and no prefix
+        are the same)."""
+        number = protocol_number(self.protocol)
+        if self.ethertype == "IPv6" and number == 1:
+            number = 58
+        prefix = str(ipaddress.ip_interface(self.remote_ip_prefix).network) if self.remote_ip_prefix else None
+        if prefix in ("0.0.0.0/0", "::/0"):
+            prefix = None
+        return "|".join(str(v) for v in (self.direction, self.ethertype, number, self.port_range_min,
+                                         self.port_range_max, prefix, self.remote_group))
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        return [("rule", f"sgrule:{self.secgroup}:{self.match_key()}")]
+
+
 MODELS: dict[str, type[Model]] = {
-    m.table: m for m in (Chassis, LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP, PortStatus)
+    m.table: m for m in (Chassis, LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP, PortStatus,
+                         SecurityGroup, SecurityGroupRule)
 }
 
 

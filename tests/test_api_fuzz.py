@@ -43,8 +43,13 @@ def _seed(url: str, nb_url: str) -> dict[str, str]:
         assert http.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sn["id"]}
                         ).status_code == 200
         fip = post("floatingips", floating_network_id=ext["id"], port_id=port["id"])
+        sg = http.post("/security-groups", json={"security_group": {"name": "fuzz-sg"}}).json()["security_group"]
+        rule = http.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": sg["id"], "direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+            "port_range_max": 22}}).json()["security_group_rule"]
     return {"network_id": net["id"], "subnet_id": sn["id"], "port_id": port["id"], "router_id": router["id"],
-            "floatingip_id": fip["id"], "host": "fuzz-dest"}
+            "floatingip_id": fip["id"], "host": "fuzz-dest", "security_group_id": sg["id"],
+            "security_group_rule_id": rule["id"]}
 
 
 def _order(op) -> tuple[int, str]:
@@ -55,8 +60,8 @@ def test_fuzz_api_against_its_openapi_document(api, nb_url):  # noqa: F811
     known = _seed(api.url, nb_url)
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     operations = sorted((r.ok() for r in schema.get_all_operations()), key=_order)
-    # discovery, 5 resources x 5, router interfaces, port bindings, dfflow's status
-    assert len(operations) == 3 + 5 * 5 + 2 + 5 + 1
+    # discovery, 7 resources x 5, router interfaces, port bindings, dfflow's status
+    assert len(operations) == 3 + 7 * 5 + 2 + 5 + 1
     failures = []
     for op in operations:
         params = {p.name for p in op.path_parameters}

@@ -24,7 +24,8 @@ def test_version_discovery_finds_v2_without_keystone(api):  # noqa: F811
     assert root["versions"][0]["links"][0]["href"] == api.url + "/v2.0/"
     v2 = httpx.get(api.url + "/v2.0").json()
     assert {r["collection"] for r in v2["resources"]} == {"networks", "subnets", "ports", "routers",
-                                                          "floatingips"}
+                                                          "floatingips", "security_groups",
+                                                          "security_group_rules"}
     # The root URL as the no-auth endpoint (openstacksdk appends v2.0), or the v2.0 URL as override.
     for conn in (sdk(api.url),
                  sdk(api.url, auth={}, network_endpoint_override=api.url + "/v2.0"),

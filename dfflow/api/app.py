@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfflow.api import bindings, openapi
+from dfflow.api import bindings, openapi, secgroups
 from dfflow.api.attributes import RESOURCES
 from dfflow.api.errors import ApiError, translate
 from dfflow.api.service import NeutronService
@@ -41,6 +41,9 @@ EXTENSIONS = (
     ("provider", "Provider Network", "provider:network_type and provider:segmentation_id (geneve VNI)"),
     ("net-mtu", "Network MTU", "mtu on networks"),
     ("port-security", "Port Security", "port_security_enabled on ports"),
+    ("security-group", "security-group", "Security groups and their rules; security_groups on ports"),
+    ("allowed-address-pairs", "Allowed Address Pairs", "allowed_address_pairs on ports: more addresses "
+                                                       "(or CIDRs) a port may send from"),
     ("project-id", "project_id field enabled", "project_id beside tenant_id"),
     ("standard-attr-revisions", "Resource revision numbers", "revision_number: the NB version"),
     ("revision-if-match", "If-Match constraints based on revision_number", "compare-and-set updates"),
@@ -195,6 +198,9 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
             state["svc"] = NeutronService(NbApi(nb_url, prefix=nb_prefix), default_project)
         return state["svc"]
 
+    def secgroup_service() -> secgroups.SecurityGroupService:
+        return secgroups.SecurityGroupService(service().nb, default_project)
+
     def binding_service() -> bindings.BindingService:
         return bindings.BindingService(service().nb)
 
@@ -256,7 +262,7 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
         # Neutron's `resources`, plus the `version` keystoneauth's discovery reads at a versioned URL.
         return JSONResponse({"version": _version(request), "resources": [
             {"name": r.singular, "collection": r.plural,
-             "links": [{"href": f"{_base(request)}/v2.0/{r.plural}", "rel": "self"}]} for r in RESOURCES.values()]})
+             "links": [{"href": f"{_base(request)}/v2.0/{r.url}", "rel": "self"}]} for r in RESOURCES.values()]})
 
     @app.get("/dfflow/status", include_in_schema=False)
     async def status() -> JSONResponse:
@@ -279,11 +285,13 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
         app.add_api_route(path, handler, methods=[method], name=name, include_in_schema=False)
 
     for plural, resource in RESOURCES.items():
-        add(f"/v2.0/{plural}", "GET", _lister(plural, service), f"list_{plural}")
-        add(f"/v2.0/{plural}", "POST", _creator(plural, service), f"create_{resource.singular}")
-        add(f"/v2.0/{plural}/{{obj_id}}", "GET", _shower(plural, service), f"show_{resource.singular}")
-        add(f"/v2.0/{plural}/{{obj_id}}", "PUT", _updater(plural, service), f"update_{resource.singular}")
-        add(f"/v2.0/{plural}/{{obj_id}}", "DELETE", _deleter(plural, service), f"delete_{resource.singular}")
+        serving: Any = secgroup_service if plural in secgroups.PLURALS else service
+        url = resource.url
+        add(f"/v2.0/{url}", "GET", _lister(plural, serving), f"list_{plural}")
+        add(f"/v2.0/{url}", "POST", _creator(plural, serving), f"create_{resource.singular}")
+        add(f"/v2.0/{url}/{{obj_id}}", "GET", _shower(plural, serving), f"show_{resource.singular}")
+        add(f"/v2.0/{url}/{{obj_id}}", "PUT", _updater(plural, serving), f"update_{resource.singular}")
+        add(f"/v2.0/{url}/{{obj_id}}", "DELETE", _deleter(plural, serving), f"delete_{resource.singular}")
 
     async def add_interface(request: Request, obj_id: str) -> JSONResponse:
         return JSONResponse(await service().add_router_interface(obj_id, await _json_body(request)))
@@ -311,7 +319,11 @@ def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
 def _lister(plural: str, service: Callable[[], NeutronService]) -> Callable[..., Awaitable[Response]]:
     async def handler(request: Request) -> JSONResponse:
         params = list(request.query_params.multi_items())
-        page = await service().list(plural, params)
+        svc = service()
+        if isinstance(svc, secgroups.SecurityGroupService):  # a first list makes the project's default group
+            page = await svc.list(plural, params, _project(request, svc.default_project))
+        else:
+            page = await svc.list(plural, params)
         body: dict[str, Any] = {plural: page.items}
         if page.links:
             keep = [(k, v) for k, v in params if k not in ("limit", "marker", "page_reverse")]
@@ -319,7 +331,8 @@ def _lister(plural: str, service: Callable[[], NeutronService]) -> Callable[...,
             links = []
             for rel, marker, reverse in page.links:
                 query = keep + [("limit", limit), ("marker", marker)] + ([("page_reverse", "True")] if reverse else [])
-                links.append({"rel": rel, "href": f"{_base(request)}/v2.0/{plural}?{urlencode(query)}"})
+                links.append({"rel": rel, "href": f"{_base(request)}/v2.0/{RESOURCES[plural].url}?"
+                                                  f"{urlencode(query)}"})
             body[f"{plural}_links"] = links
         return JSONResponse(body)
     return handler

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dfflow import models
 from dfflow.api.errors import ApiError, bad_request
+from dfflow.errors import ValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$"
 
@@ -25,6 +27,12 @@ FIXED_IP_IN = {"type": "object", "additionalProperties": False,
                "properties": {"subnet_id": ID, "ip_address": IP}}
 FIXED_IP_OUT = {"type": "object", "properties": {"subnet_id": {"type": "string"},
                                                  "ip_address": {"type": "string"}}}
+ADDRESS_PAIR_IN = {"type": "object", "additionalProperties": False, "required": ["ip_address"],
+                   "properties": {"ip_address": IP, "mac_address": {"type": "string", "minLength": 1,
+                                                                    "maxLength": 64}}}
+ADDRESS_PAIR_OUT = {"type": "object", "properties": {"ip_address": {"type": "string"},
+                                                     "mac_address": {"type": "string"}}}
+NULLABLE_INT = {"type": ["integer", "null"]}
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,11 @@ class Resource:
     plural: str
     attrs: tuple[Attr, ...]
     extra_filters: dict[str, dict[str, Any]] = field(default_factory=dict)  # filters that are no attribute
+    path: str = ""  # the URL's collection segment, when it is not the plural (security-groups)
+
+    @property
+    def url(self) -> str:
+        return self.path or self.plural
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
@@ -130,6 +143,10 @@ PORT = Resource("port", "ports", (
     Attr("admin_state_up", BOOL, post=True, put=True),
     Attr("status", {"type": "string", "enum": ["ACTIVE", "DOWN"]}),
     Attr("port_security_enabled", BOOL, post=True, put=True),
+    Attr("security_groups", {"type": ["array", "null"], "maxItems": 64, "items": ID}, post=True, put=True,
+         out={"type": "array", "items": {"type": "string"}}),
+    Attr("allowed_address_pairs", {"type": ["array", "null"], "maxItems": 64, "items": ADDRESS_PAIR_IN},
+         post=True, put=True, filter=False, out={"type": "array", "items": ADDRESS_PAIR_OUT}),
     Attr("binding:host_id", STR, post=True, put=True),
     Attr("binding:profile", PROFILE, post=True, put=True, filter=False, out={"type": "object"}),
     Attr("binding:vif_type", {"type": "string"}),
@@ -172,7 +189,34 @@ FLOATINGIP = Resource("floatingip", "floatingips", (
     Attr("status", {"type": "string", "enum": ["ACTIVE", "DOWN"]}),
 ))
 
-RESOURCES: dict[str, Resource] = {r.plural: r for r in (NETWORK, SUBNET, PORT, ROUTER, FLOATINGIP)}
+SECURITY_GROUP_RULE = Resource("security_group_rule", "security_group_rules", path="security-group-rules", attrs=(
+    *_common_out(),
+    Attr("security_group_id", ID, post=True, required=True),
+    Attr("direction", {"type": "string", "maxLength": 16}, post=True, required=True),
+    Attr("ethertype", {"type": "string", "maxLength": 16}, post=True),
+    Attr("protocol", {"type": ["string", "integer", "null"], "maxLength": 32}, post=True,
+         out={"type": ["string", "null"]}),
+    Attr("port_range_min", NULLABLE_INT, post=True),
+    Attr("port_range_max", NULLABLE_INT, post=True),
+    Attr("remote_ip_prefix", NULLABLE_IP, post=True),
+    Attr("remote_group_id", NULLABLE_ID, post=True),
+    Attr("remote_address_group_id", {"type": "null"}, post=True),
+    Attr("normalized_cidr", {"type": ["string", "null"]}),
+    Attr("description", STR, post=True, put=True),
+    Attr("belongs_to_default_sg", BOOL),
+))
+
+SECURITY_GROUP = Resource("security_group", "security_groups", path="security-groups", attrs=(
+    *_common_out(),
+    Attr("name", STR, post=True, put=True),
+    Attr("description", STR, post=True, put=True),
+    Attr("stateful", BOOL, post=True, put=True),
+    Attr("shared", BOOL),
+    Attr("security_group_rules", {"type": "array", "items": SECURITY_GROUP_RULE.item_schema()}, filter=False),
+))
+
+RESOURCES: dict[str, Resource] = {r.plural: r for r in (NETWORK, SUBNET, PORT, ROUTER, FLOATINGIP,
+                                                        SECURITY_GROUP, SECURITY_GROUP_RULE)}
 
 # A port's bindings (the binding-extended extension): a sub-resource of ports, keyed by host.
 BINDING = Resource("binding", "bindings", (
@@ -255,6 +299,19 @@ def _article(kind: str) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def request_project(data: dict[str, Any], default: str) -> str:
+    """The project (NB topic) a create is for: project_id or tenant_id (equal if both), else `default`."""
+    project, tenant = data.get("project_id"), data.get("tenant_id")
+    if project is not None and tenant is not None and project != tenant:
+        raise bad_request("project_id", f"project_id {project!r} and tenant_id {tenant!r} differ")
+    topic = project or tenant or default
+    try:
+        return models.check_id("project_id", topic)
+    except ValidationError as exc:
+        raise bad_request("project_id" if project is not None or tenant is None else "tenant_id",
+                          exc.message) from None
 
 
 def parse_body(resource: Resource, body: Any, action: str) -> dict[str, Any]:

@@ -29,6 +29,9 @@ def bad_request(field: str, reason: str) -> ApiError:
 
 
 def not_found(kind: str, obj_id: str) -> ApiError:
+    if kind in ("secgroup", "secgroup_rule"):  # Neutron words these two differently
+        name = NEUTRON_NAMES[kind]
+        return ApiError(404, f"{name.title().replace(' ', '')}NotFound", f"{name} {obj_id} does not exist")
     name = NEUTRON_NAMES.get(kind, kind)
     return ApiError(404, f"{name.replace(' ', '')}NotFound", f"{name} {obj_id} could not be found.")
 
@@ -39,7 +42,8 @@ def conflict(type_: str, message: str) -> ApiError:
 
 # NB table -> the name Neutron gives the resource in its messages
 NEUTRON_NAMES = {"lswitch": "Network", "subnet": "Subnet", "lport": "Port", "lrouter": "Router",
-                 "floatingip": "FloatingIP", "network": "Network", "port": "Port", "router": "Router"}
+                 "floatingip": "FloatingIP", "network": "Network", "port": "Port", "router": "Router",
+                 "secgroup": "Security group", "secgroup_rule": "Security group rule"}
 
 # (NB table, NB field) -> Neutron field, for the fields whose names differ
 _FIELDS: dict[str, dict[str, str]] = {
@@ -48,6 +52,7 @@ _FIELDS: dict[str, dict[str, str]] = {
     "lport": {"lswitch": "network_id", "mac": "mac_address", "ips": "fixed_ips",
               "binding_chassis": "binding:host_id", "enabled": "admin_state_up",
               "port_security": "port_security_enabled", "activation_strategy": "dfflow:activation_strategy"},
+    "secgroup_rule": {"secgroup": "security_group_id", "remote_group": "remote_group_id"},
     "lrouter": {"ports": "subnet_id", "external_gateway": "external_gateway_info"},
     "floatingip": {"floating_ip": "floating_ip_address", "lswitch": "floating_network_id",
                    "port": "port_id", "fixed_ip": "fixed_ip_address", "router": "router_id"},
@@ -71,6 +76,8 @@ def translate(exc: DfflowError, table: str, obj: Any = None) -> ApiError:
         return exc
     if isinstance(exc, BadObject):  # stored data, not the request, is at fault: name the object
         return ApiError(500, "NBObjectMalformed", str(exc))
+    if isinstance(exc, ValidationError) and getattr(exc, "kind", None):  # a security-group rule's
+        return ApiError(400, exc.kind, exc.message)
     if isinstance(exc, ValidationError):
         return bad_request(neutron_field(exc.table or table, exc.field), exc.message)
     if isinstance(exc, NotFound):
@@ -98,6 +105,8 @@ def _in_use(exc: InUse) -> ApiError:
         return conflict("PortInUse", f"Unable to complete operation on port {exc.id}: it is used by {users}.")
     if exc.table == "lrouter":
         return conflict("RouterInUse", f"Router {exc.id} still has floating IPs: {users}.")
+    if exc.table == "secgroup":
+        return conflict("SecurityGroupInUse", f"Security Group {exc.id} in use by {users}.")
     return conflict("Conflict", str(exc))
 
 
@@ -136,6 +145,11 @@ def _conflict(exc: Conflict, table: str, obj: Any) -> ApiError:
     if nb_field.startswith("external_gateway") and obj is not None and obj.external_gateway is not None:
         network = obj.external_gateway.lswitch
     on = f" on network {network}" if network else ""
+    if table == "secgroup_rule" and nb_field == "rule":
+        return conflict("SecurityGroupRuleExists", f"Security group rule already exists. Rule id is "
+                                                   f"{found.group(2) if found else '?'}.")
+    if table == "secgroup" and nb_field == "is_default":
+        return conflict("SecurityGroupDefaultAlreadyExists", "Default security group already exists.")
     if nb_field == "mac" or nb_field.endswith(".mac"):
         return conflict("MacAddressInUse", f"Unable to complete operation{on}. The mac address "
                                            f"{value or '?'} is in use{holder}.")

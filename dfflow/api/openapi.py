@@ -96,14 +96,14 @@ def build(auth: bool, title: str, version: str) -> dict[str, Any]:
                    "properties": {many: {"type": "array", "items": resource.item_schema()},
                                   f"{many}_links": LINKS}}
         key = f"{one}_id"
-        paths[f"/v2.0/{many}"] = {
+        paths[f"/v2.0/{resource.url}"] = {
             "get": {"operationId": f"list_{many}", "summary": f"List {many} (filters, fields, sorting, paging)",
                     "parameters": _list_params(resource), "responses": _responses(200, listing, (), auth)},
             "post": {"operationId": f"create_{one}", "summary": f"Create a {one}",
                      "requestBody": _body(resource.request_schema("POST")),
                      "responses": _responses(201, item, (409, 413, 415), auth)},
         }
-        paths[f"/v2.0/{many}/{{{key}}}"] = {
+        paths[f"/v2.0/{resource.url}/{{{key}}}"] = {
             "parameters": [_path_param(key)],
             "get": {"operationId": f"show_{one}", "summary": f"Show a {one}",
                     "parameters": [_list_params(resource)[0]], "responses": _responses(200, item, (), auth)},

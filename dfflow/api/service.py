@@ -19,8 +19,9 @@ import uuid
 from typing import Any, Awaitable, Callable, Iterator
 
 from dfflow import models
-from dfflow.api import alloc
+from dfflow.api import alloc, secgroups
 from dfflow.api.attributes import INTERFACE_IN, RESOURCES, check_value, parse_body
+from dfflow.api.attributes import request_project as _project
 from dfflow.api.errors import ApiError, bad_request, conflict, not_found, translate
 from dfflow.api.query import Page, parse_query, run
 from dfflow.api.views import (OWNER_FLOATINGIP, OWNER_GATEWAY, OWNER_INTERFACE, Snapshot, floatingip_view,
@@ -47,18 +48,6 @@ def nb_errors(table: str) -> Iterator[None]:
 
 def _new_id() -> str:
     return str(uuid.uuid4())
-
-
-def _project(data: dict[str, Any], default: str) -> str:
-    project, tenant = data.get("project_id"), data.get("tenant_id")
-    if project is not None and tenant is not None and project != tenant:
-        raise bad_request("project_id", f"project_id {project!r} and tenant_id {tenant!r} differ")
-    topic = project or tenant or default
-    try:
-        return models.check_id("project_id", topic)
-    except ValidationError as exc:
-        raise bad_request("project_id" if project is not None or tenant is None else "tenant_id",
-                          exc.message) from None
 
 
 def _check(field: str, check: Callable[..., Any], value: Any, *args: Any) -> Any:
@@ -253,6 +242,7 @@ class NeutronService:
 
     async def _create_network(self, data: dict[str, Any], topic: str) -> str:
         self._network_flags(data)
+        await secgroups.ensure_default(self.nb, topic)  # Neutron makes it with a project's first network
         given_vni = data.get("provider:segmentation_id")
 
         async def build() -> tuple[models.Model, set[str]]:
@@ -412,7 +402,9 @@ class NeutronService:
             if lswitch not in snap.switches:
                 raise not_found("lswitch", lswitch)
             ips, auto = self._fixed_ips(snap, lswitch, data.get("fixed_ips"), [])
-            port = LogicalPort(id=_new_id(), topic=topic, lswitch=lswitch, mac=given_mac or alloc.random_mac(),
+            mac = given_mac or alloc.random_mac()
+            port = LogicalPort(id=_new_id(), topic=topic, lswitch=lswitch, mac=mac,
+                               **await secgroups.port_create_fields(self.nb, data, topic, mac),
                                ips=ips, binding_chassis=host, device_owner=data.get("device_owner", ""),
                                device_id=data.get("device_id", ""), name=data.get("name", ""),
                                enabled=data.get("admin_state_up", True),
@@ -480,7 +472,7 @@ class NeutronService:
                     device_owner=data.get("device_owner", port.device_owner),
                     device_id=data.get("device_id", port.device_id),
                     enabled=data.get("admin_state_up", port.enabled),
-                    port_security=data.get("port_security_enabled", port.port_security),
+                    **secgroups.port_update_fields(data, port, mac or port.mac),
                     activation_strategy=data.get("dfflow:activation_strategy", port.activation_strategy),
                     vnic_type=data.get("binding:vnic_type", port.vnic_type),
                     binding_profile=self._profile(data, port)))

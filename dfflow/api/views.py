@@ -176,6 +176,8 @@ def port_view(port: LogicalPort, snap: Snapshot) -> dict[str, Any]:
             "fixed_ips": fixed, "device_owner": port.device_owner, "device_id": port.device_id,
             "admin_state_up": port.enabled, "status": port_status(port, snap),
             "port_security_enabled": port.port_security,
+            "security_groups": list(port.security_groups),
+            "allowed_address_pairs": [dataclasses.asdict(p) for p in port.allowed_address_pairs],
             "binding:host_id": chassis_to_host(port.binding_chassis),
             "binding:profile": dict(port.binding_profile),
             "binding:vif_type": vif_type, "binding:vif_details": vif_details,
@@ -190,7 +192,8 @@ def _virtual_port(port_id: str, topic: str, lswitch: str, mac: str, fixed: list[
             "network_id": lswitch, "mac_address": mac,
             "fixed_ips": [{"subnet_id": s, "ip_address": ip} for s, ip in fixed],
             "device_owner": owner, "device_id": device, "admin_state_up": True, "status": "ACTIVE",
-            "port_security_enabled": False, "binding:host_id": "", "binding:profile": {},
+            "port_security_enabled": False, "security_groups": [], "allowed_address_pairs": [],
+            "binding:host_id": "", "binding:profile": {},
             "binding:vif_type": "distributed", "binding:vif_details": {}, "binding:vnic_type": "normal",
             "dfflow:activation_strategy": None, "dfflow:migration": None}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from dfflow.models import ExternalGateway, LogicalSwitch, RouterPort
+from dfflow.models import AddressPair, ExternalGateway, LogicalSwitch, RouterPort
 
 DEFAULT_TOPIC = "admin"  # the NB topic of a resource Neutron gives no project (noauth, admin-created)
 
@@ -58,7 +58,30 @@ def port_fields(port: dict[str, Any]) -> dict[str, Any]:
             "name": port.get("name") or "", "enabled": port.get("admin_state_up", True),
             "port_security": True if security is None else security,
             "vnic_type": port.get("binding:vnic_type") or "normal",
-            "binding_profile": port.get("binding:profile") or {}}
+            "binding_profile": port.get("binding:profile") or {},
+            "security_groups": list(port.get("security_groups") or []),
+            "allowed_address_pairs": address_pairs(port)}
+
+
+def address_pairs(port: dict[str, Any]) -> list[AddressPair]:
+    """A port's allowed address pairs; a pair without a MAC takes the port's."""
+    return [AddressPair(ip_address=pair["ip_address"], mac_address=pair.get("mac_address") or port["mac_address"])
+            for pair in port.get("allowed_address_pairs") or []]
+
+
+def secgroup_fields(group: dict[str, Any], is_default: bool) -> dict[str, Any]:
+    """A Neutron security group -> SecurityGroup fields (its rules are objects of their own)."""
+    return {"name": group.get("name") or "", "description": group.get("description") or "",
+            "is_default": is_default}
+
+
+def secgroup_rule_fields(rule: dict[str, Any]) -> dict[str, Any]:
+    """A Neutron security group rule -> SecurityGroupRule fields."""
+    return {"secgroup": rule["security_group_id"], "direction": rule["direction"],
+            "ethertype": rule.get("ethertype") or "IPv4", "protocol": rule.get("protocol"),
+            "port_range_min": rule.get("port_range_min"), "port_range_max": rule.get("port_range_max"),
+            "remote_ip_prefix": rule.get("remote_ip_prefix"), "remote_group": rule.get("remote_group_id"),
+            "description": rule.get("description") or ""}
 
 
 def router_ports(interfaces: Iterable[dict[str, Any]]) -> list[RouterPort]:

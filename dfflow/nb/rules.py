@@ -10,7 +10,8 @@ import ipaddress
 from typing import Awaitable, Callable, Protocol
 
 from dfflow.errors import Conflict, InUse, ValidationError
-from dfflow.models import (FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, Subnet)
+from dfflow.models import (FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, SecurityGroup,
+                           SecurityGroupRule, Subnet)
 
 Claims = list[tuple[str, str]]
 
@@ -105,6 +106,13 @@ async def check_floatingip(fip: FloatingIP, ctx: Context) -> Claims:
     return []
 
 
+async def check_secgroup_rule(rule: SecurityGroupRule, ctx: Context) -> Claims:
+    group = await ctx.get(SecurityGroup.table, rule.secgroup)
+    if group.topic != rule.topic:
+        raise ValidationError("topic", f"must be the topic of its group {group.id!r} ({group.topic!r})", rule.table)
+    return []
+
+
 async def check_subnet_delete(subnet: Subnet, ctx: Context) -> None:
     users = []
     for table, obj_id in await ctx.referrers(LogicalSwitch.table, subnet.lswitch):
@@ -123,6 +131,7 @@ WRITE_RULES: dict[str, Callable[[Model, Context], Awaitable[Claims]]] = {
     LogicalPort.table: check_port,
     LogicalRouter.table: check_router,
     FloatingIP.table: check_floatingip,
+    SecurityGroupRule.table: check_secgroup_rule,
 }
 DELETE_RULES: dict[str, Callable[[Model, Context], Awaitable[None]]] = {
     Subnet.table: check_subnet_delete,
@@ -132,4 +141,8 @@ IMMUTABLE = {
     Subnet.table: ("lswitch", "cidr"),
     LogicalPort.table: ("lswitch",),
     FloatingIP.table: ("lswitch", "floating_ip"),
+    SecurityGroup.table: ("is_default",),
+    # A rule is what it matches: only its description may change.
+    SecurityGroupRule.table: ("secgroup", "direction", "ethertype", "protocol", "port_range_min",
+                              "port_range_max", "remote_ip_prefix", "remote_group"),
 }

@@ -103,6 +103,9 @@ class _TxnContext:
     def __init__(self, pipe: Any, keys: Keys):
         self.pipe, self.keys = pipe, keys
         self.cache: dict[tuple[str, str], Model | None] = {}
+        # Objects written earlier in the same transaction (a batch), and what they reference.
+        self.pending_refs: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self.pending_claims: dict[str, str] = {}
 
     async def get(self, table: str, obj_id: str) -> Model | None:
         if (table, obj_id) not in self.cache:
@@ -114,8 +117,13 @@ class _TxnContext:
     async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
         key = self.keys.refs(table, obj_id)
         await self.pipe.watch(key)
-        members = await self.pipe.smembers(key)
-        return sorted(tuple(_s(m).split(":", 1)) for m in members)
+        members = {tuple(_s(m).split(":", 1)) for m in await self.pipe.smembers(key)}
+        return sorted(members | self.pending_refs.get((table, obj_id), set()))
+
+    def add_pending(self, obj: Model) -> None:
+        self.cache[(obj.table, obj.id)] = obj
+        for _, table, ref_id in obj.references():
+            self.pending_refs.setdefault((table, ref_id), set()).add((obj.table, obj.id))
 
 
 def _chassis_of(obj: Model | None) -> set[str]:
@@ -220,6 +228,16 @@ class NbApi:
     async def create(self, obj: Model) -> Model:
         return await self._write("create", obj)
 
+    async def create_all(self, objs: list[Model]) -> list[Model]:
+        """Create several objects in one transaction, in order (a later one may reference an earlier
+        one): all of them, or none."""
+        copies = []
+        for obj in objs:
+            copy = model_for(obj.table).from_dict(obj.to_dict())
+            copy.check()
+            copies.append(copy)
+        return await self._transact(lambda pipe: self._write_all_in(pipe, "create", copies))
+
     async def update(self, obj: Model) -> Model:
         """Write `obj` if the stored version still equals `obj.version`."""
         return await self._write("update", obj)
@@ -249,6 +267,20 @@ class NbApi:
         obj.check()
         return await self._transact(lambda pipe: self._write_in(pipe, action, obj))
 
+    async def _write_in(self, pipe: Any, action: str, obj: Model) -> Model:
+        return (await self._write_all_in(pipe, action, [obj]))[0]
+
+    async def _write_all_in(self, pipe: Any, action: str, objs: list[Model]) -> list[Model]:
+        ctx = _TxnContext(pipe, self.keys)
+        queued = [await self._stage_write(pipe, ctx, action, obj) for obj in objs]
+        pipe.multi()
+        for queue in queued:
+            queue()
+        if self.before_publish is not None:
+            await self.before_publish()
+        await pipe.execute()
+        return objs
+
     async def _transact(self, body: Callable[[Any], Awaitable[Any]]) -> Any:
         for _ in range(MAX_RETRIES):
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -258,11 +290,14 @@ class NbApi:
                     continue
         raise Conflict(f"NB write kept racing with others; gave up after {MAX_RETRIES} tries")
 
-    async def _write_in(self, pipe: Any, action: str, obj: Model) -> Model:
+    async def _stage_write(self, pipe: Any, ctx: _TxnContext, action: str, obj: Model) -> Callable[[], None]:
+        """Read and check what writing `obj` needs (WATCHing it all); return what queues the write."""
         keys = self.keys
         key = keys.obj(obj.table, obj.id)
         await pipe.watch(key)
         old = decode(obj.table, await pipe.get(key), obj.id)
+        if (obj.table, obj.id) in ctx.cache and ctx.cache[(obj.table, obj.id)] is not None:
+            old = ctx.cache[(obj.table, obj.id)]
         if action == "create" and old is not None:
             raise Conflict(f"{obj.table} {obj.id!r} already exists", field="id")
         if action == "update":
@@ -273,7 +308,7 @@ class NbApi:
             for name in ("topic",) + rules.IMMUTABLE.get(obj.table, ()):
                 if getattr(old, name) != getattr(obj, name):
                     raise ValidationError(name, "cannot be changed once set", obj.table)
-        ctx = _TxnContext(pipe, keys)
+        ctx.add_pending(obj)
         for name, table, ref_id in obj.references():
             if await ctx.get(table, ref_id) is None:
                 raise NotFound(table, ref_id, field=name)
@@ -289,14 +324,21 @@ class NbApi:
             ukey = keys.uniq(claim)
             await pipe.watch(ukey)
             holder = await pipe.get(ukey)
-            if holder is not None and _s(holder) != me:
-                raise Conflict(f"{claim.split(':')[-1]} is already used by {_s(holder)}", field=name)
+            holder = ctx.pending_claims.get(claim, _s(holder) if holder is not None else None)
+            if holder is not None and holder != me:
+                raise Conflict(f"{claim.split(':')[-1]} is already used by {holder}", field=name)
         new_claims = {k for _, k in claims}
+        ctx.pending_claims.update((claim, me) for claim in new_claims)
 
         version = int(await pipe.incr(keys.rev))
         obj.version = version
         body = obj.to_dict()
-        pipe.multi()
+        return lambda: self._queue_write(pipe, action, old, obj, body, old_claims, new_claims)
+
+    def _queue_write(self, pipe: Any, action: str, old: Model | None, obj: Model, body: dict[str, Any],
+                     old_claims: set[str], new_claims: set[str]) -> None:
+        keys, key, me = self.keys, self.keys.obj(obj.table, obj.id), f"{obj.table}:{obj.id}"
+        claims_key = keys.claims(obj.table, obj.id)
         pipe.set(key, json.dumps(body, separators=(",", ":")))
         pipe.sadd(keys.ids(obj.table), obj.id)
         pipe.sadd(keys.topic(obj.topic), me)
@@ -318,12 +360,8 @@ class NbApi:
         pipe.delete(claims_key)
         if new_claims:
             pipe.sadd(claims_key, *sorted(new_claims))
-        if self.before_publish is not None:
-            await self.before_publish()
-        event = make_event(action, obj.table, obj.id, obj.topic, version, body)
+        event = make_event(action, obj.table, obj.id, obj.topic, obj.version, body)
         pipe.publish(keys.channel(obj.topic), json.dumps(event, separators=(",", ":")))
-        await pipe.execute()
-        return obj
 
     async def _delete_in(self, pipe: Any, table: str, obj_id: str, version: int | None) -> None:
         keys = self.keys
@@ -335,32 +373,46 @@ class NbApi:
             raise NotFound(table, obj_id)
         if version is not None and old.version != version:
             raise VersionConflict(table, obj_id, version, old.version)
-        referrers = [_s(m) for m in await pipe.smembers(refs_key)]
-        if referrers:
-            raise InUse(table, obj_id, referrers)
         ctx = _TxnContext(pipe, keys)
+        # What the object owns (a group's rules) goes with it; any other referrer keeps it.
+        owned, users = [], []
+        for ref in sorted(_s(m) for m in await pipe.smembers(refs_key)):
+            ref_table, ref_id = ref.split(":", 1)
+            referrer = await ctx.get(ref_table, ref_id)
+            if referrer is not None and referrer.owner() == (table, obj_id):
+                owned.append(referrer)
+            else:
+                users.append(ref)
+        if users:
+            raise InUse(table, obj_id, users)
         delete_rule = rules.DELETE_RULES.get(table)
         if delete_rule is not None:
             await delete_rule(old, ctx)
-        claims_key = keys.claims(table, obj_id)
-        await pipe.watch(claims_key)
-        claims = {_s(m) for m in await pipe.smembers(claims_key)}
-        me = f"{table}:{obj_id}"
-        new_version = int(await pipe.incr(keys.rev))
+        doomed = []
+        for obj in owned + [old]:
+            claims_key = keys.claims(obj.table, obj.id)
+            await pipe.watch(claims_key)
+            claims = {_s(m) for m in await pipe.smembers(claims_key)}
+            doomed.append((obj, claims, int(await pipe.incr(keys.rev))))
         pipe.multi()
-        pipe.delete(key)
+        for obj, claims, new_version in doomed:
+            self._queue_delete(pipe, obj, claims, new_version)
+        if self.before_publish is not None:
+            await self.before_publish()
+        await pipe.execute()
+
+    def _queue_delete(self, pipe: Any, old: Model, claims: set[str], new_version: int) -> None:
+        keys, table, obj_id = self.keys, old.table, old.id
+        me = f"{table}:{obj_id}"
+        pipe.delete(keys.obj(table, obj_id))
         pipe.srem(keys.ids(table), obj_id)
         pipe.srem(keys.topic(old.topic), me)
         for _, t, i in old.references():
             pipe.srem(keys.refs(t, i), me)
         for claim in claims:
             pipe.delete(keys.uniq(claim))
-        pipe.delete(claims_key)
+        pipe.delete(keys.claims(table, obj_id))
         for name in _chassis_of(old):
             pipe.srem(keys.chassis_ports(name), obj_id)
-        if self.before_publish is not None:
-            await self.before_publish()
         event = make_event("delete", table, obj_id, old.topic, new_version, None)
         pipe.publish(keys.channel(old.topic), json.dumps(event, separators=(",", ":")))
-        await pipe.execute()
-

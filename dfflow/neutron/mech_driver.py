@@ -19,7 +19,7 @@ from neutron_lib.plugins.ml2 import api
 
 from dfflow.models import LogicalPort
 from dfflow.nb import convert
-from dfflow.neutron import binding, config, networks, ports, status, subnets
+from dfflow.neutron import binding, config, networks, ports, secgroups, status, subnets
 from dfflow.neutron.errors import refusals
 from dfflow.neutron.nbclient import NbClient
 
@@ -35,6 +35,8 @@ class DfflowMechanismDriver(api.MechanismDriver):
         self.vif_up = status.VifUpWatcher(self.nb)
         self.vif_up.start()
         registry.subscribe(self._binding_deleted, pbe_ext.RESOURCE_NAME, events.BEFORE_RESPONSE)
+        self.secgroups = secgroups.SecurityGroupWriter(self.nb)
+        self.secgroups.subscribe()
         LOG.info("dfflow mechanism driver writing to the NB db at %s", self.nb.url)
 
     @property

@@ -1,0 +1,70 @@
+"""Security groups through a real neutron-server with dfflow's ML2 driver: what Neutron creates, changes and
+deletes (groups, rules, a port's groups and address pairs) is what the NB db holds."""
+from __future__ import annotations
+
+import pytest
+
+from api_fixtures import nb_call, sdk
+
+pytestmark = [pytest.mark.neutron,
+              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")]
+
+
+@pytest.fixture
+def conn(neutron):
+    return sdk(neutron.url)
+
+
+def _rules_of(nb_url: str, group_id: str) -> dict[str, tuple]:
+    return {r.id: (r.direction, r.ethertype, r.protocol, r.port_range_min, r.port_range_max, r.remote_ip_prefix,
+                   r.remote_group) for r in nb_call(nb_url, "list", "secgroup_rule") if r.secgroup == group_id}
+
+
+def test_groups_and_rules_created_in_neutron_appear_in_the_nb_and_deleted_ones_go(conn, neutron):
+    net = conn.network
+    group = net.create_security_group(name="web", description="web tier")
+    stored = nb_call(neutron.nb_url, "get", "secgroup", group.id)
+    assert (stored.name, stored.description, stored.is_default, stored.topic) == (
+        "web", "web tier", False, group.project_id)
+    assert sorted(_rules_of(neutron.nb_url, group.id).values()) == [
+        ("egress", "IPv4", None, None, None, None, None), ("egress", "IPv6", None, None, None, None, None)]
+
+    rule = net.create_security_group_rule(security_group_id=group.id, direction="ingress", protocol="tcp",
+                                          port_range_min=80, port_range_max=80, remote_ip_prefix="10.0.0.0/8")
+    assert _rules_of(neutron.nb_url, group.id)[rule.id] == ("ingress", "IPv4", "tcp", 80, 80, "10.0.0.0/8", None)
+
+    net.update_security_group(group, name="www")
+    assert nb_call(neutron.nb_url, "get", "secgroup", group.id).name == "www"
+
+    net.delete_security_group_rule(rule)
+    assert rule.id not in _rules_of(neutron.nb_url, group.id)
+    net.delete_security_group(group)
+    assert nb_call(neutron.nb_url, "get", "secgroup", group.id) is None
+    assert _rules_of(neutron.nb_url, group.id) == {}
+
+
+def test_a_ports_default_group_groups_and_address_pairs_reach_the_nb(conn, neutron):
+    net = conn.network
+    network = net.create_network(name="sg-net")
+    net.create_subnet(network_id=network.id, cidr="10.20.0.0/24", ip_version=4)
+    port = net.create_port(network_id=network.id, device_owner="compute:nova", device_id="vm-sg")
+    default = [g for g in net.security_groups(project_id=port.project_id) if g.name == "default"]
+    assert len(default) == 1 and port.security_group_ids == [default[0].id]
+    nb_default = nb_call(neutron.nb_url, "get", "secgroup", default[0].id)
+    assert nb_default.is_default
+    assert sorted(v[0] + v[1] + str(v[6] == default[0].id)
+                  for v in _rules_of(neutron.nb_url, default[0].id).values()) == [
+        "egressIPv4False", "egressIPv6False", "ingressIPv4True", "ingressIPv6True"]
+    assert nb_call(neutron.nb_url, "get", "lport", port.id).security_groups == [default[0].id]
+
+    other = net.create_security_group(name="app")
+    port = net.update_port(port, security_group_ids=[other.id], allowed_address_pairs=[
+        {"ip_address": "10.20.0.200"}, {"ip_address": "10.99.0.0/16", "mac_address": "fa:16:3e:00:00:42"}])
+    lport = nb_call(neutron.nb_url, "get", "lport", port.id)
+    assert lport.security_groups == [other.id]
+    assert sorted((p.ip_address, p.mac_address) for p in lport.allowed_address_pairs) == [
+        ("10.20.0.200", port.mac_address), ("10.99.0.0/16", "fa:16:3e:00:00:42")]
+
+    net.delete_port(port)
+    net.delete_security_group(other)
+    net.delete_network(network)
