@@ -68,3 +68,16 @@ def test_a_ports_default_group_groups_and_address_pairs_reach_the_nb(conn, neutr
     net.delete_port(port)
     net.delete_security_group(other)
     net.delete_network(network)
+
+
+def test_a_group_deleted_in_neutron_takes_the_rules_naming_it_out_of_the_nb(conn, neutron):
+    net = conn.network
+    app = net.create_security_group(name="app")
+    web = net.create_security_group(name="web")
+    rule = net.create_security_group_rule(security_group_id=app.id, direction="ingress", remote_group_id=web.id)
+    assert _rules_of(neutron.nb_url, app.id)[rule.id][6] == web.id
+    net.delete_security_group(web)  # Neutron deletes the rules naming it as their remote group with it
+    assert rule.id not in _rules_of(neutron.nb_url, app.id)
+    assert nb_call(neutron.nb_url, "get", "secgroup", web.id) is None
+    assert nb_call(neutron.nb_url, "get", "secgroup", app.id) is not None
+    net.delete_security_group(app)

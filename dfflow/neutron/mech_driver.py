@@ -35,7 +35,7 @@ class DfflowMechanismDriver(api.MechanismDriver):
         self.vif_up = status.VifUpWatcher(self.nb)
         self.vif_up.start()
         registry.subscribe(self._binding_deleted, pbe_ext.RESOURCE_NAME, events.BEFORE_RESPONSE)
-        self.secgroups = secgroups.SecurityGroupWriter(self.nb)
+        self.secgroups = secgroups.SecurityGroupWriter(self.nb, self.errors)
         self.secgroups.subscribe()
         LOG.info("dfflow mechanism driver writing to the NB db at %s", self.nb.url)
 

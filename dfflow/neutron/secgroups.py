@@ -5,7 +5,7 @@ announces the group or rule (AFTER_CREATE / AFTER_UPDATE / AFTER_DELETE) and thi
 holds to the NB. A group's rules are written after the group (a default group's ingress rules name the
 group itself). Neutron deletes with a group the rules of other groups that name it as their remote group
 (a foreign-key cascade it announces for none of them): the NB drops them first too. A failure is logged
-with its traceback and counted (`errors`): the request has already succeeded in Neutron."""
+with its traceback and counted: the request has already succeeded in Neutron (the driver's `errors`)."""
 from __future__ import annotations
 
 import logging
@@ -46,9 +46,9 @@ def delete_rule(nb: NbClient, rule_id: str) -> None:
 class SecurityGroupWriter:
     """Subscribes to Neutron's security-group callbacks and writes each change to the NB."""
 
-    def __init__(self, nb: NbClient):
+    def __init__(self, nb: NbClient, errors: Counter[str]):
         self.nb = nb
-        self.errors: Counter[str] = Counter()
+        self.errors = errors  # the driver's count of failures no request reports
 
     def subscribe(self) -> None:
         for event in (events.AFTER_CREATE, events.AFTER_UPDATE):
