@@ -211,6 +211,8 @@ def neutron_sync(config_files: tuple[str, ...], config_dir: str | None, mode: st
         click.echo(line)
     click.echo(drift.summary())
     click.echo(f"{drift.count} differences; {drift.failed} failed" + (" (repaired)" if mode == "repair" else ""))
+    if drift.followers_resynced is not None:
+        click.echo(f"the NB had been flushed: {drift.followers_resynced} followers (controllers) made to resync")
     if drift.failed or (mode == "log" and drift.count):
         sys.exit(1)
 

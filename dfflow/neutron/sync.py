@@ -4,7 +4,8 @@
 resources make, each as the fields Neutron owns; the NB db is compared with it table by table:
 - missing: Neutron has it, the NB does not (created);
 - drifted: a Neutron-owned field differs (rewritten with `NbClient.put`, which keeps NB-only fields such as a
-  port's migration record and activation strategy);
+  port's migration record and activation strategy; deleted and created anew if the field is one the NB
+  never changes, such as a port's switch);
 - extra: the NB has it, Neutron does not (deleted, compare-and-set on the version seen, so an object
   written meanwhile is left for the next run). The `chassis` table is the controllers' and never touched;
   an `lport_status` is extra only when Neutron has no such port.
@@ -21,6 +22,8 @@ from typing import Any, Callable, Iterable
 
 from dfflow.errors import InUse, NotFound, VersionConflict
 from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, PortStatus, Subnet
+from dfflow.nb.rules import IMMUTABLE
+from dfflow.neutron import nb_reset
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
@@ -74,6 +77,7 @@ class TableDrift:
 class Drift:
     tables: dict[str, TableDrift]
     refused: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    followers_resynced: int | None = None  # set when the NB had lost its history (see nb_reset)
 
     @property
     def count(self) -> int:
@@ -120,7 +124,7 @@ def compare(state: NeutronState, nb_objects: dict[str, list[Model]]) -> Drift:
             current = present.get(obj_id)
             if current is None:
                 drift.missing.append(item)
-            elif names := changed_fields(current, item.fields):
+            elif names := changed_fields(current, item.fields) + (["topic"] if current.topic != item.topic else []):
                 drift.drifted.append((item, current, names))
         drift.extra = [present[obj_id] for obj_id in sorted(set(present) - set(wanted))]
     if LogicalPort.table in state.tables:  # a status outlives no port; a port's status is the chassis'
@@ -139,26 +143,47 @@ def repair(nb: NbClient, drift: Drift) -> Drift:
     with its traceback and recorded in the drift (`failed`), and the others still go ahead.
 
     Extras go first (a stale object restored from a backup may hold a MAC or an address a Neutron
-    port now has); a delete refused because a drifted object still referred to it is tried again last."""
+    port now has); a delete refused because a drifted object still referred to it is tried again last.
+    The NB's revision counter is raised first, and followers of a flushed NB resynchronised last (`nb_reset`)."""
+    if not drift.count:
+        return drift
+    history_lost = nb_reset.raise_revision(nb)
     order = [m.table for m in SYNCED if m.table in drift.tables]
-    deletes = [(table, obj) for table in [PortStatus.table, *reversed(order)]
-               for obj in (drift.tables[table].extra if table in drift.tables else ())]
-    retry = []
-    for table, obj in deletes:
-        try:
-            _delete_seen(nb, obj)
-            drift.tables[table].fixed += 1
-        except InUse:
-            retry.append((table, obj))
-        except Exception as exc:
-            _failed(drift.tables[table], table, obj.id, exc)
+    deletes = [(table, obj, obj in t.extra) for table in [PortStatus.table, *reversed(order)]
+               if (t := drift.tables.get(table)) for obj in [*t.extra, *recreated(table, t)]]
+    retry = [(table, obj, is_extra) for table, obj, is_extra in deletes
+             if not _deleted(nb, drift.tables[table], obj, is_extra, wait_if_in_use=True)]
     for table in order:
         t = drift.tables[table]
         for item in [*t.missing, *(w for w, _, _ in t.drifted)]:
             _attempt(t, table, item.id, lambda item=item: nb.put(item.model, item.id, item.topic, item.fields))
-    for table, obj in retry:
-        _attempt(drift.tables[table], table, obj.id, lambda obj=obj: _delete_seen(nb, obj))
+    for table, obj, is_extra in retry:
+        _deleted(nb, drift.tables[table], obj, is_extra, wait_if_in_use=False)
+    if history_lost:
+        drift.followers_resynced = nb_reset.resync_followers(nb)
     return drift
+
+
+def recreated(table: str, drift: TableDrift) -> list[Model]:
+    """Drifted objects whose difference is in a field the NB never changes (their topic, a port's switch,
+    a subnet's CIDR ...): deleted, then written anew."""
+    fixed_fields = {"topic", *IMMUTABLE.get(table, ())}
+    return [current for _, current, names in drift.drifted if fixed_fields & set(names)]
+
+
+def _deleted(nb: NbClient, drift: TableDrift, obj: Model, is_extra: bool, wait_if_in_use: bool) -> bool:
+    """Delete `obj` (a recreated one counts as fixed once written anew); False if it is still in use and
+    `wait_if_in_use` (tried again after the writes); any other failure is recorded."""
+    try:
+        _delete_seen(nb, obj)
+        drift.fixed += is_extra
+    except InUse as exc:
+        if wait_if_in_use:
+            return False
+        _failed(drift, obj.table, obj.id, exc)
+    except Exception as exc:
+        _failed(drift, obj.table, obj.id, exc)
+    return True
 
 
 def _delete_seen(nb: NbClient, obj: Model) -> None:
