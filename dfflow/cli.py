@@ -206,11 +206,14 @@ def neutron_sync(config_files: tuple[str, ...], config_dir: str | None, mode: st
         from dfflow.neutron import sync_cmd
     except ImportError as exc:
         raise click.ClickException(f"neutron is not installed here ({exc}): pip install dfflow[neutron]") from None
-    drift = sync_cmd.run(config_files, config_dir, mode)
+    drift, write_failures = sync_cmd.run(config_files, config_dir, mode)
     for line in drift.details() if verbose else ():
         click.echo(line)
     click.echo(drift.summary())
     click.echo(f"{drift.count} differences; {drift.failed} failed" + (" (repaired)" if mode == "repair" else ""))
+    if write_failures:
+        click.echo("NB writes neutron-server saw fail after Neutron committed (repaired by its maintenance): "
+                   + ", ".join(f"{kind}={n}" for kind, n in sorted(write_failures.items())))
     if drift.followers_resynced is not None:
         click.echo(f"the NB had been flushed: {drift.followers_resynced} followers (controllers) made to resync")
     if drift.failed or (mode == "log" and drift.count):

@@ -136,3 +136,4 @@ def test_an_update_whose_nb_write_fails_is_marked_and_repaired_by_the_maintenanc
                 await nb.close()
         return asyncio.run(members())
     wait_until(lambda: marks() == set(), 10, what="the dirty mark cleared once repaired")
+    assert "update_port=1" in neutron.api.sync("log").stdout  # the failure is counted where operators look

@@ -1,7 +1,8 @@
 """In each neutron-server process: the start-up sync, repairs of NB writes that failed, an optional periodic sync.
 
 A post-commit NB write that fails after Neutron committed (an update or a delete: ML2 only logs it) is
-counted and marks the object dirty, in this process and in the NB's Redis (`<prefix>:neutron:dirty`, so
+counted (in this process, and per kind in `<prefix>:neutron:write-failures`, which `dfflow neutron-sync`
+shows) and marks the object dirty, in this process and in the NB's Redis (`<prefix>:neutron:dirty`, so
 any server's maintenance sees it); every `maintenance_interval` seconds a process finding dirty objects
 runs the sync in repair mode, and forgets the marks once it fixed everything. The sync also runs once when
 the API process has loaded its plugins (`sync_on_startup`) and every `sync_interval` seconds if set.
@@ -35,6 +36,16 @@ def lock_key(prefix: str) -> str:
     return f"{prefix}:neutron:sync-lock"
 
 
+def failures_key(prefix: str) -> str:
+    return f"{prefix}:neutron:write-failures"
+
+
+def recorded_failures(nb: NbClient) -> dict[str, int]:
+    """The NB writes that failed after Neutron committed, per kind ("update_port" ...), in every server."""
+    raw = nb.run(lambda api: api.redis.hgetall(failures_key(nb.prefix)))
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
 class DirtyMarks:
     """The NB objects whose post-commit write failed, as "table/id"; kept in this process and in Redis
     (which, when the NB itself was the failure, may be unreachable too: the local marks still count)."""
@@ -50,8 +61,13 @@ class DirtyMarks:
         self.stats[f"failed_{what}"] += 1
         with self._lock:
             self._local.add(mark)
+        async def record(api: Any) -> None:
+            async with api.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(dirty_key(self.nb.prefix), mark)
+                pipe.hincrby(failures_key(self.nb.prefix), what, 1)
+                await pipe.execute()
         try:
-            self.nb.run(lambda api: api.redis.sadd(dirty_key(self.nb.prefix), mark))
+            self.nb.run(record)
         except Exception:
             self.stats["mark_errors"] += 1
             LOG.exception("%s: could not record in Redis that it needs the sync; this process will repair it",

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterable
 
-from dfflow.errors import InUse, NotFound, VersionConflict
+from dfflow.errors import DfflowError, InUse, NotFound, VersionConflict
 from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, PortStatus, Subnet
 from dfflow.nb.rules import IMMUTABLE
 from dfflow.neutron import nb_reset
@@ -108,7 +108,10 @@ class Drift:
 def changed_fields(current: Model, fields: dict[str, Any]) -> list[str]:
     """The Neutron-owned fields whose NB value differs (compared as the NB stores them: normalised)."""
     wanted = type(current).from_dict(current.replace(**fields).to_dict())
-    wanted.check()
+    try:
+        wanted.check()
+    except DfflowError:
+        pass  # the NB will refuse it: its repair fails and says why
     stored, normalised = current.to_dict(), wanted.to_dict()
     return sorted(name for name in fields if stored[name] != normalised[name])
 

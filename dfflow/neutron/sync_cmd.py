@@ -36,13 +36,14 @@ def load_neutron(config_files: Sequence[str], config_dir: str | None) -> None:
     manager.init()
 
 
-def run(config_files: Sequence[str], config_dir: str | None, mode: str) -> sync.Drift:
+def run(config_files: Sequence[str], config_dir: str | None, mode: str) -> tuple[sync.Drift, dict[str, int]]:
+    """The drift (repaired in mode `repair`), and the NB writes neutron-server saw fail, per kind."""
     load_neutron(config_files, config_dir)
-    from dfflow.neutron import config, neutron_state
+    from dfflow.neutron import config, maintenance, neutron_state
     from dfflow.neutron.nbclient import NbClient
 
     nb = NbClient(**config.nb_client_args())
     try:
-        return sync.run(nb, neutron_state.read, mode)
+        return sync.run(nb, neutron_state.read, mode), maintenance.recorded_failures(nb)
     finally:
         nb.close()
