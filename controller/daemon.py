@@ -38,7 +38,7 @@ from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenF
 from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.reconcile import reconcile
 from dfflow.errors import Conflict, DfflowError, NotFound
-from dfflow.models import CHASSIS_TOPIC, Chassis, LogicalPort
+from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort
 from dfflow.nb.bus import Subscriber
 from dfflow.nb.store import NbApi
 
@@ -84,9 +84,13 @@ class GcPauses:
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "unplug", flow_path: str = "compiled", bundle: bool = True):
+                 strategy: str = "unplug", flow_path: str = "compiled", bundle: bool = True,
+                 datapath_type: str = "system"):
         if flow_path not in FLOW_PATHS:
             raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
+        if datapath_type not in DATAPATH_TYPES:
+            raise ValueError(f"datapath_type must be one of {DATAPATH_TYPES}, not {datapath_type!r}")
+        self.datapath_type, self.bridge = datapath_type, bridge
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
@@ -186,7 +190,7 @@ class ControllerDaemon:
         await self._register_chassis()
         await self.ovsdb.start()
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
-        await self.ovsdb.setup_bridge(self.of_target)
+        await self.ovsdb.setup_bridge(self.of_target, self.datapath_type)
         self._spawn(self._ovsdb_loop(), "ovsdb")
         await self.bus.start()
         await self.bus.add_topic(CHASSIS_TOPIC)
@@ -226,13 +230,15 @@ class ControllerDaemon:
         self.gc_pauses.uninstall()
 
     async def _register_chassis(self) -> None:
-        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, tunnel_ip=self.tunnel_ip,
-                      tunnel_type=self.tunnel_type, status="up", last_seen=time.time())
+        # datapath_type and bridge_name are what the API puts in binding:vif_details for os-vif.
+        where = dict(tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, datapath_type=self.datapath_type,
+                     bridge_name=self.bridge)
+        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, status="up", last_seen=time.time(), **where)
         try:
             await self.nb.create(row)
         except Conflict:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(
-                tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, status="up", last_seen=time.time()))
+                status="up", last_seen=time.time(), **where))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -478,6 +484,7 @@ class ControllerDaemon:
     def status(self) -> dict[str, Any]:
         return {
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
+            "datapath_type": self.datapath_type,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "ovsdb": dict(self.ovsdb.stats),
@@ -524,6 +531,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nb", help="NB database URL: redis://, rediss:// or unix://")
     parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
     parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
+    parser.add_argument("--datapath-type", default=None, choices=DATAPATH_TYPES,
+                        help="the integration bridge's datapath: system (the kernel module; default) or "
+                             "netdev (userspace, where there is no kernel module)")
     parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
     parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
@@ -548,6 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, attr, None) is None:
                 setattr(args, attr, value)
     args.bridge = args.bridge or "br-int"
+    args.datapath_type = args.datapath_type or "system"
+    if args.datapath_type not in DATAPATH_TYPES:
+        parser.error(f"--datapath-type must be one of {', '.join(DATAPATH_TYPES)}")
     args.tunnel_type = args.tunnel_type or "geneve"
     args.log_level = args.log_level or "INFO"
     args.strategy = args.strategy or "unplug"
@@ -569,7 +582,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
-                              flow_path=args.flow_path, bundle=not args.no_bundle)
+                              flow_path=args.flow_path, bundle=not args.no_bundle,
+                              datapath_type=args.datapath_type)
     asyncio.run(daemon.run())
 
 

@@ -93,6 +93,7 @@ from .redisproc import RedisServer, free_port
 DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
 INT_BRIDGE = "br-int"
 PHY_BRIDGE = "br-phy"
+DATAPATH_TYPE = "netdev"  # no OVS kernel module here: every bridge is userspace (controllers are told so)
 VM_MTU = 1400
 TCP_OF_PORT = 6653
 UNIX_PATH_MAX = 107
@@ -444,11 +445,11 @@ class Sandbox:
             "--", "set", "Open_vSwitch", ".", f"external_ids:system-id={ch.name}",
             f"external_ids:hostname={ch.name}", f"external_ids:dfflow-tunnel-ip={ch.tunnel_ip}",
             "--", "add-br", PHY_BRIDGE,
-            "--", "set", "Bridge", PHY_BRIDGE, "datapath_type=netdev", f'other_config:hwaddr="{ch.phy_mac}"',
+            "--", "set", "Bridge", PHY_BRIDGE, f"datapath_type={DATAPATH_TYPE}", f'other_config:hwaddr="{ch.phy_mac}"',
             "other_config:disable-in-band=true",
             "--", "add-port", PHY_BRIDGE, ch.uplink,
             "--", "add-br", INT_BRIDGE,
-            "--", "set", "Bridge", INT_BRIDGE, "datapath_type=netdev", "fail_mode=secure",
+            "--", "set", "Bridge", INT_BRIDGE, f"datapath_type={DATAPATH_TYPE}", "fail_mode=secure",
             "protocols=OpenFlow13,OpenFlow14", f'other_config:hwaddr="{ch.int_mac}"',
             "other_config:disable-in-band=true",
         )
@@ -490,7 +491,7 @@ class Sandbox:
         ch.controller_argv = list(cmd) + [
             "--chassis", ch.name, "--tunnel-ip", ch.tunnel_ip, "--nb", nb_url or "",
             "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen,
-            "--status-socket", ch.status_socket] + extra
+            "--status-socket", ch.status_socket, "--datapath-type", DATAPATH_TYPE] + extra
         argv = ch.controller_argv if of_transport == "unix" else netns.exec_argv(ch.namespace, ch.controller_argv)
         # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
         ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
