@@ -36,9 +36,10 @@ from controller.migration import step3_arrived
 from controller.migrator import Migrator
 from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from dfflow.errors import Conflict, DfflowError, NotFound
-from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort
+from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
 from dfflow.nb.store import NbApi
 
@@ -112,6 +113,7 @@ class ControllerDaemon:
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
+        self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
@@ -210,6 +212,7 @@ class ControllerDaemon:
         self._spawn(self._pending_vif_loop(), "pending-vifs")
         self._spawn(self._housekeeping_loop(), "migration-housekeeping")
         self._spawn(self.migrator.listen(), "migration-events")
+        self._spawn(self.port_status.run(lambda: set(self.engine.view.vifs)), "port-status")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
@@ -255,6 +258,8 @@ class ControllerDaemon:
     async def _on_nb_event(self, event: dict[str, Any]) -> None:
         self.stats["nb_events"] += 1
         self.stats[f"nb_events.{event['table']}"] += 1
+        if event["table"] == PortStatus.table:
+            return  # what the chassis report for Neutron's port status: no flow depends on it
         if event["table"] == Chassis.table:
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
             await self._sync_tunnels()
@@ -275,6 +280,10 @@ class ControllerDaemon:
                     self._plugged_before_known.discard(port.id)
                     await self.migrator.vif_online(port.id)  # its VIF came before the port did
                 await self.migrator.port_changed(port)
+
+    def _topic_of(self, port_id: str) -> str | None:
+        port = self.engine.view.port(port_id)
+        return port.topic if port is not None else None
 
     async def _sync_tunnels(self) -> None:
         if not self._chassis_synced:
@@ -338,6 +347,7 @@ class ControllerDaemon:
             await self.migrator.vif_offline(port_before, timing)  # step 2 on the source, or an abort
             self._emit(self._timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
             self.pending_vifs.discard(iface_id)
+            self.port_status.down(iface_id)  # written after this update's publishes and flows
         for iface_id, vif in sorted(vifs.items()):
             if before_vifs.get(iface_id) != vif:
                 self._emit(self.engine.vif_online(vif))
@@ -346,6 +356,7 @@ class ControllerDaemon:
                     self._plugged_before_known.add(iface_id)
                 else:
                     await self.migrator.vif_online(iface_id)  # step 1 when the port lives elsewhere
+                self.port_status.up(iface_id, since=update.seen or None)
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
 
@@ -494,6 +505,7 @@ class ControllerDaemon:
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
+            "port_status": self.port_status.status(),
         }
 
     async def _start_status_server(self) -> None:

@@ -107,3 +107,20 @@ def test_a_compiled_core_failure_is_counted_and_the_python_path_takes_the_port(m
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
     assert l2_lookup_actions(engine, 1) == (Output(5),)
+
+
+def test_port_status_reports_never_reach_the_view_or_recompute_flows():
+    from dfflow.models import PortStatus
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    before = dict(engine.desired())
+    plan = engine.nb_event(event(PortStatus(id="a1", topic="t", up={"A": 1.0})))
+    assert not plan and engine.view.get(PortStatus.table, "a1") is None
+    assert engine.stats["ignored_events"] == 1 and engine.desired() == before
+
+
+def test_an_inactive_binding_or_a_profile_change_recomputes_only_the_port_and_its_network():
+    from dfflow.models import InactiveBinding
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    plan = engine.nb_event(event(b1.replace(inactive_bindings=[InactiveBinding(host="C")],
+                                            binding_profile={"migrating_to": "C"})))
+    assert not plan.moved and not plan.n_flow_mods
