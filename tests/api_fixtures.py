@@ -53,3 +53,14 @@ def nb_call(url: str, method: str, *args: Any) -> Any:
         finally:
             await nb.close()
     return asyncio.run(run())
+
+
+def neutron_client(url: str):
+    """python-neutronclient as Nova builds it with `[neutron] auth_type = none` and an endpoint override:
+    a keystoneauth session with no token, and the client's own v2.0 calls."""
+    from keystoneauth1 import session
+    from keystoneauth1.noauth import NoAuth
+    from neutronclient.v2_0 import client
+
+    return client.Client(session=session.Session(auth=NoAuth(endpoint=url)), service_type="network",
+                         endpoint_override=url)

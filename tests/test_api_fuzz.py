@@ -19,8 +19,13 @@ EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}  # per ope
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def _seed(url: str) -> dict[str, str]:
-    """Real objects of every kind, so fuzzed paths also reach existing ids."""
+def _seed(url: str, nb_url: str) -> dict[str, str]:
+    """Real objects of every kind, so fuzzed paths also reach existing ids (and a compute port's bindings)."""
+    from api_fixtures import nb_call
+    from dfflow.models import Chassis
+
+    for host in ("fuzz-host", "fuzz-dest"):
+        nb_call(nb_url, "create", Chassis(id=host, topic="chassis", tunnel_ip="192.0.2.1"))
     with httpx.Client(base_url=url + "/v2.0") as http:
         def post(plural: str, **body) -> dict:
             resp = http.post(f"/{plural}", json={plural[:-1]: body})
@@ -28,7 +33,10 @@ def _seed(url: str) -> dict[str, str]:
             return resp.json()[plural[:-1]]
         net = post("networks", name="fuzz")
         sn = post("subnets", network_id=net["id"], cidr="10.0.0.0/24")
-        port = post("ports", network_id=net["id"], name="fuzz-port")
+        port = post("ports", network_id=net["id"], name="fuzz-port", device_owner="compute:nova",
+                    device_id="fuzz-vm", **{"binding:host_id": "fuzz-host"})
+        assert http.post(f"/ports/{port['id']}/bindings", json={"binding": {"host": "fuzz-dest"}}
+                         ).status_code == 201
         ext = post("networks", name="ext", **{"router:external": True})
         post("subnets", network_id=ext["id"], cidr="172.24.4.0/24")
         router = post("routers", name="fuzz-router", external_gateway_info={"network_id": ext["id"]})
@@ -36,18 +44,18 @@ def _seed(url: str) -> dict[str, str]:
                         ).status_code == 200
         fip = post("floatingips", floating_network_id=ext["id"], port_id=port["id"])
     return {"network_id": net["id"], "subnet_id": sn["id"], "port_id": port["id"], "router_id": router["id"],
-            "floatingip_id": fip["id"]}
+            "floatingip_id": fip["id"], "host": "fuzz-dest"}
 
 
 def _order(op) -> tuple[int, str]:
     return ({"DELETE": 2, "PUT": 1}.get(op.method.upper(), 0), op.label)  # deletions last
 
 
-def test_fuzz_api_against_its_openapi_document(api):  # noqa: F811
-    known = _seed(api.url)
+def test_fuzz_api_against_its_openapi_document(api, nb_url):  # noqa: F811
+    known = _seed(api.url, nb_url)
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     operations = sorted((r.ok() for r in schema.get_all_operations()), key=_order)
-    assert len(operations) == 3 + 5 * 5 + 2  # discovery, 5 resources x 5, router interfaces
+    assert len(operations) == 3 + 5 * 5 + 2 + 5  # discovery, 5 resources x 5, router interfaces, port bindings
     failures = []
     for op in operations:
         params = {p.name for p in op.path_parameters}

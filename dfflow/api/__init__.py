@@ -6,6 +6,8 @@
 - `dfflow.api.service.NeutronService(nb)`: the same operations without HTTP.
 - `dfflow.nb.neutron.update_port_binding(nb, port_id, host)`: live migration's step 3
   (`binding:host_id` -> `LogicalPort.binding_chassis`), importable without the web stack.
+- `dfflow.nb.bindings.create_binding / activate_binding / delete_binding(nb, port_id, host)`: the
+  binding-extended extension (`/v2.0/ports/{id}/bindings`) without HTTP.
 """
 from dfflow.nb.neutron import update_port_binding
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfflow.api import openapi
+from dfflow.api import bindings, openapi
 from dfflow.api.attributes import RESOURCES
 from dfflow.api.errors import ApiError, translate
 from dfflow.api.service import NeutronService
@@ -34,6 +34,8 @@ _IF_MATCH = re.compile(r'^\s*"?revision_number=(\d{1,18})"?\s*$')
 
 EXTENSIONS = (
     ("binding", "Port Binding", "binding:host_id, binding:profile, binding:vif_type on ports"),
+    ("binding-extended", "Port Bindings Extended", "A port's bindings to several hosts (one active): "
+                                                   "/v2.0/ports/{port_id}/bindings"),
     ("external-net", "Neutron external network", "router:external on networks"),
     ("router", "Neutron L3 Router", "Routers, router interfaces, external gateways, floating IPs"),
     ("provider", "Provider Network", "provider:network_type and provider:segmentation_id (geneve VNI)"),
@@ -192,6 +194,9 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
             state["svc"] = NeutronService(NbApi(nb_url, prefix=nb_prefix), default_project)
         return state["svc"]
 
+    def binding_service() -> bindings.BindingService:
+        return bindings.BindingService(service().nb)
+
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
@@ -275,6 +280,7 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
 
     add("/v2.0/routers/{obj_id}/add_router_interface", "PUT", add_interface, "add_router_interface")
     add("/v2.0/routers/{obj_id}/remove_router_interface", "PUT", remove_interface, "remove_router_interface")
+    bindings.add_routes(app, binding_service, _json_body)
 
     app.add_middleware(_Gate, token=token, max_body=max_body)
     return app

@@ -20,6 +20,7 @@ NULLABLE_ID = {"type": ["string", "null"], "maxLength": 255}
 BOOL = {"type": "boolean"}
 IP = {"type": "string", "minLength": 1, "maxLength": 64}
 NULLABLE_IP = {"type": ["string", "null"], "maxLength": 64}
+PROFILE = {"type": ["object", "null"]}  # binding:profile; its size is checked by dfflow.models.check_profile
 FIXED_IP_IN = {"type": "object", "additionalProperties": False,
                "properties": {"subnet_id": ID, "ip_address": IP}}
 FIXED_IP_OUT = {"type": "object", "properties": {"subnet_id": {"type": "string"},
@@ -130,7 +131,7 @@ PORT = Resource("port", "ports", (
     Attr("status", {"type": "string", "enum": ["ACTIVE", "DOWN"]}),
     Attr("port_security_enabled", BOOL, post=True, put=True),
     Attr("binding:host_id", STR, post=True, put=True),
-    Attr("binding:profile", {"type": "object", "maxProperties": 16}, post=True, put=True, filter=False),
+    Attr("binding:profile", PROFILE, post=True, put=True, filter=False, out={"type": "object"}),
     Attr("binding:vif_type", {"type": "string"}),
     Attr("binding:vif_details", {"type": "object"}, filter=False),
     Attr("binding:vnic_type", {"type": "string", "enum": ["normal"]}, post=True, put=True),
@@ -172,6 +173,17 @@ FLOATINGIP = Resource("floatingip", "floatingips", (
 ))
 
 RESOURCES: dict[str, Resource] = {r.plural: r for r in (NETWORK, SUBNET, PORT, ROUTER, FLOATINGIP)}
+
+# A port's bindings (the binding-extended extension): a sub-resource of ports, keyed by host.
+BINDING = Resource("binding", "bindings", (
+    Attr("host", ID, post=True, required=True),
+    Attr("vif_type", {"type": "string", "enum": ["ovs", "binding_failed", "unbound"]}),
+    Attr("vif_details", {"type": "object"}, filter=False),
+    Attr("vnic_type", {"type": "string", "enum": ["normal"]}, post=True),
+    Attr("profile", PROFILE, post=True, filter=False, out={"type": "object"}),
+    Attr("status", {"type": "string", "enum": ["ACTIVE", "INACTIVE"]}),
+    Attr("project_id", ID, post=True, filter=False),
+))
 
 INTERFACE_IN = {"type": "object", "additionalProperties": False,
                 "properties": {"subnet_id": ID, "port_id": ID}}

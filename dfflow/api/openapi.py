@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfflow.api.attributes import ID_PATTERN, INTERFACE_IN, INTERFACE_OUT, RESOURCES, Resource
+from dfflow.api.attributes import BINDING, ID_PATTERN, INTERFACE_IN, INTERFACE_OUT, RESOURCES, Resource
 
 ERROR = {"$ref": "#/components/schemas/NeutronError"}
 ERROR_SCHEMA = {
@@ -122,6 +122,7 @@ def build(auth: bool, title: str, version: str) -> dict[str, Any]:
                     "requestBody": _body(INTERFACE_IN),
                     "responses": _responses(200, INTERFACE_OUT, (409, 413, 415), auth)},
         }
+    paths.update(_binding_paths(auth))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,
@@ -136,3 +137,39 @@ def build(auth: bool, title: str, version: str) -> dict[str, Any]:
         for path in ("/", "/v2.0"):
             doc["paths"][path]["get"]["security"] = []
     return doc
+
+
+def _binding_paths(auth: bool) -> dict[str, Any]:
+    """The binding-extended extension: a port's bindings, keyed by host."""
+    item = {"type": "object", "required": ["binding"], "properties": {"binding": BINDING.item_schema()}}
+    listing = {"type": "object", "required": ["bindings"],
+               "properties": {"bindings": {"type": "array", "items": BINDING.item_schema()}}}
+    collection = "/v2.0/ports/{port_id}/bindings"
+    member = collection + "/{host}"
+    return {
+        collection: {
+            "parameters": [_path_param("port_id")],
+            "get": {"operationId": "list_port_bindings", "summary": "List a port's bindings (ACTIVE and INACTIVE)",
+                    "parameters": [p for p in _list_params(BINDING) if p["name"] not in ("limit", "marker",
+                                                                                          "page_reverse")],
+                    "responses": _responses(200, listing, (), auth)},
+            "post": {"operationId": "create_port_binding",
+                     "summary": "Bind a compute port to another host: an INACTIVE binding (live migration)",
+                     "requestBody": _body(BINDING.request_schema("POST")),
+                     "responses": _responses(201, item, (409, 413, 415), auth)},
+        },
+        member: {
+            "parameters": [_path_param("port_id"), _path_param("host")],
+            "get": {"operationId": "show_port_binding", "summary": "Show a port's binding for a host",
+                    "parameters": [_list_params(BINDING)[0]], "responses": _responses(200, item, (), auth)},
+            "delete": {"operationId": "delete_port_binding",
+                       "summary": "Delete a port's binding for a host (the active one unbinds the port)",
+                       "responses": _responses(204, None, (), auth)},
+        },
+        member + "/activate": {
+            "parameters": [_path_param("port_id"), _path_param("host")],
+            "put": {"operationId": "activate_port_binding",
+                    "summary": "Make the host's INACTIVE binding the ACTIVE one (no request body)",
+                    "responses": _responses(200, item, (409,), auth)},
+        },
+    }

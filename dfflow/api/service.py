@@ -23,10 +23,10 @@ from dfflow.api import alloc
 from dfflow.api.attributes import INTERFACE_IN, RESOURCES, check_value, parse_body
 from dfflow.api.errors import ApiError, bad_request, conflict, not_found, translate
 from dfflow.api.query import Page, parse_query, run
-from dfflow.api.views import (OWNER_FLOATINGIP, OWNER_GATEWAY, OWNER_INTERFACE, Snapshot, binding_profile,
-                              floatingip_view, network_view, port_view, router_view, subnet_view,
+from dfflow.api.views import (OWNER_FLOATINGIP, OWNER_GATEWAY, OWNER_INTERFACE, Snapshot, floatingip_view,
+                              network_view, port_view, router_view, subnet_view,
                               virtual_port_id)
-from dfflow.errors import Conflict, DfflowError, InUse, ValidationError, VersionConflict
+from dfflow.errors import Conflict, DfflowError, InUse, NotFound, ValidationError, VersionConflict
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort,
                            Subnet)
 from dfflow.nb import neutron
@@ -146,6 +146,16 @@ class NeutronService:
                 await self._delete_router(obj_id)
                 return
             await self.nb.delete(table, obj_id)
+        if plural == "ports":
+            await self._delete_port_status(obj_id)
+
+    async def _delete_port_status(self, port_id: str) -> None:
+        """The port's VIF reports go with it (a second write: an orphan left by a failure here is harmless,
+        nothing reads a status without its port)."""
+        try:
+            await self.nb.delete("lport_status", port_id)
+        except NotFound:
+            pass
 
     async def _delete_router(self, obj_id: str) -> None:
         """Neutron refuses to delete a router with interfaces; compare-and-set so none sneaks in meanwhile."""
@@ -170,7 +180,7 @@ class NeutronService:
         if plural == "subnets":
             return [subnet_view(s) for s in await self.nb.list(table="subnet")]
         if plural == "ports":
-            snap = await Snapshot.load(self.nb, ("subnet", "lport", "lrouter", "floatingip"))
+            snap = await Snapshot.load(self.nb, ("lport", "lrouter", "floatingip") + Snapshot.PORTS)
             return [port_view(p, snap) for p in snap.ports.values()] + snap.virtual_ports()
         if plural == "routers":
             snap = await Snapshot.load(self.nb, ("subnet", "lrouter"))
@@ -193,7 +203,7 @@ class NeutronService:
         if plural == "subnets":
             return subnet_view(obj)
         if plural == "ports":
-            return port_view(obj, await Snapshot.load(self.nb, ("subnet",)))
+            return port_view(obj, await Snapshot.for_port(self.nb, obj))
         if plural == "routers":
             return router_view(obj, await Snapshot.load(self.nb, ("subnet",)))
         return floatingip_view(obj)
@@ -389,16 +399,17 @@ class NeutronService:
         return ips, auto
 
     @staticmethod
-    def _check_profile(port: LogicalPort | None, profile: Any) -> None:
-        if profile is None or profile == {} or (port is not None and profile == binding_profile(port)):
-            return
-        raise bad_request("binding:profile", "it is read-only here: it shows the port's live migration "
-                                             "(migrating_to); the NB migration record is the controller's")
+    def _profile(data: dict[str, Any], port: LogicalPort | None) -> dict[str, Any]:
+        """The active binding's profile after this request (null clears it); 400 naming binding:profile."""
+        if "binding:profile" not in data:
+            return dict(port.binding_profile) if port is not None else {}
+        profile = data["binding:profile"]
+        return dict(_check("binding:profile", models.check_profile, {} if profile is None else profile))
 
     async def _create_port(self, data: dict[str, Any], topic: str) -> str:
         lswitch = data["network_id"]
         host = _check("binding:host_id", lambda f, v: neutron.host_to_chassis(v), data.get("binding:host_id"))
-        self._check_profile(None, data.get("binding:profile"))
+        profile = self._profile(data, None)
         given_mac = data.get("mac_address")
         if given_mac is not None:
             given_mac = _check("mac_address", models.check_mac, given_mac)
@@ -413,7 +424,8 @@ class NeutronService:
                                device_id=data.get("device_id", ""), name=data.get("name", ""),
                                enabled=data.get("admin_state_up", True),
                                port_security=data.get("port_security_enabled", True),
-                               activation_strategy=data.get("dfflow:activation_strategy"))
+                               activation_strategy=data.get("dfflow:activation_strategy"),
+                               vnic_type=data.get("binding:vnic_type", "normal"), binding_profile=profile)
             return port, auto | (set() if given_mac else {"mac"})
 
         return await self._create_with_retry(build)
@@ -440,6 +452,7 @@ class NeutronService:
             return
         if "binding:host_id" in data:
             _check("binding:host_id", lambda f, v: neutron.host_to_chassis(v), data["binding:host_id"])
+        self._profile(data, None)  # malformed: refused before any read
         mac = data.get("mac_address")
         if mac is not None:
             mac = _check("mac_address", models.check_mac, mac)
@@ -461,7 +474,6 @@ class NeutronService:
 
             def change(port: LogicalPort) -> LogicalPort:
                 self._revision_check(if_revision, port)
-                self._check_profile(port, data.get("binding:profile"))
                 if port.ips != current.ips:  # changed since the snapshot: choose again
                     raise _Stale()
                 if mac is not None and mac != port.mac and port.binding_chassis is not None:
@@ -476,7 +488,9 @@ class NeutronService:
                     device_id=data.get("device_id", port.device_id),
                     enabled=data.get("admin_state_up", port.enabled),
                     port_security=data.get("port_security_enabled", port.port_security),
-                    activation_strategy=data.get("dfflow:activation_strategy", port.activation_strategy)))
+                    activation_strategy=data.get("dfflow:activation_strategy", port.activation_strategy),
+                    vnic_type=data.get("binding:vnic_type", port.vnic_type),
+                    binding_profile=self._profile(data, port)))
 
             return change, auto
 

@@ -1,7 +1,8 @@
 """NB objects as Neutron shows them, and what the API reads from the NB to show or allocate.
 
 Fields the NB does not store are derived: a network is ACTIVE and up, a subnet's allocation pools are
-its CIDR minus the gateway, a port is ACTIVE while bound and enabled. Router interfaces, router
+its CIDR minus the gateway; a port is ACTIVE once the chassis of its active binding reports its VIF up
+(`lport_status`), and its vif_type/vif_details come from that chassis. Router interfaces, router
 gateways and floating IPs hold a MAC and an IP on a network as Neutron ports do; the API shows them as
 read-only ports with stable ids (`virtual_port_id`), so `?device_id=<router>` finds a router's ports.
 """
@@ -10,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import uuid
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
 
 from dfflow.api import alloc
-from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Subnet
+from dfflow.models import (Chassis, FloatingIP, InactiveBinding, LogicalPort, LogicalRouter, LogicalSwitch,
+                           PortStatus, Subnet)
+from dfflow.nb.bindings import bindings_of, status_of
 from dfflow.nb.neutron import chassis_to_host
 
 OWNER_INTERFACE = "network:router_interface"
 OWNER_GATEWAY = "network:router_gateway"
 OWNER_FLOATINGIP = "network:floatingip"
 _VIRTUAL_NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://dfflow/virtual-port")
-LIVE_MIGRATION_STATES = ("requested", "activated", "switched")
 
 
 def virtual_port_id(kind: str, *ids: str) -> str:
@@ -41,15 +43,31 @@ class Snapshot:
     ports: dict[str, LogicalPort]
     routers: dict[str, LogicalRouter]
     fips: dict[str, FloatingIP]
+    chassis: dict[str, Chassis] = field(default_factory=dict)
+    statuses: dict[str, PortStatus] = field(default_factory=dict)  # by port id
+
+    TABLES: ClassVar[tuple[str, ...]] = ("lswitch", "subnet", "lport", "lrouter", "floatingip", "chassis",
+                                         "lport_status")
+    PORTS: ClassVar[tuple[str, ...]] = ("subnet", "chassis", "lport_status")  # what a port's view needs
 
     @classmethod
     async def load(cls, nb: Any, tables: Iterable[str] = ("lswitch", "subnet", "lport", "lrouter",
                                                            "floatingip")) -> "Snapshot":
         wanted = set(tables)
         found: dict[str, dict[str, Any]] = {}
-        for table in ("lswitch", "subnet", "lport", "lrouter", "floatingip"):
+        for table in cls.TABLES:
             found[table] = {o.id: o for o in await nb.list(table=table)} if table in wanted else {}
-        return cls(found["lswitch"], found["subnet"], found["lport"], found["lrouter"], found["floatingip"])
+        return cls(found["lswitch"], found["subnet"], found["lport"], found["lrouter"], found["floatingip"],
+                   found["chassis"], found["lport_status"])
+
+    @classmethod
+    async def for_port(cls, nb: Any, port: LogicalPort) -> "Snapshot":
+        """What one port's view needs: its subnets' table, its hosts' chassis and its status."""
+        hosts = [b.host for b in bindings_of(port)]
+        objects = await nb.get_many([("chassis", h) for h in hosts] + [("lport_status", port.id)])
+        return cls({}, {s.id: s for s in await nb.list(table="subnet")}, {}, {}, {},
+                   {o.id: o for o in objects if o.table == "chassis"},
+                   {o.id: o for o in objects if o.table == "lport_status"})
 
     def subnets_of(self, lswitch: str) -> list[Subnet]:
         """A network's subnets, IPv4 first, in address order."""
@@ -119,12 +137,33 @@ def subnet_view(sn: Subnet) -> dict[str, Any]:
             "host_routes": [], "ipv6_ra_mode": None, "ipv6_address_mode": None, "subnetpool_id": None}
 
 
-def binding_profile(port: LogicalPort) -> dict[str, Any]:
-    """Read-only: where a live migration in progress is taking the port (Nova's `migrating_to`)."""
-    mig = port.migration
-    if mig is not None and mig.state in LIVE_MIGRATION_STATES:
-        return {"migrating_to": mig.chassis}
-    return {}
+def vif_binding(host: str | None, snap: Snapshot) -> tuple[str, dict[str, Any]]:
+    """(vif_type, vif_details) of a binding to `host`: what os-vif needs to plug the VIF there.
+
+    `datapath_type` and `bridge_name` are the chassis' own: without `datapath_type` os-vif (re)creates
+    the bridge with the kernel datapath, which a userspace (netdev) chassis cannot run."""
+    if not host:
+        return "unbound", {}
+    chassis = snap.chassis.get(host)
+    if chassis is None:
+        return "binding_failed", {}
+    return "ovs", {"port_filter": True, "datapath_type": chassis.datapath_type,
+                   "bridge_name": chassis.bridge_name, "ovs_hybrid_plug": False, "connectivity": "l2"}
+
+
+def port_status(port: LogicalPort, snap: Snapshot) -> str:
+    """ACTIVE once the chassis of its active binding reports the VIF up (and the port is enabled)."""
+    status = snap.statuses.get(port.id)
+    up = status is not None and port.binding_chassis is not None and port.binding_chassis in status.up
+    return "ACTIVE" if up and port.enabled else "DOWN"
+
+
+def binding_view(port: LogicalPort, binding: InactiveBinding, snap: Snapshot) -> dict[str, Any]:
+    """One of the port's bindings as Neutron's binding-extended extension shows it."""
+    vif_type, vif_details = vif_binding(binding.host, snap)
+    return {"host": binding.host, "vif_type": vif_type, "vif_details": vif_details,
+            "vnic_type": binding.vnic_type, "profile": dict(binding.profile),
+            "status": status_of(port, binding.host)}
 
 
 def port_view(port: LogicalPort, snap: Snapshot) -> dict[str, Any]:
@@ -132,16 +171,15 @@ def port_view(port: LogicalPort, snap: Snapshot) -> dict[str, Any]:
     for ip in port.ips:
         subnet = snap.subnet_for(port.lswitch, ip)
         fixed.append({"subnet_id": subnet.id if subnet else "", "ip_address": ip})
-    bound = port.binding_chassis is not None
+    vif_type, vif_details = vif_binding(port.binding_chassis, snap)
     return {**_common(port), "name": port.name, "network_id": port.lswitch, "mac_address": port.mac,
             "fixed_ips": fixed, "device_owner": port.device_owner, "device_id": port.device_id,
-            "admin_state_up": port.enabled, "status": "ACTIVE" if bound and port.enabled else "DOWN",
+            "admin_state_up": port.enabled, "status": port_status(port, snap),
             "port_security_enabled": port.port_security,
             "binding:host_id": chassis_to_host(port.binding_chassis),
-            "binding:profile": binding_profile(port),
-            "binding:vif_type": "ovs" if bound else "unbound",
-            "binding:vif_details": {"port_filter": port.port_security, "ovs_hybrid_plug": False} if bound else {},
-            "binding:vnic_type": "normal",
+            "binding:profile": dict(port.binding_profile),
+            "binding:vif_type": vif_type, "binding:vif_details": vif_details,
+            "binding:vnic_type": port.vnic_type,
             "dfflow:activation_strategy": port.activation_strategy,
             "dfflow:migration": dataclasses.asdict(port.migration) if port.migration else None}
 

@@ -32,12 +32,14 @@ def bind(port: LogicalPort, host: Any) -> LogicalPort | None:
     """The port bound to `host`, or None when it already is (nothing to write).
 
     Only the binding changes; the migration record is the controller's to move
-    (it sees the binding reach the migration's destination and finishes).
+    (it sees the binding reach the migration's destination and finishes). An inactive
+    binding `host` held is dropped: the port's one binding there is now the active one.
     """
     chassis = host_to_chassis(host)
     if port.binding_chassis == chassis:
         return None
-    return port.replace(binding_chassis=chassis)
+    kept = [b for b in port.inactive_bindings if b.host != chassis]
+    return port.replace(binding_chassis=chassis, inactive_bindings=kept)
 
 
 async def update_port_binding(nb: Any, port_id: str, host: str | None,
