@@ -70,7 +70,8 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
 def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug_delay: int,
-              update_port_delay: int, interval: float, as_json: bool, plot_path: str | None) -> None:
+              update_port_delay: int, nova_path: str, interval: float, as_json: bool,
+              plot_path: str | None) -> None:
     """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
     from benchmarks import migration as bench
 
@@ -83,7 +84,8 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
         report = bench.run(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000,
                            unplug_delay=unplug_delay / 1000,
                            update_port_delay=update_port_delay / 1000, interval=interval,
-                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None)
+                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None,
+                           nova_path=nova_path)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:

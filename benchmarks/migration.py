@@ -69,7 +69,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None) -> dict[str, Any]:
+        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
     sb = Sandbox(workdir)
@@ -77,7 +77,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         sb.up(chassis=3, controllers=True)
         time.sleep(1.0)
         return asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                keep_samples, routed_probe, on_migration, memory_copy))
+                                keep_samples, routed_probe, on_migration, memory_copy, nova_path))
     finally:
         sb.down()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -87,7 +87,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
-               memory_copy: float = nova.MEMORY_COPY) -> dict[str, Any]:
+               memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended") -> dict[str, Any]:
     nb, cloud, fip = await _build(sb)
     echo = Echo(sb, "M")
     probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
@@ -109,7 +109,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                     timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
                                                   unplug_delay=unplug_delay,
                                                   update_port_delay=update_port_delay,
-                                                  strategy="announce" if strategy == "announce" else "unplug")
+                                                  strategy="announce" if strategy == "announce" else "unplug",
+                                                  nova_path=nova_path)
                     await asyncio.sleep(0.3)
                 finally:
                     raw = {name: s.stop() for name, s in senders.items()}
@@ -139,14 +140,17 @@ def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any]
                                   for _, s, r in result["replies"] if s >= started]
         probes[name] = figures
     steps = timeline["steps"]
-    trigger = steps.get(TRIGGERS[strategy])
+    trigger_step = TRIGGERS[strategy]
     moving = {"announce": "activated", "unplug": "switched", "fallback": "bound"}[strategy]
+    if timeline.get("nova_path") == "extended" and strategy != "announce":
+        trigger_step, moving = "activate", "bound"  # Nova activates dest's binding before the unplug
+    trigger = steps.get(trigger_step)
     applied = timeline["applied"].get(moving, {})
     convergence = (max(applied.values()) - trigger) * 1e3 if applied and trigger is not None else None
     unplug_at = ((steps["unplug"] - steps["vm_source_down"]) * 1e3
                  if "unplug" in steps and "vm_source_down" in steps else None)
     return {"strategy": strategy, "run": index, "from": timeline["source"], "to": timeline["destination"],
-            "probes": probes, "trigger": TRIGGERS[strategy], "convergence_ms": convergence,
+            "probes": probes, "trigger": trigger_step, "convergence_ms": convergence,
             "unplug_at_ms": unplug_at,  # when emulated Nova really unplugged, after the VM left the source
             "applied_ms": {ch: round((t - (trigger or 0)) * 1e3, 2) for ch, t in applied.items()},
             "timeline": timeline, "plug_offset_s": timeline["origin"] - started}

@@ -140,8 +140,8 @@ def _announced(port: LogicalPort, chassis: str, now: float, strategy: str) -> St
 
 
 def _source_unplugged(port: LogicalPort, chassis: str, now: float, strategy: str) -> Step:
-    if chassis != port.migration.source:
-        return NO_CHANGE
+    if chassis != port.migration.source or step3_arrived(port):
+        return NO_CHANGE  # not the source; or bound to dest already (Nova activates before unplugging)
     return _advance(port, "switched", now)
 
 

@@ -57,6 +57,15 @@ def test_extended_path_activation_before_the_source_unplug_ends_the_migration_on
     assert out == ["", ""] and current_location(p) == D and p.inactive_bindings == []
 
 
+def test_the_source_unplug_seen_after_activation_but_before_the_record_ends_changes_nothing():
+    """The source's view can hold the activation (binding = dest) while the destination's clearing of
+    the record is still on its way: the unplug then neither switches nor publishes anything."""
+    p, _ = run(bound_inactive_to(port(), D), (Event.DEST_PLUGGED, D))
+    p = activated(p, D)
+    q, out = run(p, (Event.SOURCE_UNPLUGGED, S))
+    assert out == [""] and q == p and current_location(q) == D
+
+
 def test_extended_path_unplug_before_activation_switches_then_activation_ends_it():
     p, out = run(bound_inactive_to(port(), D), (Event.DEST_PLUGGED, D), (Event.SOURCE_UNPLUGGED, S))
     assert out == ["requested", "switched"] and current_location(p) == D

@@ -536,11 +536,12 @@ class Sandbox:
     # --- VMs --------------------------------------------------------------------------------------
     def plug_vm(self, name: str, chassis: str, port_id: str, mac: str, ip: str | None = None,
                 gateway: str | None = None, vm_uuid: str | None = None, ifname: str = "eth0",
-                mtu: int = VM_MTU, ipv6: bool = False) -> Vm:
+                mtu: int = VM_MTU, ipv6: bool = False, ovs_port: bool = True) -> Vm:
         """Create VM namespace ``<sbid>-vm-<name>`` and plug its first VIF into `chassis`' br-int.
 
         `ip` is ``address/prefix``; `gateway` adds a default route. The chassis end
-        is plugged like os-vif does it (iface-id, attached-mac, iface-status, vm-uuid).
+        is plugged like os-vif does it (iface-id, attached-mac, iface-status, vm-uuid); with
+        `ovs_port=False` it is left as QEMU leaves its tap, for the caller's os-vif to plug.
         """
         nm.check_name("VM", name)
         nm.check_port_id(port_id)
@@ -558,7 +559,7 @@ class Sandbox:
             netns.add(ns)
             sysctls = {} if ipv6 else dict(NO_IPV6_SYSCTLS)
             netns.sh(ns, netns.sysctl_script(sysctls) + "\nip link set lo up")
-            self.plug_vif(name, chassis, port_id, mac, ifname, up=True, ip=ip, mtu=mtu)
+            self.plug_vif(name, chassis, port_id, mac, ifname, up=True, ip=ip, mtu=mtu, ovs_port=ovs_port)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.unplug_vm(name)
@@ -566,7 +567,8 @@ class Sandbox:
         return self.vm(name)
 
     def plug_vif(self, vm: str, chassis: str, port_id: str, mac: str, ifname: str, up: bool = False,
-                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True) -> Vif:
+                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True,
+                 ovs_port: bool = True) -> Vif:
         """Add an interface to an existing VM namespace, plugged into `chassis`' br-int.
 
         For live-migration emulation: the destination VIF of a VM (same port id and
@@ -591,14 +593,15 @@ class Sandbox:
         with self._txn() as st:
             st["vms"][vm]["vifs"].append(asdict(vif))
         try:
-            self._create_vif(ch, vmrec, vif, configure_ip)
+            self._create_vif(ch, vmrec, vif, configure_ip, ovs_port)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.unplug_vif(vm, ifname)
             raise
         return vif
 
-    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True) -> None:
+    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True,
+                    ovs_port: bool = True) -> None:
         tap, ifname = vif.tap, vif.ifname
         netns.batch(ch.namespace, [
             f"link add {tap} address {nm.tap_mac(vif.port_id, ch.name)} mtu {vif.mtu} type veth "
@@ -612,6 +615,8 @@ class Sandbox:
             if vmrec.gateway and not vmrec.vifs:
                 script.append(f"ip route add default via {vmrec.gateway} dev {ifname}")
         netns.sh(vmrec.namespace, "\n".join(script))
+        if not ovs_port:
+            return
         ch.ovs().vsctl(
             "--", "--may-exist", "add-port", INT_BRIDGE, tap,
             "--", "set", "Interface", tap, f"external_ids:iface-id={vif.port_id}",
