@@ -55,7 +55,7 @@ def test_a_vm_plugged_by_os_vif_is_active_only_after_its_chassis_reports_it(clou
     sb.stop_controller("chassis-2")  # nobody to report the VIF yet
     try:
         vm = sb.plug_vm("L", "chassis-2", port.id, port.mac, ip="10.1.0.66/24", ovs_port=False)
-        host = OsVifHost(sb.chassis("chassis-2"))
+        host = OsVifHost(sb, "chassis-2")
         try:
             spec = vif_spec(port.id, port.mac, "net1", port_binding(shown), mtu=1400)
             host.call("plug", spec, {"uuid": vm.uuid, "name": "L", "project_id": port.topic})
@@ -137,7 +137,7 @@ def test_a_deleted_inactive_binding_alone_aborts_when_the_destination_never_unpl
     assert binding["status"] == "INACTIVE" and binding["vif_details"]["datapath_type"] == "netdev"
     vmrec = sb.vm("M")
     sb.plug_vif("M", dest, pid, port.mac, "eth7", up=False, ovs_port=False)
-    host = OsVifHost(sb.chassis(dest))
+    host = OsVifHost(sb, dest)
     spec = vif_spec(pid, port.mac, port.lswitch, binding, mtu=1400)
     instance = {"uuid": vmrec.uuid, "name": "M", "project_id": port.topic}
     try:

@@ -56,7 +56,9 @@ def test_a_restarted_controller_reports_what_ovsdb_shows_and_takes_back_what_wen
     wait_until(lambda: status_up(cloud, gone) == {"chassis-2"}, 10, what="B up on chassis-2")
     sb.stop_controller("chassis-2")
     sb.unplug_vif("B", "eth0")  # while the controller is away
-    came = cloud.call("create_vm", "C", "chassis-2", "net1", "10.1.0.13").vifs[0].port_id
+    # plugged while the controller is away (Nova would wait for its vif-plugged: plug it by hand)
+    port = cloud.call("create_port", "net1", "chassis-2", "10.1.0.13", name="C-port")
+    came = sb.plug_vm("C", "chassis-2", port.id, port.mac, ip="10.1.0.13/24").vifs[0].port_id
     assert status_up(cloud, gone) == {"chassis-2"} and status_up(cloud, came) == set()
     sb.start_controller("chassis-2")
     wait_controllers_ready(sb)

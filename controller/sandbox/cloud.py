@@ -145,11 +145,11 @@ class Cloud:
             vm = self.sandbox.plug_vm(name, chassis, port.id, port.mac,
                                       ip=f"{port.ips[0]}/{subnet.network.prefixlen}",
                                       gateway=subnet.gateway_ip, vm_uuid=vm_uuid, ovs_port=False)
-            host = OsVifHost(ch)
+            host = await asyncio.to_thread(OsVifHost, self.sandbox, ch.name)
             try:
                 await host.acall("plug", vif, self.instance_info(vm))
             finally:
-                await asyncio.to_thread(host.close)
+                host.close()
             await self.wait_vif_plugged(port.id, chassis)
             return vm
         except Exception:

@@ -1,5 +1,5 @@
-"""os-vif on a sandbox chassis, as nova-compute calls it: one `controller.sandbox.osvif_agent`
-process per chassis, inside the chassis' namespace, pointed at its OVSDB.
+"""os-vif on a sandbox chassis, as nova-compute calls it: the chassis' `controller.sandbox.osvif_agent`
+(started by the sandbox, inside the chassis' namespace, pointed at its OVSDB), over its unix socket.
 
 The VIF comes from the port's binding as Nova builds it (nova/network/os_vif_util.py): a
 `VIFOpenVSwitch` on binding:vif_details' `bridge_name` and `datapath_type` (os-vif creates the
@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
+import socket
 from typing import Any
 
 from controller.sandbox import names as nm
-from controller.sandbox import netns
 from controller.sandbox.netns import SandboxError
-from controller.sandbox.topology import Chassis
+from controller.sandbox.topology import Sandbox
 
-START_TIMEOUT = 30.0
 CALL_TIMEOUT = 30.0
 VIF_TYPE_OVS = "ovs"
 NOVA_OVS_BRIDGE = "br-int"  # nova's [neutron] ovs_bridge default, used when vif_details name none
@@ -50,39 +46,30 @@ def port_binding(port: dict[str, Any]) -> dict[str, Any]:
 
 
 class OsVifHost:
-    """nova-compute's os-vif on one chassis (a process of its own; `close()` ends it)."""
+    """nova-compute's os-vif on one chassis: a connection to its agent (`close()` ends it)."""
 
-    def __init__(self, chassis: Chassis):
+    def __init__(self, sandbox: Sandbox, chassis: str):
         self.chassis = chassis
-        argv = netns.exec_argv(chassis.namespace, [sys.executable, "-W", "ignore::FutureWarning", "-m",
-                                                   "controller.sandbox.osvif_agent",
-                                                   "--ovsdb", chassis.ovs().ovsdb_url])
-        self.log_path = os.path.join(chassis.dir, "osvif.log")  # os-vif's and privsep's logging
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                         text=True)
-        self._ready = False
-
-    def _reply(self) -> dict[str, Any]:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.kill()
-            raise SandboxError(f"os-vif on {self.chassis.name} died (see {self.log_path})")
-        return json.loads(line)
-
-    def wait_ready(self) -> None:
-        if not self._ready:
-            self._reply()
-            self._ready = True
+        path = sandbox.osvif_socket(chassis)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(CALL_TIMEOUT)
+        try:
+            self.sock.connect(path)
+        except OSError as exc:
+            self.sock.close()
+            raise SandboxError(f"os-vif agent of {chassis} at {path}: {exc}") from None
+        self.stream = self.sock.makefile("rwb")
 
     def call(self, op: str, vif: dict[str, Any], instance: dict[str, Any]) -> dict[str, Any]:
         """os_vif.plug or os_vif.unplug; returns when it returned (`started`/`returned` times in it)."""
-        self.wait_ready()
-        self.proc.stdin.write(json.dumps({"op": op, "vif": vif, "instance": instance}) + "\n")
-        self.proc.stdin.flush()
-        reply = self._reply()
+        self.stream.write(json.dumps({"op": op, "vif": vif, "instance": instance}).encode() + b"\n")
+        self.stream.flush()
+        line = self.stream.readline()
+        if not line:
+            raise SandboxError(f"os-vif agent of {self.chassis} closed the connection (see its osvif.log)")
+        reply = json.loads(line)
         if not reply.get("ok"):
-            raise SandboxError(f"os_vif.{op} of {vif['port_id']} on {self.chassis.name} failed: "
+            raise SandboxError(f"os_vif.{op} of {vif['port_id']} on {self.chassis} failed: "
                                f"{reply.get('error')}\n{reply.get('traceback', '')}")
         return reply
 
@@ -90,11 +77,5 @@ class OsVifHost:
         return await asyncio.to_thread(self.call, op, vif, instance)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
+        self.stream.close()
+        self.sock.close()

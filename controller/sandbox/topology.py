@@ -134,6 +134,8 @@ class Chassis:
     controller_starttime: int | None = None
     controller_argv: list[str] = field(default_factory=list)
     ovs_pids: dict[str, list[int | None]] = field(default_factory=dict)  # daemon -> [pid, start time]
+    osvif_pid: int | None = None    # the chassis' os-vif agent (nova-compute's os-vif), if started
+    osvif_starttime: int | None = None
 
     @property
     def rundir(self) -> str:
@@ -146,6 +148,10 @@ class Chassis:
     @property
     def status_socket(self) -> str:
         return os.path.join(self.dir, "controller.sock")
+
+    @property
+    def osvif_socket(self) -> str:
+        return os.path.join(self.dir, "osvif.sock")
 
     def ovs(self) -> OvsInstance:
         return OvsInstance(self.rundir, self.namespace)
@@ -376,6 +382,11 @@ class Sandbox:
         if cmd is not None:
             for ch in chs:
                 self._start_controller(ch.name, cmd, of_transport)
+            # a cloud: nova-compute's os-vif runs on every chassis from the start, as on compute hosts
+            for ch in chs:
+                self._start_osvif(ch.name)
+            for ch in chs:
+                self._wait_osvif(self.chassis(ch.name))
         with self._txn() as st:
             st["phase"] = "up"
 
@@ -502,6 +513,37 @@ class Sandbox:
         ch.controller_pid, ch.controller_starttime = proc.pid, procs.starttime(proc.pid)
         self._save_chassis(ch)
         return ch
+
+    # --- os-vif agents (nova-compute's os-vif, see osvif_agent.py) --------------------------------
+    def osvif_socket(self, chassis: str) -> str:
+        """The socket of the chassis' os-vif agent, started now if it does not run."""
+        ch = self.chassis(chassis)
+        if not procs.same_process(ch.osvif_pid, ch.osvif_starttime):
+            ch = self._start_osvif(chassis)
+        return self._wait_osvif(ch)
+
+    def _start_osvif(self, chassis: str) -> Chassis:
+        ch = self.chassis(chassis)
+        with contextlib.suppress(OSError):
+            os.unlink(ch.osvif_socket)
+        argv = netns.exec_argv(ch.namespace, [sys.executable, "-m", "controller.sandbox.osvif_agent",
+                                              "--ovsdb", ch.ovs().ovsdb_url, "--socket", ch.osvif_socket])
+        with open(os.path.join(ch.dir, "osvif.log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=ch.dir, start_new_session=True)
+        ch.osvif_pid, ch.osvif_starttime = proc.pid, procs.starttime(proc.pid)
+        self._save_chassis(ch)
+        return ch
+
+    @staticmethod
+    def _wait_osvif(ch: Chassis, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ch.osvif_socket):
+            if not procs.same_process(ch.osvif_pid, ch.osvif_starttime) or time.monotonic() > deadline:
+                raise SandboxError(f"the os-vif agent of {ch.name} did not start (see "
+                                   f"{os.path.join(ch.dir, 'osvif.log')})")
+            time.sleep(0.05)
+        return ch.osvif_socket
 
     def start_controller(self, chassis: str) -> Chassis:
         """(Re)start one chassis' controller, e.g. after `stop_controller` in a restart test."""
@@ -748,6 +790,8 @@ class Sandbox:
                 ch = _chassis_from(c)
                 if procs.same_process(ch.controller_pid, ch.controller_starttime):
                     victims.add(ch.controller_pid)  # type: ignore[arg-type]
+                if procs.same_process(ch.osvif_pid, ch.osvif_starttime):
+                    victims.add(ch.osvif_pid)  # type: ignore[arg-type]
                 for pid, start in ch.ovs_pids.values():
                     if procs.same_process(pid, start):
                         victims.add(pid)  # type: ignore[arg-type]
