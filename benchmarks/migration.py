@@ -123,7 +123,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 if progress is not None:
                     progress(f"{strategy} run {i + 1}/{runs}")
         return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
-                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
+                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
+                "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
                 "probes": list(probes)}
     finally:
         echo.stop()
@@ -218,11 +219,12 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 def format_summary(report: dict[str, Any]) -> str:
     lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
-             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms",
+             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms, "
+             f"Nova's {report.get('nova_path', 'extended')} calls",
              f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'min':>8} {'max':>8} "
              f"{'converge':>9} {'(from)':14} unrecovered"]
     for strategy, s in report["summary"].items():
-        trigger = TRIGGERS[strategy]
+        trigger = next((r["trigger"] for r in report["runs"] if r["strategy"] == strategy), TRIGGERS[strategy])
         fmt = lambda v: f"{v:.1f}" if v is not None else "-"
         lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms {fmt(s['downtime_p95_ms']):>6} ms "
                      f"{fmt(s['downtime_min_ms']):>5} ms {fmt(s['downtime_max_ms']):>5} ms "

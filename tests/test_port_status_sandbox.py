@@ -24,6 +24,7 @@ def status_up(cloud, port_id: str) -> set[str]:
 
 
 def test_each_chassis_registers_its_bridge_and_datapath_type(cloud):
+    assert all(ch["osvif_alive"] for ch in cloud.sb.status()["chassis"])  # nova-compute's os-vif, per chassis
     for ch in cloud.sb.chassis_list():
         row = cloud.nb("get", Chassis.table, ch.name)
         assert (row.datapath_type, row.bridge_name) == (DATAPATH_TYPE, INT_BRIDGE) == ("netdev", "br-int")

@@ -163,14 +163,17 @@ class Cloud:
         return {"uuid": vm.uuid, "name": vm.name, "project_id": self.topic}
 
     async def delete_vm(self, name: str) -> None:
+        """The VM's VIFs unplugged and its namespace gone; then its ports deleted through Neutron (their
+        status with them)."""
         vm = self.sandbox.vm(name)
         port_ids = {vif.port_id for vif in vm.vifs}
         self.sandbox.unplug_vm(name)
         for port_id in sorted(port_ids):
             try:
-                await self.nb.delete(LogicalPort.table, port_id)
-            except NotFound:
-                pass
+                await self.neutron("delete_port", port_id)
+            except DfflowError as exc:
+                if getattr(exc, "status_code", None) != 404:
+                    raise
 
     # -- routers and floating IPs ---------------------------------------------------
     async def create_router(self, name: str, networks: list[str], external: str | None = None) -> LogicalRouter:

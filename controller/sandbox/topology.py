@@ -734,6 +734,8 @@ class Sandbox:
                 "controller_pid": ch.controller_pid,
                 "controller_alive": procs.same_process(ch.controller_pid, ch.controller_starttime),
                 "controller_log": ch.controller_log, "status_socket": ch.status_socket, "dir": ch.dir,
+                "osvif_pid": ch.osvif_pid, "osvif_alive": procs.same_process(ch.osvif_pid, ch.osvif_starttime),
+                "osvif_socket": ch.osvif_socket,
             })
         vms = []
         for v in st.get("vms", {}).values():
