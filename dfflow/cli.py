@@ -113,11 +113,35 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
 @click.option("--auth", type=click.Choice(["none", "token"]), default="none", show_default=True,
               help="'token': clients must send X-Auth-Token (required off loopback).")
 @click.option("--token", envvar="DFFLOW_API_TOKEN", help="The token for --auth token (or DFFLOW_API_TOKEN).")
-def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
-    """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs)."""
+@click.option("--nova-url", envvar="DFFLOW_NOVA_URL",
+              help="Nova's compute endpoint (e.g. http://nova:8774/v2.1): send it network-vif-plugged/unplugged "
+                   "events (or DFFLOW_NOVA_URL).")
+@click.option("--nova-token", envvar="DFFLOW_NOVA_TOKEN", help="X-Auth-Token for Nova (or DFFLOW_NOVA_TOKEN).")
+@click.option("--nova-auth-url", envvar="DFFLOW_NOVA_AUTH_URL",
+              help="Instead of a token: Keystone's URL, to log in with --nova-username/--nova-password/"
+                   "--nova-project (or DFFLOW_NOVA_AUTH_URL, _USERNAME, _PASSWORD, _PROJECT).")
+@click.option("--nova-username", envvar="DFFLOW_NOVA_USERNAME")
+@click.option("--nova-password", envvar="DFFLOW_NOVA_PASSWORD")
+@click.option("--nova-project", envvar="DFFLOW_NOVA_PROJECT")
+@click.option("--nova-domain", envvar="DFFLOW_NOVA_DOMAIN", default="Default", show_default=True,
+              help="Keystone domain of the user and the project.")
+def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | None, nova_token: str | None,
+        nova_auth_url: str | None, nova_username: str | None, nova_password: str | None,
+        nova_project: str | None, nova_domain: str) -> None:
+    """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs, port bindings)."""
     from dfflow.api.server import ServeError, serve
+    credentials = None
+    if nova_auth_url:
+        from dfflow.nova.keystone import KeystoneCredentials
+        missing = [f"--nova-{n}" for n, v in (("username", nova_username), ("password", nova_password),
+                                               ("project", nova_project)) if not v]
+        if missing:
+            raise click.UsageError(f"--nova-auth-url needs {', '.join(missing)}")
+        credentials = KeystoneCredentials(nova_auth_url, nova_username, nova_password, nova_project,
+                                          nova_domain, nova_domain)
     try:
-        serve(nb_url, listen, auth=auth, token=token)
+        serve(nb_url, listen, auth=auth, token=token, nova_url=nova_url, nova_token=nova_token,
+              nova_credentials=credentials)
     except ServeError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -106,3 +106,6 @@ def ovs():
         finally:
             inst.stop()
             inst.wait_stopped()
+
+# One neutron-server for the whole session, shared by every test module that asks for it.
+from neutron_fixtures import neutron  # noqa: E402,F401

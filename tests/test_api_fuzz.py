@@ -55,7 +55,8 @@ def test_fuzz_api_against_its_openapi_document(api, nb_url):  # noqa: F811
     known = _seed(api.url, nb_url)
     schema = schemathesis.openapi.from_url(api.url + "/openapi.json")
     operations = sorted((r.ok() for r in schema.get_all_operations()), key=_order)
-    assert len(operations) == 3 + 5 * 5 + 2 + 5  # discovery, 5 resources x 5, router interfaces, port bindings
+    # discovery, 5 resources x 5, router interfaces, port bindings, dfflow's status
+    assert len(operations) == 3 + 5 * 5 + 2 + 5 + 1
     failures = []
     for op in operations:
         params = {p.name for p in op.path_parameters}

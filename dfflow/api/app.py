@@ -180,10 +180,11 @@ def _base(request: Request) -> str:
 
 
 def create_app(nb_url: str, *, token: str | None = None, default_project: str = "admin",
-               max_body: int = MAX_BODY, nb_prefix: str = "dfflow") -> Any:
+               max_body: int = MAX_BODY, nb_prefix: str = "dfflow", nova: Any = None) -> Any:
     """The ASGI app serving Neutron's v2.0 API over the NB db at `nb_url`.
 
     `token`: when set, every request but version discovery must carry `X-Auth-Token: <token>`.
+    `nova`: a `dfflow.nova.notifier.NovaConfig`: the app also runs the Nova notifier (VIF events).
     """
     from dfflow.nb.store import NbApi
 
@@ -199,7 +200,14 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
+        notifier = None
+        if nova is not None:
+            from dfflow.nova.notifier import NovaNotifier
+            notifier = state["notifier"] = NovaNotifier(nb_url, nova, prefix=nb_prefix)
+            notifier.launch()
         yield
+        if notifier is not None:
+            await notifier.stop()
         if "svc" in state:
             await state.pop("svc").nb.close()
 
@@ -249,6 +257,11 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
         return JSONResponse({"version": _version(request), "resources": [
             {"name": r.singular, "collection": r.plural,
              "links": [{"href": f"{_base(request)}/v2.0/{r.plural}", "rel": "self"}]} for r in RESOURCES.values()]})
+
+    @app.get("/dfflow/status", include_in_schema=False)
+    async def status() -> JSONResponse:
+        notifier = state.get("notifier")
+        return JSONResponse({"nova_notifier": notifier.status() if notifier is not None else None})
 
     @app.get("/v2.0/extensions", include_in_schema=False)
     async def extensions() -> JSONResponse:

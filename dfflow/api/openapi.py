@@ -123,6 +123,10 @@ def build(auth: bool, title: str, version: str) -> dict[str, Any]:
                     "responses": _responses(200, INTERFACE_OUT, (409, 413, 415), auth)},
         }
     paths.update(_binding_paths(auth))
+    paths["/dfflow/status"] = {"get": {
+        "operationId": "dfflowStatus", "summary": "dfflow's own status: the Nova notifier's counters (null when off)",
+        "responses": _responses(200, {"type": "object", "required": ["nova_notifier"],
+                                      "properties": {"nova_notifier": {"type": ["object", "null"]}}}, (), auth)}}
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,

@@ -40,8 +40,9 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 def make_config(nb_url: str, listen: str, auth: str = "none", token: str | None = None,
-                default_project: str = "admin", max_body: int = MAX_BODY, log_level: str = "info"
-                ) -> uvicorn.Config:
+                default_project: str = "admin", max_body: int = MAX_BODY, log_level: str = "info",
+                nova_url: str | None = None, nova_token: str | None = None,
+                nova_credentials: Any = None) -> uvicorn.Config:
     host, port = parse_listen(listen)
     if auth not in ("none", "token"):
         raise ServeError(f"--auth {auth!r}: expected none or token")
@@ -49,15 +50,23 @@ def make_config(nb_url: str, listen: str, auth: str = "none", token: str | None 
         raise ServeError("--auth token needs --token (or DFFLOW_API_TOKEN)")
     secret = token if auth == "token" else None
     check_exposure(host, secret)
-    app = create_app(nb_url, token=secret, default_project=default_project, max_body=max_body)
+    nova = None
+    if nova_url:
+        from dfflow.nova.notifier import NovaConfig
+        if not nova_url.startswith(("http://", "https://")):
+            raise ServeError(f"--nova-url {nova_url!r}: expected an http:// or https:// URL")
+        nova = NovaConfig(url=nova_url.rstrip("/"), token=nova_token or None, credentials=nova_credentials)
+    app = create_app(nb_url, token=secret, default_project=default_project, max_body=max_body, nova=nova)
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False,
                           server_header=False, lifespan="on")
 
 
 def serve(nb_url: str, listen: str = "127.0.0.1:9696", auth: str = "none", token: str | None = None,
-          default_project: str = "admin") -> None:
-    """Serve until interrupted."""
-    uvicorn.Server(make_config(nb_url, listen, auth, token, default_project)).run()
+          default_project: str = "admin", nova_url: str | None = None, nova_token: str | None = None,
+          nova_credentials: Any = None) -> None:
+    """Serve until interrupted (and run the Nova notifier when `nova_url` is given)."""
+    uvicorn.Server(make_config(nb_url, listen, auth, token, default_project, nova_url=nova_url,
+                               nova_token=nova_token, nova_credentials=nova_credentials)).run()
 
 
 class ApiServer:

@@ -146,16 +146,9 @@ class NeutronService:
                 await self._delete_router(obj_id)
                 return
             await self.nb.delete(table, obj_id)
-        if plural == "ports":
-            await self._delete_port_status(obj_id)
-
-    async def _delete_port_status(self, port_id: str) -> None:
-        """The port's VIF reports go with it (a second write: an orphan left by a failure here is harmless,
-        nothing reads a status without its port)."""
-        try:
-            await self.nb.delete("lport_status", port_id)
-        except NotFound:
-            pass
+        if plural == "ports":  # its VIF reports go with it (an orphan left by a failure here is harmless)
+            with contextlib.suppress(NotFound):
+                await self.nb.delete("lport_status", obj_id)
 
     async def _delete_router(self, obj_id: str) -> None:
         """Neutron refuses to delete a router with interfaces; compare-and-set so none sneaks in meanwhile."""
