@@ -97,6 +97,20 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
 
 
 
+@main.command("osvif-unplug")
+@click.option("--runs", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Unplugs of each kind (they alternate).")
+@click.option("--json", "as_json", is_flag=True, help="Print every sample and the summary as JSON.")
+def osvif_unplug(runs: int, as_json: bool) -> None:
+    """Nova's unplug through the real os-vif vs one raw OVSDB transaction, until OVSDB's monitor sees
+    it, on a 1-chassis sandbox (needs root)."""
+    from benchmarks import osvif_unplug as bench
+
+    with click.progressbar(length=runs * 2, label="unplugging", file=sys.stderr) as bar:
+        report = bench.run(runs, progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
 @main.command("flow-update")
 @click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
               help="Chassis in the sandbox (M migrates between chassis-1 and chassis-2; the evacuated "
