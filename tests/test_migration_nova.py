@@ -11,6 +11,7 @@ from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.netns import SandboxError
 from controller_fixtures import (controller_status, dump_flows, migrate, running_cloud, wait_until,
                                  wait_controllers_ready)
+from dfflow.errors import DfflowError
 from dfflow.models import PortStatus
 from test_migration import (M_IP, assert_everyone_places_m_on, assert_recovered, other, port_id, probes,
                             where)
@@ -73,6 +74,25 @@ def test_a_vm_plugged_by_os_vif_is_active_only_after_its_chassis_reports_it(clou
     wait_until(lambda: show_port(cloud, port.id)["status"] == "ACTIVE", 10, what="ACTIVE once reported")
     assert statuses_up(cloud, port.id) == {"chassis-2"}
     cloud.call("delete_vm", "L")
+
+
+def test_a_boot_whose_vif_is_never_reported_fails_and_leaves_nothing(cloud, monkeypatch):
+    from controller.sandbox import cloud as cloud_module
+    sb = cloud.sb
+    monkeypatch.setattr(cloud_module, "VIF_PLUGGED_TIMEOUT", 1.0)
+    ports_before = {p.id for p in cloud.nb("list", "lport")}
+    sb.stop_controller("chassis-2")
+    try:
+        with pytest.raises(DfflowError, match="no network-vif-plugged from chassis-2"):
+            cloud.call("create_vm", "N", "chassis-2", "net1", "10.1.0.68")
+    finally:
+        sb.start_controller("chassis-2")
+    wait_controllers_ready(sb)
+    assert "N" not in [vm.name for vm in sb.vms()]
+    assert {p.id for p in cloud.nb("list", "lport")} == ports_before
+    assert not [s for s in cloud.nb("list", PortStatus.table) if s.id not in ports_before]
+    assert "tap" not in " ".join(p for p in sb.ovs("chassis-2").vsctl("list-ports", "br-int").split()
+                                 if p not in {v.tap for vm in sb.vms() for v in vm.vifs})
 
 
 def test_nova_refuses_to_plug_a_binding_no_chassis_can_serve(cloud):

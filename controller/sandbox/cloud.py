@@ -117,9 +117,10 @@ class Cloud:
             error.status_code = exc.status_code  # type: ignore[attr-defined]
             raise error from None
 
-    async def wait_vif_plugged(self, port_id: str, host: str, timeout: float = VIF_PLUGGED_TIMEOUT,
+    async def wait_vif_plugged(self, port_id: str, host: str, timeout: float | None = None,
                                interval: float = 0.01) -> float:
         """Nova's wait for network-vif-plugged: until `host`'s chassis reports the port's VIF up."""
+        timeout = VIF_PLUGGED_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             status = await self.nb.get(PortStatus.table, port_id)
@@ -155,7 +156,7 @@ class Cloud:
         except Exception:
             if any(v.name == name for v in self.sandbox.vms()):
                 self.sandbox.unplug_vm(name)
-            await self.nb.delete(LogicalPort.table, port.id)
+            await self.neutron("delete_port", port.id)  # Nova's clean-up of a failed boot (status included)
             raise
 
     def instance_info(self, vm: Vm) -> dict[str, Any]:
