@@ -39,6 +39,7 @@ import enum
 from dataclasses import dataclass
 
 from dfflow.models import LogicalPort, MigrationRecord
+from dfflow.nb.bindings import activate
 
 REQUEST_TIMEOUT = 600.0  # s a destination may wait for the source's unplug
 COMPLETE_TIMEOUT = 600.0  # s after switching without update_port before the destination binds itself
@@ -165,7 +166,11 @@ def _expired(port: LogicalPort, chassis: str, now: float, strategy: str) -> Step
     if mig.state == "requested":
         return _clear(port, "aborted") if now - started > REQUEST_TIMEOUT else NO_CHANGE
     if now - started > COMPLETE_TIMEOUT:
-        return _clear(port, "done", binding_chassis=mig.chassis)
+        # Bound there as Nova's activation would (an inactive binding for dest becomes the active one,
+        # the source's the inactive one), or as update_port would without one.
+        bound = activate(port, mig.chassis) if port.inactive_binding(mig.chassis) is not None \
+            else port.replace(binding_chassis=mig.chassis)
+        return Step(bound.replace(migration=None), "done", mig)
     return NO_CHANGE
 
 

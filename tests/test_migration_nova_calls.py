@@ -1,6 +1,6 @@
 """The migration protocol under Nova's real calls, as a pure state machine: binding-extended
 (inactive binding, activation, deletion) and legacy (migrating_to, update_port), in every order."""
-from controller.migration import Event, current_location, nova_prepared, transition
+from controller.migration import COMPLETE_TIMEOUT, Event, current_location, nova_prepared, transition
 from dfflow.models import InactiveBinding
 from test_migration_protocol import D, S, port
 
@@ -137,3 +137,16 @@ def test_a_new_destination_takes_its_own_mark():
     p, _ = run(bound_inactive_to(port(), D), (Event.DEST_PLUGGED, D))
     p, out = run(binding_deleted(p, D), (Event.DEST_PLUGGED, X))
     assert out == ["requested"] and p.migration.chassis == X and not p.migration.prepared
+
+
+def test_a_switched_migration_nova_never_activates_binds_dest_as_an_activation_would():
+    p, _ = run(bound_inactive_to(port(device_owner="compute:nova"), D), (Event.DEST_PLUGGED, D),
+               (Event.SOURCE_UNPLUGGED, S))
+    step = transition(p, Event.EXPIRED, D, now=200.0 + COMPLETE_TIMEOUT)
+    assert step.outcome == "done" and step.port.migration is None
+    assert step.port.binding_chassis == D and [b.host for b in step.port.inactive_bindings] == [S]
+    step.port.check()  # a valid port: no inactive binding for its active host
+    q, out = run(p.replace(inactive_bindings=[]), (Event.EXPIRED, D))  # legacy: no binding to activate
+    assert out == [""]  # not expired yet
+    step = transition(q, Event.EXPIRED, D, now=200.0 + COMPLETE_TIMEOUT)
+    assert step.port.binding_chassis == D and step.port.inactive_bindings == []
