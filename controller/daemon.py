@@ -21,12 +21,15 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections import Counter, deque
 from typing import Any
 
-from controller import compiler
+from redis.exceptions import RedisError
+
+from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
@@ -38,6 +41,8 @@ from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenF
 from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
+from controller.retry import TRANSIENT, Backoff, retried
+from controller.supervise import TaskSupervisor
 from dfflow.errors import Conflict, DfflowError, NotFound
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
@@ -47,9 +52,12 @@ LOG = logging.getLogger("dfflow.controller")
 HEARTBEAT_INTERVAL = 5.0
 PENDING_VIF_RETRY = 0.5
 HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
+STARTUP_NB_ATTEMPTS = 12  # ~40 s of back-off for the NB db at start-up
+NB_MARK_INTERVAL = 10.0  # s between records of the NB revision the flows come from (in OVSDB)
 MAX_COALESCED_FLOW_MODS = 5000
 FLOW_PATHS = ("compiled", "osken")
 APPLY_TIMINGS_KEPT = 1024
+SENDER_ERROR_PAUSE = 0.5
 
 
 
@@ -109,7 +117,11 @@ class ControllerDaemon:
         self._need_reconcile = asyncio.Event()
         self._ovsdb_busy = False
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self.tasks = TaskSupervisor(self.stats, self._task_died, self._fatal)
+        self.exit_code = 0
+        self.exit_reason = ""
+        self._deletions_held = False  # a reconcile kept flows because the NB db was behind
+        self._mark_written, self._mark_at = 0, 0.0
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
@@ -155,16 +167,21 @@ class ControllerDaemon:
         self.errors = (self.errors + [f"{what}: {text}"])[-20:]
         LOG.error("%s handler failed:\n%s", what, text)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(self._task_done)
-        self._tasks.append(task)
+    def _spawn(self, factory: Any, name: str) -> None:
+        """A long-lived task, started again (with back-off) whenever it dies."""
+        self.tasks.spawn(factory, name)
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None and not self._stopping.is_set():
-            self.stats["task_crashes"] += 1
-            LOG.error("task %s died", task.get_name(), exc_info=task.exception())
-            self._stopping.set()  # a dead loop task means a broken controller: stop loudly
+    def _task_died(self, name: str, exc: BaseException) -> None:
+        self.stats["task_crashes"] += 1
+        text = "".join(traceback.format_exception(exc))
+        self.errors = (self.errors + [f"task {name}: {text}"])[-20:]
+        LOG.error("task %s died; starting it again:\n%s", name, text)
+
+    def _fatal(self, reason: str) -> None:
+        """A fault this controller cannot handle: stop, and exit non-zero saying why."""
+        if not self.exit_code:
+            self.exit_code, self.exit_reason = 1, reason
+        self._stopping.set()
 
     def _emit(self, plan: Plan) -> None:
         """The engine's plan is now the desired state; the sender applies it to OVS."""
@@ -184,16 +201,19 @@ class ControllerDaemon:
         self._outbox.put_nowait(plan)
 
     # -- life cycle --------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.gc_pauses.install()
-        await self._register_chassis()
+        await retried(self._register_chassis, "nb_register", self.stats, attempts=STARTUP_NB_ATTEMPTS,
+                      backoff=Backoff(0.2, 5.0))
         await self.ovsdb.start()
+        # What this chassis' flows were programmed from: an NB db older than that is not trusted.
+        self._mark_written = self.bus.high_water = await nbmark.read_mark(self.ovsdb.remote)
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
         await self.ovsdb.setup_bridge(self.of_target, self.datapath_type)
-        self._spawn(self._ovsdb_loop(), "ovsdb")
+        self._spawn(self._ovsdb_loop, "ovsdb")
         await self.bus.start()
         await self.bus.add_topic(CHASSIS_TOPIC)
         self._chassis_synced = True
@@ -205,26 +225,25 @@ class ControllerDaemon:
         await self._settle()
         self._emit(self.engine.everything())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
-        self._spawn(self._sender_loop(), "sender")
+        self._spawn(self._sender_loop, "sender")
         if self.status_socket:
             await self._start_status_server()
-        self._spawn(self._heartbeat_loop(), "heartbeat")
-        self._spawn(self._pending_vif_loop(), "pending-vifs")
-        self._spawn(self._housekeeping_loop(), "migration-housekeeping")
-        self._spawn(self.migrator.listen(), "migration-events")
-        self._spawn(self.port_status.run(lambda: set(self.engine.view.vifs)), "port-status")
+        self._spawn(self._heartbeat_loop, "heartbeat")
+        self._spawn(self._pending_vif_loop, "pending-vifs")
+        self._spawn(self._housekeeping_loop, "migration-housekeeping")
+        self._spawn(self.migrator.listen, "migration-events")
+        self._spawn(lambda: self.port_status.run(lambda: set(self.engine.view.vifs)), "port-status")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
+        return self.exit_code
 
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.stop()
         try:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(status="down"))
-        except (DfflowError, OSError) as exc:
+        except (DfflowError, RedisError, *TRANSIENT) as exc:
             LOG.warning("could not mark chassis down: %s", exc)
         await self.bus.stop()
         await self.of.stop()
@@ -250,8 +269,11 @@ class ControllerDaemon:
                 await self.nb.modify(Chassis.table, self.chassis,
                                      lambda c: c.replace(status="up", last_seen=time.time()))
             except NotFound:
-                await self._register_chassis()
-            except (OSError, ConnectionError, DfflowError):
+                await self._guard(self._register_chassis, "heartbeat")()
+            except TRANSIENT as exc:  # the NB db is away: say so, and beat again when it is back
+                self.stats["heartbeat_failures"] += 1
+                LOG.warning("heartbeat: NB db unreachable (%s)", exc)
+            except (DfflowError, RedisError):
                 self._record_error("heartbeat")
 
     # -- NB ------------------------------------------------------------------------
@@ -286,8 +308,8 @@ class ControllerDaemon:
         return port.topic if port is not None else None
 
     async def _sync_tunnels(self) -> None:
-        if not self._chassis_synced:
-            return  # half a snapshot would delete the tunnels of chassis not delivered yet
+        if not self._chassis_synced or self.bus.behind is not None:
+            return  # half a snapshot, or an NB older than ours, would delete tunnels still in use
         peers = {c.id: c.tunnel_ip for c in self.engine.view.objects[Chassis.table].values()
                  if c.id != self.chassis and c.status == "up"}
         if peers != self._peers:
@@ -380,7 +402,23 @@ class ControllerDaemon:
         await asyncio.sleep(HOUSEKEEPING_START)  # let OVSDB's rows and the NB snapshot arrive first
         while True:
             await self._guard(self.migrator.housekeeping, "housekeeping")()
+            await self._guard(self._follow_nb_revision, "nb_mark")()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _follow_nb_revision(self) -> None:
+        """Record (in OVSDB) the NB revision the flows come from; once an NB db that was behind has
+        caught up, reconcile again to remove what the held reconcile kept."""
+        if self.bus.behind is not None:
+            return
+        if self._deletions_held:
+            self._deletions_held = False
+            self._need_reconcile.set()
+            self._outbox.put_nowait(Plan())
+        now = time.monotonic()
+        if self.bus.high_water > self._mark_written and now - self._mark_at >= NB_MARK_INTERVAL:
+            self._mark_at = now
+            await nbmark.write_mark(self.ovsdb.remote, self.bus.high_water)
+            self._mark_written = self.bus.high_water
 
     # -- OpenFlow ------------------------------------------------------------------
     async def _on_packet_in(self, dp: Datapath, msg: Any) -> None:
@@ -440,6 +478,10 @@ class ControllerDaemon:
             except OFChannelError:
                 self._record_error("apply")
                 self._need_reconcile.set()
+            except Exception:  # a bug in one plan must not stop every later one; the reconcile repairs
+                self._record_error("sender")
+                self._need_reconcile.set()
+                await asyncio.sleep(SENDER_ERROR_PAUSE)
             finally:
                 self._sending = False
 
@@ -485,6 +527,11 @@ class ControllerDaemon:
         dumped = await dp.dump_flows()
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
+        if plan.deletes and self.bus.behind is not None:
+            LOG.warning("NB db behind (%s): the reconcile keeps %d flows it cannot explain until it catches up",
+                        self.bus.behind, len(plan.deletes))
+            self.stats["reconcile_deletions_held"] += 1
+            self._deletions_held, plan.deletes = True, []
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
         self.stats["reconciles"] += 1
@@ -498,8 +545,9 @@ class ControllerDaemon:
             "datapath_type": self.datapath_type,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
-            "ovsdb": dict(self.ovsdb.stats),
-            "bus_errors": len(self.bus.errors), "topics": sorted(self.bus.topics),
+            "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
+            "nb_behind": self.bus.behind,
+            "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
@@ -520,7 +568,7 @@ class ControllerDaemon:
                 writer.close()
 
         server = await asyncio.start_unix_server(answer, path=self.status_socket)
-        self._spawn(server.serve_forever(), "status")
+        self._spawn(server.serve_forever, "status")
 
 
 def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -596,7 +644,15 @@ def main(argv: list[str] | None = None) -> None:
                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
                               flow_path=args.flow_path, bundle=not args.no_bundle,
                               datapath_type=args.datapath_type)
-    asyncio.run(daemon.run())
+    try:
+        code = asyncio.run(daemon.run())
+        reason = daemon.exit_reason or "stopped"
+    except Exception as exc:  # a fault at start-up, or one the tasks' supervision did not cover
+        LOG.exception("unrecoverable fault")
+        code, reason = 1, f"{type(exc).__name__}: {exc}"
+    (LOG.critical if code else LOG.info)("dfflow-controller on %s exits with status %d: %s", args.chassis, code,
+                                         reason)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,7 @@ from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.ovsdb_jsonrpc import JsonRpc, OvsdbProtocolError, datum
+from controller.retry import Backoff, retried
 from controller.view import Vif
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ TABLES = ("Open_vSwitch", "Bridge", "Port", "Controller")
 INTERFACE_COLUMNS = ("name", "type", "options", "ofport", "external_ids")
 MONITORED_COLUMNS = ("name", "ofport", "external_ids")
 RECONNECT_DELAY = 0.2
+MAX_RECONNECT_DELAY = 3.0  # an ovsdb-server away for long is tried every 3 s, not 5 times a second
+CONFIGURE_ATTEMPTS = 6  # a configuration transaction re-reads what it changes: safe to repeat
 
 
 def tunnel_port_name(peer: str) -> str:
@@ -146,8 +149,9 @@ class InterfaceMonitor:
             LOG.error("OVSDB monitor of %s lost: %s; reconnecting", self.remote, error,
                       exc_info=error if isinstance(error, OvsdbProtocolError) else None)
             await self._rpc.close()
+            backoff = Backoff(self.reconnect_delay, MAX_RECONNECT_DELAY)
             while True:
-                await asyncio.sleep(self.reconnect_delay)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self._connect()
                     self.stats["monitor_reconnects"] += 1
@@ -204,6 +208,9 @@ class Ovsdb:
         self.updates: asyncio.Queue[IfaceUpdate] = asyncio.Queue()
         self.stats: Counter[str] = Counter()
         self.monitor = InterfaceMonitor(remote, self.updates, self.stats)
+        # One owner of the rows this controller configures (br-int, its controller, the tunnel
+        # ports): two transactions adding the same port at once violate the Port name index.
+        self._configuring = asyncio.Lock()
 
     async def start(self) -> None:
         await self.monitor.start(self.timeout)
@@ -229,10 +236,14 @@ class Ovsdb:
             api.ovsdb_connection.stop()
 
     async def _configure(self, work: Callable[[Any], None]) -> None:
+        """Run `work` in a session, one configuration at a time; a failed transaction (a lost
+        connection, a row changed under us) is tried again with back-off."""
         def run() -> None:
             with self._session() as api:
                 work(api)
-        await asyncio.to_thread(run)
+        async with self._configuring:
+            await retried(lambda: asyncio.to_thread(run), "ovsdb_configure", self.stats,
+                          attempts=CONFIGURE_ATTEMPTS, retry_on=(Exception,))
 
     async def setup_bridge(self, of_target: str, datapath_type: str = "system") -> None:
         """br-int with `datapath_type` (system: the kernel's; netdev: userspace), in secure fail mode,

@@ -72,21 +72,27 @@ def nb_list(table: str | None, topic: str | None, nb_url: str, as_json: bool) ->
     """List NB objects of TABLE (or of every table)."""
     tables = [table] if table else sorted(MODELS)
 
+    bad: list = []
+
     async def body(api):
         found = []
         for name in tables:
-            found += await api.list(table=name, topic=topic) if topic else await api.list(table=name)
+            found += await api.list(table=name, topic=topic, bad=bad)
         return found
 
     objects = _nb_call(nb_url, body)
     if as_json:
         click.echo(json.dumps([dict(o.to_dict(), table=o.table) for o in objects], indent=2))
-        return
-    rows = [(o.table, o.id, o.topic, str(o.version), _summary(o)) for o in objects]
-    header = ("TABLE", "ID", "TOPIC", "VERSION", "FIELDS")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    for row in [header] + rows:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    else:
+        rows = [(o.table, o.id, o.topic, str(o.version), _summary(o)) for o in objects]
+        header = ("TABLE", "ID", "TOPIC", "VERSION", "FIELDS")
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+        for row in [header] + rows:
+            click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    if bad:
+        for exc in bad:
+            click.echo(f"skipped: {exc}", err=True)
+        raise SystemExit(1)
 
 
 @nb.command("show")

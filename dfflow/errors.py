@@ -17,6 +17,15 @@ class ValidationError(DfflowError):
         self.message = message
 
 
+class BadObject(DfflowError):
+    """An object stored in the NB db that does not parse or validate (written by hand, by a buggy or
+    a much newer writer): named, so that it can be found and fixed."""
+
+    def __init__(self, table: str, obj_id: str, reason: str):
+        self.table, self.id, self.reason = table, obj_id, reason
+        super().__init__(f"{table} {obj_id!r} in the NB db is malformed: {reason}")
+
+
 class NotFound(DfflowError):
     def __init__(self, table: str, obj_id: str, field: str | None = None):
         self.table, self.id, self.field = table, obj_id, field

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 from dfflow import core
 from dfflow.errors import ValidationError
 
+LOG = logging.getLogger(__name__)
 CHASSIS_TOPIC = "chassis"
 VNI_MIN, VNI_MAX = 1, 2**24 - 1
 TUNNEL_TYPES = ("geneve", "vxlan")
@@ -124,6 +126,23 @@ def check_number(name: str, value: Any, table: str | None = None) -> float:
 
 # -- models --------------------------------------------------------------------
 
+_unknown_seen: set[tuple[str, str]] = set()
+
+
+def known_fields(cls: type, data: dict[str, Any], where: str, table: str) -> dict[str, Any]:
+    """`data` without the fields `cls` does not have: a newer dfflow may have written them (a rolling
+    upgrade), so they are ignored, with a warning the first time each is met."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [name for name in data if name not in names]
+    if not unknown:
+        return data
+    for name in unknown:
+        if (table, where + name) not in _unknown_seen:
+            _unknown_seen.add((table, where + name))
+            LOG.warning("%s objects carry a field this dfflow does not know, ignored: %s%s", table, where, name)
+    return {k: v for k, v in data.items() if k in names}
+
+
 @dataclass
 class Model:
     table: ClassVar[str] = ""
@@ -154,10 +173,7 @@ class Model:
     def from_dict(cls, data: dict[str, Any]) -> "Model":
         if not isinstance(data, dict):
             raise ValidationError("object", f"expected a JSON object, got {type(data).__name__}", cls.table)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValidationError(sorted(unknown)[0], "unknown field", cls.table)
+        data = known_fields(cls, data, "", cls.table)
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in data and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
@@ -189,10 +205,7 @@ class Record:
     def from_dict(cls, data: Any, where: str, table: str) -> "Record":
         if not isinstance(data, dict):
             raise ValidationError(where, "must be a JSON object", table)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValidationError(f"{where}.{sorted(unknown)[0]}", "unknown field", table)
+        data = known_fields(cls, data, f"{where}.", table)
         try:
             return cls(**data)
         except TypeError as exc:

@@ -192,3 +192,13 @@ def update_binding(cloud: SyncCloud, port_id: str, host: str) -> None:
     """Neutron's update_port(binding:host_id=host): the migration's step 3."""
     from dfflow.nb.neutron import update_port_binding
     cloud.with_nb(lambda nb: update_port_binding(nb, port_id, host))
+
+
+def network_with_vms(cloud: SyncCloud, vms: dict[str, tuple[str, str]], cidr: str = "10.0.0.0/24") -> None:
+    """Network net1 with one VM per entry (name -> (chassis, ip)); returns when the first pings every other."""
+    cloud.call("create_network", "net1", cidr)
+    for name, (chassis, ip) in vms.items():
+        cloud.call("create_vm", name, chassis, "net1", ip)
+    first, *others = vms
+    for other in others:
+        wait_until(lambda: pings(cloud.sb, first, vms[other][1]), 15, what=f"{first} -> {other}")

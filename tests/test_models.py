@@ -90,10 +90,22 @@ def test_floating_ip_with_a_port_needs_fixed_ip_and_router():
                                    mac="fa:16:3e:00:00:09", port="p1", fixed_ip="10.0.0.5"))
 
 
-def test_from_dict_names_unknown_and_missing_fields():
+def test_from_dict_ignores_unknown_fields_with_a_warning(caplog):
+    """A field written by a newer dfflow (a rolling upgrade) is ignored, not fatal; known fields are
+    still checked."""
+    with caplog.at_level("WARNING", logger="dfflow.models"):
+        switch = model_for("lswitch").from_dict({"id": "n", "topic": "t", "segmentation_id": 5, "qos": "gold"})
+        port = model_for("lport").from_dict({"id": "p", "topic": "t", "lswitch": "n", "mac": "fa:16:3e:00:00:01",
+                                             "migration": {"chassis": "c2", "phase": 3}})
+    assert switch.segmentation_id == 5 and port.migration.chassis == "c2"
+    assert "lswitch objects carry a field this dfflow does not know, ignored: qos" in caplog.text
+    assert "migration.phase" in caplog.text
     with pytest.raises(ValidationError) as info:
-        model_for("lswitch").from_dict({"id": "n", "topic": "t", "vni": 5})
-    assert info.value.field == "vni"
+        model_for("lswitch").from_dict({"id": "n", "topic": "t", "segmentation_id": 0, "qos": "gold"}).check()
+    assert info.value.field == "segmentation_id"
+
+
+def test_from_dict_names_missing_fields():
     with pytest.raises(ValidationError) as info:
         model_for("lport").from_dict({"topic": "t"})
     assert info.value.field == "id"

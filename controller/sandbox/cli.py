@@ -350,8 +350,12 @@ def _print_status(status: dict, as_json: bool) -> None:
     if status.get("api_url"):
         click.echo(f"  Neutron API: {status['api_url']}")
     for ch in status["chassis"]:
-        ctl = (f"controller pid {ch['controller_pid']} ({'alive' if ch['controller_alive'] else 'dead'})"
+        ctl = (f"controller pid {ch['controller_pid']} ({'alive' if ch['controller_alive'] else 'DEAD'})"
                if ch["controller_pid"] else "no controller")
+        if ch.get("controller_restarts"):
+            ctl += f", restarted {ch['controller_restarts']} times (last: {ch['controller_last_exit']})"
+        elif ch.get("controller_pid") and not ch.get("controller_supervised"):
+            ctl += ", not supervised"
         click.echo(f"  {ch['name']}: netns {ch['namespace']}  tunnel {ch['tunnel_ip']}  "
                    f"ovs {'up' if ch['ovs_alive'] else 'DOWN'}  OVS_RUNDIR={ch['ovs_rundir']}")
         click.echo(f"      ovsdb {ch['ovsdb_url']}  of-target {ch['of_target'] or '-'}  {ctl}")

@@ -23,12 +23,13 @@ from neutronclient.v2_0 import client as neutron_client
 
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.topology import Sandbox, Vm
-from dfflow.errors import DfflowError, NotFound, ValidationError
+from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, PortStatus,
                            RouterPort, Subnet)
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
+VNI_ATTEMPTS = 5
 VIF_PLUGGED_TIMEOUT = 10.0  # s Nova waits for network-vif-plugged here (its own default is 300)
 
 
@@ -39,11 +40,19 @@ class Cloud:
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
-        if vni is None:
-            used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
-            vni = max(used, default=100) + 1
-        switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name, segmentation_id=vni,
-                                                    mtu=mtu, router_external=external))
+        for attempt in range(VNI_ATTEMPTS):
+            chosen = vni
+            if chosen is None:
+                used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
+                chosen = self.sandbox.allocate_vni(used)
+            try:
+                switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name,
+                                                            segmentation_id=chosen, mtu=mtu,
+                                                            router_external=external))
+                break
+            except Conflict as exc:  # another network took that VNI meanwhile: take the next one
+                if vni is not None or exc.field != "segmentation_id" or attempt == VNI_ATTEMPTS - 1:
+                    raise
         net = ipaddress.ip_network(cidr, strict=False)
         try:
             subnet = await self.nb.create(Subnet(id=f"{name}-subnet", topic=self.topic, lswitch=name,

@@ -8,7 +8,9 @@ process can connect to it, whatever its network namespace. `unix_url`
 URL to hand to anything that may run in a chassis namespace; `url` is the TCP
 one for tools in the root namespace.
 
-It keeps nothing on disk (``--save '' --appendonly no``), runs in the
+By default it keeps nothing on disk (``--save '' --appendonly no``); with
+`persistent` it keeps an append-only file (AOF) in its directory, fsync'ed as
+`appendfsync` says, so that a restart finds the NB again. It runs in the
 foreground (``--daemonize no``) as a child in its own session (so a Ctrl-C on
 the shell that ran `sandbox up` does not kill it, and the process outlives the
 `up` command), chdirs to its directory (which identifies it later: its
@@ -39,15 +41,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """``RedisServer(dir, port=None)``: `port` None picks a free loopback port, 0 disables TCP.
 
-    `persistent=True` keeps an fsync'ed append-only file in `dir`, so that a
-    stop()/start() (same port, same dir) finds its data again: for tests of
-    what survives an NB restart. A stopped server can be started again.
+    `persistent=True` keeps an append-only file in `dir`, so that a stop()/start()
+    (same port, same dir) finds its data again; `appendfsync` is Redis' fsync
+    policy for it ("always", or "everysec": at most a second of writes lost to a
+    machine crash, none to a crash of redis-server alone). A stopped server can
+    be started again.
     """
 
     def __init__(self, dir: str, port: int | None = None, host: str = "127.0.0.1", unixsocket: bool = True,
-                 persistent: bool = False):
+                 persistent: bool = False, appendfsync: str = "always"):
+        if appendfsync not in ("always", "everysec"):
+            raise SandboxError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.dir = os.path.realpath(dir)
         self.persistent = persistent
+        self.appendfsync = appendfsync
         self.host = host
         self.port = port
         self.unixsocket = os.path.join(self.dir, "redis.sock") if unixsocket else None
@@ -90,7 +97,7 @@ class RedisServer:
                     "--save", "", "--daemonize", "no",
                     "--dir", self.dir, "--logfile", self.logfile, "--loglevel", "notice",
                     "--databases", "16"]
-            argv += (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+            argv += (["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.persistent
                      else ["--appendonly", "no"])
             if self.unixsocket:
                 argv += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
@@ -170,11 +177,13 @@ class RedisServer:
     # --- persistence (the sandbox records it and stops it from another process) -------------------
     def to_state(self) -> dict[str, Any]:
         return {"dir": self.dir, "host": self.host, "port": self.port, "unixsocket": self.unixsocket,
-                "persistent": self.persistent, "pid": self.pid, "starttime": self.starttime}
+                "persistent": self.persistent, "appendfsync": self.appendfsync, "pid": self.pid,
+                "starttime": self.starttime}
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> "RedisServer":
         server = cls(data["dir"], port=data.get("port"), host=data.get("host", "127.0.0.1"),
-                     unixsocket=bool(data.get("unixsocket")), persistent=bool(data.get("persistent")))
+                     unixsocket=bool(data.get("unixsocket")), persistent=bool(data.get("persistent")),
+                     appendfsync=data.get("appendfsync", "always"))
         server.pid, server.starttime = data.get("pid"), data.get("starttime")
         return server

@@ -85,8 +85,9 @@ from typing import Any, Iterator, Sequence
 
 from controller.ovsproc import OvsInstance
 
+from . import health
 from . import names as nm
-from . import netns, preflight, procs, state
+from . import netns, preflight, procs, respawn, state
 from .netns import SandboxError
 from .redisproc import RedisServer, free_port
 
@@ -99,6 +100,7 @@ TCP_OF_PORT = 6653
 UNIX_PATH_MAX = 107
 STATE_VERSION = 1
 TNL_NEIGH_AGING = 3600  # seconds, OVS's maximum
+HEALTHY_WITHIN = 30.0  # s after start-up by which every controller must be healthy
 
 CHASSIS_SYSCTLS = {
     "net.ipv4.conf.all.arp_ignore": 1,
@@ -133,6 +135,8 @@ class Chassis:
     controller_pid: int | None = None
     controller_starttime: int | None = None
     controller_argv: list[str] = field(default_factory=list)
+    supervisor_pid: int | None = None   # controller.sandbox.respawn: restarts the controller when it dies
+    supervisor_starttime: int | None = None
     ovs_pids: dict[str, list[int | None]] = field(default_factory=dict)  # daemon -> [pid, start time]
     osvif_pid: int | None = None    # the chassis' os-vif agent (nova-compute's os-vif), if started
     osvif_starttime: int | None = None
@@ -152,6 +156,23 @@ class Chassis:
     @property
     def osvif_socket(self) -> str:
         return os.path.join(self.dir, "osvif.sock")
+
+    @property
+    def supervisor_record(self) -> str:
+        return os.path.join(self.dir, "controller.respawn.json")
+
+    def supervised(self) -> dict[str, Any]:
+        """The supervisor's record (controller pid now, restarts, last exit), if it still runs."""
+        if not procs.same_process(self.supervisor_pid, self.supervisor_starttime):
+            return {}
+        return respawn.read_record(self.supervisor_record)
+
+    def controller_now(self) -> tuple[int | None, int | None]:
+        """(pid, start time) of the controller process running now (the supervisor restarts it)."""
+        record = self.supervised()
+        if record:
+            return record.get("pid"), record.get("starttime")
+        return self.controller_pid, self.controller_starttime
 
     def ovs(self) -> OvsInstance:
         return OvsInstance(self.rundir, self.namespace)
@@ -336,7 +357,8 @@ class Sandbox:
             ch = _chassis_from(c)
             if any(procs.alive(p) for p in self._ovs_pids(ch.rundir)):
                 return True
-            if procs.same_process(ch.controller_pid, ch.controller_starttime):
+            if procs.same_process(ch.controller_pid, ch.controller_starttime) or \
+                    procs.same_process(ch.supervisor_pid, ch.supervisor_starttime):
                 return True
         if st.get("redis") and RedisServer.from_state(st["redis"]).running():
             return True
@@ -361,7 +383,9 @@ class Sandbox:
 
         # NB database first: the controllers need it, and it is independent of the network.
         if nb_url is None:
-            redis = RedisServer(os.path.join(self.dir, "redis"))
+            # The NB survives a restart of its redis-server: an empty NB after one would hand out
+            # VNIs, MACs and IPs again that running VMs still use.
+            redis = RedisServer(os.path.join(self.dir, "redis"), persistent=True, appendfsync="everysec")
             shutil.rmtree(redis.dir, ignore_errors=True)
             with self._txn() as st:
                 st["redis"] = redis.to_state()
@@ -385,6 +409,12 @@ class Sandbox:
             # a cloud: nova-compute's os-vif runs on every chassis from the start, as on compute hosts
             for ch in chs:
                 self._start_osvif(ch.name)
+            if self.controller_cmd is None:  # dfflow-controller: it answers on its status socket
+                started = [self.chassis(ch.name) for ch in chs]
+                problems = health.wait_healthy(started, HEALTHY_WITHIN)
+                if problems:
+                    raise SandboxError(f"{len(problems)} of {len(chs)} controllers not healthy "
+                                       f"{HEALTHY_WITHIN:g} s after start-up:\n{health.describe(problems, started)}")
             for ch in chs:
                 self._wait_osvif(self.chassis(ch.name))
         with self._txn() as st:
@@ -487,6 +517,33 @@ class Sandbox:
             time.sleep(0.02)
         ovs.appctl("ovs/route/add", prefix, PHY_BRIDGE)
 
+    def allocate_vni(self, used: set[int], first: int = 101) -> int:
+        """A VNI above every one in `used` and every one this sandbox handed out before. The high-water
+        mark lives in the sandbox's state, outside the NB: an NB that lost its data must never give a
+        new network a VNI that flows of an old one may still carry (tenant isolation)."""
+        with self._txn() as st:
+            vni = max([first - 1, int(st.get("vni_high_water") or 0), *used]) + 1
+            st["vni_high_water"] = vni
+        return vni
+
+    # --- the NB's redis-server (fault tests) ---------------------------------------------------------
+    def stop_nb(self) -> None:
+        """Stop the sandbox's own redis-server (its append-only file stays)."""
+        with self._txn() as st:
+            if not st.get("redis"):
+                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to stop")
+            RedisServer.from_state(st["redis"]).stop()
+
+    def start_nb(self) -> None:
+        """Start it again, same port and directory: it reloads the NB from its append-only file."""
+        with self._txn() as st:
+            if not st.get("redis"):
+                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to start")
+            redis = RedisServer.from_state(st["redis"])
+            if not redis.running():
+                redis.start()
+            st["redis"] = redis.to_state()
+
     # --- controllers ------------------------------------------------------------------------------
     def _start_controller(self, chassis: str, cmd: list[str], of_transport: str) -> Chassis:
         ch = self.chassis(chassis)
@@ -507,10 +564,21 @@ class Sandbox:
         # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
         ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
                   "--", "set", "Controller", INT_BRIDGE, "max_backoff=1000")
+        record = ch.supervisor_record
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record)
         with open(ch.controller_log, "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.respawn", record, "--", *argv],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=ch.dir, start_new_session=True)
-        ch.controller_pid, ch.controller_starttime = proc.pid, procs.starttime(proc.pid)
+        ch.supervisor_pid, ch.supervisor_starttime = proc.pid, procs.starttime(proc.pid)
+        self._save_chassis(ch)
+        deadline = time.monotonic() + 10
+        while not (started := respawn.read_record(record)).get("pid"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SandboxError(f"the supervisor of {ch.name}'s controller did not start it; see {ch.controller_log}")
+            time.sleep(0.01)
+        ch.controller_pid, ch.controller_starttime = started["pid"], started["starttime"]
         self._save_chassis(ch)
         return ch
 
@@ -566,9 +634,11 @@ class Sandbox:
 
     def stop_controller(self, chassis: str, timeout: float = 5.0) -> None:
         ch = self.chassis(chassis)
-        if procs.same_process(ch.controller_pid, ch.controller_starttime):
-            procs.terminate_all([ch.controller_pid], timeout)
-        ch.controller_pid = ch.controller_starttime = None
+        pid, start = ch.controller_now()
+        victims = [p for p, t in ((ch.supervisor_pid, ch.supervisor_starttime), (pid, start),
+                                  (ch.controller_pid, ch.controller_starttime)) if procs.same_process(p, t)]
+        procs.terminate_all(victims, timeout)  # the supervisor passes SIGTERM on and does not restart
+        ch.controller_pid = ch.controller_starttime = ch.supervisor_pid = ch.supervisor_starttime = None
         self._save_chassis(ch)
 
     def _save_chassis(self, ch: Chassis) -> None:
@@ -723,6 +793,8 @@ class Sandbox:
             ch = _chassis_from(c)
             ovs = ch.ovs()
             vswitchd, ovsdb = ovs.pid("ovs-vswitchd"), ovs.pid("ovsdb-server")
+            supervised = ch.supervised()
+            controller_pid, controller_start = ch.controller_now()
             chassis.append({
                 "name": ch.name, "index": ch.index, "namespace": ch.namespace, "tunnel_ip": ch.tunnel_ip,
                 "bridge": INT_BRIDGE, "phy_bridge": PHY_BRIDGE, "phy_mac": ch.phy_mac, "int_mac": ch.int_mac,
@@ -731,8 +803,11 @@ class Sandbox:
                 "ovs_vswitchd_pid": vswitchd, "ovsdb_server_pid": ovsdb,
                 "ovs_alive": procs.alive(vswitchd) and procs.alive(ovsdb),
                 "of_listen": ch.of_listen or None, "of_target": ch.of_target or None, "of_port": ch.of_port,
-                "controller_pid": ch.controller_pid,
-                "controller_alive": procs.same_process(ch.controller_pid, ch.controller_starttime),
+                "controller_pid": controller_pid,
+                "controller_alive": procs.same_process(controller_pid, controller_start),
+                "controller_supervised": bool(supervised), "controller_restarts": supervised.get("restarts", 0),
+                "controller_last_exit": supervised.get("last_exit"),
+                "controller_last_exit_at": supervised.get("last_exit_at"),
                 "controller_log": ch.controller_log, "status_socket": ch.status_socket, "dir": ch.dir,
                 "osvif_pid": ch.osvif_pid, "osvif_alive": procs.same_process(ch.osvif_pid, ch.osvif_starttime),
                 "osvif_socket": ch.osvif_socket,
@@ -790,11 +865,9 @@ class Sandbox:
             rundirs |= {os.path.dirname(p) for p in glob.glob(os.path.join(self.dir, "*", "ovs", "*.pid"))}
             for c in st.get("chassis", []):
                 ch = _chassis_from(c)
-                if procs.same_process(ch.controller_pid, ch.controller_starttime):
-                    victims.add(ch.controller_pid)  # type: ignore[arg-type]
-                if procs.same_process(ch.osvif_pid, ch.osvif_starttime):
-                    victims.add(ch.osvif_pid)  # type: ignore[arg-type]
-                for pid, start in ch.ovs_pids.values():
+                for pid, start in [ch.controller_now(), (ch.controller_pid, ch.controller_starttime),
+                                   (ch.supervisor_pid, ch.supervisor_starttime), (ch.osvif_pid, ch.osvif_starttime),
+                                   *ch.ovs_pids.values()]:
                     if procs.same_process(pid, start):
                         victims.add(pid)  # type: ignore[arg-type]
             for rundir in rundirs:

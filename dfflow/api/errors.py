@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dfflow.errors import Conflict, DfflowError, InUse, NotFound, ValidationError, VersionConflict
+from dfflow.errors import BadObject, Conflict, DfflowError, InUse, NotFound, ValidationError, VersionConflict
 
 
 class ApiError(Exception):
@@ -69,6 +69,8 @@ def translate(exc: DfflowError, table: str, obj: Any = None) -> ApiError:
     """The Neutron error for an NB refusal met while writing/reading `table` (writing `obj`, if known)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, BadObject):  # stored data, not the request, is at fault: name the object
+        return ApiError(500, "NBObjectMalformed", str(exc))
     if isinstance(exc, ValidationError):
         return bad_request(neutron_field(exc.table or table, exc.field), exc.message)
     if isinstance(exc, NotFound):

@@ -9,6 +9,19 @@ When the connection drops it reconnects, resubscribes, and resynchronises each
 topic from a consistent snapshot of the store (one Lua script: revision,
 members and objects at one instant). What changed while it was away comes out
 as ordinary events, deletions included, marked `"resync": true`.
+
+Bad data is contained: an event that is not a well-formed event, or whose
+object does not parse and validate as its table's model, is logged with its
+key, counted (`bad_events`, `bad_objects`), kept in `bad` (the latest ones, for
+status) and skipped; the subscriber goes on with the next one. A malformed
+object met at resync is skipped the same way, and the version of it delivered
+before stays in force (it is not deleted).
+
+An NB db older than what was delivered (emptied by FLUSHDB, or a restart without
+persistence, or restored from an older copy: its revision is below the highest
+version delivered) is not trusted: nothing is resynchronised from it (no
+deletions), `behind` says so, and the subscriber checks again every second
+until the NB has caught up.
 """
 from __future__ import annotations
 
@@ -16,8 +29,9 @@ import asyncio
 import inspect
 import json
 import logging
+import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -25,10 +39,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from dfflow.models import MODELS
 from dfflow.nb.store import Keys, make_event, redis_client
 
 LOG = logging.getLogger(__name__)
 Event = dict[str, Any]
+ACTIONS = ("create", "update", "delete")
+BAD_KEPT = 20
 
 # KEYS[1] = topic set, KEYS[2] = revision counter; ARGV[1] = object key prefix ("{p}:obj:")
 _SNAPSHOT_LUA = """
@@ -66,7 +83,11 @@ class Subscriber:
         self.max_reconnect_delay = max_reconnect_delay
         self.topics: set[str] = set()
         self.stats: Counter[str] = Counter()
-        self.errors: list[BaseException] = []  # callback failures, for tests and status
+        self.errors: deque[BaseException] = deque(maxlen=BAD_KEPT)  # the latest failures, for tests and status
+        self.bad: deque[dict[str, Any]] = deque(maxlen=BAD_KEPT)  # the latest malformed events/objects
+        self._bad_seen: set[tuple[str, str, Any]] = set()  # (table, id, version) reported already
+        self.high_water = 0  # the highest NB revision delivered or resynchronised from
+        self.behind: dict[str, int] | None = None  # {"revision", "delivered"} while the NB is older
         self.connected = asyncio.Event()
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._redis: aioredis.Redis | None = None
@@ -136,10 +157,15 @@ class Subscriber:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except Exception as exc:
                 self.connected.clear()
-                self.stats["disconnects"] += 1
-                LOG.warning("NB bus connection lost (%s); reconnecting in %.1fs", exc, delay)
+                if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                    self.stats["disconnects"] += 1
+                    LOG.warning("NB bus connection lost (%s); reconnecting in %.1fs", exc, delay)
+                else:  # a bug or an answer we did not expect: never a silent end of the subscriber
+                    self.stats["loop_errors"] += 1
+                    self.errors.append(exc)
+                    LOG.exception("NB subscriber failed; reconnecting and resynchronising in %.1fs", delay)
                 await self._close_connection()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_reconnect_delay)
@@ -166,17 +192,23 @@ class Subscriber:
         while True:
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
-                await self._redis.ping()  # notices a dead server even when no events flow
+                # also notices a dead server even when no events flow
+                await self._check_revision(int(await self._redis.get(self.keys.rev) or 0))
                 continue
             if message.get("type") != "message":
                 continue
+            channel = _text(message.get("channel") or b"?")
             try:
                 event = json.loads(message["data"])
-            except (ValueError, TypeError):
-                self.stats["malformed"] += 1
-                LOG.error("malformed event on %s: %r", message.get("channel"), message.get("data"))
+            except (ValueError, TypeError) as exc:
+                self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
                 continue
-            if event.get("topic") in self.topics:
+            problem = event_problem(event)
+            if problem is not None:
+                key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else channel
+                self._bad_data("bad_events", key, problem, message.get("data"))
+                continue
+            if event["topic"] in self.topics:
                 async with self._lock:
                     await self._deliver(event)
 
@@ -184,13 +216,24 @@ class Subscriber:
         raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
                                      f"{self.keys.prefix}:obj:")
         revision = int(raw[0])
-        present: dict[tuple[str, str], dict[str, Any]] = {}
+        if not await self._check_revision(revision, resyncing=True):
+            return  # nothing from an NB older than what was delivered; checked again every second
+        present: dict[tuple[str, str], dict[str, Any] | None] = {}  # None: present but unreadable
         for i in range(1, len(raw), 2):
-            table, obj_id = _text(raw[i]).split(":", 1)
-            present[(table, obj_id)] = json.loads(raw[i + 1])
+            table, _, obj_id = _text(raw[i]).partition(":")
+            try:
+                obj = json.loads(raw[i + 1])
+                if not isinstance(obj, dict) or not isinstance(obj.get("version"), int):
+                    raise ValueError("not an object with an integer version")
+            except (ValueError, TypeError) as exc:
+                self._bad_data("bad_objects", f"{table}:{obj_id}", f"not a stored object ({exc})", raw[i + 1])
+                obj = None
+            present[(table, obj_id)] = obj
         self.stats["resyncs"] += 1
         async with self._lock:
             for (table, obj_id), obj in sorted(present.items()):
+                if obj is None or table not in MODELS:
+                    continue
                 seen = self._seen.get((table, obj_id))
                 action = "update" if seen is not None and seen.alive else "create"
                 event = make_event(action, table, obj_id, topic, obj["version"], obj)
@@ -203,6 +246,26 @@ class Subscriber:
                     event["resync"] = True
                     await self._deliver(event)
 
+    async def _check_revision(self, revision: int, resyncing: bool = False) -> bool:
+        """Is the NB at `revision` at least as new as what was delivered? If not, say so (once per
+        episode); when it has caught up again, resynchronise every topic."""
+        if revision < self.high_water:
+            if self.behind is None:
+                self.stats["nb_behind"] += 1
+                LOG.error("the NB db is at revision %d, older than revision %d delivered here: it was emptied "
+                          "or restored from an older copy. Keeping everything delivered (nothing is deleted) "
+                          "and waiting for the NB to catch up", revision, self.high_water)
+            self.behind = {"revision": revision, "delivered": self.high_water}
+            return False
+        self.high_water = revision
+        if self.behind is not None:
+            LOG.warning("the NB db has caught up (revision %d); resynchronising", revision)
+            self.behind = None
+            if not resyncing:
+                for topic in sorted(self.topics):
+                    await self._resync(topic)
+        return True
+
     async def _deliver(self, event: Event) -> None:
         key = (event["table"], event["id"])
         seen = self._seen.get(key)
@@ -213,7 +276,15 @@ class Subscriber:
         if seen is None and deleting:
             self.stats["stale"] += 1
             return
+        if not deleting:
+            problem = object_problem(event)
+            if problem is not None:
+                if (event["table"], event["id"], event["version"]) not in self._bad_seen:
+                    self._bad_seen.add((event["table"], event["id"], event["version"]))
+                    self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
+                return
         self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
         if self.queue is not None:
             self.queue.put_nowait(event)
@@ -227,6 +298,45 @@ class Subscriber:
                 self.errors.append(exc)
                 LOG.error("NB event handler failed on %s %s %s:\n%s", event["action"], event["table"],
                           event["id"], traceback.format_exc())
+
+
+    def _bad_data(self, counter: str, key: str, problem: str, data: Any) -> None:
+        self.stats[counter] += 1
+        shown = _text(data)[:200] if isinstance(data, (bytes, str)) else json.dumps(data, default=str)[:200]
+        self.bad.append({"kind": counter, "key": key, "problem": problem, "at": time.time()})
+        LOG.error("skipped a malformed NB %s %s: %s; data: %s", counter[4:-1], key, problem, shown)
+
+
+def event_problem(event: Any) -> str | None:
+    """What makes `event` not an NB event, or None."""
+    if not isinstance(event, dict):
+        return f"an event must be a JSON object, not {type(event).__name__}"
+    if event.get("table") not in MODELS:
+        return f"unknown table {event.get('table')!r}"
+    if event.get("action") not in ACTIONS:
+        return f"unknown action {event.get('action')!r}"
+    for name in ("id", "topic"):
+        if not isinstance(event.get(name), str) or not event[name]:
+            return f"no {name}"
+    version = event.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"version {version!r} is not an integer"
+    if event["action"] != "delete" and not isinstance(event.get("object"), dict):
+        return "a create or update without its object"
+    return None
+
+
+def object_problem(event: Event) -> str | None:
+    """What makes the event's object not a valid object of its table (the same one), or None."""
+    try:
+        obj = MODELS[event["table"]].from_dict(event["object"])
+        obj.check()
+    except Exception as exc:  # untrusted data: whatever it breaks is a reason to skip it
+        return f"{type(exc).__name__}: {exc}"
+    if (obj.id, obj.topic, obj.version) != (event["id"], event["topic"], event["version"]):
+        return (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
+                f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
+    return None
 
 
 def _text(value: bytes | str) -> str:

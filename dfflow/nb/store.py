@@ -27,9 +27,13 @@ from typing import Any, Awaitable, Callable
 import redis
 import redis.asyncio as aioredis
 from redis.driver_info import DriverInfo
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from dfflow.errors import InUse, NotFound, ValidationError, VersionConflict, Conflict
+from dfflow.errors import BadObject, InUse, NotFound, ValidationError, VersionConflict, Conflict
 from dfflow.models import Model, model_for
 from dfflow.nb import rules
 
@@ -73,10 +77,18 @@ class Keys:
         return channel[len(self.prefix) + 4:]
 
 
-def decode(table: str, raw: bytes | str | None) -> Model | None:
+def decode(table: str, raw: bytes | str | None, obj_id: str = "?", checked: bool = False) -> Model | None:
+    """The stored object, or BadObject naming it. `checked` also validates its fields (reads for
+    others do; a write reads the old object leniently, so that a malformed one can be replaced)."""
     if raw is None:
         return None
-    return model_for(table).from_dict(json.loads(raw))
+    try:
+        obj = model_for(table).from_dict(json.loads(raw))
+        if checked:
+            obj.check()
+        return obj
+    except (ValueError, TypeError, AttributeError, ValidationError) as exc:
+        raise BadObject(table, obj_id, str(exc) or type(exc).__name__) from None
 
 
 def make_event(action: str, table: str, obj_id: str, topic: str, version: int,
@@ -96,7 +108,7 @@ class _TxnContext:
         if (table, obj_id) not in self.cache:
             key = self.keys.obj(table, obj_id)
             await self.pipe.watch(key)
-            self.cache[(table, obj_id)] = decode(table, await self.pipe.get(key))
+            self.cache[(table, obj_id)] = decode(table, await self.pipe.get(key), obj_id)
         return self.cache[(table, obj_id)]
 
     async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
@@ -120,7 +132,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def redis_client(url: str, **options: Any) -> aioredis.Redis:
+def redis_client(url: str, resend: bool = False, **options: Any) -> aioredis.Redis:
     """A Redis client for the NB db.
 
     redis-py names itself to the server on every new connection and, unless told its version,
@@ -128,6 +140,13 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     ms of CPU): a connection added to the pool in the middle of a migration paid that on the
     critical path."""
     driver = DriverInfo(name="redis-py", lib_version=redis.__version__)
+    if resend:
+        # A command on a connection found dead (after a restart of redis-server every pooled one
+        # is) is sent again on a new one. Inside a transaction that is safe: a connection lost
+        # while WATCHing raises WatchError, and the whole write is redone. Not for a subscriber:
+        # it must see the loss, to resynchronise what it missed.
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
+        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
     return aioredis.from_url(url, driver_info=driver, **options)
 
 
@@ -137,7 +156,7 @@ class NbApi:
     def __init__(self, url: str, prefix: str = "dfflow"):
         self.url = url
         self.keys = Keys(prefix)
-        self.redis = redis_client(url)
+        self.redis = redis_client(url, resend=True)
         # Test hook: awaited after the data is queued and before its event is; raising aborts.
         self.before_publish: Callable[[], Awaitable[None]] | None = None
 
@@ -149,7 +168,7 @@ class NbApi:
 
     # -- reads -------------------------------------------------------------------
     async def get(self, table: str, obj_id: str) -> Model | None:
-        return decode(table, await self.redis.get(self.keys.obj(table, obj_id)))
+        return decode(table, await self.redis.get(self.keys.obj(table, obj_id)), obj_id, checked=True)
 
     async def get_or_raise(self, table: str, obj_id: str) -> Model:
         obj = await self.get(table, obj_id)
@@ -157,7 +176,10 @@ class NbApi:
             raise NotFound(table, obj_id)
         return obj
 
-    async def list(self, table: str | None = None, topic: str | None = None) -> list[Model]:
+    async def list(self, table: str | None = None, topic: str | None = None,
+                   bad: list[BadObject] | None = None) -> list[Model]:
+        """Objects of `table` and/or `topic`. A malformed one raises BadObject, or with `bad` given is
+        appended there and skipped."""
         if topic is not None:
             members = [_s(m).split(":", 1) for m in await self.redis.smembers(self.keys.topic(topic))]
             pairs = [(t, i) for t, i in members if table is None or t == table]
@@ -166,18 +188,32 @@ class NbApi:
             pairs = [(table, _s(i)) for i in await self.redis.smembers(self.keys.ids(table))]
         else:
             raise ValidationError("table", "list needs a table or a topic")
-        return await self.get_many(pairs)
+        return await self.get_many(pairs, bad)
 
     async def ports_of_chassis(self, chassis: str) -> list[Model]:
         """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
         ids = await self.redis.smembers(self.keys.chassis_ports(chassis))
-        return await self.get_many([("lport", _s(i)) for i in ids])
+        bad: list[BadObject] = []
+        ports = await self.get_many([("lport", _s(i)) for i in ids], bad)
+        for exc in bad:
+            LOG.error("skipped: %s", exc)
+        return ports
 
-    async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model]:
+    async def get_many(self, pairs: list[tuple[str, str]], bad: list[BadObject] | None = None) -> list[Model]:
         if not pairs:
             return []
         raws = await self.redis.mget([self.keys.obj(t, i) for t, i in pairs])
-        found = [decode(t, raw) for (t, _), raw in zip(pairs, raws) if raw is not None]
+        found = []
+        for (table, obj_id), raw in zip(pairs, raws):
+            try:
+                obj = decode(table, raw, obj_id, checked=True)
+            except BadObject as exc:
+                if bad is None:
+                    raise
+                bad.append(exc)
+                continue
+            if obj is not None:
+                found.append(obj)
         return sorted(found, key=lambda o: (o.table, o.id))
 
     # -- writes ------------------------------------------------------------------
@@ -226,7 +262,7 @@ class NbApi:
         keys = self.keys
         key = keys.obj(obj.table, obj.id)
         await pipe.watch(key)
-        old = decode(obj.table, await pipe.get(key))
+        old = decode(obj.table, await pipe.get(key), obj.id)
         if action == "create" and old is not None:
             raise Conflict(f"{obj.table} {obj.id!r} already exists", field="id")
         if action == "update":
@@ -294,7 +330,7 @@ class NbApi:
         key = keys.obj(table, obj_id)
         refs_key = keys.refs(table, obj_id)
         await pipe.watch(key, refs_key)
-        old = decode(table, await pipe.get(key))
+        old = decode(table, await pipe.get(key), obj_id)
         if old is None:
             raise NotFound(table, obj_id)
         if version is not None and old.version != version:
