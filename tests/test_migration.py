@@ -118,7 +118,9 @@ def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cl
     assert result["strategy"] == strategy and result["nova_path"] == nova_path
     expected = {"requested", "done"} | ({"activated"} if strategy == "announce" else set())
     expected |= {"switched"} if nova_path == "legacy" else set()
-    assert expected <= set(result["states"]), result["states"]
+    assert expected <= set(result["states"]), (result["states"], result["steps"], {
+        ch.name: (st["migrations"], st["stats"].get("packet_in"), st["errors"][-2:])
+        for ch in cloud.sb.chassis_list() for st in [controller_status(cloud.sb, ch.name)]})
     if nova_path == "extended":
         assert "switched" not in result["states"] and result["steps"]["activated"] < result["steps"]["unplug"]
         port = cloud.nb("get", "lport", port_id(cloud))
