@@ -93,7 +93,7 @@ class GcPauses:
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "unplug", flow_path: str = "compiled", bundle: bool = True,
+                 strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True,
                  datapath_type: str = "system"):
         if flow_path not in FLOW_PATHS:
             raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
@@ -598,7 +598,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
     parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
                         help="live-migration activation: at the source's unplug (the blueprint) or at the "
-                             "VM's announcement on a pre-programmed destination (default unplug)")
+                             "VM's announcement on a pre-programmed destination, falling back to the "
+                             "source's unplug when the VM never announces (default announce)")
     parser.add_argument("--log-level", default=None)
     bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
                                       "in production")
@@ -623,7 +624,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--datapath-type must be one of {', '.join(DATAPATH_TYPES)}")
     args.tunnel_type = args.tunnel_type or "geneve"
     args.log_level = args.log_level or "INFO"
-    args.strategy = args.strategy or "unplug"
+    args.strategy = args.strategy or "announce"
     args.flow_path = args.flow_path or "compiled"
     if args.flow_path not in FLOW_PATHS:
         parser.error(f"--flow-path must be one of {', '.join(FLOW_PATHS)}")

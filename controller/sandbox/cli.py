@@ -70,8 +70,8 @@ def sandbox() -> None:
               help="unix: controllers in the root namespace, OpenFlow over a unix socket; "
                    "tcp: controllers inside the chassis namespaces on 127.0.0.1:6653.")
 @click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
-              help="The deployment's live-migration activation strategy (dfflow-controller --strategy); "
-                   "ports may override it.")
+              help="The deployment's live-migration activation strategy (dfflow-controller --strategy, "
+                   "default announce); ports may override it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
        of_transport: str, strategy: str | None, as_json: bool) -> None:

@@ -34,9 +34,12 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
         echo(f"== {result['strategy']} strategy (run {result['run'] + 1})")
         echo(format_timeline(result["timeline"]))
         for name, figures in result["probes"].items():
-            down = figures["downtime_ms"]
-            echo(f"  downtime seen by {name}: "
-                 + (f"{down:.0f} ms" if figures["recovered"] else "did not recover"))
+            if not figures["recovered"]:
+                echo(f"  {name}: did not recover")
+                continue
+            dups = f", {figures['duplicates']} duplicate replies" if figures["duplicates"] else ""
+            echo(f"  downtime seen by {name}: {figures['downtime_ms']:.0f} ms without a reply "
+                 f"({figures['lost_window_ms']:.0f} ms of probes lost{dups})")
         if result["convergence_ms"] is not None:
             echo(f"  convergence ({result['trigger']} -> last chassis applied): {result['convergence_ms']:.1f} ms")
 

@@ -201,4 +201,4 @@ class NovaNotifier:
                                                                      for k, v in self.topics.stats.items()},
                 "errors": self.sender.stats["errors"] + self.sender.stats["dropped_failed"]
                 + self.sender.stats["dropped_overflow"] + self.sender.stats["rejected"]
-                + bus.stats["callback_errors"]}
+                + bus.stats["callback_errors"] + bus.stats["loop_errors"]}
