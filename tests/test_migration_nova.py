@@ -138,8 +138,9 @@ def test_nova_rolling_back_deletes_the_inactive_binding_and_aborts_with_the_sour
     result = migrate(cloud, "M", dest, strategy="unplug", nova_path="extended", rollback=True)
     time.sleep(0.3)
     figures = assert_recovered(senders, started)
-    # the source kept serving (a few ms of a starved shared CPU aside; flows moving would cost far more)
-    assert all(f["downtime_ms"] < 50 for f in figures), figures
+    # the source kept serving: no run of lost replies (flows moving to dest would lose every probe until
+    # the abort; the reply gap also counts the stalls of a starved shared CPU, so it is not the measure)
+    assert all(f["lost_window_ms"] < 50 for f in figures), figures
     assert "aborted" in result["states"] and "done" not in result["states"]
     assert_nothing_stale(cloud, source)
     after = {ch.name: sorted(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
