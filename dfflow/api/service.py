@@ -447,7 +447,7 @@ class NeutronService:
             given_mac = _check("mac_address", models.check_mac, given_mac)
 
         async def build() -> tuple[models.Model, set[str]]:
-            snap = await Snapshot.load(self.nb)
+            snap = await Snapshot.for_network(self.nb, lswitch)
             if lswitch not in snap.switches:
                 raise not_found("lswitch", lswitch)
             ips, auto = self._fixed_ips(snap, lswitch, data.get("fixed_ips"), [])

@@ -257,6 +257,28 @@ class NbApi:
             raise ValidationError("table", "list needs a table or a topic")
         return await self.get_many(pairs, bad)
 
+    async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
+        """(table, id) of the objects that reference this one (a network's ports, subnets, ...)."""
+        found = await self._reachable(lambda: self.redis.smembers(self.keys.refs(table, obj_id)))
+        return sorted(tuple(_s(m).split(":", 1)) for m in found)
+
+    async def get_raw_many(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The stored JSON objects, parsed but not validated (a fast read of a few fields of many
+        objects, e.g. the addresses held on a network); an unparsable one is logged and left out."""
+        if not pairs:
+            return []
+        raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
+        found = []
+        for (table, obj_id), raw in zip(pairs, raws):
+            try:
+                value = json.loads(raw) if raw is not None else None
+            except ValueError as exc:
+                LOG.error("skipped: %s", BadObject(table, obj_id, str(exc)))
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+        return found
+
     async def ports_of_chassis(self, chassis: str) -> list[Model]:
         """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
         ids = await self.redis.smembers(self.keys.chassis_ports(chassis))
