@@ -106,11 +106,17 @@ def test_writes_cut_by_an_outage_are_wholly_there_or_not_at_all(short_wait_api, 
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(base_url=short_wait_api.url + "/v2.0", timeout=30, limits=limits) as c:
             async def one(i: int) -> httpx.Response:
-                await asyncio.sleep(i * 0.02)
+                await asyncio.sleep(i * 0.03)
                 return await c.post("/ports", json={"port": {"network_id": net}})
             return await asyncio.gather(*(one(i) for i in range(150)))
 
-    outage = threading.Timer(1.5, redis_server.stop)
+    def stop_after_some_writes() -> None:  # the outage falls in the middle of the creates
+        with redis.Redis.from_url(nb_url) as r:
+            while r.scard("dfflow:ids:lport") < 20:
+                time.sleep(0.01)
+        redis_server.stop()
+
+    outage = threading.Thread(target=stop_after_some_writes)
     outage.start()
     replies = asyncio.run(storm())
     outage.join()

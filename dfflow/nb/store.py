@@ -265,11 +265,8 @@ class NbApi:
     async def get_raw_many(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """The stored JSON objects, parsed but not validated (a fast read of a few fields of many
         objects, e.g. the addresses held on a network); an unparsable one is logged and left out."""
-        if not pairs:
-            return []
-        raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
         found = []
-        for (table, obj_id), raw in zip(pairs, raws):
+        for (table, obj_id), raw in await self._raw_pairs(pairs):
             try:
                 value = json.loads(raw) if raw is not None else None
             except ValueError as exc:
@@ -278,6 +275,12 @@ class NbApi:
             if isinstance(value, dict):
                 found.append(value)
         return found
+
+    async def _raw_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
+        if not pairs:
+            return []
+        raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
+        return list(zip(pairs, raws))
 
     async def ports_of_chassis(self, chassis: str) -> list[Model]:
         """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
@@ -289,11 +292,8 @@ class NbApi:
         return ports
 
     async def get_many(self, pairs: list[tuple[str, str]], bad: list[BadObject] | None = None) -> list[Model]:
-        if not pairs:
-            return []
-        raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
         found = []
-        for (table, obj_id), raw in zip(pairs, raws):
+        for (table, obj_id), raw in await self._raw_pairs(pairs):
             try:
                 obj = decode(table, raw, obj_id, checked=True)
             except BadObject as exc:
