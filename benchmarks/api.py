@@ -57,7 +57,11 @@ def _server(kind: str, nb_url: str) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # requests still hanging in a graceful shutdown
+            proc.kill()
+            proc.wait(10)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -71,12 +75,17 @@ async def _drive(client: httpx.AsyncClient, calls: list[Callable[[], Any]], conc
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    failures: dict[str, int] = {}
     replies: list[Any] = []
 
     async def one(call: Callable[[], Any]) -> None:
         async with gate:
             started = time.perf_counter()
-            resp = await call()
+            try:
+                resp = await call()
+            except httpx.TransportError as exc:  # the server dropped or refused the connection
+                failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                return
             took = time.perf_counter() - started
         statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
         if resp.status_code < 300:
@@ -86,8 +95,8 @@ async def _drive(client: httpx.AsyncClient, calls: list[Callable[[], Any]], conc
     started = time.perf_counter()
     await asyncio.gather(*(one(c) for c in calls))
     wall = time.perf_counter() - started
-    return {"requests": len(calls), "ok": len(latencies), "failed": {str(k): v for k, v in statuses.items()
-                                                                       if k >= 300},
+    failed = {str(k): v for k, v in statuses.items() if k >= 300}
+    return {"requests": len(calls), "ok": len(latencies), "failed": {**failed, **failures},
             "per_s": len(latencies) / wall if wall else 0.0, "p50_ms": _ms(_percentile(latencies, 0.5)),
             "p99_ms": _ms(_percentile(latencies, 0.99)), "replies": replies}
 
