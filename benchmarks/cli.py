@@ -70,7 +70,8 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
 def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug_delay: int,
-              update_port_delay: int, interval: float, as_json: bool, plot_path: str | None) -> None:
+              update_port_delay: int, nova_path: str, interval: float, as_json: bool,
+              plot_path: str | None) -> None:
     """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
     from benchmarks import migration as bench
 
@@ -83,7 +84,8 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
         report = bench.run(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000,
                            unplug_delay=unplug_delay / 1000,
                            update_port_delay=update_port_delay / 1000, interval=interval,
-                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None)
+                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None,
+                           nova_path=nova_path)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
@@ -93,6 +95,20 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
     if plot_path:
         click.echo(f"plot: {plot_path}")
 
+
+
+@main.command("osvif-unplug")
+@click.option("--runs", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Unplugs of each kind (they alternate).")
+@click.option("--json", "as_json", is_flag=True, help="Print every sample and the summary as JSON.")
+def osvif_unplug(runs: int, as_json: bool) -> None:
+    """Nova's unplug through the real os-vif vs one raw OVSDB transaction, until OVSDB's monitor sees
+    it, on a 1-chassis sandbox (needs root)."""
+    from benchmarks import osvif_unplug as bench
+
+    with click.progressbar(length=runs * 2, label="unplugging", file=sys.stderr) as bar:
+        report = bench.run(runs, progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
 
 
 @main.command("flow-update")

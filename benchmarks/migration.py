@@ -4,18 +4,22 @@ Topology: net1 and net2 behind router R with a gateway on `public`. The migratin
 VM M (net1, with a floating IP) moves back and forth between chassis-1 and
 chassis-2; its L2 peer P (net1), the routed peer Q (net2) and the external host E
 (reaching M through its floating IP) live on chassis-3. P and E (and Q with
-`routed_probe`) probe M with sequence-numbered UDP every `interval`. Per run: downtime = the longest run of lost replies x interval
-(and the receive-time gap around it), for each prober; convergence = from the event
-that should move the flows (the VM's announcement, the source unplug, or
-update_port) to the last chassis' bundle applied.
+`routed_probe`) probe M with sequence-numbered UDP every `interval`. Per run and
+prober: the downtime (headline) = the longest gap between reply arrivals (kernel
+receive times: replies held in a queue are an outage though none is lost); beside
+it the lost window = the longest run of lost replies x interval; and the duplicate
+replies (there should be none). Convergence = from the event that should move the
+flows (the VM's announcement, the source unplug, or update_port) to the last
+chassis' bundle applied.
 
-Strategies: `announce` (pre-programmed destination, activated by the VM's RARP),
+Strategies: `announce` (the default: pre-programmed destination, activated by the VM's RARP),
 `unplug` (the blueprint: flows move at the source unplug), `fallback` (the step-2
 publish is dropped, so only update_port moves the flows).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -32,6 +36,11 @@ from dfflow.nb.store import NbApi
 STRATEGIES = ("announce", "unplug", "fallback")
 M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
 TRIGGERS = {"announce": "vm_announced", "unplug": "unplug", "fallback": "update_port"}
+# The figures of a run are those of the probes sent from just before the plug until just after the
+# migration's last step (the destination's flows, the switchover, the unplug, update_port and
+# every chassis' clean-up); the same probes sent for QUIET seconds before it show what the machine
+# does with no migration at all (its baseline reply gap).
+QUIET, WINDOW_BEFORE, WINDOW_AFTER = 1.0, 0.05, 0.3
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,15 +78,17 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None) -> dict[str, Any]:
+        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
     sb = Sandbox(workdir)
+    load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
         sb.up(chassis=3, controllers=True)
         time.sleep(1.0)
-        return asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                keep_samples, routed_probe, on_migration, memory_copy))
+        report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path))
+        return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
         sb.down()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -87,7 +98,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
-               memory_copy: float = nova.MEMORY_COPY) -> dict[str, Any]:
+               memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended") -> dict[str, Any]:
     nb, cloud, fip = await _build(sb)
     echo = Echo(sb, "M")
     probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
@@ -104,25 +115,29 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                     await set_fault(nb, FAULT_DROP_PUBLISH, True)
                 senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
                 await asyncio.sleep(0.2)
+                quiet_from = time.time()
+                await asyncio.sleep(QUIET)
                 started = time.time()
                 try:
                     timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
                                                   unplug_delay=unplug_delay,
                                                   update_port_delay=update_port_delay,
-                                                  strategy="announce" if strategy == "announce" else "unplug")
+                                                  strategy="announce" if strategy == "announce" else "unplug",
+                                                  nova_path=nova_path)
                     await asyncio.sleep(0.3)
                 finally:
                     raw = {name: s.stop() for name, s in senders.items()}
                     if strategy == "fallback":
                         await set_fault(nb, FAULT_DROP_PUBLISH, False)
                 here = dest
-                results.append(_figures(strategy, i, started, timeline, raw, keep_samples))
+                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from))
                 if on_migration is not None:
                     on_migration(results[-1])
                 if progress is not None:
                     progress(f"{strategy} run {i + 1}/{runs}")
         return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
-                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
+                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
+                "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
                 "probes": list(probes)}
     finally:
         echo.stop()
@@ -130,42 +145,60 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
 
 
 def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any],
-             raw: dict[str, dict[str, Any]], keep_samples: bool) -> dict[str, Any]:
+             raw: dict[str, dict[str, Any]], keep_samples: bool, quiet_from: float) -> dict[str, Any]:
     probes = {}
+    window = (timeline["origin"] - WINDOW_BEFORE,
+              timeline["origin"] + max(timeline["steps"].values()) + WINDOW_AFTER)
     for name, result in raw.items():
-        figures = analyse(result, after=started)
-        if keep_samples:  # (send time since the migration started, RTT) of every reply
-            figures["samples"] = [(round(s - started, 4), round((r - s) * 1e3, 3))
-                                  for _, s, r in result["replies"] if s >= started]
+        figures = analyse(result, after=window[0], until=window[1])
+        figures["baseline_gap_ms"] = analyse(result, after=quiet_from, until=started)["downtime_ms"]
+        if keep_samples:  # (arrival time since the migration started, RTT) of every reply
+            figures["samples"] = [(round(r - started, 4), round((r - s) * 1e3, 3))
+                                  for _, s, r in result["replies"] if s >= quiet_from]
+        for edge in ("gap_start", "gap_end"):  # the reply gap, in s since the migration started
+            if figures[edge] is not None:
+                figures[edge] = round(figures[edge] - started, 6)
         probes[name] = figures
     steps = timeline["steps"]
-    trigger = steps.get(TRIGGERS[strategy])
+    trigger_step = TRIGGERS[strategy]
     moving = {"announce": "activated", "unplug": "switched", "fallback": "bound"}[strategy]
+    if timeline.get("nova_path") == "extended" and strategy != "announce":
+        trigger_step, moving = "activate", "bound"  # Nova activates dest's binding before the unplug
+    trigger = steps.get(trigger_step)
     applied = timeline["applied"].get(moving, {})
     convergence = (max(applied.values()) - trigger) * 1e3 if applied and trigger is not None else None
     unplug_at = ((steps["unplug"] - steps["vm_source_down"]) * 1e3
                  if "unplug" in steps and "vm_source_down" in steps else None)
     return {"strategy": strategy, "run": index, "from": timeline["source"], "to": timeline["destination"],
-            "probes": probes, "trigger": TRIGGERS[strategy], "convergence_ms": convergence,
+            "probes": probes, "trigger": trigger_step, "convergence_ms": convergence,
             "unplug_at_ms": unplug_at,  # when emulated Nova really unplugged, after the VM left the source
             "applied_ms": {ch: round((t - (trigger or 0)) * 1e3, 2) for ch, t in applied.items()},
             "timeline": timeline, "plug_offset_s": timeline["origin"] - started}
 
 
+def _stats(values: list[float], prefix: str) -> dict[str, float | None]:
+    return {f"{prefix}_median_ms": statistics.median(values) if values else None,
+            f"{prefix}_p95_ms": percentile(values, 0.95) if values else None,
+            f"{prefix}_min_ms": min(values) if values else None,
+            f"{prefix}_max_ms": max(values) if values else None}
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per strategy, over every probing peer and run: the reply gap (downtime_*), the lost window
+    (lost_window_*), the duplicates, and the convergence."""
     summary: dict[str, Any] = {}
     for strategy in dict.fromkeys(r["strategy"] for r in results):
         runs = [r for r in results if r["strategy"] == strategy]
-        downtimes = [p["downtime_ms"] for r in runs for p in r["probes"].values() if p["downtime_ms"] is not None]
-        unrecovered = sum(1 for r in runs for p in r["probes"].values() if not p["recovered"])
+        probes = [p for r in runs for p in r["probes"].values()]
+        downtimes = [p["downtime_ms"] for p in probes if p["downtime_ms"] is not None]
+        lost_windows = [p["lost_window_ms"] for p in probes if p["lost_window_ms"] is not None]
         convergence = [r["convergence_ms"] for r in runs if r["convergence_ms"] is not None]
         unplug_at = [r["unplug_at_ms"] for r in runs if r.get("unplug_at_ms") is not None]
         summary[strategy] = {
-            "runs": len(runs), "samples": len(downtimes), "unrecovered": unrecovered,
-            "downtime_median_ms": statistics.median(downtimes) if downtimes else None,
-            "downtime_p95_ms": percentile(downtimes, 0.95) if downtimes else None,
-            "downtime_min_ms": min(downtimes) if downtimes else None,
-            "downtime_max_ms": max(downtimes) if downtimes else None,
+            "runs": len(runs), "samples": len(downtimes), "unrecovered": sum(not p["recovered"] for p in probes),
+            **_stats(downtimes, "downtime"), **_stats(lost_windows, "lost_window"),
+            "duplicates": sum(p["duplicates"] for p in probes),
+            **_stats([p["baseline_gap_ms"] for p in probes if p.get("baseline_gap_ms") is not None], "baseline_gap"),
             "convergence_median_ms": statistics.median(convergence) if convergence else None,
             "convergence_p95_ms": percentile(convergence, 0.95) if convergence else None,
             "unplug_at_median_ms": statistics.median(unplug_at) if unplug_at else None,
@@ -178,8 +211,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any], path: str) -> None:
-    """One panel per strategy: each probe's reply RTT over time for the median run, outage shaded,
-    and the steps of the migration marked."""
+    """One panel per strategy: each probe's replies (RTT by arrival time) for the median run, each
+    probe's longest reply gap shaded, and the steps of the migration marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -193,19 +226,25 @@ def plot(report: dict[str, Any], path: str) -> None:
         for name, figures in run_["probes"].items():
             xs = [t * 1e3 for t, _ in figures.get("samples", [])]
             ys = [rtt for _, rtt in figures.get("samples", [])]
-            ax.plot(xs, ys, ".", markersize=2, label=f"{name}: {figures['downtime_ms']:.0f} ms down"
-                    if figures["downtime_ms"] is not None else name)
+            dots = ax.plot(xs, ys, ".", markersize=2,
+                           label=f"{name}: reply gap {figures['downtime_ms']:.0f} ms, lost window "
+                           f"{figures['lost_window_ms']:.0f} ms" if figures["downtime_ms"] is not None else name)
+            if figures.get("gap_end") is not None:
+                ax.axvspan(figures["gap_start"] * 1e3, figures["gap_end"] * 1e3, color=dots[0].get_color(),
+                           alpha=0.2)
         steps = run_["timeline"]["steps"]
         base = run_["plug_offset_s"] * 1e3
-        for step in ("vm_source_down", "vm_announced", "unplug", "update_port"):
+        for step in ("plugged", "vm_source_down", "vm_announced", "unplug", "update_port"):
             if step in steps:
                 ax.axvline(steps[step] * 1e3 + base, color="grey", linestyle=":", linewidth=1)
                 ax.text(steps[step] * 1e3 + base, ax.get_ylim()[1] * 0.9, step, rotation=90, fontsize=7,
                         color="grey", va="top")
         s = report["summary"][strategy]
-        ax.set_title(f"{strategy}: median downtime {s['downtime_median_ms']:.0f} ms, "
-                     f"p95 {s['downtime_p95_ms']:.0f} ms over {s['samples']} probe runs")
-        ax.set_xlabel("ms since the migration started (probe send time)")
+        ax.set_title(f"{strategy}: reply gap (downtime) median {s['downtime_median_ms']:.0f} ms, "
+                     f"p95 {s['downtime_p95_ms']:.0f} ms; lost window median {s['lost_window_median_ms']:.0f} ms, "
+                     f"p95 {s['lost_window_p95_ms']:.0f} ms; {s['duplicates']} duplicates; "
+                     f"{s['samples']} probe runs", fontsize=9)
+        ax.set_xlabel("ms since the migration started (reply arrival time)")
         ax.set_ylabel("reply RTT (ms)")
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -214,19 +253,30 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 def format_summary(report: dict[str, Any]) -> str:
     lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
-             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms",
-             f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'min':>8} {'max':>8} "
-             f"{'converge':>9} {'(from)':14} unrecovered"]
+             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms, "
+             f"Nova's {report.get('nova_path', 'extended')} calls",
+             f"{'':10} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':>9}",
+             f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'max':>9} {'median':>9} {'p95':>9} "
+             f"{'p95':>9} {'dups':>5} {'converge':>9} {'(from)':14} unrecovered"]
+    fmt = lambda v: f"{v:.1f}" if v is not None else "-"
     for strategy, s in report["summary"].items():
-        trigger = TRIGGERS[strategy]
-        fmt = lambda v: f"{v:.1f}" if v is not None else "-"
-        lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms {fmt(s['downtime_p95_ms']):>6} ms "
-                     f"{fmt(s['downtime_min_ms']):>5} ms {fmt(s['downtime_max_ms']):>5} ms "
-                     f"{fmt(s['convergence_median_ms']):>6} ms {trigger:14} {s['unrecovered']}")
+        trigger = next((r["trigger"] for r in report["runs"] if r["strategy"] == strategy), TRIGGERS[strategy])
+        lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms "
+                     f"{fmt(s['downtime_p95_ms']):>6} ms {fmt(s['downtime_max_ms']):>6} ms "
+                     f"{fmt(s['lost_window_median_ms']):>6} ms {fmt(s['lost_window_p95_ms']):>6} ms "
+                     f"{fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {trigger:14} "
+                     f"{s['unrecovered']}")
     unplug_at = [s["unplug_at_median_ms"] for s in report["summary"].values() if s.get("unplug_at_median_ms")]
     if unplug_at:
         lines.append(f"the source VIF was unplugged {statistics.median(unplug_at):.1f} ms (median) after the VM "
                      "left the source")
-    lines.append("downtime: longest run of lost probe replies x interval, over every probing peer and run; "
-                 "converge: from the trigger to the last chassis' bundle applied (median).")
+    if "load_before" in report:
+        lines.append("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in report["load_before"])
+                     + "; after: " + ", ".join(f"{v:.2f}" for v in report["load_after"]))
+    lines.append("downtime: the longest gap between reply arrivals (kernel receive times; about one probe "
+                 "interval when nothing is wrong), over the probes sent from the plug until the migration's last "
+                 f"step + {WINDOW_AFTER * 1e3:.0f} ms; lost window: the longest run of lost replies x interval; "
+                 f"quiet: the longest reply gap in the {QUIET:g} s before the migration (the machine's own "
+                 "stalls); dups: replies received twice; over every probing peer and run. converge: from the "
+                 "trigger to the last chassis' bundle applied (median).")
     return "\n".join(lines)

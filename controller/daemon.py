@@ -39,11 +39,12 @@ from controller.migration import step3_arrived
 from controller.migrator import Migrator
 from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from controller.retry import TRANSIENT, Backoff, retried
 from controller.supervise import TaskSupervisor
 from dfflow.errors import Conflict, DfflowError, NotFound
-from dfflow.models import CHASSIS_TOPIC, Chassis, LogicalPort
+from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
 from dfflow.nb.store import NbApi
 
@@ -92,9 +93,13 @@ class GcPauses:
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "unplug", flow_path: str = "compiled", bundle: bool = True):
+                 strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True,
+                 datapath_type: str = "system"):
         if flow_path not in FLOW_PATHS:
             raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
+        if datapath_type not in DATAPATH_TYPES:
+            raise ValueError(f"datapath_type must be one of {DATAPATH_TYPES}, not {datapath_type!r}")
+        self.datapath_type, self.bridge = datapath_type, bridge
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
@@ -120,6 +125,7 @@ class ControllerDaemon:
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
+        self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
@@ -206,7 +212,7 @@ class ControllerDaemon:
         # What this chassis' flows were programmed from: an NB db older than that is not trusted.
         self._mark_written = self.bus.high_water = await nbmark.read_mark(self.ovsdb.remote)
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
-        await self.ovsdb.setup_bridge(self.of_target)
+        await self.ovsdb.setup_bridge(self.of_target, self.datapath_type)
         self._spawn(self._ovsdb_loop, "ovsdb")
         await self.bus.start()
         await self.bus.add_topic(CHASSIS_TOPIC)
@@ -226,6 +232,7 @@ class ControllerDaemon:
         self._spawn(self._pending_vif_loop, "pending-vifs")
         self._spawn(self._housekeeping_loop, "migration-housekeeping")
         self._spawn(self.migrator.listen, "migration-events")
+        self._spawn(lambda: self.port_status.run(lambda: set(self.engine.view.vifs)), "port-status")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
@@ -245,13 +252,15 @@ class ControllerDaemon:
         self.gc_pauses.uninstall()
 
     async def _register_chassis(self) -> None:
-        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, tunnel_ip=self.tunnel_ip,
-                      tunnel_type=self.tunnel_type, status="up", last_seen=time.time())
+        # datapath_type and bridge_name are what the API puts in binding:vif_details for os-vif.
+        where = dict(tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, datapath_type=self.datapath_type,
+                     bridge_name=self.bridge)
+        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, status="up", last_seen=time.time(), **where)
         try:
             await self.nb.create(row)
         except Conflict:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(
-                tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, status="up", last_seen=time.time()))
+                status="up", last_seen=time.time(), **where))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -271,6 +280,8 @@ class ControllerDaemon:
     async def _on_nb_event(self, event: dict[str, Any]) -> None:
         self.stats["nb_events"] += 1
         self.stats[f"nb_events.{event['table']}"] += 1
+        if event["table"] == PortStatus.table:
+            return  # what the chassis report for Neutron's port status: no flow depends on it
         if event["table"] == Chassis.table:
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
             await self._sync_tunnels()
@@ -291,6 +302,10 @@ class ControllerDaemon:
                     self._plugged_before_known.discard(port.id)
                     await self.migrator.vif_online(port.id)  # its VIF came before the port did
                 await self.migrator.port_changed(port)
+
+    def _topic_of(self, port_id: str) -> str | None:
+        port = self.engine.view.port(port_id)
+        return port.topic if port is not None else None
 
     async def _sync_tunnels(self) -> None:
         if not self._chassis_synced or self.bus.behind is not None:
@@ -354,6 +369,7 @@ class ControllerDaemon:
             await self.migrator.vif_offline(port_before, timing)  # step 2 on the source, or an abort
             self._emit(self._timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
             self.pending_vifs.discard(iface_id)
+            self.port_status.down(iface_id)  # written after this update's publishes and flows
         for iface_id, vif in sorted(vifs.items()):
             if before_vifs.get(iface_id) != vif:
                 self._emit(self.engine.vif_online(vif))
@@ -362,6 +378,7 @@ class ControllerDaemon:
                     self._plugged_before_known.add(iface_id)
                 else:
                     await self.migrator.vif_online(iface_id)  # step 1 when the port lives elsewhere
+                self.port_status.up(iface_id, since=update.seen or None)
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
 
@@ -525,6 +542,7 @@ class ControllerDaemon:
     def status(self) -> dict[str, Any]:
         return {
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
+            "datapath_type": self.datapath_type,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
@@ -535,6 +553,7 @@ class ControllerDaemon:
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
+            "port_status": self.port_status.status(),
         }
 
     async def _start_status_server(self) -> None:
@@ -572,11 +591,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nb", help="NB database URL: redis://, rediss:// or unix://")
     parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
     parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
+    parser.add_argument("--datapath-type", default=None, choices=DATAPATH_TYPES,
+                        help="the integration bridge's datapath: system (the kernel module; default) or "
+                             "netdev (userspace, where there is no kernel module)")
     parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
     parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
                         help="live-migration activation: at the source's unplug (the blueprint) or at the "
-                             "VM's announcement on a pre-programmed destination (default unplug)")
+                             "VM's announcement on a pre-programmed destination, falling back to the "
+                             "source's unplug when the VM never announces (default announce)")
     parser.add_argument("--log-level", default=None)
     bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
                                       "in production")
@@ -596,9 +619,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, attr, None) is None:
                 setattr(args, attr, value)
     args.bridge = args.bridge or "br-int"
+    args.datapath_type = args.datapath_type or "system"
+    if args.datapath_type not in DATAPATH_TYPES:
+        parser.error(f"--datapath-type must be one of {', '.join(DATAPATH_TYPES)}")
     args.tunnel_type = args.tunnel_type or "geneve"
     args.log_level = args.log_level or "INFO"
-    args.strategy = args.strategy or "unplug"
+    args.strategy = args.strategy or "announce"
     args.flow_path = args.flow_path or "compiled"
     if args.flow_path not in FLOW_PATHS:
         parser.error(f"--flow-path must be one of {', '.join(FLOW_PATHS)}")
@@ -617,7 +643,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
-                              flow_path=args.flow_path, bundle=not args.no_bundle)
+                              flow_path=args.flow_path, bundle=not args.no_bundle,
+                              datapath_type=args.datapath_type)
     try:
         code = asyncio.run(daemon.run())
         reason = daemon.exit_reason or "stopped"

@@ -40,7 +40,8 @@ PIPELINE: tuple[Table, ...] = (
     Table(5, "activation_gate",
           "Announce strategy: a pre-programmed destination's VIF is looked up here (resubmit from "
           "classify). Its first RARP/GARP learns a flow here, in the datapath, that sets reg5=1 "
-          "for that VIF, so the VM's egress opens at once, before the controller hears of it.",
+          "for that VIF, so the VM's egress opens at once, before the controller hears of it; the "
+          "same announcement opens its ingress in l2_lookup.",
           "reg6 (learned flows only)",
           "nothing (reg5 stays 0)"),
     Table(10, "port_security",
@@ -82,12 +83,25 @@ PIPELINE: tuple[Table, ...] = (
     Table(50, "l2_lookup",
           "Destination lookup by (network, MAC): a local port is output to its ofport; a remote "
           "port gets tun_id=VNI and is output to the tunnel of the chassis hosting it. Broadcast, "
-          "multicast and unknown unicast go to flood.",
-          "metadata, eth_dst",
+          "multicast and unknown unicast go to flood. While an announce migration is in flight, "
+          "the chassis where a packet for the port enters the overlay also sends it to the "
+          "destination (the source copies only what its own VIFs send: a tunnel's packet was "
+          "copied by its sender). Until the VM announces itself there, the destination drops what "
+          "tunnels bring for the port (priority 110, reg6=0: copies) and sends what its own VIFs "
+          "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
+          "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
+          "came in on; the controller's activation then writes or deletes those keys as its own. "
+          "Once the VM is activated there, the source drops what tunnels still bring it for the "
+          "port (priority 110, reg6=0: its sender copied it to the destination) until the source "
+          "unplug. So a VM not yet running there is never handed a copy, and each packet reaches "
+          "it once.",
+          "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
+          "a tunnel's packet)",
           "goto flood", ("flood",)),
     Table(60, "flood",
-          "Floods a network: to its local ports and, for packets from local ports only (reg6!=0), "
-          "to every chassis hosting a port of the network.",
+          "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "
+          "does not run here yet) and, for packets from local ports only (reg6!=0), to every "
+          "chassis hosting a port of the network.",
           "metadata, reg6=0 (from a tunnel)",
           "drop"),
 )

@@ -72,10 +72,14 @@ def _action(action: Any) -> Any:
     if kind == "NXActionResubmitTable":
         return Resubmit(action.table_id)
     if kind == "NXActionLearn":
-        specs = [(type(spec).__name__, _field_name(spec.dst[0]), spec.src) for spec in action.specs]
+        specs = [(type(spec).__name__, spec.dst, spec.src) for spec in action.specs]
+        outputs = [_field_name(src[0]) for kind_, _, src in specs if kind_ == "NXFlowSpecOutput"]
+        if outputs not in ([], ["in_port"]):
+            raise ValueError(f"learned output dfflow does not use: {outputs}")
         return Learn(action.table_id, action.priority, action.idle_timeout, action.hard_timeout, action.cookie,
-                     tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecMatch"),
-                     tuple((name, src) for kind_, name, src in specs if kind_ == "NXFlowSpecLoad"))
+                     tuple((_field_name(dst[0]), src) for kind_, dst, src in specs if kind_ == "NXFlowSpecMatch"),
+                     tuple((_field_name(dst[0]), src) for kind_, dst, src in specs if kind_ == "NXFlowSpecLoad"),
+                     output_in_port=bool(outputs))
     raise ValueError(f"action dfflow does not use: {kind}")
 
 

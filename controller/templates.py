@@ -42,7 +42,8 @@ class Param(enum.IntEnum):
     MAC = 2
     OFPORT = 3       # local role: the VIF's OpenFlow port here
     TUNNEL = 4       # remote role: our tunnel to the chassis that hosts the port
-    COPY_TUNNEL = 5  # an `announce` migration in flight: our tunnel to its destination
+    COPY_TUNNEL = 5  # an `announce` migration in flight: our tunnel to its destination (on the gated
+    #                  destination itself: to the source, where the VM still runs)
     IP = 6           # `each=PER_IP`: this IPv4 address of the port
     FIP = 7          # `each=PER_FIP`: the floating IP, ...
     FIP_MAC = 8      # ... its MAC,
@@ -63,9 +64,10 @@ class Fact(enum.IntFlag):
 
     LOCAL = 1 << 0      # its VIF is on this chassis
     REMOTE = 1 << 1     # another chassis hosts it
-    GATED = 1 << 2      # pre-programmed `announce` destination, egress still closed
+    GATED = 1 << 2      # LOCAL: pre-programmed `announce` destination, still closed; REMOTE: the source
+    #                     of an activated `announce` migration (forwards nothing a tunnel brings for it)
     OPEN = 1 << 3
-    COPY = 1 << 4       # traffic for it is also sent to an `announce` destination
+    COPY = 1 << 4       # traffic for it is also sent to an `announce` destination (gated: to the source)
     NO_COPY = 1 << 5
     PS_OFF = 1 << 6     # port security disabled
     PS_MAC = 1 << 7     # port security on, no IPv4 address: the MAC only
@@ -210,8 +212,8 @@ class PortRole:
     local: bool
     ofport: int = 0
     tunnel: int = 0
-    copy_tunnel: int = 0  # 0: no copy
-    gated: bool = False
+    copy_tunnel: int = 0  # 0: no copy (gated: the tunnel to the source, 0 if none)
+    gated: bool = False  # see Fact.GATED
 
     def facts(self, port: PortFacts) -> Fact:
         facts = Fact.LOCAL if self.local else Fact.REMOTE

@@ -108,6 +108,13 @@ class View:
         return (mig is not None and mig.state == "requested" and mig.strategy == "announce"
                 and mig.chassis == self.chassis)
 
+    def forwards_no_copies(self, port: LogicalPort) -> bool:
+        """This chassis is the source of an `announce` migration activated on its destination: what a
+        tunnel still brings it for the port, its sender copied to the destination already."""
+        mig = port.migration
+        return (mig is not None and mig.state == "activated" and mig.strategy == "announce"
+                and mig.source == self.chassis)
+
     def also_send_to(self, port: LogicalPort) -> str | None:
         """While an `announce` migration is in flight, traffic for the port goes to its destination
         too (when this chassis is not that destination and has a tunnel to it)."""
@@ -212,8 +219,12 @@ class View:
         copy_to = self.also_send_to(port)
         copy_tunnel = self.tunnels[copy_to] if copy_to is not None else 0
         if role == LOCAL:
-            return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=self.is_pending(port))
-        return PortRole(False, tunnel=self.tunnel_ofport(port), copy_tunnel=copy_tunnel)
+            gated = self.is_pending(port)
+            if gated:  # until the VM announces itself here, what this chassis sends it goes to the source
+                copy_tunnel = self.tunnels.get(self.location(port), 0)
+            return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=gated)
+        return PortRole(False, tunnel=self.tunnel_ofport(port), copy_tunnel=copy_tunnel,
+                        gated=self.forwards_no_copies(port))
 
     def usable_floating_ips(self, port: LogicalPort) -> list[FloatingIpFacts]:
         """The port's floating IPs whose external network is needed here and whose router has an

@@ -104,7 +104,8 @@ class Resubmit:
 @dataclass(frozen=True)
 class Learn:
     """Add a flow to `table` from the datapath itself (Nicira learn), matching `match` and loading
-    `loads` (immediate values): how a pending port opens its own egress at its first announcement."""
+    `loads` (immediate values), and with `output_in_port` outputting to the port the learning packet
+    came in on: how a pending port opens its own egress and ingress at its first announcement."""
 
     table: int
     priority: int
@@ -113,6 +114,7 @@ class Learn:
     cookie: int
     match: tuple[tuple[str, int], ...]
     loads: tuple[tuple[str, int], ...]
+    output_in_port: bool = False
 
 
 Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn]
@@ -196,6 +198,8 @@ def _osken_action(action: Action, parser: Any) -> Any:
                  for name, value in action.match]
         specs += [parser.NXFlowSpecLoad(src=value, dst=(name, 0), n_bits=FIELDS[name].bits)
                   for name, value in action.loads]
+        if action.output_in_port:  # NXM's 16-bit in_port: what OVS's learn outputs to unambiguously
+            specs.append(parser.NXFlowSpecOutput(src=("in_port_nxm", 0), n_bits=16))
         return parser.NXActionLearn(table_id=action.table, specs=specs, priority=action.priority,
                                     idle_timeout=action.idle_timeout, hard_timeout=action.hard_timeout,
                                     cookie=action.cookie)

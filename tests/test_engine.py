@@ -2,7 +2,7 @@
 from controller.apps.l2 import L2App
 from controller.engine import Engine
 from controller.view import Vif
-from dfflow.flows import Output, SetField
+from dfflow.flows import Learn, Output, SetField
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
 
 
@@ -107,3 +107,88 @@ def test_a_compiled_core_failure_is_counted_and_the_python_path_takes_the_port(m
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
     assert l2_lookup_actions(engine, 1) == (Output(5),)
+
+
+def pending_destination_a1():
+    """Chassis A with a1 (VIF on ofport 5) and the pre-programmed destination of b1's announce
+    migration from B (b1's VIF on ofport 6)."""
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    moving = b1.replace(migration=MigrationRecord(chassis="A", source="B", strategy="announce"))
+    apply(engine, engine.nb_event(event(moving)))
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 6)))
+    return engine, moving
+
+
+def lookups_of(engine, mac_last):
+    """The chassis' L2 lookup flows for the port, by priority."""
+    return {f.priority: f for f in engine.desired().values()
+            if f.table == 50 and ("eth_dst", 0xfa163e000000 | mac_last, None) in f.match}
+
+
+def test_a_pending_destination_delivers_nothing_to_its_vif_until_the_announcement_learns_it():
+    engine, b1 = pending_destination_a1()
+    lookups = lookups_of(engine, 2)
+    # the copies tunnels bring are dropped; what local VIFs send goes to the source, where the VM runs
+    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == ()
+    assert lookups[100].actions == (SetField("tunnel_id", 101), Output(10))
+    learns = {a for f in engine.desired().values() if f.table == 0 and ("in_port", 6, None) in f.match
+              for a in f.actions if isinstance(a, Learn) and a.table == 50}
+    # the VM's RARP/GARP learns, over each of those flows (same key), the output to its VIF, no timeout
+    assert learns == {Learn(50, f.priority, 0, 0, f.cookie, tuple((n, v) for n, v, _ in f.match), (),
+                            output_in_port=True) for f in lookups.values()}
+    flood = [f for f in engine.desired().values() if f.table == 60]
+    assert flood and all(Output(6) not in f.actions and Output(5) in f.actions for f in flood)
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated")))))
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(6),)}
+    assert all(Output(6) in f.actions for f in engine.desired().values() if f.table == 60)
+
+
+def test_an_announce_source_copies_what_its_vifs_send_and_not_what_a_tunnel_brought():
+    engine = make_engine("B")
+    b1 = port("b1", 2, 12, "B")
+    apply(engine, engine.nb_event(event(b1)))
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 4)))
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="C", source="B", strategy="announce")))))
+    lookups = {f.priority: f for f in engine.desired().values()
+               if f.table == 50 and ("eth_dst", 0xfa163e000002, None) in f.match}
+    assert lookups[100].actions == (Output(4), SetField("tunnel_id", 101), Output(11))
+    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == (Output(4),)
+
+
+def test_an_activated_announce_source_forwards_nothing_a_tunnel_brings_until_the_unplug():
+    """Once the VM is activated on C, a tunnel's packet for it still reaching the source B was copied
+    to C by its sender: forwarded, it would arrive twice. B's own VMs still reach it on C."""
+    engine = make_engine("B")
+    for p, ofport in ((port("b1", 2, 12, "B"), 4), (port("b2", 3, 13, "B"), 7)):
+        apply(engine, engine.nb_event(event(p)))
+        apply(engine, engine.vif_online(Vif(p.id, f"tap{p.id}", ofport)))
+    b1 = port("b1", 2, 12, "B")
+    for state in ("requested", "activated"):
+        apply(engine, engine.nb_event(event(b1.replace(
+            migration=MigrationRecord(chassis="C", source="B", strategy="announce", state=state)))))
+    lookups = lookups_of(engine, 2)
+    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == ()
+    assert lookups[100].actions == (SetField("tunnel_id", 101), Output(11))
+    apply(engine, engine.nb_event(event(b1.replace(
+        migration=MigrationRecord(chassis="C", source="B", strategy="announce", state="switched")))))
+    to_c = (SetField("tunnel_id", 101), Output(11))
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
+
+
+def test_port_status_reports_never_reach_the_view_or_recompute_flows():
+    from dfflow.models import PortStatus
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    before = dict(engine.desired())
+    plan = engine.nb_event(event(PortStatus(id="a1", topic="t", up={"A": 1.0})))
+    assert not plan and engine.view.get(PortStatus.table, "a1") is None
+    assert engine.stats["ignored_events"] == 1 and engine.desired() == before
+
+
+def test_an_inactive_binding_or_a_profile_change_recomputes_only_the_port_and_its_network():
+    from dfflow.models import InactiveBinding
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    plan = engine.nb_event(event(b1.replace(inactive_bindings=[InactiveBinding(host="C")],
+                                            binding_profile={"migrating_to": "C"})))
+    assert not plan.moved and not plan.n_flow_mods

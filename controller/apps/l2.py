@@ -40,25 +40,49 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
                          (PS_RARP, Fact.PS_IPS, Each.ONCE), (PS_IP, Fact.PS_IPS, Each.PER_IP),
                          (PS_ARP, Fact.PS_IPS, Each.PER_IP))
 
-# A pre-programmed destination: the VM's first RARP or GARP opens its egress in the datapath
-# (a learned activation_gate flow sets reg5=1 for this VIF) and tells the controller, which
-# activates the port and publishes. Until then the gated port-security flows drop its packets.
+# A pre-programmed destination: the VM's first RARP or GARP opens its egress and its ingress in
+# the datapath, in the same action list, and tells the controller, which activates the port and
+# publishes. Until then the gated port-security flows drop what the VM sends, and the gated lookup
+# drops what is sent to it (an `announce` migration copies the port's traffic here: delivered to
+# a VM that is not running here yet, it would be a duplicate, or queued in a paused guest's tap).
+# Egress: a learned activation_gate flow sets reg5=1 for this VIF.
 OPENS_GATE = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+# Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
+# source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
+# (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
+LOOKUP_GATED_FROM_TUNNEL = template("lookup_gated_from_tunnel", L2_LOOKUP, 110,
+                                   dict(metadata=VNI, eth_dst=MAC, reg6=0))
+LOOKUP_GATED_VIA_SOURCE = template("lookup_gated_via_source", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
+                                   (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
+LOOKUP_GATED = template("lookup_gated", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC))
+# The announcement learns, over both of those flows (their own keys: table, priority, match), the
+# delivery to the VIF it came in on. No timeout: each key is the controller's, whose next write of
+# it (activation, step 2 or 3, an abort) replaces or deletes the learned flow.
+OPENS_INGRESS = tuple(Learn(L2_LOOKUP, t.priority, 0, 0, Param.COOKIE, tuple((f, v) for f, v, _ in t.match), (),
+                            output_in_port=True) for t in (LOOKUP_GATED_FROM_TUNNEL, LOOKUP_GATED))
 ANNOUNCE_RARP = template("announce_rarp", CLASSIFY, 110, dict(in_port=OFPORT, eth_type=ETH_TYPE_RARP, eth_src=MAC),
-                         (OPENS_GATE, controller_output()))
+                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
 ANNOUNCE_GARP = template("announce_garp", CLASSIFY, 110,
                          dict(in_port=OFPORT, eth_type=ETH_TYPE_ARP, eth_src=MAC, arp_spa=IP, arp_tpa=IP),
-                         (OPENS_GATE, controller_output()))
+                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
 
 # -- where packets for the port go ----------------------------------------------------------------
 LOOKUP_LOCAL = template("lookup_local", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC), (Output(OFPORT),))
 LOOKUP_REMOTE = template("lookup_remote", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                          (SetField("tunnel_id", VNI), Output(TUNNEL)))
-# While an `announce` migration is in flight, its destination gets a copy too.
+# While an `announce` migration is in flight, its destination gets a copy too: from the chassis
+# where the packet entered the overlay, and only from there (the source does not copy again what
+# a tunnel brought it: the chassis that sent it copied it already).
 LOOKUP_LOCAL_COPY = template("lookup_local_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                              (Output(OFPORT), SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
+LOOKUP_LOCAL_FROM_TUNNEL = template("lookup_local_from_tunnel", L2_LOOKUP, 110,
+                                    dict(metadata=VNI, eth_dst=MAC, reg6=0), (Output(OFPORT),))
 LOOKUP_REMOTE_COPY = template("lookup_remote_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                               (SetField("tunnel_id", VNI), Output(TUNNEL), Output(COPY_TUNNEL)))
+# The source, once the VM has been activated on its destination, until the source unplug: a
+# tunnel's packet for the port still arriving here was sent while its sender copied the port's
+# traffic, so the destination has it already; forwarded there, it would arrive twice. Dropped.
+LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, dict(metadata=VNI, eth_dst=MAC, reg6=0))
 
 L2_PORT_FLOWS = PortProgram(1, [
     bound(CLASSIFY_PORT, LOCAL | OPEN),
@@ -68,10 +92,15 @@ L2_PORT_FLOWS = PortProgram(1, [
       for t, facts, each in PORT_SECURITY_ENTRIES),
     bound(ANNOUNCE_RARP, LOCAL | GATED),
     bound(ANNOUNCE_GARP, LOCAL | GATED, Each.PER_IP),
-    bound(LOOKUP_LOCAL, LOCAL | Fact.NO_COPY),
-    bound(LOOKUP_LOCAL_COPY, LOCAL | Fact.COPY),
+    bound(LOOKUP_GATED_FROM_TUNNEL, LOCAL | GATED),
+    bound(LOOKUP_GATED_VIA_SOURCE, LOCAL | GATED | Fact.COPY),
+    bound(LOOKUP_GATED, LOCAL | GATED | Fact.NO_COPY),
+    bound(LOOKUP_LOCAL, LOCAL | OPEN | Fact.NO_COPY),
+    bound(LOOKUP_LOCAL_COPY, LOCAL | OPEN | Fact.COPY),
+    bound(LOOKUP_LOCAL_FROM_TUNNEL, LOCAL | OPEN | Fact.COPY),
     bound(LOOKUP_REMOTE, REMOTE | Fact.NO_COPY),
     bound(LOOKUP_REMOTE_COPY, REMOTE | Fact.COPY),
+    bound(LOOKUP_LEFT_FROM_TUNNEL, REMOTE | GATED),
     bound(ARP_REPLY, Fact(0), Each.PER_IP),
 ])
 
@@ -90,7 +119,8 @@ class L2App(App):
                       write_metadata=(vni, ALL_ONES_64), cookie=cookie)]
         if not view.switch_is_present(switch.id):
             return flows
-        local = [Output(view.ofport(p)) for p in view.local_ports(switch.id)]
+        # A pending destination's VIF is not flooded to either: its VM does not run here yet.
+        local = [Output(view.ofport(p)) for p in view.local_ports(switch.id) if not view.is_pending(p)]
         remote = [Output(view.tunnels[c]) for c in view.remote_chassis_of(switch.id)]
         to_tunnels = [SetField("tunnel_id", vni)] + remote if remote else []
         return flows + [

@@ -21,7 +21,8 @@ whose gateway is on the external network `public` (172.24.4.0/24).
 
 
 def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
-        update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY) -> dict[str, Any]:
+        update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY,
+        nova_path: str = "extended") -> dict[str, Any]:
     missing = problems(need_redis=True)
     if missing:
         raise RuntimeError("; ".join(missing))
@@ -33,16 +34,19 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
         echo(f"== {result['strategy']} strategy (run {result['run'] + 1})")
         echo(format_timeline(result["timeline"]))
         for name, figures in result["probes"].items():
-            down = figures["downtime_ms"]
-            echo(f"  downtime seen by {name}: "
-                 + (f"{down:.0f} ms" if figures["recovered"] else "did not recover"))
+            if not figures["recovered"]:
+                echo(f"  {name}: did not recover")
+                continue
+            dups = f", {figures['duplicates']} duplicate replies" if figures["duplicates"] else ""
+            echo(f"  downtime seen by {name}: {figures['downtime_ms']:.0f} ms without a reply "
+                 f"({figures['lost_window_ms']:.0f} ms of probes lost{dups})")
         if result["convergence_ms"] is not None:
             echo(f"  convergence ({result['trigger']} -> last chassis applied): {result['convergence_ms']:.1f} ms")
 
     report = scenario.run(runs=runs, strategies=("announce", "unplug"), memory_copy=memory_copy,
                           unplug_delay=unplug_delay,
                           update_port_delay=update_port_delay, keep_samples=False, routed_probe=True,
-                          on_migration=show)
+                          on_migration=show, nova_path=nova_path)
     echo("")
     echo(scenario.format_summary(report))
     echo("sandbox torn down.")

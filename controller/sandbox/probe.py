@@ -6,8 +6,10 @@ back-off while replies are missing, unlike ping), records each reply's kernel
 receive time, and on `stop` (stdin) prints one JSON line: the interval, the
 number sent, and (seq, send time, receive time) of every reply.
 
-`analyse()` turns that into the figures: the longest run of lost replies times
-the interval, and the gap between the last reply before it and the first after.
+`analyse()` turns that into the figures: the headline downtime, the longest gap
+between reply arrivals (a reply held in a queue is an outage too, though not a
+loss); beside it the longest run of lost replies times the interval; and the
+duplicate replies.
 
     python -m controller.sandbox.probe echo --port 7100
     python -m controller.sandbox.probe send --target 10.0.0.5 --port 7100 [--interval 0.001]
@@ -86,41 +88,58 @@ def send(target: str, port: int, interval: float) -> None:
     print(json.dumps({"interval": interval, "sent": seq, "replies": sorted(replies)}), flush=True)
 
 
-def analyse(result: dict[str, Any], after: float | None = None) -> dict[str, Any]:
-    """Downtime figures of one probe run (optionally only considering probes sent after `after`).
+def analyse(result: dict[str, Any], after: float | None = None, until: float | None = None) -> dict[str, Any]:
+    """Downtime figures of one probe run (optionally only of the probes sent from `after`, and
+    before `until`: a window around the migration).
 
-    downtime_ms: the longest run of consecutive lost replies times the interval.
-    gap_ms: receive-time gap between the replies on either side of that run.
+    downtime_ms: the headline, the longest gap between reply arrivals (kernel receive times of each
+      sequence number's first reply): replies held in a queue are an outage to the user even though
+      none is lost. With nothing wrong it is about one interval.
+    gap_start, gap_end: the receive times that bound it.
+    lost_window_ms: the longest run of consecutive lost replies times the interval (what a
+      lost-probe count sees), outage_start / outage_end the send times around it.
+    duplicates: replies received for a sequence number already answered (there should be none).
     recovered: a reply arrived after the longest outage (the path works again)."""
     interval, sent = result["interval"], result["sent"]
     replies = result["replies"]
+    if until is not None:
+        replies = [r for r in replies if r[1] < until]
+        if replies:  # the probes sent before `until`: up to the last one answered among them
+            sent = min(sent, max(r[0] for r in replies) + 1)
     if after is not None:
         replies = [r for r in replies if r[1] >= after]
         if replies:  # count only the probes sent from the first one after `after`
-            sent -= min(r[0] for r in replies)
             first = min(r[0] for r in replies)
+            sent -= first
             replies = [(seq - first, s, r) for seq, s, r in replies]
-    answered = sorted({r[0] for r in replies})
-    received_at = {r[0]: r[2] for r in replies}
-    sent_at = {r[0]: r[1] for r in replies}
+    first_reply: dict[int, tuple[float, float]] = {}
+    for seq, sent_at, received in sorted(replies, key=lambda r: r[2]):
+        first_reply.setdefault(seq, (sent_at, received))
+    duplicates = len(replies) - len(first_reply)
+    answered = sorted(first_reply)
+    figures: dict[str, Any] = {"sent": sent, "answered": len(answered), "lost": sent - len(answered),
+                               "duplicates": duplicates}
     if not answered:
-        return {"sent": sent, "answered": 0, "lost": sent, "downtime_ms": None, "gap_ms": None,
-                "recovered": False, "outage_start": None, "outage_end": None}
+        return figures | {"downtime_ms": None, "gap_start": None, "gap_end": None, "lost_window_ms": None,
+                          "recovered": False, "outage_start": None, "outage_end": None}
     longest, before, after_seq = 0, None, None
     for prev, nxt in zip(answered, answered[1:]):
         if nxt - prev - 1 > longest:
             longest, before, after_seq = nxt - prev - 1, prev, nxt
-    last_sent = sent - 1
-    tail_loss = last_sent - answered[-1]
+    tail_loss = (sent - 1) - answered[-1]
     if tail_loss > longest + 50:  # never came back before the probe stopped
-        return {"sent": sent, "answered": len(answered), "lost": sent - len(answered),
-                "downtime_ms": tail_loss * interval * 1e3, "gap_ms": None, "recovered": False,
-                "outage_start": sent_at[answered[-1]], "outage_end": None}
-    gap = (received_at[after_seq] - received_at[before]) * 1e3 if before is not None else 0.0
-    return {"sent": sent, "answered": len(answered), "lost": sent - len(answered),
-            "downtime_ms": longest * interval * 1e3, "gap_ms": gap, "recovered": True,
-            "outage_start": sent_at[before] if before is not None else None,
-            "outage_end": sent_at[after_seq] if after_seq is not None else None}
+        return figures | {"downtime_ms": None, "gap_start": first_reply[answered[-1]][1], "gap_end": None,
+                          "lost_window_ms": tail_loss * interval * 1e3, "recovered": False,
+                          "outage_start": first_reply[answered[-1]][0], "outage_end": None}
+    arrivals = sorted(received for _, received in first_reply.values())
+    gap, gap_start, gap_end = 0.0, arrivals[0], arrivals[0]
+    for prev_at, next_at in zip(arrivals, arrivals[1:]):
+        if next_at - prev_at > gap:
+            gap, gap_start, gap_end = next_at - prev_at, prev_at, next_at
+    return figures | {"downtime_ms": gap * 1e3, "gap_start": gap_start, "gap_end": gap_end,
+                      "lost_window_ms": longest * interval * 1e3, "recovered": True,
+                      "outage_start": first_reply[before][0] if before is not None else None,
+                      "outage_end": first_reply[after_seq][0] if after_seq is not None else None}
 
 
 class Echo:
