@@ -138,5 +138,34 @@ def flow_update(chassis: int, ports: int, runs: int, paths: str, as_json: bool) 
     click.echo(json.dumps(report, indent=2) if as_json else bench.format_summary(report))
 
 
+@main.command("api")
+@click.option("--concurrency", "levels", default="1,10,50,200", show_default=True,
+              help="Comma-separated numbers of requests in flight.")
+@click.option("--requests", type=click.IntRange(2, 253), default=200, show_default=True,
+              help="Requests per operation and level (create_port: on one /24, so at most 253).")
+@click.option("--servers", default="dfflow,baseline", show_default=True,
+              help="Comma-separated: dfflow (this API), baseline (its allocation before).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
+    """requests/s and p50/p99 latency of create_port, update_port and create_network under concurrency,
+    against `dfflow api` on loopback with a private redis-server, vs the allocation it replaced."""
+    from benchmarks import api as bench
+
+    try:
+        chosen = tuple(int(c) for c in levels.split(",") if c.strip())
+    except ValueError:
+        raise click.BadParameter(f"{levels!r}: expected numbers separated by commas", param_hint="--concurrency")
+    if not chosen or min(chosen) < 1:
+        raise click.BadParameter("at least one level, each >= 1", param_hint="--concurrency")
+    kinds = tuple(k.strip() for k in servers.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in bench.SERVERS]
+    if unknown or not kinds:
+        raise click.BadParameter(f"unknown server {', '.join(unknown)}; choose from {', '.join(bench.SERVERS)}",
+                                 param_hint="--servers")
+    with click.progressbar(length=len(kinds), label="api", file=sys.stderr) as bar:
+        report = bench.run(chosen, requests, kinds, progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

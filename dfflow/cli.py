@@ -131,9 +131,11 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
 @click.option("--nova-project", envvar="DFFLOW_NOVA_PROJECT")
 @click.option("--nova-domain", envvar="DFFLOW_NOVA_DOMAIN", default="Default", show_default=True,
               help="Keystone domain of the user and the project.")
+@click.option("--nb-wait", type=click.FloatRange(0), default=10.0, show_default=True, envvar="DFFLOW_API_NB_WAIT",
+              help="Seconds a request waits for an unreachable NB db before it answers 503 with Retry-After.")
 def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | None, nova_token: str | None,
         nova_auth_url: str | None, nova_username: str | None, nova_password: str | None,
-        nova_project: str | None, nova_domain: str) -> None:
+        nova_project: str | None, nova_domain: str, nb_wait: float) -> None:
     """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs, port bindings)."""
     from dfflow.api.server import ServeError, serve
     credentials = None
@@ -147,7 +149,7 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
                                           nova_domain, nova_domain)
     try:
         serve(nb_url, listen, auth=auth, token=token, nova_url=nova_url, nova_token=nova_token,
-              nova_credentials=credentials)
+              nova_credentials=credentials, nb_wait=nb_wait)
     except ServeError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from neutronclient.common import exceptions as neutron_exc
 from neutronclient.v2_0 import client as neutron_client
 
+from controller.sandbox.novaclient_neutron import nova_neutron_client
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.topology import Sandbox, Vm
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
@@ -101,7 +102,8 @@ class Cloud:
 
     @property
     def client(self) -> neutron_client.Client:
-        """python-neutronclient on the sandbox's API, without Keystone (as Nova's, with noauth)."""
+        """python-neutronclient on the sandbox's API, without Keystone, built as Nova builds it
+        (connection failures retried; see novaclient_neutron)."""
         if self._client is None:
             url = self.sandbox.status().get("api_url")
             if not url:
@@ -110,7 +112,7 @@ class Cloud:
             quiet = logging.getLogger("neutronclient.v2_0.client")
             level, quiet.level = quiet.level, logging.ERROR
             try:
-                self._client = neutron_client.Client(endpoint_url=url, auth_strategy="noauth", timeout=10)
+                self._client = nova_neutron_client(url, timeout=10)
             finally:
                 quiet.setLevel(level)
         return self._client
