@@ -57,7 +57,8 @@ def sandbox() -> None:
 @click.option("--names", default=None, help="Comma-separated chassis names (default chassis-1..N).")
 @dir_option
 @click.option("--nb", "nb_url", default=None,
-              help="NB database URL to use instead of starting a private redis-server.")
+              help="NB database URL to use instead of starting a private redis-server, or `sentinel`: "
+                   "start a highly available one (a primary, a replica, three redis-sentinels).")
 @click.option("--no-controllers", is_flag=True, help="Do not start dfflow-controller on the chassis.")
 @click.option("--of-transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
               help="unix: controllers in the root namespace, OpenFlow over a unix socket; "
