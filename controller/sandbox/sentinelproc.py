@@ -177,6 +177,17 @@ class SentinelNb:
             time.sleep(0.1)
         raise SandboxError(f"no failover away from {old.host}:{old.port} within {timeout:g} s")
 
+    def revive(self, server: RedisServer, timeout: float = 30.0) -> None:
+        """Start a killed data server again (same port and directory); the sentinels turn it into the
+        current primary's replica. Returns once it is in sync."""
+        if not server.running():
+            server.start()
+        deadline = time.monotonic() + timeout
+        while b"master_link_status:up" not in _command(server.host, server.port, b"INFO replication"):
+            if time.monotonic() > deadline:
+                raise SandboxError(f"{server.host}:{server.port} did not become a replica within {timeout:g} s")
+            time.sleep(0.1)
+
     def pids(self) -> list[int]:
         alive = [s for s in self.servers if s.running()] + [s for s in self.sentinels if s.running()]
         return [p.pid for p in alive if p.pid is not None]
