@@ -122,6 +122,12 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
 def api(nb_url: str, listen: str, auth: str, token: str | None) -> None:
     """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs)."""
     from dfflow.api.server import ServeError, serve
+    from dfflow.errors import ValidationError
+    from dfflow.nb.nburl import parse_nb_url
+    try:
+        parse_nb_url(nb_url)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="--nb") from None
     try:
         serve(nb_url, listen, auth=auth, token=token)
     except ServeError as exc:

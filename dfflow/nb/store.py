@@ -30,7 +30,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.driver_info import DriverInfo
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -149,8 +149,19 @@ class PrimaryConnection(SentinelManagedConnection):
     redis-py's own asks only on a connection's first connect: one that was dropped (its primary
     killed) reconnects to the old address, and a client keeps failing after a failover."""
 
+    async def _connect_retry(self) -> None:  # redis-py's first connect: the same lookup, in _connect
+        if not self.is_connected:
+            await self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                            retry_socket_connect=False)
+
     async def _connect(self) -> None:
-        self.host, self.port = await self.connection_pool.get_master_address()
+        pool = self.connection_pool
+        try:
+            self.host, self.port = await pool.get_master_address()
+        except MasterNotFoundError:
+            asked = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                             f"{s.connection_pool.connection_kwargs.get('port')}" for s in pool.sentinel_manager.sentinels)
+            raise MasterNotFoundError(f"no sentinel of {asked} names a primary of {pool.service_name!r}") from None
         await super()._connect()
 
 
