@@ -111,6 +111,15 @@ def osvif_unplug(runs: int, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
 
 
+@main.command("nb-wait")
+@click.option("--writes", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
+              help="NB creates per setting.")
+def nb_wait(writes: int) -> None:
+    """The cost per NB write of waiting for the replica (WAIT), on a real Sentinel topology."""
+    from benchmarks import nb_wait as bench
+    click.echo(json.dumps(bench.run(writes), indent=2))
+
+
 @main.command("flow-update")
 @click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
               help="Chassis in the sandbox (M migrates between chassis-1 and chassis-2; the evacuated "

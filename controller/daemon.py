@@ -36,6 +36,7 @@ from controller.apps.l3 import L3App
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.migration import step3_arrived
+from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
@@ -43,9 +44,10 @@ from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from controller.retry import TRANSIENT, Backoff, retried
 from controller.supervise import TaskSupervisor
-from dfflow.errors import Conflict, DfflowError, NotFound
+from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
+from dfflow.nb.nburl import parse_nb_url
 from dfflow.nb.store import NbApi
 
 LOG = logging.getLogger("dfflow.controller")
@@ -94,7 +96,7 @@ class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
                  strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True,
-                 datapath_type: str = "system"):
+                 datapath_type: str = "system", metrics_listen: tuple[str, int] | None = None):
         if flow_path not in FLOW_PATHS:
             raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
         if datapath_type not in DATAPATH_TYPES:
@@ -132,6 +134,8 @@ class ControllerDaemon:
         self.gc_pauses = GcPauses()
         self._sending = False  # a plan is out to the switch, its reply not in yet
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
+        self.metrics_listen, self.metrics_url = metrics_listen, None
+        self.metrics = ControllerMetrics(self) if metrics_listen is not None else None
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
@@ -228,6 +232,9 @@ class ControllerDaemon:
         self._spawn(self._sender_loop, "sender")
         if self.status_socket:
             await self._start_status_server()
+        if self.metrics is not None:
+            self.metrics_url = await self.metrics.serve(*self.metrics_listen)
+            LOG.info("Prometheus metrics on %s", self.metrics_url)
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._pending_vif_loop, "pending-vifs")
         self._spawn(self._housekeeping_loop, "migration-housekeeping")
@@ -241,6 +248,8 @@ class ControllerDaemon:
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
         await self.tasks.stop()
+        if self.metrics is not None:
+            await self.metrics.close()
         try:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(status="down"))
         except (DfflowError, RedisError, *TRANSIENT) as exc:
@@ -554,6 +563,7 @@ class ControllerDaemon:
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
             "port_status": self.port_status.status(),
+            "nb_writes": dict(self.nb.stats), "metrics_url": self.metrics_url,
         }
 
     async def _start_status_server(self) -> None:
@@ -582,13 +592,35 @@ def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
     return json.loads(data)
 
 
+STRATEGIES = ("unplug", "announce")
+TUNNEL_TYPES = ("geneve", "vxlan")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad configuration is one line naming the option and what it may be, and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _choice(parser: _Parser, option: str, value: str, allowed: tuple[str, ...], fold: bool = False) -> str:
+    if (value.upper() if fold else value) not in allowed:
+        parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+    return value.upper() if fold else value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dfflow-controller", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="INI file with a [controller] section holding the options below")
+    from dfflow import __version__
+    parser = _Parser(prog="dfflow-controller", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", help="INI file with a [controller] section holding the options below "
+                                         "(names without the leading --; unknown names are an error)")
     parser.add_argument("--chassis", help="this chassis' name (its host name, as Nova knows it)")
     parser.add_argument("--tunnel-ip", help="this chassis' underlay IP for Geneve tunnels")
-    parser.add_argument("--tunnel-type", default=None, choices=("geneve", "vxlan"))
-    parser.add_argument("--nb", help="NB database URL: redis://, rediss:// or unix://")
+    parser.add_argument("--tunnel-type", default=None, help=f"one of {', '.join(TUNNEL_TYPES)} (default geneve)")
+    parser.add_argument("--nb", help="NB database URL: redis://, rediss://, unix:// or "
+                                     "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
     parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
     parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
     parser.add_argument("--datapath-type", default=None, choices=DATAPATH_TYPES,
@@ -596,44 +628,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "netdev (userspace, where there is no kernel module)")
     parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
-    parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
-                        help="live-migration activation: at the source's unplug (the blueprint) or at the "
-                             "VM's announcement on a pre-programmed destination, falling back to the "
+    parser.add_argument("--strategy", default=None,
+                        help="live-migration activation: at the source's unplug (the blueprint), unplug, or at the "
+                             "VM's announcement on a pre-programmed destination, announce, falling back to the "
                              "source's unplug when the VM never announces (default announce)")
-    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--log-level", default=None, help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
+    parser.add_argument("--metrics-port", default=None,
+                        help="serve Prometheus metrics on this TCP port (0: any free port, shown in status as "
+                             "metrics_url); off by default")
+    parser.add_argument("--metrics-listen", default=None, help="address for --metrics-port (default 127.0.0.1)")
     bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
                                       "in production")
-    bench.add_argument("--flow-path", default=None, choices=FLOW_PATHS,
-                       help="how flow mods are encoded: the compiled packer or os-ken objects (default compiled)")
+    bench.add_argument("--flow-path", default=None,
+                       help="how flow mods are encoded: compiled (the packer, default) or osken (os-ken objects)")
     bench.add_argument("--no-bundle", action="store_true", default=None,
                        help="send plain flow mods + a barrier instead of one atomic bundle per plan "
                             "(not atomic: a benchmark baseline only)")
     args = parser.parse_args(argv)
     if args.config:
         cfg = configparser.ConfigParser()
-        if not cfg.read(args.config):
+        try:
+            found = cfg.read(args.config)
+        except configparser.Error as exc:
+            parser.error(f"--config {args.config}: {str(exc).splitlines()[0]}")
+        if not found:
             parser.error(f"--config: cannot read {args.config}")
         section = cfg["controller"] if cfg.has_section("controller") else {}
+        known = sorted(a.dest.replace("_", "-") for a in parser._actions if a.dest not in ("help", "version", "config"))
         for key, value in section.items():
             attr = key.replace("-", "_")
+            if key.replace("_", "-") not in known:
+                parser.error(f"--config {args.config}: unknown key {key!r} in [controller]; "
+                             f"known keys: {', '.join(known)}")
             if getattr(args, attr, None) is None:
                 setattr(args, attr, value)
     args.bridge = args.bridge or "br-int"
-    args.datapath_type = args.datapath_type or "system"
-    if args.datapath_type not in DATAPATH_TYPES:
-        parser.error(f"--datapath-type must be one of {', '.join(DATAPATH_TYPES)}")
-    args.tunnel_type = args.tunnel_type or "geneve"
-    args.log_level = args.log_level or "INFO"
-    args.strategy = args.strategy or "announce"
-    args.flow_path = args.flow_path or "compiled"
-    if args.flow_path not in FLOW_PATHS:
-        parser.error(f"--flow-path must be one of {', '.join(FLOW_PATHS)}")
+    args.datapath_type = _choice(parser, "--datapath-type", args.datapath_type or "system", DATAPATH_TYPES)
+    args.tunnel_type = _choice(parser, "--tunnel-type", args.tunnel_type or "geneve", TUNNEL_TYPES)
+    args.log_level = _choice(parser, "--log-level", args.log_level or "INFO", LOG_LEVELS, fold=True)
+    args.strategy = _choice(parser, "--strategy", args.strategy or "announce", STRATEGIES)
+    args.flow_path = _choice(parser, "--flow-path", args.flow_path or "compiled", FLOW_PATHS)
     if isinstance(args.no_bundle, str):
         args.no_bundle = args.no_bundle.strip().lower() in ("1", "true", "yes", "on")
     args.no_bundle = bool(args.no_bundle)
+    if args.metrics_port is not None:
+        port = str(args.metrics_port)
+        if not port.isdigit() or int(port) > 65535:
+            parser.error(f"--metrics-port: {port!r} is not a TCP port (0..65535)")
+        args.metrics_port = int(port)
+    elif args.metrics_listen is not None:
+        parser.error("--metrics-listen needs --metrics-port")
+    args.metrics_listen = args.metrics_listen or "127.0.0.1"
     for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
         if not getattr(args, required):
             parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
+    try:
+        parse_nb_url(args.nb)
+    except ValidationError as exc:
+        parser.error(f"--{exc}")
     return args
 
 
@@ -644,7 +696,9 @@ def main(argv: list[str] | None = None) -> None:
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
                               flow_path=args.flow_path, bundle=not args.no_bundle,
-                              datapath_type=args.datapath_type)
+                              datapath_type=args.datapath_type,
+                              metrics_listen=None if args.metrics_port is None
+                              else (args.metrics_listen, args.metrics_port))
     try:
         code = asyncio.run(daemon.run())
         reason = daemon.exit_reason or "stopped"

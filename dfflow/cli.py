@@ -138,6 +138,12 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
         nova_project: str | None, nova_domain: str, nb_wait: float) -> None:
     """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs, port bindings)."""
     from dfflow.api.server import ServeError, serve
+    from dfflow.errors import ValidationError
+    from dfflow.nb.nburl import parse_nb_url
+    try:
+        parse_nb_url(nb_url)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="--nb") from None
     credentials = None
     if nova_auth_url:
         from dfflow.nova.keystone import KeystoneCredentials

@@ -64,7 +64,8 @@ def sandbox() -> None:
 @click.option("--names", default=None, help="Comma-separated chassis names (default chassis-1..N).")
 @dir_option
 @click.option("--nb", "nb_url", default=None,
-              help="NB database URL to use instead of starting a private redis-server.")
+              help="NB database URL to use instead of starting a private redis-server, or `sentinel`: "
+                   "start a highly available one (a primary, a replica, three redis-sentinels).")
 @click.option("--no-controllers", is_flag=True, help="Do not start dfflow-controller on the chassis.")
 @click.option("--of-transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
               help="unix: controllers in the root namespace, OpenFlow over a unix socket; "
@@ -72,16 +73,19 @@ def sandbox() -> None:
 @click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
               help="The deployment's live-migration activation strategy (dfflow-controller --strategy, "
                    "default announce); ports may override it.")
+@click.option("--metrics", is_flag=True, help="Controllers serve Prometheus metrics on a free loopback port "
+                                            "each (its URL is metrics_url in the controller's status).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
-       of_transport: str, strategy: str | None, as_json: bool) -> None:
+       of_transport: str, strategy: str | None, metrics: bool, as_json: bool) -> None:
     """Create the underlay, the chassis (OVS, br-phy, br-int), the NB redis, the Neutron API and the
     controllers."""
     name_list = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         status = Sandbox(dir_).up(chassis=count, names=name_list, nb_url=nb_url,
                                   controllers=not no_controllers, of_transport=of_transport,
-                                  controller_args=["--strategy", strategy] if strategy else None)
+                                  controller_args=(["--strategy", strategy] if strategy else [])
+                                  + (["--metrics-port", "0"] if metrics else []))
     except (SandboxError, ValueError) as exc:
         raise _fail(exc)
     _print_status(status, as_json)

@@ -90,8 +90,10 @@ from . import names as nm
 from . import netns, preflight, procs, respawn, state
 from .netns import SandboxError
 from .redisproc import RedisServer, free_port
+from .sentinelproc import SentinelNb
 
 DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
+NB_SENTINEL = "sentinel"  # `up(nb_url=...)`: start a primary, a replica and three sentinels
 INT_BRIDGE = "br-int"
 PHY_BRIDGE = "br-phy"
 DATAPATH_TYPE = "netdev"  # no OVS kernel module here: every bridge is userspace (controllers are told so)
@@ -320,7 +322,7 @@ class Sandbox:
         if controllers and of_transport == "tcp" and nb_url and not nb_url.startswith("unix:"):
             raise SandboxError("with of_transport=tcp controllers run inside chassis namespaces, whose "
                                "loopback is not the root one: give a unix:// NB URL or use of_transport=unix")
-        preflight.check(need_redis=nb_url is None)
+        preflight.check(need_redis=nb_url in (None, NB_SENTINEL))
         cmd = (self.controller_cmd or default_controller_cmd()) if controllers else None
         if cmd is not None and shutil.which(cmd[0]) is None:
             raise SandboxError(f"controller command {cmd[0]!r} not found")
@@ -362,6 +364,8 @@ class Sandbox:
                 return True
         if st.get("redis") and RedisServer.from_state(st["redis"]).running():
             return True
+        if st.get("nb_sentinel") and SentinelNb.from_state(st["nb_sentinel"]).pids():
+            return True
         return False
 
     def _build(self, names: list[str], nb_url: str | None, cmd: list[str] | None, of_transport: str,
@@ -382,7 +386,9 @@ class Sandbox:
             st["namespaces"] = [n.underlay_ns] + [ch.namespace for ch in chs]
 
         # NB database first: the controllers need it, and it is independent of the network.
-        if nb_url is None:
+        if nb_url == NB_SENTINEL:
+            self._start_sentinel_nb()
+        elif nb_url is None:
             # The NB survives a restart of its redis-server: an empty NB after one would hand out
             # VNIs, MACs and IPs again that running VMs still use.
             redis = RedisServer(os.path.join(self.dir, "redis"), persistent=True, appendfsync="everysec")
@@ -419,6 +425,25 @@ class Sandbox:
                 self._wait_osvif(self.chassis(ch.name))
         with self._txn() as st:
             st["phase"] = "up"
+
+    def _start_sentinel_nb(self) -> None:
+        """A primary, a replica and three sentinels on loopback ports (see sentinelproc)."""
+        ha = SentinelNb(os.path.join(self.dir, "nb-sentinel"))
+        shutil.rmtree(ha.dir, ignore_errors=True)
+        try:
+            ha.start()
+        finally:
+            with self._txn() as st:
+                st["nb_sentinel"] = ha.to_state()
+        with self._txn() as st:
+            st["nb"] = {"url": ha.url, "tcp_url": ha.url, "external": False, "sentinel": True}
+
+    def sentinel_nb(self) -> SentinelNb:
+        """The sentinel NB of a sandbox started with `nb_url="sentinel"` (fault tests kill its primary)."""
+        st = self._load() or {}
+        if not st.get("nb_sentinel"):
+            raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
+        return SentinelNb.from_state(st["nb_sentinel"])
 
     def _start_api(self) -> None:
         """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
@@ -858,6 +883,11 @@ class Sandbox:
             redis = RedisServer.from_state(st["redis"]) if st.get("redis") else None
             if redis is not None and redis.running():
                 victims.add(redis.pid)  # type: ignore[arg-type]
+            if st.get("nb_sentinel"):
+                victims.update(SentinelNb.from_state(st["nb_sentinel"]).pids())
+            sentinel_dir = os.path.join(self.dir, "nb-sentinel") + os.sep
+            victims.update(procs.find(lambda pid: procs.comm(pid) in ("redis-server", "redis-sentinel")
+                                      and (procs.cwd(pid) or "").startswith(sentinel_dir)))
             api = st.get("api") or {}
             if procs.same_process(api.get("pid"), api.get("starttime")):
                 victims.add(api["pid"])

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfflow.api import bindings, openapi
+from dfflow.api import bindings, metrics, openapi
 from dfflow.api.attributes import RESOURCES
 from dfflow.api.errors import ApiError, translate
 from dfflow.api.service import NeutronService
@@ -228,6 +228,7 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
                   redoc_url=None, openapi_url="/openapi.json", redirect_slashes=False, lifespan=lifespan)
     document = openapi.build(token is not None, app.title, app_version)
     app.openapi = lambda: document  # type: ignore[method-assign]
+    metrics.add_route(app, lambda: service().nb)
 
     # -- errors ------------------------------------------------------------------------------------
     @app.exception_handler(ApiError)

@@ -11,6 +11,7 @@ Layout (all keys under a prefix, "dfflow" by default):
   {p}:counter:{name}        a high-water mark that only grows (the last VNI handed out, ...)
   {p}:rev                   the NB revision counter
   channel {p}:ev:{topic}    events of that topic
+  channel {p}:replicated    a marker after each write, for WAIT (see NbApi._replicated)
 
 Every write is one optimistic transaction: WATCH what it reads, check, then
 MULTI/EXEC of the data, the indexes and the PUBLISH of its event. Either all of
@@ -26,12 +27,14 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
 from redis.driver_info import DriverInfo
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,6 +43,7 @@ from redis.exceptions import WatchError
 from dfflow.errors import BadObject, InUse, NotFound, ValidationError, VersionConflict, Conflict
 from dfflow.models import Model, model_for
 from dfflow.nb import rules
+from dfflow.nb.nburl import parse_nb_url
 
 LOG = logging.getLogger(__name__)
 MAX_RETRIES = 50
@@ -52,6 +56,8 @@ local floor = tonumber(ARGV[1])
 if v < floor then redis.call('SET', KEYS[1], floor); v = floor end
 return v
 """
+SENTINEL_TIMEOUT = 1.0  # s for a sentinel to answer which server is the primary
+UNREPLICATED_HOLD = 5.0  # s of writes not waiting for replicas after a WAIT that timed out
 
 
 class Keys:
@@ -81,6 +87,11 @@ class Keys:
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}:counter:{name}"
+
+    @property
+    def replicated(self) -> str:
+        """The channel of the marker published after a write, to WAIT for the replicas."""
+        return f"{self.prefix}:replicated"
 
     @property
     def rev(self) -> str:
@@ -156,13 +167,49 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is on every connect.
+
+    redis-py's own asks only on a connection's first connect: one that was dropped (its primary
+    killed) reconnects to the old address, and a client keeps failing after a failover."""
+
+    async def _connect_retry(self) -> None:  # redis-py's first connect: the same lookup, in _connect
+        if not self.is_connected:
+            await self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                            retry_socket_connect=False)
+
+    async def _connect(self) -> None:
+        pool = self.connection_pool
+        try:
+            self.host, self.port = await pool.get_master_address()
+        except MasterNotFoundError:
+            asked = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                             f"{s.connection_pool.connection_kwargs.get('port')}" for s in pool.sentinel_manager.sentinels)
+            raise MasterNotFoundError(f"no sentinel of {asked} names a primary of {pool.service_name!r}") from None
+        await super()._connect()
+
+
+class SentinelRedis(aioredis.Redis):
+    """A client of the primary a set of sentinels names; it asks them again on every new connection
+    (so it follows a failover) and closes its connections to them with its own."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            for client in self.sentinel.sentinels:
+                await client.aclose()
+
+
 def redis_client(url: str, resend: bool = False, pool_size: int | None = None, **options: Any) -> aioredis.Redis:
-    """A Redis client for the NB db.
+    """A Redis client for the NB db at `url` (see dfflow.nb.nburl for the forms it takes).
 
     redis-py names itself to the server on every new connection and, unless told its version,
     reads it from the installed package's metadata each time (a parse of e-mail headers, several
     ms of CPU): a connection added to the pool in the middle of a migration paid that on the
     critical path."""
+    nb_url = parse_nb_url(url)
     driver = DriverInfo(name="redis-py", lib_version=redis.__version__)
     if resend:
         # A command on a connection found dead (after a restart of redis-server every pooled one
@@ -171,13 +218,21 @@ def redis_client(url: str, resend: bool = False, pool_size: int | None = None, *
         # it must see the loss, to resynchronise what it missed.
         options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
         options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    if pool_size is not None:
-        # At most `pool_size` connections; a request beyond waits for one (the default pool refuses
-        # it with "Too many connections", a ConnectionError indistinguishable from an outage).
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=POOL_WAIT,
-                                                        driver_info=driver, **options)
-        return aioredis.Redis.from_pool(pool)
-    return aioredis.from_url(url, driver_info=driver, **options)
+    if not nb_url.is_sentinel:
+        if pool_size is not None:
+            # At most `pool_size` connections; a request beyond waits for one (the default pool refuses
+            # it with "Too many connections", a ConnectionError indistinguishable from an outage).
+            pool = aioredis.BlockingConnectionPool.from_url(nb_url.url, max_connections=pool_size,
+                                                            timeout=POOL_WAIT, driver_info=driver, **options)
+            return aioredis.Redis.from_pool(pool)
+        return aioredis.from_url(nb_url.url, driver_info=driver, **options)
+    timeouts = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+    sentinel = Sentinel(list(nb_url.sentinels), sentinel_kwargs=timeouts)
+    client = sentinel.master_for(nb_url.service, redis_class=SentinelRedis, db=nb_url.db,
+                                 username=nb_url.username, password=nb_url.password, driver_info=driver,
+                                 connection_class=PrimaryConnection, **options)
+    client.sentinel = sentinel
+    return client
 
 
 class _Outage:
@@ -207,7 +262,11 @@ class NbApi:
         self.url = url
         self.keys = Keys(prefix)
         self.outage_wait = outage_wait
+        nb_url = parse_nb_url(url)
+        self.wait_replicas, self.wait_timeout_ms = nb_url.wait_replicas, nb_url.wait_timeout_ms
         self.redis = redis_client(url, resend=True, pool_size=pool_size)
+        self.stats: Counter[str] = Counter()  # replicated / unreplicated writes
+        self._unreplicated_until = 0.0
         # Test hook: awaited after the data is queued and before its event is; raising aborts.
         self.before_publish: Callable[[], Awaitable[None]] | None = None
 
@@ -348,7 +407,7 @@ class NbApi:
         while races < MAX_RETRIES:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    return await body(pipe, lost)
+                    result = await body(pipe, lost)
                 except WatchError as exc:
                     if _LOST in str(exc):
                         lost = True
@@ -357,8 +416,39 @@ class NbApi:
                     continue
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     failure = exc
+                else:
+                    await self._replicated()
+                    return result
             await outage.wait_or_raise(failure)
         raise Conflict(f"NB write kept racing with others; gave up after {MAX_RETRIES} tries")
+
+    async def _replicated(self) -> None:
+        """Return once `wait_replicas` replicas hold the write just made, or after `wait_timeout_ms`.
+
+        WAIT waits for the writes of its own connection, and the transaction's connection went back
+        to the pool: so a marker is published on this one first. The replication stream is ordered,
+        so a replica that has the marker has the transaction too. A WAIT that times out (no replica
+        connected: during a failover, or with the replica down) is logged and counted, and the
+        writes of the next UNREPLICATED_HOLD seconds do not wait either: they are the only ones a
+        failover can lose."""
+        if not self.wait_replicas:
+            return
+        if time.monotonic() < self._unreplicated_until:
+            self.stats["unreplicated_writes"] += 1
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.publish(self.keys.replicated, b"")
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            _, acked = await pipe.execute()
+        if int(acked) >= self.wait_replicas:
+            self.stats["replicated_writes"] += 1
+            return
+        self.stats["unreplicated_writes"] += 1
+        self.stats["replica_wait_timeouts"] += 1
+        self._unreplicated_until = time.monotonic() + UNREPLICATED_HOLD
+        LOG.warning("NB write held by %d of %d replicas after %d ms: writes go on without waiting for "
+                    "%.0f s (a failover now may lose them)", int(acked), self.wait_replicas,
+                    self.wait_timeout_ms, UNREPLICATED_HOLD)
 
     async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool) -> Model:
         keys = self.keys
