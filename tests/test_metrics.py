@@ -98,8 +98,8 @@ def test_a_migration_moves_the_controllers_and_the_apis_counters_and_histograms(
             assert value(after, "process_start_time_seconds") > 0
         api = wait_until(lambda: (s := samples(api_metrics)) and value(s, "dfflow_migrations_total") and s, 15,
                          what="the API counting the migration")
-        assert value(api, "dfflow_migrations_total", strategy="unplug", outcome="done") == 1
-        assert value(api, "dfflow_migration_step_seconds_count", strategy="unplug") >= 2
+        assert value(api, "dfflow_migrations_total", strategy="announce", outcome="done") == 1  # the default
+        assert value(api, "dfflow_migration_step_seconds_count", strategy="announce") >= 2
         for name in urls:  # both ends applied flows for the migration, and said when
             assert value(api, "dfflow_migration_apply_seconds_count", chassis=name) >= 1
     finally:
