@@ -70,7 +70,8 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
 def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug_delay: int,
-              update_port_delay: int, interval: float, as_json: bool, plot_path: str | None) -> None:
+              update_port_delay: int, nova_path: str, interval: float, as_json: bool,
+              plot_path: str | None) -> None:
     """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
     from benchmarks import migration as bench
 
@@ -83,7 +84,8 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
         report = bench.run(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000,
                            unplug_delay=unplug_delay / 1000,
                            update_port_delay=update_port_delay / 1000, interval=interval,
-                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None)
+                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None,
+                           nova_path=nova_path)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
@@ -93,6 +95,29 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
     if plot_path:
         click.echo(f"plot: {plot_path}")
 
+
+
+@main.command("osvif-unplug")
+@click.option("--runs", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Unplugs of each kind (they alternate).")
+@click.option("--json", "as_json", is_flag=True, help="Print every sample and the summary as JSON.")
+def osvif_unplug(runs: int, as_json: bool) -> None:
+    """Nova's unplug through the real os-vif vs one raw OVSDB transaction, until OVSDB's monitor sees
+    it, on a 1-chassis sandbox (needs root)."""
+    from benchmarks import osvif_unplug as bench
+
+    with click.progressbar(length=runs * 2, label="unplugging", file=sys.stderr) as bar:
+        report = bench.run(runs, progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
+@main.command("nb-wait")
+@click.option("--writes", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
+              help="NB creates per setting.")
+def nb_wait(writes: int) -> None:
+    """The cost per NB write of waiting for the replica (WAIT), on a real Sentinel topology."""
+    from benchmarks import nb_wait as bench
+    click.echo(json.dumps(bench.run(writes), indent=2))
 
 
 @main.command("flow-update")
@@ -120,6 +145,35 @@ def flow_update(chassis: int, ports: int, runs: int, paths: str, as_json: bool) 
         report = bench.run(ports=ports, runs=runs, chassis=chassis, paths=chosen,
                            progress=lambda _: bar.update(1))
     click.echo(json.dumps(report, indent=2) if as_json else bench.format_summary(report))
+
+
+@main.command("api")
+@click.option("--concurrency", "levels", default="1,10,50,200", show_default=True,
+              help="Comma-separated numbers of requests in flight.")
+@click.option("--requests", type=click.IntRange(2, 253), default=200, show_default=True,
+              help="Requests per operation and level (create_port: on one /24, so at most 253).")
+@click.option("--servers", default="dfflow,baseline", show_default=True,
+              help="Comma-separated: dfflow (this API), baseline (its allocation before).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
+    """requests/s and p50/p99 latency of create_port, update_port and create_network under concurrency,
+    against `dfflow api` on loopback with a private redis-server, vs the allocation it replaced."""
+    from benchmarks import api as bench
+
+    try:
+        chosen = tuple(int(c) for c in levels.split(",") if c.strip())
+    except ValueError:
+        raise click.BadParameter(f"{levels!r}: expected numbers separated by commas", param_hint="--concurrency")
+    if not chosen or min(chosen) < 1:
+        raise click.BadParameter("at least one level, each >= 1", param_hint="--concurrency")
+    kinds = tuple(k.strip() for k in servers.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in bench.SERVERS]
+    if unknown or not kinds:
+        raise click.BadParameter(f"unknown server {', '.join(unknown)}; choose from {', '.join(bench.SERVERS)}",
+                                 param_hint="--servers")
+    with click.progressbar(length=len(kinds), label="api", file=sys.stderr) as bar:
+        report = bench.run(chosen, requests, kinds, progress=lambda _: bar.update(1))
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

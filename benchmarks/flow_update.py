@@ -148,7 +148,7 @@ async def _run(sb: Sandbox, ports: int, runs: int, paths: tuple[str, ...],
 
 async def _migration(sb: Sandbox, cloud: Cloud, path: str, index: int, dest: str) -> dict[str, Any]:
     timeline = await nova.migrate(cloud, "M", dest, memory_copy=0.0, unplug_delay=0.05, update_port_delay=0.1,
-                                  strategy="unplug")
+                                  strategy="unplug", nova_path="legacy")  # step 2 (the unplug) moves it
     statuses = await asyncio.to_thread(_wait_ready, sb)
     stamp = [timeline["migration"], "switched"]
     applied: dict[str, float] = {}

@@ -78,7 +78,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None) -> dict[str, Any]:
+        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
     sb = Sandbox(workdir)
@@ -87,7 +87,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         sb.up(chassis=3, controllers=True)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                  keep_samples, routed_probe, on_migration, memory_copy))
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path))
         return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
         sb.down()
@@ -98,7 +98,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
-               memory_copy: float = nova.MEMORY_COPY) -> dict[str, Any]:
+               memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended") -> dict[str, Any]:
     nb, cloud, fip = await _build(sb)
     echo = Echo(sb, "M")
     probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
@@ -122,7 +122,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                     timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
                                                   unplug_delay=unplug_delay,
                                                   update_port_delay=update_port_delay,
-                                                  strategy="announce" if strategy == "announce" else "unplug")
+                                                  strategy="announce" if strategy == "announce" else "unplug",
+                                                  nova_path=nova_path)
                     await asyncio.sleep(0.3)
                 finally:
                     raw = {name: s.stop() for name, s in senders.items()}
@@ -135,7 +136,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 if progress is not None:
                     progress(f"{strategy} run {i + 1}/{runs}")
         return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
-                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "update_port_delay_ms": update_port_delay * 1e3,
+                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
+                "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
                 "probes": list(probes)}
     finally:
         echo.stop()
@@ -158,14 +160,17 @@ def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any]
                 figures[edge] = round(figures[edge] - started, 6)
         probes[name] = figures
     steps = timeline["steps"]
-    trigger = steps.get(TRIGGERS[strategy])
+    trigger_step = TRIGGERS[strategy]
     moving = {"announce": "activated", "unplug": "switched", "fallback": "bound"}[strategy]
+    if timeline.get("nova_path") == "extended" and strategy != "announce":
+        trigger_step, moving = "activate", "bound"  # Nova activates dest's binding before the unplug
+    trigger = steps.get(trigger_step)
     applied = timeline["applied"].get(moving, {})
     convergence = (max(applied.values()) - trigger) * 1e3 if applied and trigger is not None else None
     unplug_at = ((steps["unplug"] - steps["vm_source_down"]) * 1e3
                  if "unplug" in steps and "vm_source_down" in steps else None)
     return {"strategy": strategy, "run": index, "from": timeline["source"], "to": timeline["destination"],
-            "probes": probes, "trigger": TRIGGERS[strategy], "convergence_ms": convergence,
+            "probes": probes, "trigger": trigger_step, "convergence_ms": convergence,
             "unplug_at_ms": unplug_at,  # when emulated Nova really unplugged, after the VM left the source
             "applied_ms": {ch: round((t - (trigger or 0)) * 1e3, 2) for ch, t in applied.items()},
             "timeline": timeline, "plug_offset_s": timeline["origin"] - started}
@@ -248,16 +253,18 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 def format_summary(report: dict[str, Any]) -> str:
     lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
-             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms",
+             f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms, "
+             f"Nova's {report.get('nova_path', 'extended')} calls",
              f"{'':10} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':>9}",
              f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'max':>9} {'median':>9} {'p95':>9} "
              f"{'p95':>9} {'dups':>5} {'converge':>9} {'(from)':14} unrecovered"]
     fmt = lambda v: f"{v:.1f}" if v is not None else "-"
     for strategy, s in report["summary"].items():
+        trigger = next((r["trigger"] for r in report["runs"] if r["strategy"] == strategy), TRIGGERS[strategy])
         lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms "
                      f"{fmt(s['downtime_p95_ms']):>6} ms {fmt(s['downtime_max_ms']):>6} ms "
                      f"{fmt(s['lost_window_median_ms']):>6} ms {fmt(s['lost_window_p95_ms']):>6} ms "
-                     f"{fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {TRIGGERS[strategy]:14} "
+                     f"{fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {trigger:14} "
                      f"{s['unrecovered']}")
     unplug_at = [s["unplug_at_median_ms"] for s in report["summary"].values() if s.get("unplug_at_median_ms")]
     if unplug_at:

@@ -36,15 +36,18 @@ from controller.apps.l3 import L3App
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.migration import step3_arrived
+from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from controller.retry import TRANSIENT, Backoff, retried
 from controller.supervise import TaskSupervisor
-from dfflow.errors import Conflict, DfflowError, NotFound
-from dfflow.models import CHASSIS_TOPIC, Chassis, LogicalPort
+from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
+from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
+from dfflow.nb.nburl import parse_nb_url
 from dfflow.nb.store import NbApi
 
 LOG = logging.getLogger("dfflow.controller")
@@ -92,9 +95,13 @@ class GcPauses:
 class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True):
+                 strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True,
+                 datapath_type: str = "system", metrics_listen: tuple[str, int] | None = None):
         if flow_path not in FLOW_PATHS:
             raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
+        if datapath_type not in DATAPATH_TYPES:
+            raise ValueError(f"datapath_type must be one of {DATAPATH_TYPES}, not {datapath_type!r}")
+        self.datapath_type, self.bridge = datapath_type, bridge
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
@@ -120,12 +127,15 @@ class ControllerDaemon:
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
+        self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self.gc_pauses = GcPauses()
         self._sending = False  # a plan is out to the switch, its reply not in yet
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
+        self.metrics_listen, self.metrics_url = metrics_listen, None
+        self.metrics = ControllerMetrics(self) if metrics_listen is not None else None
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
@@ -206,7 +216,7 @@ class ControllerDaemon:
         # What this chassis' flows were programmed from: an NB db older than that is not trusted.
         self._mark_written = self.bus.high_water = await nbmark.read_mark(self.ovsdb.remote)
         await self.of.start()  # listen before pointing OVS here: its first connection attempt succeeds
-        await self.ovsdb.setup_bridge(self.of_target)
+        await self.ovsdb.setup_bridge(self.of_target, self.datapath_type)
         self._spawn(self._ovsdb_loop, "ovsdb")
         await self.bus.start()
         await self.bus.add_topic(CHASSIS_TOPIC)
@@ -222,10 +232,14 @@ class ControllerDaemon:
         self._spawn(self._sender_loop, "sender")
         if self.status_socket:
             await self._start_status_server()
+        if self.metrics is not None:
+            self.metrics_url = await self.metrics.serve(*self.metrics_listen)
+            LOG.info("Prometheus metrics on %s", self.metrics_url)
         self._spawn(self._heartbeat_loop, "heartbeat")
         self._spawn(self._pending_vif_loop, "pending-vifs")
         self._spawn(self._housekeeping_loop, "migration-housekeeping")
         self._spawn(self.migrator.listen, "migration-events")
+        self._spawn(lambda: self.port_status.run(lambda: set(self.engine.view.vifs)), "port-status")
         LOG.info("chassis %s up: tunnel %s, OpenFlow on %s", self.chassis, self.tunnel_ip, self.of_listen)
         await self._stopping.wait()
         await self.stop()
@@ -234,6 +248,8 @@ class ControllerDaemon:
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
         await self.tasks.stop()
+        if self.metrics is not None:
+            await self.metrics.close()
         try:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(status="down"))
         except (DfflowError, RedisError, *TRANSIENT) as exc:
@@ -245,13 +261,15 @@ class ControllerDaemon:
         self.gc_pauses.uninstall()
 
     async def _register_chassis(self) -> None:
-        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, tunnel_ip=self.tunnel_ip,
-                      tunnel_type=self.tunnel_type, status="up", last_seen=time.time())
+        # datapath_type and bridge_name are what the API puts in binding:vif_details for os-vif.
+        where = dict(tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, datapath_type=self.datapath_type,
+                     bridge_name=self.bridge)
+        row = Chassis(id=self.chassis, topic=CHASSIS_TOPIC, status="up", last_seen=time.time(), **where)
         try:
             await self.nb.create(row)
         except Conflict:
             await self.nb.modify(Chassis.table, self.chassis, lambda c: c.replace(
-                tunnel_ip=self.tunnel_ip, tunnel_type=self.tunnel_type, status="up", last_seen=time.time()))
+                status="up", last_seen=time.time(), **where))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -271,6 +289,8 @@ class ControllerDaemon:
     async def _on_nb_event(self, event: dict[str, Any]) -> None:
         self.stats["nb_events"] += 1
         self.stats[f"nb_events.{event['table']}"] += 1
+        if event["table"] == PortStatus.table:
+            return  # what the chassis report for Neutron's port status: no flow depends on it
         if event["table"] == Chassis.table:
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
             await self._sync_tunnels()
@@ -291,6 +311,10 @@ class ControllerDaemon:
                     self._plugged_before_known.discard(port.id)
                     await self.migrator.vif_online(port.id)  # its VIF came before the port did
                 await self.migrator.port_changed(port)
+
+    def _topic_of(self, port_id: str) -> str | None:
+        port = self.engine.view.port(port_id)
+        return port.topic if port is not None else None
 
     async def _sync_tunnels(self) -> None:
         if not self._chassis_synced or self.bus.behind is not None:
@@ -354,6 +378,7 @@ class ControllerDaemon:
             await self.migrator.vif_offline(port_before, timing)  # step 2 on the source, or an abort
             self._emit(self._timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
             self.pending_vifs.discard(iface_id)
+            self.port_status.down(iface_id)  # written after this update's publishes and flows
         for iface_id, vif in sorted(vifs.items()):
             if before_vifs.get(iface_id) != vif:
                 self._emit(self.engine.vif_online(vif))
@@ -362,6 +387,7 @@ class ControllerDaemon:
                     self._plugged_before_known.add(iface_id)
                 else:
                     await self.migrator.vif_online(iface_id)  # step 1 when the port lives elsewhere
+                self.port_status.up(iface_id, since=update.seen or None)
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
 
@@ -525,6 +551,7 @@ class ControllerDaemon:
     def status(self) -> dict[str, Any]:
         return {
             "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
+            "datapath_type": self.datapath_type,
             "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
             "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
             "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
@@ -535,6 +562,8 @@ class ControllerDaemon:
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
+            "port_status": self.port_status.status(),
+            "nb_writes": dict(self.nb.stats), "metrics_url": self.metrics_url,
         }
 
     async def _start_status_server(self) -> None:
@@ -563,52 +592,100 @@ def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
     return json.loads(data)
 
 
+STRATEGIES = ("unplug", "announce")
+TUNNEL_TYPES = ("geneve", "vxlan")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad configuration is one line naming the option and what it may be, and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _choice(parser: _Parser, option: str, value: str, allowed: tuple[str, ...], fold: bool = False) -> str:
+    if (value.upper() if fold else value) not in allowed:
+        parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
+    return value.upper() if fold else value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dfflow-controller", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="INI file with a [controller] section holding the options below")
+    from dfflow import __version__
+    parser = _Parser(prog="dfflow-controller", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", help="INI file with a [controller] section holding the options below "
+                                         "(names without the leading --; unknown names are an error)")
     parser.add_argument("--chassis", help="this chassis' name (its host name, as Nova knows it)")
     parser.add_argument("--tunnel-ip", help="this chassis' underlay IP for Geneve tunnels")
-    parser.add_argument("--tunnel-type", default=None, choices=("geneve", "vxlan"))
-    parser.add_argument("--nb", help="NB database URL: redis://, rediss:// or unix://")
+    parser.add_argument("--tunnel-type", default=None, help=f"one of {', '.join(TUNNEL_TYPES)} (default geneve)")
+    parser.add_argument("--nb", help="NB database URL: redis://, rediss://, unix:// or "
+                                     "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
     parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
     parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
+    parser.add_argument("--datapath-type", default=None, choices=DATAPATH_TYPES,
+                        help="the integration bridge's datapath: system (the kernel module; default) or "
+                             "netdev (userspace, where there is no kernel module)")
     parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
     parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
-    parser.add_argument("--strategy", default=None, choices=("unplug", "announce"),
-                        help="live-migration activation: at the source's unplug (the blueprint) or at the "
-                             "VM's announcement on a pre-programmed destination, falling back to the "
+    parser.add_argument("--strategy", default=None,
+                        help="live-migration activation: at the source's unplug (the blueprint), unplug, or at the "
+                             "VM's announcement on a pre-programmed destination, announce, falling back to the "
                              "source's unplug when the VM never announces (default announce)")
-    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--log-level", default=None, help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
+    parser.add_argument("--metrics-port", default=None,
+                        help="serve Prometheus metrics on this TCP port (0: any free port, shown in status as "
+                             "metrics_url); off by default")
+    parser.add_argument("--metrics-listen", default=None, help="address for --metrics-port (default 127.0.0.1)")
     bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
                                       "in production")
-    bench.add_argument("--flow-path", default=None, choices=FLOW_PATHS,
-                       help="how flow mods are encoded: the compiled packer or os-ken objects (default compiled)")
+    bench.add_argument("--flow-path", default=None,
+                       help="how flow mods are encoded: compiled (the packer, default) or osken (os-ken objects)")
     bench.add_argument("--no-bundle", action="store_true", default=None,
                        help="send plain flow mods + a barrier instead of one atomic bundle per plan "
                             "(not atomic: a benchmark baseline only)")
     args = parser.parse_args(argv)
     if args.config:
         cfg = configparser.ConfigParser()
-        if not cfg.read(args.config):
+        try:
+            found = cfg.read(args.config)
+        except configparser.Error as exc:
+            parser.error(f"--config {args.config}: {str(exc).splitlines()[0]}")
+        if not found:
             parser.error(f"--config: cannot read {args.config}")
         section = cfg["controller"] if cfg.has_section("controller") else {}
+        known = sorted(a.dest.replace("_", "-") for a in parser._actions if a.dest not in ("help", "version", "config"))
         for key, value in section.items():
             attr = key.replace("-", "_")
+            if key.replace("_", "-") not in known:
+                parser.error(f"--config {args.config}: unknown key {key!r} in [controller]; "
+                             f"known keys: {', '.join(known)}")
             if getattr(args, attr, None) is None:
                 setattr(args, attr, value)
     args.bridge = args.bridge or "br-int"
-    args.tunnel_type = args.tunnel_type or "geneve"
-    args.log_level = args.log_level or "INFO"
-    args.strategy = args.strategy or "announce"
-    args.flow_path = args.flow_path or "compiled"
-    if args.flow_path not in FLOW_PATHS:
-        parser.error(f"--flow-path must be one of {', '.join(FLOW_PATHS)}")
+    args.datapath_type = _choice(parser, "--datapath-type", args.datapath_type or "system", DATAPATH_TYPES)
+    args.tunnel_type = _choice(parser, "--tunnel-type", args.tunnel_type or "geneve", TUNNEL_TYPES)
+    args.log_level = _choice(parser, "--log-level", args.log_level or "INFO", LOG_LEVELS, fold=True)
+    args.strategy = _choice(parser, "--strategy", args.strategy or "announce", STRATEGIES)
+    args.flow_path = _choice(parser, "--flow-path", args.flow_path or "compiled", FLOW_PATHS)
     if isinstance(args.no_bundle, str):
         args.no_bundle = args.no_bundle.strip().lower() in ("1", "true", "yes", "on")
     args.no_bundle = bool(args.no_bundle)
+    if args.metrics_port is not None:
+        port = str(args.metrics_port)
+        if not port.isdigit() or int(port) > 65535:
+            parser.error(f"--metrics-port: {port!r} is not a TCP port (0..65535)")
+        args.metrics_port = int(port)
+    elif args.metrics_listen is not None:
+        parser.error("--metrics-listen needs --metrics-port")
+    args.metrics_listen = args.metrics_listen or "127.0.0.1"
     for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
         if not getattr(args, required):
             parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
+    try:
+        parse_nb_url(args.nb)
+    except ValidationError as exc:
+        parser.error(f"--{exc}")
     return args
 
 
@@ -618,7 +695,10 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
-                              flow_path=args.flow_path, bundle=not args.no_bundle)
+                              flow_path=args.flow_path, bundle=not args.no_bundle,
+                              datapath_type=args.datapath_type,
+                              metrics_listen=None if args.metrics_port is None
+                              else (args.metrics_listen, args.metrics_port))
     try:
         code = asyncio.run(daemon.run())
         reason = daemon.exit_reason or "stopped"

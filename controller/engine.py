@@ -36,8 +36,10 @@ from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch, Model, mode
 LOG = logging.getLogger(__name__)
 PORT, SWITCH, ROUTER, STATIC = "port", "switch", "router", "static"
 # A port update that changes only these moves the port and nothing else: no other port's flows.
-WHERE_FIELDS = frozenset({"binding_chassis", "migration", "version"})
+WHERE_FIELDS = frozenset({"binding_chassis", "migration", "version", "inactive_bindings", "binding_profile"})
 REVISION_FIELDS = frozenset({"version"})
+# NB tables no flow depends on (the chassis' VIF reports for Neutron's port status): never in the view.
+IGNORED_TABLES = frozenset({"lport_status"})
 PortState = tuple["PortFacts | None", "PortRole | None"]
 
 
@@ -57,6 +59,9 @@ class Engine:
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
+        if event["table"] in IGNORED_TABLES:
+            self.stats["ignored_events"] += 1
+            return Plan()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
         return self.object_written(model_for(event["table"]).from_dict(event["object"]))

@@ -9,6 +9,17 @@ and that write's NB event is the publish every related chassis acts on.
                                      |                                          \\--binding = dest--> (done)
                                      \\--dest unplugged--> (aborted)
     requested too long --> (aborted);  activated/switched too long --> binding set to dest, (done)
+    requested, Nova prepared dest (inactive binding or migrating_to) --Nova withdrew it--> (aborted)
+
+Nova's calls (binding-extended: an inactive binding for the destination before the
+plug, activated after the memory copy and before the source unplug; legacy:
+binding:profile.migrating_to after the plug, update_port(binding:host_id) at the
+end) are read from the port itself. Activation makes the destination the port's
+binding, so it is step 3, in whichever order it comes relative to step 2. A
+record started (or, while requested, later found) with Nova's preparation of the
+destination is marked `prepared`; Nova withdrawing it (deleting the inactive
+binding and clearing migrating_to: its rollback) while the port is not bound
+there aborts the migration -- also when the destination's unplug never comes.
 
 Where the port is, for every chassis' flows, follows from the record
 (`controller.view.View.location`): the source while `requested`, the destination
@@ -23,10 +34,12 @@ re-read and re-decide instead of overwriting.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
 from dfflow.models import LogicalPort, MigrationRecord
+from dfflow.nb.bindings import activate
 
 REQUEST_TIMEOUT = 600.0  # s a destination may wait for the source's unplug
 COMPLETE_TIMEOUT = 600.0  # s after switching without update_port before the destination binds itself
@@ -39,6 +52,7 @@ class Event(enum.Enum):
     DEST_UNPLUGGED = "dest_unplugged"  # the VIF went offline on `chassis`, the destination
     BINDING_UPDATED = "binding_updated"  # the port's binding is now `chassis` (step 3)
     EXPIRED = "expired"  # housekeeping on `chassis` found the record too old
+    NOVA_CHANGED = "nova_changed"  # the port's inactive bindings or binding:profile changed (seen by `chassis`)
 
 
 @dataclass(frozen=True)
@@ -69,16 +83,21 @@ def step3_arrived(port: LogicalPort) -> bool:
     return port.binding_chassis == mig.chassis and mig.bound != mig.chassis
 
 
+def nova_prepared(port: LogicalPort, dest: str) -> bool:
+    """Nova has told Neutron that the port is migrating to `dest`: an inactive binding for it
+    (binding-extended), or binding:profile.migrating_to (both paths set it at pre-live-migration)."""
+    return port.inactive_binding(dest) is not None or port.migrating_to == dest
+
+
 def _record(port: LogicalPort, dest: str, source: str | None, strategy: str, now: float) -> MigrationRecord:
     return MigrationRecord(chassis=dest, source=source, state="requested", strategy=strategy,
                            id=f"{port.id}@{int(now * 1000)}", bound=port.binding_chassis,
-                           timestamps={"requested": now})
+                           timestamps={"requested": now}, prepared=nova_prepared(port, dest))
 
 
 def _advance(port: LogicalPort, state: str, now: float) -> Step:
     mig = port.migration
-    new = MigrationRecord(chassis=mig.chassis, source=mig.source, state=state, strategy=mig.strategy,
-                          id=mig.id, bound=mig.bound, timestamps={**mig.timestamps, state: now})
+    new = dataclasses.replace(mig, state=state, timestamps={**mig.timestamps, state: now})
     return Step(port.replace(migration=new), state, new)
 
 
@@ -122,8 +141,8 @@ def _announced(port: LogicalPort, chassis: str, now: float, strategy: str) -> St
 
 
 def _source_unplugged(port: LogicalPort, chassis: str, now: float, strategy: str) -> Step:
-    if chassis != port.migration.source:
-        return NO_CHANGE
+    if chassis != port.migration.source or step3_arrived(port):
+        return NO_CHANGE  # not the source; or bound to dest already (Nova activates before unplugging)
     return _advance(port, "switched", now)
 
 
@@ -147,7 +166,27 @@ def _expired(port: LogicalPort, chassis: str, now: float, strategy: str) -> Step
     if mig.state == "requested":
         return _clear(port, "aborted") if now - started > REQUEST_TIMEOUT else NO_CHANGE
     if now - started > COMPLETE_TIMEOUT:
-        return _clear(port, "done", binding_chassis=mig.chassis)
+        # Bound there as Nova's activation would (an inactive binding for dest becomes the active one,
+        # the source's the inactive one), or as update_port would without one.
+        bound = activate(port, mig.chassis) if port.inactive_binding(mig.chassis) is not None \
+            else port.replace(binding_chassis=mig.chassis)
+        return Step(bound.replace(migration=None), "done", mig)
+    return NO_CHANGE
+
+
+def _nova_changed(port: LogicalPort, chassis: str, now: float, strategy: str) -> Step:
+    """Nova prepared the destination (mark the record), or withdrew that before binding the port
+    there (its rollback: abort). Run by either end of the migration; the other's run then finds
+    nothing to do."""
+    mig = port.migration
+    if chassis not in (mig.chassis, mig.source):
+        return NO_CHANGE
+    prepared = nova_prepared(port, mig.chassis)
+    if prepared and not mig.prepared:
+        new = dataclasses.replace(mig, prepared=True)
+        return Step(port.replace(migration=new), "", new)
+    if mig.prepared and not prepared and port.binding_chassis != mig.chassis:
+        return _clear(port, "aborted")
     return NO_CHANGE
 
 
@@ -166,4 +205,5 @@ TRANSITIONS = {
     ("requested", Event.EXPIRED): _expired,
     ("activated", Event.EXPIRED): _expired,
     ("switched", Event.EXPIRED): _expired,
+    ("requested", Event.NOVA_CHANGED): _nova_changed,
 }

@@ -86,10 +86,13 @@ class Migrator:
                 return
 
     async def port_changed(self, port: LogicalPort) -> None:
-        """An NB update of a port: step 3 (binding = destination) ends the migration here."""
+        """An NB update of a port: step 3 (binding = destination, Nova's activation or update_port)
+        ends the migration here; Nova preparing or withdrawing the destination marks or aborts it."""
         mig = port.migration
         if mig is not None and mig.chassis == self.chassis and port.binding_chassis == mig.chassis:
             await self._run(port.id, Event.BINDING_UPDATED, local_first=False)
+        elif mig is not None and mig.state == "requested" and self.chassis in (mig.chassis, mig.source):
+            await self._run(port.id, Event.NOVA_CHANGED, local_first=False)
 
     # -- the migration-event channel ---------------------------------------------------
     @property
@@ -161,6 +164,10 @@ class Migrator:
             if mig is None:
                 continue
             here = port.id in view.vifs
+            if mig.state == "requested" and self.chassis in (mig.chassis, mig.source):
+                step = await self._run(port.id, Event.NOVA_CHANGED, now=now, local_first=False)
+                if step.outcome == "aborted":
+                    continue  # Nova's rollback, missed as an event (this controller was away)
             if mig.source == self.chassis and mig.state == "requested" and not here \
                     and view.location(port) == self.chassis:
                 await self.vif_offline(port)

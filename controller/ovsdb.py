@@ -245,13 +245,14 @@ class Ovsdb:
             await retried(lambda: asyncio.to_thread(run), "ovsdb_configure", self.stats,
                           attempts=CONFIGURE_ATTEMPTS, retry_on=(Exception,))
 
-    async def setup_bridge(self, of_target: str) -> None:
-        """br-int in secure fail mode, OpenFlow 1.3/1.4, our controller out of band, reconnect fast."""
+    async def setup_bridge(self, of_target: str, datapath_type: str = "system") -> None:
+        """br-int with `datapath_type` (system: the kernel's; netdev: userspace), in secure fail mode,
+        OpenFlow 1.3/1.4, our controller out of band, reconnect fast."""
         br = self.bridge
 
         def work(api: Any) -> None:
             with api.transaction(check_error=True) as txn:
-                txn.add(api.add_br(br, may_exist=True, datapath_type="netdev"))
+                txn.add(api.add_br(br, may_exist=True, datapath_type=datapath_type))
                 txn.add(api.db_set("Bridge", br, ("fail_mode", "secure"),
                                    ("protocols", ["OpenFlow13", "OpenFlow14"]),
                                    ("other_config", {"disable-in-band": "true"})))

@@ -131,11 +131,19 @@ def nb_show(table: str, obj_id: str, nb_url: str, as_json: bool) -> None:
 @click.option("--nova-project", envvar="DFFLOW_NOVA_PROJECT")
 @click.option("--nova-domain", envvar="DFFLOW_NOVA_DOMAIN", default="Default", show_default=True,
               help="Keystone domain of the user and the project.")
+@click.option("--nb-wait", type=click.FloatRange(0), default=10.0, show_default=True, envvar="DFFLOW_API_NB_WAIT",
+              help="Seconds a request waits for an unreachable NB db before it answers 503 with Retry-After.")
 def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | None, nova_token: str | None,
         nova_auth_url: str | None, nova_username: str | None, nova_password: str | None,
-        nova_project: str | None, nova_domain: str) -> None:
+        nova_project: str | None, nova_domain: str, nb_wait: float) -> None:
     """Serve the Neutron-compatible API (networks, subnets, ports, routers, floating IPs, port bindings)."""
     from dfflow.api.server import ServeError, serve
+    from dfflow.errors import ValidationError
+    from dfflow.nb.nburl import parse_nb_url
+    try:
+        parse_nb_url(nb_url)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.message, param_hint="--nb") from None
     credentials = None
     if nova_auth_url:
         from dfflow.nova.keystone import KeystoneCredentials
@@ -147,7 +155,7 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
                                           nova_domain, nova_domain)
     try:
         serve(nb_url, listen, auth=auth, token=token, nova_url=nova_url, nova_token=nova_token,
-              nova_credentials=credentials)
+              nova_credentials=credentials, nb_wait=nb_wait)
     except ServeError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -156,11 +164,12 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
 @click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Migrations per strategy.")
 @nova_delay_options
-def demo(runs: int, memory_copy: int, unplug_delay: int, update_port_delay: int) -> None:
+def demo(runs: int, memory_copy: int, unplug_delay: int, update_port_delay: int, nova_path: str) -> None:
     """The live-migration demo on a fresh 3-chassis sandbox (needs root; tears down after)."""
     from controller.sandbox import demo as demo_
     try:
-        demo_.run(click.echo, runs, unplug_delay / 1000, update_port_delay / 1000, memory_copy / 1000)
+        demo_.run(click.echo, runs, unplug_delay / 1000, update_port_delay / 1000, memory_copy / 1000,
+                  nova_path=nova_path)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -217,6 +226,37 @@ def migration_show(port: str, nb_url: str, limit: int, as_json: bool) -> None:
         return
     for entry in entries:
         _print_timeline(entry)
+
+
+@main.command("neutron-sync")
+@click.option("--config-file", "config_files", multiple=True, required=True, type=click.Path(exists=True),
+              help="neutron-server's configuration (neutron.conf, ml2_conf.ini); repeat, in neutron-server's order.")
+@click.option("--config-dir", type=click.Path(exists=True, file_okay=False), help="neutron-server's config dir.")
+@click.option("--mode", type=click.Choice(["log", "repair"]), default="log", show_default=True,
+              help="log: report the drift (exit 1 if any); repair: also fix it (exit 1 if anything failed).")
+@click.option("--verbose", "-v", is_flag=True, help="Also list every object that differs.")
+def neutron_sync(config_files: tuple[str, ...], config_dir: str | None, mode: str, verbose: bool) -> None:
+    """Make the NB db match Neutron's database (needs `pip install dfflow[neutron]`).
+
+    Reads Neutron through its own plugins, with neutron-server's configuration: missing NB objects are
+    created, drifted ones rewritten (NB-only fields kept), the ones Neutron does not have deleted; the
+    `chassis` table, and the status of existing ports, are never touched."""
+    try:
+        from dfflow.neutron import sync_cmd
+    except ImportError as exc:
+        raise click.ClickException(f"neutron is not installed here ({exc}): pip install dfflow[neutron]") from None
+    drift, write_failures = sync_cmd.run(config_files, config_dir, mode)
+    for line in drift.details() if verbose else ():
+        click.echo(line)
+    click.echo(drift.summary())
+    click.echo(f"{drift.count} differences; {drift.failed} failed" + (" (repaired)" if mode == "repair" else ""))
+    if write_failures:
+        click.echo("NB writes neutron-server saw fail after Neutron committed (repaired by its maintenance): "
+                   + ", ".join(f"{kind}={n}" for kind, n in sorted(write_failures.items())))
+    if drift.followers_resynced is not None:
+        click.echo(f"the NB had been flushed: {drift.followers_resynced} followers (controllers) made to resync")
+    if drift.failed or (mode == "log" and drift.count):
+        sys.exit(1)
 
 
 def _mount_control_plane_groups() -> None:

@@ -318,6 +318,10 @@ class MigrationRecord(Record):
     id: str = ""
     bound: str | None = None  # the port's binding when the migration started
     timestamps: dict[str, float] = field(default_factory=dict)
+    # Nova prepared the destination (an inactive binding, or binding:profile.migrating_to, for it)
+    # while the migration was requested: withdrawing that before the port is bound there is Nova's
+    # rollback, which aborts the migration.
+    prepared: bool = False
 
     def check(self, table: str) -> None:
         check_id("migration.chassis", self.chassis, table)
@@ -326,6 +330,7 @@ class MigrationRecord(Record):
         check_choice("migration.state", self.state, MIGRATION_STATES, table)
         check_choice("migration.strategy", self.strategy, ACTIVATION_STRATEGIES, table)
         check_str("migration.id", self.id, table=table)
+        check_bool("migration.prepared", self.prepared, table)
         if not isinstance(self.timestamps, dict):
             raise ValidationError("migration.timestamps", "must be an object", table)
         for key, value in self.timestamps.items():

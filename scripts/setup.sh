@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-DEBIAN_PACKAGES=(redis-server openvswitch-switch iproute2 iputils-ping ethtool procps
+DEBIAN_PACKAGES=(redis-server redis-sentinel openvswitch-switch iproute2 iputils-ping ethtool procps
                  python3 python3-venv python3-dev gcc git)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -7,6 +7,7 @@ and its directory removed at the end of the session.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import json
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from controller.sandbox.redisproc import RedisServer, free_port
+from dfflow.nb.store import NbApi
 
 VENV_BIN = Path(sys.executable).parent
 DB_PASSWORD = "dfflow-test"
@@ -175,6 +177,7 @@ max_header_size = 38
 
 [dfflow]
 nb_url = {nb_url}
+maintenance_interval = 0.5
 """)
     return [neutron_conf, ml2_conf]
 
@@ -218,6 +221,17 @@ class NeutronApi:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def sync(self, mode: str, *options: str) -> subprocess.CompletedProcess:
+        """`dfflow neutron-sync` with this server's configuration."""
+        args = [str(VENV_BIN / "dfflow"), "neutron-sync", "--mode", mode, *options]
+        for path in self.config_files:
+            args += ["--config-file", str(path)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
 
 class NeutronDeployment:
     """MariaDB + redis (the NB) + Neutron's API with dfflow (its Nova notifier sending to a recorder),
@@ -260,6 +274,17 @@ class NeutronDeployment:
         if self.redis is not None:
             self.redis.stop()
         self.nova.stop()
+
+
+def flush_nb(nb_url: str) -> None:
+    """The NB db lost entirely (FLUSHDB): no object, no revision counter, no event sent."""
+    async def flush() -> None:
+        nb = NbApi(nb_url)
+        try:
+            await nb.redis.flushdb()
+        finally:
+            await nb.close()
+    asyncio.run(flush())
 
 
 def missing() -> str | None:

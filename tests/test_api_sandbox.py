@@ -42,8 +42,6 @@ def test_ports_created_through_the_api_carry_traffic_between_chassis():
         assert (shown.binding_host_id, shown.binding_vif_type) == ("chassis-1", "ovs")
 
 
-@pytest.mark.xfail(strict=True, reason="controllers write lport_status on branch nova-osvif; "
-                                       "remove this mark when it is merged")
 def test_a_port_is_active_once_its_chassis_reports_the_vif_up():
     with api_sandbox(1) as (sb, conn):
         net = conn.network.create_network(name="api-net")

@@ -175,3 +175,20 @@ def test_an_activated_announce_source_forwards_nothing_a_tunnel_brings_until_the
         migration=MigrationRecord(chassis="C", source="B", strategy="announce", state="switched")))))
     to_c = (SetField("tunnel_id", 101), Output(11))
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
+
+
+def test_port_status_reports_never_reach_the_view_or_recompute_flows():
+    from dfflow.models import PortStatus
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    before = dict(engine.desired())
+    plan = engine.nb_event(event(PortStatus(id="a1", topic="t", up={"A": 1.0})))
+    assert not plan and engine.view.get(PortStatus.table, "a1") is None
+    assert engine.stats["ignored_events"] == 1 and engine.desired() == before
+
+
+def test_an_inactive_binding_or_a_profile_change_recomputes_only_the_port_and_its_network():
+    from dfflow.models import InactiveBinding
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    plan = engine.nb_event(event(b1.replace(inactive_bindings=[InactiveBinding(host="C")],
+                                            binding_profile={"migrating_to": "C"})))
+    assert not plan.moved and not plan.n_flow_mods

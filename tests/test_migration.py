@@ -102,18 +102,29 @@ def assert_recovered(senders, started: float) -> list[dict]:
     return results
 
 
+@pytest.mark.parametrize("nova_path", ["extended", "legacy"])
 @pytest.mark.parametrize("strategy", ["unplug", "announce"])
-def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cloud, strategy):
+def test_migration_keeps_l2_routed_and_floating_ip_traffic_with_each_strategy(cloud, strategy, nova_path):
+    """Nova's binding-extended calls activate the destination's binding before the source unplug (step
+    3 first: the port moves at the activation); its legacy calls update the binding after it."""
     dest = other(cloud)
     senders = probes(cloud)
     time.sleep(0.3)
     started = time.time()
-    result = migrate(cloud, "M", dest, strategy=strategy, unplug_delay=0.2, update_port_delay=0.3)
+    result = migrate(cloud, "M", dest, strategy=strategy, unplug_delay=0.2, update_port_delay=0.3,
+                     nova_path=nova_path)
     time.sleep(0.5)
     assert_recovered(senders, started)
-    assert result["strategy"] == strategy
-    expected = {"requested", "switched"} | ({"activated"} if strategy == "announce" else set())
-    assert expected <= set(result["states"])
+    assert result["strategy"] == strategy and result["nova_path"] == nova_path
+    expected = {"requested", "done"} | ({"activated"} if strategy == "announce" else set())
+    expected |= {"switched"} if nova_path == "legacy" else set()
+    assert expected <= set(result["states"]), (result["states"], result["steps"], {
+        ch.name: (st["migrations"], st["stats"].get("packet_in"), st["errors"][-2:])
+        for ch in cloud.sb.chassis_list() for st in [controller_status(cloud.sb, ch.name)]})
+    if nova_path == "extended":
+        assert "switched" not in result["states"] and result["steps"]["activated"] < result["steps"]["unplug"]
+        port = cloud.nb("get", "lport", port_id(cloud))
+        assert port.binding_chassis == dest and port.inactive_bindings == [] and port.migrating_to is None
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, dest)
     assert_the_compiled_core_moved_m(cloud, result)
@@ -146,7 +157,7 @@ def test_step_two_alone_moves_the_flows_when_update_port_never_comes(cloud):
     source, dest = where(cloud), other(cloud)
     senders = probes(cloud)
     started = time.time()
-    result = migrate(cloud, "M", dest, strategy="unplug", update_port_delay=None)
+    result = migrate(cloud, "M", dest, strategy="unplug", update_port_delay=None, nova_path="legacy")
     time.sleep(0.5)
     assert_recovered(senders, started)
     port = cloud.nb("get", "lport", port_id(cloud))
@@ -165,7 +176,8 @@ def test_the_sources_migration_event_moves_every_chassis_ahead_of_the_nb_write(c
     source, dest = where(cloud), other(cloud)
     before = {ch.name: controller_status(cloud.sb, ch.name)["migrations"].get("events_applied", 0)
               for ch in cloud.sb.chassis_list()}
-    result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=0.3)
+    result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=0.3,
+                     nova_path="legacy")
     assert set(result["applied"]["switched"]) == {"chassis-1", "chassis-2", "chassis-3"}
     port = port_id(cloud)
     for ch in cloud.sb.chassis_list():
@@ -183,7 +195,8 @@ def test_step_three_moves_the_flows_when_the_step_two_publish_is_lost(cloud):
     with fault(cloud, FAULT_DROP_PUBLISH):
         senders = probes(cloud)
         started = time.time()
-        result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=1.0)
+        result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=1.0,
+                         nova_path="legacy")
         time.sleep(0.5)
         figures = assert_recovered(senders, started)
     assert "switched" not in result["states"]  # no step 2...
@@ -224,6 +237,8 @@ def test_controller_restarted_mid_migration_recovers_the_step_it_missed(cloud):
                if cloud.nb("get", "lport", port.id).migration else False, 15, what="step 2 after restart")
     wait_until(lambda: pings(sb, "P", M_IP), 15, what="P -> M at its destination")
     assert_everyone_places_m_on(cloud, dest)
+    update_binding(cloud, port.id, dest)  # Nova's step 3 ends it (the next tests start from a bound VM)
+    wait_until(lambda: cloud.nb("get", "lport", port.id).migration is None, 10, what="record cleared")
 
 
 def test_a_port_deleted_during_migration_leaves_nothing_behind(cloud):
@@ -250,7 +265,7 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     ports_before = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}
     for i in range(20):
         migrate(cloud, "M", other(cloud), strategy="announce" if i % 2 else "unplug",
-                unplug_delay=0.05, update_port_delay=0.05)
+                nova_path="legacy" if i % 4 >= 2 else "extended", unplug_delay=0.05, update_port_delay=0.05)
     wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, where(cloud))

@@ -110,3 +110,33 @@ def test_a_port_without_port_security_has_no_groups_or_pairs():
         with pytest.raises(ValidationError) as info:
             base.replace(**changes).check()
         assert info.value.field == field
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_a_batch_whose_exec_reply_was_lost_is_done_once(nb, monkeypatch, landed):
+    """The connection drops around EXEC (redis-py then raises WatchError): the retry finds every object
+    of the batch written by the lost attempt and returns them, or, if EXEC never ran, writes them."""
+    from redis.asyncio.client import Pipeline
+    from redis.exceptions import WatchError
+
+    from dfflow.nb.store import _LOST
+
+    real_execute, drops = Pipeline.execute, []
+
+    async def execute_then_drop(pipe, *args, **kwargs):
+        if not drops and pipe.explicit_transaction:
+            drops.append(1)
+            if landed:
+                await real_execute(pipe, *args, **kwargs)
+            else:
+                await pipe.reset()
+            raise WatchError(f"A ConnectionError {_LOST} one or more keys")
+        return await real_execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", execute_then_drop)
+    written = await nb.create_all([group("g"), rule("r1", "g", direction="egress")])
+    assert drops == [1]
+    assert [(o.table, o.id) for o in written] == [("secgroup", "g"), ("secgroup_rule", "r1")]
+    assert await _contents(nb) == sorted((o.table, o.id, o.version) for o in written)
+    with pytest.raises(Conflict):  # without a lost reply, the same batch again is a duplicate
+        await nb.create_all([group("g"), rule("r1", "g", direction="egress")])

@@ -6,7 +6,10 @@ import pytest
 
 from api_fixtures import nb_call, sdk
 from controller.sandbox.topology import Sandbox
-from controller_fixtures import pings, wait_controllers_ready, wait_until
+from controller.templates import APP_COOKIE_SHIFT, object_hash
+from controller_fixtures import dump_flows, flow_cookies, pings, wait_controllers_ready, wait_until
+from dfflow.models import MODELS
+from neutron_fixtures import flush_nb
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 
 pytestmark = [pytest.mark.ovs, pytest.mark.neutron,
@@ -43,3 +46,67 @@ def test_vms_on_ports_made_through_neutron_server_ping_across_chassis(neutron, s
         sb.plug_vm(vm, host, port.id, port.mac_address, ip=f"{ips[vm]}/24")
     wait_until(lambda: pings(sb, "N1", ips["N2"]), 20, what="N1 -> N2 through Neutron-made ports")
     assert pings(sb, "N2", ips["N1"])
+
+
+def stale_flows(sb: Sandbox, nb_url: str) -> dict[str, list[str]]:
+    """Per chassis, the flows whose cookie names an object the NB no longer holds (every cookie of an app is
+    `app id << 56 | hash of an object id`; the pipeline's own flows hash the name "pipeline")."""
+    alive = {object_hash("pipeline")} | {object_hash(obj.id) for table in MODELS
+                                         for obj in nb_call(nb_url, "list", table)}
+    mask = (1 << APP_COOKIE_SHIFT) - 1
+    found = {}
+    for chassis in sb.chassis_list():
+        lines = dump_flows(sb, chassis.name)
+        found[chassis.name] = [line for line, cookie in zip(lines, flow_cookies(lines))
+                               if cookie and cookie & mask not in alive]
+    return {name: lines for name, lines in found.items() if lines}
+
+
+def test_nb_objects_deleted_or_flushed_behind_neutrons_back_are_restored_by_the_sync_with_traffic_back(
+        neutron, sandbox_on_neutron_nb):
+    sb, url = sandbox_on_neutron_nb, neutron.nb_url
+    net = sdk(neutron.url).network
+    network = net.create_network(name="drift")
+    net.create_subnet(network_id=network.id, cidr="10.9.0.0/24", ip_version=4)
+    ips, ports = {}, {}
+    for vm, host in (("D1", "chassis-1"), ("D2", "chassis-2")):
+        ports[vm] = port = net.create_port(network_id=network.id, binding_host_id=host, device_owner="compute:nova")
+        ips[vm] = port.fixed_ips[0]["ip_address"]
+        sb.plug_vm(vm, host, port.id, port.mac_address, ip=f"{ips[vm]}/24")
+    wait_until(lambda: pings(sb, "D1", ips["D2"]), 20, what="D1 -> D2 before any drift")
+    assert stale_flows(sb, url) == {}
+
+    # Deleted behind Neutron's back: the controllers take D2's flows away and traffic stops.
+    nb_call(url, "delete", "lport", ports["D2"].id)
+    wait_until(lambda: not pings(sb, "D1", ips["D2"]), 10, what="D1 -> D2 cut once D2's NB port is gone")
+    assert neutron.api.sync("log").returncode == 1
+    done = neutron.api.sync("repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_until(lambda: pings(sb, "D1", ips["D2"]), 20, what="D1 -> D2 back after the sync")
+    assert stale_flows(sb, url) == {}
+
+    # The NB flushed entirely: the controllers register their chassis again; D2's port is deleted in Neutron
+    # meanwhile (no NB event: its NB port is gone already); the sync restores the rest.
+    flush_nb(url)
+    wait_until(lambda: len(nb_call(url, "list", "chassis")) == 2, 15, what="both chassis registered again")
+    sb.unplug_vm("D2")
+    net.delete_port(ports["D2"])
+    done = neutron.api.sync("repair")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "followers (controllers) made to resync" in done.stdout, done.stdout
+    assert nb_call(url, "get", "lport", ports["D1"].id).binding_chassis == "chassis-1"
+    assert nb_call(url, "get", "lport", ports["D2"].id) is None
+    wait_until(lambda: stale_flows(sb, url) == {}, 15, what="no flow left of the port deleted while the NB was lost")
+
+    # The controllers follow the restored NB: a new port on chassis-2 carries traffic.
+    port = net.create_port(network_id=network.id, binding_host_id="chassis-2", device_owner="compute:nova")
+    ip = port.fixed_ips[0]["ip_address"]
+    sb.plug_vm("D3", "chassis-2", port.id, port.mac_address, ip=f"{ip}/24")
+    wait_until(lambda: pings(sb, "D1", ip) and pings(sb, "D3", ips["D1"]), 20,
+               what="D1 <-> D3 through the NB restored after a flush")
+    assert not pings(sb, "D1", ips["D2"], count=2)
+    for vm, vm_port in (("D3", port), ("D1", ports["D1"])):
+        sb.unplug_vm(vm)
+        net.delete_port(vm_port)
+    net.delete_network(network)
+    wait_until(lambda: stale_flows(sb, url) == {}, 15, what="no flow left once everything is deleted")

@@ -38,7 +38,10 @@ def status_if_up(sb: Sandbox, chassis: str) -> dict:
 
 
 def all_flows(sb: Sandbox) -> dict[str, list[str]]:
-    return {ch.name: sorted(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
+    """The controllers' flows on every chassis; flows the datapath learned itself (an announce migration's
+    activation gate, with timeouts of their own) come and go without the controller and are left out."""
+    return {ch.name: sorted(f for f in dump_flows(sb, ch.name) if "idle_timeout=" not in f)
+            for ch in sb.chassis_list()}
 
 
 def start_ping(sb: Sandbox, vm: str, dst: str, seconds: float) -> subprocess.Popen:
@@ -54,6 +57,18 @@ def received(ping: subprocess.Popen) -> tuple[int, int]:
     return sent, got
 
 
+def assert_survived(sb: Sandbox, ping: subprocess.Popen, before: dict[str, int], during: str) -> None:
+    """No ping lost, every controller the same process, back on the NB and without a task crash."""
+    sent, got = received(ping)
+    assert got == sent, f"{sent - got} of {sent} pings lost {during} (the data plane must not care)"
+    assert controller_pids(sb) == before, "a controller died or was restarted"
+    for name in before:
+        wait_until(lambda: controller_status(sb, name)["nb_connected"], 15, what=f"{name} back on the NB")
+        status = controller_status(sb, name)
+        assert status["stats"].get("task_crashes", 0) == 0, status["errors"]
+        assert status["bus"].get("reconnects", 0) >= 1
+
+
 def test_a_ten_second_redis_outage_kills_no_controller_and_later_changes_are_programmed(cloud):
     sb = cloud.sb
     before = controller_pids(sb)
@@ -64,14 +79,7 @@ def test_a_ten_second_redis_outage_kills_no_controller_and_later_changes_are_pro
         time.sleep(OUTAGE)
     finally:
         sb.start_nb()
-    sent, got = received(ping)
-    assert got == sent, f"{sent - got} of {sent} pings lost while the NB db was away (the data plane must not care)"
-    assert controller_pids(sb) == before, "a controller died or was restarted"
-    for name in before:
-        wait_until(lambda: controller_status(sb, name)["nb_connected"], 15, what=f"{name} back on the NB")
-        status = controller_status(sb, name)
-        assert status["stats"].get("task_crashes", 0) == 0, status["errors"]
-        assert status["bus"].get("reconnects", 0) >= 1
+    assert_survived(sb, ping, before, "while the NB db was away")
     # An NB change made after the outage is programmed everywhere...
     cloud.call("create_vm", "D1", "chassis-3", "net1", "10.0.0.41")
     wait_until(lambda: pings(sb, "A1", "10.0.0.41"), 15, what="A1 -> D1 (created after the outage)")

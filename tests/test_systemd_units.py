@@ -45,7 +45,7 @@ def test_the_controller_unit_starts_the_controller_with_its_config_file(tmp_path
     config.write_text("[controller]\nchassis = compute-1\ntunnel-ip = 192.0.2.11\nnb = redis://192.0.2.2:6379/0\n"
                       "ovsdb = unix:/var/run/openvswitch/db.sock\nof-listen = 127.0.0.1:6653\n")
     args = parse_args([str(config) if a == "/etc/dfflow/controller.ini" else a for a in argv[1:]])
-    assert (args.chassis, args.nb, args.strategy) == ("compute-1", "redis://192.0.2.2:6379/0", "unplug")
+    assert (args.chassis, args.nb, args.strategy) == ("compute-1", "redis://192.0.2.2:6379/0", "announce")
 
 
 def test_the_api_unit_runs_dfflow_api_with_options_it_has():

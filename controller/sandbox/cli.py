@@ -37,9 +37,16 @@ MEMORY_COPY_OPTION = click.option(
     help="ms of libvirt's memory copy, from the destination being ready to the VM's switchover.")
 
 
+NOVA_PATH_OPTION = click.option(
+    "--nova-path", type=click.Choice(["extended", "legacy"]), default="extended", show_default=True,
+    help="Nova's calls: binding-extended (inactive binding, activation before the unplug) or legacy "
+         "(binding:profile migrating_to, update_port(binding:host_id) after the unplug).")
+
+
 def nova_delay_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--memory-copy, --unplug-delay and --update-port-delay (ms), as the demo and the downtime benchmark
-    take them."""
+    """--memory-copy, --unplug-delay and --update-port-delay (ms) and --nova-path, as the demo and the
+    downtime benchmark take them."""
+    fn = NOVA_PATH_OPTION(fn)
     fn = MEMORY_COPY_OPTION(fn)
     fn = click.option("--update-port-delay", type=click.IntRange(0, 60_000), default=300, show_default=True,
                       help="ms from the unplug to update_port(binding:host_id).")(fn)
@@ -57,7 +64,8 @@ def sandbox() -> None:
 @click.option("--names", default=None, help="Comma-separated chassis names (default chassis-1..N).")
 @dir_option
 @click.option("--nb", "nb_url", default=None,
-              help="NB database URL to use instead of starting a private redis-server.")
+              help="NB database URL to use instead of starting a private redis-server, or `sentinel`: "
+                   "start a highly available one (a primary, a replica, three redis-sentinels).")
 @click.option("--no-controllers", is_flag=True, help="Do not start dfflow-controller on the chassis.")
 @click.option("--of-transport", type=click.Choice(["unix", "tcp"]), default="unix", show_default=True,
               help="unix: controllers in the root namespace, OpenFlow over a unix socket; "
@@ -65,16 +73,19 @@ def sandbox() -> None:
 @click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
               help="The deployment's live-migration activation strategy (dfflow-controller --strategy, "
                    "default announce); ports may override it.")
+@click.option("--metrics", is_flag=True, help="Controllers serve Prometheus metrics on a free loopback port "
+                                            "each (its URL is metrics_url in the controller's status).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
-       of_transport: str, strategy: str | None, as_json: bool) -> None:
+       of_transport: str, strategy: str | None, metrics: bool, as_json: bool) -> None:
     """Create the underlay, the chassis (OVS, br-phy, br-int), the NB redis, the Neutron API and the
     controllers."""
     name_list = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         status = Sandbox(dir_).up(chassis=count, names=name_list, nb_url=nb_url,
                                   controllers=not no_controllers, of_transport=of_transport,
-                                  controller_args=["--strategy", strategy] if strategy else None)
+                                  controller_args=(["--strategy", strategy] if strategy else [])
+                                  + (["--metrics-port", "0"] if metrics else []))
     except (SandboxError, ValueError) as exc:
         raise _fail(exc)
     _print_status(status, as_json)
@@ -214,13 +225,16 @@ def vm_list(dir_: str, as_json: bool) -> None:
 @click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
               help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2).")
 @click.option("--update-port-delay", default="300", show_default=True,
-              help="ms after the unplug until update_port(binding:host_id) (step 3), or 'never'.")
+              help="ms after the unplug until the destination's post-migration (legacy: update_port("
+                   "binding:host_id), step 3; extended: the source binding's clean-up), or 'never' (no step "
+                   "3 at all: no activation either).")
 @click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
               help="Activation strategy for this port (default: the deployment's).")
 @MEMORY_COPY_OPTION
+@NOVA_PATH_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
-               strategy: str | None, memory_copy: int, as_json: bool) -> None:
+               strategy: str | None, memory_copy: int, nova_path: str, as_json: bool) -> None:
     """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
     from .nova import format_timeline, migrate
     if update_port_delay == "never":
@@ -231,7 +245,7 @@ def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_d
         except ValueError:
             raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
     result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy,
-                                                  memory_copy / 1000))
+                                                  memory_copy / 1000, nova_path=nova_path))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -1,35 +1,43 @@
 """The cloud side of the sandbox: what Neutron and Nova do, against the NB db and the chassis.
 
-`Cloud` creates ports and changes their binding through the sandbox's
-Neutron-compatible API (`dfflow api`, over HTTP, as Nova does), networks, routers
-and floating IPs directly in the NB db, and plugs VMs into a chassis' br-int as
-Nova and os-vif do (the port exists, bound to the host, before its VIF is plugged).
+`Cloud` creates ports and changes their bindings through the sandbox's
+Neutron-compatible API (`dfflow api`) with python-neutronclient, the client Nova
+uses; networks, routers and floating IPs directly in the NB db. It boots VMs as
+Nova does: the port is created bound to the host, the VM's tap is made (a veth, as
+QEMU's), the real os-vif plugs it into the chassis' br-int from the port's
+binding:vif_details, and Nova waits for the chassis to report the VIF up
+(network-vif-plugged).
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
+import logging
 import random
-import urllib.error
-import urllib.request
+import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
+from neutronclient.common import exceptions as neutron_exc
+from neutronclient.v2_0 import client as neutron_client
+
+from controller.sandbox.novaclient_neutron import nova_neutron_client
+from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.topology import Sandbox, Vm
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
-from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, RouterPort,
-                           Subnet)
+from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, PortStatus,
+                           RouterPort, Subnet)
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
 VNI_ATTEMPTS = 5
+VIF_PLUGGED_TIMEOUT = 10.0  # s Nova waits for network-vif-plugged here (its own default is 300)
 
 
 class Cloud:
     def __init__(self, sandbox: Sandbox, nb: NbApi, topic: str = DEFAULT_TOPIC):
         self.sandbox, self.nb, self.topic = sandbox, nb, topic
-        self._api_url: str | None = None
+        self._client: neutron_client.Client | None = None
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
@@ -85,58 +93,99 @@ class Cloud:
             body["mac_address"] = mac
         if ip is not None:
             body["fixed_ips"] = [{"ip_address": ip}]
-        created = await self.neutron("POST", "/v2.0/ports", {"port": body})
+        created = await self.neutron("create_port", {"port": body})
         return await self.nb.get_or_raise(LogicalPort.table, created["port"]["id"])
 
     async def update_port_binding(self, port_id: str, host: str) -> None:
         """PUT /v2.0/ports/{id} with binding:host_id: Nova's post-migration call (step 3)."""
-        await self.neutron("PUT", f"/v2.0/ports/{port_id}", {"port": {"binding:host_id": host}})
+        await self.neutron("update_port", port_id, {"port": {"binding:host_id": host}})
 
-    async def neutron(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call to the sandbox's Neutron API; a Neutron error becomes a DfflowError with its message."""
-        if self._api_url is None:
-            self._api_url = self.sandbox.status().get("api_url")
-        url = self._api_url
-        if not url:
-            raise DfflowError(f"the sandbox in {self.sandbox.dir} runs no API")
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-
-        def call() -> dict[str, Any]:
+    @property
+    def client(self) -> neutron_client.Client:
+        """python-neutronclient on the sandbox's API, without Keystone, built as Nova builds it
+        (connection failures retried; see novaclient_neutron)."""
+        if self._client is None:
+            url = self.sandbox.status().get("api_url")
+            if not url:
+                raise DfflowError(f"the sandbox in {self.sandbox.dir} runs no API")
+            # Its constructor logs a deprecation warning on every client (Nova's too): not ours to show.
+            quiet = logging.getLogger("neutronclient.v2_0.client")
+            level, quiet.level = quiet.level, logging.ERROR
             try:
-                with urllib.request.urlopen(request, timeout=10) as reply:
-                    return json.loads(reply.read() or b"{}")
-            except urllib.error.HTTPError as exc:
-                detail = json.loads(exc.read() or b"{}").get("NeutronError", {})
-                raise DfflowError(f"Neutron API {method} {path}: {exc.code} "
-                                  f"{detail.get('message') or exc.reason}") from None
-        return await asyncio.to_thread(call)
+                self._client = nova_neutron_client(url, timeout=10)
+            finally:
+                quiet.setLevel(level)
+        return self._client
+
+    async def neutron(self, call: str, *args: Any) -> Any:
+        """One python-neutronclient call (in a thread); a Neutron error becomes a DfflowError with its
+        status code and message (`status_code` kept on it)."""
+        method: Callable[..., Any] = getattr(self.client, call)
+        try:
+            return await asyncio.to_thread(method, *args)
+        except neutron_exc.NeutronClientException as exc:
+            error = DfflowError(f"Neutron API {call}: {exc.status_code} {exc}")
+            error.status_code = exc.status_code  # type: ignore[attr-defined]
+            raise error from None
+
+    async def wait_vif_plugged(self, port_id: str, host: str, timeout: float | None = None,
+                               interval: float = 0.01) -> float:
+        """Nova's wait for network-vif-plugged: until `host`'s chassis reports the port's VIF up."""
+        timeout = VIF_PLUGGED_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.nb.get(PortStatus.table, port_id)
+            if status is not None and host in status.up:
+                return status.up[host]
+            if time.monotonic() > deadline:
+                raise DfflowError(f"port {port_id}: no network-vif-plugged from {host} within {timeout}s "
+                                  "(its chassis never reported the VIF up)")
+            await asyncio.sleep(interval)
 
     async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
                         mac: str | None = None) -> Vm:
-        """Neutron creates and binds the port; Nova plugs the VIF (os-vif's external_ids)."""
-        self.sandbox.chassis(chassis)  # fail before writing anything
+        """Nova's boot: Neutron creates and binds the port; the VM's tap is made; os-vif plugs it from
+        the port's binding; Nova waits for the VIF to be reported up."""
+        ch = self.sandbox.chassis(chassis)  # fail before writing anything
         vm_uuid = str(uuid.uuid4())
         port = await self.create_port(network, chassis, ip, name=f"{name}-port", device_id=vm_uuid, mac=mac)
         subnet = await self._subnet(network)
         try:
-            return self.sandbox.plug_vm(name, chassis, port.id, port.mac,
-                                        ip=f"{port.ips[0]}/{subnet.network.prefixlen}",
-                                        gateway=subnet.gateway_ip, vm_uuid=vm_uuid)
+            shown = (await self.neutron("show_port", port.id))["port"]
+            switch = await self.nb.get_or_raise(LogicalSwitch.table, network)
+            vif = vif_spec(port.id, port.mac, network, port_binding(shown), mtu=switch.mtu)
+            vm = self.sandbox.plug_vm(name, chassis, port.id, port.mac,
+                                      ip=f"{port.ips[0]}/{subnet.network.prefixlen}",
+                                      gateway=subnet.gateway_ip, vm_uuid=vm_uuid, ovs_port=False)
+            host = await asyncio.to_thread(OsVifHost, self.sandbox, ch.name)
+            try:
+                await host.acall("plug", vif, self.instance_info(vm))
+            finally:
+                host.close()
+            await self.wait_vif_plugged(port.id, chassis)
+            return vm
         except Exception:
-            await self.nb.delete(LogicalPort.table, port.id)
+            if any(v.name == name for v in self.sandbox.vms()):
+                self.sandbox.unplug_vm(name)
+            await self.neutron("delete_port", port.id)  # Nova's clean-up of a failed boot (status included)
             raise
 
+    def instance_info(self, vm: Vm) -> dict[str, Any]:
+        """os-vif's InstanceInfo of a sandbox VM, as Nova converts its instance."""
+        return {"uuid": vm.uuid, "name": vm.name, "project_id": self.topic}
+
     async def delete_vm(self, name: str) -> None:
+        """The VM's VIFs unplugged and its namespace gone; then its ports deleted through Neutron (their
+        status with them)."""
         vm = self.sandbox.vm(name)
         port_ids = {vif.port_id for vif in vm.vifs}
         self.sandbox.unplug_vm(name)
         for port_id in sorted(port_ids):
             try:
-                await self.nb.delete(LogicalPort.table, port_id)
-            except NotFound:
-                pass
+                await self.neutron("delete_port", port_id)
+            except DfflowError as exc:
+                if getattr(exc, "status_code", None) != 404:
+                    raise
 
     # -- routers and floating IPs ---------------------------------------------------
     async def create_router(self, name: str, networks: list[str], external: str | None = None) -> LogicalRouter:

@@ -21,7 +21,8 @@ whose gateway is on the external network `public` (172.24.4.0/24).
 
 
 def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
-        update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY) -> dict[str, Any]:
+        update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY,
+        nova_path: str = "extended") -> dict[str, Any]:
     missing = problems(need_redis=True)
     if missing:
         raise RuntimeError("; ".join(missing))
@@ -45,7 +46,7 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
     report = scenario.run(runs=runs, strategies=("announce", "unplug"), memory_copy=memory_copy,
                           unplug_delay=unplug_delay,
                           update_port_delay=update_port_delay, keep_samples=False, routed_probe=True,
-                          on_migration=show)
+                          on_migration=show, nova_path=nova_path)
     echo("")
     echo(scenario.format_summary(report))
     echo("sandbox torn down.")

@@ -49,12 +49,13 @@ class RedisServer:
     """
 
     def __init__(self, dir: str, port: int | None = None, host: str = "127.0.0.1", unixsocket: bool = True,
-                 persistent: bool = False, appendfsync: str = "always"):
+                 persistent: bool = False, appendfsync: str = "always", replica_of: str | None = None):
         if appendfsync not in ("always", "everysec"):
             raise SandboxError(f"appendfsync must be 'always' or 'everysec', not {appendfsync!r}")
         self.dir = os.path.realpath(dir)
         self.persistent = persistent
         self.appendfsync = appendfsync
+        self.replica_of = replica_of  # "HOST PORT" of the primary this server replicates
         self.host = host
         self.port = port
         self.unixsocket = os.path.join(self.dir, "redis.sock") if unixsocket else None
@@ -99,6 +100,8 @@ class RedisServer:
                     "--databases", "16"]
             argv += (["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.persistent
                      else ["--appendonly", "no"])
+            if self.replica_of:
+                argv += ["--replicaof", self.replica_of]
             if self.unixsocket:
                 argv += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
             try:
@@ -178,12 +181,13 @@ class RedisServer:
     def to_state(self) -> dict[str, Any]:
         return {"dir": self.dir, "host": self.host, "port": self.port, "unixsocket": self.unixsocket,
                 "persistent": self.persistent, "appendfsync": self.appendfsync, "pid": self.pid,
+                "replica_of": self.replica_of,
                 "starttime": self.starttime}
 
     @classmethod
     def from_state(cls, data: dict[str, Any]) -> "RedisServer":
         server = cls(data["dir"], port=data.get("port"), host=data.get("host", "127.0.0.1"),
                      unixsocket=bool(data.get("unixsocket")), persistent=bool(data.get("persistent")),
-                     appendfsync=data.get("appendfsync", "always"))
+                     appendfsync=data.get("appendfsync", "always"), replica_of=data.get("replica_of"))
         server.pid, server.starttime = data.get("pid"), data.get("starttime")
         return server

@@ -58,7 +58,9 @@ def supervise(record_path: str, argv: list[str], restart_sec: float = RESTART_SE
     record: dict[str, Any] = {"supervisor_pid": os.getpid(), "restarts": 0, "last_exit": None,
                               "last_exit_at": None, "pid": None, "starttime": None}
     while not stopping:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        # the controller exports it (dfflow_controller_supervisor_restarts): its own counters start at 0
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, "DFFLOW_RESTARTS": str(record["restarts"])})
         record.update(pid=child.pid, starttime=procs.starttime(child.pid), started_at=time.time())
         _write_record(record_path, record)
         returncode = child.wait()

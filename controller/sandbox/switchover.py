@@ -94,6 +94,17 @@ def realtime() -> None:
         print(f"switchover: running at normal priority ({exc})", file=sys.stderr, flush=True)
 
 
+def ordinary() -> None:
+    """Back to normal priority once the resume is done. Its teardown (closing netlink, the
+    interpreter's exit) at real-time priority, right after the switchover, held the machine: the
+    probers sent nothing for ~43 ms (median) starting 6-13 ms after the announcement, against
+    ~10 ms with the helper at normal priority (benchmarks/RESULTS.md, 2026-11-28, `no-stall`)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError as exc:
+        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True)
@@ -111,6 +122,7 @@ def main() -> None:
     if sys.stdin.readline().strip() != "go":
         sys.exit("switchover: expected 'go' on stdin")
     print(json.dumps(switchover.go()), flush=True)
+    ordinary()
     switchover.close()
 
 

@@ -90,10 +90,13 @@ from . import names as nm
 from . import netns, preflight, procs, respawn, state
 from .netns import SandboxError
 from .redisproc import RedisServer, free_port
+from .sentinelproc import SentinelNb
 
 DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
+NB_SENTINEL = "sentinel"  # `up(nb_url=...)`: start a primary, a replica and three sentinels
 INT_BRIDGE = "br-int"
 PHY_BRIDGE = "br-phy"
+DATAPATH_TYPE = "netdev"  # no OVS kernel module here: every bridge is userspace (controllers are told so)
 VM_MTU = 1400
 TCP_OF_PORT = 6653
 UNIX_PATH_MAX = 107
@@ -137,6 +140,8 @@ class Chassis:
     supervisor_pid: int | None = None   # controller.sandbox.respawn: restarts the controller when it dies
     supervisor_starttime: int | None = None
     ovs_pids: dict[str, list[int | None]] = field(default_factory=dict)  # daemon -> [pid, start time]
+    osvif_pid: int | None = None    # the chassis' os-vif agent (nova-compute's os-vif), if started
+    osvif_starttime: int | None = None
 
     @property
     def rundir(self) -> str:
@@ -149,6 +154,10 @@ class Chassis:
     @property
     def status_socket(self) -> str:
         return os.path.join(self.dir, "controller.sock")
+
+    @property
+    def osvif_socket(self) -> str:
+        return os.path.join(self.dir, "osvif.sock")
 
     @property
     def supervisor_record(self) -> str:
@@ -313,7 +322,7 @@ class Sandbox:
         if controllers and of_transport == "tcp" and nb_url and not nb_url.startswith("unix:"):
             raise SandboxError("with of_transport=tcp controllers run inside chassis namespaces, whose "
                                "loopback is not the root one: give a unix:// NB URL or use of_transport=unix")
-        preflight.check(need_redis=nb_url is None)
+        preflight.check(need_redis=nb_url in (None, NB_SENTINEL))
         cmd = (self.controller_cmd or default_controller_cmd()) if controllers else None
         if cmd is not None and shutil.which(cmd[0]) is None:
             raise SandboxError(f"controller command {cmd[0]!r} not found")
@@ -355,6 +364,8 @@ class Sandbox:
                 return True
         if st.get("redis") and RedisServer.from_state(st["redis"]).running():
             return True
+        if st.get("nb_sentinel") and SentinelNb.from_state(st["nb_sentinel"]).pids():
+            return True
         return False
 
     def _build(self, names: list[str], nb_url: str | None, cmd: list[str] | None, of_transport: str,
@@ -375,7 +386,9 @@ class Sandbox:
             st["namespaces"] = [n.underlay_ns] + [ch.namespace for ch in chs]
 
         # NB database first: the controllers need it, and it is independent of the network.
-        if nb_url is None:
+        if nb_url == NB_SENTINEL:
+            self._start_sentinel_nb()
+        elif nb_url is None:
             # The NB survives a restart of its redis-server: an empty NB after one would hand out
             # VNIs, MACs and IPs again that running VMs still use.
             redis = RedisServer(os.path.join(self.dir, "redis"), persistent=True, appendfsync="everysec")
@@ -399,14 +412,38 @@ class Sandbox:
         if cmd is not None:
             for ch in chs:
                 self._start_controller(ch.name, cmd, of_transport)
+            # a cloud: nova-compute's os-vif runs on every chassis from the start, as on compute hosts
+            for ch in chs:
+                self._start_osvif(ch.name)
             if self.controller_cmd is None:  # dfflow-controller: it answers on its status socket
                 started = [self.chassis(ch.name) for ch in chs]
                 problems = health.wait_healthy(started, HEALTHY_WITHIN)
                 if problems:
                     raise SandboxError(f"{len(problems)} of {len(chs)} controllers not healthy "
                                        f"{HEALTHY_WITHIN:g} s after start-up:\n{health.describe(problems, started)}")
+            for ch in chs:
+                self._wait_osvif(self.chassis(ch.name))
         with self._txn() as st:
             st["phase"] = "up"
+
+    def _start_sentinel_nb(self) -> None:
+        """A primary, a replica and three sentinels on loopback ports (see sentinelproc)."""
+        ha = SentinelNb(os.path.join(self.dir, "nb-sentinel"))
+        shutil.rmtree(ha.dir, ignore_errors=True)
+        try:
+            ha.start()
+        finally:
+            with self._txn() as st:
+                st["nb_sentinel"] = ha.to_state()
+        with self._txn() as st:
+            st["nb"] = {"url": ha.url, "tcp_url": ha.url, "external": False, "sentinel": True}
+
+    def sentinel_nb(self) -> SentinelNb:
+        """The sentinel NB of a sandbox started with `nb_url="sentinel"` (fault tests kill its primary)."""
+        st = self._load() or {}
+        if not st.get("nb_sentinel"):
+            raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
+        return SentinelNb.from_state(st["nb_sentinel"])
 
     def _start_api(self) -> None:
         """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
@@ -474,11 +511,11 @@ class Sandbox:
             "--", "set", "Open_vSwitch", ".", f"external_ids:system-id={ch.name}",
             f"external_ids:hostname={ch.name}", f"external_ids:dfflow-tunnel-ip={ch.tunnel_ip}",
             "--", "add-br", PHY_BRIDGE,
-            "--", "set", "Bridge", PHY_BRIDGE, "datapath_type=netdev", f'other_config:hwaddr="{ch.phy_mac}"',
+            "--", "set", "Bridge", PHY_BRIDGE, f"datapath_type={DATAPATH_TYPE}", f'other_config:hwaddr="{ch.phy_mac}"',
             "other_config:disable-in-band=true",
             "--", "add-port", PHY_BRIDGE, ch.uplink,
             "--", "add-br", INT_BRIDGE,
-            "--", "set", "Bridge", INT_BRIDGE, "datapath_type=netdev", "fail_mode=secure",
+            "--", "set", "Bridge", INT_BRIDGE, f"datapath_type={DATAPATH_TYPE}", "fail_mode=secure",
             "protocols=OpenFlow13,OpenFlow14", f'other_config:hwaddr="{ch.int_mac}"',
             "other_config:disable-in-band=true",
         )
@@ -547,7 +584,7 @@ class Sandbox:
         ch.controller_argv = list(cmd) + [
             "--chassis", ch.name, "--tunnel-ip", ch.tunnel_ip, "--nb", nb_url or "",
             "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen,
-            "--status-socket", ch.status_socket] + extra
+            "--status-socket", ch.status_socket, "--datapath-type", DATAPATH_TYPE] + extra
         argv = ch.controller_argv if of_transport == "unix" else netns.exec_argv(ch.namespace, ch.controller_argv)
         # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
         ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
@@ -569,6 +606,37 @@ class Sandbox:
         ch.controller_pid, ch.controller_starttime = started["pid"], started["starttime"]
         self._save_chassis(ch)
         return ch
+
+    # --- os-vif agents (nova-compute's os-vif, see osvif_agent.py) --------------------------------
+    def osvif_socket(self, chassis: str) -> str:
+        """The socket of the chassis' os-vif agent, started now if it does not run."""
+        ch = self.chassis(chassis)
+        if not procs.same_process(ch.osvif_pid, ch.osvif_starttime):
+            ch = self._start_osvif(chassis)
+        return self._wait_osvif(ch)
+
+    def _start_osvif(self, chassis: str) -> Chassis:
+        ch = self.chassis(chassis)
+        with contextlib.suppress(OSError):
+            os.unlink(ch.osvif_socket)
+        argv = netns.exec_argv(ch.namespace, [sys.executable, "-m", "controller.sandbox.osvif_agent",
+                                              "--ovsdb", ch.ovs().ovsdb_url, "--socket", ch.osvif_socket])
+        with open(os.path.join(ch.dir, "osvif.log"), "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=ch.dir, start_new_session=True)
+        ch.osvif_pid, ch.osvif_starttime = proc.pid, procs.starttime(proc.pid)
+        self._save_chassis(ch)
+        return ch
+
+    @staticmethod
+    def _wait_osvif(ch: Chassis, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ch.osvif_socket):
+            if not procs.same_process(ch.osvif_pid, ch.osvif_starttime) or time.monotonic() > deadline:
+                raise SandboxError(f"the os-vif agent of {ch.name} did not start (see "
+                                   f"{os.path.join(ch.dir, 'osvif.log')})")
+            time.sleep(0.05)
+        return ch.osvif_socket
 
     def start_controller(self, chassis: str) -> Chassis:
         """(Re)start one chassis' controller, e.g. after `stop_controller` in a restart test."""
@@ -605,11 +673,12 @@ class Sandbox:
     # --- VMs --------------------------------------------------------------------------------------
     def plug_vm(self, name: str, chassis: str, port_id: str, mac: str, ip: str | None = None,
                 gateway: str | None = None, vm_uuid: str | None = None, ifname: str = "eth0",
-                mtu: int = VM_MTU, ipv6: bool = False) -> Vm:
+                mtu: int = VM_MTU, ipv6: bool = False, ovs_port: bool = True) -> Vm:
         """Create VM namespace ``<sbid>-vm-<name>`` and plug its first VIF into `chassis`' br-int.
 
         `ip` is ``address/prefix``; `gateway` adds a default route. The chassis end
-        is plugged like os-vif does it (iface-id, attached-mac, iface-status, vm-uuid).
+        is plugged like os-vif does it (iface-id, attached-mac, iface-status, vm-uuid); with
+        `ovs_port=False` it is left as QEMU leaves its tap, for the caller's os-vif to plug.
         """
         nm.check_name("VM", name)
         nm.check_port_id(port_id)
@@ -627,7 +696,7 @@ class Sandbox:
             netns.add(ns)
             sysctls = {} if ipv6 else dict(NO_IPV6_SYSCTLS)
             netns.sh(ns, netns.sysctl_script(sysctls) + "\nip link set lo up")
-            self.plug_vif(name, chassis, port_id, mac, ifname, up=True, ip=ip, mtu=mtu)
+            self.plug_vif(name, chassis, port_id, mac, ifname, up=True, ip=ip, mtu=mtu, ovs_port=ovs_port)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.unplug_vm(name)
@@ -635,7 +704,8 @@ class Sandbox:
         return self.vm(name)
 
     def plug_vif(self, vm: str, chassis: str, port_id: str, mac: str, ifname: str, up: bool = False,
-                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True) -> Vif:
+                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True,
+                 ovs_port: bool = True) -> Vif:
         """Add an interface to an existing VM namespace, plugged into `chassis`' br-int.
 
         For live-migration emulation: the destination VIF of a VM (same port id and
@@ -660,14 +730,15 @@ class Sandbox:
         with self._txn() as st:
             st["vms"][vm]["vifs"].append(asdict(vif))
         try:
-            self._create_vif(ch, vmrec, vif, configure_ip)
+            self._create_vif(ch, vmrec, vif, configure_ip, ovs_port)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.unplug_vif(vm, ifname)
             raise
         return vif
 
-    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True) -> None:
+    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True,
+                    ovs_port: bool = True) -> None:
         tap, ifname = vif.tap, vif.ifname
         netns.batch(ch.namespace, [
             f"link add {tap} address {nm.tap_mac(vif.port_id, ch.name)} mtu {vif.mtu} type veth "
@@ -681,6 +752,8 @@ class Sandbox:
             if vmrec.gateway and not vmrec.vifs:
                 script.append(f"ip route add default via {vmrec.gateway} dev {ifname}")
         netns.sh(vmrec.namespace, "\n".join(script))
+        if not ovs_port:
+            return
         ch.ovs().vsctl(
             "--", "--may-exist", "add-port", INT_BRIDGE, tap,
             "--", "set", "Interface", tap, f"external_ids:iface-id={vif.port_id}",
@@ -761,6 +834,8 @@ class Sandbox:
                 "controller_last_exit": supervised.get("last_exit"),
                 "controller_last_exit_at": supervised.get("last_exit_at"),
                 "controller_log": ch.controller_log, "status_socket": ch.status_socket, "dir": ch.dir,
+                "osvif_pid": ch.osvif_pid, "osvif_alive": procs.same_process(ch.osvif_pid, ch.osvif_starttime),
+                "osvif_socket": ch.osvif_socket,
             })
         vms = []
         for v in st.get("vms", {}).values():
@@ -808,6 +883,11 @@ class Sandbox:
             redis = RedisServer.from_state(st["redis"]) if st.get("redis") else None
             if redis is not None and redis.running():
                 victims.add(redis.pid)  # type: ignore[arg-type]
+            if st.get("nb_sentinel"):
+                victims.update(SentinelNb.from_state(st["nb_sentinel"]).pids())
+            sentinel_dir = os.path.join(self.dir, "nb-sentinel") + os.sep
+            victims.update(procs.find(lambda pid: procs.comm(pid) in ("redis-server", "redis-sentinel")
+                                      and (procs.cwd(pid) or "").startswith(sentinel_dir)))
             api = st.get("api") or {}
             if procs.same_process(api.get("pid"), api.get("starttime")):
                 victims.add(api["pid"])
@@ -816,7 +896,8 @@ class Sandbox:
             for c in st.get("chassis", []):
                 ch = _chassis_from(c)
                 for pid, start in [ch.controller_now(), (ch.controller_pid, ch.controller_starttime),
-                                   (ch.supervisor_pid, ch.supervisor_starttime), *ch.ovs_pids.values()]:
+                                   (ch.supervisor_pid, ch.supervisor_starttime), (ch.osvif_pid, ch.osvif_starttime),
+                                   *ch.ovs_pids.values()]:
                     if procs.same_process(pid, start):
                         victims.add(pid)  # type: ignore[arg-type]
             for rundir in rundirs:

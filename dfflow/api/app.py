@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfflow.api import bindings, openapi, secgroups
+from dfflow.api import bindings, metrics, openapi, secgroups
 from dfflow.api.attributes import RESOURCES
 from dfflow.api.errors import ApiError, translate
 from dfflow.api.service import NeutronService
@@ -28,6 +28,9 @@ from dfflow.errors import DfflowError
 
 LOG = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # 1 MiB
+NB_WAIT = 10.0  # s a request rides out an unreachable NB db (as Neutron retries its database) before a 503
+RETRY_AFTER = 2  # s: what a 503 tells the client to wait before trying again
+NB_CONNECTIONS = 64  # per API process; concurrent requests beyond wait for a connection
 PUBLIC_PATHS = ("/", "/v2.0")  # version discovery needs no token, as in Neutron
 _DRAIN_FACTOR = 16  # an oversized body up to this many times the limit is read and dropped, not cut off
 _IF_MATCH = re.compile(r'^\s*"?revision_number=(\d{1,18})"?\s*$')
@@ -183,8 +186,12 @@ def _base(request: Request) -> str:
 
 
 def create_app(nb_url: str, *, token: str | None = None, default_project: str = "admin",
-               max_body: int = MAX_BODY, nb_prefix: str = "dfflow", nova: Any = None) -> Any:
+               max_body: int = MAX_BODY, nb_prefix: str = "dfflow", nova: Any = None,
+               nb_wait: float = NB_WAIT) -> Any:
     """The ASGI app serving Neutron's v2.0 API over the NB db at `nb_url`.
+
+    `nb_wait`: for how long a request waits for an unreachable NB db to come back (its writes are
+    one Redis transaction each, redone whole and exactly once) before it answers 503 with Retry-After.
 
     `token`: when set, every request but version discovery must carry `X-Auth-Token: <token>`.
     `nova`: a `dfflow.nova.notifier.NovaConfig`: the app also runs the Nova notifier (VIF events).
@@ -195,7 +202,8 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
 
     def service() -> NeutronService:
         if "svc" not in state:  # made on first use, on the serving event loop
-            state["svc"] = NeutronService(NbApi(nb_url, prefix=nb_prefix), default_project)
+            state["svc"] = NeutronService(NbApi(nb_url, prefix=nb_prefix, outage_wait=nb_wait,
+                                                     pool_size=NB_CONNECTIONS), default_project)
         return state["svc"]
 
     def secgroup_service() -> secgroups.SecurityGroupService:
@@ -226,6 +234,7 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
                   redoc_url=None, openapi_url="/openapi.json", redirect_slashes=False, lifespan=lifespan)
     document = openapi.build(token is not None, app.title, app_version)
     app.openapi = lambda: document  # type: ignore[method-assign]
+    metrics.add_route(app, lambda: service().nb)
 
     # -- errors ------------------------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -248,9 +257,11 @@ def create_app(nb_url: str, *, token: str | None = None, default_project: str = 
         return _error_response(ApiError(400, "HTTPBadRequest", f"Invalid request: {exc.errors()[:1]}"))
 
     @app.exception_handler(RedisError)
-    async def on_nb_down(_: Request, exc: RedisError) -> JSONResponse:
-        LOG.error("NB database error: %s", exc)
-        return _error_response(ApiError(503, "ServiceUnavailable", "The NB database is unavailable."))
+    async def on_nb_down(request: Request, exc: RedisError) -> JSONResponse:
+        LOG.error("NB database error on %s %s: %s", request.method, request.url.path, exc)
+        return _error_response(ApiError(503, "ServiceUnavailable", f"The NB database is unavailable; "
+                                                                   f"retry in {RETRY_AFTER} s.",
+                                        {"Retry-After": str(RETRY_AFTER)}))
 
     # -- version discovery ---------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

@@ -8,7 +8,7 @@ from typing import Any
 
 import uvicorn
 
-from dfflow.api.app import MAX_BODY, create_app
+from dfflow.api.app import MAX_BODY, NB_WAIT, create_app
 
 
 class ServeError(ValueError):
@@ -42,7 +42,7 @@ def check_exposure(host: str, token: str | None) -> None:
 def make_config(nb_url: str, listen: str, auth: str = "none", token: str | None = None,
                 default_project: str = "admin", max_body: int = MAX_BODY, log_level: str = "info",
                 nova_url: str | None = None, nova_token: str | None = None,
-                nova_credentials: Any = None) -> uvicorn.Config:
+                nova_credentials: Any = None, nb_wait: float = NB_WAIT) -> uvicorn.Config:
     host, port = parse_listen(listen)
     if auth not in ("none", "token"):
         raise ServeError(f"--auth {auth!r}: expected none or token")
@@ -56,17 +56,21 @@ def make_config(nb_url: str, listen: str, auth: str = "none", token: str | None 
         if not nova_url.startswith(("http://", "https://")):
             raise ServeError(f"--nova-url {nova_url!r}: expected an http:// or https:// URL")
         nova = NovaConfig(url=nova_url.rstrip("/"), token=nova_token or None, credentials=nova_credentials)
-    app = create_app(nb_url, token=secret, default_project=default_project, max_body=max_body, nova=nova)
+    if nb_wait < 0:
+        raise ServeError(f"--nb-wait {nb_wait}: expected a number of seconds >= 0")
+    app = create_app(nb_url, token=secret, default_project=default_project, max_body=max_body, nova=nova,
+                     nb_wait=nb_wait)
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=False,
                           server_header=False, lifespan="on")
 
 
 def serve(nb_url: str, listen: str = "127.0.0.1:9696", auth: str = "none", token: str | None = None,
           default_project: str = "admin", nova_url: str | None = None, nova_token: str | None = None,
-          nova_credentials: Any = None) -> None:
+          nova_credentials: Any = None, nb_wait: float = NB_WAIT) -> None:
     """Serve until interrupted (and run the Nova notifier when `nova_url` is given)."""
     uvicorn.Server(make_config(nb_url, listen, auth, token, default_project, nova_url=nova_url,
-                               nova_token=nova_token, nova_credentials=nova_credentials)).run()
+                               nova_token=nova_token, nova_credentials=nova_credentials,
+                               nb_wait=nb_wait)).run()
 
 
 class ApiServer:

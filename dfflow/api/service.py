@@ -13,8 +13,11 @@ done; this object keeps no state, so any number of API processes can serve one N
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import random
+import time
 import uuid
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -32,7 +35,12 @@ from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRout
                            Subnet)
 from dfflow.nb import neutron
 
-ALLOC_RETRIES = 8  # a lost race for an address the API chose re-reads and chooses again
+ALLOC_RETRIES = 8  # a router that keeps changing while it is deleted: give up after so many reads
+# A lost race for a value the API chose (an address, a MAC, a VNI) re-reads and chooses again, with a
+# jittered back-off, until this deadline: a client never sees a conflict the server can resolve.
+ALLOC_DEADLINE = 30.0  # s
+ALLOC_BACKOFF = (0.002, 0.2)  # s: first and largest back-off between attempts
+VNI_COUNTER = "vni"  # the NB's high-water mark of VNIs handed out: never one twice while any is new
 TABLES = {"networks": "lswitch", "subnets": "subnet", "ports": "lport", "routers": "lrouter",
           "floatingips": "floatingip"}
 
@@ -87,6 +95,27 @@ class _Stale(Exception):
 def _auto_conflict(exc: Exception, auto: set[str]) -> bool:
     return (isinstance(exc, Conflict) and not isinstance(exc, (InUse, VersionConflict))
             and exc.field in auto)
+
+
+def _allocation_retries() -> Iterator[Callable[[], Awaitable[bool]]]:
+    """Attempts, each with a `retry()` that sleeps a jittered, growing back-off and says whether
+    another attempt fits before ALLOC_DEADLINE."""
+    deadline = time.monotonic() + ALLOC_DEADLINE
+    ceiling = ALLOC_BACKOFF[0]
+    alloc.contended.set(False)  # uncontended, a request takes the lowest free address
+
+    async def retry() -> bool:
+        nonlocal ceiling
+        alloc.contended.set(True)
+        pause = random.uniform(0, ceiling)  # full jitter: the losers of one race do not meet again
+        ceiling = min(ceiling * 2, ALLOC_BACKOFF[1])
+        if time.monotonic() + pause >= deadline:
+            return False
+        await asyncio.sleep(pause)
+        return True
+
+    while True:
+        yield retry
 
 
 class NeutronService:
@@ -191,20 +220,20 @@ class NeutronService:
         return floatingip_view(obj)
 
     async def _create_with_retry(self, build: Callable[[], Awaitable[tuple[models.Model, set[str]]]]) -> str:
-        """Create what `build` makes; if an address it chose was taken meanwhile, build again."""
-        for attempt in range(ALLOC_RETRIES):
+        """Create what `build` makes; if a value it chose was taken meanwhile, build again."""
+        for retry in _allocation_retries():
             obj, auto = await build()
             try:
                 return (await self.nb.create(obj)).id
             except Conflict as exc:
-                if attempt + 1 < ALLOC_RETRIES and _auto_conflict(exc, auto):
+                if _auto_conflict(exc, auto) and await retry():
                     continue
                 raise translate(exc, obj.table, obj) from None
         raise AssertionError("unreachable")
 
     async def _modify_with_retry(self, table: str, obj_id: str,
                                  build: Callable[[], Awaitable[tuple[Callable, set[str]]]]) -> None:
-        for attempt in range(ALLOC_RETRIES):
+        for retry in _allocation_retries():
             change, auto = await build()
             wanted: list[models.Model] = []
 
@@ -217,13 +246,13 @@ class NeutronService:
                 await self.nb.modify(table, obj_id, recorded)
                 return
             except _Stale:
-                if attempt + 1 < ALLOC_RETRIES:
+                if await retry():
                     continue
                 raise conflict("Conflict", f"{table} {obj_id} kept changing; try again") from None
             except VersionConflict:
                 raise
             except Conflict as exc:
-                if attempt + 1 < ALLOC_RETRIES and _auto_conflict(exc, auto):
+                if _auto_conflict(exc, auto) and await retry():
                     continue
                 raise translate(exc, table, wanted[0] if wanted else None) from None
 
@@ -245,10 +274,20 @@ class NeutronService:
         await secgroups.ensure_default(self.nb, topic)  # Neutron makes it with a project's first network
         given_vni = data.get("provider:segmentation_id")
 
+        attempts = 0
+
         async def build() -> tuple[models.Model, set[str]]:
+            nonlocal attempts
+            attempts += 1
             vni = given_vni
             if vni is None:
-                vni = alloc.free_vni(ls.segmentation_id for ls in await self.nb.list(table="lswitch"))
+                floor = models.VNI_MIN
+                if attempts > 1:  # lost a VNI to a network made with an explicit one: jump past them all
+                    floor = max([floor - 1] + [ls.segmentation_id for ls in await self.nb.list(table="lswitch")
+                                               if ls.segmentation_id <= models.VNI_MAX]) + 1
+                vni = await self.nb.advance(VNI_COUNTER, floor)
+                if vni > models.VNI_MAX:  # every VNI was handed out once: reuse the lowest free one
+                    vni = alloc.free_vni(ls.segmentation_id for ls in await self.nb.list(table="lswitch"))
                 if vni is None:
                     raise conflict("NoNetworkAvailable", "Unable to create the network: no free "
                                                          "segmentation ID is left.")
@@ -398,7 +437,7 @@ class NeutronService:
             given_mac = _check("mac_address", models.check_mac, given_mac)
 
         async def build() -> tuple[models.Model, set[str]]:
-            snap = await Snapshot.load(self.nb)
+            snap = await Snapshot.for_network(self.nb, lswitch)
             if lswitch not in snap.switches:
                 raise not_found("lswitch", lswitch)
             ips, auto = self._fixed_ips(snap, lswitch, data.get("fixed_ips"), [])

@@ -45,6 +45,7 @@ class Snapshot:
     fips: dict[str, FloatingIP]
     chassis: dict[str, Chassis] = field(default_factory=dict)
     statuses: dict[str, PortStatus] = field(default_factory=dict)  # by port id
+    held_ips: dict[str, set[str]] = field(default_factory=dict)  # by network: ports' addresses read raw
 
     TABLES: ClassVar[tuple[str, ...]] = ("lswitch", "subnet", "lport", "lrouter", "floatingip", "chassis",
                                          "lport_status")
@@ -59,6 +60,26 @@ class Snapshot:
             found[table] = {o.id: o for o in await nb.list(table=table)} if table in wanted else {}
         return cls(found["lswitch"], found["subnet"], found["lport"], found["lrouter"], found["floatingip"],
                    found["chassis"], found["lport_status"])
+
+    @classmethod
+    async def for_network(cls, nb: Any, lswitch: str) -> "Snapshot":
+        """What allocating on one network needs, read through the NB's referrer sets rather than
+        whole tables: the network, every subnet, and what holds an address on this network (its
+        ports, floating IPs, router gateways, and the routers on its subnets)."""
+        subnets = {s.id: s for s in await nb.list(table="subnet")}
+        pairs = [("lswitch", lswitch)] + await nb.referrers("lswitch", lswitch)
+        for subnet in subnets.values():
+            if subnet.lswitch == lswitch:
+                pairs += await nb.referrers("subnet", subnet.id)
+        found: dict[str, dict[str, Any]] = {t: {} for t in ("lswitch", "lrouter", "floatingip")}
+        for obj in await nb.get_many(sorted(set(p for p in pairs if p[0] in found))):
+            found[obj.table][obj.id] = obj
+        # Only the ports' addresses matter here, and a network may have thousands of ports: their JSON
+        # is read, not validated into models (the NB's claims make the final call on an address).
+        held = {ip for port in await nb.get_raw_many([p for p in pairs if p[0] == "lport"])
+                if isinstance(port.get("ips"), list) for ip in port["ips"] if isinstance(ip, str)}
+        return cls(found["lswitch"], subnets, {}, found["lrouter"], found["floatingip"],
+                   held_ips={lswitch: held})
 
     @classmethod
     async def for_port(cls, nb: Any, port: LogicalPort) -> "Snapshot":
@@ -85,6 +106,7 @@ class Snapshot:
         """Every address held on a network: ports, router interfaces and gateways, floating IPs, gateways."""
         mine = {s.id for s in self.subnets_of(lswitch)}
         used = {s.gateway_ip for s in self.subnets.values() if s.id in mine and s.gateway_ip}
+        used.update(self.held_ips.get(lswitch, ()))
         for port in self.ports.values():
             if port.lswitch == lswitch:
                 used.update(port.ips)

@@ -70,6 +70,17 @@ class _Seen:
     alive: bool
 
 
+async def cancel(task: asyncio.Task) -> None:
+    """Cancel `task` and wait for its end. redis-py's `get_message(timeout=...)` can swallow a cancellation
+    that lands while its own timeout fires (seen after a reconnect), so cancel until the task ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        LOG.error("%s ended with an error:\n%s", task.get_name(),
+                  "".join(traceback.format_exception(task.exception())))
+
+
 class Subscriber:
     def __init__(self, url: str, prefix: str = "dfflow",
                  callback: Callable[[Event], Awaitable[None] | None] | None = None,
@@ -102,11 +113,7 @@ class Subscriber:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel(self._task)
             self._task = None
         await self._close_connection()
 

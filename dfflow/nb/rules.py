@@ -19,12 +19,14 @@ Claims = list[tuple[str, str]]
 class Context(Protocol):
     async def get(self, table: str, obj_id: str) -> Model | None: ...
 
-    async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]: ...
+    async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]: ...
 
 
-async def _subnets_of(ctx: Context, lswitch: str) -> list[Subnet]:
+async def _subnets_of(ctx: Context, lswitch: str, watch_all: bool = True) -> list[Subnet]:
+    """The switch's subnets (each WATCHed as it is read). `watch_all=False` leaves the set of the
+    switch's referrers unwatched: a port needs its subnets unchanged, not the switch's other ports."""
     subnets = []
-    for table, obj_id in await ctx.referrers(LogicalSwitch.table, lswitch):
+    for table, obj_id in await ctx.referrers(LogicalSwitch.table, lswitch, watch=watch_all):
         if table == Subnet.table:
             subnet = await ctx.get(table, obj_id)
             if subnet is not None:
@@ -50,7 +52,9 @@ async def check_subnet(subnet: Subnet, ctx: Context) -> Claims:
 
 
 async def check_port(port: LogicalPort, ctx: Context) -> Claims:
-    subnets = await _subnets_of(ctx, port.lswitch)
+    # A subnet deleted meanwhile changes its WATCHed object; one created meanwhile could only have
+    # made an address valid that this check refuses, which is still a serialisable answer.
+    subnets = await _subnets_of(ctx, port.lswitch, watch_all=False)
     for i, ip in enumerate(port.ips):
         if _subnet_containing(subnets, ip) is None:
             cidrs = ", ".join(s.cidr for s in subnets) or "none"

@@ -8,8 +8,10 @@ Layout (all keys under a prefix, "dfflow" by default):
   {p}:uniq:{key}            "table:id" holding a unique claim (a MAC or IP on a switch, a VNI, ...)
   {p}:claims:{table}:{id}   set of the claims an object holds
   {p}:chassis-ports:{name}  set of port ids bound to, or migrating from/to, a chassis
+  {p}:counter:{name}        a high-water mark that only grows (the last VNI handed out, ...)
   {p}:rev                   the NB revision counter
   channel {p}:ev:{topic}    events of that topic
+  channel {p}:replicated    a marker after each write, for WAIT (see NbApi._replicated)
 
 Every write is one optimistic transaction: WATCH what it reads, check, then
 MULTI/EXEC of the data, the indexes and the PUBLISH of its event. Either all of
@@ -19,15 +21,20 @@ only grow, also across delete and re-create of an id.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
+import random
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
 from redis.driver_info import DriverInfo
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,9 +43,21 @@ from redis.exceptions import WatchError
 from dfflow.errors import BadObject, InUse, NotFound, ValidationError, VersionConflict, Conflict
 from dfflow.models import Model, model_for
 from dfflow.nb import rules
+from dfflow.nb.nburl import parse_nb_url
 
 LOG = logging.getLogger(__name__)
 MAX_RETRIES = 50
+POOL_WAIT = 30.0  # s a call waits for a free connection of a bounded pool
+_LOST = "occurred while watching"  # redis-py's WatchError for a connection lost during a transaction
+# Advances a counter that only grows, never below a floor (ARGV[1]); returns the new value.
+_ADVANCE = """
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v < floor then redis.call('SET', KEYS[1], floor); v = floor end
+return v
+"""
+SENTINEL_TIMEOUT = 1.0  # s for a sentinel to answer which server is the primary
+UNREPLICATED_HOLD = 5.0  # s of writes not waiting for replicas after a WAIT that timed out
 
 
 class Keys:
@@ -65,6 +84,14 @@ class Keys:
 
     def chassis_ports(self, chassis: str) -> str:
         return f"{self.prefix}:chassis-ports:{chassis}"
+
+    def counter(self, name: str) -> str:
+        return f"{self.prefix}:counter:{name}"
+
+    @property
+    def replicated(self) -> str:
+        """The channel of the marker published after a write, to WAIT for the replicas."""
+        return f"{self.prefix}:replicated"
 
     @property
     def rev(self) -> str:
@@ -114,9 +141,12 @@ class _TxnContext:
             self.cache[(table, obj_id)] = decode(table, await self.pipe.get(key), obj_id)
         return self.cache[(table, obj_id)]
 
-    async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
+    async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]:
+        """`watch=False`: the caller WATCHes the referrers it uses instead of the whole set (which every
+        new port of a network changes: watching it would make concurrent creates retry each other)."""
         key = self.keys.refs(table, obj_id)
-        await self.pipe.watch(key)
+        if watch:
+            await self.pipe.watch(key)
         members = {tuple(_s(m).split(":", 1)) for m in await self.pipe.smembers(key)}
         return sorted(members | self.pending_refs.get((table, obj_id), set()))
 
@@ -136,17 +166,58 @@ def _chassis_of(obj: Model | None) -> set[str]:
     return {n for n in names if n}
 
 
+def _same(stored: Model, written: Model) -> bool:
+    """Equal but for the version: the write found stored is this one."""
+    return dataclasses.replace(stored, version=0) == dataclasses.replace(written, version=0)
+
+
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def redis_client(url: str, resend: bool = False, **options: Any) -> aioredis.Redis:
-    """A Redis client for the NB db.
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is on every connect.
+
+    redis-py's own asks only on a connection's first connect: one that was dropped (its primary
+    killed) reconnects to the old address, and a client keeps failing after a failover."""
+
+    async def _connect_retry(self) -> None:  # redis-py's first connect: the same lookup, in _connect
+        if not self.is_connected:
+            await self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                            retry_socket_connect=False)
+
+    async def _connect(self) -> None:
+        pool = self.connection_pool
+        try:
+            self.host, self.port = await pool.get_master_address()
+        except MasterNotFoundError:
+            asked = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                             f"{s.connection_pool.connection_kwargs.get('port')}" for s in pool.sentinel_manager.sentinels)
+            raise MasterNotFoundError(f"no sentinel of {asked} names a primary of {pool.service_name!r}") from None
+        await super()._connect()
+
+
+class SentinelRedis(aioredis.Redis):
+    """A client of the primary a set of sentinels names; it asks them again on every new connection
+    (so it follows a failover) and closes its connections to them with its own."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinel is not None:
+            for client in self.sentinel.sentinels:
+                await client.aclose()
+
+
+def redis_client(url: str, resend: bool = False, pool_size: int | None = None, **options: Any) -> aioredis.Redis:
+    """A Redis client for the NB db at `url` (see dfflow.nb.nburl for the forms it takes).
 
     redis-py names itself to the server on every new connection and, unless told its version,
     reads it from the installed package's metadata each time (a parse of e-mail headers, several
     ms of CPU): a connection added to the pool in the middle of a migration paid that on the
     critical path."""
+    nb_url = parse_nb_url(url)
     driver = DriverInfo(name="redis-py", lib_version=redis.__version__)
     if resend:
         # A command on a connection found dead (after a restart of redis-server every pooled one
@@ -155,16 +226,55 @@ def redis_client(url: str, resend: bool = False, **options: Any) -> aioredis.Red
         # it must see the loss, to resynchronise what it missed.
         options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
         options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    return aioredis.from_url(url, driver_info=driver, **options)
+    if not nb_url.is_sentinel:
+        if pool_size is not None:
+            # At most `pool_size` connections; a request beyond waits for one (the default pool refuses
+            # it with "Too many connections", a ConnectionError indistinguishable from an outage).
+            pool = aioredis.BlockingConnectionPool.from_url(nb_url.url, max_connections=pool_size,
+                                                            timeout=POOL_WAIT, driver_info=driver, **options)
+            return aioredis.Redis.from_pool(pool)
+        return aioredis.from_url(nb_url.url, driver_info=driver, **options)
+    timeouts = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+    sentinel = Sentinel(list(nb_url.sentinels), sentinel_kwargs=timeouts)
+    client = sentinel.master_for(nb_url.service, redis_class=SentinelRedis, db=nb_url.db,
+                                 username=nb_url.username, password=nb_url.password, driver_info=driver,
+                                 connection_class=PrimaryConnection, **options)
+    client.sentinel = sentinel
+    return client
+
+
+class _Outage:
+    """The NB db unreachable: wait with a jittered, growing back-off until `wait` s have passed."""
+
+    def __init__(self, wait: float):
+        self.deadline = time.monotonic() + wait
+        self.delay = 0.05
+
+    async def wait_or_raise(self, exc: Exception) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise exc
+        LOG.warning("NB db unreachable (%s); retrying for %.1f s more", exc, left)
+        await asyncio.sleep(min(left, self.delay * random.uniform(0.5, 1.5)))
+        self.delay = min(self.delay * 2, 1.0)
 
 
 class NbApi:
     """Create, update (compare-and-set), delete, get and list NB objects."""
 
-    def __init__(self, url: str, prefix: str = "dfflow"):
+    def __init__(self, url: str, prefix: str = "dfflow", outage_wait: float = 0.0, pool_size: int | None = None):
+        """`outage_wait`: for how long (s) a call rides out an NB that cannot be reached, retrying with
+        back-off, before it raises redis-py's ConnectionError (the API waits as Neutron waits for its
+        database; a controller, which resynchronises on its own, fails at once). `pool_size`: at most
+        so many connections, callers beyond wait for one (a server with many concurrent requests)."""
         self.url = url
         self.keys = Keys(prefix)
-        self.redis = redis_client(url, resend=True)
+        self.outage_wait = outage_wait
+        nb_url = parse_nb_url(url)
+        self.wait_replicas, self.wait_timeout_ms = nb_url.wait_replicas, nb_url.wait_timeout_ms
+        self.redis = redis_client(url, resend=True, pool_size=pool_size)
+        self.stats: Counter[str] = Counter()  # replicated / unreplicated writes
+        self._unreplicated_until = 0.0
         # Test hook: awaited after the data is queued and before its event is; raising aborts.
         self.before_publish: Callable[[], Awaitable[None]] | None = None
 
@@ -174,9 +284,23 @@ class NbApi:
     async def ping(self) -> bool:
         return await self.redis.ping()
 
+    async def _reachable(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`, again after a connection failure until `outage_wait` has passed."""
+        outage = _Outage(self.outage_wait)
+        while True:
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                await outage.wait_or_raise(exc)
+
+    async def advance(self, counter: str, floor: int) -> int:
+        """The next value of a counter that only grows (at least `floor`)."""
+        return int(await self._reachable(lambda: self.redis.eval(_ADVANCE, 1, self.keys.counter(counter), floor)))
+
     # -- reads -------------------------------------------------------------------
     async def get(self, table: str, obj_id: str) -> Model | None:
-        return decode(table, await self.redis.get(self.keys.obj(table, obj_id)), obj_id, checked=True)
+        raw = await self._reachable(lambda: self.redis.get(self.keys.obj(table, obj_id)))
+        return decode(table, raw, obj_id, checked=True)
 
     async def get_or_raise(self, table: str, obj_id: str) -> Model:
         obj = await self.get(table, obj_id)
@@ -189,14 +313,41 @@ class NbApi:
         """Objects of `table` and/or `topic`. A malformed one raises BadObject, or with `bad` given is
         appended there and skipped."""
         if topic is not None:
-            members = [_s(m).split(":", 1) for m in await self.redis.smembers(self.keys.topic(topic))]
+            found = await self._reachable(lambda: self.redis.smembers(self.keys.topic(topic)))
+            members = [_s(m).split(":", 1) for m in found]
             pairs = [(t, i) for t, i in members if table is None or t == table]
         elif table is not None:
             model_for(table)
-            pairs = [(table, _s(i)) for i in await self.redis.smembers(self.keys.ids(table))]
+            found = await self._reachable(lambda: self.redis.smembers(self.keys.ids(table)))
+            pairs = [(table, _s(i)) for i in found]
         else:
             raise ValidationError("table", "list needs a table or a topic")
         return await self.get_many(pairs, bad)
+
+    async def referrers(self, table: str, obj_id: str) -> list[tuple[str, str]]:
+        """(table, id) of the objects that reference this one (a network's ports, subnets, ...)."""
+        found = await self._reachable(lambda: self.redis.smembers(self.keys.refs(table, obj_id)))
+        return sorted(tuple(_s(m).split(":", 1)) for m in found)
+
+    async def get_raw_many(self, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The stored JSON objects, parsed but not validated (a fast read of a few fields of many
+        objects, e.g. the addresses held on a network); an unparsable one is logged and left out."""
+        found = []
+        for (table, obj_id), raw in await self._raw_pairs(pairs):
+            try:
+                value = json.loads(raw) if raw is not None else None
+            except ValueError as exc:
+                LOG.error("skipped: %s", BadObject(table, obj_id, str(exc)))
+                continue
+            if isinstance(value, dict):
+                found.append(value)
+        return found
+
+    async def _raw_pairs(self, pairs: list[tuple[str, str]]) -> list[tuple[tuple[str, str], Any]]:
+        if not pairs:
+            return []
+        raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
+        return list(zip(pairs, raws))
 
     async def ports_of_chassis(self, chassis: str) -> list[Model]:
         """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
@@ -208,11 +359,8 @@ class NbApi:
         return ports
 
     async def get_many(self, pairs: list[tuple[str, str]], bad: list[BadObject] | None = None) -> list[Model]:
-        if not pairs:
-            return []
-        raws = await self.redis.mget([self.keys.obj(t, i) for t, i in pairs])
         found = []
-        for (table, obj_id), raw in zip(pairs, raws):
+        for (table, obj_id), raw in await self._raw_pairs(pairs):
             try:
                 obj = decode(table, raw, obj_id, checked=True)
             except BadObject as exc:
@@ -236,7 +384,8 @@ class NbApi:
             copy = model_for(obj.table).from_dict(obj.to_dict())
             copy.check()
             copies.append(copy)
-        return await self._transact(lambda pipe: self._write_all_in(pipe, "create", copies))
+        expected = [copy.version for copy in copies]
+        return await self._transact(lambda pipe, lost: self._write_all_in(pipe, "create", copies, expected, lost))
 
     async def update(self, obj: Model) -> Model:
         """Write `obj` if the stored version still equals `obj.version`."""
@@ -244,7 +393,7 @@ class NbApi:
 
     async def delete(self, table: str, obj_id: str, version: int | None = None) -> None:
         model_for(table)
-        await self._transact(lambda pipe: self._delete_in(pipe, table, obj_id, version))
+        await self._transact(lambda pipe, lost: self._delete_in(pipe, table, obj_id, version, lost))
 
     async def modify(self, table: str, obj_id: str, change: Callable[[Model], Model | None]) -> Model | None:
         """Read-modify-write with compare-and-set, retried on version conflicts.
@@ -265,37 +414,94 @@ class NbApi:
     async def _write(self, action: str, obj: Model) -> Model:
         obj = model_for(obj.table).from_dict(obj.to_dict())  # a private copy, re-parsed
         obj.check()
-        return await self._transact(lambda pipe: self._write_in(pipe, action, obj))
+        expected = obj.version
+        return await self._transact(lambda pipe, lost: self._write_in(pipe, action, obj, expected, lost))
 
-    async def _write_in(self, pipe: Any, action: str, obj: Model) -> Model:
-        return (await self._write_all_in(pipe, action, [obj]))[0]
+    async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool) -> Model:
+        return (await self._write_all_in(pipe, action, [obj], [expected], lost))[0]
 
-    async def _write_all_in(self, pipe: Any, action: str, objs: list[Model]) -> list[Model]:
+    async def _write_all_in(self, pipe: Any, action: str, objs: list[Model], expected: list[int],
+                            lost: bool) -> list[Model]:
+        """`expected`: each object's version as the caller gave it (an attempt sets obj.version)."""
         ctx = _TxnContext(pipe, self.keys)
-        queued = [await self._stage_write(pipe, ctx, action, obj) for obj in objs]
+        staged = [await self._stage_write(pipe, ctx, action, obj, version, lost)
+                  for obj, version in zip(objs, expected)]
+        landed = [s for s in staged if isinstance(s, Model)]
+        if landed:
+            if len(landed) == len(staged):
+                return landed  # an earlier attempt's EXEC landed; only its reply was lost
+            # The transaction is atomic: ours did not land, the objects found are another writer's.
+            return await self._write_all_in(pipe, action, objs, expected, False)
         pipe.multi()
-        for queue in queued:
+        for queue in staged:
             queue()
         if self.before_publish is not None:
             await self.before_publish()
         await pipe.execute()
         return objs
 
-    async def _transact(self, body: Callable[[Any], Awaitable[Any]]) -> Any:
-        for _ in range(MAX_RETRIES):
+    async def _transact(self, body: Callable[[Any, bool], Awaitable[Any]]) -> Any:
+        """Run `body(pipe, lost)` until it commits. A connection lost in the middle (redis-py then
+        raises WatchError) may have lost only EXEC's reply: `lost` tells the next attempt to take
+        its own write, found already there, for done rather than for a conflict."""
+        lost, races = False, 0
+        outage = _Outage(self.outage_wait)
+        while races < MAX_RETRIES:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    return await body(pipe)
-                except WatchError:
+                    result = await body(pipe, lost)
+                except WatchError as exc:
+                    if _LOST in str(exc):
+                        lost = True
+                    else:
+                        races += 1
                     continue
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    failure = exc
+                else:
+                    await self._replicated()
+                    return result
+            await outage.wait_or_raise(failure)
         raise Conflict(f"NB write kept racing with others; gave up after {MAX_RETRIES} tries")
 
-    async def _stage_write(self, pipe: Any, ctx: _TxnContext, action: str, obj: Model) -> Callable[[], None]:
-        """Read and check what writing `obj` needs (WATCHing it all); return what queues the write."""
+    async def _replicated(self) -> None:
+        """Return once `wait_replicas` replicas hold the write just made, or after `wait_timeout_ms`.
+
+        WAIT waits for the writes of its own connection, and the transaction's connection went back
+        to the pool: so a marker is published on this one first. The replication stream is ordered,
+        so a replica that has the marker has the transaction too. A WAIT that times out (no replica
+        connected: during a failover, or with the replica down) is logged and counted, and the
+        writes of the next UNREPLICATED_HOLD seconds do not wait either: they are the only ones a
+        failover can lose."""
+        if not self.wait_replicas:
+            return
+        if time.monotonic() < self._unreplicated_until:
+            self.stats["unreplicated_writes"] += 1
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.publish(self.keys.replicated, b"")
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            _, acked = await pipe.execute()
+        if int(acked) >= self.wait_replicas:
+            self.stats["replicated_writes"] += 1
+            return
+        self.stats["unreplicated_writes"] += 1
+        self.stats["replica_wait_timeouts"] += 1
+        self._unreplicated_until = time.monotonic() + UNREPLICATED_HOLD
+        LOG.warning("NB write held by %d of %d replicas after %d ms: writes go on without waiting for "
+                    "%.0f s (a failover now may lose them)", int(acked), self.wait_replicas,
+                    self.wait_timeout_ms, UNREPLICATED_HOLD)
+
+    async def _stage_write(self, pipe: Any, ctx: _TxnContext, action: str, obj: Model, expected: int,
+                           lost: bool) -> Callable[[], None] | Model:
+        """Read and check what writing `obj` needs (WATCHing it all); return what queues the write,
+        or, after a `lost` reply, the stored object if it is this write, already done."""
         keys = self.keys
         key = keys.obj(obj.table, obj.id)
         await pipe.watch(key)
         old = decode(obj.table, await pipe.get(key), obj.id)
+        if lost and old is not None and old.version != expected and _same(old, obj):
+            return old
         if (obj.table, obj.id) in ctx.cache and ctx.cache[(obj.table, obj.id)] is not None:
             old = ctx.cache[(obj.table, obj.id)]
         if action == "create" and old is not None:
@@ -303,8 +509,8 @@ class NbApi:
         if action == "update":
             if old is None:
                 raise NotFound(obj.table, obj.id)
-            if old.version != obj.version:
-                raise VersionConflict(obj.table, obj.id, obj.version, old.version)
+            if old.version != expected:
+                raise VersionConflict(obj.table, obj.id, expected, old.version)
             for name in ("topic",) + rules.IMMUTABLE.get(obj.table, ()):
                 if getattr(old, name) != getattr(obj, name):
                     raise ValidationError(name, "cannot be changed once set", obj.table)
@@ -363,13 +569,15 @@ class NbApi:
         event = make_event(action, obj.table, obj.id, obj.topic, obj.version, body)
         pipe.publish(keys.channel(obj.topic), json.dumps(event, separators=(",", ":")))
 
-    async def _delete_in(self, pipe: Any, table: str, obj_id: str, version: int | None) -> None:
+    async def _delete_in(self, pipe: Any, table: str, obj_id: str, version: int | None, lost: bool) -> None:
         keys = self.keys
         key = keys.obj(table, obj_id)
         refs_key = keys.refs(table, obj_id)
         await pipe.watch(key, refs_key)
         old = decode(table, await pipe.get(key), obj_id)
         if old is None:
+            if lost:
+                return  # gone: by an earlier attempt whose reply was lost, or by another writer
             raise NotFound(table, obj_id)
         if version is not None and old.version != version:
             raise VersionConflict(table, obj_id, version, old.version)

@@ -65,6 +65,10 @@ class Timelines:
                 entry[key] = float(value)
         return entry
 
+    async def ids(self) -> list[str]:
+        """Every kept migration id, oldest first."""
+        return [_text(i) for i in await self.redis.zrange(self._index, 0, -1)]
+
     async def list(self, port_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         ids = [_text(i) for i in await self.redis.zrevrange(self._index, 0, -1)]
         if port_id is not None:

@@ -10,6 +10,18 @@ OPTS = [
     cfg.StrOpt("nb_prefix", default="dfflow", help="Key prefix of the NB db in Redis."),
     cfg.FloatOpt("nb_timeout", default=30.0, min=0.1,
                  help="Seconds an NB call may take before the Neutron operation fails."),
+    cfg.BoolOpt("sync_on_startup", default=True,
+                help="Repair the NB db from Neutron's database (`dfflow neutron-sync --mode repair`) when an "
+                     "API process has loaded its plugins; one process at a time (a Redis lock)."),
+    cfg.IntOpt("sync_interval", default=0, min=0,
+               help="Seconds between full syncs by the maintenance task; 0: none (start-up and repairs only)."),
+    cfg.FloatOpt("maintenance_interval", default=5.0, min=0.1,
+                 help="Seconds between the maintenance task's looks for NB writes that failed (it repairs them)."),
+    cfg.IntOpt("sync_lock_seconds", default=600, min=1,
+               help="Expiry of the sync's Redis lock, should its holder die while syncing."),
+    cfg.BoolOpt("background_tasks", default=True,
+                help="Run the VIF-up watcher and the maintenance task in this process (the neutron-sync "
+                     "command turns this off)."),
 ]
 
 

@@ -17,7 +17,8 @@ from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 from neutron_lib.services import base as service_base
 
-from dfflow.neutron import config, floatingips, routers
+from dfflow.models import FloatingIP, LogicalRouter
+from dfflow.neutron import config, floatingips, maintenance, routers
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
     def __init__(self) -> None:
         super().__init__()
         self.nb = NbClient(**config.nb_client_args())
+        self.dirty = maintenance.process_marks(self.nb)
 
     def get_plugin_type(self) -> str:
         return plugin_constants.L3
@@ -49,12 +51,14 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
 
     def update_router(self, context: Any, id: str, router: dict) -> dict:
         updated = super().update_router(context, id, router)
-        self._write_router(context, id)
+        with self._marked(LogicalRouter.table, id, "update_router"):
+            self._write_router(context, id)
         return updated
 
     def delete_router(self, context: Any, id: str) -> None:
         super().delete_router(context, id)
-        routers.delete(self.nb, id)
+        with self._marked(LogicalRouter.table, id, "delete_router"):
+            routers.delete(self.nb, id)
 
     def add_router_interface(self, context: Any, router_id: str, interface_info: dict | None = None) -> dict:
         info = super().add_router_interface(context, router_id, interface_info)
@@ -66,8 +70,13 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
 
     def remove_router_interface(self, context: Any, router_id: str, interface_info: dict) -> dict:
         info = super().remove_router_interface(context, router_id, interface_info)
-        self._write_router(context, router_id)
+        with self._marked(LogicalRouter.table, router_id, "remove_router_interface"):
+            self._write_router(context, router_id)
         return info
+
+    def _marked(self, table: str, obj_id: str, what: str):  # noqa: ANN202
+        """Neutron committed already: a failed NB write marks the object for the sync, then fails the call."""
+        return maintenance.marked_on_failure(self.dirty, table, obj_id, what)
 
     def _write_router(self, context: Any, router_id: str) -> None:
         admin = context.elevated()
@@ -88,12 +97,14 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
 
     def update_floatingip(self, context: Any, id: str, floatingip: dict) -> dict:
         updated = super().update_floatingip(context, id, floatingip)
-        self._write_floatingip(context, updated)
+        with self._marked(FloatingIP.table, id, "update_floatingip"):
+            self._write_floatingip(context, updated)
         return updated
 
     def delete_floatingip(self, context: Any, id: str) -> None:
         super().delete_floatingip(context, id)
-        floatingips.delete(self.nb, id)
+        with self._marked(FloatingIP.table, id, "delete_floatingip"):
+            floatingips.delete(self.nb, id)
 
     def _write_floatingip(self, context: Any, fip: dict) -> None:
         own = directory.get_plugin().get_ports(context.elevated(), filters={

@@ -14,12 +14,13 @@ from typing import Any
 from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.api.definitions import portbindings_extended as pbe_ext
-from neutron_lib.callbacks import events, registry
+from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins.ml2 import api
 
-from dfflow.models import LogicalPort
+from dfflow.models import LogicalPort, LogicalSwitch, Subnet
 from dfflow.nb import convert
-from dfflow.neutron import binding, config, networks, ports, secgroups, status, subnets
+from dfflow.neutron import (binding, config, maintenance, networks, neutron_state, ports, secgroups,
+                            status, subnets)
 from dfflow.neutron.errors import refusals
 from dfflow.neutron.nbclient import NbClient
 
@@ -32,12 +33,24 @@ class DfflowMechanismDriver(api.MechanismDriver):
     def initialize(self) -> None:
         self.errors: Counter[str] = Counter()  # failures no request reports (logged with traceback)
         self.nb = NbClient(**config.nb_client_args())
-        self.vif_up = status.VifUpWatcher(self.nb)
-        self.vif_up.start()
+        self.dirty = maintenance.process_marks(self.nb)
+        options = config.register()[config.GROUP]
+        self.maintenance = maintenance.Maintenance(
+            self.nb, neutron_state.read, self.dirty, on_startup=options.sync_on_startup,
+            interval=options.sync_interval, check_every=options.maintenance_interval,
+            lock_seconds=options.sync_lock_seconds)
+        if options.background_tasks:
+            self.vif_up = status.VifUpWatcher(self.nb)
+            self.vif_up.start()
+            # The API process has loaded every plugin (and forked, if it does): the sync can read them.
+            registry.subscribe(self._after_init, resources.PROCESS, events.AFTER_INIT)
         registry.subscribe(self._binding_deleted, pbe_ext.RESOURCE_NAME, events.BEFORE_RESPONSE)
         self.secgroups = secgroups.SecurityGroupWriter(self.nb, self.errors)
         self.secgroups.subscribe()
         LOG.info("dfflow mechanism driver writing to the NB db at %s", self.nb.url)
+
+    def _after_init(self, resource: str, event: str, trigger: Any, payload: Any = None) -> None:
+        self.maintenance.start()
 
     @property
     def connectivity(self) -> str:
@@ -51,10 +64,14 @@ class DfflowMechanismDriver(api.MechanismDriver):
         networks.write(self.nb, context.current, context.network_segments)
 
     update_network_precommit = create_network_precommit
-    update_network_postcommit = create_network_postcommit
+
+    def update_network_postcommit(self, context: api.NetworkContext) -> None:
+        with self._marked(LogicalSwitch.table, context.current["id"], "update_network"):
+            self.create_network_postcommit(context)
 
     def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        networks.delete(self.nb, context.current["id"])
+        with self._marked(LogicalSwitch.table, context.current["id"], "delete_network"):
+            networks.delete(self.nb, context.current["id"])
 
     # -- subnets -------------------------------------------------------------------------------------
     def create_subnet_precommit(self, context: api.SubnetContext) -> None:
@@ -64,10 +81,14 @@ class DfflowMechanismDriver(api.MechanismDriver):
         subnets.write(self.nb, context.current)
 
     update_subnet_precommit = create_subnet_precommit
-    update_subnet_postcommit = create_subnet_postcommit
+
+    def update_subnet_postcommit(self, context: api.SubnetContext) -> None:
+        with self._marked(Subnet.table, context.current["id"], "update_subnet"):
+            self.create_subnet_postcommit(context)
 
     def delete_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        subnets.delete(self.nb, context.current["id"])
+        with self._marked(Subnet.table, context.current["id"], "delete_subnet"):
+            subnets.delete(self.nb, context.current["id"])
 
     # -- ports ---------------------------------------------------------------------------------------
     def create_port_precommit(self, context: api.PortContext) -> None:
@@ -83,10 +104,18 @@ class DfflowMechanismDriver(api.MechanismDriver):
         self._write_port(context)
 
     update_port_precommit = create_port_precommit
-    update_port_postcommit = create_port_postcommit
+
+    def update_port_postcommit(self, context: api.PortContext) -> None:
+        with self._marked(LogicalPort.table, context.current["id"], "update_port"):
+            self._write_port(context)
 
     def delete_port_postcommit(self, context: api.PortContext) -> None:
-        ports.delete(self.nb, context.current["id"])
+        with self._marked(LogicalPort.table, context.current["id"], "delete_port"):
+            ports.delete(self.nb, context.current["id"])
+
+    def _marked(self, table: str, obj_id: str, what: str):  # noqa: ANN202
+        """Neutron committed already and ML2 only logs the failure: the object is marked for the sync."""
+        return maintenance.marked_on_failure(self.dirty, table, obj_id, what)
 
     def _write_port(self, context: api.PortContext) -> None:
         port = context.current
@@ -136,6 +165,8 @@ class DfflowMechanismDriver(api.MechanismDriver):
                     ports.set_inactive_bindings(self.nb, lport.id, binding.inactive_bindings(admin, lport.id))
         except Exception:  # the binding is gone in Neutron: failing the response would not bring it back
             self.errors["binding_delete"] += 1
+            for host in sorted(hosts):
+                self.dirty.mark(LogicalPort.table, f"*@{host}", "binding_delete")  # any port bound there
             LOG.exception("NB ports keep inactive bindings for %s that Neutron deleted", sorted(hosts))
 
     def _record_inactive_binding(self, context: api.PortContext) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dfflow.nb.bus import Event, Subscriber
+from dfflow.nb.bus import Event, Subscriber, cancel
 from dfflow.nb.store import Keys, redis_client
 
 LOG = logging.getLogger(__name__)
@@ -89,17 +89,6 @@ class AllTopics:
             return
         self.stats["topics"] += 1
         await self.subscriber.add_topic(topic)
-
-
-async def cancel(task: asyncio.Task) -> None:
-    """Cancel `task` and wait for its end. redis-py's `get_message(timeout=...)` can swallow a cancellation
-    that lands while its own timeout fires (seen after a reconnect), so cancel until the task ends."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-    if not task.cancelled() and task.exception() is not None:
-        LOG.error("%s ended with an error:\n%s", task.get_name(),
-                  "".join(traceback.format_exception(task.exception())))
 
 
 async def _close(*closeables: Any) -> None:
