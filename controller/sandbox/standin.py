@@ -358,20 +358,32 @@ class StandinOvsdbServer:
     # -- rows, as vswitchd and os-vif would make them ---------------------------
     def plug(self, name: str, external_ids: dict[str, str]) -> None:
         """Add (or replace) an Interface with an ofport of its own."""
-        old = self.by_name.get(name)
-        row_uuid = old or str(uuid.uuid4())
-        ofport = self.interfaces[old]["ofport"] if old else next(self._ofports)
-        row = {"name": name, "ofport": ofport, "external_ids": ["map", sorted(external_ids.items())]}
-        if old and self.interfaces[old] == row:
-            return
-        self.interfaces[row_uuid] = row
-        self.by_name[name] = row_uuid
-        self._notify({row_uuid: {"new": row}})
+        self.transact({name: external_ids})
 
     def unplug(self, name: str) -> None:
-        row_uuid = self.by_name.pop(name, None)
-        if row_uuid is not None:
-            self._notify({row_uuid: {"old": self.interfaces.pop(row_uuid)}})
+        self.transact({name: None})
+
+    def transact(self, rows: dict[str, dict[str, str] | None]) -> None:
+        """Interfaces added, changed (external_ids) or removed (None) in one transaction: one
+        monitor update, as ovsdb-server sends for one transaction."""
+        change: dict[str, Any] = {}
+        for name, external_ids in rows.items():
+            old = self.by_name.get(name)
+            if external_ids is None:
+                if old is not None:
+                    del self.by_name[name]
+                    change[old] = {"old": self.interfaces.pop(old)}
+                continue
+            row_uuid = old or str(uuid.uuid4())
+            ofport = self.interfaces[old]["ofport"] if old else next(self._ofports)
+            row = {"name": name, "ofport": ofport, "external_ids": ["map", sorted(external_ids.items())]}
+            if old and self.interfaces[old] == row:
+                continue
+            self.interfaces[row_uuid] = row
+            self.by_name[name] = row_uuid
+            change[row_uuid] = {"new": row}
+        if change:
+            self._notify(change)
 
     def names(self) -> set[str]:
         return set(self.by_name)
@@ -443,8 +455,8 @@ class StandinOvsdb(Ovsdb):
 
     async def ensure_tunnels(self, peers: dict[str, str], local_ip: str, tunnel_type: str = "geneve") -> None:
         wanted = {tunnel_port_name(peer): (peer, ip) for peer, ip in peers.items()}
-        for name in [n for n in self.server.names() if n.startswith("dft-") and n not in wanted]:
-            self.server.unplug(name)
-        for name, (peer, ip) in wanted.items():
-            self.server.plug(name, {"dfflow-peer": peer, "remote-ip": ip})
+        rows: dict[str, dict[str, str] | None] = {
+            name: None for name in self.server.names() if name.startswith("dft-") and name not in wanted}
+        rows.update({name: {"dfflow-peer": peer, "remote-ip": ip} for name, (peer, ip) in wanted.items()})
+        self.server.transact(rows)
         self.stats["tunnel_changes"] += 1

@@ -4,7 +4,7 @@
 each a real `ControllerDaemon` (engine, NB bus subscriber, migrator, OpenFlow server, its own
 Interface monitor) against a `StandinSwitch` and a `StandinOvsdbServer` (controller.sandbox.standin),
 all on one asyncio loop. A process per chassis does not fit at 1,000 chassis: an idle controller
-process holds ~60 MB (1,000 of them ~60 GB on a 24 GiB machine), and 1,000 processes on 2 cores
+process holds ~90 MB (measured here: 1,000 of them ~90 GB on a 24 GiB machine), and 1,000 processes on 2 cores
 spend the fan-out in context switches; several of these processes share the chassis instead.
 
 It answers requests on a unix socket (one JSON object per line, one answer per line):
@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -30,20 +31,40 @@ from controller.reconcile import reconcile
 from controller.sandbox.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
 
 LOG = logging.getLogger(__name__)
-START_BATCH = 25  # chassis started at once; each batch is connected before the next starts
+START_BATCH = 10  # chassis started at once; each batch is connected before the next starts
 START_TIMEOUT = 120.0
+START_ATTEMPTS = 5  # a controller that fails at start-up (a time-out on a loaded machine) starts again
 
 
 class StandinChassis:
     def __init__(self, name: str, index: int, tunnel_ip: str, nb_url: str, workdir: str):
-        self.name = name
+        self.name, self.tunnel_ip, self.nb_url = name, tunnel_ip, nb_url
+        self.of_listen = f"unix:{os.path.join(workdir, name)}.of"
         self.server = StandinOvsdbServer(os.path.join(workdir, f"{name}.ovsdb"))
         self.switch = StandinSwitch(datapath_id=index + 1)
-        self.daemon = ControllerDaemon(name, tunnel_ip, nb_url, self.server.remote, "br-int",
-                                       f"unix:{os.path.join(workdir, name)}.of")
-        self.daemon.ovsdb = StandinOvsdb(self.server, self.switch)
+        self.daemon = self._new_daemon()
         self.task: asyncio.Task | None = None
         self.exit: str | None = None
+        self.restarts = 0
+
+    def _new_daemon(self) -> ControllerDaemon:
+        daemon = ControllerDaemon(self.name, self.tunnel_ip, self.nb_url, self.server.remote, "br-int",
+                                  self.of_listen)
+        daemon.ovsdb = StandinOvsdb(self.server, self.switch)
+        return daemon
+
+    async def restart(self) -> None:
+        """Start a controller failed at start-up again (as systemd's Restart=on-failure would)."""
+        LOG.warning("controller of %s failed at start-up (%s); starting it again", self.name, self.exit)
+        self.restarts += 1
+        self.exit = None
+        try:  # release what the failed one had opened, as its process' exit would
+            await self.daemon.stop()
+        except Exception:
+            LOG.exception("stopping the failed controller of %s", self.name)
+        self.daemon = self._new_daemon()
+        self.task = asyncio.get_running_loop().create_task(self.daemon.run())
+        self.task.add_done_callback(self._ended)
 
     def plug(self, vif: dict[str, str]) -> None:
         self.server.plug(vif["name"], {"iface-id": vif["iface_id"], "attached-mac": vif["mac"],
@@ -100,15 +121,23 @@ class StandinCloud:
                 self.chassis[spec["name"]].plug(vif)
         server = await asyncio.start_unix_server(self._serve, path=self.config["control"])
         names = list(self.chassis)
+        loop = asyncio.get_running_loop()
         for i in range(0, len(names), START_BATCH):
             batch = [self.chassis[n] for n in names[i:i + START_BATCH]]
             for ch in batch:
                 await ch.start()
+            await asyncio.sleep(0)
+            for sig in (signal.SIGTERM, signal.SIGINT):  # each daemon installs its own; one stop for all
+                loop.add_signal_handler(sig, self.stopping.set)
+            if self.stopping.is_set():
+                break
             deadline = time.monotonic() + START_TIMEOUT
             while not all(ch.daemon.dp is not None or ch.exit for ch in batch) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        loop = asyncio.get_running_loop()
-        for sig in (15, 2):  # the daemons installed theirs; one stop for all of them
+                for ch in batch:
+                    if ch.exit and ch.restarts < START_ATTEMPTS - 1:
+                        await ch.restart()
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await self.stopping.wait()
         server.close()
@@ -132,7 +161,8 @@ class StandinCloud:
         op = request.get("op")
         if op == "ready":
             return {"ready": sorted(n for n, ch in self.chassis.items() if ch.ready(self.peers)),
-                    "exited": {n: ch.exit for n, ch in self.chassis.items() if ch.exit}}
+                    "exited": {n: ch.exit for n, ch in self.chassis.items()
+                               if ch.exit and ch.restarts >= START_ATTEMPTS - 1}}
         if op == "timings":
             return self._timings(request)
         if op == "counters":

@@ -148,12 +148,12 @@ class Fleet:
         while True:
             for proc, control in zip(self.procs, self.controls):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"stand-in worker exited {proc.returncode}; see {self.workdir}")
+                    raise RuntimeError(f"stand-in worker exited {proc.returncode}\n{self._log_tail()}")
             state = None
             if all(os.path.exists(c) for c in self.controls):
                 state = self.ask_all({"op": "ready"})
                 if state["exited"]:
-                    raise RuntimeError(f"controllers exited: {state['exited']}")
+                    raise RuntimeError(f"controllers exited: {state['exited']}\n{self._log_tail()}")
                 if len(state["ready"]) == self.n:
                     return
                 if progress and len(state["ready"]) != shown:
@@ -163,6 +163,13 @@ class Fleet:
                 raise RuntimeError(f"stand-in chassis not ready within {timeout:.0f} s: "
                                    f"{len(state['ready']) if state else 0}/{self.n}")
             time.sleep(0.2)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        tails = []
+        for w in range(len(self.procs)):
+            with open(os.path.join(self.workdir, f"worker-{w}.log"), errors="replace") as f:
+                tails.append(f"worker-{w}.log:\n" + "".join(f.readlines()[-lines:]))
+        return "\n".join(tails)
 
     # -- moves ------------------------------------------------------------------
     def move(self, port_ids: list[str], dest: str, timeout: float = 300.0) -> dict[str, Any]:
