@@ -42,7 +42,7 @@ def _mac(n: int) -> str:
 
 class Fleet:
     def __init__(self, chassis: int, ports: int, movers: int, workers: int | None = None,
-                 workdir: str | None = None, heartbeat_interval: float = 3600.0):
+                 workdir: str | None = None, heartbeat_interval: float = 30.0):
         if chassis < 2:
             raise ValueError("chassis: at least 2 (a port moves from chassis-1 to chassis-2)")
         self.n, self.movers = chassis, movers
