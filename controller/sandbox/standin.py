@@ -450,8 +450,8 @@ class StandinOvsdb(Ovsdb):
         super().__init__(server.remote, bridge)
         self.server, self.switch = server, switch
 
-    async def setup_bridge(self, of_target: str) -> None:
-        self.switch.connect(of_target)
+    async def setup_bridge(self, of_target: str, datapath_type: str = "system") -> None:
+        self.switch.connect(of_target)  # no datapath here: its type changes nothing
 
     async def ensure_tunnels(self, peers: dict[str, str], local_ip: str, tunnel_type: str = "geneve") -> None:
         wanted = {tunnel_port_name(peer): (peer, ip) for peer, ip in peers.items()}
