@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -174,6 +175,48 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
     with click.progressbar(length=len(kinds), label="api", file=sys.stderr) as bar:
         report = bench.run(chosen, requests, kinds, progress=lambda _: bar.update(1))
     click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
+@main.command()
+@click.option("--chassis", "chassis_counts", default="10,100", show_default=True,
+              help="Comma-separated stand-in chassis counts (one fleet each).")
+@click.option("--ports", type=click.IntRange(0, 1_000_000), default=0, show_default=True,
+              help="P: VIF ports spread over the chassis (at least one per chassis; 0 = one per chassis).")
+@click.option("--evacuate", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="K: also move K ports from chassis-1 to chassis-2 at once (0: single moves only).")
+@click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="Moves per fleet.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes the chassis are spread over (default 2).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write every run and the summaries to this JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write latency against chassis to this PNG.")
+def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
+           json_path: str | None, plot_path: str | None) -> None:
+    """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
+    chassis against a stand-in Open vSwitch (controller.sandbox.standin)."""
+    from benchmarks import fanout as bench
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the fleet is torn down
+    try:
+        counts = [int(c) for c in chassis_counts.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{chassis_counts!r} is not a comma-separated list of integers",
+                                 param_hint="--chassis")
+    if not counts or min(counts) < 2:
+        raise click.BadParameter("at least 2 chassis", param_hint="--chassis")
+    reports = []
+    for n in counts:
+        report = bench.run(n, ports, evacuate=evacuate, runs=runs, workers=workers,
+                           progress=lambda m, n=n: click.echo(f"[{n} chassis] {m}", err=True))
+        reports.append(report)
+        click.echo(bench.format_summary(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump([{**r, "summary": bench.summarise(r)} for r in reports], f, indent=1)
+    if plot_path:
+        bench.plot(reports, plot_path)
+        click.echo(f"plot: {plot_path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

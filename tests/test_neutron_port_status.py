@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from api_fixtures import nb_call, sdk
+from controller_fixtures import wait_until
 from dfflow.models import Chassis, PortStatus
 
 pytestmark = [pytest.mark.neutron,
@@ -39,17 +40,6 @@ def _report_vif_up(nb_url: str, port_id: str, *hosts: str) -> None:
         nb_call(nb_url, "update", status.replace(version=current.version))
 
 
-def _eventually(check, what: str):
-    deadline = time.monotonic() + WAIT
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT} s: {what}")
-        time.sleep(0.1)
-
-
 def _vm_port(net, network_id: str, host: str):
     return net.create_port(network_id=network_id, binding_host_id=host, device_owner="compute:nova",
                            device_id=str(uuid.uuid4()))
@@ -72,9 +62,10 @@ def test_port_goes_active_and_nova_hears_vif_plugged_when_its_vif_is_up_on_its_h
     assert net.get_port(port.id).status == "DOWN"
 
     _report_vif_up(neutron.nb_url, port.id, "other-host", "status-host")
-    _eventually(lambda: net.get_port(port.id).status == "ACTIVE", "port ACTIVE")
+    wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE")
     plugged = ("network-vif-plugged", "completed", port.device_id)
-    _eventually(lambda: plugged in neutron.nova.events_for(port.id), "network-vif-plugged sent to Nova")
+    wait_until(lambda: plugged in neutron.nova.events_for(port.id), WAIT, 0.1,
+               what="network-vif-plugged sent to Nova")
 
 
 def test_a_vif_already_up_when_the_port_is_bound_there_makes_it_active(net, neutron, network):
@@ -85,7 +76,7 @@ def test_a_vif_already_up_when_the_port_is_bound_there_makes_it_active(net, neut
     assert net.get_port(port.id).status == "DOWN"  # not bound anywhere yet
 
     net.update_port(port, binding_host_id="early-host")
-    _eventually(lambda: net.get_port(port.id).status == "ACTIVE", "port ACTIVE")
+    wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE")
 
 
 def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, network):
@@ -94,7 +85,7 @@ def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, ne
     _chassis(neutron.nb_url, "mig-src", "mig-dst")
     port = _vm_port(net, network.id, "mig-src")
     _report_vif_up(neutron.nb_url, port.id, "mig-src")
-    _eventually(lambda: net.get_port(port.id).status == "ACTIVE", "port ACTIVE on the source")
+    wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE on the source")
     nova = httpx.Client(base_url=neutron.url + "/v2.0", headers={"X-Roles": "service"}, timeout=30)
     assert nova.post(f"/ports/{port.id}/bindings", json={"binding": {"host": "mig-dst"}}).status_code == 201
     assert net.get_port(port.id).status == "ACTIVE"  # the inactive binding changes nothing yet
@@ -103,7 +94,7 @@ def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, ne
     time.sleep(1.0)
     assert net.get_port(port.id).status == "DOWN"
     _report_vif_up(neutron.nb_url, port.id, "mig-src", "mig-dst")
-    _eventually(lambda: net.get_port(port.id).status == "ACTIVE", "port ACTIVE on the destination")
+    wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE on the destination")
     names = lambda: [name for name, _, _ in neutron.nova.events_for(port.id)]  # noqa: E731
-    _eventually(lambda: names()[-2:] == ["network-vif-unplugged", "network-vif-plugged"],
-                "vif-unplugged then vif-plugged")
+    wait_until(lambda: names()[-2:] == ["network-vif-unplugged", "network-vif-plugged"], WAIT, 0.1,
+               what="vif-unplugged then vif-plugged")

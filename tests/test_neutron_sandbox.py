@@ -79,11 +79,15 @@ def test_nb_objects_deleted_or_flushed_behind_neutrons_back_are_restored_by_the_
     # Deleted behind Neutron's back: the controllers take D2's flows away and traffic stops.
     nb_call(url, "delete", "lport", ports["D2"].id)
     wait_until(lambda: not pings(sb, "D1", ips["D2"]), 10, what="D1 -> D2 cut once D2's NB port is gone")
-    assert neutron.api.sync("log").returncode == 1
+    # The VIF going down changes the port's status in Neutron, and that update's post-commit may write the
+    # port back before the sync runs; either way a repair leaves nothing for a later check to report (that
+    # `log` reports a deleted port is tested in test_neutron_sync.py, without the data plane).
     done = neutron.api.sync("repair")
     assert done.returncode == 0, done.stdout + done.stderr
     wait_until(lambda: pings(sb, "D1", ips["D2"]), 20, what="D1 -> D2 back after the sync")
     assert stale_flows(sb, url) == {}
+    checked = neutron.api.sync("log")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # The NB flushed entirely: the controllers register their chassis again; D2's port is deleted in Neutron
     # meanwhile (no NB event: its NB port is gone already); the sync restores the rest.

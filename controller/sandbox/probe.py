@@ -12,7 +12,10 @@ loss); beside it the longest run of lost replies times the interval; and the
 duplicate replies.
 
     python -m controller.sandbox.probe echo --port 7100
-    python -m controller.sandbox.probe send --target 10.0.0.5 --port 7100 [--interval 0.001]
+    python -m controller.sandbox.probe send --target 10.0.0.5 [--target 10.0.0.6 ...] --port 7100 [--interval 0.001]
+
+With several targets one process probes them all (one probe to each per interval, replies told
+apart by their source address); its JSON has `targets` (address -> replies), see `per_target`.
 """
 from __future__ import annotations
 
@@ -42,11 +45,14 @@ def echo(port: int) -> None:
             pass
 
 
-def send(target: str, port: int, interval: float) -> None:
+def send(targets: list[str], port: int, interval: float) -> None:
+    """Probe every target once per interval from one socket and one thread of sends (plus one
+    receiving): many VMs cost one process, not one spinning ping each."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sock.connect((target, port))
-    replies: list[tuple[int, float, float]] = []
+    if len(targets) == 1:
+        sock.connect((targets[0], port))
+    replies: dict[str, list[tuple[int, float, float]]] = {t: [] for t in targets}
     stop = threading.Event()
 
     def receive() -> None:
@@ -55,7 +61,7 @@ def send(target: str, port: int, interval: float) -> None:
             if not ready:
                 continue
             try:
-                data, ancillary, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(16))
+                data, ancillary, _, source = sock.recvmsg(64, socket.CMSG_SPACE(16))
             except ConnectionRefusedError:  # ICMP port unreachable while the VM is away
                 continue
             received = time.time()
@@ -63,9 +69,9 @@ def send(target: str, port: int, interval: float) -> None:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     seconds, nanos = struct.unpack("qq", value[:16])
                     received = seconds + nanos / 1e9
-            if len(data) >= PROBE.size:
+            if len(data) >= PROBE.size and source[0] in replies:
                 seq, sent = PROBE.unpack(data[:PROBE.size])
-                replies.append((seq, sent, received))
+                replies[source[0]].append((seq, sent, received))
 
     receiver = threading.Thread(target=receive, daemon=True)
     receiver.start()
@@ -79,13 +85,27 @@ def send(target: str, port: int, interval: float) -> None:
         delay = deadline - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        try:
-            sock.send(PROBE.pack(seq, time.time()))
-        except OSError:  # no route for a moment: the probe counts as lost
-            pass
+        for target in targets:
+            try:
+                if len(targets) == 1:
+                    sock.send(PROBE.pack(seq, time.time()))
+                else:
+                    sock.sendto(PROBE.pack(seq, time.time()), (target, port))
+            except OSError:  # no route for a moment: the probe counts as lost
+                pass
         seq += 1
     receiver.join(1.0)
-    print(json.dumps({"interval": interval, "sent": seq, "replies": sorted(replies)}), flush=True)
+    out: dict[str, Any] = {"interval": interval, "sent": seq,
+                           "targets": {t: sorted(r) for t, r in replies.items()}}
+    if len(targets) == 1:
+        out["replies"] = out["targets"][targets[0]]
+    print(json.dumps(out), flush=True)
+
+
+def per_target(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A multi-target run as one single-target run per target (what `analyse` takes)."""
+    return {t: {"interval": result["interval"], "sent": result["sent"], "replies": r}
+            for t, r in result["targets"].items()}
 
 
 def analyse(result: dict[str, Any], after: float | None = None, until: float | None = None) -> dict[str, Any]:
@@ -162,11 +182,15 @@ class Echo:
 class Sender:
     """One probing peer: started before the migration, stopped after; `.result` then holds the run."""
 
-    def __init__(self, sandbox: Any, vm: str, target: str, port: int = 7100, interval: float = 0.001):
+    def __init__(self, sandbox: Any, vm: str, target: str | list[str], port: int = 7100,
+                 interval: float = 0.001):
         import subprocess
         self.sandbox, self.vm, self.target = sandbox, vm, target
+        targets = [target] if isinstance(target, str) else list(target)
+        if not targets:
+            raise ValueError("target: at least one address to probe")
         self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "controller.sandbox.probe", "send",
-                                          "--target", target, "--port", str(port),
+                                          *[a for t in targets for a in ("--target", t)], "--port", str(port),
                                           "--interval", str(interval)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
@@ -188,7 +212,8 @@ def main() -> None:
     e = sub.add_parser("echo")
     e.add_argument("--port", type=int, default=7100)
     s = sub.add_parser("send")
-    s.add_argument("--target", required=True)
+    s.add_argument("--target", required=True, action="append",
+                   help="address to probe; repeat it to probe several VMs from this one process")
     s.add_argument("--port", type=int, default=7100)
     s.add_argument("--interval", type=float, default=0.001)
     args = parser.parse_args()
