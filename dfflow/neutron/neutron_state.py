@@ -10,13 +10,14 @@ from typing import Any
 
 from neutron.db import segments_db
 from neutron.objects import ports as port_objects
+from neutron.objects import securitygroup as sg_objects
 from neutron_lib import constants as n_const
 from neutron_lib import context as n_context
 from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 
 from dfflow.errors import DfflowError
-from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Subnet
+from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, SecurityGroup, SecurityGroupRule, Subnet
 from dfflow.nb import convert
 from dfflow.neutron import binding, networks, ports, resource
 from dfflow.neutron.errors import NbInvalid
@@ -48,7 +49,7 @@ def inactive_bindings_by_port(admin: Any) -> dict[str, list]:
 
 
 def read() -> NeutronState:
-    """Neutron's networks, subnets, ports and (with the `dfflow-router` plugin) routers and floating IPs, as NB objects."""
+    """Neutron's networks, subnets, security groups and their rules, ports and (with the `dfflow-router` plugin) routers and floating IPs, as NB objects."""
     admin = n_context.get_admin_context()
     core = directory.get_plugin()
     l3 = directory.get_plugin(plugin_constants.L3)
@@ -62,6 +63,14 @@ def read() -> NeutronState:
         out.add(LogicalSwitch, net, lambda net=net: networks.fields(net, segments.get(net["id"], [])))
     for subnet in core.get_subnets(admin):
         out.add(Subnet, subnet, lambda subnet=subnet: convert.subnet_fields(subnet))
+
+    # default_sg=True: reading must not make a default group for the admin project
+    defaults = {row.security_group_id for row in sg_objects.DefaultSecurityGroup.get_objects(admin)}
+    for group in core.get_security_groups(admin, default_sg=True):
+        out.add(SecurityGroup, group,
+                lambda group=group: convert.secgroup_fields(group, group["id"] in defaults))
+        for rule in group.get("security_group_rules") or []:
+            out.add(SecurityGroupRule, rule, lambda rule=rule: convert.secgroup_rule_fields(rule))
 
     all_ports = core.get_ports(admin)
     inactive = inactive_bindings_by_port(admin)

@@ -11,7 +11,8 @@ resources make, each as the fields Neutron owns; the NB db is compared with it t
   an `lport_status` is extra only when Neutron has no such port.
 
 Only these tables and `lport_status` are read or written. Repairs delete in reverse reference order, then
-create and update in reference order (switches, subnets, ports, routers, floating IPs), so no write refers
+create and update in reference order (switches, subnets, security groups, their rules, ports, routers,
+floating IPs), so no write refers
 to an object not yet there. Nothing here imports Neutron.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ import logging
 from typing import Any, Callable, Iterable
 
 from dfflow.errors import DfflowError, InUse, NotFound, VersionConflict
-from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, PortStatus, Subnet
+from dfflow.models import (FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, PortStatus,
+                           SecurityGroup, SecurityGroupRule, Subnet)
 from dfflow.nb.rules import IMMUTABLE
 from dfflow.neutron import nb_reset
 from dfflow.neutron.nbclient import NbClient
@@ -29,7 +31,8 @@ from dfflow.neutron.nbclient import NbClient
 LOG = logging.getLogger(__name__)
 
 # Written in this order, deleted in the reverse one (a later table refers to the earlier ones).
-SYNCED: tuple[type[Model], ...] = (LogicalSwitch, Subnet, LogicalPort, LogicalRouter, FloatingIP)
+SYNCED: tuple[type[Model], ...] = (LogicalSwitch, Subnet, SecurityGroup, SecurityGroupRule, LogicalPort, LogicalRouter,
+                                   FloatingIP)
 MODES = ("log", "repair")
 
 
