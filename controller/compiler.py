@@ -64,6 +64,7 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
 
 PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
 FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
+PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
 TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
 NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
@@ -71,7 +72,8 @@ NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.RO
 assert core.PARAM_NAMES == tuple(p.name for p in Param), "dfflow._core and controller.templates disagree on params"
 assert core.FACT_BITS == {f.name: f.value for f in Fact}, "dfflow._core and controller.templates disagree on facts"
 
-_ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1] for name in ("cookie", "wmeta_value", "match_value", "actions")}
+_ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1]
+               for name in ("cookie", "wmeta_value", "match_value", "match_mask", "actions")}
 _ACTION_VALUE = ACTION_DTYPE.fields["value"][1]
 
 
@@ -92,6 +94,8 @@ def compile_program(*programs: PortProgram) -> core.CompiledProgram:
             patches = [(_ROW_OFFSET["cookie"], Param.COOKIE)]
             patches += [(_ROW_OFFSET["match_value"] + 8 * FIELD_INDEX[name], entry.source(value))
                         for name, value, _ in t.match if isinstance(value, Param)]
+            patches += [(_ROW_OFFSET["match_mask"] + 8 * FIELD_INDEX[name], entry.source(mask))
+                        for name, _, mask in t.match if isinstance(mask, Param)]
             if addable:
                 for k, action in enumerate(t.actions):
                     value = getattr(action, "port", getattr(action, "value", None))
@@ -108,21 +112,22 @@ def compile_program(*programs: PortProgram) -> core.CompiledProgram:
 class PortTable:
     """The ports' facts as typed columns, kept in step with the NB view by the engine.
 
-    `ports[i]` is port i's record (PORT_DTYPE); its IPv4 addresses and floating IPs are
-    slices of `ips` and `fips`. Rows are reused when a port goes; the IP and floating-IP
-    columns only grow until they are compacted (when half of them is stale).
+    `ports[i]` is port i's record (PORT_DTYPE); its IPv4 addresses, floating IPs and allowed
+    address pairs are slices of `ips`, `fips` and `pairs`. Rows are reused when a port goes; the
+    other columns only grow until they are compacted (when half of them is stale).
     """
 
     def __init__(self, capacity: int = 64) -> None:
         self.ports = np.zeros(capacity, PORT_DTYPE)
         self.ips = np.zeros(max(capacity, 1), np.uint64)
         self.fips = np.zeros(max(capacity // 4, 1), FIP_DTYPE)
-        self.n_ips = self.n_fips = 0
+        self.pairs = np.zeros(1, PAIR_DTYPE)
+        self.n_ips = self.n_fips = self.n_pairs = 0
         self.index: dict[str, int] = {}
         self.facts: dict[str, PortFacts] = {}
         self._free: list[int] = []
         self._n = 0
-        self._live_ips = self._live_fips = 0  # of current facts (the rest of the columns is stale)
+        self._live_ips = self._live_fips = self._live_pairs = 0  # of current facts (the rest is stale)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -136,29 +141,41 @@ class PortTable:
             row = self._free.pop() if self._free else self._grow_row()
             self.index[port_id] = row
         else:
-            self._live_ips -= len(self.facts[port_id].ipv4s)
-            self._live_fips -= len(self.facts[port_id].fips)
+            self._forget(self.facts[port_id])
         self.facts[port_id] = facts
         self._live_ips += len(facts.ipv4s)
         self._live_fips += len(facts.fips)
-        self._make_room(len(facts.ipv4s), len(facts.fips))
-        ip_start, fip_start = self.n_ips, self.n_fips
+        self._live_pairs += len(facts.pairs)
+        self._make_room(len(facts.ipv4s), len(facts.fips), len(facts.pairs))
+        ip_start, fip_start, pair_start = self.n_ips, self.n_fips, self.n_pairs
         self.ips[ip_start:ip_start + len(facts.ipv4s)] = facts.ipv4s
         for k, f in enumerate(facts.fips):
             self.fips[fip_start + k] = (f.fip, f.fip_mac, f.fixed_ip, f.ext_vni, f.router_mac)
+        self._put_pairs(pair_start, facts)
         self.n_ips += len(facts.ipv4s)
         self.n_fips += len(facts.fips)
+        self.n_pairs += len(facts.pairs)
         flags = (core.PORT_FLAG_SECURITY if facts.port_security else 0) | (core.PORT_FLAG_ROUTED if facts.routed else 0)
+        hosts = sum(p.is_host for p in facts.pairs)
         self.ports[row] = (facts.object_hash, facts.vni, facts.mac, flags, ip_start, len(facts.ipv4s),
-                           fip_start, len(facts.fips))
+                           fip_start, len(facts.fips), pair_start, hosts, len(facts.pairs) - hosts)
         return row
+
+    def _put_pairs(self, start: int, facts: PortFacts) -> None:
+        """The port's pairs from `start`: its single addresses, then its prefixes (the core's order)."""
+        ordered = sorted(facts.pairs, key=lambda p: not p.is_host)
+        for k, pair in enumerate(ordered):
+            self.pairs[start + k] = (pair.mac, pair.ip, pair.mask)
+
+    def _forget(self, gone: PortFacts) -> None:
+        self._live_ips -= len(gone.ipv4s)
+        self._live_fips -= len(gone.fips)
+        self._live_pairs -= len(gone.pairs)
 
     def drop(self, port_id: str) -> None:
         row = self.index.pop(port_id, None)
         if row is not None:
-            gone = self.facts.pop(port_id)
-            self._live_ips -= len(gone.ipv4s)
-            self._live_fips -= len(gone.fips)
+            self._forget(self.facts.pop(port_id))
             self.ports[row] = 0
             self._free.append(row)
 
@@ -168,17 +185,21 @@ class PortTable:
         self._n += 1
         return self._n - 1
 
-    def _make_room(self, n_ips: int, n_fips: int) -> None:
-        if self.n_ips + n_ips > len(self.ips) or self.n_fips + n_fips > len(self.fips):
-            if self._live_ips * 2 < self.n_ips or self._live_fips * 2 < self.n_fips:
+    def _make_room(self, n_ips: int, n_fips: int, n_pairs: int = 0) -> None:
+        if (self.n_ips + n_ips > len(self.ips) or self.n_fips + n_fips > len(self.fips)
+                or self.n_pairs + n_pairs > len(self.pairs)):
+            if (self._live_ips * 2 < self.n_ips or self._live_fips * 2 < self.n_fips
+                    or self._live_pairs * 2 < self.n_pairs):
                 self._compact()
             if self.n_ips + n_ips > len(self.ips):
                 self.ips = np.concatenate([self.ips, np.zeros(max(len(self.ips), n_ips), np.uint64)])
             if self.n_fips + n_fips > len(self.fips):
                 self.fips = np.concatenate([self.fips, np.zeros(max(len(self.fips), n_fips), FIP_DTYPE)])
+            if self.n_pairs + n_pairs > len(self.pairs):
+                self.pairs = np.concatenate([self.pairs, np.zeros(max(len(self.pairs), n_pairs), PAIR_DTYPE)])
 
     def _compact(self) -> None:
-        facts, self.n_ips, self.n_fips = dict(self.facts), 0, 0
+        facts, self.n_ips, self.n_fips, self.n_pairs = dict(self.facts), 0, 0, 0
         self.facts.clear()
         for port_id, f in facts.items():
             self.facts[port_id] = f
@@ -190,7 +211,11 @@ class PortTable:
             for k, fip in enumerate(f.fips):
                 self.fips[fstart + k] = (fip.fip, fip.fip_mac, fip.fixed_ip, fip.ext_vni, fip.router_mac)
             self.n_fips += len(f.fips)
+            pstart = self.n_pairs
+            self._put_pairs(pstart, f)
+            self.n_pairs += len(f.pairs)
             self.ports[row]["ip_start"], self.ports[row]["fip_start"] = start, fstart
+            self.ports[row]["pair_start"] = pstart
 
 
 def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
@@ -207,5 +232,6 @@ def compile_port_change(program: core.CompiledProgram, table: PortTable, row: in
     Both roles are made from the port's facts in `table`: when the facts changed too, the
     caller diffs with what is installed instead."""
     transition = np.array([(row, 0, *role_fields(old), *role_fields(new))], TRANSITION_DTYPE)
-    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition)
+    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition,
+                                                pairs=table.pairs)
     return dels, adds

@@ -33,6 +33,7 @@ from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
+from controller.apps.secgroups import SecurityGroupsApp
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.migration import step3_arrived
@@ -105,7 +106,7 @@ class ControllerDaemon:
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
-        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp()], compiled=flow_path == "compiled")
+        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()], compiled=flow_path == "compiled")
         self.nb = NbApi(nb_url)
         self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
         self.ovsdb = Ovsdb(ovsdb, bridge)

@@ -123,12 +123,19 @@ class Engine:
             return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")}
         if isinstance(obj, LogicalPort):
             switches = {p.lswitch for p in (old, new) if p is not None}
-            return self._switches_and_their_ports(switches)
+            return self._switches_and_their_ports(switches) | self._filtered_by_membership(old, new)
         if isinstance(obj, LogicalSwitch):
             return self._switches_and_their_ports({obj.id})
         if obj is not None and obj.table == "chassis":
             return set()  # the daemon turns chassis into tunnels; tunnels_changed recomputes
         return self._everything()  # subnets, routers, floating IPs: rare, and they touch many objects
+
+    def _filtered_by_membership(self, old: LogicalPort | None, new: LogicalPort | None) -> set[Owner]:
+        """A port's groups or addresses changed: the local ports whose security-group flows may name
+        them (a rule's remote group expands into its members' addresses)."""
+        if _membership(old) == _membership(new):
+            return set()
+        return {(PORT, p.id, "") for p in self.view.ports() if p.security_groups and self.view.role(p) == LOCAL}
 
     def _affected_by_port_id(self, port_id: str, needed_before: frozenset[str]) -> set[Owner]:
         if self.view.needed_switches() != needed_before:
@@ -285,6 +292,13 @@ def _equal_except(old: Model, new: Model, ignored: frozenset[str]) -> bool:
 def _same_content(old: Model, new: Model) -> bool:
     """The same object but for its NB revision: no flow can differ."""
     return _equal_except(old, new, REVISION_FIELDS)
+
+
+def _membership(port: LogicalPort | None) -> tuple | None:
+    """What a port contributes to the remote groups it is a member of."""
+    if port is None or not port.security_groups:
+        return None
+    return tuple(port.security_groups), tuple(port.ips), tuple(port.allowed_address_pairs)
 
 
 def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:

@@ -11,12 +11,15 @@ Registers and metadata:
             written at classification and rewritten by the router when it routes
   reg6      the VIF ofport the packet came from on this chassis; 0 when it came from a tunnel
             (flood flows use it to never send a tunnel's packet back into the overlay)
+  reg7      ingress_conntrack: the ofport (conntrack zone) of the local port a packet is for
+  ct_state  what Open vSwitch's connection tracker says of the packet, in the conntrack zone of the
+            port whose security groups are checked (its VIF ofport on this chassis)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfflow.flows import Flow, Learn, Resubmit
+from dfflow.flows import Ct, Flow, Learn, Resubmit
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Table:
     miss: str
     next_tables: tuple[str, ...] = ()
     resubmits: tuple[str, ...] = ()  # tables its flows may look up inline (Nicira resubmit)
+    conntrack: tuple[str, ...] = ()  # tables its flows continue in after the connection tracker (ct)
 
 
 PIPELINE: tuple[Table, ...] = (
@@ -47,7 +51,20 @@ PIPELINE: tuple[Table, ...] = (
     Table(10, "port_security",
           "Egress port security: a VM may only send from its own MAC and, for IPv4 and ARP, from "
           "its own addresses. Ports with port security off pass unchecked.",
-          "reg6, eth_src, eth_type, ipv4_src | arp_spa/arp_sha",
+          "reg6, eth_src, eth_type, ipv4_src (an allowed address pair's may be a prefix) | arp_spa/arp_sha",
+          "drop", ("egress_conntrack",)),
+    Table(12, "egress_conntrack",
+          "Security groups, egress: the IPv4 packets of a local port with security groups go through the "
+          "connection tracker in the port's zone (its ofport) and on to egress_security_groups. Other "
+          "packets (ARP, ports without groups or port security) pass.",
+          "reg6, eth_type=IP",
+          "goto arp_responder", ("arp_responder",), conntrack=("egress_security_groups",)),
+    Table(14, "egress_security_groups",
+          "Packets of connections the port's zone knows (established or related) pass, invalid ones are "
+          "dropped; a new connection passes, and is committed in the port's zone, only if an egress rule "
+          "of the port's groups allows it: one flow per (rule, remote address or prefix, port-range "
+          "prefix), a remote group's members' addresses expanded. Everything else is dropped.",
+          "ct_state | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
           "drop", ("arp_responder",)),
     Table(20, "arp_responder",
           "Answers ARP requests for every known address of the network (ports, router ports, "
@@ -58,13 +75,13 @@ PIPELINE: tuple[Table, ...] = (
           "Splits routed from switched traffic: packets to a router port's MAC go to l3_lookup, "
           "packets to the MAC of a floating IP whose port is on this chassis go to dnat.",
           "metadata, eth_dst (router port MACs, floating IP MACs)",
-          "goto l2_lookup", ("dnat", "l3_lookup", "l2_lookup")),
+          "goto ingress_conntrack", ("dnat", "l3_lookup", "ingress_conntrack")),
     Table(35, "dnat",
           "Floating IP inbound, on the chassis hosting the port: destination floating IP -> fixed "
           "IP, TTL decremented, source MAC -> the router port's, destination MAC -> the port's, "
           "metadata -> the port's network; then the L2 lookup delivers it.",
           "metadata (external network), eth_type=IP, ipv4_dst (floating IP)",
-          "drop", ("l2_lookup",)),
+          "drop", ("ingress_conntrack",)),
     Table(40, "l3_lookup",
           "Distributed routing, on the chassis where the packet enters. Router port IPs answer "
           "ICMP echo in place (priority 300). A destination inside another subnet of the same "
@@ -79,6 +96,19 @@ PIPELINE: tuple[Table, ...] = (
           "Next hop MAC of a routed packet: (network, destination IP) -> destination MAC of the "
           "port (or floating IP) that owns the address; then the L2 lookup finds where it lives.",
           "metadata, eth_type=IP, ipv4_dst",
+          "drop", ("ingress_conntrack",)),
+    Table(47, "ingress_conntrack",
+          "Security groups, ingress, on the chassis hosting the port (every path to a port passes here "
+          "before the L2 lookup: switched, routed, DNATed, from a tunnel): an IPv4 packet for a local "
+          "port with security groups (its MAC or an allowed address pair's) gets reg7=the port's zone and "
+          "goes through the connection tracker in that zone on to ingress_security_groups. Others pass.",
+          "metadata, eth_dst, eth_type=IP",
+          "goto l2_lookup", ("l2_lookup",), conntrack=("ingress_security_groups",)),
+    Table(48, "ingress_security_groups",
+          "As egress_security_groups, for what arrives: established and related packets pass, invalid "
+          "ones are dropped, a new connection passes (committed in the port's zone) only if an ingress "
+          "rule allows it, by source address or prefix, remote group members, protocol and port range.",
+          "ct_state | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
           "drop", ("l2_lookup",)),
     Table(50, "l2_lookup",
           "Destination lookup by (network, MAC): a local port is output to its ofport; a remote "
@@ -128,6 +158,11 @@ def check_flow(flow: Flow) -> Flow:
         if target is None or target.name not in current.next_tables:
             raise PipelineError(f"table {current.name} may not jump to table {flow.goto}: {flow}")
     for action in flow.actions:
+        if isinstance(action, Ct) and action.table is not None:
+            target = TABLE_IDS.get(action.table)
+            if target is None or target.name not in current.conntrack:
+                raise PipelineError(f"table {current.name} may not continue in table {action.table} after "
+                                    f"conntrack: {flow}")
         if isinstance(action, Resubmit):
             target = TABLE_IDS.get(action.table)
             if target is None or target.name not in current.resubmits:
@@ -144,6 +179,9 @@ def render_markdown() -> str:
              "| metadata | the packet's logical network: its switch's VNI (segmentation id) |",
              "| reg5 | 1 once a pending (announce) port's first RARP/GARP has opened its egress |",
              "| reg6 | the VIF ofport the packet entered from on this chassis; 0 if it came from a tunnel |",
+             "| reg7 | ingress_conntrack on: the ofport (conntrack zone) of the local port the packet is for |",
+             "| ct_state | the connection tracker's verdict, in the zone of the port whose security groups "
+             "are checked: its VIF's ofport on this chassis |",
              "", "## Cookies", "",
              "Every flow's cookie is `app id << 56 | 56-bit hash of the object it serves` "
              "(see `controller/apps/base.py`), so the controller can find, diff and remove exactly "
@@ -151,7 +189,8 @@ def render_markdown() -> str:
              "", "## Tables", "", "| id | name | purpose | matches | on miss | next |",
              "| --- | --- | --- | --- | --- | --- |"]
     for t in PIPELINE:
-        nexts = list(t.next_tables) + [f"{r} (resubmit)" for r in t.resubmits]
+        nexts = (list(t.next_tables) + [f"{r} (resubmit)" for r in t.resubmits]
+                 + [f"{c} (after conntrack)" for c in t.conntrack])
         lines.append(f"| {t.id} | `{t.name}` | {t.purpose} | {t.matches} | {t.miss} | "
                      f"{', '.join(nexts) or '-'} |")
     return "\n".join(lines) + "\n"

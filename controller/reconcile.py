@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from controller.apps.base import app_of_cookie
 from controller.flowstate import Plan
 from dfflow import core
-from dfflow.flows import FIELDS, Command, DecTtl, Flow, Learn, Move, Output, Resubmit, SetField, match
+from dfflow.flows import CT_NO_TABLE, FIELDS, Command, Ct, DecTtl, Flow, Learn, Move, Output, Resubmit, SetField, match
 
 _MAC_FIELDS = {"eth_dst", "eth_src", "arp_sha", "arp_tha"}
 _IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
@@ -80,6 +80,11 @@ def _action(action: Any) -> Any:
                      tuple((_field_name(dst[0]), src) for kind_, dst, src in specs if kind_ == "NXFlowSpecMatch"),
                      tuple((_field_name(dst[0]), src) for kind_, dst, src in specs if kind_ == "NXFlowSpecLoad"),
                      output_in_port=bool(outputs))
+    if kind == "NXActionCT":
+        if action.zone_src or action.alg or action.actions or action.flags & ~1:
+            raise ValueError(f"conntrack action dfflow does not use: {action}")
+        return Ct(action.zone_ofs_nbits, bool(action.flags & 1),
+                  None if action.recirc_table == CT_NO_TABLE else action.recirc_table)
     raise ValueError(f"action dfflow does not use: {kind}")
 
 

@@ -2,9 +2,10 @@
 
 Each app's port flows -- what its `add_local_port` / `add_remote_port` return --
 are a `PortProgram`: a list of flow templates, each with the port facts and role
-it applies to (`when`) and whether it is made once, once per IPv4 address, or
-once per floating IP of the port (`each`). Values that vary from port to port
-are `Param`s. Two interpreters run the same program:
+it applies to (`when`) and whether it is made once, once per IPv4 address,
+once per floating IP, or once per allowed address pair (single addresses and
+prefixes apart) of the port (`each`). Values that vary from port to port --
+match values and masks, action values -- are `Param`s. Two interpreters run the same program:
 
 * `PortProgram.flows` (here, Python): the apps' interface, and the reference;
 * `dfflow._core.instantiate` / `compile_moves` (compiled, through
@@ -51,6 +52,9 @@ class Param(enum.IntEnum):
     EXT_VNI = 10     # ... the external network's VNI,
     ROUTER_MAC = 11  # ... and the MAC of the router port on the port's subnet
     COOKIE = 12      # the flow's own cookie (a learn action stamps it on the flows it makes)
+    PAIR_MAC = 13    # `each=PER_PAIR_*`: an allowed address pair's MAC,
+    PAIR_IP = 14     # ... its address (a prefix's network address),
+    PAIR_MASK = 15   # ... and its netmask (PER_PAIR_NET only: a single address matches exactly)
 
 
 N_PARAMS = len(Param)
@@ -79,6 +83,8 @@ class Each(enum.IntEnum):
     ONCE = 0
     PER_IP = 1
     PER_FIP = 2
+    PER_PAIR_HOST = 3  # each allowed address pair that is a single IPv4 address
+    PER_PAIR_NET = 4   # each allowed address pair that is an IPv4 prefix
 
 
 Value = Union[int, Param]
@@ -86,19 +92,19 @@ Value = Union[int, Param]
 
 @dataclass(frozen=True)
 class FlowTemplate:
-    """A flow whose match values, action values and write-metadata value may be `Param`s."""
+    """A flow whose match values and masks, action values and write-metadata value may be `Param`s."""
 
     name: str
     table: int
     priority: int
-    match: tuple[tuple[str, Value, int | None], ...]
+    match: tuple[tuple[str, Value, Value | None], ...]
     actions: tuple[Any, ...] = ()
     goto: int | None = None
     write_metadata: tuple[Value, int] | None = None
 
     @functools.cached_property
     def params(self) -> frozenset[Param]:
-        used = {v for _, v, _ in self.match if isinstance(v, Param)}
+        used = {v for _, value, mask in self.match for v in (value, mask) if isinstance(v, Param)}
         for action in self.actions:
             used |= set(_action_params(action))
         if self.write_metadata is not None and isinstance(self.write_metadata[0], Param):
@@ -113,26 +119,28 @@ class FlowTemplate:
         def sub(value: Value) -> int:
             return values[value] if isinstance(value, Param) else value
 
-        match = tuple((name, sub(value), mask) for name, value, mask in self.match)
+        match = tuple((name, sub(value), None if mask is None else sub(mask)) for name, value, mask in self.match)
         actions = tuple(_substitute(action, sub) for action in self.actions)
         wmeta = None if self.write_metadata is None else (sub(self.write_metadata[0]), self.write_metadata[1])
         return Flow(self.table, self.priority, match, actions, self.goto, wmeta, cookie)
 
 
-def template(name: str, table: int, priority: int, match: Mapping[str, Value], actions: Iterable[Any] = (),
-             goto: int | None = None, write_metadata: tuple[Value, int] | None = None) -> FlowTemplate:
-    """A template with its match in the canonical (OXM) order `dfflow.flows.match` uses."""
+def template(name: str, table: int, priority: int, match: Mapping[str, Value | tuple[Value, Value]],
+             actions: Iterable[Any] = (), goto: int | None = None,
+             write_metadata: tuple[Value, int] | None = None) -> FlowTemplate:
+    """A template with its match in the canonical (OXM) order `dfflow.flows.match` uses; a match value
+    given as (value, mask) is masked."""
     for name_ in match:
         if name_ not in FIELDS:
             raise ValueError(f"template {name}: unknown match field {name_!r}")
-    items = tuple(sorted(((f, v, None) for f, v in match.items()),
+    items = tuple(sorted(((f, *(v if isinstance(v, tuple) else (v, None))) for f, v in match.items()),
                          key=lambda item: (FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
     return FlowTemplate(name, table, priority, items, tuple(actions), goto, write_metadata)
 
 
 def with_match(base: FlowTemplate, name: str, **extra: Value) -> FlowTemplate:
     """`base` with more match fields (e.g. a gated variant: reg5=1)."""
-    fields = {f: v for f, v, _ in base.match} | extra
+    fields = {f: v if m is None else (v, m) for f, v, m in base.match} | extra
     return template(name, base.table, base.priority, fields, base.actions, base.goto, base.write_metadata)
 
 
@@ -193,6 +201,18 @@ class FloatingIpFacts:
 
 
 @dataclass(frozen=True)
+class AddressPairFacts:
+    """An allowed address pair: `ip` with `mask` (all ones: a single address) from `mac`."""
+    mac: int
+    ip: int
+    mask: int = 0xFFFFFFFF
+
+    @property
+    def is_host(self) -> bool:
+        return self.mask == 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
 class PortFacts:
     """Everything a port's flows depend on besides its role (integers, as flows carry them)."""
 
@@ -203,6 +223,7 @@ class PortFacts:
     routed: bool = False
     ipv4s: tuple[int, ...] = ()
     fips: tuple[FloatingIpFacts, ...] = ()
+    pairs: tuple[AddressPairFacts, ...] = ()  # IPv4 allowed address pairs: single addresses first
 
 
 @dataclass(frozen=True)
@@ -260,6 +281,10 @@ def _each(kind: Each, port: PortFacts) -> Iterator[dict[Param, int]]:
     elif kind == Each.PER_IP:
         for ip in port.ipv4s:
             yield {Param.IP: ip}
+    elif kind in (Each.PER_PAIR_HOST, Each.PER_PAIR_NET):
+        for pair in port.pairs:
+            if pair.is_host == (kind == Each.PER_PAIR_HOST):
+                yield {Param.PAIR_MAC: pair.mac, Param.PAIR_IP: pair.ip, Param.PAIR_MASK: pair.mask}
     else:
         for fip in port.fips:
             yield {Param.FIP: fip.fip, Param.FIP_MAC: fip.fip_mac, Param.FIXED_IP: fip.fixed_ip,
@@ -267,4 +292,4 @@ def _each(kind: Each, port: PortFacts) -> Iterator[dict[Param, int]]:
 
 
 __all__ = ["APP_COOKIE_SHIFT", "object_hash", "Param", "N_PARAMS", "LOCATION_PARAMS", "Fact", "Each", "FlowTemplate", "template", "with_match",
-           "Entry", "bound", "FloatingIpFacts", "PortFacts", "PortRole", "PortProgram"]
+           "Entry", "bound", "FloatingIpFacts", "AddressPairFacts", "PortFacts", "PortRole", "PortProgram"]

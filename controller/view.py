@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from controller.migration import current_location
-from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash
+from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole, object_hash
 from dfflow import core
 from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, RouterPort,
                            Subnet)
@@ -210,7 +210,7 @@ class View:
     def port_facts(self, port: LogicalPort) -> PortFacts:
         return PortFacts(object_hash(port.id), self.vni(port.lswitch), mac_int(port.mac), port.port_security,
                          bool(self.routers_on(port.lswitch)), tuple(ipv4s_of(port)),
-                         tuple(self.usable_floating_ips(port)))
+                         tuple(self.usable_floating_ips(port)), address_pairs_of(port))
 
     def port_role(self, port: LogicalPort) -> PortRole | None:
         role = self.role(port)
@@ -263,3 +263,14 @@ def ip_int(ip: str) -> int:
 
 def ipv4s_of(port: LogicalPort) -> list[int]:
     return [ip_int(ip) for ip in port.ips if ":" not in ip]
+
+
+def address_pairs_of(port: LogicalPort) -> tuple[AddressPairFacts, ...]:
+    """The port's IPv4 allowed address pairs, single addresses first (a prefix by its network)."""
+    pairs = []
+    for pair in port.allowed_address_pairs:
+        net = ipaddress.ip_interface(pair.ip_address).network
+        if net.version == 4:
+            pairs.append(AddressPairFacts(mac_int(pair.mac_address.lower()), int(net.network_address),
+                                          int(net.netmask)))
+    return tuple(sorted(pairs, key=lambda p: not p.is_host))

@@ -919,7 +919,8 @@ def pack_many(batches, xid_starts, bundle_ids=None, flags=ONF_BF_ATOMIC | ONF_BF
 # =================================================================== the port-flow compiler
 #
 # A port's flows are a program (controller.templates): entries, each a template made
-# once, once per IPv4 address or once per floating IP of the port, when its facts hold.
+# once, once per IPv4 address, once per floating IP or once per allowed address pair (a
+# single address, or a prefix) of the port, when its facts hold.
 # Here each entry is a prototype row (a FlowBatch row of the template with every param
 # 0) and the byte offsets in that row where each param's value goes. Ports are typed
 # columns (PORT_FIELDS, IPv4s, floating IPs); a transition says a port's role on one
@@ -949,7 +950,10 @@ cdef enum:
     P_EXT_VNI = 10
     P_ROUTER_MAC = 11
     P_COOKIE = 12
-    N_PARAMS_C = 13
+    P_PAIR_MAC = 13
+    P_PAIR_IP = 14
+    P_PAIR_MASK = 15
+    N_PARAMS_C = 16
     # facts (controller.templates.Fact)
     F_LOCAL = 1 << 0
     F_REMOTE = 1 << 1
@@ -970,25 +974,35 @@ cdef enum:
     EACH_ONCE = 0
     EACH_PER_IP = 1
     EACH_PER_FIP = 2
+    EACH_PER_PAIR_HOST = 3
+    EACH_PER_PAIR_NET = 4
 
 PARAM_NAMES = ("OBJECT", "VNI", "MAC", "OFPORT", "TUNNEL", "COPY_TUNNEL", "IP", "FIP", "FIP_MAC", "FIXED_IP",
-               "EXT_VNI", "ROUTER_MAC", "COOKIE")
+               "EXT_VNI", "ROUTER_MAC", "COOKIE", "PAIR_MAC", "PAIR_IP", "PAIR_MASK")
 FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_OPEN, "COPY": F_COPY,
              "NO_COPY": F_NO_COPY, "PS_OFF": F_PS_OFF, "PS_MAC": F_PS_MAC, "PS_IPS": F_PS_IPS, "ROUTED": F_ROUTED}
 PORT_FLAG_SECURITY = PORT_SECURITY
 PORT_FLAG_ROUTED = PORT_ROUTED
 ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
 # The column tables' records: every column a little-endian uint64, in this order.
-PORT_FIELDS = ("object_hash", "vni", "mac", "flags", "ip_start", "ip_count", "fip_start", "fip_count")
+# A port's allowed address pairs are pairs[pair_start:...]: its pair_hosts single addresses, then
+# its pair_nets prefixes.
+PORT_FIELDS = ("object_hash", "vni", "mac", "flags", "ip_start", "ip_count", "fip_start", "fip_count",
+               "pair_start", "pair_hosts", "pair_nets")
 FIP_FIELDS = ("fip", "fip_mac", "fixed_ip", "ext_vni", "router_mac")
+PAIR_FIELDS = ("mac", "ip", "mask")
 ROLE_FIELDS = ("kind", "gated", "ofport", "tunnel", "copy_tunnel")
 TRANSITION_FIELDS = ("port", "group") + tuple("old_" + f for f in ROLE_FIELDS) + tuple("new_" + f for f in ROLE_FIELDS)
 
 cdef struct PortC:
     uint64_t object_hash, vni, mac, flags, ip_start, ip_count, fip_start, fip_count
+    uint64_t pair_start, pair_hosts, pair_nets
 
 cdef struct FipC:
     uint64_t fip, fip_mac, fixed_ip, ext_vni, router_mac
+
+cdef struct PairC:
+    uint64_t mac, ip, mask
 
 cdef struct RoleC:
     uint64_t kind, gated, ofport, tunnel, copy_tunnel
@@ -1020,11 +1034,13 @@ cdef enum CompileErr:
     C_PORT_INDEX
     C_IP_RANGE
     C_FIP_RANGE
+    C_PAIR_RANGE
     C_GROUP
     C_ROLE_KIND
     C_NOT_COMPILABLE
 
 assert sizeof(PortC) == 8 * len(PORT_FIELDS) and sizeof(FipC) == 8 * len(FIP_FIELDS)
+assert sizeof(PairC) == 8 * len(PAIR_FIELDS)
 assert sizeof(TransitionC) == 8 * len(TRANSITION_FIELDS)
 
 
@@ -1066,8 +1082,9 @@ cdef class CompiledProgram:
             names.append(name)
             if len(patches) > MAX_PATCHES:
                 raise ValueError(f"entry {name}: {len(patches)} params, at most {MAX_PATCHES}")
-            if each not in (EACH_ONCE, EACH_PER_IP, EACH_PER_FIP):
-                raise ValueError(f"entry {name}: each {each} is not ONCE, PER_IP or PER_FIP")
+            if each not in (EACH_ONCE, EACH_PER_IP, EACH_PER_FIP, EACH_PER_PAIR_HOST, EACH_PER_PAIR_NET):
+                raise ValueError(f"entry {name}: each {each} is not ONCE, PER_IP, PER_FIP, PER_PAIR_HOST or "
+                                 f"PER_PAIR_NET")
             self.entries[i].app_cookie = app_cookie
             self.entries[i].when = when
             self.entries[i].each = each
@@ -1099,6 +1116,8 @@ cdef struct ColumnsC:
     Py_ssize_t nips
     const FipC *fips
     Py_ssize_t nfips
+    const PairC *pairs
+    Py_ssize_t npairs
 
 
 cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
@@ -1127,6 +1146,7 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
     cdef int e, k
     cdef const EntryC *E
     cdef const FipC *fip
+    cdef const PairC *pair
     cdef unsigned char *row
     if r.kind == ROLE_NONE:
         return 0
@@ -1140,13 +1160,23 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
         param[P_COPY_TUNNEL] = r.copy_tunnel
         param[P_IP] = 0
         param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
+        param[P_PAIR_MAC] = param[P_PAIR_IP] = param[P_PAIR_MASK] = 0
     for e in range(nentries):
         E = &entries[e]
         if E.when & ~facts:
             continue
         if only_location and not E.uses_location:
             continue
-        reps = 1 if E.each == EACH_ONCE else (p.ip_count if E.each == EACH_PER_IP else p.fip_count)
+        if E.each == EACH_ONCE:
+            reps = 1
+        elif E.each == EACH_PER_IP:
+            reps = p.ip_count
+        elif E.each == EACH_PER_FIP:
+            reps = p.fip_count
+        elif E.each == EACH_PER_PAIR_HOST:
+            reps = p.pair_hosts
+        else:
+            reps = p.pair_nets
         if out == NULL:
             count += reps
             continue
@@ -1161,6 +1191,11 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
                 param[P_FIXED_IP] = fip.fixed_ip
                 param[P_EXT_VNI] = fip.ext_vni
                 param[P_ROUTER_MAC] = fip.router_mac
+            elif E.each == EACH_PER_PAIR_HOST or E.each == EACH_PER_PAIR_NET:
+                pair = &C.pairs[p.pair_start + j + (p.pair_hosts if E.each == EACH_PER_PAIR_NET else 0)]
+                param[P_PAIR_MAC] = pair.mac
+                param[P_PAIR_IP] = pair.ip
+                param[P_PAIR_MASK] = pair.mask
             row = out + count * itemsize
             memcpy(row, protos + e * itemsize, itemsize)
             for k in range(<int>E.n_patches):
@@ -1226,6 +1261,11 @@ cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t 
             return -1
         if p.fip_start > <uint64_t>C.nfips or p.fip_count > <uint64_t>C.nfips - p.fip_start:
             o.code = C_FIP_RANGE
+            o.value = T[t].port
+            return -1
+        if (p.pair_start > <uint64_t>C.npairs or p.pair_hosts > <uint64_t>C.npairs - p.pair_start
+                or p.pair_nets > <uint64_t>C.npairs - p.pair_start - p.pair_hosts):
+            o.code = C_PAIR_RANGE
             o.value = T[t].port
             return -1
         if T[t].group >= <uint64_t>ngroups or T[t].group < group:
@@ -1329,11 +1369,12 @@ cdef _Buf _buf(obj, Py_ssize_t record, str what):
 
 
 def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, Py_ssize_t n_groups=1,
-                        workspace=None):
+                        workspace=None, pairs=None):
     """The flows that change, per group, when ports go from their old to their new role.
 
     ports: records of PORT_FIELDS; ips: uint64 IPv4s (ports[i] owns ips[ip_start:ip_start+ip_count]);
-    fips: records of FIP_FIELDS; transitions: records of TRANSITION_FIELDS, sorted by group.
+    fips: records of FIP_FIELDS; transitions: records of TRANSITION_FIELDS, sorted by group;
+    pairs: records of PAIR_FIELDS (None: no port has allowed address pairs).
     Returns (deletes, adds, del_ends, add_ends): two arrays of the program's flow records
     (deletes as DELETE_STRICT) and, per group g, the end of its rows in each
     (group g's rows are [ends[g-1]:ends[g]]). Raises NotCompilable when an add needs a flow
@@ -1354,16 +1395,21 @@ def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, 
     if n_groups < 1:
         raise ValueError(f"n_groups: {n_groups}, at least 1")
     ips = np.ascontiguousarray(ips, dtype="<u8")
+    if pairs is None:
+        pairs = np.zeros(1, [(name, "<u8") for name in PAIR_FIELDS])
     cdef _Buf bp = _buf(ports, sizeof(PortC), "ports")
     cdef _Buf bi = _buf(ips, 8, "ips")
     cdef _Buf bf = _buf(fips, sizeof(FipC), "fips")
     cdef _Buf bt = _buf(transitions, sizeof(TransitionC), "transitions")
+    cdef _Buf bpair = _buf(pairs, sizeof(PairC), "pairs")
     C.ports = <const PortC *>bp.view.buf
     C.nports = bp.view.len // sizeof(PortC)
     C.ips = <const uint64_t *>bi.view.buf
     C.nips = bi.view.len // 8
     C.fips = <const FipC *>bf.view.buf
     C.nfips = bf.view.len // sizeof(FipC)
+    C.pairs = <const PairC *>bpair.view.buf
+    C.npairs = bpair.view.len // sizeof(PairC)
     T = <const TransitionC *>bt.view.buf
     nt = bt.view.len // sizeof(TransitionC)
     o.code = C_OK
@@ -1427,6 +1473,7 @@ _COMPILE_ERR_TEXT = {
     C_PORT_INDEX: "port index {value} is not in the port table",
     C_IP_RANGE: "port {value}: ip_start/ip_count run past the IPv4 column",
     C_FIP_RANGE: "port {value}: fip_start/fip_count run past the floating-IP column",
+    C_PAIR_RANGE: "port {value}: pair_start/pair_hosts/pair_nets run past the address-pair column",
     C_GROUP: "group {value}: groups must be sorted and below n_groups",
     C_ROLE_KIND: "role kind {value} is not none (0), local (1) or remote (2)",
 }

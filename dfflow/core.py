@@ -40,6 +40,7 @@ PORT_FLAG_SECURITY: int = _core.PORT_FLAG_SECURITY
 PORT_FLAG_ROUTED: int = _core.PORT_FLAG_ROUTED
 PORT_FIELDS: tuple = _core.PORT_FIELDS
 FIP_FIELDS: tuple = _core.FIP_FIELDS
+PAIR_FIELDS: tuple = _core.PAIR_FIELDS
 ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
 
@@ -63,7 +64,7 @@ __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
            "pack_bundle", "pack_bundle_ctrl", "pack_many",
            "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
-           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "ROLE_FIELDS",
+           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
            "TRANSITION_FIELDS",
            "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",
            "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",

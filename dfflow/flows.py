@@ -45,6 +45,9 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("ip_proto", OXM_OPENFLOW_BASIC, 10, 8, False),
     FieldSpec("ipv4_src", OXM_OPENFLOW_BASIC, 11, 32, True),
     FieldSpec("ipv4_dst", OXM_OPENFLOW_BASIC, 12, 32, True),
+    FieldSpec("tcp_dst", OXM_OPENFLOW_BASIC, 14, 16, True),
+    FieldSpec("udp_dst", OXM_OPENFLOW_BASIC, 16, 16, True),
+    FieldSpec("sctp_dst", OXM_OPENFLOW_BASIC, 18, 16, True),
     FieldSpec("icmpv4_type", OXM_OPENFLOW_BASIC, 19, 8, False),
     FieldSpec("icmpv4_code", OXM_OPENFLOW_BASIC, 20, 8, False),
     FieldSpec("arp_op", OXM_OPENFLOW_BASIC, 21, 16, False),
@@ -56,6 +59,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
+    FieldSpec("ct_state", NXM_1, 105, 32, True),
 )}
 
 OFPP_IN_PORT = 0xFFFFFFF8
@@ -117,7 +121,23 @@ class Learn:
     output_in_port: bool = False
 
 
-Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn]
+@dataclass(frozen=True)
+class Ct:
+    """Send the packet through Open vSwitch's connection tracker in `zone` (Nicira ct): with `commit`,
+    remember its connection; with `table`, continue the pipeline there with ct_state set (the action
+    list ends here)."""
+
+    zone: int
+    commit: bool = False
+    table: int | None = None
+
+
+# ct_state bits (OVS's): what the connection tracker said about the packet
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+CT_NO_TABLE = 255  # Nicira ct's recirc_table meaning "do not recirculate"
+
+
+Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn, Ct]
 MatchItem = tuple[str, int, Union[int, None]]  # (field, value, mask or None)
 
 
@@ -203,6 +223,10 @@ def _osken_action(action: Action, parser: Any) -> Any:
         return parser.NXActionLearn(table_id=action.table, specs=specs, priority=action.priority,
                                     idle_timeout=action.idle_timeout, hard_timeout=action.hard_timeout,
                                     cookie=action.cookie)
+    if isinstance(action, Ct):
+        return parser.NXActionCT(flags=1 if action.commit else 0, zone_src="", zone_ofs_nbits=action.zone,
+                                 recirc_table=CT_NO_TABLE if action.table is None else action.table, alg=0,
+                                 actions=[])
     raise TypeError(f"unknown action {action!r}")
 
 
@@ -228,6 +252,6 @@ def controller_output() -> Output:
     return Output(OFPP_CONTROLLER, OFPCML_NO_BUFFER)
 
 
-__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "Resubmit", "Learn",
+__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "Resubmit", "Learn", "Ct",
            "match",
            "controller_output", "osken_match"]

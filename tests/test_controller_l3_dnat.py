@@ -16,7 +16,8 @@ X, Y, Z, E = "10.1.0.10", "10.2.0.20", "10.2.0.30", "172.24.4.100"
 @pytest.fixture(scope="module")
 def cloud():
     """net1 + net2 behind router R with a gateway on `public`; X net1/chassis-1, Y net2/chassis-2,
-    Z net2/chassis-1, external host E on public/chassis-3; X has a floating IP."""
+    Z net2/chassis-1, external host E on public/chassis-3 (no port security: not a VM of the cloud); X has
+    a floating IP. The VMs' default group lets in, as a user would, what E's probes send."""
     with running_cloud(3) as c:
         c.call("create_network", "net1", "10.1.0.0/24")
         c.call("create_network", "net2", "10.2.0.0/24")
@@ -25,8 +26,13 @@ def cloud():
         c.call("create_vm", "X", "chassis-1", "net1", X)
         c.call("create_vm", "Y", "chassis-2", "net2", Y)
         c.call("create_vm", "Z", "chassis-1", "net2", Z)
-        c.call("create_vm", "E", "chassis-3", "public", E)
+        c.call("create_vm", "E", "chassis-3", "public", E, port_attrs={"port_security_enabled": False})
         c.fip = c.call("create_floating_ip", "X")
+        default_group = c.nb("get", "lport", c.sb.vm("X").vifs[0].port_id).security_groups[0]
+        for protocol, port in (("icmp", None), ("udp", 7000), ("tcp", 5001)):
+            rule = {"security_group_id": default_group, "direction": "ingress", "protocol": protocol,
+                    "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "172.24.4.0/24"}
+            c.call("neutron", "create_security_group_rule", {"security_group_rule": rule})
         yield c
 
 

@@ -18,7 +18,7 @@ from controller.apps.dnat import DNAT_PORT_FLOWS
 from controller.apps.l2 import L2_PORT_FLOWS
 from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
-from controller.templates import FloatingIpFacts, PortFacts, PortRole
+from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole
 from dfflow import core
 from dfflow.flowbatch import LAYOUT, FlowBatch
 from dfflow.flows import Command, Flow
@@ -35,11 +35,19 @@ ofport = st.integers(1, 0xFFFFFF00)
 
 
 @st.composite
+def address_pair(draw) -> AddressPairFacts:
+    mask = (0xFFFFFFFF << (32 - draw(st.integers(8, 32)))) & 0xFFFFFFFF
+    return AddressPairFacts(draw(mac), draw(ipv4) & mask, mask)
+
+
+@st.composite
 def port_facts(draw) -> PortFacts:
     fips = draw(st.lists(st.builds(FloatingIpFacts, ipv4, mac, ipv4, u24, mac), max_size=2,
                          unique_by=lambda f: f.fip))
+    pairs = draw(st.lists(address_pair(), max_size=3, unique=True))
     return PortFacts(draw(st.integers(0, (1 << 56) - 1)), draw(u24), draw(mac), draw(st.booleans()),
-                     draw(st.booleans()), tuple(draw(st.lists(ipv4, max_size=3, unique=True))), tuple(fips))
+                     draw(st.booleans()), tuple(draw(st.lists(ipv4, max_size=3, unique=True))), tuple(fips),
+                     tuple(sorted(pairs, key=lambda p: not p.is_host)))
 
 
 @st.composite

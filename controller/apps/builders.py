@@ -29,7 +29,7 @@ ICMP_ECHO_REPLY_FLOW = template(
 
 # A routed packet for IP on network VNI is for MAC.
 RESOLVE = template("resolve", table("l3_resolve"), 100, dict(metadata=VNI, eth_type=ETH_TYPE_IP, ipv4_dst=IP),
-                   (SetField("eth_dst", MAC),), goto=table("l2_lookup"))
+                   (SetField("eth_dst", MAC),), goto=table("ingress_conntrack"))
 
 
 def arp_reply_flow(vni: int, ip: int, mac: int, cookie: int) -> Flow:

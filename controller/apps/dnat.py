@@ -19,7 +19,7 @@ from controller.templates import Each, Fact, Param, PortProgram, bound, template
 from dfflow.flows import ETH_TYPE_IP, DecTtl, SetField
 
 L3_ENTRY, DNAT, L3_LOOKUP = table("l3_entry"), table("dnat"), table("l3_lookup")
-L3_RESOLVE, L2_LOOKUP = table("l3_resolve"), table("l2_lookup")
+L3_RESOLVE, INGRESS_CONNTRACK = table("l3_resolve"), table("ingress_conntrack")
 VNI, MAC, FIP, FIP_MAC = Param.VNI, Param.MAC, Param.FIP, Param.FIP_MAC
 EXT_VNI, FIXED_IP, ROUTER_MAC = Param.EXT_VNI, Param.FIXED_IP, Param.ROUTER_MAC
 
@@ -28,7 +28,7 @@ DNAT_ENTRY = template("dnat_entry", L3_ENTRY, 100, dict(metadata=EXT_VNI, eth_ds
 # ... which rewrites it to the fixed IP and routes it onto the port's network ...
 DNAT_IN = template("dnat_in", DNAT, 100, dict(metadata=EXT_VNI, eth_type=ETH_TYPE_IP, ipv4_dst=FIP),
                    (SetField("ipv4_dst", FIXED_IP), DecTtl(), SetField("eth_src", ROUTER_MAC), SetField("eth_dst", MAC)),
-                   goto=L2_LOOKUP, write_metadata=(VNI, ALL_ONES_64))
+                   goto=INGRESS_CONNTRACK, write_metadata=(VNI, ALL_ONES_64))
 # ... and the port's own packets leave through the router as the floating IP.
 SNAT_OUT = template("snat_out", L3_LOOKUP, 100, dict(metadata=VNI, eth_type=ETH_TYPE_IP, ipv4_src=FIXED_IP),
                     (SetField("ipv4_src", FIP), SetField("eth_src", FIP_MAC), DecTtl()),

@@ -16,6 +16,9 @@ ACTIVATION_GATE = table("activation_gate")
 # up): unused for GATE_IDLE seconds it goes by itself, and never outlives GATE_MAX.
 GATE_IDLE, GATE_MAX = 5, 60
 L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood")
+# What port security lets through goes on to the security groups' egress check; what goes to the
+# L2 lookup passes their ingress check on the way.
+EGRESS_CONNTRACK, INGRESS_CONNTRACK = table("egress_conntrack"), table("ingress_conntrack")
 VNI, MAC, OFPORT, IP = Param.VNI, Param.MAC, Param.OFPORT, Param.IP
 TUNNEL, COPY_TUNNEL = Param.TUNNEL, Param.COPY_TUNNEL
 LOCAL, REMOTE, GATED, OPEN = Fact.LOCAL, Fact.REMOTE, Fact.GATED, Fact.OPEN
@@ -27,18 +30,30 @@ CLASSIFY_PORT = template("classify_port", CLASSIFY, 100, dict(in_port=OFPORT), (
 CLASSIFY_GATED = template("classify_gated", CLASSIFY, 100, dict(in_port=OFPORT),
                           (SetField("reg6", OFPORT), Resubmit(ACTIVATION_GATE)),
                           goto=PORT_SECURITY, write_metadata=(VNI, ALL_ONES_64))
-PS_ANY = template("ps_any", PORT_SECURITY, 100, dict(reg6=OFPORT), goto=ARP_RESPONDER)
-PS_MAC = template("ps_mac", PORT_SECURITY, 100, dict(eth_src=MAC, reg6=OFPORT), goto=ARP_RESPONDER)
+PS_ANY = template("ps_any", PORT_SECURITY, 100, dict(reg6=OFPORT), goto=EGRESS_CONNTRACK)
+PS_MAC = template("ps_mac", PORT_SECURITY, 100, dict(eth_src=MAC, reg6=OFPORT), goto=EGRESS_CONNTRACK)
 # QEMU announces a migrated guest with RARP from its MAC: always let that through.
 PS_RARP = template("ps_rarp", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_RARP, reg6=OFPORT),
-                   goto=ARP_RESPONDER)
+                   goto=EGRESS_CONNTRACK)
 PS_IP = template("ps_ip", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_IP, ipv4_src=IP, reg6=OFPORT),
-                 goto=ARP_RESPONDER)
+                 goto=EGRESS_CONNTRACK)
 PS_ARP = template("ps_arp", PORT_SECURITY, 100,
-                  dict(eth_src=MAC, eth_type=ETH_TYPE_ARP, arp_spa=IP, arp_sha=MAC, reg6=OFPORT), goto=ARP_RESPONDER)
+                  dict(eth_src=MAC, eth_type=ETH_TYPE_ARP, arp_spa=IP, arp_sha=MAC, reg6=OFPORT), goto=EGRESS_CONNTRACK)
+# Allowed address pairs: the port may also send from each pair's MAC and address or prefix (a
+# port has pairs only with port security on).
+PAIR_MAC, PAIR_IP, PAIR_MASK = Param.PAIR_MAC, Param.PAIR_IP, Param.PAIR_MASK
+PS_PAIR_IP = template("ps_pair_ip", PORT_SECURITY, 100,
+                      dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_IP, ipv4_src=PAIR_IP, reg6=OFPORT), goto=EGRESS_CONNTRACK)
+PS_PAIR_NET = with_match(PS_PAIR_IP, "ps_pair_net", ipv4_src=(PAIR_IP, PAIR_MASK))
+PS_PAIR_ARP = template("ps_pair_arp", PORT_SECURITY, 100,
+                       dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_ARP, arp_spa=PAIR_IP, arp_sha=PAIR_MAC, reg6=OFPORT),
+                       goto=EGRESS_CONNTRACK)
+PS_PAIR_ARP_NET = with_match(PS_PAIR_ARP, "ps_pair_arp_net", arp_spa=(PAIR_IP, PAIR_MASK))
 PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC, Each.ONCE),
                          (PS_RARP, Fact.PS_IPS, Each.ONCE), (PS_IP, Fact.PS_IPS, Each.PER_IP),
-                         (PS_ARP, Fact.PS_IPS, Each.PER_IP))
+                         (PS_ARP, Fact.PS_IPS, Each.PER_IP),
+                         (PS_PAIR_IP, Fact(0), Each.PER_PAIR_HOST), (PS_PAIR_NET, Fact(0), Each.PER_PAIR_NET),
+                         (PS_PAIR_ARP, Fact(0), Each.PER_PAIR_HOST), (PS_PAIR_ARP_NET, Fact(0), Each.PER_PAIR_NET))
 
 # A pre-programmed destination: the VM's first RARP or GARP opens its egress and its ingress in
 # the datapath, in the same action list, and tells the controller, which activates the port and
@@ -134,7 +149,7 @@ class L2App(App):
         cookie = self.cookie("pipeline")
         return [
             Flow(ARP_RESPONDER, 0, (), goto=L3_ENTRY, cookie=cookie),
-            Flow(L3_ENTRY, 0, (), goto=L2_LOOKUP, cookie=cookie),
+            Flow(L3_ENTRY, 0, (), goto=INGRESS_CONNTRACK, cookie=cookie),
             Flow(L2_LOOKUP, 0, (), goto=FLOOD, cookie=cookie),
         ]
 

@@ -83,10 +83,12 @@ class Cloud:
         raise ValidationError("ip", f"subnet {subnet.cidr} is full")
 
     async def create_port(self, network: str, chassis: str | None, ip: str | None = None,
-                          name: str = "", device_id: str = "", mac: str | None = None) -> LogicalPort:
-        """POST /v2.0/ports on the sandbox's API, as Nova asks Neutron for a VM's port."""
+                          name: str = "", device_id: str = "", mac: str | None = None,
+                          attrs: dict[str, Any] | None = None) -> LogicalPort:
+        """POST /v2.0/ports on the sandbox's API, as Nova asks Neutron for a VM's port (`attrs`: more of
+        the port's attributes, e.g. its security_groups)."""
         body: dict[str, Any] = {"network_id": network, "name": name, "device_id": device_id,
-                                "device_owner": "compute:nova", "project_id": self.topic}
+                                "device_owner": "compute:nova", "project_id": self.topic, **(attrs or {})}
         if chassis is not None:
             body["binding:host_id"] = chassis
         if mac is not None:
@@ -143,12 +145,13 @@ class Cloud:
             await asyncio.sleep(interval)
 
     async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
-                        mac: str | None = None) -> Vm:
+                        mac: str | None = None, port_attrs: dict[str, Any] | None = None) -> Vm:
         """Nova's boot: Neutron creates and binds the port; the VM's tap is made; os-vif plugs it from
         the port's binding; Nova waits for the VIF to be reported up."""
         ch = self.sandbox.chassis(chassis)  # fail before writing anything
         vm_uuid = str(uuid.uuid4())
-        port = await self.create_port(network, chassis, ip, name=f"{name}-port", device_id=vm_uuid, mac=mac)
+        port = await self.create_port(network, chassis, ip, name=f"{name}-port", device_id=vm_uuid, mac=mac,
+                                      attrs=port_attrs)
         subnet = await self._subnet(network)
         try:
             shown = (await self.neutron("show_port", port.id))["port"]

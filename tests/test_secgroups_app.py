@@ -1,0 +1,107 @@
+"""The security groups app's flows: what a rule matches, where the flows live, and what recomputes them."""
+from __future__ import annotations
+
+import ipaddress
+
+from controller.apps.l2 import L2App
+from controller.apps.secgroups import SecurityGroupsApp
+from controller.apps.sg_match import protocol_matches, range_prefixes
+from controller.engine import Engine
+from controller.pipeline import table
+from controller.reconcile import flow_from_stats
+from controller.view import Vif
+from dfflow.flows import Command, Ct
+from dfflow.models import AddressPair, LogicalPort, LogicalSwitch, SecurityGroup, SecurityGroupRule, Subnet
+from test_engine import apply, event
+from test_reconcile import read_back
+
+EGRESS_SG, INGRESS_SG, INGRESS_CT = table("egress_security_groups"), table("ingress_security_groups"), \
+    table("ingress_conntrack")
+APP = SecurityGroupsApp()
+
+
+def covered(prefixes: list) -> set[int]:
+    found: set[int] = set()
+    for p in prefixes:
+        value, mask = (p, 0xFFFF) if isinstance(p, int) else p
+        found |= {x for x in range(1 << 16) if x & mask == value}
+    return found
+
+
+def test_a_port_range_becomes_prefixes_covering_it_exactly():
+    for low, high in ((22, 22), (1000, 1999), (5, 1030), (1, 65535), (80, 81), (65535, 65535)):
+        prefixes = range_prefixes(low, high)
+        assert covered(prefixes) == set(range(low, high + 1)), (low, high)
+        assert all(not isinstance(p, tuple) or p[1] != 0xFFFF for p in prefixes)  # exact values unmasked
+
+
+def test_rules_openflow_cannot_express_allow_nothing_rather_than_more():
+    rule = SecurityGroupRule(id="r", topic="t", secgroup="g", protocol="dccp", port_range_min=5, port_range_max=6)
+    assert protocol_matches(rule) is None
+    icmp = SecurityGroupRule(id="r", topic="t", secgroup="g", protocol="icmp", port_range_min=8, port_range_max=0)
+    assert protocol_matches(icmp) == [{"ip_proto": 1, "icmpv4_type": 8, "icmpv4_code": 0}]
+
+
+def engine_with_groups():
+    """Chassis A hosting a1 (group web: tcp 80 from 10.9.0.0/16, and anything from group db's members)
+    and a chassis B hosting b1 (group db)."""
+    engine = Engine("A", [L2App(), SecurityGroupsApp()])
+    apply(engine, engine.tunnels_changed({"B": 10}))
+    objs = [LogicalSwitch(id="net1", topic="t", segmentation_id=101),
+            Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24"),
+            SecurityGroup(id="web", topic="t"), SecurityGroup(id="db", topic="t"),
+            SecurityGroupRule(id="r1", topic="t", secgroup="web", protocol="tcp", port_range_min=80,
+                              port_range_max=80, remote_ip_prefix="10.9.0.0/16"),
+            SecurityGroupRule(id="r2", topic="t", secgroup="web", remote_group="db"),
+            SecurityGroupRule(id="r3", topic="t", secgroup="web", direction="egress"),
+            LogicalPort(id="a1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:01", ips=["10.0.0.11"],
+                        binding_chassis="A", security_groups=["web"]),
+            LogicalPort(id="b1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:02", ips=["10.0.0.12"],
+                        binding_chassis="B", security_groups=["db"])]
+    for obj in objs:
+        apply(engine, engine.nb_event(event(obj)))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    return engine
+
+
+def sg_flows(engine, port_id: str) -> list:
+    cookie = APP.cookie(port_id)
+    return [f for f in engine.desired().values() if f.cookie == cookie]
+
+
+def new_connection_sources(engine, port_id: str) -> set:
+    return {dict((n, (v, m)) for n, v, m in f.match).get("ipv4_src") for f in sg_flows(engine, port_id)
+            if f.table == INGRESS_SG}
+
+
+def test_a_local_port_is_filtered_in_its_own_zone_by_its_rules_and_remote_group_members():
+    engine = engine_with_groups()
+    flows = sg_flows(engine, "a1")
+    assert all(Ct(5, commit=True) in f.actions for f in flows if f.table in (EGRESS_SG, INGRESS_SG))
+    net = ipaddress.ip_network("10.9.0.0/16")
+    assert new_connection_sources(engine, "a1") == {(int(net.network_address), int(net.netmask)),
+                                                     (int(ipaddress.ip_address("10.0.0.12")), None)}
+    assert not sg_flows(engine, "b1")  # enforced where the port runs, not here
+    for flow in flows:  # and reconciliation reads every one of them back as sent
+        assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)
+
+
+def test_a_members_new_address_or_pair_updates_the_ports_whose_rules_name_its_group():
+    engine = engine_with_groups()
+    b1 = engine.view.port("b1")
+    moved = b1.replace(ips=["10.0.0.13"], allowed_address_pairs=[AddressPair("10.0.0.99", b1.mac)])
+    apply(engine, engine.nb_event(event(moved, "update")))
+    sources = new_connection_sources(engine, "a1")
+    assert (int(ipaddress.ip_address("10.0.0.13")), None) in sources
+    assert (int(ipaddress.ip_address("10.0.0.99")), None) in sources
+    assert (int(ipaddress.ip_address("10.0.0.12")), None) not in sources
+
+
+def test_a_port_without_groups_or_port_security_is_not_filtered_and_a_rule_removed_goes_at_once():
+    engine = engine_with_groups()
+    apply(engine, engine.nb_event(event(SecurityGroupRule(id="r1", topic="t", secgroup="web"), "delete")))
+    assert len(new_connection_sources(engine, "a1")) == 1
+    a1 = engine.view.port("a1")
+    apply(engine, engine.nb_event(event(a1.replace(security_groups=[]), "update")))
+    assert not sg_flows(engine, "a1")
+    assert not [f for f in engine.desired().values() if f.table == INGRESS_CT and f.priority == 100]
