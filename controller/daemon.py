@@ -33,7 +33,7 @@ from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
-from controller.apps.secgroups import SecurityGroupsApp
+from controller.apps.secgroups import ARRIVAL_WINDOW, SecurityGroupsApp
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.migration import step3_arrived
@@ -106,7 +106,8 @@ class ControllerDaemon:
         self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
-        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()], compiled=flow_path == "compiled")
+        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()],
+                             compiled=flow_path == "compiled")
         self.nb = NbApi(nb_url)
         self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
         self.ovsdb = Ovsdb(ovsdb, bridge)
@@ -204,6 +205,15 @@ class ControllerDaemon:
         plan.timing["emitted"] = time.monotonic()
         self.engine.commit(plan)
         self._outbox.put_nowait(plan)
+        for port_id in self.engine.take_windows_ending():
+            asyncio.get_running_loop().call_later(ARRIVAL_WINDOW, self._close_arrival_window, port_id)
+
+    def _close_arrival_window(self, port_id: str) -> None:
+        try:
+            self._emit(self.engine.arrival_window_closed(port_id))
+        except Exception:
+            self._record_error("arrival window")
+            LOG.exception("closing the arrival window of port %s failed", port_id)
 
     # -- life cycle --------------------------------------------------------------
     async def run(self) -> int:

@@ -56,6 +56,7 @@ class Engine:
                          for app in self.apps if compiled and app.port_program is not None}
         self.table = compiler.PortTable()
         self.port_state: dict[str, PortState] = {}  # port id -> (facts, role) of its installed flows
+        self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
@@ -71,6 +72,8 @@ class Engine:
         return self._changed(obj.table, obj.id, obj)
 
     def _changed(self, table: str, obj_id: str, new: Model | None) -> Plan:
+        if table == LogicalPort.table:
+            self._track_arrival(obj_id, new)
         needed = self.view.needed_switches()
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
         if old is not None and new is not None and _same_content(old, new):
@@ -80,6 +83,26 @@ class Engine:
         if self.view.needed_switches() != needed:
             return self._recompute(self._everything())
         return self._recompute(self._affected(old, new))
+
+    def _track_arrival(self, port_id: str, port: Model | None) -> None:
+        mig = getattr(port, "migration", None)
+        if mig is not None and mig.chassis == self.view.chassis:
+            self.view.arrivals.add(port_id)
+        elif port_id in self.view.arrivals and port_id not in self.windows_ending:
+            self.windows_ending.append(port_id)
+
+    def take_windows_ending(self) -> list[str]:
+        ending, self.windows_ending = self.windows_ending, []
+        return ending
+
+    def arrival_window_closed(self, port_id: str) -> Plan:
+        """The port's migration here ended a while ago: its connections are this chassis' own now."""
+        port = self.view.port(port_id)
+        mig = port.migration if port is not None else None
+        if mig is not None and mig.chassis == self.view.chassis:
+            return Plan()  # migrating here again meanwhile
+        self.view.arrivals.discard(port_id)
+        return self._recompute({(PORT, port_id, "")})
 
     def vif_online(self, vif: Vif) -> Plan:
         if self.view.vifs.get(vif.iface_id) == vif:

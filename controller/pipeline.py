@@ -63,7 +63,9 @@ PIPELINE: tuple[Table, ...] = (
           "Packets of connections the port's zone knows (established or related) pass, invalid ones are "
           "dropped; a new connection passes, and is committed in the port's zone, only if an egress rule "
           "of the port's groups allows it: one flow per (rule, remote address or prefix, port-range "
-          "prefix), a remote group's members' addresses expanded. Everything else is dropped.",
+          "prefix), a remote group's members' addresses expanded. While the port migrates to this "
+          "chassis, its TCP packets without SYN are committed too (priority 90): its established "
+          "connections resume here, no new one opens. Everything else is dropped.",
           "ct_state | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
           "drop", ("arp_responder",)),
     Table(20, "arp_responder",
@@ -107,7 +109,8 @@ PIPELINE: tuple[Table, ...] = (
     Table(48, "ingress_security_groups",
           "As egress_security_groups, for what arrives: established and related packets pass, invalid "
           "ones are dropped, a new connection passes (committed in the port's zone) only if an ingress "
-          "rule allows it, by source address or prefix, remote group members, protocol and port range.",
+          "rule allows it, by source address or prefix, remote group members, protocol and port range; "
+          "while the port migrates here, TCP without SYN is committed too.",
           "ct_state | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
           "drop", ("l2_lookup",)),
     Table(50, "l2_lookup",

@@ -29,7 +29,8 @@ def _int_value(name: str, value: Any) -> int:
 def flow_from_stats(stats: Any) -> Flow:
     """An os-ken OFPFlowStats (or OFPFlowMod) read back as a Flow."""
     fields: dict[str, Any] = {}
-    for name, value in stats.match.items():
+    for osken_name, value in stats.match.items():
+        name = _field_name(osken_name)
         if name not in FIELDS:
             raise ValueError(f"flow matches a field dfflow does not use: {name}")
         if isinstance(value, tuple):

@@ -38,6 +38,9 @@ class View:
         self.tunnels: dict[str, int] = {}  # peer chassis -> ofport of our tunnel port to it
         self._ports_by_switch: dict[str, set[str]] = defaultdict(set)
         self._needed: frozenset[str] | None = None  # memo of needed_switches(), reset on any change
+        # ports migrating to this chassis, until a while after their migration ended (controller.engine):
+        # their established connections are admitted here meanwhile (controller.apps.secgroups)
+        self.arrivals: set[str] = set()
 
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:

@@ -171,6 +171,7 @@ cdef enum ErrCode:
     E_SET_OFPORT
     E_MOVE_DST
     E_MOVE_NBITS
+    E_ACTION_EXPERIMENTER
 
 # OpenFlow 1.3 / ONF bundle constants (values as in os_ken.ofproto.ofproto_v1_3).
 OFP_VERSION = 4
@@ -190,7 +191,9 @@ BUNDLE_CTRL_LEN = C_BUNDLE_CTRL_LEN
 BUNDLE_ADD_HEADER_LEN = C_BUNDLE_ADD_HEADER_LEN
 
 cdef struct FieldC:
-    uint32_t hdr        # OXM header of the unmasked field (length = nbytes)
+    uint32_t hdr        # OXM header of the unmasked field (length = nbytes, + 4 for an experimenter's)
+    uint32_t experimenter  # an experimenter field's (class 0xffff) experimenter id, after the header
+    uint32_t extra      # 4 for an experimenter field (its id), else 0
     uint32_t nbytes
     uint32_t bits
     uint32_t maskable
@@ -287,13 +290,17 @@ cdef class FlowLayout:
                 raise ValueError(f"field {name!r}: bad OXM class/field {oxm_class:#x}/{oxm_field}")
             self.c.f[i].nbytes = bits // 8
             self.c.f[i].bits = bits
-            self.c.f[i].hdr = (<uint32_t>oxm_class << 16) | (<uint32_t>oxm_field << 9) | <uint32_t>(bits // 8)
+            # class 0xffff: ONF's experimenter fields (OpenFlow 1.3 extensions such as tcp_flags)
+            self.c.f[i].extra = 4 if oxm_class == 0xFFFF else 0
+            self.c.f[i].experimenter = 0x4F4E4600 if oxm_class == 0xFFFF else 0
+            self.c.f[i].hdr = ((<uint32_t>oxm_class << 16) | (<uint32_t>oxm_field << 9)
+                               | <uint32_t>(bits // 8 + self.c.f[i].extra))
             self.c.f[i].maskable = bool(maskable)
             self.c.f[i].ofport = bool(ofport)
             if limit < 0 or (bits < 64 and limit >> bits):
                 raise ValueError(f"field {name!r}: limit {limit:#x} wider than {bits} bits")
             self.c.f[i].limit = limit
-            mlen += 4 + 2 * (bits // 8)
+            mlen += 4 + self.c.f[i].extra + 2 * (bits // 8)
         self.c.all_fields = (1 << len(fields)) - 1
         self.c.max_row = 24 + 48 + ((mlen + 7) & ~7) + 8 + 24 * max_actions + 24 + 8
         assert self.c.max_row <= MAX_ROW_BYTES
@@ -402,11 +409,11 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                     return _fail(err, E_MASK_WIDE, r, i, -1, m, 0)
                 if v & ~m:
                     return _fail(err, E_VALUE_OUTSIDE_MASK, r, i, -1, v, m)
-                mlen += 4 + 2 * F.nbytes
+                mlen += 4 + F.extra + 2 * F.nbytes
             else:
                 if F.ofport and not _valid_ofport(v):
                     return _fail(err, E_MATCH_OFPORT, r, i, -1, v, 0)
-                mlen += 4 + F.nbytes
+                mlen += 4 + F.extra + F.nbytes
         size = C_FLOW_MOD_FIXED_LEN + ((mlen + 7) & ~7)
         if not deleting:
             na = rec[L.n_actions]
@@ -427,6 +434,8 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         if fi >= <unsigned int>L.nfields:
                             return _fail(err, E_ACTION_FIELD, r, -1, k, fi, 0)
                         F = &L.f[fi]
+                        if F.extra:
+                            return _fail(err, E_ACTION_EXPERIMENTER, r, fi, k, 0, 0)
                         v = ld64(a + L.a_value)
                         if F.bits < 64 and (v >> F.bits):
                             return _fail(err, E_SET_WIDE, r, fi, k, v, 0)
@@ -447,6 +456,8 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         nb = ld16(a + L.a_arg)
                         F = &L.f[fi]
                         G = &L.f[di]
+                        if F.extra or G.extra:
+                            return _fail(err, E_ACTION_EXPERIMENTER, r, fi if F.extra else di, k, 0, 0)
                         if nb < 1 or nb > F.bits or nb > G.bits:
                             return _fail(err, E_MOVE_NBITS, r, fi, k, nb, di)
                         alen += 24
@@ -582,12 +593,16 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
             F = &fields[i]
             nbytes = F.nbytes
             if (masked >> i) & 1:
-                be32(p, (F.hdr & 0xFFFFFF00U) | 0x100U | (2 * nbytes))
-                p = _put_value(p + 4, ld64(rec + o_mvalue + 8 * i), nbytes)
-                p = _put_value(p, ld64(rec + o_mmask + 8 * i), nbytes)
+                be32(p, (F.hdr & 0xFFFFFF00U) | 0x100U | (2 * nbytes + F.extra))
             else:
                 be32(p, F.hdr)
-                p = _put_value(p + 4, ld64(rec + o_mvalue + 8 * i), nbytes)
+            p += 4
+            if F.extra:
+                be32(p, F.experimenter)
+                p += 4
+            p = _put_value(p, ld64(rec + o_mvalue + 8 * i), nbytes)
+            if (masked >> i) & 1:
+                p = _put_value(p, ld64(rec + o_mmask + 8 * i), nbytes)
         be16(q + 2, <uint16_t>(p - q))
         p = _pad8(m, p)
         if not deleting:
@@ -688,6 +703,7 @@ _ERR_TEXT = {
     E_MOVE_DST: "action {action} move dst: field index {value} names no field",
     E_MOVE_NBITS: "action {action} move {fname} -> {dname}: n_bits {value} out of range "
                   "(1..{maxbits})",
+    E_ACTION_EXPERIMENTER: "action {action}: {fname} is an experimenter field, which flows only match",
 }
 
 

@@ -32,6 +32,7 @@ class FieldSpec:
 
 OXM_OPENFLOW_BASIC = 0x8000
 NXM_1 = 0x0001
+OXM_EXPERIMENTER = 0xFFFF
 
 # Every field the pipeline matches on or sets. Order is irrelevant here: os-ken
 # and the packer serialize matches in OXM (class, field) order -- numerically, so
@@ -60,7 +61,11 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
     FieldSpec("ct_state", NXM_1, 105, 32, True),
+    # ONF's OpenFlow 1.3 extension (an experimenter OXM), not Nicira's: its prerequisites (eth_type,
+    # ip_proto) must come first in the match, and a Nicira field would be serialized before them.
+    FieldSpec("tcp_flags", OXM_EXPERIMENTER, 42, 16, True),
 )}
+TCP_SYN = 0x002
 
 OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_CONTROLLER = 0xFFFFFFFD

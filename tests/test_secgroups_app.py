@@ -10,8 +10,9 @@ from controller.engine import Engine
 from controller.pipeline import table
 from controller.reconcile import flow_from_stats
 from controller.view import Vif
-from dfflow.flows import Command, Ct
-from dfflow.models import AddressPair, LogicalPort, LogicalSwitch, SecurityGroup, SecurityGroupRule, Subnet
+from dfflow.flows import TCP_SYN, Command, Ct
+from dfflow.models import (AddressPair, LogicalPort, LogicalSwitch, MigrationRecord, SecurityGroup,
+                           SecurityGroupRule, Subnet)
 from test_engine import apply, event
 from test_reconcile import read_back
 
@@ -105,3 +106,27 @@ def test_a_port_without_groups_or_port_security_is_not_filtered_and_a_rule_remov
     apply(engine, engine.nb_event(event(a1.replace(security_groups=[]), "update")))
     assert not sg_flows(engine, "a1")
     assert not [f for f in engine.desired().values() if f.table == INGRESS_CT and f.priority == 100]
+
+
+def mid_stream_flows(engine, port_id: str) -> list:
+    return [f for f in sg_flows(engine, port_id) if f.priority == 90]
+
+
+def test_a_port_migrating_here_admits_its_established_tcp_until_a_while_after_the_migration():
+    engine = engine_with_groups()
+    b1 = engine.view.port("b1")
+    record = MigrationRecord(chassis="A", source="B", state="switched", id="m1", bound="B")
+    apply(engine, engine.nb_event(event(b1.replace(migration=record), "update")))
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 6)))
+    flows = mid_stream_flows(engine, "b1")
+    assert {f.table for f in flows} == {EGRESS_SG, INGRESS_SG}
+    assert all(("tcp_flags", 0, TCP_SYN) in f.match and Ct(6, commit=True) in f.actions for f in flows)
+    assert not mid_stream_flows(engine, "a1")  # a port that did not move admits nothing more
+    assert engine.take_windows_ending() == []
+    apply(engine, engine.nb_event(event(b1.replace(migration=None, binding_chassis="A"), "update")))
+    assert mid_stream_flows(engine, "b1")  # the migration is over, the window not yet
+    assert engine.take_windows_ending() == ["b1"]
+    apply(engine, engine.arrival_window_closed("b1"))
+    assert not mid_stream_flows(engine, "b1") and sg_flows(engine, "b1")
+    for flow in flows:
+        assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)

@@ -43,7 +43,8 @@ PS_ARP = template("ps_arp", PORT_SECURITY, 100,
 # port has pairs only with port security on).
 PAIR_MAC, PAIR_IP, PAIR_MASK = Param.PAIR_MAC, Param.PAIR_IP, Param.PAIR_MASK
 PS_PAIR_IP = template("ps_pair_ip", PORT_SECURITY, 100,
-                      dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_IP, ipv4_src=PAIR_IP, reg6=OFPORT), goto=EGRESS_CONNTRACK)
+                      dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_IP, ipv4_src=PAIR_IP, reg6=OFPORT),
+                      goto=EGRESS_CONNTRACK)
 PS_PAIR_NET = with_match(PS_PAIR_IP, "ps_pair_net", ipv4_src=(PAIR_IP, PAIR_MASK))
 PS_PAIR_ARP = template("ps_pair_arp", PORT_SECURITY, 100,
                        dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_ARP, arp_spa=PAIR_IP, arp_sha=PAIR_MAC, reg6=OFPORT),

@@ -8,6 +8,12 @@ of the port's groups allows it in that direction; the rest is dropped. Rules nam
 expanded into its members' addresses, so a member's addresses changing recomputes the ports whose rules
 name its groups (controller.engine). Only ports with port security and at least one group are filtered:
 a port without groups keeps port security alone.
+
+Connections survive a live migration: the destination's zone has never seen the port's connections, so
+while the port migrates here and for ARRIVAL_WINDOW seconds after its migration ended (View.arrivals,
+kept by the engine, closed by the daemon's timer) TCP packets without SYN, in either direction, are
+committed as they come: an established stream resumes whichever end speaks first, and no new connection
+can open through it (that needs a SYN).
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from controller.apps.base import App
 from controller.apps.sg_match import rule_matches
 from controller.pipeline import table
 from controller.view import mac_int
-from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, Ct, Flow, SetField, match
+from dfflow.flows import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, TCP_SYN, Ct, Flow, SetField,
+                          match)
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -30,6 +37,15 @@ ARP_RESPONDER, L2_LOOKUP = table("arp_responder"), table("l2_lookup")
 # (table checked, where allowed packets go, the match field naming the remote end)
 DIRECTIONS = {"egress": (EGRESS_SG, ARP_RESPONDER, "ipv4_dst"), "ingress": (INGRESS_SG, L2_LOOKUP, "ipv4_src")}
 TRACKED_NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW)
+IPPROTO_TCP = 6
+MID_STREAM = 90  # below the rules: what they allow is committed by them
+
+
+ARRIVAL_WINDOW = 10.0  # s after a migration to this chassis ended that its connections are still admitted
+
+
+def arriving(port: LogicalPort, view: "View") -> bool:
+    return port.id in view.arrivals
 
 
 def filtered(port: LogicalPort) -> bool:
@@ -80,6 +96,12 @@ class SecurityGroupsApp(App):
                                                  **fields),
                             (Ct(zone, commit=True),), goto=allowed_to, cookie=cookie)
                 flows[flow.key] = flow  # two rules may allow the same thing
+        if arriving(port, view):
+            for direction, (sg_table, allowed_to, _) in DIRECTIONS.items():
+                flow = Flow(sg_table, MID_STREAM, match(**whose[direction], ct_state=TRACKED_NEW, eth_type=ETH_TYPE_IP,
+                                                        ip_proto=IPPROTO_TCP, tcp_flags=(0, TCP_SYN)),
+                            (Ct(zone, commit=True),), goto=allowed_to, cookie=cookie)
+                flows[flow.key] = flow
         return list(flows.values())
 
     def add_remote_port(self, port: LogicalPort, view: "View") -> list[Flow]:
