@@ -15,7 +15,7 @@ import time
 import pytest
 
 from controller_fixtures import migrate, pings, running_cloud, wait_until
-from test_secgroups_sandbox import tcp_opens
+from test_secgroups_sandbox import routed_net1_and_public, tcp_opens
 
 pytestmark = pytest.mark.ovs
 
@@ -71,9 +71,7 @@ print(json.dumps(out), flush=True)
 @pytest.fixture(scope="module")
 def cloud():
     with running_cloud(3) as c:
-        c.call("create_network", "net1", "10.1.0.0/24")
-        c.call("create_network", "public", "172.24.4.0/24", external=True)
-        c.call("create_router", "R", ["net1"], external="public")
+        routed_net1_and_public(c)
         c.call("create_vm", "M", "chassis-1", "net1", M_IP)
         c.call("create_vm", "E", "chassis-3", "public", E_IP, port_attrs={"port_security_enabled": False})
         c.fip = c.call("create_floating_ip", "M").floating_ip

@@ -62,12 +62,17 @@ def tcp_opens(sb, client: str, server: str, dst_ip: str, port: int, timeout: flo
         listener.wait()
 
 
+def routed_net1_and_public(c) -> None:
+    """net1 behind router R, whose gateway is on the external network `public`."""
+    c.call("create_network", "net1", "10.1.0.0/24")
+    c.call("create_network", "public", "172.24.4.0/24", external=True)
+    c.call("create_router", "R", ["net1"], external="public")
+
+
 @pytest.fixture(scope="module")
 def cloud():
     with running_cloud(3) as c:
-        c.call("create_network", "net1", "10.1.0.0/24")
-        c.call("create_network", "public", "172.24.4.0/24", external=True)
-        c.call("create_router", "R", ["net1"], external="public")
+        routed_net1_and_public(c)
         own = neutron(c, "create_security_group", {"security_group": {"name": "own", "project_id": "demo"}})
         c.own_group = own["security_group"]["id"]
         c.call("create_vm", "A", "chassis-1", "net1", A)
