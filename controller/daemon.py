@@ -191,6 +191,8 @@ class ControllerDaemon:
 
     def _emit(self, plan: Plan) -> None:
         """The engine's plan is now the desired state; the sender applies it to OVS."""
+        for port_id in self.engine.take_windows_ending():  # also when the plan is empty (step 3 at the destination)
+            asyncio.get_running_loop().call_later(ARRIVAL_WINDOW, self._close_arrival_window, port_id)
         if not plan:
             return
         for port_id in sorted(plan.moved):
@@ -205,8 +207,6 @@ class ControllerDaemon:
         plan.timing["emitted"] = time.monotonic()
         self.engine.commit(plan)
         self._outbox.put_nowait(plan)
-        for port_id in self.engine.take_windows_ending():
-            asyncio.get_running_loop().call_later(ARRIVAL_WINDOW, self._close_arrival_window, port_id)
 
     def _close_arrival_window(self, port_id: str) -> None:
         try:

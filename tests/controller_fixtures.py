@@ -98,6 +98,13 @@ def wait_controllers_ready(sb: Sandbox, timeout: float = 20.0) -> None:
     wait_until(ready, timeout, what="controllers connected with full tunnel mesh")
 
 
+def wait_arrival_windows_closed(sb: Sandbox, timeout: float = 20.0) -> None:
+    """Until no chassis admits a migrated port's established connections any more (their window,
+    controller.apps.secgroups.ARRIVAL_WINDOW after a migration, is closed): its flows are gone."""
+    wait_until(lambda: not any("tcp_flags" in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
+               timeout, what="arrival windows closed")
+
+
 def controller_log(sb: Sandbox, chassis: str) -> str:
     with open(sb.chassis(chassis).controller_log) as f:
         return f.read()
@@ -109,7 +116,7 @@ def rx_packets(sb: Sandbox, vm: str, ifname: str = "eth0") -> int:
 
 
 __all__ = ["SyncCloud", "dump_flows", "flow_cookies", "controller_status", "wait_until", "pings",
-           "wait_controllers_ready", "controller_log", "rx_packets"]
+           "wait_controllers_ready", "controller_log", "rx_packets", "wait_arrival_windows_closed"]
 
 
 # UDP probes that report what the receiver saw: the sender's address and the TTL on arrival.

@@ -12,7 +12,7 @@ from controller.migrator import FAULT_DROP_PUBLISH, FAULT_IGNORE_ANNOUNCEMENTS
 from controller.sandbox.probe import Echo, Sender, analyse
 from controller.sandbox.topology import INT_BRIDGE
 from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, fault,
-                                 update_binding, wait_until)
+                                 update_binding, wait_arrival_windows_closed, wait_until)
 
 pytestmark = pytest.mark.ovs
 
@@ -272,9 +272,7 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     # the activation gates the announcements learned in the datapath expire by themselves
     wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
                20, what="learned activation gates expired")
-    # and so do the destination's admissions of M's established connections (controller.apps.secgroups)
-    wait_until(lambda: not any("tcp_flags" in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
-               20, what="arrival windows closed")
+    wait_arrival_windows_closed(sb)  # and so do the destinations' admissions of M's connections
     after = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
     assert after == baseline or sum(after.values()) == sum(baseline.values()), (baseline, after)
     ports_after = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}

@@ -11,7 +11,7 @@ import pytest
 
 from controller.sandbox.topology import NB_SENTINEL, Sandbox
 from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, network_with_vms, pings,
-                                 wait_controllers_ready, wait_until)
+                                 wait_arrival_windows_closed, wait_controllers_ready, wait_until)
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 from test_robust_nb_faults import assert_survived, controller_pids, start_ping
 
@@ -99,4 +99,5 @@ def test_a_failover_in_the_middle_of_a_live_migration_ends_it_complete_with_no_s
     migrate(cloud, "B1", "chassis-2", unplug_delay=0.05, update_port_delay=0.05)
     wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
                20, what="learned activation gates expired")
+    wait_arrival_windows_closed(sb)
     assert {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()} == baseline

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from controller_fixtures import migrate, pings, running_cloud, wait_until
+from controller_fixtures import migrate, pings, running_cloud, wait_arrival_windows_closed, wait_until
 from test_secgroups_sandbox import routed_net1_and_public, tcp_opens
 
 pytestmark = pytest.mark.ovs
@@ -118,3 +118,4 @@ def test_a_tcp_stream_opened_from_inside_keeps_going_across_a_live_migration(clo
     assert at_e["sent"] > 500_000, at_e  # it ran the whole time
     assert attempts and not any(attempts), attempts  # no rule for it: refused during the migration ...
     assert not tcp_opens(sb, "E", "M", cloud.fip, 5302)  # ... and after it
+    wait_arrival_windows_closed(sb)  # the admission of M's connections ends by itself
