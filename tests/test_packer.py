@@ -796,7 +796,7 @@ def ovs_valid_flows() -> list[Flow]:
 class Switch:
     """The switch's OpenFlow connection, seen from the controller side.
 
-    Uses controller.ofchannel (the real channel) when it is importable, else a minimal
+    Uses dfflow.openflow (the real channel) when it is importable, else a minimal
     inline HELLO handshake on a plain socket. Either way: send raw bytes, then
     ``barrier()`` returns every message the switch sent before the BARRIER_REPLY.
     """
@@ -809,7 +809,7 @@ class Switch:
     async def __aenter__(self) -> "Switch":
         self.received: list[Any] = []
         try:
-            from controller import ofchannel
+            from dfflow import openflow as ofchannel
         except ImportError:  # pragma: no cover - the channel lands in the tree separately
             ofchannel = None
         self.ofchannel = ofchannel
@@ -980,8 +980,8 @@ def test_ovs_single_write_bundle_commits_around_a_rejected_add(ovs):
 
 @pytest.mark.ovs
 def test_ovs_channel_send_bundle_of_packed_flow_mods(ovs):
-    """controller.ofchannel's send_bundle takes the packer's FLOW_MOD buffer as is."""
-    ofchannel = pytest.importorskip("controller.ofchannel")
+    """dfflow.openflow's send_bundle takes the packer's FLOW_MOD buffer as is."""
+    ofchannel = pytest.importorskip("dfflow.openflow")
     ovs.ofctl("del-flows", "br-int")
     flow_list = ovs_valid_flows()[:40]
 
