@@ -353,6 +353,8 @@ def _print_status(status: dict, as_json: bool) -> None:
     click.echo(f"  NB: {status['nb_url']}" + (f"  (root ns: {status['nb_tcp_url']})" if status.get("nb_tcp_url") else ""))
     if status.get("api_url"):
         click.echo(f"  Neutron API: {status['api_url']}")
+    if status.get("nova_url"):
+        click.echo(f"  Nova API (os-server-external-events): {status['nova_url']}")
     for ch in status["chassis"]:
         ctl = (f"controller pid {ch['controller_pid']} ({'alive' if ch['controller_alive'] else 'DEAD'})"
                if ch["controller_pid"] else "no controller")

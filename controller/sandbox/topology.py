@@ -78,7 +78,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -87,7 +86,7 @@ from controller.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
-from . import netns, preflight, procs, respawn, state
+from . import netns, nova_events, preflight, procs, respawn, state
 from .netns import SandboxError
 from .redisproc import RedisServer, free_port
 from .sentinelproc import SentinelNb
@@ -303,6 +302,12 @@ class Sandbox:
         st = self._load() or {}
         return (st.get("nb") or {}).get("url")
 
+    @property
+    def nova_url(self) -> str | None:
+        """The sandbox's Nova API (compute endpoint, `.../v2.1`): where Neutron sends its events."""
+        st = self._load() or {}
+        return (st.get("nova") or {}).get("url")
+
     # --- up ---------------------------------------------------------------------------------------
     def up(self, chassis: int = 2, names: Sequence[str] | None = None, nb_url: str | None = None,
            controllers: bool = True, of_transport: str = "unix",
@@ -403,6 +408,7 @@ class Sandbox:
             with self._txn() as st:
                 st["nb"] = {"url": nb_url, "tcp_url": None, "external": True}
 
+        self._start_nova()
         self._start_api()
         self._build_underlay(chs)
         # OVS start-up and configuration is mostly waiting on daemons: do the chassis in parallel.
@@ -445,31 +451,33 @@ class Sandbox:
             raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
         return SentinelNb.from_state(st["nb_sentinel"])
 
+    def _start_nova(self) -> None:
+        """The sandbox's Nova API (its os-server-external-events, see nova_events.py): Neutron's Nova
+        notifier posts there; its URL is `nova.url` in the state (`nova_url` in `status()`)."""
+        port = free_port()
+        url = nova_events.url_of(port)
+        proc = nova_events.start(self.dir, port)
+        with self._txn() as st:
+            st["nova"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
+        nova_events.wait_ready(proc, url)
+
     def _start_api(self) -> None:
         """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
-        creates ports and updates bindings through it, as Nova does through Neutron."""
+        creates ports and updates bindings through it, as Nova does through Neutron; it sends
+        network-vif-plugged/unplugged to the sandbox's Nova."""
         with self._txn() as st:
-            nb = st["nb"]
+            nb, nova = st["nb"], st.get("nova") or {}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "dfflow.cli", "api", "--nb", nb.get("tcp_url") or nb["url"],
-                "--listen", f"127.0.0.1:{port}"]
+                "--listen", f"127.0.0.1:{port}"] + (["--nova-url", nova["url"]] if nova.get("url") else [])
         with open(os.path.join(self.dir, "api.log"), "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=self.dir, start_new_session=True)
         with self._txn() as st:
             st["api"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v2.0", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
-            time.sleep(0.05)
+        if not procs.wait_http_ok(proc, f"{url}/v2.0", 20):
+            raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
 
     def _new_chassis(self, index: int, name: str) -> Chassis:
         n = self.names
@@ -853,6 +861,7 @@ class Sandbox:
                 "nb_url": nb.get("url"), "nb_tcp_url": nb.get("tcp_url"), "nb_external": nb.get("external"),
                 "redis_pid": (st.get("redis") or {}).get("pid"), "underlay": st.get("underlay"),
                 "api_url": (st.get("api") or {}).get("url"), "api_pid": (st.get("api") or {}).get("pid"),
+                "nova_url": (st.get("nova") or {}).get("url"), "nova_pid": (st.get("nova") or {}).get("pid"),
                 "of_transport": st.get("of_transport"), "chassis": chassis, "vms": vms,
                 "namespaces": list(st.get("namespaces", []))}
 
@@ -891,6 +900,10 @@ class Sandbox:
             api = st.get("api") or {}
             if procs.same_process(api.get("pid"), api.get("starttime")):
                 victims.add(api["pid"])
+            nova = st.get("nova") or {}
+            if procs.same_process(nova.get("pid"), nova.get("starttime")):
+                victims.add(nova["pid"])
+            victims.update(procs.find(lambda pid: nova_events.is_ours(pid, self.dir)))
             rundirs = {os.path.join(self.dir, c["name"], "ovs") for c in st.get("chassis", [])}
             rundirs |= {os.path.dirname(p) for p in glob.glob(os.path.join(self.dir, "*", "ovs", "*.pid"))}
             for c in st.get("chassis", []):
