@@ -18,7 +18,7 @@ import click
 from dfflow.errors import DfflowError
 from dfflow.nb.store import NbApi
 
-from .cloud import Cloud
+from .cloud import VIF_PLUGGING_TIMEOUT, Cloud
 from .netns import SandboxError
 from .topology import DEFAULT_DIR, Sandbox
 
@@ -144,7 +144,7 @@ def vm_exec(dir_: str, name: str, command: tuple[str, ...]) -> None:
         raise click.ClickException(f"cannot run {argv[0]}: {exc}")
 
 
-def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]]) -> Any:
+def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]], vif_plugging_timeout: float | None = None) -> Any:
     """Run `body` with the sandbox's cloud (NB db + chassis); errors become one clear line."""
     sb = Sandbox(dir_)
     url = sb.status().get("nb_url")
@@ -154,7 +154,7 @@ def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         nb = NbApi(url)
         try:
-            return await body(Cloud(sb, nb))
+            return await body(Cloud(sb, nb, vif_plugging_timeout=vif_plugging_timeout))
         finally:
             await nb.close()
 
@@ -182,15 +182,21 @@ def net_create(dir_: str, name: str, cidr: str, vni: int | None, external: bool)
                f"gateway {subnet.gateway_ip}")
 
 
+VIF_PLUGGING_TIMEOUT_OPTION = click.option(
+    "--vif-plugging-timeout", type=click.FloatRange(0.1, 3600), default=VIF_PLUGGING_TIMEOUT, show_default=True,
+    help="s Nova waits for Neutron's network-vif-plugged before failing (Nova's own default: 300).")
+
+
 @vm.command("create")
 @dir_option
 @click.argument("name")
 @click.option("--chassis", required=True, help="The chassis (host) to start the VM on.")
 @click.option("--network", required=True, help="The network to attach it to.")
 @click.option("--ip", default=None, help="Fixed IP (default: the next free address).")
-def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None) -> None:
+@VIF_PLUGGING_TIMEOUT_OPTION
+def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None, vif_plugging_timeout: float) -> None:
     """Create a port for VM NAME (as Neutron) and plug the VM into CHASSIS (as Nova/os-vif)."""
-    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip))
+    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip), vif_plugging_timeout)
     vif = vm_.vifs[0]
     click.echo(f"vm {vm_.name} on {vif.chassis}: {vif.mac} {vif.ip} port {vif.port_id}")
 
@@ -232,9 +238,11 @@ def vm_list(dir_: str, as_json: bool) -> None:
               help="Activation strategy for this port (default: the deployment's).")
 @MEMORY_COPY_OPTION
 @NOVA_PATH_OPTION
+@VIF_PLUGGING_TIMEOUT_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
-               strategy: str | None, memory_copy: int, nova_path: str, as_json: bool) -> None:
+               strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+               as_json: bool) -> None:
     """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
     from .nova import format_timeline, migrate
     if update_port_delay == "never":
@@ -245,7 +253,8 @@ def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_d
         except ValueError:
             raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
     result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy,
-                                                  memory_copy / 1000, nova_path=nova_path))
+                                                  memory_copy / 1000, nova_path=nova_path),
+                         vif_plugging_timeout)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
