@@ -91,10 +91,13 @@ PIPELINE: tuple[Table, ...] = (
           "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
           "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
           "came in on; the controller's activation then writes or deletes those keys as its own. "
-          "Once the VM is activated there, the source drops what tunnels still bring it for the "
-          "port (priority 110, reg6=0: its sender copied it to the destination) until the source "
-          "unplug. So a VM not yet running there is never handed a copy, and each packet reaches "
-          "it once.",
+          "Once the VM has left the source (activated on the destination, or the source unplugged "
+          "first), the source drops what tunnels still bring it for the port (priority 110, "
+          "reg6=0: a sender that has not caught up copied it to the destination) until the "
+          "migration ends. So a VM not yet running there is never handed a copy, and each packet "
+          "reaches it once -- but for a packet in flight on both paths at the VM's own switchover "
+          "(its original delivered to the source before the VM stopped there, its copy reaching "
+          "the destination after the announcement), which no flow can tell apart.",
           "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
           "a tunnel's packet)",
           "goto flood", ("flood",)),

@@ -65,7 +65,7 @@ class Fact(enum.IntFlag):
     LOCAL = 1 << 0      # its VIF is on this chassis
     REMOTE = 1 << 1     # another chassis hosts it
     GATED = 1 << 2      # LOCAL: pre-programmed `announce` destination, still closed; REMOTE: the source
-    #                     of an activated `announce` migration (forwards nothing a tunnel brings for it)
+    #                     an `announce` migration's VM left (forwards nothing a tunnel brings for it)
     OPEN = 1 << 3
     COPY = 1 << 4       # traffic for it is also sent to an `announce` destination (gated: to the source)
     NO_COPY = 1 << 5

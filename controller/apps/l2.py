@@ -79,9 +79,10 @@ LOOKUP_LOCAL_FROM_TUNNEL = template("lookup_local_from_tunnel", L2_LOOKUP, 110,
                                     dict(metadata=VNI, eth_dst=MAC, reg6=0), (Output(OFPORT),))
 LOOKUP_REMOTE_COPY = template("lookup_remote_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                               (SetField("tunnel_id", VNI), Output(TUNNEL), Output(COPY_TUNNEL)))
-# The source, once the VM has been activated on its destination, until the source unplug: a
-# tunnel's packet for the port still arriving here was sent while its sender copied the port's
-# traffic, so the destination has it already; forwarded there, it would arrive twice. Dropped.
+# The source, once the VM has left it (activated on its destination, or the source unplugged before
+# any activation), until the migration ends: a tunnel's packet for the port still arriving here was
+# sent while its sender copied the port's traffic, so the destination has it already; forwarded
+# there, it would arrive twice. Dropped.
 LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, dict(metadata=VNI, eth_dst=MAC, reg6=0))
 
 L2_PORT_FLOWS = PortProgram(1, [
