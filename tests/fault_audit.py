@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, Awaitable, Callable
 
 from controller.sandbox.topology import INT_BRIDGE, Sandbox
@@ -14,7 +15,6 @@ from controller_fixtures import SyncCloud, controller_status, dump_flows, wait_u
 from dfflow.models import LogicalSwitch
 from dfflow.nb.store import NbApi
 from test_neutron_sandbox import stale_flows
-from test_robust_sentinel import installed_equals_desired
 
 WRITES_TOPIC = "fault-writes"  # followed by no controller: the writes cost the data plane nothing
 
@@ -102,18 +102,52 @@ def migration_records(cloud: SyncCloud) -> dict[str, Any]:
     return {p.id: p.migration for p in cloud.nb("list", "lport") if p.migration is not None}
 
 
-def assert_clean(cloud: SyncCloud, timeout: float = 20.0) -> None:
-    """Once converged: no flow whose cookie names an object the NB does not hold and as many flows as
-    each controller wants (no stale, no missing flow) on every chassis; no migration record; no VIF
-    left in OVS where no VM runs; no controller task crashed."""
+def flow_drift(sb: Sandbox, chassis: str) -> tuple[int, int] | None:
+    """(installed, wanted) when the flows OVS holds (less the activation gates the datapath learns
+    itself, table 5) are not as many as the controller wants: a stale or a missing flow."""
+    installed = sum(1 for f in dump_flows(sb, chassis) if "table=5," not in f)
+    wanted = controller_status(sb, chassis)["flows"]
+    return None if installed == wanted else (installed, wanted)
+
+
+def problems(cloud: SyncCloud) -> dict[str, Any]:
+    """What is wrong now (empty when clean): migration records, VIFs left in OVS where no VM runs,
+    chassis whose flows are not exactly the controller's, flows whose cookie names an object the NB
+    does not hold, controllers with a crashed task."""
     sb = cloud.sb
-    wait_until(lambda: not migration_records(cloud), timeout, what="no migration record left")
-    wait_until(lambda: not leftover_ports(sb), timeout, what=f"no leftover OVS port ({leftover_ports(sb)})")
-    for ch in sb.chassis_list():
-        wait_until(lambda: installed_equals_desired(sb, ch.name), timeout,
-                   what=f"{ch.name}: installed flows == the controller's ({controller_status(sb, ch.name)['flows']})")
-        assert controller_status(sb, ch.name)["stats"].get("task_crashes", 0) == 0
-    wait_until(lambda: not stale_flows(sb, cloud.url), timeout, what="no flow of a deleted object")
+    found: dict[str, Any] = {}
+    if records := migration_records(cloud):
+        found["migration_records"] = records
+    if ports := leftover_ports(sb):
+        found["leftover_ports"] = ports
+    if drift := {ch.name: d for ch in sb.chassis_list() if (d := flow_drift(sb, ch.name))}:
+        found["flow_drift"] = drift
+    if stale := stale_flows(sb, cloud.url):
+        found["stale_flows"] = stale
+    if crashed := [ch.name for ch in sb.chassis_list()
+                   if controller_status(sb, ch.name)["stats"].get("task_crashes", 0)]:
+        found["task_crashes"] = crashed
+    return found
+
+
+def audit(cloud: SyncCloud, timeout: float = 20.0) -> dict[str, Any]:
+    """`problems()` once converged: what is still wrong after up to `timeout` s (empty: clean)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = problems(cloud)
+        except (OSError, ValueError) as exc:  # a controller restarting: its status socket not up yet
+            found = {"unreachable": repr(exc)}
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def assert_clean(cloud: SyncCloud, timeout: float = 20.0) -> None:
+    """No stale or missing flow on any chassis (cookies and counts), no migration record, no VIF left
+    in OVS where no VM runs, no controller task crashed."""
+    found = audit(cloud, timeout)
+    assert not found, found
 
 
 def wait_nb_back(cloud: SyncCloud, timeout: float = 20.0) -> None:
