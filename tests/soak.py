@@ -56,10 +56,11 @@ def controller_usage(sb, chassis: str) -> tuple[int, int, int]:
 
 
 class Soak:
-    def __init__(self, cloud, fault_every: int = 10, log: Callable[[str], None] = print):
+    def __init__(self, cloud, fault_every: int = 10, log: Callable[[str], None] | None = None):
         self.cloud = PatientCloud(cloud.sb)
         self.sb = cloud.sb
-        self.fault_every, self.log = fault_every, log
+        self.fault_every = fault_every
+        self.log = log or (lambda line: print(line, flush=True))
         names = [ch.name for ch in self.sb.chassis_list()]
         self.chassis = names
         self.ips = {f"V{i}": f"10.0.0.{10 + i}" for i in range(1, len(names) + 1)}
@@ -84,7 +85,8 @@ class Soak:
         return self.chassis[(i + 1) % len(self.chassis)]
 
     # -- the run -----------------------------------------------------------------------
-    def run(self, migrations: int) -> SoakFigures:
+    def run(self, migrations: int, budget: float | None = None) -> SoakFigures:
+        """`migrations` of them, or as many as `budget` s allow (then `figures.migrations` says how many)."""
         started = time.monotonic()
         echoes = [Echo(self.sb, vm) for vm in self.movers]
         senders = [Sender(self.sb, vm, [self.ips[m] for m in self.movers], interval=PROBE_INTERVAL)
@@ -96,7 +98,12 @@ class Soak:
                     self.one_migration(k)
                     if (k + 1) % self.fault_every == 0 or k + 1 == migrations:
                         self.sample(k + 1)
-                self.check(migrations, "end")
+                        self.log(f"[soak] {k + 1} migrations in {time.monotonic() - started:.0f} s, faults "
+                                 f"{self.figures.faults}, recoveries {self.figures.recoveries}, errors "
+                                 f"{len(self.figures.migration_errors)}")
+                        if budget is not None and time.monotonic() - started > budget:
+                            break
+                self.check(self.figures.migrations, "end")
             self.figures.acked_writes = len(writes.acked)
             self.figures.lost_writes = len(writes.lost(self.cloud))
         finally:
