@@ -82,3 +82,19 @@ async def test_a_topic_added_while_redis_is_down_arrives_with_its_objects_when_i
         assert sub.stats["reconnects"] >= 1 and not sub.errors
     finally:
         await sub.stop()
+
+
+async def test_each_topic_added_on_a_healthy_connection_is_resynchronised_once(nb, nb_url):
+    """The listening loop, woken by the subscription's confirmation, must not take the snapshot of a
+    topic that add_topic is taking already."""
+    sub = Subscriber(nb_url, callback=Mirror())
+    try:
+        await sub.start()
+        for i in range(8):
+            await nb.create(switch(i + 1, f"t{i}"))
+            await sub.add_topic(f"t{i}")
+            await asyncio.sleep(0.2)  # the loop wakes to each confirmation meanwhile
+        await asyncio.sleep(1.2)
+        assert sub.stats["resyncs"] == 8 and sub.stats["events"] == 8
+    finally:
+        await sub.stop()

@@ -210,9 +210,14 @@ class Subscriber:
                     pass
 
     async def _sync_new_topic(self, topic: str) -> None:
-        await self._pubsub.subscribe(self.keys.channel(topic))
-        await self._resync(topic)
-        self._pending.discard(topic)
+        self._pending.discard(topic)  # taken: the listening loop does not start it a second time
+        try:
+            await self._pubsub.subscribe(self.keys.channel(topic))
+            await self._resync(topic)
+        except BaseException:
+            if topic in self.topics:
+                self._pending.add(topic)
+            raise
 
     async def _listen(self) -> None:
         while True:
