@@ -96,8 +96,9 @@ class Soak:
                 self.sample(0)
                 for k in range(migrations):
                     self.one_migration(k)
-                    if (k + 1) % self.fault_every == 0 or k + 1 == migrations:
+                    if (k + 1) % max(1, self.fault_every // 2) == 0 or k + 1 == migrations:
                         self.sample(k + 1)
+                    if (k + 1) % self.fault_every == 0 or k + 1 == migrations:
                         self.log(f"[soak] {k + 1} migrations in {time.monotonic() - started:.0f} s, faults "
                                  f"{self.figures.faults}, recoveries {self.figures.recoveries}, errors "
                                  f"{len(self.figures.migration_errors)}")
@@ -192,26 +193,26 @@ class Soak:
                 pass  # restarting right now: the next sample has it
 
     def memory_figures(self) -> dict[str, Any]:
-        """RSS and open fds of each controller: growth from its process's first sample (the start, or
-        its restart after a fault) to the last, and the last values."""
-        rss_growth, fd_growth, lived = [], [], 0
+        """RSS and open fds of each controller process (from its first sample: the start, or its restart
+        after a fault): growth over all its samples, and over its second half, where flat means no
+        leak (connection pools and bounded status buffers fill in the first)."""
+        growth: dict[str, list[int]] = {"rss": [], "fds": [], "rss_late": [], "fds_late": []}
+        lived = 0
         for samples in self.usage.values():
-            if not samples:
-                continue
-            pid = samples[-1][1]
-            mine = [s for s in samples if s[1] == pid]
-            if len(mine) < 2:
+            mine = [s for s in samples if samples and s[1] == samples[-1][1]]
+            if len(mine) < 3:
                 continue
             lived += 1
-            rss_growth.append(mine[-1][2] - mine[0][2])
-            fd_growth.append(mine[-1][3] - mine[0][3])
+            first_half = mine[:len(mine) // 2 + 1]
+            growth["rss"].append(mine[-1][2] - mine[0][2])
+            growth["fds"].append(mine[-1][3] - mine[0][3])
+            growth["rss_late"].append(mine[-1][2] - max(s[2] for s in first_half))
+            growth["fds_late"].append(mine[-1][3] - max(s[3] for s in first_half))
         last = [s[-1] for s in self.usage.values() if s]
         return {"controllers_sampled": lived,
                 "rss_kb_now_median": sorted(s[2] for s in last)[len(last) // 2] if last else None,
-                "rss_growth_kb_max": max(rss_growth, default=None),
-                "rss_growth_kb_median": sorted(rss_growth)[len(rss_growth) // 2] if rss_growth else None,
                 "fds_now_max": max((s[3] for s in last), default=None),
-                "fd_growth_max": max(fd_growth, default=None),
+                **{f"{name}_growth_max": max(values, default=None) for name, values in growth.items()},
                 "samples": {n: s for n, s in self.usage.items()}}
 
     def probe_figures(self, results: list[dict[str, Any]]) -> dict[str, Any]:
