@@ -296,6 +296,8 @@ class ControllerDaemon:
             await self._sync_tunnels()
             return
         received = time.time()
+        if event["table"] == LogicalPort.table and event["action"] == "delete":
+            self._status_of_deleted_port(event["id"])
         plan = self.engine.nb_event(event)
         plan.timing.update(bus_ms=(received - event.get("ts", received)) * 1e3,
                            compute_ms=(time.time() - received) * 1e3)
@@ -311,6 +313,13 @@ class ControllerDaemon:
                     self._plugged_before_known.discard(port.id)
                     await self.migrator.vif_online(port.id)  # its VIF came before the port did
                 await self.migrator.port_changed(port)
+
+    def _status_of_deleted_port(self, port_id: str) -> None:
+        """A port deleted from the NB while its VIF or its binding is here: its status row goes too
+        (the API deletes it, but neutron-server's driver does not, and a report may race the delete)."""
+        port = self.engine.view.port(port_id)
+        if port_id in self.engine.view.vifs or (port is not None and port.binding_chassis == self.chassis):
+            self.port_status.gone(port_id)
 
     def _topic_of(self, port_id: str) -> str | None:
         port = self.engine.view.port(port_id)
@@ -559,6 +568,7 @@ class ControllerDaemon:
             "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
+            "flows_by_cookie": dict(Counter(f"{f.cookie:#x}" for f in self.engine.desired().values())),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
