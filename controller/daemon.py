@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
-from controller.apps.l2 import L2App
+from controller.apps.l2 import L2App, opened_gates
 from controller.apps.l3 import L3App
 from controller.engine import Engine
 from controller.flowstate import Plan
@@ -543,6 +543,7 @@ class ControllerDaemon:
     async def _reconcile(self, dp: Datapath) -> None:
         started = time.monotonic()
         dumped = await dp.dump_flows()
+        await self._announced_while_away(dumped)
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan.deletes and self.bus.behind is not None:
@@ -555,6 +556,17 @@ class ControllerDaemon:
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
                  (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
+
+    async def _announced_while_away(self, dumped: list[Any]) -> None:
+        """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
+        away (the datapath opened the port; the packet-in was lost). It is activated as that packet-in
+        would have done, before the reconcile, which would otherwise close the port again."""
+        for ofport in opened_gates(dumped):
+            self.stats["announcements_found_open"] += 1
+            try:
+                await self.migrator.announced(ofport)
+            except Exception:
+                self._record_error("announced_while_away")
 
     # -- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

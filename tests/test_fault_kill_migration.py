@@ -103,6 +103,25 @@ def test_a_controller_killed_at_any_step_of_a_migration_converges(cloud, strateg
     run_case(cloud, strategy, point, victim, monkeypatch)
 
 
+def destination_held_dead(cloud, monkeypatch) -> tuple[str, str, Kill]:
+    """(M's port, its next destination, a Kill of that destination's controller that keeps it dead)."""
+    monkeypatch.setattr(nova, "READY_TIMEOUT", NOVA_WAIT)
+    dest = next(h for h in HOSTS if h != where(cloud))
+    return cloud.sb.vm("M").vifs[0].port_id, dest, Kill(cloud.sb, dest, hold=True)
+
+
+def kill_once_preprogrammed(cloud, port_id: str, dest: str, kill: Kill) -> None:
+    """Kill the destination's controller once it has pre-programmed M and reported its VIF up, before
+    the switchover (the tests give Nova a long memory copy)."""
+    sb = cloud.sb
+    wait_until(lambda: any("resubmit(,5)" in f for f in dump_flows(sb, dest)), 20,
+               what=f"{dest} pre-programmed M (classify looks its gate up)")
+    wait_until(lambda: (s := cloud.nb("get", "lport_status", port_id)) and dest in s.up, 20,
+               what=f"{dest} reported M's VIF")
+    time.sleep(0.3)  # the destination's timeline stamp, which Nova waits for, follows its flows
+    kill()
+
+
 def gate_flows(sb, chassis: str) -> list[str]:
     """The chassis' flows in activation_gate (table 5; not the learn actions that write there)."""
     return [f for f in dump_flows(sb, chassis) if re.match(r"(cookie=\S+ )?table=5,", f)]
@@ -115,21 +134,8 @@ def test_the_learned_activation_never_lapses_while_the_destination_controller_is
     dead); the VM's announcement opens the port in the datapath alone, and it stays open -- replies
     included, after a silence -- until the controller is back, with no timeout on the learned gate."""
     sb = cloud.sb
-    monkeypatch.setattr(nova, "READY_TIMEOUT", NOVA_WAIT)
-    source = where(cloud)
-    dest = next(h for h in HOSTS if h != source)
-    port_id = sb.vm("M").vifs[0].port_id
-    kill = Kill(sb, dest, hold=True)
-
-    def preprogrammed_then_kill() -> None:
-        wait_until(lambda: any("resubmit(,5)" in f for f in dump_flows(sb, dest)), 20,
-                   what=f"{dest} pre-programmed M (classify looks its gate up)")
-        wait_until(lambda: (s := cloud.nb("get", "lport_status", port_id)) and dest in s.up, 20,
-                   what=f"{dest} reported M's VIF")
-        time.sleep(0.3)  # the destination's timeline stamp, which Nova waits for, follows its flows
-        kill()
-
-    killer = threading.Thread(target=preprogrammed_then_kill, daemon=True)
+    port_id, dest, kill = destination_held_dead(cloud, monkeypatch)
+    killer = threading.Thread(target=kill_once_preprogrammed, args=(cloud, port_id, dest, kill), daemon=True)
     killer.start()
     sender = Sender(sb, "P3", M_IP, interval=0.005)
     try:
@@ -161,3 +167,43 @@ def test_the_learned_activation_never_lapses_while_the_destination_controller_is
     cloud.call("neutron", "update_port", port_id, {"port": {"binding:host_id": dest, "binding:profile": {}}})
     wait_converged(cloud, port_id, dest)
     assert gate_flows(sb, dest) == []  # the controller deleted the learned gate with its key
+
+
+def test_a_restarted_destination_activates_a_vm_that_announced_itself_while_it_was_away(cloud, monkeypatch):
+    """`announce`: the destination's controller is dead when the VM announces itself there (the
+    datapath opens the port; the packet-in is lost). Started again before Nova's next step, it finds
+    the gate open in OVS and activates the port -- rather than closing it again until Nova's unplug."""
+    sb = cloud.sb
+    port_id, dest, kill = destination_held_dead(cloud, monkeypatch)
+    unplug_delay = 20.0  # Nova's post-live-migration on the source comes late
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["timeline"] = migrate(cloud, "M", dest, strategy="announce", nova_path="legacy",
+                                       memory_copy=2.0, unplug_delay=unplug_delay, update_port_delay=0.3)
+        except BaseException as exc:
+            done["error"] = exc
+
+    migration = threading.Thread(target=run, daemon=True)
+    migration.start()
+    try:
+        kill_once_preprogrammed(cloud, port_id, dest, kill)
+        wait_until(lambda: any("load:0x1->NXM_NX_REG5" in f for f in gate_flows(sb, dest)), 10,
+                   what="the VM's announcement opening its gate in the datapath")
+        announced = time.time()
+        assert cloud.nb("get", "lport", port_id).migration.state == "requested"  # nobody heard it
+    finally:
+        kill.release()
+    kill.wait_back()
+    wait_until(lambda: cloud.nb("get", "lport", port_id).migration.state == "activated", 10,
+               what="the restarted destination activating M")
+    activated = time.time()
+    assert pings(sb, "P3", M_IP, count=2) and pings(sb, "P1", M_IP, count=2)
+    assert time.time() < announced + unplug_delay, "Nova's unplug came first: the test proved nothing"
+    assert controller_status(sb, dest)["stats"]["announcements_found_open"] == 1
+    migration.join(60)
+    assert "error" not in done, done.get("error")
+    wait_converged(cloud, port_id, dest)
+    cloud.recoveries.append(f"ANNOUNCED WHILE AWAY: the restarted destination activated M {activated - announced:.2f} s "
+                            f"after its announcement (its controller was released at once)")
