@@ -237,6 +237,7 @@ class Migrator:
             self._count("timeline_errors")
             LOG.exception("could not stamp migration %s", step.record.id)
 
+
 def is_announcement(data: bytes) -> bool:
     """QEMU's RARP, or a gratuitous ARP (sender IP == target IP)."""
     if len(data) < 14:

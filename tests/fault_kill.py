@@ -34,7 +34,11 @@ POINTS: dict[str, tuple[str, str, str]] = {
     "switched": ("legacy", "nb", "switched"),             # the source's unplug (step 2)
     "before_update_port": ("legacy", "before", "update_port"),
     "after_update_port": ("legacy", "after", "update_port"),
+    # Nova's rollback at the destination (its binding deleted, then its VIF unplugged): aborted
+    "rollback_before_unbind": ("extended", "before", "delete_port_binding"),
+    "rollback_after_unbind": ("extended", "after", "delete_port_binding"),
 }
+ROLLBACKS = {"rollback_before_unbind", "rollback_after_unbind"}
 VICTIMS = ("source", "destination", "third")
 
 
@@ -136,7 +140,7 @@ def watch_migration_state(url: str, port_id: str, state: str, dest: str, kill: C
 def migrate_with_kill(cloud: SyncCloud, vm: str, dest: str, point: str, kill: Kill, **kwargs: Any) -> dict:
     """Nova's live migration of `vm` to `dest`, with `kill` at `point` (see POINTS)."""
     path, how, what = POINTS[point]
-    kwargs.update(nova_path=path)
+    kwargs.update(nova_path=path, rollback=point in ROLLBACKS)
     port_id = cloud.sb.vm(vm).vifs[0].port_id
     stop = threading.Event()
     watcher = None

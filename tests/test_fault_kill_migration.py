@@ -1,8 +1,9 @@
 """A controller killed (`kill -9`) at each step of a live migration -- on its source, its destination
-or a third chassis, with each strategy -- is started again by its supervisor and converges: the
-migration ends, traffic reaches the VM where it ended, every chassis holds exactly the flows its
-controller wants (no stale flow), no migration record, VIF or status is left behind, and no write of
-Nova's or of the controllers' is lost. Probes every 5 ms from a third chassis measure the outage.
+or a third chassis, with each strategy, also while Nova rolls the migration back -- is started again
+by its supervisor and converges: the migration ends (aborted when Nova rolled it back), traffic
+reaches the VM where it ended, every chassis holds exactly the flows its controller wants (no stale
+flow), no migration record, VIF or status is left behind, and no write of Nova's or of the
+controllers' is lost. Probes every 5 ms from a third chassis measure the outage.
 
 The default run takes a representative case per kind of step; `pytest -m stress` runs the matrix."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ from controller.sandbox.probe import Echo, Sender, analyse
 from controller_fixtures import controller_status, dump_flows, migrate, pings, running_cloud, wait_until
 from controller.apps.l2 import L2App
 from controller.sandbox.topology import INT_BRIDGE
-from fault_kill import POINTS, VICTIMS, Kill, converged, flow_audit, migrate_with_kill, wait_converged
+from fault_kill import POINTS, ROLLBACKS, VICTIMS, Kill, converged, flow_audit, migrate_with_kill, wait_converged
 
 pytestmark = pytest.mark.ovs
 M_IP = "10.3.0.10"
@@ -31,6 +32,7 @@ DEFAULT_CASES = [  # one per kind of step, each victim and strategy at least onc
     ("unplug", "switched", "source"),
     ("announce", "after_activation", "third"),
     ("unplug", "before_update_port", "destination"),
+    ("announce", "rollback_before_unbind", "source"),  # Nova rolls the migration back: it ends aborted
 ]
 MATRIX = [(strategy, point, victim) for strategy in ("announce", "unplug") for point in POINTS
           for victim in VICTIMS if point != "activated" or strategy == "announce"]
@@ -63,6 +65,7 @@ def run_case(cloud, strategy: str, point: str, victim: str, monkeypatch) -> None
     monkeypatch.setattr(nova, "READY_TIMEOUT", NOVA_WAIT)
     source = where(cloud)
     dest = next(h for h in HOSTS if h != source)
+    final = source if point in ROLLBACKS else dest
     port_id = sb.vm("M").vifs[0].port_id
     killed = {"source": source, "destination": dest, "third": THIRD}[victim]
     kill = Kill(sb, killed)
@@ -75,10 +78,10 @@ def run_case(cloud, strategy: str, point: str, victim: str, monkeypatch) -> None
         probes = sender.stop()
     assert kill.at is not None, f"the kill at {point} did not happen"
     back = kill.wait_back()
-    done = wait_converged(cloud, port_id, dest)
+    done = wait_converged(cloud, port_id, final)
     for name in PEERS:
-        wait_until(lambda: pings(sb, name, M_IP), 15, what=f"{name} -> M at {dest}")
-    assert converged(cloud, port_id, dest) == []
+        wait_until(lambda: pings(sb, name, M_IP), 15, what=f"{name} -> M at {final}")
+    assert converged(cloud, port_id, final) == []
     for ch in sb.chassis_list():
         status = controller_status(sb, ch.name)
         assert status["stats"].get("handler_errors", 0) == 0, (ch.name, status["errors"])

@@ -51,17 +51,6 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 GATE_CLOSED = template("gate_closed", ACTIVATION_GATE, 100, dict(reg6=OFPORT))
 OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
 
-
-def opened_gates(dumped: Iterable[Any]) -> list[int]:
-    """The VIF ofports whose gate the datapath holds open (flows dumped from OVS: the controller's
-    gate has no action, a learned one loads reg5): their VM announced itself. A restarted
-    controller finds here the announcements it missed while it was away."""
-    found = []
-    for stats in dumped:
-        ofport = dict(stats.match.items()).get("reg6") if stats.table_id == ACTIVATION_GATE else None
-        if ofport is not None and any(getattr(inst, "actions", None) for inst in stats.instructions):
-            found.append(ofport)
-    return found
 # Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
 # source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
 # (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
@@ -154,3 +143,14 @@ class L2App(App):
             Flow(L2_LOOKUP, 0, (), goto=FLOOD, cookie=cookie),
         ]
 
+
+def opened_gates(dumped: Iterable[Any]) -> list[int]:
+    """The VIF ofports whose gate the datapath holds open (flows dumped from OVS: the controller's
+    gate has no action, a learned one loads reg5): their VM announced itself. A restarted
+    controller finds here the announcements it missed while it was away."""
+    found = []
+    for stats in dumped:
+        ofport = dict(stats.match.items()).get("reg6") if stats.table_id == ACTIVATION_GATE else None
+        if ofport is not None and any(getattr(inst, "actions", None) for inst in stats.instructions):
+            found.append(ofport)
+    return found
