@@ -270,7 +270,7 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, where(cloud))
-    # the activation gates the announcements learned in the datapath expire by themselves
+    # the activation gates the announcements learned in the datapath go with their keys (the activation deletes them)
     wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
                20, what="learned activation gates expired")
     after = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
