@@ -39,10 +39,12 @@ PIPELINE: tuple[Table, ...] = (
           "drop", ("port_security", "arp_responder"), resubmits=("activation_gate",)),
     Table(5, "activation_gate",
           "Announce strategy: a pre-programmed destination's VIF is looked up here (resubmit from "
-          "classify). Its first RARP/GARP learns a flow here, in the datapath, that sets reg5=1 "
-          "for that VIF, so the VM's egress opens at once, before the controller hears of it; the "
-          "same announcement opens its ingress in l2_lookup.",
-          "reg6 (learned flows only)",
+          "classify), where the controller's flow for it leaves reg5=0. Its first RARP/GARP "
+          "re-learns that flow (same key, no timeout), in the datapath, to set reg5=1 for that VIF, "
+          "so the VM's egress opens at once, before the controller hears of it, and stays open "
+          "however long the controller is away; the same announcement opens its ingress in "
+          "l2_lookup. The controller's activation deletes the key.",
+          "reg6",
           "nothing (reg5 stays 0)"),
     Table(10, "port_security",
           "Egress port security: a VM may only send from its own MAC and, for IPv4 and ARP, from "

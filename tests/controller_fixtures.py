@@ -41,10 +41,11 @@ class SyncCloud:
 
 
 @contextlib.contextmanager
-def running_cloud(chassis: int = 3) -> Iterator[SyncCloud]:
-    """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after."""
+def running_cloud(chassis: int = 3, controller_cmd: list[str] | None = None) -> Iterator[SyncCloud]:
+    """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after.
+    `controller_cmd`: e.g. controller.sandbox.faults.controller_cmd(), for a cloud whose faults `fault` switches."""
     require_substrate()
-    sb = Sandbox(_new_dir())
+    sb = Sandbox(_new_dir(), controller_cmd=controller_cmd)
     try:
         sb.up(chassis=chassis, controllers=True)
         wait_controllers_ready(sb)
@@ -179,8 +180,8 @@ def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, An
 
 @contextlib.contextmanager
 def fault(cloud: SyncCloud, name: str) -> Iterator[None]:
-    """An injected fault (controller.migrator's switches), on for the block only."""
-    from controller.migrator import set_fault
+    """An injected fault (controller.sandbox.faults' switches), on for the block only."""
+    from controller.sandbox.faults import set_fault
     cloud.with_nb(lambda nb: set_fault(nb, name, True))
     try:
         yield

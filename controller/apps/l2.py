@@ -1,6 +1,8 @@
 """L2 app: classification, port security, ARP responder, destination lookup and flooding."""
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from controller.apps.base import App
 from controller.apps.builders import ALL_ONES_64, ARP_REPLY
 from controller.pipeline import table
@@ -12,9 +14,6 @@ from dfflow.models import LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
 ACTIVATION_GATE = table("activation_gate")
-# A learned gate flow serves only until the controller's activation (classify then stops looking it
-# up): unused for GATE_IDLE seconds it goes by itself, and never outlives GATE_MAX.
-GATE_IDLE, GATE_MAX = 5, 60
 L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood")
 VNI, MAC, OFPORT, IP = Param.VNI, Param.MAC, Param.OFPORT, Param.IP
 TUNNEL, COPY_TUNNEL = Param.TUNNEL, Param.COPY_TUNNEL
@@ -45,8 +44,13 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 # publishes. Until then the gated port-security flows drop what the VM sends, and the gated lookup
 # drops what is sent to it (an `announce` migration copies the port's traffic here: delivered to
 # a VM that is not running here yet, it would be a duplicate, or queued in a paused guest's tap).
-# Egress: a learned activation_gate flow sets reg5=1 for this VIF.
-OPENS_GATE = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+# Egress: the gate is a flow of the controller's (reg5 stays 0), which the announcement re-learns
+# under the same key (table, priority, match) to set reg5=1 for this VIF. No timeout: the VM's
+# egress stays open for as long as the migration is unresolved, however long the controller is
+# away; the controller's next write of the port (activation, step 2 or 3, an abort) deletes the key.
+GATE_CLOSED = template("gate_closed", ACTIVATION_GATE, 100, dict(reg6=OFPORT))
+OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+
 # Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
 # source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
 # (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
@@ -88,6 +92,7 @@ LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, di
 L2_PORT_FLOWS = PortProgram(1, [
     bound(CLASSIFY_PORT, LOCAL | OPEN),
     bound(CLASSIFY_GATED, LOCAL | GATED),
+    bound(GATE_CLOSED, LOCAL | GATED),
     *(bound(t, LOCAL | OPEN | facts, each) for t, facts, each in PORT_SECURITY_ENTRIES),
     *(bound(with_match(t, t.name + "_gated", reg5=1), LOCAL | GATED | facts, each)
       for t, facts, each in PORT_SECURITY_ENTRIES),
@@ -139,3 +144,14 @@ class L2App(App):
             Flow(L2_LOOKUP, 0, (), goto=FLOOD, cookie=cookie),
         ]
 
+
+def opened_gates(dumped: Iterable[Any]) -> list[int]:
+    """The VIF ofports whose gate the datapath holds open (flows dumped from OVS: the controller's
+    gate has no action, a learned one loads reg5): their VM announced itself. A restarted
+    controller finds here the announcements it missed while it was away."""
+    found = []
+    for stats in dumped:
+        ofport = dict(stats.match.items()).get("reg6") if stats.table_id == ACTIVATION_GATE else None
+        if ofport is not None and any(getattr(inst, "actions", None) for inst in stats.instructions):
+            found.append(ofport)
+    return found

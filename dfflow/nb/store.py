@@ -365,12 +365,14 @@ class NbApi:
         return sorted(found, key=lambda o: (o.table, o.id))
 
     # -- writes ------------------------------------------------------------------
-    async def create(self, obj: Model) -> Model:
-        return await self._write("create", obj)
+    async def create(self, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
+        """`requires`: (table, id) of objects that must exist when the write commits (NotFound if one
+        does not; one deleted meanwhile makes the write re-check), without referring to them."""
+        return await self._write("create", obj, requires)
 
-    async def update(self, obj: Model) -> Model:
-        """Write `obj` if the stored version still equals `obj.version`."""
-        return await self._write("update", obj)
+    async def update(self, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
+        """Write `obj` if the stored version still equals `obj.version` (`requires`: as for create)."""
+        return await self._write("update", obj, requires)
 
     async def delete(self, table: str, obj_id: str, version: int | None = None) -> None:
         model_for(table)
@@ -392,11 +394,12 @@ class NbApi:
                 continue
         raise Conflict(f"{table} {obj_id!r} kept changing; gave up after {MAX_RETRIES} tries")
 
-    async def _write(self, action: str, obj: Model) -> Model:
+    async def _write(self, action: str, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
         obj = model_for(obj.table).from_dict(obj.to_dict())  # a private copy, re-parsed
         obj.check()
         expected = obj.version
-        return await self._transact(lambda pipe, lost: self._write_in(pipe, action, obj, expected, lost))
+        return await self._transact(lambda pipe, lost: self._write_in(pipe, action, obj, expected, lost,
+                                                                      requires))
 
     async def _transact(self, body: Callable[[Any, bool], Awaitable[Any]]) -> Any:
         """Run `body(pipe, lost)` until it commits. A connection lost in the middle (redis-py then
@@ -450,7 +453,8 @@ class NbApi:
                     "%.0f s (a failover now may lose them)", int(acked), self.wait_replicas,
                     self.wait_timeout_ms, UNREPLICATED_HOLD)
 
-    async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool) -> Model:
+    async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool,
+                        requires: tuple[tuple[str, str], ...] = ()) -> Model:
         keys = self.keys
         key = keys.obj(obj.table, obj.id)
         await pipe.watch(key)
@@ -471,6 +475,9 @@ class NbApi:
         for name, table, ref_id in obj.references():
             if await ctx.get(table, ref_id) is None:
                 raise NotFound(table, ref_id, field=name)
+        for table, ref_id in requires:
+            if await ctx.get(table, ref_id) is None:
+                raise NotFound(table, ref_id)
         claims = obj.unique_keys()
         rule = rules.WRITE_RULES.get(obj.table)
         if rule is not None:
