@@ -138,6 +138,9 @@ def _figures(strategy: str, index: int, ips: dict[str, str], evacuation: dict[st
         answered = [received for _, sent, received in replies if sent >= stopped]
         figures["back_ms"] = (min(answered) - switchover) * 1e3 if answered else None
         figures["stopped_ms"] = (stopped - switchover) * 1e3
+        figures["announced_ms"] = (m["origin"] + m["steps"]["vm_announced"] - switchover) * 1e3
+        figures["applied_ms"] = {state: {ch: round((m["origin"] + t - switchover) * 1e3, 2) for ch, t in per.items()}
+                                 for state, per in m["applied"].items() if state != "requested"}
         for edge in ("gap_start", "gap_end"):
             if figures[edge] is not None:
                 figures[edge] = round((figures[edge] - switchover) * 1e3, 3)
