@@ -4,6 +4,7 @@ destination and nothing is left behind: no migration record, binding or status e
 flow, every chassis holding exactly the flows its controller wants."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -125,4 +126,18 @@ def test_bad_evacuations_are_refused_before_anything_moves(cloud):
     result = CliRunner().invoke(sandbox_cli, ["vm", "migrate", "V1", "V2", "--to", "chassis-1",
                                               "--dir", cloud.sb.dir])
     assert result.exit_code != 0 and "V1 is already on chassis-1" in result.output
+    assert_evacuated_to(cloud, "chassis-1")
+
+
+def test_vm_migrate_with_one_name_is_the_single_migration_with_its_timeline(cloud):
+    runner = CliRunner()
+    moved = runner.invoke(sandbox_cli, ["vm", "migrate", "V1", "--to", "chassis-2", "--memory-copy", "0",
+                                        "--json", "--dir", cloud.sb.dir])
+    assert moved.exit_code == 0, moved.output
+    timeline = json.loads(moved.output)
+    assert (timeline["vm"], timeline["source"], timeline["destination"]) == ("V1", "chassis-1", "chassis-2")
+    back = runner.invoke(sandbox_cli, ["vm", "migrate", "V1", "--to", "chassis-1", "--memory-copy", "0",
+                                       "--dir", cloud.sb.dir])
+    assert back.exit_code == 0 and "V1: chassis-2 -> chassis-1" in back.output, back.output
+    assert pings(cloud.sb, "P", VMS["V1"])
     assert_evacuated_to(cloud, "chassis-1")
