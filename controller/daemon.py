@@ -38,7 +38,7 @@ from controller.flowstate import Plan
 from controller.migration import step3_arrived
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
-from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
+from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile

@@ -7,9 +7,9 @@ once per floating IP of the port (`each`). Values that vary from port to port
 are `Param`s. Two interpreters run the same program:
 
 * `PortProgram.flows` (here, Python): the apps' interface, and the reference;
-* `dfflow._core.instantiate` / `compile_moves` (compiled, through
-  `controller.compiler.CompiledProgram`): the controller's hot path and the
-  bulk compiler, over typed port columns, with no Python object per flow.
+* `dfflow._core.compile_transitions` over a `dfflow._core.CompiledProgram` (built by
+  `controller.compiler.compile_program`): the controller's hot path and the bulk
+  compiler, over typed port columns, with no Python object per flow.
 
 Both read the same `Entry` list, so the flows cannot drift; the tests compare
 them flow for flow.
@@ -236,7 +236,7 @@ class PortProgram:
         self.entries = tuple(entries)
 
     def flows(self, port: PortFacts, role: PortRole | None) -> list[Flow]:
-        """The Python interpreter of the program (the compiled one is dfflow._core.instantiate)."""
+        """The Python interpreter of the program (the compiled one is dfflow._core.compile_transitions)."""
         if role is None:
             return []
         facts = role.facts(port)
