@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from typing import Any, Awaitable, Callable
 
 import click
@@ -224,41 +225,95 @@ def vm_list(dir_: str, as_json: bool) -> None:
                    f"{row['ip'] or '-':15} {row['mac'] or '-'}  port {row['port_id']}")
 
 
+def _update_port_delay(value: str) -> float | None:
+    if value == "never":
+        return None
+    try:
+        return int(value) / 1000
+    except ValueError:
+        raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
+
+
+def migrate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What `vm migrate` and `evacuate` take: Nova's delays and calls, the strategy, --json."""
+    for option in reversed([
+            click.option("--to", "dest", required=True, help="Destination chassis."),
+            click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
+                         help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2)."),
+            click.option("--update-port-delay", default="300", show_default=True,
+                         help="ms after the unplug until the destination's post-migration (legacy: update_port("
+                              "binding:host_id), step 3; extended: the source binding's clean-up), or 'never' (no "
+                              "step 3 at all: no activation either)."),
+            click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
+                         help="Activation strategy for the ports (default: the deployment's)."),
+            MEMORY_COPY_OPTION, NOVA_PATH_OPTION, VIF_PLUGGING_TIMEOUT_OPTION,
+            click.option("--json", "as_json", is_flag=True)]):
+        fn = option(fn)
+    return fn
+
+
 @vm.command("migrate")
 @dir_option
-@click.argument("name")
-@click.option("--to", "dest", required=True, help="Destination chassis.")
-@click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
-              help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2).")
-@click.option("--update-port-delay", default="300", show_default=True,
-              help="ms after the unplug until the destination's post-migration (legacy: update_port("
-                   "binding:host_id), step 3; extended: the source binding's clean-up), or 'never' (no step "
-                   "3 at all: no activation either).")
-@click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
-              help="Activation strategy for this port (default: the deployment's).")
-@MEMORY_COPY_OPTION
-@NOVA_PATH_OPTION
-@VIF_PLUGGING_TIMEOUT_OPTION
-@click.option("--json", "as_json", is_flag=True)
-def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
+@click.argument("names", nargs=-1, required=True)
+@migrate_options
+def vm_migrate(dir_: str, names: tuple[str, ...], dest: str, unplug_delay: int, update_port_delay: str,
                strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
                as_json: bool) -> None:
-    """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
+    """Live-migrate VM NAMES to chassis DEST as Nova, os-vif and QEMU do, and print the timeline.
+    Several VMs move at once, as Nova with max_concurrent_live_migrations = their number (see
+    `evacuate`)."""
     from .nova import format_timeline, migrate
-    if update_port_delay == "never":
-        update_delay = None
-    else:
-        try:
-            update_delay = int(update_port_delay) / 1000
-        except ValueError:
-            raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
-    result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy,
+    if len(names) > 1:
+        _evacuate(dir_, list(names), dest, unplug_delay, update_port_delay, strategy, memory_copy, nova_path,
+                  vif_plugging_timeout, as_json)
+        return
+    update_delay = _update_port_delay(update_port_delay)
+    result = _with_cloud(dir_, lambda c: migrate(c, names[0], dest, unplug_delay / 1000, update_delay, strategy,
                                                   memory_copy / 1000, nova_path=nova_path),
                          vif_plugging_timeout)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(format_timeline(result))
+
+
+@sandbox.command("evacuate")
+@dir_option
+@click.argument("chassis")
+@migrate_options
+def evacuate_(dir_: str, chassis: str, dest: str, unplug_delay: int, update_port_delay: str,
+              strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+              as_json: bool) -> None:
+    """Live-migrate every VM of CHASSIS to DEST at once (a host evacuation: all destination VIFs
+    plugged, every VM switched over together, then the unplugs and the binding calls)."""
+    from .evacuate import vms_on
+    try:
+        names = vms_on(Sandbox(dir_), chassis)
+    except SandboxError as exc:
+        raise _fail(exc)
+    if not names:
+        raise click.ClickException(f"no VM runs on {chassis}")
+    _evacuate(dir_, names, dest, unplug_delay, update_port_delay, strategy, memory_copy, nova_path,
+              vif_plugging_timeout, as_json)
+
+
+def _evacuate(dir_: str, names: list[str], dest: str, unplug_delay: int, update_port_delay: str,
+              strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+              as_json: bool) -> None:
+    from .evacuate import evacuate, format_evacuation
+    update_delay = _update_port_delay(update_port_delay)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        click.echo(f"[{time.monotonic() - started:7.2f} s] {message}", err=True)
+
+    result = _with_cloud(dir_, lambda c: evacuate(
+        c, names, dest, progress=progress, unplug_delay=unplug_delay / 1000, update_port_delay=update_delay,
+        strategy=strategy, memory_copy=memory_copy / 1000, nova_path=nova_path), vif_plugging_timeout)
+    click.echo(json.dumps(result, indent=2) if as_json else format_evacuation(result))
+    if result["failed"]:
+        raise click.ClickException(f"{len(result['failed'])} of {len(names)} migrations failed: "
+                                   + ", ".join(sorted(result["failed"])))
 
 
 @sandbox.group()

@@ -41,7 +41,7 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.netns import SandboxError
@@ -82,7 +82,7 @@ class Switchover:
         self.proc.stdin.flush()
         self._expect("ready")
 
-    def go(self) -> dict[str, float]:
+    async def go(self) -> dict[str, float]:
         self._went = True
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
@@ -198,14 +198,16 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                   update_port_delay: float | None = 0.3, strategy: str | None = None,
                   memory_copy: float = MEMORY_COPY, nova_path: str = "extended",
                   activate_delay: float | None = None, rollback: bool = False,
-                  vif_plugging_timeout: float | None = None) -> dict[str, Any]:
+                  vif_plugging_timeout: float | None = None,
+                  switchover_factory: Callable[..., Any] = Switchover) -> dict[str, Any]:
     """Live-migrate `vm` to chassis `dest`; returns the timeline (seconds since the migration started).
 
     `memory_copy`: from the destination being ready (Nova's vif-plugged) to the switchover; 0 makes the
     switchover follow the plug at once, which no real migration does. `rollback`: the migration fails
     after the destination is ready, and Nova rolls it back there. `vif_plugging_timeout`: how long Nova
     waits for the destination's network-vif-plugged (default: the cloud's); without it the migration is
-    rolled back and VifPluggingFailed raised."""
+    rolled back and VifPluggingFailed raised. `switchover_factory`: what switches the VM over
+    (Switchover's arguments and methods; evacuate.py's switches many VMs at once)."""
     if nova_path not in NOVA_PATHS:
         raise SandboxError(f"nova_path must be one of {', '.join(NOVA_PATHS)}, not {nova_path!r}")
     sb, nb = cloud.sandbox, cloud.nb
@@ -236,7 +238,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     try:
         source_vif_spec = vif_spec(port.id, port.mac, port.lswitch, port_binding(await nova.port()),
                                    mtu=switch.mtu)
-        switchover = Switchover(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
+        switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
                                 vmrec.gateway)
         steps["plug"] = time.time()
         dest_binding = await nova.bind_ports_to_host() if extended else port_binding(await nova.port())
@@ -293,7 +295,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                                  moved=set(), nova_path=nova_path, final="aborted")
         await asyncio.sleep(memory_copy)
         steps["memory_copied"] = time.time()
-        steps.update({f"vm_{k}": v for k, v in switchover.go().items()})
+        steps.update({f"vm_{k}": v for k, v in (await switchover.go()).items()})
         # _post_live_migration on the source, timed from the switchover (the VM stopping on the
         # source), not from when the helper's report got here: activation, then the unplug (or, with
         # activate_delay > unplug_delay, the other way round).
