@@ -51,7 +51,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
     nb = NbApi(sb.status()["nb_url"])
-    cloud = Cloud(sb, nb)
+    cloud = Cloud.for_sandbox(sb, nb)
     await cloud.create_network("net1", "10.1.0.0/24")
     await cloud.create_network("net2", "10.2.0.0/24")
     await cloud.create_network("public", "172.24.4.0/24", external=True)
