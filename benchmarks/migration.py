@@ -78,13 +78,14 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
-    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
+        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
+    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`)."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
     sb = Sandbox(workdir)
     load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
-        sb.up(chassis=3, controllers=True)
+        sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
                                   keep_samples, routed_probe, on_migration, memory_copy, nova_path))
