@@ -9,16 +9,23 @@ its directory removed at the end of the session. Sandboxes attach to it with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
+from api_fixtures import nb_call
 from controller.sandbox import neutronproc
 from controller.sandbox.redisproc import RedisServer
+from controller.sandbox.topology import Sandbox
+from controller.templates import APP_COOKIE_SHIFT, object_hash
+from controller_fixtures import dump_flows, flow_cookies, wait_controllers_ready
+from dfflow.models import MODELS
 from dfflow.nb.store import NbApi
 from nova_recorder import NovaRecorder
+from sandbox_fixtures import _new_dir, _teardown, require_substrate
 
 
 class NeutronDeployment:
@@ -72,6 +79,37 @@ def flush_nb(nb_url: str) -> None:
         finally:
             await nb.close()
     asyncio.run(flush())
+
+
+@contextlib.contextmanager
+def sandbox_on(neutron: NeutronDeployment, chassis: int) -> Iterator[Sandbox]:
+    """A sandbox whose controllers follow the session neutron-server's NB db and whose cloud's API is that
+    neutron-server, its controllers ready; torn down after. A controller tunnels to every chassis row in
+    the NB: the rows other tests made for hosts that do not exist are removed first."""
+    require_substrate()
+    for row in nb_call(neutron.nb_url, "list", "chassis"):
+        nb_call(neutron.nb_url, "delete", "chassis", row.id)
+    sb = Sandbox(_new_dir())
+    try:
+        sb.up(chassis=chassis, controllers=True, nb_url=neutron.nb_url, neutron_url=neutron.url)
+        wait_controllers_ready(sb)
+        yield sb
+    finally:
+        _teardown([sb])
+
+
+def stale_flows(sb: Sandbox, nb_url: str) -> dict[str, list[str]]:
+    """Per chassis, the flows whose cookie names an object the NB no longer holds (every cookie of an app is
+    `app id << 56 | hash of an object id`; the pipeline's own flows hash the name "pipeline")."""
+    alive = {object_hash("pipeline")} | {object_hash(obj.id) for table in MODELS
+                                         for obj in nb_call(nb_url, "list", table)}
+    mask = (1 << APP_COOKIE_SHIFT) - 1
+    found = {}
+    for chassis in sb.chassis_list():
+        lines = dump_flows(sb, chassis.name)
+        found[chassis.name] = [line for line, cookie in zip(lines, flow_cookies(lines))
+                               if cookie and cookie & mask not in alive]
+    return {name: lines for name, lines in found.items() if lines}
 
 
 @pytest.fixture(scope="session")
