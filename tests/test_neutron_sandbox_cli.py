@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from controller.sandbox import neutronproc
-from controller.sandbox.topology import Sandbox
-from controller_fixtures import pings, wait_until
+from controller_fixtures import wait_until
 from neutron_fixtures import events_for
 from nova_recorder import NovaRecorder
 from sandbox_fixtures import _new_dir, require_substrate
@@ -45,11 +44,9 @@ def test_sandbox_up_neutron_serves_the_cloud_with_neutron_server_that_tells_nova
             assert "neutron-server with the dfflow driver" in _sandbox("status", "--dir", workdir)
 
             _sandbox("net", "create", "--dir", workdir, "net1", "--cidr", "10.41.0.0/24")
-            for vm, ip in (("A", "10.41.0.11"), ("B", "10.41.0.12")):  # Nova's boot waits for the VIF up
-                _sandbox("vm", "create", "--dir", workdir, vm, "--chassis", "chassis-1", "--network", "net1",
-                         "--ip", ip)
-            assert pings(Sandbox(workdir), "A", "10.41.0.12")
-            vm = next(v for v in json.loads(_sandbox("status", "--dir", workdir, "--json"))["vms"] if v["name"] == "A")
+            # Nova's boot through neutron-server: the port bound to chassis-1, os-vif's plug, the VIF up
+            _sandbox("vm", "create", "--dir", workdir, "A", "--chassis", "chassis-1", "--network", "net1")
+            vm = json.loads(_sandbox("status", "--dir", workdir, "--json"))["vms"][0]
             port = httpx.get(f"{status['api_url']}/v2.0/ports/{vm['port_id']}", timeout=30).json()["port"]
             assert (port["device_id"], port["binding:host_id"]) == (vm["uuid"], "chassis-1")
             wait_until(lambda: ("network-vif-plugged", "completed", vm["uuid"]) in events_for(nova, vm["port_id"]),
@@ -60,3 +57,21 @@ def test_sandbox_up_neutron_serves_the_cloud_with_neutron_server_that_tells_nova
         left = neutronproc.running_in(neutron_dir)
         shutil.rmtree(workdir, ignore_errors=True)
     assert left == []
+
+
+def test_a_nova_url_without_neutron_server_is_refused_naming_the_options(tmp_path):
+    from click.testing import CliRunner
+
+    from controller.sandbox.cli import sandbox
+    result = CliRunner().invoke(sandbox, ["up", "--dir", str(tmp_path), "--nova-url", "http://127.0.0.1:1/v2.1"])
+    assert result.exit_code == 2 and "--nova-url" in result.output and "--neutron" in result.output, result.output
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_a_running_neutron_server_needs_the_nb_db_it_writes_to(tmp_path):
+    from controller.sandbox.netns import SandboxError
+    from controller.sandbox.topology import Sandbox
+    require_substrate()
+    with pytest.raises(SandboxError, match="nb_url"):
+        Sandbox(str(tmp_path)).up(chassis=1, neutron_url="http://127.0.0.1:9696")
+    assert not (tmp_path / "state.json").exists()
