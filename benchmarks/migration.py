@@ -52,7 +52,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
     nb = NbApi(sb.status()["nb_url"])
-    cloud = Cloud(sb, nb)
+    cloud = Cloud.for_sandbox(sb, nb)
     await cloud.create_network("net1", "10.1.0.0/24")
     await cloud.create_network("net2", "10.2.0.0/24")
     await cloud.create_network("public", "172.24.4.0/24", external=True)
@@ -79,14 +79,15 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
-    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
+        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
+    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`)."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
     # the step-2-lost row ("fallback") needs the faults wrapper around the controllers
     sb = Sandbox(workdir, controller_cmd=faults.controller_cmd() if "fallback" in strategies else None)
     load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
-        sb.up(chassis=3, controllers=True)
+        sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
                                   keep_samples, routed_probe, on_migration, memory_copy, nova_path))

@@ -34,7 +34,7 @@ class SyncCloud:
         return asyncio.run(run())
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.with_nb(lambda nb: getattr(Cloud(self.sb, nb), method)(*args, **kwargs))
+        return self.with_nb(lambda nb: getattr(Cloud.for_sandbox(self.sb, nb), method)(*args, **kwargs))
 
     def nb(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.with_nb(lambda nb: getattr(nb, method)(*args, **kwargs))
@@ -175,7 +175,7 @@ def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, An
     and state, and the compressed sequence makes every step meet the one before at its busiest."""
     from controller.sandbox import nova
     kwargs.setdefault("memory_copy", 0.0)
-    return cloud.with_nb(lambda nb: nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs))
+    return cloud.with_nb(lambda nb: nova.migrate(Cloud.for_sandbox(cloud.sb, nb), vm, dest, **kwargs))
 
 
 @contextlib.contextmanager

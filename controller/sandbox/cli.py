@@ -76,17 +76,27 @@ def sandbox() -> None:
                    "default announce); ports may override it.")
 @click.option("--metrics", is_flag=True, help="Controllers serve Prometheus metrics on a free loopback port "
                                             "each (its URL is metrics_url in the controller's status).")
+@click.option("--neutron", is_flag=True,
+              help="Serve the cloud's API with neutron-server and the dfflow ML2 driver (MariaDB, gunicorn; "
+                   "scripts/setup-neutron.sh installs them) instead of `dfflow api`.")
+@click.option("--nova-url", default=None,
+              help="With --neutron: where Neutron's Nova notifier sends network-vif-plugged (Nova's API, "
+                   "e.g. http://127.0.0.1:8774/v2.1; default: the sandbox's Nova, if it serves events).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
-       of_transport: str, strategy: str | None, metrics: bool, as_json: bool) -> None:
+       of_transport: str, strategy: str | None, metrics: bool, neutron: bool, nova_url: str | None,
+       as_json: bool) -> None:
     """Create the underlay, the chassis (OVS, br-phy, br-int), the NB redis, the Neutron API and the
     controllers."""
+    if nova_url and not neutron:
+        raise click.UsageError("--nova-url is for neutron-server's notifier: give --neutron too")
     name_list = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         status = Sandbox(dir_).up(chassis=count, names=name_list, nb_url=nb_url,
                                   controllers=not no_controllers, of_transport=of_transport,
                                   controller_args=(["--strategy", strategy] if strategy else [])
-                                  + (["--metrics-port", "0"] if metrics else []))
+                                  + (["--metrics-port", "0"] if metrics else []),
+                                  neutron=neutron, nova_url=nova_url)
     except (SandboxError, ValueError) as exc:
         raise _fail(exc)
     _print_status(status, as_json)
@@ -155,7 +165,7 @@ def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]], vif_plugging
     async def run() -> Any:
         nb = NbApi(url)
         try:
-            return await body(Cloud(sb, nb, vif_plugging_timeout=vif_plugging_timeout))
+            return await body(Cloud.for_sandbox(sb, nb, vif_plugging_timeout=vif_plugging_timeout))
         finally:
             await nb.close()
 
@@ -407,6 +417,19 @@ def _nb_summary(dir_: str) -> dict[str, Any]:
     return _with_cloud(dir_, body)
 
 
+def _api_description(status: dict) -> str:
+    server = status.get("neutron")
+    if status.get("api_kind") != "neutron-server" or server is None:
+        return f"dfflow api, pid {status.get('api_pid')}"
+    if server.get("external"):
+        return "neutron-server with the dfflow driver, not the sandbox's"
+    alive = server["alive"]
+    return (f"neutron-server with the dfflow driver, gunicorn pid {server['pid']} "
+            f"({'alive' if alive['api'] else 'DEAD'}), MariaDB pid {server['db']['pid']} "
+            f"({'alive' if alive['db'] else 'DEAD'}), log {server['log']}"
+            + (f", Nova notifier to {server['nova_url']}" if server.get("nova_url") else ""))
+
+
 def _print_status(status: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
@@ -416,7 +439,7 @@ def _print_status(status: dict, as_json: bool) -> None:
         return
     click.echo(f"  NB: {status['nb_url']}" + (f"  (root ns: {status['nb_tcp_url']})" if status.get("nb_tcp_url") else ""))
     if status.get("api_url"):
-        click.echo(f"  Neutron API: {status['api_url']}")
+        click.echo(f"  Neutron API: {status['api_url']} ({_api_description(status)})")
     if status.get("nova_url"):
         click.echo(f"  Nova API (os-server-external-events): {status['nova_url']}")
     for ch in status["chassis"]:

@@ -23,7 +23,7 @@ from neutronclient.v2_0 import client as neutron_client
 from controller.sandbox.nova_events import NovaEvents
 from controller.sandbox.novaclient_neutron import nova_neutron_client
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
-from controller.sandbox.topology import Sandbox, Vm
+from controller.sandbox.topology import API_NEUTRON, Sandbox, Vm
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch,
                            RouterPort, Subnet)
@@ -46,6 +46,15 @@ class Cloud:
     @property
     def vif_plugging_timeout(self) -> float:
         return VIF_PLUGGING_TIMEOUT if self._vif_plugging_timeout is None else self._vif_plugging_timeout
+
+    @staticmethod
+    def for_sandbox(sandbox: Sandbox, nb: NbApi, vif_plugging_timeout: float | None = None) -> "Cloud":
+        """The cloud of `sandbox`: this one over `dfflow api`, or, when neutron-server serves its API,
+        one that makes everything through Neutron (neutron_cloud.py)."""
+        if sandbox.api_kind == API_NEUTRON:
+            from controller.sandbox.neutron_cloud import NeutronCloud  # it builds on this module
+            return NeutronCloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
+        return Cloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
@@ -125,12 +134,12 @@ class Cloud:
                 quiet.setLevel(level)
         return self._client
 
-    async def neutron(self, call: str, *args: Any) -> Any:
+    async def neutron(self, call: str, *args: Any, **params: Any) -> Any:
         """One python-neutronclient call (in a thread); a Neutron error becomes a DfflowError with its
         status code and message (`status_code` kept on it)."""
         method: Callable[..., Any] = getattr(self.client, call)
         try:
-            return await asyncio.to_thread(method, *args)
+            return await asyncio.to_thread(method, *args, **params)
         except neutron_exc.NeutronClientException as exc:
             error = DfflowError(f"Neutron API {call}: {exc.status_code} {exc}")
             error.status_code = exc.status_code  # type: ignore[attr-defined]
