@@ -14,7 +14,7 @@ from controller.sandbox.topology import INT_BRIDGE, Sandbox
 from controller_fixtures import SyncCloud, controller_status, dump_flows, wait_until
 from dfflow.models import LogicalSwitch
 from dfflow.nb.store import NbApi
-from test_neutron_sandbox import stale_flows
+from neutron_fixtures import stale_flows
 
 WRITES_TOPIC = "fault-writes"  # followed by no controller: the writes cost the data plane nothing
 

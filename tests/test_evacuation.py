@@ -18,7 +18,7 @@ from controller.sandbox.probe import Echo, Sender, analyse, per_target
 from controller.sandbox.topology import INT_BRIDGE
 from controller_fixtures import controller_status, pings, running_cloud, wait_until
 from dfflow.models import PortStatus
-from test_neutron_sandbox import stale_flows
+from neutron_fixtures import stale_flows
 from test_robust_sentinel import installed_equals_desired
 
 pytestmark = pytest.mark.ovs
