@@ -60,33 +60,41 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--chassis", type=click.IntRange(3, 3), default=3, show_default=True,
               help="Chassis in the sandbox (the migrating VM moves between chassis-1 and chassis-2; "
                    "the probing peers live on chassis-3).")
+@click.option("--vms", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="VMs migrated at once (a host evacuation: all switched over together, one prober for all).")
 @click.option("--runs", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Migrations per strategy.")
-@click.option("--strategy", "strategies", default="announce,unplug,fallback", show_default=True,
-              help="Comma-separated: announce, unplug, fallback (step-2 publish dropped).")
+@click.option("--strategy", "strategies", default=None,
+              help="Comma-separated: announce, unplug, fallback (step-2 publish dropped; one VM only) "
+                   "[default: all of them for one VM, announce,unplug for several].")
 @nova_delay_options
-@click.option("--interval", type=click.FloatRange(0.0005, 1.0), default=0.001, show_default=True,
-              help="Probe interval in seconds.")
+@click.option("--interval", type=click.FloatRange(0.0005, 1.0), default=None,
+              help="Probe interval in seconds, to each VM [default: 0.001 for one VM; VMs x 0.0002 for several].")
 @click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
-def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug_delay: int,
-              update_port_delay: int, nova_path: str, interval: float, as_json: bool,
+def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_copy: int, unplug_delay: int,
+              update_port_delay: int, nova_path: str, interval: float | None, as_json: bool,
               plot_path: str | None) -> None:
-    """Live-migrate a VM on a real 3-chassis sandbox and measure downtime per strategy (needs root)."""
-    from benchmarks import migration as bench
+    """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
+    per strategy (needs root)."""
+    from benchmarks import evacuation, migration as single
 
-    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    bench = evacuation if vms > 1 else single
+    chosen = tuple(s.strip() for s in (strategies or ",".join(bench.STRATEGIES)).split(",") if s.strip())
     unknown = [s for s in chosen if s not in bench.STRATEGIES]
     if unknown or not chosen:
         raise click.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
-                                 f"{', '.join(bench.STRATEGIES)}", param_hint="--strategy")
-    with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
-        report = bench.run(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000,
-                           unplug_delay=unplug_delay / 1000,
-                           update_port_delay=update_port_delay / 1000, interval=interval,
-                           progress=lambda _: bar.update(1), keep_samples=plot_path is not None,
-                           nova_path=nova_path)
+                                 f"{', '.join(bench.STRATEGIES)}" + (f" with --vms {vms}" if vms > 1 else ""),
+                                 param_hint="--strategy")
+    options = dict(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000, unplug_delay=unplug_delay / 1000,
+                   update_port_delay=update_port_delay / 1000, nova_path=nova_path,
+                   keep_samples=plot_path is not None)
+    if vms > 1:
+        report = evacuation.run(vms, interval=interval, progress=lambda m: click.echo(m, err=True), **options)
+    else:
+        with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
+            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), **options)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
@@ -95,7 +103,6 @@ def migration(chassis: int, runs: int, strategies: str, memory_copy: int, unplug
     click.echo(bench.format_summary(report))
     if plot_path:
         click.echo(f"plot: {plot_path}")
-
 
 
 @main.command("osvif-unplug")

@@ -26,7 +26,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.migrator import FAULT_DROP_PUBLISH, set_fault
+from controller.sandbox import faults
+from controller.sandbox.faults import DROP_PUBLISH, set_fault
 from controller.sandbox import nova
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.probe import Echo, Sender, analyse
@@ -51,7 +52,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
     nb = NbApi(sb.status()["nb_url"])
-    cloud = Cloud(sb, nb)
+    cloud = Cloud.for_sandbox(sb, nb)
     await cloud.create_network("net1", "10.1.0.0/24")
     await cloud.create_network("net2", "10.2.0.0/24")
     await cloud.create_network("public", "172.24.4.0/24", external=True)
@@ -78,13 +79,15 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None, nova_path: str = "extended") -> dict[str, Any]:
-    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures."""
+        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+    """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
+    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`)."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
-    sb = Sandbox(workdir)
+    # the step-2-lost row ("fallback") needs the faults wrapper around the controllers
+    sb = Sandbox(workdir, controller_cmd=faults.controller_cmd() if "fallback" in strategies else None)
     load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
-        sb.up(chassis=3, controllers=True)
+        sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
                                   keep_samples, routed_probe, on_migration, memory_copy, nova_path))
@@ -112,7 +115,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
             for i in range(runs):
                 dest = "chassis-2" if here == "chassis-1" else "chassis-1"
                 if strategy == "fallback":
-                    await set_fault(nb, FAULT_DROP_PUBLISH, True)
+                    await set_fault(nb, DROP_PUBLISH, True)
                 senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
                 await asyncio.sleep(0.2)
                 quiet_from = time.time()
@@ -128,7 +131,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 finally:
                     raw = {name: s.stop() for name, s in senders.items()}
                     if strategy == "fallback":
-                        await set_fault(nb, FAULT_DROP_PUBLISH, False)
+                        await set_fault(nb, DROP_PUBLISH, False)
                 here = dest
                 results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from))
                 if on_migration is not None:

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from controller import compiler, nbmark
 from controller.apps.dnat import DnatApp
-from controller.apps.l2 import L2App
+from controller.apps.l2 import L2App, opened_gates
 from controller.apps.l3 import L3App
 from controller.apps.secgroups import ARRIVAL_WINDOW, SecurityGroupsApp
 from controller.engine import Engine
@@ -39,7 +39,7 @@ from controller.flowstate import Plan
 from controller.migration import step3_arrived
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
-from controller.ofchannel import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
+from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
@@ -307,6 +307,8 @@ class ControllerDaemon:
             await self._sync_tunnels()
             return
         received = time.time()
+        if event["table"] == LogicalPort.table and event["action"] == "delete":
+            self._status_of_deleted_port(event["id"])
         plan = self.engine.nb_event(event)
         plan.timing.update(bus_ms=(received - event.get("ts", received)) * 1e3,
                            compute_ms=(time.time() - received) * 1e3)
@@ -322,6 +324,13 @@ class ControllerDaemon:
                     self._plugged_before_known.discard(port.id)
                     await self.migrator.vif_online(port.id)  # its VIF came before the port did
                 await self.migrator.port_changed(port)
+
+    def _status_of_deleted_port(self, port_id: str) -> None:
+        """A port deleted from the NB while its VIF or its binding is here: its status row goes too
+        (the API deletes it, but neutron-server's driver does not, and a report may race the delete)."""
+        port = self.engine.view.port(port_id)
+        if port_id in self.engine.view.vifs or (port is not None and port.binding_chassis == self.chassis):
+            self.port_status.gone(port_id)
 
     def _topic_of(self, port_id: str) -> str | None:
         port = self.engine.view.port(port_id)
@@ -545,6 +554,7 @@ class ControllerDaemon:
     async def _reconcile(self, dp: Datapath) -> None:
         started = time.monotonic()
         dumped = await dp.dump_flows()
+        await self._announced_while_away(dumped)
         app_ids = {app.app_id for app in self.engine.apps}
         plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan.deletes and self.bus.behind is not None:
@@ -558,6 +568,17 @@ class ControllerDaemon:
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
                  (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
 
+    async def _announced_while_away(self, dumped: list[Any]) -> None:
+        """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
+        away (the datapath opened the port; the packet-in was lost). It is activated as that packet-in
+        would have done, before the reconcile, which would otherwise close the port again."""
+        for ofport in opened_gates(dumped):
+            self.stats["announcements_found_open"] += 1
+            try:
+                await self.migrator.announced(ofport)
+            except Exception:
+                self._record_error("announced_while_away")
+
     # -- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return {
@@ -570,6 +591,7 @@ class ControllerDaemon:
             "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
             "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
             "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
+            "flows_by_cookie": dict(Counter(f"{f.cookie:#x}" for f in self.engine.desired().values())),
             "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
             "flow_path": self.flow_path, "bundle": self.bundle,
             "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),

@@ -34,8 +34,6 @@ from dfflow.nb.timeline import Timelines
 
 LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
-FAULT_DROP_PUBLISH = "drop_migration_publish"
-FAULT_IGNORE_ANNOUNCEMENTS = "ignore_announcements"
 # Events every related chassis can apply to its own view at once, told by the chassis that saw them.
 FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
 RESUBSCRIBE_DELAY = 0.5
@@ -47,7 +45,6 @@ class Migrator:
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
         self.timelines = Timelines(nb.redis, nb.keys)
         self.stats: dict[str, int] = {}
-        self._faults: set[str] | None = None  # injected faults, while the migration-event channel is followed
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -62,10 +59,6 @@ class Migrator:
             return
         mig = port_before.migration
         if mig.source == self.chassis and mig.chassis != self.chassis:
-            if await self._fault(FAULT_DROP_PUBLISH):
-                self._count("publishes_dropped")
-                LOG.warning("fault injection: dropping the step-2 publish of port %s", port_before.id)
-                return
             await self._run(port_before.id, Event.SOURCE_UNPLUGGED, timing=timing)
         elif mig.chassis == self.chassis:
             await self._run(port_before.id, Event.DEST_UNPLUGGED)
@@ -75,9 +68,10 @@ class Migrator:
         if not is_announcement(data):
             self._count("packet_in_ignored")
             return
-        if await self._fault(FAULT_IGNORE_ANNOUNCEMENTS):
-            self._count("announcements_ignored")
-            return
+        await self.announced(ofport)
+
+    async def announced(self, ofport: int) -> None:
+        """The VM behind this VIF announced itself (its packet-in, or its gate found open in OVS)."""
         for vif in self.engine.view.vifs.values():
             if vif.ofport == ofport:
                 port = self.engine.view.port(vif.iface_id)
@@ -105,8 +99,6 @@ class Migrator:
             pubsub = self.nb.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                # Subscribed first: a fault set from now on reaches us as a message as well.
-                self._faults = {_s(k) for k in await self.nb.redis.hkeys(self._faults_key(self.nb))}
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         self._on_migration_event(message["data"], time.time())
@@ -117,16 +109,11 @@ class Migrator:
                 LOG.exception("migration-event channel failed; resubscribing (NB events still converge)")
                 await asyncio.sleep(RESUBSCRIBE_DELAY)
             finally:
-                self._faults = None  # until resubscribed, faults are read from Redis again
                 await pubsub.aclose()
 
     def _on_migration_event(self, data: bytes, received: float) -> None:
         try:
             msg = json.loads(data)
-            if "fault" in msg:
-                if self._faults is not None:
-                    (self._faults.add if msg["on"] else self._faults.discard)(msg["fault"])
-                return
             if msg["chassis"] == self.chassis:
                 return  # ours: applied here already
             event = Event(msg["event"])
@@ -250,21 +237,6 @@ class Migrator:
             self._count("timeline_errors")
             LOG.exception("could not stamp migration %s", step.record.id)
 
-    async def _fault(self, name: str) -> bool:
-        """A fault injected by a test or benchmark: from the channel's copy once subscribed (no Redis
-        round trip in front of step 2), from Redis before."""
-        if self._faults is not None:
-            return name in self._faults
-        return bool(await self.nb.redis.hget(self._faults_key(self.nb), name))
-
-    @staticmethod
-    def _faults_key(nb: NbApi) -> str:
-        return f"{nb.keys.prefix}:faults"
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
 
 def is_announcement(data: bytes) -> bool:
     """QEMU's RARP, or a gratuitous ARP (sender IP == target IP)."""
@@ -277,18 +249,8 @@ def is_announcement(data: bytes) -> bool:
 
 
 def channel_of(nb: NbApi) -> str:
-    """The migration-event channel (events, and fault switches for tests and benchmarks)."""
+    """The migration-event channel."""
     return f"{nb.keys.prefix}:migration-events"
 
 
-async def set_fault(nb: NbApi, name: str, on: bool) -> None:
-    """Fault injection for tests and benchmarks (e.g. drop_migration_publish)."""
-    key = Migrator._faults_key(nb)
-    if on:
-        await nb.redis.hset(key, name, "1")
-    else:
-        await nb.redis.hdel(key, name)
-    await nb.redis.publish(channel_of(nb), json.dumps({"fault": name, "on": on}))
-
-
-__all__ = ["Migrator", "is_announcement", "set_fault", "FAULT_DROP_PUBLISH", "FAULT_IGNORE_ANNOUNCEMENTS"]
+__all__ = ["Migrator", "is_announcement", "channel_of"]

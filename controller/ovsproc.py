@@ -7,6 +7,7 @@ Optionally the daemons run inside a network namespace.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -82,6 +83,9 @@ class OvsInstance:
             self._run(["ovsdb-tool", "create", db, OVS_SCHEMA])
         self._start_ovsdb()
         self.vsctl("--no-wait", "init")
+        self._start_vswitchd(timeout)
+
+    def _start_vswitchd(self, timeout: float) -> None:
         self._run(self._prefix() + [
             "ovs-vswitchd", self.ovsdb_url, f"--unixctl={self.vswitchd_ctl}",
             f"--pidfile={self.pidfile('ovs-vswitchd')}",
@@ -105,15 +109,27 @@ class OvsInstance:
     def restart_ovsdb(self, timeout: float = 10.0) -> None:
         """Restart ovsdb-server alone, as a package upgrade does; ovs-vswitchd and every other client
         reconnect by themselves."""
-        pid = self.pid("ovsdb-server")
+        self._stop_daemon("ovsdb-server", timeout)
+        self._start_ovsdb()
+
+    def restart_vswitchd(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """Restart ovs-vswitchd alone (a crash with `sig=SIGKILL`): the new one reads its bridges and
+        ports from OVSDB and starts with empty flow tables until its controller programs them."""
+        self._stop_daemon("ovs-vswitchd", timeout, sig)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.vswitchd_ctl)  # left behind by a SIGKILL; its reappearance says "started"
+        self._start_vswitchd(timeout)
+
+    def _stop_daemon(self, daemon: str, timeout: float, sig: int = signal.SIGTERM) -> None:
+        pid = self.pid(daemon)
         if pid:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
             deadline = time.monotonic() + timeout
             while _alive(pid):
                 if time.monotonic() > deadline:
-                    raise OvsError(f"ovsdb-server {pid} did not stop")
+                    raise OvsError(f"{daemon} {pid} did not stop")
                 time.sleep(0.02)
-        self._start_ovsdb()
 
     def stop(self) -> None:
         """Send SIGTERM to both daemons; `wait_stopped()` waits for them (stop many, then wait)."""

@@ -43,10 +43,12 @@ PIPELINE: tuple[Table, ...] = (
           "drop", ("port_security", "arp_responder"), resubmits=("activation_gate",)),
     Table(5, "activation_gate",
           "Announce strategy: a pre-programmed destination's VIF is looked up here (resubmit from "
-          "classify). Its first RARP/GARP learns a flow here, in the datapath, that sets reg5=1 "
-          "for that VIF, so the VM's egress opens at once, before the controller hears of it; the "
-          "same announcement opens its ingress in l2_lookup.",
-          "reg6 (learned flows only)",
+          "classify), where the controller's flow for it leaves reg5=0. Its first RARP/GARP "
+          "re-learns that flow (same key, no timeout), in the datapath, to set reg5=1 for that VIF, "
+          "so the VM's egress opens at once, before the controller hears of it, and stays open "
+          "however long the controller is away; the same announcement opens its ingress in "
+          "l2_lookup. The controller's activation deletes the key.",
+          "reg6",
           "nothing (reg5 stays 0)"),
     Table(10, "port_security",
           "Egress port security: a VM may only send from its own MAC and, for IPv4 and ARP, from "
@@ -124,10 +126,13 @@ PIPELINE: tuple[Table, ...] = (
           "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
           "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
           "came in on; the controller's activation then writes or deletes those keys as its own. "
-          "Once the VM is activated there, the source drops what tunnels still bring it for the "
-          "port (priority 110, reg6=0: its sender copied it to the destination) until the source "
-          "unplug. So a VM not yet running there is never handed a copy, and each packet reaches "
-          "it once.",
+          "Once the VM has left the source (activated on the destination, or the source unplugged "
+          "first), the source drops what tunnels still bring it for the port (priority 110, "
+          "reg6=0: a sender that has not caught up copied it to the destination) until the "
+          "migration ends. So a VM not yet running there is never handed a copy, and each packet "
+          "reaches it once -- but for a packet in flight on both paths at the VM's own switchover "
+          "(its original delivered to the source before the VM stopped there, its copy reaching "
+          "the destination after the announcement), which no flow can tell apart.",
           "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
           "a tunnel's packet)",
           "goto flood", ("flood",)),

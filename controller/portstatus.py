@@ -18,6 +18,11 @@ says which chassis left.
 
 At start-up `resync()` reports what OVSDB shows and takes this chassis out of
 the rows of VIFs it no longer has (they went while the controller was away).
+
+A row exists only while its port does: every write requires the NB port in the
+same transaction (a port deleted meanwhile makes it a "not known" VIF, retried,
+and its row is removed rather than updated), and `gone()` -- the port deleted
+from the NB while its VIF or binding was here -- removes the row.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ LOG = logging.getLogger(__name__)
 COALESCE_DELAY = 0.02  # s between the first report of a burst and its writes
 RETRY_DELAY, RETRY_MAX = 0.2, 5.0  # s, doubling
 CAS_ATTEMPTS = 10
+GONE = "gone"  # wanted: the port was deleted from the NB, its status row goes too
 
 
 class PortNotKnown(DfflowError):
@@ -49,7 +55,7 @@ class StatusReporter:
         self.coalesce_delay = coalesce_delay
         self.stats: Counter[str] = Counter()
         self.errors: list[str] = []
-        self._wanted: dict[str, float | None] = {}  # port id -> up since (None: down), not written yet
+        self._wanted: dict[str, float | str | None] = {}  # port id -> up since (None: down; GONE), not written
         self._wake = asyncio.Event()
         self._retry_delay = RETRY_DELAY
 
@@ -60,7 +66,11 @@ class StatusReporter:
     def down(self, port_id: str) -> None:
         self._want(port_id, None)
 
-    def _want(self, port_id: str, since: float | None) -> None:
+    def gone(self, port_id: str) -> None:
+        """The port was deleted from the NB: remove its status row."""
+        self._want(port_id, GONE)
+
+    def _want(self, port_id: str, since: float | str | None) -> None:
         self._wanted[port_id] = since
         self._wake.set()
 
@@ -121,12 +131,16 @@ class StatusReporter:
                 left |= self._requeue(port_id, since)
         return left
 
-    def _requeue(self, port_id: str, since: float | None) -> bool:
+    def _requeue(self, port_id: str, since: float | str | None) -> bool:
         """Retry a failed report unless a newer one came meanwhile."""
         self._wanted.setdefault(port_id, since)
         return True
 
-    async def _write(self, port_id: str, since: float | None) -> None:
+    async def _write(self, port_id: str, since: float | str | None) -> None:
+        if since == GONE:
+            await self._remove(port_id)
+            return
+        port = ((LogicalPort.table, port_id),)  # required by every write: no row outlives its port
         for _ in range(CAS_ATTEMPTS):
             current = await self.nb.get(PortStatus.table, port_id)
             if current is None:
@@ -134,8 +148,12 @@ class StatusReporter:
                     return  # never reported up anywhere: nothing to take back
                 try:
                     await self.nb.create(PortStatus(id=port_id, topic=await self._topic(port_id),
-                                                    up={self.chassis: since}))
+                                                    up={self.chassis: since}), requires=port)
                     return
+                except NotFound as exc:
+                    if exc.table == LogicalPort.table:
+                        raise PortNotKnown(f"VIF {port_id!r} names no NB port") from exc
+                    raise
                 except Conflict:
                     continue  # another chassis created it meanwhile: add ours to it
             up = dict(current.up)
@@ -147,11 +165,25 @@ class StatusReporter:
             else:
                 up[self.chassis] = since
             try:
-                await self.nb.update(current.replace(up=up))
+                await self.nb.update(current.replace(up=up), requires=port)
                 return
-            except (Conflict, NotFound):
+            except NotFound as exc:
+                if exc.table != LogicalPort.table:
+                    continue  # the row went meanwhile
+                await self._remove(port_id)  # the port went: a row of a deleted port is an orphan
+                if since is None:
+                    return
+                raise PortNotKnown(f"VIF {port_id!r} names no NB port") from exc
+            except Conflict:
                 continue
         raise Conflict(f"lport_status {port_id!r} kept changing; gave up after {CAS_ATTEMPTS} tries")
+
+    async def _remove(self, port_id: str) -> None:
+        try:
+            await self.nb.delete(PortStatus.table, port_id)
+            self.stats["rows_removed"] += 1
+        except NotFound:
+            pass
 
     async def _topic(self, port_id: str) -> str:
         topic = self.topic_of(port_id)

@@ -12,16 +12,15 @@ from typing import Any, Iterable
 from controller.apps.base import app_of_cookie
 from controller.flowstate import Plan
 from dfflow import core
-from dfflow.flows import CT_NO_TABLE, FIELDS, Command, Ct, DecTtl, Flow, Learn, Move, Output, Resubmit, SetField, match
+from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, Command, Ct, DecTtl, Flow, Learn, Move,
+                          Output, Resubmit, SetField, match)
 
-_MAC_FIELDS = {"eth_dst", "eth_src", "arp_sha", "arp_tha"}
-_IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
 
 
 def _int_value(name: str, value: Any) -> int:
-    if name in _MAC_FIELDS and isinstance(value, str):
+    if name in MAC_FIELDS and isinstance(value, str):
         return core.mac_to_int(value.lower())
-    if name in _IP_FIELDS and isinstance(value, str):
+    if name in IPV4_FIELDS and isinstance(value, str):
         return core.ipv4_to_int(value)
     return int(value)
 

@@ -8,9 +8,9 @@ prefixes apart) of the port (`each`). Values that vary from port to port --
 match values and masks, action values -- are `Param`s. Two interpreters run the same program:
 
 * `PortProgram.flows` (here, Python): the apps' interface, and the reference;
-* `dfflow._core.instantiate` / `compile_moves` (compiled, through
-  `controller.compiler.CompiledProgram`): the controller's hot path and the
-  bulk compiler, over typed port columns, with no Python object per flow.
+* `dfflow._core.compile_transitions` over a `dfflow._core.CompiledProgram` (built by
+  `controller.compiler.compile_program`): the controller's hot path and the bulk
+  compiler, over typed port columns, with no Python object per flow.
 
 Both read the same `Entry` list, so the flows cannot drift; the tests compare
 them flow for flow.
@@ -69,7 +69,7 @@ class Fact(enum.IntFlag):
     LOCAL = 1 << 0      # its VIF is on this chassis
     REMOTE = 1 << 1     # another chassis hosts it
     GATED = 1 << 2      # LOCAL: pre-programmed `announce` destination, still closed; REMOTE: the source
-    #                     of an activated `announce` migration (forwards nothing a tunnel brings for it)
+    #                     an `announce` migration's VM left (forwards nothing a tunnel brings for it)
     OPEN = 1 << 3
     COPY = 1 << 4       # traffic for it is also sent to an `announce` destination (gated: to the source)
     NO_COPY = 1 << 5
@@ -257,7 +257,7 @@ class PortProgram:
         self.entries = tuple(entries)
 
     def flows(self, port: PortFacts, role: PortRole | None) -> list[Flow]:
-        """The Python interpreter of the program (the compiled one is dfflow._core.instantiate)."""
+        """The Python interpreter of the program (the compiled one is dfflow._core.compile_transitions)."""
         if role is None:
             return []
         facts = role.facts(port)

@@ -112,10 +112,11 @@ class View:
                 and mig.chassis == self.chassis)
 
     def forwards_no_copies(self, port: LogicalPort) -> bool:
-        """This chassis is the source of an `announce` migration activated on its destination: what a
-        tunnel still brings it for the port, its sender copied to the destination already."""
+        """This chassis is the source of an `announce` migration the VM has left (activated on its
+        destination, or switched by the source's unplug -- which may come before any activation):
+        what a tunnel still brings it for the port, its sender copied to the destination already."""
         mig = port.migration
-        return (mig is not None and mig.state == "activated" and mig.strategy == "announce"
+        return (mig is not None and mig.state in ("activated", "switched") and mig.strategy == "announce"
                 and mig.source == self.chassis)
 
     def also_send_to(self, port: LogicalPort) -> str | None:

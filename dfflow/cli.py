@@ -164,12 +164,15 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
 @click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Migrations per strategy.")
 @nova_delay_options
-def demo(runs: int, memory_copy: int, unplug_delay: int, update_port_delay: int, nova_path: str) -> None:
+@click.option("--neutron", is_flag=True, help="neutron-server with the dfflow driver serves the cloud's API "
+                                              "instead of `dfflow api` (scripts/setup-neutron.sh installs it).")
+def demo(runs: int, memory_copy: int, unplug_delay: int, update_port_delay: int, nova_path: str,
+         neutron: bool) -> None:
     """The live-migration demo on a fresh 3-chassis sandbox (needs root; tears down after)."""
     from controller.sandbox import demo as demo_
     try:
         demo_.run(click.echo, runs, unplug_delay / 1000, update_port_delay / 1000, memory_copy / 1000,
-                  nova_path=nova_path)
+                  nova_path=nova_path, neutron=neutron)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -50,8 +50,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfflow import core
-from dfflow.flows import (FIELDS, Action, Command, DecTtl, Flow, MatchItem, Move, Output,
-                          SetField)
+from dfflow.flows import (FIELDS, IPV4_FIELDS, MAC_FIELDS, Action, Command, DecTtl, Flow, MatchItem, Move,
+                          Output, SetField)
 
 FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda n: (FIELDS[n].oxm_class,
                                                                     FIELDS[n].oxm_field)))
@@ -67,8 +67,6 @@ PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move)  # what a row encodes (not l
 VNI_MAX = (1 << 24) - 1  # dfflow's tunnels (Geneve/VXLAN) carry a 24-bit VNI in tunnel_id
 VALUE_LIMITS: dict[str, int] = {"tunnel_id": VNI_MAX}
 OFPORT_FIELDS = frozenset({"in_port"})  # values must be a valid OpenFlow port number
-MAC_FIELDS = frozenset({"eth_dst", "eth_src", "arp_sha", "arp_tha"})
-IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
 
 ACTION_DTYPE = np.dtype([("op", "u1"), ("field", "u1"), ("dst", "u1"), ("arg", "<u2"),
                          ("value", "<u8")], align=True)

@@ -28,6 +28,7 @@ class FieldSpec:
     oxm_field: int
     bits: int
     maskable: bool
+    kind: str = "int"  # how people write its values: "mac", "ipv4", or a plain "int"
 
 
 OXM_OPENFLOW_BASIC = 0x8000
@@ -40,22 +41,22 @@ OXM_EXPERIMENTER = 0xFFFF
 FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("in_port", OXM_OPENFLOW_BASIC, 0, 32, False),
     FieldSpec("metadata", OXM_OPENFLOW_BASIC, 2, 64, True),
-    FieldSpec("eth_dst", OXM_OPENFLOW_BASIC, 3, 48, True),
-    FieldSpec("eth_src", OXM_OPENFLOW_BASIC, 4, 48, True),
+    FieldSpec("eth_dst", OXM_OPENFLOW_BASIC, 3, 48, True, "mac"),
+    FieldSpec("eth_src", OXM_OPENFLOW_BASIC, 4, 48, True, "mac"),
     FieldSpec("eth_type", OXM_OPENFLOW_BASIC, 5, 16, False),
     FieldSpec("ip_proto", OXM_OPENFLOW_BASIC, 10, 8, False),
-    FieldSpec("ipv4_src", OXM_OPENFLOW_BASIC, 11, 32, True),
-    FieldSpec("ipv4_dst", OXM_OPENFLOW_BASIC, 12, 32, True),
+    FieldSpec("ipv4_src", OXM_OPENFLOW_BASIC, 11, 32, True, "ipv4"),
+    FieldSpec("ipv4_dst", OXM_OPENFLOW_BASIC, 12, 32, True, "ipv4"),
     FieldSpec("tcp_dst", OXM_OPENFLOW_BASIC, 14, 16, True),
     FieldSpec("udp_dst", OXM_OPENFLOW_BASIC, 16, 16, True),
     FieldSpec("sctp_dst", OXM_OPENFLOW_BASIC, 18, 16, True),
     FieldSpec("icmpv4_type", OXM_OPENFLOW_BASIC, 19, 8, False),
     FieldSpec("icmpv4_code", OXM_OPENFLOW_BASIC, 20, 8, False),
     FieldSpec("arp_op", OXM_OPENFLOW_BASIC, 21, 16, False),
-    FieldSpec("arp_spa", OXM_OPENFLOW_BASIC, 22, 32, True),
-    FieldSpec("arp_tpa", OXM_OPENFLOW_BASIC, 23, 32, True),
-    FieldSpec("arp_sha", OXM_OPENFLOW_BASIC, 24, 48, True),
-    FieldSpec("arp_tha", OXM_OPENFLOW_BASIC, 25, 48, True),
+    FieldSpec("arp_spa", OXM_OPENFLOW_BASIC, 22, 32, True, "ipv4"),
+    FieldSpec("arp_tpa", OXM_OPENFLOW_BASIC, 23, 32, True, "ipv4"),
+    FieldSpec("arp_sha", OXM_OPENFLOW_BASIC, 24, 48, True, "mac"),
+    FieldSpec("arp_tha", OXM_OPENFLOW_BASIC, 25, 48, True, "mac"),
     FieldSpec("tunnel_id", OXM_OPENFLOW_BASIC, 38, 64, True),
     FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
@@ -66,6 +67,9 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("tcp_flags", OXM_EXPERIMENTER, 42, 16, True),
 )}
 TCP_SYN = 0x002
+
+MAC_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "mac")
+IPV4_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "ipv4")
 
 OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_CONTROLLER = 0xFFFFFFFD
@@ -198,9 +202,9 @@ def osken_match(items: Iterable[MatchItem], parser: Any) -> Any:
 
 def _osken_value(name: str, value: int) -> Any:
     bits = FIELDS[name].bits
-    if name in ("eth_dst", "eth_src", "arp_sha", "arp_tha"):
+    if name in MAC_FIELDS:
         return core.int_to_mac(value)
-    if name in ("ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"):
+    if name in IPV4_FIELDS:
         return core.int_to_ipv4(value)
     if value >> bits:
         raise ValueError(f"{name}: {value:#x} does not fit in {bits} bits")
@@ -257,6 +261,7 @@ def controller_output() -> Output:
     return Output(OFPP_CONTROLLER, OFPCML_NO_BUFFER)
 
 
-__all__ = ["Command", "FIELDS", "FieldSpec", "Flow", "Output", "SetField", "DecTtl", "Move", "Resubmit", "Learn", "Ct",
+__all__ = ["Command", "FIELDS", "FieldSpec", "MAC_FIELDS", "IPV4_FIELDS", "Flow", "Output", "SetField", "DecTtl",
+           "Move", "Resubmit", "Learn", "Ct",
            "match",
            "controller_output", "osken_match"]

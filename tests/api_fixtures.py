@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
 
+from controller.sandbox.redisproc import free_port
 from dfflow.api.server import ApiServer
 from dfflow.nb.store import NbApi
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

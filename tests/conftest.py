@@ -3,67 +3,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 
 import pytest
 
 from controller.ovsproc import OvsInstance, missing_binaries
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """A redis-server child on a free loopback port; restartable on the same port and dir."""
-
-    def __init__(self, workdir: str, persistent: bool = False):
-        self.workdir = workdir
-        self.persistent = persistent
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir,
-             "--save", "", "--protected-mode", "yes",
-             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
-               else ["--appendonly", "no"])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
+from controller.sandbox.redisproc import RedisServer
 
 
 @pytest.fixture
 def redis_server(tmp_path, request):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    server = RedisProcess(str(tmp_path), persistent=request.node.get_closest_marker("persistent_redis") is not None)
+    # TCP only: a unix socket under pytest's tmp_path can exceed the 108-byte path limit
+    server = RedisServer(str(tmp_path / "redis"), unixsocket=False,
+                         persistent=request.node.get_closest_marker("persistent_redis") is not None)
     server.start()
     yield server
     server.stop()

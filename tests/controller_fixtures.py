@@ -34,17 +34,18 @@ class SyncCloud:
         return asyncio.run(run())
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.with_nb(lambda nb: getattr(Cloud(self.sb, nb), method)(*args, **kwargs))
+        return self.with_nb(lambda nb: getattr(Cloud.for_sandbox(self.sb, nb), method)(*args, **kwargs))
 
     def nb(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.with_nb(lambda nb: getattr(nb, method)(*args, **kwargs))
 
 
 @contextlib.contextmanager
-def running_cloud(chassis: int = 3) -> Iterator[SyncCloud]:
-    """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after."""
+def running_cloud(chassis: int = 3, controller_cmd: list[str] | None = None) -> Iterator[SyncCloud]:
+    """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after.
+    `controller_cmd`: e.g. controller.sandbox.faults.controller_cmd(), for a cloud whose faults `fault` switches."""
     require_substrate()
-    sb = Sandbox(_new_dir())
+    sb = Sandbox(_new_dir(), controller_cmd=controller_cmd)
     try:
         sb.up(chassis=chassis, controllers=True)
         wait_controllers_ready(sb)
@@ -181,13 +182,13 @@ def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, An
     and state, and the compressed sequence makes every step meet the one before at its busiest."""
     from controller.sandbox import nova
     kwargs.setdefault("memory_copy", 0.0)
-    return cloud.with_nb(lambda nb: nova.migrate(Cloud(cloud.sb, nb), vm, dest, **kwargs))
+    return cloud.with_nb(lambda nb: nova.migrate(Cloud.for_sandbox(cloud.sb, nb), vm, dest, **kwargs))
 
 
 @contextlib.contextmanager
 def fault(cloud: SyncCloud, name: str) -> Iterator[None]:
-    """An injected fault (controller.migrator's switches), on for the block only."""
-    from controller.migrator import set_fault
+    """An injected fault (controller.sandbox.faults' switches), on for the block only."""
+    from controller.sandbox.faults import set_fault
     cloud.with_nb(lambda nb: set_fault(nb, name, True))
     try:
         yield

@@ -4,7 +4,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from controller import compiler
 from controller.apps.l2 import L2App
 from controller.engine import Engine
-from controller.ofchannel import XidAllocator
+from dfflow.openflow import XidAllocator
 from controller.view import Vif
 from dfflow.flows import Command
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet

@@ -157,9 +157,10 @@ def test_an_announce_source_copies_what_its_vifs_send_and_not_what_a_tunnel_brou
     assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == (Output(4),)
 
 
-def test_an_activated_announce_source_forwards_nothing_a_tunnel_brings_until_the_unplug():
-    """Once the VM is activated on C, a tunnel's packet for it still reaching the source B was copied
-    to C by its sender: forwarded, it would arrive twice. B's own VMs still reach it on C."""
+def test_an_announce_source_the_vm_left_forwards_nothing_a_tunnel_brings_until_the_migration_ends():
+    """Once the VM is activated on C (and after the source unplug), a tunnel's packet for it still
+    reaching the source B was copied to C by its sender: forwarded, it would arrive twice. B's own VMs
+    still reach it on C. (tests/test_announce_single_delivery.py walks the packets.)"""
     engine = make_engine("B")
     for p, ofport in ((port("b1", 2, 12, "B"), 4), (port("b2", 3, 13, "B"), 7)):
         apply(engine, engine.nb_event(event(p)))
@@ -174,6 +175,8 @@ def test_an_activated_announce_source_forwards_nothing_a_tunnel_brings_until_the
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="C", source="B", strategy="announce", state="switched")))))
     to_c = (SetField("tunnel_id", 101), Output(11))
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {110: (), 100: to_c}
+    apply(engine, engine.nb_event(event(b1.replace(binding_chassis="C"))))  # done: the record is gone
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
 
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from controller.apps.l2 import L2App
-from controller.migrator import FAULT_DROP_PUBLISH, FAULT_IGNORE_ANNOUNCEMENTS
+from controller.sandbox import faults
+from controller.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS
 from controller.sandbox.probe import Echo, Sender, analyse
 from controller.sandbox.topology import INT_BRIDGE
 from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, fault,
@@ -23,7 +24,7 @@ M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
 def cloud():
     """M (migrating, floating IP) on net1/chassis-1; its L2 peer P on net1/chassis-3; routed peer Q
     on net2/chassis-3; external host E on public/chassis-3."""
-    with running_cloud(3) as c:
+    with running_cloud(3, controller_cmd=faults.controller_cmd()) as c:
         sb = c.sb
         c.call("create_network", "net1", "10.1.0.0/24")
         c.call("create_network", "net2", "10.2.0.0/24")
@@ -142,7 +143,7 @@ def test_the_vms_announcement_opens_its_egress_in_the_datapath_without_the_contr
     """With the controller deaf to announcements, the destination still serves the VM from its
     first RARP on: the gate it learned in the datapath, and traffic sent to both chassis."""
     dest = other(cloud)
-    with fault(cloud, FAULT_IGNORE_ANNOUNCEMENTS):
+    with fault(cloud, IGNORE_ANNOUNCEMENTS):
         senders = probes(cloud)
         started = time.time()
         result = migrate(cloud, "M", dest, strategy="announce", unplug_delay=1.0, update_port_delay=0.2)
@@ -192,7 +193,7 @@ def test_the_sources_migration_event_moves_every_chassis_ahead_of_the_nb_write(c
 
 def test_step_three_moves_the_flows_when_the_step_two_publish_is_lost(cloud):
     dest = other(cloud)
-    with fault(cloud, FAULT_DROP_PUBLISH):
+    with fault(cloud, DROP_PUBLISH):
         senders = probes(cloud)
         started = time.time()
         result = migrate(cloud, "M", dest, strategy="unplug", unplug_delay=0.1, update_port_delay=1.0,
@@ -269,7 +270,7 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, where(cloud))
-    # the activation gates the announcements learned in the datapath expire by themselves
+    # the activation gates the announcements learned in the datapath go with their keys (the activation deletes them)
     wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
                20, what="learned activation gates expired")
     wait_arrival_windows_closed(sb)  # and so do the destinations' admissions of M's connections

@@ -70,14 +70,3 @@ def test_a_bad_event_is_logged_and_counted_not_raised(caplog):
     m._on_migration_event(b"{not json", received=101.0)
     assert m.stats == {"event_errors": 1} and not emitted
     assert "not applied" in caplog.text and "Traceback" in caplog.text
-
-
-def test_fault_switches_on_the_channel_keep_the_followed_copy_current():
-    m, emitted = migrator_on(C, requested_port())
-    m._on_migration_event(b'{"fault":"drop_migration_publish","on":true}', received=1.0)
-    assert m._faults is None  # not following the channel yet: faults are read from Redis
-    m._faults = set()
-    m._on_migration_event(b'{"fault":"drop_migration_publish","on":true}', received=1.0)
-    assert m._faults == {"drop_migration_publish"}
-    m._on_migration_event(b'{"fault":"drop_migration_publish","on":false}', received=1.0)
-    assert m._faults == set() and not emitted and not m.stats

@@ -3,15 +3,18 @@ the real os-vif plugging on each chassis' OVSDB, and what every chassis ends wit
 binding, status or migration record -- in each order Nova's calls can take, and when Nova rolls back."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 
 import pytest
 
+from controller.sandbox import names as nm
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.netns import SandboxError
-from controller_fixtures import (controller_status, dump_flows, migrate, running_cloud, wait_until,
+from controller.sandbox.nova_events import PLUGGED, UNPLUGGED, NovaEvents, VifPluggingFailed
+from controller_fixtures import (controller_status, dump_flows, migrate, pings, running_cloud, wait_until,
                                  wait_controllers_ready)
-from dfflow.errors import DfflowError
 from dfflow.models import PortStatus
 from test_migration import (M_IP, assert_everyone_places_m_on, assert_recovered, other, port_id, probes,
                             where)
@@ -79,11 +82,12 @@ def test_a_vm_plugged_by_os_vif_is_active_only_after_its_chassis_reports_it(clou
 def test_a_boot_whose_vif_is_never_reported_fails_and_leaves_nothing(cloud, monkeypatch):
     from controller.sandbox import cloud as cloud_module
     sb = cloud.sb
-    monkeypatch.setattr(cloud_module, "VIF_PLUGGED_TIMEOUT", 1.0)
+    monkeypatch.setattr(cloud_module, "VIF_PLUGGING_TIMEOUT", 1.0)
     ports_before = {p.id for p in cloud.nb("list", "lport")}
     sb.stop_controller("chassis-2")
     try:
-        with pytest.raises(DfflowError, match="no network-vif-plugged from chassis-2"):
+        with pytest.raises(VifPluggingFailed, match=r"boot of N on chassis-2 .*no network-vif-plugged event "
+                                                    r"for port \S+ on host chassis-2 within 1s"):
             cloud.call("create_vm", "N", "chassis-2", "net1", "10.1.0.68")
     finally:
         sb.start_controller("chassis-2")
@@ -178,3 +182,91 @@ def test_a_deleted_inactive_binding_alone_aborts_when_the_destination_never_unpl
         host.close()
         sb.unplug_vif("M", "eth7")
     assert_nothing_stale(cloud, source)
+
+
+# -- Nova waits for Neutron's network-vif-plugged, which the sandbox's Nova API receives ----------------
+def nova_events_for(cloud, pid: str, after: int) -> list[dict]:
+    return asyncio.run(NovaEvents(cloud.sb.nova_url).events(after, tag=pid))
+
+
+def nova_cursor(cloud) -> int:
+    return asyncio.run(NovaEvents(cloud.sb.nova_url).cursor())
+
+
+def test_a_booted_vm_is_active_only_once_its_chassis_reported_it_and_nova_heard_vif_plugged(cloud):
+    sb = cloud.sb
+    cursor = nova_cursor(cloud)
+    sb.stop_controller("chassis-2")  # nobody to report the VIF yet: Nova must keep waiting
+    boot = concurrent.futures.ThreadPoolExecutor(1)
+    booting = boot.submit(cloud.call, "create_vm", "B", "chassis-2", "net1", "10.1.0.69")
+    try:
+        wait_until(lambda: [vm for vm in sb.vms() if vm.name == "B" and vm.vifs], 10, what="B's tap made")
+        pid = sb.vm("B").vifs[0].port_id
+        wait_until(lambda: nm.Names.tap(pid) in sb.ovs("chassis-2").vsctl("list-ports", "br-int").split(), 10,
+                   what="os-vif's plug of B")
+        time.sleep(1.0)
+        assert not booting.done()
+        assert show_port(cloud, pid)["status"] == "DOWN" and nova_events_for(cloud, pid, cursor) == []
+    finally:
+        sb.start_controller("chassis-2")
+        boot.shutdown(wait=False)
+    vm = booting.result(30)
+    returned = time.time()
+    reported = cloud.nb("get", PortStatus.table, pid).up["chassis-2"]
+    [plugged] = nova_events_for(cloud, pid, cursor)
+    assert (plugged["name"], plugged["server_uuid"], plugged["status"], plugged["host"]) == (
+        PLUGGED, vm.uuid, "completed", "chassis-2")
+    assert reported <= plugged["at"] <= returned  # reported, then heard by Nova, then the boot returned
+    assert show_port(cloud, pid)["status"] == "ACTIVE"
+    cloud.call("delete_vm", "B")
+    wait_controllers_ready(sb)
+
+
+@pytest.mark.parametrize("nova_path", ["extended", "legacy"])
+def test_a_live_migration_switches_over_only_after_nova_heard_the_destination_s_vif_plugged(cloud, nova_path):
+    sb, source, dest = cloud.sb, where(cloud), other(cloud)
+    pid, server = port_id(cloud), sb.vm("M").uuid
+    cursor = nova_cursor(cloud)
+    result = migrate(cloud, "M", dest, nova_path=nova_path, memory_copy=0.1, update_port_delay=0.1)
+    steps = result["steps"]
+    ended = steps["activated"] if nova_path == "extended" else steps["updated_port"]
+    # plug -> dest's chassis reports the VIF up -> Neutron's event reaches Nova -> Nova's wait returns
+    # -> memory copy -> switchover -> activation (extended) or update_port (legacy)
+    assert steps["plug"] < steps["dest_reported_up"] <= steps["vif_plugged_event"] <= steps["vif_plugged"]
+    assert steps["vif_plugged"] < steps["memory_copied"] < steps["vm_source_down"] < ended
+    events = nova_events_for(cloud, pid, cursor)
+    plugged = [e for e in events if e["name"] == PLUGGED]
+    assert plugged and all(e["server_uuid"] == server for e in events)
+    assert round(plugged[0]["at"] - result["origin"], 6) == steps["vif_plugged_event"]
+    # the source's VIF going is heard too
+    wait_until(lambda: any(e["name"] == UNPLUGGED and e["at"] - result["origin"] > steps["unplug"]
+                           for e in nova_events_for(cloud, pid, cursor)), 10, what="network-vif-unplugged")
+    assert_nothing_stale(cloud, dest)
+
+
+@pytest.mark.parametrize("nova_path", ["extended", "legacy"])
+def test_a_destination_that_never_reports_its_vif_fails_the_migration_and_rolls_it_back(cloud, nova_path):
+    sb, source, dest = cloud.sb, where(cloud), other(cloud)
+    pid = port_id(cloud)
+    def installed(ch: str) -> list[str]:  # what the controllers installed, not what expires by itself
+        return sorted(f for f in dump_flows(sb, ch) if "idle_timeout" not in f and "hard_timeout" not in f)
+
+    before = {ch.name: installed(ch.name) for ch in sb.chassis_list() if ch.name != dest}
+    sb.stop_controller(dest)
+    try:
+        with pytest.raises(VifPluggingFailed, match=rf"live migration of M from {source} to {dest} \(rolled back\): "
+                                                    rf"no network-vif-plugged event for port {pid} on host {dest} "
+                                                    r"within 1.5s"):
+            migrate(cloud, "M", dest, nova_path=nova_path, vif_plugging_timeout=1.5)
+        port = cloud.nb("get", "lport", pid)
+        assert (port.binding_chassis, port.inactive_bindings, port.migrating_to, port.migration) == (
+            source, [], None, None)
+        assert [b["host"] for b in cloud.call("neutron", "list_port_bindings", pid)["bindings"]] == [source]
+        assert [(v.chassis, v.up) for v in sb.vm("M").vifs] == [(source, True)]
+        assert nm.Names.tap(pid) not in sb.ovs(dest).vsctl("list-ports", "br-int").split()  # os-vif unplugged
+    finally:
+        sb.start_controller(dest)
+    wait_controllers_ready(sb)
+    assert_nothing_stale(cloud, source)
+    assert {ch: installed(ch) for ch in before} == before
+    wait_until(lambda: pings(sb, "P", M_IP), 10, what="P -> M on the source")

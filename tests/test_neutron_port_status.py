@@ -12,6 +12,7 @@ import pytest
 from api_fixtures import nb_call, sdk
 from controller_fixtures import wait_until
 from dfflow.models import Chassis, PortStatus
+from neutron_fixtures import events_for
 
 pytestmark = [pytest.mark.neutron,
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")]
@@ -64,7 +65,7 @@ def test_port_goes_active_and_nova_hears_vif_plugged_when_its_vif_is_up_on_its_h
     _report_vif_up(neutron.nb_url, port.id, "other-host", "status-host")
     wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE")
     plugged = ("network-vif-plugged", "completed", port.device_id)
-    wait_until(lambda: plugged in neutron.nova.events_for(port.id), WAIT, 0.1,
+    wait_until(lambda: plugged in events_for(neutron.nova, port.id), WAIT, 0.1,
                what="network-vif-plugged sent to Nova")
 
 
@@ -95,6 +96,6 @@ def test_activating_a_binding_elsewhere_waits_for_the_vif_there(net, neutron, ne
     assert net.get_port(port.id).status == "DOWN"
     _report_vif_up(neutron.nb_url, port.id, "mig-src", "mig-dst")
     wait_until(lambda: net.get_port(port.id).status == "ACTIVE", WAIT, 0.1, what="port ACTIVE on the destination")
-    names = lambda: [name for name, _, _ in neutron.nova.events_for(port.id)]  # noqa: E731
+    names = lambda: [name for name, _, _ in events_for(neutron.nova, port.id)]  # noqa: E731
     wait_until(lambda: names()[-2:] == ["network-vif-unplugged", "network-vif-plugged"], WAIT, 0.1,
                what="vif-unplugged then vif-plugged")

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 
 from api_fixtures import nb_call, sdk
-from controller.sandbox.topology import Sandbox
-from controller.templates import APP_COOKIE_SHIFT, object_hash
-from controller_fixtures import dump_flows, flow_cookies, pings, wait_controllers_ready, wait_until
-from dfflow.models import MODELS
-from neutron_fixtures import flush_nb
-from sandbox_fixtures import _new_dir, _teardown, require_substrate
+from controller_fixtures import pings, wait_until
+from neutron_fixtures import flush_nb, sandbox_on, stale_flows
 
 pytestmark = [pytest.mark.ovs, pytest.mark.neutron,
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning", "ignore::DeprecationWarning")]
@@ -18,18 +14,8 @@ pytestmark = [pytest.mark.ovs, pytest.mark.neutron,
 
 @pytest.fixture
 def sandbox_on_neutron_nb(neutron):
-    """Two chassis whose controllers follow the neutron-server's NB db. A controller tunnels to every
-    chassis row in the NB: the rows other tests made for hosts that do not exist are removed first."""
-    require_substrate()
-    for chassis in nb_call(neutron.nb_url, "list", "chassis"):
-        nb_call(neutron.nb_url, "delete", "chassis", chassis.id)
-    sb = Sandbox(_new_dir())
-    try:
-        sb.up(chassis=2, controllers=True, nb_url=neutron.nb_url)
-        wait_controllers_ready(sb)
+    with sandbox_on(neutron, 2) as sb:
         yield sb
-    finally:
-        _teardown([sb])
 
 
 def test_vms_on_ports_made_through_neutron_server_ping_across_chassis(neutron, sandbox_on_neutron_nb):
@@ -46,20 +32,6 @@ def test_vms_on_ports_made_through_neutron_server_ping_across_chassis(neutron, s
         sb.plug_vm(vm, host, port.id, port.mac_address, ip=f"{ips[vm]}/24")
     wait_until(lambda: pings(sb, "N1", ips["N2"]), 20, what="N1 -> N2 through Neutron-made ports")
     assert pings(sb, "N2", ips["N1"])
-
-
-def stale_flows(sb: Sandbox, nb_url: str) -> dict[str, list[str]]:
-    """Per chassis, the flows whose cookie names an object the NB no longer holds (every cookie of an app is
-    `app id << 56 | hash of an object id`; the pipeline's own flows hash the name "pipeline")."""
-    alive = {object_hash("pipeline")} | {object_hash(obj.id) for table in MODELS
-                                         for obj in nb_call(nb_url, "list", table)}
-    mask = (1 << APP_COOKIE_SHIFT) - 1
-    found = {}
-    for chassis in sb.chassis_list():
-        lines = dump_flows(sb, chassis.name)
-        found[chassis.name] = [line for line, cookie in zip(lines, flow_cookies(lines))
-                               if cookie and cookie & mask not in alive]
-    return {name: lines for name, lines in found.items() if lines}
 
 
 def test_nb_objects_deleted_or_flushed_behind_neutrons_back_are_restored_by_the_sync_with_traffic_back(

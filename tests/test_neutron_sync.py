@@ -112,7 +112,7 @@ def test_an_nb_flushed_entirely_is_restored_by_the_start_up_sync(neutron, cloud)
     before = nb_contents(neutron.nb_url)
     flush_nb(neutron.nb_url)
     assert nb_contents(neutron.nb_url) == {}
-    neutron.api.restart()  # the driver syncs once its plugins are loaded
+    neutron.api.restart_api()  # the driver syncs once its plugins are loaded
     wait_until(lambda: nb_contents(neutron.nb_url) == before, 30, interval=0.2,
                what="the NB restored by neutron-server's start-up sync")
     assert neutron.api.sync("log").returncode == 0

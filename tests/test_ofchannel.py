@@ -1,4 +1,4 @@
-"""controller.ofchannel against a real ovs-vswitchd (and a few fake peers).
+"""dfflow.openflow (the OpenFlow channel) against a real ovs-vswitchd (and a few fake peers).
 
 One Open vSwitch instance serves the whole module (br-int, netdev datapath, secure
 fail mode, OpenFlow 1.3 + 1.4); every test starts its own OpenFlowServer on a free
@@ -31,8 +31,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from controller import ofchannel as oc
-from controller.ofchannel import OF13, OF14, OFP13, OFP14, OpenFlowServer
+from dfflow import openflow as oc
+from dfflow.openflow import OF13, OF14, OFP13, OFP14, OpenFlowServer
 from controller.ovsproc import OvsInstance, missing_binaries
 
 p13 = OF13.ofproto_parser
@@ -392,7 +392,7 @@ def test_garbage_peers_without_switch(caplog):
             await sw.close()
         finally:
             await server.stop()
-    with caplog.at_level(logging.WARNING, logger="controller.ofchannel"):
+    with caplog.at_level(logging.WARNING, logger="dfflow.openflow"):
         run(body())
     assert any("protocol error" in r.getMessage() for r in caplog.records)
 
@@ -675,7 +675,7 @@ def test_garbage_client_does_not_disturb_switch(ovs, caplog):
             assert dp.is_connected and server.connections == {dp} and ev.connects == [dp]
             await dp.send_flow_mods([flow(dp, 3, 1)])
             assert await asyncio.to_thread(ofctl_flows, ovs) == [flow_line(3, 1)]
-    with caplog.at_level(logging.WARNING, logger="controller.ofchannel"):
+    with caplog.at_level(logging.WARNING, logger="dfflow.openflow"):
         run(body())
 
 
@@ -709,6 +709,6 @@ def test_packet_in(ovs, caplog):
                     await asyncio.sleep(0.01)
             assert dp.stats["errors"] == 1 and server.stats["packet_in"] == 2
             assert dp.is_connected
-    with caplog.at_level(logging.ERROR, logger="controller.ofchannel"):
+    with caplog.at_level(logging.ERROR, logger="dfflow.openflow"):
         run(body())
     assert any(r.exc_info and "handler bug" in str(r.exc_info[1]) for r in caplog.records)

@@ -30,8 +30,8 @@ from controller.ovsproc import OvsInstance
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
                               OP_SET_FIELD, VNI_MAX, FlowBatch)
-from dfflow.flows import (FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command, DecTtl, Flow, Move, Output,
-                          SetField, match)
+from dfflow.flows import (FIELDS, IPV4_FIELDS, MAC_FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command, DecTtl, Flow,
+                          Move, Output, SetField, match)
 
 ofp = ofproto_v1_3
 parser = ofproto_v1_3_parser
@@ -664,15 +664,13 @@ OVS_PORTS = {"IN_PORT": 0xFFFFFFF8, "TABLE": 0xFFFFFFF9, "NORMAL": 0xFFFFFFFA, "
              "ALL": 0xFFFFFFFC, "CONTROLLER": 0xFFFFFFFD, "LOCAL": 0xFFFFFFFE}
 DUMP_ATTRS = {"cookie", "duration", "table", "n_packets", "n_bytes", "idle_age", "hard_age", "idle_timeout",
               "hard_timeout", "importance", "send_flow_rem", "reset_counts", "no_packet_counts", "no_byte_counts"}
-MAC_FIELDS = {"eth_dst", "eth_src", "arp_sha", "arp_tha"}
-IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
 
 
 def _ovs_value(name: str, text: str) -> tuple[int, int | None]:
     value, _, mask = text.partition("/")
     if name in MAC_FIELDS:
         return core.mac_to_int(value), core.mac_to_int(mask) if mask else None
-    if name in IP_FIELDS:
+    if name in IPV4_FIELDS:
         if not mask:
             return core.ipv4_to_int(value), None
         if "." in mask:
@@ -800,7 +798,7 @@ def ovs_valid_flows() -> list[Flow]:
 class Switch:
     """The switch's OpenFlow connection, seen from the controller side.
 
-    Uses controller.ofchannel (the real channel) when it is importable, else a minimal
+    Uses dfflow.openflow (the real channel) when it is importable, else a minimal
     inline HELLO handshake on a plain socket. Either way: send raw bytes, then
     ``barrier()`` returns every message the switch sent before the BARRIER_REPLY.
     """
@@ -813,7 +811,7 @@ class Switch:
     async def __aenter__(self) -> "Switch":
         self.received: list[Any] = []
         try:
-            from controller import ofchannel
+            from dfflow import openflow as ofchannel
         except ImportError:  # pragma: no cover - the channel lands in the tree separately
             ofchannel = None
         self.ofchannel = ofchannel
@@ -984,8 +982,8 @@ def test_ovs_single_write_bundle_commits_around_a_rejected_add(ovs):
 
 @pytest.mark.ovs
 def test_ovs_channel_send_bundle_of_packed_flow_mods(ovs):
-    """controller.ofchannel's send_bundle takes the packer's FLOW_MOD buffer as is."""
-    ofchannel = pytest.importorskip("controller.ofchannel")
+    """dfflow.openflow's send_bundle takes the packer's FLOW_MOD buffer as is."""
+    ofchannel = pytest.importorskip("dfflow.openflow")
     ovs.ofctl("del-flows", "br-int")
     flow_list = ovs_valid_flows()[:40]
 

@@ -71,11 +71,11 @@ async def test_a_failed_write_is_counted_logged_and_retried(nb, caplog):
     real_create = nb.create
     calls = []
 
-    async def failing_once(obj):
+    async def failing_once(obj, **kwargs):
         calls.append(obj)
         if len(calls) == 1:
             raise ConnectionError("redis went away")
-        return await real_create(obj)
+        return await real_create(obj, **kwargs)
 
     nb.create = failing_once
     task = asyncio.ensure_future(a.run())

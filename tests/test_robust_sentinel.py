@@ -12,6 +12,7 @@ import pytest
 from controller.sandbox.topology import NB_SENTINEL, Sandbox
 from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, network_with_vms, pings,
                                  wait_arrival_windows_closed, wait_controllers_ready, wait_until)
+from fault_audit import AckedWrites, assert_clean
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 from test_robust_nb_faults import assert_survived, controller_pids, start_ping
 
@@ -78,14 +79,16 @@ def test_a_failover_in_the_middle_of_a_live_migration_ends_it_complete_with_no_s
             done["error"] = exc
 
     migration = threading.Thread(target=run)
-    migration.start()
-    try:
-        wait_until(lambda: cloud.nb("get", "lport", port_id).migration is not None, 20,
-                   what="step 1 recorded by the destination")
-        time.sleep(0.5)
-        promoted = fail_over(sb)
-    finally:
-        migration.join(90)
+    with AckedWrites(cloud.url) as writes:  # acknowledged once the replica holds them (WAIT)
+        migration.start()
+        try:
+            wait_until(lambda: cloud.nb("get", "lport", port_id).migration is not None, 20,
+                       what="step 1 recorded by the destination")
+            time.sleep(0.5)
+            promoted = fail_over(sb)
+        finally:
+            migration.join(90)
+    assert writes.acked and writes.lost(cloud) == []
     assert "error" not in done, done.get("error")
     timeline = done["timeline"]
     assert timeline["origin"] + timeline["steps"]["unplug"] > promoted, "the failover was not mid-migration"
@@ -95,6 +98,7 @@ def test_a_failover_in_the_middle_of_a_live_migration_ends_it_complete_with_no_s
     for ch in sb.chassis_list():
         wait_until(lambda: installed_equals_desired(sb, ch.name), 20, what=f"{ch.name}: no stale flow")
         assert controller_status(sb, ch.name)["stats"].get("task_crashes", 0) == 0
+    assert_clean(cloud)  # and no flow of a deleted object, no record, no OVS port left
     # back where it was, with no failover: every chassis holds as many flows as before
     migrate(cloud, "B1", "chassis-2", unplug_delay=0.05, update_port_delay=0.05)
     wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),

@@ -1,6 +1,8 @@
 """L2 app: classification, port security, ARP responder, destination lookup and flooding."""
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from controller.apps.base import App
 from controller.apps.builders import ALL_ONES_64, ARP_REPLY
 from controller.pipeline import table
@@ -12,9 +14,6 @@ from dfflow.models import LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
 ACTIVATION_GATE = table("activation_gate")
-# A learned gate flow serves only until the controller's activation (classify then stops looking it
-# up): unused for GATE_IDLE seconds it goes by itself, and never outlives GATE_MAX.
-GATE_IDLE, GATE_MAX = 5, 60
 L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood")
 # What port security lets through goes on to the security groups' egress check; what goes to the
 # L2 lookup passes their ingress check on the way.
@@ -61,8 +60,13 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 # publishes. Until then the gated port-security flows drop what the VM sends, and the gated lookup
 # drops what is sent to it (an `announce` migration copies the port's traffic here: delivered to
 # a VM that is not running here yet, it would be a duplicate, or queued in a paused guest's tap).
-# Egress: a learned activation_gate flow sets reg5=1 for this VIF.
-OPENS_GATE = Learn(ACTIVATION_GATE, 100, GATE_IDLE, GATE_MAX, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+# Egress: the gate is a flow of the controller's (reg5 stays 0), which the announcement re-learns
+# under the same key (table, priority, match) to set reg5=1 for this VIF. No timeout: the VM's
+# egress stays open for as long as the migration is unresolved, however long the controller is
+# away; the controller's next write of the port (activation, step 2 or 3, an abort) deletes the key.
+GATE_CLOSED = template("gate_closed", ACTIVATION_GATE, 100, dict(reg6=OFPORT))
+OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+
 # Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
 # source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
 # (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
@@ -95,14 +99,16 @@ LOOKUP_LOCAL_FROM_TUNNEL = template("lookup_local_from_tunnel", L2_LOOKUP, 110,
                                     dict(metadata=VNI, eth_dst=MAC, reg6=0), (Output(OFPORT),))
 LOOKUP_REMOTE_COPY = template("lookup_remote_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                               (SetField("tunnel_id", VNI), Output(TUNNEL), Output(COPY_TUNNEL)))
-# The source, once the VM has been activated on its destination, until the source unplug: a
-# tunnel's packet for the port still arriving here was sent while its sender copied the port's
-# traffic, so the destination has it already; forwarded there, it would arrive twice. Dropped.
+# The source, once the VM has left it (activated on its destination, or the source unplugged before
+# any activation), until the migration ends: a tunnel's packet for the port still arriving here was
+# sent while its sender copied the port's traffic, so the destination has it already; forwarded
+# there, it would arrive twice. Dropped.
 LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, dict(metadata=VNI, eth_dst=MAC, reg6=0))
 
 L2_PORT_FLOWS = PortProgram(1, [
     bound(CLASSIFY_PORT, LOCAL | OPEN),
     bound(CLASSIFY_GATED, LOCAL | GATED),
+    bound(GATE_CLOSED, LOCAL | GATED),
     *(bound(t, LOCAL | OPEN | facts, each) for t, facts, each in PORT_SECURITY_ENTRIES),
     *(bound(with_match(t, t.name + "_gated", reg5=1), LOCAL | GATED | facts, each)
       for t, facts, each in PORT_SECURITY_ENTRIES),
@@ -151,6 +157,20 @@ class L2App(App):
         return [
             Flow(ARP_RESPONDER, 0, (), goto=L3_ENTRY, cookie=cookie),
             Flow(L3_ENTRY, 0, (), goto=INGRESS_CONNTRACK, cookie=cookie),
+            # what no security group filters passes the conntrack tables (controller.apps.secgroups)
+            Flow(EGRESS_CONNTRACK, 0, (), goto=ARP_RESPONDER, cookie=cookie),
+            Flow(INGRESS_CONNTRACK, 0, (), goto=L2_LOOKUP, cookie=cookie),
             Flow(L2_LOOKUP, 0, (), goto=FLOOD, cookie=cookie),
         ]
 
+
+def opened_gates(dumped: Iterable[Any]) -> list[int]:
+    """The VIF ofports whose gate the datapath holds open (flows dumped from OVS: the controller's
+    gate has no action, a learned one loads reg5): their VM announced itself. A restarted
+    controller finds here the announcements it missed while it was away."""
+    found = []
+    for stats in dumped:
+        ofport = dict(stats.match.items()).get("reg6") if stats.table_id == ACTIVATION_GATE else None
+        if ofport is not None and any(getattr(inst, "actions", None) for inst in stats.instructions):
+            found.append(ofport)
+    return found

@@ -109,8 +109,7 @@ class SecurityGroupsApp(App):
 
     def static_flows(self) -> list[Flow]:
         cookie = self.cookie("pipeline")
-        flows = [Flow(EGRESS_CT, 0, (), goto=ARP_RESPONDER, cookie=cookie),
-                 Flow(INGRESS_CT, 0, (), goto=L2_LOOKUP, cookie=cookie)]
+        flows = []  # the conntrack tables' misses (pass) are the pipeline's own, in controller.apps.l2
         for sg_table, allowed_to, _ in DIRECTIONS.values():
             flows += [Flow(sg_table, 300, match(ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV)), cookie=cookie),
                       Flow(sg_table, 200, match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), goto=allowed_to,

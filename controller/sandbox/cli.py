@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from typing import Any, Awaitable, Callable
 
 import click
@@ -18,7 +19,7 @@ import click
 from dfflow.errors import DfflowError
 from dfflow.nb.store import NbApi
 
-from .cloud import Cloud
+from .cloud import VIF_PLUGGING_TIMEOUT, Cloud
 from .netns import SandboxError
 from .topology import DEFAULT_DIR, Sandbox
 
@@ -75,17 +76,27 @@ def sandbox() -> None:
                    "default announce); ports may override it.")
 @click.option("--metrics", is_flag=True, help="Controllers serve Prometheus metrics on a free loopback port "
                                             "each (its URL is metrics_url in the controller's status).")
+@click.option("--neutron", is_flag=True,
+              help="Serve the cloud's API with neutron-server and the dfflow ML2 driver (MariaDB, gunicorn; "
+                   "scripts/setup-neutron.sh installs them) instead of `dfflow api`.")
+@click.option("--nova-url", default=None,
+              help="With --neutron: where Neutron's Nova notifier sends network-vif-plugged (Nova's API, "
+                   "e.g. http://127.0.0.1:8774/v2.1; default: the sandbox's Nova, if it serves events).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controllers: bool,
-       of_transport: str, strategy: str | None, metrics: bool, as_json: bool) -> None:
+       of_transport: str, strategy: str | None, metrics: bool, neutron: bool, nova_url: str | None,
+       as_json: bool) -> None:
     """Create the underlay, the chassis (OVS, br-phy, br-int), the NB redis, the Neutron API and the
     controllers."""
+    if nova_url and not neutron:
+        raise click.UsageError("--nova-url is for neutron-server's notifier: give --neutron too")
     name_list = [n.strip() for n in names.split(",") if n.strip()] if names else None
     try:
         status = Sandbox(dir_).up(chassis=count, names=name_list, nb_url=nb_url,
                                   controllers=not no_controllers, of_transport=of_transport,
                                   controller_args=(["--strategy", strategy] if strategy else [])
-                                  + (["--metrics-port", "0"] if metrics else []))
+                                  + (["--metrics-port", "0"] if metrics else []),
+                                  neutron=neutron, nova_url=nova_url)
     except (SandboxError, ValueError) as exc:
         raise _fail(exc)
     _print_status(status, as_json)
@@ -144,7 +155,7 @@ def vm_exec(dir_: str, name: str, command: tuple[str, ...]) -> None:
         raise click.ClickException(f"cannot run {argv[0]}: {exc}")
 
 
-def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]]) -> Any:
+def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]], vif_plugging_timeout: float | None = None) -> Any:
     """Run `body` with the sandbox's cloud (NB db + chassis); errors become one clear line."""
     sb = Sandbox(dir_)
     url = sb.status().get("nb_url")
@@ -154,7 +165,7 @@ def _with_cloud(dir_: str, body: Callable[[Cloud], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         nb = NbApi(url)
         try:
-            return await body(Cloud(sb, nb))
+            return await body(Cloud.for_sandbox(sb, nb, vif_plugging_timeout=vif_plugging_timeout))
         finally:
             await nb.close()
 
@@ -182,15 +193,21 @@ def net_create(dir_: str, name: str, cidr: str, vni: int | None, external: bool)
                f"gateway {subnet.gateway_ip}")
 
 
+VIF_PLUGGING_TIMEOUT_OPTION = click.option(
+    "--vif-plugging-timeout", type=click.FloatRange(0.1, 3600), default=VIF_PLUGGING_TIMEOUT, show_default=True,
+    help="s Nova waits for Neutron's network-vif-plugged before failing (Nova's own default: 300).")
+
+
 @vm.command("create")
 @dir_option
 @click.argument("name")
 @click.option("--chassis", required=True, help="The chassis (host) to start the VM on.")
 @click.option("--network", required=True, help="The network to attach it to.")
 @click.option("--ip", default=None, help="Fixed IP (default: the next free address).")
-def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None) -> None:
+@VIF_PLUGGING_TIMEOUT_OPTION
+def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None, vif_plugging_timeout: float) -> None:
     """Create a port for VM NAME (as Neutron) and plug the VM into CHASSIS (as Nova/os-vif)."""
-    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip))
+    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip), vif_plugging_timeout)
     vif = vm_.vifs[0]
     click.echo(f"vm {vm_.name} on {vif.chassis}: {vif.mac} {vif.ip} port {vif.port_id}")
 
@@ -218,38 +235,95 @@ def vm_list(dir_: str, as_json: bool) -> None:
                    f"{row['ip'] or '-':15} {row['mac'] or '-'}  port {row['port_id']}")
 
 
+def _update_port_delay(value: str) -> float | None:
+    if value == "never":
+        return None
+    try:
+        return int(value) / 1000
+    except ValueError:
+        raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
+
+
+def migrate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What `vm migrate` and `evacuate` take: Nova's delays and calls, the strategy, --json."""
+    for option in reversed([
+            click.option("--to", "dest", required=True, help="Destination chassis."),
+            click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
+                         help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2)."),
+            click.option("--update-port-delay", default="300", show_default=True,
+                         help="ms after the unplug until the destination's post-migration (legacy: update_port("
+                              "binding:host_id), step 3; extended: the source binding's clean-up), or 'never' (no "
+                              "step 3 at all: no activation either)."),
+            click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
+                         help="Activation strategy for the ports (default: the deployment's)."),
+            MEMORY_COPY_OPTION, NOVA_PATH_OPTION, VIF_PLUGGING_TIMEOUT_OPTION,
+            click.option("--json", "as_json", is_flag=True)]):
+        fn = option(fn)
+    return fn
+
+
 @vm.command("migrate")
 @dir_option
-@click.argument("name")
-@click.option("--to", "dest", required=True, help="Destination chassis.")
-@click.option("--unplug-delay", default=200, show_default=True, type=click.IntRange(0, 600_000),
-              help="ms between the VM's switchover and Nova's unplug of the source VIF (step 2).")
-@click.option("--update-port-delay", default="300", show_default=True,
-              help="ms after the unplug until the destination's post-migration (legacy: update_port("
-                   "binding:host_id), step 3; extended: the source binding's clean-up), or 'never' (no step "
-                   "3 at all: no activation either).")
-@click.option("--strategy", type=click.Choice(["unplug", "announce"]), default=None,
-              help="Activation strategy for this port (default: the deployment's).")
-@MEMORY_COPY_OPTION
-@NOVA_PATH_OPTION
-@click.option("--json", "as_json", is_flag=True)
-def vm_migrate(dir_: str, name: str, dest: str, unplug_delay: int, update_port_delay: str,
-               strategy: str | None, memory_copy: int, nova_path: str, as_json: bool) -> None:
-    """Live-migrate VM NAME to chassis DEST as Nova, os-vif and QEMU do, and print the timeline."""
+@click.argument("names", nargs=-1, required=True)
+@migrate_options
+def vm_migrate(dir_: str, names: tuple[str, ...], dest: str, unplug_delay: int, update_port_delay: str,
+               strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+               as_json: bool) -> None:
+    """Live-migrate VM NAMES to chassis DEST as Nova, os-vif and QEMU do, and print the timeline.
+    Several VMs move at once, as Nova with max_concurrent_live_migrations = their number (see
+    `evacuate`)."""
     from .nova import format_timeline, migrate
-    if update_port_delay == "never":
-        update_delay = None
-    else:
-        try:
-            update_delay = int(update_port_delay) / 1000
-        except ValueError:
-            raise click.BadParameter("a number of ms, or 'never'", param_hint="--update-port-delay")
-    result = _with_cloud(dir_, lambda c: migrate(c, name, dest, unplug_delay / 1000, update_delay, strategy,
-                                                  memory_copy / 1000, nova_path=nova_path))
+    if len(names) > 1:
+        _evacuate(dir_, list(names), dest, unplug_delay, update_port_delay, strategy, memory_copy, nova_path,
+                  vif_plugging_timeout, as_json)
+        return
+    update_delay = _update_port_delay(update_port_delay)
+    result = _with_cloud(dir_, lambda c: migrate(c, names[0], dest, unplug_delay / 1000, update_delay, strategy,
+                                                  memory_copy / 1000, nova_path=nova_path),
+                         vif_plugging_timeout)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(format_timeline(result))
+
+
+@sandbox.command("evacuate")
+@dir_option
+@click.argument("chassis")
+@migrate_options
+def evacuate_(dir_: str, chassis: str, dest: str, unplug_delay: int, update_port_delay: str,
+              strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+              as_json: bool) -> None:
+    """Live-migrate every VM of CHASSIS to DEST at once (a host evacuation: all destination VIFs
+    plugged, every VM switched over together, then the unplugs and the binding calls)."""
+    from .evacuate import vms_on
+    try:
+        names = vms_on(Sandbox(dir_), chassis)
+    except SandboxError as exc:
+        raise _fail(exc)
+    if not names:
+        raise click.ClickException(f"no VM runs on {chassis}")
+    _evacuate(dir_, names, dest, unplug_delay, update_port_delay, strategy, memory_copy, nova_path,
+              vif_plugging_timeout, as_json)
+
+
+def _evacuate(dir_: str, names: list[str], dest: str, unplug_delay: int, update_port_delay: str,
+              strategy: str | None, memory_copy: int, nova_path: str, vif_plugging_timeout: float,
+              as_json: bool) -> None:
+    from .evacuate import evacuate, format_evacuation
+    update_delay = _update_port_delay(update_port_delay)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        click.echo(f"[{time.monotonic() - started:7.2f} s] {message}", err=True)
+
+    result = _with_cloud(dir_, lambda c: evacuate(
+        c, names, dest, progress=progress, unplug_delay=unplug_delay / 1000, update_port_delay=update_delay,
+        strategy=strategy, memory_copy=memory_copy / 1000, nova_path=nova_path), vif_plugging_timeout)
+    click.echo(json.dumps(result, indent=2) if as_json else format_evacuation(result))
+    if result["failed"]:
+        raise click.ClickException(f"{len(result['failed'])} of {len(names)} migrations failed: "
+                                   + ", ".join(sorted(result["failed"])))
 
 
 @sandbox.group()
@@ -343,6 +417,19 @@ def _nb_summary(dir_: str) -> dict[str, Any]:
     return _with_cloud(dir_, body)
 
 
+def _api_description(status: dict) -> str:
+    server = status.get("neutron")
+    if status.get("api_kind") != "neutron-server" or server is None:
+        return f"dfflow api, pid {status.get('api_pid')}"
+    if server.get("external"):
+        return "neutron-server with the dfflow driver, not the sandbox's"
+    alive = server["alive"]
+    return (f"neutron-server with the dfflow driver, gunicorn pid {server['pid']} "
+            f"({'alive' if alive['api'] else 'DEAD'}), MariaDB pid {server['db']['pid']} "
+            f"({'alive' if alive['db'] else 'DEAD'}), log {server['log']}"
+            + (f", Nova notifier to {server['nova_url']}" if server.get("nova_url") else ""))
+
+
 def _print_status(status: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
@@ -352,7 +439,9 @@ def _print_status(status: dict, as_json: bool) -> None:
         return
     click.echo(f"  NB: {status['nb_url']}" + (f"  (root ns: {status['nb_tcp_url']})" if status.get("nb_tcp_url") else ""))
     if status.get("api_url"):
-        click.echo(f"  Neutron API: {status['api_url']}")
+        click.echo(f"  Neutron API: {status['api_url']} ({_api_description(status)})")
+    if status.get("nova_url"):
+        click.echo(f"  Nova API (os-server-external-events): {status['nova_url']}")
     for ch in status["chassis"]:
         ctl = (f"controller pid {ch['controller_pid']} ({'alive' if ch['controller_alive'] else 'DEAD'})"
                if ch["controller_pid"] else "no controller")

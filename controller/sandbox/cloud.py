@@ -5,8 +5,8 @@ Neutron-compatible API (`dfflow api`) with python-neutronclient, the client Nova
 uses; networks, routers and floating IPs directly in the NB db. It boots VMs as
 Nova does: the port is created bound to the host, the VM's tap is made (a veth, as
 QEMU's), the real os-vif plugs it into the chassis' br-int from the port's
-binding:vif_details, and Nova waits for the chassis to report the VIF up
-(network-vif-plugged).
+binding:vif_details, and Nova waits for Neutron's network-vif-plugged event, which
+the sandbox's Nova API (nova_events.py) receives once the chassis reported the VIF up.
 """
 from __future__ import annotations
 
@@ -14,30 +14,47 @@ import asyncio
 import ipaddress
 import logging
 import random
-import time
 import uuid
 from typing import Any, Callable
 
 from neutronclient.common import exceptions as neutron_exc
 from neutronclient.v2_0 import client as neutron_client
 
+from controller.sandbox.nova_events import NovaEvents
 from controller.sandbox.novaclient_neutron import nova_neutron_client
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
-from controller.sandbox.topology import Sandbox, Vm
+from controller.sandbox.topology import API_NEUTRON, Sandbox, Vm
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
-from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, PortStatus,
+from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch,
                            RouterPort, Subnet)
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
 VNI_ATTEMPTS = 5
-VIF_PLUGGED_TIMEOUT = 10.0  # s Nova waits for network-vif-plugged here (its own default is 300)
+# s Nova waits for network-vif-plugged here, at boot and before a live migration (Nova's
+# [DEFAULT] vif_plugging_timeout, whose default is 300)
+VIF_PLUGGING_TIMEOUT = 10.0
 
 
 class Cloud:
-    def __init__(self, sandbox: Sandbox, nb: NbApi, topic: str = DEFAULT_TOPIC):
+    def __init__(self, sandbox: Sandbox, nb: NbApi, topic: str = DEFAULT_TOPIC,
+                 vif_plugging_timeout: float | None = None):
         self.sandbox, self.nb, self.topic = sandbox, nb, topic
+        self._vif_plugging_timeout = vif_plugging_timeout
         self._client: neutron_client.Client | None = None
+
+    @property
+    def vif_plugging_timeout(self) -> float:
+        return VIF_PLUGGING_TIMEOUT if self._vif_plugging_timeout is None else self._vif_plugging_timeout
+
+    @staticmethod
+    def for_sandbox(sandbox: Sandbox, nb: NbApi, vif_plugging_timeout: float | None = None) -> "Cloud":
+        """The cloud of `sandbox`: this one over `dfflow api`, or, when neutron-server serves its API,
+        one that makes everything through Neutron (neutron_cloud.py)."""
+        if sandbox.api_kind == API_NEUTRON:
+            from controller.sandbox.neutron_cloud import NeutronCloud  # it builds on this module
+            return NeutronCloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
+        return Cloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
@@ -119,35 +136,30 @@ class Cloud:
                 quiet.setLevel(level)
         return self._client
 
-    async def neutron(self, call: str, *args: Any) -> Any:
+    async def neutron(self, call: str, *args: Any, **params: Any) -> Any:
         """One python-neutronclient call (in a thread); a Neutron error becomes a DfflowError with its
         status code and message (`status_code` kept on it)."""
         method: Callable[..., Any] = getattr(self.client, call)
         try:
-            return await asyncio.to_thread(method, *args)
+            return await asyncio.to_thread(method, *args, **params)
         except neutron_exc.NeutronClientException as exc:
             error = DfflowError(f"Neutron API {call}: {exc.status_code} {exc}")
             error.status_code = exc.status_code  # type: ignore[attr-defined]
             raise error from None
 
-    async def wait_vif_plugged(self, port_id: str, host: str, timeout: float | None = None,
-                               interval: float = 0.01) -> float:
-        """Nova's wait for network-vif-plugged: until `host`'s chassis reports the port's VIF up."""
-        timeout = VIF_PLUGGED_TIMEOUT if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await self.nb.get(PortStatus.table, port_id)
-            if status is not None and host in status.up:
-                return status.up[host]
-            if time.monotonic() > deadline:
-                raise DfflowError(f"port {port_id}: no network-vif-plugged from {host} within {timeout}s "
-                                  "(its chassis never reported the VIF up)")
-            await asyncio.sleep(interval)
+    @property
+    def nova_events(self) -> NovaEvents:
+        """The sandbox's Nova, where Neutron's network-vif-plugged events arrive."""
+        url = self.sandbox.nova_url
+        if not url:
+            raise DfflowError(f"the sandbox in {self.sandbox.dir} runs no Nova API")
+        return NovaEvents(url)
 
     async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
                         mac: str | None = None, port_attrs: dict[str, Any] | None = None) -> Vm:
         """Nova's boot: Neutron creates and binds the port; the VM's tap is made; os-vif plugs it from
-        the port's binding; Nova waits for the VIF to be reported up."""
+        the port's binding; Nova waits for network-vif-plugged (VifPluggingFailed after
+        `vif_plugging_timeout`: the VM and its port are removed)."""
         ch = self.sandbox.chassis(chassis)  # fail before writing anything
         vm_uuid = str(uuid.uuid4())
         port = await self.create_port(network, chassis, ip, name=f"{name}-port", device_id=vm_uuid, mac=mac,
@@ -160,12 +172,16 @@ class Cloud:
             vm = self.sandbox.plug_vm(name, chassis, port.id, port.mac,
                                       ip=f"{port.ips[0]}/{subnet.network.prefixlen}",
                                       gateway=subnet.gateway_ip, vm_uuid=vm_uuid, ovs_port=False)
+            # _create_guest_with_network: the wait is prepared before the plug, then waited for
+            events = self.nova_events
+            cursor = await events.cursor()
             host = await asyncio.to_thread(OsVifHost, self.sandbox, ch.name)
             try:
                 await host.acall("plug", vif, self.instance_info(vm))
             finally:
                 host.close()
-            await self.wait_vif_plugged(port.id, chassis)
+            await events.wait_vif_plugged(vm.uuid, port.id, chassis, cursor, self.vif_plugging_timeout,
+                                          f"boot of {name} on {chassis} (Virtual Interface creation failed)")
             return vm
         except Exception:
             if any(v.name == name for v in self.sandbox.vms()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from benchmarks import migration as scenario
+from controller.sandbox import neutronproc
 from controller.sandbox.nova import MEMORY_COPY, format_timeline
 from controller.sandbox.preflight import problems
 
@@ -18,15 +19,19 @@ whose gateway is on the external network `public` (172.24.4.0/24).
   Q  net2, chassis-3                       (probes M through the router every 1 ms)
   E  public, chassis-3                     (the external host: probes M's floating IP every 1 ms)
 """
+DFFLOW_API = "The cloud's Neutron API: `dfflow api` (embedded, over the NB db)."
+NEUTRON_API = ("The cloud's Neutron API: neutron-server with the dfflow ML2 driver and router plugin "
+               "(MariaDB, gunicorn); Nova's calls go through it.")
 
 
 def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
         update_port_delay: float = 0.3, memory_copy: float = MEMORY_COPY,
-        nova_path: str = "extended") -> dict[str, Any]:
-    missing = problems(need_redis=True)
+        nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+    missing = problems(need_redis=True) + (neutronproc.missing() if neutron else [])
     if missing:
         raise RuntimeError("; ".join(missing))
     echo(INTRO)
+    echo(NEUTRON_API if neutron else DFFLOW_API)
     echo("bringing the sandbox up...")
 
     def show(result: dict[str, Any]) -> None:
@@ -46,7 +51,7 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
     report = scenario.run(runs=runs, strategies=("announce", "unplug"), memory_copy=memory_copy,
                           unplug_delay=unplug_delay,
                           update_port_delay=update_port_delay, keep_samples=False, routed_probe=True,
-                          on_migration=show, nova_path=nova_path)
+                          on_migration=show, nova_path=nova_path, neutron=neutron)
     echo("")
     echo(scenario.format_summary(report))
     echo("sandbox torn down.")

@@ -8,7 +8,8 @@ nova/conductor/tasks/live_migrate.py, nova/compute/manager.py, nova/network/neut
   conductor       create_port_binding(port, {host: dest})              an INACTIVE binding for dest
   dest pre-live   os_vif.plug on dest (from that binding's vif_details); then setup_networks_on_host:
                   update_port(binding:profile.migrating_to = dest)
-  source          waits for network-vif-plugged (the dest chassis reports the VIF up); memory copy;
+  source          waits for network-vif-plugged (Neutron's event to the sandbox's Nova API, see
+                  nova_events.py, once the dest chassis reported the VIF up); memory copy;
                   switchover (the VM stops on the source, resumes on dest, announces itself)
   source post     migrate_instance_start: show_port_binding(dest), activate_port_binding(port, dest);
                   then os_vif.unplug of the source VIF
@@ -17,8 +18,8 @@ nova/conductor/tasks/live_migrate.py, nova/compute/manager.py, nova/network/neut
   rollback        at the destination: migrating_to cleared, delete_port_binding(port, dest), then
                   os_vif.unplug of the dest VIF
 
-Legacy (`nova_path="legacy"`): no binding calls and no wait for network-vif-plugged; dest's
-pre-live-migration sets migrating_to; at the end, migrate_instance_finish's
+Legacy (`nova_path="legacy"`): no binding calls; dest's pre-live-migration sets migrating_to (Nova
+waits for network-vif-plugged here too: live_migration_wait_for_vif_plug); at the end, migrate_instance_finish's
 update_port(binding:host_id=dest, device_owner, binding:profile without migrating_to).
 
 Timing: activation comes `activate_delay` after the switchover (default: right before the unplug,
@@ -40,13 +41,14 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.netns import SandboxError
+from controller.sandbox.nova_events import VifPluggingFailed
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from dfflow.errors import DfflowError
-from dfflow.models import LogicalPort, LogicalSwitch
+from dfflow.models import LogicalPort, LogicalSwitch, PortStatus
 from dfflow.nb.timeline import Timelines
 
 READY_TIMEOUT = 10.0
@@ -80,7 +82,7 @@ class Switchover:
         self.proc.stdin.flush()
         self._expect("ready")
 
-    def go(self) -> dict[str, float]:
+    async def go(self) -> dict[str, float]:
         self._went = True
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
@@ -195,12 +197,17 @@ class NovaCalls:
 async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                   update_port_delay: float | None = 0.3, strategy: str | None = None,
                   memory_copy: float = MEMORY_COPY, nova_path: str = "extended",
-                  activate_delay: float | None = None, rollback: bool = False) -> dict[str, Any]:
+                  activate_delay: float | None = None, rollback: bool = False,
+                  vif_plugging_timeout: float | None = None,
+                  switchover_factory: Callable[..., Any] = Switchover) -> dict[str, Any]:
     """Live-migrate `vm` to chassis `dest`; returns the timeline (seconds since the migration started).
 
     `memory_copy`: from the destination being ready (Nova's vif-plugged) to the switchover; 0 makes the
     switchover follow the plug at once, which no real migration does. `rollback`: the migration fails
-    after the destination is ready, and Nova rolls it back there."""
+    after the destination is ready, and Nova rolls it back there. `vif_plugging_timeout`: how long Nova
+    waits for the destination's network-vif-plugged (default: the cloud's); without it the migration is
+    rolled back and VifPluggingFailed raised. `switchover_factory`: what switches the VM over
+    (Switchover's arguments and methods; evacuate.py's switches many VMs at once)."""
     if nova_path not in NOVA_PATHS:
         raise SandboxError(f"nova_path must be one of {', '.join(NOVA_PATHS)}, not {nova_path!r}")
     sb, nb = cloud.sandbox, cloud.nb
@@ -231,10 +238,13 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     try:
         source_vif_spec = vif_spec(port.id, port.mac, port.lswitch, port_binding(await nova.port()),
                                    mtu=switch.mtu)
-        switchover = Switchover(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
+        switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
                                 vmrec.gateway)
         steps["plug"] = time.time()
         dest_binding = await nova.bind_ports_to_host() if extended else port_binding(await nova.port())
+        # _do_live_migration prepares its wait for network-vif-plugged before pre_live_migration
+        events = cloud.nova_events
+        cursor = await events.cursor()
         # pre_live_migration on dest: QEMU's tap (with carrier; the guest uses it only from the
         # switchover), os-vif's plug from the binding Nova will activate there, then migrating_to.
         sb.plug_vif(vm, dest, port.id, port.mac, new_ifname, up=True, ip=source_vif.ip, configure_ip=False,
@@ -244,6 +254,24 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
         steps["plugged"] = time.time()
         await nova.setup_migration_profile()
         switchover.prepare()
+        # live_migration_wait_for_vif_plug (on by default, either path): the memory copy starts only
+        # once Neutron said the destination's VIF is plugged; with vif_plugging_is_fatal, a timeout
+        # rolls the migration back and fails it.
+        try:
+            plugged = await events.wait_vif_plugged(
+                vmrec.uuid, port.id, dest, cursor,
+                cloud.vif_plugging_timeout if vif_plugging_timeout is None else vif_plugging_timeout,
+                f"live migration of {vm} from {source_vif.chassis} to {dest} (rolled back)")
+        except VifPluggingFailed:
+            await _roll_back(nova, dest_osvif, port, dest_binding, switch.mtu, instance, steps)
+            switchover.cancel()
+            sb.unplug_vif(vm, new_ifname)
+            raise
+        steps["vif_plugged_event"] = plugged["at"]  # when the sandbox's Nova received it
+        steps["vif_plugged"] = time.time()
+        status = await nb.get(PortStatus.table, port.id)
+        if status is not None and dest in status.up:
+            steps["dest_reported_up"] = status.up[dest]  # when dest's chassis reported the VIF up
 
         async def recorded() -> Any:
             current = await nb.get(LogicalPort.table, port.id)
@@ -252,9 +280,6 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
 
         mig = await _wait_for(recorded, READY_TIMEOUT, f"{dest} to record the migration (step 1)")
         steps["recorded"] = time.time()
-        if extended:  # live_migration_wait_for_vif_plug: Nova waits for network-vif-plugged
-            await cloud.wait_vif_plugged(port.id, dest, READY_TIMEOUT)
-            steps["vif_plugged"] = time.time()
         timelines = Timelines(nb.redis, nb.keys)
         if mig.strategy == "announce":
             async def preprogrammed() -> bool:
@@ -270,7 +295,7 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                                  moved=set(), nova_path=nova_path, final="aborted")
         await asyncio.sleep(memory_copy)
         steps["memory_copied"] = time.time()
-        steps.update({f"vm_{k}": v for k, v in switchover.go().items()})
+        steps.update({f"vm_{k}": v for k, v in (await switchover.go()).items()})
         # _post_live_migration on the source, timed from the switchover (the VM stopping on the
         # source), not from when the helper's report got here: activation, then the unplug (or, with
         # activate_delay > unplug_delay, the other way round).

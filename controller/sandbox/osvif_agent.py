@@ -73,6 +73,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class Agent(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # A host evacuation connects once per migration at the same moment (nova-compute runs them
+    # together); socketserver's default backlog of 5 refused the 6th with EAGAIN.
+    request_queue_size = 128
 
     def __init__(self, path: str):
         import os_vif

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+import urllib.request
 from typing import Callable, Iterable
 
 
@@ -127,3 +129,18 @@ def _reap(pids: list[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def wait_http_ok(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    """Wait until `url` answers 200 (True), or `proc` exits or `timeout` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return True
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)

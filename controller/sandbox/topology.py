@@ -78,7 +78,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
@@ -87,12 +86,13 @@ from controller.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
-from . import netns, preflight, procs, respawn, state
+from . import netns, neutronproc, nova_events, preflight, procs, respawn, state
 from .netns import SandboxError
 from .redisproc import RedisServer, free_port
 from .sentinelproc import SentinelNb
 
 DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
+API_DFFLOW, API_NEUTRON = "dfflow-api", "neutron-server"  # what serves the sandbox cloud's Neutron API
 NB_SENTINEL = "sentinel"  # `up(nb_url=...)`: start a primary, a replica and three sentinels
 INT_BRIDGE = "br-int"
 PHY_BRIDGE = "br-phy"
@@ -303,15 +303,27 @@ class Sandbox:
         st = self._load() or {}
         return (st.get("nb") or {}).get("url")
 
+    @property
+    def nova_url(self) -> str | None:
+        """The sandbox's Nova API (compute endpoint, `.../v2.1`): where Neutron sends its events."""
+        st = self._load() or {}
+        return (st.get("nova") or {}).get("url")
+
     # --- up ---------------------------------------------------------------------------------------
     def up(self, chassis: int = 2, names: Sequence[str] | None = None, nb_url: str | None = None,
            controllers: bool = True, of_transport: str = "unix",
-           controller_args: Sequence[str] | None = None) -> dict[str, Any]:
+           controller_args: Sequence[str] | None = None, neutron: bool = False,
+           neutron_url: str | None = None, nova_url: str | None = None) -> dict[str, Any]:
         """Build the sandbox; returns `status()`. On failure everything built so far is removed.
 
         `controller_args` are appended to every controller's command line (e.g. the benchmark
         switches ``--flow-path osken --no-bundle``); they are kept in the state, so `start_controller`
-        uses them too until `set_controller_args` changes them."""
+        uses them too until `set_controller_args` changes them.
+
+        The cloud's API is `dfflow api`; with `neutron`, a neutron-server with the dfflow driver started
+        for the sandbox (MariaDB and gunicorn in <dir>/neutron; its Nova notifier sends to `nova_url`,
+        or to the sandbox's Nova events URL when it has one); with `neutron_url`, a running one that
+        writes to the NB db `nb_url`."""
         names = list(names) if names else [f"chassis-{i}" for i in range(1, chassis + 1)]
         for n in names:
             nm.check_name("chassis", n)
@@ -323,6 +335,12 @@ class Sandbox:
             raise SandboxError("with of_transport=tcp controllers run inside chassis namespaces, whose "
                                "loopback is not the root one: give a unix:// NB URL or use of_transport=unix")
         preflight.check(need_redis=nb_url in (None, NB_SENTINEL))
+        if neutron_url is not None and nb_url in (None, NB_SENTINEL):
+            raise SandboxError("neutron_url: a running neutron-server writes to its own NB db: give that as nb_url")
+        if neutron and neutron_url is None and neutronproc.missing():
+            raise SandboxError("cannot run neutron-server: " + "; ".join(neutronproc.missing()))
+        api = {"kind": API_NEUTRON, "url": neutron_url, "external": neutron_url is not None,
+               "nova_url": nova_url} if neutron or neutron_url else {"kind": API_DFFLOW}
         cmd = (self.controller_cmd or default_controller_cmd()) if controllers else None
         if cmd is not None and shutil.which(cmd[0]) is None:
             raise SandboxError(f"controller command {cmd[0]!r} not found")
@@ -330,7 +348,7 @@ class Sandbox:
         with state.locked(self.dir, state.UP_LOCK_FILE):
             self._clear_stale()
             try:
-                self._build(names, nb_url, cmd, of_transport, list(controller_args or []))
+                self._build(names, nb_url, cmd, of_transport, list(controller_args or []), api)
             except BaseException:
                 with contextlib.suppress(Exception):
                     self.down()
@@ -366,10 +384,10 @@ class Sandbox:
             return True
         if st.get("nb_sentinel") and SentinelNb.from_state(st["nb_sentinel"]).pids():
             return True
-        return False
+        return bool(neutronproc.running_in(self.neutron_dir))
 
     def _build(self, names: list[str], nb_url: str | None, cmd: list[str] | None, of_transport: str,
-               controller_args: list[str] | None = None) -> None:
+               controller_args: list[str] | None = None, api: dict[str, Any] | None = None) -> None:
         os.makedirs(self.dir, exist_ok=True)
         n = self.names
         chs = [self._new_chassis(i, name) for i, name in enumerate(names, start=1)]
@@ -403,7 +421,11 @@ class Sandbox:
             with self._txn() as st:
                 st["nb"] = {"url": nb_url, "tcp_url": None, "external": True}
 
-        self._start_api()
+        self._start_nova()
+        if (api or {}).get("kind") == API_NEUTRON:
+            self._start_neutron(api)
+        else:
+            self._start_api()
         self._build_underlay(chs)
         # OVS start-up and configuration is mostly waiting on daemons: do the chassis in parallel.
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(chs))) as pool:
@@ -445,31 +467,68 @@ class Sandbox:
             raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
         return SentinelNb.from_state(st["nb_sentinel"])
 
+    def _start_nova(self) -> None:
+        """The sandbox's Nova API (its os-server-external-events, see nova_events.py): Neutron's Nova
+        notifier posts there; its URL is `nova.url` in the state (`nova_url` in `status()`)."""
+        port = free_port()
+        url = nova_events.url_of(port)
+        proc = nova_events.start(self.dir, port)
+        with self._txn() as st:
+            st["nova"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
+        nova_events.wait_ready(proc, url)
+
     def _start_api(self) -> None:
         """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
-        creates ports and updates bindings through it, as Nova does through Neutron."""
+        creates ports and updates bindings through it, as Nova does through Neutron; it sends
+        network-vif-plugged/unplugged to the sandbox's Nova."""
         with self._txn() as st:
-            nb = st["nb"]
+            nb, nova = st["nb"], st.get("nova") or {}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "dfflow.cli", "api", "--nb", nb.get("tcp_url") or nb["url"],
-                "--listen", f"127.0.0.1:{port}"]
+                "--listen", f"127.0.0.1:{port}"] + (["--nova-url", nova["url"]] if nova.get("url") else [])
         with open(os.path.join(self.dir, "api.log"), "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=self.dir, start_new_session=True)
         with self._txn() as st:
-            st["api"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v2.0", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
-            time.sleep(0.05)
+            st["api"] = {"kind": API_DFFLOW, "url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
+        if not procs.wait_http_ok(proc, f"{url}/v2.0", 20):
+            raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
+
+    @property
+    def neutron_dir(self) -> str:
+        return os.path.join(self.dir, "neutron")
+
+    @property
+    def api_kind(self) -> str:
+        """What serves the cloud's API: `dfflow api` (API_DFFLOW) or neutron-server (API_NEUTRON)."""
+        return ((self._load() or {}).get("api") or {}).get("kind", API_DFFLOW)
+
+    def neutron_server(self) -> neutronproc.NeutronServer:
+        """The neutron-server this sandbox started (`up(neutron=True)`)."""
+        st = self._load() or {}
+        if not st.get("neutron"):
+            raise SandboxError(f"sandbox {self.dir} started no neutron-server")
+        return neutronproc.NeutronServer.from_state(st["neutron"])
+
+    def _start_neutron(self, api: dict[str, Any]) -> None:
+        """neutron-server with the dfflow driver as the cloud's API: a running one (`api["url"]`), or one
+        of the sandbox's own, writing to the sandbox's NB db."""
+        if api["external"]:
+            with self._txn() as st:
+                st["api"] = dict(api)
+            return
+        with self._txn() as st:
+            nb = st["nb"]
+            nova_url = api.get("nova_url") or (st.get("nova") or {}).get("url")
+        shutil.rmtree(self.neutron_dir, ignore_errors=True)
+        server = neutronproc.NeutronServer(self.neutron_dir, nb.get("tcp_url") or nb["url"], nova_url)
+
+        def record(started: neutronproc.NeutronServer) -> None:
+            with self._txn() as st:
+                st["neutron"] = started.to_state()
+                st["api"] = dict(api, url=started.url, pid=started.pid, starttime=started.starttime)
+        server.start(record)
 
     def _new_chassis(self, index: int, name: str) -> Chassis:
         n = self.names
@@ -853,8 +912,18 @@ class Sandbox:
                 "nb_url": nb.get("url"), "nb_tcp_url": nb.get("tcp_url"), "nb_external": nb.get("external"),
                 "redis_pid": (st.get("redis") or {}).get("pid"), "underlay": st.get("underlay"),
                 "api_url": (st.get("api") or {}).get("url"), "api_pid": (st.get("api") or {}).get("pid"),
+                "nova_url": (st.get("nova") or {}).get("url"), "nova_pid": (st.get("nova") or {}).get("pid"),
+                "api_kind": (st.get("api") or {}).get("kind", API_DFFLOW), "neutron": self._neutron_status(st),
                 "of_transport": st.get("of_transport"), "chassis": chassis, "vms": vms,
                 "namespaces": list(st.get("namespaces", []))}
+
+    @staticmethod
+    def _neutron_status(st: dict[str, Any]) -> dict[str, Any] | None:
+        if st.get("neutron"):
+            server = neutronproc.NeutronServer.from_state(st["neutron"])
+            return {**st["neutron"], "alive": server.alive()}
+        api = st.get("api") or {}
+        return {"url": api["url"], "external": True} if api.get("kind") == API_NEUTRON else None
 
     # --- down -------------------------------------------------------------------------------------
     def _ovs_pids(self, rundir: str) -> list[int]:
@@ -891,6 +960,11 @@ class Sandbox:
             api = st.get("api") or {}
             if procs.same_process(api.get("pid"), api.get("starttime")):
                 victims.add(api["pid"])
+            nova = st.get("nova") or {}
+            if procs.same_process(nova.get("pid"), nova.get("starttime")):
+                victims.add(nova["pid"])
+            victims.update(procs.find(lambda pid: nova_events.is_ours(pid, self.dir)))
+            victims.update(neutronproc.running_in(self.neutron_dir))  # MariaDB, gunicorn and its workers
             rundirs = {os.path.join(self.dir, c["name"], "ovs") for c in st.get("chassis", [])}
             rundirs |= {os.path.dirname(p) for p in glob.glob(os.path.join(self.dir, "*", "ovs", "*.pid"))}
             for c in st.get("chassis", []):

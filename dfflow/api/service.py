@@ -482,15 +482,19 @@ class NeutronService:
             mac = _check("mac_address", models.check_mac, mac)
 
         async def build() -> tuple[Callable, set[str]]:
-            snap = await Snapshot.load(self.nb)
-            current = snap.ports.get(obj_id)
+            # Only what this update needs: the port, and for new addresses what its network holds
+            # and the floating IPs on the port (not every table: a busy NB made that the cost).
+            current = await self.nb.get("lport", obj_id)
             if current is None:
                 raise not_found("lport", obj_id)
             ips, auto = list(current.ips), set()
             if "fixed_ips" in data:
+                snap = await Snapshot.for_network(self.nb, current.lswitch)
                 ips, auto = self._fixed_ips(snap, current.lswitch, data["fixed_ips"], current.ips)
                 lost = set(current.ips) - set(ips)
-                for fip in snap.fips.values():
+                fips = await self.nb.get_many([r for r in await self.nb.referrers("lport", obj_id)
+                                               if r[0] == "floatingip"])
+                for fip in fips:
                     if fip.port == obj_id and fip.fixed_ip in lost:
                         raise conflict("IpAddressInUse", f"Fixed IP {fip.fixed_ip} of port {obj_id} has "
                                                          f"floating IP {fip.floating_ip} ({fip.id}): "

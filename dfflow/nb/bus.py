@@ -10,6 +10,11 @@ topic from a consistent snapshot of the store (one Lua script: revision,
 members and objects at one instant). What changed while it was away comes out
 as ordinary events, deletions included, marked `"resync": true`.
 
+A topic added while the NB does not answer (down, reconnecting, or a command
+timing out on a connection that then recovers) stays pending: the listening
+loop subscribes and resynchronises it as soon as the NB answers again, so its
+objects arrive even when no reconnect happens.
+
 Bad data is contained: an event that is not a well-formed event, or whose
 object does not parse and validate as its table's model, is logged with its
 key, counted (`bad_events`, `bad_objects`), kept in `bad` (the latest ones, for
@@ -101,6 +106,8 @@ class Subscriber:
         self.behind: dict[str, int] | None = None  # {"revision", "delivered"} while the NB is older
         self.connected = asyncio.Event()
         self._seen: dict[tuple[str, str], _Seen] = {}
+        self._pending: set[str] = set()  # topics added but not yet subscribed and resynchronised
+        self._subscribed: list[str] = []  # the topics the current connection subscribed to at its start
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._task: asyncio.Task | None = None
@@ -122,19 +129,22 @@ class Subscriber:
         if topic in self.topics:
             return
         self.topics.add(topic)
+        self._pending.add(topic)
         if self.connected.is_set():
             try:
-                await self._pubsub.subscribe(self.keys.channel(topic))
-                await self._resync(topic)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                # The run loop notices the dead connection and resyncs every topic, this one included.
-                LOG.warning("connection lost while adding topic %s; resync follows reconnect", topic)
+                await self._sync_new_topic(topic)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # A timeout need not end the connection, so no reconnect may follow: the topic stays
+                # pending and the listening loop adds it once the NB answers.
+                self.stats["topic_retries"] += 1
+                LOG.warning("NB did not answer while adding topic %s (%s); retrying it", topic, exc)
 
     async def remove_topic(self, topic: str) -> None:
         """Stop listening to `topic` and forget what was seen of it (no events are emitted)."""
         if topic not in self.topics:
             return
         self.topics.discard(topic)
+        self._pending.discard(topic)
         for key in [k for k, s in self._seen.items() if s.topic == topic]:
             del self._seen[key]
         if self.connected.is_set():
@@ -157,8 +167,11 @@ class Subscriber:
                 if not first:
                     self.stats["reconnects"] += 1
                 first = False
-                for topic in sorted(self.topics):
+                # the topics _connect subscribed to; any added from now on stay pending for _listen
+                topics = self._subscribed
+                for topic in topics:
                     await self._resync(topic)
+                self._pending -= set(topics)
                 self.connected.set()
                 delay = self.reconnect_delay
                 await self._listen()
@@ -181,7 +194,8 @@ class Subscriber:
         self._redis = redis_client(self.url, socket_connect_timeout=2.0)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        channels = [self.keys.channel(t) for t in sorted(self.topics)]
+        self._subscribed = sorted(self.topics)
+        channels = [self.keys.channel(t) for t in self._subscribed]
         # A channel that nobody else uses keeps the connection in subscribed mode even with no topics.
         await self._pubsub.subscribe(f"{self.keys.prefix}:ev-keepalive", *channels)
 
@@ -195,8 +209,20 @@ class Subscriber:
                 except Exception:  # already broken; nothing more to release
                     pass
 
+    async def _sync_new_topic(self, topic: str) -> None:
+        self._pending.discard(topic)  # taken: the listening loop does not start it a second time
+        try:
+            await self._pubsub.subscribe(self.keys.channel(topic))
+            await self._resync(topic)
+        except BaseException:
+            if topic in self.topics:
+                self._pending.add(topic)
+            raise
+
     async def _listen(self) -> None:
         while True:
+            for topic in sorted(self._pending & self.topics):
+                await self._sync_new_topic(topic)  # an error here is a lost connection: reconnect
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
                 # also notices a dead server even when no events flow

@@ -373,8 +373,10 @@ class NbApi:
         return sorted(found, key=lambda o: (o.table, o.id))
 
     # -- writes ------------------------------------------------------------------
-    async def create(self, obj: Model) -> Model:
-        return await self._write("create", obj)
+    async def create(self, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
+        """`requires`: (table, id) of objects that must exist when the write commits (NotFound if one
+        does not; one deleted meanwhile makes the write re-check), without referring to them."""
+        return await self._write("create", obj, requires)
 
     async def create_all(self, objs: list[Model]) -> list[Model]:
         """Create several objects in one transaction, in order (a later one may reference an earlier
@@ -387,9 +389,9 @@ class NbApi:
         expected = [copy.version for copy in copies]
         return await self._transact(lambda pipe, lost: self._write_all_in(pipe, "create", copies, expected, lost))
 
-    async def update(self, obj: Model) -> Model:
-        """Write `obj` if the stored version still equals `obj.version`."""
-        return await self._write("update", obj)
+    async def update(self, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
+        """Write `obj` if the stored version still equals `obj.version` (`requires`: as for create)."""
+        return await self._write("update", obj, requires)
 
     async def delete(self, table: str, obj_id: str, version: int | None = None) -> None:
         model_for(table)
@@ -411,27 +413,30 @@ class NbApi:
                 continue
         raise Conflict(f"{table} {obj_id!r} kept changing; gave up after {MAX_RETRIES} tries")
 
-    async def _write(self, action: str, obj: Model) -> Model:
+    async def _write(self, action: str, obj: Model, requires: tuple[tuple[str, str], ...] = ()) -> Model:
         obj = model_for(obj.table).from_dict(obj.to_dict())  # a private copy, re-parsed
         obj.check()
         expected = obj.version
-        return await self._transact(lambda pipe, lost: self._write_in(pipe, action, obj, expected, lost))
+        return await self._transact(lambda pipe, lost: self._write_in(pipe, action, obj, expected, lost,
+                                                                      requires))
 
-    async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool) -> Model:
-        return (await self._write_all_in(pipe, action, [obj], [expected], lost))[0]
+    async def _write_in(self, pipe: Any, action: str, obj: Model, expected: int, lost: bool,
+                        requires: tuple[tuple[str, str], ...] = ()) -> Model:
+        return (await self._write_all_in(pipe, action, [obj], [expected], lost, requires))[0]
 
     async def _write_all_in(self, pipe: Any, action: str, objs: list[Model], expected: list[int],
-                            lost: bool) -> list[Model]:
-        """`expected`: each object's version as the caller gave it (an attempt sets obj.version)."""
+                            lost: bool, requires: tuple[tuple[str, str], ...] = ()) -> list[Model]:
+        """`expected`: each object's version as the caller gave it (an attempt sets obj.version);
+        `requires`: as for create, checked with each object."""
         ctx = _TxnContext(pipe, self.keys)
-        staged = [await self._stage_write(pipe, ctx, action, obj, version, lost)
+        staged = [await self._stage_write(pipe, ctx, action, obj, version, lost, requires)
                   for obj, version in zip(objs, expected)]
         landed = [s for s in staged if isinstance(s, Model)]
         if landed:
             if len(landed) == len(staged):
                 return landed  # an earlier attempt's EXEC landed; only its reply was lost
             # The transaction is atomic: ours did not land, the objects found are another writer's.
-            return await self._write_all_in(pipe, action, objs, expected, False)
+            return await self._write_all_in(pipe, action, objs, expected, False, requires)
         pipe.multi()
         for queue in staged:
             queue()
@@ -493,7 +498,7 @@ class NbApi:
                     self.wait_timeout_ms, UNREPLICATED_HOLD)
 
     async def _stage_write(self, pipe: Any, ctx: _TxnContext, action: str, obj: Model, expected: int,
-                           lost: bool) -> Callable[[], None] | Model:
+                           lost: bool, requires: tuple[tuple[str, str], ...] = ()) -> Callable[[], None] | Model:
         """Read and check what writing `obj` needs (WATCHing it all); return what queues the write,
         or, after a `lost` reply, the stored object if it is this write, already done."""
         keys = self.keys
@@ -518,6 +523,9 @@ class NbApi:
         for name, table, ref_id in obj.references():
             if await ctx.get(table, ref_id) is None:
                 raise NotFound(table, ref_id, field=name)
+        for table, ref_id in requires:
+            if await ctx.get(table, ref_id) is None:
+                raise NotFound(table, ref_id)
         claims = obj.unique_keys()
         rule = rules.WRITE_RULES.get(obj.table)
         if rule is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from dfflow.models import FloatingIP, InactiveBinding, LogicalPort
+from dfflow.models import FloatingIP, InactiveBinding, LogicalPort, PortStatus
 from dfflow.nb import convert
 from dfflow.neutron import resource
 from dfflow.neutron.errors import refusals
@@ -48,7 +48,9 @@ def set_inactive_bindings(nb: NbClient, port_id: str, inactive: Iterable[Inactiv
 
 
 def delete(nb: NbClient, port_id: str) -> None:
-    """Neutron disassociated the port's floating IPs in the same transaction: the NB does it first too."""
+    """Neutron disassociated the port's floating IPs in the same transaction: the NB does it first too.
+    The chassis' reports of its VIF (`lport_status`) go with the port; a chassis reporting its VIF down
+    later only changes a row that exists, so none comes back."""
     def disassociated(fip: FloatingIP) -> FloatingIP | None:
         return fip.replace(port=None, fixed_ip=None, router=None) if fip.port == port_id else None
 
@@ -57,3 +59,4 @@ def delete(nb: NbClient, port_id: str) -> None:
             if fip.port == port_id:
                 nb.modify(FloatingIP.table, fip.id, disassociated)
     resource.delete(nb, LogicalPort.table, port_id)
+    resource.delete(nb, PortStatus.table, port_id)

@@ -1,0 +1,111 @@
+"""``python -m controller.sandbox.faults ARGV...``: dfflow-controller with faults that tests and
+benchmarks switch on and off at run time, kept out of the controller itself.
+
+It runs the controller (same arguments) with its migrator wrapped: while a fault is on, the wrapper
+drops what the fault names before the migrator sees it. A fault is on while its field is set in the
+NB Redis hash ``<prefix>:faults``; `set_fault` sets it and tells every wrapper on the channel of the
+same name, whose copy spares a Redis round trip in front of step 2 (until it has one, the wrapper
+reads the hash).
+
+  drop_migration_publish   the source does not act on its VIF's unplug (no step-2 write or event):
+                           the migration must end by Nova's step 3 alone
+  ignore_announcements     the controller never hears the VM's RARP/GARP (the datapath still does)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from controller import daemon
+from controller.migrator import Migrator, is_announcement
+from dfflow.models import LogicalPort
+from dfflow.nb.store import NbApi
+
+LOG = logging.getLogger(__name__)
+DROP_PUBLISH = "drop_migration_publish"
+IGNORE_ANNOUNCEMENTS = "ignore_announcements"
+RESUBSCRIBE_DELAY = 0.5
+
+
+def faults_key(nb: NbApi) -> str:
+    """The hash of the faults that are on, and the channel that announces each change."""
+    return f"{nb.keys.prefix}:faults"
+
+
+def controller_cmd() -> list[str]:
+    """The sandbox's controller command for a cloud whose faults a test or benchmark switches."""
+    return [sys.executable, "-m", "controller.sandbox.faults"]
+
+
+async def set_fault(nb: NbApi, name: str, on: bool) -> None:
+    key = faults_key(nb)
+    if on:
+        await nb.redis.hset(key, name, "1")
+    else:
+        await nb.redis.hdel(key, name)
+    await nb.redis.publish(key, json.dumps({"fault": name, "on": on}))
+
+
+class FaultyMigrator(Migrator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.faults: set[str] | None = None  # the faults on, while the channel is followed
+
+    async def vif_offline(self, port_before: LogicalPort | None, timing: dict[str, float] | None = None) -> None:
+        mig = port_before.migration if port_before is not None else None
+        if mig is not None and mig.source == self.chassis and mig.chassis != self.chassis \
+                and await self._on(DROP_PUBLISH):
+            self._count("publishes_dropped")
+            LOG.warning("fault injection: dropping the step-2 publish of port %s", port_before.id)
+            return
+        await super().vif_offline(port_before, timing)
+
+    async def packet_in(self, ofport: int, data: bytes) -> None:
+        if is_announcement(data) and await self._on(IGNORE_ANNOUNCEMENTS):
+            self._count("announcements_ignored")
+            return
+        await super().packet_in(ofport, data)
+
+    async def listen(self) -> None:
+        follower = asyncio.ensure_future(self._follow_faults())
+        try:
+            await super().listen()
+        finally:
+            follower.cancel()
+
+    async def _on(self, name: str) -> bool:
+        if self.faults is not None:
+            return name in self.faults
+        return bool(await self.nb.redis.hget(faults_key(self.nb), name))
+
+    async def _follow_faults(self) -> None:
+        key = faults_key(self.nb)
+        while True:
+            pubsub = self.nb.redis.pubsub()
+            try:
+                await pubsub.subscribe(key)
+                # subscribed first: a fault switched from now on reaches us as a message as well
+                self.faults = {k.decode() if isinstance(k, bytes) else k for k in await self.nb.redis.hkeys(key)}
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        msg = json.loads(message["data"])
+                        (self.faults.add if msg["on"] else self.faults.discard)(msg["fault"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                LOG.exception("fault channel failed; resubscribing")
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
+            finally:
+                self.faults = None
+                await pubsub.aclose()
+
+
+def main() -> None:
+    daemon.Migrator = FaultyMigrator  # type: ignore[misc]  # the daemon builds this one instead
+    daemon.main()
+
+
+if __name__ == "__main__":
+    main()
