@@ -262,6 +262,7 @@ def test_a_port_deleted_during_migration_leaves_nothing_behind(cloud):
 
 def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     sb = cloud.sb
+    wait_arrival_windows_closed(sb)  # earlier tests' migrations: their admissions end by themselves
     baseline = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
     ports_before = {ch.name: sb.ovs(ch.name).vsctl("list-ports", INT_BRIDGE).split() for ch in sb.chassis_list()}
     for i in range(20):

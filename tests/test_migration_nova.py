@@ -13,8 +13,8 @@ from controller.sandbox import names as nm
 from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from controller.sandbox.netns import SandboxError
 from controller.sandbox.nova_events import PLUGGED, UNPLUGGED, NovaEvents, VifPluggingFailed
-from controller_fixtures import (controller_status, dump_flows, migrate, pings, running_cloud, wait_until,
-                                 wait_controllers_ready)
+from controller_fixtures import (controller_status, dump_flows, migrate, pings, running_cloud,
+                                 wait_arrival_windows_closed, wait_until, wait_controllers_ready)
 from dfflow.models import PortStatus
 from test_migration import (M_IP, assert_everyone_places_m_on, assert_recovered, other, port_id, probes,
                             where)
@@ -251,6 +251,7 @@ def test_a_destination_that_never_reports_its_vif_fails_the_migration_and_rolls_
     def installed(ch: str) -> list[str]:  # what the controllers installed, not what expires by itself
         return sorted(f for f in dump_flows(sb, ch) if "idle_timeout" not in f and "hard_timeout" not in f)
 
+    wait_arrival_windows_closed(sb)  # earlier tests' migrations: their admissions end by themselves
     before = {ch.name: installed(ch.name) for ch in sb.chassis_list() if ch.name != dest}
     sb.stop_controller(dest)
     try:

@@ -53,12 +53,14 @@ class NeutronCloud(Cloud):
         return await super()._subnet(await self.network_id(network))
 
     async def create_port(self, network: str, chassis: str | None, ip: str | None = None,
-                          name: str = "", device_id: str = "", mac: str | None = None) -> LogicalPort:
-        return await super().create_port(await self.network_id(network), chassis, ip, name, device_id, mac)
+                          name: str = "", device_id: str = "", mac: str | None = None,
+                          attrs: dict[str, Any] | None = None) -> LogicalPort:
+        return await super().create_port(await self.network_id(network), chassis, ip, name, device_id, mac,
+                                         attrs)
 
     async def create_vm(self, name: str, chassis: str, network: str, ip: str | None = None,
-                        mac: str | None = None) -> Vm:
-        return await super().create_vm(name, chassis, await self.network_id(network), ip, mac)
+                        mac: str | None = None, port_attrs: dict[str, Any] | None = None) -> Vm:
+        return await super().create_vm(name, chassis, await self.network_id(network), ip, mac, port_attrs)
 
     # -- routers and floating IPs ---------------------------------------------------
     async def create_router(self, name: str, networks: list[str], external: str | None = None) -> LogicalRouter:
