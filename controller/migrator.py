@@ -21,7 +21,8 @@ event of the port meanwhile (typically Nova's own write, committed just before o
 compare-and-set re-reads and builds on) gets the same transition laid on it -- what the write's
 retry will store anyway -- instead of taking this chassis' flows back for a few milliseconds.
 The write's own event (or any later version) ends that; a failed or abandoned write drops it
-and the NB's version is taken.
+and the NB's version is taken. A transition told by another chassis' migration event is laid on
+likewise, until an NB version shows it (or moved past it), or for TOLD_HOLD at most.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 # Events every related chassis can apply to its own view at once, told by the chassis that saw them.
 FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
 RESUBSCRIBE_DELAY = 0.5
+# s a transition told by another chassis stays laid on this one's NB versions without the NB showing it
+TOLD_HOLD = 5.0
 
 
 @dataclass(eq=False)
@@ -53,12 +56,9 @@ class _InFlight:
 
     event: Event
     now: float
+    told_by: str | None = None  # the chassis whose migration event it is (None: this chassis' own write)
     wanted: LogicalPort | None = None  # what the write's latest try stores
     written: int | None = None  # the NB version it stored, once the write returned
-
-    def settled_by(self, nb_port: LogicalPort) -> bool:
-        return ((self.written is not None and nb_port.version >= self.written)
-                or (self.wanted is not None and nb_port.replace(version=0) == self.wanted.replace(version=0)))
 
 
 @dataclass
@@ -156,6 +156,7 @@ class Migrator:
             if step.port is None:
                 self._count("events_not_applicable")
                 return
+            self._hold(port, _InFlight(event, msg["now"], told_by=msg["chassis"]))
             self._apply_here(port.id, step, event, {"event_ts": msg["ts"], "received": received,
                                                     "bus_ms": (received - msg["ts"]) * 1e3})
             self._count("events_applied")
@@ -176,6 +177,7 @@ class Migrator:
         """Finish what events cannot: unplugs that happened while this controller was away, and
         records that waited too long."""
         view = self.engine.view
+        self._drop_told_ones_not_written(time.time() if now is None else now)
         for port in list(view.ports()):
             mig = port.migration
             if mig is None:
@@ -264,7 +266,7 @@ class Migrator:
         if overlay is None:
             return nb_port
         overlay.nb_port = nb_port
-        overlay.writes = [w for w in overlay.writes if not w.settled_by(nb_port)]
+        overlay.writes = [w for w in overlay.writes if not self._settled_by(w, nb_port)]
         if not overlay.writes:
             del self._overlays[nb_port.id]
             return nb_port
@@ -275,8 +277,28 @@ class Migrator:
 
     def _laid_on(self, port: LogicalPort, writes: list[_InFlight]) -> LogicalPort:
         for w in writes:
-            port = transition(port, w.event, self.chassis, w.now, self.strategy).port or port
+            port = transition(port, w.event, w.told_by or self.chassis, w.now, self.strategy).port or port
         return port
+
+    def _settled_by(self, w: _InFlight, nb_port: LogicalPort) -> bool:
+        if w.told_by is not None:  # another chassis writes it: settled once the NB has it, or moved past it
+            return transition(nb_port, w.event, w.told_by, w.now, self.strategy).port is None
+        return ((w.written is not None and nb_port.version >= w.written)
+                or (w.wanted is not None and nb_port.replace(version=0) == w.wanted.replace(version=0)))
+
+    def _drop_told_ones_not_written(self, now: float) -> None:
+        """Another chassis' transition the NB never showed (its write failed): the NB's version stands."""
+        for port_id, overlay in list(self._overlays.items()):
+            stale = [w for w in overlay.writes if w.told_by is not None and now - w.now > TOLD_HOLD]
+            if not stale:
+                continue
+            self.stats["in_flight_dropped"] = self.stats.get("in_flight_dropped", 0) + len(stale)
+            overlay.writes = [w for w in overlay.writes if w not in stale]
+            if not overlay.writes:
+                del self._overlays[port_id]
+            plan = self.engine.object_written(self._laid_on(overlay.nb_port, overlay.writes))
+            plan.cause = f"in_flight_dropped:{port_id}"
+            self.emit(plan)
 
     def _settle(self, port_id: str, in_flight: _InFlight, write: asyncio.Future) -> None:
         """The write is over: once its NB event is seen, the NB's version stands alone; a write that
@@ -290,7 +312,7 @@ class Migrator:
         result = None if write.cancelled() or write.exception() is not None else write.result()
         if result is not None and in_flight.wanted is not None:
             in_flight.written = result.version
-            if not in_flight.settled_by(overlay.nb_port):
+            if not self._settled_by(in_flight, overlay.nb_port):
                 return  # its NB event is still on its way: laid on what comes before it
         overlay.writes.remove(in_flight)
         if in_flight.wanted is not None and result is not None:

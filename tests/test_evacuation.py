@@ -143,9 +143,6 @@ def test_vm_migrate_with_one_name_is_the_single_migration_with_its_timeline(clou
     assert_evacuated_to(cloud, "chassis-1")
 
 
-@pytest.mark.xfail(strict=False, reason="known defect, narrowed: the destination's step 1 undone by an NB version "
-                   "written before the record is fixed (tests/test_migration_inflight.py); about 1 run in 5 still sees "
-                   "20-60 probes answered twice in the first evacuation, cause not yet found")
 def test_no_probe_is_answered_twice_during_evacuations(cloud):
     for dest in ("chassis-2", "chassis-1"):
         _, figures = run_evacuation(cloud, dest, strategy="announce")

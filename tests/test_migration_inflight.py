@@ -1,7 +1,9 @@
 """A transition the destination applied to its own flows ahead of its NB write stays applied while an
 older or concurrent NB version of the port (Nova's own write, committed before the record's) comes in,
-until the write settles (no Redis or OVS needed: the NB write is held by the test)."""
+until the write settles; and a transition told by another chassis' migration event, until the NB shows
+it (no Redis or OVS needed: the NB write is held by the test)."""
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -10,14 +12,15 @@ from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
 from controller.engine import Engine
-from controller.migrator import Migrator
+from controller.migration import Event, transition
+from controller.migrator import TOLD_HOLD, Migrator
 from controller.view import Vif
 from dfflow.errors import Conflict
 from dfflow.flows import ETH_TYPE_IP
 from dfflow.models import LogicalPort, LogicalSwitch, Subnet
 from fakeoftable import FakeOFTable
 
-VNI, TUNNEL_B, TUNNEL_C, A1_OFPORT, B1_OFPORT_HERE = 101, 10, 11, 5, 6
+VNI, TUNNEL_A, TUNNEL_B, TUNNEL_C, A1_OFPORT, B1_OFPORT_HERE = 101, 12, 10, 11, 5, 6
 
 
 class HeldNb:
@@ -156,4 +159,55 @@ async def test_a_write_with_nothing_left_to_store_takes_the_version_it_found():
     await run
     assert "requested" not in migrator.stats
     assert engine.view.port("b1").binding_chassis == "A" and engine.view.port("b1").migration is None
+    assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
+
+
+def source_b_of_a_requested_migration():
+    """Chassis B, where b1 runs, migrating to A with `announce` (the record is in B's view)."""
+    engine = Engine("B", [L2App(), L3App(), DnatApp()])
+    engine.commit(engine.tunnels_changed({"A": TUNNEL_A, "C": TUNNEL_C}))
+    nb = HeldNb()
+    migrator = Migrator("B", engine, nb, engine.commit, strategy="announce")
+    port = LogicalPort(id="b1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:02", ips=["10.0.0.2"],
+                       binding_chassis="B")
+    requested = transition(port, Event.DEST_PLUGGED, "A", now=100.0, strategy="announce").port
+    for obj in (LogicalSwitch(id="net1", topic="t", segmentation_id=VNI),
+                Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24"), nb.store(requested)):
+        engine.commit(engine.nb_event(event(obj)))
+    engine.commit(engine.vif_online(Vif("b1", "tapb1", B1_OFPORT_HERE)))
+    return engine, nb, migrator
+
+
+def where_a_packet_from_c_goes(engine):
+    packet = dict(eth_src=0xfa163e000001, eth_dst=0xfa163e000002, eth_type=ETH_TYPE_IP,
+                  ipv4_src=0x0a000001, ipv4_dst=0x0a000002, ip_ttl=64, tunnel_id=VNI)
+    return FakeOFTable.of(engine.desired().values()).ports(TUNNEL_C, **packet)
+
+
+def announced_at_a(port):
+    return json.dumps({"port": "b1", "event": Event.ANNOUNCED.value, "chassis": "A", "now": 101.0,
+                       "migration": port.migration.id, "ts": 101.0}).encode()
+
+
+def test_a_source_told_of_the_announcement_keeps_it_over_an_nb_version_written_before_it():
+    engine, nb, migrator = source_b_of_a_requested_migration()
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
+    migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
+    assert where_a_packet_from_c_goes(engine) == []  # the VM runs on A: what C still sends here is a copy
+    engine.commit(engine.nb_event(event(novas_write(nb))))  # written before A's record of the announcement
+    assert where_a_packet_from_c_goes(engine) == []
+    assert migrator.stats["in_flight_reapplied"] == 1
+    activated = nb.store(transition(nb.ports["b1"], Event.ANNOUNCED, "A", now=101.0).port)
+    engine.commit(engine.nb_event(event(activated)))  # A's write: the NB shows it now
+    assert not migrator._overlays and where_a_packet_from_c_goes(engine) == []
+
+
+async def test_a_told_transition_the_nb_never_shows_is_dropped_after_a_while():
+    engine, nb, migrator = source_b_of_a_requested_migration()
+    migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
+    await migrator.housekeeping(now=101.0 + TOLD_HOLD / 2)
+    assert where_a_packet_from_c_goes(engine) == []
+    await migrator.housekeeping(now=101.0 + TOLD_HOLD * 2)
+    assert engine.view.port("b1").migration.state == "requested"
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
     assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
