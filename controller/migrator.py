@@ -294,11 +294,7 @@ class Migrator:
                 continue
             self.stats["in_flight_dropped"] = self.stats.get("in_flight_dropped", 0) + len(stale)
             overlay.writes = [w for w in overlay.writes if w not in stale]
-            if not overlay.writes:
-                del self._overlays[port_id]
-            plan = self.engine.object_written(self._laid_on(overlay.nb_port, overlay.writes))
-            plan.cause = f"in_flight_dropped:{port_id}"
-            self.emit(plan)
+            self._take_nb_version(port_id, overlay, overlay.nb_port)
 
     def _settle(self, port_id: str, in_flight: _InFlight, write: asyncio.Future) -> None:
         """The write is over: once its NB event is seen, the NB's version stands alone; a write that
@@ -323,12 +319,21 @@ class Migrator:
         nb_port = overlay.nb_port
         if result is not None and result.version > nb_port.version:
             nb_port = result  # the version the write found, with nothing to store on it
+        if write.cancelled() or not isinstance(write.exception(), NotFound):
+            self._take_nb_version(port_id, overlay, nb_port)
+        elif not overlay.writes:
+            del self._overlays[port_id]
+
+    def _take_nb_version(self, port_id: str, overlay: _Overlay, nb_port: LogicalPort) -> None:
+        """Flows for the NB's version of the port, with what is still in flight laid on it."""
         if not overlay.writes:
             del self._overlays[port_id]
-        if write.cancelled() or not isinstance(write.exception(), NotFound):
-            plan = self.engine.object_written(self._laid_on(nb_port, overlay.writes))
-            plan.cause = f"in_flight_dropped:{port_id}"
-            self.emit(plan)
+        if self.engine.view.port(port_id) is None:
+            self._overlays.pop(port_id, None)
+            return  # deleted meanwhile: its flows went with the delete event
+        plan = self.engine.object_written(self._laid_on(nb_port, overlay.writes))
+        plan.cause = f"in_flight_dropped:{port_id}"
+        self.emit(plan)
 
     def _apply_here(self, port_id: str, step: Step, event: Event, timing: dict[str, float] | None) -> None:
         """This chassis' part of the transition, as if its NB event had come in already.

@@ -73,7 +73,7 @@ def destination_a():
 
 
 def where_a_copy_from_c_goes(engine):
-    """The entry chassis C's copy of a packet for b1, arriving on A's tunnel from C."""
+    """A packet for b1 (a copy, while it migrates) from the entry chassis C, arriving on its tunnel."""
     packet = dict(eth_src=0xfa163e000001, eth_dst=0xfa163e000002, eth_type=ETH_TYPE_IP,
                   ipv4_src=0x0a000001, ipv4_dst=0x0a000002, ip_ttl=64, tunnel_id=VNI)
     return FakeOFTable.of(engine.desired().values()).ports(TUNNEL_C, **packet)
@@ -178,12 +178,6 @@ def source_b_of_a_requested_migration():
     return engine, nb, migrator
 
 
-def where_a_packet_from_c_goes(engine):
-    packet = dict(eth_src=0xfa163e000001, eth_dst=0xfa163e000002, eth_type=ETH_TYPE_IP,
-                  ipv4_src=0x0a000001, ipv4_dst=0x0a000002, ip_ttl=64, tunnel_id=VNI)
-    return FakeOFTable.of(engine.desired().values()).ports(TUNNEL_C, **packet)
-
-
 def announced_at_a(port):
     return json.dumps({"port": "b1", "event": Event.ANNOUNCED.value, "chassis": "A", "now": 101.0,
                        "migration": port.migration.id, "ts": 101.0}).encode()
@@ -191,23 +185,23 @@ def announced_at_a(port):
 
 def test_a_source_told_of_the_announcement_keeps_it_over_an_nb_version_written_before_it():
     engine, nb, migrator = source_b_of_a_requested_migration()
-    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
     migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
-    assert where_a_packet_from_c_goes(engine) == []  # the VM runs on A: what C still sends here is a copy
+    assert where_a_copy_from_c_goes(engine) == []  # the VM runs on A: what C still sends here is a copy
     engine.commit(engine.nb_event(event(novas_write(nb))))  # written before A's record of the announcement
-    assert where_a_packet_from_c_goes(engine) == []
+    assert where_a_copy_from_c_goes(engine) == []
     assert migrator.stats["in_flight_reapplied"] == 1
     activated = nb.store(transition(nb.ports["b1"], Event.ANNOUNCED, "A", now=101.0).port)
     engine.commit(engine.nb_event(event(activated)))  # A's write: the NB shows it now
-    assert not migrator._overlays and where_a_packet_from_c_goes(engine) == []
+    assert not migrator._overlays and where_a_copy_from_c_goes(engine) == []
 
 
 async def test_a_told_transition_the_nb_never_shows_is_dropped_after_a_while():
     engine, nb, migrator = source_b_of_a_requested_migration()
     migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
     await migrator.housekeeping(now=101.0 + TOLD_HOLD / 2)
-    assert where_a_packet_from_c_goes(engine) == []
+    assert where_a_copy_from_c_goes(engine) == []
     await migrator.housekeeping(now=101.0 + TOLD_HOLD * 2)
     assert engine.view.port("b1").migration.state == "requested"
-    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
     assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
