@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from controller import compiler
 from controller.apps.base import App
@@ -57,6 +57,9 @@ class Engine:
         self.table = compiler.PortTable()
         self.port_state: dict[str, PortState] = {}  # port id -> (facts, role) of its installed flows
         self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
+        # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
+        # the port until that write settles (controller.migrator sets it).
+        self.port_overlay: Callable[[LogicalPort], LogicalPort] | None = None
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
@@ -65,7 +68,10 @@ class Engine:
             return Plan()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
-        return self.object_written(model_for(event["table"]).from_dict(event["object"]))
+        obj = model_for(event["table"]).from_dict(event["object"])
+        if self.port_overlay is not None and isinstance(obj, LogicalPort):
+            obj = self.port_overlay(obj)
+        return self.object_written(obj)
 
     def object_written(self, obj: Model) -> Plan:
         """An NB object as written (the migrator's own step, applied before its NB event arrives)."""

@@ -15,6 +15,14 @@ applies it at once, as the chassis that saw the event does; the NB write's event
 follows a few milliseconds later and, being the same port, changes no flow. The
 message is only a head start: a chassis that misses it, or whose view does not
 hold that migration, converges from the NB event as before.
+
+A transition applied here ahead of its NB write stays applied until that write settles: an NB
+event of the port meanwhile (typically Nova's own write, committed just before ours, which our
+compare-and-set re-reads and builds on) gets the same transition laid on it -- what the write's
+retry will store anyway -- instead of taking this chassis' flows back for a few milliseconds.
+The write's own event (or any later version) ends that; a failed or abandoned write drops it
+and the NB's version is taken. A transition told by another chassis' migration event is laid on
+likewise, until an NB version shows it (or moved past it), or for TOLD_HOLD at most.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from controller.engine import Engine
@@ -37,6 +46,25 @@ ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 # Events every related chassis can apply to its own view at once, told by the chassis that saw them.
 FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
 RESUBSCRIBE_DELAY = 0.5
+# s a transition told by another chassis stays laid on this one's NB versions without the NB showing it
+TOLD_HOLD = 5.0
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A transition applied here whose NB write has not settled."""
+
+    event: Event
+    now: float
+    told_by: str | None = None  # the chassis whose migration event it is (None: this chassis' own write)
+    wanted: LogicalPort | None = None  # what the write's latest try stores
+    written: int | None = None  # the NB version it stored, once the write returned
+
+
+@dataclass
+class _Overlay:
+    nb_port: LogicalPort  # the port's newest NB version seen here, without what is in flight
+    writes: list[_InFlight] = field(default_factory=list)
 
 
 class Migrator:
@@ -45,6 +73,8 @@ class Migrator:
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
         self.timelines = Timelines(nb.redis, nb.keys)
         self.stats: dict[str, int] = {}
+        self._overlays: dict[str, _Overlay] = {}  # port id -> transitions in flight on it
+        engine.port_overlay = self._overlay
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -126,6 +156,7 @@ class Migrator:
             if step.port is None:
                 self._count("events_not_applicable")
                 return
+            self._hold(port, _InFlight(event, msg["now"], told_by=msg["chassis"]))
             self._apply_here(port.id, step, event, {"event_ts": msg["ts"], "received": received,
                                                     "bus_ms": (received - msg["ts"]) * 1e3})
             self._count("events_applied")
@@ -146,6 +177,7 @@ class Migrator:
         """Finish what events cannot: unplugs that happened while this controller was away, and
         records that waited too long."""
         view = self.engine.view
+        self._drop_told_ones_not_written(time.time() if now is None else now)
         for port in list(view.ports()):
             mig = port.migration
             if mig is None:
@@ -177,10 +209,12 @@ class Migrator:
         if step.port is None:
             return NO_CHANGE  # decided on this chassis' view: no NB round trip (housekeeping runs every second)
         written: list[Step] = []
+        in_flight = _InFlight(event, now)
 
         def change(current: LogicalPort) -> LogicalPort | None:
             step = transition(current, event, self.chassis, now, self.strategy)
             written[:] = [step]
+            in_flight.wanted = step.port
             return step.port
 
         if local_first and event in FAST_EVENTS:
@@ -198,17 +232,21 @@ class Migrator:
                 current = self.engine.view.port(port_id)
                 here = transition(current, event, self.chassis, now, self.strategy) if current else NO_CHANGE
                 if here.port is not None:
+                    self._hold(current, in_flight)
                     self._apply_here(port_id, here, event, timing)
             except Exception:
                 await asyncio.wait([write])  # the NB write still completes; then the local error is raised
                 if not write.cancelled() and write.exception() is not None:
                     self._count("write_errors")
                     LOG.error("port %s: NB write of %s failed", port_id, event.value, exc_info=write.exception())
+                self._settle(port_id, in_flight, write)
                 raise
         try:
             await write
         except NotFound:
             return NO_CHANGE  # deleted meanwhile: its flows go with the delete event
+        finally:
+            self._settle(port_id, in_flight, write)
         step = written[0] if written else NO_CHANGE
         if step.outcome:
             self._count(step.outcome)
@@ -216,6 +254,86 @@ class Migrator:
                      step.record.source, step.record.chassis, step.record.strategy)
             asyncio.get_running_loop().create_task(self._stamp(port_id, step, now))
         return step
+
+    # -- transitions applied here before their NB write settled ------------------------------
+    def _hold(self, view_port: LogicalPort, in_flight: _InFlight) -> None:
+        overlay = self._overlays.setdefault(view_port.id, _Overlay(view_port))
+        overlay.writes.append(in_flight)
+
+    def _overlay(self, nb_port: LogicalPort) -> LogicalPort:
+        """The engine's view of an NB version of a port: with what is in flight on it laid on top."""
+        overlay = self._overlays.get(nb_port.id)
+        if overlay is None:
+            return nb_port
+        overlay.nb_port = nb_port
+        overlay.writes = [w for w in overlay.writes if not self._settled_by(w, nb_port)]
+        if not overlay.writes:
+            del self._overlays[nb_port.id]
+            return nb_port
+        port = self._laid_on(nb_port, overlay.writes)
+        if port is not nb_port:
+            self._count("in_flight_reapplied")
+        return port
+
+    def _laid_on(self, port: LogicalPort, writes: list[_InFlight]) -> LogicalPort:
+        for w in writes:
+            port = transition(port, w.event, w.told_by or self.chassis, w.now, self.strategy).port or port
+        return port
+
+    def _settled_by(self, w: _InFlight, nb_port: LogicalPort) -> bool:
+        if w.told_by is not None:  # another chassis writes it: settled once the NB has it, or moved past it
+            return transition(nb_port, w.event, w.told_by, w.now, self.strategy).port is None
+        return ((w.written is not None and nb_port.version >= w.written)
+                or (w.wanted is not None and nb_port.replace(version=0) == w.wanted.replace(version=0)))
+
+    def _drop_told_ones_not_written(self, now: float) -> None:
+        """Another chassis' transition the NB never showed (its write failed): the NB's version stands."""
+        for port_id, overlay in list(self._overlays.items()):
+            stale = [w for w in overlay.writes if w.told_by is not None and now - w.now > TOLD_HOLD]
+            if not stale:
+                continue
+            self.stats["in_flight_dropped"] = self.stats.get("in_flight_dropped", 0) + len(stale)
+            overlay.writes = [w for w in overlay.writes if w not in stale]
+            self._take_nb_version(port_id, overlay, overlay.nb_port)
+
+    def _settle(self, port_id: str, in_flight: _InFlight, write: asyncio.Future) -> None:
+        """The write is over: once its NB event is seen, the NB's version stands alone; a write that
+        failed or stored nothing leaves the NB's version as this chassis' at once."""
+        overlay = self._overlays.get(port_id)
+        if overlay is None or in_flight not in overlay.writes:
+            return  # settled by its NB event already
+        if not write.done():  # this task was cancelled; the write goes on
+            write.add_done_callback(lambda _: self._settle(port_id, in_flight, write))
+            return
+        result = None if write.cancelled() or write.exception() is not None else write.result()
+        if result is not None and in_flight.wanted is not None:
+            in_flight.written = result.version
+            if not self._settled_by(in_flight, overlay.nb_port):
+                return  # its NB event is still on its way: laid on what comes before it
+        overlay.writes.remove(in_flight)
+        if in_flight.wanted is not None and result is not None:
+            if not overlay.writes:
+                del self._overlays[port_id]
+            return
+        self._count("in_flight_dropped")
+        nb_port = overlay.nb_port
+        if result is not None and result.version > nb_port.version:
+            nb_port = result  # the version the write found, with nothing to store on it
+        if write.cancelled() or not isinstance(write.exception(), NotFound):
+            self._take_nb_version(port_id, overlay, nb_port)
+        elif not overlay.writes:
+            del self._overlays[port_id]
+
+    def _take_nb_version(self, port_id: str, overlay: _Overlay, nb_port: LogicalPort) -> None:
+        """Flows for the NB's version of the port, with what is still in flight laid on it."""
+        if not overlay.writes:
+            del self._overlays[port_id]
+        if self.engine.view.port(port_id) is None:
+            self._overlays.pop(port_id, None)
+            return  # deleted meanwhile: its flows went with the delete event
+        plan = self.engine.object_written(self._laid_on(nb_port, overlay.writes))
+        plan.cause = f"in_flight_dropped:{port_id}"
+        self.emit(plan)
 
     def _apply_here(self, port_id: str, step: Step, event: Event, timing: dict[str, float] | None) -> None:
         """This chassis' part of the transition, as if its NB event had come in already.

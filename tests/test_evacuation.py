@@ -143,9 +143,6 @@ def test_vm_migrate_with_one_name_is_the_single_migration_with_its_timeline(clou
     assert_evacuated_to(cloud, "chassis-1")
 
 
-@pytest.mark.xfail(strict=False, reason="known defect (benchmarks/RESULTS.md, host evacuation): while an announce "
-                   "migration is being recorded, the destination's step 1 applied locally is undone for ~35 ms by an NB event of "
-                   "a port version written before the record, and the entry chassis' copies go back to the source")
 def test_no_probe_is_answered_twice_during_evacuations(cloud):
     for dest in ("chassis-2", "chassis-1"):
         _, figures = run_evacuation(cloud, dest, strategy="announce")

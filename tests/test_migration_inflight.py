@@ -1,0 +1,207 @@
+"""A transition the destination applied to its own flows ahead of its NB write stays applied while an
+older or concurrent NB version of the port (Nova's own write, committed before the record's) comes in,
+until the write settles; and a transition told by another chassis' migration event, until the NB shows
+it (no Redis or OVS needed: the NB write is held by the test)."""
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from controller.apps.dnat import DnatApp
+from controller.apps.l2 import L2App
+from controller.apps.l3 import L3App
+from controller.engine import Engine
+from controller.migration import Event, transition
+from controller.migrator import TOLD_HOLD, Migrator
+from controller.view import Vif
+from dfflow.errors import Conflict
+from dfflow.flows import ETH_TYPE_IP
+from dfflow.models import LogicalPort, LogicalSwitch, Subnet
+from fakeoftable import FakeOFTable
+
+VNI, TUNNEL_A, TUNNEL_B, TUNNEL_C, A1_OFPORT, B1_OFPORT_HERE = 101, 12, 10, 11, 5, 6
+
+
+class HeldNb:
+    """NbApi.modify as the migrator uses it, over ports the test writes; the write waits for `go`."""
+
+    def __init__(self):
+        self.redis, self.keys = None, SimpleNamespace(prefix="t")
+        self.ports: dict[str, LogicalPort] = {}
+        self.go = asyncio.Event()
+        self.fail: Exception | None = None
+        self.rev = 100
+
+    def store(self, port):
+        self.rev += 1
+        self.ports[port.id] = port.replace(version=self.rev)
+        return self.ports[port.id]
+
+    async def modify(self, table, obj_id, change):
+        await self.go.wait()
+        if self.fail is not None:
+            raise self.fail
+        current = self.ports[obj_id]
+        wanted = change(current)
+        return current if wanted is None else self.store(wanted)
+
+
+def event(obj):
+    return {"table": obj.table, "action": "update", "id": obj.id, "topic": obj.topic,
+            "version": obj.version, "object": obj.to_dict()}
+
+
+def destination_a():
+    """Chassis A, hosting a1, to which port b1 (bound on B) is migrating with `announce`: its VIF is
+    plugged on A."""
+    engine = Engine("A", [L2App(), L3App(), DnatApp()])
+    engine.commit(engine.tunnels_changed({"B": TUNNEL_B, "C": TUNNEL_C}))
+    nb = HeldNb()
+    migrator = Migrator("A", engine, nb, engine.commit, strategy="announce")
+    migrator.timelines = SimpleNamespace(record=lambda *args: asyncio.sleep(0))  # no Redis here
+    for obj in (LogicalSwitch(id="net1", topic="t", segmentation_id=VNI),
+                Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24"),
+                nb.store(LogicalPort(id="b1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:02",
+                                     ips=["10.0.0.2"], binding_chassis="B")),
+                nb.store(LogicalPort(id="a1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:01",
+                                     ips=["10.0.0.1"], binding_chassis="A"))):
+        engine.commit(engine.nb_event(event(obj)))
+    engine.commit(engine.vif_online(Vif("a1", "tapa1", A1_OFPORT)))
+    engine.commit(engine.vif_online(Vif("b1", "tapb1", B1_OFPORT_HERE)))
+    return engine, nb, migrator
+
+
+def where_a_copy_from_c_goes(engine):
+    """A packet for b1 (a copy, while it migrates) from the entry chassis C, arriving on its tunnel."""
+    packet = dict(eth_src=0xfa163e000001, eth_dst=0xfa163e000002, eth_type=ETH_TYPE_IP,
+                  ipv4_src=0x0a000001, ipv4_dst=0x0a000002, ip_ttl=64, tunnel_id=VNI)
+    return FakeOFTable.of(engine.desired().values()).ports(TUNNEL_C, **packet)
+
+
+def novas_write(nb):
+    """binding:profile.migrating_to, committed before the record's compare-and-set write."""
+    port = nb.ports["b1"]
+    return nb.store(port.replace(binding_profile={**port.binding_profile, "migrating_to": "A"}))
+
+
+async def plugged_and_applied_here(migrator):
+    run = asyncio.create_task(migrator.vif_online("b1"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return run
+
+
+def test_before_the_migration_a_copy_from_the_entry_chassis_is_forwarded_to_the_source():
+    engine, _, _ = destination_a()
+    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]  # the port lives on B: the reason to gate
+
+
+async def test_an_nb_version_without_the_record_does_not_undo_the_pending_destination_while_its_write_is_in_flight():
+    engine, nb, migrator = destination_a()
+    run = await plugged_and_applied_here(migrator)
+    assert engine.view.is_pending(engine.view.port("b1"))
+    assert where_a_copy_from_c_goes(engine) == []  # gated: dropped until the VM announces itself here
+
+    engine.commit(engine.nb_event(event(novas_write(nb))))  # Nova's write: no record yet
+    assert engine.view.port("b1").migrating_to == "A"  # Nova's change is taken...
+    assert where_a_copy_from_c_goes(engine) == []  # ...with the record laid on it: no copy back to B
+    assert migrator.stats["in_flight_reapplied"] == 1
+
+    nb.go.set()
+    await run
+    record = nb.ports["b1"].migration
+    assert record.state == "requested" and record.prepared  # the CAS built on Nova's write
+    assert migrator.stats["requested"] == 1
+    assert where_a_copy_from_c_goes(engine) == []  # its event has not come: still laid on
+    engine.commit(engine.nb_event(event(nb.ports["b1"])))  # the record's own event
+    assert engine.view.port("b1").migration == record
+    assert where_a_copy_from_c_goes(engine) == []
+    assert not migrator._overlays
+
+    # settled: a later NB version is the NB's alone (here: the migration cleared by someone else)
+    engine.commit(engine.nb_event(event(nb.store(nb.ports["b1"].replace(migration=None)))))
+    assert engine.view.port("b1").migration is None
+    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]
+    assert migrator.stats["in_flight_reapplied"] == 1
+
+
+async def test_a_write_that_returned_stays_laid_on_until_its_own_nb_event_comes():
+    engine, nb, migrator = destination_a()
+    run = await plugged_and_applied_here(migrator)
+    nb.go.set()
+    await run
+    assert "b1" in migrator._overlays  # an event published before the record's may still come
+    engine.commit(engine.nb_event(event(nb.ports["b1"])))
+    assert not migrator._overlays and migrator.stats["requested"] == 1
+    assert "in_flight_reapplied" not in migrator.stats
+
+
+async def test_a_failed_write_drops_what_was_applied_here_and_takes_the_nbs_version():
+    engine, nb, migrator = destination_a()
+    run = await plugged_and_applied_here(migrator)
+    engine.commit(engine.nb_event(event(novas_write(nb))))
+    assert where_a_copy_from_c_goes(engine) == []
+    nb.fail = Conflict("port b1 kept changing")
+    nb.go.set()
+    with pytest.raises(Conflict):
+        await run
+    assert engine.view.port("b1").migration is None and engine.view.port("b1").migrating_to == "A"
+    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]
+    assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
+
+
+async def test_a_write_with_nothing_left_to_store_takes_the_version_it_found():
+    engine, nb, migrator = destination_a()
+    run = await plugged_and_applied_here(migrator)
+    nb.store(nb.ports["b1"].replace(binding_chassis="A"))  # bound here meanwhile: no migration to record
+    nb.go.set()
+    await run
+    assert "requested" not in migrator.stats
+    assert engine.view.port("b1").binding_chassis == "A" and engine.view.port("b1").migration is None
+    assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
+
+
+def source_b_of_a_requested_migration():
+    """Chassis B, where b1 runs, migrating to A with `announce` (the record is in B's view)."""
+    engine = Engine("B", [L2App(), L3App(), DnatApp()])
+    engine.commit(engine.tunnels_changed({"A": TUNNEL_A, "C": TUNNEL_C}))
+    nb = HeldNb()
+    migrator = Migrator("B", engine, nb, engine.commit, strategy="announce")
+    port = LogicalPort(id="b1", topic="t", lswitch="net1", mac="fa:16:3e:00:00:02", ips=["10.0.0.2"],
+                       binding_chassis="B")
+    requested = transition(port, Event.DEST_PLUGGED, "A", now=100.0, strategy="announce").port
+    for obj in (LogicalSwitch(id="net1", topic="t", segmentation_id=VNI),
+                Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24"), nb.store(requested)):
+        engine.commit(engine.nb_event(event(obj)))
+    engine.commit(engine.vif_online(Vif("b1", "tapb1", B1_OFPORT_HERE)))
+    return engine, nb, migrator
+
+
+def announced_at_a(port):
+    return json.dumps({"port": "b1", "event": Event.ANNOUNCED.value, "chassis": "A", "now": 101.0,
+                       "migration": port.migration.id, "ts": 101.0}).encode()
+
+
+def test_a_source_told_of_the_announcement_keeps_it_over_an_nb_version_written_before_it():
+    engine, nb, migrator = source_b_of_a_requested_migration()
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
+    migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
+    assert where_a_copy_from_c_goes(engine) == []  # the VM runs on A: what C still sends here is a copy
+    engine.commit(engine.nb_event(event(novas_write(nb))))  # written before A's record of the announcement
+    assert where_a_copy_from_c_goes(engine) == []
+    assert migrator.stats["in_flight_reapplied"] == 1
+    activated = nb.store(transition(nb.ports["b1"], Event.ANNOUNCED, "A", now=101.0).port)
+    engine.commit(engine.nb_event(event(activated)))  # A's write: the NB shows it now
+    assert not migrator._overlays and where_a_copy_from_c_goes(engine) == []
+
+
+async def test_a_told_transition_the_nb_never_shows_is_dropped_after_a_while():
+    engine, nb, migrator = source_b_of_a_requested_migration()
+    migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
+    await migrator.housekeeping(now=101.0 + TOLD_HOLD / 2)
+    assert where_a_copy_from_c_goes(engine) == []
+    await migrator.housekeeping(now=101.0 + TOLD_HOLD * 2)
+    assert engine.view.port("b1").migration.state == "requested"
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
+    assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
