@@ -194,8 +194,9 @@ def net_create(dir_: str, name: str, cidr: str, vni: int | None, external: bool)
 
 
 VIF_PLUGGING_TIMEOUT_OPTION = click.option(
-    "--vif-plugging-timeout", type=click.FloatRange(0.1, 3600), default=VIF_PLUGGING_TIMEOUT, show_default=True,
-    help="s Nova waits for Neutron's network-vif-plugged before failing (Nova's own default: 300).")
+    "--vif-plugging-timeout", type=click.FloatRange(0, 3600), default=None,
+    help=f"s Nova waits for Neutron's network-vif-plugged before failing; 0: no wait (default {VIF_PLUGGING_TIMEOUT:g}, "
+         "or 0 when the API tells another Nova; Nova's own default: 300).")
 
 
 @vm.command("create")

@@ -50,7 +50,11 @@ class Cloud:
     @staticmethod
     def for_sandbox(sandbox: Sandbox, nb: NbApi, vif_plugging_timeout: float | None = None) -> "Cloud":
         """The cloud of `sandbox`: this one over `dfflow api`, or, when neutron-server serves its API,
-        one that makes everything through Neutron (neutron_cloud.py)."""
+        one that makes everything through Neutron (neutron_cloud.py). An API that tells some other Nova of
+        VIF events (a neutron-server the sandbox did not start, or given --nova-url): this Nova then does
+        not wait for them, as Nova configured with `vif_plugging_timeout = 0`."""
+        if vif_plugging_timeout is None and not sandbox.api_notifies_our_nova:
+            vif_plugging_timeout = 0
         if sandbox.api_kind == API_NEUTRON:
             from controller.sandbox.neutron_cloud import NeutronCloud  # it builds on this module
             return NeutronCloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)

@@ -267,7 +267,8 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
             switchover.cancel()
             sb.unplug_vif(vm, new_ifname)
             raise
-        steps["vif_plugged_event"] = plugged["at"]  # when the sandbox's Nova received it
+        if plugged is not None:
+            steps["vif_plugged_event"] = plugged["at"]  # when the sandbox's Nova received it
         steps["vif_plugged"] = time.time()
         status = await nb.get(PortStatus.table, port.id)
         if status is not None and dest in status.up:

@@ -304,9 +304,12 @@ class NovaEvents:
                 return None
 
     async def wait_vif_plugged(self, server: str, port_id: str, host: str, after: int, timeout: float,
-                               what: str) -> dict[str, Any]:
+                               what: str) -> dict[str, Any] | None:
         """Nova's wait for `network-vif-plugged` of `port_id` on `server`; VifPluggingFailed if it does
-        not come within `timeout` s or comes `failed`. `what` names the operation for the error."""
+        not come within `timeout` s or comes `failed`. `what` names the operation for the error.
+        A timeout of 0 is Nova's `vif_plugging_timeout = 0`: no wait at all (None)."""
+        if timeout <= 0:
+            return None
         event = await self.wait_for(PLUGGED, server, port_id, after, timeout)
         if event is None:
             raise VifPluggingFailed(f"{what}: no {PLUGGED} event for port {port_id} on host {host} within "

@@ -504,6 +504,18 @@ class Sandbox:
         """What serves the cloud's API: `dfflow api` (API_DFFLOW) or neutron-server (API_NEUTRON)."""
         return ((self._load() or {}).get("api") or {}).get("kind", API_DFFLOW)
 
+    @property
+    def api_notifies_our_nova(self) -> bool:
+        """Whether the cloud's API tells this sandbox's Nova of VIF events: not when the API is a server
+        the sandbox did not start, nor when its neutron-server's notifier was pointed elsewhere."""
+        st = self._load() or {}
+        api = st.get("api") or {}
+        if api.get("external"):
+            return False
+        if api.get("kind") == API_NEUTRON:
+            return (st.get("neutron") or {}).get("nova_url") == (st.get("nova") or {}).get("url")
+        return True
+
     def neutron_server(self) -> neutronproc.NeutronServer:
         """The neutron-server this sandbox started (`up(neutron=True)`)."""
         st = self._load() or {}
