@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from typing import Any, Callable
 
-from benchmarks.migration import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable
+from benchmarks.migration import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable, load_line
 from controller.sandbox import nova
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.evacuate import evacuate
@@ -205,8 +204,7 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"{fmt(s['switchover_median_ms']):>6} {fmt(s['converge_median_ms']):>8} {s['duplicates']:>4} "
                      f"{s['unrecovered']}")
     if "load_before" in report:
-        lines.append("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in report["load_before"])
-                     + "; after: " + ", ".join(f"{v:.2f}" for v in report["load_after"]))
+        lines.append(load_line(report))
     lines.append("last VM back: from the switchover (the first VM stopping on its source) to the last VM's first "
                  "reply to a probe sent after it stopped (one figure per run). reply gap: each VM's longest gap "
                  f"between reply arrivals from {WINDOW_BEFORE * 1e3:.0f} ms before the switchover until the "

@@ -179,6 +179,12 @@ def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any]
             "timeline": timeline, "plug_offset_s": timeline["origin"] - started}
 
 
+def load_line(report: dict[str, Any]) -> str:
+    """The machine's load averages around a benchmark run, as its table prints them."""
+    return ("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in report["load_before"])
+            + "; after: " + ", ".join(f"{v:.2f}" for v in report["load_after"]))
+
+
 def _stats(values: list[float], prefix: str) -> dict[str, float | None]:
     return {f"{prefix}_median_ms": statistics.median(values) if values else None,
             f"{prefix}_p95_ms": percentile(values, 0.95) if values else None,
@@ -274,8 +280,7 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"the source VIF was unplugged {statistics.median(unplug_at):.1f} ms (median) after the VM "
                      "left the source")
     if "load_before" in report:
-        lines.append("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in report["load_before"])
-                     + "; after: " + ", ".join(f"{v:.2f}" for v in report["load_after"]))
+        lines.append(load_line(report))
     lines.append("downtime: the longest gap between reply arrivals (kernel receive times; about one probe "
                  "interval when nothing is wrong), over the probes sent from the plug until the migration's last "
                  f"step + {WINDOW_AFTER * 1e3:.0f} ms; lost window: the longest run of lost replies x interval; "
