@@ -68,7 +68,7 @@ class Engine:
             return Plan()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
-        obj = model_for(event["table"]).from_dict(event["object"])
+        obj = event.get("model") or model_for(event["table"]).from_dict(event["object"])  # the bus parsed it
         if self.port_overlay is not None and isinstance(obj, LogicalPort):
             obj = self.port_overlay(obj)
         return self.object_written(obj)
