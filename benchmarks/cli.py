@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from controller.sandbox.cli import nova_delay_options
+from dfflow.sandbox.cli import nova_delay_options
 
 
 @click.group()
@@ -83,11 +83,12 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
               plot_path: str | None, peer: str | None) -> None:
     """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
     per strategy (needs root)."""
-    from benchmarks import evacuation, migration as single
+    from benchmarks import evacuation, faulty_controller
+    from dfflow.sandbox import scenario as single
 
     bench = evacuation if vms > 1 else single
     if peer is not None:
-        from controller.sandbox import ovn
+        from dfflow.sandbox import ovn
 
         if ovn.missing():
             raise click.ClickException("--peer ovn: " + "; ".join(ovn.missing()))
@@ -108,6 +109,7 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
     else:
         with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
             report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1),
+                                controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
                                 fip_probe=peer is None, **options)
     if peer is not None:
         report = _with_ovn(report, vms, runs, interval, options)
@@ -128,7 +130,8 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
 
 def _with_ovn(report: dict, vms: int, runs: int, interval: float | None, options: dict) -> dict:
     """The same migrations on OVN, after dfflow's sandbox is down; both in one report."""
-    from benchmarks import evacuation, migration as single, ovn_peer
+    from benchmarks import evacuation, ovn_peer
+    from dfflow.sandbox import scenario as single
 
     same = {k: options[k] for k in ("memory_copy", "unplug_delay", "update_port_delay", "keep_samples")}
     if vms > 1:
@@ -236,7 +239,7 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
 def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
            json_path: str | None, plot_path: str | None) -> None:
     """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
-    chassis against a stand-in Open vSwitch (controller.sandbox.standin)."""
+    chassis against a stand-in Open vSwitch (benchmarks.standin)."""
     from benchmarks import fanout as bench
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the fleet is torn down

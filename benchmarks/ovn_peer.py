@@ -2,11 +2,11 @@
 the same run as dfflow's, printed side by side with the ratio dfflow/OVN.
 
 One system at a time on the sandbox's br-int: dfflow's sandbox is brought up, measured and torn
-down first (benchmarks.migration / benchmarks.evacuation, unchanged), then a fresh sandbox of the
+down first (dfflow.sandbox.scenario / benchmarks.evacuation, unchanged), then a fresh sandbox of the
 same topology (3 userspace-OVS chassis, the same VM namespaces, the same probes) is brought up
-without dfflow's controllers, OVN runs on it (controller.sandbox.ovn: NB/SB ovsdb-servers,
+without dfflow's controllers, OVN runs on it (dfflow.sandbox.ovn: NB/SB ovsdb-servers,
 ovn-northd, one ovn-controller per chassis) and the same Nova sequence is driven with what
-Neutron's OVN driver writes (controller.sandbox.ovn_cloud: requested-chassis "src,dst" and
+Neutron's OVN driver writes (dfflow.sandbox.ovn_cloud: requested-chassis "src,dst" and
 activation-strategy=rarp at the destination's plug, requested-chassis=dst at the binding's
 activation). Same figures, computed by the same code: the reply gap (headline), the lost-probe
 window beside it, duplicates, the machine's quiet gap; for an evacuation the last VM back.
@@ -24,14 +24,14 @@ import shutil
 import tempfile
 from typing import Any, Awaitable, Callable
 
-from benchmarks import evacuation, migration
-from benchmarks.migration import WINDOW_AFTER, _wait_reachable, load_line
-from controller.sandbox import nova
-from controller.sandbox.evacuate import evacuate
-from controller.sandbox.ovn import Ovn
-from controller.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
-from controller.sandbox.probe import Echo
-from controller.sandbox.topology import Sandbox
+from benchmarks import evacuation
+from dfflow.sandbox import nova, scenario
+from dfflow.sandbox.evacuate import evacuate
+from dfflow.sandbox.ovn import Ovn
+from dfflow.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
+from dfflow.sandbox.probe import Echo
+from dfflow.sandbox.scenario import WINDOW_AFTER, _wait_reachable, load_line
+from dfflow.sandbox.topology import Sandbox
 
 L2_PROBE = "peer (L2, chassis-3)"
 PEER = "ovn"
@@ -66,22 +66,22 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
                update_port_delay: float = 0.3, interval: float = 0.001,
                progress: Callable[[str], None] | None = None, keep_samples: bool = True,
                workdir: str | None = None) -> dict[str, Any]:
-    """One VM migrated `runs` times on OVN; benchmarks.migration's report shape (strategy `ovn-rarp`)."""
+    """One VM migrated `runs` times on OVN; dfflow.sandbox.scenario's report shape (strategy `ovn-rarp`)."""
     load_before = os.getloadavg()
     sb, ovn, workdir = _up(workdir, "dfbench-ovn-")
     try:
         cloud = OvnCloud(sb, ovn)
         try:
             cloud.create_network("net1", "10.1.0.0/24")
-            cloud.create_vm("M", "chassis-1", "net1", migration.M_IP)
-            cloud.create_vm("P", "chassis-3", "net1", migration.P_IP)
+            cloud.create_vm("M", "chassis-1", "net1", scenario.M_IP)
+            cloud.create_vm("P", "chassis-3", "net1", scenario.P_IP)
             echo = Echo(sb, "M")
             try:
-                _wait_reachable(sb, [("P", migration.M_IP)])
+                _wait_reachable(sb, [("P", scenario.M_IP)])
                 def move(dest: str) -> Awaitable[dict[str, Any]]:
                     return migrate(cloud, "M", dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
                                    update_port_delay=update_port_delay)
-                results = asyncio.run(_alternating(cloud, runs, migration.M_IP, interval, move,
+                results = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
                                                    _migration_figures(keep_samples), progress))
             finally:
                 echo.stop()
@@ -89,7 +89,7 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
             cloud.close()
     finally:
         _down(sb, ovn, workdir)
-    return {"runs": results, "summary": migration.summarise(results), "interval_ms": interval * 1e3,
+    return {"runs": results, "summary": scenario.summarise(results), "interval_ms": interval * 1e3,
             "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "nova_path": "extended",
             "update_port_delay_ms": update_port_delay * 1e3, "probes": [L2_PROBE],
             "load_before": load_before, "load_after": os.getloadavg()}
@@ -118,7 +118,7 @@ def _migration_figures(keep_samples: bool) -> Callable[..., dict[str, Any]]:
     def figures(i: int, timeline: dict[str, Any], raw: dict[str, Any], quiet_from: float, started: float):
         # the figures of an announce migration (its trigger is the VM's announcement); OVN reports no
         # per-chassis apply times, so no convergence
-        return migration._figures("announce", i, started, timeline, {L2_PROBE: raw}, keep_samples,
+        return scenario._figures("announce", i, started, timeline, {L2_PROBE: raw}, keep_samples,
                                   quiet_from) | {"strategy": STRATEGY}
     return figures
 

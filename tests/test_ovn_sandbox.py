@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from controller.sandbox import ovn as ovnmod
-from controller.sandbox.ovn import Ovn
-from controller.sandbox.ovn_cloud import OvnCloud, migrate
-from controller.sandbox.topology import INT_BRIDGE
+from dfflow.sandbox import ovn as ovnmod
+from dfflow.sandbox.ovn import Ovn
+from dfflow.sandbox.ovn_cloud import OvnCloud, migrate
+from dfflow.sandbox.topology import INT_BRIDGE
 from sandbox_fixtures import sandbox_factory  # noqa: F401
 
 
