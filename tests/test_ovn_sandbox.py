@@ -57,3 +57,14 @@ def test_vms_on_two_ovn_chassis_reach_each_other_and_a_migrated_vm_answers_from_
                                          f"external_ids:iface-id={a.id}").strip()
     assert INT_BRIDGE in sb.ovs("chassis-2").vsctl("port-to-br", sb.vm("A").vifs[0].tap)
     assert _ping(sb, "B", "10.1.0.10")
+
+
+def test_sandbox_down_stops_the_ovn_daemons_left_running(sandbox_factory):  # noqa: F811
+    if ovnmod.missing():
+        pytest.skip("; ".join(ovnmod.missing()))
+    sb = sandbox_factory(chassis=2)
+    Ovn(sb).start()  # and never stopped, as after a crash of whatever started it
+    running = ovnmod.pids_under(sb.dir)
+    assert len(running) == 5  # northd, NB, SB, one ovn-controller per chassis
+    stopped = sb.down()["stopped_pids"]
+    assert set(running) <= set(stopped) and ovnmod.pids_under(sb.dir) == []

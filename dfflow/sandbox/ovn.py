@@ -12,11 +12,13 @@ the Geneve ports to the other chassis itself; the sandbox's underlay (br-phy, it
 route, the pre-seeded tunnel ARP entries) serves them as it serves dfflow's.
 
 dfflow's controllers must not program the same br-int at the same time: bring the sandbox up
-without them (`Sandbox.up(controllers=False)`).
+without them (`Sandbox.up(controllers=False)`). `Sandbox.down` stops whatever OVN daemon still runs
+from the sandbox's directory (`pids_under`).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -172,6 +174,15 @@ class OvnChassis:
             procs.terminate_all([pid], timeout)
 
 
+def pids_under(sandbox_dir: str) -> list[int]:
+    """The OVN daemons that run from a sandbox dir's pidfiles (what `Sandbox.down` stops, also after a crash)."""
+    daemons = [Daemon(os.path.join(sandbox_dir, "ovn"), name)
+               for name in ("ovn-northd", "ovsdb-server-nb", "ovsdb-server-sb")]
+    daemons += [Daemon(os.path.dirname(path), "ovn-controller")
+                for path in glob.glob(os.path.join(sandbox_dir, "*", "ovn", "ovn-controller.pid"))]
+    return [pid for d in daemons if (pid := d.pid())]
+
+
 def ovs_datapath_type(ovs: Any) -> str:
     return ovs.vsctl("get", "Bridge", "br-int", "datapath_type").strip().strip('"') or "system"
 
@@ -214,9 +225,7 @@ class Ovn:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        pids = [p for node in self.chassis.values() if (p := node.controller.pid())]
-        pids += [p for d in self.central.daemons() if (p := d.pid())]
-        procs.terminate_all(pids)
+        procs.terminate_all(pids_under(self.sandbox.dir))
 
     def __enter__(self) -> "Ovn":
         self.start()

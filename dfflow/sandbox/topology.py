@@ -81,7 +81,7 @@ from dfflow.sandbox.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
-from . import netns, neutronproc, nova_events, preflight, procs, state
+from . import netns, neutronproc, nova_events, ovn, preflight, procs, state
 from .netns import SandboxError
 from .daemons import SandboxDaemons
 from .records import (API_DFFLOW, API_NEUTRON, CHASSIS_SYSCTLS, DATAPATH_TYPE, DEFAULT_DIR, HEALTHY_WITHIN,
@@ -508,6 +508,7 @@ class Sandbox(SandboxDaemons, SandboxVms):
                         victims.add(pid)  # type: ignore[arg-type]
             for rundir in rundirs:
                 victims.update(self._ovs_pids(rundir))
+            victims.update(ovn.pids_under(self.dir))  # the OVN peer's daemons, when it ran here
             # without (or with a stale) state: our redis is the redis-server working in <dir>/redis, our
             # controllers are the processes told to use one of our OVSDB sockets
             victims.update(procs.find(lambda pid: procs.comm(pid) == "redis-server"
