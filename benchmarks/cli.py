@@ -86,6 +86,7 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
     from benchmarks import evacuation, faulty_controller
     from dfflow.sandbox import scenario as single
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the sandboxes are torn down
     bench = evacuation if vms > 1 else single
     if peer is not None:
         from dfflow.sandbox import ovn
