@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs OVN (Debian's ovn-central and ovn-host, 23.03 on Debian 12) for `dfflow-bench migration
-# --peer ovn` and the tests marked `ovn` (as root). Only the binaries are used: the packaged services
+# --peer ovn` and the OVN sandbox tests (as root). Only the binaries are used: the packaged services
 # are not started (a policy-rc.d refuses them during the install) and, if an init system started
 # them anyway, they are stopped; every sandbox runs its own NB/SB ovsdb-servers, ovn-northd and
-# one ovn-controller per chassis in its own directory (controller/sandbox/ovn.py).
+# one ovn-controller per chassis in its own directory (dfflow/sandbox/ovn.py).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."

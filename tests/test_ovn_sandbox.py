@@ -1,4 +1,4 @@
-"""OVN as the benchmark's peer on the sandbox (controller/sandbox/ovn.py, ovn_cloud.py): it comes up
+"""OVN as the benchmark's peer on the sandbox (dfflow/sandbox/ovn.py, ovn_cloud.py): it comes up
 on the sandbox's chassis, two VMs reach each other through its Geneve tunnels, and a live
 migration as Neutron's OVN driver drives it (multi-chassis binding, RARP activation) ends with the
 VM answering from its destination and the port bound there alone."""
