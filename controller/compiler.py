@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.lib.recfunctions as rf
 
 from controller.templates import (APP_COOKIE_SHIFT, Fact, FlowTemplate, Param, PortFacts, PortProgram,
                                   PortRole)
@@ -331,6 +332,18 @@ def compile_facts_change(program: core.CompiledProgram, table: PortTable, port_i
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
     adds = after[[r.tobytes() not in unchanged for r in after]] if len(after) else after
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
+
+
+def distinct_keys(rows: np.ndarray) -> np.ndarray:
+    """The first row of each flow key among `rows` (the switch holds one flow per key)."""
+    if len(rows) < 2:
+        return np.arange(len(rows))
+    keys = rf.repack_fields(rows[list(_KEY_FIELDS)])
+    _, first = np.unique(keys.view(np.dtype((np.void, keys.dtype.itemsize))), return_index=True)
+    return np.sort(first)
+
+
+_KEY_FIELDS = ("table", "priority", "match_present", "match_masked", "match_value", "match_mask")
 
 
 def _key(row: np.void) -> tuple:

@@ -144,11 +144,15 @@ class Engine:
 
     def flow_cookies(self) -> list[int]:
         """The cookie of every flow this chassis wants (status), without making the port flows."""
-        return self._port_rows()["cookie"].tolist() + [f.cookie for f in self.flows.all_flows().values()]
+        rows = self._port_rows()
+        return (rows["cookie"][compiler.distinct_keys(rows)].tolist()
+                + [f.cookie for f in self.flows.all_flows().values()])
 
     def _port_rows(self) -> Any:
-        placed = [(self.table.index[p], role) for p, (role, _) in self.placed.items()]
-        return compiler.role_rows(self.program, self.table, placed if self.program is not None else [])
+        if self.program is None:  # no app has a port program
+            return compiler.role_rows(self.program, self.table, [])
+        return compiler.role_rows(self.program, self.table,
+                                  [(self.table.index[p], role) for p, (role, _) in self.placed.items()])
 
     def commit(self, plan: Plan) -> None:
         self.flows.commit(plan)

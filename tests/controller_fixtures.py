@@ -9,7 +9,7 @@ import time
 import contextlib
 from typing import Any, Awaitable, Callable, Iterator
 
-from controller.daemon import read_status
+from controller.status import read_status
 from controller.sandbox.cloud import Cloud
 from controller.sandbox.topology import INT_BRIDGE, Sandbox
 from dfflow.nb.store import NbApi
