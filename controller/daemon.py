@@ -39,7 +39,7 @@ from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from controller.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
-from controller.supervise import TaskSupervisor
+from controller.supervise import OneShots, TaskSupervisor
 from dfflow.errors import Conflict, DfflowError, NotFound
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
@@ -92,7 +92,7 @@ class ControllerDaemon:
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
         self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self.stamps = AppliedStamps()
-        self._stamping: set[asyncio.Task] = set()  # timeline writes under way (references kept)
+        self.one_shots = OneShots()  # timeline stamps under way
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self.gc_pauses = GcPauses()
@@ -216,9 +216,8 @@ class ControllerDaemon:
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
         await self.tasks.stop()
-        for task in self._stamping:
-            task.cancel()
-        await asyncio.gather(*self._stamping, return_exceptions=True)
+        await self.one_shots.stop()
+        await self.migrator.one_shots.stop()
         if self.metrics is not None:
             await self.metrics.close()
         try:
@@ -495,15 +494,13 @@ class ControllerDaemon:
 
     def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
         """Stamp the migration's timeline with when this chassis applied the step (not awaited by the
-        sender; the task is kept until it ends, and its failure recorded)."""
+        sender; its failure recorded)."""
         async def stamp() -> None:
             try:
                 await self.migrator.timelines.applied(migration_id, self.chassis, state, when)
             except Exception:
                 self._record_error("timeline")
-        task = asyncio.get_running_loop().create_task(stamp(), name=f"stamp {migration_id} {state}")
-        self._stamping.add(task)
-        task.add_done_callback(self._stamping.discard)
+        self.one_shots.start(stamp(), f"stamp {migration_id} {state}")
 
     def _drain_outbox(self) -> None:
         while not self._outbox.empty():
