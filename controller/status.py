@@ -1,11 +1,11 @@
-"""What a running controller says about itself: its status as JSON on a unix socket, and its GC pauses."""
+"""What a running controller says about itself: its status as JSON on a unix socket (read by
+dfflow.status.read_status), and its GC pauses."""
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
 import os
-import socket
 import time
 from collections import Counter, deque
 from typing import Any
@@ -76,14 +76,3 @@ async def serve_status(path: str, status: Any) -> asyncio.AbstractServer:
             writer.close()
 
     return await asyncio.start_unix_server(answer, path=path)
-
-
-def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
-    """What a running controller says about itself (its status socket)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return json.loads(data)
