@@ -182,9 +182,9 @@ class Sandbox(SandboxDaemons, SandboxVms):
            neutron_url: str | None = None, nova_url: str | None = None) -> dict[str, Any]:
         """Build the sandbox; returns `status()`. On failure everything built so far is removed.
 
-        `controller_args` are appended to every controller's command line (e.g. the benchmark
-        switches ``--flow-path osken --no-bundle``); they are kept in the state, so `start_controller`
-        uses them too until `set_controller_args` changes them.
+        `controller_args` are appended to every controller's command line (e.g. ``--strategy unplug``,
+        or a benchmark variant's ``--flow-path osken --no-bundle`` with its `controller_cmd`); they are
+        kept in the state, so `start_controller` uses them too until `set_controller_args` changes them.
 
         The cloud's API is `dfflow api`; with `neutron`, a neutron-server with the dfflow driver started
         for the sandbox (MariaDB and gunicorn in <dir>/neutron; its Nova notifier sends to `nova_url`,
