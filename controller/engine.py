@@ -164,6 +164,11 @@ class Engine:
             # A migration step or a binding change: the port itself, and its network's flooding if
             # that changed (not when the port moves between two chassis that host others of its ports).
             return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")} if flood_changed else {(PORT, new.id, "")}
+        if isinstance(obj, LogicalPort) and (old is None or new is None):
+            # A port created or deleted: its own flows and its network's. No other port's flows depend on
+            # it but through security groups (below): a start-up's resync of a network of N ports costs N
+            # port computations, not N^2.
+            return {(PORT, obj.id, ""), (SWITCH, obj.lswitch, "")} | self._filtered_by_membership(old, new)
         if isinstance(obj, LogicalPort):
             switches = {p.lswitch for p in (old, new) if p is not None}
             return self._switches_and_their_ports(switches) | self._filtered_by_membership(old, new)

@@ -99,7 +99,7 @@ def test_indexes_answer_as_a_pass_over_every_port_through_a_random_history():
         version += 2
     kinds = {"port": 0, "move": 0, "drop": 0, "vif": 0, "unplug": 0, "tunnels": 0, "router": 0,
              "flood_unchanged": 0}
-    for step in range(600):
+    for step in range(400):
         before = flood_inputs(view)
         epoch = view.flood_version()
         n = rng.randrange(12)
@@ -132,6 +132,6 @@ def test_indexes_answer_as_a_pass_over_every_port_through_a_random_history():
             assert view.flood_version() != epoch, (step, kind)
         else:
             kinds["flood_unchanged"] += 1
-        if step % 50 == 49:
-            assert engine.desired() == fresh_engine(engine).desired(), step
+        if step % 2:
+            assert engine.desired() == fresh_engine(engine).desired(), (step, kind)
     assert min(kinds.values()) > 0, kinds
