@@ -23,6 +23,13 @@ retry will store anyway -- instead of taking this chassis' flows back for a few 
 The write's own event (or any later version) ends that; a failed or abandoned write drops it
 and the NB's version is taken. A transition told by another chassis' migration event is laid on
 likewise, until an NB version shows it (or moved past it), or for TOLD_HOLD at most.
+
+A write's reply can be ahead of this chassis' NB events (its bus runs seconds behind while a host
+is evacuated): the version it stored or found is what this chassis shows, and an NB event of an
+older version of the port arriving after it is not news -- until the events catch up, or for
+KNOWN_HOLD at most. (Otherwise a destination whose second announcement found the record activated
+already, by its first, fell back to "pending" on Nova's older version, gated the VM it hosts and
+dropped its traffic until the record's own events arrived: up to seconds in a 25-VM evacuation.)
 """
 from __future__ import annotations
 
@@ -48,6 +55,9 @@ FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
 RESUBSCRIBE_DELAY = 0.5
 # s a transition told by another chassis stays laid on this one's NB versions without the NB showing it
 TOLD_HOLD = 5.0
+# s a version a write's reply showed stays laid on older NB events of the port (an NB event bus that
+# far behind is caught by its own checks)
+KNOWN_HOLD = 30.0
 
 
 @dataclass(eq=False)
@@ -65,6 +75,11 @@ class _InFlight:
 class _Overlay:
     nb_port: LogicalPort  # the port's newest NB version seen here, without what is in flight
     writes: list[_InFlight] = field(default_factory=list)
+    known: LogicalPort | None = None  # a newer version than the events have shown, from a write's reply
+    known_at: float = 0.0
+
+    def idle(self) -> bool:
+        return not self.writes and self.known is None
 
 
 class Migrator:
@@ -265,9 +280,15 @@ class Migrator:
         overlay = self._overlays.get(nb_port.id)
         if overlay is None:
             return nb_port
+        if overlay.known is not None:
+            if nb_port.version >= overlay.known.version:
+                overlay.known = None  # the events caught up
+            else:
+                self._count("stale_nb_versions")
+                nb_port = overlay.known
         overlay.nb_port = nb_port
         overlay.writes = [w for w in overlay.writes if not self._settled_by(w, nb_port)]
-        if not overlay.writes:
+        if overlay.idle():
             del self._overlays[nb_port.id]
             return nb_port
         port = self._laid_on(nb_port, overlay.writes)
@@ -287,8 +308,14 @@ class Migrator:
                 or (w.wanted is not None and nb_port.replace(version=0) == w.wanted.replace(version=0)))
 
     def _drop_told_ones_not_written(self, now: float) -> None:
-        """Another chassis' transition the NB never showed (its write failed): the NB's version stands."""
+        """Another chassis' transition the NB never showed (its write failed): the NB's version stands.
+        A write's reply the NB events never caught up with (an NB db restored older) likewise."""
         for port_id, overlay in list(self._overlays.items()):
+            if overlay.known is not None and now - overlay.known_at > KNOWN_HOLD:
+                overlay.known = None
+                if overlay.idle():
+                    del self._overlays[port_id]
+                    continue
             stale = [w for w in overlay.writes if w.told_by is not None and now - w.now > TOLD_HOLD]
             if not stale:
                 continue
@@ -312,21 +339,22 @@ class Migrator:
                 return  # its NB event is still on its way: laid on what comes before it
         overlay.writes.remove(in_flight)
         if in_flight.wanted is not None and result is not None:
-            if not overlay.writes:
+            if overlay.idle():
                 del self._overlays[port_id]
             return
         self._count("in_flight_dropped")
         nb_port = overlay.nb_port
         if result is not None and result.version > nb_port.version:
             nb_port = result  # the version the write found, with nothing to store on it
+            overlay.nb_port, overlay.known, overlay.known_at = result, result, time.time()
         if write.cancelled() or not isinstance(write.exception(), NotFound):
             self._take_nb_version(port_id, overlay, nb_port)
-        elif not overlay.writes:
+        elif overlay.idle():
             del self._overlays[port_id]
 
     def _take_nb_version(self, port_id: str, overlay: _Overlay, nb_port: LogicalPort) -> None:
         """Flows for the NB's version of the port, with what is still in flight laid on it."""
-        if not overlay.writes:
+        if overlay.idle():
             del self._overlays[port_id]
         if self.engine.view.port(port_id) is None:
             self._overlays.pop(port_id, None)
