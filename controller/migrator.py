@@ -24,10 +24,11 @@ The write's own event (or any later version) ends that; a failed or abandoned wr
 and the NB's version is taken. A transition told by another chassis' migration event is laid on
 likewise, until an NB version shows it (or moved past it), or for TOLD_HOLD at most.
 
-A write's reply can be ahead of this chassis' NB events (its bus runs seconds behind while a host
-is evacuated): the version it stored or found is what this chassis shows, and an NB event of an
-older version of the port arriving after it is not news -- until the events catch up, or for
-KNOWN_HOLD at most. (Otherwise a destination whose second announcement found the record activated
+A write that found nothing left to store (another write stored it first: often this chassis' own
+second announcement, the VM's GARP after its RARP) returns the version it read, which can be ahead
+of this chassis' NB events (they run seconds behind while a host is evacuated): that version is
+what this chassis shows, and an NB event of an older version of the port arriving after it is not
+news -- until the events catch up, or for KNOWN_HOLD at most. (Otherwise a destination whose second announcement found the record activated
 already, by its first, fell back to "pending" on Nova's older version, gated the VM it hosts and
 dropped its traffic until the record's own events arrived: up to seconds in a 25-VM evacuation.)
 """
