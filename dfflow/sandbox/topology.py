@@ -82,7 +82,7 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
-from controller.ovsproc import OvsInstance
+from dfflow.sandbox.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
@@ -137,7 +137,7 @@ class Chassis:
     controller_pid: int | None = None
     controller_starttime: int | None = None
     controller_argv: list[str] = field(default_factory=list)
-    supervisor_pid: int | None = None   # controller.sandbox.respawn: restarts the controller when it dies
+    supervisor_pid: int | None = None   # dfflow.sandbox.respawn: restarts the controller when it dies
     supervisor_starttime: int | None = None
     ovs_pids: dict[str, list[int | None]] = field(default_factory=dict)  # daemon -> [pid, start time]
     osvif_pid: int | None = None    # the chassis' os-vif agent (nova-compute's os-vif), if started
@@ -664,7 +664,7 @@ class Sandbox:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record)
         with open(ch.controller_log, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.respawn", record, "--", *argv],
+            proc = subprocess.Popen([sys.executable, "-m", "dfflow.sandbox.respawn", record, "--", *argv],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=ch.dir, start_new_session=True)
         ch.supervisor_pid, ch.supervisor_starttime = proc.pid, procs.starttime(proc.pid)
@@ -690,7 +690,7 @@ class Sandbox:
         ch = self.chassis(chassis)
         with contextlib.suppress(OSError):
             os.unlink(ch.osvif_socket)
-        argv = netns.exec_argv(ch.namespace, [sys.executable, "-m", "controller.sandbox.osvif_agent",
+        argv = netns.exec_argv(ch.namespace, [sys.executable, "-m", "dfflow.sandbox.osvif_agent",
                                               "--ovsdb", ch.ovs().ovsdb_url, "--socket", ch.osvif_socket])
         with open(os.path.join(ch.dir, "osvif.log"), "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
