@@ -317,3 +317,12 @@ def test_ipv6_rules_are_accepted_and_stored_as_neutron_does(neutron, nb_url):
                                        rule["port_range_max"], rule["remote_ip_prefix"], rule["remote_group_id"])
     shown = neutron.show_security_group(sg["id"])["security_group"]["security_group_rules"]
     assert {r["id"] for r in made} <= {r["id"] for r in shown}
+
+
+def test_a_list_filtered_by_project_makes_that_projects_default_group(neutron):
+    """As Neutron does for an admin listing another project's groups (how a user's tooling finds the
+    `default` group to add rules to before the project has a port)."""
+    groups = neutron.list_security_groups(project_id="tenant-b", name="default")["security_groups"]
+    assert [(g["name"], g["project_id"]) for g in groups] == [("default", "tenant-b")]
+    again = neutron.list_security_groups(project_id="tenant-b", name="default")["security_groups"]
+    assert [g["id"] for g in again] == [groups[0]["id"]]
