@@ -41,8 +41,8 @@ async def allow_probes(cloud: Any, remote: str = ANYWHERE) -> list[str]:
     group = await default_group(cloud)
     added = []
     for fields, purpose in PROBE_RULES:
-        rule = {"security_group_id": group["id"], "direction": "ingress", "ethertype": "IPv4",
-                "remote_ip_prefix": remote, **fields}
+        rule = {"security_group_id": group["id"], "project_id": cloud.topic, "direction": "ingress",
+                "ethertype": "IPv4", "remote_ip_prefix": remote, **fields}
         try:
             await cloud.neutron("create_security_group_rule", {"security_group_rule": rule})
         except DfflowError as exc:
