@@ -24,7 +24,7 @@ VMS = {"A": ("chassis-1", "10.1.0.10", True), "B": ("chassis-2", "10.1.0.20", Tr
        "U": ("chassis-2", "10.1.0.30", False), "V": ("chassis-1", "10.1.0.40", False)}
 V6 = {name: f"fd00:1::{ip.rsplit('.', 1)[1]}" for name, (_, ip, _) in VMS.items()}
 PORT = 7600
-COUNT = 20
+COUNT = 10
 
 UDP6_RECEIVE = """
 import socket, sys
@@ -82,7 +82,7 @@ def cloud():
 def received(sb, sender: str, receivers: list[str], dst: str) -> dict[str, int]:
     """How many of COUNT IPv6 UDP datagrams `sender` sends to `dst` (an address or ff02::1) each
     receiver gets."""
-    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", UDP6_RECEIVE, str(PORT), "1.5"],
+    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", UDP6_RECEIVE, str(PORT), "0.8"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in receivers}
     try:
         for vm, listener in listeners.items():
