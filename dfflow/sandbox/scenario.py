@@ -94,14 +94,15 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
         workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
-        controller_cmd: list[str] | None = None, secgroups: tuple[str, ...] = ("on",),
+        controller_cmd: list[str] | None = None, fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
         say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
     `secgroups`: each run of a strategy is made once per mode (SECGROUPS), interleaved; `say` hears
     what the set-up adds to the security groups.
     With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
     The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
-    `benchmarks.faulty_controller`)."""
+    `benchmarks.faulty_controller`). Without `fip_probe` only the L2 peer probes (the probe load of
+    the OVN peer's run, benchmarks.ovn_peer)."""
     if "fallback" in strategies and controller_cmd is None:
         raise ValueError("strategy 'fallback' needs controller_cmd: controllers that obey the sandbox's faults")
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
@@ -111,7 +112,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path,
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path, fip_probe,
                                   secgroups, say))
         return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
@@ -124,10 +125,13 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
                memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended",
-               secgroups: tuple[str, ...] = ("on",), say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+               fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
+               say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     nb, cloud, fip = await _build(sb, say)
     echo = Echo(sb, "M")
-    probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
+    probes = {"peer (L2, chassis-3)": ("P", M_IP)}
+    if fip_probe:
+        probes["external host (floating IP)"] = ("E", fip)
     if routed_probe:
         probes["routed peer (net2, chassis-3)"] = ("Q", M_IP)
     try:
@@ -290,6 +294,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_xlabel("ms since the migration started (reply arrival time)")
         ax.set_ylabel("reply RTT (ms)")
         ax.legend(loc="upper right", fontsize=8)
+    if report.get("title"):  # e.g. the ratio to a peer run alongside (benchmarks.ovn_peer)
+        fig.suptitle(report["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
