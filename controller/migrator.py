@@ -28,9 +28,10 @@ A write that found nothing left to store (another write stored it first: often t
 second announcement, the VM's GARP after its RARP) returns the version it read, which can be ahead
 of this chassis' NB events (they run seconds behind while a host is evacuated): that version is
 what this chassis shows, and an NB event of an older version of the port arriving after it is not
-news -- until the events catch up, or for KNOWN_HOLD at most. (Otherwise a destination whose second announcement found the record activated
-already, by its first, fell back to "pending" on Nova's older version, gated the VM it hosts and
-dropped its traffic until the record's own events arrived: up to seconds in a 25-VM evacuation.)
+news -- until the events catch up, or for KNOWN_HOLD at most. (Otherwise a destination whose
+held activation found the record activated already, by its own second announcement's write, fell
+back to "pending" on Nova's older version, gated the VM it hosts and dropped its traffic until the
+record's own events arrived: up to seconds in a 25-VM evacuation.)
 """
 from __future__ import annotations
 
