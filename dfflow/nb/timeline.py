@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dfflow.models import MigrationRecord
-from dfflow.nb.store import Keys
+from dfflow.nb.keys import Keys
 
 MAX_KEPT = 10_000  # oldest timelines are dropped beyond this
 
