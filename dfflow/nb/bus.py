@@ -285,7 +285,7 @@ class Subscriber:
 
     async def _resync(self, topic: str) -> None:
         raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
-                                     f"{self.keys.prefix}:obj:")
+                                     self.keys.objects)
         revision = int(raw[0])
         if not await self._check_revision(revision, resyncing=True):
             return  # nothing from an NB older than what was delivered; checked again every second

@@ -10,7 +10,11 @@ Layout (all keys under a prefix, "dfflow" by default):
   {p}:chassis-ports:{name}  set of port ids bound to, or migrating from/to, a chassis
   {p}:counter:{name}        a high-water mark that only grows (the last VNI handed out, ...)
   {p}:rev                   the NB revision counter
-  {p}:migration:{id}, {p}:migrations   migration timelines (dfflow.nb.timeline)
+  {p}:migration:{id}         a migration's timeline (dfflow.nb.timeline)
+  {p}:migrations            sorted set of the timelines kept, by start
+  {p}:neutron:dirty         set of the objects a failed Neutron-driver write left for the sync
+  {p}:neutron:sync-lock     the neutron-server that runs the sync now
+  {p}:neutron:write-failures  hash of failed driver writes, by operation
   channel {p}:ev:{topic}    events of that topic
   channel {p}:replicated    a marker after each write, for WAIT (see NbApi._replicated)
   channel {p}:migration-events  the migration-event channel (dfflow.nb.migration_events)
@@ -27,7 +31,12 @@ class Keys:
         self.prefix = prefix
 
     def obj(self, table: str, obj_id: str) -> str:
-        return f"{self.prefix}:obj:{table}:{obj_id}"
+        return f"{self.objects}{table}:{obj_id}"
+
+    @property
+    def objects(self) -> str:
+        """What every object's key starts with."""
+        return f"{self.prefix}:obj:"
 
     def ids(self, table: str) -> str:
         return f"{self.prefix}:ids:{table}"
@@ -58,6 +67,17 @@ class Keys:
     @property
     def rev(self) -> str:
         return f"{self.prefix}:rev"
+
+    def migration(self, migration_id: str) -> str:
+        return f"{self.prefix}:migration:{migration_id}"
+
+    @property
+    def migrations(self) -> str:
+        return f"{self.prefix}:migrations"
+
+    def neutron(self, name: str) -> str:
+        """The Neutron driver's own keys: dirty, sync-lock, write-failures."""
+        return f"{self.prefix}:neutron:{name}"
 
     @property
     def migration_events(self) -> str:

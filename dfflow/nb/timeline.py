@@ -28,11 +28,11 @@ class Timelines:
         self.redis, self.keys = client, keys
 
     def _key(self, migration_id: str) -> str:
-        return f"{self.keys.prefix}:migration:{migration_id}"
+        return self.keys.migration(migration_id)
 
     @property
     def _index(self) -> str:
-        return f"{self.keys.prefix}:migrations"
+        return self.keys.migrations
 
     async def record(self, port_id: str, mig: MigrationRecord, state: str, when: float) -> None:
         """Stamp `state` (requested, activated, switched, done, aborted) of migration `mig`."""
