@@ -24,8 +24,8 @@ from controller.apps.base import App
 from controller.apps.sg_match import rule_matches
 from controller.pipeline import table
 from controller.view import mac_int
-from dfflow.flows import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, TCP_SYN, Ct, Flow, SetField,
-                          match)
+from dfflow.flows import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, ETH_TYPE_IPV6, TCP_SYN, Ct, Flow,
+                          SetField, match)
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class SecurityGroupsApp(App):
             return []
         zone, cookie = role.ofport, self.cookie(port.id)
         vni, mac = view.vni(port.lswitch), mac_int(port.mac)
+        destinations = sorted({mac} | {mac_int(p.mac_address.lower()) for p in port.allowed_address_pairs})
         # The port's packets are known by the VIF they came from (reg6), packets for it by their
         # destination MAC, its own or an allowed address pair's, which marks them with reg7.
         whose = {"egress": {"reg6": zone}, "ingress": {"reg7": zone}}
@@ -83,7 +84,10 @@ class SecurityGroupsApp(App):
             Flow(EGRESS_CT, 100, match(reg6=zone, eth_type=ETH_TYPE_IP), (Ct(zone, table=EGRESS_SG),), cookie=cookie),
             *(Flow(INGRESS_CT, 100, match(metadata=vni, eth_dst=dst, eth_type=ETH_TYPE_IP),
                    (SetField("reg7", zone), Ct(zone, table=INGRESS_SG)), cookie=cookie)
-              for dst in sorted({mac} | {mac_int(p.mac_address.lower()) for p in port.allowed_address_pairs}))]}
+              for dst in destinations),
+            # the groups filter IPv4 only: IPv6 for the port is dropped, not let past them (nor flooded, l2)
+            *(Flow(INGRESS_CT, 100, match(metadata=vni, eth_dst=dst, eth_type=ETH_TYPE_IPV6), cookie=cookie)
+              for dst in destinations)]}
         members = group_members(view) if any(r.remote_group for r in rules_of(view, port.security_groups)) else {}
         for rule in rules_of(view, port.security_groups):
             sg_table, allowed_to, remote_field = DIRECTIONS[rule.direction]

@@ -90,6 +90,10 @@ class Cloud:
         return (await self.nb.get_or_raise(LogicalSwitch.table, name),
                 await self.nb.get_or_raise(Subnet.table, f"{name}-subnet"))
 
+    async def network_id(self, network: str) -> str:
+        """The NB id of the network named `network` (the sandbox's networks are named by their id here)."""
+        return network
+
     async def _subnet(self, network: str) -> Subnet:
         subnets = [s for s in await self.nb.list(Subnet.table) if s.lswitch == network]
         if not subnets:

@@ -153,10 +153,11 @@ class VmSwitchover:
 
 
 async def evacuate(cloud: Cloud, vms: list[str], dest: str, progress: Callable[[str], None] | None = None,
-                   **migrate_options: Any) -> dict[str, Any]:
+                   migrate: Callable[..., Any] = nova.migrate, **migrate_options: Any) -> dict[str, Any]:
     """Live-migrate `vms` to chassis `dest` at once (nova.migrate's options apply to each); returns
     every migration's timeline (`migrations`), the failures (`failed`: VM -> error) and the shared
-    switchover's stamps (`switchover`, seconds since the evacuation started)."""
+    switchover's stamps (`switchover`, seconds since the evacuation started). `migrate`: what
+    migrates one VM (nova.migrate's arguments; ovn_cloud.migrate for a sandbox run by OVN)."""
     sb = cloud.sandbox
     if not vms:
         raise SandboxError("vms: no VM to migrate")
@@ -178,7 +179,7 @@ async def evacuate(cloud: Cloud, vms: list[str], dest: str, progress: Callable[[
 
     async def one(vm: str) -> dict[str, Any]:
         try:
-            result = await nova.migrate(cloud, vm, dest, switchover_factory=shared.factory, **migrate_options)
+            result = await migrate(cloud, vm, dest, switchover_factory=shared.factory, **migrate_options)
         except BaseException:
             shared.withdraw(vm)  # the others switch over without it
             shared.release(vm)

@@ -81,7 +81,7 @@ from dfflow.sandbox.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
-from . import netns, neutronproc, nova_events, preflight, procs, state
+from . import netns, neutronproc, nova_events, ovn, preflight, procs, state
 from .netns import SandboxError
 from .daemons import SandboxDaemons
 from .records import (API_DFFLOW, API_NEUTRON, CHASSIS_SYSCTLS, DATAPATH_TYPE, DEFAULT_DIR, HEALTHY_WITHIN,
@@ -182,9 +182,9 @@ class Sandbox(SandboxDaemons, SandboxVms):
            neutron_url: str | None = None, nova_url: str | None = None) -> dict[str, Any]:
         """Build the sandbox; returns `status()`. On failure everything built so far is removed.
 
-        `controller_args` are appended to every controller's command line (e.g. the benchmark
-        switches ``--flow-path osken --no-bundle``); they are kept in the state, so `start_controller`
-        uses them too until `set_controller_args` changes them.
+        `controller_args` are appended to every controller's command line (e.g. ``--strategy unplug``,
+        or a benchmark variant's ``--flow-path osken --no-bundle`` with its `controller_cmd`); they are
+        kept in the state, so `start_controller` uses them too until `set_controller_args` changes them.
 
         The cloud's API is `dfflow api`; with `neutron`, a neutron-server with the dfflow driver started
         for the sandbox (MariaDB and gunicorn in <dir>/neutron; its Nova notifier sends to `nova_url`,
@@ -508,6 +508,7 @@ class Sandbox(SandboxDaemons, SandboxVms):
                         victims.add(pid)  # type: ignore[arg-type]
             for rundir in rundirs:
                 victims.update(self._ovs_pids(rundir))
+            victims.update(ovn.pids_under(self.dir))  # the OVN peer's daemons, when it ran here
             # without (or with a stale) state: our redis is the redis-server working in <dir>/redis, our
             # controllers are the processes told to use one of our OVSDB sockets
             victims.update(procs.find(lambda pid: procs.comm(pid) == "redis-server"
