@@ -4,10 +4,10 @@ dfflow never falls back to a slow pure-Python path: without the extension the
 package does not import, and says how to build it.
 """
 try:
-    from dfflow import _core
+    from dfflow import _core, _packer
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "dfflow's compiled core (dfflow._core) is not built. Install the package with "
+        "dfflow's compiled core (dfflow._core, dfflow._packer) is not built. Install the package with "
         "`pip install .` or build it in place with `python setup.py build_ext --inplace` "
         f"(needs cython and a C compiler): {exc}"
     ) from exc
@@ -18,14 +18,14 @@ ipv4_to_int = _core.ipv4_to_int
 int_to_ipv4 = _core.int_to_ipv4
 
 # The bulk OpenFlow packer (rows of a dfflow.flowbatch.FlowBatch -> OpenFlow 1.3 bytes).
-FlowLayout = _core.FlowLayout
-validate_flows = _core.validate_flows
-packed_size = _core.packed_size
-pack_flow_mods = _core.pack_flow_mods
-pack_flow_mods_into = _core.pack_flow_mods_into
-pack_bundle = _core.pack_bundle
-pack_bundle_ctrl = _core.pack_bundle_ctrl
-pack_many = _core.pack_many
+FlowLayout = _packer.FlowLayout
+validate_flows = _packer.validate_flows
+packed_size = _packer.packed_size
+pack_flow_mods = _packer.pack_flow_mods
+pack_flow_mods_into = _packer.pack_flow_mods_into
+pack_bundle = _packer.pack_bundle
+pack_bundle_ctrl = _packer.pack_bundle_ctrl
+pack_many = _packer.pack_many
 
 # The port-flow compiler (programs of flow templates x port columns -> rows; rows -> one bundle per chassis).
 CompiledProgram = _core.CompiledProgram
@@ -44,21 +44,21 @@ PAIR_FIELDS: tuple = _core.PAIR_FIELDS
 ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
 
-OFP_VERSION: int = _core.OFP_VERSION
-OFPT_FLOW_MOD: int = _core.OFPT_FLOW_MOD
-OFPT_EXPERIMENTER: int = _core.OFPT_EXPERIMENTER
-ONF_EXPERIMENTER_ID: int = _core.ONF_EXPERIMENTER_ID
-ONF_ET_BUNDLE_CONTROL: int = _core.ONF_ET_BUNDLE_CONTROL
-ONF_ET_BUNDLE_ADD_MESSAGE: int = _core.ONF_ET_BUNDLE_ADD_MESSAGE
-ONF_BCT_OPEN_REQUEST: int = _core.ONF_BCT_OPEN_REQUEST
-ONF_BCT_CLOSE_REQUEST: int = _core.ONF_BCT_CLOSE_REQUEST
-ONF_BCT_COMMIT_REQUEST: int = _core.ONF_BCT_COMMIT_REQUEST
-ONF_BCT_DISCARD_REQUEST: int = _core.ONF_BCT_DISCARD_REQUEST
-ONF_BF_ATOMIC: int = _core.ONF_BF_ATOMIC
-ONF_BF_ORDERED: int = _core.ONF_BF_ORDERED
-FLOW_MOD_FIXED_LEN: int = _core.FLOW_MOD_FIXED_LEN
-BUNDLE_CTRL_LEN: int = _core.BUNDLE_CTRL_LEN
-BUNDLE_ADD_HEADER_LEN: int = _core.BUNDLE_ADD_HEADER_LEN
+OFP_VERSION: int = _packer.OFP_VERSION
+OFPT_FLOW_MOD: int = _packer.OFPT_FLOW_MOD
+OFPT_EXPERIMENTER: int = _packer.OFPT_EXPERIMENTER
+ONF_EXPERIMENTER_ID: int = _packer.ONF_EXPERIMENTER_ID
+ONF_ET_BUNDLE_CONTROL: int = _packer.ONF_ET_BUNDLE_CONTROL
+ONF_ET_BUNDLE_ADD_MESSAGE: int = _packer.ONF_ET_BUNDLE_ADD_MESSAGE
+ONF_BCT_OPEN_REQUEST: int = _packer.ONF_BCT_OPEN_REQUEST
+ONF_BCT_CLOSE_REQUEST: int = _packer.ONF_BCT_CLOSE_REQUEST
+ONF_BCT_COMMIT_REQUEST: int = _packer.ONF_BCT_COMMIT_REQUEST
+ONF_BCT_DISCARD_REQUEST: int = _packer.ONF_BCT_DISCARD_REQUEST
+ONF_BF_ATOMIC: int = _packer.ONF_BF_ATOMIC
+ONF_BF_ORDERED: int = _packer.ONF_BF_ORDERED
+FLOW_MOD_FIXED_LEN: int = _packer.FLOW_MOD_FIXED_LEN
+BUNDLE_CTRL_LEN: int = _packer.BUNDLE_CTRL_LEN
+BUNDLE_ADD_HEADER_LEN: int = _packer.BUNDLE_ADD_HEADER_LEN
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",

@@ -1,0 +1,143 @@
+# cython: language_level=3
+"""The compiled packer's C interface: what dfflow/_packer.pyx implements and dfflow/_core.pyx
+(the port-flow compiler) builds on -- the flow-record layout, the row validator and writer, and
+the byte helpers both use.
+"""
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline void dff_be16(unsigned char *p, uint16_t v) { v = __builtin_bswap16(v); memcpy(p, &v, 2); }
+    static inline void dff_be32(unsigned char *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
+    static inline void dff_be64(unsigned char *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
+    static inline uint64_t dff_ld64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void dff_st64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+    static inline uint16_t dff_ld16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline int dff_ctz64(uint64_t v) { return __builtin_ctzll(v); }
+    static inline int dff_clz64(uint64_t v) { return __builtin_clzll(v); }
+    /* GCC's IPA pure-const pass treats __builtin_prefetch as side-effect free and drops
+       calls to (inlined later) functions that only prefetch; a volatile asm survives. */
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #define dff_prefetch(p) __asm__ __volatile__("prefetcht0 %0" : : "m"(*(const char *)(p)))
+    #define dff_prefetchw(p) __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)(p)))
+    #else
+    #define dff_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #define dff_prefetchw(p) __builtin_prefetch((p), 1, 3)
+    #endif
+    """
+    void be16 "dff_be16"(unsigned char *p, uint16_t v) noexcept nogil
+    void be32 "dff_be32"(unsigned char *p, uint32_t v) noexcept nogil
+    void be64 "dff_be64"(unsigned char *p, uint64_t v) noexcept nogil
+    uint64_t ld64 "dff_ld64"(const unsigned char *p) noexcept nogil
+    void store64 "dff_st64"(unsigned char *p, uint64_t v) noexcept nogil
+    uint16_t ld16 "dff_ld16"(const unsigned char *p) noexcept nogil
+    int ctz64 "dff_ctz64"(uint64_t v) noexcept nogil
+    int clz64 "dff_clz64"(uint64_t v) noexcept nogil
+    void prefetch "dff_prefetch"(const void *p) noexcept nogil
+    void prefetchw "dff_prefetchw"(const void *p) noexcept nogil
+
+cdef enum:
+    C_FLOW_MOD_FIXED_LEN = 48
+    C_BUNDLE_CTRL_LEN = 24
+    C_BUNDLE_ADD_HEADER_LEN = 24
+    MAX_FIELDS = 64
+    MAX_ACTION_SLOTS = 32
+    # largest row: bundle add header + FLOW_MOD header + (4 + 64 fields * (4 + 2 * 8))
+    # match padded + apply-actions header + 32 * 24-byte actions + write-metadata + goto
+    MAX_ROW_BYTES = 24 + 48 + 1288 + 8 + 32 * 24 + 24 + 8
+    OP_NONE = 0
+    OP_OUTPUT = 1
+    OP_SET_FIELD = 2
+    OP_DEC_NW_TTL = 3
+    OP_MOVE = 4
+
+cdef enum ErrCode:
+    E_OK = 0
+    E_COMMAND
+    E_TABLE
+    E_GOTO
+    E_MATCH_BIT
+    E_MASK_ABSENT
+    E_NOT_MASKABLE
+    E_MATCH_WIDE
+    E_MATCH_RANGE
+    E_MATCH_OFPORT
+    E_MASK_WIDE
+    E_VALUE_OUTSIDE_MASK
+    E_N_ACTIONS
+    E_OPCODE
+    E_OUTPUT_PORT
+    E_ACTION_FIELD
+    E_SET_WIDE
+    E_SET_RANGE
+    E_SET_OFPORT
+    E_MOVE_DST
+    E_MOVE_NBITS
+    E_ACTION_EXPERIMENTER
+
+
+cdef struct FieldC:
+    uint32_t hdr        # OXM header of the unmasked field (length = nbytes, + 4 for an experimenter's)
+    uint32_t experimenter  # an experimenter field's (class 0xffff) experimenter id, after the header
+    uint32_t extra      # 4 for an experimenter field (its id), else 0
+    uint32_t nbytes
+    uint32_t bits
+    uint32_t maskable
+    uint32_t ofport     # values must be valid OpenFlow port numbers
+    uint64_t limit      # largest value allowed
+
+cdef struct LayoutC:
+    Py_ssize_t itemsize
+    Py_ssize_t cookie, wmeta_value, wmeta_mask, present, masked
+    Py_ssize_t priority, goto_, command, table, n_actions, has_wmeta
+    Py_ssize_t mvalue, mmask, actions
+    Py_ssize_t a_size, a_op, a_field, a_dst, a_arg, a_value
+    Py_ssize_t max_row  # bytes one row can take at most (bundle add included)
+    uint64_t all_fields # bitmap of the declared fields
+    uint32_t commands   # bitmap of accepted FLOW_MOD commands
+    int nfields
+    int max_actions
+    FieldC f[MAX_FIELDS]
+
+cdef struct Err:
+    int code
+    Py_ssize_t row
+    int field
+    int action
+    uint64_t value
+    uint64_t extra
+
+
+cdef class FlowLayout:
+    cdef LayoutC c
+    cdef readonly object dtype
+    cdef readonly tuple names
+
+
+
+cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, uint32_t bundle_id,
+                                              uint16_t ctrl_type, uint16_t flags) noexcept nogil:
+    p[0] = 4
+    p[1] = 4                           # OFPT_EXPERIMENTER
+    be16(p + 2, 24)
+    be32(p + 4, xid)
+    be32(p + 8, 0x4F4E4600U)
+    be32(p + 12, 2300)
+    be32(p + 16, bundle_id)
+    be16(p + 20, ctrl_type)
+    be16(p + 22, flags)
+    return p + 24
+
+
+# Validate rows start..stop-1; the packed size of their FLOW_MODs, or -1 with *err set.
+cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssize_t start,
+                            Py_ssize_t stop, Err *err) noexcept nogil
+# Write n validated rows as FLOW_MODs (or BUNDLE_ADDs around them) into out[0:room]; bytes written, or -1.
+cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssize_t n,
+                            unsigned char *out, Py_ssize_t room, uint32_t xid, bint bundle,
+                            uint32_t bundle_id, uint16_t flags) noexcept nogil
+cdef object _error(FlowLayout layout, Err *err, str what)
+cdef uint32_t _check_xids(object xid_start, Py_ssize_t count, str what) except? 0
+cdef _check_bundle_args(object bundle_id, object flags, str what)
