@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from controller.apps.base import app_of_cookie
 from controller.flowstate import Plan
 from dfflow import core
-from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, Command, Ct, DecTtl, Flow, Learn, Move,
+from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, Command, Conjunction, Ct, DecTtl, Flow, Learn, Move,
                           Output, Resubmit, SetField, match)
 
 
@@ -85,6 +85,8 @@ def _action(action: Any) -> Any:
             raise ValueError(f"conntrack action dfflow does not use: {action}")
         return Ct(action.zone_ofs_nbits, bool(action.flags & 1),
                   None if action.recirc_table == CT_NO_TABLE else action.recirc_table)
+    if kind == "NXActionConjunction":
+        return Conjunction(action.id, action.clause + 1, action.n_clauses)
     raise ValueError(f"action dfflow does not use: {kind}")
 
 

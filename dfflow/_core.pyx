@@ -18,7 +18,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
 from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, Err, FlowLayout, LayoutC,
                              _check_bundle_args, _check_rows, _check_xids, _error, _write_bundle_ctrl,
-                             _write_rows, ld16, ld64, store64)
+                             _same_key, _write_rows, ld16, ld64, store64)
 from dfflow._packer import ONF_BF_ATOMIC, ONF_BF_ORDERED
 
 
@@ -371,13 +371,6 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
             entry_of[count] = e
             count += 1
     return count
-
-
-cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:
-    return (a[L.table] == b[L.table] and ld16(a + L.priority) == ld16(b + L.priority)
-            and ld64(a + L.present) == ld64(b + L.present) and ld64(a + L.masked) == ld64(b + L.masked)
-            and memcmp(a + L.mvalue, b + L.mvalue, 8 * L.nfields) == 0
-            and memcmp(a + L.mmask, b + L.mmask, 8 * L.nfields) == 0)
 
 
 cdef inline void _as_delete(const LayoutC *L, unsigned char *row) noexcept nogil:

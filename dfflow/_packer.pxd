@@ -4,6 +4,7 @@
 the byte helpers both use.
 """
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
+from libc.string cimport memcmp
 
 cdef extern from *:
     """
@@ -52,6 +53,8 @@ cdef enum:
     OP_SET_FIELD = 2
     OP_DEC_NW_TTL = 3
     OP_MOVE = 4
+    OP_CT = 5
+    OP_CONJUNCTION = 6
 
 cdef enum ErrCode:
     E_OK = 0
@@ -76,6 +79,12 @@ cdef enum ErrCode:
     E_MOVE_DST
     E_MOVE_NBITS
     E_ACTION_EXPERIMENTER
+    E_CT_ZONE
+    E_CT_FLAGS
+    E_CT_TABLE
+    E_CONJ_CLAUSE
+    E_CONJ_ID
+    E_CONJ_ALONE
 
 
 cdef struct FieldC:
@@ -129,6 +138,13 @@ cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, ui
     be16(p + 20, ctrl_type)
     be16(p + 22, flags)
     return p + 24
+
+# Whether two rows are the same flow for OpenFlow (table, priority, match).
+cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:
+    return (a[L.table] == b[L.table] and ld16(a + L.priority) == ld16(b + L.priority)
+            and ld64(a + L.present) == ld64(b + L.present) and ld64(a + L.masked) == ld64(b + L.masked)
+            and memcmp(a + L.mvalue, b + L.mvalue, 8 * L.nfields) == 0
+            and memcmp(a + L.mmask, b + L.mmask, 8 * L.nfields) == 0)
 
 
 # Validate rows start..stop-1; the packed size of their FLOW_MODs, or -1 with *err set.

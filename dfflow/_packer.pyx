@@ -42,6 +42,8 @@ ONF_BF_ORDERED = 2
 FLOW_MOD_FIXED_LEN = C_FLOW_MOD_FIXED_LEN
 BUNDLE_CTRL_LEN = C_BUNDLE_CTRL_LEN
 BUNDLE_ADD_HEADER_LEN = C_BUNDLE_ADD_HEADER_LEN
+# (output, set-field, dec-ttl, reg-move, ct, conjunction): dfflow.flowbatch checks its own against these
+ACTION_OPCODES = (OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION)
 
 cdef class FlowLayout:
     """Where each column of a flow-batch record lives, and the match-field table.
@@ -189,7 +191,7 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
     cdef const FieldC *F
     cdef const FieldC *G
     cdef uint64_t present, masked, bits, v, m
-    cdef unsigned int cmd, table, na, k, op, fi, di, nb
+    cdef unsigned int cmd, table, na, k, op, fi, di, nb, nconj
     cdef int i, goto_
     cdef bint deleting
     for r in range(start, stop):
@@ -239,6 +241,7 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                 return _fail(err, E_N_ACTIONS, r, -1, -1, na, L.max_actions)
             if na:
                 alen = 8
+                nconj = 0
                 for k in range(na):
                     a = rec + L.actions + k * L.a_size
                     op = a[L.a_op]
@@ -279,8 +282,28 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         if nb < 1 or nb > F.bits or nb > G.bits:
                             return _fail(err, E_MOVE_NBITS, r, fi, k, nb, di)
                         alen += 24
+                    elif op == OP_CT:
+                        v = ld64(a + L.a_value)
+                        if v > 0xFFFF:
+                            return _fail(err, E_CT_ZONE, r, -1, k, v, 0)
+                        if a[L.a_field] > 1:
+                            return _fail(err, E_CT_FLAGS, r, -1, k, a[L.a_field], 0)
+                        if ld16(a + L.a_arg) > 255:
+                            return _fail(err, E_CT_TABLE, r, -1, k, ld16(a + L.a_arg), 0)
+                        alen += 24
+                    elif op == OP_CONJUNCTION:
+                        nb = a[L.a_dst]
+                        if nb < 2 or nb > 64 or a[L.a_field] < 1 or a[L.a_field] > nb:
+                            return _fail(err, E_CONJ_CLAUSE, r, -1, k, a[L.a_field], nb)
+                        v = ld64(a + L.a_value)
+                        if v > 0xFFFFFFFFULL:
+                            return _fail(err, E_CONJ_ID, r, -1, k, v, 0)
+                        nconj += 1
+                        alen += 16
                     else:
                         return _fail(err, E_OPCODE, r, -1, k, op, 0)
+                if nconj and (nconj != na or rec[L.has_wmeta] or <int16_t>ld16(rec + L.goto_) != -1):
+                    return _fail(err, E_CONJ_ALONE, r, -1, -1, 0, 0)
                 size += alen
             if rec[L.has_wmeta]:
                 size += 24
@@ -442,6 +465,25 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         be32(p, (24U << 16) | 8U)  # OFPAT_DEC_NW_TTL, len 8
                         be32(p + 4, 0)
                         p += 8
+                    elif op == OP_CT:  # Nicira NXAST_CT, zone immediate, no nested actions
+                        be32(p, 0xFFFF0018U)       # OFPAT_EXPERIMENTER, len 24
+                        be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
+                        be16(p + 8, 35)            # NXAST_CT
+                        be16(p + 10, a[a_field] & 1)  # flags: NX_CT_F_COMMIT
+                        be32(p + 12, 0)            # zone_src: none, the zone is immediate
+                        be16(p + 16, <uint16_t>ld64(a + a_value))
+                        p[18] = <unsigned char>ld16(a + a_arg)  # recirc_table (255: none)
+                        p[19] = p[20] = p[21] = 0
+                        be16(p + 22, 0)            # alg
+                        p += 24
+                    elif op == OP_CONJUNCTION:     # Nicira NXAST_CONJUNCTION, clauses from 0 on the wire
+                        be32(p, 0xFFFF0010U)       # OFPAT_EXPERIMENTER, len 16
+                        be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
+                        be16(p + 8, 34)            # NXAST_CONJUNCTION
+                        p[10] = <unsigned char>(a[a_field] - 1)
+                        p[11] = a[a_dst]
+                        be32(p + 12, <uint32_t>ld64(a + a_value))
+                        p += 16
                     else:              # OP_MOVE: Nicira NXAST_REG_MOVE
                         be32(p, 0xFFFF0018U)       # OFPAT_EXPERIMENTER, len 24
                         be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
@@ -509,6 +551,13 @@ _ERR_TEXT = {
     E_MOVE_NBITS: "action {action} move {fname} -> {dname}: n_bits {value} out of range "
                   "(1..{maxbits})",
     E_ACTION_EXPERIMENTER: "action {action}: {fname} is an experimenter field, which flows only match",
+    E_CT_ZONE: "action {action} ct zone {value} out of range (0..65535)",
+    E_CT_FLAGS: "action {action} ct commit flag {value} is not 0 or 1",
+    E_CT_TABLE: "action {action} ct table {value} out of range (0..255, 255: no recirculation)",
+    E_CONJ_CLAUSE: "action {action} conjunction clause {value}/{extra}: need 1 <= clause <= n_clauses, "
+                   "2 <= n_clauses <= 64",
+    E_CONJ_ID: "action {action} conjunction id {value:#x} is wider than 32 bits",
+    E_CONJ_ALONE: "a flow with conjunction actions has no other action, write-metadata or goto",
 }
 
 

@@ -4,11 +4,11 @@ dfflow never falls back to a slow pure-Python path: without the extension the
 package does not import, and says how to build it.
 """
 try:
-    from dfflow import _core, _packer
+    from dfflow import _core, _packer, _secgroups
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "dfflow's compiled core (dfflow._core, dfflow._packer) is not built. Install the package with "
-        "`pip install .` or build it in place with `python setup.py build_ext --inplace` "
+        "dfflow's compiled core (dfflow._core, dfflow._packer, dfflow._secgroups) is not built. Install the "
+        "package with `pip install .` or build it in place with `python setup.py build_ext --inplace` "
         f"(needs cython and a C compiler): {exc}"
     ) from exc
 
@@ -43,6 +43,19 @@ FIP_FIELDS: tuple = _core.FIP_FIELDS
 PAIR_FIELDS: tuple = _core.PAIR_FIELDS
 ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
+ACTION_OPCODES: tuple = _packer.ACTION_OPCODES
+
+# A port's security-group flows from its rules as rows (controller.apps.secgroups).
+SecGroupProgram = _secgroups.SecGroupProgram
+compile_secgroups = _secgroups.compile_secgroups
+SG_RULE_FIELDS: tuple = _secgroups.SG_RULE_FIELDS
+SG_MEMBER_FIELDS: tuple = _secgroups.SG_MEMBER_FIELDS
+SG_SHAPE_FIELDS: tuple = _secgroups.SG_SHAPE_FIELDS
+SG_EGRESS: int = _secgroups.SG_EGRESS
+SG_INGRESS: int = _secgroups.SG_INGRESS
+SG_FLAG_LOW: int = _secgroups.SG_FLAG_LOW
+SG_FLAG_HIGH: int = _secgroups.SG_FLAG_HIGH
+SG_FLAG_GROUP: int = _secgroups.SG_FLAG_GROUP
 
 OFP_VERSION: int = _packer.OFP_VERSION
 OFPT_FLOW_MOD: int = _packer.OFPT_FLOW_MOD
@@ -65,7 +78,9 @@ __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "pack_bundle", "pack_bundle_ctrl", "pack_many",
            "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
-           "TRANSITION_FIELDS",
+           "TRANSITION_FIELDS", "ACTION_OPCODES", "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
+           "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",
+           "SG_FLAG_GROUP",
            "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",
            "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",
            "ONF_BCT_CLOSE_REQUEST", "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_DISCARD_REQUEST",

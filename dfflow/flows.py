@@ -61,6 +61,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
+    FieldSpec("conj_id", NXM_1, 37, 32, False),  # set by a completed conjunctive match (Conjunction)
     FieldSpec("ct_state", NXM_1, 105, 32, True),
     # ONF's OpenFlow 1.3 extension (an experimenter OXM), not Nicira's: its prerequisites (eth_type,
     # ip_proto) must come first in the match, and a Nicira field would be serialized before them.
@@ -141,12 +142,23 @@ class Ct:
     table: int | None = None
 
 
+@dataclass(frozen=True)
+class Conjunction:
+    """Make this flow clause `clause` (1..n_clauses) of conjunctive match `id` (Nicira conjunction):
+    a packet matching one flow of every clause gets conj_id=`id` and the table is searched again.
+    A flow with conjunction actions has no other action."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+
 # ct_state bits (OVS's): what the connection tracker said about the packet
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 CT_NO_TABLE = 255  # Nicira ct's recirc_table meaning "do not recirculate"
 
 
-Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn, Ct]
+Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn, Ct, Conjunction]
 MatchItem = tuple[str, int, Union[int, None]]  # (field, value, mask or None)
 
 
@@ -236,6 +248,8 @@ def _osken_action(action: Action, parser: Any) -> Any:
         return parser.NXActionCT(flags=1 if action.commit else 0, zone_src="", zone_ofs_nbits=action.zone,
                                  recirc_table=CT_NO_TABLE if action.table is None else action.table, alg=0,
                                  actions=[])
+    if isinstance(action, Conjunction):  # the wire numbers clauses from 0
+        return parser.NXActionConjunction(clause=action.clause - 1, n_clauses=action.n_clauses, id_=action.id)
     raise TypeError(f"unknown action {action!r}")
 
 
@@ -262,6 +276,6 @@ def controller_output() -> Output:
 
 
 __all__ = ["Command", "FIELDS", "FieldSpec", "MAC_FIELDS", "IPV4_FIELDS", "Flow", "Output", "SetField", "DecTtl",
-           "Move", "Resubmit", "Learn", "Ct",
+           "Move", "Resubmit", "Learn", "Ct", "Conjunction",
            "match",
            "controller_output", "osken_match"]
