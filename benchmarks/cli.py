@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from controller.sandbox.cli import nova_delay_options
+from dfflow.sandbox.cli import nova_delay_options
 
 
 @click.group()
@@ -88,14 +88,29 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
+@click.option("--peer", type=click.Choice(["ovn"]), default=None,
+              help="Also run the same migrations on OVN (Debian's ovn-central/ovn-host, scripts/setup-ovn.sh) "
+                   "after dfflow's, on a fresh sandbox of the same topology, and print both in one table "
+                   "and one plot with the ratio dfflow/OVN [default strategy then: announce; one VM: both "
+                   "probed from the L2 peer only].")
 def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_copy: int, unplug_delay: int,
               update_port_delay: int, nova_path: str, interval: float | None, as_json: bool,
-              plot_path: str | None) -> None:
+              plot_path: str | None, peer: str | None) -> None:
     """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
     per strategy (needs root)."""
-    from benchmarks import evacuation, migration as single
+    from benchmarks import evacuation, faulty_controller
+    from dfflow.sandbox import scenario as single
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the sandboxes are torn down
     bench = evacuation if vms > 1 else single
+    if peer is not None:
+        from dfflow.sandbox import ovn
+
+        if ovn.missing():
+            raise click.ClickException("--peer ovn: " + "; ".join(ovn.missing()))
+        if nova_path != "extended":
+            raise click.BadParameter("the OVN peer drives Nova's binding-extended calls only", param_hint="--nova-path")
+        strategies = strategies or "announce"
     chosen = tuple(s.strip() for s in (strategies or ",".join(bench.STRATEGIES)).split(",") if s.strip())
     unknown = [s for s in chosen if s not in bench.STRATEGIES]
     if unknown or not chosen:
@@ -109,15 +124,39 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
         report = evacuation.run(vms, interval=interval, progress=lambda m: click.echo(m, err=True), **options)
     else:
         with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
-            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), **options)
+            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1),
+                                controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
+                                fip_probe=peer is None, **options)
+    if peer is not None:
+        report = _with_ovn(report, vms, runs, interval, options)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(bench.format_summary(report))
+    if peer is not None:
+        from benchmarks import ovn_peer
+
+        click.echo(ovn_peer.format_evacuation(report) if vms > 1 else ovn_peer.format_single(report))
+    else:
+        click.echo(bench.format_summary(report))
     if plot_path:
         click.echo(f"plot: {plot_path}")
+
+
+def _with_ovn(report: dict, vms: int, runs: int, interval: float | None, options: dict) -> dict:
+    """The same migrations on OVN, after dfflow's sandbox is down; both in one report."""
+    from benchmarks import evacuation, ovn_peer
+    from dfflow.sandbox import scenario as single
+
+    same = {k: options[k] for k in ("memory_copy", "unplug_delay", "update_port_delay", "keep_samples")}
+    if vms > 1:
+        theirs = ovn_peer.run_evacuation(vms, runs=runs, interval=interval,
+                                         progress=lambda m: click.echo(m, err=True), **same)
+        return ovn_peer.combine(report, theirs, evacuation.summarise)
+    with click.progressbar(length=runs, label="migrating on OVN", file=sys.stderr) as bar:
+        theirs = ovn_peer.run_single(runs=runs, interval=interval or 0.001, progress=lambda _: bar.update(1), **same)
+    return ovn_peer.combine(report, theirs, single.summarise)
 
 
 @main.command("osvif-unplug")
@@ -216,7 +255,7 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
 def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
            json_path: str | None, plot_path: str | None) -> None:
     """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
-    chassis against a stand-in Open vSwitch (controller.sandbox.standin)."""
+    chassis against a stand-in Open vSwitch (benchmarks.standin)."""
     from benchmarks import fanout as bench
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the fleet is torn down

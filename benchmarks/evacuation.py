@@ -1,9 +1,9 @@
 """Host evacuation downtime on a real sandbox: N VMs live-migrated at once, per activation strategy.
 
 Topology: N VMs V1..VN on net1 start on chassis-1 and are evacuated together to chassis-2, then
-back, once per run (controller.sandbox.evacuate: Nova's migrations run together, every VM switches
+back, once per run (dfflow.sandbox.evacuate: Nova's migrations run together, every VM switches
 over at once from one helper process). Their L2 peer P on chassis-3 probes all of them from one
-non-spinning prober (controller.sandbox.probe, one probe to each VM per interval, kernel receive
+non-spinning prober (dfflow.sandbox.probe, one probe to each VM per interval, kernel receive
 timestamps). Per run:
 
 - each VM's reply gap: the longest gap between the arrivals of its replies, from just before the
@@ -22,14 +22,14 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from benchmarks.migration import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable, load_line
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.evacuate import evacuate
-from controller.sandbox.probe import Echo, Sender, analyse, per_target
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox.scenario import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable, load_line
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.evacuate import evacuate
+from dfflow.sandbox.probe import Echo, Sender, analyse, per_target
+from dfflow.sandbox.topology import Sandbox
 from dfflow.nb.store import NbApi
 
 STRATEGIES = ("announce", "unplug")
@@ -88,18 +88,10 @@ async def _run(sb: Sandbox, count: int, runs: int, strategies: tuple[str, ...], 
         for strategy in strategies:
             for i in range(runs):
                 dest = "chassis-2" if here == "chassis-1" else "chassis-1"
-                sender = Sender(sb, "P", list(ips.values()), interval=interval)
-                try:
-                    await asyncio.sleep(0.2)
-                    quiet_from = time.time()
-                    await asyncio.sleep(QUIET)
-                    started = time.time()
-                    evacuation = await evacuate(cloud, list(ips), dest, memory_copy=memory_copy,
-                                                unplug_delay=unplug_delay, update_port_delay=update_port_delay,
-                                                strategy=strategy, nova_path=nova_path)
-                    await asyncio.sleep(WINDOW_AFTER)
-                finally:
-                    raw = sender.stop()
+                evacuation, raw, quiet_from, started = await probed(
+                    sb, "P", list(ips.values()), interval,
+                    lambda: evacuate(cloud, list(ips), dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
+                                     update_port_delay=update_port_delay, strategy=strategy, nova_path=nova_path))
                 if evacuation["failed"]:
                     raise RuntimeError(f"{strategy} run {i + 1}: migrations failed: {evacuation['failed']}")
                 here = dest
@@ -116,6 +108,24 @@ async def _run(sb: Sandbox, count: int, runs: int, strategies: tuple[str, ...], 
         for echo in echoes:
             echo.stop()
         await nb.close()
+
+
+async def probed(sandbox: Any, prober: str, targets: list[str] | str, interval: float,
+                 work: Callable[[], Awaitable[Any]]) -> tuple[Any, dict[str, Any], float, float]:
+    """One probed run: the prober started in VM `prober`, QUIET s of it alone (the machine's own gaps),
+    then `work()`, then WINDOW_AFTER s more; returns (what `work` returned, the prober's raw result,
+    when the quiet second began, when `work` began)."""
+    sender = Sender(sandbox, prober, targets, interval=interval)
+    try:
+        await asyncio.sleep(0.2)
+        quiet_from = time.time()
+        await asyncio.sleep(QUIET)
+        started = time.time()
+        result = await work()
+        await asyncio.sleep(WINDOW_AFTER)
+    finally:
+        raw = sender.stop()
+    return result, raw, quiet_from, started
 
 
 def _ms(value: float | None) -> str:
@@ -249,6 +259,8 @@ def plot(report: dict[str, Any], path: str) -> None:
                      f"{s['switchover_gap_median_ms']:.0f} ms, max {s['switchover_gap_max_ms']:.0f} ms", fontsize=9)
         ax.set_xlabel("ms since the switchover (reply arrivals; red: each VM's longest gap; green: first reply "
                       "from the destination)")
+    if report.get("title"):  # e.g. the ratio to a peer run alongside (benchmarks.ovn_peer)
+        fig.suptitle(report["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

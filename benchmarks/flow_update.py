@@ -1,10 +1,11 @@
 """End-to-end flow-update latency on real Open vSwitch, per controller flow path.
 
-One 3-chassis sandbox; the controllers are restarted with each path's benchmark switches
-(`dfflow-controller --flow-path compiled|osken [--no-bundle]`):
+One 3-chassis sandbox whose controllers are this benchmark's variants of dfflow-controller
+(`python -m benchmarks.flow_paths --flow-path compiled|osken [--no-bundle]`), restarted per path:
 
 * compiled+bundle     the compiled packer, one atomic bundle per plan (the default path)
-* osken+bundle        os-ken OFPFlowMod objects, one atomic bundle per plan
+* osken+bundle        the apps' port programs run in Python, os-ken OFPFlowMod objects, one atomic bundle
+                      per plan
 * compiled+flow-mods  the compiled packer, plain flow mods followed by a barrier
 * osken+flow-mods     os-ken objects, plain flow mods followed by a barrier
 
@@ -29,10 +30,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.daemon import read_status
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.topology import Sandbox
+from benchmarks import flow_paths
+from dfflow.status import read_status
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.topology import Sandbox
 from dfflow.models import LogicalPort
 from dfflow.nb.store import NbApi
 
@@ -55,7 +57,7 @@ def run(ports: int = 50, runs: int = 5, chassis: int = 3, paths: tuple[str, ...]
         progress: Callable[[str], None] | None = None, workdir: str | None = None) -> dict[str, Any]:
     """Bring a sandbox up, time every path, tear down; return the figures."""
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
-    sb = Sandbox(workdir)
+    sb = Sandbox(workdir, controller_cmd=flow_paths.COMMAND)
     try:
         sb.up(chassis=chassis, controllers=True, controller_args=PATHS[paths[0]])
         _wait_ready(sb)

@@ -1,22 +1,33 @@
-"""From the flows a plan changes to the bytes sent: the compiled packer, in one buffer.
+"""The apps' port programs compiled for dfflow._core, and a plan's flows packed into one buffer.
 
 Every flow the packer has an opcode for (output, set-field, dec-ttl, reg-move) is
 encoded into a `FlowBatch` row and packed by `dfflow._core` without a Python object
-per message; the rare flows it has none for (the announce gate's learn and
-resubmit) are serialized by os-ken in their place, so the order of the plan
-(deletes, then adds) is kept. The channel wraps the buffer in one atomic bundle.
+per message. The compiled core makes every entry of a port program, including the
+few whose actions the packer does not encode (the announce gate's learn and
+resubmit): their rows carry the template and its bound params instead of actions
+(`OP_PARAMS` slots), and `flow_mods` serializes them with os-ken in their place, so
+the order of the plan (deletes, then adds) is kept. The channel wraps the buffer in
+one atomic bundle.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+import numpy.lib.recfunctions as rf
 
-from controller.templates import APP_COOKIE_SHIFT, Fact, Param, PortFacts, PortProgram, PortRole
+from controller.templates import (APP_COOKIE_SHIFT, Fact, FlowTemplate, Param, PortFacts, PortProgram,
+                                  PortRole)
 from dfflow import core
 from dfflow.flowbatch import (ACTION_DTYPE, FIELD_INDEX, FLOW_DTYPE, LAYOUT, MAX_ACTIONS, PACKABLE_ACTIONS,
                               FlowBatch)
-from dfflow.flows import Flow
+from dfflow.flows import Command, Flow
+
+# An action slot of a template whose actions the packer does not encode: `field` is a param of the
+# template, `value` its value (patched by the compiled core), `arg` the template's number in CARRIED.
+OP_PARAMS = 0xFF
+CARRIED: list[FlowTemplate] = []  # the templates OP_PARAMS rows name, numbered once per process
+_CARRIED_INDEX: dict[FlowTemplate, int] = {}
 
 
 def packable(flow: Flow) -> bool:
@@ -41,21 +52,53 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
             xid += len(run)
             run.clear()
 
+    def serialize(flow: Flow) -> None:
+        nonlocal xid
+        message = flow.to_osken(dp, xid)
+        message.serialize()
+        out.extend(message.buf)
+        xid += 1
+
     for item in messages:
         if isinstance(item, FlowBatch):
             flush()
-            out.extend(core.pack_flow_mods(item, xid))
-            xid += len(item)
+            start = 0
+            for i in _carrying(item.rows):
+                if i > start:
+                    out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:i]), xid))
+                    xid += i - start
+                serialize(_carried_flow(item.rows[i]))
+                start = i + 1
+            if start < len(item):
+                out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:]), xid))
+                xid += len(item) - start
         elif packable(item):
             run.append(item)
         else:
             flush()
-            message = item.to_osken(dp, xid)
-            message.serialize()
-            out.extend(message.buf)
-            xid += 1
+            serialize(item)
     flush()
     return bytes(out)
+
+
+def _carrying(rows: np.ndarray) -> np.ndarray:
+    """Indices of the rows whose actions are OP_PARAMS slots (a template's, for os-ken to serialize)."""
+    return np.flatnonzero((rows["n_actions"] > 0) & (rows["actions"]["op"][:, 0] == OP_PARAMS))
+
+
+def _carried_flow(row: np.void) -> Flow:
+    slots = row["actions"][:int(row["n_actions"])]
+    template = CARRIED[int(slots[0]["arg"])]
+    cookie = int(row["cookie"])
+    values = {Param(int(s["field"])): int(s["value"]) for s in slots} | {Param.COOKIE: cookie}
+    return template.flow(values, cookie).as_command(Command(int(row["command"])))
+
+
+def flows_of_rows(rows: np.ndarray) -> list[Flow]:
+    """Rows the compiled core made, as Flows (reconcile, status, tests)."""
+    carrying = set(_carrying(rows).tolist())
+    batch = FlowBatch.of_rows(np.ascontiguousarray(rows))
+    return [_carried_flow(rows[i]) if i in carrying else batch.flow(i) for i in range(len(rows))]
 
 
 # ---------------------------------------------------------------- the port-flow compiler
@@ -85,28 +128,47 @@ def compile_program(*programs: PortProgram) -> core.CompiledProgram:
         app_cookie = program.app_id << APP_COOKIE_SHIFT
         for entry in program.entries:
             t = entry.template
-            addable = t.packable()
             prototype = t.flow({p: 0 for p in t.params}, 0)
-            if not addable:  # deleted by key only: a delete carries no actions
+            packed = t.packable()
+            if not packed:  # its row carries the template's params in place of actions
                 prototype = Flow(prototype.table, prototype.priority, prototype.match, (), prototype.goto,
                                  prototype.write_metadata)
-            protos.append(prototype, check=False)
+            row = protos.append(prototype, check=False)
             patches = [(_ROW_OFFSET["cookie"], Param.COOKIE)]
             patches += [(_ROW_OFFSET["match_value"] + 8 * FIELD_INDEX[name], entry.source(value))
                         for name, value, _ in t.match if isinstance(value, Param)]
             patches += [(_ROW_OFFSET["match_mask"] + 8 * FIELD_INDEX[name], entry.source(mask))
                         for name, _, mask in t.match if isinstance(mask, Param)]
-            if addable:
+            if packed:
                 for k, action in enumerate(t.actions):
                     value = getattr(action, "port", getattr(action, "value", None))
                     if isinstance(value, Param):
-                        patches.append((_ROW_OFFSET["actions"] + k * ACTION_DTYPE.itemsize + _ACTION_VALUE,
-                                        entry.source(value)))
+                        patches.append((_action_offset(k), entry.source(value)))
+            else:
+                patches += _carry(protos.array, row, t, entry.source)
             if t.write_metadata is not None and isinstance(t.write_metadata[0], Param):
                 patches.append((_ROW_OFFSET["wmeta_value"], entry.source(t.write_metadata[0])))
-            entries.append((f"{program.app_id}:{t.name}", app_cookie, int(entry.when), int(entry.each), addable,
+            entries.append((f"{program.app_id}:{t.name}", app_cookie, int(entry.when), int(entry.each), True,
                             entry.uses_location(), [(off, int(param)) for off, param in patches]))
     return core.CompiledProgram(LAYOUT, protos.rows, entries)
+
+
+def _action_offset(k: int) -> int:
+    return _ROW_OFFSET["actions"] + k * ACTION_DTYPE.itemsize + _ACTION_VALUE
+
+
+def _carry(protos: np.ndarray, row: int, t: FlowTemplate, source: Any) -> list[tuple[int, Param]]:
+    """Make prototype `row` an OP_PARAMS row of template `t`; the patches that fill its slots."""
+    carried = sorted(p for p in t.params if p != Param.COOKIE)  # the cookie is the row's own
+    if not 0 < len(carried) <= MAX_ACTIONS:
+        raise ValueError(f"template {t.name}: {len(carried)} params to carry, 1..{MAX_ACTIONS} fit a row")
+    number = _CARRIED_INDEX.setdefault(t, len(CARRIED))
+    if number == len(CARRIED):
+        CARRIED.append(t)
+    protos["n_actions"][row] = len(carried)
+    for k, param in enumerate(carried):
+        protos["actions"][row, k] = (OP_PARAMS, int(param), 0, number, 0)
+    return [(_action_offset(k), source(param)) for k, param in enumerate(carried)]
 
 
 class PortTable:
@@ -141,12 +203,13 @@ class PortTable:
             row = self._free.pop() if self._free else self._grow_row()
             self.index[port_id] = row
         else:
-            self._forget(self.facts[port_id])
+            self._forget(self.facts.pop(port_id))
+        # (room first: a compaction lays out the other ports' facts, not these, which may not fit yet)
+        self._make_room(len(facts.ipv4s), len(facts.fips), len(facts.pairs))
         self.facts[port_id] = facts
         self._live_ips += len(facts.ipv4s)
         self._live_fips += len(facts.fips)
         self._live_pairs += len(facts.pairs)
-        self._make_room(len(facts.ipv4s), len(facts.fips), len(facts.pairs))
         ip_start, fip_start, pair_start = self.n_ips, self.n_fips, self.n_pairs
         self.ips[ip_start:ip_start + len(facts.ipv4s)] = facts.ipv4s
         for k, f in enumerate(facts.fips):
@@ -229,9 +292,61 @@ def compile_port_change(program: core.CompiledProgram, table: PortTable, row: in
                         old: PortRole | None, new: PortRole | None) -> tuple[np.ndarray, np.ndarray]:
     """(deletes, adds) that take one port's flows on this chassis from role `old` to `new`.
 
-    Both roles are made from the port's facts in `table`: when the facts changed too, the
-    caller diffs with what is installed instead."""
+    Both roles are made from the port's facts in `table` (compile_facts_change when they change)."""
     transition = np.array([(row, 0, *role_fields(old), *role_fields(new))], TRANSITION_DTYPE)
     dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition,
                                                 pairs=table.pairs)
     return dels, adds
+
+
+def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
+    """Every flow of the ports (row, role) in `table`, as rows: what they have installed."""
+    if not placed:
+        return np.zeros(0, FLOW_DTYPE)
+    transitions = np.array([(row, 0, *role_fields(None), *role_fields(role)) for row, role in placed],
+                           TRANSITION_DTYPE)
+    _, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
+                                             pairs=table.pairs)
+    return adds
+
+
+def compile_facts_change(program: core.CompiledProgram, table: PortTable, port_id: str, facts: PortFacts,
+                         old: PortRole, new: PortRole) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take a port's flows from role `old` over its facts in `table` to role
+    `new` over `facts` (its IPs, floating IPs or routers changed); `table` then holds `facts`.
+
+    A flow whose key both have is replaced by its add (never deleted first: a flow the datapath
+    learned over the key stays); one that is the same in both is not sent."""
+    row = table.index[port_id]
+    before = role_rows(program, table, [(row, old)])
+    old_facts = table.facts[port_id]
+    table.set(port_id, facts)
+    try:
+        after = role_rows(program, table, [(row, new)])
+    except Exception:
+        table.set(port_id, old_facts)
+        raise
+    kept_keys = {_key(r) for r in after}
+    unchanged = {r.tobytes() for r in before}
+    dels = before[[_key(r) not in kept_keys for r in before]] if len(before) else before
+    dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
+    adds = after[[r.tobytes() not in unchanged for r in after]] if len(after) else after
+    return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
+
+
+def distinct_keys(rows: np.ndarray) -> np.ndarray:
+    """The first row of each flow key among `rows` (the switch holds one flow per key)."""
+    if len(rows) < 2:
+        return np.arange(len(rows))
+    keys = rf.repack_fields(rows[list(_KEY_FIELDS)])
+    _, first = np.unique(keys.view(np.dtype((np.void, keys.dtype.itemsize))), return_index=True)
+    return np.sort(first)
+
+
+_KEY_FIELDS = ("table", "priority", "match_present", "match_masked", "match_value", "match_mask")
+
+
+def _key(row: np.void) -> tuple:
+    """A row's flow key (table, priority, match) as comparable values."""
+    return (int(row["table"]), int(row["priority"]), int(row["match_present"]), int(row["match_masked"]),
+            row["match_value"].tobytes(), row["match_mask"].tobytes())

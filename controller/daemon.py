@@ -12,15 +12,9 @@ and the rest of the state are served as JSON on the status socket.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import configparser
-import gc
-import json
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -29,14 +23,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from controller import compiler, nbmark
+from controller import compiler, nbmark, options
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App, opened_gates
 from controller.apps.l3 import L3App
 from controller.apps.secgroups import ARRIVAL_WINDOW, SecurityGroupsApp
 from controller.engine import Engine
 from controller.flowstate import Plan
-from controller.migration import step3_arrived
+from controller.migration import AppliedStamps
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
@@ -44,11 +38,11 @@ from controller.ovsdb import InterfaceTracker, Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
 from controller.retry import TRANSIENT, Backoff, retried
-from controller.supervise import TaskSupervisor
-from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
+from controller.status import GcPauses, controller_status, serve_status
+from controller.supervise import OneShots, TaskSupervisor
+from dfflow.errors import Conflict, DfflowError, NotFound
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
-from dfflow.nb.nburl import parse_nb_url
 from dfflow.nb.store import NbApi
 
 LOG = logging.getLogger("dfflow.controller")
@@ -58,56 +52,23 @@ HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
 STARTUP_NB_ATTEMPTS = 12  # ~40 s of back-off for the NB db at start-up
 NB_MARK_INTERVAL = 10.0  # s between records of the NB revision the flows come from (in OVSDB)
 MAX_COALESCED_FLOW_MODS = 5000
-FLOW_PATHS = ("compiled", "osken")
 APPLY_TIMINGS_KEPT = 1024
 SENDER_ERROR_PAUSE = 0.5
 
 
-
-class GcPauses:
-    """Every garbage collection of this process: how many per generation, and the recent ones with
-    their pause (a collection stops the loop, and a full one over a large heap can take milliseconds)."""
-
-    def __init__(self, kept: int = 50):
-        self.counts: Counter[int] = Counter()
-        self.recent: deque[tuple[float, int, float]] = deque(maxlen=kept)
-        self._started = 0.0
-
-    def install(self) -> None:
-        gc.callbacks.append(self._callback)
-
-    def uninstall(self) -> None:
-        if self._callback in gc.callbacks:
-            gc.callbacks.remove(self._callback)
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            generation = info["generation"]
-            self.counts[generation] += 1
-            self.recent.append((time.time(), generation, (time.perf_counter() - self._started) * 1e3))
-
-    def status(self) -> dict[str, Any]:
-        return {"collections": {str(g): n for g, n in sorted(self.counts.items())},
-                "max_ms": round(max((p for _, _, p in self.recent), default=0.0), 3),
-                "recent": [[round(t, 6), g, round(p, 3)] for t, g, p in self.recent]}
-
 class ControllerDaemon:
+    sent_as = "bundles"  # the stat counting what the sender applies (one atomic bundle per batch of plans)
+
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
-                 strategy: str = "announce", flow_path: str = "compiled", bundle: bool = True,
-                 datapath_type: str = "system", metrics_listen: tuple[str, int] | None = None):
-        if flow_path not in FLOW_PATHS:
-            raise ValueError(f"flow_path must be one of {FLOW_PATHS}, not {flow_path!r}")
+                 strategy: str = "announce", datapath_type: str = "system",
+                 metrics_listen: tuple[str, int] | None = None):
         if datapath_type not in DATAPATH_TYPES:
             raise ValueError(f"datapath_type must be one of {DATAPATH_TYPES}, not {datapath_type!r}")
         self.datapath_type, self.bridge = datapath_type, bridge
-        self.flow_path, self.bundle = flow_path, bundle  # benchmark switches (dfflow-bench flow-update)
         self.chassis, self.tunnel_ip, self.tunnel_type = chassis, tunnel_ip, tunnel_type
         self.of_listen, self.status_socket = of_listen, status_socket
-        self.engine = Engine(chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()],
-                             compiled=flow_path == "compiled")
+        self.engine = self._new_engine()
         self.nb = NbApi(nb_url)
         self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
         self.ovsdb = Ovsdb(ovsdb, bridge)
@@ -130,7 +91,8 @@ class ControllerDaemon:
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
         self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
-        self._last_migration: dict[str, str] = {}  # port id -> id of the last migration record seen
+        self.stamps = AppliedStamps()
+        self.one_shots = OneShots()  # timeline stamps under way
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self.gc_pauses = GcPauses()
@@ -138,6 +100,9 @@ class ControllerDaemon:
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
         self.metrics_listen, self.metrics_url = metrics_listen, None
         self.metrics = ControllerMetrics(self) if metrics_listen is not None else None
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()])
 
     # -- plumbing ------------------------------------------------------------------
     def _make_of_server(self, listen: str) -> OpenFlowServer:
@@ -195,15 +160,7 @@ class ControllerDaemon:
             asyncio.get_running_loop().call_later(ARRIVAL_WINDOW, self._close_arrival_window, port_id)
         if not plan:
             return
-        for port_id in sorted(plan.moved):
-            port = self.engine.view.port(port_id)
-            mig = port.migration if port is not None else None
-            if mig is not None:
-                self._last_migration[port_id] = mig.id
-                moved_by_binding = mig.state == "requested" and step3_arrived(port)
-                plan.stamps.append((mig.id, "bound" if moved_by_binding else mig.state))
-            elif port_id in self._last_migration:
-                plan.stamps.append((self._last_migration.pop(port_id), "bound"))
+        plan.stamps += self.stamps.of(plan.moved, self.engine.view.port)
         plan.timing["emitted"] = time.monotonic()
         self.engine.commit(plan)
         self._outbox.put_nowait(plan)
@@ -259,6 +216,8 @@ class ControllerDaemon:
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
         await self.tasks.stop()
+        await self.one_shots.stop()
+        await self.migrator.one_shots.stop()
         if self.metrics is not None:
             await self.metrics.close()
         try:
@@ -486,7 +445,7 @@ class ControllerDaemon:
                     await self._send(dp, [m for p in batch for m in p.messages()])
                     applied = time.time()
                     bundle_ms = round((time.monotonic() - sending) * 1e3, 3)
-                    self.stats["bundles" if self.bundle else "flow_mod_batches"] += 1
+                    self.stats[self.sent_as] += 1
                     self.stats["coalesced_plans"] += len(batch) - 1
                     for p in batch:
                         timing = p.timing
@@ -525,27 +484,23 @@ class ControllerDaemon:
         return taken
 
     async def _send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
-        """Apply flow mods the way the benchmark switches say: the compiled packer (default) or os-ken
-        objects, in one atomic bundle (default) or as plain flow mods followed by a barrier.
+        """Apply flow mods, packed by the compiled packer, in one atomic bundle.
 
         A plan's bundle is pipelined (open, adds and commit in one round trip): its rows were
         validated by the packer, so the switch rejecting one means it changed under us -- the
         BundleError that says so makes the sender reconcile. A reconcile's own bundle is checked
         before it commits."""
-        msgs: Any = (compiler.flow_mods(dp, flows) if self.flow_path == "compiled"
-                     else [f.to_osken(dp) for f in flows])
-        if self.bundle:
-            await dp.send_bundle(msgs, pipelined=pipelined)
-        else:
-            await dp.send_flow_mods(msgs)
+        await dp.send_bundle(compiler.flow_mods(dp, flows), pipelined=pipelined)
 
     def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
+        """Stamp the migration's timeline with when this chassis applied the step (not awaited by the
+        sender; its failure recorded)."""
         async def stamp() -> None:
             try:
                 await self.migrator.timelines.applied(migration_id, self.chassis, state, when)
             except Exception:
                 self._record_error("timeline")
-        asyncio.get_running_loop().create_task(stamp())
+        self.one_shots.start(stamp(), f"stamp {migration_id} {state}")
 
     def _drain_outbox(self) -> None:
         while not self._outbox.empty():
@@ -581,157 +536,23 @@ class ControllerDaemon:
 
     # -- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {
-            "chassis": self.chassis, "pid": os.getpid(), "switch_connected": self.dp is not None,
-            "datapath_type": self.datapath_type,
-            "stats": dict(self.stats), "engine": dict(self.engine.stats), "bus": dict(self.bus.stats),
-            "migrations": dict(self.migrator.stats), "strategy": self.migrator.strategy,
-            "ovsdb": dict(self.ovsdb.stats), "nb_connected": self.bus.connected.is_set(),
-            "nb_behind": self.bus.behind,
-            "bus_errors": len(self.bus.errors), "bad_data": list(self.bus.bad), "topics": sorted(self.bus.topics),
-            "vifs": sorted(self.engine.view.vifs), "tunnels": self.engine.view.tunnels,
-            "pending_vifs": sorted(self.pending_vifs), "flows": len(self.engine.desired()),
-            "flows_by_cookie": dict(Counter(f"{f.cookie:#x}" for f in self.engine.desired().values())),
-            "errors": self.errors[-5:], "apply_timings": list(self.apply_timings),
-            "flow_path": self.flow_path, "bundle": self.bundle,
-            "outbox": self._outbox.qsize(), "sending": self._sending, "gc": self.gc_pauses.status(),
-            "port_status": self.port_status.status(),
-            "nb_writes": dict(self.nb.stats), "metrics_url": self.metrics_url,
-        }
+        return controller_status(self)
 
     async def _start_status_server(self) -> None:
-        if os.path.exists(self.status_socket):
-            os.unlink(self.status_socket)
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(json.dumps(self.status()).encode() + b"\n")
-            try:
-                await writer.drain()
-            finally:
-                writer.close()
-
-        server = await asyncio.start_unix_server(answer, path=self.status_socket)
+        server = await serve_status(self.status_socket, self.status)
         self._spawn(server.serve_forever, "status")
 
 
-def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
-    """What a running controller says about itself (its status socket)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return json.loads(data)
-
-
-STRATEGIES = ("unplug", "announce")
-TUNNEL_TYPES = ("geneve", "vxlan")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad configuration is one line naming the option and what it may be, and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _choice(parser: _Parser, option: str, value: str, allowed: tuple[str, ...], fold: bool = False) -> str:
-    if (value.upper() if fold else value) not in allowed:
-        parser.error(f"{option}: {value!r} is not one of {', '.join(allowed)}")
-    return value.upper() if fold else value
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from dfflow import __version__
-    parser = _Parser(prog="dfflow-controller", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", help="INI file with a [controller] section holding the options below "
-                                         "(names without the leading --; unknown names are an error)")
-    parser.add_argument("--chassis", help="this chassis' name (its host name, as Nova knows it)")
-    parser.add_argument("--tunnel-ip", help="this chassis' underlay IP for Geneve tunnels")
-    parser.add_argument("--tunnel-type", default=None, help=f"one of {', '.join(TUNNEL_TYPES)} (default geneve)")
-    parser.add_argument("--nb", help="NB database URL: redis://, rediss://, unix:// or "
-                                     "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]")
-    parser.add_argument("--ovsdb", help="OVSDB of this chassis, e.g. unix:/var/run/openvswitch/db.sock")
-    parser.add_argument("--bridge", default=None, help="integration bridge (default br-int)")
-    parser.add_argument("--datapath-type", default=None, choices=DATAPATH_TYPES,
-                        help="the integration bridge's datapath: system (the kernel module; default) or "
-                             "netdev (userspace, where there is no kernel module)")
-    parser.add_argument("--of-listen", help="OpenFlow listen address: HOST:PORT or unix:PATH")
-    parser.add_argument("--status-socket", help="unix socket path serving this controller's status as JSON")
-    parser.add_argument("--strategy", default=None,
-                        help="live-migration activation: at the source's unplug (the blueprint), unplug, or at the "
-                             "VM's announcement on a pre-programmed destination, announce, falling back to the "
-                             "source's unplug when the VM never announces (default announce)")
-    parser.add_argument("--log-level", default=None, help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
-    parser.add_argument("--metrics-port", default=None,
-                        help="serve Prometheus metrics on this TCP port (0: any free port, shown in status as "
-                             "metrics_url); off by default")
-    parser.add_argument("--metrics-listen", default=None, help="address for --metrics-port (default 127.0.0.1)")
-    bench = parser.add_argument_group("benchmark switches", "for `dfflow-bench flow-update`; leave them alone "
-                                      "in production")
-    bench.add_argument("--flow-path", default=None,
-                       help="how flow mods are encoded: compiled (the packer, default) or osken (os-ken objects)")
-    bench.add_argument("--no-bundle", action="store_true", default=None,
-                       help="send plain flow mods + a barrier instead of one atomic bundle per plan "
-                            "(not atomic: a benchmark baseline only)")
-    args = parser.parse_args(argv)
-    if args.config:
-        cfg = configparser.ConfigParser()
-        try:
-            found = cfg.read(args.config)
-        except configparser.Error as exc:
-            parser.error(f"--config {args.config}: {str(exc).splitlines()[0]}")
-        if not found:
-            parser.error(f"--config: cannot read {args.config}")
-        section = cfg["controller"] if cfg.has_section("controller") else {}
-        known = sorted(a.dest.replace("_", "-") for a in parser._actions if a.dest not in ("help", "version", "config"))
-        for key, value in section.items():
-            attr = key.replace("-", "_")
-            if key.replace("_", "-") not in known:
-                parser.error(f"--config {args.config}: unknown key {key!r} in [controller]; "
-                             f"known keys: {', '.join(known)}")
-            if getattr(args, attr, None) is None:
-                setattr(args, attr, value)
-    args.bridge = args.bridge or "br-int"
-    args.datapath_type = _choice(parser, "--datapath-type", args.datapath_type or "system", DATAPATH_TYPES)
-    args.tunnel_type = _choice(parser, "--tunnel-type", args.tunnel_type or "geneve", TUNNEL_TYPES)
-    args.log_level = _choice(parser, "--log-level", args.log_level or "INFO", LOG_LEVELS, fold=True)
-    args.strategy = _choice(parser, "--strategy", args.strategy or "announce", STRATEGIES)
-    args.flow_path = _choice(parser, "--flow-path", args.flow_path or "compiled", FLOW_PATHS)
-    if isinstance(args.no_bundle, str):
-        args.no_bundle = args.no_bundle.strip().lower() in ("1", "true", "yes", "on")
-    args.no_bundle = bool(args.no_bundle)
-    if args.metrics_port is not None:
-        port = str(args.metrics_port)
-        if not port.isdigit() or int(port) > 65535:
-            parser.error(f"--metrics-port: {port!r} is not a TCP port (0..65535)")
-        args.metrics_port = int(port)
-    elif args.metrics_listen is not None:
-        parser.error("--metrics-listen needs --metrics-port")
-    args.metrics_listen = args.metrics_listen or "127.0.0.1"
-    for required in ("chassis", "tunnel_ip", "nb", "ovsdb", "of_listen"):
-        if not getattr(args, required):
-            parser.error(f"--{required.replace('_', '-')} is required (or set it in --config)")
-    try:
-        parse_nb_url(args.nb)
-    except ValidationError as exc:
-        parser.error(f"--{exc}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, daemon_class: type[ControllerDaemon] | None = None) -> None:
+    """`dfflow-controller` (`daemon_class`: a variant of the daemon, built by a benchmark)."""
+    args = options.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon = ControllerDaemon(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
-                              args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
-                              flow_path=args.flow_path, bundle=not args.no_bundle,
-                              datapath_type=args.datapath_type,
-                              metrics_listen=None if args.metrics_port is None
-                              else (args.metrics_listen, args.metrics_port))
+    daemon = (daemon_class or ControllerDaemon)(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
+                                              args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
+                                              datapath_type=args.datapath_type,
+                                              metrics_listen=None if args.metrics_port is None
+                                              else (args.metrics_listen, args.metrics_port))
     try:
         code = asyncio.run(daemon.run())
         reason = daemon.exit_reason or "stopped"

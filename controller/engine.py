@@ -7,28 +7,28 @@ blueprint interface: remove_local/remove_remote for the old role, then
 add_local/add_remote for the new one; the union of every app's answer for
 every affected object is one plan, applied as one bundle.
 
-A port's flows are its apps' port programs (controller.templates) run for its
-facts and role. With `compiled` (the default), the engine runs them in the
-compiled core: the port's facts are a row of typed columns, and the core makes
-the flow mods of the role change itself, as rows sent without a Python object
-per flow. The Python apps remain the path for what the core does not encode (a
-pre-programmed `announce` destination's learn and resubmit flows) and for a
-port whose facts changed while it keeps a role (rare: its IPs, floating IPs or
-routers changed) -- and the reference the tests hold the core to.
+A port's flows are its apps' port programs (controller.templates), run by the
+compiled core only: the port's facts are a row of typed columns
+(controller.compiler.PortTable, their one owner here), and the core makes the flow
+mods of a role or facts change as rows, without a Python object per flow. A
+failure of the core is an error (logged, counted, kept for status): the port keeps
+its flows until its next change. Apps without a port program (the security groups,
+until they move into the compiled core) compute a port's flows in Python; those,
+and the network, router and pipeline flows, are held per owner in FlowState.
 """
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import Counter
 from typing import Any, Callable, Iterable
 
 from controller import compiler
 from controller.apps.base import App
-from controller.flowstate import DerivedFlows, FlowState, Owner, Plan
+from controller.flowstate import FlowState, Owner, Plan
 from controller.pipeline import check_flow
-from controller.templates import PortFacts, PortRole
+from controller.templates import PortRole
 from controller.view import LOCAL, REMOTE, View, Vif
-from dfflow import core
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Flow
 from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch, Model, model_for
@@ -40,22 +40,23 @@ WHERE_FIELDS = frozenset({"binding_chassis", "migration", "version", "inactive_b
 REVISION_FIELDS = frozenset({"version"})
 # NB tables no flow depends on (the chassis' VIF reports for Neutron's port status): never in the view.
 IGNORED_TABLES = frozenset({"lport_status"})
-PortState = tuple["PortFacts | None", "PortRole | None"]
+ERRORS_KEPT = 20
+Place = tuple[PortRole, "str | None"]  # a port's role here and the chassis hosting it
 
 
 class Engine:
-    def __init__(self, chassis: str, apps: Iterable[App], compiled: bool = True):
+    def __init__(self, chassis: str, apps: Iterable[App]):
         self.view = View(chassis)
         self.apps = list(apps)
         self.flows = FlowState()
-        # port id -> (role, chassis) its installed flows are for
-        self.roles: dict[str, tuple[str, str | None]] = {}
         self.stats: Counter[str] = Counter()
-        # the compiled path: each app's port program, and the ports' facts as columns
-        self.programs = {app.name: compiler.compile_program(app.port_program)
-                         for app in self.apps if compiled and app.port_program is not None}
-        self.table = compiler.PortTable()
-        self.port_state: dict[str, PortState] = {}  # port id -> (facts, role) of its installed flows
+        self.errors: list[str] = []  # the last failures, with their tracebacks (status shows them)
+        # Every app's port program, compiled into one; the port flows of the others are Python's.
+        programs = [app.port_program for app in self.apps if app.port_program is not None]
+        self.program = compiler.compile_program(*programs) if programs else None
+        self.python_port_apps = [app for app in self.apps if app.port_program is None]
+        self.table = compiler.PortTable()  # the facts of every port with flows here
+        self.placed: dict[str, Place] = {}  # port id -> what its installed flows are for
         self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
         # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
         # the port until that write settles (controller.migrator sets it).
@@ -134,15 +135,27 @@ class Engine:
         return self._recompute(self._everything())
 
     def desired(self) -> dict[tuple, Flow]:
-        return self.flows.all_flows()
+        """Every flow this chassis wants, by key (reconcile, status, tests)."""
+        return {f.key: f for f in self.port_flows()} | self.flows.all_flows()
+
+    def port_flows(self) -> list[Flow]:
+        """The flows the compiled core made for the ports' programs, as they are installed."""
+        return compiler.flows_of_rows(self._port_rows())
+
+    def flow_cookies(self) -> list[int]:
+        """The cookie of every flow this chassis wants (status), without making the port flows."""
+        rows = self._port_rows()
+        return (rows["cookie"][compiler.distinct_keys(rows)].tolist()
+                + [f.cookie for f in self.flows.all_flows().values()])
+
+    def _port_rows(self) -> Any:
+        if self.program is None:  # no app has a port program
+            return compiler.role_rows(self.program, self.table, [])
+        return compiler.role_rows(self.program, self.table,
+                                  [(self.table.index[p], role) for p, (role, _) in self.placed.items()])
 
     def commit(self, plan: Plan) -> None:
         self.flows.commit(plan)
-        for port_id, state in plan.port_states.items():
-            if state == (None, None):
-                self.port_state.pop(port_id, None)
-            else:
-                self.port_state[port_id] = state
 
     # -- what an event touches ------------------------------------------------------
     def _affected(self, old: Model | None, new: Model | None) -> set[Owner]:
@@ -180,7 +193,7 @@ class Engine:
             owners.add((SWITCH, switch_id, ""))
             owners |= {(PORT, p.id, "") for p in self.view.ports_on(switch_id)}
         # a port deleted from the view still has installed flows: include it too
-        owners |= {(PORT, port_id, "") for port_id in self.roles if self.view.port(port_id) is None}
+        owners |= {(PORT, port_id, "") for port_id in self.placed if self.view.port(port_id) is None}
         return owners
 
     def _everything(self) -> set[Owner]:
@@ -189,99 +202,89 @@ class Engine:
         owners |= {(ROUTER, r, "") for r in self.view.objects[LogicalRouter.table]}
         owners |= {(PORT, p.id, "") for p in self.view.ports()}
         owners |= {(kind, obj_id, "") for _, kind, obj_id in self.flows.installed}  # deleted objects
+        owners |= {(PORT, port_id, "") for port_id in self.placed}
         return owners
 
     # -- recomputation -----------------------------------------------------------
     def _recompute(self, targets: set[Owner]) -> Plan:
         wanted: dict[Owner, list[Flow]] = {}
-        compiled: dict[Owner, tuple[Any, Any, DerivedFlows]] = {}
-        port_states: dict[str, PortState] = {}
+        rows: list[tuple[FlowBatch, FlowBatch]] = []
+        placed: dict[str, Place | None] = {}
         for kind, obj_id, _ in sorted(targets):
-            done: set[str] = set()
-            if kind == PORT:
-                port = self.view.port(obj_id)
-                role = self.view.port_role(port) if port is not None else None
-                facts = self.view.port_facts(port) if role is not None else None
-                port_states[obj_id] = (facts, role)
-                if self.programs:
-                    done = self._compile_port(obj_id, facts, role, compiled)
-            for app in self.apps:
-                if app.name in done:
-                    continue
-                owner = (app.name, kind, obj_id)
-                try:
-                    wanted[owner] = [check_flow(f) for f in self._flows_for(app, kind, obj_id)]
-                except Exception:
-                    # One bad object must not stop the others: keep its current flows, count it.
-                    self.stats["app_errors"] += 1
-                    LOG.exception("app %s failed computing flows for %s %s", app.name, kind, obj_id)
-                    wanted[owner] = self.flows.flows_of(owner)
-                    port_states.pop(obj_id, None)
-        moved = set()
-        for kind, obj_id, _ in targets:
+            apps = self.apps
             if kind == PORT:
                 port = self.view.port(obj_id)
                 if port is not None and self.view.switch(port.lswitch) is None:
                     # Its network is in a topic this chassis does not follow (or has not arrived yet).
                     self.stats["ports_without_switch"] += 1
-                    LOG.warning("port %s is on network %s, which this chassis does not know", port.id,
-                                port.lswitch)
-                new_role = self.view.role(port) if port is not None else None
-                before = self.roles.get(obj_id, (None, None))
-                if new_role is None:
-                    self.roles.pop(obj_id, None)
-                else:
-                    self.roles[obj_id] = (new_role, self.view.location(port))
-                after = self.roles.get(obj_id, (None, None))
-                if after != before:
-                    moved.add(obj_id)
-                    self.stats[f"port_{before[0]}_to_{after[0]}"] += 1
-        plan = self.flows.plan(wanted, frozenset(compiled))
-        for owner, (dels, adds, flows) in compiled.items():
-            if len(dels) or len(adds):
-                plan.rows.append((dels, adds))
-            plan.owners[owner] = flows
-        plan.moved = moved
-        plan.port_states = port_states
+                    LOG.warning("port %s is on network %s, which this chassis does not know", port.id, port.lswitch)
+                role = self.view.port_role(port) if port is not None else None
+                try:
+                    change = self._compile_port(obj_id, port, role)
+                except Exception:
+                    self._failed("compiler_errors", f"the compiled core failed computing the flows of port {obj_id}")
+                    continue  # the port keeps its flows (and its place) until its next change
+                if change is not None:
+                    rows.append(change)
+                placed[obj_id] = (role, self.view.location(port)) if role is not None else None
+                apps = self.python_port_apps
+            for app in apps:
+                owner = (app.name, kind, obj_id)
+                try:
+                    wanted[owner] = [check_flow(f) for f in self._flows_for(app, kind, obj_id)]
+                except Exception:
+                    # One bad object must not stop the others: keep its current flows, count it.
+                    self._failed("app_errors", f"app {app.name} failed computing flows for {kind} {obj_id}")
+                    wanted[owner] = self.flows.flows_of(owner)
+        plan = self.flows.plan(wanted)
+        plan.rows = rows
+        plan.moved = {port_id for port_id, place in placed.items() if self._place(port_id, place)}
         return plan
 
-    def _compile_port(self, port_id: str, facts: PortFacts | None, role: PortRole | None,
-                      out: dict[Owner, tuple[Any, Any, DerivedFlows]]) -> set[str]:
-        """The flow mods of the port's role change, made by the compiled core, per app; returns
-        the apps it did (the others go the Python way)."""
-        old_facts, old_role = self.port_state.get(port_id, (None, None))
-        if (old_facts, old_role) == (facts, role):
-            return set(self.programs)  # nothing changes
+    def _failed(self, counter: str, what: str) -> None:
+        self.stats[counter] += 1
+        LOG.exception("%s", what)
+        self.errors = (self.errors + [f"{what}: {traceback.format_exc()}"])[-ERRORS_KEPT:]
+
+    def _compile_port(self, port_id: str, port: LogicalPort | None,
+                      role: PortRole | None) -> tuple[FlowBatch, FlowBatch] | None:
+        """The flow mods of the port's role or facts change, made by the compiled core (None: none)."""
+        if self.program is None:
+            return None
+        old_role = self.placed[port_id][0] if port_id in self.placed else None
+        facts = self.view.port_facts(port) if role is not None else None
+        old_facts = self.table.facts.get(port_id)
+        if old_role == role and old_facts == facts:
+            return None
         if old_role is not None and role is not None and old_facts != facts:
             self.stats["port_facts_changed"] += 1
-            return set()  # the old flows were made from other facts: the Python path diffs them
-        row = self.table.set(port_id, facts if facts is not None else old_facts)
-        done = set()
-        for app in self.apps:
-            program = self.programs.get(app.name)
-            if program is None:
-                continue
+            dels, adds = compiler.compile_facts_change(self.program, self.table, port_id, facts, old_role, role)
+        else:
+            known = port_id in self.table.index
+            row = self.table.set(port_id, facts if facts is not None else old_facts)
             try:
-                dels, adds = compiler.compile_port_change(program, self.table, row, old_role, role)
-            except core.NotCompilable:
-                self.stats["compiled_fallbacks"] += 1
-                continue
+                dels, adds = compiler.compile_port_change(self.program, self.table, row, old_role, role)
             except Exception:
-                # Counted and logged; the Python path then tries the same change (and keeps the
-                # port's current flows if it fails too).
-                self.stats["compiler_errors"] += 1
-                LOG.exception("compiled core failed computing %s flows of port %s", app.name, port_id)
-                continue
-            if role is None:
-                flows = DerivedFlows(list, empty=True)
-            else:
-                flows = DerivedFlows(lambda prog=app.port_program, f=facts, r=role: prog.flows(f, r))
-            out[(app.name, PORT, port_id)] = (FlowBatch.of_rows(dels), FlowBatch.of_rows(adds), flows)
-            done.add(app.name)
+                if not known:
+                    self.table.drop(port_id)
+                raise
+            if facts is None:
+                self.table.drop(port_id)
         self.stats["compiled_ports"] += 1
-        if facts is None:
-            self.table.drop(port_id)
-        return done
+        if not len(dels) and not len(adds):
+            return None
+        return FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)
+
+    def _place(self, port_id: str, place: Place | None) -> bool:
+        """Record what the port's installed flows are for; whether its role or location changed."""
+        before = self.placed.pop(port_id, None)
+        if place is not None:
+            self.placed[port_id] = place
+        was, now = _kind_and_where(before), _kind_and_where(place)
+        if was == now:
+            return False
+        self.stats[f"port_{was[0]}_to_{now[0]}"] += 1
+        return True
 
     def _flows_for(self, app: App, kind: str, obj_id: str) -> list[Flow]:
         if kind == STATIC:
@@ -293,7 +296,7 @@ class Engine:
             router = self.view.get(LogicalRouter.table, obj_id)
             return app.router_flows(router, self.view) if router is not None else []
         port = self.view.port(obj_id)
-        old_role, _ = self.roles.get(obj_id, (None, None))
+        old_role = _kind_and_where(self.placed.get(obj_id))[0]
         new_role = self.view.role(port) if port is not None else None
         installed = self.flows.flows_of((app.name, kind, obj_id))
         removed: list[Flow] = []
@@ -311,6 +314,13 @@ class Engine:
         added_keys = {f.key for f in added}
         kept = [f for f in installed if f.key not in removed_keys and f.key not in added_keys]
         return kept + added
+
+
+def _kind_and_where(place: Place | None) -> tuple[str | None, str | None]:
+    if place is None:
+        return None, None
+    role, where = place
+    return (LOCAL if role.local else REMOTE), where
 
 
 def _equal_except(old: Model, new: Model, ignored: frozenset[str]) -> bool:

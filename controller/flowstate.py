@@ -7,9 +7,8 @@ adds), which the controller sends as one atomic bundle and then `commit()`s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from dfflow.flows import Command, Flow
 
@@ -18,43 +17,18 @@ Owner = tuple[str, str, str]
 FlowKey = tuple
 
 
-class DerivedFlows(Mapping):
-    """An owner's flows when the compiled path installed them: made (by the same program, in
-    Python) only if someone asks -- a reconcile, a later Python-path diff, a test."""
-
-    def __init__(self, make: Callable[[], list[Flow]], empty: bool = False):
-        self._make = make
-        self._flows: dict[FlowKey, Flow] | None = {} if empty else None
-        self.empty = empty  # known without making them (the port has no role here)
-
-    def _table(self) -> dict[FlowKey, Flow]:
-        if self._flows is None:
-            self._flows = {f.key: f for f in self._make()}
-        return self._flows
-
-    def __getitem__(self, key: FlowKey) -> Flow:
-        return self._table()[key]
-
-    def __iter__(self) -> Iterator[FlowKey]:
-        return iter(self._table())
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-
 @dataclass
 class Plan:
     deletes: list[Flow] = field(default_factory=list)
     adds: list[Flow] = field(default_factory=list)
-    # Flow mods the compiled core made as rows (FlowBatch deletes, FlowBatch adds), sent between
-    # the Python deletes and adds; `owners` has their owners' new flows as DerivedFlows.
+    # The port flow mods the compiled core made as rows (FlowBatch deletes, FlowBatch adds), sent
+    # between the deletes and adds of the flows planned here (`owners`: their owners' new flows).
     rows: list[tuple[Any, Any]] = field(default_factory=list)
-    owners: dict[Owner, Mapping[FlowKey, Flow]] = field(default_factory=dict)
+    owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
     moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
     stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
     timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
     cause: str = ""  # "table:id" of the NB event that made it (empty for local events)
-    port_states: dict[str, Any] = field(default_factory=dict)  # port id -> (facts, role) once committed
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.adds or self.rows)
@@ -75,7 +49,7 @@ class Plan:
 
 class FlowState:
     def __init__(self) -> None:
-        self.installed: dict[Owner, Mapping[FlowKey, Flow]] = {}
+        self.installed: dict[Owner, dict[FlowKey, Flow]] = {}
         self.duplicate_keys = 0
 
     def flows_of(self, owner: Owner) -> list[Flow]:
@@ -87,12 +61,8 @@ class FlowState:
             merged.update(flows)
         return merged
 
-    def plan(self, wanted: dict[Owner, list[Flow]], replaced: frozenset[Owner] = frozenset()) -> Plan:
-        """The change that makes each owner in `wanted` have exactly its listed flows.
-
-        `replaced`: owners the caller changes itself in the same plan (the compiled core's port
-        owners); a deleted key is not looked for among their flows: port flows and the
-        network/router flows planned here never share a key."""
+    def plan(self, wanted: dict[Owner, list[Flow]]) -> Plan:
+        """The change that makes each owner in `wanted` have exactly its listed flows."""
         plan = Plan()
         new_keys: dict[FlowKey, Flow] = {}
         for owner, flows in wanted.items():
@@ -107,24 +77,22 @@ class FlowState:
         for owner, table in plan.owners.items():
             old = self.installed.get(owner, {})
             for key, flow in old.items():
-                if key not in table and key not in new_keys and not self._owned_elsewhere(key, owner, wanted,
-                                                                                         replaced):
+                if key not in table and key not in new_keys and not self._owned_elsewhere(key, owner, wanted):
                     plan.deletes.append(flow)
             for key, flow in table.items():
                 if old.get(key) != flow:
                     plan.adds.append(flow)
         return plan
 
-    def _owned_elsewhere(self, key: FlowKey, owner: Owner, wanted: dict[Owner, list[Flow]],
-                         replaced: frozenset[Owner]) -> bool:
+    def _owned_elsewhere(self, key: FlowKey, owner: Owner, wanted: dict[Owner, list[Flow]]) -> bool:
         for other, table in self.installed.items():
-            if other != owner and other not in wanted and other not in replaced and key in table:
+            if other != owner and other not in wanted and key in table:
                 return True
         return False
 
     def commit(self, plan: Plan) -> None:
         for owner, table in plan.owners.items():
-            if (not table.empty) if isinstance(table, DerivedFlows) else table:
-                self.installed[owner] = table  # (derived flows are not made to find out)
+            if table:
+                self.installed[owner] = table
             else:
                 self.installed.pop(owner, None)

@@ -36,6 +36,7 @@ from typing import Callable
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.migration import NO_CHANGE, Event, Step, transition
+from controller.supervise import OneShots
 from dfflow.errors import NotFound
 from dfflow.models import LogicalPort
 from dfflow.nb.store import NbApi
@@ -74,6 +75,7 @@ class Migrator:
         self.timelines = Timelines(nb.redis, nb.keys)
         self.stats: dict[str, int] = {}
         self._overlays: dict[str, _Overlay] = {}  # port id -> transitions in flight on it
+        self.one_shots = OneShots()  # timeline stamps under way
         engine.port_overlay = self._overlay
 
     def _count(self, key: str) -> None:
@@ -252,7 +254,7 @@ class Migrator:
             self._count(step.outcome)
             LOG.info("port %s migration %s: %s (%s -> %s, %s)", port_id, step.record.id, step.outcome,
                      step.record.source, step.record.chassis, step.record.strategy)
-            asyncio.get_running_loop().create_task(self._stamp(port_id, step, now))
+            self.one_shots.start(self._stamp(port_id, step, now), f"stamp {step.record.id} {step.outcome}")
         return step
 
     # -- transitions applied here before their NB write settled ------------------------------

@@ -1,16 +1,17 @@
 """A port's flows, declared once as data: templates, and the program that instantiates them.
 
-Each app's port flows -- what its `add_local_port` / `add_remote_port` return --
-are a `PortProgram`: a list of flow templates, each with the port facts and role
+Each app's port flows -- what the blueprint's add_local_port / add_remote_port
+events make for it -- are a `PortProgram`: a list of flow templates, each with the port facts and role
 it applies to (`when`) and whether it is made once, once per IPv4 address,
 once per floating IP, or once per allowed address pair (single addresses and
 prefixes apart) of the port (`each`). Values that vary from port to port --
 match values and masks, action values -- are `Param`s. Two interpreters run the same program:
 
-* `PortProgram.flows` (here, Python): the apps' interface, and the reference;
 * `dfflow._core.compile_transitions` over a `dfflow._core.CompiledProgram` (built by
-  `controller.compiler.compile_program`): the controller's hot path and the bulk
-  compiler, over typed port columns, with no Python object per flow.
+  `controller.compiler.compile_program`): the controller's only interpreter of port
+  programs, and the bulk compiler, over typed port columns, with no Python object per flow;
+* `PortProgram.flows` (here, Python): the oracle the tests hold the compiled core to
+  (and the `osken` variant of `dfflow-bench flow-update`).
 
 Both read the same `Entry` list, so the flows cannot drift; the tests compare
 them flow for flow.

@@ -30,4 +30,5 @@ fi
 .venv/bin/python -m pip install -q -e ".[test,bench]"
 .venv/bin/python -c "import dfflow._core" || { echo "setup.sh: the compiled core did not build" >&2; exit 1; }
 bash scripts/setup-neutron.sh  # MariaDB and dfflow[neutron], for the neutron-server tests
+bash scripts/setup-ovn.sh      # OVN (ovn-central, ovn-host): the peer of `dfflow-bench migration --peer ovn`
 echo "setup.sh: ready (.venv/bin/dfflow, .venv/bin/dfflow-controller, .venv/bin/dfflow-bench)"

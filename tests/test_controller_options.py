@@ -1,7 +1,7 @@
 """dfflow-controller's command line: the integration bridge's datapath type."""
 import pytest
 
-from controller.daemon import parse_args
+from controller.options import parse_args
 
 REQUIRED = ["--chassis", "c1", "--tunnel-ip", "172.31.0.1", "--nb", "redis://127.0.0.1:1/0",
             "--ovsdb", "unix:/tmp/x.sock", "--of-listen", "unix:/tmp/of.sock"]

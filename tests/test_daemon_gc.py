@@ -1,7 +1,7 @@
 """The controller makes its garbage collections visible: a full one stops the loop for a while."""
 import gc
 
-from controller.daemon import GcPauses
+from controller.status import GcPauses
 
 
 def test_every_garbage_collection_is_counted_with_its_pause():

@@ -95,17 +95,22 @@ def test_deleting_a_port_removes_every_flow_that_named_it():
     assert not any(f.cookie == L2App().cookie("b1") for f in engine.desired().values())
 
 
-def test_a_compiled_core_failure_is_counted_and_the_python_path_takes_the_port(monkeypatch):
+def test_a_compiled_core_failure_is_an_error_and_the_port_keeps_its_flows_until_its_next_change(monkeypatch):
     from controller import compiler
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected")
 
     engine = make_engine()
+    working = compiler.compile_port_change
     monkeypatch.setattr(compiler, "compile_port_change", broken)
     apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
+    assert "injected" in engine.errors[-1] and "Traceback" in engine.errors[-1]
+    assert l2_lookup_actions(engine, 1) is None  # no other engine made them
+    monkeypatch.setattr(compiler, "compile_port_change", working)
+    apply(engine, engine.everything())
     assert l2_lookup_actions(engine, 1) == (Output(5),)
 
 

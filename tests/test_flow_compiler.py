@@ -6,10 +6,11 @@ serializer for the bytes, and a real Open vSwitch for what the bundles install.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.compile import Cloud
@@ -69,9 +70,7 @@ def table_of(*facts: PortFacts) -> compiler.PortTable:
 
 
 def flows_of(rows: np.ndarray) -> list[Flow]:
-    batch = FlowBatch(len(rows))
-    batch.add_rows(len(rows))[:] = rows
-    return batch.flows()
+    return compiler.flows_of_rows(rows)
 
 
 def python_diff(program, facts: PortFacts, old: PortRole | None, new: PortRole | None) -> tuple[set, list[Flow]]:
@@ -84,7 +83,7 @@ def python_diff(program, facts: PortFacts, old: PortRole | None, new: PortRole |
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(port_facts(), roles(gated=False))
+@given(port_facts(), roles())
 def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role):
     table = table_of(facts)
     for program in PROGRAMS:
@@ -94,7 +93,7 @@ def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(port_facts(), roles(), roles(gated=False))
+@given(port_facts(), roles(), roles())
 def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
     table = table_of(facts)
     for program in PROGRAMS:
@@ -106,13 +105,37 @@ def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, want_adds))
 
 
-def test_a_pre_programmed_destination_needs_the_python_path_and_says_which_flow():
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(port_facts(), port_facts(), roles(), roles())
+def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, new):
+    """The port's IPs, floating IPs or routers change (under the same or another role)."""
+    after = dataclasses.replace(after, object_hash=before.object_hash)  # the same port
+    assume(old is not None and new is not None)  # (without a role before or after, nothing is kept)
+    for program in PROGRAMS:
+        table = table_of(before)
+        python = FlowState()
+        owner = ("app", "port", "p0")
+        python.commit(python.plan({owner: program.flows(before, old)}))
+        plan = python.plan({owner: program.flows(after, new)})
+        dels, adds = compiler.compile_facts_change(PER_APP[program.app_id], table, "p0", after, old, new)
+        assert table.facts["p0"] == after
+        deleted = flows_of(dels)
+        assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
+        assert ({(f.table, f.priority, f.match, f.cookie) for f in deleted}
+                == {(f.table, f.priority, f.match, f.cookie) for f in plan.deletes})
+        assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, plan.adds))
+
+
+def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_rows_naming_their_template():
     facts = PortFacts(7, 101, 0xFA163E000001, True, False, (0x0A000001,))
-    with pytest.raises(core.NotCompilable, match="classify_gated"):
-        compiler.compile_port_change(PER_APP[1], table_of(facts), 0, None, PortRole(True, ofport=5, gated=True))
-    # leaving it (activation: gated -> open) compiles: the gate's flows are deleted by key
-    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, PortRole(True, ofport=5, gated=True),
-                                              PortRole(True, ofport=5))
+    gated = PortRole(True, ofport=5, copy_tunnel=9, gated=True)
+    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, None, gated)
+    assert len(dels) == 0
+    made = flows_of(adds)
+    assert made == L2_PORT_FLOWS.flows(facts, gated)
+    assert {type(a).__name__ for f in made for a in f.actions} >= {"Learn", "Resubmit"}
+    # leaving it (activation: gated -> open) deletes the gate's flows by key
+    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, gated, PortRole(True, ofport=5))
     assert {f.table for f in flows_of(dels)} >= {0}  # the announcement flows in classify
     assert flows_of(adds)
 

@@ -1,5 +1,5 @@
-"""The four flow-update paths of dfflow-controller (the `dfflow-bench flow-update` switches) install
-the same flows on real Open vSwitch: compiled packer or os-ken objects, atomic bundle or flow mods
+"""The four flow-update paths `dfflow-bench flow-update` compares (its variants of dfflow-controller,
+benchmarks.flow_paths) install the same flows on real Open vSwitch: compiled packer or os-ken objects, atomic bundle or flow mods
 followed by a barrier. Each path installs everything once by its reconcile (on an emptied br-int)
 and once incrementally (a port disabled and enabled again), and the VMs ping across chassis."""
 from __future__ import annotations
@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from benchmarks import flow_paths
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from controller_fixtures import (controller_status, dump_flows, pings, running_cloud, wait_controllers_ready,
                                  wait_until)
 from dfflow.models import LogicalPort
@@ -56,7 +57,7 @@ def _by_peer(line: str, tunnels: dict[str, int]) -> str:
 
 
 def test_every_flow_path_installs_the_same_flows():
-    with running_cloud(2) as cloud:
+    with running_cloud(2, controller_cmd=flow_paths.COMMAND) as cloud:
         sb = cloud.sb
         cloud.call("create_network", "net1", "10.0.0.0/24")
         cloud.call("create_vm", "A", "chassis-1", "net1", "10.0.0.11", mac="fa:16:3e:00:00:11")

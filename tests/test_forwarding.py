@@ -214,3 +214,35 @@ def test_the_floating_ip_is_translated_on_the_chassis_of_its_port_and_follows_th
     assert table_of(c).ports(8, **from_external_host_to_fip()) == [TUNNEL_A]
     write(c, A1.replace(migration=MigrationRecord(chassis="B", source="A", state="switched"), version=7))
     assert table_of(c).ports(8, **from_external_host_to_fip()) == [TUNNEL_B]
+
+
+def python_port_flows(engine):
+    """The oracle: every app's port program run in Python over each port's facts and role here."""
+    flows = []
+    for p in engine.view.ports():
+        role = engine.view.port_role(p)
+        for app in engine.apps:
+            if app.port_program is not None and role is not None:
+                flows += app.port_program.flows(engine.view.port_facts(p), role)
+    return sorted(map(repr, flows))
+
+
+def test_the_compiled_core_makes_every_apps_port_flows_as_their_programs_say_through_moves_and_changes():
+    a = routed_chassis("A", (A1, A1_OFPORT))
+    b1 = B1.replace(lswitch="net1")
+    steps = [
+        b1,  # a remote port
+        b1.replace(migration=MigrationRecord(chassis="A", source="B", strategy="announce"), version=3),
+        None,  # its VIF plugged here: a pre-programmed destination (learn and resubmit flows)
+        b1.replace(migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated"),
+                   version=4),
+        A1.replace(ips=["10.0.0.1", "10.0.0.9"], version=5),  # facts change under a kept role
+        b1.replace(binding_chassis="A", ips=["10.0.0.22"], version=6),  # role and facts at once
+    ]
+    for step in steps:
+        if step is None:
+            a.commit(a.vif_online(Vif("b1", "tapb1", B1_OFPORT_HERE)))
+        else:
+            write(a, step)
+        assert sorted(map(repr, a.port_flows())) == python_port_flows(a), step
+    assert a.stats["port_facts_changed"] >= 2 and not a.stats["compiler_errors"]

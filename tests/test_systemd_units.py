@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from controller.daemon import parse_args
+from controller.options import parse_args
 
 UNITS = importlib.resources.files("dfflow") / "data" / "systemd"
 BIN = os.path.dirname(sys.executable)

@@ -31,8 +31,8 @@ def app_of_cookie(cookie: int) -> int:
 class App:
     name = "base"
     app_id = 0
-    # The app's port flows as data (controller.templates): add_local_port and add_remote_port
-    # run it in Python; the controller's compiled path runs the same program in dfflow._core.
+    # The app's port flows as data (controller.templates), run by the compiled core in place of
+    # the four port events below; an app without one (the security groups) implements them.
     port_program: PortProgram | None = None
 
     def cookie(self, obj_id: str) -> int:
@@ -40,12 +40,10 @@ class App:
 
     # -- the blueprint's four port events -------------------------------------------
     def add_local_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
-        if self.port_program is None:
-            return []
-        return self.port_program.flows(view.port_facts(port), view.port_role(port))
+        return []
 
     def add_remote_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
-        return self.add_local_port(port, view)  # the role (view.port_role) says which
+        return []
 
     def remove_local_port(self, port: "LogicalPort", installed: Iterable[Flow]) -> list[Flow]:
         return list(installed)

@@ -20,9 +20,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.netns import SandboxError
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.netns import SandboxError
 
 HELPER_EXIT_TIMEOUT = 10.0  # s
 # Threads for the blocking calls (neutronclient, os-vif) of the migrations running together: Nova makes
@@ -43,7 +43,7 @@ class SharedSwitchover:
         self.prepared = 0
         self.stamps: dict[str, float] = {}  # the switchover's own: go, first source down, last announced
         self._lock = threading.Lock()
-        self.proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.switchover", "--many"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "dfflow.sandbox.switchover", "--many"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self._expect("started")
@@ -153,10 +153,11 @@ class VmSwitchover:
 
 
 async def evacuate(cloud: Cloud, vms: list[str], dest: str, progress: Callable[[str], None] | None = None,
-                   **migrate_options: Any) -> dict[str, Any]:
+                   migrate: Callable[..., Any] = nova.migrate, **migrate_options: Any) -> dict[str, Any]:
     """Live-migrate `vms` to chassis `dest` at once (nova.migrate's options apply to each); returns
     every migration's timeline (`migrations`), the failures (`failed`: VM -> error) and the shared
-    switchover's stamps (`switchover`, seconds since the evacuation started)."""
+    switchover's stamps (`switchover`, seconds since the evacuation started). `migrate`: what
+    migrates one VM (nova.migrate's arguments; ovn_cloud.migrate for a sandbox run by OVN)."""
     sb = cloud.sandbox
     if not vms:
         raise SandboxError("vms: no VM to migrate")
@@ -178,7 +179,7 @@ async def evacuate(cloud: Cloud, vms: list[str], dest: str, progress: Callable[[
 
     async def one(vm: str) -> dict[str, Any]:
         try:
-            result = await nova.migrate(cloud, vm, dest, switchover_factory=shared.factory, **migrate_options)
+            result = await migrate(cloud, vm, dest, switchover_factory=shared.factory, **migrate_options)
         except BaseException:
             shared.withdraw(vm)  # the others switch over without it
             shared.release(vm)

@@ -26,12 +26,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.sandbox import faults
-from controller.sandbox.faults import DROP_PUBLISH, set_fault
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.probe import Echo, Sender, analyse
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.faults import DROP_PUBLISH, set_fault
+from dfflow.sandbox.probe import Echo, Sender, analyse
+from dfflow.sandbox.topology import Sandbox
 from dfflow.nb.store import NbApi
 
 STRATEGIES = ("announce", "unplug", "fallback")
@@ -79,18 +78,23 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
+        controller_cmd: list[str] | None = None, fip_probe: bool = True) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
-    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`)."""
+    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
+    The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
+    `benchmarks.faulty_controller`). Without `fip_probe` only the L2 peer probes (the probe load of
+    the OVN peer's run, benchmarks.ovn_peer)."""
+    if "fallback" in strategies and controller_cmd is None:
+        raise ValueError("strategy 'fallback' needs controller_cmd: controllers that obey the sandbox's faults")
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
-    # the step-2-lost row ("fallback") needs the faults wrapper around the controllers
-    sb = Sandbox(workdir, controller_cmd=faults.controller_cmd() if "fallback" in strategies else None)
+    sb = Sandbox(workdir, controller_cmd=controller_cmd)
     load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
         sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path))
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path, fip_probe))
         return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
         sb.down()
@@ -101,10 +105,13 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                update_port_delay: float, interval: float, progress: Callable[[str], None] | None,
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
-               memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended") -> dict[str, Any]:
+               memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended",
+               fip_probe: bool = True) -> dict[str, Any]:
     nb, cloud, fip = await _build(sb)
     echo = Echo(sb, "M")
-    probes = {"peer (L2, chassis-3)": ("P", M_IP), "external host (floating IP)": ("E", fip)}
+    probes = {"peer (L2, chassis-3)": ("P", M_IP)}
+    if fip_probe:
+        probes["external host (floating IP)"] = ("E", fip)
     if routed_probe:
         probes["routed peer (net2, chassis-3)"] = ("Q", M_IP)
     try:
@@ -256,6 +263,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_xlabel("ms since the migration started (reply arrival time)")
         ax.set_ylabel("reply RTT (ms)")
         ax.legend(loc="upper right", fontsize=8)
+    if report.get("title"):  # e.g. the ratio to a peer run alongside (benchmarks.ovn_peer)
+        fig.suptitle(report["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -71,167 +71,33 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import glob
-import importlib.util
-import ipaddress
 import os
 import shutil
-import subprocess
-import sys
 import time
-import uuid as uuidlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Iterator, Sequence
 
-from controller.ovsproc import OvsInstance
+from dfflow.sandbox.ovsproc import OvsInstance
 
 from . import health
 from . import names as nm
-from . import netns, neutronproc, nova_events, preflight, procs, respawn, state
+from . import netns, neutronproc, nova_events, ovn, preflight, procs, state
 from .netns import SandboxError
-from .redisproc import RedisServer, free_port
+from .daemons import SandboxDaemons
+from .records import (API_DFFLOW, API_NEUTRON, CHASSIS_SYSCTLS, DATAPATH_TYPE, DEFAULT_DIR, HEALTHY_WITHIN,
+                      INT_BRIDGE, NB_SENTINEL, PHY_BRIDGE, STATE_VERSION, TNL_NEIGH_AGING, UNDERLAY_SYSCTLS,
+                      UNIX_PATH_MAX, Chassis, Vif, Vm, _chassis_from, _vm_from, default_controller_cmd)
+from .redisproc import RedisServer
 from .sentinelproc import SentinelNb
+from .vms import SandboxVms
 
-DEFAULT_DIR = "/var/tmp/dfflow-sandbox"
-API_DFFLOW, API_NEUTRON = "dfflow-api", "neutron-server"  # what serves the sandbox cloud's Neutron API
-NB_SENTINEL = "sentinel"  # `up(nb_url=...)`: start a primary, a replica and three sentinels
-INT_BRIDGE = "br-int"
-PHY_BRIDGE = "br-phy"
-DATAPATH_TYPE = "netdev"  # no OVS kernel module here: every bridge is userspace (controllers are told so)
-VM_MTU = 1400
-TCP_OF_PORT = 6653
-UNIX_PATH_MAX = 107
-STATE_VERSION = 1
-TNL_NEIGH_AGING = 3600  # seconds, OVS's maximum
-HEALTHY_WITHIN = 30.0  # s after start-up by which every controller must be healthy
-
-CHASSIS_SYSCTLS = {
-    "net.ipv4.conf.all.arp_ignore": 1,
-    "net.ipv4.conf.default.arp_ignore": 1,
-    "net.ipv6.conf.all.disable_ipv6": 1,
-    "net.ipv6.conf.default.disable_ipv6": 1,
-}
-UNDERLAY_SYSCTLS = {
-    "net.ipv6.conf.all.disable_ipv6": 1,
-    "net.ipv6.conf.default.disable_ipv6": 1,
-}
-NO_IPV6_SYSCTLS = UNDERLAY_SYSCTLS
-
-
-# ------------------------------------------------------------------------------------------------
-# Records (what state.json holds)
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class Chassis:
-    name: str
-    index: int
-    namespace: str
-    tunnel_ip: str
-    phy_mac: str
-    int_mac: str
-    dir: str                        # <sandbox dir>/<name>
-    uplink: str                     # veth end in the chassis ns (port of br-phy)
-    underlay_port: str              # veth end in the underlay ns (port of the Linux bridge)
-    of_listen: str = ""             # what the controller is told to listen on
-    of_target: str = ""             # what br-int connects to
-    of_port: int | None = None
-    controller_pid: int | None = None
-    controller_starttime: int | None = None
-    controller_argv: list[str] = field(default_factory=list)
-    supervisor_pid: int | None = None   # controller.sandbox.respawn: restarts the controller when it dies
-    supervisor_starttime: int | None = None
-    ovs_pids: dict[str, list[int | None]] = field(default_factory=dict)  # daemon -> [pid, start time]
-    osvif_pid: int | None = None    # the chassis' os-vif agent (nova-compute's os-vif), if started
-    osvif_starttime: int | None = None
-
-    @property
-    def rundir(self) -> str:
-        return os.path.join(self.dir, "ovs")
-
-    @property
-    def controller_log(self) -> str:
-        return os.path.join(self.dir, "controller.log")
-
-    @property
-    def status_socket(self) -> str:
-        return os.path.join(self.dir, "controller.sock")
-
-    @property
-    def osvif_socket(self) -> str:
-        return os.path.join(self.dir, "osvif.sock")
-
-    @property
-    def supervisor_record(self) -> str:
-        return os.path.join(self.dir, "controller.respawn.json")
-
-    def supervised(self) -> dict[str, Any]:
-        """The supervisor's record (controller pid now, restarts, last exit), if it still runs."""
-        if not procs.same_process(self.supervisor_pid, self.supervisor_starttime):
-            return {}
-        return respawn.read_record(self.supervisor_record)
-
-    def controller_now(self) -> tuple[int | None, int | None]:
-        """(pid, start time) of the controller process running now (the supervisor restarts it)."""
-        record = self.supervised()
-        if record:
-            return record.get("pid"), record.get("starttime")
-        return self.controller_pid, self.controller_starttime
-
-    def ovs(self) -> OvsInstance:
-        return OvsInstance(self.rundir, self.namespace)
-
-
-@dataclass
-class Vif:
-    vm: str
-    ifname: str                     # name inside the VM namespace (eth0, eth1, ...)
-    chassis: str
-    port_id: str                    # external_ids:iface-id
-    mac: str
-    tap: str                        # name inside the chassis namespace, a port of br-int
-    ip: str | None = None           # address/prefix
-    mtu: int = VM_MTU
-    up: bool = True
-
-
-@dataclass
-class Vm:
-    name: str
-    namespace: str
-    uuid: str
-    gateway: str | None = None
-    vifs: list[Vif] = field(default_factory=list)
-
-    def vif(self, ifname: str) -> Vif:
-        for v in self.vifs:
-            if v.ifname == ifname:
-                return v
-        raise SandboxError(f"VM {self.name} has no interface {ifname}")
-
-
-def _chassis_from(d: dict[str, Any]) -> Chassis:
-    return Chassis(**{k: v for k, v in d.items() if k in Chassis.__dataclass_fields__})
-
-
-def _vm_from(d: dict[str, Any]) -> Vm:
-    vifs = [Vif(**{k: v for k, v in x.items() if k in Vif.__dataclass_fields__}) for x in d.get("vifs", [])]
-    return Vm(name=d["name"], namespace=d["namespace"], uuid=d["uuid"], gateway=d.get("gateway"), vifs=vifs)
-
-
-def default_controller_cmd() -> list[str]:
-    """How to start dfflow-controller: the module must exist (the console script exists before it does)."""
-    if importlib.util.find_spec("controller.daemon") is None:
-        raise SandboxError("dfflow-controller is not available (no module controller.daemon yet): "
-                           "use `up --no-controllers`")
-    script = os.path.join(os.path.dirname(sys.executable), "dfflow-controller")
-    if os.access(script, os.X_OK):
-        return [script]
-    return [sys.executable, "-m", "controller.daemon"]
-
+__all__ = ["Chassis", "Sandbox", "SandboxError", "Vif", "Vm", "API_DFFLOW", "API_NEUTRON", "DATAPATH_TYPE",
+           "DEFAULT_DIR", "INT_BRIDGE", "NB_SENTINEL"]
 
 # ------------------------------------------------------------------------------------------------
 # The sandbox
 # ------------------------------------------------------------------------------------------------
-class Sandbox:
+class Sandbox(SandboxDaemons, SandboxVms):
     """One sandbox, rooted at `dir`; everything it starts is recorded in ``<dir>/state.json``.
 
     Several ``Sandbox`` objects (in several processes) may work on the same dir:
@@ -316,9 +182,9 @@ class Sandbox:
            neutron_url: str | None = None, nova_url: str | None = None) -> dict[str, Any]:
         """Build the sandbox; returns `status()`. On failure everything built so far is removed.
 
-        `controller_args` are appended to every controller's command line (e.g. the benchmark
-        switches ``--flow-path osken --no-bundle``); they are kept in the state, so `start_controller`
-        uses them too until `set_controller_args` changes them.
+        `controller_args` are appended to every controller's command line (e.g. ``--strategy unplug``,
+        or a benchmark variant's ``--flow-path osken --no-bundle`` with its `controller_cmd`); they are
+        kept in the state, so `start_controller` uses them too until `set_controller_args` changes them.
 
         The cloud's API is `dfflow api`; with `neutron`, a neutron-server with the dfflow driver started
         for the sandbox (MariaDB and gunicorn in <dir>/neutron; its Nova notifier sends to `nova_url`,
@@ -448,99 +314,6 @@ class Sandbox:
         with self._txn() as st:
             st["phase"] = "up"
 
-    def _start_sentinel_nb(self) -> None:
-        """A primary, a replica and three sentinels on loopback ports (see sentinelproc)."""
-        ha = SentinelNb(os.path.join(self.dir, "nb-sentinel"))
-        shutil.rmtree(ha.dir, ignore_errors=True)
-        try:
-            ha.start()
-        finally:
-            with self._txn() as st:
-                st["nb_sentinel"] = ha.to_state()
-        with self._txn() as st:
-            st["nb"] = {"url": ha.url, "tcp_url": ha.url, "external": False, "sentinel": True}
-
-    def sentinel_nb(self) -> SentinelNb:
-        """The sentinel NB of a sandbox started with `nb_url="sentinel"` (fault tests kill its primary)."""
-        st = self._load() or {}
-        if not st.get("nb_sentinel"):
-            raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
-        return SentinelNb.from_state(st["nb_sentinel"])
-
-    def _start_nova(self) -> None:
-        """The sandbox's Nova API (its os-server-external-events, see nova_events.py): Neutron's Nova
-        notifier posts there; its URL is `nova.url` in the state (`nova_url` in `status()`)."""
-        port = free_port()
-        url = nova_events.url_of(port)
-        proc = nova_events.start(self.dir, port)
-        with self._txn() as st:
-            st["nova"] = {"url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
-        nova_events.wait_ready(proc, url)
-
-    def _start_api(self) -> None:
-        """The Neutron-compatible API (`dfflow api`) on a free loopback port: the sandbox's cloud
-        creates ports and updates bindings through it, as Nova does through Neutron; it sends
-        network-vif-plugged/unplugged to the sandbox's Nova."""
-        with self._txn() as st:
-            nb, nova = st["nb"], st.get("nova") or {}
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "dfflow.cli", "api", "--nb", nb.get("tcp_url") or nb["url"],
-                "--listen", f"127.0.0.1:{port}"] + (["--nova-url", nova["url"]] if nova.get("url") else [])
-        with open(os.path.join(self.dir, "api.log"), "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=self.dir, start_new_session=True)
-        with self._txn() as st:
-            st["api"] = {"kind": API_DFFLOW, "url": url, "pid": proc.pid, "starttime": procs.starttime(proc.pid)}
-        if not procs.wait_http_ok(proc, f"{url}/v2.0", 20):
-            raise SandboxError(f"dfflow api did not start (see {os.path.join(self.dir, 'api.log')})")
-
-    @property
-    def neutron_dir(self) -> str:
-        return os.path.join(self.dir, "neutron")
-
-    @property
-    def api_kind(self) -> str:
-        """What serves the cloud's API: `dfflow api` (API_DFFLOW) or neutron-server (API_NEUTRON)."""
-        return ((self._load() or {}).get("api") or {}).get("kind", API_DFFLOW)
-
-    @property
-    def api_notifies_our_nova(self) -> bool:
-        """Whether the cloud's API tells this sandbox's Nova of VIF events: not when the API is a server
-        the sandbox did not start, nor when its neutron-server's notifier was pointed elsewhere."""
-        st = self._load() or {}
-        api = st.get("api") or {}
-        if api.get("external"):
-            return False
-        if api.get("kind") == API_NEUTRON:
-            return (st.get("neutron") or {}).get("nova_url") == (st.get("nova") or {}).get("url")
-        return True
-
-    def neutron_server(self) -> neutronproc.NeutronServer:
-        """The neutron-server this sandbox started (`up(neutron=True)`)."""
-        st = self._load() or {}
-        if not st.get("neutron"):
-            raise SandboxError(f"sandbox {self.dir} started no neutron-server")
-        return neutronproc.NeutronServer.from_state(st["neutron"])
-
-    def _start_neutron(self, api: dict[str, Any]) -> None:
-        """neutron-server with the dfflow driver as the cloud's API: a running one (`api["url"]`), or one
-        of the sandbox's own, writing to the sandbox's NB db."""
-        if api["external"]:
-            with self._txn() as st:
-                st["api"] = dict(api)
-            return
-        with self._txn() as st:
-            nb = st["nb"]
-            nova_url = api.get("nova_url") or (st.get("nova") or {}).get("url")
-        shutil.rmtree(self.neutron_dir, ignore_errors=True)
-        server = neutronproc.NeutronServer(self.neutron_dir, nb.get("tcp_url") or nb["url"], nova_url)
-
-        def record(started: neutronproc.NeutronServer) -> None:
-            with self._txn() as st:
-                st["neutron"] = started.to_state()
-                st["api"] = dict(api, url=started.url, pid=started.pid, starttime=started.starttime)
-        server.start(record)
 
     def _new_chassis(self, index: int, name: str) -> Chassis:
         n = self.names
@@ -622,259 +395,6 @@ class Sandbox:
             st["vni_high_water"] = vni
         return vni
 
-    # --- the NB's redis-server (fault tests) ---------------------------------------------------------
-    def stop_nb(self) -> None:
-        """Stop the sandbox's own redis-server (its append-only file stays)."""
-        with self._txn() as st:
-            if not st.get("redis"):
-                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to stop")
-            RedisServer.from_state(st["redis"]).stop()
-
-    def start_nb(self) -> None:
-        """Start it again, same port and directory: it reloads the NB from its append-only file."""
-        with self._txn() as st:
-            if not st.get("redis"):
-                raise SandboxError("this sandbox uses an external NB db (--nb): not ours to start")
-            redis = RedisServer.from_state(st["redis"])
-            if not redis.running():
-                redis.start()
-            st["redis"] = redis.to_state()
-
-    # --- controllers ------------------------------------------------------------------------------
-    def _start_controller(self, chassis: str, cmd: list[str], of_transport: str) -> Chassis:
-        ch = self.chassis(chassis)
-        extra = list((self._load() or {}).get("controller_args") or [])
-        nb_url = self.nb_url
-        if of_transport == "unix":
-            sock = os.path.join(ch.rundir, "openflow.sock")  # OVS accepts socket controllers only here
-            ch.of_listen, ch.of_target, ch.of_port = f"unix:{sock}", f"unix:{sock}", None
-        else:
-            ch.of_listen = f"127.0.0.1:{TCP_OF_PORT}"
-            ch.of_target, ch.of_port = f"tcp:127.0.0.1:{TCP_OF_PORT}", TCP_OF_PORT
-        ovs = ch.ovs()
-        ch.controller_argv = list(cmd) + [
-            "--chassis", ch.name, "--tunnel-ip", ch.tunnel_ip, "--nb", nb_url or "",
-            "--ovsdb", ovs.ovsdb_url, "--bridge", INT_BRIDGE, "--of-listen", ch.of_listen,
-            "--status-socket", ch.status_socket, "--datapath-type", DATAPATH_TYPE] + extra
-        argv = ch.controller_argv if of_transport == "unix" else netns.exec_argv(ch.namespace, ch.controller_argv)
-        # OVS retries with back-off up to max_backoff: keep it short so a late controller is found fast
-        ovs.vsctl("--", "set-controller", INT_BRIDGE, ch.of_target,
-                  "--", "set", "Controller", INT_BRIDGE, "max_backoff=1000")
-        record = ch.supervisor_record
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(record)
-        with open(ch.controller_log, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.respawn", record, "--", *argv],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=ch.dir, start_new_session=True)
-        ch.supervisor_pid, ch.supervisor_starttime = proc.pid, procs.starttime(proc.pid)
-        self._save_chassis(ch)
-        deadline = time.monotonic() + 10
-        while not (started := respawn.read_record(record)).get("pid"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SandboxError(f"the supervisor of {ch.name}'s controller did not start it; see {ch.controller_log}")
-            time.sleep(0.01)
-        ch.controller_pid, ch.controller_starttime = started["pid"], started["starttime"]
-        self._save_chassis(ch)
-        return ch
-
-    # --- os-vif agents (nova-compute's os-vif, see osvif_agent.py) --------------------------------
-    def osvif_socket(self, chassis: str) -> str:
-        """The socket of the chassis' os-vif agent, started now if it does not run."""
-        ch = self.chassis(chassis)
-        if not procs.same_process(ch.osvif_pid, ch.osvif_starttime):
-            ch = self._start_osvif(chassis)
-        return self._wait_osvif(ch)
-
-    def _start_osvif(self, chassis: str) -> Chassis:
-        ch = self.chassis(chassis)
-        with contextlib.suppress(OSError):
-            os.unlink(ch.osvif_socket)
-        argv = netns.exec_argv(ch.namespace, [sys.executable, "-m", "controller.sandbox.osvif_agent",
-                                              "--ovsdb", ch.ovs().ovsdb_url, "--socket", ch.osvif_socket])
-        with open(os.path.join(ch.dir, "osvif.log"), "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=ch.dir, start_new_session=True)
-        ch.osvif_pid, ch.osvif_starttime = proc.pid, procs.starttime(proc.pid)
-        self._save_chassis(ch)
-        return ch
-
-    @staticmethod
-    def _wait_osvif(ch: Chassis, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(ch.osvif_socket):
-            if not procs.same_process(ch.osvif_pid, ch.osvif_starttime) or time.monotonic() > deadline:
-                raise SandboxError(f"the os-vif agent of {ch.name} did not start (see "
-                                   f"{os.path.join(ch.dir, 'osvif.log')})")
-            time.sleep(0.05)
-        return ch.osvif_socket
-
-    def start_controller(self, chassis: str) -> Chassis:
-        """(Re)start one chassis' controller, e.g. after `stop_controller` in a restart test."""
-        st = self._load() or {}
-        cmd = self.controller_cmd or default_controller_cmd()
-        if shutil.which(cmd[0]) is None:
-            raise SandboxError(f"controller command {cmd[0]!r} not found")
-        self.stop_controller(chassis)
-        return self._start_controller(chassis, cmd, st.get("of_transport", "unix"))
-
-    @property
-    def controller_args(self) -> list[str]:
-        """What is appended to every controller's command line (see `up`)."""
-        return list((self._load() or {}).get("controller_args") or [])
-
-    def set_controller_args(self, args: Sequence[str]) -> None:
-        """Extra controller arguments for the next `start_controller` (running ones keep theirs)."""
-        with self._txn() as st:
-            st["controller_args"] = list(args)
-
-    def stop_controller(self, chassis: str, timeout: float = 5.0) -> None:
-        ch = self.chassis(chassis)
-        pid, start = ch.controller_now()
-        victims = [p for p, t in ((ch.supervisor_pid, ch.supervisor_starttime), (pid, start),
-                                  (ch.controller_pid, ch.controller_starttime)) if procs.same_process(p, t)]
-        procs.terminate_all(victims, timeout)  # the supervisor passes SIGTERM on and does not restart
-        ch.controller_pid = ch.controller_starttime = ch.supervisor_pid = ch.supervisor_starttime = None
-        self._save_chassis(ch)
-
-    def _save_chassis(self, ch: Chassis) -> None:
-        with self._txn() as st:
-            st["chassis"] = [asdict(ch) if c["name"] == ch.name else c for c in st["chassis"]]
-
-    # --- VMs --------------------------------------------------------------------------------------
-    def plug_vm(self, name: str, chassis: str, port_id: str, mac: str, ip: str | None = None,
-                gateway: str | None = None, vm_uuid: str | None = None, ifname: str = "eth0",
-                mtu: int = VM_MTU, ipv6: bool = False, ovs_port: bool = True) -> Vm:
-        """Create VM namespace ``<sbid>-vm-<name>`` and plug its first VIF into `chassis`' br-int.
-
-        `ip` is ``address/prefix``; `gateway` adds a default route. The chassis end
-        is plugged like os-vif does it (iface-id, attached-mac, iface-status, vm-uuid); with
-        `ovs_port=False` it is left as QEMU leaves its tap, for the caller's os-vif to plug.
-        """
-        nm.check_name("VM", name)
-        nm.check_port_id(port_id)
-        nm.check_ifname(ifname)
-        self.chassis(chassis)  # fail before creating anything
-        ns = self.names.vm_ns(name)
-        vm = Vm(name=name, namespace=ns, uuid=vm_uuid or str(uuidlib.uuid4()), gateway=gateway)
-        with self._txn() as st:
-            if name in st["vms"]:
-                raise SandboxError(f"VM {name} exists already in sandbox {self.dir}")
-            st["vms"][name] = asdict(vm)
-            if ns not in st["namespaces"]:
-                st["namespaces"].append(ns)
-        try:
-            netns.add(ns)
-            sysctls = {} if ipv6 else dict(NO_IPV6_SYSCTLS)
-            netns.sh(ns, netns.sysctl_script(sysctls) + "\nip link set lo up")
-            self.plug_vif(name, chassis, port_id, mac, ifname, up=True, ip=ip, mtu=mtu, ovs_port=ovs_port)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.unplug_vm(name)
-            raise
-        return self.vm(name)
-
-    def plug_vif(self, vm: str, chassis: str, port_id: str, mac: str, ifname: str, up: bool = False,
-                 ip: str | None = None, mtu: int = VM_MTU, configure_ip: bool = True,
-                 ovs_port: bool = True) -> Vif:
-        """Add an interface to an existing VM namespace, plugged into `chassis`' br-int.
-
-        For live-migration emulation: the destination VIF of a VM (same port id and
-        MAC, another ifname such as eth1, `up=False`) sits in the same VM namespace
-        while the source VIF still carries the traffic.
-        """
-        nm.check_port_id(port_id)
-        nm.check_ifname(ifname)
-        ch = self.chassis(chassis)
-        vmrec = self.vm(vm)
-        if any(v.ifname == ifname for v in vmrec.vifs):
-            raise SandboxError(f"VM {vm} has an interface {ifname} already")
-        if ip is not None:
-            ipaddress.ip_interface(ip)  # validate early
-        tap = nm.Names.tap(port_id)
-        for other in self.vms():
-            for v in other.vifs:
-                if v.chassis == ch.name and v.tap == tap:
-                    raise SandboxError(f"{ch.name} already has {tap} (VM {other.name} {v.ifname}): "
-                                       "port ids must differ in their first 11 characters on one chassis")
-        vif = Vif(vm=vm, ifname=ifname, chassis=ch.name, port_id=port_id, mac=mac, tap=tap, ip=ip, mtu=mtu, up=up)
-        with self._txn() as st:
-            st["vms"][vm]["vifs"].append(asdict(vif))
-        try:
-            self._create_vif(ch, vmrec, vif, configure_ip, ovs_port)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.unplug_vif(vm, ifname)
-            raise
-        return vif
-
-    def _create_vif(self, ch: Chassis, vmrec: Vm, vif: Vif, configure_ip: bool = True,
-                    ovs_port: bool = True) -> None:
-        tap, ifname = vif.tap, vif.ifname
-        netns.batch(ch.namespace, [
-            f"link add {tap} address {nm.tap_mac(vif.port_id, ch.name)} mtu {vif.mtu} type veth "
-            f"peer name {ifname} address {vif.mac} mtu {vif.mtu} netns {vmrec.namespace}",
-            f"link set {tap} up"])
-        script = [f"ethtool -K {ifname} tx off >/dev/null"]
-        if vif.ip and configure_ip:  # (a migration's destination VIF gets it at the switchover)
-            script.append(f"ip addr add {vif.ip} dev {ifname}")
-        if vif.up:
-            script.append(f"ip link set {ifname} up")
-            if vmrec.gateway and not vmrec.vifs:
-                script.append(f"ip route add default via {vmrec.gateway} dev {ifname}")
-        netns.sh(vmrec.namespace, "\n".join(script))
-        if not ovs_port:
-            return
-        ch.ovs().vsctl(
-            "--", "--may-exist", "add-port", INT_BRIDGE, tap,
-            "--", "set", "Interface", tap, f"external_ids:iface-id={vif.port_id}",
-            f'external_ids:attached-mac="{vif.mac}"', "external_ids:iface-status=active",
-            f"external_ids:vm-uuid={vmrec.uuid}")
-
-    def unplug_vif(self, vm: str, ifname: str) -> None:
-        """Nova's post-migration unplug: del-port from br-int, then the veth goes away."""
-        vif = self.vm(vm).vif(ifname)
-        ch = self.chassis(vif.chassis)
-        ch.ovs().vsctl("--if-exists", "del-port", INT_BRIDGE, vif.tap, check=False)
-        netns.run(["ip", "-n", ch.namespace, "link", "del", vif.tap], check=False)
-        with self._txn() as st:
-            rec = st["vms"].get(vm)
-            if rec:
-                rec["vifs"] = [v for v in rec["vifs"] if v["ifname"] != ifname]
-
-    def set_vif_up(self, vm: str, ifname: str, up: bool = True) -> None:
-        vmrec = self.vm(vm)
-        vmrec.vif(ifname)
-        netns.batch(vmrec.namespace, [f"link set {ifname} {'up' if up else 'down'}"])
-        with self._txn() as st:
-            for v in st["vms"][vm]["vifs"]:
-                if v["ifname"] == ifname:
-                    v["up"] = up
-
-    def unplug_vm(self, name: str) -> None:
-        """Unplug every VIF of the VM, end the processes in its namespace, delete the namespace."""
-        vmrec = self.vm(name)
-        for vif in vmrec.vifs:
-            self.unplug_vif(name, vif.ifname)
-        procs.terminate_all(netns.pids(vmrec.namespace), timeout=2.0)
-        netns.delete(vmrec.namespace)
-        with self._txn() as st:
-            st["vms"].pop(name, None)
-            with contextlib.suppress(ValueError):
-                st["namespaces"].remove(vmrec.namespace)
-
-    def vm_argv(self, vm: str, argv: Sequence[str]) -> list[str]:
-        return netns.exec_argv(self.vm(vm).namespace, list(argv))
-
-    def vm_exec(self, vm: str, argv: Sequence[str], check: bool = True, timeout: float | None = 30.0,
-                **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run a command in the VM's namespace (output captured as text unless told otherwise)."""
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
-        return subprocess.run(self.vm_argv(vm, argv), check=check, timeout=timeout, **kwargs)
-
-    def vm_popen(self, vm: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-        return subprocess.Popen(self.vm_argv(vm, argv), **kwargs)
 
     # --- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -988,6 +508,7 @@ class Sandbox:
                         victims.add(pid)  # type: ignore[arg-type]
             for rundir in rundirs:
                 victims.update(self._ovs_pids(rundir))
+            victims.update(ovn.pids_under(self.dir))  # the OVN peer's daemons, when it ran here
             # without (or with a stale) state: our redis is the redis-server working in <dir>/redis, our
             # controllers are the processes told to use one of our OVSDB sockets
             victims.update(procs.find(lambda pid: procs.comm(pid) == "redis-server"

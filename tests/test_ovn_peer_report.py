@@ -1,0 +1,52 @@
+"""`dfflow-bench migration --peer ovn`'s report: both systems' runs in one summary and the ratio
+dfflow/OVN (benchmarks/ovn_peer.py), and the options it refuses before anything starts."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import cli, evacuation, ovn_peer
+from dfflow.sandbox import ovn, scenario
+
+
+def _run(strategy: str, gap: float, lost: float) -> dict:
+    probe = {"downtime_ms": gap, "lost_window_ms": lost, "recovered": True, "duplicates": 0, "baseline_gap_ms": 5.0}
+    return {"strategy": strategy, "probes": {ovn_peer.L2_PROBE: probe}, "convergence_ms": None}
+
+
+def _report(runs: list[dict]) -> dict:
+    return {"runs": runs, "interval_ms": 1.0, "memory_copy_ms": 500.0, "unplug_delay_ms": 200.0,
+            "update_port_delay_ms": 300.0, "load_before": (1.0, 1.0, 1.0), "load_after": (2.0, 2.0, 2.0)}
+
+
+def test_one_vm_report_puts_both_systems_in_one_table_with_the_ratio_of_their_reply_gaps():
+    ours = _report([_run("announce", g, 0.0) for g in (10.0, 20.0, 30.0)])
+    theirs = _report([_run("ovn-rarp", g, 5.0) for g in (40.0, 40.0, 80.0)])
+    report = ovn_peer.combine(ours, theirs, scenario.summarise)
+    assert set(report["summary"]) == {"dfflow announce", ovn_peer.OVN_LABEL}
+    assert report["summary"]["dfflow announce"]["downtime_median_ms"] == 20.0
+    assert report["ratios"] == {"figure": "downtime_median_ms", "dfflow announce": "0.50"}
+    table = ovn_peer.format_single(report)
+    row = next(line for line in table.splitlines() if line.startswith("dfflow announce"))
+    assert "0.50, " in row  # median ratio, then p95's
+    assert "dfflow announce 20.0 ms / OVN 40.0 ms = 0.50" in report["title"]
+
+
+def test_evacuation_report_ratio_is_of_the_last_vm_back():
+    def run(strategy: str, back: float) -> dict:
+        vm = {"back_ms": back, "downtime_ms": back, "switchover_gap_ms": back, "lost_window_ms": 0.0,
+              "recovered": True, "duplicates": 0, "baseline_gap_ms": 1.0}
+        return {"strategy": strategy, "per_vm": {"V1": vm}, "last_back_ms": back, "converge_ms": None,
+                "switchover_ms": 1.0}
+    ours = _report([run("announce", 10.0)]) | {"vms": 1}
+    theirs = _report([run("ovn-rarp", 40.0)]) | {"vms": 1}
+    report = ovn_peer.combine(ours, theirs, evacuation.summarise)
+    assert report["ratios"] == {"figure": "last_back_median_ms", "dfflow announce": "0.25"}
+    assert "0.25, 0.25" in ovn_peer.format_evacuation(report)
+
+
+def test_the_ovn_peer_refuses_the_legacy_nova_path_before_starting_anything():
+    if ovn.missing():
+        pytest.skip("; ".join(ovn.missing()))
+    result = CliRunner().invoke(cli.main, ["migration", "--peer", "ovn", "--nova-path", "legacy"])
+    assert result.exit_code == 2 and "--nova-path" in result.output and "binding-extended" in result.output
