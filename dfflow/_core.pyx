@@ -16,10 +16,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.bytearray cimport PyByteArray_AsString
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
-from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, Err, FlowLayout, LayoutC,
+from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, OFPFC_DELETE_STRICT, ONF_BCT_COMMIT_REQUEST,
+                             ONF_BCT_OPEN_REQUEST, ONF_BF_ATOMIC, ONF_BF_ORDERED, Err, FlowLayout, LayoutC,
                              _check_bundle_args, _check_rows, _check_xids, _error, _write_bundle_ctrl,
                              _write_rows, ld16, ld64, store64)
-from dfflow._packer import ONF_BF_ATOMIC, ONF_BF_ORDERED
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -152,6 +152,8 @@ FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_O
 PORT_FLAG_SECURITY = PORT_SECURITY
 PORT_FLAG_ROUTED = PORT_ROUTED
 ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
+EACH_KINDS = {"ONCE": EACH_ONCE, "PER_IP": EACH_PER_IP, "PER_FIP": EACH_PER_FIP, "PER_PAIR_HOST": EACH_PER_PAIR_HOST,
+              "PER_PAIR_NET": EACH_PER_PAIR_NET}
 # The column tables' records: every column a little-endian uint64, in this order.
 # A port's allowed address pairs are pairs[pair_start:...]: its pair_hosts single addresses, then
 # its pair_nets prefixes.
@@ -382,7 +384,7 @@ cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsig
 
 cdef inline void _as_delete(const LayoutC *L, unsigned char *row) noexcept nogil:
     """A strict delete of the row's flow: its cookie, table, priority and match; no instructions."""
-    row[L.command] = 4
+    row[L.command] = OFPFC_DELETE_STRICT
     row[L.n_actions] = 0
     row[L.has_wmeta] = 0
     row[L.goto_] = 0xFF                # goto -1
@@ -685,7 +687,7 @@ cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const un
     offsets[0] = 0
     for g in range(ng):
         if (de[g] - d0) + (ae[g] - a0):
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 0, fl)
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_OPEN_REQUEST, fl)
             pos += C_BUNDLE_CTRL_LEN
             xid += 1
             w = _write_rows(L, D + d0 * L.itemsize, de[g] - d0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
@@ -698,7 +700,7 @@ cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const un
                 return -1
             pos += w
             xid += <uint32_t>(ae[g] - a0)
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 4, fl)
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_COMMIT_REQUEST, fl)
             pos += C_BUNDLE_CTRL_LEN
             xid += 1
         offsets[g + 1] = pos

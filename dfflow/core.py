@@ -3,6 +3,8 @@
 dfflow never falls back to a slow pure-Python path: without the extension the
 package does not import, and says how to build it.
 """
+from typing import Mapping
+
 try:
     from dfflow import _core, _packer
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
@@ -44,21 +46,45 @@ PAIR_FIELDS: tuple = _core.PAIR_FIELDS
 ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
 
-OFP_VERSION: int = _packer.OFP_VERSION
-OFPT_FLOW_MOD: int = _packer.OFPT_FLOW_MOD
-OFPT_EXPERIMENTER: int = _packer.OFPT_EXPERIMENTER
-ONF_EXPERIMENTER_ID: int = _packer.ONF_EXPERIMENTER_ID
-ONF_ET_BUNDLE_CONTROL: int = _packer.ONF_ET_BUNDLE_CONTROL
-ONF_ET_BUNDLE_ADD_MESSAGE: int = _packer.ONF_ET_BUNDLE_ADD_MESSAGE
-ONF_BCT_OPEN_REQUEST: int = _packer.ONF_BCT_OPEN_REQUEST
-ONF_BCT_CLOSE_REQUEST: int = _packer.ONF_BCT_CLOSE_REQUEST
-ONF_BCT_COMMIT_REQUEST: int = _packer.ONF_BCT_COMMIT_REQUEST
-ONF_BCT_DISCARD_REQUEST: int = _packer.ONF_BCT_DISCARD_REQUEST
-ONF_BF_ATOMIC: int = _packer.ONF_BF_ATOMIC
-ONF_BF_ORDERED: int = _packer.ONF_BF_ORDERED
+# The OpenFlow numbers the packer writes (os-ken's names; dfflow.openflow.protocol checks them
+# against os-ken), and the opcodes of a flow record's action slots.
+OPENFLOW: dict = _packer.OPENFLOW
+ACTION_OPCODES: dict = _packer.ACTION_OPCODES
+EACH_KINDS: dict = _core.EACH_KINDS
+OFP_VERSION: int = OPENFLOW["OFP_VERSION"]
+OFPT_FLOW_MOD: int = OPENFLOW["OFPT_FLOW_MOD"]
+OFPT_EXPERIMENTER: int = OPENFLOW["OFPT_EXPERIMENTER"]
+ONF_EXPERIMENTER_ID: int = OPENFLOW["ONF_EXPERIMENTER_ID"]
+ONF_ET_BUNDLE_CONTROL: int = OPENFLOW["ONF_ET_BUNDLE_CONTROL"]
+ONF_ET_BUNDLE_ADD_MESSAGE: int = OPENFLOW["ONF_ET_BUNDLE_ADD_MESSAGE"]
+ONF_BCT_OPEN_REQUEST: int = OPENFLOW["ONF_BCT_OPEN_REQUEST"]
+ONF_BCT_CLOSE_REQUEST: int = OPENFLOW["ONF_BCT_CLOSE_REQUEST"]
+ONF_BCT_COMMIT_REQUEST: int = OPENFLOW["ONF_BCT_COMMIT_REQUEST"]
+ONF_BCT_DISCARD_REQUEST: int = OPENFLOW["ONF_BCT_DISCARD_REQUEST"]
+ONF_BF_ATOMIC: int = OPENFLOW["ONF_BF_ATOMIC"]
+ONF_BF_ORDERED: int = OPENFLOW["ONF_BF_ORDERED"]
 FLOW_MOD_FIXED_LEN: int = _packer.FLOW_MOD_FIXED_LEN
 BUNDLE_CTRL_LEN: int = _packer.BUNDLE_CTRL_LEN
 BUNDLE_ADD_HEADER_LEN: int = _packer.BUNDLE_ADD_HEADER_LEN
+
+
+class CoreMismatch(ImportError):
+    """The compiled core and the Python side number the same things differently."""
+
+
+def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[str, int]) -> None:
+    """Raise CoreMismatch unless `python` and `compiled` hold the same names with the same values.
+
+    Run at import by the modules that declare a table the compiled core also knows, so that a
+    number changed on one side only stops the program at start instead of packing wrong bytes.
+    """
+    differ = sorted(name for name in python.keys() | compiled.keys() if python.get(name) != compiled.get(name))
+    if differ:
+        rows = "; ".join(f"{name}: Python {python.get(name, 'missing')}, compiled {compiled.get(name, 'missing')}"
+                         for name in differ)
+        raise CoreMismatch(f"dfflow's compiled core disagrees with the Python side on {what} ({rows}): "
+                           "make both say the same and rebuild the core (pip install .)")
+
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
@@ -70,4 +96,5 @@ __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",
            "ONF_BCT_CLOSE_REQUEST", "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_DISCARD_REQUEST",
            "ONF_BF_ATOMIC", "ONF_BF_ORDERED", "FLOW_MOD_FIXED_LEN", "BUNDLE_CTRL_LEN",
-           "BUNDLE_ADD_HEADER_LEN"]
+           "BUNDLE_ADD_HEADER_LEN", "OPENFLOW", "ACTION_OPCODES", "EACH_KINDS", "CoreMismatch",
+           "require_agreement"]

@@ -68,6 +68,14 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
 )}
 TCP_SYN = 0x002
 
+
+def oxm_order(name: str) -> tuple[int, int]:
+    """Where a field goes in a match: os-ken's OFPMatch and the packer write fields by OXM type,
+    (oxm_class, oxm_field) -- Nicira registers (class 0x0001) before OpenFlow-basic fields (0x8000)."""
+    spec = FIELDS[name]
+    return spec.oxm_class, spec.oxm_field
+
+
 MAC_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "mac")
 IPV4_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "ipv4")
 
@@ -252,9 +260,7 @@ def match(**fields: int | tuple[int, int]) -> tuple[MatchItem, ...]:
             items.append((name, value[0] & value[1], value[1]))
         else:
             items.append((name, value, None))
-    # os-ken's OFPMatch sorts its fields by OXM type, (oxm_class << 7) | oxm_field: Nicira
-    # registers (class 0x0001) first, then OpenFlow-basic fields by field number.
-    return tuple(sorted(items, key=lambda item: (FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
+    return tuple(sorted(items, key=lambda item: oxm_order(item[0])))
 
 
 def controller_output() -> Output:
@@ -263,5 +269,5 @@ def controller_output() -> Output:
 
 __all__ = ["Command", "FIELDS", "FieldSpec", "MAC_FIELDS", "IPV4_FIELDS", "Flow", "Output", "SetField", "DecTtl",
            "Move", "Resubmit", "Learn", "Ct",
-           "match",
+           "match", "oxm_order",
            "controller_output", "osken_match"]
