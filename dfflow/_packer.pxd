@@ -40,8 +40,8 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* The numbers of OpenFlow 1.3, and of its ONF and Nicira extensions, that the packer
-       writes and reads, by os-ken's names: dfflow.openflow.protocol checks every one of
+    /* The numbers of OpenFlow 1.3 (and one of 1.4), and of its ONF and Nicira extensions, that
+       the packer and the framing write and read, by os-ken's names: dfflow.openflow.protocol checks every one of
        them (the packer's OPENFLOW table) against os-ken at import. */
     #define DFF_OFP_VERSION 4u
     #define DFF_OFPT_EXPERIMENTER 4u
@@ -75,6 +75,7 @@ cdef extern from *:
     #define DFF_ONF_BF_ORDERED 2u
     #define DFF_NX_EXPERIMENTER_ID 0x2320u
     #define DFF_NXAST_REG_MOVE 6u
+    #define DFF_OFPT_BUNDLE_ADD_MESSAGE 34u  /* OpenFlow 1.4's */
     """
     uint32_t OFP_VERSION "DFF_OFP_VERSION"
     uint32_t OFPT_EXPERIMENTER "DFF_OFPT_EXPERIMENTER"
@@ -108,6 +109,7 @@ cdef extern from *:
     uint32_t ONF_BF_ORDERED "DFF_ONF_BF_ORDERED"
     uint32_t NX_EXPERIMENTER_ID "DFF_NX_EXPERIMENTER_ID"
     uint32_t NXAST_REG_MOVE "DFF_NXAST_REG_MOVE"
+    uint32_t OFPT_BUNDLE_ADD_MESSAGE "DFF_OFPT_BUNDLE_ADD_MESSAGE"
 
 cdef enum:
     C_FLOW_MOD_FIXED_LEN = 48

@@ -42,6 +42,7 @@ OPENFLOW = {
     "ONF_BCT_COMMIT_REQUEST": ONF_BCT_COMMIT_REQUEST, "ONF_BCT_DISCARD_REQUEST": ONF_BCT_DISCARD_REQUEST,
     "ONF_BF_ATOMIC": ONF_BF_ATOMIC, "ONF_BF_ORDERED": ONF_BF_ORDERED,
     "NX_EXPERIMENTER_ID": NX_EXPERIMENTER_ID, "NXAST_REG_MOVE": NXAST_REG_MOVE,
+    "OFPT_BUNDLE_ADD_MESSAGE": OFPT_BUNDLE_ADD_MESSAGE,  # OpenFlow 1.4's
     "OFP_FLOW_MOD_SIZE": C_FLOW_MOD_FIXED_LEN + 8,  # + the match's header, padded
 }
 # The opcodes of a flow record's action slots (dfflow.flowbatch takes them from here).
@@ -695,7 +696,7 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
     same write then applies the rest. For all-or-nothing, pack with ``commit=False``
     (the buffer stops after the adds), send it with a BARRIER_REQUEST, and only if no
     error came back send COMMIT, else DISCARD (pack_bundle_ctrl) -- what
-    controller.ofchannel's Datapath.send_bundle does.
+    dfflow.openflow's Datapath.send_bundle does.
     """
     return _pack_bytes(_rows_of(batch), xid_start, True, bundle_id, flags, commit, "")
 

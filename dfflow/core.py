@@ -6,10 +6,10 @@ package does not import, and says how to build it.
 from typing import Mapping
 
 try:
-    from dfflow import _core, _packer
+    from dfflow import _core, _framing, _packer
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "dfflow's compiled core (dfflow._core, dfflow._packer) is not built. Install the package with "
+        "dfflow's compiled core (dfflow._core, _packer, _framing) is not built. Install the package with "
         "`pip install .` or build it in place with `python setup.py build_ext --inplace` "
         f"(needs cython and a C compiler): {exc}"
     ) from exc
@@ -28,6 +28,10 @@ pack_flow_mods_into = _packer.pack_flow_mods_into
 pack_bundle = _packer.pack_bundle
 pack_bundle_ctrl = _packer.pack_bundle_ctrl
 pack_many = _packer.pack_many
+
+# OpenFlow framing (the messages of a packed buffer; bundle adds around them).
+frames = _framing.frames
+wrap_bundle_adds = _framing.wrap_bundle_adds
 
 # The port-flow compiler (programs of flow templates x port columns -> rows; rows -> one bundle per chassis).
 CompiledProgram = _core.CompiledProgram
@@ -88,7 +92,7 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
-           "pack_bundle", "pack_bundle_ctrl", "pack_many",
+           "pack_bundle", "pack_bundle_ctrl", "pack_many", "frames", "wrap_bundle_adds",
            "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
            "TRANSITION_FIELDS",

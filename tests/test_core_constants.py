@@ -27,7 +27,7 @@ def test_a_layout_whose_fields_are_not_in_oxm_order_is_refused():
 
 
 def test_the_packers_openflow_numbers_are_os_kens():
-    from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_v1_3
+    from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_v1_3, ofproto_v1_4
     for name, value in core.OPENFLOW.items():
-        module = next(m for m in (ofproto_v1_3, ofproto_common, nicira_ext) if hasattr(m, name))
+        module = next(m for m in (ofproto_v1_3, ofproto_common, nicira_ext, ofproto_v1_4) if hasattr(m, name))
         assert getattr(module, name) == value, name

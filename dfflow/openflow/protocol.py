@@ -18,14 +18,14 @@ OFP14 = ofproto_v1_4.OFP_VERSION  # 0x05
 
 
 def _osken_number(name: str) -> int | None:
-    for module in (ofproto_v1_3, ofproto_common, nicira_ext):
+    for module in (ofproto_v1_3, ofproto_common, nicira_ext, ofproto_v1_4):
         if hasattr(module, name):
             return getattr(module, name)
     return None
 
 
-# The compiled packer writes OpenFlow 1.3 numbers of its own: they must be os-ken's.
-core.require_agreement("OpenFlow 1.3 numbers (the Python side: os-ken's)",
+# The compiled packer and framing write OpenFlow numbers of their own: they must be os-ken's.
+core.require_agreement("OpenFlow numbers (the Python side: os-ken's)",
                        {name: _osken_number(name) for name in core.OPENFLOW}, core.OPENFLOW)
 
 
