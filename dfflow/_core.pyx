@@ -8,6 +8,12 @@ forms raises ValueError, and the caller names the field.
 The port-flow compiler (below): port programs over typed port columns to the rows
 that change, per chassis, packed as one ONF bundle each by the packer
 (dfflow/_packer.pyx, whose C interface _packer.pxd declares).
+
+Longer than ~600 lines on purpose: the compiler's per-transition loop (_instances,
+_compile) and the grouping of its output into bundles (_groups_size, _write_groups) inline
+this unit's role, key and delete helpers; split across extensions they would become calls
+through function pointers in the loops `dfflow-bench compile` measures. The parsers are the
+small rest.
 """
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp

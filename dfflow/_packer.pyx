@@ -16,8 +16,14 @@ OFPFlowMod(...).serialize() as built by dfflow.flows.Flow.to_osken (idle/hard ti
 ~0 and no instructions; instructions in the order apply-actions, write-metadata,
 goto-table).
 
-Its C interface (the record layout, the row validator and writer) is declared in
-_packer.pxd, which the port-flow compiler (dfflow/_core.pyx) cimports.
+Its C interface (the record layout, the row validator and writer, the OpenFlow numbers
+and the bundle header writer) is declared in _packer.pxd, which the port-flow compiler
+(dfflow/_core.pyx) and the framing (dfflow/_framing.pyx) cimport.
+
+Longer than ~600 lines on purpose: the validator (pass 1) and the writer (pass 2) state the
+same wire rules and change together, and both inline the same per-field and prefetch
+helpers; in separate extensions those would become calls through function pointers in the
+per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest.
 """
 import operator
 
