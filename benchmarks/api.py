@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from controller.sandbox.redisproc import RedisServer
+from dfflow.sandbox.redisproc import RedisServer
 
 SERVERS = ("dfflow", "baseline")
 OPERATIONS = ("create_port", "update_port", "create_network")

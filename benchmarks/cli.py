@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from controller.sandbox.cli import nova_delay_options
+from dfflow.sandbox.cli import nova_delay_options
 
 
 @click.group()
@@ -78,7 +78,8 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
               plot_path: str | None) -> None:
     """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
     per strategy (needs root)."""
-    from benchmarks import evacuation, migration as single
+    from benchmarks import evacuation, faulty_controller
+    from dfflow.sandbox import scenario as single
 
     bench = evacuation if vms > 1 else single
     chosen = tuple(s.strip() for s in (strategies or ",".join(bench.STRATEGIES)).split(",") if s.strip())
@@ -94,7 +95,9 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
         report = evacuation.run(vms, interval=interval, progress=lambda m: click.echo(m, err=True), **options)
     else:
         with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
-            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), **options)
+            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1),
+                                controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
+                                **options)
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
@@ -201,7 +204,7 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
 def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
            json_path: str | None, plot_path: str | None) -> None:
     """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
-    chassis against a stand-in Open vSwitch (controller.sandbox.standin)."""
+    chassis against a stand-in Open vSwitch (benchmarks.standin)."""
     from benchmarks import fanout as bench
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` ends us: the fleet is torn down

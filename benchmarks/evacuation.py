@@ -1,9 +1,9 @@
 """Host evacuation downtime on a real sandbox: N VMs live-migrated at once, per activation strategy.
 
 Topology: N VMs V1..VN on net1 start on chassis-1 and are evacuated together to chassis-2, then
-back, once per run (controller.sandbox.evacuate: Nova's migrations run together, every VM switches
+back, once per run (dfflow.sandbox.evacuate: Nova's migrations run together, every VM switches
 over at once from one helper process). Their L2 peer P on chassis-3 probes all of them from one
-non-spinning prober (controller.sandbox.probe, one probe to each VM per interval, kernel receive
+non-spinning prober (dfflow.sandbox.probe, one probe to each VM per interval, kernel receive
 timestamps). Per run:
 
 - each VM's reply gap: the longest gap between the arrivals of its replies, from just before the
@@ -24,12 +24,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from benchmarks.migration import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable, load_line
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.evacuate import evacuate
-from controller.sandbox.probe import Echo, Sender, analyse, per_target
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox.scenario import QUIET, WINDOW_AFTER, WINDOW_BEFORE, _stats, _wait_reachable, load_line
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.evacuate import evacuate
+from dfflow.sandbox.probe import Echo, Sender, analyse, per_target
+from dfflow.sandbox.topology import Sandbox
 from dfflow.nb.store import NbApi
 
 STRATEGIES = ("announce", "unplug")

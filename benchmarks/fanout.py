@@ -1,6 +1,6 @@
 """Fan-out: from an NB binding change to the last chassis' flows applied, at many stand-in chassis.
 
-`controller.sandbox.standin_fleet.Fleet` runs the real controller per chassis (in-process, spread
+`benchmarks.standin_fleet.Fleet` runs the real controller per chassis (in-process, spread
 over worker processes) against a stand-in Open vSwitch. A run moves K ports' binding
 (`binding_chassis`, Nova's activation) between chassis-1 and chassis-2 in one burst of concurrent NB
 writes and measures, from the client's `time.time()` before the first write, to the last chassis'
@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable
 
-from controller.sandbox.standin_fleet import Fleet
+from benchmarks.standin_fleet import Fleet
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -29,10 +29,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.daemon import read_status
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.topology import Sandbox
+from dfflow.status import read_status
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.topology import Sandbox
 from dfflow.models import LogicalPort
 from dfflow.nb.store import NbApi
 

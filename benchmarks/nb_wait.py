@@ -8,7 +8,7 @@ import tempfile
 import time
 from typing import Any
 
-from controller.sandbox.sentinelproc import SentinelNb
+from dfflow.sandbox.sentinelproc import SentinelNb
 from dfflow.models import LogicalSwitch
 from dfflow.nb.store import NbApi
 

@@ -17,9 +17,9 @@ import time
 from typing import Any, Callable
 
 from controller.ovsdb_jsonrpc import JsonRpc
-from controller.sandbox import netns
-from controller.sandbox.osvif import OsVifHost
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox import netns
+from dfflow.sandbox.osvif import OsVifHost
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 
 CHASSIS = "chassis-1"
 NETWORK_MTU = 1400

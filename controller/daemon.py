@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -612,17 +611,6 @@ class ControllerDaemon:
 
         server = await asyncio.start_unix_server(answer, path=self.status_socket)
         self._spawn(server.serve_forever, "status")
-
-
-def read_status(path: str, timeout: float = 2.0) -> dict[str, Any]:
-    """What a running controller says about itself (its status socket)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return json.loads(data)
 
 
 STRATEGIES = ("unplug", "announce")

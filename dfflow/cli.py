@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from dfflow.errors import DfflowError
 from dfflow.models import MODELS
-from controller.sandbox.cli import nova_delay_options
+from dfflow.sandbox.cli import nova_delay_options
 
 DEFAULT_NB = os.environ.get("DFFLOW_NB", "redis://127.0.0.1:6379/0")
 
@@ -169,7 +169,7 @@ def api(nb_url: str, listen: str, auth: str, token: str | None, nova_url: str | 
 def demo(runs: int, memory_copy: int, unplug_delay: int, update_port_delay: int, nova_path: str,
          neutron: bool) -> None:
     """The live-migration demo on a fresh 3-chassis sandbox (needs root; tears down after)."""
-    from controller.sandbox import demo as demo_
+    from dfflow.sandbox import demo as demo_
     try:
         demo_.run(click.echo, runs, unplug_delay / 1000, update_port_delay / 1000, memory_copy / 1000,
                   nova_path=nova_path, neutron=neutron)
@@ -263,7 +263,7 @@ def neutron_sync(config_files: tuple[str, ...], config_dir: str | None, mode: st
 
 
 def _mount_control_plane_groups() -> None:
-    from controller.sandbox.cli import sandbox  # the control plane ships in the same wheel
+    from dfflow.sandbox.cli import sandbox  # the control plane ships in the same wheel
     main.add_command(sandbox)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.sandbox.redisproc import free_port
+from dfflow.sandbox.redisproc import free_port
 from dfflow.api.server import ApiServer
 from dfflow.nb.store import NbApi
 

@@ -7,8 +7,8 @@ import tempfile
 
 import pytest
 
-from controller.ovsproc import OvsInstance, missing_binaries
-from controller.sandbox.redisproc import RedisServer
+from dfflow.sandbox.ovsproc import OvsInstance, missing_binaries
+from dfflow.sandbox.redisproc import RedisServer
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import time
 import contextlib
 from typing import Any, Awaitable, Callable, Iterator
 
-from controller.daemon import read_status
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.status import read_status
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from dfflow.nb.store import NbApi
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 
@@ -43,7 +43,7 @@ class SyncCloud:
 @contextlib.contextmanager
 def running_cloud(chassis: int = 3, controller_cmd: list[str] | None = None) -> Iterator[SyncCloud]:
     """A sandbox with one controller per chassis, connected and with a full tunnel mesh; torn down after.
-    `controller_cmd`: e.g. controller.sandbox.faults.controller_cmd(), for a cloud whose faults `fault` switches."""
+    `controller_cmd`: e.g. benchmarks.faulty_controller.controller_cmd(), for a cloud whose faults `fault` switches."""
     require_substrate()
     sb = Sandbox(_new_dir(), controller_cmd=controller_cmd)
     try:
@@ -176,19 +176,19 @@ def udp_probe(sb, client_vm: str, server_vm: str, dst_ip: str, port: int = 7000,
 
 
 def migrate(cloud: SyncCloud, vm: str, dest: str, **kwargs: Any) -> dict[str, Any]:
-    """Live-migrate through the sandbox's Nova emulation (see controller/sandbox/nova.py).
+    """Live-migrate through the sandbox's Nova emulation (see dfflow/sandbox/nova.py).
 
     The tests switch over as soon as the destination is ready (no memory copy): they assert recovery
     and state, and the compressed sequence makes every step meet the one before at its busiest."""
-    from controller.sandbox import nova
+    from dfflow.sandbox import nova
     kwargs.setdefault("memory_copy", 0.0)
     return cloud.with_nb(lambda nb: nova.migrate(Cloud.for_sandbox(cloud.sb, nb), vm, dest, **kwargs))
 
 
 @contextlib.contextmanager
 def fault(cloud: SyncCloud, name: str) -> Iterator[None]:
-    """An injected fault (controller.sandbox.faults' switches), on for the block only."""
-    from controller.sandbox.faults import set_fault
+    """An injected fault (dfflow.sandbox.faults' switches), on for the block only."""
+    from dfflow.sandbox.faults import set_fault
     cloud.with_nb(lambda nb: set_fault(nb, name, True))
     try:
         yield

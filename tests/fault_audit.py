@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any, Awaitable, Callable
 
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from controller_fixtures import SyncCloud, controller_status, dump_flows, wait_until
 from dfflow.models import LogicalSwitch
 from dfflow.nb.store import NbApi

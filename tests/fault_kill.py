@@ -17,9 +17,9 @@ from typing import Any, Callable
 
 import redis
 
-from controller.sandbox import nova, procs
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox import nova, procs
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from controller.templates import APP_COOKIE_SHIFT, object_hash
 from controller_fixtures import SyncCloud, controller_status, dump_flows, flow_cookies
 from dfflow.models import MODELS, LogicalPort, PortStatus

@@ -1,6 +1,6 @@
 """A real neutron-server with the dfflow ML2 driver and router plugin, once per test session.
 
-The sandbox's own implementation (controller/sandbox/neutronproc.py: MariaDB, `neutron-db-manage upgrade
+The sandbox's own implementation (dfflow/sandbox/neutronproc.py: MariaDB, `neutron-db-manage upgrade
 heads`, gunicorn serving Neutron's API with noauth on loopback) over a real redis-server as the NB db,
 with Neutron's Nova notifier sending to a recorder standing in for Nova's API. Everything is stopped and
 its directory removed at the end of the session. Sandboxes attach to it with
@@ -17,9 +17,9 @@ from typing import Any, Iterator
 import pytest
 
 from api_fixtures import nb_call
-from controller.sandbox import neutronproc
-from controller.sandbox.redisproc import RedisServer
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import neutronproc
+from dfflow.sandbox.redisproc import RedisServer
+from dfflow.sandbox.topology import Sandbox
 from controller.templates import APP_COOKIE_SHIFT, object_hash
 from controller_fixtures import dump_flows, flow_cookies, wait_controllers_ready
 from dfflow.models import MODELS

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from controller.sandbox import preflight
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox import preflight
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 
 GENEVE_OFPORT_BASE = 100  # tunnel to chassis with index i gets ofport 100 + i
 

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import redis
 
-from controller.sandbox import health
-from controller.sandbox.probe import Echo, Sender, analyse, per_target
+from dfflow.sandbox import health
+from dfflow.sandbox.probe import Echo, Sender, analyse, per_target
 from controller_fixtures import controller_status, migrate, pings, wait_until
 from fault_audit import AckedWrites, PatientCloud, audit
 

@@ -5,7 +5,7 @@ import contextlib
 
 import pytest
 
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox.topology import Sandbox
 from controller_fixtures import pings, wait_controllers_ready, wait_until
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from controller.apps.l2 import L2App
-from controller.sandbox.topology import INT_BRIDGE
+from dfflow.sandbox.topology import INT_BRIDGE
 from sandbox_fixtures import tcp_transfer
 from controller_fixtures import (running_cloud, controller_status, dump_flows, flow_cookies, pings,
                                  rx_packets, wait_controllers_ready, wait_until)

@@ -10,12 +10,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from controller.sandbox.cli import sandbox as sandbox_cli
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.evacuate import evacuate
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.probe import Echo, Sender, analyse, per_target
-from controller.sandbox.topology import INT_BRIDGE
+from dfflow.sandbox.cli import sandbox as sandbox_cli
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.evacuate import evacuate
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.probe import Echo, Sender, analyse, per_target
+from dfflow.sandbox.topology import INT_BRIDGE
 from controller_fixtures import controller_status, pings, running_cloud, wait_until
 from dfflow.models import PortStatus
 from neutron_fixtures import stale_flows

@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-from controller.sandbox import nova
-from controller.sandbox.probe import Echo, Sender, analyse
+from dfflow.sandbox import nova
+from dfflow.sandbox.probe import Echo, Sender, analyse
 from controller_fixtures import controller_status, dump_flows, migrate, pings, running_cloud, wait_until
 from controller.apps.l2 import L2App
-from controller.sandbox.topology import INT_BRIDGE
+from dfflow.sandbox.topology import INT_BRIDGE
 from fault_kill import POINTS, ROLLBACKS, VICTIMS, Kill, converged, flow_audit, migrate_with_kill, wait_converged
 
 pytestmark = pytest.mark.ovs

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from controller_fixtures import (controller_status, dump_flows, pings, running_cloud, wait_controllers_ready,
                                  wait_until)
 from dfflow.models import LogicalPort

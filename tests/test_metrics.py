@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import dfflow
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox.topology import Sandbox
 from controller_fixtures import SyncCloud, controller_status, migrate, pings, wait_controllers_ready, wait_until
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 

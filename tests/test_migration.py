@@ -8,10 +8,10 @@ import time
 import pytest
 
 from controller.apps.l2 import L2App
-from controller.sandbox import faults
-from controller.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS
-from controller.sandbox.probe import Echo, Sender, analyse
-from controller.sandbox.topology import INT_BRIDGE
+from benchmarks import faulty_controller
+from dfflow.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS
+from dfflow.sandbox.probe import Echo, Sender, analyse
+from dfflow.sandbox.topology import INT_BRIDGE
 from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, fault,
                                  update_binding, wait_arrival_windows_closed, wait_until)
 
@@ -24,7 +24,7 @@ M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
 def cloud():
     """M (migrating, floating IP) on net1/chassis-1; its L2 peer P on net1/chassis-3; routed peer Q
     on net2/chassis-3; external host E on public/chassis-3."""
-    with running_cloud(3, controller_cmd=faults.controller_cmd()) as c:
+    with running_cloud(3, controller_cmd=faulty_controller.controller_cmd()) as c:
         sb = c.sb
         c.call("create_network", "net1", "10.1.0.0/24")
         c.call("create_network", "net2", "10.2.0.0/24")

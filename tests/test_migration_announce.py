@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from controller.sandbox.probe import Sender, analyse
-from controller.sandbox.topology import INT_BRIDGE
+from dfflow.sandbox.probe import Sender, analyse
+from dfflow.sandbox.topology import INT_BRIDGE
 from controller_fixtures import migrate, pings, wait_until
 from test_migration import E_IP, M_IP, P_IP, Q_IP, assert_everyone_places_m_on, assert_recovered, cloud, other, port_id, probes, where  # noqa: F401,E501
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from controller.sandbox import names as nm
-from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.nova_events import PLUGGED, UNPLUGGED, NovaEvents, VifPluggingFailed
+from dfflow.sandbox import names as nm
+from dfflow.sandbox.osvif import OsVifHost, port_binding, vif_spec
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.nova_events import PLUGGED, UNPLUGGED, NovaEvents, VifPluggingFailed
 from controller_fixtures import (controller_status, dump_flows, migrate, pings, running_cloud,
                                  wait_arrival_windows_closed, wait_until, wait_controllers_ready)
 from dfflow.models import PortStatus
@@ -80,7 +80,7 @@ def test_a_vm_plugged_by_os_vif_is_active_only_after_its_chassis_reports_it(clou
 
 
 def test_a_boot_whose_vif_is_never_reported_fails_and_leaves_nothing(cloud, monkeypatch):
-    from controller.sandbox import cloud as cloud_module
+    from dfflow.sandbox import cloud as cloud_module
     sb = cloud.sb
     monkeypatch.setattr(cloud_module, "VIF_PLUGGING_TIMEOUT", 1.0)
     ports_before = {p.id for p in cloud.nb("list", "lport")}

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from controller.sandbox.sentinelproc import SERVICE, SentinelNb
+from dfflow.sandbox.sentinelproc import SERVICE, SentinelNb
 from dfflow.errors import ValidationError
 from dfflow.models import LogicalSwitch
 from dfflow.nb.bus import Subscriber

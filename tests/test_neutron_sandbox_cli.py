@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.sandbox import neutronproc
+from dfflow.sandbox import neutronproc
 from controller_fixtures import wait_until
 from neutron_fixtures import events_for
 from nova_recorder import NovaRecorder
@@ -62,15 +62,15 @@ def test_sandbox_up_neutron_serves_the_cloud_with_neutron_server_that_tells_nova
 def test_a_nova_url_without_neutron_server_is_refused_naming_the_options(tmp_path):
     from click.testing import CliRunner
 
-    from controller.sandbox.cli import sandbox
+    from dfflow.sandbox.cli import sandbox
     result = CliRunner().invoke(sandbox, ["up", "--dir", str(tmp_path), "--nova-url", "http://127.0.0.1:1/v2.1"])
     assert result.exit_code == 2 and "--nova-url" in result.output and "--neutron" in result.output, result.output
     assert not (tmp_path / "state.json").exists()
 
 
 def test_a_running_neutron_server_needs_the_nb_db_it_writes_to(tmp_path):
-    from controller.sandbox.netns import SandboxError
-    from controller.sandbox.topology import Sandbox
+    from dfflow.sandbox.netns import SandboxError
+    from dfflow.sandbox.topology import Sandbox
     require_substrate()
     with pytest.raises(SandboxError, match="nb_url"):
         Sandbox(str(tmp_path)).up(chassis=1, neutron_url="http://127.0.0.1:9696")

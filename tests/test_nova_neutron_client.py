@@ -9,7 +9,7 @@ import pytest
 from neutronclient.common import exceptions as neutron_exc
 
 from api_fixtures import free_port
-from controller.sandbox.novaclient_neutron import nova_neutron_client
+from dfflow.sandbox.novaclient_neutron import nova_neutron_client
 from dfflow.api.server import ApiServer
 
 

@@ -33,7 +33,7 @@ import pytest
 
 from dfflow import openflow as oc
 from dfflow.openflow import OF13, OF14, OFP13, OFP14, OpenFlowServer
-from controller.ovsproc import OvsInstance, missing_binaries
+from dfflow.sandbox.ovsproc import OvsInstance, missing_binaries
 
 p13 = OF13.ofproto_parser
 ofp13 = OF13.ofproto

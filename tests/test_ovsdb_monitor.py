@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from controller.ovsdb import InterfaceMonitor, InterfaceTracker, iface_update
 from controller.ovsdb_jsonrpc import Framer, JsonRpc, OvsdbProtocolError, datum
-from controller.ovsproc import OVS_SCHEMA, missing_binaries
+from dfflow.sandbox.ovsproc import OVS_SCHEMA, missing_binaries
 
 json_text = st.text(alphabet=st.sampled_from('ab{}[]"\\/ é\n\t:,'), max_size=12)
 json_values = st.recursive(

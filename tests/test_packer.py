@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
-from controller.ovsproc import OvsInstance
+from dfflow.sandbox.ovsproc import OvsInstance
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
                               OP_SET_FIELD, VNI_MAX, FlowBatch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.sandbox.topology import DATAPATH_TYPE, INT_BRIDGE
+from dfflow.sandbox.topology import DATAPATH_TYPE, INT_BRIDGE
 from controller_fixtures import controller_status, running_cloud, wait_controllers_ready, wait_until
 from dfflow.models import Chassis, PortStatus
 

@@ -2,7 +2,7 @@
 beside it, duplicates counted."""
 from __future__ import annotations
 
-from controller.sandbox.probe import analyse
+from dfflow.sandbox.probe import analyse
 
 INTERVAL = 0.001
 

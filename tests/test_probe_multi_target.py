@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from controller.sandbox.probe import analyse, per_target
+from dfflow.sandbox.probe import analyse, per_target
 
 PAUSE = 0.15
 
@@ -35,7 +35,7 @@ def test_one_sender_probes_several_targets_and_keeps_their_outages_apart():
     stop, never, paused = threading.Event(), threading.Event(), threading.Event()
     for sock, pause in ((first, never), (second, paused)):
         threading.Thread(target=_answerer, args=(sock, pause, stop), daemon=True).start()
-    proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.probe", "send", "--target", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "dfflow.sandbox.probe", "send", "--target", "127.0.0.1",
                              "--target", "127.0.0.2", "--port", str(port), "--interval", "0.002"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

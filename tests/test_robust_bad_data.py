@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from controller.sandbox.cloud import DEFAULT_TOPIC
+from dfflow.sandbox.cloud import DEFAULT_TOPIC
 from dfflow.models import LogicalPort
 from controller_fixtures import controller_status, network_with_vms, pings, running_cloud, wait_until
 from nb_corrupt import publish_raw, write_object

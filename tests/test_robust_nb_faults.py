@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox.topology import Sandbox
 from controller_fixtures import (controller_status, dump_flows, migrate, network_with_vms, pings,
                                  running_cloud, wait_arrival_windows_closed, wait_until)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from controller.sandbox.topology import NB_SENTINEL, Sandbox
+from dfflow.sandbox.topology import NB_SENTINEL, Sandbox
 from controller_fixtures import (SyncCloud, controller_status, dump_flows, migrate, network_with_vms, pings,
                                  wait_arrival_windows_closed, wait_controllers_ready, wait_until)
 from fault_audit import AckedWrites, assert_clean

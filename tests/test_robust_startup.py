@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from controller.ovsdb import PEER_KEY
-from controller.sandbox import health
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import health
+from dfflow.sandbox.topology import Sandbox
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 
 pytestmark = pytest.mark.ovs

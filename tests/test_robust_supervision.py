@@ -8,10 +8,10 @@ import signal
 import pytest
 from click.testing import CliRunner
 
-from controller.sandbox import health, netns
-from controller.sandbox.cli import sandbox as sandbox_cli
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import health, netns
+from dfflow.sandbox.cli import sandbox as sandbox_cli
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.topology import Sandbox
 from controller_fixtures import network_with_vms, pings, running_cloud, wait_until
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
 

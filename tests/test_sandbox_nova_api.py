@@ -1,4 +1,4 @@
-"""The sandbox's Nova API (controller/sandbox/nova_events.py): Nova's answers to Neutron's
+"""The sandbox's Nova API (dfflow/sandbox/nova_events.py): Nova's answers to Neutron's
 os-server-external-events, and the wait the emulation's processes make on it."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import uuid
 import httpx
 import pytest
 
-from controller.sandbox import nova_events, procs, state
-from controller.sandbox.nova_events import (PLUGGED, UNPLUGGED, BadRequest, EventLog, NovaEvents,
+from dfflow.sandbox import nova_events, procs, state
+from dfflow.sandbox.nova_events import (PLUGGED, UNPLUGGED, BadRequest, EventLog, NovaEvents,
                                             VifPluggingFailed, answer, make_app, parse_events)
-from controller.sandbox.redisproc import free_port
+from dfflow.sandbox.redisproc import free_port
 from dfflow.nova.events import nova_event
 from dfflow.nova.notifier import NovaConfig, NovaSender
 

@@ -17,16 +17,16 @@ import time
 import pytest
 import redis
 
-from controller.sandbox import names as nm
-from controller.sandbox import netns, preflight, procs
-from controller.sandbox.redisproc import RedisServer
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.topology import INT_BRIDGE, Sandbox
+from dfflow.sandbox import names as nm
+from dfflow.sandbox import netns, preflight, procs
+from dfflow.sandbox.redisproc import RedisServer
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 
 from sandbox_fixtures import (add_geneve_mesh, ofport, ping, require_substrate,  # noqa: F401
                               sandbox2, sandbox_factory, tcp_transfer, wait_for, wire_vms)
 
-CLI = [sys.executable, "-m", "controller.sandbox.cli"]
+CLI = [sys.executable, "-m", "dfflow.sandbox.cli"]
 FAKE_CONTROLLER = [sys.executable, "-c",
                    "import sys, time; print('fake-controller', *sys.argv[1:], flush=True); time.sleep(600)"]
 

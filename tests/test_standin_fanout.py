@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from controller.sandbox.standin_fleet import Fleet
+from benchmarks.standin_fleet import Fleet
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 CHASSIS = 20

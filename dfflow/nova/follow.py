@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections import Counter
 from typing import Any, Awaitable, Callable
 

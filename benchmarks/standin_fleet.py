@@ -1,5 +1,5 @@
 """A fleet of stand-in chassis: a Redis NB db, a network spread over N chassis, and the processes
-(controller.sandbox.standin_cloud) that run each chassis' real controller against a stand-in
+(benchmarks.standin_cloud) that run each chassis' real controller against a stand-in
 Open vSwitch. Used by `dfflow-bench fanout` and its tests.
 
 Topology: one network; `ports` resident ports (VIFs plugged, round-robin over the chassis, at least
@@ -19,8 +19,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.sandbox.redisproc import RedisServer
-from controller.sandbox.standin_cloud import ask
+from dfflow.sandbox.redisproc import RedisServer
+from benchmarks.standin_cloud import ask
 from dfflow.models import CHASSIS_TOPIC, Chassis, LogicalPort, LogicalSwitch, Subnet
 from dfflow.nb.store import NbApi
 
@@ -76,7 +76,7 @@ class Fleet:
             with open(path, "w") as f:
                 json.dump(config, f)
             log = open(os.path.join(self.workdir, f"worker-{w}.log"), "w")
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "controller.sandbox.standin_cloud", path],
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.standin_cloud", path],
                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             self.controls.append(control)
         self.wait_ready(timeout, progress)

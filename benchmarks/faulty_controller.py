@@ -1,15 +1,9 @@
-"""``python -m controller.sandbox.faults ARGV...``: dfflow-controller with faults that tests and
-benchmarks switch on and off at run time, kept out of the controller itself.
+"""``python -m benchmarks.faulty_controller ARGV...``: dfflow-controller with the faults of
+`dfflow.sandbox.faults` (switched at run time by tests and benchmarks), kept out of the controller.
 
 It runs the controller (same arguments) with its migrator wrapped: while a fault is on, the wrapper
-drops what the fault names before the migrator sees it. A fault is on while its field is set in the
-NB Redis hash ``<prefix>:faults``; `set_fault` sets it and tells every wrapper on the channel of the
-same name, whose copy spares a Redis round trip in front of step 2 (until it has one, the wrapper
-reads the hash).
-
-  drop_migration_publish   the source does not act on its VIF's unplug (no step-2 write or event):
-                           the migration must end by Nova's step 3 alone
-  ignore_announcements     the controller never hears the VM's RARP/GARP (the datapath still does)
+drops what the fault names before the migrator sees it. The wrapper follows the faults' channel, whose
+copy spares a Redis round trip in front of step 2 (until it has one, it reads the hash).
 """
 from __future__ import annotations
 
@@ -21,31 +15,15 @@ import sys
 from controller import daemon
 from controller.migrator import Migrator, is_announcement
 from dfflow.models import LogicalPort
-from dfflow.nb.store import NbApi
+from dfflow.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS, faults_key
 
 LOG = logging.getLogger(__name__)
-DROP_PUBLISH = "drop_migration_publish"
-IGNORE_ANNOUNCEMENTS = "ignore_announcements"
 RESUBSCRIBE_DELAY = 0.5
-
-
-def faults_key(nb: NbApi) -> str:
-    """The hash of the faults that are on, and the channel that announces each change."""
-    return f"{nb.keys.prefix}:faults"
 
 
 def controller_cmd() -> list[str]:
     """The sandbox's controller command for a cloud whose faults a test or benchmark switches."""
-    return [sys.executable, "-m", "controller.sandbox.faults"]
-
-
-async def set_fault(nb: NbApi, name: str, on: bool) -> None:
-    key = faults_key(nb)
-    if on:
-        await nb.redis.hset(key, name, "1")
-    else:
-        await nb.redis.hdel(key, name)
-    await nb.redis.publish(key, json.dumps({"fault": name, "on": on}))
+    return [sys.executable, "-m", "benchmarks.faulty_controller"]
 
 
 class FaultyMigrator(Migrator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from controller.ovsproc import REQUIRED_BINARIES as OVS_BINARIES
+from dfflow.sandbox.ovsproc import REQUIRED_BINARIES as OVS_BINARIES
 
 from .netns import SandboxError
 

@@ -1,4 +1,4 @@
-"""``python -m controller.sandbox.respawn RECORD -- ARGV...``: the sandbox's supervisor of one controller.
+"""``python -m dfflow.sandbox.respawn RECORD -- ARGV...``: the sandbox's supervisor of one controller.
 
 It runs ARGV and runs it again whenever it exits, one second later (what systemd's
 ``Restart=always`` + ``RestartSec=1`` do for ``dfflow-controller`` in a deployment), until it
@@ -79,7 +79,7 @@ def supervise(record_path: str, argv: list[str], restart_sec: float = RESTART_SE
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m controller.sandbox.respawn RECORD -- ARGV...", file=sys.stderr)
+        print("usage: python -m dfflow.sandbox.respawn RECORD -- ARGV...", file=sys.stderr)
         return 2
     return supervise(args[0], args[2:])
 

@@ -11,8 +11,8 @@ between reply arrivals (a reply held in a queue is an outage too, though not a
 loss); beside it the longest run of lost replies times the interval; and the
 duplicate replies.
 
-    python -m controller.sandbox.probe echo --port 7100
-    python -m controller.sandbox.probe send --target 10.0.0.5 [--target 10.0.0.6 ...] --port 7100 [--interval 0.001]
+    python -m dfflow.sandbox.probe echo --port 7100
+    python -m dfflow.sandbox.probe send --target 10.0.0.5 [--target 10.0.0.6 ...] --port 7100 [--interval 0.001]
 
 With several targets one process probes them all (one probe to each per interval, replies told
 apart by their source address); its JSON has `targets` (address -> replies), see `per_target`.
@@ -167,7 +167,7 @@ class Echo:
 
     def __init__(self, sandbox: Any, vm: str, port: int = 7100):
         import subprocess
-        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "controller.sandbox.probe", "echo",
+        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "dfflow.sandbox.probe", "echo",
                                           "--port", str(port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
@@ -189,7 +189,7 @@ class Sender:
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise ValueError("target: at least one address to probe")
-        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "controller.sandbox.probe", "send",
+        self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "dfflow.sandbox.probe", "send",
                                           *[a for t in targets for a in ("--target", t)], "--port", str(port),
                                           "--interval", str(interval)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

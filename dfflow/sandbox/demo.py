@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from benchmarks import migration as scenario
-from controller.sandbox import neutronproc
-from controller.sandbox.nova import MEMORY_COPY, format_timeline
-from controller.sandbox.preflight import problems
+from dfflow.sandbox import scenario
+from dfflow.sandbox import neutronproc
+from dfflow.sandbox.nova import MEMORY_COPY, format_timeline
+from dfflow.sandbox.preflight import problems
 
 INTRO = """dfflow demo: 3 chassis (real Open vSwitch, one namespace each), a private Redis NB db,
 one dfflow-controller per chassis. net1 (10.1.0.0/24) and net2 (10.2.0.0/24) behind router R,

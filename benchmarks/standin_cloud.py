@@ -1,8 +1,8 @@
 """Many stand-in chassis in one process: the real controller daemon per chassis, in-process.
 
-`python -m controller.sandbox.standin_cloud CONFIG.json` runs the chassis listed in the config,
+`python -m benchmarks.standin_cloud CONFIG.json` runs the chassis listed in the config,
 each a real `ControllerDaemon` (engine, NB bus subscriber, migrator, OpenFlow server, its own
-Interface monitor) against a `StandinSwitch` and a `StandinOvsdbServer` (controller.sandbox.standin),
+Interface monitor) against a `StandinSwitch` and a `StandinOvsdbServer` (benchmarks.standin),
 all on one asyncio loop. A process per chassis does not fit at 1,000 chassis: an idle controller
 process holds ~90 MB (measured here: 1,000 of them ~90 GB on a 24 GiB machine), and 1,000 processes on 2 cores
 spend the fan-out in context switches; several of these processes share the chassis instead.
@@ -28,7 +28,7 @@ from typing import Any
 from controller import daemon as daemon_module
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
-from controller.sandbox.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
+from benchmarks.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
 
 LOG = logging.getLogger(__name__)
 START_BATCH = 10  # chassis started at once; each batch is connected before the next starts

@@ -1,4 +1,4 @@
-"""os-vif on a sandbox chassis, as nova-compute calls it: the chassis' `controller.sandbox.osvif_agent`
+"""os-vif on a sandbox chassis, as nova-compute calls it: the chassis' `dfflow.sandbox.osvif_agent`
 (started by the sandbox, inside the chassis' namespace, pointed at its OVSDB), over its unix socket.
 
 The VIF comes from the port's binding as Nova builds it (nova/network/os_vif_util.py): a
@@ -14,9 +14,9 @@ import json
 import socket
 from typing import Any
 
-from controller.sandbox import names as nm
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import names as nm
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.topology import Sandbox
 
 CALL_TIMEOUT = 30.0
 VIF_TYPE_OVS = "ovs"

@@ -26,12 +26,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.sandbox import faults
-from controller.sandbox.faults import DROP_PUBLISH, set_fault
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.probe import Echo, Sender, analyse
-from controller.sandbox.topology import Sandbox
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.faults import DROP_PUBLISH, set_fault
+from dfflow.sandbox.probe import Echo, Sender, analyse
+from dfflow.sandbox.topology import Sandbox
 from dfflow.nb.store import NbApi
 
 STRATEGIES = ("announce", "unplug", "fallback")
@@ -79,12 +78,16 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         update_port_delay: float = 0.3, interval: float = 0.001,
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
-        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False) -> dict[str, Any]:
+        workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
+        controller_cmd: list[str] | None = None) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
-    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`)."""
+    With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
+    The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
+    `benchmarks.faulty_controller`)."""
+    if "fallback" in strategies and controller_cmd is None:
+        raise ValueError("strategy 'fallback' needs controller_cmd: controllers that obey the sandbox's faults")
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
-    # the step-2-lost row ("fallback") needs the faults wrapper around the controllers
-    sb = Sandbox(workdir, controller_cmd=faults.controller_cmd() if "fallback" in strategies else None)
+    sb = Sandbox(workdir, controller_cmd=controller_cmd)
     load_before = os.getloadavg()  # the machine may be shared: the figures say how busy it was
     try:
         sb.up(chassis=3, controllers=True, neutron=neutron)

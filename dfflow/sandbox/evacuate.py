@@ -20,9 +20,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from controller.sandbox import nova
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.netns import SandboxError
+from dfflow.sandbox import nova
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.netns import SandboxError
 
 HELPER_EXIT_TIMEOUT = 10.0  # s
 # Threads for the blocking calls (neutronclient, os-vif) of the migrations running together: Nova makes
@@ -43,7 +43,7 @@ class SharedSwitchover:
         self.prepared = 0
         self.stamps: dict[str, float] = {}  # the switchover's own: go, first source down, last announced
         self._lock = threading.Lock()
-        self.proc = subprocess.Popen([sys.executable, "-m", "controller.sandbox.switchover", "--many"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "dfflow.sandbox.switchover", "--many"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self._expect("started")

@@ -15,7 +15,7 @@ KEEPS_DYING = "controller keeps dying"
 
 def problem(chassis: Any, peers: int) -> str | None:
     """What is wrong with `chassis`' controller (a topology.Chassis), or None when it is healthy."""
-    from controller.daemon import read_status
+    from dfflow.status import read_status
 
     supervised = chassis.supervised()
     if supervised.get("restarts", 0) >= GIVE_UP_AFTER_RESTARTS:

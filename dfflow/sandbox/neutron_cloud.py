@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from controller.sandbox.cloud import Cloud
+from dfflow.sandbox.cloud import Cloud
 from dfflow.errors import NotFound, ValidationError
-from controller.sandbox.topology import Vm
+from dfflow.sandbox.topology import Vm
 from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Subnet
 
 

@@ -10,7 +10,7 @@ takes the guest's address, the guest announces itself with a RARP (as QEMU does 
 resume), takes the default route and sends a gratuitous ARP. It prints one JSON
 line of timestamps and exits.
 
-    python -m controller.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
+    python -m dfflow.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
 
 With `--many` one process switches many VMs over at once (a host evacuation): it runs outside the
 VMs and enters each VM's namespace only to open that VM's sockets (a netlink or packet socket

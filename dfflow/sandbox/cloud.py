@@ -20,10 +20,10 @@ from typing import Any, Callable
 from neutronclient.common import exceptions as neutron_exc
 from neutronclient.v2_0 import client as neutron_client
 
-from controller.sandbox.nova_events import NovaEvents
-from controller.sandbox.novaclient_neutron import nova_neutron_client
-from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
-from controller.sandbox.topology import API_NEUTRON, Sandbox, Vm
+from dfflow.sandbox.nova_events import NovaEvents
+from dfflow.sandbox.novaclient_neutron import nova_neutron_client
+from dfflow.sandbox.osvif import OsVifHost, port_binding, vif_spec
+from dfflow.sandbox.topology import API_NEUTRON, Sandbox, Vm
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
 from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch,
                            RouterPort, Subnet)
@@ -56,7 +56,7 @@ class Cloud:
         if vif_plugging_timeout is None and not sandbox.api_notifies_our_nova:
             vif_plugging_timeout = 0
         if sandbox.api_kind == API_NEUTRON:
-            from controller.sandbox.neutron_cloud import NeutronCloud  # it builds on this module
+            from dfflow.sandbox.neutron_cloud import NeutronCloud  # it builds on this module
             return NeutronCloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
         return Cloud(sandbox, nb, vif_plugging_timeout=vif_plugging_timeout)
 

@@ -43,10 +43,10 @@ import sys
 import time
 from typing import Any, Callable
 
-from controller.sandbox.cloud import Cloud
-from controller.sandbox.netns import SandboxError
-from controller.sandbox.nova_events import VifPluggingFailed
-from controller.sandbox.osvif import OsVifHost, port_binding, vif_spec
+from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.nova_events import VifPluggingFailed
+from dfflow.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from dfflow.errors import DfflowError
 from dfflow.models import LogicalPort, LogicalSwitch, PortStatus
 from dfflow.nb.timeline import Timelines
@@ -64,7 +64,7 @@ class Switchover:
     """The pre-started switchover process inside the VM's namespace (see switchover.py)."""
 
     def __init__(self, cloud: Cloud, vm: str, old: str, new: str, mac: str, ip: str, gateway: str | None):
-        argv = [sys.executable, "-m", "controller.sandbox.switchover", "--old", old, "--new", new,
+        argv = [sys.executable, "-m", "dfflow.sandbox.switchover", "--old", old, "--new", new,
                 "--mac", mac, "--ip", ip] + (["--gateway", gateway] if gateway else [])
         self.proc = cloud.sandbox.vm_popen(vm, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """The sandbox's Nova API, the part Neutron calls: `POST /v2.1/os-server-external-events`.
 
-One process per sandbox (`python -m controller.sandbox.nova_events --dir D`), started by `sandbox up`
+One process per sandbox (`python -m dfflow.sandbox.nova_events --dir D`), started by `sandbox up`
 before `dfflow api`, whose Nova notifier posts here (`--nova-url`); a neutron-server's `[nova]`
 notifier can post here too. Its URL (the compute endpoint, ending in `/v2.1`) is `nova.url` in the
 sandbox's state, `nova_url` in `sandbox status`.
@@ -44,8 +44,8 @@ from typing import Any, Mapping
 
 import httpx
 
-from controller.sandbox import procs, state
-from controller.sandbox.netns import SandboxError
+from dfflow.sandbox import procs, state
+from dfflow.sandbox.netns import SandboxError
 
 LOG = logging.getLogger(__name__)
 API_ROOT = "/v2.1"
@@ -227,7 +227,7 @@ def make_app(sandbox_dir: str, log: EventLog) -> Any:
 # -- the process, as `sandbox up` starts it ------------------------------------------------------------
 def start(sandbox_dir: str, port: int) -> subprocess.Popen:
     """Start the sandbox's Nova on 127.0.0.1:`port` (its log: <dir>/nova.log); `wait_ready` then."""
-    argv = [sys.executable, "-m", "controller.sandbox.nova_events", "--dir", sandbox_dir,
+    argv = [sys.executable, "-m", "dfflow.sandbox.nova_events", "--dir", sandbox_dir,
             "--listen", f"127.0.0.1:{port}"]
     with open(os.path.join(sandbox_dir, "nova.log"), "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -246,7 +246,7 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT)
 def is_ours(pid: int, sandbox_dir: str) -> bool:
     """Is `pid` the Nova of the sandbox in `sandbox_dir` (for `down` without a state)?"""
     argv = procs.cmdline(pid)
-    return argv[1:3] == ["-m", "controller.sandbox.nova_events"] and procs.cwd(pid) == sandbox_dir
+    return argv[1:3] == ["-m", "dfflow.sandbox.nova_events"] and procs.cwd(pid) == sandbox_dir
 
 
 def main(argv: list[str] | None = None) -> None:

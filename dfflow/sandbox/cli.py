@@ -1,7 +1,7 @@
 """``dfflow sandbox ...``: bring a multi-chassis OVS sandbox up, inspect it, tear it down.
 
 The click group is `sandbox`; the main `dfflow` CLI mounts it. It also runs on
-its own: ``python -m controller.sandbox.cli up --chassis 3 --no-controllers``.
+its own: ``python -m dfflow.sandbox.cli up --chassis 3 --no-controllers``.
 Every subcommand takes ``--dir`` (default /var/tmp/dfflow-sandbox, or
 $DFFLOW_SANDBOX_DIR): the directory *is* the sandbox's identity.
 """
