@@ -8,6 +8,12 @@ forms raises ValueError, and the caller names the field.
 The port-flow compiler (below): port programs over typed port columns to the rows
 that change, per chassis, packed as one ONF bundle each by the packer
 (dfflow/_packer.pyx, whose C interface _packer.pxd declares).
+
+Longer than ~600 lines on purpose: the compiler's per-transition loop (_instances,
+_compile) and the grouping of its output into bundles (_groups_size, _write_groups) inline
+this unit's role, key and delete helpers; split across extensions they would become calls
+through function pointers in the loops `dfflow-bench compile` measures. The parsers are the
+small rest.
 """
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp
@@ -16,10 +22,10 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.bytearray cimport PyByteArray_AsString
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
-from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, Err, FlowLayout, LayoutC,
+from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, OFPFC_DELETE_STRICT, ONF_BCT_COMMIT_REQUEST,
+                             ONF_BCT_OPEN_REQUEST, ONF_BF_ATOMIC, ONF_BF_ORDERED, Err, FlowLayout, LayoutC,
                              _check_bundle_args, _check_rows, _check_xids, _error, _write_bundle_ctrl,
                              _same_key, _write_rows, ld16, ld64, store64)
-from dfflow._packer import ONF_BF_ATOMIC, ONF_BF_ORDERED
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -152,6 +158,8 @@ FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_O
 PORT_FLAG_SECURITY = PORT_SECURITY
 PORT_FLAG_ROUTED = PORT_ROUTED
 ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
+EACH_KINDS = {"ONCE": EACH_ONCE, "PER_IP": EACH_PER_IP, "PER_FIP": EACH_PER_FIP, "PER_PAIR_HOST": EACH_PER_PAIR_HOST,
+              "PER_PAIR_NET": EACH_PER_PAIR_NET}
 # The column tables' records: every column a little-endian uint64, in this order.
 # A port's allowed address pairs are pairs[pair_start:...]: its pair_hosts single addresses, then
 # its pair_nets prefixes.
@@ -375,7 +383,7 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
 
 cdef inline void _as_delete(const LayoutC *L, unsigned char *row) noexcept nogil:
     """A strict delete of the row's flow: its cookie, table, priority and match; no instructions."""
-    row[L.command] = 4
+    row[L.command] = OFPFC_DELETE_STRICT
     row[L.n_actions] = 0
     row[L.has_wmeta] = 0
     row[L.goto_] = 0xFF                # goto -1
@@ -678,7 +686,7 @@ cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const un
     offsets[0] = 0
     for g in range(ng):
         if (de[g] - d0) + (ae[g] - a0):
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 0, fl)
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_OPEN_REQUEST, fl)
             pos += C_BUNDLE_CTRL_LEN
             xid += 1
             w = _write_rows(L, D + d0 * L.itemsize, de[g] - d0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
@@ -691,7 +699,7 @@ cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const un
                 return -1
             pos += w
             xid += <uint32_t>(ae[g] - a0)
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, 4, fl)
+            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_COMMIT_REQUEST, fl)
             pos += C_BUNDLE_CTRL_LEN
             xid += 1
         offsets[g + 1] = pos

@@ -39,6 +39,85 @@ cdef extern from *:
     void prefetch "dff_prefetch"(const void *p) noexcept nogil
     void prefetchw "dff_prefetchw"(const void *p) noexcept nogil
 
+cdef extern from *:
+    """
+    /* The numbers of OpenFlow 1.3 (and one of 1.4), and of its ONF and Nicira extensions, that
+       the packer and the framing write and read, by os-ken's names: dfflow.openflow.protocol checks every one of
+       them (the packer's OPENFLOW table) against os-ken at import. */
+    #define DFF_OFP_VERSION 4u
+    #define DFF_OFPT_EXPERIMENTER 4u
+    #define DFF_OFPT_FLOW_MOD 14u
+    #define DFF_OFPFC_DELETE 3u
+    #define DFF_OFPFC_DELETE_STRICT 4u
+    #define DFF_OFPTT_ALL 255u
+    #define DFF_OFP_NO_BUFFER 0xFFFFFFFFu
+    #define DFF_OFPP_ANY 0xFFFFFFFFu
+    #define DFF_OFPG_ANY 0xFFFFFFFFu
+    #define DFF_OFPP_MAX 0xFFFFFF00u
+    #define DFF_OFPP_IN_PORT 0xFFFFFFF8u
+    #define DFF_OFPP_LOCAL 0xFFFFFFFEu
+    #define DFF_OFPMT_OXM 1u
+    #define DFF_OFPXMC_EXPERIMENTER 0xFFFFu
+    #define DFF_OFPIT_GOTO_TABLE 1u
+    #define DFF_OFPIT_WRITE_METADATA 2u
+    #define DFF_OFPIT_APPLY_ACTIONS 4u
+    #define DFF_OFPAT_OUTPUT 0u
+    #define DFF_OFPAT_DEC_NW_TTL 24u
+    #define DFF_OFPAT_SET_FIELD 25u
+    #define DFF_OFPAT_EXPERIMENTER 0xFFFFu
+    #define DFF_ONF_EXPERIMENTER_ID 0x4F4E4600u
+    #define DFF_ONF_ET_BUNDLE_CONTROL 2300u
+    #define DFF_ONF_ET_BUNDLE_ADD_MESSAGE 2301u
+    #define DFF_ONF_BCT_OPEN_REQUEST 0u
+    #define DFF_ONF_BCT_CLOSE_REQUEST 2u
+    #define DFF_ONF_BCT_COMMIT_REQUEST 4u
+    #define DFF_ONF_BCT_DISCARD_REQUEST 6u
+    #define DFF_ONF_BF_ATOMIC 1u
+    #define DFF_ONF_BF_ORDERED 2u
+    #define DFF_NX_EXPERIMENTER_ID 0x2320u
+    #define DFF_NXAST_REG_MOVE 6u
+    #define DFF_NXAST_CONJUNCTION 34u
+    #define DFF_NXAST_CT 35u
+    #define DFF_NX_CT_F_COMMIT 1u
+    #define DFF_OFPT_BUNDLE_ADD_MESSAGE 34u  /* OpenFlow 1.4's */
+    """
+    uint32_t OFP_VERSION "DFF_OFP_VERSION"
+    uint32_t OFPT_EXPERIMENTER "DFF_OFPT_EXPERIMENTER"
+    uint32_t OFPT_FLOW_MOD "DFF_OFPT_FLOW_MOD"
+    uint32_t OFPFC_DELETE "DFF_OFPFC_DELETE"
+    uint32_t OFPFC_DELETE_STRICT "DFF_OFPFC_DELETE_STRICT"
+    uint32_t OFPTT_ALL "DFF_OFPTT_ALL"
+    uint32_t OFP_NO_BUFFER "DFF_OFP_NO_BUFFER"
+    uint32_t OFPP_ANY "DFF_OFPP_ANY"
+    uint32_t OFPG_ANY "DFF_OFPG_ANY"
+    uint32_t OFPP_MAX "DFF_OFPP_MAX"
+    uint32_t OFPP_IN_PORT "DFF_OFPP_IN_PORT"
+    uint32_t OFPP_LOCAL "DFF_OFPP_LOCAL"
+    uint32_t OFPMT_OXM "DFF_OFPMT_OXM"
+    uint32_t OFPXMC_EXPERIMENTER "DFF_OFPXMC_EXPERIMENTER"
+    uint32_t OFPIT_GOTO_TABLE "DFF_OFPIT_GOTO_TABLE"
+    uint32_t OFPIT_WRITE_METADATA "DFF_OFPIT_WRITE_METADATA"
+    uint32_t OFPIT_APPLY_ACTIONS "DFF_OFPIT_APPLY_ACTIONS"
+    uint32_t OFPAT_OUTPUT "DFF_OFPAT_OUTPUT"
+    uint32_t OFPAT_DEC_NW_TTL "DFF_OFPAT_DEC_NW_TTL"
+    uint32_t OFPAT_SET_FIELD "DFF_OFPAT_SET_FIELD"
+    uint32_t OFPAT_EXPERIMENTER "DFF_OFPAT_EXPERIMENTER"
+    uint32_t ONF_EXPERIMENTER_ID "DFF_ONF_EXPERIMENTER_ID"
+    uint32_t ONF_ET_BUNDLE_CONTROL "DFF_ONF_ET_BUNDLE_CONTROL"
+    uint32_t ONF_ET_BUNDLE_ADD_MESSAGE "DFF_ONF_ET_BUNDLE_ADD_MESSAGE"
+    uint32_t ONF_BCT_OPEN_REQUEST "DFF_ONF_BCT_OPEN_REQUEST"
+    uint32_t ONF_BCT_CLOSE_REQUEST "DFF_ONF_BCT_CLOSE_REQUEST"
+    uint32_t ONF_BCT_COMMIT_REQUEST "DFF_ONF_BCT_COMMIT_REQUEST"
+    uint32_t ONF_BCT_DISCARD_REQUEST "DFF_ONF_BCT_DISCARD_REQUEST"
+    uint32_t ONF_BF_ATOMIC "DFF_ONF_BF_ATOMIC"
+    uint32_t ONF_BF_ORDERED "DFF_ONF_BF_ORDERED"
+    uint32_t NX_EXPERIMENTER_ID "DFF_NX_EXPERIMENTER_ID"
+    uint32_t NXAST_REG_MOVE "DFF_NXAST_REG_MOVE"
+    uint32_t NXAST_CONJUNCTION "DFF_NXAST_CONJUNCTION"
+    uint32_t NXAST_CT "DFF_NXAST_CT"
+    uint32_t NX_CT_F_COMMIT "DFF_NX_CT_F_COMMIT"
+    uint32_t OFPT_BUNDLE_ADD_MESSAGE "DFF_OFPT_BUNDLE_ADD_MESSAGE"
+
 cdef enum:
     C_FLOW_MOD_FIXED_LEN = 48
     C_BUNDLE_CTRL_LEN = 24
@@ -48,6 +127,7 @@ cdef enum:
     # largest row: bundle add header + FLOW_MOD header + (4 + 64 fields * (4 + 2 * 8))
     # match padded + apply-actions header + 32 * 24-byte actions + write-metadata + goto
     MAX_ROW_BYTES = 24 + 48 + 1288 + 8 + 32 * 24 + 24 + 8
+    # action opcodes of a flow record's action slots (dfflow.flowbatch reads them: ACTION_OPCODES)
     OP_NONE = 0
     OP_OUTPUT = 1
     OP_SET_FIELD = 2
@@ -126,18 +206,25 @@ cdef class FlowLayout:
 
 
 
-cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, uint32_t bundle_id,
-                                              uint16_t ctrl_type, uint16_t flags) noexcept nogil:
-    p[0] = 4
-    p[1] = 4                           # OFPT_EXPERIMENTER
-    be16(p + 2, 24)
+cdef inline void _write_onf_bundle_msg(unsigned char *p, uint16_t length, uint32_t xid, uint32_t exp_type,
+                                       uint32_t bundle_id, uint16_t ctrl_type, uint16_t flags) noexcept nogil:
+    """The 24 bytes of an ONF bundle control message, or the header of a bundle add (ctrl_type 0)
+    whose inner message follows: header, experimenter, exp_type, bundle_id, type (or pad), flags."""
+    p[0] = OFP_VERSION
+    p[1] = OFPT_EXPERIMENTER
+    be16(p + 2, length)
     be32(p + 4, xid)
-    be32(p + 8, 0x4F4E4600U)
-    be32(p + 12, 2300)
+    be32(p + 8, ONF_EXPERIMENTER_ID)
+    be32(p + 12, exp_type)
     be32(p + 16, bundle_id)
     be16(p + 20, ctrl_type)
     be16(p + 22, flags)
-    return p + 24
+
+
+cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, uint32_t bundle_id,
+                                              uint16_t ctrl_type, uint16_t flags) noexcept nogil:
+    _write_onf_bundle_msg(p, C_BUNDLE_CTRL_LEN, xid, ONF_ET_BUNDLE_CONTROL, bundle_id, ctrl_type, flags)
+    return p + C_BUNDLE_CTRL_LEN
 
 # Whether two rows are the same flow for OpenFlow (table, priority, match).
 cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:

@@ -18,7 +18,8 @@ ONF_BF_ORDERED: int
 FLOW_MOD_FIXED_LEN: int
 BUNDLE_CTRL_LEN: int
 BUNDLE_ADD_HEADER_LEN: int
-ACTION_OPCODES: tuple[int, int, int, int, int, int]
+OPENFLOW: dict[str, int]
+ACTION_OPCODES: dict[str, int]
 
 class FlowLayout:
     """Column offsets of the flow record and the match-field table (built once by dfflow.flowbatch)."""

@@ -16,8 +16,14 @@ OFPFlowMod(...).serialize() as built by dfflow.flows.Flow.to_osken (idle/hard ti
 ~0 and no instructions; instructions in the order apply-actions, write-metadata,
 goto-table).
 
-Its C interface (the record layout, the row validator and writer) is declared in
-_packer.pxd, which the port-flow compiler (dfflow/_core.pyx) cimports.
+Its C interface (the record layout, the row validator and writer, the OpenFlow numbers
+and the bundle header writer) is declared in _packer.pxd, which the port-flow compiler
+(dfflow/_core.pyx) and the framing (dfflow/_framing.pyx) cimport.
+
+Longer than ~600 lines on purpose: the validator (pass 1) and the writer (pass 2) state the
+same wire rules and change together, and both inline the same per-field and prefetch
+helpers; in separate extensions those would become calls through function pointers in the
+per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest.
 """
 import operator
 
@@ -26,30 +32,38 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 
-# OpenFlow 1.3 / ONF bundle constants (values as in os_ken.ofproto.ofproto_v1_3).
-OFP_VERSION = 4
-OFPT_EXPERIMENTER = 4
-OFPT_FLOW_MOD = 14
-ONF_EXPERIMENTER_ID = 0x4F4E4600
-ONF_ET_BUNDLE_CONTROL = 2300
-ONF_ET_BUNDLE_ADD_MESSAGE = 2301
-ONF_BCT_OPEN_REQUEST = 0
-ONF_BCT_CLOSE_REQUEST = 2
-ONF_BCT_COMMIT_REQUEST = 4
-ONF_BCT_DISCARD_REQUEST = 6
-ONF_BF_ATOMIC = 1
-ONF_BF_ORDERED = 2
+# The OpenFlow numbers the packer writes (declared in _packer.pxd), by os-ken's names;
+# dfflow.openflow.protocol checks them against os-ken at import.
+OPENFLOW = {
+    "OFP_VERSION": OFP_VERSION, "OFPT_EXPERIMENTER": OFPT_EXPERIMENTER, "OFPT_FLOW_MOD": OFPT_FLOW_MOD,
+    "OFPFC_DELETE": OFPFC_DELETE, "OFPFC_DELETE_STRICT": OFPFC_DELETE_STRICT, "OFPTT_ALL": OFPTT_ALL,
+    "OFP_NO_BUFFER": OFP_NO_BUFFER, "OFPP_ANY": OFPP_ANY, "OFPG_ANY": OFPG_ANY, "OFPP_MAX": OFPP_MAX,
+    "OFPP_IN_PORT": OFPP_IN_PORT, "OFPP_LOCAL": OFPP_LOCAL, "OFPMT_OXM": OFPMT_OXM,
+    "OFPXMC_EXPERIMENTER": OFPXMC_EXPERIMENTER, "OFPIT_GOTO_TABLE": OFPIT_GOTO_TABLE,
+    "OFPIT_WRITE_METADATA": OFPIT_WRITE_METADATA, "OFPIT_APPLY_ACTIONS": OFPIT_APPLY_ACTIONS,
+    "OFPAT_OUTPUT": OFPAT_OUTPUT, "OFPAT_DEC_NW_TTL": OFPAT_DEC_NW_TTL, "OFPAT_SET_FIELD": OFPAT_SET_FIELD,
+    "OFPAT_EXPERIMENTER": OFPAT_EXPERIMENTER, "ONF_EXPERIMENTER_ID": ONF_EXPERIMENTER_ID,
+    "ONF_ET_BUNDLE_CONTROL": ONF_ET_BUNDLE_CONTROL, "ONF_ET_BUNDLE_ADD_MESSAGE": ONF_ET_BUNDLE_ADD_MESSAGE,
+    "ONF_BCT_OPEN_REQUEST": ONF_BCT_OPEN_REQUEST, "ONF_BCT_CLOSE_REQUEST": ONF_BCT_CLOSE_REQUEST,
+    "ONF_BCT_COMMIT_REQUEST": ONF_BCT_COMMIT_REQUEST, "ONF_BCT_DISCARD_REQUEST": ONF_BCT_DISCARD_REQUEST,
+    "ONF_BF_ATOMIC": ONF_BF_ATOMIC, "ONF_BF_ORDERED": ONF_BF_ORDERED,
+    "NX_EXPERIMENTER_ID": NX_EXPERIMENTER_ID, "NXAST_REG_MOVE": NXAST_REG_MOVE,
+    "NXAST_CONJUNCTION": NXAST_CONJUNCTION, "NXAST_CT": NXAST_CT, "NX_CT_F_COMMIT": NX_CT_F_COMMIT,
+    "OFPT_BUNDLE_ADD_MESSAGE": OFPT_BUNDLE_ADD_MESSAGE,  # OpenFlow 1.4's
+    "OFP_FLOW_MOD_SIZE": C_FLOW_MOD_FIXED_LEN + 8,  # + the match's header, padded
+}
+# The opcodes of a flow record's action slots (dfflow.flowbatch takes them from here).
+ACTION_OPCODES = {"NONE": OP_NONE, "OUTPUT": OP_OUTPUT, "SET_FIELD": OP_SET_FIELD, "DEC_NW_TTL": OP_DEC_NW_TTL,
+                  "MOVE": OP_MOVE, "CT": OP_CT, "CONJUNCTION": OP_CONJUNCTION}
 FLOW_MOD_FIXED_LEN = C_FLOW_MOD_FIXED_LEN
 BUNDLE_CTRL_LEN = C_BUNDLE_CTRL_LEN
 BUNDLE_ADD_HEADER_LEN = C_BUNDLE_ADD_HEADER_LEN
-# (output, set-field, dec-ttl, reg-move, ct, conjunction): dfflow.flowbatch checks its own against these
-ACTION_OPCODES = (OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION)
 
 cdef class FlowLayout:
     """Where each column of a flow-batch record lives, and the match-field table.
 
     Built once (dfflow.flowbatch.LAYOUT) from the numpy dtype and the field list in
-    batch order: (name, oxm_class, oxm_field, bits, maskable, is_ofport, limit).
+    batch order, which must be OXM order: (name, oxm_class, oxm_field, bits, maskable, is_ofport, limit).
     """
 
     def __init__(self, dtype, fields, int max_actions, commands=(0, 2, 3, 4)):
@@ -103,6 +117,10 @@ cdef class FlowLayout:
         self.c.a_dst = col("dst", acols, "|u1")
         self.c.a_arg = col("arg", acols, "<u2")
         self.c.a_value = col("value", acols, "<u8")
+        for i in range(1, len(fields)):
+            if (fields[i][1], fields[i][2]) <= (fields[i - 1][1], fields[i - 1][2]):
+                raise ValueError(f"field {fields[i][0]!r} does not come after {fields[i - 1][0]!r} in OXM order "
+                                 "(class, field): the packer writes a match's fields in the layout's order")
         for i, (name, oxm_class, oxm_field, bits, maskable, ofport, limit) in enumerate(fields):
             if bits % 8 or not 8 <= bits <= 64:
                 raise ValueError(f"field {name!r}: {bits} bits is not a whole number of bytes (8..64)")
@@ -111,8 +129,8 @@ cdef class FlowLayout:
             self.c.f[i].nbytes = bits // 8
             self.c.f[i].bits = bits
             # class 0xffff: ONF's experimenter fields (OpenFlow 1.3 extensions such as tcp_flags)
-            self.c.f[i].extra = 4 if oxm_class == 0xFFFF else 0
-            self.c.f[i].experimenter = 0x4F4E4600 if oxm_class == 0xFFFF else 0
+            self.c.f[i].extra = 4 if oxm_class == OFPXMC_EXPERIMENTER else 0
+            self.c.f[i].experimenter = ONF_EXPERIMENTER_ID if oxm_class == OFPXMC_EXPERIMENTER else 0
             self.c.f[i].hdr = ((<uint32_t>oxm_class << 16) | (<uint32_t>oxm_field << 9)
                                | <uint32_t>(bits // 8 + self.c.f[i].extra))
             self.c.f[i].maskable = bool(maskable)
@@ -131,7 +149,7 @@ cdef class FlowLayout:
 
 cdef inline bint _valid_ofport(uint64_t port) noexcept nogil:
     # physical/logical ports 1..OFPP_MAX, or a reserved port IN_PORT..LOCAL (not ANY)
-    return (port >= 1 and port <= 0xFFFFFF00ULL) or (port >= 0xFFFFFFF8ULL and port <= 0xFFFFFFFEULL)
+    return (port >= 1 and port <= OFPP_MAX) or (port >= OFPP_IN_PORT and port <= OFPP_LOCAL)
 
 
 cdef inline int _fail(Err *err, int code, Py_ssize_t row, int field, int action,
@@ -200,9 +218,9 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
         cmd = rec[L.command]
         if cmd >= 32 or not (L.commands >> cmd) & 1:
             return _fail(err, E_COMMAND, r, -1, -1, cmd, 0)
-        deleting = cmd == 3 or cmd == 4
+        deleting = cmd == OFPFC_DELETE or cmd == OFPFC_DELETE_STRICT
         table = rec[L.table]
-        if table == 255 and not deleting:
+        if table == OFPTT_ALL and not deleting:
             return _fail(err, E_TABLE, r, -1, -1, table, 0)
         present = ld64(rec + L.present)
         masked = ld64(rec + L.masked)
@@ -394,9 +412,9 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
             prefetchw(row + 512)       # output lines ahead (a prefetch never faults)
         m = row + 24 if bundle else row
         cmd = rec[o_command]
-        deleting = cmd == 3 or cmd == 4
-        m[0] = 4
-        m[1] = 14                      # OFPT_FLOW_MOD
+        deleting = cmd == OFPFC_DELETE or cmd == OFPFC_DELETE_STRICT
+        m[0] = OFP_VERSION
+        m[1] = OFPT_FLOW_MOD
         be32(m + 4, x)
         be64(m + 8, ld64(rec + o_cookie))
         be64(m + 16, 0xFFFFFFFFFFFFFFFFULL if deleting else 0)
@@ -404,13 +422,13 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
         m[25] = <unsigned char>cmd
         be32(m + 26, 0)                # idle_timeout, hard_timeout
         be16(m + 30, ld16(rec + o_priority))
-        be32(m + 32, 0xFFFFFFFFU)      # buffer_id: OFP_NO_BUFFER
-        be32(m + 36, 0xFFFFFFFFU)      # out_port: OFPP_ANY
-        be32(m + 40, 0xFFFFFFFFU)      # out_group: OFPG_ANY
+        be32(m + 32, OFP_NO_BUFFER)    # buffer_id
+        be32(m + 36, OFPP_ANY)         # out_port
+        be32(m + 40, OFPG_ANY)         # out_group
         be32(m + 44, 0)                # flags, pad
         # match: OXM TLVs in bitmap order (= os-ken's order), padded to 8
         q = m + 48
-        be16(q, 1)                     # OFPMT_OXM
+        be16(q, OFPMT_OXM)
         p = q + 4
         present = ld64(rec + o_present) & all_fields
         masked = ld64(rec + o_masked) & present
@@ -439,14 +457,14 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                 na = max_actions
             if na:
                 q = p
-                be16(p, 4)             # OFPIT_APPLY_ACTIONS
+                be16(p, OFPIT_APPLY_ACTIONS)
                 be32(p + 4, 0)
                 p += 8
                 for k in range(na):
                     a = rec + o_actions + k * a_size
                     op = a[a_op]
                     if op == OP_OUTPUT:
-                        be32(p, 16)    # OFPAT_OUTPUT, len 16
+                        be32(p, (OFPAT_OUTPUT << 16) | 16U)
                         be32(p + 4, <uint32_t>ld64(a + a_value))
                         be16(p + 8, ld16(a + a_arg))
                         be16(p + 10, 0)
@@ -456,20 +474,20 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         F = &fields[a[a_field] & (MAX_FIELDS - 1)]
                         nbytes = F.nbytes
                         be64(p + 8, 0)  # zero the padding the value may not cover
-                        be16(p, 25)    # OFPAT_SET_FIELD
+                        be16(p, OFPAT_SET_FIELD)
                         be16(p + 2, <uint16_t>((8 + nbytes + 7) & ~7U))
                         be32(p + 4, F.hdr)
                         _put_value(p + 8, ld64(a + a_value), nbytes)
                         p += (8 + nbytes + 7) & ~7U
                     elif op == OP_DEC_NW_TTL:
-                        be32(p, (24U << 16) | 8U)  # OFPAT_DEC_NW_TTL, len 8
+                        be32(p, (OFPAT_DEC_NW_TTL << 16) | 8U)
                         be32(p + 4, 0)
                         p += 8
                     elif op == OP_CT:  # Nicira NXAST_CT, zone immediate, no nested actions
-                        be32(p, 0xFFFF0018U)       # OFPAT_EXPERIMENTER, len 24
-                        be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
-                        be16(p + 8, 35)            # NXAST_CT
-                        be16(p + 10, a[a_field] & 1)  # flags: NX_CT_F_COMMIT
+                        be32(p, (OFPAT_EXPERIMENTER << 16) | 24U)
+                        be32(p + 4, NX_EXPERIMENTER_ID)
+                        be16(p + 8, NXAST_CT)
+                        be16(p + 10, NX_CT_F_COMMIT if a[a_field] else 0)
                         be32(p + 12, 0)            # zone_src: none, the zone is immediate
                         be16(p + 16, <uint16_t>ld64(a + a_value))
                         p[18] = <unsigned char>ld16(a + a_arg)  # recirc_table (255: none)
@@ -477,17 +495,17 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         be16(p + 22, 0)            # alg
                         p += 24
                     elif op == OP_CONJUNCTION:     # Nicira NXAST_CONJUNCTION, clauses from 0 on the wire
-                        be32(p, 0xFFFF0010U)       # OFPAT_EXPERIMENTER, len 16
-                        be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
-                        be16(p + 8, 34)            # NXAST_CONJUNCTION
+                        be32(p, (OFPAT_EXPERIMENTER << 16) | 16U)
+                        be32(p + 4, NX_EXPERIMENTER_ID)
+                        be16(p + 8, NXAST_CONJUNCTION)
                         p[10] = <unsigned char>(a[a_field] - 1)
                         p[11] = a[a_dst]
                         be32(p + 12, <uint32_t>ld64(a + a_value))
                         p += 16
-                    else:              # OP_MOVE: Nicira NXAST_REG_MOVE
-                        be32(p, 0xFFFF0018U)       # OFPAT_EXPERIMENTER, len 24
-                        be32(p + 4, 0x00002320U)   # NX_VENDOR_ID
-                        be16(p + 8, 6)             # NXAST_REG_MOVE
+                    else:              # OP_MOVE: Nicira's reg-move
+                        be32(p, (OFPAT_EXPERIMENTER << 16) | 24U)
+                        be32(p + 4, NX_EXPERIMENTER_ID)
+                        be16(p + 8, NXAST_REG_MOVE)
                         be16(p + 10, ld16(a + a_arg))
                         be32(p + 12, 0)            # src_ofs, dst_ofs
                         be32(p + 16, fields[a[a_field] & (MAX_FIELDS - 1)].hdr)
@@ -495,27 +513,19 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         p += 24
                 be16(q + 2, <uint16_t>(p - q))
             if rec[o_hasw]:
-                be32(p, (2U << 16) | 24U)  # OFPIT_WRITE_METADATA, len 24
+                be32(p, (OFPIT_WRITE_METADATA << 16) | 24U)
                 be32(p + 4, 0)
                 be64(p + 8, ld64(rec + o_wmv))
                 be64(p + 16, ld64(rec + o_wmm))
                 p += 24
             goto_ = <int16_t>ld16(rec + o_goto)
             if goto_ != -1:
-                be32(p, (1U << 16) | 8U)   # OFPIT_GOTO_TABLE, len 8
+                be32(p, (OFPIT_GOTO_TABLE << 16) | 8U)
                 be32(p + 4, <uint32_t>goto_ << 24)
                 p += 8
         be16(m + 2, <uint16_t>(p - m))
-        if bundle:
-            row[0] = 4
-            row[1] = 4                 # OFPT_EXPERIMENTER
-            be16(row + 2, <uint16_t>(p - row))
-            be32(row + 4, x)           # = the inner FLOW_MOD's xid, as EXT-230 requires
-            be32(row + 8, 0x4F4E4600U)
-            be32(row + 12, 2301)       # ONF_ET_BUNDLE_ADD_MESSAGE
-            be32(row + 16, bundle_id)
-            be16(row + 20, 0)
-            be16(row + 22, flags)
+        if bundle:                     # the add carries the inner FLOW_MOD's xid, as EXT-230 requires
+            _write_onf_bundle_msg(row, <uint16_t>(p - row), x, ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, 0, flags)
         size = p - row
         if not direct:
             if size > room - pos:
@@ -681,14 +691,14 @@ cdef bytes _pack_bytes(_Rows rows, object xid_start, bint bundle, object bundle_
     p = <unsigned char *>PyBytes_AS_STRING(out)
     with nogil:
         if bundle:
-            _write_bundle_ctrl(p, xid, bid, 0, fl)
+            _write_bundle_ctrl(p, xid, bid, ONF_BCT_OPEN_REQUEST, fl)
             pos = C_BUNDLE_CTRL_LEN
             xid += 1
         written = _write_rows(&rows.layout.c, rows.base, n, p + pos, size - pos, xid, bundle, bid, fl)
         if written >= 0:
             pos += written
             if bundle and commit and size - pos == C_BUNDLE_CTRL_LEN:
-                _write_bundle_ctrl(p + pos, xid + <uint32_t>n, bid, 4, fl)
+                _write_bundle_ctrl(p + pos, xid + <uint32_t>n, bid, ONF_BCT_COMMIT_REQUEST, fl)
                 pos += C_BUNDLE_CTRL_LEN
     if written < 0 or pos != size:
         raise RuntimeError(f"{what}the batch changed while it was being packed")
@@ -740,7 +750,7 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
     same write then applies the rest. For all-or-nothing, pack with ``commit=False``
     (the buffer stops after the adds), send it with a BARRIER_REQUEST, and only if no
     error came back send COMMIT, else DISCARD (pack_bundle_ctrl) -- what
-    controller.ofchannel's Datapath.send_bundle does.
+    dfflow.openflow's Datapath.send_bundle does.
     """
     return _pack_bytes(_rows_of(batch), xid_start, True, bundle_id, flags, commit, "")
 

@@ -52,21 +52,25 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfflow import core
-from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, Action, Command, Conjunction, Ct, DecTtl,
-                          Flow, MatchItem, Move, Output, SetField)
+from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OXM_EXPERIMENTER, Action, Command,
+                          Conjunction, Ct, DecTtl, Flow, MatchItem, Move, Output, SetField, oxm_order)
 
-FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda n: (FIELDS[n].oxm_class,
-                                                                    FIELDS[n].oxm_field)))
+FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=oxm_order))
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FIELD_ORDER)}
 FIELD_BIT: dict[str, int] = {name: 1 << i for i, name in enumerate(FIELD_ORDER)}
 NF = len(FIELD_ORDER)
 MAX_ACTIONS = 8  # an ARP responder needs 8 (3 moves, 4 set-fields, output in_port)
 
-OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION = 0, 1, 2, 3, 4, 5, 6
+# The action slots' opcodes are the packer's; the numbers of flows.py it also writes must be its own.
+OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION = (
+    core.ACTION_OPCODES[name] for name in ("NONE", "OUTPUT", "SET_FIELD", "DEC_NW_TTL", "MOVE", "CT", "CONJUNCTION"))
+core.require_agreement(
+    "FLOW_MOD commands and OXM classes",
+    {"OFPFC_DELETE": Command.DELETE, "OFPFC_DELETE_STRICT": Command.DELETE_STRICT,
+     "OFPXMC_EXPERIMENTER": OXM_EXPERIMENTER},
+    {name: core.OPENFLOW[name] for name in ("OFPFC_DELETE", "OFPFC_DELETE_STRICT", "OFPXMC_EXPERIMENTER")})
 # what a row encodes (not learn, not resubmit)
 PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move, Ct, Conjunction)
-assert (OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION) == core.ACTION_OPCODES, \
-    "dfflow._core and dfflow.flowbatch disagree on action opcodes"
 
 # Range rules beyond the field width (the packer enforces them too).
 VNI_MAX = (1 << 24) - 1  # dfflow's tunnels (Geneve/VXLAN) carry a 24-bit VNI in tunnel_id
