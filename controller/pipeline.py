@@ -112,8 +112,10 @@ PIPELINE: tuple[Table, ...] = (
           "Security groups, ingress, on the chassis hosting the port (every path to a port passes here "
           "before the L2 lookup: switched, routed, DNATed, from a tunnel): an IPv4 packet for a local "
           "port with port security (its MAC or an allowed address pair's) gets reg7=the port's zone and "
-          "goes through the connection tracker in that zone on to ingress_security_groups. Others pass.",
-          "metadata, eth_dst, eth_type=IP",
+          "goes through the connection tracker in that zone on to ingress_security_groups. IPv6 for a local "
+          "port with port security is dropped (the groups filter IPv4 only: IPv6 rules are stored, not "
+          "enforced). Others pass.",
+          "metadata, eth_dst, eth_type=IP|IPv6",
           "goto l2_lookup", ("l2_lookup",), conntrack=("ingress_security_groups",)),
     Table(48, "ingress_security_groups",
           "As egress_security_groups, for what arrives: established and related packets pass, invalid "
@@ -148,8 +150,9 @@ PIPELINE: tuple[Table, ...] = (
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "
           "does not run here yet) and, for packets from local ports only (reg6!=0), to every "
-          "chassis hosting a port of the network.",
-          "metadata, reg6=0 (from a tunnel)",
+          "chassis hosting a port of the network. IPv6 is not flooded to local ports with security "
+          "groups (priorities 110 and 60).",
+          "metadata, reg6=0 (from a tunnel), eth_type=IPv6",
           "drop"),
 )
 

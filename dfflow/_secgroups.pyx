@@ -5,12 +5,12 @@ A port's security-group rules are variable-length facts, so they are rows of the
 rule, SG_RULE_FIELDS, with a slice of SG_MEMBER_FIELDS rows for a remote group's members) rather
 than params of a port program. compile_secgroups makes every security-group flow of one local
 port from them (controller.apps.secgroups; tests/sg_oracle.py is the Python reference): the
-conntrack flows of its zone, each rule's remotes times protocol matches (a port range as the fewest
-value/mask prefixes covering it), or a conjunctive match (clause 1: a remote address, clause 2: a
-protocol match, then one flow on conj_id) when that product outgrows their sum, and, while the
-port arrives here, the mid-stream TCP flows. Flows of one key are made once; conjunction clauses
-of one key carry one conjunction action per conjunctive match. The rows are the packer's
-(dfflow/_packer.pxd), packed like any other.
+conntrack flows of its zone (and the drop of IPv6 for it), each rule's remotes times protocol
+matches (a port range as the fewest value/mask prefixes covering it), or a conjunctive match
+(clause 1: a remote address, clause 2: a protocol match, then one flow on conj_id) when that
+product outgrows their sum, and, while the port arrives here, the mid-stream TCP flows. Flows of
+one key are made once; conjunction clauses of one key carry one conjunction action per
+conjunctive match. The rows are the packer's (dfflow/_packer.pxd), packed like any other.
 """
 from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -33,6 +33,7 @@ cdef enum:
     SG_GROUP = 4    # the remote end is members[member_start:member_start + member_count]
     SG_MAX_PREFIXES = 32  # a 16-bit range needs at most 30
     SG_ETH_IP = 0x0800
+    SG_ETH_IPV6 = 0x86DD
     SG_CT_TRK_NEW = 0x21
     SG_TCP_SYN = 0x002
     SG_IPPROTO_ICMP = 1
@@ -265,7 +266,8 @@ cdef Py_ssize_t _sg_rule_flows(const LayoutC *L, const SgFieldsC *F, const SgSha
 cdef Py_ssize_t _sg_port_flows(const LayoutC *L, const SgFieldsC *F, const SgShapeC *S, SgPortC *port,
                                const uint64_t *macs, Py_ssize_t nmacs, const SgRuleC *rules, Py_ssize_t nrules,
                                const SgMemberC *members, bint arriving, unsigned char *out) noexcept nogil:
-    """Every flow of the port from row 0 (out NULL: count them)."""
+    """Every flow of the port from row 0 (out NULL: count them). The groups filter IPv4 only, so IPv6 for
+    the port is dropped (not let past them) in its ingress_conntrack."""
     cdef Py_ssize_t n = 0, i
     cdef int direction
     cdef unsigned char *row
@@ -282,7 +284,11 @@ cdef Py_ssize_t _sg_port_flows(const LayoutC *L, const SgFieldsC *F, const SgSha
             _sg_match(L, row, F.eth_type, SG_ETH_IP, 0, False)
             _sg_action(L, row, OP_SET_FIELD, <unsigned char>F.reg7, 0, 0, port.zone)
             _sg_action(L, row, OP_CT, 0, 0, <uint16_t>S.sg_table[SG_INGRESS_C], port.zone)
-    n = 1 + nmacs
+            row = _sg_row(L, out, 1 + nmacs + i, S.ct_table[SG_INGRESS_C], S.p_ct, port.cookie)
+            _sg_match(L, row, F.metadata, port.vni, 0, False)
+            _sg_match(L, row, F.eth_dst, macs[i], 0, False)
+            _sg_match(L, row, F.eth_type, SG_ETH_IPV6, 0, False)
+    n = 1 + 2 * nmacs
     for i in range(nrules):
         n = _sg_rule_flows(L, F, S, &rules[i], members, port, out, n)
     if arriving:

@@ -19,7 +19,7 @@ from controller.apps.secgroups import (CONJUNCTION, DIRECTIONS, EGRESS_CT, EGRES
                                        IPPROTO_TCP, MAX_CONJUNCTIONS, MID_STREAM, RULE, TRACKED_NEW, arriving,
                                        conjunction_id, filtered, group_members, rules_of)
 from controller.view import mac_int
-from dfflow.flows import ETH_TYPE_IP, TCP_SYN, Conjunction, Ct, Flow, SetField, match
+from dfflow.flows import ETH_TYPE_IP, ETH_TYPE_IPV6, TCP_SYN, Conjunction, Ct, Flow, SetField, match
 from dfflow.models import LogicalPort, SecurityGroupRule, protocol_number
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ def port_flows(port: LogicalPort, view: "View", zone: int, cookie: int) -> list[
     for dst in sorted({mac} | {mac_int(p.mac_address.lower()) for p in port.allowed_address_pairs}):
         put(Flow(INGRESS_CT, 100, match(metadata=vni, eth_dst=dst, eth_type=ETH_TYPE_IP),
                  (SetField("reg7", zone), Ct(zone, table=INGRESS_SG)), cookie=cookie))
+        # the groups filter IPv4 only: IPv6 for the port is dropped, not let past them (nor flooded, l2)
+        put(Flow(INGRESS_CT, 100, match(metadata=vni, eth_dst=dst, eth_type=ETH_TYPE_IPV6), cookie=cookie))
     rules = rules_of(view, port.security_groups)
     members = group_members(view) if any(r.remote_group for r in rules) else {}
     conjunctions = {"egress": 0, "ingress": 0}

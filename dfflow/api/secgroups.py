@@ -207,9 +207,10 @@ class SecurityGroupService:
 
     async def list(self, plural: str, params: list[tuple[str, str]], project: str | None = None) -> Page:
         query = parse_query(RESOURCES[plural], params)
-        if plural == "security_groups":
+        if plural == "security_groups":  # as Neutron: the default group of the project asked for, or the caller's
+            asked = next((value for key, value in params if key in ("project_id", "tenant_id")), None)
             with nb_errors(SecurityGroup.table):
-                await ensure_default(self.nb, project or self.default_project)
+                await ensure_default(self.nb, asked or project or self.default_project)
         return run(query, await self._views(plural))
 
     async def show(self, plural: str, obj_id: str, fields: list[str] | None = None) -> dict[str, Any]:

@@ -84,6 +84,10 @@ class Cloud:
             raise
         return switch, subnet
 
+    async def network_id(self, network: str) -> str:
+        """The NB id of the network named `network` (the sandbox's networks are named by their id here)."""
+        return network
+
     async def _subnet(self, network: str) -> Subnet:
         subnets = [s for s in await self.nb.list(Subnet.table) if s.lswitch == network]
         if not subnets:
