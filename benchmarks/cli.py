@@ -33,6 +33,21 @@ def pack(n: int, min_time: float, osken_reps: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--members", default="10,100,1000", show_default=True,
+              help="Comma-separated sizes of the remote group the port's rules name.")
+@click.option("--min-time", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="Seconds each measurement repeats for (the best run counts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def secgroups(members: str, min_time: float, as_json: bool) -> None:
+    """Make one port's security-group flows with the compiled core, by remote-group size: flows
+    (conjunctive matches vs a plain product) and time."""
+    from benchmarks import secgroups as bench
+
+    report = bench.run(tuple(int(m) for m in members.split(",") if m.strip()), min_time=min_time)
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
+@main.command()
 @click.option("--ports", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
               help="P: ports in the simulated cloud, spread evenly over the chassis.")
 @click.option("--chassis", type=click.IntRange(2, 10_000), default=20, show_default=True,
