@@ -4,7 +4,10 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("dfflow._core", ["dfflow/_core.pyx"], extra_compile_args=["-O3"])],
+        [Extension("dfflow._packer", ["dfflow/_packer.pyx"], extra_compile_args=["-O3"]),
+         Extension("dfflow._framing", ["dfflow/_framing.pyx"], extra_compile_args=["-O3"]),
+         Extension("dfflow._core", ["dfflow/_core.pyx"], extra_compile_args=["-O3"]),
+         Extension("dfflow._secgroups", ["dfflow/_secgroups.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     ),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Awaitable, Callable, Iterator
 
-from dfflow.api import alloc, app, service
+from dfflow.api import alloc, app, resource
 from dfflow.api.server import serve
 from dfflow.nb import rules
 from dfflow.nb.store import NbApi
@@ -19,7 +19,7 @@ def _old_retries() -> Iterator[Callable[[], Awaitable[bool]]]:
     attempt = 0
 
     async def retry() -> bool:
-        return attempt + 1 < service.ALLOC_RETRIES
+        return attempt + 1 < resource.ALLOC_RETRIES
 
     while True:
         yield retry
@@ -40,7 +40,7 @@ async def _check_port_watching_the_network(port: Any, ctx: Any) -> rules.Claims:
 
 def main() -> None:
     nb_url, listen = sys.argv[1:3]
-    service._allocation_retries = _old_retries
+    resource.allocation_retries = _old_retries
     NbApi.advance = _lowest_vni  # type: ignore[method-assign]
     rules.WRITE_RULES[rules.LogicalPort.table] = _check_port_watching_the_network
     app.NB_CONNECTIONS = None

@@ -33,6 +33,21 @@ def pack(n: int, min_time: float, osken_reps: int, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--members", default="10,100,1000", show_default=True,
+              help="Comma-separated sizes of the remote group the port's rules name.")
+@click.option("--min-time", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="Seconds each measurement repeats for (the best run counts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def secgroups(members: str, min_time: float, as_json: bool) -> None:
+    """Make one port's security-group flows with the compiled core, by remote-group size: flows
+    (conjunctive matches vs a plain product) and time."""
+    from benchmarks import secgroups as bench
+
+    report = bench.run(tuple(int(m) for m in members.split(",") if m.strip()), min_time=min_time)
+    click.echo(json.dumps(report, indent=2) if as_json else bench.format_report(report))
+
+
+@main.command()
 @click.option("--ports", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
               help="P: ports in the simulated cloud, spread evenly over the chassis.")
 @click.option("--chassis", type=click.IntRange(2, 10_000), default=20, show_default=True,
@@ -70,6 +85,9 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @nova_delay_options
 @click.option("--interval", type=click.FloatRange(0.0005, 1.0), default=None,
               help="Probe interval in seconds, to each VM [default: 0.001 for one VM; VMs x 0.0002 for several].")
+@click.option("--secgroups", "secgroups", default="on", show_default=True,
+              help="Comma-separated: on (the VMs' ports in their project's default group, the probes let in by "
+                   "rules), off (port security off); on,off measures both, runs interleaved (one VM only).")
 @click.option("--json", "as_json", is_flag=True, help="Print every run and the summary as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the probe timelines of the median run of each strategy to this PNG.")
@@ -79,7 +97,7 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
                    "and one plot with the ratio dfflow/OVN [default strategy then: announce; one VM: both "
                    "probed from the L2 peer only].")
 def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_copy: int, unplug_delay: int,
-              update_port_delay: int, nova_path: str, interval: float | None, as_json: bool,
+              update_port_delay: int, nova_path: str, interval: float | None, secgroups: str, as_json: bool,
               plot_path: str | None, peer: str | None) -> None:
     """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
     per strategy (needs root)."""
@@ -102,14 +120,20 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
         raise click.BadParameter(f"unknown strategy {', '.join(unknown)}; choose from "
                                  f"{', '.join(bench.STRATEGIES)}" + (f" with --vms {vms}" if vms > 1 else ""),
                                  param_hint="--strategy")
+    modes = tuple(dict.fromkeys(m.strip() for m in secgroups.split(",") if m.strip()))
+    if not modes or set(modes) - set(single.SECGROUPS) or ((vms > 1 or peer) and modes != ("on",)):
+        raise click.BadParameter(f"{secgroups!r}: on, off or on,off"
+                                 + (" (only on with --vms or --peer)" if vms > 1 or peer else ""),
+                                 param_hint="--secgroups")
     options = dict(runs=runs, strategies=chosen, memory_copy=memory_copy / 1000, unplug_delay=unplug_delay / 1000,
                    update_port_delay=update_port_delay / 1000, nova_path=nova_path,
                    keep_samples=plot_path is not None)
     if vms > 1:
         report = evacuation.run(vms, interval=interval, progress=lambda m: click.echo(m, err=True), **options)
     else:
-        with click.progressbar(length=runs * len(chosen), label="migrating", file=sys.stderr) as bar:
-            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1),
+        with click.progressbar(length=runs * len(chosen) * len(modes), label="migrating", file=sys.stderr) as bar:
+            report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), secgroups=modes,
+                                say=lambda line: click.echo(line, err=True),
                                 controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
                                 fip_probe=peer is None, **options)
     if peer is not None:

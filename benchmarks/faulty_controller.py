@@ -15,10 +15,10 @@ import sys
 from controller import daemon
 from controller.migrator import Migrator, is_announcement
 from dfflow.models import LogicalPort
+from dfflow.nb.bus import follow_channel
 from dfflow.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS, faults_key
 
 LOG = logging.getLogger(__name__)
-RESUBSCRIBE_DELAY = 0.5
 
 
 def controller_cmd() -> list[str]:
@@ -60,24 +60,18 @@ class FaultyMigrator(Migrator):
 
     async def _follow_faults(self) -> None:
         key = faults_key(self.nb)
-        while True:
-            pubsub = self.nb.redis.pubsub()
-            try:
-                await pubsub.subscribe(key)
-                # subscribed first: a fault switched from now on reaches us as a message as well
-                self.faults = {k.decode() if isinstance(k, bytes) else k for k in await self.nb.redis.hkeys(key)}
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        msg = json.loads(message["data"])
-                        (self.faults.add if msg["on"] else self.faults.discard)(msg["fault"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                LOG.exception("fault channel failed; resubscribing")
-                await asyncio.sleep(RESUBSCRIBE_DELAY)
-            finally:
-                self.faults = None
-                await pubsub.aclose()
+
+        async def read_all() -> None:  # subscribed first: a fault switched from now on reaches us as a message
+            self.faults = {k.decode() if isinstance(k, bytes) else k for k in await self.nb.redis.hkeys(key)}
+
+        def switched(data: bytes | str) -> None:
+            msg = json.loads(data)
+            (self.faults.add if msg["on"] else self.faults.discard)(msg["fault"])
+
+        def lost() -> None:
+            self.faults = None
+
+        await follow_channel(self.nb.redis, key, switched, "fault channel", on_subscribed=read_all, on_lost=lost)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.lib.recfunctions as rf
 
-from controller.templates import (APP_COOKIE_SHIFT, Fact, FlowTemplate, Param, PortFacts, PortProgram,
+from controller.templates import (APP_COOKIE_SHIFT, Each, Fact, FlowTemplate, Param, PortFacts, PortProgram,
                                   PortRole)
 from dfflow import core
 from dfflow.flowbatch import (ACTION_DTYPE, FIELD_INDEX, FLOW_DTYPE, LAYOUT, MAX_ACTIONS, PACKABLE_ACTIONS,
@@ -111,9 +111,11 @@ PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
 TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
 NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
-# The compiled core numbers params and facts itself: it must be the numbering of the templates.
-assert core.PARAM_NAMES == tuple(p.name for p in Param), "dfflow._core and controller.templates disagree on params"
-assert core.FACT_BITS == {f.name: f.value for f in Fact}, "dfflow._core and controller.templates disagree on facts"
+# The compiled core numbers params, facts and repetitions itself: it must be the numbering of the templates.
+core.require_agreement("port-template params", {p.name: p.value for p in Param},
+                       {name: i for i, name in enumerate(core.PARAM_NAMES)})
+core.require_agreement("port facts", {f.name: f.value for f in Fact}, core.FACT_BITS)
+core.require_agreement("port-template repetitions (each)", {e.name: e.value for e in Each}, core.EACH_KINDS)
 
 _ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1]
                for name in ("cookie", "wmeta_value", "match_value", "match_mask", "actions")}

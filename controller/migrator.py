@@ -8,13 +8,13 @@ with compare-and-set, which publishes it to every other chassis following the
 port's topic. Each transition is stamped in the migration's timeline.
 
 The step-2 (source unplugged) and announce (activated) transitions also go out
-as a migration event on one channel (`<prefix>:migration-events`), published
-before the NB write starts: "chassis X saw EVENT for migration M at NOW". Every
-chassis that follows the port runs the same pure transition on its own view and
-applies it at once, as the chassis that saw the event does; the NB write's event
-follows a few milliseconds later and, being the same port, changes no flow. The
-message is only a head start: a chassis that misses it, or whose view does not
-hold that migration, converges from the NB event as before.
+on the migration-event channel (`dfflow.nb.migration_events`), published before
+the NB write starts. Every chassis that follows the port runs the same pure
+transition on its own view and applies it at once, as the chassis that saw the
+event does; the NB write's event follows a few milliseconds later and, being the
+same port, changes no flow. The message is only a head start: a chassis that
+misses it, or whose view does not hold that migration, converges from the NB
+event as before.
 
 A transition applied here ahead of its NB write stays applied until that write settles: an NB
 event of the port meanwhile (typically Nova's own write, committed just before ours, which our
@@ -23,11 +23,19 @@ retry will store anyway -- instead of taking this chassis' flows back for a few 
 The write's own event (or any later version) ends that; a failed or abandoned write drops it
 and the NB's version is taken. A transition told by another chassis' migration event is laid on
 likewise, until an NB version shows it (or moved past it), or for TOLD_HOLD at most.
+
+A write that found nothing left to store (another write stored it first: often this chassis' own
+second announcement, the VM's GARP after its RARP) returns the version it read, which can be ahead
+of this chassis' NB events (they run seconds behind while a host is evacuated): that version is
+what this chassis shows, and an NB event of an older version of the port arriving after it is not
+news -- until the events catch up, or for KNOWN_HOLD at most. (Otherwise a destination whose
+held activation found the record activated already, by its own second announcement's write, fell
+back to "pending" on Nova's older version, gated the VM it hosts and dropped its traffic until the
+record's own events arrived: up to seconds in a 25-VM evacuation.)
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -39,6 +47,7 @@ from controller.migration import NO_CHANGE, Event, Step, transition
 from controller.supervise import OneShots
 from dfflow.errors import NotFound
 from dfflow.models import LogicalPort
+from dfflow.nb.migration_events import MigrationEvent, MigrationEvents
 from dfflow.nb.store import NbApi
 from dfflow.nb.timeline import Timelines
 
@@ -46,9 +55,11 @@ LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
 # Events every related chassis can apply to its own view at once, told by the chassis that saw them.
 FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
-RESUBSCRIBE_DELAY = 0.5
 # s a transition told by another chassis stays laid on this one's NB versions without the NB showing it
 TOLD_HOLD = 5.0
+# s a version a write's reply showed stays laid on older NB events of the port (an NB event bus that
+# far behind is caught by its own checks)
+KNOWN_HOLD = 30.0
 
 
 @dataclass(eq=False)
@@ -66,6 +77,11 @@ class _InFlight:
 class _Overlay:
     nb_port: LogicalPort  # the port's newest NB version seen here, without what is in flight
     writes: list[_InFlight] = field(default_factory=list)
+    known: LogicalPort | None = None  # a newer version than the events have shown, from a write's reply
+    known_at: float = 0.0
+
+    def idle(self) -> bool:
+        return not self.writes and self.known is None
 
 
 class Migrator:
@@ -73,6 +89,7 @@ class Migrator:
                  strategy: str = "unplug"):
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
         self.timelines = Timelines(nb.redis, nb.keys)
+        self.events = MigrationEvents(nb, self._count)
         self.stats: dict[str, int] = {}
         self._overlays: dict[str, _Overlay] = {}  # port id -> transitions in flight on it
         self.one_shots = OneShots()  # timeline stamps under way
@@ -121,59 +138,32 @@ class Migrator:
             await self._run(port.id, Event.NOVA_CHANGED, local_first=False)
 
     # -- the migration-event channel ---------------------------------------------------
-    @property
-    def channel(self) -> str:
-        return channel_of(self.nb)
-
     async def listen(self) -> None:
         """Follow the migration-event channel for as long as the controller runs."""
-        while True:
-            pubsub = self.nb.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._on_migration_event(message["data"], time.time())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self._count("event_channel_errors")
-                LOG.exception("migration-event channel failed; resubscribing (NB events still converge)")
-                await asyncio.sleep(RESUBSCRIBE_DELAY)
-            finally:
-                await pubsub.aclose()
+        await self.events.follow(self._on_migration_event)
 
     def _on_migration_event(self, data: bytes, received: float) -> None:
         try:
-            msg = json.loads(data)
-            if msg["chassis"] == self.chassis:
+            msg = MigrationEvent.decode(data)
+            if msg.chassis == self.chassis:
                 return  # ours: applied here already
-            event = Event(msg["event"])
-            port = self.engine.view.port(msg["port"])
-            if port is None or port.migration is None or port.migration.id != msg["migration"] \
+            event = Event(msg.event)
+            port = self.engine.view.port(msg.port)
+            if port is None or port.migration is None or port.migration.id != msg.migration \
                     or event not in FAST_EVENTS:
                 self._count("events_not_applicable")  # not ours to follow, or this view moved on
                 return
-            step = transition(port, event, msg["chassis"], msg["now"], self.strategy)
+            step = transition(port, event, msg.chassis, msg.now, self.strategy)
             if step.port is None:
                 self._count("events_not_applicable")
                 return
-            self._hold(port, _InFlight(event, msg["now"], told_by=msg["chassis"]))
-            self._apply_here(port.id, step, event, {"event_ts": msg["ts"], "received": received,
-                                                    "bus_ms": (received - msg["ts"]) * 1e3})
+            self._hold(port, _InFlight(event, msg.now, told_by=msg.chassis))
+            self._apply_here(port.id, step, event, {"event_ts": msg.ts, "received": received,
+                                                    "bus_ms": (received - msg.ts) * 1e3})
             self._count("events_applied")
         except Exception:
             self._count("event_errors")
             LOG.exception("migration event %r not applied (the NB event will be)", data[:200])
-
-    async def _publish_event(self, port_id: str, event: Event, step: Step, now: float) -> None:
-        msg = {"port": port_id, "event": event.value, "chassis": self.chassis, "now": now,
-               "migration": step.record.id, "ts": time.time()}
-        try:
-            await self.nb.redis.publish(self.channel, json.dumps(msg, separators=(",", ":")))
-        except Exception:
-            self._count("event_publish_errors")
-            LOG.exception("migration event of port %s not published (the NB write still is)", port_id)
 
     async def housekeeping(self, now: float | None = None) -> None:
         """Finish what events cannot: unplugs that happened while this controller was away, and
@@ -223,7 +213,8 @@ class Migrator:
             # The other chassis' head start goes out before anything else here: taking a pooled Redis
             # connection yields to the loop, so a publish merely started would leave only after this
             # chassis computed its own flows.
-            await self._publish_event(port_id, event, step, now)
+            await self.events.publish(MigrationEvent(port_id, event.value, self.chassis, now, step.record.id,
+                                                     time.time()))
         # The NB write (a dozen Redis round trips before its publish) starts next; this chassis computes
         # and queues its own bundle while the write's first request is out.
         write = asyncio.ensure_future(self.nb.modify(LogicalPort.table, port_id, change))
@@ -267,9 +258,15 @@ class Migrator:
         overlay = self._overlays.get(nb_port.id)
         if overlay is None:
             return nb_port
+        if overlay.known is not None:
+            if nb_port.version >= overlay.known.version:
+                overlay.known = None  # the events caught up
+            else:
+                self._count("stale_nb_versions")
+                nb_port = overlay.known
         overlay.nb_port = nb_port
         overlay.writes = [w for w in overlay.writes if not self._settled_by(w, nb_port)]
-        if not overlay.writes:
+        if overlay.idle():
             del self._overlays[nb_port.id]
             return nb_port
         port = self._laid_on(nb_port, overlay.writes)
@@ -289,8 +286,14 @@ class Migrator:
                 or (w.wanted is not None and nb_port.replace(version=0) == w.wanted.replace(version=0)))
 
     def _drop_told_ones_not_written(self, now: float) -> None:
-        """Another chassis' transition the NB never showed (its write failed): the NB's version stands."""
+        """Another chassis' transition the NB never showed (its write failed): the NB's version stands.
+        A write's reply the NB events never caught up with (an NB db restored older) likewise."""
         for port_id, overlay in list(self._overlays.items()):
+            if overlay.known is not None and now - overlay.known_at > KNOWN_HOLD:
+                overlay.known = None
+                if overlay.idle():
+                    del self._overlays[port_id]
+                    continue
             stale = [w for w in overlay.writes if w.told_by is not None and now - w.now > TOLD_HOLD]
             if not stale:
                 continue
@@ -314,21 +317,22 @@ class Migrator:
                 return  # its NB event is still on its way: laid on what comes before it
         overlay.writes.remove(in_flight)
         if in_flight.wanted is not None and result is not None:
-            if not overlay.writes:
+            if overlay.idle():
                 del self._overlays[port_id]
             return
         self._count("in_flight_dropped")
         nb_port = overlay.nb_port
         if result is not None and result.version > nb_port.version:
             nb_port = result  # the version the write found, with nothing to store on it
+            overlay.nb_port, overlay.known, overlay.known_at = result, result, time.time()
         if write.cancelled() or not isinstance(write.exception(), NotFound):
             self._take_nb_version(port_id, overlay, nb_port)
-        elif not overlay.writes:
+        elif overlay.idle():
             del self._overlays[port_id]
 
     def _take_nb_version(self, port_id: str, overlay: _Overlay, nb_port: LogicalPort) -> None:
         """Flows for the NB's version of the port, with what is still in flight laid on it."""
-        if not overlay.writes:
+        if overlay.idle():
             del self._overlays[port_id]
         if self.engine.view.port(port_id) is None:
             self._overlays.pop(port_id, None)
@@ -368,9 +372,4 @@ def is_announcement(data: bytes) -> bool:
     return eth_type == ETH_TYPE_ARP and len(data) >= 42 and data[28:32] == data[38:42]
 
 
-def channel_of(nb: NbApi) -> str:
-    """The migration-event channel."""
-    return f"{nb.keys.prefix}:migration-events"
-
-
-__all__ = ["Migrator", "is_announcement", "channel_of"]
+__all__ = ["Migrator", "is_announcement"]

@@ -14,6 +14,8 @@ Registers and metadata:
   reg7      ingress_conntrack: the ofport (conntrack zone) of the local port a packet is for
   ct_state  what Open vSwitch's connection tracker says of the packet, in the conntrack zone of the
             port whose security groups are checked (its VIF ofport on this chassis)
+  conj_id   the conjunctive match (a rule with a large remote group) the packet completed, in the
+            security-group tables
 """
 from __future__ import annotations
 
@@ -56,19 +58,24 @@ PIPELINE: tuple[Table, ...] = (
           "reg6, eth_src, eth_type, ipv4_src (an allowed address pair's may be a prefix) | arp_spa/arp_sha",
           "drop", ("egress_conntrack",)),
     Table(12, "egress_conntrack",
-          "Security groups, egress: the IPv4 packets of a local port with security groups go through the "
-          "connection tracker in the port's zone (its ofport) and on to egress_security_groups. Other "
-          "packets (ARP, ports without groups or port security) pass.",
+          "Security groups, egress: the IPv4 packets of a local port with port security (with or without "
+          "groups: none means no rule) go through the connection tracker in the port's zone (its ofport) "
+          "and on to egress_security_groups. Other packets (ARP, ports without port security or of the "
+          "network, device_owner network:*) pass.",
           "reg6, eth_type=IP",
           "goto arp_responder", ("arp_responder",), conntrack=("egress_security_groups",)),
     Table(14, "egress_security_groups",
           "Packets of connections the port's zone knows (established or related) pass, invalid ones are "
           "dropped; a new connection passes, and is committed in the port's zone, only if an egress rule "
           "of the port's groups allows it: one flow per (rule, remote address or prefix, port-range "
-          "prefix), a remote group's members' addresses expanded. While the port migrates to this "
-          "chassis, its TCP packets without SYN are committed too (priority 90): its established "
-          "connections resume here, no new one opens. Everything else is dropped.",
-          "ct_state | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
+          "prefix) at priority 100, a remote group's members' addresses expanded -- or, when members "
+          "times protocol matches outgrows their sum, a conjunctive match at priority 95: one flow per "
+          "member address (conjunction clause 1/2), one per protocol match (2/2), and one on conj_id "
+          "(zone << 16 | n, the port's n-th) that commits. While the port migrates to this chassis, its "
+          "TCP packets without SYN are committed too (priority 90): its established connections resume "
+          "here, no new one opens. Everything else is dropped.",
+          "ct_state | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code "
+          "| reg6, conj_id",
           "drop", ("arp_responder",)),
     Table(20, "arp_responder",
           "Answers ARP requests for every known address of the network (ports, router ports, "
@@ -104,16 +111,20 @@ PIPELINE: tuple[Table, ...] = (
     Table(47, "ingress_conntrack",
           "Security groups, ingress, on the chassis hosting the port (every path to a port passes here "
           "before the L2 lookup: switched, routed, DNATed, from a tunnel): an IPv4 packet for a local "
-          "port with security groups (its MAC or an allowed address pair's) gets reg7=the port's zone and "
-          "goes through the connection tracker in that zone on to ingress_security_groups. Others pass.",
-          "metadata, eth_dst, eth_type=IP",
+          "port with port security (its MAC or an allowed address pair's) gets reg7=the port's zone and "
+          "goes through the connection tracker in that zone on to ingress_security_groups. IPv6 for a local "
+          "port with port security is dropped (the groups filter IPv4 only: IPv6 rules are stored, not "
+          "enforced). Others pass.",
+          "metadata, eth_dst, eth_type=IP|IPv6",
           "goto l2_lookup", ("l2_lookup",), conntrack=("ingress_security_groups",)),
     Table(48, "ingress_security_groups",
           "As egress_security_groups, for what arrives: established and related packets pass, invalid "
           "ones are dropped, a new connection passes (committed in the port's zone) only if an ingress "
-          "rule allows it, by source address or prefix, remote group members, protocol and port range; "
-          "while the port migrates here, TCP without SYN is committed too.",
-          "ct_state | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code",
+          "rule allows it, by source address or prefix, remote group members (a conjunctive match when "
+          "that pays, as in egress_security_groups), protocol and port range; while the port migrates "
+          "here, TCP without SYN is committed too.",
+          "ct_state | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code "
+          "| reg7, conj_id",
           "drop", ("l2_lookup",)),
     Table(50, "l2_lookup",
           "Destination lookup by (network, MAC): a local port is output to its ofport; a remote "
@@ -139,8 +150,9 @@ PIPELINE: tuple[Table, ...] = (
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "
           "does not run here yet) and, for packets from local ports only (reg6!=0), to every "
-          "chassis hosting a port of the network.",
-          "metadata, reg6=0 (from a tunnel)",
+          "chassis hosting a port of the network. IPv6 is not flooded to local ports with security "
+          "groups (priorities 110 and 60).",
+          "metadata, reg6=0 (from a tunnel), eth_type=IPv6",
           "drop"),
 )
 
@@ -190,6 +202,8 @@ def render_markdown() -> str:
              "| reg7 | ingress_conntrack on: the ofport (conntrack zone) of the local port the packet is for |",
              "| ct_state | the connection tracker's verdict, in the zone of the port whose security groups "
              "are checked: its VIF's ofport on this chassis |",
+             "| conj_id | in the security-group tables: the conjunctive match (a rule with a large remote "
+             "group) the packet completed, `zone << 16 | n` |",
              "", "## Cookies", "",
              "Every flow's cookie is `app id << 56 | 56-bit hash of the object it serves` "
              "(see `controller/apps/base.py`), so the controller can find, diff and remove exactly "

@@ -3,12 +3,14 @@
 dfflow never falls back to a slow pure-Python path: without the extension the
 package does not import, and says how to build it.
 """
+from typing import Mapping
+
 try:
-    from dfflow import _core
+    from dfflow import _core, _framing, _packer, _secgroups
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "dfflow's compiled core (dfflow._core) is not built. Install the package with "
-        "`pip install .` or build it in place with `python setup.py build_ext --inplace` "
+        "dfflow's compiled core (dfflow._core, _packer, _framing, _secgroups) is not built. Install the package "
+        "with `pip install .` or build it in place with `python setup.py build_ext --inplace` "
         f"(needs cython and a C compiler): {exc}"
     ) from exc
 
@@ -18,14 +20,18 @@ ipv4_to_int = _core.ipv4_to_int
 int_to_ipv4 = _core.int_to_ipv4
 
 # The bulk OpenFlow packer (rows of a dfflow.flowbatch.FlowBatch -> OpenFlow 1.3 bytes).
-FlowLayout = _core.FlowLayout
-validate_flows = _core.validate_flows
-packed_size = _core.packed_size
-pack_flow_mods = _core.pack_flow_mods
-pack_flow_mods_into = _core.pack_flow_mods_into
-pack_bundle = _core.pack_bundle
-pack_bundle_ctrl = _core.pack_bundle_ctrl
-pack_many = _core.pack_many
+FlowLayout = _packer.FlowLayout
+validate_flows = _packer.validate_flows
+packed_size = _packer.packed_size
+pack_flow_mods = _packer.pack_flow_mods
+pack_flow_mods_into = _packer.pack_flow_mods_into
+pack_bundle = _packer.pack_bundle
+pack_bundle_ctrl = _packer.pack_bundle_ctrl
+pack_many = _packer.pack_many
+
+# OpenFlow framing (the messages of a packed buffer; bundle adds around them).
+frames = _framing.frames
+wrap_bundle_adds = _framing.wrap_bundle_adds
 
 # The port-flow compiler (programs of flow templates x port columns -> rows; rows -> one bundle per chassis).
 CompiledProgram = _core.CompiledProgram
@@ -44,30 +50,69 @@ PAIR_FIELDS: tuple = _core.PAIR_FIELDS
 ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
 
-OFP_VERSION: int = _core.OFP_VERSION
-OFPT_FLOW_MOD: int = _core.OFPT_FLOW_MOD
-OFPT_EXPERIMENTER: int = _core.OFPT_EXPERIMENTER
-ONF_EXPERIMENTER_ID: int = _core.ONF_EXPERIMENTER_ID
-ONF_ET_BUNDLE_CONTROL: int = _core.ONF_ET_BUNDLE_CONTROL
-ONF_ET_BUNDLE_ADD_MESSAGE: int = _core.ONF_ET_BUNDLE_ADD_MESSAGE
-ONF_BCT_OPEN_REQUEST: int = _core.ONF_BCT_OPEN_REQUEST
-ONF_BCT_CLOSE_REQUEST: int = _core.ONF_BCT_CLOSE_REQUEST
-ONF_BCT_COMMIT_REQUEST: int = _core.ONF_BCT_COMMIT_REQUEST
-ONF_BCT_DISCARD_REQUEST: int = _core.ONF_BCT_DISCARD_REQUEST
-ONF_BF_ATOMIC: int = _core.ONF_BF_ATOMIC
-ONF_BF_ORDERED: int = _core.ONF_BF_ORDERED
-FLOW_MOD_FIXED_LEN: int = _core.FLOW_MOD_FIXED_LEN
-BUNDLE_CTRL_LEN: int = _core.BUNDLE_CTRL_LEN
-BUNDLE_ADD_HEADER_LEN: int = _core.BUNDLE_ADD_HEADER_LEN
+# A port's security-group flows from its rules as rows (controller.apps.secgroups).
+SecGroupProgram = _secgroups.SecGroupProgram
+compile_secgroups = _secgroups.compile_secgroups
+SG_RULE_FIELDS: tuple = _secgroups.SG_RULE_FIELDS
+SG_MEMBER_FIELDS: tuple = _secgroups.SG_MEMBER_FIELDS
+SG_SHAPE_FIELDS: tuple = _secgroups.SG_SHAPE_FIELDS
+SG_EGRESS: int = _secgroups.SG_EGRESS
+SG_INGRESS: int = _secgroups.SG_INGRESS
+SG_FLAG_LOW: int = _secgroups.SG_FLAG_LOW
+SG_FLAG_HIGH: int = _secgroups.SG_FLAG_HIGH
+SG_FLAG_GROUP: int = _secgroups.SG_FLAG_GROUP
+
+# The OpenFlow numbers the packer writes (os-ken's names; dfflow.openflow.protocol checks them
+# against os-ken), and the opcodes of a flow record's action slots.
+OPENFLOW: dict = _packer.OPENFLOW
+ACTION_OPCODES: dict = _packer.ACTION_OPCODES
+EACH_KINDS: dict = _core.EACH_KINDS
+OFP_VERSION: int = OPENFLOW["OFP_VERSION"]
+OFPT_FLOW_MOD: int = OPENFLOW["OFPT_FLOW_MOD"]
+OFPT_EXPERIMENTER: int = OPENFLOW["OFPT_EXPERIMENTER"]
+ONF_EXPERIMENTER_ID: int = OPENFLOW["ONF_EXPERIMENTER_ID"]
+ONF_ET_BUNDLE_CONTROL: int = OPENFLOW["ONF_ET_BUNDLE_CONTROL"]
+ONF_ET_BUNDLE_ADD_MESSAGE: int = OPENFLOW["ONF_ET_BUNDLE_ADD_MESSAGE"]
+ONF_BCT_OPEN_REQUEST: int = OPENFLOW["ONF_BCT_OPEN_REQUEST"]
+ONF_BCT_CLOSE_REQUEST: int = OPENFLOW["ONF_BCT_CLOSE_REQUEST"]
+ONF_BCT_COMMIT_REQUEST: int = OPENFLOW["ONF_BCT_COMMIT_REQUEST"]
+ONF_BCT_DISCARD_REQUEST: int = OPENFLOW["ONF_BCT_DISCARD_REQUEST"]
+ONF_BF_ATOMIC: int = OPENFLOW["ONF_BF_ATOMIC"]
+ONF_BF_ORDERED: int = OPENFLOW["ONF_BF_ORDERED"]
+FLOW_MOD_FIXED_LEN: int = _packer.FLOW_MOD_FIXED_LEN
+BUNDLE_CTRL_LEN: int = _packer.BUNDLE_CTRL_LEN
+BUNDLE_ADD_HEADER_LEN: int = _packer.BUNDLE_ADD_HEADER_LEN
+
+
+class CoreMismatch(ImportError):
+    """The compiled core and the Python side number the same things differently."""
+
+
+def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[str, int]) -> None:
+    """Raise CoreMismatch unless `python` and `compiled` hold the same names with the same values.
+
+    Run at import by the modules that declare a table the compiled core also knows, so that a
+    number changed on one side only stops the program at start instead of packing wrong bytes.
+    """
+    differ = sorted(name for name in python.keys() | compiled.keys() if python.get(name) != compiled.get(name))
+    if differ:
+        rows = "; ".join(f"{name}: Python {python.get(name, 'missing')}, compiled {compiled.get(name, 'missing')}"
+                         for name in differ)
+        raise CoreMismatch(f"dfflow's compiled core disagrees with the Python side on {what} ({rows}): "
+                           "make both say the same and rebuild the core (pip install .)")
+
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
-           "pack_bundle", "pack_bundle_ctrl", "pack_many",
+           "pack_bundle", "pack_bundle_ctrl", "pack_many", "frames", "wrap_bundle_adds",
            "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
-           "TRANSITION_FIELDS",
+           "TRANSITION_FIELDS", "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
+           "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",
+           "SG_FLAG_GROUP",
            "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",
            "ONF_ET_BUNDLE_CONTROL", "ONF_ET_BUNDLE_ADD_MESSAGE", "ONF_BCT_OPEN_REQUEST",
            "ONF_BCT_CLOSE_REQUEST", "ONF_BCT_COMMIT_REQUEST", "ONF_BCT_DISCARD_REQUEST",
            "ONF_BF_ATOMIC", "ONF_BF_ORDERED", "FLOW_MOD_FIXED_LEN", "BUNDLE_CTRL_LEN",
-           "BUNDLE_ADD_HEADER_LEN"]
+           "BUNDLE_ADD_HEADER_LEN", "OPENFLOW", "ACTION_OPCODES", "EACH_KINDS", "CoreMismatch",
+           "require_agreement"]

@@ -1,6 +1,9 @@
 """dfflow's exceptions. Every NB refusal names the field (or object) at fault."""
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 
 class DfflowError(Exception):
     """Base of every error dfflow raises on purpose."""
@@ -56,3 +59,13 @@ class InUse(Conflict):
         self.table, self.id, self.referrers = table, obj_id, referrers
         shown = ", ".join(sorted(referrers)[:5]) + (" ..." if len(referrers) > 5 else "")
         super().__init__(f"{table} {obj_id!r} is still referenced by {shown}")
+
+
+@contextlib.contextmanager
+def refused_as(convert: Callable[[DfflowError], Exception], keep_cause: bool = False) -> Iterator[None]:
+    """A DfflowError raised inside becomes `convert(error)` (the error its caller answers with: Neutron's
+    API error, an HTTP reply); `keep_cause` chains it to the original. Anything else passes unchanged."""
+    try:
+        yield
+    except DfflowError as exc:
+        raise convert(exc) from (exc if keep_cause else None)

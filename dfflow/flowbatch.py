@@ -20,11 +20,13 @@ column             type      meaning
 ``match_value``    u8[NF]    value of field i (MACs/IPv4 as integers)
 ``match_mask``     u8[NF]    mask of field i, read only where ``match_masked``
 ``actions``        [M]       ``MAX_ACTIONS`` slots of ``ACTION_DTYPE``:
-  ``.op``          u1        ``OP_OUTPUT`` / ``OP_SET_FIELD`` / ``OP_DEC_NW_TTL`` / ``OP_MOVE``
-  ``.field``       u1        set-field field index; move source field index
-  ``.dst``         u1        move destination field index
-  ``.arg``         u2        output max_len; move n_bits
-  ``.value``       u8        output port; set-field value
+  ``.op``          u1        ``OP_OUTPUT`` / ``OP_SET_FIELD`` / ``OP_DEC_NW_TTL`` / ``OP_MOVE`` /
+                             ``OP_CT`` / ``OP_CONJUNCTION``
+  ``.field``       u1        set-field field index; move source field index; ct: 1 = commit;
+                             conjunction: its clause (1..n)
+  ``.dst``         u1        move destination field index; conjunction: n_clauses
+  ``.arg``         u2        output max_len; move n_bits; ct: recirculation table (255: none)
+  ``.value``       u8        output port; set-field value; ct zone; conjunction id
 =================  ========  ===================================================
 
 Fields are indexed by :data:`FIELD_ORDER`, derived from :data:`dfflow.flows.FIELDS`
@@ -50,18 +52,25 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfflow import core
-from dfflow.flows import (FIELDS, IPV4_FIELDS, MAC_FIELDS, Action, Command, DecTtl, Flow, MatchItem, Move,
-                          Output, SetField)
+from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OXM_EXPERIMENTER, Action, Command,
+                          Conjunction, Ct, DecTtl, Flow, MatchItem, Move, Output, SetField, oxm_order)
 
-FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=lambda n: (FIELDS[n].oxm_class,
-                                                                    FIELDS[n].oxm_field)))
+FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=oxm_order))
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FIELD_ORDER)}
 FIELD_BIT: dict[str, int] = {name: 1 << i for i, name in enumerate(FIELD_ORDER)}
 NF = len(FIELD_ORDER)
 MAX_ACTIONS = 8  # an ARP responder needs 8 (3 moves, 4 set-fields, output in_port)
 
-OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE = 0, 1, 2, 3, 4
-PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move)  # what a row encodes (not learn, not resubmit)
+# The action slots' opcodes are the packer's; the numbers of flows.py it also writes must be its own.
+OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION = (
+    core.ACTION_OPCODES[name] for name in ("NONE", "OUTPUT", "SET_FIELD", "DEC_NW_TTL", "MOVE", "CT", "CONJUNCTION"))
+core.require_agreement(
+    "FLOW_MOD commands and OXM classes",
+    {"OFPFC_DELETE": Command.DELETE, "OFPFC_DELETE_STRICT": Command.DELETE_STRICT,
+     "OFPXMC_EXPERIMENTER": OXM_EXPERIMENTER},
+    {name: core.OPENFLOW[name] for name in ("OFPFC_DELETE", "OFPFC_DELETE_STRICT", "OFPXMC_EXPERIMENTER")})
+# what a row encodes (not learn, not resubmit)
+PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move, Ct, Conjunction)
 
 # Range rules beyond the field width (the packer enforces them too).
 VNI_MAX = (1 << 24) - 1  # dfflow's tunnels (Geneve/VXLAN) carry a 24-bit VNI in tunnel_id
@@ -332,6 +341,17 @@ def _encode(flow: Flow) -> list[int]:
             slots[j + 1] = _field_index(f"action {k} move src", action.src)
             slots[j + 2] = _field_index(f"action {k} move dst", action.dst)
             slots[j + 3] = _int_in(f"action {k} move n_bits", action.n_bits, 1, 0xFFFF)
+        elif isinstance(action, Ct):
+            slots[j] = OP_CT
+            slots[j + 1] = int(bool(action.commit))
+            slots[j + 3] = CT_NO_TABLE if action.table is None else _int_in(f"action {k} ct table", action.table,
+                                                                            0, 254)
+            slots[j + 4] = _int_in(f"action {k} ct zone", action.zone, 0, 0xFFFF)
+        elif isinstance(action, Conjunction):
+            slots[j] = OP_CONJUNCTION
+            slots[j + 2] = _int_in(f"action {k} conjunction n_clauses", action.n_clauses, 2, 64)
+            slots[j + 1] = _int_in(f"action {k} conjunction clause", action.clause, 1, action.n_clauses)
+            slots[j + 4] = _int_in(f"action {k} conjunction id", action.id, 0, 0xFFFFFFFF)
         else:
             raise ValueError(f"action {k}: unknown action {action!r}")
     return [cookie, wm_value, wm_mask, present, masked, priority, goto, command, table, len(actions),
@@ -359,6 +379,11 @@ def _decode(row: np.void) -> Flow:
         elif op == OP_MOVE:
             actions.append(Move(FIELD_ORDER[int(slot["field"])], FIELD_ORDER[int(slot["dst"])],
                                 int(slot["arg"])))
+        elif op == OP_CT:
+            recirc = int(slot["arg"])
+            actions.append(Ct(int(slot["value"]), bool(slot["field"]), None if recirc == CT_NO_TABLE else recirc))
+        elif op == OP_CONJUNCTION:
+            actions.append(Conjunction(int(slot["value"]), int(slot["field"]), int(slot["dst"])))
         else:
             raise ValueError(f"action {k}: unknown opcode {op}")
     goto = int(row["goto"])
@@ -369,5 +394,5 @@ def _decode(row: np.void) -> Flow:
 
 
 __all__ = ["FlowBatch", "FLOW_DTYPE", "ACTION_DTYPE", "FIELD_ORDER", "FIELD_INDEX", "FIELD_BIT", "NF",
-           "MAX_ACTIONS", "PACKABLE_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "VNI_MAX",
+           "MAX_ACTIONS", "PACKABLE_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "OP_CT", "OP_CONJUNCTION", "VNI_MAX",
            "LAYOUT"]

@@ -2,16 +2,14 @@
 
 A `Flow` names its match fields and actions by the names below (os-ken's OXM
 names), with integer values (MACs as 48-bit ints, IPv4 as 32-bit ints). The
-field table is declared once here; the compiled packer and the os-ken reference
-path (`to_osken`) both read it.
+field table is declared once here; the compiled packer and the os-ken codec
+(`dfflow.openflow.osken`, behind `to_osken`) both read it.
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
-
-from dfflow import core
+from typing import Any, Union
 
 
 class Command(enum.IntEnum):
@@ -61,12 +59,21 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
+    FieldSpec("conj_id", NXM_1, 37, 32, False),  # set by a completed conjunctive match (Conjunction)
     FieldSpec("ct_state", NXM_1, 105, 32, True),
     # ONF's OpenFlow 1.3 extension (an experimenter OXM), not Nicira's: its prerequisites (eth_type,
     # ip_proto) must come first in the match, and a Nicira field would be serialized before them.
     FieldSpec("tcp_flags", OXM_EXPERIMENTER, 42, 16, True),
 )}
 TCP_SYN = 0x002
+
+
+def oxm_order(name: str) -> tuple[int, int]:
+    """Where a field goes in a match: os-ken's OFPMatch and the packer write fields by OXM type,
+    (oxm_class, oxm_field) -- Nicira registers (class 0x0001) before OpenFlow-basic fields (0x8000)."""
+    spec = FIELDS[name]
+    return spec.oxm_class, spec.oxm_field
+
 
 MAC_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "mac")
 IPV4_FIELDS = frozenset(name for name, spec in FIELDS.items() if spec.kind == "ipv4")
@@ -77,6 +84,7 @@ OFPCML_NO_BUFFER = 0xFFFF
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_RARP = 0x8035
+ETH_TYPE_IPV6 = 0x86DD
 BROADCAST_MAC = 0xFFFFFFFFFFFF
 MULTICAST_BIT = 0x010000000000
 
@@ -141,12 +149,23 @@ class Ct:
     table: int | None = None
 
 
+@dataclass(frozen=True)
+class Conjunction:
+    """Make this flow clause `clause` (1..n_clauses) of conjunctive match `id` (Nicira conjunction):
+    a packet matching one flow of every clause gets conj_id=`id` and the table is searched again.
+    A flow with conjunction actions has no other action."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+
 # ct_state bits (OVS's): what the connection tracker said about the packet
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 CT_NO_TABLE = 255  # Nicira ct's recirc_table meaning "do not recirculate"
 
 
-Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn, Ct]
+Action = Union[Output, SetField, DecTtl, Move, Resubmit, Learn, Ct, Conjunction]
 MatchItem = tuple[str, int, Union[int, None]]  # (field, value, mask or None)
 
 
@@ -172,71 +191,8 @@ class Flow:
 
     def to_osken(self, datapath: Any, xid: int | None = None) -> Any:
         """The same flow as an os-ken OFPFlowMod: the reference path and the one-off path."""
-        ofp, parser = datapath.ofproto, datapath.ofproto_parser
-        instructions = []
-        if self.actions:
-            instructions.append(parser.OFPInstructionActions(
-                ofp.OFPIT_APPLY_ACTIONS, [_osken_action(a, parser) for a in self.actions]))
-        if self.write_metadata is not None:
-            instructions.append(parser.OFPInstructionWriteMetadata(*self.write_metadata))
-        if self.goto is not None:
-            instructions.append(parser.OFPInstructionGotoTable(self.goto))
-        deleting = self.command in (Command.DELETE, Command.DELETE_STRICT)
-        msg = parser.OFPFlowMod(
-            datapath, cookie=self.cookie, cookie_mask=(2**64 - 1) if deleting else 0,
-            table_id=self.table, command=int(self.command), priority=self.priority,
-            buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-            match=osken_match(self.match, parser), instructions=[] if deleting else instructions)
-        if xid is not None:
-            msg.xid = xid
-        return msg
-
-
-def osken_match(items: Iterable[MatchItem], parser: Any) -> Any:
-    kwargs = {}
-    for name, value, mask in items:
-        kwargs[name] = _osken_value(name, value) if mask is None else \
-            (_osken_value(name, value), _osken_value(name, mask))
-    return parser.OFPMatch(**kwargs)
-
-
-def _osken_value(name: str, value: int) -> Any:
-    bits = FIELDS[name].bits
-    if name in MAC_FIELDS:
-        return core.int_to_mac(value)
-    if name in IPV4_FIELDS:
-        return core.int_to_ipv4(value)
-    if value >> bits:
-        raise ValueError(f"{name}: {value:#x} does not fit in {bits} bits")
-    return value
-
-
-def _osken_action(action: Action, parser: Any) -> Any:
-    if isinstance(action, Output):
-        return parser.OFPActionOutput(action.port, action.max_len)
-    if isinstance(action, SetField):
-        return parser.OFPActionSetField(**{action.field: _osken_value(action.field, action.value)})
-    if isinstance(action, DecTtl):
-        return parser.OFPActionDecNwTtl()
-    if isinstance(action, Move):
-        return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst, n_bits=action.n_bits)
-    if isinstance(action, Resubmit):
-        return parser.NXActionResubmitTable(table_id=action.table)
-    if isinstance(action, Learn):
-        specs = [parser.NXFlowSpecMatch(src=value, dst=(name, 0), n_bits=FIELDS[name].bits)
-                 for name, value in action.match]
-        specs += [parser.NXFlowSpecLoad(src=value, dst=(name, 0), n_bits=FIELDS[name].bits)
-                  for name, value in action.loads]
-        if action.output_in_port:  # NXM's 16-bit in_port: what OVS's learn outputs to unambiguously
-            specs.append(parser.NXFlowSpecOutput(src=("in_port_nxm", 0), n_bits=16))
-        return parser.NXActionLearn(table_id=action.table, specs=specs, priority=action.priority,
-                                    idle_timeout=action.idle_timeout, hard_timeout=action.hard_timeout,
-                                    cookie=action.cookie)
-    if isinstance(action, Ct):
-        return parser.NXActionCT(flags=1 if action.commit else 0, zone_src="", zone_ofs_nbits=action.zone,
-                                 recirc_table=CT_NO_TABLE if action.table is None else action.table, alg=0,
-                                 actions=[])
-    raise TypeError(f"unknown action {action!r}")
+        from dfflow.openflow.osken import flow_mod  # the codec imports this module
+        return flow_mod(self, datapath, xid)
 
 
 def match(**fields: int | tuple[int, int]) -> tuple[MatchItem, ...]:
@@ -252,9 +208,7 @@ def match(**fields: int | tuple[int, int]) -> tuple[MatchItem, ...]:
             items.append((name, value[0] & value[1], value[1]))
         else:
             items.append((name, value, None))
-    # os-ken's OFPMatch sorts its fields by OXM type, (oxm_class << 7) | oxm_field: Nicira
-    # registers (class 0x0001) first, then OpenFlow-basic fields by field number.
-    return tuple(sorted(items, key=lambda item: (FIELDS[item[0]].oxm_class, FIELDS[item[0]].oxm_field)))
+    return tuple(sorted(items, key=lambda item: oxm_order(item[0])))
 
 
 def controller_output() -> Output:
@@ -262,6 +216,6 @@ def controller_output() -> Output:
 
 
 __all__ = ["Command", "FIELDS", "FieldSpec", "MAC_FIELDS", "IPV4_FIELDS", "Flow", "Output", "SetField", "DecTtl",
-           "Move", "Resubmit", "Learn", "Ct",
-           "match",
-           "controller_output", "osken_match"]
+           "Move", "Resubmit", "Learn", "Ct", "Conjunction",
+           "match", "oxm_order",
+           "controller_output"]

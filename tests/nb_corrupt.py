@@ -5,7 +5,7 @@ import json
 import time
 from typing import Any
 
-from dfflow.nb.store import Keys
+from dfflow.nb.keys import Keys
 
 KEYS = Keys()
 

@@ -294,3 +294,35 @@ def test_concurrent_first_lists_through_the_api_make_one_default_group(api, nb_u
         results = list(pool.map(first_list, range(50)))
     assert {tuple(g["id"] for g in r) for r in results} == {(results[0][0]["id"],)}
     assert len(nb_call(nb_url, "list", "secgroup")) == 1
+
+
+def test_ipv6_rules_are_accepted_and_stored_as_neutron_does(neutron, nb_url):
+    """The data plane carries no IPv6 (so these rules are not enforced), but the API takes IPv6 rules as
+    Neutron does and keeps them in the NB, where a later data plane will find them."""
+    sg = neutron.create_security_group({"security_group": {"name": "v6"}})["security_group"]
+    base = {"security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv6"}
+    bodies = [{"protocol": "ipv6-icmp", "port_range_min": 128, "port_range_max": 0},
+              {"protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "::/0"},
+              {"protocol": "udp", "remote_ip_prefix": "fd00:1::7/64"},
+              {"remote_group_id": sg["id"]}]
+    made = [neutron.create_security_group_rule({"security_group_rule": {**base, **body}})["security_group_rule"]
+            for body in bodies]
+    assert made[2]["remote_ip_prefix"] == "fd00:1::7/64" and made[2]["normalized_cidr"] == "fd00:1::/64"
+    assert all(r["ethertype"] == "IPv6" for r in made)
+    stored = {r.id: r for r in nb_call(nb_url, "list", "secgroup_rule") if r.secgroup == sg["id"]}
+    for rule in made:
+        kept = stored[rule["id"]]
+        assert (kept.ethertype, kept.protocol, kept.port_range_min, kept.port_range_max, kept.remote_ip_prefix,
+                kept.remote_group) == (rule["ethertype"], rule["protocol"], rule["port_range_min"],
+                                       rule["port_range_max"], rule["remote_ip_prefix"], rule["remote_group_id"])
+    shown = neutron.show_security_group(sg["id"])["security_group"]["security_group_rules"]
+    assert {r["id"] for r in made} <= {r["id"] for r in shown}
+
+
+def test_a_list_filtered_by_project_makes_that_projects_default_group(neutron):
+    """As Neutron does for an admin listing another project's groups (how a user's tooling finds the
+    `default` group to add rules to before the project has a port)."""
+    groups = neutron.list_security_groups(project_id="tenant-b", name="default")["security_groups"]
+    assert [(g["name"], g["project_id"]) for g in groups] == [("default", "tenant-b")]
+    again = neutron.list_security_groups(project_id="tenant-b", name="default")["security_groups"]
+    assert [g["id"] for g in again] == [groups[0]["id"]]

@@ -4,6 +4,7 @@ until the write settles; and a transition told by another chassis' migration eve
 it (no Redis or OVS needed: the NB write is held by the test)."""
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
 from controller.engine import Engine
 from controller.migration import Event, transition
-from controller.migrator import TOLD_HOLD, Migrator
+from controller.migrator import KNOWN_HOLD, TOLD_HOLD, Migrator
 from controller.view import Vif
 from dfflow.errors import Conflict
 from dfflow.flows import ETH_TYPE_IP
@@ -47,17 +48,34 @@ class HeldNb:
         return current if wanted is None else self.store(wanted)
 
 
+class TurnNb(HeldNb):
+    """Each write waits for its own turn: the test decides which of two concurrent writes lands first."""
+
+    def __init__(self):
+        super().__init__()
+        self.turns: list[asyncio.Event] = []
+
+    async def modify(self, table, obj_id, change):
+        turn = asyncio.Event()
+        self.turns.append(turn)
+        if not self.go.is_set():  # `go`: every write from now on takes its turn at once
+            await turn.wait()
+        current = self.ports[obj_id]
+        wanted = change(current)
+        return current if wanted is None else self.store(wanted)
+
+
 def event(obj):
     return {"table": obj.table, "action": "update", "id": obj.id, "topic": obj.topic,
             "version": obj.version, "object": obj.to_dict()}
 
 
-def destination_a():
+def destination_a(nb=None):
     """Chassis A, hosting a1, to which port b1 (bound on B) is migrating with `announce`: its VIF is
     plugged on A."""
     engine = Engine("A", [L2App(), L3App(), DnatApp()])
     engine.commit(engine.tunnels_changed({"B": TUNNEL_B, "C": TUNNEL_C}))
-    nb = HeldNb()
+    nb = nb or HeldNb()
     migrator = Migrator("A", engine, nb, engine.commit, strategy="announce")
     migrator.timelines = SimpleNamespace(record=lambda *args: asyncio.sleep(0))  # no Redis here
     for obj in (LogicalSwitch(id="net1", topic="t", segmentation_id=VNI),
@@ -159,7 +177,68 @@ async def test_a_write_with_nothing_left_to_store_takes_the_version_it_found():
     await run
     assert "requested" not in migrator.stats
     assert engine.view.port("b1").binding_chassis == "A" and engine.view.port("b1").migration is None
-    assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
+    assert migrator.stats["in_flight_dropped"] == 1
+    engine.commit(engine.nb_event(event(nb.ports["b1"])))  # the events caught up with what the write found
+    assert not migrator._overlays
+
+
+def what_b1_sends_reaches(engine):
+    """A packet the VM behind b1's VIF on A sends to a1."""
+    packet = dict(eth_src=0xfa163e000002, eth_dst=0xfa163e000001, eth_type=ETH_TYPE_IP,
+                  ipv4_src=0x0a000002, ipv4_dst=0x0a000001, ip_ttl=64)
+    return FakeOFTable.of(engine.desired().values()).ports(B1_OFPORT_HERE, **packet)
+
+
+async def announced_twice_and_written_by_the_second():
+    """b1 migrates to A (the record is in A's view: pending); Nova binds it to A, which A's NB events
+    have not shown yet; the VM's RARP and GARP come in as two packet-ins: the first is applied here
+    at once, the second's write lands first, and the first's write then finds nothing to store."""
+    engine, nb, migrator = destination_a(TurnNb())
+    requested = nb.store(transition(nb.ports["b1"], Event.DEST_PLUGGED, "A", now=100.0, strategy="announce").port)
+    engine.commit(engine.nb_event(event(requested)))
+    assert engine.view.is_pending(engine.view.port("b1")) and where_a_copy_from_c_goes(engine) == []
+    novas_binding = nb.store(requested.replace(binding_chassis="A"))  # its event comes late
+    rarp = asyncio.create_task(migrator.announced(B1_OFPORT_HERE))
+    garp = asyncio.create_task(migrator.announced(B1_OFPORT_HERE))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(nb.turns) == 2 and migrator.stats["event_publish_errors"] == 2  # no Redis here to tell others
+    nb.turns[1].set()
+    await garp
+    nb.turns[0].set()
+    await rarp
+    assert nb.ports["b1"].migration.state == "activated" and migrator.stats["in_flight_dropped"] == 1
+    return engine, nb, migrator, novas_binding
+
+
+async def test_an_activated_destination_keeps_its_vm_reachable_over_older_nb_events_arriving_late():
+    """Host evacuation regression (25 VMs): the NB events of a port ran seconds behind its writes, and
+    Nova's binding (an older version, record still requested) put the VM back behind the pending gate
+    -- its traffic dropped both ways until the record's own events came."""
+    engine, nb, migrator, novas_binding = await announced_twice_and_written_by_the_second()
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+    engine.commit(engine.nb_event(event(novas_binding)))  # late: older than what the write found
+    assert engine.view.port("b1").migration.state == "activated"
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+    assert migrator.stats["stale_nb_versions"] == 1
+    activated = nb.ports["b1"]
+    done = nb.store(activated.replace(migration=None))  # step 3 ends the migration
+    engine.commit(engine.nb_event(event(activated)))  # the events caught up: the NB's versions alone again
+    assert not migrator._overlays
+    engine.commit(engine.nb_event(event(done)))
+    assert not migrator._overlays and engine.view.port("b1").migration is None
+    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+
+
+async def test_a_version_a_write_found_stops_hiding_older_nb_events_after_a_while():
+    engine, nb, migrator, novas_binding = await announced_twice_and_written_by_the_second()
+    nb.go.set()
+    await migrator.housekeeping(now=time.time() + KNOWN_HOLD / 2)  # (it also ends the migration: step 3)
+    assert migrator._overlays["b1"].known is not None
+    await migrator.housekeeping(now=time.time() + KNOWN_HOLD * 2)
+    assert not migrator._overlays
+    engine.commit(engine.nb_event(event(novas_binding)))  # an NB db restored older: its version stands
+    assert engine.view.port("b1").migration.state == "requested"
 
 
 def source_b_of_a_requested_migration():

@@ -30,7 +30,8 @@ from dfflow.sandbox.ovsproc import OvsInstance
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
                               OP_SET_FIELD, VNI_MAX, FlowBatch)
-from dfflow.flows import (FIELDS, IPV4_FIELDS, MAC_FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command, DecTtl, Flow,
+from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command,
+                          Conjunction, Ct, DecTtl, Flow,
                           Move, Output, SetField, match)
 
 ofp = ofproto_v1_3
@@ -115,6 +116,12 @@ def flow_from_osken(msg: Any) -> Flow:
                 elif isinstance(a, parser.NXActionRegMove):
                     assert a.src_ofs == 0 and a.dst_ofs == 0
                     actions.append(Move(a.src_field, a.dst_field, a.n_bits))
+                elif isinstance(a, parser.NXActionCT):
+                    assert (a.zone_src, a.alg, a.actions) == ("", 0, [])
+                    actions.append(Ct(a.zone_ofs_nbits, bool(a.flags & 1),
+                                      None if a.recirc_table == CT_NO_TABLE else a.recirc_table))
+                elif isinstance(a, parser.NXActionConjunction):
+                    actions.append(Conjunction(a.id, a.clause + 1, a.n_clauses))
                 else:
                     raise AssertionError(f"unexpected action {a}")
         elif isinstance(inst, parser.OFPInstructionWriteMetadata):
@@ -172,7 +179,9 @@ ACTION_FIELDS = sorted(name for name, spec in FIELDS.items() if spec.oxm_class !
 
 @st.composite
 def actions(draw: Any) -> Any:
-    kind = draw(st.sampled_from(["output", "set", "dec", "move"]))
+    kind = draw(st.sampled_from(["output", "set", "dec", "move", "ct"]))
+    if kind == "ct":
+        return Ct(draw(st.integers(0, 0xFFFF)), draw(st.booleans()), draw(st.none() | st.integers(0, 254)))
     if kind == "output":
         return Output(draw(ofports), draw(st.integers(0, 0xFFFF)))
     if kind == "set":
@@ -194,8 +203,14 @@ def flows(draw: Any) -> Flow:
     if table < 254 and draw(st.booleans()):
         goto = draw(st.integers(table + 1, 254))
     wmeta = draw(st.none() | st.tuples(st.integers(0, U64), st.integers(0, U64)))
+    acts = tuple(draw(st.lists(actions(), max_size=MAX_ACTIONS)))
+    if draw(st.integers(0, 5)) == 0:  # a conjunction clause: conjunction actions only, nothing else
+        n_clauses = draw(st.integers(2, 64))
+        acts = tuple(Conjunction(draw(st.integers(0, 0xFFFFFFFF)), draw(st.integers(1, n_clauses)), n_clauses)
+                     for _ in range(draw(st.integers(1, MAX_ACTIONS))))
+        goto = wmeta = None
     return Flow(table=table, priority=draw(st.integers(0, 0xFFFF)), match=draw(match_items()),
-                actions=tuple(draw(st.lists(actions(), max_size=MAX_ACTIONS))), goto=goto,
+                actions=acts, goto=goto,
                 write_metadata=wmeta, cookie=draw(st.integers(0, U64)), command=command)
 
 
@@ -437,6 +452,10 @@ ENCODER_ERRORS = [
     (_with(actions=(Move("nope", "eth_src", 8),)), r"action 0 move src: unknown field 'nope'"),
     (_with(actions=(Output(1),) * (MAX_ACTIONS + 1)), r"actions: 9 actions, at most 8"),
     (_with(actions=("drop",)), r"action 0: unknown action 'drop'"),
+    (_with(actions=(Ct(70000),)), r"action 0 ct zone: 70000 out of range"),
+    (_with(actions=(Conjunction(1, 3, 2),), goto=None), r"action 0 conjunction clause: 3 out of range"),
+    (_with(actions=(Conjunction(1, 1, 2),)), r"a flow with conjunction actions has no other action"),
+    (_with(actions=(Conjunction(1, 1, 2), Output(1)), goto=None), r"conjunction actions has no other action"),
     (_with(write_metadata=(1 << 64, 0)), r"write_metadata value: .* out of range"),
     (_with(command=1), r"command 1 is not a FLOW_MOD command dfflow sends"),
     (_with(command=9), r"command: 9 out of range"),

@@ -5,7 +5,6 @@ import ipaddress
 
 from controller.apps.l2 import L2App
 from controller.apps.secgroups import SecurityGroupsApp
-from controller.apps.sg_match import protocol_matches, range_prefixes
 from controller.engine import Engine
 from controller.pipeline import table
 from controller.reconcile import flow_from_stats
@@ -13,6 +12,7 @@ from controller.view import Vif
 from dfflow.flows import TCP_SYN, Command, Ct
 from dfflow.models import (AddressPair, LogicalPort, LogicalSwitch, MigrationRecord, SecurityGroup,
                            SecurityGroupRule, Subnet)
+from sg_oracle import protocol_matches, range_prefixes
 from test_engine import apply, event
 from test_reconcile import read_back
 
@@ -98,12 +98,15 @@ def test_a_members_new_address_or_pair_updates_the_ports_whose_rules_name_its_gr
     assert (int(ipaddress.ip_address("10.0.0.12")), None) not in sources
 
 
-def test_a_port_without_groups_or_port_security_is_not_filtered_and_a_rule_removed_goes_at_once():
+def test_a_rule_removed_goes_at_once_a_port_without_groups_allows_nothing_and_one_without_port_security_all():
     engine = engine_with_groups()
     apply(engine, engine.nb_event(event(SecurityGroupRule(id="r1", topic="t", secgroup="web"), "delete")))
     assert len(new_connection_sources(engine, "a1")) == 1
     a1 = engine.view.port("a1")
     apply(engine, engine.nb_event(event(a1.replace(security_groups=[]), "update")))
+    flows = sg_flows(engine, "a1")
+    assert flows and not [f for f in flows if f.table in (EGRESS_SG, INGRESS_SG)]  # its zone, and no rule
+    apply(engine, engine.nb_event(event(a1.replace(security_groups=[], port_security=False), "update")))
     assert not sg_flows(engine, "a1")
     assert not [f for f in engine.desired().values() if f.table == INGRESS_CT and f.priority == 100]
 

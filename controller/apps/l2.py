@@ -5,11 +5,12 @@ from typing import Any, Iterable
 
 from controller.apps.base import App
 from controller.apps.builders import ALL_ONES_64, ARP_REPLY
+from controller.apps.secgroups import filtered
 from controller.pipeline import table
 from controller.templates import Each, Fact, Param, PortProgram, bound, template, with_match
 from controller.view import View
-from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Learn, Output,
-                          Resubmit, SetField, controller_output, match)
+from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Learn,
+                          Output, Resubmit, SetField, controller_output, match)
 from dfflow.models import LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
@@ -145,12 +146,21 @@ class L2App(App):
         local = [Output(view.ofport(p)) for p in view.local_ports(switch.id) if not view.is_pending(p)]
         remote = [Output(view.tunnels[c]) for c in view.remote_chassis_of(switch.id)]
         to_tunnels = [SetField("tunnel_id", vni)] + remote if remote else []
-        return flows + [
+        flows += [
             Flow(L2_LOOKUP, 50, match(metadata=vni, eth_dst=(MULTICAST_BIT, MULTICAST_BIT)),
                  goto=FLOOD, cookie=cookie),
             Flow(FLOOD, 100, match(metadata=vni, reg6=0), tuple(local), cookie=cookie),
             Flow(FLOOD, 50, match(metadata=vni), tuple(local + to_tunnels), cookie=cookie),
         ]
+        # IPv6 is not flooded to a port with security groups either: they filter IPv4 only.
+        filtered_here = {Output(view.ofport(p)) for p in view.local_ports(switch.id) if filtered(p)}
+        if filtered_here:
+            local6 = [o for o in local if o not in filtered_here]
+            flows += [Flow(FLOOD, 110, match(metadata=vni, reg6=0, eth_type=ETH_TYPE_IPV6), tuple(local6),
+                           cookie=cookie),
+                      Flow(FLOOD, 60, match(metadata=vni, eth_type=ETH_TYPE_IPV6), tuple(local6 + to_tunnels),
+                           cookie=cookie)]
+        return flows
 
     def static_flows(self) -> list[Flow]:
         cookie = self.cookie("pipeline")

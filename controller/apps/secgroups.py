@@ -4,10 +4,16 @@ On the chassis hosting the port (its local role: pre-programmed at step 1, moved
 every other port flow), what the port sends goes through the connection tracker in the port's zone (its
 VIF's ofport, unique on the chassis) after port security, and what is sent to it, before the L2 lookup.
 Packets of a connection the zone knows pass; a new connection passes, and is committed, only when a rule
-of the port's groups allows it in that direction; the rest is dropped. Rules naming a remote group are
-expanded into its members' addresses, so a member's addresses changing recomputes the ports whose rules
-name its groups (controller.engine). Only ports with port security and at least one group are filtered:
-a port without groups keeps port security alone.
+of the port's groups allows it in that direction; the rest is dropped. As in Neutron, every port with port
+security is filtered: one without groups has no rule, so nothing opens a connection to or from it (ARP
+passes, and port security still applies). A port without port security, or one of the network's own
+(device_owner network:*), is not filtered.
+
+The flows are made by the compiled core (`dfflow._core.compile_secgroups`) from the port's rules as rows
+(controller.apps.sg_rules); tests/sg_oracle.py is the Python reference they are held to. A rule naming a
+remote group covers its members' addresses, so a member's addresses changing recomputes the ports whose
+rules name its groups (controller.engine); when members times protocol matches outgrows their sum, the
+rule is a conjunctive match (OpenFlow `conjunction`, ids `zone << 16 | n`), so the flows grow as the sum.
 
 Connections survive a live migration: the destination's zone has never seen the port's connections, so
 while the port migrates here and for ARRIVAL_WINDOW seconds after its migration ended (View.arrivals,
@@ -20,12 +26,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from controller.apps.base import App
-from controller.apps.sg_match import rule_matches
+from controller.apps.sg_rules import rule_rows
 from controller.pipeline import table
 from controller.view import mac_int
-from dfflow.flows import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, TCP_SYN, Ct, Flow, SetField,
-                          match)
+from dfflow import core
+from dfflow.flowbatch import LAYOUT, MAX_ACTIONS, FlowBatch
+from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, Flow, match
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -38,7 +47,10 @@ ARP_RESPONDER, L2_LOOKUP = table("arp_responder"), table("l2_lookup")
 DIRECTIONS = {"egress": (EGRESS_SG, ARP_RESPONDER, "ipv4_dst"), "ingress": (INGRESS_SG, L2_LOOKUP, "ipv4_src")}
 TRACKED_NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW)
 IPPROTO_TCP = 6
+CONNTRACK, RULE = 100, 100  # the conntrack tables' port flows; a rule's flows
+CONJUNCTION = 95  # a conjunctive rule's flows: apart from the plain rules' (a clause may share their match)
 MID_STREAM = 90  # below the rules: what they allow is committed by them
+MAX_CONJUNCTIONS = MAX_ACTIONS  # per port and direction: a clause's flow holds one action per conjunction
 
 
 ARRIVAL_WINDOW = 10.0  # s after a migration to this chassis ended that its connections are still admitted
@@ -49,7 +61,14 @@ def arriving(port: LogicalPort, view: "View") -> bool:
 
 
 def filtered(port: LogicalPort) -> bool:
-    return port.port_security and bool(port.security_groups)
+    """Neutron's rule: port security means security groups, none of them meaning nothing allowed; the
+    network's own ports (router interfaces, DHCP) are trusted."""
+    return port.port_security and not port.device_owner.startswith("network:")
+
+
+def conjunction_id(zone: int, n: int) -> int:
+    """The id of the port's n-th conjunctive match (n from 1): unique on the chassis, as zones are."""
+    return zone << 16 | n
 
 
 def group_members(view: "View") -> dict[str, list[LogicalPort]]:
@@ -66,43 +85,32 @@ def rules_of(view: "View", groups: list[str]) -> list[SecurityGroupRule]:
                   key=lambda r: r.id)
 
 
+PROGRAM = core.SecGroupProgram(LAYOUT, dict(
+    egress_conntrack=EGRESS_CT, egress_security_groups=EGRESS_SG, egress_next=ARP_RESPONDER,
+    ingress_conntrack=INGRESS_CT, ingress_security_groups=INGRESS_SG, ingress_next=L2_LOOKUP,
+    conntrack_priority=CONNTRACK, rule_priority=RULE, conjunction_priority=CONJUNCTION,
+    mid_stream_priority=MID_STREAM, max_conjunctions=MAX_CONJUNCTIONS))
+
+
 class SecurityGroupsApp(App):
     name = "secgroups"
     app_id = 4
 
     def add_local_port(self, port: LogicalPort, view: "View") -> list[Flow]:
+        return FlowBatch.of_rows(self.port_rows(port, view)).flows()
+
+    def port_rows(self, port: LogicalPort, view: "View") -> np.ndarray:
+        """The port's flows on this chassis as rows of the flow record, made by the compiled core."""
         role = view.port_role(port)
         if role is None or not role.local or not filtered(port):
-            return []
-        zone, cookie = role.ofport, self.cookie(port.id)
-        vni, mac = view.vni(port.lswitch), mac_int(port.mac)
-        # The port's packets are known by the VIF they came from (reg6), packets for it by their
-        # destination MAC, its own or an allowed address pair's, which marks them with reg7.
-        whose = {"egress": {"reg6": zone}, "ingress": {"reg7": zone}}
-        flows = {f.key: f for f in [
-            Flow(EGRESS_CT, 100, match(reg6=zone, eth_type=ETH_TYPE_IP), (Ct(zone, table=EGRESS_SG),), cookie=cookie),
-            *(Flow(INGRESS_CT, 100, match(metadata=vni, eth_dst=dst, eth_type=ETH_TYPE_IP),
-                   (SetField("reg7", zone), Ct(zone, table=INGRESS_SG)), cookie=cookie)
-              for dst in sorted({mac} | {mac_int(p.mac_address.lower()) for p in port.allowed_address_pairs}))]}
-        members = group_members(view) if any(r.remote_group for r in rules_of(view, port.security_groups)) else {}
-        for rule in rules_of(view, port.security_groups):
-            sg_table, allowed_to, remote_field = DIRECTIONS[rule.direction]
-            for found in rule_matches(rule, members.get(rule.remote_group or "", [])):
-                fields = dict(found)
-                remote = fields.pop("remote")
-                if remote is not None:
-                    fields[remote_field] = remote
-                flow = Flow(sg_table, 100, match(**whose[rule.direction], ct_state=TRACKED_NEW, eth_type=ETH_TYPE_IP,
-                                                 **fields),
-                            (Ct(zone, commit=True),), goto=allowed_to, cookie=cookie)
-                flows[flow.key] = flow  # two rules may allow the same thing
-        if arriving(port, view):
-            for direction, (sg_table, allowed_to, _) in DIRECTIONS.items():
-                flow = Flow(sg_table, MID_STREAM, match(**whose[direction], ct_state=TRACKED_NEW, eth_type=ETH_TYPE_IP,
-                                                        ip_proto=IPPROTO_TCP, tcp_flags=(0, TCP_SYN)),
-                            (Ct(zone, commit=True),), goto=allowed_to, cookie=cookie)
-                flows[flow.key] = flow
-        return list(flows.values())
+            return np.zeros(0, LAYOUT.dtype)
+        rules = rules_of(view, port.security_groups)
+        members = group_members(view) if any(r.remote_group for r in rules) else {}
+        rows, addresses = rule_rows(rules, members)
+        macs = np.array(sorted({mac_int(port.mac)} | {mac_int(p.mac_address.lower())
+                                                      for p in port.allowed_address_pairs}), np.uint64)
+        return core.compile_secgroups(PROGRAM, role.ofport, view.vni(port.lswitch), self.cookie(port.id), macs,
+                                      rows, addresses, arriving(port, view))
 
     def add_remote_port(self, port: LogicalPort, view: "View") -> list[Flow]:
         return []  # a port's groups are enforced where it runs

@@ -3,7 +3,8 @@
 One table per resource drives three things, so they cannot disagree: the checks applied to a request
 body (type, size, which attributes POST and PUT accept), the list filters allowed, and the OpenAPI
 document (request and response schemas). The checks on meaning (a MAC address, an IP inside a
-subnet) come after, in `dfflow.api.service`, and in the NB's own model and rules.
+subnet) come after, in the resource modules (`dfflow.api.networks`, `ports`, ...), and in the NB's
+own model and rules.
 """
 from __future__ import annotations
 

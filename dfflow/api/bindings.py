@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,7 +23,7 @@ from dfflow.api.attributes import BINDING, parse_body
 from dfflow.api.errors import ApiError, bad_request, conflict, translate
 from dfflow.api.query import parse_query, run
 from dfflow.api.views import Snapshot, binding_view
-from dfflow.errors import DfflowError, ValidationError
+from dfflow.errors import DfflowError, ValidationError, refused_as
 from dfflow.models import LogicalPort
 from dfflow.nb import bindings
 
@@ -46,12 +46,8 @@ def neutron_error(exc: DfflowError) -> ApiError:
     return translate(exc, LogicalPort.table)
 
 
-@contextlib.contextmanager
-def _neutron_errors() -> Iterator[None]:
-    try:
-        yield
-    except DfflowError as exc:
-        raise neutron_error(exc) from None
+def _neutron_errors() -> contextlib.AbstractContextManager[None]:
+    return refused_as(neutron_error)
 
 
 class BindingService:

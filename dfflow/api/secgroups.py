@@ -11,34 +11,21 @@ group is a unique claim of its project in the NB, so concurrent first requests m
 """
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import uuid
-from typing import Any, Iterator
+from typing import Any
 
 from dfflow import models
 from dfflow.api.attributes import RESOURCES, parse_body, request_project
-from dfflow.api.errors import ApiError, bad_request, conflict, not_found, translate
+from dfflow.api.errors import ApiError, bad_request, conflict, not_found
 from dfflow.api.query import Page, parse_query, run
-from dfflow.errors import Conflict, DfflowError, ValidationError
+from dfflow.api.resource import nb_errors, new_id
+from dfflow.errors import Conflict, ValidationError
 from dfflow.models import AddressPair, LogicalPort, SecurityGroup, SecurityGroupRule
 
 PLURALS = {"security_groups": "secgroup", "security_group_rules": "secgroup_rule"}
 DEFAULT_NAME = "default"
 DEFAULT_DESCRIPTION = "Default security group"
 MAX_DEFAULT_TRIES = 8
-
-
-@contextlib.contextmanager
-def nb_errors(table: str, obj: Any = None) -> Iterator[None]:
-    try:
-        yield
-    except DfflowError as exc:
-        raise translate(exc, table, obj) from None
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
 
 
 # -- views ---------------------------------------------------------------------------------------------
@@ -69,10 +56,10 @@ def new_group_rules(group: SecurityGroup) -> list[SecurityGroupRule]:
     """The rules Neutron gives a new group: egress anywhere; the default group also ingress from itself."""
     found = []
     for ethertype in models.ETHERTYPES:
-        found.append(SecurityGroupRule(id=_new_id(), topic=group.topic, secgroup=group.id, direction="egress",
+        found.append(SecurityGroupRule(id=new_id(), topic=group.topic, secgroup=group.id, direction="egress",
                                        ethertype=ethertype))
         if group.is_default:
-            found.append(SecurityGroupRule(id=_new_id(), topic=group.topic, secgroup=group.id,
+            found.append(SecurityGroupRule(id=new_id(), topic=group.topic, secgroup=group.id,
                                            direction="ingress", ethertype=ethertype, remote_group=group.id))
     return found
 
@@ -88,7 +75,7 @@ async def ensure_default(nb: Any, topic: str) -> str:
         found = await find_default(nb, topic)
         if found is not None:
             return found.id
-        group = SecurityGroup(id=_new_id(), topic=topic, name=DEFAULT_NAME, description=DEFAULT_DESCRIPTION,
+        group = SecurityGroup(id=new_id(), topic=topic, name=DEFAULT_NAME, description=DEFAULT_DESCRIPTION,
                               is_default=True)
         try:
             await nb.create_all([group, *new_group_rules(group)])
@@ -207,9 +194,10 @@ class SecurityGroupService:
 
     async def list(self, plural: str, params: list[tuple[str, str]], project: str | None = None) -> Page:
         query = parse_query(RESOURCES[plural], params)
-        if plural == "security_groups":
+        if plural == "security_groups":  # as Neutron: the default group of the project asked for, or the caller's
+            asked = next((value for key, value in params if key in ("project_id", "tenant_id")), None)
             with nb_errors(SecurityGroup.table):
-                await ensure_default(self.nb, project or self.default_project)
+                await ensure_default(self.nb, asked or project or self.default_project)
         return run(query, await self._views(plural))
 
     async def show(self, plural: str, obj_id: str, fields: list[str] | None = None) -> dict[str, Any]:
@@ -269,7 +257,7 @@ class SecurityGroupService:
         self._check_group_fields(data)
         with nb_errors(SecurityGroup.table):
             await ensure_default(self.nb, topic)
-        group = SecurityGroup(id=_new_id(), topic=topic, name=data.get("name", ""),
+        group = SecurityGroup(id=new_id(), topic=topic, name=data.get("name", ""),
                               description=data.get("description", ""))
         with nb_errors(SecurityGroup.table, group):
             await self.nb.create_all([group, *new_group_rules(group)])
@@ -286,7 +274,7 @@ class SecurityGroupService:
             raise not_found(SecurityGroup.table, group_id)
         if project_given and topic != group.topic:
             raise bad_request("project_id", f"the rule's project {topic} is not its group's {group.topic}")
-        rule = SecurityGroupRule(id=_new_id(), topic=group.topic, secgroup=group_id,
+        rule = SecurityGroupRule(id=new_id(), topic=group.topic, secgroup=group_id,
                                  direction=data["direction"], ethertype=data.get("ethertype", "IPv4"),
                                  protocol=data.get("protocol"), port_range_min=data.get("port_range_min"),
                                  port_range_max=data.get("port_range_max"),

@@ -27,6 +27,10 @@ persistence, or restored from an older copy: its revision is below the highest
 version delivered) is not trusted: nothing is resynchronised from it (no
 deletions), `behind` says so, and the subscriber checks again every second
 until the NB has caught up.
+
+`follow_channel` follows one plain channel (no topics, no versions) for as long as its caller runs,
+subscribing again after a failure: what the migration-event channel (`dfflow.nb.migration_events`)
+and the sandbox's fault switches are carried on.
 """
 from __future__ import annotations
 
@@ -46,12 +50,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dfflow.models import (MODELS, Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model,
                            SecurityGroup, SecurityGroupRule, Subnet)
-from dfflow.nb.store import Keys, make_event, redis_client
+from dfflow.nb.connection import redis_client
+from dfflow.nb.keys import Keys, make_event
 
 LOG = logging.getLogger(__name__)
 Event = dict[str, Any]
 ACTIONS = ("create", "update", "delete")
 BAD_KEPT = 20
+RESUBSCRIBE_DELAY = 0.5  # s after a plain channel failed before following it again
 # A resync hands over what an object refers to before the object (a network before its ports): a
 # subscriber never computes a port for a network it has not heard of yet.
 _RESYNC_ORDER = {m.table: i for i, m in enumerate((Chassis, LogicalSwitch, Subnet, SecurityGroup,
@@ -89,6 +95,38 @@ async def cancel(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         LOG.error("%s ended with an error:\n%s", task.get_name(),
                   "".join(traceback.format_exception(task.exception())))
+
+
+async def follow_channel(redis: aioredis.Redis, channel: str, on_message: Callable[[bytes | str], None],
+                         what: str, on_subscribed: Callable[[], Awaitable[None]] | None = None,
+                         on_failure: Callable[[], None] | None = None,
+                         on_lost: Callable[[], None] | None = None) -> None:
+    """Hand each message's data on `channel` to `on_message`, until cancelled.
+
+    `on_subscribed` runs once subscribed (what was missed before can be read then: anything later
+    arrives as a message too). A failure (the NB lost, a callback's error) is logged with its
+    traceback as `what` failing, told to `on_failure`, and the channel is followed again after
+    RESUBSCRIBE_DELAY; `on_lost` runs each time a subscription ends."""
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            if on_subscribed is not None:
+                await on_subscribed()
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    on_message(message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if on_failure is not None:
+                on_failure()
+            LOG.exception("%s failed; resubscribing", what)
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
+        finally:
+            if on_lost is not None:
+                on_lost()
+            await pubsub.aclose()
 
 
 class Subscriber:
@@ -202,7 +240,7 @@ class Subscriber:
         self._subscribed = sorted(self.topics)
         channels = [self.keys.channel(t) for t in self._subscribed]
         # A channel that nobody else uses keeps the connection in subscribed mode even with no topics.
-        await self._pubsub.subscribe(f"{self.keys.prefix}:ev-keepalive", *channels)
+        await self._pubsub.subscribe(self.keys.keepalive, *channels)
 
     async def _close_connection(self) -> None:
         pubsub, client = self._pubsub, self._redis
@@ -252,7 +290,7 @@ class Subscriber:
 
     async def _resync(self, topic: str) -> None:
         raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
-                                     f"{self.keys.prefix}:obj:")
+                                     self.keys.objects)
         revision = int(raw[0])
         if not await self._check_revision(revision, resyncing=True):
             return  # nothing from an NB older than what was delivered; checked again every second

@@ -1,17 +1,7 @@
 """The NB database on Redis: versioned objects, written atomically with their events.
 
-Layout (all keys under a prefix, "dfflow" by default):
-  {p}:obj:{table}:{id}      the object's JSON
-  {p}:ids:{table}           set of ids in a table
-  {p}:topic:{topic}         set of "table:id" in a topic
-  {p}:refs:{table}:{id}     set of "table:id" that reference this object
-  {p}:uniq:{key}            "table:id" holding a unique claim (a MAC or IP on a switch, a VNI, ...)
-  {p}:claims:{table}:{id}   set of the claims an object holds
-  {p}:chassis-ports:{name}  set of port ids bound to, or migrating from/to, a chassis
-  {p}:counter:{name}        a high-water mark that only grows (the last VNI handed out, ...)
-  {p}:rev                   the NB revision counter
-  channel {p}:ev:{topic}    events of that topic
-  channel {p}:replicated    a marker after each write, for WAIT (see NbApi._replicated)
+Where each thing lives in Redis is `dfflow.nb.keys`; the connection to it (a server, or the primary
+a set of sentinels names) is `dfflow.nb.connection`.
 
 Every write is one optimistic transaction: WATCH what it reads, check, then
 MULTI/EXEC of the data, the indexes and the PUBLISH of its event. Either all of
@@ -21,21 +11,13 @@ only grow, also across delete and re-create of an id.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
-import random
 import time
 from collections import Counter
 from typing import Any, Awaitable, Callable
 
-import redis
-import redis.asyncio as aioredis
-from redis.driver_info import DriverInfo
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
@@ -43,11 +25,12 @@ from redis.exceptions import WatchError
 from dfflow.errors import BadObject, InUse, NotFound, ValidationError, VersionConflict, Conflict
 from dfflow.models import Model, model_for
 from dfflow.nb import rules
+from dfflow.nb.connection import Outage, redis_client
+from dfflow.nb.keys import Keys, make_event
 from dfflow.nb.nburl import parse_nb_url
 
 LOG = logging.getLogger(__name__)
 MAX_RETRIES = 50
-POOL_WAIT = 30.0  # s a call waits for a free connection of a bounded pool
 _LOST = "occurred while watching"  # redis-py's WatchError for a connection lost during a transaction
 # Advances a counter that only grows, never below a floor (ARGV[1]); returns the new value.
 _ADVANCE = """
@@ -56,52 +39,7 @@ local floor = tonumber(ARGV[1])
 if v < floor then redis.call('SET', KEYS[1], floor); v = floor end
 return v
 """
-SENTINEL_TIMEOUT = 1.0  # s for a sentinel to answer which server is the primary
 UNREPLICATED_HOLD = 5.0  # s of writes not waiting for replicas after a WAIT that timed out
-
-
-class Keys:
-    def __init__(self, prefix: str = "dfflow"):
-        self.prefix = prefix
-
-    def obj(self, table: str, obj_id: str) -> str:
-        return f"{self.prefix}:obj:{table}:{obj_id}"
-
-    def ids(self, table: str) -> str:
-        return f"{self.prefix}:ids:{table}"
-
-    def topic(self, topic: str) -> str:
-        return f"{self.prefix}:topic:{topic}"
-
-    def refs(self, table: str, obj_id: str) -> str:
-        return f"{self.prefix}:refs:{table}:{obj_id}"
-
-    def claims(self, table: str, obj_id: str) -> str:
-        return f"{self.prefix}:claims:{table}:{obj_id}"
-
-    def uniq(self, key: str) -> str:
-        return f"{self.prefix}:uniq:{key}"
-
-    def chassis_ports(self, chassis: str) -> str:
-        return f"{self.prefix}:chassis-ports:{chassis}"
-
-    def counter(self, name: str) -> str:
-        return f"{self.prefix}:counter:{name}"
-
-    @property
-    def replicated(self) -> str:
-        """The channel of the marker published after a write, to WAIT for the replicas."""
-        return f"{self.prefix}:replicated"
-
-    @property
-    def rev(self) -> str:
-        return f"{self.prefix}:rev"
-
-    def channel(self, topic: str) -> str:
-        return f"{self.prefix}:ev:{topic}"
-
-    def topic_of_channel(self, channel: str) -> str:
-        return channel[len(self.prefix) + 4:]
 
 
 def decode(table: str, raw: bytes | str | None, obj_id: str = "?", checked: bool = False) -> Model | None:
@@ -116,12 +54,6 @@ def decode(table: str, raw: bytes | str | None, obj_id: str = "?", checked: bool
         return obj
     except (ValueError, TypeError, AttributeError, ValidationError) as exc:
         raise BadObject(table, obj_id, str(exc) or type(exc).__name__) from None
-
-
-def make_event(action: str, table: str, obj_id: str, topic: str, version: int,
-               obj: dict[str, Any] | None) -> dict[str, Any]:
-    return {"table": table, "action": action, "id": obj_id, "topic": topic,
-            "version": version, "object": obj, "ts": time.time()}
 
 
 class _TxnContext:
@@ -175,90 +107,6 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class PrimaryConnection(SentinelManagedConnection):
-    """A connection to the primary that asks the sentinels where it is on every connect.
-
-    redis-py's own asks only on a connection's first connect: one that was dropped (its primary
-    killed) reconnects to the old address, and a client keeps failing after a failover."""
-
-    async def _connect_retry(self) -> None:  # redis-py's first connect: the same lookup, in _connect
-        if not self.is_connected:
-            await self.connect_check_health(check_health=self.connection_pool.check_connection,
-                                            retry_socket_connect=False)
-
-    async def _connect(self) -> None:
-        pool = self.connection_pool
-        try:
-            self.host, self.port = await pool.get_master_address()
-        except MasterNotFoundError:
-            asked = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:"
-                             f"{s.connection_pool.connection_kwargs.get('port')}" for s in pool.sentinel_manager.sentinels)
-            raise MasterNotFoundError(f"no sentinel of {asked} names a primary of {pool.service_name!r}") from None
-        await super()._connect()
-
-
-class SentinelRedis(aioredis.Redis):
-    """A client of the primary a set of sentinels names; it asks them again on every new connection
-    (so it follows a failover) and closes its connections to them with its own."""
-
-    sentinel: Sentinel | None = None
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            for client in self.sentinel.sentinels:
-                await client.aclose()
-
-
-def redis_client(url: str, resend: bool = False, pool_size: int | None = None, **options: Any) -> aioredis.Redis:
-    """A Redis client for the NB db at `url` (see dfflow.nb.nburl for the forms it takes).
-
-    redis-py names itself to the server on every new connection and, unless told its version,
-    reads it from the installed package's metadata each time (a parse of e-mail headers, several
-    ms of CPU): a connection added to the pool in the middle of a migration paid that on the
-    critical path."""
-    nb_url = parse_nb_url(url)
-    driver = DriverInfo(name="redis-py", lib_version=redis.__version__)
-    if resend:
-        # A command on a connection found dead (after a restart of redis-server every pooled one
-        # is) is sent again on a new one. Inside a transaction that is safe: a connection lost
-        # while WATCHing raises WatchError, and the whole write is redone. Not for a subscriber:
-        # it must see the loss, to resynchronise what it missed.
-        options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
-        options.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-    if not nb_url.is_sentinel:
-        if pool_size is not None:
-            # At most `pool_size` connections; a request beyond waits for one (the default pool refuses
-            # it with "Too many connections", a ConnectionError indistinguishable from an outage).
-            pool = aioredis.BlockingConnectionPool.from_url(nb_url.url, max_connections=pool_size,
-                                                            timeout=POOL_WAIT, driver_info=driver, **options)
-            return aioredis.Redis.from_pool(pool)
-        return aioredis.from_url(nb_url.url, driver_info=driver, **options)
-    timeouts = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
-    sentinel = Sentinel(list(nb_url.sentinels), sentinel_kwargs=timeouts)
-    client = sentinel.master_for(nb_url.service, redis_class=SentinelRedis, db=nb_url.db,
-                                 username=nb_url.username, password=nb_url.password, driver_info=driver,
-                                 connection_class=PrimaryConnection, **options)
-    client.sentinel = sentinel
-    return client
-
-
-class _Outage:
-    """The NB db unreachable: wait with a jittered, growing back-off until `wait` s have passed."""
-
-    def __init__(self, wait: float):
-        self.deadline = time.monotonic() + wait
-        self.delay = 0.05
-
-    async def wait_or_raise(self, exc: Exception) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise exc
-        LOG.warning("NB db unreachable (%s); retrying for %.1f s more", exc, left)
-        await asyncio.sleep(min(left, self.delay * random.uniform(0.5, 1.5)))
-        self.delay = min(self.delay * 2, 1.0)
-
-
 class NbApi:
     """Create, update (compare-and-set), delete, get and list NB objects."""
 
@@ -286,7 +134,7 @@ class NbApi:
 
     async def _reachable(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """`call()`, again after a connection failure until `outage_wait` has passed."""
-        outage = _Outage(self.outage_wait)
+        outage = Outage(self.outage_wait)
         while True:
             try:
                 return await call()
@@ -450,7 +298,7 @@ class NbApi:
         raises WatchError) may have lost only EXEC's reply: `lost` tells the next attempt to take
         its own write, found already there, for done rather than for a conflict."""
         lost, races = False, 0
-        outage = _Outage(self.outage_wait)
+        outage = Outage(self.outage_wait)
         while races < MAX_RETRIES:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dfflow.models import MigrationRecord
-from dfflow.nb.store import Keys
+from dfflow.nb.keys import Keys
 
 MAX_KEPT = 10_000  # oldest timelines are dropped beyond this
 
@@ -28,11 +28,11 @@ class Timelines:
         self.redis, self.keys = client, keys
 
     def _key(self, migration_id: str) -> str:
-        return f"{self.keys.prefix}:migration:{migration_id}"
+        return self.keys.migration(migration_id)
 
     @property
     def _index(self) -> str:
-        return f"{self.keys.prefix}:migrations"
+        return self.keys.migrations
 
     async def record(self, port_id: str, mig: MigrationRecord, state: str, when: float) -> None:
         """Stamp `state` (requested, activated, switched, done, aborted) of migration `mig`."""

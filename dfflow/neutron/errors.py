@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 from neutron_lib import exceptions as n_exc
 
-from dfflow.errors import DfflowError, ValidationError
+from dfflow.errors import DfflowError, ValidationError, refused_as
 
 
 class NbInvalid(n_exc.InvalidInput):
@@ -27,10 +26,6 @@ def as_neutron_error(exc: DfflowError) -> n_exc.NeutronException:
     return NbConflict(reason=str(exc))
 
 
-@contextlib.contextmanager
-def refusals() -> Iterator[None]:
+def refusals() -> contextlib.AbstractContextManager[None]:
     """NB refusals raised inside become Neutron's API errors; any other failure passes unchanged."""
-    try:
-        yield
-    except DfflowError as exc:
-        raise as_neutron_error(exc) from exc
+    return refused_as(as_neutron_error, keep_cause=True)

@@ -6,6 +6,8 @@ interface the NB db refuses is undone in Neutron and the request fails with the 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 from typing import Any, Callable, Iterator
 
@@ -22,6 +24,27 @@ from dfflow.neutron import config, floatingips, maintenance, routers
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
+
+
+def _nb_follows(table: str, nb_write: Callable[[Any, Any, str, Any], None]) -> Callable[[Callable], Callable]:
+    """Decorates a plugin method `(self, context, obj_id, ...)` that changes Neutron with the NB write that
+    follows it, `nb_write(self, context, obj_id, result)`. Neutron committed already: a failed NB write
+    marks the object for the sync (as the method's name says) and fails the call."""
+
+    def decorate(method: Callable) -> Callable:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def followed(self: "DfflowRouterPlugin", context: Any, *args: Any, **kwargs: Any) -> Any:
+            obj_id = list(signature.bind(self, context, *args, **kwargs).arguments.values())[2]
+            result = method(self, context, *args, **kwargs)
+            with maintenance.marked_on_failure(self.dirty, table, obj_id, method.__name__):
+                nb_write(self, context, obj_id, result)
+            return result
+
+        return followed
+
+    return decorate
 
 
 class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mixin):
@@ -49,16 +72,13 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
             self._write_router(context, created["id"])
         return created
 
+    @_nb_follows(LogicalRouter.table, lambda self, context, router_id, _: self._write_router(context, router_id))
     def update_router(self, context: Any, id: str, router: dict) -> dict:
-        updated = super().update_router(context, id, router)
-        with self._marked(LogicalRouter.table, id, "update_router"):
-            self._write_router(context, id)
-        return updated
+        return super().update_router(context, id, router)
 
+    @_nb_follows(LogicalRouter.table, lambda self, context, router_id, _: routers.delete(self.nb, router_id))
     def delete_router(self, context: Any, id: str) -> None:
         super().delete_router(context, id)
-        with self._marked(LogicalRouter.table, id, "delete_router"):
-            routers.delete(self.nb, id)
 
     def add_router_interface(self, context: Any, router_id: str, interface_info: dict | None = None) -> dict:
         info = super().add_router_interface(context, router_id, interface_info)
@@ -68,15 +88,9 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
             self._write_router(context, router_id)
         return info
 
+    @_nb_follows(LogicalRouter.table, lambda self, context, router_id, _: self._write_router(context, router_id))
     def remove_router_interface(self, context: Any, router_id: str, interface_info: dict) -> dict:
-        info = super().remove_router_interface(context, router_id, interface_info)
-        with self._marked(LogicalRouter.table, router_id, "remove_router_interface"):
-            self._write_router(context, router_id)
-        return info
-
-    def _marked(self, table: str, obj_id: str, what: str):  # noqa: ANN202
-        """Neutron committed already: a failed NB write marks the object for the sync, then fails the call."""
-        return maintenance.marked_on_failure(self.dirty, table, obj_id, what)
+        return super().remove_router_interface(context, router_id, interface_info)
 
     def _write_router(self, context: Any, router_id: str) -> None:
         admin = context.elevated()
@@ -95,16 +109,13 @@ class DfflowRouterPlugin(service_base.ServicePluginBase, l3_db.L3_NAT_dbonly_mix
             self._write_floatingip(context, created)
         return created
 
+    @_nb_follows(FloatingIP.table, lambda self, context, _, updated: self._write_floatingip(context, updated))
     def update_floatingip(self, context: Any, id: str, floatingip: dict) -> dict:
-        updated = super().update_floatingip(context, id, floatingip)
-        with self._marked(FloatingIP.table, id, "update_floatingip"):
-            self._write_floatingip(context, updated)
-        return updated
+        return super().update_floatingip(context, id, floatingip)
 
+    @_nb_follows(FloatingIP.table, lambda self, context, fip_id, _: floatingips.delete(self.nb, fip_id))
     def delete_floatingip(self, context: Any, id: str) -> None:
         super().delete_floatingip(context, id)
-        with self._marked(FloatingIP.table, id, "delete_floatingip"):
-            floatingips.delete(self.nb, id)
 
     def _write_floatingip(self, context: Any, fip: dict) -> None:
         own = directory.get_plugin().get_ports(context.elevated(), filters={

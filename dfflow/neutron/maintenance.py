@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any, Callable, Iterator
 
+from dfflow.nb.keys import Keys
 from dfflow.neutron import sync
 from dfflow.neutron.nbclient import NbClient
 
@@ -29,15 +30,15 @@ RELEASE_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.
 
 
 def dirty_key(prefix: str) -> str:
-    return f"{prefix}:neutron:dirty"
+    return Keys(prefix).neutron("dirty")
 
 
 def lock_key(prefix: str) -> str:
-    return f"{prefix}:neutron:sync-lock"
+    return Keys(prefix).neutron("sync-lock")
 
 
 def failures_key(prefix: str) -> str:
-    return f"{prefix}:neutron:write-failures"
+    return Keys(prefix).neutron("write-failures")
 
 
 def recorded_failures(nb: NbClient) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from neutron_lib import context as n_context
 from neutron_lib.api.definitions import portbindings
@@ -25,6 +25,28 @@ from dfflow.neutron.errors import refusals
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
+
+
+class _MarkedOnFailure:
+    """An ML2 post-commit hook that runs `hook(driver, context)`. Neutron committed already and ML2 only
+    logs a failure, so a failure marks the object for the sync, as what the hook's name says
+    (`update_network_postcommit`: update_network), and passes on."""
+
+    def __init__(self, table: str, hook: Callable[[Any, Any], None]):
+        self.table, self.hook = table, hook
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.what = name.removesuffix("_postcommit")
+
+    def __get__(self, driver: Any, owner: type | None = None) -> Any:
+        if driver is None:
+            return self
+
+        def marked(context: Any) -> None:
+            with maintenance.marked_on_failure(driver.dirty, self.table, context.current["id"], self.what):
+                self.hook(driver, context)
+
+        return marked
 
 
 class DfflowMechanismDriver(api.MechanismDriver):
@@ -64,14 +86,9 @@ class DfflowMechanismDriver(api.MechanismDriver):
         networks.write(self.nb, context.current, context.network_segments)
 
     update_network_precommit = create_network_precommit
-
-    def update_network_postcommit(self, context: api.NetworkContext) -> None:
-        with self._marked(LogicalSwitch.table, context.current["id"], "update_network"):
-            self.create_network_postcommit(context)
-
-    def delete_network_postcommit(self, context: api.NetworkContext) -> None:
-        with self._marked(LogicalSwitch.table, context.current["id"], "delete_network"):
-            networks.delete(self.nb, context.current["id"])
+    update_network_postcommit = _MarkedOnFailure(LogicalSwitch.table, create_network_postcommit)
+    delete_network_postcommit = _MarkedOnFailure(LogicalSwitch.table, lambda self, context: networks.delete(
+        self.nb, context.current["id"]))
 
     # -- subnets -------------------------------------------------------------------------------------
     def create_subnet_precommit(self, context: api.SubnetContext) -> None:
@@ -81,14 +98,9 @@ class DfflowMechanismDriver(api.MechanismDriver):
         subnets.write(self.nb, context.current)
 
     update_subnet_precommit = create_subnet_precommit
-
-    def update_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        with self._marked(Subnet.table, context.current["id"], "update_subnet"):
-            self.create_subnet_postcommit(context)
-
-    def delete_subnet_postcommit(self, context: api.SubnetContext) -> None:
-        with self._marked(Subnet.table, context.current["id"], "delete_subnet"):
-            subnets.delete(self.nb, context.current["id"])
+    update_subnet_postcommit = _MarkedOnFailure(Subnet.table, create_subnet_postcommit)
+    delete_subnet_postcommit = _MarkedOnFailure(Subnet.table, lambda self, context: subnets.delete(
+        self.nb, context.current["id"]))
 
     # -- ports ---------------------------------------------------------------------------------------
     def create_port_precommit(self, context: api.PortContext) -> None:
@@ -104,18 +116,9 @@ class DfflowMechanismDriver(api.MechanismDriver):
         self._write_port(context)
 
     update_port_precommit = create_port_precommit
-
-    def update_port_postcommit(self, context: api.PortContext) -> None:
-        with self._marked(LogicalPort.table, context.current["id"], "update_port"):
-            self._write_port(context)
-
-    def delete_port_postcommit(self, context: api.PortContext) -> None:
-        with self._marked(LogicalPort.table, context.current["id"], "delete_port"):
-            ports.delete(self.nb, context.current["id"])
-
-    def _marked(self, table: str, obj_id: str, what: str):  # noqa: ANN202
-        """Neutron committed already and ML2 only logs the failure: the object is marked for the sync."""
-        return maintenance.marked_on_failure(self.dirty, table, obj_id, what)
+    update_port_postcommit = _MarkedOnFailure(LogicalPort.table, create_port_postcommit)
+    delete_port_postcommit = _MarkedOnFailure(LogicalPort.table, lambda self, context: ports.delete(
+        self.nb, context.current["id"]))
 
     def _write_port(self, context: api.PortContext) -> None:
         port = context.current

@@ -24,7 +24,8 @@ from neutron_lib.callbacks import resources
 from neutron_lib.db import api as db_api
 
 from dfflow.models import PortStatus
-from dfflow.nb.store import NbApi, redis_client
+from dfflow.nb.connection import redis_client
+from dfflow.nb.store import NbApi
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)

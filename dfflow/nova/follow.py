@@ -19,7 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dfflow.nb.bus import Event, Subscriber, cancel
-from dfflow.nb.store import Keys, redis_client
+from dfflow.nb.connection import redis_client
+from dfflow.nb.keys import Keys
 
 LOG = logging.getLogger(__name__)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 import struct
 from typing import Iterator, Sequence
 
-from os_ken.ofproto import ofproto_common, ofproto_v1_3, ofproto_v1_4
-
-from dfflow.openflow.protocol import (OF14_BUNDLE_ADD, OFP13, OFP_HEADER, OFP_HEADER_LEN, OFP_MAX_MSG_LEN,
-                                      OFPHET_VERSIONBITMAP, OFPT_EXPERIMENTER, OFPT_HELLO, ONF_BUNDLE_ADD)
+from dfflow import core
+from dfflow.openflow.protocol import OFP_HEADER, OFP_HEADER_LEN, OFPHET_VERSIONBITMAP, OFPT_HELLO
 
 XID_CHANNEL_MAX = 0x7FFFFFFF
 XID_RAW_BASE = 0x80000000
@@ -15,51 +13,18 @@ XID_RAW_BASE = 0x80000000
 
 def iter_frames(buf: bytes | bytearray | memoryview,
                 version: int | None = None) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(offset, length, msg_type, xid)`` of each message of a packed buffer.
+    """``(offset, length, msg_type, xid)`` of each message of a packed buffer.
 
     Raises :class:`ValueError` when the buffer is not a whole number of well-formed
     messages (or a message's version differs from ``version``).
     """
-    off, end = 0, len(buf)
-    unpack = OFP_HEADER.unpack_from
-    while off < end:
-        if end - off < OFP_HEADER_LEN:
-            raise ValueError(f"truncated OpenFlow header at offset {off}")
-        ver, mtype, length, xid = unpack(buf, off)
-        if length < OFP_HEADER_LEN or off + length > end:
-            raise ValueError(f"bad OpenFlow length {length} at offset {off}")
-        if version is not None and ver != version:
-            raise ValueError(f"OpenFlow version 0x{ver:02x} at offset {off}, expected 0x{version:02x}")
-        yield off, length, mtype, xid
-        off += length
+    return iter(core.frames(buf, version))
 
 
-def wrap_bundle_adds(buf: bytes | bytearray | memoryview, version: int, bundle_id: int,
-                     flags: int, out: bytearray | None = None) -> tuple[bytearray, list[int]]:
-    """Wrap every message of a packed buffer into a bundle-add message.
-
-    OpenFlow 1.3 gets the ONF extension (EXT-230) framing, 1.4+ the standard one; each
-    add carries its inner message's xid, as the spec requires.  Returns the new buffer
-    (``out``, appended to, if given) and the list of xids.
-    """
-    view = memoryview(buf)
-    if out is None:
-        out = bytearray()
-    xids: list[int] = []
-    onf = version == OFP13
-    hdr = ONF_BUNDLE_ADD if onf else OF14_BUNDLE_ADD
-    for off, length, _mtype, xid in iter_frames(view, version):
-        total = hdr.size + length
-        if total > OFP_MAX_MSG_LEN:
-            raise ValueError(f"message xid={xid} ({length} bytes) too long to bundle")
-        if onf:
-            out += hdr.pack(version, OFPT_EXPERIMENTER, total, xid, ofproto_common.ONF_EXPERIMENTER_ID,
-                            ofproto_v1_3.ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, flags)
-        else:
-            out += hdr.pack(version, ofproto_v1_4.OFPT_BUNDLE_ADD_MESSAGE, total, xid, bundle_id, flags)
-        out += view[off:off + length]
-        xids.append(xid)
-    return out, xids
+# Every message of a packed buffer wrapped into a bundle add (ONF's on OpenFlow 1.3, the standard
+# one on 1.4+), each carrying its inner message's xid: the compiled framing, which the packer's
+# own bundles share.
+wrap_bundle_adds = core.wrap_bundle_adds
 
 
 def hello_frame(versions: Sequence[int], xid: int = 0) -> bytes:

@@ -7,10 +7,26 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from os_ken.ofproto import ofproto_common, ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_4, ofproto_v1_4_parser
+from os_ken.ofproto import (nicira_ext, ofproto_common, ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_4,
+                           ofproto_v1_4_parser)
+
+from dfflow import core
 
 OFP13 = ofproto_v1_3.OFP_VERSION  # 0x04
 OFP14 = ofproto_v1_4.OFP_VERSION  # 0x05
+
+
+
+def _osken_number(name: str) -> int | None:
+    for module in (ofproto_v1_3, ofproto_common, nicira_ext, ofproto_v1_4):
+        if hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+# The compiled packer and framing write OpenFlow numbers of their own: they must be os-ken's.
+core.require_agreement("OpenFlow numbers (the Python side: os-ken's)",
+                       {name: _osken_number(name) for name in core.OPENFLOW}, core.OPENFLOW)
 
 
 OFP_HEADER = struct.Struct("!BBHI")

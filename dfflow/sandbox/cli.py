@@ -20,6 +20,7 @@ from dfflow.errors import DfflowError
 from dfflow.nb.store import NbApi
 
 from .cloud import VIF_PLUGGING_TIMEOUT, Cloud
+from .secgroup_rules import allow_probes, external_host_attrs
 from .netns import SandboxError
 from .topology import DEFAULT_DIR, Sandbox
 
@@ -99,7 +100,11 @@ def up(count: int, names: str | None, dir_: str, nb_url: str | None, no_controll
                                   neutron=neutron, nova_url=nova_url)
     except (SandboxError, ValueError) as exc:
         raise _fail(exc)
-    _print_status(status, as_json)
+    # The cloud's VMs get their project's default group: let the sandbox's probes from outside it in.
+    added = _with_cloud(dir_, allow_probes) if status.get("api_url") else []
+    _print_status(status | {"security_group_rules_added": added} if as_json else status, as_json)
+    for line in [] if as_json else added:
+        click.echo(f"added {line}")
 
 
 @sandbox.command()
@@ -205,12 +210,23 @@ VIF_PLUGGING_TIMEOUT_OPTION = click.option(
 @click.option("--chassis", required=True, help="The chassis (host) to start the VM on.")
 @click.option("--network", required=True, help="The network to attach it to.")
 @click.option("--ip", default=None, help="Fixed IP (default: the next free address).")
+@click.option("--port-security/--no-port-security", default=None,
+              help="Port security and the project's default security group on the VM's port [default: on, "
+                   "but off on an external network: a VM there is an external host, outside the cloud's groups].")
 @VIF_PLUGGING_TIMEOUT_OPTION
-def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None, vif_plugging_timeout: float) -> None:
+def vm_create(dir_: str, name: str, chassis: str, network: str, ip: str | None, port_security: bool | None,
+              vif_plugging_timeout: float) -> None:
     """Create a port for VM NAME (as Neutron) and plug the VM into CHASSIS (as Nova/os-vif)."""
-    vm_ = _with_cloud(dir_, lambda c: c.create_vm(name, chassis, network, ip), vif_plugging_timeout)
+    async def create(cloud: Cloud) -> tuple[Any, bool]:
+        attrs = (await external_host_attrs(cloud, network) if port_security is None
+                 else {"port_security_enabled": port_security})
+        vm_ = await cloud.create_vm(name, chassis, network, ip, port_attrs=attrs)
+        return vm_, attrs == {"port_security_enabled": False}
+
+    vm_, unsecured = _with_cloud(dir_, create, vif_plugging_timeout)
     vif = vm_.vifs[0]
-    click.echo(f"vm {vm_.name} on {vif.chassis}: {vif.mac} {vif.ip} port {vif.port_id}")
+    click.echo(f"vm {vm_.name} on {vif.chassis}: {vif.mac} {vif.ip} port {vif.port_id}"
+               + (", port security off (no security group)" if unsecured else ""))
 
 
 @vm.command("delete")

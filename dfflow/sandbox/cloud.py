@@ -2,7 +2,11 @@
 
 `Cloud` creates ports and changes their bindings through the sandbox's
 Neutron-compatible API (`dfflow api`) with python-neutronclient, the client Nova
-uses; networks, routers and floating IPs directly in the NB db. It boots VMs as
+uses; networks, routers and floating IPs with the same API's operations in this
+process (`dfflow.api.service`: its checks and its allocation of addresses and
+MACs), under the names the sandbox gives them as ids. A network's VNI is the
+sandbox's choice (`Sandbox.allocate_vni`: a high-water mark that outlives the NB
+db, so that a new network never takes a VNI old flows may carry). It boots VMs as
 Nova does: the port is created bound to the host, the VM's tap is made (a veth, as
 QEMU's), the real os-vif plugs it into the chassis' br-int from the port's
 binding:vif_details, and Nova waits for Neutron's network-vif-plugged event, which
@@ -13,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import random
 import uuid
 from typing import Any, Callable
 
@@ -24,9 +27,10 @@ from dfflow.sandbox.nova_events import NovaEvents
 from dfflow.sandbox.novaclient_neutron import nova_neutron_client
 from dfflow.sandbox.osvif import OsVifHost, port_binding, vif_spec
 from dfflow.sandbox.topology import API_NEUTRON, Sandbox, Vm
+from dfflow.api.errors import ApiError
+from dfflow.api.service import NeutronService
 from dfflow.errors import Conflict, DfflowError, NotFound, ValidationError
-from dfflow.models import (ExternalGateway, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch,
-                           RouterPort, Subnet)
+from dfflow.models import FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Subnet
 from dfflow.nb.store import NbApi
 
 DEFAULT_TOPIC = "demo"
@@ -42,6 +46,7 @@ class Cloud:
         self.sandbox, self.nb, self.topic = sandbox, nb, topic
         self._vif_plugging_timeout = vif_plugging_timeout
         self._client: neutron_client.Client | None = None
+        self._service: NeutronService | None = None
 
     @property
     def vif_plugging_timeout(self) -> float:
@@ -62,27 +67,32 @@ class Cloud:
 
     async def create_network(self, name: str, cidr: str, vni: int | None = None,
                              external: bool = False, mtu: int = 1400) -> tuple[LogicalSwitch, Subnet]:
+        body = {"name": name, "mtu": mtu, "router:external": external}
         for attempt in range(VNI_ATTEMPTS):
             chosen = vni
             if chosen is None:
                 used = {s.segmentation_id for s in await self.nb.list(LogicalSwitch.table)}
                 chosen = self.sandbox.allocate_vni(used)
             try:
-                switch = await self.nb.create(LogicalSwitch(id=name, topic=self.topic, name=name,
-                                                            segmentation_id=chosen, mtu=mtu,
-                                                            router_external=external))
+                await self.service.create("networks", {**body, "provider:segmentation_id": chosen}, obj_id=name)
                 break
-            except Conflict as exc:  # another network took that VNI meanwhile: take the next one
-                if vni is not None or exc.field != "segmentation_id" or attempt == VNI_ATTEMPTS - 1:
-                    raise
+            except ApiError as exc:  # another network took that VNI meanwhile: take the next one
+                if vni is not None or exc.type != "TunnelIdInUse" or attempt == VNI_ATTEMPTS - 1:
+                    raise api_refusal("create_network", exc.status, exc.message) from None
         net = ipaddress.ip_network(cidr, strict=False)
         try:
-            subnet = await self.nb.create(Subnet(id=f"{name}-subnet", topic=self.topic, lswitch=name,
-                                                 cidr=str(net), gateway_ip=str(net.network_address + 1)))
+            await self._api("create", "subnets", {"network_id": name, "cidr": str(net), "enable_dhcp": False,
+                                                  "gateway_ip": str(net.network_address + 1)},
+                            obj_id=f"{name}-subnet")
         except Exception:
             await self.nb.delete(LogicalSwitch.table, name)
             raise
-        return switch, subnet
+        return (await self.nb.get_or_raise(LogicalSwitch.table, name),
+                await self.nb.get_or_raise(Subnet.table, f"{name}-subnet"))
+
+    async def network_id(self, network: str) -> str:
+        """The NB id of the network named `network` (the sandbox's networks are named by their id here)."""
+        return network
 
     async def _subnet(self, network: str) -> Subnet:
         subnets = [s for s in await self.nb.list(Subnet.table) if s.lswitch == network]
@@ -91,17 +101,6 @@ class Cloud:
                 raise NotFound(LogicalSwitch.table, network, field="network")
             raise ValidationError("network", f"network {network!r} has no subnet")
         return subnets[0]
-
-    async def _free_ip(self, network: str, subnet: Subnet) -> str:
-        used = {ip for p in await self.nb.list(LogicalPort.table) if p.lswitch == network for ip in p.ips}
-        used |= {f.floating_ip for f in await self.nb.list(FloatingIP.table) if f.lswitch == network}
-        used |= {r.external_gateway.ip for r in await self.nb.list(LogicalRouter.table)
-                 if r.external_gateway is not None and r.external_gateway.lswitch == network}
-        used.add(subnet.gateway_ip)
-        for host in subnet.network.hosts():
-            if str(host) not in used:
-                return str(host)
-        raise ValidationError("ip", f"subnet {subnet.cidr} is full")
 
     async def create_port(self, network: str, chassis: str | None, ip: str | None = None,
                           name: str = "", device_id: str = "", mac: str | None = None,
@@ -147,9 +146,21 @@ class Cloud:
         try:
             return await asyncio.to_thread(method, *args, **params)
         except neutron_exc.NeutronClientException as exc:
-            error = DfflowError(f"Neutron API {call}: {exc.status_code} {exc}")
-            error.status_code = exc.status_code  # type: ignore[attr-defined]
-            raise error from None
+            raise api_refusal(call, exc.status_code, str(exc)) from None
+
+    @property
+    def service(self) -> NeutronService:
+        """The API's operations in this process, over the sandbox's NB db."""
+        if self._service is None:
+            self._service = NeutronService(self.nb, default_project=self.topic)
+        return self._service
+
+    async def _api(self, call: str, *args: Any, **params: Any) -> Any:
+        """One of the API service's operations; its refusal becomes a DfflowError as `neutron` makes it."""
+        try:
+            return await getattr(self.service, call)(*args, **params)
+        except ApiError as exc:
+            raise api_refusal(f"{call} {args[0] if args else ''}".strip(), exc.status, exc.message) from None
 
     @property
     def nova_events(self) -> NovaEvents:
@@ -213,31 +224,33 @@ class Cloud:
     # -- routers and floating IPs ---------------------------------------------------
     async def create_router(self, name: str, networks: list[str], external: str | None = None) -> LogicalRouter:
         """A router with an interface on each network's subnet (at its gateway IP) and an optional
-        gateway on an external network."""
-        ports = []
-        for network in networks:
-            subnet = await self._subnet(network)
-            ports.append(RouterPort(subnet=subnet.id, mac=_random_mac(), ip=subnet.gateway_ip))
-        gateway = None
+        gateway on an external network; nothing of it stays if an interface is refused."""
+        body: dict[str, Any] = {"name": name}
         if external is not None:
-            ext_subnet = await self._subnet(external)
-            gateway = ExternalGateway(lswitch=external, ip=await self._free_ip(external, ext_subnet),
-                                      mac=_random_mac())
-        return await self.nb.create(LogicalRouter(id=name, topic=self.topic, name=name, ports=ports,
-                                                  external_gateway=gateway))
+            await self._subnet(external)
+            body["external_gateway_info"] = {"network_id": external}
+        subnets = [await self._subnet(network) for network in networks]
+        await self._api("create", "routers", body, obj_id=name)
+        try:
+            for subnet in subnets:
+                await self._api("add_router_interface", name, {"subnet_id": subnet.id})
+        except Exception:
+            await self.nb.delete(LogicalRouter.table, name)
+            raise
+        return await self.nb.get_or_raise(LogicalRouter.table, name)
 
     async def add_router_interface(self, router: str, network: str) -> LogicalRouter:
         subnet = await self._subnet(network)
-        return await self.nb.modify(LogicalRouter.table, router, lambda r: r.replace(
-            ports=r.ports + [RouterPort(subnet=subnet.id, mac=_random_mac(), ip=subnet.gateway_ip)]))
+        await self._api("add_router_interface", router, {"subnet_id": subnet.id})
+        return await self.nb.get_or_raise(LogicalRouter.table, router)
 
     async def remove_router_interface(self, router: str, network: str) -> LogicalRouter:
         subnet = await self._subnet(network)
         current = await self.nb.get_or_raise(LogicalRouter.table, router)
         if subnet.id not in {p.subnet for p in current.ports}:
             raise ValidationError("network", f"router {router!r} has no interface on {network!r}")
-        return await self.nb.modify(LogicalRouter.table, router, lambda r: r.replace(
-            ports=[p for p in r.ports if p.subnet != subnet.id]))
+        await self._api("remove_router_interface", router, {"subnet_id": subnet.id})
+        return await self.nb.get_or_raise(LogicalRouter.table, router)
 
     async def create_floating_ip(self, vm: str, external: str | None = None) -> FloatingIP:
         """A floating IP on the external network of the router that serves the VM's subnet."""
@@ -249,19 +262,17 @@ class Cloud:
                    and (external is None or r.external_gateway.lswitch == external)]
         if not routers:
             raise ValidationError("vm", f"no router with an external gateway serves {vm}'s subnet")
-        router = routers[0]
-        ext = router.external_gateway.lswitch
-        address = await self._free_ip(ext, await self._subnet(ext))
-        return await self.nb.create(FloatingIP(
-            id=f"fip-{vm}-{uuid.uuid4().hex[:8]}", topic=self.topic, floating_ip=address, lswitch=ext,
-            mac=_random_mac(), port=port.id, fixed_ip=port.ips[0], router=router.id))
+        fip_id = f"fip-{vm}-{uuid.uuid4().hex[:8]}"
+        await self._api("create", "floatingips", {"floating_network_id": routers[0].external_gateway.lswitch,
+                                                  "port_id": port.id}, obj_id=fip_id)
+        return await self.nb.get_or_raise(FloatingIP.table, fip_id)
 
     async def disassociate_floating_ip(self, fip_id: str) -> FloatingIP:
-        return await self.nb.modify(FloatingIP.table, fip_id,
-                                    lambda f: f.replace(port=None, fixed_ip=None, router=None))
+        await self._api("update", "floatingips", fip_id, {"port_id": None})
+        return await self.nb.get_or_raise(FloatingIP.table, fip_id)
 
     async def delete_floating_ip(self, fip_id: str) -> None:
-        await self.nb.delete(FloatingIP.table, fip_id)
+        await self._api("delete", "floatingips", fip_id)
 
     async def vm_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -275,5 +286,9 @@ class Cloud:
         return rows
 
 
-def _random_mac() -> str:
-    return "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
+def api_refusal(call: str, status: int, message: str) -> DfflowError:
+    """A Neutron API error (from python-neutronclient, or the API service in this process) as a
+    DfflowError (a Conflict for a 409) with its status code kept as `status_code`."""
+    error = (Conflict if status == 409 else DfflowError)(f"Neutron API {call}: {status} {message}")
+    error.status_code = status  # type: ignore[attr-defined]
+    return error

@@ -18,6 +18,8 @@ whose gateway is on the external network `public` (172.24.4.0/24).
   P  net1, chassis-3                       (probes M over L2 every 1 ms)
   Q  net2, chassis-3                       (probes M through the router every 1 ms)
   E  public, chassis-3                     (the external host: probes M's floating IP every 1 ms)
+M, P and Q are in their project's default security group, which lets in only its members; E, outside
+the cloud, has no port security: the demo adds the rules that let its ping and probes in, as a user would.
 """
 DFFLOW_API = "The cloud's Neutron API: `dfflow api` (embedded, over the NB db)."
 NEUTRON_API = ("The cloud's Neutron API: neutron-server with the dfflow ML2 driver and router plugin "
@@ -51,7 +53,7 @@ def run(echo: Callable[[str], None], runs: int = 1, unplug_delay: float = 0.2,
     report = scenario.run(runs=runs, strategies=("announce", "unplug"), memory_copy=memory_copy,
                           unplug_delay=unplug_delay,
                           update_port_delay=update_port_delay, keep_samples=False, routed_probe=True,
-                          on_migration=show, nova_path=nova_path, neutron=neutron)
+                          on_migration=show, nova_path=nova_path, neutron=neutron, say=echo)
     echo("")
     echo(scenario.format_summary(report))
     echo("sandbox torn down.")

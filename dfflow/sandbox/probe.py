@@ -31,6 +31,7 @@ from typing import Any
 
 PROBE = struct.Struct("!Qd")  # sequence number, send time
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+PORT = 7100  # UDP
 
 
 def echo(port: int) -> None:
@@ -165,7 +166,7 @@ def analyse(result: dict[str, Any], after: float | None = None, until: float | N
 class Echo:
     """The answering side, in the migrating VM's namespace (it follows the VM across interfaces)."""
 
-    def __init__(self, sandbox: Any, vm: str, port: int = 7100):
+    def __init__(self, sandbox: Any, vm: str, port: int = PORT):
         import subprocess
         self.proc = sandbox.vm_popen(vm, [sys.executable, "-m", "dfflow.sandbox.probe", "echo",
                                           "--port", str(port)],
@@ -182,7 +183,7 @@ class Echo:
 class Sender:
     """One probing peer: started before the migration, stopped after; `.result` then holds the run."""
 
-    def __init__(self, sandbox: Any, vm: str, target: str | list[str], port: int = 7100,
+    def __init__(self, sandbox: Any, vm: str, target: str | list[str], port: int = PORT,
                  interval: float = 0.001):
         import subprocess
         self.sandbox, self.vm, self.target = sandbox, vm, target
@@ -210,11 +211,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     e = sub.add_parser("echo")
-    e.add_argument("--port", type=int, default=7100)
+    e.add_argument("--port", type=int, default=PORT)
     s = sub.add_parser("send")
     s.add_argument("--target", required=True, action="append",
                    help="address to probe; repeat it to probe several VMs from this one process")
-    s.add_argument("--port", type=int, default=7100)
+    s.add_argument("--port", type=int, default=PORT)
     s.add_argument("--interval", type=float, default=0.001)
     args = parser.parse_args()
     if args.mode == "echo":

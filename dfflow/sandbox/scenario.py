@@ -30,10 +30,15 @@ from dfflow.sandbox import nova
 from dfflow.sandbox.cloud import Cloud
 from dfflow.sandbox.faults import DROP_PUBLISH, set_fault
 from dfflow.sandbox.probe import Echo, Sender, analyse
+from dfflow.sandbox.secgroup_rules import allow_probes, default_group, external_host_attrs
 from dfflow.sandbox.topology import Sandbox
 from dfflow.nb.store import NbApi
 
 STRATEGIES = ("announce", "unplug", "fallback")
+# on: every VM of the cloud in its project's default group (and the rules the external host's probes
+# need); off: port security off on them. The external host E has none either way.
+SECGROUPS = ("on", "off")
+CLOUD_VMS = ("M", "P", "Q")
 M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
 TRIGGERS = {"announce": "vm_announced", "unplug": "unplug", "fallback": "update_port"}
 # The figures of a run are those of the probes sent from just before the plug until just after the
@@ -49,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
+async def _build(sb: Sandbox, say: Callable[[str], None]) -> tuple[NbApi, Cloud, str]:
     nb = NbApi(sb.status()["nb_url"])
     cloud = Cloud.for_sandbox(sb, nb)
     await cloud.create_network("net1", "10.1.0.0/24")
@@ -59,9 +64,19 @@ async def _build(sb: Sandbox) -> tuple[NbApi, Cloud, str]:
     await cloud.create_vm("M", "chassis-1", "net1", M_IP)
     await cloud.create_vm("P", "chassis-3", "net1", P_IP)
     await cloud.create_vm("Q", "chassis-3", "net2", Q_IP)
-    await cloud.create_vm("E", "chassis-3", "public", E_IP)
+    await cloud.create_vm("E", "chassis-3", "public", E_IP, port_attrs=await external_host_attrs(cloud, "public"))
     fip = await cloud.create_floating_ip("M")
+    for added in await allow_probes(cloud):
+        say(f"added {added}")
     return nb, cloud, fip.floating_ip
+
+
+async def _set_secgroups(cloud: Cloud, mode: str) -> None:
+    """The cloud's VMs with their project's default group (`on`), or with port security off (`off`)."""
+    port = ({"port_security_enabled": True, "security_groups": [(await default_group(cloud))["id"]]}
+            if mode == "on" else {"port_security_enabled": False, "security_groups": []})
+    for vm in CLOUD_VMS:
+        await cloud.neutron("update_port", cloud.sandbox.vm(vm).vifs[0].port_id, {"port": port})
 
 
 def _wait_reachable(sb: Sandbox, sources: list[tuple[str, str]], timeout: float = 30.0) -> None:
@@ -79,8 +94,11 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
         workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
-        controller_cmd: list[str] | None = None, fip_probe: bool = True) -> dict[str, Any]:
+        controller_cmd: list[str] | None = None, fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
+        say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
+    `secgroups`: each run of a strategy is made once per mode (SECGROUPS), interleaved; `say` hears
+    what the set-up adds to the security groups.
     With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
     The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
     `benchmarks.faulty_controller`). Without `fip_probe` only the L2 peer probes (the probe load of
@@ -94,7 +112,8 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path, fip_probe))
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path, fip_probe,
+                                  secgroups, say))
         return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
         sb.down()
@@ -106,8 +125,9 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
                memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended",
-               fip_probe: bool = True) -> dict[str, Any]:
-    nb, cloud, fip = await _build(sb)
+               fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
+               say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    nb, cloud, fip = await _build(sb, say)
     echo = Echo(sb, "M")
     probes = {"peer (L2, chassis-3)": ("P", M_IP)}
     if fip_probe:
@@ -117,9 +137,13 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
     try:
         await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
         results: list[dict[str, Any]] = []
-        here = "chassis-1"
+        here, mode_now = "chassis-1", "on"
         for strategy in strategies:
-            for i in range(runs):
+            for i, mode in ((i, m) for i in range(runs) for m in secgroups):
+                if mode != mode_now:
+                    await _set_secgroups(cloud, mode)
+                    await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
+                    mode_now = mode
                 dest = "chassis-2" if here == "chassis-1" else "chassis-1"
                 if strategy == "fallback":
                     await set_fault(nb, DROP_PUBLISH, True)
@@ -140,7 +164,9 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                     if strategy == "fallback":
                         await set_fault(nb, DROP_PUBLISH, False)
                 here = dest
-                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from))
+                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from)
+                               | ({"secgroups": mode, "row": f"{strategy}, sg {mode}"} if len(secgroups) > 1 else
+                                  {"secgroups": mode}))
                 if on_migration is not None:
                     on_migration(results[-1])
                 if progress is not None:
@@ -148,7 +174,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
         return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
                 "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
                 "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
-                "probes": list(probes)}
+                "probes": list(probes), "secgroups": list(secgroups)}
     finally:
         echo.stop()
         await nb.close()
@@ -199,12 +225,17 @@ def _stats(values: list[float], prefix: str) -> dict[str, float | None]:
             f"{prefix}_max_ms": max(values) if values else None}
 
 
+def row(result: dict[str, Any]) -> str:
+    """The summary row of a run: its strategy, and whether security groups were on when both were measured."""
+    return result.get("row", result["strategy"])
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per strategy, over every probing peer and run: the reply gap (downtime_*), the lost window
     (lost_window_*), the duplicates, and the convergence."""
     summary: dict[str, Any] = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in results):
-        runs = [r for r in results if r["strategy"] == strategy]
+    for strategy in dict.fromkeys(map(row, results)):
+        runs = [r for r in results if row(r) == strategy]
         probes = [p for r in runs for p in r["probes"].values()]
         downtimes = [p["downtime_ms"] for p in probes if p["downtime_ms"] is not None]
         lost_windows = [p["lost_window_ms"] for p in probes if p["lost_window_ms"] is not None]
@@ -236,7 +267,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     strategies = list(report["summary"])
     fig, axes = plt.subplots(len(strategies), 1, figsize=(11, 3.2 * len(strategies)), squeeze=False)
     for ax, strategy in zip(axes[:, 0], strategies):
-        runs = [r for r in report["runs"] if r["strategy"] == strategy]
+        runs = [r for r in report["runs"] if row(r) == strategy]
         worst = [max((p["downtime_ms"] or 0) for p in r["probes"].values()) for r in runs]
         run_ = runs[sorted(range(len(runs)), key=lambda i: worst[i])[len(runs) // 2]]
         for name, figures in run_["probes"].items():
@@ -270,16 +301,17 @@ def plot(report: dict[str, Any], path: str) -> None:
 
 
 def format_summary(report: dict[str, Any]) -> str:
+    w = max([10, *map(len, report["summary"])])
     lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
              f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms, "
              f"Nova's {report.get('nova_path', 'extended')} calls",
-             f"{'':10} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':>9}",
-             f"{'strategy':10} {'runs':>4} {'median':>9} {'p95':>9} {'max':>9} {'median':>9} {'p95':>9} "
+             f"{'':{w}} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':>9}",
+             f"{'strategy':{w}} {'runs':>4} {'median':>9} {'p95':>9} {'max':>9} {'median':>9} {'p95':>9} "
              f"{'p95':>9} {'dups':>5} {'converge':>9} {'(from)':14} unrecovered"]
     fmt = lambda v: f"{v:.1f}" if v is not None else "-"
     for strategy, s in report["summary"].items():
-        trigger = next((r["trigger"] for r in report["runs"] if r["strategy"] == strategy), TRIGGERS[strategy])
-        lines.append(f"{strategy:10} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms "
+        trigger = next(r["trigger"] for r in report["runs"] if row(r) == strategy)
+        lines.append(f"{strategy:{w}} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms "
                      f"{fmt(s['downtime_p95_ms']):>6} ms {fmt(s['downtime_max_ms']):>6} ms "
                      f"{fmt(s['lost_window_median_ms']):>6} ms {fmt(s['lost_window_p95_ms']):>6} ms "
                      f"{fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {trigger:14} "
@@ -290,6 +322,11 @@ def format_summary(report: dict[str, Any]) -> str:
                      "left the source")
     if "load_before" in report:
         lines.append(load_line(report))
+    if report.get("secgroups"):
+        lines.append("security groups " + " and ".join(report["secgroups"]) + ": on, the VMs' ports have their "
+                     "project's default group (the external host, no port security, is let in by rules for ICMP "
+                     "and the probes); off, port security off" + (" (runs interleaved)" if len(report["secgroups"]) > 1
+                                                                  else ""))
     lines.append("downtime: the longest gap between reply arrivals (kernel receive times; about one probe "
                  "interval when nothing is wrong), over the probes sent from the plug until the migration's last "
                  f"step + {WINDOW_AFTER * 1e3:.0f} ms; lost window: the longest run of lost replies x interval; "

@@ -1,0 +1,105 @@
+# cython: language_level=3
+"""OpenFlow framing at the byte level, compiled: the messages of a packed buffer, and bundle adds.
+
+The one implementation of both: dfflow.openflow.framing (the channel) and the packer's
+own bundles (dfflow/_packer.pyx, through _packer.pxd's header writer) frame the same way.
+"""
+from libc.stdint cimport uint16_t, uint32_t
+from libc.string cimport memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_AS_STRING
+
+from dfflow._packer cimport (OFP_VERSION, OFPT_BUNDLE_ADD_MESSAGE, ONF_ET_BUNDLE_ADD_MESSAGE, _check_bundle_args,
+                             _write_onf_bundle_msg, be16, be32)
+
+cdef enum:
+    OFP_HEADER_LEN = 8
+    OFP_MAX_MSG_LEN = 0xFFFF
+    ONF_BUNDLE_ADD_LEN = 24   # OpenFlow 1.3: ONF's experimenter message (EXT-230)
+    OF14_BUNDLE_ADD_LEN = 16  # OpenFlow 1.4+: OFPT_BUNDLE_ADD_MESSAGE
+
+
+cdef inline uint32_t _ld32be(const unsigned char *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef list _frames(const unsigned char *p, Py_ssize_t end, int version):
+    """(offset, length, msg_type, xid) of each message; ValueError unless end bytes are whole
+    messages (of `version`, unless it is -1)."""
+    cdef Py_ssize_t off = 0
+    cdef unsigned int length
+    out = []
+    while off < end:
+        if end - off < OFP_HEADER_LEN:
+            raise ValueError(f"truncated OpenFlow header at offset {off}")
+        length = (<unsigned int>p[off + 2] << 8) | p[off + 3]
+        if length < OFP_HEADER_LEN or off + length > end:
+            raise ValueError(f"bad OpenFlow length {length} at offset {off}")
+        if version >= 0 and p[off] != version:
+            raise ValueError(f"OpenFlow version 0x{p[off]:02x} at offset {off}, expected 0x{version:02x}")
+        out.append((off, length, p[off + 1], _ld32be(p + off + 4)))
+        off += length
+    return out
+
+
+def frames(buf, version=None):
+    """``(offset, length, msg_type, xid)`` of each message of a packed buffer.
+
+    Raises ValueError when the buffer is not a whole number of well-formed messages (or a
+    message's version differs from ``version``).
+    """
+    cdef Py_buffer view
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        return _frames(<const unsigned char *>view.buf, view.len, -1 if version is None else version)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None):
+    """Every message of a packed buffer wrapped into a bundle add; returns ``(out, xids)``.
+
+    OpenFlow 1.3 gets the ONF extension's (EXT-230) framing, 1.4+ the standard one; each add
+    carries its inner message's xid, as the spec requires. The adds are appended to ``out``
+    (a new bytearray if None). Raises ValueError, with nothing appended, when the buffer is not
+    whole messages of ``version`` or a message is too long to bundle.
+    """
+    cdef Py_buffer view
+    cdef const unsigned char *src
+    cdef unsigned char *dst
+    cdef Py_ssize_t total = 0, start, off, length
+    cdef Py_ssize_t hdr = ONF_BUNDLE_ADD_LEN if version == OFP_VERSION else OF14_BUNDLE_ADD_LEN
+    cdef uint32_t bid
+    cdef uint16_t fl
+    _check_bundle_args(bundle_id, flags, "")
+    bid = bundle_id
+    fl = flags
+    if out is None:
+        out = bytearray()
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    try:
+        src = <const unsigned char *>view.buf
+        msgs = _frames(src, view.len, version)
+        for off, length, _type, xid in msgs:
+            if hdr + length > OFP_MAX_MSG_LEN:
+                raise ValueError(f"message xid={xid} ({length} bytes) too long to bundle")
+            total += hdr + length
+        start = len(out)
+        out.extend(bytes(total))
+        dst = <unsigned char *>PyByteArray_AS_STRING(out) + start
+        for off, length, _type, xid in msgs:
+            if version == OFP_VERSION:
+                _write_onf_bundle_msg(dst, <uint16_t>(hdr + length), xid, ONF_ET_BUNDLE_ADD_MESSAGE, bid, 0, fl)
+            else:
+                dst[0] = <unsigned char>version
+                dst[1] = OFPT_BUNDLE_ADD_MESSAGE
+                be16(dst + 2, <uint16_t>(hdr + length))
+                be32(dst + 4, xid)
+                be32(dst + 8, bid)
+                be16(dst + 12, 0)
+                be16(dst + 14, fl)
+            memcpy(dst + hdr, src + off, length)
+            dst += hdr + length
+    finally:
+        PyBuffer_Release(&view)
+    return out, [m[3] for m in msgs]

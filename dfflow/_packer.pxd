@@ -1,0 +1,246 @@
+# cython: language_level=3
+"""The compiled packer's C interface: what dfflow/_packer.pyx implements and dfflow/_core.pyx
+(the port-flow compiler) builds on -- the flow-record layout, the row validator and writer, and
+the byte helpers both use.
+"""
+from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
+from libc.string cimport memcmp
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static inline void dff_be16(unsigned char *p, uint16_t v) { v = __builtin_bswap16(v); memcpy(p, &v, 2); }
+    static inline void dff_be32(unsigned char *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
+    static inline void dff_be64(unsigned char *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
+    static inline uint64_t dff_ld64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+    static inline void dff_st64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+    static inline uint16_t dff_ld16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline int dff_ctz64(uint64_t v) { return __builtin_ctzll(v); }
+    static inline int dff_clz64(uint64_t v) { return __builtin_clzll(v); }
+    /* GCC's IPA pure-const pass treats __builtin_prefetch as side-effect free and drops
+       calls to (inlined later) functions that only prefetch; a volatile asm survives. */
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #define dff_prefetch(p) __asm__ __volatile__("prefetcht0 %0" : : "m"(*(const char *)(p)))
+    #define dff_prefetchw(p) __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *)(p)))
+    #else
+    #define dff_prefetch(p) __builtin_prefetch((p), 0, 3)
+    #define dff_prefetchw(p) __builtin_prefetch((p), 1, 3)
+    #endif
+    """
+    void be16 "dff_be16"(unsigned char *p, uint16_t v) noexcept nogil
+    void be32 "dff_be32"(unsigned char *p, uint32_t v) noexcept nogil
+    void be64 "dff_be64"(unsigned char *p, uint64_t v) noexcept nogil
+    uint64_t ld64 "dff_ld64"(const unsigned char *p) noexcept nogil
+    void store64 "dff_st64"(unsigned char *p, uint64_t v) noexcept nogil
+    uint16_t ld16 "dff_ld16"(const unsigned char *p) noexcept nogil
+    int ctz64 "dff_ctz64"(uint64_t v) noexcept nogil
+    int clz64 "dff_clz64"(uint64_t v) noexcept nogil
+    void prefetch "dff_prefetch"(const void *p) noexcept nogil
+    void prefetchw "dff_prefetchw"(const void *p) noexcept nogil
+
+cdef extern from *:
+    """
+    /* The numbers of OpenFlow 1.3 (and one of 1.4), and of its ONF and Nicira extensions, that
+       the packer and the framing write and read, by os-ken's names: dfflow.openflow.protocol checks every one of
+       them (the packer's OPENFLOW table) against os-ken at import. */
+    #define DFF_OFP_VERSION 4u
+    #define DFF_OFPT_EXPERIMENTER 4u
+    #define DFF_OFPT_FLOW_MOD 14u
+    #define DFF_OFPFC_DELETE 3u
+    #define DFF_OFPFC_DELETE_STRICT 4u
+    #define DFF_OFPTT_ALL 255u
+    #define DFF_OFP_NO_BUFFER 0xFFFFFFFFu
+    #define DFF_OFPP_ANY 0xFFFFFFFFu
+    #define DFF_OFPG_ANY 0xFFFFFFFFu
+    #define DFF_OFPP_MAX 0xFFFFFF00u
+    #define DFF_OFPP_IN_PORT 0xFFFFFFF8u
+    #define DFF_OFPP_LOCAL 0xFFFFFFFEu
+    #define DFF_OFPMT_OXM 1u
+    #define DFF_OFPXMC_EXPERIMENTER 0xFFFFu
+    #define DFF_OFPIT_GOTO_TABLE 1u
+    #define DFF_OFPIT_WRITE_METADATA 2u
+    #define DFF_OFPIT_APPLY_ACTIONS 4u
+    #define DFF_OFPAT_OUTPUT 0u
+    #define DFF_OFPAT_DEC_NW_TTL 24u
+    #define DFF_OFPAT_SET_FIELD 25u
+    #define DFF_OFPAT_EXPERIMENTER 0xFFFFu
+    #define DFF_ONF_EXPERIMENTER_ID 0x4F4E4600u
+    #define DFF_ONF_ET_BUNDLE_CONTROL 2300u
+    #define DFF_ONF_ET_BUNDLE_ADD_MESSAGE 2301u
+    #define DFF_ONF_BCT_OPEN_REQUEST 0u
+    #define DFF_ONF_BCT_CLOSE_REQUEST 2u
+    #define DFF_ONF_BCT_COMMIT_REQUEST 4u
+    #define DFF_ONF_BCT_DISCARD_REQUEST 6u
+    #define DFF_ONF_BF_ATOMIC 1u
+    #define DFF_ONF_BF_ORDERED 2u
+    #define DFF_NX_EXPERIMENTER_ID 0x2320u
+    #define DFF_NXAST_REG_MOVE 6u
+    #define DFF_NXAST_CONJUNCTION 34u
+    #define DFF_NXAST_CT 35u
+    #define DFF_NX_CT_F_COMMIT 1u
+    #define DFF_OFPT_BUNDLE_ADD_MESSAGE 34u  /* OpenFlow 1.4's */
+    """
+    uint32_t OFP_VERSION "DFF_OFP_VERSION"
+    uint32_t OFPT_EXPERIMENTER "DFF_OFPT_EXPERIMENTER"
+    uint32_t OFPT_FLOW_MOD "DFF_OFPT_FLOW_MOD"
+    uint32_t OFPFC_DELETE "DFF_OFPFC_DELETE"
+    uint32_t OFPFC_DELETE_STRICT "DFF_OFPFC_DELETE_STRICT"
+    uint32_t OFPTT_ALL "DFF_OFPTT_ALL"
+    uint32_t OFP_NO_BUFFER "DFF_OFP_NO_BUFFER"
+    uint32_t OFPP_ANY "DFF_OFPP_ANY"
+    uint32_t OFPG_ANY "DFF_OFPG_ANY"
+    uint32_t OFPP_MAX "DFF_OFPP_MAX"
+    uint32_t OFPP_IN_PORT "DFF_OFPP_IN_PORT"
+    uint32_t OFPP_LOCAL "DFF_OFPP_LOCAL"
+    uint32_t OFPMT_OXM "DFF_OFPMT_OXM"
+    uint32_t OFPXMC_EXPERIMENTER "DFF_OFPXMC_EXPERIMENTER"
+    uint32_t OFPIT_GOTO_TABLE "DFF_OFPIT_GOTO_TABLE"
+    uint32_t OFPIT_WRITE_METADATA "DFF_OFPIT_WRITE_METADATA"
+    uint32_t OFPIT_APPLY_ACTIONS "DFF_OFPIT_APPLY_ACTIONS"
+    uint32_t OFPAT_OUTPUT "DFF_OFPAT_OUTPUT"
+    uint32_t OFPAT_DEC_NW_TTL "DFF_OFPAT_DEC_NW_TTL"
+    uint32_t OFPAT_SET_FIELD "DFF_OFPAT_SET_FIELD"
+    uint32_t OFPAT_EXPERIMENTER "DFF_OFPAT_EXPERIMENTER"
+    uint32_t ONF_EXPERIMENTER_ID "DFF_ONF_EXPERIMENTER_ID"
+    uint32_t ONF_ET_BUNDLE_CONTROL "DFF_ONF_ET_BUNDLE_CONTROL"
+    uint32_t ONF_ET_BUNDLE_ADD_MESSAGE "DFF_ONF_ET_BUNDLE_ADD_MESSAGE"
+    uint32_t ONF_BCT_OPEN_REQUEST "DFF_ONF_BCT_OPEN_REQUEST"
+    uint32_t ONF_BCT_CLOSE_REQUEST "DFF_ONF_BCT_CLOSE_REQUEST"
+    uint32_t ONF_BCT_COMMIT_REQUEST "DFF_ONF_BCT_COMMIT_REQUEST"
+    uint32_t ONF_BCT_DISCARD_REQUEST "DFF_ONF_BCT_DISCARD_REQUEST"
+    uint32_t ONF_BF_ATOMIC "DFF_ONF_BF_ATOMIC"
+    uint32_t ONF_BF_ORDERED "DFF_ONF_BF_ORDERED"
+    uint32_t NX_EXPERIMENTER_ID "DFF_NX_EXPERIMENTER_ID"
+    uint32_t NXAST_REG_MOVE "DFF_NXAST_REG_MOVE"
+    uint32_t NXAST_CONJUNCTION "DFF_NXAST_CONJUNCTION"
+    uint32_t NXAST_CT "DFF_NXAST_CT"
+    uint32_t NX_CT_F_COMMIT "DFF_NX_CT_F_COMMIT"
+    uint32_t OFPT_BUNDLE_ADD_MESSAGE "DFF_OFPT_BUNDLE_ADD_MESSAGE"
+
+cdef enum:
+    C_FLOW_MOD_FIXED_LEN = 48
+    C_BUNDLE_CTRL_LEN = 24
+    C_BUNDLE_ADD_HEADER_LEN = 24
+    MAX_FIELDS = 64
+    MAX_ACTION_SLOTS = 32
+    # largest row: bundle add header + FLOW_MOD header + (4 + 64 fields * (4 + 2 * 8))
+    # match padded + apply-actions header + 32 * 24-byte actions + write-metadata + goto
+    MAX_ROW_BYTES = 24 + 48 + 1288 + 8 + 32 * 24 + 24 + 8
+    # action opcodes of a flow record's action slots (dfflow.flowbatch reads them: ACTION_OPCODES)
+    OP_NONE = 0
+    OP_OUTPUT = 1
+    OP_SET_FIELD = 2
+    OP_DEC_NW_TTL = 3
+    OP_MOVE = 4
+    OP_CT = 5
+    OP_CONJUNCTION = 6
+
+cdef enum ErrCode:
+    E_OK = 0
+    E_COMMAND
+    E_TABLE
+    E_GOTO
+    E_MATCH_BIT
+    E_MASK_ABSENT
+    E_NOT_MASKABLE
+    E_MATCH_WIDE
+    E_MATCH_RANGE
+    E_MATCH_OFPORT
+    E_MASK_WIDE
+    E_VALUE_OUTSIDE_MASK
+    E_N_ACTIONS
+    E_OPCODE
+    E_OUTPUT_PORT
+    E_ACTION_FIELD
+    E_SET_WIDE
+    E_SET_RANGE
+    E_SET_OFPORT
+    E_MOVE_DST
+    E_MOVE_NBITS
+    E_ACTION_EXPERIMENTER
+    E_CT_ZONE
+    E_CT_FLAGS
+    E_CT_TABLE
+    E_CONJ_CLAUSE
+    E_CONJ_ID
+    E_CONJ_ALONE
+
+
+cdef struct FieldC:
+    uint32_t hdr        # OXM header of the unmasked field (length = nbytes, + 4 for an experimenter's)
+    uint32_t experimenter  # an experimenter field's (class 0xffff) experimenter id, after the header
+    uint32_t extra      # 4 for an experimenter field (its id), else 0
+    uint32_t nbytes
+    uint32_t bits
+    uint32_t maskable
+    uint32_t ofport     # values must be valid OpenFlow port numbers
+    uint64_t limit      # largest value allowed
+
+cdef struct LayoutC:
+    Py_ssize_t itemsize
+    Py_ssize_t cookie, wmeta_value, wmeta_mask, present, masked
+    Py_ssize_t priority, goto_, command, table, n_actions, has_wmeta
+    Py_ssize_t mvalue, mmask, actions
+    Py_ssize_t a_size, a_op, a_field, a_dst, a_arg, a_value
+    Py_ssize_t max_row  # bytes one row can take at most (bundle add included)
+    uint64_t all_fields # bitmap of the declared fields
+    uint32_t commands   # bitmap of accepted FLOW_MOD commands
+    int nfields
+    int max_actions
+    FieldC f[MAX_FIELDS]
+
+cdef struct Err:
+    int code
+    Py_ssize_t row
+    int field
+    int action
+    uint64_t value
+    uint64_t extra
+
+
+cdef class FlowLayout:
+    cdef LayoutC c
+    cdef readonly object dtype
+    cdef readonly tuple names
+
+
+
+cdef inline void _write_onf_bundle_msg(unsigned char *p, uint16_t length, uint32_t xid, uint32_t exp_type,
+                                       uint32_t bundle_id, uint16_t ctrl_type, uint16_t flags) noexcept nogil:
+    """The 24 bytes of an ONF bundle control message, or the header of a bundle add (ctrl_type 0)
+    whose inner message follows: header, experimenter, exp_type, bundle_id, type (or pad), flags."""
+    p[0] = OFP_VERSION
+    p[1] = OFPT_EXPERIMENTER
+    be16(p + 2, length)
+    be32(p + 4, xid)
+    be32(p + 8, ONF_EXPERIMENTER_ID)
+    be32(p + 12, exp_type)
+    be32(p + 16, bundle_id)
+    be16(p + 20, ctrl_type)
+    be16(p + 22, flags)
+
+
+cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, uint32_t bundle_id,
+                                              uint16_t ctrl_type, uint16_t flags) noexcept nogil:
+    _write_onf_bundle_msg(p, C_BUNDLE_CTRL_LEN, xid, ONF_ET_BUNDLE_CONTROL, bundle_id, ctrl_type, flags)
+    return p + C_BUNDLE_CTRL_LEN
+
+# Whether two rows are the same flow for OpenFlow (table, priority, match).
+cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:
+    return (a[L.table] == b[L.table] and ld16(a + L.priority) == ld16(b + L.priority)
+            and ld64(a + L.present) == ld64(b + L.present) and ld64(a + L.masked) == ld64(b + L.masked)
+            and memcmp(a + L.mvalue, b + L.mvalue, 8 * L.nfields) == 0
+            and memcmp(a + L.mmask, b + L.mmask, 8 * L.nfields) == 0)
+
+
+# Validate rows start..stop-1; the packed size of their FLOW_MODs, or -1 with *err set.
+cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssize_t start,
+                            Py_ssize_t stop, Err *err) noexcept nogil
+# Write n validated rows as FLOW_MODs (or BUNDLE_ADDs around them) into out[0:room]; bytes written, or -1.
+cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssize_t n,
+                            unsigned char *out, Py_ssize_t room, uint32_t xid, bint bundle,
+                            uint32_t bundle_id, uint16_t flags) noexcept nogil
+cdef object _error(FlowLayout layout, Err *err, str what)
+cdef uint32_t _check_xids(object xid_start, Py_ssize_t count, str what) except? 0
+cdef _check_bundle_args(object bundle_id, object flags, str what)

@@ -1,0 +1,169 @@
+"""Ports: their bindings (active and inactive), allowed address pairs, and what the chassis report
+of their VIFs (`PortStatus`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dfflow.errors import ValidationError
+from dfflow.models.base import Model, Record
+from dfflow.models.fields import (check_address_or_cidr, check_bool, check_choice, check_id, check_ip, check_mac,
+                                  check_number, check_optional_id, check_profile, check_str)
+from dfflow.models.migration import ACTIVATION_STRATEGIES, MigrationRecord
+from dfflow.models.network import LogicalSwitch
+from dfflow.models.secgroup import SecurityGroup
+
+VNIC_TYPES = ("normal",)  # the vnic types a dfflow chassis binds (OVS ports); Neutron has more
+
+MAX_ADDRESS_PAIRS = 10  # Neutron's default max_allowed_address_pair
+
+
+@dataclass(frozen=True)
+class InactiveBinding(Record):
+    """A port binding Neutron holds INACTIVE for another host (the `binding-extended` extension):
+    Nova creates one for a live migration's destination and activates it at the end."""
+
+    host: str
+    vnic_type: str = "normal"
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, where: str, table: str) -> None:
+        check_id(f"{where}.host", self.host, table)
+        check_choice(f"{where}.vnic_type", self.vnic_type, VNIC_TYPES, table)
+        check_profile(f"{where}.profile", self.profile, table)
+
+
+@dataclass(frozen=True)
+class AddressPair(Record):
+    """An allowed address pair: the port may also send from `ip_address` (an address or a CIDR) with
+    `mac_address` (the port's own MAC when Neutron was given none)."""
+
+    ip_address: str
+    mac_address: str
+
+
+def check_address_pairs(pairs: Any, table: str, field_name: str = "allowed_address_pairs") -> None:
+    if not isinstance(pairs, list):
+        raise ValidationError(field_name, "must be a list", table)
+    if len(pairs) > MAX_ADDRESS_PAIRS:
+        raise ValidationError(field_name, f"at most {MAX_ADDRESS_PAIRS} pairs allowed, got {len(pairs)}", table)
+    seen: set[tuple[str, str]] = set()
+    for i, pair in enumerate(pairs):
+        where = f"{field_name}[{i}]"
+        check_mac(f"{where}.mac_address", pair.mac_address, table)
+        check_address_or_cidr(f"{where}.ip_address", pair.ip_address, table)
+        key = (pair.ip_address, pair.mac_address.lower())
+        if key in seen:
+            raise ValidationError(where, f"duplicate pair ip_address {pair.ip_address} mac_address "
+                                         f"{pair.mac_address}", table)
+        seen.add(key)
+
+
+@dataclass
+class LogicalPort(Model):
+    """A Neutron port. `binding_chassis` is Neutron's binding:host_id: the host of its ACTIVE binding,
+    whose vnic type and profile are `vnic_type` and `binding_profile`; `inactive_bindings` are the
+    others (at most one per host). `binding_profile["migrating_to"]` is Nova's legacy announcement
+    of a live migration's destination."""
+
+    table: ClassVar[str] = "lport"
+    records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True),
+               "allowed_address_pairs": (AddressPair, True)}
+    lswitch: str = ""
+    mac: str = ""
+    ips: list[str] = field(default_factory=list)
+    binding_chassis: str | None = None
+    migration: MigrationRecord | None = None
+    activation_strategy: str | None = None  # per-port override of the deployment's strategy
+    device_owner: str = ""
+    device_id: str = ""
+    name: str = ""
+    enabled: bool = True
+    port_security: bool = True  # Neutron's port_security_enabled
+    vnic_type: str = "normal"
+    binding_profile: dict[str, Any] = field(default_factory=dict)
+    inactive_bindings: list[InactiveBinding] = field(default_factory=list)
+    security_groups: list[str] = field(default_factory=list)  # secgroup ids
+    allowed_address_pairs: list[AddressPair] = field(default_factory=list)
+
+    @property
+    def migrating_to(self) -> str | None:
+        dest = self.binding_profile.get("migrating_to")
+        return dest if isinstance(dest, str) and dest else None
+
+    def inactive_binding(self, host: str) -> InactiveBinding | None:
+        return next((b for b in self.inactive_bindings if b.host == host), None)
+
+    def check(self) -> None:
+        super().check()
+        check_id("lswitch", self.lswitch, self.table)
+        self.mac = check_mac("mac", self.mac, self.table)
+        if not isinstance(self.ips, list):
+            raise ValidationError("ips", "must be a list of IP addresses", self.table)
+        self.ips = [check_ip(f"ips[{i}]", ip, self.table) for i, ip in enumerate(self.ips)]
+        if len(set(self.ips)) != len(self.ips):
+            raise ValidationError("ips", "lists an address twice", self.table)
+        check_optional_id("binding_chassis", self.binding_chassis, self.table)
+        if self.migration is not None:
+            self.migration.check(self.table)
+        if self.activation_strategy is not None:
+            check_choice("activation_strategy", self.activation_strategy, ACTIVATION_STRATEGIES, self.table)
+        check_str("device_owner", self.device_owner, table=self.table)
+        check_str("device_id", self.device_id, table=self.table)
+        check_str("name", self.name, table=self.table)
+        check_bool("enabled", self.enabled, self.table)
+        check_bool("port_security", self.port_security, self.table)
+        check_choice("vnic_type", self.vnic_type, VNIC_TYPES, self.table)
+        check_profile("binding_profile", self.binding_profile, self.table)
+        if not isinstance(self.inactive_bindings, list):
+            raise ValidationError("inactive_bindings", "must be a list", self.table)
+        hosts: set[str] = set()
+        for i, binding in enumerate(self.inactive_bindings):
+            binding.check(f"inactive_bindings[{i}]", self.table)
+            if binding.host == self.binding_chassis:
+                raise ValidationError(f"inactive_bindings[{i}].host", f"{binding.host!r} holds the port's "
+                                                                      "active binding", self.table)
+            if binding.host in hosts:
+                raise ValidationError(f"inactive_bindings[{i}].host", f"a second binding for host "
+                                                                      f"{binding.host!r}", self.table)
+            hosts.add(binding.host)
+        if not isinstance(self.security_groups, list):
+            raise ValidationError("security_groups", "must be a list of security group ids", self.table)
+        for i, group in enumerate(self.security_groups):
+            check_id(f"security_groups[{i}]", group, self.table)
+        if len(set(self.security_groups)) != len(self.security_groups):
+            raise ValidationError("security_groups", "lists a group twice", self.table)
+        check_address_pairs(self.allowed_address_pairs, self.table)
+        if not self.port_security and self.security_groups:
+            raise ValidationError("security_groups", "need port_security: a port without port security "
+                                                     "has no security groups", self.table)
+        if not self.port_security and self.allowed_address_pairs:
+            raise ValidationError("allowed_address_pairs", "need port_security", self.table)
+
+    def references(self) -> list[tuple[str, str, str]]:
+        return [("lswitch", LogicalSwitch.table, self.lswitch)] + [
+            (f"security_groups[{i}]", SecurityGroup.table, g) for i, g in enumerate(self.security_groups)]
+
+    def unique_keys(self) -> list[tuple[str, str]]:
+        keys = [("mac", f"mac:{self.lswitch}:{self.mac}")]
+        keys += [(f"ips[{i}]", f"ip:{self.lswitch}:{ip}") for i, ip in enumerate(self.ips)]
+        return keys
+
+
+@dataclass
+class PortStatus(Model):
+    """Where a port's VIF is plugged and up, as the chassis report it (Neutron's port status comes
+    from it). `id` is the port's id, `topic` its topic; `up` maps each chassis that has the VIF
+    online to when it came up there. Kept apart from the port so that a report never races a
+    migration's compare-and-set on the port, and publishes nothing the flows depend on."""
+
+    table: ClassVar[str] = "lport_status"
+    up: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.up, dict):
+            raise ValidationError("up", "must be an object of chassis -> time", self.table)
+        for chassis, since in self.up.items():
+            check_id("up", chassis, self.table)
+            check_number(f"up.{chassis}", since, self.table)
