@@ -3,8 +3,9 @@
 `echo` runs in the migrating VM and answers every probe. `send` runs in a peer
 and sends one probe per interval on absolute deadlines (no busy spinning, no
 back-off while replies are missing, unlike ping), records each reply's kernel
-receive time, and on `stop` (stdin) prints one JSON line: the interval, the
-number sent, and (seq, send time, receive time) of every reply.
+receive time, and on `stop` (stdin) stops sending, waits up to DRAIN for the
+replies still in flight (until each target answered the last probe) and prints one JSON line: the
+interval, the number sent, and (seq, send time, receive time) of every reply.
 
 `analyse()` turns that into the figures: the headline downtime, the longest gap
 between reply arrivals (a reply held in a queue is an outage too, though not a
@@ -32,6 +33,9 @@ from typing import Any
 PROBE = struct.Struct("!Qd")  # sequence number, send time
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 PORT = 7100  # UDP
+# After `stop`, how long the replies still on their way are waited for: a loaded machine delays them by
+# tens, at times hundreds, of milliseconds, and a reply cut off by the stop is not a lost reply.
+DRAIN = 1.0
 
 
 def echo(port: int) -> None:
@@ -54,10 +58,11 @@ def send(targets: list[str], port: int, interval: float) -> None:
     if len(targets) == 1:
         sock.connect((targets[0], port))
     replies: dict[str, list[tuple[int, float, float]]] = {t: [] for t in targets}
-    stop = threading.Event()
+    stop = threading.Event()  # told to stop sending
+    drained = threading.Event()  # the replies in flight at the stop arrived, or DRAIN passed
 
     def receive() -> None:
-        while not stop.is_set():
+        while not drained.is_set():
             ready, _, _ = select.select([sock], [], [], 0.05)
             if not ready:
                 continue
@@ -95,6 +100,10 @@ def send(targets: list[str], port: int, interval: float) -> None:
             except OSError:  # no route for a moment: the probe counts as lost
                 pass
         seq += 1
+    drain_until = time.monotonic() + DRAIN
+    while time.monotonic() < drain_until and not all(r and r[-1][0] >= seq - 1 for r in replies.values()):
+        time.sleep(0.005)
+    drained.set()
     receiver.join(1.0)
     out: dict[str, Any] = {"interval": interval, "sent": seq,
                            "targets": {t: sorted(r) for t, r in replies.items()}}
