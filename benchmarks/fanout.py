@@ -69,6 +69,9 @@ def _figures(move: dict[str, Any]) -> dict[str, Any]:
             "publish_span_ms": (max(published) - min(published)) * 1e3,
             "after_last_event_ms": (final - max(published)) * 1e3,
             "write_ms": (move["written"] - started) * 1e3, "chassis_applied": len(last),
+            # the workers' CPU time for the move over chassis x events: what one chassis spends on one
+            # event (its bus, engine, sender, and its stand-in switch's share)
+            "cpu_per_chassis_event_us": move["cpu_s"] * 1e6 / (len(move["timings"]) * move["events"]),
             "flow_mods": flow_mods, "bundles": bundles,
             "parts_max_ms": {k: round(max(v), 3) for k, v in parts.items() if v},
             "parts_median_ms": {k: round(statistics.median(v), 3) for k, v in parts.items() if v}}
@@ -83,7 +86,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         lat = [r["latency_ms"] for r in rows]
         out[update] = {"runs": len(rows), "median_ms": statistics.median(lat), "p95_ms": percentile(lat, 0.95),
                        **{k: statistics.median(r[k] for r in rows) for k in
-                          ("write_ms", "from_first_event_ms", "publish_span_ms", "after_last_event_ms")},
+                          ("write_ms", "from_first_event_ms", "publish_span_ms", "after_last_event_ms",
+                           "cpu_per_chassis_event_us")},
                        "min_ms": min(lat), "max_ms": max(lat),
                        "median_chassis_ms": statistics.median(r["median_chassis_ms"] for r in rows),
                        "flow_mods": statistics.median(r["flow_mods"] for r in rows),
@@ -108,7 +112,8 @@ def format_summary(report: dict[str, Any]) -> str:
     for update, s in summary.items():
         lines.append(f"  {update}: medians: NB writes {s['write_ms']:.1f} ms, first publish -> last applied "
                      f"{s['from_first_event_ms']:.1f} ms, publishes spread over {s['publish_span_ms']:.1f} ms, "
-                     f"last publish -> last applied {s['after_last_event_ms']:.1f} ms")
+                     f"last publish -> last applied {s['after_last_event_ms']:.1f} ms, "
+                     f"CPU {s['cpu_per_chassis_event_us']:.0f} us per chassis per event")
     lines.append("latency: client time before the first NB write -> the last chassis' bundle commit acknowledged.")
     return "\n".join(lines)
 

@@ -89,6 +89,7 @@ class ControllerDaemon:
         self._mark_written, self._mark_at = 0, 0.0
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
+        self._peers_stale = False  # a chassis change came while tunnels could not follow it
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
         self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self.stamps = AppliedStamps()
@@ -262,8 +263,12 @@ class ControllerDaemon:
         if event["table"] == PortStatus.table:
             return  # what the chassis report for Neutron's port status: no flow depends on it
         if event["table"] == Chassis.table:
+            before = _tunnel_end(self.engine.view.chassis_row(event["id"]))
             self.engine.nb_event(event)  # keeps the view; tunnels follow below
-            await self._sync_tunnels()
+            # A heartbeat or a re-registration changes no tunnel: every chassis hears every one of
+            # them, so only a change of a peer's tunnel end costs a pass over the peers.
+            if self._peers_stale or _tunnel_end(self.engine.view.chassis_row(event["id"])) != before:
+                await self._sync_tunnels()
             return
         received = time.time()
         if event["table"] == LogicalPort.table and event["action"] == "delete":
@@ -297,7 +302,9 @@ class ControllerDaemon:
 
     async def _sync_tunnels(self) -> None:
         if not self._chassis_synced or self.bus.behind is not None:
+            self._peers_stale = True
             return  # half a snapshot, or an NB older than ours, would delete tunnels still in use
+        self._peers_stale = False
         peers = {c.id: c.tunnel_ip for c in self.engine.view.objects[Chassis.table].values()
                  if c.id != self.chassis and c.status == "up"}
         if peers != self._peers:
@@ -347,8 +354,17 @@ class ControllerDaemon:
 
     async def _on_interface(self, update: Any) -> None:
         self.stats["ovsdb_events"] += 1
-        before_vifs = dict(self.engine.view.vifs)
+        row_before = self.interfaces.by_name.get(update.name)
         self.interfaces.apply(update)
+        if _is_tunnel_row(row_before) or _is_tunnel_row(update):
+            # A transaction adding N-1 tunnels comes as N-1 rows: the tunnels change once, after the last.
+            if self.ovsdb.updates.empty():
+                tunnels = self.interfaces.tunnels()
+                if tunnels != self.engine.view.tunnels:
+                    self._emit(self.engine.tunnels_changed(tunnels))
+            if not (_is_vif_row(row_before) or _is_vif_row(update)):
+                return
+        before_vifs = dict(self.engine.view.vifs)
         vifs, tunnels = self.interfaces.vifs(), self.interfaces.tunnels()
         for iface_id in sorted(set(before_vifs) - set(vifs)):
             self._plugged_before_known.discard(iface_id)
@@ -541,6 +557,19 @@ class ControllerDaemon:
     async def _start_status_server(self) -> None:
         server = await serve_status(self.status_socket, self.status)
         self._spawn(server.serve_forever, "status")
+
+
+def _tunnel_end(row: Chassis | None) -> tuple[str, bool] | None:
+    """What a chassis row says of the tunnel to it."""
+    return (row.tunnel_ip, row.status == "up") if row is not None else None
+
+
+def _is_tunnel_row(row: Any) -> bool:
+    return row is not None and row.peer is not None
+
+
+def _is_vif_row(row: Any) -> bool:
+    return row is not None and bool(row.iface_id) and row.peer is None
 
 
 def main(argv: list[str] | None = None, daemon_class: type[ControllerDaemon] | None = None) -> None:

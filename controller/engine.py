@@ -69,7 +69,7 @@ class Engine:
             return Plan()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
-        obj = model_for(event["table"]).from_dict(event["object"])
+        obj = event.get("model") or model_for(event["table"]).from_dict(event["object"])  # the bus parsed it
         if self.port_overlay is not None and isinstance(obj, LogicalPort):
             obj = self.port_overlay(obj)
         return self.object_written(obj)
@@ -81,7 +81,7 @@ class Engine:
     def _changed(self, table: str, obj_id: str, new: Model | None) -> Plan:
         if table == LogicalPort.table:
             self._track_arrival(obj_id, new)
-        needed = self.view.needed_switches()
+        needed, flood = self.view.needed_switches(), self.view.flood_version()
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
         if old is not None and new is not None and _same_content(old, new):
             # Typically the NB event of a migration step this chassis applied from the migration event.
@@ -89,7 +89,7 @@ class Engine:
             return Plan()
         if self.view.needed_switches() != needed:
             return self._recompute(self._everything())
-        return self._recompute(self._affected(old, new))
+        return self._recompute(self._affected(old, new, self.view.flood_version() != flood))
 
     def _track_arrival(self, port_id: str, port: Model | None) -> None:
         mig = getattr(port, "migration", None)
@@ -158,11 +158,17 @@ class Engine:
         self.flows.commit(plan)
 
     # -- what an event touches ------------------------------------------------------
-    def _affected(self, old: Model | None, new: Model | None) -> set[Owner]:
+    def _affected(self, old: Model | None, new: Model | None, flood_changed: bool = True) -> set[Owner]:
         obj = new or old
         if isinstance(old, LogicalPort) and isinstance(new, LogicalPort) and _only_moved(old, new):
-            # A migration step or a binding change: the port itself, and its network's flooding.
-            return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")}
+            # A migration step or a binding change: the port itself, and its network's flooding if
+            # that changed (not when the port moves between two chassis that host others of its ports).
+            return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")} if flood_changed else {(PORT, new.id, "")}
+        if isinstance(obj, LogicalPort) and (old is None or new is None):
+            # A port created or deleted: its own flows and its network's. No other port's flows depend on
+            # it but through security groups (below): a start-up's resync of a network of N ports costs N
+            # port computations, not N^2.
+            return {(PORT, obj.id, ""), (SWITCH, obj.lswitch, "")} | self._filtered_by_membership(old, new)
         if isinstance(obj, LogicalPort):
             switches = {p.lswitch for p in (old, new) if p is not None}
             return self._switches_and_their_ports(switches) | self._filtered_by_membership(old, new)

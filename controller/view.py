@@ -7,9 +7,9 @@ here, in one place, from its binding and its migration record.
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from controller.migration import current_location
 from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole, object_hash
@@ -37,40 +37,131 @@ class View:
         self.vifs: dict[str, Vif] = {}  # iface-id -> VIF on this chassis' br-int
         self.tunnels: dict[str, int] = {}  # peer chassis -> ofport of our tunnel port to it
         self._ports_by_switch: dict[str, set[str]] = defaultdict(set)
-        self._needed: frozenset[str] | None = None  # memo of needed_switches(), reset on any change
+        self._needed: frozenset[str] | None = None  # memo of needed_switches()
+        # Kept per port as it changes, so that an event costs what its port touches, not a pass over
+        # every port of its network (a network spread over 1,000 chassis has 1,000 ports or more):
+        # what each port makes of its network here on its own (is_local, is_arriving) ...
+        self._presence: dict[str, tuple[str, bool, bool]] = {}  # port id -> (switch, local, arriving)
+        self._present = Counter[str]()  # switch -> ports local or arriving here (needed_switches' roots)
+        self._local_here = Counter[str]()  # switch -> ports local here (switch_is_present)
+        # ... and its role here, which also depends on the tunnels and the needed networks: rebuilt
+        # whole when those change (rare), else updated per port.
+        # port id -> (switch, role, the chassis of a REMOTE port or (ofport, pending) of a LOCAL one)
+        self._placed: dict[str, tuple[str, str | None, Any]] | None = None
+        self._local_ids: dict[str, set[str]] = defaultdict(set)  # switch -> ports whose role is LOCAL
+        self._remote_at: dict[str, Counter[str]] = defaultdict(Counter)  # switch -> chassis -> REMOTE ports
+        # Bumped whenever a network's flooding inputs change (its local ports, their VIFs, whether one
+        # is a pending destination, the chassis hosting its remote ports): a port move that leaves it
+        # alone needs no recompute of the network's flows (controller.engine).
+        self.flood_epoch = 0
         # ports migrating to this chassis, until a while after their migration ended (controller.engine):
         # their established connections are admitted here meanwhile (controller.apps.secgroups)
         self.arrivals: set[str] = set()
 
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:
-        self._needed = None
         old = self.objects[obj.table].get(obj.id)
         self.objects[obj.table][obj.id] = obj
         if isinstance(obj, LogicalPort):
             if old is not None:
                 self._ports_by_switch[old.lswitch].discard(obj.id)
             self._ports_by_switch[obj.lswitch].add(obj.id)
+            self._port_changed(obj.id)
+        elif obj.table in _ROLE_TABLES:
+            self._topology_changed()
         return old
 
     def drop(self, table: str, obj_id: str) -> Model | None:
-        self._needed = None
         old = self.objects[table].pop(obj_id, None)
         if isinstance(old, LogicalPort):
             self._ports_by_switch[old.lswitch].discard(obj_id)
+            self._port_changed(obj_id)
+        elif table in _ROLE_TABLES:
+            self._topology_changed()
         return old
 
     def set_vif(self, vif: Vif) -> None:
-        self._needed = None
         self.vifs[vif.iface_id] = vif
+        self._port_changed(vif.iface_id)
 
     def remove_vif(self, iface_id: str) -> Vif | None:
-        self._needed = None
-        return self.vifs.pop(iface_id, None)
+        vif = self.vifs.pop(iface_id, None)
+        self._port_changed(iface_id)
+        return vif
 
     def set_tunnels(self, tunnels: dict[str, int]) -> None:
-        self._needed = None
         self.tunnels = dict(tunnels)
+        self._placed = None
+
+    # -- the per-port indexes ------------------------------------------------------
+    def _topology_changed(self) -> None:
+        """A network, subnet or router changed: what is needed, and every role, may differ."""
+        self._needed = None
+        self._placed = None
+
+    def _port_changed(self, port_id: str) -> None:
+        port = self.port(port_id)
+        was = self._presence.pop(port_id, None)
+        now = (port.lswitch, self.is_local(port), self.is_arriving(port)) if port is not None else None
+        if was == now:
+            if was is not None:
+                self._presence[port_id] = was
+        else:
+            touched = {entry[0]: entry[0] in self._present for entry in (was, now) if entry is not None}
+            if was is not None:
+                _uncount(self._present, was[0], was[1] or was[2])
+                _uncount(self._local_here, was[0], was[1])
+            if now is not None:
+                self._presence[port_id] = now
+                _count(self._present, now[0], now[1] or now[2])
+                _count(self._local_here, now[0], now[1])
+            if any((switch in self._present) != before for switch, before in touched.items()):
+                self._needed = None  # the networks present here differ: recomputed when asked
+        if self._placed is None:
+            return
+        if self._needed is None:
+            self._placed = None  # every role may change: rebuilt when asked
+            return
+        self._place(port_id, port)
+
+    def _place(self, port_id: str, port: LogicalPort | None) -> None:
+        was = self._placed.pop(port_id, None)
+        now = None
+        if port is not None:
+            role = self.role(port)
+            now = (port.lswitch, role, self.location(port) if role == REMOTE else
+                   (self.vifs[port_id].ofport, self.is_pending(port)) if role == LOCAL else None)
+        if now is not None:
+            self._placed[port_id] = now
+        if was == now:
+            return
+        flood_changed = False
+        for entry, sign in ((was, -1), (now, 1)):
+            if entry is None:
+                continue
+            switch, role, where = entry
+            if role == LOCAL:
+                (self._local_ids[switch].add if sign > 0 else self._local_ids[switch].discard)(port_id)
+                flood_changed = True
+            elif role == REMOTE:
+                at = self._remote_at[switch]
+                at[where] += sign
+                if at[where] <= 0:
+                    del at[where]
+                    flood_changed = True
+                elif sign > 0 and at[where] == 1:
+                    flood_changed = True
+        if flood_changed:
+            self.flood_epoch += 1
+
+    def _placement(self) -> dict[str, tuple[str, str | None, Any]]:
+        if self._placed is None:
+            self.needed_switches()
+            self._placed, self._local_ids, self._remote_at = {}, defaultdict(set), defaultdict(Counter)
+            for port in self.ports():
+                self._place(port.id, port)
+            self.flood_epoch += 1
+        return self._placed
 
     def get(self, table: str, obj_id: str) -> Model | None:
         return self.objects[table].get(obj_id)
@@ -152,7 +243,7 @@ class View:
 
     def switch_is_present(self, switch_id: str) -> bool:
         """A network is present on this chassis while one of its ports is local here."""
-        return any(self.is_local(p) for p in self.ports_on(switch_id))
+        return self._local_here[switch_id] > 0
 
     def needed_switches(self) -> frozenset[str]:
         """Networks this chassis needs flows for: those present here or with a port migrating in (its
@@ -160,7 +251,7 @@ class View:
         gateways), transitively. (The destination of a migration thus gets the network's flows at
         step 1; the switch changes only the port's own flows there.)"""
         if self._needed is None:
-            present = {p.lswitch for p in self.ports() if self.is_local(p) or self.is_arriving(p)}
+            present = set(self._present)
             links: dict[str, set[str]] = defaultdict(set)
             for router in self.routers():
                 attached = self.router_switches(router)
@@ -203,12 +294,19 @@ class View:
         return [f for f in self.floating_ips() if f.port == port_id and f.fixed_ip is not None]
 
     def local_ports(self, switch_id: str) -> list[LogicalPort]:
-        return [p for p in self.ports_on(switch_id) if self.role(p) == LOCAL]
+        self._placement()
+        table = self.objects[LogicalPort.table]
+        return [table[p] for p in sorted(self._local_ids.get(switch_id, ()))]
 
     def remote_chassis_of(self, switch_id: str) -> list[str]:
         """Peers that host a port of the network and that we have a tunnel to."""
-        found = {self.location(p) for p in self.ports_on(switch_id) if self.role(p) == REMOTE}
-        return sorted(c for c in found if c is not None)
+        self._placement()
+        return sorted(self._remote_at.get(switch_id, {}))
+
+    def flood_version(self) -> int:
+        """Changes whenever some network's flooding inputs may have changed (see flood_epoch)."""
+        self._placement()
+        return self.flood_epoch
 
     # -- what a port's flows depend on (controller.templates) ---------------------------
     def port_facts(self, port: LogicalPort) -> PortFacts:
@@ -255,6 +353,21 @@ class View:
 
     def vni(self, switch_id: str) -> int:
         return self.switch(switch_id).segmentation_id
+
+
+_ROLE_TABLES = frozenset({LogicalSwitch.table, Subnet.table, LogicalRouter.table})
+
+
+def _count(counter: Counter[str], key: str, yes: bool) -> None:
+    if yes:
+        counter[key] += 1
+
+
+def _uncount(counter: Counter[str], key: str, yes: bool) -> None:
+    if yes:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
 
 
 def mac_int(mac: str) -> int:

@@ -48,7 +48,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dfflow.models import MODELS
+from dfflow.models import (MODELS, Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model,
+                           SecurityGroup, SecurityGroupRule, Subnet)
 from dfflow.nb.connection import redis_client
 from dfflow.nb.keys import Keys, make_event
 
@@ -57,6 +58,10 @@ Event = dict[str, Any]
 ACTIONS = ("create", "update", "delete")
 BAD_KEPT = 20
 RESUBSCRIBE_DELAY = 0.5  # s after a plain channel failed before following it again
+# A resync hands over what an object refers to before the object (a network before its ports): a
+# subscriber never computes a port for a network it has not heard of yet.
+_RESYNC_ORDER = {m.table: i for i, m in enumerate((Chassis, LogicalSwitch, Subnet, SecurityGroup,
+                                                   SecurityGroupRule, LogicalRouter, LogicalPort, FloatingIP))}
 
 # KEYS[1] = topic set, KEYS[2] = revision counter; ARGV[1] = object key prefix ("{p}:obj:")
 _SNAPSHOT_LUA = """
@@ -302,7 +307,8 @@ class Subscriber:
             present[(table, obj_id)] = obj
         self.stats["resyncs"] += 1
         async with self._lock:
-            for (table, obj_id), obj in sorted(present.items()):
+            for (table, obj_id), obj in sorted(present.items(), key=lambda item: (
+                    _RESYNC_ORDER.get(item[0][0], len(_RESYNC_ORDER)), item[0])):
                 if obj is None or table not in MODELS:
                     continue
                 seen = self._seen.get((table, obj_id))
@@ -348,12 +354,13 @@ class Subscriber:
             self.stats["stale"] += 1
             return
         if not deleting:
-            problem = object_problem(event)
+            model, problem = checked_object(event)
             if problem is not None:
                 if (event["table"], event["id"], event["version"]) not in self._bad_seen:
                     self._bad_seen.add((event["table"], event["id"], event["version"]))
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return
+            event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
         self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
         self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
@@ -397,17 +404,18 @@ def event_problem(event: Any) -> str | None:
     return None
 
 
-def object_problem(event: Event) -> str | None:
-    """What makes the event's object not a valid object of its table (the same one), or None."""
+def checked_object(event: Event) -> tuple[Model | None, str | None]:
+    """The event's object parsed and validated, or None and what makes it not a valid object of its
+    table (the same one)."""
     try:
         obj = MODELS[event["table"]].from_dict(event["object"])
         obj.check()
     except Exception as exc:  # untrusted data: whatever it breaks is a reason to skip it
-        return f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
     if (obj.id, obj.topic, obj.version) != (event["id"], event["topic"], event["version"]):
-        return (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
-                f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
-    return None
+        return None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
+                      f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
+    return obj, None
 
 
 def _text(value: bytes | str) -> str:
