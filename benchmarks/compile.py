@@ -1,4 +1,4 @@
-"""Computing and packing a migration's flows for every chassis: the compiled core against the
+"""Computing and packing a migration's flows for every chassis: the agent's own path against the
 Python apps + os-ken, same change, same bytes, one run.
 
 A simulated cloud (`Cloud`): P ports spread over C chassis, networks of up to 50
@@ -9,9 +9,11 @@ one port's migration, or the evacuation of K ports of one chassis. For every cha
 the change is what its controller computes and sends: the L2, L3 and DNAT flows that
 differ between the port's old and new role there, as one bundle per chassis.
 
-* ``compiled``: `controller.compiler` -- transition records built with numpy,
-  `dfflow._core.compile_transitions` (the apps' programs run over the port columns)
-  and `pack_groups` (one bundle per chassis, one buffer);
+* ``compiled``: what each chassis' controller does, looped over the chassis --
+  `controller.compiler.compile_port_change` per moved port (the compiled core over
+  the port columns), `controller.compiler.flow_mods` (the packer) over the plan's
+  batches, and the channel's pipelined bundle (`Datapath.send_bundle`: os-ken's open,
+  `wrap_bundle_adds`, os-ken's commit);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
   `OFPFlowMod` / ONF bundle objects serialized. The run checks both give the same bytes.
@@ -35,20 +37,25 @@ from controller.apps.l2 import L2_PORT_FLOWS
 from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
 from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash
-from dfflow import core
-from dfflow.flowbatch import LAYOUT
+from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow
+from dfflow.openflow.framing import XidAllocator, wrap_bundle_adds
 
 PROGRAMS = (L2_PORT_FLOWS, L3_PORT_FLOWS, DNAT_PORT_FLOWS)
 PORTS_PER_NETWORK = 50
 FIP_EVERY = 10
 EXT_VNI = 9000
+BUNDLE_FLAGS = ofproto_v1_3.ONF_BF_ATOMIC | ofproto_v1_3.ONF_BF_ORDERED
 
 
-class _Datapath:
+class Datapath13:
+    """What `controller.compiler.flow_mods` and the bundle framing use of a connection (OpenFlow 1.3)."""
     ofproto = ofproto_v1_3
     ofproto_parser = ofproto_v1_3_parser
     id = None
+
+    def __init__(self, xid_start: int = 1) -> None:
+        self.xids = XidAllocator(xid_start)
 
 
 Move = tuple[int, int]  # (port index, destination chassis)
@@ -69,8 +76,6 @@ class Cloud:
         self.tunnel = (1000 + np.arange(chassis, dtype=np.uint64)[None, :]
                        + 7 * np.arange(chassis, dtype=np.uint64)[:, None])
         self.ports: list[PortFacts] = []
-        self._workspace: dict = {}     # the compiler's row arrays and the packer's output, reused
-        self._out = bytearray()
         macs = rng.sample(range(1, 1 << 40), ports)
         for i in range(ports):
             net = i // PORTS_PER_NETWORK
@@ -100,25 +105,40 @@ class Cloud:
             return PortRole(True, ofport=int(self.dest_ofport[port] if dest else self.ofport[port]))
         return PortRole(False, tunnel=int(self.tunnel[chassis, where]))
 
-    # -- the compiled path ----------------------------------------------------------------
-    def transitions(self, moves: Sequence[Move]) -> np.ndarray:
-        """One record per (chassis, moved port), grouped by chassis."""
+    # -- the agent's path ----------------------------------------------------------------
+    def migrate(self, moves: Sequence[Move], xid_start: int = 1, bundle_id_start: int = 1) -> tuple[bytes, list[int]]:
+        """Every chassis' bundle for the change, made as each chassis' controller makes it, in one
+        buffer, and where each chassis' starts (chassis c's bundle id is bundle_id_start + c; the
+        xids run on across the chassis)."""
         if not moves:
             raise ValueError("moves: empty change (no port to migrate)")
-        ports = np.fromiter((p for p, _ in moves), np.uint64, len(moves))
-        if ports.max() >= len(self.ports):
+        if any(not 0 <= p < len(self.ports) for p, _ in moves):
             raise ValueError("moves: a port index outside the cloud")
-        return core.migration_transitions(ports, self.host[ports], [d for _, d in moves], self.ofport[ports],
-                                          self.dest_ofport[ports], self.tunnel, self.n_chassis)
+        dp = Datapath13(xid_start)
+        out, offsets = bytearray(), [0]
+        for c in range(self.n_chassis):
+            messages = self.chassis_messages(moves, c)
+            if messages:
+                out += agent_bundle(dp, messages, bundle_id_start + c)
+            offsets.append(len(out))
+        return bytes(out), offsets
 
-    def migrate(self, moves: Sequence[Move], xid_start: int = 1, bundle_id_start: int = 1) -> tuple[Any, Any]:
-        """Every chassis' bundle for the change, in one buffer (valid until the next call), and
-        where each chassis' starts."""
-        dels, adds, del_ends, add_ends = core.compile_transitions(
-            self.program, self.table.ports, self.table.ips, self.table.fips, self.transitions(moves),
-            self.n_chassis, self._workspace)
-        return core.pack_groups(LAYOUT, dels, adds, del_ends, add_ends, xid_start, bundle_id_start,
-                                out=self._out)
+    def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[FlowBatch]:
+        """The plan's batches on one chassis: each moved port's flows from its old role there to its
+        new one, compiled as the engine does (deletes of every port, then adds, as Plan.messages)."""
+        dels: list[FlowBatch] = []
+        adds: list[FlowBatch] = []
+        for p, dest in moves:
+            old = self.role(p, chassis, int(self.host[p]), dest=False)
+            new = self.role(p, chassis, dest, dest=True)
+            if old == new:
+                continue
+            d, a = compiler.compile_port_change(self.program, self.table, self.table.index[f"port-{p}"], old, new)
+            if len(d):
+                dels.append(FlowBatch.of_rows(d))
+            if len(a):
+                adds.append(FlowBatch.of_rows(a))
+        return dels + adds
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:
@@ -153,26 +173,46 @@ class Cloud:
 
     def osken(self, moves: Sequence[Move], xid_start: int = 1, bundle_id_start: int = 1) -> tuple[bytes, list[int]]:
         """The Python controller's path for every chassis: apps, diff, os-ken objects serialized."""
-        dp, ofp, parser = _Datapath, ofproto_v1_3, ofproto_v1_3_parser
+        dp, ofp, parser = Datapath13, ofproto_v1_3, ofproto_v1_3_parser
         out, offsets, xid = [], [0], xid_start
         for c in range(self.n_chassis):
             dels, adds = self.python_plan(moves, c)
             flows = [Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                      for f in dels] + adds
             if flows:
-                bid = bundle_id_start + c
-                msgs = [parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, 3, [])]
-                msgs += [parser.ONFBundleAddMsg(dp, bid, 3, f.to_osken(dp), []) for f in flows]
-                msgs.append(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, 3, []))
-                for msg in msgs:
-                    msg.set_xid(xid)
+                # numbered as the agent numbers them: the flow mods, then the open and the commit
+                bid, n = bundle_id_start + c, len(flows)
+                msgs = [(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS, []), xid + n)]
+                msgs += [(parser.ONFBundleAddMsg(dp, bid, BUNDLE_FLAGS, f.to_osken(dp), []), xid + i)
+                         for i, f in enumerate(flows)]
+                msgs.append((parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS, []),
+                             xid + n + 1))
+                for msg, msg_xid in msgs:
+                    msg.set_xid(msg_xid)
                     if isinstance(msg, parser.ONFBundleAddMsg):
-                        msg.message.set_xid(xid)
+                        msg.message.set_xid(msg_xid)
                     msg.serialize()
                     out.append(bytes(msg.buf))
-                    xid += 1
+                xid += n + 2
             offsets.append(sum(map(len, out)))
         return b"".join(out), offsets
+
+
+def agent_bundle(dp: Datapath13, messages: Sequence[Flow | FlowBatch], bundle_id: int) -> bytearray:
+    """The bytes a chassis' controller writes for a plan: its flow mods packed
+    (`controller.compiler.flow_mods`), framed as `Datapath.send_bundle(..., pipelined=True)`
+    frames them -- an open, a bundle add around each flow mod, a commit (os-ken's control messages)."""
+    buf = compiler.flow_mods(dp, messages)
+    parser, ofp = dp.ofproto_parser, dp.ofproto
+    opener = parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS, [])
+    opener.set_xid(dp.xids.alloc())
+    opener.serialize()
+    out, _ = wrap_bundle_adds(buf, ofp.OFP_VERSION, bundle_id, BUNDLE_FLAGS, out=bytearray(opener.buf))
+    commit = parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS, [])
+    commit.set_xid(dp.xids.alloc())
+    commit.serialize()
+    out += commit.buf
+    return out
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -202,12 +242,11 @@ def _rss_kib() -> int:
 
 def measure(cloud: Cloud, moves: list[Move], min_time: float, osken_reps: int,
             progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    t_compiled, (view, offsets) = _timed(lambda: cloud.migrate(moves), min_time)
-    buf = bytes(view)
+    t_compiled, (buf, offsets) = _timed(lambda: cloud.migrate(moves), min_time)
     progress("compiled")
     t_osken, (ref, ref_offsets) = _timed(lambda: cloud.osken(moves), 0.0, min_reps=osken_reps)
     progress("osken")
-    if buf != ref or list(offsets) != ref_offsets:
+    if buf != ref or offsets != ref_offsets:
         raise AssertionError("the compiled path and the Python/os-ken path made different bundles")
     n_messages = len(buf) and _count_messages(buf)
     flow_mods = n_messages - 2 * sum(1 for c in range(cloud.n_chassis) if offsets[c + 1] > offsets[c])

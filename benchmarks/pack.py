@@ -11,7 +11,6 @@ Measured, each as the best of several repetitions (the machine is shared):
 
 * ``osken``: build ``Flow.to_osken()`` OFPFlowMod objects and ``serialize()`` them;
 * ``pack``: ``pack_flow_mods`` on a prebuilt FlowBatch (new ``bytes`` each call);
-* ``pack_into``: ``pack_flow_mods_into`` a reused bytearray (no allocation);
 * ``bundle``: ``pack_bundle`` (open + one add per FLOW_MOD + commit);
 * ``encode_pack``: ``FlowBatch.from_flows`` (the Python encoder) + ``pack_flow_mods``;
 * ``fill_pack``: filling the batch columns with numpy from port tables + ``pack_flow_mods``
@@ -174,10 +173,6 @@ def run(n: int, min_time: float = 1.0, osken_reps: int = 1, seed: int = 1) -> di
     t_pack, packed = _best(lambda: core.pack_flow_mods(batch, xid), min_time)
     if packed != ref:
         raise AssertionError("compiled packer output differs from os-ken's")
-    buf = bytearray(len(packed))
-    t_into, _ = _best(lambda: core.pack_flow_mods_into(batch, xid, buf), min_time)
-    if bytes(buf) != ref:
-        raise AssertionError("pack_flow_mods_into output differs from os-ken's")
     t_bundle, bundle = _best(lambda: core.pack_bundle(batch, 7, xid), min_time)
     t_encode, _ = _best(lambda: core.pack_flow_mods(FlowBatch.from_flows(flows), xid), 0.0, min_reps=1)
 
@@ -204,7 +199,6 @@ def run(n: int, min_time: float = 1.0, osken_reps: int = 1, seed: int = 1) -> di
         "results": {
             "osken": entry(t_osken, len(ref)),
             "pack": entry(t_pack, len(packed)),
-            "pack_into": entry(t_into, len(packed)),
             "bundle": entry(t_bundle, len(bundle)),
             "encode_pack": entry(t_encode, len(packed)),
             "fill_pack": entry(t_fill, len(packed)),

@@ -6,26 +6,20 @@ IPv4 addresses as uint32. Parsers are strict: anything but the canonical textual
 forms raises ValueError, and the caller names the field.
 
 The port-flow compiler (below): port programs over typed port columns to the rows
-that change, per chassis, packed as one ONF bundle each by the packer
-(dfflow/_packer.pyx, whose C interface _packer.pxd declares).
+that change, for the packer (dfflow/_packer.pyx, whose C interface _packer.pxd declares)
+to pack.
 
 Longer than ~600 lines on purpose: the compiler's per-transition loop (_instances,
-_compile) and the grouping of its output into bundles (_groups_size, _write_groups) inline
-this unit's role, key and delete helpers; split across extensions they would become calls
-through function pointers in the loops `dfflow-bench compile` measures. The parsers are the
-small rest.
+_compile) inlines this unit's role, key and delete helpers; split across extensions they
+would become calls through function pointers in the loops `dfflow-bench compile` measures.
+The parsers are the small rest.
 """
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, free
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from cpython.bytearray cimport PyByteArray_AsString
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
-from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, C_BUNDLE_CTRL_LEN, E_OK, OFPFC_DELETE_STRICT, ONF_BCT_COMMIT_REQUEST,
-                             ONF_BCT_OPEN_REQUEST, ONF_BF_ATOMIC, ONF_BF_ORDERED, Err, FlowLayout, LayoutC,
-                             _check_bundle_args, _check_rows, _check_xids, _error, _write_bundle_ctrl,
-                             _same_key, _write_rows, ld16, ld64, store64)
+from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld64, store64
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -106,7 +100,7 @@ cpdef str int_to_ipv4(uint32_t value):
 # chassis before and after a change. For each transition the compiler makes the rows of
 # both roles, diffs them (delete what no longer has its key, add what is new or
 # different) and appends the result to the deletes and adds of its group (a chassis),
-# without a Python object per flow. pack_groups then packs each group as one bundle.
+# without a Python object per flow; the packer packs the rows.
 
 cdef enum:
     MAX_PATCHES = 24
@@ -188,16 +182,6 @@ cdef struct TransitionC:
     RoleC old
     RoleC new
 
-
-cdef inline void _set_role(RoleC *role, Py_ssize_t chassis, uint64_t host, uint64_t ofport,
-                           uint64_t tunnel) noexcept nogil:
-    """The port's role on `chassis` when it lives on `host`: local with its VIF, or remote by a tunnel."""
-    if host == <uint64_t>chassis:
-        role.kind = ROLE_LOCAL
-        role.ofport = ofport
-    else:
-        role.kind = ROLE_REMOTE
-        role.tunnel = tunnel
 
 cdef struct EntryC:
     uint64_t app_cookie     # app id << 56
@@ -654,165 +638,3 @@ cdef object _compile_error(CompiledProgram program, CompileOut *o):
         return NotCompilable(f"{where}{program.names[o.value]} has actions the compiled path does not encode")
     text = _COMPILE_ERR_TEXT.get(o.code, "compile error {code}")
     return ValueError(where + text.format(value=o.value, code=o.code))
-
-
-cdef Py_ssize_t _groups_size(const LayoutC *L, const unsigned char *D, const unsigned char *A,
-                             const int64_t *de, const int64_t *ae, Py_ssize_t ng, Py_ssize_t *n_messages,
-                             Err *err, Py_ssize_t *bad_group) noexcept nogil:
-    cdef Py_ssize_t g, d0 = 0, a0 = 0, n, w, total = 0
-    for g in range(ng):
-        bad_group[0] = g
-        n = (de[g] - d0) + (ae[g] - a0)
-        if n:
-            w = _check_rows(L, D + d0 * L.itemsize, 0, de[g] - d0, err)
-            if w < 0:
-                return -1
-            total += w
-            w = _check_rows(L, A + a0 * L.itemsize, 0, ae[g] - a0, err)
-            if w < 0:
-                return -2
-            total += w + 2 * C_BUNDLE_CTRL_LEN + C_BUNDLE_ADD_HEADER_LEN * n
-            n_messages[0] += n + 2
-        d0 = de[g]
-        a0 = ae[g]
-    return total
-
-
-cdef Py_ssize_t _write_groups(const LayoutC *L, const unsigned char *D, const unsigned char *A,
-                              const int64_t *de, const int64_t *ae, Py_ssize_t ng, unsigned char *p,
-                              Py_ssize_t total, uint32_t xid, uint32_t bid, uint16_t fl,
-                              int64_t *offsets) noexcept nogil:
-    cdef Py_ssize_t g, d0 = 0, a0 = 0, pos = 0, w
-    offsets[0] = 0
-    for g in range(ng):
-        if (de[g] - d0) + (ae[g] - a0):
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_OPEN_REQUEST, fl)
-            pos += C_BUNDLE_CTRL_LEN
-            xid += 1
-            w = _write_rows(L, D + d0 * L.itemsize, de[g] - d0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
-            if w < 0:
-                return -1
-            pos += w
-            xid += <uint32_t>(de[g] - d0)
-            w = _write_rows(L, A + a0 * L.itemsize, ae[g] - a0, p + pos, total - pos, xid, 1, bid + <uint32_t>g, fl)
-            if w < 0:
-                return -1
-            pos += w
-            xid += <uint32_t>(ae[g] - a0)
-            _write_bundle_ctrl(p + pos, xid, bid + <uint32_t>g, ONF_BCT_COMMIT_REQUEST, fl)
-            pos += C_BUNDLE_CTRL_LEN
-            xid += 1
-        offsets[g + 1] = pos
-        d0 = de[g]
-        a0 = ae[g]
-    return pos
-
-
-def pack_groups(FlowLayout L, dels, adds, del_ends, add_ends, xid_start, bundle_id_start,
-                flags=ONF_BF_ATOMIC | ONF_BF_ORDERED, bytearray out=None):
-    """One ONF bundle per non-empty group (its deletes, then its adds) in one buffer.
-
-    Returns (buffer, offsets): group g's bundle is buffer[offsets[g]:offsets[g+1]] (empty when the
-    group changes nothing). xids run on from xid_start across the bundles; group g's bundle id is
-    bundle_id_start + g. Every row is validated before a byte is written.
-
-    With `out` (a bytearray kept between calls, grown when too small), the buffer is a
-    memoryview of it (valid until it is reused) instead of new bytes.
-    """
-    import numpy as np
-    cdef Py_ssize_t ng, g, total, n_messages = 0, bad = 0, written
-    cdef Err err
-    cdef uint32_t xid
-    if dels.dtype != L.dtype or adds.dtype != L.dtype:
-        raise TypeError(f"pack_groups: rows of {dels.dtype} / {adds.dtype}, not the layout's flow record")
-    del_ends = np.ascontiguousarray(del_ends, dtype=np.int64)
-    add_ends = np.ascontiguousarray(add_ends, dtype=np.int64)
-    ng = len(del_ends)
-    _check_bundle_args(bundle_id_start, flags, "")
-    if len(add_ends) != ng:
-        raise ValueError(f"add_ends: {len(add_ends)} groups, del_ends has {ng}")
-    if ng and bundle_id_start + ng - 1 > 0xFFFFFFFF:
-        raise ValueError(f"bundle_id_start {bundle_id_start:#x} + {ng} groups runs past 0xffffffff")
-    cdef Py_ssize_t itemsize = L.c.itemsize
-    cdef _Buf bd = _buf(np.ascontiguousarray(dels), itemsize, "deletes")
-    cdef _Buf ba = _buf(np.ascontiguousarray(adds), itemsize, "adds")
-    cdef _Buf bde = _buf(del_ends, 8, "del_ends")
-    cdef _Buf bae = _buf(add_ends, 8, "add_ends")
-    cdef const int64_t *de = <const int64_t *>bde.view.buf
-    cdef const int64_t *ae = <const int64_t *>bae.view.buf
-    for g in range(ng):
-        if de[g] < (de[g - 1] if g else 0) or ae[g] < (ae[g - 1] if g else 0):
-            raise ValueError(f"group {g}: ends must not decrease")
-    if ng and (de[ng - 1] < 0 or ae[ng - 1] < 0 or de[ng - 1] * itemsize > bd.view.len
-               or ae[ng - 1] * itemsize > ba.view.len):
-        raise ValueError("del_ends/add_ends run past their rows")
-    err.code = E_OK
-    with nogil:
-        total = _groups_size(&L.c, <const unsigned char *>bd.view.buf, <const unsigned char *>ba.view.buf,
-                             de, ae, ng, &n_messages, &err, &bad)
-    if total < 0:
-        raise _error(L, &err, f"group {bad} {'deletes' if total == -1 else 'adds'}: ")
-    xid = _check_xids(xid_start, n_messages, "")
-    offsets = np.zeros(ng + 1, np.int64)
-    cdef _Buf bo = _buf(offsets, 8, "offsets")
-    cdef bytes fresh = None
-    cdef unsigned char *p
-    if out is None:
-        fresh = PyBytes_FromStringAndSize(NULL, total)
-        p = <unsigned char *>PyBytes_AS_STRING(fresh)
-    else:
-        if len(out) < total:
-            out.extend(bytes(total - len(out)))
-        p = <unsigned char *>PyByteArray_AsString(out)
-    cdef uint32_t bid = bundle_id_start
-    cdef uint16_t fl = flags
-    with nogil:
-        written = _write_groups(&L.c, <const unsigned char *>bd.view.buf, <const unsigned char *>ba.view.buf,
-                                de, ae, ng, p, total, xid, bid, fl, <int64_t *>bo.view.buf)
-    if written != total:
-        raise RuntimeError("the rows changed while they were being packed")
-    return (fresh if out is None else memoryview(out)[:total]), offsets
-
-
-def migration_transitions(ports, old_host, new_host, old_ofport, new_ofport, tunnels, Py_ssize_t n_chassis):
-    """The transitions of ports migrating, on every chassis (grouped by chassis): on the source
-    local -> remote, on the destination remote -> local, elsewhere remote (old) -> remote (new).
-
-    ports, old_host, new_host, old_ofport, new_ofport: uint64 per moving port (the ofports of
-    its VIF on the source and on the destination); tunnels: uint64 [n_chassis, n_chassis],
-    tunnels[c, d] = the ofport on chassis c of its tunnel to chassis d.
-    """
-    import numpy as np
-    cdef Py_ssize_t k, c, i, j
-    cols = [np.ascontiguousarray(a, dtype=np.uint64) for a in (ports, old_host, new_host, old_ofport, new_ofport)]
-    k = len(cols[0])
-    if k == 0:
-        raise ValueError("ports: empty change (no port to migrate)")
-    for name, a in zip(("old_host", "new_host", "old_ofport", "new_ofport"), cols[1:]):
-        if len(a) != k:
-            raise ValueError(f"{name}: {len(a)} values for {k} ports")
-    tunnels = np.ascontiguousarray(tunnels, dtype=np.uint64)
-    if tunnels.shape != (n_chassis, n_chassis):
-        raise ValueError(f"tunnels: shape {tunnels.shape}, expected ({n_chassis}, {n_chassis})")
-    cdef const uint64_t[::1] P = cols[0]
-    cdef const uint64_t[::1] OH = cols[1]
-    cdef const uint64_t[::1] NH = cols[2]
-    cdef const uint64_t[::1] OO = cols[3]
-    cdef const uint64_t[::1] NO = cols[4]
-    cdef const uint64_t[:, ::1] TUN = tunnels
-    for i in range(k):
-        if OH[i] >= <uint64_t>n_chassis or NH[i] >= <uint64_t>n_chassis:
-            raise ValueError(f"old_host/new_host: port {i} names chassis outside 0..{n_chassis - 1}")
-    out = np.zeros(n_chassis * k, [(name, "<u8") for name in TRANSITION_FIELDS])
-    cdef _Buf bt = _buf(out, sizeof(TransitionC), "transitions")
-    cdef TransitionC *T = <TransitionC *>bt.view.buf
-    with nogil:
-        j = 0
-        for c in range(n_chassis):
-            for i in range(k):
-                T[j].port = P[i]
-                T[j].group = c
-                _set_role(&T[j].old, c, OH[i], OO[i], TUN[c, OH[i]])
-                _set_role(&T[j].new, c, NH[i], NO[i], TUN[c, NH[i]])
-                j += 1
-    return out

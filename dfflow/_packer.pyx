@@ -25,12 +25,11 @@ same wire rules and change together, and both inline the same per-field and pref
 helpers; in separate extensions those would become calls through function pointers in the
 per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest.
 """
-import operator
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
 # The OpenFlow numbers the packer writes (declared in _packer.pxd), by os-ken's names;
 # dfflow.openflow.protocol checks them against os-ken at import.
@@ -665,11 +664,6 @@ def validate_flows(batch, Py_ssize_t start=0, stop=None):
         raise _error(rows.layout, &err, "")
 
 
-def packed_size(batch, bint bundle=False, bint commit=True):
-    """Bytes pack_flow_mods (or pack_bundle with `bundle`) would produce; validates the batch."""
-    return _checked_size(_rows_of(batch), bundle, commit, "")
-
-
 cdef bytes _pack_bytes(_Rows rows, object xid_start, bint bundle, object bundle_id, object flags,
                        bint commit, str what):
     """Validate and size (pass 1), then write into a bytes object of exactly that size.
@@ -710,32 +704,6 @@ def pack_flow_mods(batch, xid_start):
     return _pack_bytes(_rows_of(batch), xid_start, False, 0, 0, False, "")
 
 
-def pack_flow_mods_into(batch, xid_start, buffer, Py_ssize_t offset=0):
-    """Like pack_flow_mods, written into a writable buffer at `offset`; returns the length.
-
-    On a bad row, or when the buffer is too small, nothing is written.
-    """
-    cdef _Rows rows = _rows_of(batch)
-    cdef Py_ssize_t size = _checked_size(rows, False, False, "")
-    cdef uint32_t xid = _check_xids(xid_start, rows.n, "")
-    cdef Py_buffer view
-    cdef Py_ssize_t written
-    cdef unsigned char *p
-    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-    try:
-        if offset < 0 or offset + size > view.len:
-            raise ValueError(f"buffer too small: {size} bytes needed at offset {offset}, "
-                             f"{view.len} available")
-        p = <unsigned char *>view.buf + offset
-        with nogil:
-            written = _write_rows(&rows.layout.c, rows.base, rows.n, p, size, xid, False, 0, 0)
-        if written != size:
-            raise RuntimeError("the batch changed while it was being packed")
-    finally:
-        PyBuffer_Release(&view)
-    return size
-
-
 def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERED, bint commit=True):
     """One ONF bundle (OpenFlow 1.3, EXT-230): OPEN_REQUEST, a BUNDLE_ADD per FLOW_MOD, COMMIT_REQUEST.
 
@@ -749,48 +717,7 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
     is answered with an OFPT_ERROR and left out of the bundle, and a COMMIT sent in the
     same write then applies the rest. For all-or-nothing, pack with ``commit=False``
     (the buffer stops after the adds), send it with a BARRIER_REQUEST, and only if no
-    error came back send COMMIT, else DISCARD (pack_bundle_ctrl) -- what
+    error came back send COMMIT, else DISCARD -- what
     dfflow.openflow's Datapath.send_bundle does.
     """
     return _pack_bytes(_rows_of(batch), xid_start, True, bundle_id, flags, commit, "")
-
-
-def pack_bundle_ctrl(bundle_id, ctrl_type, xid, flags=ONF_BF_ATOMIC | ONF_BF_ORDERED):
-    """One ONF bundle control message (OPEN/CLOSE/COMMIT/DISCARD_REQUEST), 24 bytes."""
-    _check_bundle_args(bundle_id, flags, "")
-    if not 0 <= ctrl_type <= 0xFFFF:
-        raise ValueError(f"bundle ctrl_type {ctrl_type} out of range (0..0xffff)")
-    cdef uint32_t x = _check_xids(xid, 1, "")
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, C_BUNDLE_CTRL_LEN)
-    _write_bundle_ctrl(<unsigned char *>PyBytes_AS_STRING(out), x, bundle_id, ctrl_type, flags)
-    return out
-
-
-cdef list _per_batch(value, Py_ssize_t nb):
-    """One int for every batch, or a sequence with one per batch."""
-    try:
-        return [operator.index(value)] * nb
-    except TypeError:
-        return [operator.index(v) for v in value]
-
-
-def pack_many(batches, xid_starts, bundle_ids=None, flags=ONF_BF_ATOMIC | ONF_BF_ORDERED,
-              bint commit=True):
-    """Pack many batches (one per chassis) in one call; returns one buffer per batch.
-
-    ``xid_starts``: one int for all, or one per batch. ``bundle_ids``: None for plain
-    FLOW_MODs (as pack_flow_mods), else one int for all or one per batch (as pack_bundle).
-    Each batch is validated then written while its rows are still in cache; an error
-    names the batch, and nothing is returned.
-    """
-    cdef list rows_list = [_rows_of(b) for b in batches]
-    cdef Py_ssize_t nb = len(rows_list), j
-    cdef bint bundle = bundle_ids is not None
-    xs = _per_batch(xid_starts, nb)
-    if len(xs) != nb:
-        raise ValueError(f"xid_starts: {len(xs)} values for {nb} batches")
-    bs = _per_batch(bundle_ids, nb) if bundle else [0] * nb
-    if len(bs) != nb:
-        raise ValueError(f"bundle_ids: {len(bs)} values for {nb} batches")
-    return [_pack_bytes(<_Rows>rows_list[j], xs[j], bundle, bs[j], flags, commit, f"batch {j}: ")
-            for j in range(nb)]

@@ -22,22 +22,16 @@ int_to_ipv4 = _core.int_to_ipv4
 # The bulk OpenFlow packer (rows of a dfflow.flowbatch.FlowBatch -> OpenFlow 1.3 bytes).
 FlowLayout = _packer.FlowLayout
 validate_flows = _packer.validate_flows
-packed_size = _packer.packed_size
 pack_flow_mods = _packer.pack_flow_mods
-pack_flow_mods_into = _packer.pack_flow_mods_into
 pack_bundle = _packer.pack_bundle
-pack_bundle_ctrl = _packer.pack_bundle_ctrl
-pack_many = _packer.pack_many
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
 frames = _framing.frames
 wrap_bundle_adds = _framing.wrap_bundle_adds
 
-# The port-flow compiler (programs of flow templates x port columns -> rows; rows -> one bundle per chassis).
+# The port-flow compiler (programs of flow templates x port columns -> the rows that change).
 CompiledProgram = _core.CompiledProgram
 compile_transitions = _core.compile_transitions
-migration_transitions = _core.migration_transitions
-pack_groups = _core.pack_groups
 NotCompilable = _core.NotCompilable
 PARAM_NAMES: tuple = _core.PARAM_NAMES
 FACT_BITS: dict = _core.FACT_BITS
@@ -103,9 +97,8 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
-           "FlowLayout", "validate_flows", "packed_size", "pack_flow_mods", "pack_flow_mods_into",
-           "pack_bundle", "pack_bundle_ctrl", "pack_many", "frames", "wrap_bundle_adds",
-           "CompiledProgram", "compile_transitions", "migration_transitions", "pack_groups", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
+           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "frames", "wrap_bundle_adds",
+           "CompiledProgram", "compile_transitions", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
            "TRANSITION_FIELDS", "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
            "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.compile import Cloud
+from benchmarks.compile import Cloud, Datapath13
 from controller import compiler
 from controller.apps.dnat import DNAT_PORT_FLOWS
 from controller.apps.l2 import L2_PORT_FLOWS
@@ -21,9 +21,10 @@ from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
 from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole
 from dfflow import core
-from dfflow.flowbatch import LAYOUT, FlowBatch
+from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow
-from tests.test_packer import Switch, expected_in_ovs, osken_bundle, parse_dump_flows
+from tests.test_packer import (ATOMIC_ORDERED, DP, Switch, expected_in_ovs, ofp, osken_bundle, parse_dump_flows,
+                               parser, ser)
 
 PROGRAMS = (L2_PORT_FLOWS, L3_PORT_FLOWS, DNAT_PORT_FLOWS)
 ALL_APPS = compiler.compile_program(*PROGRAMS)
@@ -176,7 +177,7 @@ def test_an_out_of_range_vni_is_refused_before_anything_is_packed():
     table = table_of(PortFacts(7, 1 << 24, 0xFA163E000001))
     dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(False, tunnel=3))
     with pytest.raises(ValueError, match="tunnel_id"):
-        core.pack_groups(LAYOUT, dels, adds, [len(dels)], [len(adds)], 1, 1)
+        compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 
 
 def test_an_empty_change_is_refused():
@@ -210,9 +211,18 @@ def test_every_chassis_bundle_is_byte_identical_to_osken(seed, k, n_chassis):
         dels, adds = cloud.python_plan(moves, c)
         flows = [Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT) for f in dels]
         flows += adds
-        want = osken_bundle(flows, 7 + c, xid) if flows else b""
+        want = agent_numbered_bundle(flows, 7 + c, xid) if flows else b""
         assert buf[offsets[c]:offsets[c + 1]] == want, f"chassis {c}"
         xid += len(flows) + 2 if flows else 0
+
+
+def agent_numbered_bundle(flows: list[Flow], bundle_id: int, xid: int) -> bytes:
+    """os-ken's bundle of `flows` numbered as the agent numbers it: the flow mods from `xid` (each add
+    carrying its flow mod's), then the open and the commit."""
+    open_, commit = (parser.ONFBundleCtrlMsg(DP, bundle_id, kind, ATOMIC_ORDERED, [])
+                     for kind in (ofp.ONF_BCT_OPEN_REQUEST, ofp.ONF_BCT_COMMIT_REQUEST))
+    adds = osken_bundle(flows, bundle_id, xid - 1, commit=False)[core.BUNDLE_CTRL_LEN:]
+    return ser(open_, xid + len(flows)) + adds + ser(commit, xid + len(flows) + 1)
 
 
 def test_ovs_installs_what_the_python_apps_would_after_a_compiled_migration(ovs):
@@ -241,10 +251,7 @@ def test_no_memory_growth_over_10000_compiled_migrations():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1,)))
 
     def round_() -> None:
-        cloud.migrate(moves)
-        dels, adds, de, ae = core.compile_transitions(cloud.program, cloud.table.ports, cloud.table.ips,
-                                                      cloud.table.fips, cloud.transitions(moves), 10)
-        core.pack_groups(LAYOUT, dels, adds, de, ae, 1, 1)
+        cloud.migrate(moves)  # compile_port_change, flow_mods and the bundle framing, on 10 chassis
         for bad in (None, PortRole(True, ofport=5, gated=True)):
             try:  # the error paths too
                 compiler.compile_port_change(PER_APP[1], table, 99 if bad is None else 0, None, bad)
@@ -268,7 +275,7 @@ def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field
     table = table_of(PortFacts(7, 101, 0xFA163E000001))
     dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, role)
     with pytest.raises(ValueError, match=field):
-        core.pack_groups(LAYOUT, dels, adds, [len(dels)], [len(adds)], 1, 1)
+        compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 
 
 def test_floating_ips_that_come_and_go_do_not_grow_the_columns():

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
+from controller import compiler
 from dfflow.sandbox.ovsproc import OvsInstance
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
@@ -33,6 +34,7 @@ from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, 
 from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command,
                           Conjunction, Ct, DecTtl, Flow,
                           Move, Output, SetField, match)
+from dfflow.openflow.framing import XidAllocator
 
 ofp = ofproto_v1_3
 parser = ofproto_v1_3_parser
@@ -257,7 +259,6 @@ def test_flow_mods_match_osken(flow_list, xid):
     assert batch.flows() == flow_list
     packed = core.pack_flow_mods(batch, xid)
     assert packed == osken_flow_mods(flow_list, xid)
-    assert core.packed_size(batch) == len(packed)
     parsed = frames(packed)
     assert len(parsed) == len(flow_list)
     for i, (frame, flow) in enumerate(zip(parsed, flow_list)):
@@ -274,7 +275,13 @@ def test_bundle_matches_osken(flow_list, xid, bundle_id, flags, commit):
     batch = FlowBatch.from_flows(flow_list)
     packed = core.pack_bundle(batch, bundle_id, xid, flags, commit)
     assert packed == osken_bundle(flow_list, bundle_id, xid, flags, commit)
-    assert core.packed_size(batch, bundle=True, commit=commit) == len(packed)
+    # the channel's framing (Datapath.send_bundle) of the same flow mods makes the same adds
+    flow_mods = core.pack_flow_mods(batch, xid + 1)
+    adds, add_xids = core.wrap_bundle_adds(flow_mods, ofp.OFP_VERSION, bundle_id, flags)
+    ctrl = core.BUNDLE_CTRL_LEN * (2 if commit else 1)
+    assert len(adds) == len(flow_mods) + core.BUNDLE_ADD_HEADER_LEN * len(flow_list) == len(packed) - ctrl
+    assert bytes(adds) == packed[core.BUNDLE_CTRL_LEN:core.BUNDLE_CTRL_LEN + len(adds)]
+    assert add_xids == [xid + 1 + i for i in range(len(flow_list))]
     msgs = frames(packed)
     assert len(msgs) == len(flow_list) + (2 if commit else 1)
     opener = parse(msgs[0])
@@ -297,42 +304,23 @@ def test_bundle_matches_osken(flow_list, xid, bundle_id, flags, commit):
             bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, xid + 1 + len(flow_list))
 
 
+class _Channel(DP):
+    """What controller.compiler.flow_mods uses of a connection: os-ken's datapath and its xids."""
+
+    def __init__(self, xid_start: int) -> None:
+        self.xids = XidAllocator(xid_start)
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.lists(flow_lists, min_size=0, max_size=5), xids)
-def test_pack_many_equals_single_calls(batches_flows, xid):
-    batches = [FlowBatch.from_flows(fl) for fl in batches_flows]
-    xid_list = [xid + 100 * i for i in range(len(batches))]
-    assert core.pack_many(batches, xid_list) == [core.pack_flow_mods(b, x) for b, x in zip(batches, xid_list)]
-    assert core.pack_many(batches, xid) == [core.pack_flow_mods(b, xid) for b in batches]
-    assert core.pack_many(batches, np.uint32(xid)) == core.pack_many(batches, [np.int64(xid)] * len(batches))
-    nonempty = [b for b in batches if len(b)]
-    ids = list(range(1, len(nonempty) + 1))
-    assert core.pack_many(nonempty, xid, bundle_ids=ids) == [
-        core.pack_bundle(b, i, xid) for b, i in zip(nonempty, ids)]
-    assert core.pack_many(nonempty, xid, bundle_ids=9, commit=False, flags=1) == [
-        core.pack_bundle(b, 9, xid, 1, commit=False) for b in nonempty]
-
-
-def test_bundle_ctrl_matches_osken():
-    for ctrl in (ofp.ONF_BCT_OPEN_REQUEST, ofp.ONF_BCT_CLOSE_REQUEST, ofp.ONF_BCT_COMMIT_REQUEST,
-                 ofp.ONF_BCT_DISCARD_REQUEST):
-        assert core.pack_bundle_ctrl(77, ctrl, 1234, 3) == ser(parser.ONFBundleCtrlMsg(DP, 77, ctrl, 3, []), 1234)
-
-
-def test_pack_into_buffer_at_offset():
-    flow_list = [Flow(0, 1, match(in_port=1), (Output(2),)), Flow(3, 4, match(eth_dst=5), goto=7)]
-    batch = FlowBatch.from_flows(flow_list)
-    want = osken_flow_mods(flow_list, 10)
-    buf = bytearray(b"\xaa" * (len(want) + 20))
-    assert core.pack_flow_mods_into(batch, 10, buf, 7) == len(want)
-    assert bytes(buf[7:7 + len(want)]) == want
-    assert buf[:7] == b"\xaa" * 7 and buf[7 + len(want):] == b"\xaa" * 13
-    view = memoryview(buf)
-    assert core.pack_flow_mods_into(batch, 10, view[3:], 0) == len(want)
-    with pytest.raises(ValueError, match="buffer too small"):
-        core.pack_flow_mods_into(batch, 10, bytearray(len(want) - 1))
-    with pytest.raises((TypeError, BufferError)):
-        core.pack_flow_mods_into(batch, 10, b"\x00" * 500)  # read-only
+@given(st.lists(flow_lists, min_size=0, max_size=5), st.integers(1, 0x7FFF0000))
+def test_a_plans_batches_pack_as_osken_flow_mods_with_running_xids(batches_flows, xid):
+    """The agent's path for a plan of several batches (controller.compiler.flow_mods): one buffer
+    of FLOW_MODs, byte-identical to os-ken's, the xids running on across the batches."""
+    batches = [FlowBatch.from_flows(fl) for fl in batches_flows if fl]
+    every = [f for fl in batches_flows for f in fl]
+    packed = compiler.flow_mods(_Channel(xid), batches)
+    assert packed == osken_flow_mods(every, xid)
+    assert len(frames(packed)) == len(every)
 
 
 def test_big_rows_grow_the_output():
@@ -350,7 +338,7 @@ def test_big_rows_grow_the_output():
 
 def test_empty_batch_packs_to_nothing():
     assert core.pack_flow_mods(FlowBatch(), 5) == b""
-    assert core.pack_many([], 1) == []
+    assert compiler.flow_mods(_Channel(1), []) == b""
 
 
 def test_mac_and_ipv4_strings_in_the_encoder():
@@ -537,22 +525,16 @@ PACKER_ERRORS = [
 @pytest.mark.parametrize("columns,message", PACKER_ERRORS, ids=[m for _, m in PACKER_ERRORS])
 def test_packer_rejects_bad_rows_before_producing_anything(columns, message):
     batch = _raw_batch(**columns)
-    buf = bytearray(b"\x55" * 4096)
     for call in (lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
-                 lambda: core.pack_flow_mods_into(batch, 1, buf), lambda: core.validate_flows(batch),
-                 lambda: core.packed_size(batch)):
+                 lambda: core.validate_flows(batch),
+                 lambda: compiler.flow_mods(_Channel(1), [FlowBatch.from_flows([GOOD]), batch])):
         with pytest.raises(ValueError, match=message):
             call()
-    assert buf == b"\x55" * 4096  # not a byte written
-    with pytest.raises(ValueError, match="batch 1: " + message):
-        core.pack_many([FlowBatch.from_flows([GOOD]), batch], 1)
 
 
 def test_bundle_of_nothing_and_bad_ids():
     with pytest.raises(ValueError, match="batch is empty: a bundle needs at least one flow"):
         core.pack_bundle(FlowBatch(), 1, 1)
-    with pytest.raises(ValueError, match="batch 0: batch is empty"):
-        core.pack_many([FlowBatch()], 1, bundle_ids=[1])
     one = FlowBatch.from_flows([GOOD])
     with pytest.raises(ValueError, match="bundle_id 4294967296 out of range"):
         core.pack_bundle(one, 1 << 32, 1)
@@ -563,14 +545,8 @@ def test_bundle_of_nothing_and_bad_ids():
     with pytest.raises(ValueError, match="runs past xid 0xffffffff"):
         core.pack_bundle(one, 1, 0xFFFFFFFF - 1)  # open, add, commit need 3 xids
     assert len(core.pack_bundle(one, 1, 0xFFFFFFFF - 2)) > 0
-    with pytest.raises(ValueError, match="xid_starts: 1 values for 2 batches"):
-        core.pack_many([one, one], [1])
-    with pytest.raises(ValueError, match="bundle_ids: 3 values for 2 batches"):
-        core.pack_many([one, one], 1, bundle_ids=[1, 2, 3])
-    with pytest.raises(ValueError, match="batch 1: bundle_id -1 out of range"):
-        core.pack_many([one, one], 1, bundle_ids=[1, -1])
-    with pytest.raises(ValueError, match="batch 0: xid_start 0xffffffff \\+ 3 messages runs past"):
-        core.pack_many([one], 0xFFFFFFFF, bundle_ids=[1])
+    with pytest.raises(ValueError, match="bundle_id -1 out of range"):
+        core.wrap_bundle_adds(core.pack_flow_mods(one, 1), ofp.OFP_VERSION, -1, ATOMIC_ORDERED)
     with pytest.raises(TypeError, match="expected a FlowBatch"):
         core.pack_flow_mods(object(), 1)
 
@@ -594,14 +570,12 @@ def test_rows_scribbled_on_while_packing_never_overrun():
             raw[at:at + 64] = saved
 
     outcomes = {"ok": 0, "ValueError": 0, "RuntimeError": 0}
-    buf = bytearray(1 << 20)
     thread = threading.Thread(target=scribble)
     thread.start()
     try:
         for i in range(300):
             try:
-                for call in (lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
-                             lambda: core.pack_flow_mods_into(batch, 1, buf, 16)):
+                for call in (lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1)):
                     call()
                 outcomes["ok"] += 1
             except (ValueError, RuntimeError) as exc:
@@ -623,15 +597,12 @@ def test_no_memory_growth_over_10000_calls():
     from benchmarks.pack import realistic_flows
     batch = FlowBatch.from_flows(realistic_flows(50))
     bad = _raw_batch(table=255)
-    out = bytearray(core.packed_size(batch))
     batches = [batch, batch, batch]
 
     def round_() -> None:
         core.pack_flow_mods(batch, 1)
         core.pack_bundle(batch, 3, 1)
-        core.pack_flow_mods_into(batch, 1, out)
-        core.pack_many(batches, 1, bundle_ids=[1, 2, 3])
-        core.pack_bundle_ctrl(1, 4, 5)
+        core.wrap_bundle_adds(compiler.flow_mods(_Channel(1), batches), ofp.OFP_VERSION, 1, ATOMIC_ORDERED)
         try:
             core.pack_flow_mods(bad, 1)
         except ValueError:
@@ -968,7 +939,7 @@ def test_ovs_bundle_with_one_invalid_flow_installs_nothing(ovs):
             assert _errors(await sw.barrier()) == []
             sw.send(core.pack_bundle(FlowBatch.from_flows(flow_list), 7, x + 10, commit=False))
             staged = await sw.barrier()
-            sw.send(core.pack_bundle_ctrl(7, core.ONF_BCT_DISCARD_REQUEST, x + 100))
+            sw.send(ser(parser.ONFBundleCtrlMsg(DP, 7, ofp.ONF_BCT_DISCARD_REQUEST, ATOMIC_ORDERED, []), x + 100))
             return staged, await sw.barrier()
 
     staged, discarded = _run(go())
