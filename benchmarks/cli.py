@@ -94,8 +94,8 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
 @click.option("--peer", type=click.Choice(["ovn"]), default=None,
               help="Also run the same migrations on OVN (Debian's ovn-central/ovn-host, scripts/setup-ovn.sh) "
                    "after dfflow's, on a fresh sandbox of the same topology, and print both in one table "
-                   "and one plot with the ratio dfflow/OVN [default strategy then: announce; one VM: both "
-                   "probed from the L2 peer only].")
+                   "and one plot with the ratio dfflow/OVN [default strategy then: announce; one VM: probed "
+                   "from its L2 peer and through its floating IP on both].")
 def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_copy: int, unplug_delay: int,
               update_port_delay: int, nova_path: str, interval: float | None, secgroups: str, as_json: bool,
               plot_path: str | None, peer: str | None) -> None:
@@ -135,7 +135,7 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
             report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), secgroups=modes,
                                 say=lambda line: click.echo(line, err=True),
                                 controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
-                                fip_probe=peer is None, **options)
+                                **options)
     if peer is not None:
         report = _with_ovn(report, vms, runs, interval, options)
     if plot_path:

@@ -11,10 +11,12 @@ activation-strategy=rarp at the destination's plug, requested-chassis=dst at the
 activation). Same figures, computed by the same code: the reply gap (headline), the lost-probe
 window beside it, duplicates, the machine's quiet gap; for an evacuation the last VM back.
 
-One VM: M moves between chassis-1 and chassis-2, its L2 peer P on chassis-3 probes it (dfflow's
-run probes through the L2 peer only too, so both carry the same probe load; OVN's run has no
-router or floating IP). Evacuation: V1..VN on net1, P on chassis-3 probing all of them from one
-prober, as benchmarks.evacuation.
+One VM: M moves between chassis-1 and chassis-2; its L2 peer P on chassis-3 probes it, and so does
+the external host E on chassis-3 through M's floating IP, on both systems: dfflow's topology as
+dfflow.sandbox.scenario builds it (net1, net2, router R with its gateway on `public`), OVN's the same
+networks, VMs and router as Neutron's OVN driver writes them (dfflow.sandbox.ovn_router: R pinned to
+the gateway chassis, chassis-3, and a centralized floating IP, Neutron's default). Evacuation:
+V1..VN on net1, P on chassis-3 probing all of them from one prober, as benchmarks.evacuation.
 """
 from __future__ import annotations
 
@@ -29,12 +31,14 @@ from dfflow.sandbox import nova, scenario
 from dfflow.sandbox.evacuate import evacuate
 from dfflow.sandbox.ovn import Ovn
 from dfflow.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
-from dfflow.sandbox.probe import Echo
-from dfflow.sandbox.scenario import WINDOW_AFTER, _wait_reachable, load_line
+from dfflow.sandbox.ovn_router import create_floating_ip, create_router
+from dfflow.sandbox.probe import Echo, Sender
+from dfflow.sandbox.scenario import FIP_PROBE, L2_PROBE, WINDOW_AFTER, _wait_reachable, load_line, percentile
 from dfflow.sandbox.topology import Sandbox
 
-L2_PROBE = "peer (L2, chassis-3)"
 PEER = "ovn"
+GATEWAY_CHASSIS = "chassis-3"  # the routers' gateway chassis on OVN's side (where E is, as a network node)
+SHORT = {L2_PROBE: "L2 peer", FIP_PROBE: "floating IP"}  # the probes' names in a plot's title
 OVN_LABEL = "OVN rarp"  # OVN's runs in the combined report (dfflow's: "dfflow <strategy>")
 
 
@@ -42,7 +46,7 @@ def _up(workdir: str | None, prefix: str) -> tuple[Sandbox, Ovn, str]:
     workdir = workdir or tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     sb = Sandbox(workdir)
     sb.up(chassis=3, controllers=False)
-    ovn = Ovn(sb)
+    ovn = Ovn(sb, gateways=[GATEWAY_CHASSIS])
     try:
         ovn.start()
         for ch in sb.chassis_list():  # nova-compute's os-vif runs on every host from the start (as dfflow's)
@@ -66,23 +70,23 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
                update_port_delay: float = 0.3, interval: float = 0.001,
                progress: Callable[[str], None] | None = None, keep_samples: bool = True,
                workdir: str | None = None) -> dict[str, Any]:
-    """One VM migrated `runs` times on OVN; dfflow.sandbox.scenario's report shape (strategy `ovn-rarp`)."""
+    """One VM migrated `runs` times on OVN, probed from its L2 peer and through its floating IP;
+    dfflow.sandbox.scenario's report shape (strategy `ovn-rarp`)."""
     load_before = os.getloadavg()
     sb, ovn, workdir = _up(workdir, "dfbench-ovn-")
     try:
         cloud = OvnCloud(sb, ovn)
         try:
-            cloud.create_network("net1", "10.1.0.0/24")
-            cloud.create_vm("M", "chassis-1", "net1", scenario.M_IP)
-            cloud.create_vm("P", "chassis-3", "net1", scenario.P_IP)
+            fip = _build_single(cloud)
             echo = Echo(sb, "M")
             try:
-                _wait_reachable(sb, [("P", scenario.M_IP)])
+                _wait_reachable(sb, [("P", scenario.M_IP), ("E", fip)])
                 def move(dest: str) -> Awaitable[dict[str, Any]]:
                     return migrate(cloud, "M", dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
                                    update_port_delay=update_port_delay)
                 results = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
-                                                   _migration_figures(keep_samples), progress))
+                                                   _migration_figures(keep_samples), progress,
+                                                   also={FIP_PROBE: ("E", fip)}))
             finally:
                 echo.stop()
         finally:
@@ -91,21 +95,47 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
         _down(sb, ovn, workdir)
     return {"runs": results, "summary": scenario.summarise(results), "interval_ms": interval * 1e3,
             "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "nova_path": "extended",
-            "update_port_delay_ms": update_port_delay * 1e3, "probes": [L2_PROBE],
+            "update_port_delay_ms": update_port_delay * 1e3, "probes": [L2_PROBE, FIP_PROBE],
             "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def _build_single(cloud: OvnCloud) -> str:
+    """dfflow.sandbox.scenario's topology on OVN: net1 and net2 behind router R with its gateway on
+    `public`, M (with a floating IP) on chassis-1, P and Q on chassis-3, the external host E on
+    `public` on chassis-3 (no port security, as on dfflow's side), the probes let in by the same rules.
+    Returns M's floating IP."""
+    cloud.create_network("net1", "10.1.0.0/24")
+    cloud.create_network("net2", "10.2.0.0/24")
+    cloud.create_network("public", "172.24.4.0/24", external=True)
+    router = create_router(cloud, "R", ["net1", "net2"], "public")
+    cloud.create_vm("M", "chassis-1", "net1", scenario.M_IP)
+    cloud.create_vm("P", "chassis-3", "net1", scenario.P_IP)
+    cloud.create_vm("Q", "chassis-3", "net2", scenario.Q_IP)
+    cloud.create_vm("E", "chassis-3", "public", scenario.E_IP, port_security=False)
+    cloud.allow_probes()
+    return create_floating_ip(cloud, router, "M")
 
 
 async def _alternating(cloud: OvnCloud, runs: int, targets: str | list[str], interval: float,
                        move: Callable[[str], Awaitable[Any]],
                        figures: Callable[[int, Any, dict[str, Any], float, float], dict[str, Any]],
-                       progress: Callable[[str], None] | None) -> list[dict[str, Any]]:
-    """`runs` probed moves, chassis-1 -> chassis-2 and back (`move(dest)`), P probing `targets`."""
+                       progress: Callable[[str], None] | None,
+                       also: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """`runs` probed moves, chassis-1 -> chassis-2 and back (`move(dest)`), P probing `targets`; with
+    `also` ({probe name: (VM, address)}) those VMs probe too, each with its own prober, and `figures`
+    gets every probe's raw result by name ({L2_PROBE: P's, ...})."""
     results = []
     here = "chassis-1"
     for i in range(runs):
         dest = "chassis-2" if here == "chassis-1" else "chassis-1"
-        outcome, raw, quiet_from, started = await evacuation.probed(cloud.sandbox, "P", targets, interval,
-                                                                    lambda: move(dest))
+        others = {name: Sender(cloud.sandbox, vm, ip, interval=interval) for name, (vm, ip) in (also or {}).items()}
+        try:
+            outcome, raw, quiet_from, started = await evacuation.probed(cloud.sandbox, "P", targets, interval,
+                                                                        lambda: move(dest))
+        finally:
+            raws = {name: sender.stop() for name, sender in others.items()}
+        if also:
+            raw = {L2_PROBE: raw, **raws}
         here = dest
         results.append(figures(i, outcome, raw, quiet_from, started))
         if progress is not None:
@@ -118,7 +148,7 @@ def _migration_figures(keep_samples: bool) -> Callable[..., dict[str, Any]]:
     def figures(i: int, timeline: dict[str, Any], raw: dict[str, Any], quiet_from: float, started: float):
         # the figures of an announce migration (its trigger is the VM's announcement); OVN reports no
         # per-chassis apply times, so no convergence
-        return scenario._figures("announce", i, started, timeline, {L2_PROBE: raw}, keep_samples,
+        return scenario._figures("announce", i, started, timeline, raw, keep_samples,
                                   quiet_from) | {"strategy": STRATEGY}
     return figures
 
@@ -179,12 +209,41 @@ def combine(dfflow: dict[str, Any], ovn: dict[str, Any], summarise: Callable[[li
     summary = summarise(runs)
     key = "last_back_median_ms" if "vms" in dfflow else "downtime_median_ms"
     ratios = {label: _ratio(s[key], summary[OVN_LABEL][key]) for label, s in summary.items() if label != OVN_LABEL}
-    what = "last VM back" if "vms" in dfflow else "reply gap"
-    title = f"{what}, median: " + "; ".join(
-        f"{label} {_fmt(summary[label][key])} ms / OVN {_fmt(summary[OVN_LABEL][key])} ms = {ratio}"
-        for label, ratio in ratios.items())
-    return header | {"runs": runs, "summary": summary, "peer": PEER, "ratios": {"figure": key, **ratios},
-                     "title": title, "systems": {"dfflow": _loads(dfflow), PEER: _loads(ovn)}}
+    report = header | {"runs": runs, "summary": summary, "peer": PEER, "ratios": {"figure": key, **ratios},
+                       "systems": {"dfflow": _loads(dfflow), PEER: _loads(ovn)}}
+    if "vms" in dfflow:
+        report["title"] = "last VM back, median: " + "; ".join(
+            f"{label} {_fmt(summary[label][key])} ms / OVN {_fmt(summary[OVN_LABEL][key])} ms = {ratio}"
+            for label, ratio in ratios.items())
+        return report
+    # one VM: each probe's reply gap on its own (the L2 peer's and the floating IP's paths differ)
+    per_probe = {label: per_probe_stats([r for r in runs if r["strategy"] == label]) for label in summary}
+    theirs = per_probe[OVN_LABEL]
+    report["per_probe"] = per_probe
+    report["probe_ratios"] = {label: {probe: _ratio(s["gap_median_ms"], theirs.get(probe, {}).get("gap_median_ms"))
+                                      for probe, s in stats.items()}
+                              for label, stats in per_probe.items() if label != OVN_LABEL}
+    report["title"] = "reply gap median, dfflow / OVN: " + "; ".join(
+        f"{label[len('dfflow '):]}, {SHORT.get(probe, probe)} {_fmt(per_probe[label][probe]['gap_median_ms'])} / "
+        f"{_fmt(theirs.get(probe, {}).get('gap_median_ms'))} ms = {ratio}"
+        for label, by_probe in report["probe_ratios"].items() for probe, ratio in by_probe.items())
+    return report
+
+
+def per_probe_stats(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per probe (by name) over `runs`: the reply gap's median/p95/min/max (gap_*), the lost window's
+    (lost_*), the duplicates and the quiet gap's p95."""
+    stats = {}
+    for name in dict.fromkeys(n for r in runs for n in r["probes"]):
+        probes = [r["probes"][name] for r in runs if name in r["probes"]]
+        gaps = [p["downtime_ms"] for p in probes if p["downtime_ms"] is not None]
+        lost = [p["lost_window_ms"] for p in probes if p["lost_window_ms"] is not None]
+        quiet = [p["baseline_gap_ms"] for p in probes if p.get("baseline_gap_ms") is not None]
+        stats[name] = {"runs": len(probes), **scenario._stats(gaps, "gap"), **scenario._stats(lost, "lost"),
+                       "duplicates": sum(p["duplicates"] for p in probes),
+                       "unrecovered": sum(not p["recovered"] for p in probes),
+                       "quiet_p95_ms": percentile(quiet, 0.95) if quiet else None}
+    return stats
 
 
 def _loads(report: dict[str, Any]) -> dict[str, Any]:
@@ -200,26 +259,31 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
 
 
 def format_single(report: dict[str, Any]) -> str:
-    """Both systems' one-VM migrations in one table, with dfflow/OVN per dfflow strategy."""
-    summary = report["summary"]
-    ovn = summary[OVN_LABEL]
-    lines = [f"one VM, chassis-1 <-> chassis-2, probed from its L2 peer on chassis-3 every {report['interval_ms']:g} ms; "
-             f"memory copy {report['memory_copy_ms']:g} ms, unplug {report['unplug_delay_ms']:g} ms after the "
-             f"switchover, clean-up {report['update_port_delay_ms']:g} ms after it; Nova's binding-extended calls",
-             f"{'system, strategy':16} {'runs':>4} {'reply gap median':>16} {'p95':>7} {'max':>7} "
+    """Both systems' one-VM migrations in one table: a row per system and probe (the L2 peer, the
+    floating IP), with dfflow/OVN of that probe's reply gap."""
+    per_probe = report["per_probe"]
+    theirs = per_probe[OVN_LABEL]
+    lines = [f"one VM, chassis-1 <-> chassis-2, probed every {report['interval_ms']:g} ms from its L2 peer on chassis-3 "
+             f"and through its floating IP from the external host on chassis-3; memory copy "
+             f"{report['memory_copy_ms']:g} ms, unplug {report['unplug_delay_ms']:g} ms after the switchover, clean-up "
+             f"{report['update_port_delay_ms']:g} ms after it; Nova's binding-extended calls",
+             f"{'system, strategy':16} {'probe':28} {'runs':>4} {'reply gap median':>16} {'p95':>7} {'max':>7} "
              f"{'lost median':>11} {'p95':>6} {'dups':>5} {'quiet p95':>9}  {'reply gap dfflow/OVN (median, p95)':>34}"]
-    for strategy, s in summary.items():
-        ratio = "" if strategy == OVN_LABEL else (f"{_ratio(s['downtime_median_ms'], ovn['downtime_median_ms'])}, "
-                                                 f"{_ratio(s['downtime_p95_ms'], ovn['downtime_p95_ms'])}")
-        lines.append(f"{strategy:16} {s['runs']:>4} {_fmt(s['downtime_median_ms']):>13} ms "
-                     f"{_fmt(s['downtime_p95_ms']):>7} {_fmt(s['downtime_max_ms']):>7} "
-                     f"{_fmt(s['lost_window_median_ms']):>11} {_fmt(s['lost_window_p95_ms']):>6} {s['duplicates']:>5} "
-                     f"{_fmt(s['baseline_gap_p95_ms']):>9}  {ratio:>34}")
+    for label, by_probe in per_probe.items():
+        for probe, s in by_probe.items():
+            other = theirs.get(probe, {})
+            ratio = "" if label == OVN_LABEL else (f"{_ratio(s['gap_median_ms'], other.get('gap_median_ms'))}, "
+                                                   f"{_ratio(s['gap_p95_ms'], other.get('gap_p95_ms'))}")
+            lines.append(f"{label:16} {probe:28} {s['runs']:>4} {_fmt(s['gap_median_ms']):>13} ms "
+                         f"{_fmt(s['gap_p95_ms']):>7} {_fmt(s['gap_max_ms']):>7} "
+                         f"{_fmt(s['lost_median_ms']):>11} {_fmt(s['lost_p95_ms']):>6} {s['duplicates']:>5} "
+                         f"{_fmt(s['quiet_p95_ms']):>9}  {ratio:>34}")
     lines += _load_lines(report)
     lines.append("reply gap: the longest gap between reply arrivals (the downtime), from 50 ms before the "
                  f"destination's plug to the migration's last step + {WINDOW_AFTER * 1e3:.0f} ms; lost: the longest run "
                  "of lost replies x interval; quiet: the longest gap in the second before (the machine's own); ms. "
-                 "A ratio below 1: dfflow's outage is shorter.")
+                 "A ratio below 1: dfflow's outage is shorter. OVN's floating IP: centralized on the router's "
+                 f"gateway chassis ({GATEWAY_CHASSIS}), Neutron's default.")
     return "\n".join(lines)
 
 

@@ -9,9 +9,13 @@ from benchmarks import cli, evacuation, ovn_peer
 from dfflow.sandbox import ovn, scenario
 
 
-def _run(strategy: str, gap: float, lost: float) -> dict:
-    probe = {"downtime_ms": gap, "lost_window_ms": lost, "recovered": True, "duplicates": 0, "baseline_gap_ms": 5.0}
-    return {"strategy": strategy, "probes": {ovn_peer.L2_PROBE: probe}, "convergence_ms": None}
+def _run(strategy: str, gap: float, lost: float, fip_gap: float | None = None) -> dict:
+    def probe(gap: float) -> dict:
+        return {"downtime_ms": gap, "lost_window_ms": lost, "recovered": True, "duplicates": 0, "baseline_gap_ms": 5.0}
+    probes = {ovn_peer.L2_PROBE: probe(gap)}
+    if fip_gap is not None:
+        probes[ovn_peer.FIP_PROBE] = probe(fip_gap)
+    return {"strategy": strategy, "probes": probes, "convergence_ms": None}
 
 
 def _report(runs: list[dict]) -> dict:
@@ -19,17 +23,22 @@ def _report(runs: list[dict]) -> dict:
             "update_port_delay_ms": 300.0, "load_before": (1.0, 1.0, 1.0), "load_after": (2.0, 2.0, 2.0)}
 
 
-def test_one_vm_report_puts_both_systems_in_one_table_with_the_ratio_of_their_reply_gaps():
-    ours = _report([_run("announce", g, 0.0) for g in (10.0, 20.0, 30.0)])
-    theirs = _report([_run("ovn-rarp", g, 5.0) for g in (40.0, 40.0, 80.0)])
+def test_one_vm_report_puts_both_systems_and_both_probes_in_one_table_with_the_ratio_of_each_probes_gaps():
+    ours = _report([_run("announce", g, 0.0, fip_gap=f) for g, f in ((10.0, 30.0), (20.0, 60.0), (30.0, 90.0))])
+    theirs = _report([_run("ovn-rarp", g, 5.0, fip_gap=f) for g, f in ((40.0, 20.0), (40.0, 20.0), (80.0, 40.0))])
     report = ovn_peer.combine(ours, theirs, scenario.summarise)
     assert set(report["summary"]) == {"dfflow announce", ovn_peer.OVN_LABEL}
-    assert report["summary"]["dfflow announce"]["downtime_median_ms"] == 20.0
-    assert report["ratios"] == {"figure": "downtime_median_ms", "dfflow announce": "0.50"}
-    table = ovn_peer.format_single(report)
-    row = next(line for line in table.splitlines() if line.startswith("dfflow announce"))
-    assert "0.50, " in row  # median ratio, then p95's
-    assert "dfflow announce 20.0 ms / OVN 40.0 ms = 0.50" in report["title"]
+    assert report["per_probe"]["dfflow announce"][ovn_peer.L2_PROBE]["gap_median_ms"] == 20.0
+    assert report["per_probe"][ovn_peer.OVN_LABEL][ovn_peer.FIP_PROBE]["gap_median_ms"] == 20.0
+    # each probe against the same probe of OVN: ahead on the L2 peer, behind through the floating IP
+    assert report["probe_ratios"] == {"dfflow announce": {ovn_peer.L2_PROBE: "0.50", ovn_peer.FIP_PROBE: "3.00"}}
+    table = ovn_peer.format_single(report).splitlines()
+    row = {(line[:16].strip(), line[17:45].strip()): line for line in table if line.startswith(("dfflow ", "OVN "))}
+    assert set(row) == {(label, probe) for label in ("dfflow announce", ovn_peer.OVN_LABEL)
+                        for probe in (ovn_peer.L2_PROBE, ovn_peer.FIP_PROBE)}
+    assert row[("dfflow announce", ovn_peer.L2_PROBE)].rstrip().endswith("0.50, 0.38")  # median ratio, then p95's
+    assert row[("dfflow announce", ovn_peer.FIP_PROBE)].rstrip().endswith("3.00, 2.25")
+    assert "announce, floating IP 60.0 / 20.0 ms = 3.00" in report["title"]
 
 
 def test_evacuation_report_ratio_is_of_the_last_vm_back():

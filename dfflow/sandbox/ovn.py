@@ -36,6 +36,7 @@ ENCAP_TYPE = "geneve"
 START_TIMEOUT = 15.0  # s
 # ovn-controller speaks OpenFlow 1.5 to br-int; the sandbox's br-int allows 1.3 and 1.4 (dfflow's)
 BR_INT_PROTOCOLS = "OpenFlow13,OpenFlow14,OpenFlow15"
+GW_CMS_OPTIONS = "enable-chassis-as-gw"  # what a chassis says in its OVS row to host routers' gateways
 
 
 def missing() -> list[str]:
@@ -149,8 +150,8 @@ class OvnCentral:
 class OvnChassis:
     """OVN on one chassis of the sandbox: its OVS row configured, its ovn-controller."""
 
-    def __init__(self, chassis: Any, central: OvnCentral):
-        self.chassis, self.central = chassis, central
+    def __init__(self, chassis: Any, central: OvnCentral, gateway: bool = False):
+        self.chassis, self.central, self.gateway = chassis, central, gateway
         self.dir = os.path.join(chassis.dir, "ovn")
         self.controller = Daemon(self.dir, "ovn-controller")
 
@@ -160,6 +161,7 @@ class OvnChassis:
         ovs.vsctl("--", "set", "Open_vSwitch", ".", f"external_ids:ovn-remote={self.central.sb_url}",
                   f"external_ids:ovn-encap-type={ENCAP_TYPE}", f"external_ids:ovn-encap-ip={ch.tunnel_ip}",
                   f"external_ids:ovn-bridge-datapath-type={ovs_datapath_type(ovs)}",
+                  *([f"external_ids:ovn-cms-options={GW_CMS_OPTIONS}"] if self.gateway else []),
                   "--", "set", "Bridge", "br-int", f"protocols={BR_INT_PROTOCOLS}",
                   "--", "del-controller", "br-int")
         env = dict(ovs.env, OVN_RUNDIR=self.dir, OVN_LOGDIR=self.dir)
@@ -190,10 +192,16 @@ def ovs_datapath_type(ovs: Any) -> str:
 class Ovn:
     """OVN over every chassis of an up sandbox (brought up without dfflow's controllers)."""
 
-    def __init__(self, sandbox: Any):
+    def __init__(self, sandbox: Any, gateways: Sequence[str] = ()):
+        """`gateways`: the chassis that host routers' gateways (`ovn-cms-options=enable-chassis-as-gw`,
+        which is how Neutron's OVN driver finds them)."""
         self.sandbox = sandbox
         self.central = OvnCentral(sandbox.dir)
-        self.chassis = {ch.name: OvnChassis(ch, self.central) for ch in sandbox.chassis_list()}
+        names = {ch.name for ch in sandbox.chassis_list()}
+        if set(gateways) - names:
+            raise SandboxError(f"gateways: no chassis {', '.join(sorted(set(gateways) - names))} in the sandbox")
+        self.chassis = {ch.name: OvnChassis(ch, self.central, gateway=ch.name in gateways)
+                        for ch in sandbox.chassis_list()}
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Central processes, then one ovn-controller per chassis; returns once every chassis is in
@@ -216,7 +224,11 @@ class Ovn:
             tunnels = {name: node.chassis.ovs().vsctl("--bare", "--columns=name", "find", "Interface",
                                                        f"type={ENCAP_TYPE}").split()
                        for name, node in self.chassis.items()}
-            if registered >= names and all(len(t) >= len(names) - 1 for t in tunnels.values()):
+            gateways = {name for name, node in self.chassis.items() if node.gateway}
+            offered = set(self.central.sbctl("--bare", "--columns=name", "find", "Chassis",
+                                             f'other_config:ovn-cms-options="{GW_CMS_OPTIONS}"').split())
+            if (registered >= names and all(len(t) >= len(names) - 1 for t in tunnels.values())
+                    and offered >= gateways):
                 return
             if time.monotonic() > deadline:
                 raise SandboxError(f"OVN did not come up within {timeout:g} s: chassis in the SB "

@@ -30,7 +30,7 @@ import ipaddress
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ovsdbapp.backend.ovs_idl import connection
@@ -40,6 +40,7 @@ from ovsdbapp.schema.ovn_southbound import impl_idl as sb_idl
 from .netns import SandboxError
 from .nova import MEMORY_COPY, READY_TIMEOUT, Switchover, _sleep_until
 from .osvif import OsVifHost, vif_spec
+from .probe import PORT as PROBE_PORT
 from .ovn import Ovn
 
 OVSDB_TIMEOUT = 20  # s
@@ -65,10 +66,29 @@ class Network:
     name: str
     switch: str
     cidr: str
+    external: bool = False
+    mtu: int = DEFAULT_MTU
+    used: set[str] = field(default_factory=set)  # addresses given out (the gateway's is never given)
 
     @property
     def gateway(self) -> str:
         return str(next(ipaddress.ip_network(self.cidr).hosts()))
+
+    def take(self, ip: str) -> str:
+        if ipaddress.ip_address(ip) not in ipaddress.ip_network(self.cidr) or ip == self.gateway:
+            raise SandboxError(f"ip {ip}: not a host address of {self.name} ({self.cidr}, gateway {self.gateway})")
+        if ip in self.used:
+            raise SandboxError(f"ip {ip} is in use on {self.name} already")
+        self.used.add(ip)
+        return ip
+
+    def allocate(self) -> str:
+        """The lowest free host address after the gateway (Neutron's IPAM gives out any free one)."""
+        free = next((h for h in ipaddress.ip_network(self.cidr).hosts()
+                     if str(h) != self.gateway and str(h) not in self.used), None)
+        if free is None:
+            raise SandboxError(f"network {self.name} ({self.cidr}) has no free address")
+        return self.take(str(free))
 
 
 @dataclass
@@ -78,6 +98,7 @@ class Port:
     mac: str
     ip: str
     host: str
+    port_security: bool = True
 
 
 class OvnCloud:
@@ -89,6 +110,7 @@ class OvnCloud:
         self.nb = _api(nb_idl.OvnNbApiIdlImpl, ovn.central.nb_url)
         self.sb = _api(sb_idl.OvnSbApiIdlImpl, ovn.central.sb_url, SB_TABLES)
         self.networks: dict[str, Network] = {}
+        self.routers: dict[str, Any] = {}  # by name: ovn_router.Router
         self.ports: dict[str, Port] = {}  # by VM name
         self.default_group = f"pg_{uuid.uuid4().hex}"  # Neutron's name for a group: pg_ + its id, no dashes
         self._groups_made = False
@@ -98,14 +120,17 @@ class OvnCloud:
             api.ovsdb_connection.stop()
 
     # --- Neutron's OVN driver ---------------------------------------------------------------------
-    def create_network(self, name: str, cidr: str) -> Network:
+    def create_network(self, name: str, cidr: str, external: bool = False) -> Network:
+        """A tunnelled (Geneve) network; `external`: router:external, where routers put their gateway."""
         if name in self.networks:
             raise SandboxError(f"network {name} exists already")
         ipaddress.ip_network(cidr)
         net_id = str(uuid.uuid4())
-        network = Network(id=net_id, name=name, switch=f"neutron-{net_id}", cidr=cidr)
+        network = Network(id=net_id, name=name, switch=f"neutron-{net_id}", cidr=cidr, external=external)
         with self.nb.transaction(check_error=True) as txn:
-            txn.add(self.nb.ls_add(network.switch, external_ids={"neutron:network_name": name},
+            txn.add(self.nb.ls_add(network.switch, external_ids={"neutron:network_name": name,
+                                                                 "neutron:network_type": "geneve",
+                                                                 "neutron:mtu": str(network.mtu)},
                                    other_config={"mcast_snoop": "false"}))
         self._security_groups()
         self.networks[name] = network
@@ -128,6 +153,16 @@ class OvnCloud:
                                        f"outport == @{pg} && ip4 && ip4.src == ${pg}_ip4", "allow-related"))
         self._groups_made = True
 
+    def allow_probes(self) -> None:
+        """The rules the sandbox's probes from outside the group need (as secgroup_rules.allow_probes adds
+        them on dfflow's side): ingress ICMP and the probes' UDP port from anywhere, on the default group."""
+        pg = self.default_group
+        with self.nb.transaction(check_error=True) as txn:
+            for what in ("icmp4", f"udp && udp.dst == {PROBE_PORT}"):
+                txn.add(self.nb.pg_acl_add(pg, "to-lport", RULE_PRIORITY,
+                                           f"outport == @{pg} && ip4 && ip4.src == 0.0.0.0/0 && {what}",
+                                           "allow-related"))
+
     def _port_options(self, hosts: list[str], activation: bool) -> dict[str, str]:
         options = {"requested-chassis": ",".join(hosts), "mcast_flood_reports": "true"}
         if activation:
@@ -135,19 +170,22 @@ class OvnCloud:
         return options
 
     def _write_port(self, port: Port, hosts: list[str], activation: bool = False, create: bool = False) -> None:
-        """One NB transaction, as Neutron's create_port / update_port make for the port."""
+        """One NB transaction, as Neutron's create_port / update_port make for the port (port security
+        off: no port_security, "unknown" among its addresses, in no group)."""
         address = f"{port.mac} {port.ip}"
+        addresses, security = ([address], [address]) if port.port_security else ([address, "unknown"], [])
         options = self._port_options(hosts, activation)
         with self.nb.transaction(check_error=True) as txn:
             if create:
-                txn.add(self.nb.lsp_add(port.network.switch, port.id, addresses=[address],
-                                        port_security=[address], options=options,
+                txn.add(self.nb.lsp_add(port.network.switch, port.id, addresses=addresses,
+                                        port_security=security, options=options,
                                         external_ids={"neutron:device_owner": "compute:nova"}))
-                txn.add(self.nb.pg_add_ports(DROP_GROUP, port.id))
-                txn.add(self.nb.pg_add_ports(self.default_group, port.id))
+                if port.port_security:
+                    txn.add(self.nb.pg_add_ports(DROP_GROUP, port.id))
+                    txn.add(self.nb.pg_add_ports(self.default_group, port.id))
             else:
                 txn.add(self.nb.db_set("Logical_Switch_Port", port.id, ("options", options),
-                                       ("addresses", [address]), ("port_security", [address])))
+                                       ("addresses", addresses), ("port_security", security)))
                 if not activation:
                     txn.add(self.nb.db_remove("Logical_Switch_Port", port.id, "options", "activation-strategy",
                                               if_exists=True))
@@ -180,13 +218,17 @@ class OvnCloud:
                                                       "port_filter": True}}
         return vif_spec(port.id, port.mac, port.network.id, binding, mtu=DEFAULT_MTU)
 
-    def create_vm(self, name: str, chassis: str, network: str, ip: str) -> Port:
+    def create_vm(self, name: str, chassis: str, network: str, ip: str, port_security: bool = True) -> Port:
         """Nova's boot: the port created bound to `chassis`, the tap, os-vif's plug; returns once
-        ovn-controller there has bound the port and set it up."""
+        ovn-controller there has bound the port and set it up. `port_security` False: the sandbox's
+        external host (outside the cloud's groups, as on dfflow's side)."""
         self.sandbox.chassis(chassis)
+        if network not in self.networks:
+            raise SandboxError(f"network {network} does not exist")
         net = self.networks[network]
+        net.take(ip)
         mac = "fa:16:3e:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(3))
-        port = Port(id=str(uuid.uuid4()), network=net, mac=mac, ip=ip, host=chassis)
+        port = Port(id=str(uuid.uuid4()), network=net, mac=mac, ip=ip, host=chassis, port_security=port_security)
         self._write_port(port, [chassis], create=True)
         prefix = ipaddress.ip_network(net.cidr).prefixlen
         self.sandbox.plug_vm(name, chassis, port.id, mac, ip=f"{ip}/{prefix}", gateway=net.gateway, ovs_port=False)

@@ -40,6 +40,7 @@ STRATEGIES = ("announce", "unplug", "fallback")
 SECGROUPS = ("on", "off")
 CLOUD_VMS = ("M", "P", "Q")
 M_IP, P_IP, Q_IP, E_IP = "10.1.0.10", "10.1.0.20", "10.2.0.30", "172.24.4.100"
+L2_PROBE, FIP_PROBE = "peer (L2, chassis-3)", "external host (floating IP)"
 TRIGGERS = {"announce": "vm_announced", "unplug": "unplug", "fallback": "update_port"}
 # The figures of a run are those of the probes sent from just before the plug until just after the
 # migration's last step (the destination's flows, the switchover, the unplug, update_port and
@@ -94,15 +95,14 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         progress: Callable[[str], None] | None = None, keep_samples: bool = True,
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
         workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
-        controller_cmd: list[str] | None = None, fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
+        controller_cmd: list[str] | None = None, secgroups: tuple[str, ...] = ("on",),
         say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
     `secgroups`: each run of a strategy is made once per mode (SECGROUPS), interleaved; `say` hears
     what the set-up adds to the security groups.
     With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
     The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
-    `benchmarks.faulty_controller`). Without `fip_probe` only the L2 peer probes (the probe load of
-    the OVN peer's run, benchmarks.ovn_peer)."""
+    `benchmarks.faulty_controller`)."""
     if "fallback" in strategies and controller_cmd is None:
         raise ValueError("strategy 'fallback' needs controller_cmd: controllers that obey the sandbox's faults")
     workdir = workdir or tempfile.mkdtemp(prefix="dfbench-", dir="/tmp")
@@ -112,7 +112,7 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         sb.up(chassis=3, controllers=True, neutron=neutron)
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
-                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path, fip_probe,
+                                  keep_samples, routed_probe, on_migration, memory_copy, nova_path,
                                   secgroups, say))
         return report | {"load_before": load_before, "load_after": os.getloadavg()}
     finally:
@@ -125,13 +125,11 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                keep_samples: bool, routed_probe: bool,
                on_migration: Callable[[dict[str, Any]], None] | None,
                memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended",
-               fip_probe: bool = True, secgroups: tuple[str, ...] = ("on",),
+               secgroups: tuple[str, ...] = ("on",),
                say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     nb, cloud, fip = await _build(sb, say)
     echo = Echo(sb, "M")
-    probes = {"peer (L2, chassis-3)": ("P", M_IP)}
-    if fip_probe:
-        probes["external host (floating IP)"] = ("E", fip)
+    probes = {L2_PROBE: ("P", M_IP), FIP_PROBE: ("E", fip)}
     if routed_probe:
         probes["routed peer (net2, chassis-3)"] = ("Q", M_IP)
     try:
