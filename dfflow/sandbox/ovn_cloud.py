@@ -11,6 +11,8 @@ change, over a held ovsdbapp connection as neutron-server holds one):
   (`allow-related`), and the `neutron_pg_drop` group that drops the rest of a port's IP traffic;
 * a VM port: a Logical_Switch_Port named by the port id with `addresses` and `port_security`
   "MAC IP", `options:requested-chassis` the bound host, in both port groups;
+* a port with port security off (the sandbox's external host): "unknown" among its addresses, no
+  port security, in no group; routers and floating IPs: dfflow.sandbox.ovn_router;
 * Nova's `binding:profile.migrating_to = dest` (the destination's pre-live-migration, after its
   os-vif plug): `requested-chassis = "src,dest"` and `activation-strategy = rarp` -- OVN binds the
   port on both chassis, the destination blocked until it sees the VM's RARP;
