@@ -290,13 +290,18 @@ def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
     return (LOCAL if role.local else REMOTE, int(role.gated), role.ofport, role.tunnel, role.copy_tunnel)
 
 
-def compile_port_change(program: core.CompiledProgram, table: PortTable, row: int,
-                        old: PortRole | None, new: PortRole | None) -> tuple[np.ndarray, np.ndarray]:
-    """(deletes, adds) that take one port's flows on this chassis from role `old` to `new`.
+PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
+
+
+def compile_port_changes(program: core.CompiledProgram, table: PortTable,
+                         changes: Sequence[PortChange]) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
+    ones, in one call of the compiled core (the rows of each change in the order given).
 
     Both roles are made from the port's facts in `table` (compile_facts_change when they change)."""
-    transition = np.array([(row, 0, *role_fields(old), *role_fields(new))], TRANSITION_DTYPE)
-    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition,
+    transitions = np.array([(row, 0, *role_fields(old), *role_fields(new)) for row, old, new in changes],
+                           TRANSITION_DTYPE)
+    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
                                                 pairs=table.pairs)
     return dels, adds
 
@@ -305,11 +310,7 @@ def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[
     """Every flow of the ports (row, role) in `table`, as rows: what they have installed."""
     if not placed:
         return np.zeros(0, FLOW_DTYPE)
-    transitions = np.array([(row, 0, *role_fields(None), *role_fields(role)) for row, role in placed],
-                           TRANSITION_DTYPE)
-    _, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
-                                             pairs=table.pairs)
-    return adds
+    return compile_port_changes(program, table, [(row, None, role) for row, role in placed])[1]
 
 
 def compile_facts_change(program: core.CompiledProgram, table: PortTable, port_id: str, facts: PortFacts,

@@ -102,14 +102,14 @@ def test_a_compiled_core_failure_is_an_error_and_the_port_keeps_its_flows_until_
         raise RuntimeError("injected")
 
     engine = make_engine()
-    working = compiler.compile_port_change
-    monkeypatch.setattr(compiler, "compile_port_change", broken)
+    working = compiler.compile_port_changes
+    monkeypatch.setattr(compiler, "compile_port_changes", broken)
     apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
     assert "injected" in engine.errors[-1] and "Traceback" in engine.errors[-1]
     assert l2_lookup_actions(engine, 1) is None  # no other engine made them
-    monkeypatch.setattr(compiler, "compile_port_change", working)
+    monkeypatch.setattr(compiler, "compile_port_changes", working)
     apply(engine, engine.everything())
     assert l2_lookup_actions(engine, 1) == (Output(5),)
 

@@ -88,7 +88,7 @@ def python_diff(program, facts: PortFacts, old: PortRole | None, new: PortRole |
 def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role):
     table = table_of(facts)
     for program in PROGRAMS:
-        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, None, role)
+        dels, adds = compiler.compile_port_changes(PER_APP[program.app_id], table, [(0, None, role)])
         assert len(dels) == 0
         assert flows_of(adds) == program.flows(facts, role)
 
@@ -98,7 +98,7 @@ def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role)
 def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
     table = table_of(facts)
     for program in PROGRAMS:
-        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, old, new)
+        dels, adds = compiler.compile_port_changes(PER_APP[program.app_id], table, [(0, old, new)])
         want_deletes, want_adds = python_diff(program, facts, old, new)
         deleted = flows_of(dels)
         assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
@@ -130,13 +130,13 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
 def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_rows_naming_their_template():
     facts = PortFacts(7, 101, 0xFA163E000001, True, False, (0x0A000001,))
     gated = PortRole(True, ofport=5, copy_tunnel=9, gated=True)
-    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, None, gated)
+    dels, adds = compiler.compile_port_changes(PER_APP[1], table_of(facts), [(0, None, gated)])
     assert len(dels) == 0
     made = flows_of(adds)
     assert made == L2_PORT_FLOWS.flows(facts, gated)
     assert {type(a).__name__ for f in made for a in f.actions} >= {"Learn", "Resubmit"}
     # leaving it (activation: gated -> open) deletes the gate's flows by key
-    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, gated, PortRole(True, ofport=5))
+    dels, adds = compiler.compile_port_changes(PER_APP[1], table_of(facts), [(0, gated, PortRole(True, ofport=5))])
     assert {f.table for f in flows_of(dels)} >= {0}  # the announcement flows in classify
     assert flows_of(adds)
 
@@ -144,8 +144,8 @@ def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_r
 def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
     facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
                       (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table_of(facts), 0, PortRole(False, tunnel=10),
-                                              PortRole(False, tunnel=11))
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table_of(facts), [(0, PortRole(False, tunnel=10),
+                                                                         PortRole(False, tunnel=11))])
     assert len(dels) == 0
     assert sorted((f.table, f.actions[-1].port) for f in flows_of(adds)) == [(50, 11), (50, 11)]
 
@@ -170,12 +170,12 @@ def test_a_port_whose_addresses_run_past_the_column_is_refused():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1, 2)))
     table.ports[0]["ip_count"] = 99
     with pytest.raises(ValueError, match="ip_start/ip_count"):
-        compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(True, ofport=5))
+        compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(True, ofport=5))])
 
 
 def test_an_out_of_range_vni_is_refused_before_anything_is_packed():
     table = table_of(PortFacts(7, 1 << 24, 0xFA163E000001))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(False, tunnel=3))
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=3))])
     with pytest.raises(ValueError, match="tunnel_id"):
         compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 
@@ -251,10 +251,10 @@ def test_no_memory_growth_over_10000_compiled_migrations():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1,)))
 
     def round_() -> None:
-        cloud.migrate(moves)  # compile_port_change, flow_mods and the bundle framing, on 10 chassis
+        cloud.migrate(moves)  # compile_port_changes, flow_mods and the bundle framing, on 10 chassis
         for bad in (None, PortRole(True, ofport=5, gated=True)):
             try:  # the error paths too
-                compiler.compile_port_change(PER_APP[1], table, 99 if bad is None else 0, None, bad)
+                compiler.compile_port_changes(PER_APP[1], table, [(99 if bad is None else 0, None, bad)])
             except ValueError:
                 pass
 
@@ -273,7 +273,7 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 ])
 def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field):
     table = table_of(PortFacts(7, 101, 0xFA163E000001))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, role)
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table, [(0, None, role)])
     with pytest.raises(ValueError, match=field):
         compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 
