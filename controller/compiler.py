@@ -11,6 +11,7 @@ one atomic bundle.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,13 +64,16 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
         if isinstance(item, FlowBatch):
             flush()
             start = 0
-            for i in _carrying(item.rows):
+            for i in core.rows_with_action(item, OP_PARAMS):
                 if i > start:
                     out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:i]), xid))
                     xid += i - start
                 serialize(_carried_flow(item.rows[i]))
                 start = i + 1
-            if start < len(item):
+            if start == 0:
+                out.extend(core.pack_flow_mods(item, xid))
+                xid += len(item)
+            elif start < len(item):
                 out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:]), xid))
                 xid += len(item) - start
         elif packable(item):
@@ -79,11 +83,6 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
             serialize(item)
     flush()
     return bytes(out)
-
-
-def _carrying(rows: np.ndarray) -> np.ndarray:
-    """Indices of the rows whose actions are OP_PARAMS slots (a template's, for os-ken to serialize)."""
-    return np.flatnonzero((rows["n_actions"] > 0) & (rows["actions"]["op"][:, 0] == OP_PARAMS))
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -96,8 +95,8 @@ def _carried_flow(row: np.void) -> Flow:
 
 def flows_of_rows(rows: np.ndarray) -> list[Flow]:
     """Rows the compiled core made, as Flows (reconcile, status, tests)."""
-    carrying = set(_carrying(rows).tolist())
     batch = FlowBatch.of_rows(np.ascontiguousarray(rows))
+    carrying = set(core.rows_with_action(batch, OP_PARAMS))
     return [_carried_flow(rows[i]) if i in carrying else batch.flow(i) for i in range(len(rows))]
 
 
@@ -109,6 +108,7 @@ PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
 FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
 PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
 TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
+_TRANSITION = struct.Struct(f"<{len(core.TRANSITION_FIELDS)}Q")  # one record of TRANSITION_DTYPE
 NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
 # The compiled core numbers params, facts and repetitions itself: it must be the numbering of the templates.
@@ -299,8 +299,8 @@ def compile_port_changes(program: core.CompiledProgram, table: PortTable,
     ones, in one call of the compiled core (the rows of each change in the order given).
 
     Both roles are made from the port's facts in `table` (compile_facts_change when they change)."""
-    transitions = np.array([(row, 0, *role_fields(old), *role_fields(new)) for row, old, new in changes],
-                           TRANSITION_DTYPE)
+    transitions = np.frombuffer(b"".join([_TRANSITION.pack(row, 0, *role_fields(old), *role_fields(new))
+                                          for row, old, new in changes]), TRANSITION_DTYPE)
     dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
                                                 pairs=table.pairs)
     return dels, adds

@@ -11,7 +11,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 
 from dfflow._packer cimport (OFP_VERSION, OFPBCT_COMMIT_REQUEST, OFPBCT_OPEN_REQUEST, OFPT_BUNDLE_ADD_MESSAGE,
                              OFPT_BUNDLE_CONTROL, ONF_BCT_COMMIT_REQUEST, ONF_BCT_OPEN_REQUEST, ONF_ET_BUNDLE_ADD_MESSAGE,
-                             ONF_ET_BUNDLE_CONTROL, _check_bundle_args, _write_onf_bundle_msg, be16, be32)
+                             ONF_ET_BUNDLE_CONTROL, _check_bundle_args, _check_xids, _write_onf_bundle_msg, be16, be32)
 
 cdef enum:
     OFP_HEADER_LEN = 8
@@ -26,23 +26,32 @@ cdef inline uint32_t _ld32be(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef list _frames(const unsigned char *p, Py_ssize_t end, int version):
-    """(offset, length, msg_type, xid) of each message; ValueError unless end bytes are whole
-    messages (of `version`, unless it is -1)."""
-    cdef Py_ssize_t off = 0
+cdef inline unsigned int _length(const unsigned char *p) noexcept nogil:
+    return (<unsigned int>p[2] << 8) | p[3]
+
+
+cdef Py_ssize_t _walk(const unsigned char *p, Py_ssize_t end, int version, Py_ssize_t wrap,
+                      list frames) except -1:
+    """The number of messages in end bytes; ValueError unless they are whole messages (of
+    `version`, unless it is -1), each short enough to take a `wrap`-byte bundle-add header.
+    Appends (offset, length, msg_type, xid) of each to `frames` unless it is None."""
+    cdef Py_ssize_t off = 0, n = 0
     cdef unsigned int length
-    out = []
     while off < end:
         if end - off < OFP_HEADER_LEN:
             raise ValueError(f"truncated OpenFlow header at offset {off}")
-        length = (<unsigned int>p[off + 2] << 8) | p[off + 3]
+        length = _length(p + off)
         if length < OFP_HEADER_LEN or off + length > end:
             raise ValueError(f"bad OpenFlow length {length} at offset {off}")
         if version >= 0 and p[off] != version:
             raise ValueError(f"OpenFlow version 0x{p[off]:02x} at offset {off}, expected 0x{version:02x}")
-        out.append((off, length, p[off + 1], _ld32be(p + off + 4)))
+        if wrap + length > OFP_MAX_MSG_LEN:
+            raise ValueError(f"message xid={_ld32be(p + off + 4)} ({length} bytes) too long to bundle")
+        if frames is not None:
+            frames.append((off, length, p[off + 1], _ld32be(p + off + 4)))
         off += length
-    return out
+        n += 1
+    return n
 
 
 def frames(buf, version=None):
@@ -54,7 +63,9 @@ def frames(buf, version=None):
     cdef Py_buffer view
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
-        return _frames(<const unsigned char *>view.buf, view.len, -1 if version is None else version)
+        found = []
+        _walk(<const unsigned char *>view.buf, view.len, -1 if version is None else version, 0, found)
+        return found
     finally:
         PyBuffer_Release(&view)
 
@@ -89,40 +100,39 @@ def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, ope
     cdef Py_buffer view
     cdef const unsigned char *src
     cdef unsigned char *dst
-    cdef Py_ssize_t total = 0, start, off, length
+    cdef Py_ssize_t total = 0, start, off, length, n
+    cdef uint32_t xid
     cdef Py_ssize_t hdr = ONF_BUNDLE_ADD_LEN if version == OFP_VERSION else OF14_BUNDLE_ADD_LEN
     cdef Py_ssize_t ctrl = ONF_BUNDLE_CTRL_LEN if version == OFP_VERSION else OF14_BUNDLE_CTRL_LEN
     cdef uint32_t bid, oxid = 0, cxid = 0
     cdef uint16_t fl
     _check_bundle_args(bundle_id, flags, "")
-    for name, xid in (("open_xid", open_xid), ("commit_xid", commit_xid)):
-        if xid is not None and not 0 <= xid <= 0xFFFFFFFF:
-            raise ValueError(f"{name} {xid} out of range (0..0xffffffff)")
     bid = bundle_id
     fl = flags
     if open_xid is not None:
-        oxid = open_xid
+        oxid = _check_xids(open_xid, 1, "open_xid: ")
         total += ctrl
     if commit_xid is not None:
-        cxid = commit_xid
+        cxid = _check_xids(commit_xid, 1, "commit_xid: ")
         total += ctrl
     if out is None:
         out = bytearray()
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         src = <const unsigned char *>view.buf
-        msgs = _frames(src, view.len, version)
-        for off, length, _type, xid in msgs:
-            if hdr + length > OFP_MAX_MSG_LEN:
-                raise ValueError(f"message xid={xid} ({length} bytes) too long to bundle")
-            total += hdr + length
+        n = _walk(src, view.len, version, hdr, None)
         start = len(out)
-        PyByteArray_Resize(out, start + total)
+        PyByteArray_Resize(out, start + total + view.len + n * hdr)
         dst = <unsigned char *>PyByteArray_AS_STRING(out) + start
         if open_xid is not None:
             _write_ctrl(dst, version, oxid, bid, False, fl)
             dst += ctrl
-        for off, length, _type, xid in msgs:
+        xids = []
+        off = 0
+        while off < view.len:
+            length = _length(src + off)
+            xid = _ld32be(src + off + 4)
+            xids.append(xid)
             if version == OFP_VERSION:
                 _write_onf_bundle_msg(dst, <uint16_t>(hdr + length), xid, ONF_ET_BUNDLE_ADD_MESSAGE, bid, 0, fl)
             else:
@@ -135,8 +145,9 @@ def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, ope
                 be16(dst + 14, fl)
             memcpy(dst + hdr, src + off, length)
             dst += hdr + length
+            off += length
         if commit_xid is not None:
             _write_ctrl(dst, version, cxid, bid, True, fl)
     finally:
         PyBuffer_Release(&view)
-    return out, [m[3] for m in msgs]
+    return out, xids

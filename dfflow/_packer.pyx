@@ -723,3 +723,18 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
     dfflow.openflow's Datapath.send_bundle does.
     """
     return _pack_bytes(_rows_of(batch), xid_start, True, bundle_id, flags, commit, "")
+
+
+def rows_with_action(batch, unsigned int op):
+    """Indices of the rows whose first action slot holds opcode ``op``, in order (rows without
+    actions have none): the rows a caller encodes another way before packing the rest."""
+    cdef _Rows rows = _rows_of(batch)
+    cdef const LayoutC *L = &rows.layout.c
+    cdef const unsigned char *rec
+    cdef Py_ssize_t r
+    found = []
+    for r in range(rows.n):
+        rec = rows.base + r * L.itemsize
+        if rec[L.n_actions] and rec[L.actions + L.a_op] == op:
+            found.append(r)
+    return found
