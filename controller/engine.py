@@ -27,7 +27,7 @@ from controller import compiler
 from controller.apps.base import App
 from controller.flowstate import FlowState, Owner, Plan
 from controller.pipeline import check_flow
-from controller.templates import PortRole
+from controller.templates import PortFacts, PortRole
 from controller.view import LOCAL, REMOTE, View, Vif
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Flow
@@ -44,14 +44,15 @@ ERRORS_KEPT = 20
 Place = tuple[PortRole, "str | None"]  # a port's role here and the chassis hosting it
 
 
-class _RoleChange(NamedTuple):
-    """A port whose role here changes (its flows made by one compile call with the others')."""
+class _PortChange(NamedTuple):
+    """A port whose role or facts here change (its flows made by one compile call with the others')."""
     port_id: str
     row: int  # in the PortTable
     old: PortRole | None
     new: PortRole | None
     known: bool  # its facts were in the table before
     gone: bool  # it has no role here any more: its facts leave the table once compiled
+    facts: PortFacts | None = None  # a facts change's new facts (None: a role change over the same facts)
 
 
 class Engine:
@@ -253,12 +254,14 @@ class Engine:
     def _compile_ports(self, port_ids: list[str]) -> tuple[list[tuple[FlowBatch, FlowBatch]],
                                                           dict[str, Place | None], set[str]]:
         """The flow mods of the ports' role and facts changes, made by the compiled core: every role
-        change in one call. Returns them, where each port's flows are now for, and the ports the core
-        failed on (counted and kept in `errors`; they keep their flows and places)."""
-        rows: list[tuple[FlowBatch, FlowBatch]] = []
+        change in one call, every facts change in two (before and after). Returns them, where each
+        port's flows are now for, and the ports the core failed on (counted and kept in `errors`;
+        they keep their flows and places)."""
+        rows: list[tuple[Any, Any]] = []
         placed: dict[str, Place | None] = {}
         failed: set[str] = set()
-        changes: list[_RoleChange] = []
+        role_changes: list[_PortChange] = []
+        facts_changes: list[_PortChange] = []
         for port_id in port_ids:
             port = self.view.port(port_id)
             if port is not None and self.view.switch(port.lswitch) is None:
@@ -276,29 +279,32 @@ class Engine:
                 continue
             if old_role is not None and role is not None and old_facts != facts:
                 self.stats["port_facts_changed"] += 1
-                try:
-                    change = compiler.compile_facts_change(self.program, self.table, port_id, facts, old_role, role)
-                except Exception:
-                    self._failed("compiler_errors", f"the compiled core failed computing the flows of port {port_id}")
-                    failed.add(port_id)
-                    continue
-                self.stats["compiled_ports"] += 1
-                rows.append(change)
+                facts_changes.append(_PortChange(port_id, self.table.index[port_id], old_role, role, True, False, facts))
                 continue
             known = port_id in self.table.index
             row = self.table.set(port_id, facts if facts is not None else old_facts)
-            changes.append(_RoleChange(port_id, row, old_role, role, known, facts is None))
-        if changes:
-            rows += self._compile_role_changes(changes, failed)
+            role_changes.append(_PortChange(port_id, row, old_role, role, known, facts is None))
+        if facts_changes:
+            rows += self._compile_together(facts_changes, self._compile_facts_changes, failed)
+        if role_changes:
+            rows += self._compile_together(role_changes, self._compile_role_changes, failed)
         for port_id in failed:
             placed.pop(port_id, None)
         return [(FlowBatch.of_rows(d), FlowBatch.of_rows(a)) for d, a in rows if len(d) or len(a)], placed, failed
 
-    def _compile_role_changes(self, changes: list[_RoleChange], failed: set[str]) -> list[tuple[Any, Any]]:
-        """The ports' role changes in one call of the core. If it fails on several, each is compiled
+    def _compile_role_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+        return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])
+
+    def _compile_facts_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+        return compiler.compile_facts_changes(self.program, self.table,
+                                              [(c.port_id, c.facts, c.old, c.new) for c in changes])
+
+    def _compile_together(self, changes: list[_PortChange], compile_: Callable[[list[_PortChange]], tuple[Any, Any]],
+                          failed: set[str]) -> list[tuple[Any, Any]]:
+        """The ports' changes in one call of the core. If it fails on several, each is compiled
         alone: the error is counted against the ports it fails on, and the others get their flows."""
         try:
-            made = [compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])]
+            made = [compile_(changes)]
         except Exception:
             if len(changes) == 1:
                 self._failed("compiler_errors", f"the compiled core failed computing the flows of port "
@@ -310,7 +316,7 @@ class Engine:
             LOG.warning("the compiled core failed on %d ports together: compiling each alone", len(changes),
                         exc_info=True)
             before = len(failed)
-            made = [rows for change in changes for rows in self._compile_role_changes([change], failed)]
+            made = [rows for change in changes for rows in self._compile_together([change], compile_, failed)]
             if len(failed) == before:
                 self._failed("compiler_errors", f"the compiled core failed on {len(changes)} ports together, "
                                                 "though on none alone")

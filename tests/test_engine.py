@@ -144,6 +144,27 @@ def test_the_ports_of_a_plan_are_compiled_in_one_call_and_one_the_core_fails_on_
     assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(10))
 
 
+
+def test_the_facts_changes_of_a_plans_ports_are_compiled_in_one_call(monkeypatch):
+    from controller import compiler
+    from dfflow.models import LogicalRouter, RouterPort
+
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    working = compiler.compile_facts_changes
+    calls = []
+
+    def counted(program, table, changes):
+        calls.append(sorted(port_id for port_id, _, _, _ in changes))
+        return working(program, table, changes)
+
+    monkeypatch.setattr(compiler, "compile_facts_changes", counted)
+    router = LogicalRouter(id="r1", topic="t", ports=[RouterPort(subnet="s1", mac="fa:16:3e:00:00:fe", ip="10.0.0.254")])
+    apply(engine, engine.nb_event(event(router)))  # both ports' networks are routed now
+    assert calls == [["a1", "b1"]]
+    assert engine.stats["port_facts_changed"] == 2 and not engine.stats["compiler_errors"]
+    assert engine.table.facts["a1"].routed and engine.table.facts["b1"].routed
+
+
 def pending_destination_a1():
     """Chassis A with a1 (VIF on ofport 5) and the pre-programmed destination of b1's announce
     migration from B (b1's VIF on ofport 6)."""

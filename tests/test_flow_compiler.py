@@ -118,13 +118,45 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
         owner = ("app", "port", "p0")
         python.commit(python.plan({owner: program.flows(before, old)}))
         plan = python.plan({owner: program.flows(after, new)})
-        dels, adds = compiler.compile_facts_change(PER_APP[program.app_id], table, "p0", after, old, new)
+        dels, adds = compiler.compile_facts_changes(PER_APP[program.app_id], table, [("p0", after, old, new)])
         assert table.facts["p0"] == after
         deleted = flows_of(dels)
         assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
         assert ({(f.table, f.priority, f.match, f.cookie) for f in deleted}
                 == {(f.table, f.priority, f.match, f.cookie) for f in plan.deletes})
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, plan.adds))
+
+
+
+def _numbers(before: PortFacts, after: PortFacts, *roles: PortRole) -> set[int]:
+    """The addresses, networks and VIFs a port's flows match on."""
+    return ({n for f in (before, after) for n in (f.vni, f.mac, *f.ipv4s)}
+            | {n for f in (before, after) for fip in f.fips for n in (fip.fip, fip.fixed_ip, fip.ext_vni, fip.fip_mac)}
+            | {n for f in (before, after) for pair in f.pairs for n in (pair.ip, pair.mac)}
+            | {r.ofport for r in roles if r.local})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(port_facts(), port_facts(), port_facts(), port_facts(), *[roles().filter(bool)] * 4)
+def test_the_facts_changes_of_several_ports_compile_together_to_what_each_compiles_alone(
+        before0, after0, before1, after1, old0, new0, old1, new1):
+    after0 = dataclasses.replace(after0, object_hash=before0.object_hash)
+    before1 = dataclasses.replace(before1, object_hash=before0.object_hash ^ 1)
+    after1 = dataclasses.replace(after1, object_hash=before1.object_hash, mac=before1.mac)
+    # two ports: no address, network or VIF of one is ever the other's
+    assume(not _numbers(before0, after0, old0, new0) & _numbers(before1, after1, old1, new1))
+    changes = [("p0", after0, old0, new0), ("p1", after1, old1, new1)]
+    alone_dels, alone_adds = [], []
+    for change in changes:
+        table = table_of(before0, before1)
+        dels, adds = compiler.compile_facts_changes(ALL_APPS, table, [change])
+        alone_dels += flows_of(dels)
+        alone_adds += flows_of(adds)
+    table = table_of(before0, before1)
+    dels, adds = compiler.compile_facts_changes(ALL_APPS, table, changes)
+    assert table.facts == {"p0": after0, "p1": after1}
+    assert sorted(map(repr, flows_of(dels))) == sorted(map(repr, alone_dels))
+    assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, alone_adds))
 
 
 def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_rows_naming_their_template():
