@@ -10,9 +10,9 @@ every affected object is one plan, applied as one bundle.
 A port's flows are its apps' port programs (controller.templates), run by the
 compiled core only: the port's facts are a row of typed columns
 (controller.compiler.PortTable, their one owner here), and the core makes the flow
-mods of a role or facts change as rows, without a Python object per flow. A
-failure of the core is an error (logged, counted, kept for status): the port keeps
-its flows until its next change. Apps without a port program (the security groups,
+mods of every role change of a plan in one call (its facts changes in two) as rows,
+without a Python object per flow. A failure of the core is an error (logged,
+counted, kept for status): the port it fails on keeps its flows until its next change. Apps without a port program (the security groups,
 until they move into the compiled core) compute a port's flows in Python; those,
 and the network, router and pipeline flows, are held per owner in FlowState.
 """
