@@ -21,6 +21,7 @@ V1..VN on net1, P on chassis-3 probing all of them from one prober, as benchmark
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any, Awaitable, Callable
 from benchmarks import evacuation
 from dfflow.sandbox import nova, scenario
 from dfflow.sandbox.evacuate import evacuate
+from dfflow.sandbox.netns import SandboxError
 from dfflow.sandbox.ovn import Ovn
 from dfflow.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
 from dfflow.sandbox.ovn_router import create_floating_ip, create_router
@@ -84,7 +86,7 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
                 def move(dest: str) -> Awaitable[dict[str, Any]]:
                     return migrate(cloud, "M", dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
                                    update_port_delay=update_port_delay)
-                results = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
+                results, stopped = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
                                                    _migration_figures(keep_samples), progress,
                                                    also={FIP_PROBE: ("E", fip)}))
             finally:
@@ -93,7 +95,7 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
             cloud.close()
     finally:
         _down(sb, ovn, workdir)
-    return {"runs": results, "summary": scenario.summarise(results), "interval_ms": interval * 1e3,
+    return {"runs": results, "stopped": stopped, "summary": scenario.summarise(results), "interval_ms": interval * 1e3,
             "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "nova_path": "extended",
             "update_port_delay_ms": update_port_delay * 1e3, "probes": [L2_PROBE, FIP_PROBE],
             "load_before": load_before, "load_after": os.getloadavg()}
@@ -120,28 +122,47 @@ async def _alternating(cloud: OvnCloud, runs: int, targets: str | list[str], int
                        move: Callable[[str], Awaitable[Any]],
                        figures: Callable[[int, Any, dict[str, Any], float, float], dict[str, Any]],
                        progress: Callable[[str], None] | None,
-                       also: dict[str, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+                       also: dict[str, tuple[str, str]] | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """`runs` probed moves, chassis-1 -> chassis-2 and back (`move(dest)`), P probing `targets`; with
     `also` ({probe name: (VM, address)}) those VMs probe too, each with its own prober, and `figures`
-    gets every probe's raw result by name ({L2_PROBE: P's, ...})."""
-    results = []
+    gets every probe's raw result by name ({L2_PROBE: P's, ...}). Returns the runs' figures and, when
+    a migration on OVN failed after the first run, why the runs stopped there (the runs before it stand;
+    the sandbox is not trusted for more)."""
+    results: list[dict[str, Any]] = []
     here = "chassis-1"
     for i in range(runs):
-        dest = "chassis-2" if here == "chassis-1" else "chassis-1"
-        others = {name: Sender(cloud.sandbox, vm, ip, interval=interval) for name, (vm, ip) in (also or {}).items()}
         try:
-            outcome, raw, quiet_from, started = await evacuation.probed(cloud.sandbox, "P", targets, interval,
-                                                                        lambda: move(dest))
-        finally:
-            raws = {name: sender.stop() for name, sender in others.items()}
-        if also:
-            raw = {L2_PROBE: raw, **raws}
-        here = dest
-        results.append(figures(i, outcome, raw, quiet_from, started))
+            results.append(await _one_run(cloud, i, here, targets, interval, move, figures, also))
+        except (OvnRunFailed, SandboxError) as exc:
+            if not results:
+                raise
+            logging.getLogger(__name__).exception("OVN run %d failed", i + 1)
+            return results, f"run {i + 1} of {runs} failed: {exc}"
+        here = "chassis-2" if here == "chassis-1" else "chassis-1"
         if progress is not None:
             back = results[-1].get("last_back_ms")
             progress(f"{STRATEGY} run {i + 1}/{runs}" + (f": last VM back {evacuation._ms(back)}" if back else ""))
-    return results
+    return results, None
+
+
+class OvnRunFailed(RuntimeError):
+    """A migration of an OVN run failed (the run has no figures)."""
+
+
+async def _one_run(cloud: OvnCloud, i: int, here: str, targets: str | list[str], interval: float,
+                   move: Callable[[str], Awaitable[Any]],
+                   figures: Callable[[int, Any, dict[str, Any], float, float], dict[str, Any]],
+                   also: dict[str, tuple[str, str]] | None) -> dict[str, Any]:
+    dest = "chassis-2" if here == "chassis-1" else "chassis-1"
+    others = {name: Sender(cloud.sandbox, vm, ip, interval=interval) for name, (vm, ip) in (also or {}).items()}
+    try:
+        outcome, raw, quiet_from, started = await evacuation.probed(cloud.sandbox, "P", targets, interval,
+                                                                    lambda: move(dest))
+    finally:
+        raws = {name: sender.stop() for name, sender in others.items()}
+    if also:
+        raw = {L2_PROBE: raw, **raws}
+    return figures(i, outcome, raw, quiet_from, started)
 
 
 def _migration_figures(keep_samples: bool) -> Callable[..., dict[str, Any]]:
@@ -156,7 +177,7 @@ def _migration_figures(keep_samples: bool) -> Callable[..., dict[str, Any]]:
 def _evacuation_figures(ips: dict[str, str], keep_samples: bool) -> Callable[..., dict[str, Any]]:
     def figures(i: int, result: dict[str, Any], raw: dict[str, Any], quiet_from: float, started: float):
         if result["failed"]:
-            raise RuntimeError(f"OVN run {i + 1}: migrations failed: {result['failed']}")
+            raise OvnRunFailed(f"migrations failed: {result['failed']}")
         return evacuation._figures(STRATEGY, i, ips, result, raw, quiet_from, started, keep_samples)
     return figures
 
@@ -185,7 +206,7 @@ def run_evacuation(vms: int, runs: int = 5, interval: float | None = None, memor
             def move(dest: str) -> Awaitable[dict[str, Any]]:
                 return evacuate(cloud, list(ips), dest, migrate=migrate, memory_copy=memory_copy,
                                 unplug_delay=unplug_delay, update_port_delay=update_port_delay)
-            results = asyncio.run(_alternating(cloud, runs, list(ips.values()), interval, move,
+            results, stopped = asyncio.run(_alternating(cloud, runs, list(ips.values()), interval, move,
                                                _evacuation_figures(ips, keep_samples), progress))
         finally:
             for echo in echoes:
@@ -193,7 +214,8 @@ def run_evacuation(vms: int, runs: int = 5, interval: float | None = None, memor
             cloud.close()
     finally:
         _down(sb, ovn, workdir)
-    return {"vms": vms, "runs": results, "summary": evacuation.summarise(results), "interval_ms": interval * 1e3,
+    return {"vms": vms, "runs": results, "stopped": stopped, "summary": evacuation.summarise(results),
+            "interval_ms": interval * 1e3,
             "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
             "update_port_delay_ms": update_port_delay * 1e3, "nova_path": "extended",
             "load_before": load_before, "load_after": os.getloadavg()}
@@ -247,7 +269,8 @@ def per_probe_stats(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _loads(report: dict[str, Any]) -> dict[str, Any]:
-    return {"load_before": report["load_before"], "load_after": report["load_after"]}
+    loads = {"load_before": report["load_before"], "load_after": report["load_after"]}
+    return loads | ({"stopped": report["stopped"]} if report.get("stopped") else {})
 
 
 def _fmt(value: float | None) -> str:
@@ -317,4 +340,6 @@ def format_evacuation(report: dict[str, Any]) -> str:
 
 
 def _load_lines(report: dict[str, Any]) -> list[str]:
-    return [f"{system}: {load_line(loads)}" for system, loads in report["systems"].items()]
+    lines = [f"{system}: {load_line(loads)}" for system, loads in report["systems"].items()]
+    return lines + [f"{system} STOPPED EARLY, {loads['stopped']}" for system, loads in report["systems"].items()
+                    if loads.get("stopped")]

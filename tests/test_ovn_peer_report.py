@@ -52,6 +52,9 @@ def test_evacuation_report_ratio_is_of_the_last_vm_back():
     report = ovn_peer.combine(ours, theirs, evacuation.summarise)
     assert report["ratios"] == {"figure": "last_back_median_ms", "dfflow announce": "0.25"}
     assert "0.25, 0.25" in ovn_peer.format_evacuation(report)
+    # OVN's runs cut short by a failed migration: the table says so, with why
+    stopped = ovn_peer.combine(ours, theirs | {"stopped": "run 2 of 10 failed: V1 not bound"}, evacuation.summarise)
+    assert "ovn STOPPED EARLY, run 2 of 10 failed: V1 not bound" in ovn_peer.format_evacuation(stopped)
 
 
 def test_the_ovn_peer_refuses_the_legacy_nova_path_before_starting_anything():
