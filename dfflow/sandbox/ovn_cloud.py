@@ -52,6 +52,9 @@ DEFAULT_MTU = 1400
 RULE_PRIORITY, DROP_PRIORITY = 1002, 1001
 STRATEGY = "ovn-rarp"
 SB_TABLES = ("Chassis", "Port_Binding", "Encap")
+# how long the end of a migration waits for the SB to show the port bound to its destination alone (Nova
+# does not wait for it; a loaded ovn-controller with many ports to move can take over READY_TIMEOUT)
+SETTLE_TIMEOUT = 30.0  # s
 
 
 def _api(cls: type, url: str, tables: tuple[str, ...] | None = None) -> Any:
@@ -307,7 +310,7 @@ async def migrate(cloud: OvnCloud, vm: str, dest: str, unplug_delay: float = 0.2
     await asyncio.to_thread(cloud._write_port, port, [dest])  # migrating_to cleared: the row rewritten
     steps["updated_port"] = time.time()
     await asyncio.to_thread(cloud.wait_binding, port.id, lambda main, extra, up: main == [dest] and not extra,
-                            f"{vm}'s port bound to {dest} alone")
+                            f"{vm}'s port bound to {dest} alone", SETTLE_TIMEOUT)
     steps["done"] = time.time()
     origin = steps["plug"]
     return {"vm": vm, "port": port.id, "migration": None, "source": source, "destination": dest,
