@@ -34,7 +34,7 @@ from controller.pipeline import table
 from controller.view import mac_int
 from dfflow import core
 from dfflow.flowbatch import LAYOUT, MAX_ACTIONS, FlowBatch
-from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, Flow, match
+from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, Flow, match
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ ARP_RESPONDER, L2_LOOKUP = table("arp_responder"), table("l2_lookup")
 # (table checked, where allowed packets go, the match field naming the remote end)
 DIRECTIONS = {"egress": (EGRESS_SG, ARP_RESPONDER, "ipv4_dst"), "ingress": (INGRESS_SG, L2_LOOKUP, "ipv4_src")}
 TRACKED_NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW)
-IPPROTO_TCP = 6
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+DHCP_SERVER, DHCP_CLIENT = 67, 68
+DHCP_REPLY = match(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER, udp_dst=DHCP_CLIENT)
+DHCP = 250  # above the conntrack verdicts: a reply is neither tracked as one connection nor a rule's
 CONNTRACK, RULE = 100, 100  # the conntrack tables' port flows; a rule's flows
 CONJUNCTION = 95  # a conjunctive rule's flows: apart from the plain rules' (a clause may share their match)
 MID_STREAM = 90  # below the rules: what they allow is committed by them
@@ -124,4 +127,8 @@ class SecurityGroupsApp(App):
                            cookie=cookie),
                       Flow(sg_table, 200, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), goto=allowed_to,
                            cookie=cookie)]
+        # As Neutron: a filtered port may not answer DHCP, and receives DHCP replies whatever its groups
+        # (its request went out to the broadcast address, so the reply is a new connection to conntrack).
+        flows += [Flow(EGRESS_SG, DHCP, DHCP_REPLY, cookie=cookie),
+                  Flow(INGRESS_SG, DHCP, DHCP_REPLY, goto=L2_LOOKUP, cookie=cookie)]
         return flows
