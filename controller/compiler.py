@@ -328,11 +328,21 @@ def compile_facts_change(program: core.CompiledProgram, table: PortTable, port_i
     except Exception:
         table.set(port_id, old_facts)
         raise
-    kept_keys = {_key(r) for r in after}
-    unchanged = {r.tobytes() for r in before}
-    dels = before[[_key(r) not in kept_keys for r in before]] if len(before) else before
+    return diff_rows(before, after)
+
+
+def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take an object's flows from rows `before` to rows `after`.
+
+    A flow whose key both have is replaced by its add (never deleted first: a flow the datapath
+    learned over the key stays); one that is the same in both is not sent."""
+    if not len(before) and not len(after):
+        return before, after
+    if not len(before) or not len(after):  # all of one or the other: nothing to compare
+        dels, adds = before.copy(), after
+    else:
+        dels, adds = before[~np.isin(_keys(before), _keys(after))], after[~np.isin(_whole(after), _whole(before))]
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
-    adds = after[[r.tobytes() not in unchanged for r in after]] if len(after) else after
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
 
 
@@ -340,15 +350,20 @@ def distinct_keys(rows: np.ndarray) -> np.ndarray:
     """The first row of each flow key among `rows` (the switch holds one flow per key)."""
     if len(rows) < 2:
         return np.arange(len(rows))
-    keys = rf.repack_fields(rows[list(_KEY_FIELDS)])
-    _, first = np.unique(keys.view(np.dtype((np.void, keys.dtype.itemsize))), return_index=True)
+    _, first = np.unique(_keys(rows), return_index=True)
     return np.sort(first)
+
+
+def _keys(rows: np.ndarray) -> np.ndarray:
+    """Each row's flow key (table, priority, match) as one comparable value."""
+    return _whole(rf.repack_fields(rows[list(_KEY_FIELDS)]))
+
+
+def _whole(rows: np.ndarray) -> np.ndarray:
+    """Each row as one comparable value (its bytes)."""
+    rows = np.ascontiguousarray(rows)
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize))).reshape(len(rows))
 
 
 _KEY_FIELDS = ("table", "priority", "match_present", "match_masked", "match_value", "match_mask")
 
-
-def _key(row: np.void) -> tuple:
-    """A row's flow key (table, priority, match) as comparable values."""
-    return (int(row["table"]), int(row["priority"]), int(row["match_present"]), int(row["match_masked"]),
-            row["match_value"].tobytes(), row["match_mask"].tobytes())

@@ -33,7 +33,7 @@ from controller.apps.sg_rules import rule_rows
 from controller.pipeline import table
 from controller.view import mac_int
 from dfflow import core
-from dfflow.flowbatch import LAYOUT, MAX_ACTIONS, FlowBatch
+from dfflow.flowbatch import LAYOUT, MAX_ACTIONS
 from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, Flow, match
 from dfflow.models import LogicalPort, SecurityGroupRule
 
@@ -98,12 +98,11 @@ PROGRAM = core.SecGroupProgram(LAYOUT, dict(
 class SecurityGroupsApp(App):
     name = "secgroups"
     app_id = 4
-
-    def add_local_port(self, port: LogicalPort, view: "View") -> list[Flow]:
-        return FlowBatch.of_rows(self.port_rows(port, view)).flows()
+    makes_port_rows = True
 
     def port_rows(self, port: LogicalPort, view: "View") -> np.ndarray:
-        """The port's flows on this chassis as rows of the flow record, made by the compiled core."""
+        """The port's flows on this chassis as rows of the flow record, made by the compiled core: none
+        but where the port runs (its groups are enforced there)."""
         role = view.port_role(port)
         if role is None or not role.local or not filtered(port):
             return np.zeros(0, LAYOUT.dtype)
@@ -114,9 +113,6 @@ class SecurityGroupsApp(App):
                                                       for p in port.allowed_address_pairs}), np.uint64)
         return core.compile_secgroups(PROGRAM, role.ofport, view.vni(port.lswitch), self.cookie(port.id), macs,
                                       rows, addresses, arriving(port, view))
-
-    def add_remote_port(self, port: LogicalPort, view: "View") -> list[Flow]:
-        return []  # a port's groups are enforced where it runs
 
     def static_flows(self) -> list[Flow]:
         cookie = self.cookie("pipeline")
