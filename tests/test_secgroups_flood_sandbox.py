@@ -147,3 +147,52 @@ def test_dhcp_replies_reach_filtered_ports_and_filtered_ports_cannot_send_them(c
     assert received(sb, "B", ["A"], VMS["A"][1], DHCP_CLIENT, DHCP_SERVER) == {"A": NOTHING}
     # other UDP from V still does not pass: only the DHCP reply's ports
     assert received(sb, "V", ["A", "X"], BROADCAST, DHCP_CLIENT, DHCP_CLIENT + 1) == {"A": NOTHING, "X": NOTHING}
+
+
+ARP_COUNT = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.settimeout(float(sys.argv[2]))
+print("ready", flush=True)
+got = 0
+try:
+    while True:
+        frame = s.recv(128)
+        if frame[20:22] == b"\\x00\\x01" and frame[38:42] == socket.inet_aton(sys.argv[1]):
+            got += 1
+except socket.timeout:
+    pass
+print(got, flush=True)
+"""
+ARP_ASK = """
+import socket, sys, time
+mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+own, asked, count = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2]), int(sys.argv[3])
+request = (b"\\xff" * 6 + mac + b"\\x08\\x06" + b"\\x00\\x01\\x08\\x00\\x06\\x04\\x00\\x01" + mac + own
+           + b"\\x00" * 6 + asked)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for _ in range(count):
+    s.send(request)
+    time.sleep(0.01)
+"""
+
+
+def test_arp_floods_reach_filtered_ports_from_anyone(cloud):
+    """An ARP request for an address no port has (the ARP responder answers the others in place) is
+    flooded to every port, filtered or not, as port security always admits ARP: from outside the group,
+    on the same chassis and through a tunnel."""
+    sb, unknown = cloud.sb, "10.1.0.99"
+    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", ARP_COUNT, unknown, "0.8"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in ("A", "B", "V")}
+    try:
+        for listener in listeners.values():
+            assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
+        sb.vm_exec("X", [sys.executable, "-c", ARP_ASK, VMS["X"][1], unknown, str(COUNT)], timeout=20)
+        got = {vm: int(listener.communicate(timeout=20)[0].strip()) for vm, listener in listeners.items()}
+    finally:
+        for listener in listeners.values():
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+    assert got == {"A": COUNT, "B": COUNT, "V": COUNT}
