@@ -154,8 +154,8 @@ class L2App(App):
             Flow(FLOOD, 100, match(metadata=vni, reg6=0), tuple(local), cookie=cookie),
             Flow(FLOOD, 50, match(metadata=vni), tuple(local + to_tunnels), cookie=cookie),
         ]
-        filtered_here = [o for o in local if o.port in {view.ofport(p) for p in view.local_ports(switch.id)
-                                                        if filtered(p)}]
+        filtered_ofports = {view.ofport(p) for p in view.local_ports(switch.id) if filtered(p)}
+        filtered_here = [o for o in local if o.port in filtered_ofports]
         if filtered_here:
             unfiltered = [o for o in local if o not in filtered_here]
             # IPv6 is not flooded to a port with security groups: they filter IPv4 only.
