@@ -100,9 +100,6 @@ class Rtnl:
                         raise OSError(-error, f"rtnetlink request {seq}: {os.strerror(-error)}")
                 offset += (length + 3) & ~3
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 def rarp_frame(mac: bytes) -> bytes:
     """QEMU's announcement: a RARP 'request reverse' from and about the guest's MAC."""
@@ -166,11 +163,6 @@ class Switchover:
         self.raw.send(self.frames[1])
         stamps["routed"] = time.time()
 
-    def close(self) -> None:
-        self.raw.close()
-        self.rtnl.close()
-        self.ipr.close()  # takes milliseconds: only after the stamps are out
-
 
 def realtime() -> None:
     """Run the switchover ahead of ordinary processes: on a busy machine a VM's resume step must not
@@ -182,15 +174,21 @@ def realtime() -> None:
         print(f"switchover: running at normal priority ({exc})", file=sys.stderr, flush=True)
 
 
-def ordinary() -> None:
-    """Back to normal priority once the resume is done. Its teardown (closing netlink, the
-    interpreter's exit) at real-time priority, right after the switchover, held the machine: the
-    probers sent nothing for ~43 ms (median) starting 6-13 ms after the announcement, against
-    ~10 ms with the helper at normal priority (benchmarks/RESULTS.md, 2026-11-28, `no-stall`)."""
+def leave() -> None:
+    """Exit the moment the stamps are out, without the interpreter's teardown. At real-time priority
+    that teardown held the machine right after the switchover (the probers sent nothing for ~43 ms,
+    branch `no-stall`); at normal priority it still took 60-100 ms of CPU (closing pyroute2, the
+    modules' clean-up), spread over the second after the switchover on a busy machine -- the
+    emulated QEMU's cost, landing in the measured window of dfflow's migrations and OVN's alike
+    (benchmarks/RESULTS.md, 2026-11-28, `unplug-stall`). The kernel closes the sockets; the
+    process's own exit runs at normal priority."""
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:
-        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr, flush=True)
+        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @contextlib.contextmanager
@@ -237,10 +235,7 @@ def many() -> None:
             for vm, stamp in zip(chosen, stamps):
                 vm.route(stamp)
             print(json.dumps(dict(zip(words[1:], stamps))), flush=True)
-            ordinary()
-            for vm in prepared.values():
-                vm.close()
-            return
+            leave()
         else:
             sys.exit(f"switchover: unexpected line {line.strip()!r}")
     sys.exit("switchover: stdin closed before 'go'")
@@ -270,8 +265,7 @@ def main() -> None:
     if sys.stdin.readline().strip() != "go":
         sys.exit("switchover: expected 'go' on stdin")
     print(json.dumps(switchover.go()), flush=True)
-    ordinary()
-    switchover.close()
+    leave()
 
 
 if __name__ == "__main__":
