@@ -17,8 +17,7 @@ import pytest
 
 from dfflow.sandbox.probe import Sender, analyse
 from dfflow.sandbox.topology import INT_BRIDGE
-from dfflow.status import read_status
-from controller_fixtures import migrate, pings, wait_until
+from controller_fixtures import bundles_after_activation, migrate, pings, wait_until
 from test_migration import E_IP, M_IP, P_IP, Q_IP, assert_everyone_places_m_on, assert_recovered, cloud, other, port_id, probes, where  # noqa: F401,E501
 
 pytestmark = pytest.mark.ovs
@@ -113,22 +112,6 @@ def test_each_probe_is_answered_once_and_the_destination_vif_gets_nothing_before
         # the VM's traffic crosses are left alone after the switchover.
         assert bundles_after_activation(sb, result["migration"], port_id(cloud)) == {}
 
-
-def bundles_after_activation(sb, migration: str, port: str) -> dict[str, list]:
-    """Per chassis, the bundles about `port` it applied after it applied `migration`'s activation
-    (the controllers' own account: their status' apply timings)."""
-    found, activated_on = {}, []
-    for ch in sb.chassis_list():
-        timings = read_status(ch.status_socket)["apply_timings"]
-        activated = [t["applied_at"] for t in timings if [migration, "activated"] in t["stamps"]]
-        if not activated:
-            continue  # a chassis the port's network does not reach
-        activated_on.append(ch.name)
-        later = [(t["cause"], t["flow_mods"]) for t in timings if t["applied_at"] > max(activated) and port in t["cause"]]
-        if later:
-            found[ch.name] = later
-    assert len(activated_on) >= 3, activated_on  # the source, the destination and the probers' chassis
-    return found
 
 
 def test_a_vm_on_the_destination_chassis_reaches_the_migrating_vm_throughout(cloud):
