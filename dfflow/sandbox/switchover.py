@@ -8,7 +8,7 @@ for the announcements), prints `ready` and waits for
 ~22 ms on their own): the source interface goes down, the destination interface
 takes the guest's address, the guest announces itself with a RARP (as QEMU does right after the
 resume), takes the default route and sends a gratuitous ARP. It prints one JSON
-line of timestamps and exits.
+line of timestamps and exits once its stdin is closed.
 
     python -m dfflow.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
 
@@ -21,6 +21,8 @@ interface exists, answered `ready NAME`:
 
 then `go NAME...`: those VMs resume in that order (down, address, up, RARP each), then each
 takes its route and sends its gratuitous ARP; one JSON line maps each name to its timestamps.
+
+Either way the helper then waits for its stdin to close (the emulation reaping it) before it exits.
 """
 from __future__ import annotations
 
@@ -167,7 +169,7 @@ class Switchover:
 def realtime() -> None:
     """Run the switchover ahead of ordinary processes: on a busy machine a VM's resume step must not
     wait tens of milliseconds for a CPU (it would count as downtime that no controller causes). The
-    helper blocks on stdin until `go` and exits right after, so it never holds a CPU for long."""
+    helper blocks on stdin until `go` and leaves real-time priority right after, so it never holds a CPU for long."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SWITCHOVER_PRIORITY))
     except OSError as exc:
@@ -175,19 +177,21 @@ def realtime() -> None:
 
 
 def leave() -> None:
-    """Exit the moment the stamps are out, without the interpreter's teardown. At real-time priority
-    that teardown held the machine right after the switchover (the probers sent nothing for ~43 ms,
-    branch `no-stall`); at normal priority it still took 60-100 ms of CPU (closing pyroute2, the
-    modules' clean-up), spread over the second after the switchover on a busy machine -- the
-    emulated QEMU's cost, landing in the measured window of dfflow's migrations and OVN's alike
-    (benchmarks/RESULTS.md, 2026-11-28, `unplug-stall`). The kernel closes the sockets; the
-    process's own exit runs at normal priority."""
+    """Once the stamps are out: back to normal priority, wait without a CPU until the emulation reaps
+    the helper (closes its stdin, after the source unplug), then exit without the interpreter's
+    teardown. At real-time priority that teardown held the machine right after the switchover (the
+    probers sent nothing for ~43 ms, branch `no-stall`); at normal priority it still took 60-130 ms of
+    CPU (closing pyroute2, the modules' clean-up) spread over the second after the switchover, and even
+    the bare exit (a few ms of the kernel's) right after the resume delayed the VMs' first replies in
+    an evacuation: the emulated QEMU's cost, in the measured window of dfflow's migrations and OVN's
+    alike (benchmarks/RESULTS.md, 2026-11-28, `unplug-stall`). The kernel closes the sockets."""
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:
         print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    sys.stdin.read()
     os._exit(0)
 
 
