@@ -12,9 +12,10 @@ only grow, also across delete and re-create of an id.
 The reads of a write go in as few round trips as what they depend on allows
 (`_TxnContext.read`: a WATCH and the reads it covers in one packet): the object,
 its claims, what it references and its unique keys' holders together, with the
-next revision; then what the table's rule reads. A port's update is four round
-trips and its EXEC. A write refused by a check leaves a gap in the revisions,
-as a write that lost a race always did.
+next revision; then what the table's rule reads. A port's update is three round
+trips of reads and its EXEC (`modify` adds the read `change` starts from). A
+write refused by a check leaves a gap in the revisions, as a write that lost a
+race always did.
 """
 from __future__ import annotations
 
