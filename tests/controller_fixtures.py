@@ -77,7 +77,8 @@ def bundles_after_activation(sb: Sandbox, migration: str, port: str) -> dict[str
         if not activated:
             continue  # a chassis the port's network does not reach
         activated_on.append(ch.name)
-        later = [(t["cause"], t["flow_mods"]) for t in timings if t["applied_at"] > max(activated) and port in t["cause"]]
+        later = [(t["cause"], t["flow_mods"]) for t in timings
+                 if t["applied_at"] > max(activated) and port in t["cause"]]
         if later:
             found[ch.name] = later
     assert len(activated_on) >= 3, activated_on  # the source, the destination and the probers' chassis

@@ -169,7 +169,8 @@ class Switchover:
 def realtime() -> None:
     """Run the switchover ahead of ordinary processes: on a busy machine a VM's resume step must not
     wait tens of milliseconds for a CPU (it would count as downtime that no controller causes). The
-    helper blocks on stdin until `go` and leaves real-time priority right after, so it never holds a CPU for long."""
+    helper blocks on stdin until `go` and leaves real-time priority right after, so it never holds a
+    CPU for long."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SWITCHOVER_PRIORITY))
     except OSError as exc:
