@@ -64,21 +64,38 @@ class Engine:
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
+        return self.nb_events([event])
+
+    def nb_events(self, events: Iterable[dict[str, Any]]) -> Plan:
+        """A burst of NB events as one plan: each changes the view in its turn, and every owner any
+        of them touched is recomputed once, from the view after the last (what applying them one by
+        one ends with, as one bundle)."""
+        owners: set[Owner] = set()
+        for event in events:
+            owners |= self.take_event(event)
+        return self.plan_owners(owners)
+
+    def take_event(self, event: dict[str, Any]) -> set[Owner]:
+        """Put one NB event into the view; the owners whose flows it may change (for `plan_owners`)."""
         if event["table"] in IGNORED_TABLES:
             self.stats["ignored_events"] += 1
-            return Plan()
+            return set()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
         obj = event.get("model") or model_for(event["table"]).from_dict(event["object"])  # the bus parsed it
         if self.port_overlay is not None and isinstance(obj, LogicalPort):
             obj = self.port_overlay(obj)
-        return self.object_written(obj)
+        return self._changed(obj.table, obj.id, obj)
+
+    def plan_owners(self, owners: set[Owner]) -> Plan:
+        """The plan that gives `owners` the flows the view wants now."""
+        return self._recompute(owners) if owners else Plan()
 
     def object_written(self, obj: Model) -> Plan:
         """An NB object as written (the migrator's own step, applied before its NB event arrives)."""
-        return self._changed(obj.table, obj.id, obj)
+        return self.plan_owners(self._changed(obj.table, obj.id, obj))
 
-    def _changed(self, table: str, obj_id: str, new: Model | None) -> Plan:
+    def _changed(self, table: str, obj_id: str, new: Model | None) -> set[Owner]:
         if table == LogicalPort.table:
             self._track_arrival(obj_id, new)
         needed, flood = self.view.needed_switches(), self.view.flood_version()
@@ -86,10 +103,10 @@ class Engine:
         if old is not None and new is not None and _same_content(old, new):
             # Typically the NB event of a migration step this chassis applied from the migration event.
             self.stats["unchanged_writes"] += 1
-            return Plan()
+            return set()
         if self.view.needed_switches() != needed:
-            return self._recompute(self._everything())
-        return self._recompute(self._affected(old, new, self.view.flood_version() != flood))
+            return self._everything()
+        return self._affected(old, new, self.view.flood_version() != flood)
 
     def _track_arrival(self, port_id: str, port: Model | None) -> None:
         mig = getattr(port, "migration", None)
