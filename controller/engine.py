@@ -100,13 +100,15 @@ class Engine:
             self._track_arrival(obj_id, new)
         needed, flood = self.view.needed_switches(), self.view.flood_version()
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
-        if old is not None and new is not None and _same_content(old, new):
-            # Typically the NB event of a migration step this chassis applied from the migration event.
+        differing = _differing(old, new)
+        if differing is not None and differing <= REVISION_FIELDS:
+            # The same object but for its NB revision: typically the NB event of a migration step this
+            # chassis applied from the migration event. No flow can differ.
             self.stats["unchanged_writes"] += 1
             return set()
         if self.view.needed_switches() != needed:
             return self._everything()
-        return self._affected(old, new, self.view.flood_version() != flood)
+        return self._affected(old, new, self.view.flood_version() != flood, differing)
 
     def _track_arrival(self, port_id: str, port: Model | None) -> None:
         mig = getattr(port, "migration", None)
@@ -175,9 +177,11 @@ class Engine:
         self.flows.commit(plan)
 
     # -- what an event touches ------------------------------------------------------
-    def _affected(self, old: Model | None, new: Model | None, flood_changed: bool = True) -> set[Owner]:
+    def _affected(self, old: Model | None, new: Model | None, flood_changed: bool = True,
+                  differing: frozenset[str] | None = None) -> set[Owner]:
+        """`differing`: the fields in which `old` and `new` differ (None: not two versions of one object)."""
         obj = new or old
-        if isinstance(old, LogicalPort) and isinstance(new, LogicalPort) and _only_moved(old, new):
+        if isinstance(new, LogicalPort) and differing is not None and differing <= WHERE_FIELDS:
             # A migration step or a binding change: the port itself, and its network's flooding if
             # that changed (not when the port moves between two chassis that host others of its ports).
             return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")} if flood_changed else {(PORT, new.id, "")}
@@ -346,14 +350,12 @@ def _kind_and_where(place: Place | None) -> tuple[str | None, str | None]:
     return (LOCAL if role.local else REMOTE), where
 
 
-def _equal_except(old: Model, new: Model, ignored: frozenset[str]) -> bool:
-    return type(old) is type(new) and all(getattr(old, f) == getattr(new, f)
-                                          for f in old.__dataclass_fields__ if f not in ignored)
-
-
-def _same_content(old: Model, new: Model) -> bool:
-    """The same object but for its NB revision: no flow can differ."""
-    return _equal_except(old, new, REVISION_FIELDS)
+def _differing(old: Model | None, new: Model | None) -> frozenset[str] | None:
+    """The fields in which two versions of an object differ (None: not two versions of one kind)."""
+    if old is None or new is None or type(old) is not type(new):
+        return None
+    after = vars(new)
+    return frozenset(name for name, value in vars(old).items() if after[name] != value)
 
 
 def _membership(port: LogicalPort | None) -> tuple | None:
@@ -361,8 +363,4 @@ def _membership(port: LogicalPort | None) -> tuple | None:
     if port is None or not port.security_groups:
         return None
     return tuple(port.security_groups), tuple(port.ips), tuple(port.allowed_address_pairs)
-
-
-def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:
-    return _equal_except(old, new, WHERE_FIELDS)
 
