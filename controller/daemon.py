@@ -34,10 +34,11 @@ from controller.migration import AppliedStamps
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
-from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.interfaces import InterfaceTracker
+from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import reconcile
-from controller.retry import TRANSIENT, Backoff, retried
+from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import OneShots, TaskSupervisor
 from dfflow.errors import Conflict, DfflowError, NotFound
