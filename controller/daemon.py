@@ -2,8 +2,9 @@
 
 It owns every connection and the clock: the NB store and bus (Redis), this
 chassis' OVSDB (ovsdbapp) and the OpenFlow channel to br-int. Events from all
-three are handled one at a time on one asyncio loop: the engine turns each into
-a plan, commits it as the desired state at once, and a single sender task
+three are handled one at a time on one asyncio loop (a burst of NB events, what
+the bus read at once, as one): the engine turns each into a plan, commits it as
+the desired state at once, and a single sender task
 applies plans to OVS in order, each as one atomic bundle. On every (re)connect
 of the switch the sender first reconciles (dump, diff, fix the difference).
 

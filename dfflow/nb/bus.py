@@ -10,7 +10,8 @@ dropped, so duplicates and reordering are harmless.
 When the connection drops it reconnects, resubscribes, and resynchronises each
 topic from a consistent snapshot of the store (one Lua script: revision,
 members and objects at one instant). What changed while it was away comes out
-as ordinary events, deletions included, marked `"resync": true`.
+as ordinary events, deletions included, marked `"resync": true` (each a burst
+of its own).
 
 A topic added while the NB does not answer (down, reconnecting, or a command
 timing out on a connection that then recovers) stays pending: the listening
