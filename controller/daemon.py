@@ -170,7 +170,9 @@ class ControllerDaemon:
 
     def _close_arrival_window(self, port_id: str) -> None:
         try:
-            self._emit(self.engine.arrival_window_closed(port_id))
+            plan = self.engine.arrival_window_closed(port_id)
+            plan.cause = f"arrival_window_closed:{port_id}"
+            self._emit(plan)
         except Exception:
             self._record_error("arrival window")
             LOG.exception("closing the arrival window of port %s failed", port_id)

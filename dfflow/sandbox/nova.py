@@ -37,6 +37,7 @@ OVSDB transaction on a held connection: 0.45 ms).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -93,9 +94,11 @@ class Switchover:
         return json.loads(line)
 
     def cancel(self) -> None:
-        """Reap the helper (it exits by itself after `go`; kill it if it never got there)."""
+        """Reap the helper (after `go` it exits once its stdin is closed; kill it if it never got there)."""
         if self.proc.poll() is None and not self._went:
             self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         self.proc.wait(10)
 
 
