@@ -8,8 +8,9 @@ process holds ~90 MB (measured here: 1,000 of them ~90 GB on a 24 GiB machine), 
 spend the fan-out in context switches; several of these processes share the chassis instead.
 
 It answers requests on a unix socket (one JSON object per line, one answer per line):
-`ready`, `timings` (applies caused by given NB objects), `cpu` (the process' CPU time), `converged` (each chassis' flows read
-back from its switch against what its engine wants, by the controller's own reconcile),
+`ready`, `progress` (each chassis' NB port events heard and whether it is idle), `counters`, `timings`
+(applies caused by given NB objects), `cpu` (the process' CPU time), `converged` (each chassis' flows
+read back from its switch against what its engine wants, by the controller's own reconcile),
 `plug`/`unplug` (a VIF on a chassis), `stop`.
 """
 from __future__ import annotations
@@ -177,6 +178,9 @@ class StandinCloud:
                                if ch.exit and ch.restarts >= START_ATTEMPTS - 1}}
         if op == "timings":
             return self._timings(request)
+        if op == "progress":  # what a move's wait polls, every 50 ms: kept small, it runs on the chassis' loop
+            return {n: [ch.daemon.stats.get("nb_events.lport", 0), ch.ready(self.peers)]
+                    for n, ch in self.chassis.items()}
         if op == "counters":
             return {n: {"lport_events": ch.daemon.stats.get("nb_events.lport", 0),
                         "idle": ch.ready(self.peers), "handler_errors": ch.daemon.stats.get("handler_errors", 0),
