@@ -10,7 +10,7 @@ spend the fan-out in context switches; several of these processes share the chas
 It answers requests on a unix socket (one JSON object per line, one answer per line):
 `ready`, `timings` (applies caused by given NB objects), `cpu` (the process' CPU time), `converged` (each chassis' flows read
 back from its switch against what its engine wants, by the controller's own reconcile),
-`plug`/`unplug` (a VIF on a chassis), `stop`.
+`resources` (its CPU time and RSS), `plug`/`unplug` (a VIF on a chassis), `stop`.
 """
 from __future__ import annotations
 
@@ -29,12 +29,27 @@ from typing import Any
 from controller import daemon as daemon_module
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
+from controller.status import GcPauses
 from benchmarks.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
 
 LOG = logging.getLogger(__name__)
 START_BATCH = 10  # chassis started at once; each batch is connected before the next starts
 START_TIMEOUT = 120.0
 START_ATTEMPTS = 5  # a controller that fails at start-up (a time-out on a loaded machine) starts again
+
+
+class ProcessGcPauses(GcPauses):
+    """The GC pauses of this process, recorded once for all its chassis (installed by the process:
+    each daemon's install and uninstall do nothing)."""
+
+    def install(self) -> None:
+        pass
+
+    def uninstall(self) -> None:
+        pass
+
+
+PROCESS_GC_PAUSES = ProcessGcPauses()
 
 
 class StandinChassis:
@@ -52,6 +67,7 @@ class StandinChassis:
         daemon = ControllerDaemon(self.name, self.tunnel_ip, self.nb_url, self.server.remote, "br-int",
                                   self.of_listen)
         daemon.ovsdb = StandinOvsdb(self.server, self.switch)
+        daemon.gc_pauses = PROCESS_GC_PAUSES  # one collector per process: one callback, not one per chassis
         return daemon
 
     async def restart(self) -> None:
@@ -83,6 +99,10 @@ class StandinChassis:
             self.exit = f"{type(task.exception()).__name__}: {task.exception()}"
         else:
             self.exit = f"exited {task.result()}: {self.daemon.exit_reason}"
+
+    def started(self) -> bool:
+        """Through its start-up: flows computed from the first snapshot, the switch connected."""
+        return not self.daemon.engine.loading and self.daemon.dp is not None
 
     def ready(self, peers: int) -> bool:
         d = self.daemon
@@ -132,12 +152,15 @@ class StandinCloud:
                 loop.add_signal_handler(sig, self.stopping.set)
             if self.stopping.is_set():
                 break
+            # A wave at a time, each through its start-up (flows computed, switch connected) before the
+            # next: hundreds of start-ups at once on one loop would time each other's NB reads out.
             deadline = time.monotonic() + START_TIMEOUT
-            while not all(ch.daemon.dp is not None or ch.exit for ch in batch) and time.monotonic() < deadline:
+            while not all(ch.started() or ch.exit for ch in batch) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
                 for ch in batch:
                     if ch.exit and ch.restarts < START_ATTEMPTS - 1:
                         await ch.restart()
+            gc.freeze()  # what the wave's start-up made: out of the sight of this process' later collections
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         freezer = loop.create_task(self._freeze_when_ready())
@@ -147,9 +170,10 @@ class StandinCloud:
         await asyncio.gather(*(ch.stop() for ch in self.chassis.values()))
 
     async def _freeze_when_ready(self) -> None:
-        """Once every chassis is up, take what start-up made out of the collector's sight (gc.freeze):
-        a full collection here walks the heaps of all the chassis of this process, and one took up to
-        a second at 50 chassis, a pause each controller's own process would not have."""
+        """Once every chassis is up, take what start-up made out of the collector's sight (gc.freeze, as
+        after each wave of start-ups): a full collection here walks the heaps of all the chassis of this
+        process, and one took up to a second at 50 chassis, a pause each controller's own process would
+        not have."""
         while not all(ch.ready(self.peers) for ch in self.chassis.values()):
             await asyncio.sleep(0.5)
         gc.collect()
@@ -184,6 +208,9 @@ class StandinCloud:
                     for n, ch in self.chassis.items()}
         if op == "cpu":  # this process' CPU time: what its chassis cost, all of them together
             return {f"worker-{os.getpid()}": time.process_time()}
+        if op == "resources":  # CPU time and memory of this process, with how many chassis it runs
+            return {f"worker-{os.getpid()}": {"cpu_s": time.process_time(), "rss_mb": _rss_mb(),
+                                              "chassis": len(self.chassis)}}
         if op == "converged":
             names = request.get("chassis") or list(self.chassis)
             return {n: await self.chassis[n].converged() for n in names}
@@ -202,6 +229,14 @@ class StandinCloud:
         causes, since = set(request["causes"]), request.get("since", 0.0)
         return {n: [t for t in ch.daemon.apply_timings if t.get("cause") in causes
                     and t.get("event_ts", 0.0) >= since] for n, ch in self.chassis.items()}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def ask(control: str, request: dict[str, Any], timeout: float = 120.0) -> Any:
@@ -226,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         config = json.load(f)
+    GcPauses.install(PROCESS_GC_PAUSES)
     logging.basicConfig(level=config.get("log_level", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
