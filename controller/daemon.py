@@ -351,12 +351,9 @@ class ControllerDaemon:
         tunnels asked for have their ofports (for up to `tunnels_limit`: one that never gets one is
         not waited for): the flows are then computed once, from all of it."""
         started = quiet_since = time.monotonic()
-        deadline = started + limit
-
-        def tunnels_pending() -> bool:
-            return (time.monotonic() - started < tunnels_limit
-                    and not self._peers.keys() <= self.engine.view.tunnels.keys())
-        while time.monotonic() < deadline and (time.monotonic() - quiet_since < quiet_for or tunnels_pending()):
+        while (now := time.monotonic()) < started + limit and (
+                now - quiet_since < quiet_for or (now - started < tunnels_limit
+                                                  and not self._peers.keys() <= self.engine.view.tunnels.keys())):
             await asyncio.sleep(0.02)
             if self._ovsdb_busy or not self.ovsdb.updates.empty():
                 quiet_since = time.monotonic()
@@ -377,8 +374,7 @@ class ControllerDaemon:
             await self._guard(self._follow_tunnel_ofports, "ovsdb_event")()
 
     def _follow_tunnel_ofports(self) -> None:
-        tunnels = self.interfaces.tunnels()
-        if tunnels != self.engine.view.tunnels:
+        if (tunnels := self.interfaces.tunnels()) != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
 
     async def _on_interface(self, update: Any) -> None:
