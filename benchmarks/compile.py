@@ -10,10 +10,10 @@ the change is what its controller computes and sends: the L2, L3 and DNAT flows 
 differ between the port's old and new role there, as one bundle per chassis.
 
 * ``compiled``: what each chassis' controller does, looped over the chassis --
-  `controller.compiler.compile_port_change` per moved port (the compiled core over
-  the port columns), `controller.compiler.flow_mods` (the packer) over the plan's
-  batches, and the channel's pipelined bundle (`Datapath.send_bundle`: os-ken's open,
-  `wrap_bundle_adds`, os-ken's commit);
+  `controller.compiler.compile_port_changes` over the moved ports (one call of the compiled
+  core over the port columns), `controller.compiler.flow_mods` (the packer) over the plan's
+  batches, and the channel's pipelined bundle (`Datapath.send_bundle`: `wrap_bundle_adds`
+  frames the open, the adds and the commit);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
   `OFPFlowMod` / ONF bundle objects serialized. The run checks both give the same bytes.
@@ -124,21 +124,18 @@ class Cloud:
         return bytes(out), offsets
 
     def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[FlowBatch]:
-        """The plan's batches on one chassis: each moved port's flows from its old role there to its
-        new one, compiled as the engine does (deletes of every port, then adds, as Plan.messages)."""
-        dels: list[FlowBatch] = []
-        adds: list[FlowBatch] = []
+        """The plan's batches on one chassis: the moved ports' flows from their old roles there to
+        their new ones, compiled as the engine does (one call for them all: deletes, then adds)."""
+        changes = []
         for p, dest in moves:
             old = self.role(p, chassis, int(self.host[p]), dest=False)
             new = self.role(p, chassis, dest, dest=True)
-            if old == new:
-                continue
-            d, a = compiler.compile_port_change(self.program, self.table, self.table.index[f"port-{p}"], old, new)
-            if len(d):
-                dels.append(FlowBatch.of_rows(d))
-            if len(a):
-                adds.append(FlowBatch.of_rows(a))
-        return dels + adds
+            if old != new:
+                changes.append((self.table.index[f"port-{p}"], old, new))
+        if not changes:
+            return []
+        d, a = compiler.compile_port_changes(self.program, self.table, changes)
+        return [FlowBatch.of_rows(rows) for rows in (d, a) if len(rows)]
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:
@@ -201,17 +198,11 @@ class Cloud:
 def agent_bundle(dp: Datapath13, messages: Sequence[Flow | FlowBatch], bundle_id: int) -> bytearray:
     """The bytes a chassis' controller writes for a plan: its flow mods packed
     (`controller.compiler.flow_mods`), framed as `Datapath.send_bundle(..., pipelined=True)`
-    frames them -- an open, a bundle add around each flow mod, a commit (os-ken's control messages)."""
+    frames them -- an open, a bundle add around each flow mod, a commit, in one compiled call."""
     buf = compiler.flow_mods(dp, messages)
-    parser, ofp = dp.ofproto_parser, dp.ofproto
-    opener = parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE_FLAGS, [])
-    opener.set_xid(dp.xids.alloc())
-    opener.serialize()
-    out, _ = wrap_bundle_adds(buf, ofp.OFP_VERSION, bundle_id, BUNDLE_FLAGS, out=bytearray(opener.buf))
-    commit = parser.ONFBundleCtrlMsg(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE_FLAGS, [])
-    commit.set_xid(dp.xids.alloc())
-    commit.serialize()
-    out += commit.buf
+    open_xid = dp.xids.alloc(2)
+    out, _ = wrap_bundle_adds(buf, dp.ofproto.OFP_VERSION, bundle_id, BUNDLE_FLAGS, open_xid=open_xid,
+                              commit_xid=open_xid + 1)
     return out
 
 

@@ -11,6 +11,7 @@ one atomic bundle.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,13 +64,16 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
         if isinstance(item, FlowBatch):
             flush()
             start = 0
-            for i in _carrying(item.rows):
+            for i in core.rows_with_action(item, OP_PARAMS):
                 if i > start:
                     out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:i]), xid))
                     xid += i - start
                 serialize(_carried_flow(item.rows[i]))
                 start = i + 1
-            if start < len(item):
+            if start == 0:
+                out.extend(core.pack_flow_mods(item, xid))
+                xid += len(item)
+            elif start < len(item):
                 out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:]), xid))
                 xid += len(item) - start
         elif packable(item):
@@ -79,11 +83,6 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
             serialize(item)
     flush()
     return bytes(out)
-
-
-def _carrying(rows: np.ndarray) -> np.ndarray:
-    """Indices of the rows whose actions are OP_PARAMS slots (a template's, for os-ken to serialize)."""
-    return np.flatnonzero((rows["n_actions"] > 0) & (rows["actions"]["op"][:, 0] == OP_PARAMS))
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -96,8 +95,8 @@ def _carried_flow(row: np.void) -> Flow:
 
 def flows_of_rows(rows: np.ndarray) -> list[Flow]:
     """Rows the compiled core made, as Flows (reconcile, status, tests)."""
-    carrying = set(_carrying(rows).tolist())
     batch = FlowBatch.of_rows(np.ascontiguousarray(rows))
+    carrying = set(core.rows_with_action(batch, OP_PARAMS))
     return [_carried_flow(rows[i]) if i in carrying else batch.flow(i) for i in range(len(rows))]
 
 
@@ -109,6 +108,7 @@ PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
 FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
 PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
 TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
+_TRANSITION = struct.Struct(f"<{len(core.TRANSITION_FIELDS)}Q")  # one record of TRANSITION_DTYPE
 NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
 # The compiled core numbers params, facts and repetitions itself: it must be the numbering of the templates.
@@ -290,13 +290,18 @@ def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
     return (LOCAL if role.local else REMOTE, int(role.gated), role.ofport, role.tunnel, role.copy_tunnel)
 
 
-def compile_port_change(program: core.CompiledProgram, table: PortTable, row: int,
-                        old: PortRole | None, new: PortRole | None) -> tuple[np.ndarray, np.ndarray]:
-    """(deletes, adds) that take one port's flows on this chassis from role `old` to `new`.
+PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
 
-    Both roles are made from the port's facts in `table` (compile_facts_change when they change)."""
-    transition = np.array([(row, 0, *role_fields(old), *role_fields(new))], TRANSITION_DTYPE)
-    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transition,
+
+def compile_port_changes(program: core.CompiledProgram, table: PortTable,
+                         changes: Sequence[PortChange]) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
+    ones, in one call of the compiled core (the rows of each change in the order given).
+
+    Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
+    transitions = np.frombuffer(b"".join([_TRANSITION.pack(row, 0, *role_fields(old), *role_fields(new))
+                                          for row, old, new in changes]), TRANSITION_DTYPE)
+    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
                                                 pairs=table.pairs)
     return dels, adds
 
@@ -305,34 +310,36 @@ def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[
     """Every flow of the ports (row, role) in `table`, as rows: what they have installed."""
     if not placed:
         return np.zeros(0, FLOW_DTYPE)
-    transitions = np.array([(row, 0, *role_fields(None), *role_fields(role)) for row, role in placed],
-                           TRANSITION_DTYPE)
-    _, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
-                                             pairs=table.pairs)
-    return adds
+    return compile_port_changes(program, table, [(row, None, role) for row, role in placed])[1]
 
 
-def compile_facts_change(program: core.CompiledProgram, table: PortTable, port_id: str, facts: PortFacts,
-                         old: PortRole, new: PortRole) -> tuple[np.ndarray, np.ndarray]:
-    """(deletes, adds) that take a port's flows from role `old` over its facts in `table` to role
-    `new` over `facts` (its IPs, floating IPs or routers changed); `table` then holds `facts`.
+FactsChange = tuple[str, PortFacts, PortRole, PortRole]  # (port id, its new facts, old role, new role)
+
+
+def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
+                          changes: Sequence[FactsChange]) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take ports' flows from their old roles over their facts in `table` to
+    their new roles over new facts (their IPs, floating IPs or routers changed), in two calls of
+    the compiled core for them all; `table` then holds the new facts (the old ones if it fails).
 
     A flow whose key both have is replaced by its add (never deleted first: a flow the datapath
     learned over the key stays); one that is the same in both is not sent."""
-    row = table.index[port_id]
-    before = role_rows(program, table, [(row, old)])
-    old_facts = table.facts[port_id]
-    table.set(port_id, facts)
+    rows = [table.index[port_id] for port_id, _, _, _ in changes]
+    before = role_rows(program, table, [(row, old) for row, (_, _, old, _) in zip(rows, changes)])
+    old_facts = {port_id: table.facts[port_id] for port_id, _, _, _ in changes}
     try:
-        after = role_rows(program, table, [(row, new)])
+        for port_id, facts, _, _ in changes:
+            table.set(port_id, facts)
+        after = role_rows(program, table, [(row, new) for row, (_, _, _, new) in zip(rows, changes)])
     except Exception:
-        table.set(port_id, old_facts)
+        for port_id, facts in old_facts.items():
+            table.set(port_id, facts)
         raise
-    kept_keys = {_key(r) for r in after}
-    unchanged = {r.tobytes() for r in before}
-    dels = before[[_key(r) not in kept_keys for r in before]] if len(before) else before
+    kept_keys = set(_records(_keys(after)))
+    unchanged = set(_records(before))
+    dels = before[[key not in kept_keys for key in _records(_keys(before))]] if len(before) else before
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
-    adds = after[[r.tobytes() not in unchanged for r in after]] if len(after) else after
+    adds = after[[row not in unchanged for row in _records(after)]] if len(after) else after
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
 
 
@@ -340,7 +347,7 @@ def distinct_keys(rows: np.ndarray) -> np.ndarray:
     """The first row of each flow key among `rows` (the switch holds one flow per key)."""
     if len(rows) < 2:
         return np.arange(len(rows))
-    keys = rf.repack_fields(rows[list(_KEY_FIELDS)])
+    keys = _keys(rows)
     _, first = np.unique(keys.view(np.dtype((np.void, keys.dtype.itemsize))), return_index=True)
     return np.sort(first)
 
@@ -348,7 +355,12 @@ def distinct_keys(rows: np.ndarray) -> np.ndarray:
 _KEY_FIELDS = ("table", "priority", "match_present", "match_masked", "match_value", "match_mask")
 
 
-def _key(row: np.void) -> tuple:
-    """A row's flow key (table, priority, match) as comparable values."""
-    return (int(row["table"]), int(row["priority"]), int(row["match_present"]), int(row["match_masked"]),
-            row["match_value"].tobytes(), row["match_mask"].tobytes())
+def _keys(rows: np.ndarray) -> np.ndarray:
+    """The rows' flow keys (table, priority, match), packed: equal keys, equal records."""
+    return rf.repack_fields(rows[list(_KEY_FIELDS)])
+
+
+def _records(rows: np.ndarray) -> list[bytes]:
+    """Each record of `rows` as bytes (comparable, hashable)."""
+    data, size = rows.tobytes(), rows.dtype.itemsize
+    return [data[i:i + size] for i in range(0, len(data), size)]

@@ -10,9 +10,9 @@ every affected object is one plan, applied as one bundle.
 A port's flows are its apps' port programs (controller.templates), run by the
 compiled core only: the port's facts are a row of typed columns
 (controller.compiler.PortTable, their one owner here), and the core makes the flow
-mods of a role or facts change as rows, without a Python object per flow. A
-failure of the core is an error (logged, counted, kept for status): the port keeps
-its flows until its next change. Apps without a port program (the security groups,
+mods of every role change of a plan in one call (its facts changes in two) as rows,
+without a Python object per flow. A failure of the core is an error (logged,
+counted, kept for status): the port it fails on keeps its flows until its next change. Apps without a port program (the security groups,
 until they move into the compiled core) compute a port's flows in Python; those,
 and the network, router and pipeline flows, are held per owner in FlowState.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from controller import compiler
 from controller.apps.base import App
 from controller.flowstate import FlowState, Owner, Plan
 from controller.pipeline import check_flow
-from controller.templates import PortRole
+from controller.templates import PortFacts, PortRole
 from controller.view import LOCAL, REMOTE, View, Vif
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Flow
@@ -44,6 +44,17 @@ REVISION_FIELDS = frozenset({"version"})
 IGNORED_TABLES = frozenset({"lport_status"})
 ERRORS_KEPT = 20
 Place = tuple[PortRole, "str | None"]  # a port's role here and the chassis hosting it
+
+
+class _PortChange(NamedTuple):
+    """A port whose role or facts here change (its flows made by one compile call with the others')."""
+    port_id: str
+    row: int  # in the PortTable
+    old: PortRole | None
+    new: PortRole | None
+    known: bool  # its facts were in the table before
+    gone: bool  # it has no role here any more: its facts leave the table once compiled
+    facts: PortFacts | None = None  # a facts change's new facts (None: a role change over the same facts)
 
 
 class Engine:
@@ -245,26 +256,14 @@ class Engine:
 
     # -- recomputation -----------------------------------------------------------
     def _recompute(self, targets: set[Owner]) -> Plan:
+        ordered = sorted(targets)
+        rows, placed, failed = self._compile_ports([obj_id for kind, obj_id, _ in ordered if kind == PORT])
         wanted: dict[Owner, list[Flow]] = {}
-        rows: list[tuple[FlowBatch, FlowBatch]] = []
-        placed: dict[str, Place | None] = {}
-        for kind, obj_id, _ in sorted(targets):
+        for kind, obj_id, _ in ordered:
             apps = self.apps
             if kind == PORT:
-                port = self.view.port(obj_id)
-                if port is not None and self.view.switch(port.lswitch) is None:
-                    # Its network is in a topic this chassis does not follow (or has not arrived yet).
-                    self.stats["ports_without_switch"] += 1
-                    LOG.warning("port %s is on network %s, which this chassis does not know", port.id, port.lswitch)
-                role = self.view.port_role(port) if port is not None else None
-                try:
-                    change = self._compile_port(obj_id, port, role)
-                except Exception:
-                    self._failed("compiler_errors", f"the compiled core failed computing the flows of port {obj_id}")
+                if obj_id in failed:
                     continue  # the port keeps its flows (and its place) until its next change
-                if change is not None:
-                    rows.append(change)
-                placed[obj_id] = (role, self.view.location(port)) if role is not None else None
                 apps = self.python_port_apps
             for app in apps:
                 owner = (app.name, kind, obj_id)
@@ -284,34 +283,81 @@ class Engine:
         LOG.exception("%s", what)
         self.errors = (self.errors + [f"{what}: {traceback.format_exc()}"])[-ERRORS_KEPT:]
 
-    def _compile_port(self, port_id: str, port: LogicalPort | None,
-                      role: PortRole | None) -> tuple[FlowBatch, FlowBatch] | None:
-        """The flow mods of the port's role or facts change, made by the compiled core (None: none)."""
-        if self.program is None:
-            return None
-        old_role = self.placed[port_id][0] if port_id in self.placed else None
-        facts = self.view.port_facts(port) if role is not None else None
-        old_facts = self.table.facts.get(port_id)
-        if old_role == role and old_facts == facts:
-            return None
-        if old_role is not None and role is not None and old_facts != facts:
-            self.stats["port_facts_changed"] += 1
-            dels, adds = compiler.compile_facts_change(self.program, self.table, port_id, facts, old_role, role)
-        else:
+    def _compile_ports(self, port_ids: list[str]) -> tuple[list[tuple[FlowBatch, FlowBatch]],
+                                                          dict[str, Place | None], set[str]]:
+        """The flow mods of the ports' role and facts changes, made by the compiled core: every role
+        change in one call, every facts change in two (before and after). Returns them, where each
+        port's flows are now for, and the ports the core failed on (counted and kept in `errors`;
+        they keep their flows and places)."""
+        rows: list[tuple[Any, Any]] = []
+        placed: dict[str, Place | None] = {}
+        failed: set[str] = set()
+        role_changes: list[_PortChange] = []
+        facts_changes: list[_PortChange] = []
+        for port_id in port_ids:
+            port = self.view.port(port_id)
+            if port is not None and self.view.switch(port.lswitch) is None:
+                # Its network is in a topic this chassis does not follow (or has not arrived yet).
+                self.stats["ports_without_switch"] += 1
+                LOG.warning("port %s is on network %s, which this chassis does not know", port.id, port.lswitch)
+            role = self.view.port_role(port) if port is not None else None
+            placed[port_id] = (role, self.view.location(port)) if role is not None else None
+            if self.program is None:
+                continue
+            old_role = self.placed[port_id][0] if port_id in self.placed else None
+            facts = self.view.port_facts(port) if role is not None else None
+            old_facts = self.table.facts.get(port_id)
+            if old_role == role and old_facts == facts:
+                continue
+            if old_role is not None and role is not None and old_facts != facts:
+                self.stats["port_facts_changed"] += 1
+                facts_changes.append(_PortChange(port_id, self.table.index[port_id], old_role, role, True, False, facts))
+                continue
             known = port_id in self.table.index
             row = self.table.set(port_id, facts if facts is not None else old_facts)
-            try:
-                dels, adds = compiler.compile_port_change(self.program, self.table, row, old_role, role)
-            except Exception:
-                if not known:
-                    self.table.drop(port_id)
-                raise
-            if facts is None:
-                self.table.drop(port_id)
-        self.stats["compiled_ports"] += 1
-        if not len(dels) and not len(adds):
-            return None
-        return FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)
+            role_changes.append(_PortChange(port_id, row, old_role, role, known, facts is None))
+        if facts_changes:
+            rows += self._compile_together(facts_changes, self._compile_facts_changes, failed)
+        if role_changes:
+            rows += self._compile_together(role_changes, self._compile_role_changes, failed)
+        for port_id in failed:
+            placed.pop(port_id, None)
+        return [(FlowBatch.of_rows(d), FlowBatch.of_rows(a)) for d, a in rows if len(d) or len(a)], placed, failed
+
+    def _compile_role_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+        return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])
+
+    def _compile_facts_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+        return compiler.compile_facts_changes(self.program, self.table,
+                                              [(c.port_id, c.facts, c.old, c.new) for c in changes])
+
+    def _compile_together(self, changes: list[_PortChange], compile_: Callable[[list[_PortChange]], tuple[Any, Any]],
+                          failed: set[str]) -> list[tuple[Any, Any]]:
+        """The ports' changes in one call of the core. If it fails on several, each is compiled
+        alone: the error is counted against the ports it fails on, and the others get their flows."""
+        try:
+            made = [compile_(changes)]
+        except Exception:
+            if len(changes) == 1:
+                self._failed("compiler_errors", f"the compiled core failed computing the flows of port "
+                                                f"{changes[0].port_id}")
+                failed.add(changes[0].port_id)
+                if not changes[0].known:
+                    self.table.drop(changes[0].port_id)
+                return []
+            LOG.warning("the compiled core failed on %d ports together: compiling each alone", len(changes),
+                        exc_info=True)
+            before = len(failed)
+            made = [rows for change in changes for rows in self._compile_together([change], compile_, failed)]
+            if len(failed) == before:
+                self._failed("compiler_errors", f"the compiled core failed on {len(changes)} ports together, "
+                                                "though on none alone")
+            return made
+        for change in changes:
+            if change.gone:
+                self.table.drop(change.port_id)
+            self.stats["compiled_ports"] += 1
+        return made
 
     def _place(self, port_id: str, place: Place | None) -> bool:
         """Record what the port's installed flows are for; whether its role or location changed."""

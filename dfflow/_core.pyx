@@ -17,7 +17,7 @@ The parsers are the small rest.
 from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp
 from libc.stdlib cimport malloc, free
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
 
 from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld64, store64
 
@@ -498,6 +498,9 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const u
     return 0
 
 
+_U64 = None  # numpy's little-endian uint64, once numpy is imported
+
+
 class NotCompilable(ValueError):
     """A change needs a flow the compiled path cannot make (a learn or resubmit action):
     the caller runs the Python program instead."""
@@ -513,9 +516,23 @@ cdef class _Buf:
 
 
 cdef _Buf _buf(obj, Py_ssize_t record, str what):
+    """An input array's records, held: C-contiguous, each `record` bytes (TypeError naming it if not)."""
     cdef _Buf b = _Buf.__new__(_Buf)
-    if obj.dtype.itemsize != record or not obj.flags.c_contiguous:
-        raise TypeError(f"{what}: expected a C-contiguous array of {record}-byte records, got {obj.dtype}")
+    try:
+        PyObject_GetBuffer(obj, &b.view, PyBUF_C_CONTIGUOUS)
+    except (BufferError, ValueError, TypeError):
+        b.held = False
+    else:
+        b.held = True
+        if b.view.itemsize == record:
+            return b
+    raise TypeError(f"{what}: expected a C-contiguous array of {record}-byte records, "
+                    f"got {getattr(obj, 'dtype', type(obj).__name__)}")
+
+
+cdef _Buf _own(obj):
+    """An array this module just made (contiguous records of the right size), held."""
+    cdef _Buf b = _Buf.__new__(_Buf)
     PyObject_GetBuffer(obj, &b.view, PyBUF_SIMPLE)
     b.held = True
     return b
@@ -537,6 +554,9 @@ def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, 
     pages to fault in per call); the rows returned are then valid until the next call with it.
     """
     import numpy as np
+    global _U64
+    if _U64 is None:
+        _U64 = np.dtype("<u8")
     cdef ColumnsC C
     cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt, total_old = 0, total_new = 0
     cdef Py_ssize_t max_old = 0, max_new = 0, k
@@ -547,7 +567,8 @@ def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, 
     cdef const unsigned char *protos = <const unsigned char *>program.view.buf
     if n_groups < 1:
         raise ValueError(f"n_groups: {n_groups}, at least 1")
-    ips = np.ascontiguousarray(ips, dtype="<u8")
+    if getattr(ips, "dtype", None) != _U64:
+        ips = np.ascontiguousarray(ips, dtype=_U64)
     if pairs is None:
         pairs = np.zeros(1, [(name, "<u8") for name in PAIR_FIELDS])
     cdef _Buf bp = _buf(ports, sizeof(PortC), "ports")
@@ -593,10 +614,10 @@ def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, 
         raise MemoryError()
     cdef int32_t *ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
     cdef int32_t *ent_new = ent_old + max_old + 1
-    cdef _Buf bd = _buf(dels, itemsize, "deletes")
-    cdef _Buf ba = _buf(adds, itemsize, "adds")
-    cdef _Buf bde = _buf(del_ends, 8, "del_ends")
-    cdef _Buf bae = _buf(add_ends, 8, "add_ends")
+    cdef _Buf bd = _own(dels)
+    cdef _Buf ba = _own(adds)
+    cdef _Buf bde = _own(del_ends)
+    cdef _Buf bae = _own(add_ends)
     o.dels = <unsigned char *>bd.view.buf
     o.adds = <unsigned char *>ba.view.buf
     o.del_ends = <int64_t *>bde.view.buf

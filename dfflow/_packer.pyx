@@ -48,7 +48,9 @@ OPENFLOW = {
     "ONF_BF_ATOMIC": ONF_BF_ATOMIC, "ONF_BF_ORDERED": ONF_BF_ORDERED,
     "NX_EXPERIMENTER_ID": NX_EXPERIMENTER_ID, "NXAST_REG_MOVE": NXAST_REG_MOVE,
     "NXAST_CONJUNCTION": NXAST_CONJUNCTION, "NXAST_CT": NXAST_CT, "NX_CT_F_COMMIT": NX_CT_F_COMMIT,
-    "OFPT_BUNDLE_ADD_MESSAGE": OFPT_BUNDLE_ADD_MESSAGE,  # OpenFlow 1.4's
+    # OpenFlow 1.4's
+    "OFPT_BUNDLE_CONTROL": OFPT_BUNDLE_CONTROL, "OFPT_BUNDLE_ADD_MESSAGE": OFPT_BUNDLE_ADD_MESSAGE,
+    "OFPBCT_OPEN_REQUEST": OFPBCT_OPEN_REQUEST, "OFPBCT_COMMIT_REQUEST": OFPBCT_COMMIT_REQUEST,
     "OFP_FLOW_MOD_SIZE": C_FLOW_MOD_FIXED_LEN + 8,  # + the match's header, padded
 }
 # The opcodes of a flow record's action slots (dfflow.flowbatch takes them from here).
@@ -721,3 +723,18 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
     dfflow.openflow's Datapath.send_bundle does.
     """
     return _pack_bytes(_rows_of(batch), xid_start, True, bundle_id, flags, commit, "")
+
+
+def rows_with_action(batch, unsigned int op):
+    """Indices of the rows whose first action slot holds opcode ``op``, in order (rows without
+    actions have none): the rows a caller encodes another way before packing the rest."""
+    cdef _Rows rows = _rows_of(batch)
+    cdef const LayoutC *L = &rows.layout.c
+    cdef const unsigned char *rec
+    cdef Py_ssize_t r
+    found = []
+    for r in range(rows.n):
+        rec = rows.base + r * L.itemsize
+        if rec[L.n_actions] and rec[L.actions + L.a_op] == op:
+            found.append(r)
+    return found

@@ -24,6 +24,7 @@ FlowLayout = _packer.FlowLayout
 validate_flows = _packer.validate_flows
 pack_flow_mods = _packer.pack_flow_mods
 pack_bundle = _packer.pack_bundle
+rows_with_action = _packer.rows_with_action
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
 frames = _framing.frames
@@ -97,7 +98,7 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
-           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "frames", "wrap_bundle_adds",
+           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "rows_with_action", "frames", "wrap_bundle_adds",
            "CompiledProgram", "compile_transitions", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
            "TRANSITION_FIELDS", "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",

@@ -102,16 +102,67 @@ def test_a_compiled_core_failure_is_an_error_and_the_port_keeps_its_flows_until_
         raise RuntimeError("injected")
 
     engine = make_engine()
-    working = compiler.compile_port_change
-    monkeypatch.setattr(compiler, "compile_port_change", broken)
+    working = compiler.compile_port_changes
+    monkeypatch.setattr(compiler, "compile_port_changes", broken)
     apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
     apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
     assert engine.stats["compiler_errors"] >= 1
     assert "injected" in engine.errors[-1] and "Traceback" in engine.errors[-1]
     assert l2_lookup_actions(engine, 1) is None  # no other engine made them
-    monkeypatch.setattr(compiler, "compile_port_change", working)
+    monkeypatch.setattr(compiler, "compile_port_changes", working)
     apply(engine, engine.everything())
     assert l2_lookup_actions(engine, 1) == (Output(5),)
+
+
+
+def test_the_ports_of_a_plan_are_compiled_in_one_call_and_one_the_core_fails_on_does_not_stop_the_others(
+        monkeypatch):
+    from controller import compiler
+
+    engine = make_engine()
+    working = compiler.compile_port_changes
+    calls = []
+
+    def failing_on_b1(program, table, changes):
+        calls.append(len(changes))
+        if table.index.get("b1") in [row for row, _, _ in changes]:
+            raise RuntimeError("injected for b1")
+        return working(program, table, changes)
+
+    monkeypatch.setattr(compiler, "compile_port_changes", failing_on_b1)
+    apply(engine, engine.nb_event(event(port("b1", 2, 12, "B"))))
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    calls.clear()
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))  # both ports get flows in this plan
+    assert calls[0] == 2  # one call for both; then each alone, to find the one it fails on
+    assert l2_lookup_actions(engine, 1) == (Output(5),)
+    assert l2_lookup_actions(engine, 2) is None
+    assert engine.stats["compiler_errors"] == 1
+    assert "port b1" in engine.errors[-1] and "injected for b1" in engine.errors[-1]
+    monkeypatch.setattr(compiler, "compile_port_changes", working)
+    apply(engine, engine.everything())
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(10))
+
+
+
+def test_the_facts_changes_of_a_plans_ports_are_compiled_in_one_call(monkeypatch):
+    from controller import compiler
+    from dfflow.models import LogicalRouter, RouterPort
+
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    working = compiler.compile_facts_changes
+    calls = []
+
+    def counted(program, table, changes):
+        calls.append(sorted(port_id for port_id, _, _, _ in changes))
+        return working(program, table, changes)
+
+    monkeypatch.setattr(compiler, "compile_facts_changes", counted)
+    router = LogicalRouter(id="r1", topic="t", ports=[RouterPort(subnet="s1", mac="fa:16:3e:00:00:fe", ip="10.0.0.254")])
+    apply(engine, engine.nb_event(event(router)))  # both ports' networks are routed now
+    assert calls == [["a1", "b1"]]
+    assert engine.stats["port_facts_changed"] == 2 and not engine.stats["compiler_errors"]
+    assert engine.table.facts["a1"].routed and engine.table.facts["b1"].routed
 
 
 def pending_destination_a1():

@@ -88,7 +88,7 @@ def python_diff(program, facts: PortFacts, old: PortRole | None, new: PortRole |
 def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role):
     table = table_of(facts)
     for program in PROGRAMS:
-        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, None, role)
+        dels, adds = compiler.compile_port_changes(PER_APP[program.app_id], table, [(0, None, role)])
         assert len(dels) == 0
         assert flows_of(adds) == program.flows(facts, role)
 
@@ -98,7 +98,7 @@ def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role)
 def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
     table = table_of(facts)
     for program in PROGRAMS:
-        dels, adds = compiler.compile_port_change(PER_APP[program.app_id], table, 0, old, new)
+        dels, adds = compiler.compile_port_changes(PER_APP[program.app_id], table, [(0, old, new)])
         want_deletes, want_adds = python_diff(program, facts, old, new)
         deleted = flows_of(dels)
         assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
@@ -118,7 +118,7 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
         owner = ("app", "port", "p0")
         python.commit(python.plan({owner: program.flows(before, old)}))
         plan = python.plan({owner: program.flows(after, new)})
-        dels, adds = compiler.compile_facts_change(PER_APP[program.app_id], table, "p0", after, old, new)
+        dels, adds = compiler.compile_facts_changes(PER_APP[program.app_id], table, [("p0", after, old, new)])
         assert table.facts["p0"] == after
         deleted = flows_of(dels)
         assert all(f.command == Command.DELETE_STRICT and not f.actions for f in deleted)
@@ -127,16 +127,48 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, plan.adds))
 
 
+
+def _numbers(before: PortFacts, after: PortFacts, *roles: PortRole) -> set[int]:
+    """The addresses, networks and VIFs a port's flows match on."""
+    return ({n for f in (before, after) for n in (f.vni, f.mac, *f.ipv4s)}
+            | {n for f in (before, after) for fip in f.fips for n in (fip.fip, fip.fixed_ip, fip.ext_vni, fip.fip_mac)}
+            | {n for f in (before, after) for pair in f.pairs for n in (pair.ip, pair.mac)}
+            | {r.ofport for r in roles if r.local})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(port_facts(), port_facts(), port_facts(), port_facts(), *[roles().filter(bool)] * 4)
+def test_the_facts_changes_of_several_ports_compile_together_to_what_each_compiles_alone(
+        before0, after0, before1, after1, old0, new0, old1, new1):
+    after0 = dataclasses.replace(after0, object_hash=before0.object_hash)
+    before1 = dataclasses.replace(before1, object_hash=before0.object_hash ^ 1)
+    after1 = dataclasses.replace(after1, object_hash=before1.object_hash, mac=before1.mac)
+    # two ports: no address, network or VIF of one is ever the other's
+    assume(not _numbers(before0, after0, old0, new0) & _numbers(before1, after1, old1, new1))
+    changes = [("p0", after0, old0, new0), ("p1", after1, old1, new1)]
+    alone_dels, alone_adds = [], []
+    for change in changes:
+        table = table_of(before0, before1)
+        dels, adds = compiler.compile_facts_changes(ALL_APPS, table, [change])
+        alone_dels += flows_of(dels)
+        alone_adds += flows_of(adds)
+    table = table_of(before0, before1)
+    dels, adds = compiler.compile_facts_changes(ALL_APPS, table, changes)
+    assert table.facts == {"p0": after0, "p1": after1}
+    assert sorted(map(repr, flows_of(dels))) == sorted(map(repr, alone_dels))
+    assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, alone_adds))
+
+
 def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_rows_naming_their_template():
     facts = PortFacts(7, 101, 0xFA163E000001, True, False, (0x0A000001,))
     gated = PortRole(True, ofport=5, copy_tunnel=9, gated=True)
-    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, None, gated)
+    dels, adds = compiler.compile_port_changes(PER_APP[1], table_of(facts), [(0, None, gated)])
     assert len(dels) == 0
     made = flows_of(adds)
     assert made == L2_PORT_FLOWS.flows(facts, gated)
     assert {type(a).__name__ for f in made for a in f.actions} >= {"Learn", "Resubmit"}
     # leaving it (activation: gated -> open) deletes the gate's flows by key
-    dels, adds = compiler.compile_port_change(PER_APP[1], table_of(facts), 0, gated, PortRole(True, ofport=5))
+    dels, adds = compiler.compile_port_changes(PER_APP[1], table_of(facts), [(0, gated, PortRole(True, ofport=5))])
     assert {f.table for f in flows_of(dels)} >= {0}  # the announcement flows in classify
     assert flows_of(adds)
 
@@ -144,8 +176,8 @@ def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_r
 def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
     facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
                       (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table_of(facts), 0, PortRole(False, tunnel=10),
-                                              PortRole(False, tunnel=11))
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table_of(facts), [(0, PortRole(False, tunnel=10),
+                                                                         PortRole(False, tunnel=11))])
     assert len(dels) == 0
     assert sorted((f.table, f.actions[-1].port) for f in flows_of(adds)) == [(50, 11), (50, 11)]
 
@@ -170,12 +202,12 @@ def test_a_port_whose_addresses_run_past_the_column_is_refused():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1, 2)))
     table.ports[0]["ip_count"] = 99
     with pytest.raises(ValueError, match="ip_start/ip_count"):
-        compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(True, ofport=5))
+        compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(True, ofport=5))])
 
 
 def test_an_out_of_range_vni_is_refused_before_anything_is_packed():
     table = table_of(PortFacts(7, 1 << 24, 0xFA163E000001))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, PortRole(False, tunnel=3))
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=3))])
     with pytest.raises(ValueError, match="tunnel_id"):
         compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 
@@ -251,10 +283,10 @@ def test_no_memory_growth_over_10000_compiled_migrations():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1,)))
 
     def round_() -> None:
-        cloud.migrate(moves)  # compile_port_change, flow_mods and the bundle framing, on 10 chassis
+        cloud.migrate(moves)  # compile_port_changes, flow_mods and the bundle framing, on 10 chassis
         for bad in (None, PortRole(True, ofport=5, gated=True)):
             try:  # the error paths too
-                compiler.compile_port_change(PER_APP[1], table, 99 if bad is None else 0, None, bad)
+                compiler.compile_port_changes(PER_APP[1], table, [(99 if bad is None else 0, None, bad)])
             except ValueError:
                 pass
 
@@ -273,7 +305,7 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 ])
 def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field):
     table = table_of(PortFacts(7, 101, 0xFA163E000001))
-    dels, adds = compiler.compile_port_change(ALL_APPS, table, 0, None, role)
+    dels, adds = compiler.compile_port_changes(ALL_APPS, table, [(0, None, role)])
     with pytest.raises(ValueError, match=field):
         compiler.flow_mods(Datapath13(), [FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)])
 

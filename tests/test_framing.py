@@ -33,3 +33,31 @@ def test_a_truncated_or_foreign_buffer_is_refused_by_offset():
         framing.wrap_bundle_adds(raw, OFP14, 1, 3)
     with pytest.raises(ValueError, match="bundle_id"):
         framing.wrap_bundle_adds(raw, OFP13, -1, 3)
+
+
+@pytest.mark.parametrize("version", [OFP13, OFP14])
+def test_the_open_and_commit_framed_around_the_adds_are_the_ones_os_ken_writes(version):
+    from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser, ofproto_v1_4, ofproto_v1_4_parser
+
+    class Datapath:
+        ofproto, ofproto_parser = ((ofproto_v1_3, ofproto_v1_3_parser) if version == OFP13
+                                   else (ofproto_v1_4, ofproto_v1_4_parser))
+
+    def ctrl(ctrl_type: int, xid: int) -> bytes:
+        make = (ofproto_v1_3_parser.ONFBundleCtrlMsg if version == OFP13
+                else ofproto_v1_4_parser.OFPBundleCtrlMsg)
+        msg = make(Datapath, 7, ctrl_type, 3, [])
+        msg.set_xid(xid)
+        msg.serialize()
+        return bytes(msg.buf)
+
+    raw = _msg(5, 16, version) + _msg(6, 24, version)
+    adds, _ = framing.wrap_bundle_adds(raw, version, 7, 3)
+    framed, xids = framing.wrap_bundle_adds(raw, version, 7, 3, out=bytearray(b"kept"), open_xid=9,
+                                            commit_xid=10)
+    open_t, commit_t = ((ofproto_v1_3.ONF_BCT_OPEN_REQUEST, ofproto_v1_3.ONF_BCT_COMMIT_REQUEST) if version == OFP13
+                        else (ofproto_v1_4.OFPBCT_OPEN_REQUEST, ofproto_v1_4.OFPBCT_COMMIT_REQUEST))
+    assert framed == b"kept" + ctrl(open_t, 9) + adds + ctrl(commit_t, 10) and xids == [5, 6]
+    assert framing.wrap_bundle_adds(raw, version, 7, 3, open_xid=9)[0] == ctrl(open_t, 9) + adds
+    with pytest.raises(ValueError, match="commit_xid"):
+        framing.wrap_bundle_adds(raw, version, 7, 3, commit_xid=1 << 32)

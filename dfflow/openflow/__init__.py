@@ -53,8 +53,9 @@ for the failing message (its own xid), then one for the commit
 on 1.4).  Either way nothing of a failed bundle is applied.  Both flavours
 behave the same in OVS 3.1, so we speak 1.3 by default (``versions=(OFP13,)``).
 ``send_bundle`` takes os-ken messages or one raw buffer of *plain* messages
-(FLOW_MOD, GROUP_MOD, ...); it wraps them into bundle-adds itself
-(:func:`framing.wrap_bundle_adds`, byte-identical to os-ken's ``ONFBundleAddMsg``).
+(FLOW_MOD, GROUP_MOD, ...); it frames the open, a bundle-add around each and (pipelined)
+the commit itself, in one compiled call (:func:`framing.wrap_bundle_adds`, byte-identical
+to os-ken's ``ONFBundleCtrlMsg``/``ONFBundleAddMsg`` and their OpenFlow 1.4 counterparts).
 
 Transaction ids
 ---------------

@@ -563,15 +563,12 @@ class Datapath(asyncio.Protocol):
         if errors:
             raise FlowModError(errors)
 
-    async def _send_pipelined_bundle(self, ctrl: bytearray, xids: list[int], opener: MsgBase, bundle_id: int,
-                                     commit_t: int, flags: int, timeout: float | None) -> None:
-        commit = self._bundle_ctrl(bundle_id, commit_t, flags)
-        commit.set_xid(self.xids.alloc())
-        ctrl += self._pack([commit])[0]
-        replies = [self._expect(opener.xid, opener.cls_msg_type), self._expect(commit.xid, commit.cls_msg_type)]
+    async def _send_pipelined_bundle(self, framed: bytearray, xids: list[int], ctrl_xids: tuple[int, int],
+                                     ctrl_type: int, bundle_id: int, timeout: float | None) -> None:
+        replies = [self._expect(xid, ctrl_type) for xid in ctrl_xids]
         errors: list[OpenFlowError] = []
         try:
-            errors = await self._send_and_barrier(ctrl, xids, timeout)
+            errors = await self._send_and_barrier(framed, xids, timeout)
             for reply, what in zip(replies, ("open", "commit")):
                 if not reply.done():
                     raise ProtocolError(f"{self._desc()}: no reply to bundle {bundle_id} {what} before barrier")
@@ -580,8 +577,8 @@ class Datapath(asyncio.Protocol):
                 except OpenFlowError as exc:
                     errors.append(exc)
         finally:
-            self._pending.pop(opener.xid, None)
-            self._pending.pop(commit.xid, None)
+            for xid in ctrl_xids:
+                self._pending.pop(xid, None)
         if errors:
             self._count("bundles_failed")
             raise BundleError(bundle_id, "pipelined", errors)
@@ -618,28 +615,29 @@ class Datapath(asyncio.Protocol):
         every row), where a rejection means the switch changed under us.
         """
         version = self._require_version()
-        open_t, commit_t, discard_t, atomic, ordered = self._bundle_consts()
+        _, commit_t, discard_t, atomic, ordered = self._bundle_consts()
         if flags is None:
             flags = atomic | ordered
-        buf, _ = self._pack(msgs)
+        buf = msgs if isinstance(msgs, (bytes, bytearray, memoryview)) else self._pack(msgs)[0]
         self._bundle_ids = self._bundle_ids % 0xFFFFFFFF + 1
         bundle_id = self._bundle_ids
-        opener = self._bundle_ctrl(bundle_id, open_t, flags)
-        opener.set_xid(self.xids.alloc())
-        ctrl = bytearray(self._pack([opener])[0])
-        ctrl, xids = wrap_bundle_adds(buf, version, bundle_id, flags, out=ctrl)
+        # The open (and, pipelined, the commit) framed around the adds in one compiled call.
+        open_xid = self.xids.alloc(2 if pipelined else 1)
+        commit_xid = open_xid + 1 if pipelined else None
+        framed, xids = wrap_bundle_adds(buf, version, bundle_id, flags, open_xid=open_xid, commit_xid=commit_xid)
+        ctrl_type = ofproto_v1_3.OFPT_EXPERIMENTER if version == OFP13 else self.ofproto.OFPT_BUNDLE_CONTROL
         self._count("msgs_tx", len(xids) + 2)
         self._count("bundles")
         if pipelined:
-            await self._send_pipelined_bundle(ctrl, xids, opener, bundle_id, commit_t, flags, timeout)
+            await self._send_pipelined_bundle(framed, xids, (open_xid, open_xid + 1), ctrl_type, bundle_id, timeout)
             return
         # Stage 1: open + adds + barrier in one write.  OVS validates each message when
         # it is added and merely leaves a bad one out, so an error on the open or on any
         # add must abort the bundle (a commit would apply the rest).
-        open_reply = self._expect(opener.xid, opener.cls_msg_type)
+        open_reply = self._expect(open_xid, ctrl_type)
         errors: list[OpenFlowError] = []
         try:
-            errors = await self._send_and_barrier(ctrl, xids, timeout)
+            errors = await self._send_and_barrier(framed, xids, timeout)
             if open_reply.done():
                 open_reply.result()  # raises OpenFlowError if the open failed
             else:
@@ -647,7 +645,7 @@ class Datapath(asyncio.Protocol):
         except OpenFlowError as exc:
             errors = [exc] + errors
         finally:
-            self._pending.pop(opener.xid, None)
+            self._pending.pop(open_xid, None)
         if errors:
             self._count("bundles_failed")
             try:
