@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from controller.ovsdb_jsonrpc import JsonRpc
+from dfflow.ovsdb.jsonrpc import JsonRpc
 from dfflow.sandbox import netns
 from dfflow.sandbox.osvif import OsVifHost
 from dfflow.sandbox.topology import INT_BRIDGE, Sandbox

@@ -32,8 +32,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from controller.ovsdb import Ovsdb, tunnel_port_name
-from controller.ovsdb_jsonrpc import Framer
+from dfflow.ovsdb.chassis import Ovsdb, tunnel_port_name
+from dfflow.ovsdb.jsonrpc import Framer
 
 LOG = logging.getLogger(__name__)
 

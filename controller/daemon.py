@@ -34,10 +34,11 @@ from controller.migration import AppliedStamps
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
-from controller.ovsdb import InterfaceTracker, Ovsdb
+from controller.interfaces import InterfaceTracker
+from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import holds_none_of_ours, reconcile
-from controller.retry import TRANSIENT, Backoff, retried
+from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import OneShots, TaskSupervisor
 from dfflow.errors import Conflict, DfflowError, NotFound
@@ -168,7 +169,9 @@ class ControllerDaemon:
 
     def _close_arrival_window(self, port_id: str) -> None:
         try:
-            self._emit(self.engine.arrival_window_closed(port_id))
+            plan = self.engine.arrival_window_closed(port_id)
+            plan.cause = f"arrival_window_closed:{port_id}"
+            self._emit(plan)
         except Exception:
             self._record_error("arrival window")
             LOG.exception("closing the arrival window of port %s failed", port_id)

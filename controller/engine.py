@@ -71,6 +71,7 @@ class Engine:
         self.table = compiler.PortTable()  # the facts of every port with flows here
         self.placed: dict[str, Place] = {}  # port id -> what its installed flows are for
         self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
+        self._closes_due: Counter[str] = Counter()  # port id -> closes handed to the daemon, not yet run
         # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
         # the port until that write settles (controller.migrator sets it).
         self.port_overlay: Callable[[LogicalPort], LogicalPort] | None = None
@@ -123,11 +124,20 @@ class Engine:
             self.windows_ending.append(port_id)
 
     def take_windows_ending(self) -> list[str]:
+        """Ports whose arrival window the daemon closes ARRIVAL_WINDOW from now (arrival_window_closed)."""
         ending, self.windows_ending = self.windows_ending, []
+        self._closes_due.update(ending)
         return ending
 
     def arrival_window_closed(self, port_id: str) -> Plan:
-        """The port's migration here ended a while ago: its connections are this chassis' own now."""
+        """The port's migration here ended a while ago: its connections are this chassis' own now.
+
+        Only the port's last close closes it: a close handed out for an earlier migration (the port
+        left and came back since) would end the new arrival's window early."""
+        self._closes_due[port_id] -= 1
+        if self._closes_due[port_id] > 0:
+            return Plan()
+        del self._closes_due[port_id]
         port = self.view.port(port_id)
         mig = port.migration if port is not None else None
         if mig is not None and mig.chassis == self.view.chassis:

@@ -8,7 +8,7 @@ a chassis whose OVSDB is new has no flows to keep, and no mark.
 """
 from __future__ import annotations
 
-from controller.ovsdb_jsonrpc import JsonRpc, datum
+from dfflow.ovsdb.jsonrpc import JsonRpc, datum
 
 DB = "Open_vSwitch"
 KEY = "dfflow-nb-revision"

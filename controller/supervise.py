@@ -13,7 +13,7 @@ import time
 from collections import Counter, deque
 from typing import Any, Awaitable, Callable
 
-from controller.retry import Backoff
+from dfflow.retry import Backoff
 
 LOG = logging.getLogger(__name__)
 MAX_DEATHS, WINDOW = 5, 60.0

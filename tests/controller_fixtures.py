@@ -67,6 +67,24 @@ def controller_status(sb: Sandbox, chassis: str) -> dict[str, Any]:
     return read_status(sb.chassis(chassis).status_socket)
 
 
+def bundles_after_activation(sb: Sandbox, migration: str, port: str) -> dict[str, list]:
+    """Per chassis, the bundles about `port` it applied after it applied `migration`'s activation
+    (the controllers' own account: their status' apply timings)."""
+    found, activated_on = {}, []
+    for ch in sb.chassis_list():
+        timings = controller_status(sb, ch.name)["apply_timings"]
+        activated = [t["applied_at"] for t in timings if [migration, "activated"] in t["stamps"]]
+        if not activated:
+            continue  # a chassis the port's network does not reach
+        activated_on.append(ch.name)
+        later = [(t["cause"], t["flow_mods"]) for t in timings
+                 if t["applied_at"] > max(activated) and port in t["cause"]]
+        if later:
+            found[ch.name] = later
+    assert len(activated_on) >= 3, activated_on  # the source, the destination and the probers' chassis
+    return found
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -16,7 +16,7 @@ from dfflow.sandbox.evacuate import evacuate
 from dfflow.sandbox.netns import SandboxError
 from dfflow.sandbox.probe import Echo, Sender, analyse, per_target
 from dfflow.sandbox.topology import INT_BRIDGE
-from controller_fixtures import controller_status, pings, running_cloud, wait_until
+from controller_fixtures import bundles_after_activation, controller_status, pings, running_cloud, wait_until
 from dfflow.models import PortStatus
 from neutron_fixtures import stale_flows
 from test_robust_sentinel import installed_equals_desired
@@ -93,6 +93,8 @@ def test_an_evacuation_switches_every_vm_over_at_once_and_each_answers_at_its_de
     for vm, f in figures.items():
         assert f["recovered"], (vm, f)
     assert_evacuated_to(cloud, "chassis-2")
+    for m in result["migrations"]:  # after its activation, nothing of a VM's migration touches its flows
+        assert bundles_after_activation(cloud.sb, m["migration"], m["port"]) == {}, m["vm"]
 
 
 def test_evacuate_command_moves_a_chassis_back_with_the_unplug_strategy_and_legacy_calls(cloud):

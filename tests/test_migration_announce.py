@@ -17,7 +17,7 @@ import pytest
 
 from dfflow.sandbox.probe import Sender, analyse
 from dfflow.sandbox.topology import INT_BRIDGE
-from controller_fixtures import migrate, pings, wait_until
+from controller_fixtures import bundles_after_activation, migrate, pings, wait_until
 from test_migration import E_IP, M_IP, P_IP, Q_IP, assert_everyone_places_m_on, assert_recovered, cloud, other, port_id, probes, where  # noqa: F401,E501
 
 pytestmark = pytest.mark.ovs
@@ -106,6 +106,12 @@ def test_each_probe_is_answered_once_and_the_destination_vif_gets_nothing_before
     # After the switchover the VM is served through its destination VIF.
     assert rx_packets(sb, "M", during["ifname"]) > 100
     assert_everyone_places_m_on(cloud, dest)
+    if strategy == "announce":
+        # Once a chassis applied the activation, nothing that follows -- Nova's binding activation, the
+        # record's end, the source unplug, Nova's clean-up -- changes a flow of M's there: the datapaths
+        # the VM's traffic crosses are left alone after the switchover.
+        assert bundles_after_activation(sb, result["migration"], port_id(cloud)) == {}
+
 
 
 def test_a_vm_on_the_destination_chassis_reaches_the_migrating_vm_throughout(cloud):

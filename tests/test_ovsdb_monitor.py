@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.ovsdb import InterfaceMonitor, InterfaceTracker, iface_update
-from controller.ovsdb_jsonrpc import Framer, JsonRpc, OvsdbProtocolError, datum
+from controller.interfaces import InterfaceTracker
+from dfflow.ovsdb.monitor import InterfaceMonitor, iface_update
+from dfflow.ovsdb.jsonrpc import Framer, JsonRpc, OvsdbProtocolError, datum
 from dfflow.sandbox.ovsproc import OVS_SCHEMA, missing_binaries
 
 json_text = st.text(alphabet=st.sampled_from('ab{}[]"\\/ é\n\t:,'), max_size=12)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.ovsdb import PEER_KEY
+from dfflow.ovsdb.monitor import PEER_KEY
 from dfflow.sandbox import health
 from dfflow.sandbox.topology import Sandbox
 from sandbox_fixtures import _new_dir, _teardown, require_substrate

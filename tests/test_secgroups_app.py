@@ -133,3 +133,34 @@ def test_a_port_migrating_here_admits_its_established_tcp_until_a_while_after_th
     assert not mid_stream_flows(engine, "b1") and sg_flows(engine, "b1")
     for flow in flows:
         assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)
+
+
+
+def test_a_port_that_left_and_came_back_keeps_its_new_arrival_window_until_its_own_close():
+    """Closes handed out for its earlier migrations (here, and away) come due while the window of
+    its latest arrival is open: they leave it open; the last one closes it."""
+    engine = engine_with_groups()
+    b1 = engine.view.port("b1")
+    apply(engine, engine.vif_online(Vif("b1", "tapb1", 6)))
+    closes = 0
+
+    def nb(**changes) -> None:
+        nonlocal closes
+        apply(engine, engine.nb_event(event(b1.replace(**changes), "update")))
+        closes += len(engine.take_windows_ending())  # the daemon schedules one close for each
+
+    def record(record_id: str, to: str, source: str) -> MigrationRecord:
+        return MigrationRecord(chassis=to, source=source, state="switched", id=record_id, bound=source)
+
+    nb(migration=record("m1", "A", "B"), binding_chassis="B")
+    nb(migration=None, binding_chassis="A")  # ended here: its window runs
+    nb(migration=record("m2", "B", "A"), binding_chassis="A")  # it leaves ...
+    nb(migration=None, binding_chassis="B")
+    nb(migration=record("m3", "A", "B"), binding_chassis="B")  # ... and comes back
+    nb(migration=None, binding_chassis="A")
+    assert closes >= 2 and mid_stream_flows(engine, "b1")
+    for _ in range(closes - 1):  # the earlier ones come due first
+        apply(engine, engine.arrival_window_closed("b1"))
+        assert mid_stream_flows(engine, "b1")
+    apply(engine, engine.arrival_window_closed("b1"))
+    assert not mid_stream_flows(engine, "b1") and sg_flows(engine, "b1")

@@ -19,19 +19,17 @@ Claims = list[tuple[str, str]]
 class Context(Protocol):
     async def get(self, table: str, obj_id: str) -> Model | None: ...
 
+    async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model | None]: ...
+
     async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]: ...
 
 
 async def _subnets_of(ctx: Context, lswitch: str, watch_all: bool = True) -> list[Subnet]:
-    """The switch's subnets (each WATCHed as it is read). `watch_all=False` leaves the set of the
+    """The switch's subnets (WATCHed, read in one round trip). `watch_all=False` leaves the set of the
     switch's referrers unwatched: a port needs its subnets unchanged, not the switch's other ports."""
-    subnets = []
-    for table, obj_id in await ctx.referrers(LogicalSwitch.table, lswitch, watch=watch_all):
-        if table == Subnet.table:
-            subnet = await ctx.get(table, obj_id)
-            if subnet is not None:
-                subnets.append(subnet)
-    return subnets
+    referrers = await ctx.referrers(LogicalSwitch.table, lswitch, watch=watch_all)
+    found = await ctx.get_many([(table, obj_id) for table, obj_id in referrers if table == Subnet.table])
+    return [subnet for subnet in found if subnet is not None]
 
 
 def _subnet_containing(subnets: list[Subnet], ip: str) -> Subnet | None:

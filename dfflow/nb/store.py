@@ -8,6 +8,14 @@ MULTI/EXEC of the data, the indexes and the PUBLISH of its event. Either all of
 it happens or none does; a concurrent change to anything read retries the whole
 write. An object's `version` is the NB revision of its last write, so versions
 only grow, also across delete and re-create of an id.
+
+The reads of a write go in as few round trips as what they depend on allows
+(`_TxnContext.read`: a WATCH and the reads it covers in one packet): the object,
+its claims, what it references and its unique keys' holders together, with the
+next revision; then what the table's rule reads. A port's update is three round
+trips of reads and its EXEC (`modify` adds the read `change` starts from). A
+write refused by a check leaves a gap in the revisions, as a write that lost a
+race always did.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
@@ -57,7 +66,8 @@ def decode(table: str, raw: bytes | str | None, obj_id: str = "?", checked: bool
 
 
 class _TxnContext:
-    """What a rule may read inside a write: every read is WATCHed."""
+    """What a write reads inside its transaction: every read is WATCHed (but a set of referrers read
+    with `watch=False`), and reads known together go in one round trip."""
 
     def __init__(self, pipe: Any, keys: Keys):
         self.pipe, self.keys = pipe, keys
@@ -66,20 +76,72 @@ class _TxnContext:
         self.pending_refs: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self.pending_claims: dict[str, str] = {}
 
+    async def read(self, watch: list[str], commands: list[tuple[Any, ...]]) -> list[Any]:
+        """WATCH `watch`, then `commands` (reads), in one round trip on the transaction's connection;
+        their replies, raw as Redis sends them (redis-py would send each on its own once watching).
+
+        As redis-py does for a watching pipeline: on a connection that drops before anything is
+        watched the packet is sent again on a new one; once keys are watched the drop raises
+        WatchError (`_LOST`), and the write is redone."""
+        pipe = self.pipe
+        conn = pipe.connection
+        if conn is None:
+            conn = pipe.connection = await pipe.connection_pool.get_connection()
+        sent = ([("WATCH", *watch)] if watch else []) + commands
+        packet = conn.pack_commands(sent)
+
+        async def exchange() -> list[Any]:
+            await conn.send_packed_command(packet)
+            replies, error = [], None
+            for _ in sent:  # every reply read, so that none is left for the connection's next user
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    replies.append(None)
+            if error is not None:
+                raise error
+            return replies
+
+        async def dropped(error: Exception, failures: int = 0) -> None:
+            await conn.disconnect()
+            if pipe.watching:
+                pipe.watching = False
+                await pipe.reset()
+                raise WatchError(f"A {type(error).__name__} {_LOST} one or more keys")
+
+        try:
+            replies = await conn.retry.call_with_retry(exchange, dropped, with_failure_count=True)
+        except BaseException:
+            await conn.disconnect()  # replies may be unread: the connection's next user must not get them
+            raise
+        if watch:
+            pipe.watching = True
+            return replies[1:]
+        return replies
+
     async def get(self, table: str, obj_id: str) -> Model | None:
-        if (table, obj_id) not in self.cache:
-            key = self.keys.obj(table, obj_id)
-            await self.pipe.watch(key)
-            self.cache[(table, obj_id)] = decode(table, await self.pipe.get(key), obj_id)
-        return self.cache[(table, obj_id)]
+        return (await self.get_many([(table, obj_id)]))[0]
+
+    async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model | None]:
+        """The objects (None for one that does not exist), those not read yet in one round trip."""
+        missing = list(dict.fromkeys(pair for pair in pairs if pair not in self.cache))
+        if missing:
+            found_keys = [self.keys.obj(table, obj_id) for table, obj_id in missing]
+            (raws,) = await self.read(found_keys, [("MGET", *found_keys)])
+            self.remember(missing, raws)
+        return [self.cache[pair] for pair in pairs]
+
+    def remember(self, pairs: list[tuple[str, str]], raws: list[Any]) -> None:
+        for (table, obj_id), raw in zip(pairs, raws):
+            self.cache[(table, obj_id)] = decode(table, raw, obj_id)
 
     async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]:
         """`watch=False`: the caller WATCHes the referrers it uses instead of the whole set (which every
         new port of a network changes: watching it would make concurrent creates retry each other)."""
         key = self.keys.refs(table, obj_id)
-        if watch:
-            await self.pipe.watch(key)
-        members = {tuple(_s(m).split(":", 1)) for m in await self.pipe.smembers(key)}
+        (found,) = await self.read([key] if watch else [], [("SMEMBERS", key)])
+        members = {tuple(_s(m).split(":", 1)) for m in found}
         return sorted(members | self.pending_refs.get((table, obj_id), set()))
 
     def add_pending(self, obj: Model) -> None:
@@ -351,8 +413,23 @@ class NbApi:
         or, after a `lost` reply, the stored object if it is this write, already done."""
         keys = self.keys
         key = keys.obj(obj.table, obj.id)
-        await pipe.watch(key)
-        old = decode(obj.table, await pipe.get(key), obj.id)
+        claims_key = keys.claims(obj.table, obj.id)
+        # One round trip: the object, its claims, what it references or requires (those not read
+        # yet in this transaction), the holders of its own unique keys, and its revision.
+        needed = [(table, ref_id) for _, table, ref_id in obj.references()] + list(requires)
+        unread = [pair for pair in dict.fromkeys(needed) if pair not in ctx.cache and pair != (obj.table, obj.id)]
+        unread_keys = [keys.obj(table, ref_id) for table, ref_id in unread]
+        own_claims = obj.unique_keys()
+        own_holder_keys = [keys.uniq(claim) for _, claim in own_claims]
+        commands: list[tuple[Any, ...]] = [("GET", key), ("SMEMBERS", claims_key), ("INCR", keys.rev)]
+        commands += [("MGET", *unread_keys)] if unread_keys else []
+        commands += [("MGET", *own_holder_keys)] if own_holder_keys else []
+        replies = await ctx.read([key, claims_key, *unread_keys, *own_holder_keys], commands)
+        raw, stored_claims, version = replies[:3]
+        if unread_keys:
+            ctx.remember(unread, replies[3])
+        holders = dict(zip((claim for _, claim in own_claims), replies[-1] if own_holder_keys else []))
+        old = decode(obj.table, raw, obj.id)
         if lost and old is not None and old.version != expected and _same(old, obj):
             return old
         if (obj.table, obj.id) in ctx.cache and ctx.cache[(obj.table, obj.id)] is not None:
@@ -374,26 +451,26 @@ class NbApi:
         for table, ref_id in requires:
             if await ctx.get(table, ref_id) is None:
                 raise NotFound(table, ref_id)
-        claims = obj.unique_keys()
+        claims = list(own_claims)
         rule = rules.WRITE_RULES.get(obj.table)
         if rule is not None:
             claims += await rule(obj, ctx)
-        claims_key = keys.claims(obj.table, obj.id)
-        await pipe.watch(claims_key)
-        old_claims = {_s(m) for m in await pipe.smembers(claims_key)}
+        rule_claims = list(dict.fromkeys(claim for _, claim in claims if claim not in holders))
+        if rule_claims:
+            rule_holder_keys = [keys.uniq(claim) for claim in rule_claims]
+            (raws,) = await ctx.read(rule_holder_keys, [("MGET", *rule_holder_keys)])
+            holders.update(zip(rule_claims, raws))
+        old_claims = {_s(m) for m in stored_claims}
         me = f"{obj.table}:{obj.id}"
         for name, claim in claims:
-            ukey = keys.uniq(claim)
-            await pipe.watch(ukey)
-            holder = await pipe.get(ukey)
-            holder = ctx.pending_claims.get(claim, _s(holder) if holder is not None else None)
+            stored = holders[claim]
+            holder = ctx.pending_claims.get(claim, _s(stored) if stored is not None else None)
             if holder is not None and holder != me:
                 raise Conflict(f"{claim.split(':')[-1]} is already used by {holder}", field=name)
         new_claims = {k for _, k in claims}
         ctx.pending_claims.update((claim, me) for claim in new_claims)
 
-        version = int(await pipe.incr(keys.rev))
-        obj.version = version
+        obj.version = int(version)
         body = obj.to_dict()
         return lambda: self._queue_write(pipe, action, old, obj, body, old_claims, new_claims)
 
@@ -429,20 +506,20 @@ class NbApi:
         keys = self.keys
         key = keys.obj(table, obj_id)
         refs_key = keys.refs(table, obj_id)
-        await pipe.watch(key, refs_key)
-        old = decode(table, await pipe.get(key), obj_id)
+        ctx = _TxnContext(pipe, keys)
+        raw, referrers = await ctx.read([key, refs_key], [("GET", key), ("SMEMBERS", refs_key)])
+        old = decode(table, raw, obj_id)
         if old is None:
             if lost:
                 return  # gone: by an earlier attempt whose reply was lost, or by another writer
             raise NotFound(table, obj_id)
         if version is not None and old.version != version:
             raise VersionConflict(table, obj_id, version, old.version)
-        ctx = _TxnContext(pipe, keys)
         # What the object owns (a group's rules) goes with it; any other referrer keeps it.
         owned, users = [], []
-        for ref in sorted(_s(m) for m in await pipe.smembers(refs_key)):
-            ref_table, ref_id = ref.split(":", 1)
-            referrer = await ctx.get(ref_table, ref_id)
+        refs = sorted(_s(m) for m in referrers)
+        pairs = [(ref_table, ref_id) for ref_table, ref_id in (ref.split(":", 1) for ref in refs)]
+        for ref, referrer in zip(refs, await ctx.get_many(pairs)):
             if referrer is not None and referrer.owner() == (table, obj_id):
                 owned.append(referrer)
             else:
@@ -452,12 +529,12 @@ class NbApi:
         delete_rule = rules.DELETE_RULES.get(table)
         if delete_rule is not None:
             await delete_rule(old, ctx)
-        doomed = []
-        for obj in owned + [old]:
-            claims_key = keys.claims(obj.table, obj.id)
-            await pipe.watch(claims_key)
-            claims = {_s(m) for m in await pipe.smembers(claims_key)}
-            doomed.append((obj, claims, int(await pipe.incr(keys.rev))))
+        gone = owned + [old]
+        claims_keys = [keys.claims(obj.table, obj.id) for obj in gone]
+        replies = await ctx.read(claims_keys, [command for claims_key in claims_keys
+                                               for command in (("SMEMBERS", claims_key), ("INCR", keys.rev))])
+        doomed = [(obj, {_s(m) for m in claims}, int(version))
+                  for obj, claims, version in zip(gone, replies[::2], replies[1::2])]
         pipe.multi()
         for obj, claims, new_version in doomed:
             self._queue_delete(pipe, obj, claims, new_version)

@@ -12,6 +12,7 @@ migration keeps its own timeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import concurrent.futures
 import json
 import subprocess
@@ -121,6 +122,8 @@ class SharedSwitchover:
     def close(self) -> None:
         if self.proc.poll() is None and not self.stamps:
             self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # after `go` the helper exits once its stdin is closed
         try:
             self.proc.wait(HELPER_EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:

@@ -37,6 +37,7 @@ OVSDB transaction on a held connection: 0.45 ms).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import time
 from typing import Any, Callable
 
 from dfflow.sandbox.cloud import Cloud
+from dfflow.sandbox.migration_side import finish_switchover, migration_side
 from dfflow.sandbox.netns import SandboxError
 from dfflow.sandbox.nova_events import VifPluggingFailed
 from dfflow.sandbox.osvif import OsVifHost, port_binding, vif_spec
@@ -92,9 +94,11 @@ class Switchover:
         return json.loads(line)
 
     def cancel(self) -> None:
-        """Reap the helper (it exits by itself after `go`; kill it if it never got there)."""
+        """Reap the helper (after `go` it exits once its stdin is closed; kill it if it never got there)."""
         if self.proc.poll() is None and not self._went:
             self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         self.proc.wait(10)
 
 
@@ -228,18 +232,12 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
     used = {v.ifname for v in vmrec.vifs}
     new_ifname = next(f"eth{i}" for i in range(10) if f"eth{i}" not in used)
     # nova-compute's os-vif on both hosts (running all along; the source's connected to its OVSDB)
-    source_osvif = await asyncio.to_thread(OsVifHost, sb, source_vif.chassis)
-    try:
-        dest_osvif = await asyncio.to_thread(OsVifHost, sb, dest_ch.name)
-    except BaseException:
-        source_osvif.close()
-        raise
-    switchover: Switchover | None = None
-    try:
+    async with migration_side(sb, source_vif.chassis, dest_ch.name) as side:
+        source_osvif, dest_osvif = side.source_osvif, side.dest_osvif
         source_vif_spec = vif_spec(port.id, port.mac, port.lswitch, port_binding(await nova.port()),
                                    mtu=switch.mtu)
-        switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
-                                vmrec.gateway)
+        switchover = side.switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac,
+                                                          source_vif.ip, vmrec.gateway)
         steps["plug"] = time.time()
         dest_binding = await nova.bind_ports_to_host() if extended else port_binding(await nova.port())
         # _do_live_migration prepares its wait for network-vif-plugged before pre_live_migration
@@ -313,22 +311,13 @@ async def migrate(cloud: Cloud, vm: str, dest: str, unplug_delay: float = 0.2,
                 reply = await source_osvif.acall("unplug", source_vif_spec, instance)
                 steps["unplugged"] = time.time()
                 steps["osvif_unplug_returned"] = reply["returned"]
-    except BaseException:
-        if switchover is not None:
-            switchover.cancel()
-        raise
-    finally:
-        source_osvif.close()
-        dest_osvif.close()
     # The emulation's own housekeeping (the sandbox's record of the source VIF, the switchover helper)
     # waits until the chassis have reacted to the unplug: it forks `ip`, and on the sandbox's shared
     # cores its CPU would be taken from the chassis whose reaction is measured.
     quiet = HOUSEKEEPING_AFTER_UNPLUG if update_port_delay is None else min(HOUSEKEEPING_AFTER_UNPLUG,
                                                                              update_port_delay)
     await _sleep_until(steps["unplug"] + quiet)
-    sb.unplug_vif(vm, source_vif.ifname)  # os-vif deleted the tap already: only the sandbox's record is left
-    await asyncio.to_thread(switchover.cancel)  # reaped only now: its exit must not delay the unplug
-    sb.set_vif_up(vm, new_ifname, True)
+    await finish_switchover(sb, vm, source_vif.ifname, new_ifname, switchover)
     if update_port_delay is not None:
         # post_live_migration_at_destination: bind there if not yet, then tear down the source's side
         await _sleep_until(steps["unplug"] + update_port_delay)

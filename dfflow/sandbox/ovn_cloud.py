@@ -37,6 +37,7 @@ from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.ovn_northbound import impl_idl as nb_idl
 from ovsdbapp.schema.ovn_southbound import impl_idl as sb_idl
 
+from .migration_side import finish_switchover, migration_side
 from .netns import SandboxError
 from .nova import MEMORY_COPY, READY_TIMEOUT, Switchover, _sleep_until
 from .osvif import OsVifHost, vif_spec
@@ -217,12 +218,10 @@ async def migrate(cloud: OvnCloud, vm: str, dest: str, unplug_delay: float = 0.2
     new_ifname = next(f"eth{i}" for i in range(10) if f"eth{i}" not in {v.ifname for v in vmrec.vifs})
     instance = cloud.instance_info(vm)
     steps: dict[str, float] = {}
-    source_osvif = await asyncio.to_thread(OsVifHost, sb, source)
-    dest_osvif = await asyncio.to_thread(OsVifHost, sb, dest)
-    switchover = None
-    try:
-        switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac, source_vif.ip,
-                                        vmrec.gateway)
+    async with migration_side(sb, source, dest) as side:
+        source_osvif, dest_osvif = side.source_osvif, side.dest_osvif
+        switchover = side.switchover = switchover_factory(cloud, vm, source_vif.ifname, new_ifname, port.mac,
+                                                          source_vif.ip, vmrec.gateway)
         steps["plug"] = time.time()
         # pre_live_migration on dest: QEMU's tap, os-vif's plug, then setup_networks_on_host (migrating_to)
         sb.plug_vif(vm, dest, port.id, port.mac, new_ifname, up=True, ip=source_vif.ip, configure_ip=False,
@@ -248,17 +247,8 @@ async def migrate(cloud: OvnCloud, vm: str, dest: str, unplug_delay: float = 0.2
         reply = await source_osvif.acall("unplug", cloud.vif(port), instance)
         steps["unplugged"] = time.time()
         steps["osvif_unplug_returned"] = reply["returned"]
-    except BaseException:
-        if switchover is not None:
-            switchover.cancel()
-        raise
-    finally:
-        source_osvif.close()
-        dest_osvif.close()
     await asyncio.sleep(0.05)
-    sb.unplug_vif(vm, source_vif.ifname)
-    await asyncio.to_thread(switchover.cancel)
-    sb.set_vif_up(vm, new_ifname, True)
+    await finish_switchover(sb, vm, source_vif.ifname, new_ifname, switchover)
     await _sleep_until(steps["unplug"] + update_port_delay)
     await asyncio.to_thread(cloud._write_port, port, [dest])  # migrating_to cleared: the row rewritten
     steps["updated_port"] = time.time()

@@ -8,7 +8,7 @@ for the announcements), prints `ready` and waits for
 ~22 ms on their own): the source interface goes down, the destination interface
 takes the guest's address, the guest announces itself with a RARP (as QEMU does right after the
 resume), takes the default route and sends a gratuitous ARP. It prints one JSON
-line of timestamps and exits.
+line of timestamps and exits once its stdin is closed.
 
     python -m dfflow.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
 
@@ -21,6 +21,8 @@ interface exists, answered `ready NAME`:
 
 then `go NAME...`: those VMs resume in that order (down, address, up, RARP each), then each
 takes its route and sends its gratuitous ARP; one JSON line maps each name to its timestamps.
+
+Either way the helper then waits for its stdin to close (the emulation reaping it) before it exits.
 """
 from __future__ import annotations
 
@@ -100,9 +102,6 @@ class Rtnl:
                         raise OSError(-error, f"rtnetlink request {seq}: {os.strerror(-error)}")
                 offset += (length + 3) & ~3
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 def rarp_frame(mac: bytes) -> bytes:
     """QEMU's announcement: a RARP 'request reverse' from and about the guest's MAC."""
@@ -166,31 +165,35 @@ class Switchover:
         self.raw.send(self.frames[1])
         stamps["routed"] = time.time()
 
-    def close(self) -> None:
-        self.raw.close()
-        self.rtnl.close()
-        self.ipr.close()  # takes milliseconds: only after the stamps are out
-
 
 def realtime() -> None:
     """Run the switchover ahead of ordinary processes: on a busy machine a VM's resume step must not
     wait tens of milliseconds for a CPU (it would count as downtime that no controller causes). The
-    helper blocks on stdin until `go` and exits right after, so it never holds a CPU for long."""
+    helper blocks on stdin until `go` and leaves real-time priority right after, so it never holds a
+    CPU for long."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SWITCHOVER_PRIORITY))
     except OSError as exc:
         print(f"switchover: running at normal priority ({exc})", file=sys.stderr, flush=True)
 
 
-def ordinary() -> None:
-    """Back to normal priority once the resume is done. Its teardown (closing netlink, the
-    interpreter's exit) at real-time priority, right after the switchover, held the machine: the
-    probers sent nothing for ~43 ms (median) starting 6-13 ms after the announcement, against
-    ~10 ms with the helper at normal priority (benchmarks/RESULTS.md, 2026-11-28, `no-stall`)."""
+def leave() -> None:
+    """Once the stamps are out: back to normal priority, wait without a CPU until the emulation reaps
+    the helper (closes its stdin, after the source unplug), then exit without the interpreter's
+    teardown. At real-time priority that teardown held the machine right after the switchover (the
+    probers sent nothing for ~43 ms, branch `no-stall`); at normal priority it still took 60-130 ms of
+    CPU (closing pyroute2, the modules' clean-up) spread over the second after the switchover, and even
+    the bare exit (a few ms of the kernel's) right after the resume delayed the VMs' first replies in
+    an evacuation: the emulated QEMU's cost, in the measured window of dfflow's migrations and OVN's
+    alike (benchmarks/RESULTS.md, 2026-11-28, `unplug-stall`). The kernel closes the sockets."""
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:
-        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr, flush=True)
+        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stdin.read()
+    os._exit(0)
 
 
 @contextlib.contextmanager
@@ -237,10 +240,7 @@ def many() -> None:
             for vm, stamp in zip(chosen, stamps):
                 vm.route(stamp)
             print(json.dumps(dict(zip(words[1:], stamps))), flush=True)
-            ordinary()
-            for vm in prepared.values():
-                vm.close()
-            return
+            leave()
         else:
             sys.exit(f"switchover: unexpected line {line.strip()!r}")
     sys.exit("switchover: stdin closed before 'go'")
@@ -270,8 +270,7 @@ def main() -> None:
     if sys.stdin.readline().strip() != "go":
         sys.exit("switchover: expected 'go' on stdin")
     print(json.dumps(switchover.go()), flush=True)
-    ordinary()
-    switchover.close()
+    leave()
 
 
 if __name__ == "__main__":

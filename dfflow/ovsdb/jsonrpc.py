@@ -2,8 +2,8 @@
 
 The controller speaks it itself for the one OVSDB exchange on a migration's
 critical path, the monitor of the Interface table that tells a VIF went away
-(`controller.ovsdb.InterfaceMonitor`); the sandbox's Nova speaks it for its
-unplug. python-ovs's IDL parses its stream one character at a time in Python,
+(`dfflow.ovsdb.monitor.InterfaceMonitor`); `dfflow-bench osvif-unplug` speaks it
+for its raw unplug. python-ovs's IDL parses its stream one character at a time in Python,
 in a thread of its own, and a row it saw reaches the loop ~1.2 ms after the
 same update reaches a socket read here; ovsdbapp's transaction path adds ~2 ms
 of thread hops before a `del_port` leaves the client (both measured on the
