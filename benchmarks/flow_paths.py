@@ -5,7 +5,8 @@
 * `--flow-path compiled` (default): the daemon's own engine (the compiled core makes the port flows) and
   packer;
 * `--flow-path osken`: every app's port flows made by the Python interpretation of its port program
-  (controller.templates, the compiled core's test oracle) and diffed in FlowState, sent as os-ken objects;
+  (controller.templates, the compiled core's test oracle) -- the security groups' rows decoded -- and
+  diffed in FlowState, sent as os-ken objects;
 * `--no-bundle`: plain flow mods followed by a barrier instead of one atomic bundle per batch of plans
   (not atomic: a baseline only).
 
@@ -21,6 +22,7 @@ from typing import Any
 from controller import compiler, daemon
 from controller.apps.base import App
 from controller.engine import Engine
+from dfflow.flowbatch import FlowBatch
 from dfflow.openflow import Datapath
 
 COMMAND = [sys.executable, "-m", "benchmarks.flow_paths"]
@@ -34,13 +36,13 @@ class PythonPorts(App):
         self.app, self.name, self.app_id = app, app.name, app.app_id
 
     def add_local_port(self, port: Any, view: Any) -> list:
+        if self.app.makes_port_rows:
+            return FlowBatch.of_rows(self.app.port_rows(port, view)).flows()
         if self.app.port_program is None:
-            return self.app.add_local_port(port, view)
+            return []
         return self.app.port_program.flows(view.port_facts(port), view.port_role(port))
 
     def add_remote_port(self, port: Any, view: Any) -> list:
-        if self.app.port_program is None:
-            return self.app.add_remote_port(port, view)
         return self.add_local_port(port, view)  # the role (view.port_role) says which
 
     def switch_flows(self, switch: Any, view: Any) -> list:

@@ -335,11 +335,24 @@ def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
         for port_id, facts in old_facts.items():
             table.set(port_id, facts)
         raise
-    kept_keys = set(_records(_keys(after)))
-    unchanged = set(_records(before))
-    dels = before[[key not in kept_keys for key in _records(_keys(before))]] if len(before) else before
+    return diff_rows(before, after)
+
+
+def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(deletes, adds) that take an object's flows from rows `before` to rows `after`.
+
+    A flow whose key both have is replaced by its add (never deleted first: a flow the datapath
+    learned over the key stays); one that is the same in both is not sent."""
+    if not len(before) and not len(after):
+        return before, after
+    if not len(before) or not len(after):  # all of one or the other: nothing to compare
+        dels, adds = before.copy(), after
+    else:
+        kept_keys = set(_records(_keys(after)))
+        unchanged = set(_records(before))
+        dels = before[[key not in kept_keys for key in _records(_keys(before))]]
+        adds = after[[row not in unchanged for row in _records(after)]]
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
-    adds = after[[row not in unchanged for row in _records(after)]] if len(after) else after
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
 
 

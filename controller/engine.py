@@ -12,9 +12,11 @@ compiled core only: the port's facts are a row of typed columns
 (controller.compiler.PortTable, their one owner here), and the core makes the flow
 mods of every role change of a plan in one call (its facts changes in two) as rows,
 without a Python object per flow. A failure of the core is an error (logged,
-counted, kept for status): the port it fails on keeps its flows until its next change. Apps without a port program (the security groups,
-until they move into the compiled core) compute a port's flows in Python; those,
-and the network, router and pipeline flows, are held per owner in FlowState.
+counted, kept for status): the port it fails on keeps its flows until its next change.
+An app whose port flows do not fit a port program (the security groups) makes them
+as rows itself (App.port_rows); the engine keeps the rows each port has installed
+and sends the difference, as rows too. The network, router and pipeline flows are
+held per owner in FlowState.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from controller.flowstate import FlowState, Owner, Plan
 from controller.pipeline import check_flow
 from controller.templates import PortFacts, PortRole
 from controller.view import LOCAL, REMOTE, View, Vif
-from dfflow.flowbatch import FlowBatch
+from dfflow.flowbatch import FLOW_DTYPE, FlowBatch
 from dfflow.flows import Flow
 from dfflow.models import LogicalPort, LogicalRouter, LogicalSwitch, Model, model_for
 
@@ -44,6 +46,7 @@ REVISION_FIELDS = frozenset({"version"})
 IGNORED_TABLES = frozenset({"lport_status"})
 ERRORS_KEPT = 20
 Place = tuple[PortRole, "str | None"]  # a port's role here and the chassis hosting it
+NO_ROWS = np.zeros(0, FLOW_DTYPE)
 
 
 class _PortChange(NamedTuple):
@@ -67,7 +70,9 @@ class Engine:
         # Every app's port program, compiled into one; the port flows of the others are Python's.
         programs = [app.port_program for app in self.apps if app.port_program is not None]
         self.program = compiler.compile_program(*programs) if programs else None
-        self.python_port_apps = [app for app in self.apps if app.port_program is None]
+        self.row_port_apps = [app for app in self.apps if app.port_program is None and app.makes_port_rows]
+        self.python_port_apps = [app for app in self.apps if app.port_program is None and not app.makes_port_rows]
+        self.app_rows: dict[tuple[str, str], np.ndarray] = {}  # (app, port id) -> the rows it made, installed
         self.table = compiler.PortTable()  # the facts of every port with flows here
         self.placed: dict[str, Place] = {}  # port id -> what its installed flows are for
         self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
@@ -202,10 +207,8 @@ class Engine:
                 + [f.cookie for f in self.flows.all_flows().values()])
 
     def _port_rows(self) -> Any:
-        if self.program is None:  # no app has a port program
-            return compiler.role_rows(self.program, self.table, [])
-        return compiler.role_rows(self.program, self.table,
-                                  [(self.table.index[p], role) for p, (role, _) in self.placed.items()])
+        placed = [] if self.program is None else [(self.table.index[p], role) for p, (role, _) in self.placed.items()]
+        return np.concatenate([compiler.role_rows(self.program, self.table, placed), *self.app_rows.values()])
 
     def commit(self, plan: Plan) -> None:
         self.flows.commit(plan)
@@ -275,6 +278,7 @@ class Engine:
                 if obj_id in failed:
                     continue  # the port keeps its flows (and its place) until its next change
                 apps = self.python_port_apps
+                rows += self._app_port_rows(obj_id)
             for app in apps:
                 owner = (app.name, kind, obj_id)
                 try:
@@ -368,6 +372,28 @@ class Engine:
                 self.table.drop(change.port_id)
             self.stats["compiled_ports"] += 1
         return made
+
+    def _app_port_rows(self, port_id: str) -> list[tuple[FlowBatch, FlowBatch]]:
+        """The flow mods of the rows the apps without a port program make for the port: what they
+        make now against what it has installed. An app's failure is an error (counted, kept for
+        status): the port keeps that app's flows until its next change."""
+        port = self.view.port(port_id)
+        changes = []
+        for app in self.row_port_apps:
+            installed = (app.name, port_id)
+            try:
+                rows = app.port_rows(port, self.view) if port is not None else NO_ROWS
+                dels, adds = compiler.diff_rows(self.app_rows.get(installed, NO_ROWS), rows)
+            except Exception:
+                self._failed("app_errors", f"app {app.name} failed computing flows for port {port_id}")
+                continue
+            if len(rows):
+                self.app_rows[installed] = rows
+            else:
+                self.app_rows.pop(installed, None)
+            if len(dels) or len(adds):
+                changes.append((FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)))
+        return changes
 
     def _place(self, port_id: str, place: Place | None) -> bool:
         """Record what the port's installed flows are for; whether its role or location changed."""

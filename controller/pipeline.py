@@ -12,6 +12,8 @@ Registers and metadata:
   reg6      the VIF ofport the packet came from on this chassis; 0 when it came from a tunnel
             (flood flows use it to never send a tunnel's packet back into the overlay)
   reg7      ingress_conntrack: the ofport (conntrack zone) of the local port a packet is for
+  reg8      a flooded IPv4 packet's copy for one local port with port security, sent through that
+            port's ingress filter: the port's ofport, which l2_lookup outputs it to (0 otherwise)
   ct_state  what Open vSwitch's connection tracker says of the packet, in the conntrack zone of the
             port whose security groups are checked (its VIF ofport on this chassis)
   conj_id   the conjunctive match (a rule with a large remote group) the packet completed, in the
@@ -73,9 +75,11 @@ PIPELINE: tuple[Table, ...] = (
           "member address (conjunction clause 1/2), one per protocol match (2/2), and one on conj_id "
           "(zone << 16 | n, the port's n-th) that commits. While the port migrates to this chassis, its "
           "TCP packets without SYN are committed too (priority 90): its established connections resume "
-          "here, no new one opens. Everything else is dropped.",
-          "ct_state | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code "
-          "| reg6, conj_id",
+          "here, no new one opens. Everything else is dropped. A DHCP server's reply (UDP 67 -> 68) from "
+          "a filtered port is dropped first (priority 250), whatever its rules: as in Neutron, a VM with "
+          "port security cannot answer DHCP.",
+          "ct_state | udp_src=67, udp_dst=68 | reg6, ct_state=+new, ip_proto, ipv4_dst, tcp_dst/udp_dst/sctp_dst "
+          "| icmpv4_type/code | reg6, conj_id",
           "drop", ("arp_responder",)),
     Table(20, "arp_responder",
           "Answers ARP requests for every known address of the network (ports, router ports, "
@@ -122,8 +126,10 @@ PIPELINE: tuple[Table, ...] = (
           "ones are dropped, a new connection passes (committed in the port's zone) only if an ingress "
           "rule allows it, by source address or prefix, remote group members (a conjunctive match when "
           "that pays, as in egress_security_groups), protocol and port range; while the port migrates "
-          "here, TCP without SYN is committed too.",
-          "ct_state | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code "
+          "here, TCP without SYN is committed too. DHCP replies (UDP 67 -> 68) pass whatever the rules "
+          "(priority 250), as Neutron lets them; no filtered port can send one (egress_security_groups). "
+          "A flood's copy (reg8 set, see flood) is checked here like a packet sent to the port.",
+          "ct_state | udp_src=67, udp_dst=68 | reg7, ct_state=+new, ip_proto, ipv4_src, tcp_dst/udp_dst/sctp_dst | icmpv4_type/code "
           "| reg7, conj_id",
           "drop", ("l2_lookup",)),
     Table(50, "l2_lookup",
@@ -143,17 +149,25 @@ PIPELINE: tuple[Table, ...] = (
           "migration ends. So a VM not yet running there is never handed a copy, and each packet "
           "reaches it once -- but for a packet in flight on both paths at the VM's own switchover "
           "(its original delivered to the source before the VM stopped there, its copy reaching "
-          "the destination after the announcement), which no flow can tell apart.",
+          "the destination after the announcement), which no flow can tell apart. A flood's copy for "
+          "a port with port security that its ingress filter let through (reg8=the port's ofport) is "
+          "output to that port only (priority 200), never flooded again.",
           "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
-          "a tunnel's packet)",
+          "a tunnel's packet) | metadata, reg8 (a flood's checked copy)",
           "goto flood", ("flood",)),
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "
           "does not run here yet) and, for packets from local ports only (reg6!=0), to every "
           "chassis hosting a port of the network. IPv6 is not flooded to local ports with security "
-          "groups (priorities 110 and 60).",
-          "metadata, reg6=0 (from a tunnel), eth_type=IPv6",
-          "drop"),
+          "groups (priorities 110 and 60). IPv4 reaches a local port with port security only through "
+          "its ingress filter (priorities 105 and 55): its copy gets reg7=reg8=the port's ofport and "
+          "goes through the connection tracker in the port's zone on to ingress_security_groups, which "
+          "admits it as it would a packet sent to the port (a broadcast or multicast from a member of an "
+          "allowed group, or a rule's source; a DHCP reply) and hands it to l2_lookup, which outputs it "
+          "to that port alone. ARP and other non-IP frames reach every local port directly: port security "
+          "always admits ARP.",
+          "metadata, reg6=0 (from a tunnel), eth_type=IP|IPv6",
+          "drop", conntrack=("ingress_security_groups",)),
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in PIPELINE}
@@ -200,6 +214,8 @@ def render_markdown() -> str:
              "| reg5 | 1 once a pending (announce) port's first RARP/GARP has opened its egress |",
              "| reg6 | the VIF ofport the packet entered from on this chassis; 0 if it came from a tunnel |",
              "| reg7 | ingress_conntrack on: the ofport (conntrack zone) of the local port the packet is for |",
+             "| reg8 | a flood's IPv4 copy for one local port with port security, checked by its ingress filter: "
+             "that port's ofport, which l2_lookup outputs it to; 0 otherwise |",
              "| ct_state | the connection tracker's verdict, in the zone of the port whose security groups "
              "are checked: its VIF's ofport on this chassis |",
              "| conj_id | in the security-group tables: the conjunctive match (a rule with a large remote "

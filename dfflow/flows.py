@@ -46,6 +46,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("ipv4_src", OXM_OPENFLOW_BASIC, 11, 32, True, "ipv4"),
     FieldSpec("ipv4_dst", OXM_OPENFLOW_BASIC, 12, 32, True, "ipv4"),
     FieldSpec("tcp_dst", OXM_OPENFLOW_BASIC, 14, 16, True),
+    FieldSpec("udp_src", OXM_OPENFLOW_BASIC, 15, 16, True),
     FieldSpec("udp_dst", OXM_OPENFLOW_BASIC, 16, 16, True),
     FieldSpec("sctp_dst", OXM_OPENFLOW_BASIC, 18, 16, True),
     FieldSpec("icmpv4_type", OXM_OPENFLOW_BASIC, 19, 8, False),
@@ -59,6 +60,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg5", NXM_1, 5, 32, True),
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
+    FieldSpec("reg8", NXM_1, 8, 32, True),
     FieldSpec("conj_id", NXM_1, 37, 32, False),  # set by a completed conjunctive match (Conjunction)
     FieldSpec("ct_state", NXM_1, 105, 32, True),
     # ONF's OpenFlow 1.3 extension (an experimenter OXM), not Nicira's: its prerequisites (eth_type,

@@ -32,9 +32,10 @@ def test_the_destination_gets_the_network_at_step_1_and_only_the_ports_flows_at_
     assert {(before.get(k) or after.get(k)).cookie for k in changed} <= {PORT, NET}  # the port's own flows...
     assert all(after.get(k) == f for k, f in before.items() if f.cookie == NET and k[0] != 60 and k[0] != 50)
     # ...and flooding, now that the network has a local port: the multicast entry of l2_lookup, the flood
-    # from tunnels and from VIFs, each beside its IPv6 drop (no IPv6 to a port with security groups)
+    # from tunnels and from VIFs, each beside its IPv6 drop (no IPv6 to a port with security groups) and
+    # its IPv4 through the port's ingress filter, whose admitted copies l2_lookup outputs to the port
     flooding = sorted((f.table, f.priority) for f in (after.get(k) for k in changed) if f and f.cookie == NET)
-    assert flooding == [(50, 50), (60, 50), (60, 60), (60, 100), (60, 110)]
+    assert flooding == [(50, 50), (50, 200), (60, 50), (60, 55), (60, 60), (60, 100), (60, 105), (60, 110)]
     assert not [k for k in changed if before.get(k) is not None and before[k].cookie == NET]
 
 

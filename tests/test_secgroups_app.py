@@ -135,7 +135,6 @@ def test_a_port_migrating_here_admits_its_established_tcp_until_a_while_after_th
         assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)
 
 
-
 def test_a_port_that_left_and_came_back_keeps_its_new_arrival_window_until_its_own_close():
     """Closes handed out for its earlier migrations (here, and away) come due while the window of
     its latest arrival is open: they leave it open; the last one closes it."""
@@ -164,3 +163,42 @@ def test_a_port_that_left_and_came_back_keeps_its_new_arrival_window_until_its_o
         assert mid_stream_flows(engine, "b1")
     apply(engine, engine.arrival_window_closed("b1"))
     assert not mid_stream_flows(engine, "b1") and sg_flows(engine, "b1")
+
+
+def sg_rows_of(plan) -> tuple[list, list]:
+    """The security-group flows a plan deletes and adds (as rows: none is a FlowState flow)."""
+    cookie = APP.cookie("a1")
+    assert not [f for f in plan.deletes + plan.adds if f.cookie == cookie]
+    return ([f for d, _ in plan.rows for f in d.flows() if f.cookie == cookie],
+            [f for _, a in plan.rows for f in a.flows() if f.cookie == cookie])
+
+
+def test_a_ports_security_group_flows_change_as_rows_by_exactly_what_changed():
+    engine = engine_with_groups()
+    assert not [owner for owner in engine.flows.installed if owner[0] == APP.name and owner[1] == "port"]
+    before = {f.key: f for f in sg_flows(engine, "a1")}
+    rule = SecurityGroupRule(id="r4", topic="t", secgroup="web", protocol="udp", port_range_min=53,
+                             port_range_max=53, remote_ip_prefix="10.8.0.0/16")
+    dels, adds = sg_rows_of(apply(engine, engine.nb_event(event(rule))))
+    assert not dels and [f.key for f in adds] == [f.key for f in sg_flows(engine, "a1") if f.key not in before]
+    assert len(adds) == 1 and ("udp_dst", 53, None) in adds[0].match
+    assert not engine.everything()  # nothing else to send: what is installed is what is wanted
+    dels, adds = sg_rows_of(apply(engine, engine.nb_event(event(rule, "delete"))))
+    assert not adds and len(dels) == 1 and (dels[0].table, dels[0].priority) == (INGRESS_SG, 100)
+    assert ("udp_dst", 53, None) in dels[0].match and dels[0].command == Command.DELETE_STRICT
+    assert {f.key: f for f in sg_flows(engine, "a1")} == before
+    dels, adds = sg_rows_of(apply(engine, engine.vif_offline("a1")))  # the port leaves: its flows go
+    assert {f.key for f in dels} == set(before) and not adds and not sg_flows(engine, "a1")
+
+
+def test_a_failure_making_a_ports_rows_is_an_error_and_the_port_keeps_its_flows(monkeypatch):
+    engine = engine_with_groups()
+    before = sg_flows(engine, "a1")
+
+    def broken(port, view):
+        raise RuntimeError("no rows today")
+    monkeypatch.setattr(engine.row_port_apps[0], "port_rows", broken)
+    rule = SecurityGroupRule(id="r4", topic="t", secgroup="web", protocol="udp", remote_ip_prefix="10.8.0.0/16")
+    assert sg_rows_of(apply(engine, engine.nb_event(event(rule)))) == ([], [])
+    assert any("port a1" in e and "no rows today" in e for e in engine.errors) and engine.stats["app_errors"]
+    assert sg_flows(engine, "a1") == before

@@ -41,9 +41,13 @@ def view_of(local: LogicalPort, others: list[LogicalPort], rules: list[SecurityG
     return view
 
 
+def compiled_flows(port: LogicalPort, view: View) -> list:
+    return FlowBatch.of_rows(APP.port_rows(port, view)).flows()
+
+
 def compiled_and_reference(view: View, port_id: str) -> tuple[dict, dict, int]:
     port = view.port(port_id)
-    compiled = APP.add_local_port(port, view)
+    compiled = compiled_flows(port, view)
     reference = sg_oracle.port_flows(port, view, ZONE, APP.cookie(port_id))
     return {f.key: f for f in compiled}, {f.key: f for f in reference}, len(compiled)
 
@@ -167,10 +171,10 @@ def test_secgroup_flows_pack_byte_for_byte_as_osken_and_read_back_from_a_dump():
 
 def test_a_port_with_port_security_and_no_group_gets_its_zone_and_no_rule():
     view = view_of(local_port(groups=()), [], [])
-    flows = APP.add_local_port(view.port("p0"), view)
+    flows = compiled_flows(view.port("p0"), view)
     assert {f.table for f in flows} == {12, 47}  # through conntrack, and nothing allows a new connection
     open_port = local_port(groups=()).replace(port_security=False)
-    assert APP.add_local_port(open_port, view_of(open_port, [], [])) == []
+    assert compiled_flows(open_port, view_of(open_port, [], [])) == []
 
 
 def rows_with(**changes) -> np.ndarray:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
+import numpy as np
+
 from controller.templates import APP_COOKIE_SHIFT, PortProgram, object_hash
 from dfflow.flows import Flow
 
@@ -32,11 +34,20 @@ class App:
     name = "base"
     app_id = 0
     # The app's port flows as data (controller.templates), run by the compiled core in place of
-    # the four port events below; an app without one (the security groups) implements them.
+    # the four port events below.
     port_program: PortProgram | None = None
+    # An app whose port flows do not fit a port program (the security groups: their rules and
+    # remote-group members are facts of variable length) makes them as rows of the flow record
+    # itself (port_rows), in place of the four port events; the engine diffs and packs those rows
+    # as it does the port programs'.
+    makes_port_rows = False
 
     def cookie(self, obj_id: str) -> int:
         return (self.app_id << APP_COOKIE_SHIFT) | object_hash(obj_id)
+
+    def port_rows(self, port: "LogicalPort", view: "View") -> np.ndarray:
+        """The port's flows on this chassis as rows of the flow record (makes_port_rows apps)."""
+        raise NotImplementedError(f"app {self.name} makes no port rows")
 
     # -- the blueprint's four port events -------------------------------------------
     def add_local_port(self, port: "LogicalPort", view: "View") -> list[Flow]:

@@ -9,7 +9,7 @@ from controller.apps.secgroups import filtered
 from controller.pipeline import table
 from controller.templates import Each, Fact, Param, PortProgram, bound, template, with_match
 from controller.view import View
-from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_RARP, MULTICAST_BIT, Flow, Learn,
+from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_RARP, MULTICAST_BIT, Ct, Flow, Learn,
                           Output, Resubmit, SetField, controller_output, match)
 from dfflow.models import LogicalSwitch
 
@@ -19,6 +19,8 @@ L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood
 # What port security lets through goes on to the security groups' egress check; what goes to the
 # L2 lookup passes their ingress check on the way.
 EGRESS_CONNTRACK, INGRESS_CONNTRACK = table("egress_conntrack"), table("ingress_conntrack")
+INGRESS_SECURITY_GROUPS = table("ingress_security_groups")
+CHECKED_COPY = 200  # l2_lookup: a flood's copy its port's ingress filter let through, above every lookup
 VNI, MAC, OFPORT, IP = Param.VNI, Param.MAC, Param.OFPORT, Param.IP
 TUNNEL, COPY_TUNNEL = Param.TUNNEL, Param.COPY_TUNNEL
 LOCAL, REMOTE, GATED, OPEN = Fact.LOCAL, Fact.REMOTE, Fact.GATED, Fact.OPEN
@@ -152,14 +154,27 @@ class L2App(App):
             Flow(FLOOD, 100, match(metadata=vni, reg6=0), tuple(local), cookie=cookie),
             Flow(FLOOD, 50, match(metadata=vni), tuple(local + to_tunnels), cookie=cookie),
         ]
-        # IPv6 is not flooded to a port with security groups either: they filter IPv4 only.
-        filtered_here = {Output(view.ofport(p)) for p in view.local_ports(switch.id) if filtered(p)}
+        filtered_ofports = {view.ofport(p) for p in view.local_ports(switch.id) if filtered(p)}
+        filtered_here = [o for o in local if o.port in filtered_ofports]
         if filtered_here:
-            local6 = [o for o in local if o not in filtered_here]
-            flows += [Flow(FLOOD, 110, match(metadata=vni, reg6=0, eth_type=ETH_TYPE_IPV6), tuple(local6),
+            unfiltered = [o for o in local if o not in filtered_here]
+            # IPv6 is not flooded to a port with security groups: they filter IPv4 only.
+            flows += [Flow(FLOOD, 110, match(metadata=vni, reg6=0, eth_type=ETH_TYPE_IPV6), tuple(unfiltered),
                            cookie=cookie),
-                      Flow(FLOOD, 60, match(metadata=vni, eth_type=ETH_TYPE_IPV6), tuple(local6 + to_tunnels),
+                      Flow(FLOOD, 60, match(metadata=vni, eth_type=ETH_TYPE_IPV6), tuple(unfiltered + to_tunnels),
                            cookie=cookie)]
+            # IPv4 reaches such a port through its ingress filter: a copy per port, in the port's zone,
+            # naming the port (reg8) so that l2_lookup outputs what the filter admits to it alone. The
+            # copies come last: each ct forks, the packet going on untracked to the next.
+            checked = [a for o in filtered_here
+                       for a in (SetField("reg7", o.port), SetField("reg8", o.port),
+                                 Ct(o.port, table=INGRESS_SECURITY_GROUPS))]
+            flows += [Flow(FLOOD, 105, match(metadata=vni, reg6=0, eth_type=ETH_TYPE_IP),
+                           tuple(unfiltered + checked), cookie=cookie),
+                      Flow(FLOOD, 55, match(metadata=vni, eth_type=ETH_TYPE_IP),
+                           tuple(unfiltered + to_tunnels + checked), cookie=cookie)]
+            flows += [Flow(L2_LOOKUP, CHECKED_COPY, match(metadata=vni, reg8=o.port), (o,), cookie=cookie)
+                      for o in filtered_here]
         return flows
 
     def static_flows(self) -> list[Flow]:

@@ -33,8 +33,8 @@ from controller.apps.sg_rules import rule_rows
 from controller.pipeline import table
 from controller.view import mac_int
 from dfflow import core
-from dfflow.flowbatch import LAYOUT, MAX_ACTIONS, FlowBatch
-from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, Flow, match
+from dfflow.flowbatch import LAYOUT, MAX_ACTIONS
+from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, Flow, match
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ ARP_RESPONDER, L2_LOOKUP = table("arp_responder"), table("l2_lookup")
 # (table checked, where allowed packets go, the match field naming the remote end)
 DIRECTIONS = {"egress": (EGRESS_SG, ARP_RESPONDER, "ipv4_dst"), "ingress": (INGRESS_SG, L2_LOOKUP, "ipv4_src")}
 TRACKED_NEW = (CT_TRK | CT_NEW, CT_TRK | CT_NEW)
-IPPROTO_TCP = 6
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+DHCP_SERVER, DHCP_CLIENT = 67, 68
+DHCP_REPLY = match(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERVER, udp_dst=DHCP_CLIENT)
+DHCP = 250  # above the conntrack verdicts: a reply is neither tracked as one connection nor a rule's
 CONNTRACK, RULE = 100, 100  # the conntrack tables' port flows; a rule's flows
 CONJUNCTION = 95  # a conjunctive rule's flows: apart from the plain rules' (a clause may share their match)
 MID_STREAM = 90  # below the rules: what they allow is committed by them
@@ -95,12 +98,11 @@ PROGRAM = core.SecGroupProgram(LAYOUT, dict(
 class SecurityGroupsApp(App):
     name = "secgroups"
     app_id = 4
-
-    def add_local_port(self, port: LogicalPort, view: "View") -> list[Flow]:
-        return FlowBatch.of_rows(self.port_rows(port, view)).flows()
+    makes_port_rows = True
 
     def port_rows(self, port: LogicalPort, view: "View") -> np.ndarray:
-        """The port's flows on this chassis as rows of the flow record, made by the compiled core."""
+        """The port's flows on this chassis as rows of the flow record, made by the compiled core: none
+        but where the port runs (its groups are enforced there)."""
         role = view.port_role(port)
         if role is None or not role.local or not filtered(port):
             return np.zeros(0, LAYOUT.dtype)
@@ -112,9 +114,6 @@ class SecurityGroupsApp(App):
         return core.compile_secgroups(PROGRAM, role.ofport, view.vni(port.lswitch), self.cookie(port.id), macs,
                                       rows, addresses, arriving(port, view))
 
-    def add_remote_port(self, port: LogicalPort, view: "View") -> list[Flow]:
-        return []  # a port's groups are enforced where it runs
-
     def static_flows(self) -> list[Flow]:
         cookie = self.cookie("pipeline")
         flows = []  # the conntrack tables' misses (pass) are the pipeline's own, in controller.apps.l2
@@ -124,4 +123,8 @@ class SecurityGroupsApp(App):
                            cookie=cookie),
                       Flow(sg_table, 200, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), goto=allowed_to,
                            cookie=cookie)]
+        # As Neutron: a filtered port may not answer DHCP, and receives DHCP replies whatever its groups
+        # (its request went out to the broadcast address, so the reply is a new connection to conntrack).
+        flows += [Flow(EGRESS_SG, DHCP, DHCP_REPLY, cookie=cookie),
+                  Flow(INGRESS_SG, DHCP, DHCP_REPLY, goto=L2_LOOKUP, cookie=cookie)]
         return flows
