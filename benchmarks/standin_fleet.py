@@ -72,6 +72,8 @@ class Fleet:
             control = os.path.join(self.workdir, f"worker-{w}.sock")
             config = {"nb": self.nb_url, "dir": self.workdir, "control": control, "total_chassis": self.n,
                       "heartbeat_interval": self.heartbeat_interval,
+                      # the controller's OpenFlow requests wait behind every chassis of their process
+                      "request_timeout": max(30.0, 0.3 * per),
                       "chassis": [{"name": n, "index": int(n.split("-")[1]), "tunnel_ip": _ip(int(n.split("-")[1])),
                                    "vifs": vifs.get(n, [])} for n in names]}
             path = os.path.join(self.workdir, f"worker-{w}.json")

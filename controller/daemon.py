@@ -38,7 +38,7 @@ from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowSe
 from controller.interfaces import InterfaceTracker
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
-from controller.reconcile import reconcile
+from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import OneShots, TaskSupervisor
@@ -183,6 +183,7 @@ class ControllerDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.gc_pauses.install()
+        self.engine.loading = True  # until the first snapshot and the tunnels are in: flows computed once
         await retried(self._register_chassis, "nb_register", self.stats, attempts=STARTUP_NB_ATTEMPTS,
                       backoff=Backoff(0.2, 5.0))
         await self.ovsdb.start()
@@ -200,7 +201,7 @@ class ControllerDaemon:
         for port in await self.nb.ports_of_chassis(self.chassis):
             await self.bus.add_topic(port.topic)
         await self._settle()
-        self._emit(self.engine.everything())
+        self._emit(self.engine.loaded())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
         self._spawn(self._sender_loop, "sender")
         if self.status_socket:
@@ -356,35 +357,50 @@ class ControllerDaemon:
     # -- OVSDB ---------------------------------------------------------------------
     async def _ovsdb_loop(self) -> None:
         while True:
-            update = await self.ovsdb.updates.get()
+            updates = [await self.ovsdb.updates.get()]
+            while not self.ovsdb.updates.empty():  # a transaction of N-1 tunnels comes as N-1 rows
+                updates.append(self.ovsdb.updates.get_nowait())
             self._ovsdb_busy = True
             self._ovsdb_received = time.time()
             try:
-                await self._guard(self._on_interface, "ovsdb_event")(update)
+                await self._on_interfaces(updates)
             finally:
                 self._ovsdb_busy = self.ovsdb.updates.qsize() > 0
 
-    async def _settle(self, quiet_for: float = 0.1, limit: float = 10.0) -> None:
-        """Wait until OVSDB's initial rows are handled (and the topics they pulled in synced)."""
-        deadline = time.monotonic() + limit
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < quiet_for and time.monotonic() < deadline:
+    async def _settle(self, quiet_for: float = 0.1, limit: float = 10.0, tunnels_limit: float = 2.0) -> None:
+        """Wait until OVSDB's initial rows are handled (and the topics they pulled in synced), and the
+        tunnels asked for have their ofports (for up to `tunnels_limit`: one that never gets one is
+        not waited for): the flows are then computed once, from all of it."""
+        started = quiet_since = time.monotonic()
+        while (now := time.monotonic()) < started + limit and (
+                now - quiet_since < quiet_for or (now - started < tunnels_limit
+                                                  and not self._peers.keys() <= self.engine.view.tunnels.keys())):
             await asyncio.sleep(0.02)
             if self._ovsdb_busy or not self.ovsdb.updates.empty():
                 quiet_since = time.monotonic()
 
+    async def _on_interfaces(self, updates: list[Any]) -> None:
+        """Interface rows in the order they came: the tunnel rows among them change the tunnels once."""
+        tunnel_rows = 0
+        for update in updates:
+            row_before = self.interfaces.by_name.get(update.name)
+            if ((_is_tunnel_row(row_before) or _is_tunnel_row(update))
+                    and not (_is_vif_row(row_before) or _is_vif_row(update))):
+                self.stats["ovsdb_events"] += 1
+                self.interfaces.apply(update)
+                tunnel_rows += 1
+            else:
+                await self._guard(self._on_interface, "ovsdb_event")(update)
+        if tunnel_rows:
+            await self._guard(self._follow_tunnel_ofports, "ovsdb_event")()
+
+    def _follow_tunnel_ofports(self) -> None:
+        if (tunnels := self.interfaces.tunnels()) != self.engine.view.tunnels:
+            self._emit(self.engine.tunnels_changed(tunnels))
+
     async def _on_interface(self, update: Any) -> None:
         self.stats["ovsdb_events"] += 1
-        row_before = self.interfaces.by_name.get(update.name)
         self.interfaces.apply(update)
-        if _is_tunnel_row(row_before) or _is_tunnel_row(update):
-            # A transaction adding N-1 tunnels comes as N-1 rows: the tunnels change once, after the last.
-            if self.ovsdb.updates.empty():
-                tunnels = self.interfaces.tunnels()
-                if tunnels != self.engine.view.tunnels:
-                    self._emit(self.engine.tunnels_changed(tunnels))
-            if not (_is_vif_row(row_before) or _is_vif_row(update)):
-                return
         before_vifs = dict(self.engine.view.vifs)
         vifs, tunnels = self.interfaces.vifs(), self.interfaces.tunnels()
         for iface_id in sorted(set(before_vifs) - set(vifs)):
@@ -550,7 +566,10 @@ class ControllerDaemon:
         dumped = await dp.dump_flows()
         await self._announced_while_away(dumped)
         app_ids = {app.app_id for app in self.engine.apps}
-        plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
+        if holds_none_of_ours(dumped, app_ids):
+            plan, unchanged = self.engine.desired_plan(), 0
+        else:
+            plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan.deletes and self.bus.behind is not None:
             LOG.warning("NB db behind (%s): the reconcile keeps %d flows it cannot explain until it catches up",
                         self.bus.behind, len(plan.deletes))
@@ -559,8 +578,8 @@ class ControllerDaemon:
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
         self.stats["reconciles"] += 1
-        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
-                 (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
+        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added", (time.monotonic() - started) * 1e3,
+                 unchanged, len(plan.deletes), plan.n_flow_mods - len(plan.deletes))
 
     async def _announced_while_away(self, dumped: list[Any]) -> None:
         """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was

@@ -80,6 +80,14 @@ class Engine:
         # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
         # the port until that write settles (controller.migrator sets it).
         self.port_overlay: Callable[[LogicalPort], LogicalPort] | None = None
+        # Start-up: events only fill the view until `loaded()` computes every flow once (a first
+        # snapshot of N ports, then N-1 tunnels, would otherwise recompute the network per event).
+        self.loading = False
+
+    def loaded(self) -> Plan:
+        """The start-up's snapshot and tunnels are in: every flow, computed once; events compute again."""
+        self.loading = False
+        return self.everything()
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
@@ -117,13 +125,17 @@ class Engine:
     def _changed(self, table: str, obj_id: str, new: Model | None) -> set[Owner]:
         if table == LogicalPort.table:
             self._track_arrival(obj_id, new)
-        needed, flood = self.view.needed_switches(), self.view.flood_version()
+        # (while loading, no index is asked for: they are built once, when everything is computed)
+        needed, flood = (None, 0) if self.loading else (self.view.needed_switches(), self.view.flood_version())
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
         differing = _differing(old, new)
         if differing is not None and differing <= REVISION_FIELDS:
             # The same object but for its NB revision: typically the NB event of a migration step this
             # chassis applied from the migration event. No flow can differ.
             self.stats["unchanged_writes"] += 1
+            return set()
+        if self.loading:
+            self._deferred()
             return set()
         if self.view.needed_switches() != needed:
             return self._everything()
@@ -156,26 +168,35 @@ class Engine:
         if mig is not None and mig.chassis == self.view.chassis:
             return Plan()  # migrating here again meanwhile
         self.view.arrivals.discard(port_id)
-        return self._recompute({(PORT, port_id, "")})
+        return self._deferred() if self.loading else self._recompute({(PORT, port_id, "")})
 
     def vif_online(self, vif: Vif) -> Plan:
         if self.view.vifs.get(vif.iface_id) == vif:
             return Plan()
+        if self.loading:
+            self.view.set_vif(vif)
+            return self._deferred()
         needed = self.view.needed_switches()
         self.view.set_vif(vif)
         return self._recompute(self._affected_by_port_id(vif.iface_id, needed))
 
     def vif_offline(self, iface_id: str) -> Plan:
-        needed = self.view.needed_switches()
+        needed = None if self.loading else self.view.needed_switches()
         if self.view.remove_vif(iface_id) is None:
             return Plan()
+        if needed is None:
+            return self._deferred()
         return self._recompute(self._affected_by_port_id(iface_id, needed))
 
     def tunnels_changed(self, tunnels: dict[str, int]) -> Plan:
         if tunnels == self.view.tunnels:
             return Plan()
         self.view.set_tunnels(tunnels)
-        return self._recompute(self._everything())
+        return self._deferred() if self.loading else self._recompute(self._everything())
+
+    def _deferred(self) -> Plan:
+        self.stats["events_while_loading"] += 1
+        return Plan()
 
     def everything(self) -> Plan:
         """Recompute every owner: start-up, and a check that nothing drifted."""
@@ -184,6 +205,16 @@ class Engine:
     def desired(self) -> dict[tuple, Flow]:
         """Every flow this chassis wants, by key (reconcile, status, tests)."""
         return {f.key: f for f in self.port_flows()} | self.flows.all_flows()
+
+    def desired_plan(self) -> Plan:
+        """Every flow this chassis wants, as one plan of adds for a switch that holds none of ours: the
+        port flows as the compiled core's rows (not made into Flows to be compared), the others after
+        them (a flow of both by key is the others', as in `desired`)."""
+        rows = np.ascontiguousarray(self._port_rows())
+        plan = Plan(adds=list(self.flows.all_flows().values()))
+        if len(rows):
+            plan.rows = [(FlowBatch.of_rows(rows[:0]), FlowBatch.of_rows(rows))]
+        return plan
 
     def port_flows(self) -> list[Flow]:
         """The flows the compiled core made for the ports' programs, as they are installed."""
