@@ -10,7 +10,9 @@ publish -> handler), the engine's compute, the wait in the outbox and the bundle
 """
 from __future__ import annotations
 
+import os
 import statistics
+import time
 from typing import Any, Callable
 
 from benchmarks.standin_fleet import Fleet
@@ -25,7 +27,9 @@ def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     movers = max(1, evacuate)
     with Fleet(chassis, ports, movers, workers=workers) as fleet:
-        fleet.up(progress=progress)
+        starting = time.monotonic()
+        fleet.up(timeout=max(600.0, 1.5 * chassis), progress=progress)
+        startup = {"wall_s": time.monotonic() - starting, "workers": fleet.ask_all({"op": "resources"})}
         results = []
         here = "chassis-1"
         for i in range(runs + 1):  # the first move warms every chassis' paths up and is not counted
@@ -38,7 +42,8 @@ def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int
             if progress:
                 progress(f"run {i}/{runs}")
         return {"chassis": chassis, "ports": fleet.ports, "evacuate": evacuate, "runs": runs,
-                "workers": fleet.workers,
+                "workers": fleet.workers, "startup": startup, "after_runs": fleet.ask_all({"op": "resources"}),
+                "load_average": os.getloadavg(),
                 "results": [{"update": kind, "run": i, **r} for kind, i, r in results if i > 0]}
 
 
@@ -114,6 +119,13 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"{s['from_first_event_ms']:.1f} ms, publishes spread over {s['publish_span_ms']:.1f} ms, "
                      f"last publish -> last applied {s['after_last_event_ms']:.1f} ms, "
                      f"CPU {s['cpu_per_chassis_event_us']:.0f} us per chassis per event")
+    if "startup" in report:
+        workers = report["startup"]["workers"].values()
+        lines.append(f"  start-up: {report['startup']['wall_s']:.0f} s until every chassis was ready; CPU "
+                     f"{sum(w['cpu_s'] for w in workers) / report['chassis'] * 1e3:.0f} ms per chassis (the workers' "
+                     f"CPU time over the chassis); RSS {sum(w['rss_mb'] for w in workers) / 1024:.2f} GiB "
+                     f"({sum(w['rss_mb'] for w in workers) / report['chassis']:.1f} MB per chassis); "
+                     f"load average at the end {', '.join(f'{x:.1f}' for x in report['load_average'])}")
     lines.append("latency: client time before the first NB write -> the last chassis' bundle commit acknowledged.")
     return "\n".join(lines)
 

@@ -8,9 +8,10 @@ process holds ~90 MB (measured here: 1,000 of them ~90 GB on a 24 GiB machine), 
 spend the fan-out in context switches; several of these processes share the chassis instead.
 
 It answers requests on a unix socket (one JSON object per line, one answer per line):
-`ready`, `timings` (applies caused by given NB objects), `cpu` (the process' CPU time), `converged` (each chassis' flows read
-back from its switch against what its engine wants, by the controller's own reconcile),
-`plug`/`unplug` (a VIF on a chassis), `stop`.
+`ready`, `progress` (each chassis' NB port events heard and whether it is idle), `counters`, `timings`
+(applies caused by given NB objects), `cpu` (the process' CPU time), `resources` (its CPU time and RSS),
+`converged` (each chassis' flows read back from its switch against what its engine wants, by the
+controller's own reconcile), `plug`/`unplug` (a VIF on a chassis), `stop`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Any
 from controller import daemon as daemon_module
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
+from controller.status import GcPauses
 from benchmarks.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
 
 LOG = logging.getLogger(__name__)
@@ -37,9 +39,25 @@ START_TIMEOUT = 120.0
 START_ATTEMPTS = 5  # a controller that fails at start-up (a time-out on a loaded machine) starts again
 
 
+class ProcessGcPauses(GcPauses):
+    """The GC pauses of this process, recorded once for all its chassis (installed by the process:
+    each daemon's install and uninstall do nothing)."""
+
+    def install(self) -> None:
+        pass
+
+    def uninstall(self) -> None:
+        pass
+
+
+PROCESS_GC_PAUSES = ProcessGcPauses()
+
+
 class StandinChassis:
-    def __init__(self, name: str, index: int, tunnel_ip: str, nb_url: str, workdir: str):
+    def __init__(self, name: str, index: int, tunnel_ip: str, nb_url: str, workdir: str,
+                 request_timeout: float | None = None):
         self.name, self.tunnel_ip, self.nb_url = name, tunnel_ip, nb_url
+        self.request_timeout = request_timeout
         self.of_listen = f"unix:{os.path.join(workdir, name)}.of"
         self.server = StandinOvsdbServer(os.path.join(workdir, f"{name}.ovsdb"))
         self.switch = StandinSwitch(datapath_id=index + 1)
@@ -52,6 +70,11 @@ class StandinChassis:
         daemon = ControllerDaemon(self.name, self.tunnel_ip, self.nb_url, self.server.remote, "br-int",
                                   self.of_listen)
         daemon.ovsdb = StandinOvsdb(self.server, self.switch)
+        daemon.gc_pauses = PROCESS_GC_PAUSES  # one collector per process: one callback, not one per chassis
+        if self.request_timeout is not None:
+            # This loop answers a chassis' OpenFlow request after the events of all its other chassis: in a
+            # burst of K events at C chassis per process, C x K handlings (~0.5 ms each) come first.
+            daemon.of.request_timeout = self.request_timeout
         return daemon
 
     async def restart(self) -> None:
@@ -84,6 +107,10 @@ class StandinChassis:
         else:
             self.exit = f"exited {task.result()}: {self.daemon.exit_reason}"
 
+    def started(self) -> bool:
+        """Through its start-up: flows computed from the first snapshot, the switch connected."""
+        return not self.daemon.engine.loading and self.daemon.dp is not None
+
     def ready(self, peers: int) -> bool:
         d = self.daemon
         return (d.dp is not None and len(d.engine.view.tunnels) == peers and d._outbox.empty()
@@ -113,7 +140,8 @@ class StandinCloud:
         self.config = config
         self.peers = config["total_chassis"] - 1
         self.chassis = {c["name"]: StandinChassis(c["name"], c["index"], c["tunnel_ip"], config["nb"],
-                                                  config["dir"]) for c in config["chassis"]}
+                                                  config["dir"], config.get("request_timeout"))
+                        for c in config["chassis"]}
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -132,12 +160,15 @@ class StandinCloud:
                 loop.add_signal_handler(sig, self.stopping.set)
             if self.stopping.is_set():
                 break
+            # A wave at a time, each through its start-up (flows computed, switch connected) before the
+            # next: hundreds of start-ups at once on one loop would time each other's NB reads out.
             deadline = time.monotonic() + START_TIMEOUT
-            while not all(ch.daemon.dp is not None or ch.exit for ch in batch) and time.monotonic() < deadline:
+            while not all(ch.started() or ch.exit for ch in batch) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
                 for ch in batch:
                     if ch.exit and ch.restarts < START_ATTEMPTS - 1:
                         await ch.restart()
+            gc.freeze()  # what the wave's start-up made: out of the sight of this process' later collections
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         freezer = loop.create_task(self._freeze_when_ready())
@@ -147,9 +178,10 @@ class StandinCloud:
         await asyncio.gather(*(ch.stop() for ch in self.chassis.values()))
 
     async def _freeze_when_ready(self) -> None:
-        """Once every chassis is up, take what start-up made out of the collector's sight (gc.freeze):
-        a full collection here walks the heaps of all the chassis of this process, and one took up to
-        a second at 50 chassis, a pause each controller's own process would not have."""
+        """Once every chassis is up, take what start-up made out of the collector's sight (gc.freeze, as
+        after each wave of start-ups): a full collection here walks the heaps of all the chassis of this
+        process, and one took up to a second at 50 chassis, a pause each controller's own process would
+        not have."""
         while not all(ch.ready(self.peers) for ch in self.chassis.values()):
             await asyncio.sleep(0.5)
         gc.collect()
@@ -177,6 +209,9 @@ class StandinCloud:
                                if ch.exit and ch.restarts >= START_ATTEMPTS - 1}}
         if op == "timings":
             return self._timings(request)
+        if op == "progress":  # what a move's wait polls, every 50 ms: kept small, it runs on the chassis' loop
+            return {n: [ch.daemon.stats.get("nb_events.lport", 0), ch.ready(self.peers)]
+                    for n, ch in self.chassis.items()}
         if op == "counters":
             return {n: {"lport_events": ch.daemon.stats.get("nb_events.lport", 0),
                         "idle": ch.ready(self.peers), "handler_errors": ch.daemon.stats.get("handler_errors", 0),
@@ -184,6 +219,9 @@ class StandinCloud:
                     for n, ch in self.chassis.items()}
         if op == "cpu":  # this process' CPU time: what its chassis cost, all of them together
             return {f"worker-{os.getpid()}": time.process_time()}
+        if op == "resources":  # CPU time and memory of this process, with how many chassis it runs
+            return {f"worker-{os.getpid()}": {"cpu_s": time.process_time(), "rss_mb": _rss_mb(),
+                                              "chassis": len(self.chassis)}}
         if op == "converged":
             names = request.get("chassis") or list(self.chassis)
             return {n: await self.chassis[n].converged() for n in names}
@@ -202,6 +240,14 @@ class StandinCloud:
         causes, since = set(request["causes"]), request.get("since", 0.0)
         return {n: [t for t in ch.daemon.apply_timings if t.get("cause") in causes
                     and t.get("event_ts", 0.0) >= since] for n, ch in self.chassis.items()}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def ask(control: str, request: dict[str, Any], timeout: float = 120.0) -> Any:
@@ -226,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         config = json.load(f)
+    GcPauses.install(PROCESS_GC_PAUSES)
     logging.basicConfig(level=config.get("log_level", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -72,6 +72,8 @@ class Fleet:
             control = os.path.join(self.workdir, f"worker-{w}.sock")
             config = {"nb": self.nb_url, "dir": self.workdir, "control": control, "total_chassis": self.n,
                       "heartbeat_interval": self.heartbeat_interval,
+                      # the controller's OpenFlow requests wait behind every chassis of their process
+                      "request_timeout": max(30.0, 0.3 * per),
                       "chassis": [{"name": n, "index": int(n.split("-")[1]), "tunnel_ip": _ip(int(n.split("-")[1])),
                                    "vifs": vifs.get(n, [])} for n in names]}
             path = os.path.join(self.workdir, f"worker-{w}.json")
@@ -177,19 +179,18 @@ class Fleet:
     def move(self, port_ids: list[str], dest: str, timeout: float = 300.0) -> dict[str, Any]:
         """Rewrite the ports' binding to `dest` in one burst of concurrent NB writes; wait until
         every chassis heard every write and applied what followed; return the applies they caused."""
-        before = self.ask_all({"op": "counters"})
+        before = self.ask_all({"op": "progress"})
         cpu_before = self.ask_all({"op": "cpu"})
         started = time.time()
         asyncio.run(self._write_bindings(port_ids, dest))
         written = time.time()
         deadline = time.monotonic() + timeout
         while True:
-            now = self.ask_all({"op": "counters"})
-            if all(now[c]["lport_events"] - before[c]["lport_events"] >= len(port_ids) and now[c]["idle"]
-                   for c in now):
+            now = self.ask_all({"op": "progress"})  # per chassis: [NB port events heard, idle]
+            if all(now[c][0] - before[c][0] >= len(port_ids) and now[c][1] for c in now):
                 break
             if time.monotonic() > deadline:
-                lagging = [c for c in now if now[c]["lport_events"] - before[c]["lport_events"] < len(port_ids)]
+                lagging = [c for c in now if now[c][0] - before[c][0] < len(port_ids)]
                 raise RuntimeError(f"move of {len(port_ids)} ports not applied within {timeout:.0f} s; "
                                    f"{len(lagging)} chassis lag, e.g. {lagging[:5]}")
             time.sleep(0.05)

@@ -2,8 +2,9 @@
 
 It owns every connection and the clock: the NB store and bus (Redis), this
 chassis' OVSDB (ovsdbapp) and the OpenFlow channel to br-int. Events from all
-three are handled one at a time on one asyncio loop: the engine turns each into
-a plan, commits it as the desired state at once, and a single sender task
+three are handled one at a time on one asyncio loop (a burst of NB events, what
+the bus read at once, as one): the engine turns each into a plan, commits it as
+the desired state at once, and a single sender task
 applies plans to OVS in order, each as one atomic bundle. On every (re)connect
 of the switch the sender first reconciles (dump, diff, fix the difference).
 
@@ -37,7 +38,7 @@ from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowSe
 from controller.interfaces import InterfaceTracker
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
-from controller.reconcile import reconcile
+from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import OneShots, TaskSupervisor
@@ -71,7 +72,7 @@ class ControllerDaemon:
         self.of_listen, self.status_socket = of_listen, status_socket
         self.engine = self._new_engine()
         self.nb = NbApi(nb_url)
-        self.bus = Subscriber(nb_url, callback=self._guard(self._on_nb_event, "nb_event"))
+        self.bus = Subscriber(nb_url, burst_callback=self._guard(self._on_nb_events, "nb_event"))
         self.ovsdb = Ovsdb(ovsdb, bridge)
         self.interfaces = InterfaceTracker()
         self.of = self._make_of_server(of_listen)
@@ -182,6 +183,7 @@ class ControllerDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self.gc_pauses.install()
+        self.engine.loading = True  # until the first snapshot and the tunnels are in: flows computed once
         await retried(self._register_chassis, "nb_register", self.stats, attempts=STARTUP_NB_ATTEMPTS,
                       backoff=Backoff(0.2, 5.0))
         await self.ovsdb.start()
@@ -199,7 +201,7 @@ class ControllerDaemon:
         for port in await self.nb.ports_of_chassis(self.chassis):
             await self.bus.add_topic(port.topic)
         await self._settle()
-        self._emit(self.engine.everything())
+        self._emit(self.engine.loaded())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
         self._spawn(self._sender_loop, "sender")
         if self.status_socket:
@@ -260,37 +262,54 @@ class ControllerDaemon:
                 self._record_error("heartbeat")
 
     # -- NB ------------------------------------------------------------------------
-    async def _on_nb_event(self, event: dict[str, Any]) -> None:
-        self.stats["nb_events"] += 1
-        self.stats[f"nb_events.{event['table']}"] += 1
-        if event["table"] == PortStatus.table:
-            return  # what the chassis report for Neutron's port status: no flow depends on it
-        if event["table"] == Chassis.table:
-            before = _tunnel_end(self.engine.view.chassis_row(event["id"]))
-            self.engine.nb_event(event)  # keeps the view; tunnels follow below
-            # A heartbeat or a re-registration changes no tunnel: every chassis hears every one of
-            # them, so only a change of a peer's tunnel end costs a pass over the peers.
-            if self._peers_stale or _tunnel_end(self.engine.view.chassis_row(event["id"])) != before:
-                await self._sync_tunnels()
-            return
+    async def _on_nb_events(self, events: list[dict[str, Any]]) -> None:
+        """A burst of NB events (what the bus read at once, in order): each changes the view in its
+        turn, and everything they touched is planned once -- one plan, one bundle -- from the view
+        after the last; then the migrator hears each port's latest version."""
         received = time.time()
-        if event["table"] == LogicalPort.table and event["action"] == "delete":
-            self._status_of_deleted_port(event["id"])
-        plan = self.engine.nb_event(event)
-        plan.timing.update(bus_ms=(received - event.get("ts", received)) * 1e3,
-                           compute_ms=(time.time() - received) * 1e3)
-        if "ts" in event:
-            plan.timing["event_ts"] = event["ts"]  # when the NB write was published (absolute)
-        plan.cause = f"{event['table']}:{event.get('id', '')}"
-        self._emit(plan)
-        if event["table"] == LogicalPort.table and event["action"] != "delete":
-            self.pending_vifs.discard(event["id"])
-            port = self.engine.view.port(event["id"])
-            if port is not None:
-                if port.id in self._plugged_before_known:
-                    self._plugged_before_known.discard(port.id)
-                    await self.migrator.vif_online(port.id)  # its VIF came before the port did
-                await self.migrator.port_changed(port)
+        owners: set[Any] = set()
+        planned: list[dict[str, Any]] = []
+        peers_moved = False
+        for event in events:
+            self.stats["nb_events"] += 1
+            self.stats[f"nb_events.{event['table']}"] += 1
+            if event["table"] == PortStatus.table:
+                continue  # what the chassis report for Neutron's port status: no flow depends on it
+            try:
+                if event["table"] == Chassis.table:
+                    before = _tunnel_end(self.engine.view.chassis_row(event["id"]))
+                    self.engine.take_event(event)  # keeps the view; tunnels follow below
+                    # A heartbeat or a re-registration changes no tunnel: every chassis hears every one of
+                    # them, so only a change of a peer's tunnel end costs a pass over the peers.
+                    peers_moved |= _tunnel_end(self.engine.view.chassis_row(event["id"])) != before
+                    continue
+                if event["table"] == LogicalPort.table and event["action"] == "delete":
+                    self._status_of_deleted_port(event["id"])
+                owners |= self.engine.take_event(event)
+                planned.append(event)
+            except Exception:  # one bad event must not keep the others of its burst from their flows
+                self._record_error("nb_event")
+        if planned:
+            plan = self.engine.plan_owners(owners)
+            computed = time.time()
+            plan.cause, plan.timing = _event_timing(planned[0], received, computed)
+            plan.batched = [_event_timing(e, received, computed) for e in planned[1:]]
+            self._emit(plan)
+        for port_id in dict.fromkeys(e["id"] for e in planned
+                                     if e["table"] == LogicalPort.table and e["action"] != "delete"):
+            await self._guard(self._port_written, "nb_event")(port_id)
+        if peers_moved or self._peers_stale:
+            await self._sync_tunnels()
+
+    async def _port_written(self, port_id: str) -> None:
+        """What a port's NB version (the latest of a burst) asks of the migrator."""
+        self.pending_vifs.discard(port_id)
+        port = self.engine.view.port(port_id)
+        if port is not None:
+            if port.id in self._plugged_before_known:
+                self._plugged_before_known.discard(port.id)
+                await self.migrator.vif_online(port.id)  # its VIF came before the port did
+            await self.migrator.port_changed(port)
 
     def _status_of_deleted_port(self, port_id: str) -> None:
         """A port deleted from the NB while its VIF or its binding is here: its status row goes too
@@ -338,35 +357,50 @@ class ControllerDaemon:
     # -- OVSDB ---------------------------------------------------------------------
     async def _ovsdb_loop(self) -> None:
         while True:
-            update = await self.ovsdb.updates.get()
+            updates = [await self.ovsdb.updates.get()]
+            while not self.ovsdb.updates.empty():  # a transaction of N-1 tunnels comes as N-1 rows
+                updates.append(self.ovsdb.updates.get_nowait())
             self._ovsdb_busy = True
             self._ovsdb_received = time.time()
             try:
-                await self._guard(self._on_interface, "ovsdb_event")(update)
+                await self._on_interfaces(updates)
             finally:
                 self._ovsdb_busy = self.ovsdb.updates.qsize() > 0
 
-    async def _settle(self, quiet_for: float = 0.1, limit: float = 10.0) -> None:
-        """Wait until OVSDB's initial rows are handled (and the topics they pulled in synced)."""
-        deadline = time.monotonic() + limit
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < quiet_for and time.monotonic() < deadline:
+    async def _settle(self, quiet_for: float = 0.1, limit: float = 10.0, tunnels_limit: float = 2.0) -> None:
+        """Wait until OVSDB's initial rows are handled (and the topics they pulled in synced), and the
+        tunnels asked for have their ofports (for up to `tunnels_limit`: one that never gets one is
+        not waited for): the flows are then computed once, from all of it."""
+        started = quiet_since = time.monotonic()
+        while (now := time.monotonic()) < started + limit and (
+                now - quiet_since < quiet_for or (now - started < tunnels_limit
+                                                  and not self._peers.keys() <= self.engine.view.tunnels.keys())):
             await asyncio.sleep(0.02)
             if self._ovsdb_busy or not self.ovsdb.updates.empty():
                 quiet_since = time.monotonic()
 
+    async def _on_interfaces(self, updates: list[Any]) -> None:
+        """Interface rows in the order they came: the tunnel rows among them change the tunnels once."""
+        tunnel_rows = 0
+        for update in updates:
+            row_before = self.interfaces.by_name.get(update.name)
+            if ((_is_tunnel_row(row_before) or _is_tunnel_row(update))
+                    and not (_is_vif_row(row_before) or _is_vif_row(update))):
+                self.stats["ovsdb_events"] += 1
+                self.interfaces.apply(update)
+                tunnel_rows += 1
+            else:
+                await self._guard(self._on_interface, "ovsdb_event")(update)
+        if tunnel_rows:
+            await self._guard(self._follow_tunnel_ofports, "ovsdb_event")()
+
+    def _follow_tunnel_ofports(self) -> None:
+        if (tunnels := self.interfaces.tunnels()) != self.engine.view.tunnels:
+            self._emit(self.engine.tunnels_changed(tunnels))
+
     async def _on_interface(self, update: Any) -> None:
         self.stats["ovsdb_events"] += 1
-        row_before = self.interfaces.by_name.get(update.name)
         self.interfaces.apply(update)
-        if _is_tunnel_row(row_before) or _is_tunnel_row(update):
-            # A transaction adding N-1 tunnels comes as N-1 rows: the tunnels change once, after the last.
-            if self.ovsdb.updates.empty():
-                tunnels = self.interfaces.tunnels()
-                if tunnels != self.engine.view.tunnels:
-                    self._emit(self.engine.tunnels_changed(tunnels))
-            if not (_is_vif_row(row_before) or _is_vif_row(update)):
-                return
         before_vifs = dict(self.engine.view.vifs)
         vifs, tunnels = self.interfaces.vifs(), self.interfaces.tunnels()
         for iface_id in sorted(set(before_vifs) - set(vifs)):
@@ -467,16 +501,18 @@ class ControllerDaemon:
                     self.stats[self.sent_as] += 1
                     self.stats["coalesced_plans"] += len(batch) - 1
                     for p in batch:
-                        timing = p.timing
-                        self.apply_timings.append({
-                            **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items()
-                               if k != "emitted"},
-                            "queued_ms": round((sending - timing["emitted"]) * 1e3, 3),
-                            "bundle_ms": bundle_ms, "coalesced": len(batch),
-                            "applied_at": round(applied, 6),  # absolute: the switch's commit/barrier reply
-                            "cause": p.cause, "stamps": [list(s) for s in p.stamps],
-                            "flow_mods": p.n_flow_mods,
-                            "compiled_flow_mods": sum(len(d) + len(a) for d, a in p.rows)})
+                        queued_ms = round((sending - p.timing["emitted"]) * 1e3, 3)
+                        # One entry per NB event the plan answers: a burst's flow mods are the first one's.
+                        for i, (cause, timing) in enumerate([(p.cause, p.timing), *p.batched]):
+                            self.apply_timings.append({
+                                **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items()
+                                   if k != "emitted"},
+                                "queued_ms": queued_ms, "bundle_ms": bundle_ms, "coalesced": len(batch),
+                                "burst": 1 + len(p.batched),
+                                "applied_at": round(applied, 6),  # absolute: the switch's commit/barrier reply
+                                "cause": cause, "stamps": [list(s) for s in p.stamps] if i == 0 else [],
+                                "flow_mods": p.n_flow_mods if i == 0 else 0,
+                                "compiled_flow_mods": sum(len(d) + len(a) for d, a in p.rows) if i == 0 else 0})
                         self.stats["flow_mods"] += p.n_flow_mods
                         for migration_id, state in p.stamps:
                             self._spawn_stamp(migration_id, state, applied)
@@ -530,7 +566,10 @@ class ControllerDaemon:
         dumped = await dp.dump_flows()
         await self._announced_while_away(dumped)
         app_ids = {app.app_id for app in self.engine.apps}
-        plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
+        if holds_none_of_ours(dumped, app_ids):
+            plan, unchanged = self.engine.desired_plan(), 0
+        else:
+            plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
         if plan.deletes and self.bus.behind is not None:
             LOG.warning("NB db behind (%s): the reconcile keeps %d flows it cannot explain until it catches up",
                         self.bus.behind, len(plan.deletes))
@@ -539,8 +578,8 @@ class ControllerDaemon:
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
         self.stats["reconciles"] += 1
-        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added",
-                 (time.monotonic() - started) * 1e3, unchanged, len(plan.deletes), len(plan.adds))
+        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added", (time.monotonic() - started) * 1e3,
+                 unchanged, len(plan.deletes), plan.n_flow_mods - len(plan.deletes))
 
     async def _announced_while_away(self, dumped: list[Any]) -> None:
         """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
@@ -560,6 +599,15 @@ class ControllerDaemon:
     async def _start_status_server(self) -> None:
         server = await serve_status(self.status_socket, self.status)
         self._spawn(server.serve_forever, "status")
+
+
+def _event_timing(event: dict[str, Any], received: float, computed: float) -> tuple[str, dict[str, float]]:
+    """An NB event's cause and timing in an apply: its bus delivery (from the NB's publish, when the
+    event says when that was) and the compute of the plan it is in."""
+    timing = {"bus_ms": (received - event.get("ts", received)) * 1e3, "compute_ms": (computed - received) * 1e3}
+    if "ts" in event:
+        timing["event_ts"] = event["ts"]  # when the NB write was published (absolute)
+    return f"{event['table']}:{event.get('id', '')}", timing
 
 
 def _tunnel_end(row: Chassis | None) -> tuple[str, bool] | None:

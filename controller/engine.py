@@ -80,35 +80,66 @@ class Engine:
         # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
         # the port until that write settles (controller.migrator sets it).
         self.port_overlay: Callable[[LogicalPort], LogicalPort] | None = None
+        # Start-up: events only fill the view until `loaded()` computes every flow once (a first
+        # snapshot of N ports, then N-1 tunnels, would otherwise recompute the network per event).
+        self.loading = False
+
+    def loaded(self) -> Plan:
+        """The start-up's snapshot and tunnels are in: every flow, computed once; events compute again."""
+        self.loading = False
+        return self.everything()
 
     # -- inputs ------------------------------------------------------------------
     def nb_event(self, event: dict[str, Any]) -> Plan:
+        return self.nb_events([event])
+
+    def nb_events(self, events: Iterable[dict[str, Any]]) -> Plan:
+        """A burst of NB events as one plan: each changes the view in its turn, and every owner any
+        of them touched is recomputed once, from the view after the last (what applying them one by
+        one ends with, as one bundle)."""
+        owners: set[Owner] = set()
+        for event in events:
+            owners |= self.take_event(event)
+        return self.plan_owners(owners)
+
+    def take_event(self, event: dict[str, Any]) -> set[Owner]:
+        """Put one NB event into the view; the owners whose flows it may change (for `plan_owners`)."""
         if event["table"] in IGNORED_TABLES:
             self.stats["ignored_events"] += 1
-            return Plan()
+            return set()
         if event["action"] == "delete":
             return self._changed(event["table"], event["id"], None)
         obj = event.get("model") or model_for(event["table"]).from_dict(event["object"])  # the bus parsed it
         if self.port_overlay is not None and isinstance(obj, LogicalPort):
             obj = self.port_overlay(obj)
-        return self.object_written(obj)
+        return self._changed(obj.table, obj.id, obj)
+
+    def plan_owners(self, owners: set[Owner]) -> Plan:
+        """The plan that gives `owners` the flows the view wants now."""
+        return self._recompute(owners) if owners else Plan()
 
     def object_written(self, obj: Model) -> Plan:
         """An NB object as written (the migrator's own step, applied before its NB event arrives)."""
-        return self._changed(obj.table, obj.id, obj)
+        return self.plan_owners(self._changed(obj.table, obj.id, obj))
 
-    def _changed(self, table: str, obj_id: str, new: Model | None) -> Plan:
+    def _changed(self, table: str, obj_id: str, new: Model | None) -> set[Owner]:
         if table == LogicalPort.table:
             self._track_arrival(obj_id, new)
-        needed, flood = self.view.needed_switches(), self.view.flood_version()
+        # (while loading, no index is asked for: they are built once, when everything is computed)
+        needed, flood = (None, 0) if self.loading else (self.view.needed_switches(), self.view.flood_version())
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
-        if old is not None and new is not None and _same_content(old, new):
-            # Typically the NB event of a migration step this chassis applied from the migration event.
+        differing = _differing(old, new)
+        if differing is not None and differing <= REVISION_FIELDS:
+            # The same object but for its NB revision: typically the NB event of a migration step this
+            # chassis applied from the migration event. No flow can differ.
             self.stats["unchanged_writes"] += 1
-            return Plan()
+            return set()
+        if self.loading:
+            self._deferred()
+            return set()
         if self.view.needed_switches() != needed:
-            return self._recompute(self._everything())
-        return self._recompute(self._affected(old, new, self.view.flood_version() != flood))
+            return self._everything()
+        return self._affected(old, new, self.view.flood_version() != flood, differing)
 
     def _track_arrival(self, port_id: str, port: Model | None) -> None:
         mig = getattr(port, "migration", None)
@@ -137,26 +168,35 @@ class Engine:
         if mig is not None and mig.chassis == self.view.chassis:
             return Plan()  # migrating here again meanwhile
         self.view.arrivals.discard(port_id)
-        return self._recompute({(PORT, port_id, "")})
+        return self._deferred() if self.loading else self._recompute({(PORT, port_id, "")})
 
     def vif_online(self, vif: Vif) -> Plan:
         if self.view.vifs.get(vif.iface_id) == vif:
             return Plan()
+        if self.loading:
+            self.view.set_vif(vif)
+            return self._deferred()
         needed = self.view.needed_switches()
         self.view.set_vif(vif)
         return self._recompute(self._affected_by_port_id(vif.iface_id, needed))
 
     def vif_offline(self, iface_id: str) -> Plan:
-        needed = self.view.needed_switches()
+        needed = None if self.loading else self.view.needed_switches()
         if self.view.remove_vif(iface_id) is None:
             return Plan()
+        if needed is None:
+            return self._deferred()
         return self._recompute(self._affected_by_port_id(iface_id, needed))
 
     def tunnels_changed(self, tunnels: dict[str, int]) -> Plan:
         if tunnels == self.view.tunnels:
             return Plan()
         self.view.set_tunnels(tunnels)
-        return self._recompute(self._everything())
+        return self._deferred() if self.loading else self._recompute(self._everything())
+
+    def _deferred(self) -> Plan:
+        self.stats["events_while_loading"] += 1
+        return Plan()
 
     def everything(self) -> Plan:
         """Recompute every owner: start-up, and a check that nothing drifted."""
@@ -165,6 +205,16 @@ class Engine:
     def desired(self) -> dict[tuple, Flow]:
         """Every flow this chassis wants, by key (reconcile, status, tests)."""
         return {f.key: f for f in self.port_flows()} | self.flows.all_flows()
+
+    def desired_plan(self) -> Plan:
+        """Every flow this chassis wants, as one plan of adds for a switch that holds none of ours: the
+        port flows as the compiled core's rows (not made into Flows to be compared), the others after
+        them (a flow of both by key is the others', as in `desired`)."""
+        rows = np.ascontiguousarray(self._port_rows())
+        plan = Plan(adds=list(self.flows.all_flows().values()))
+        if len(rows):
+            plan.rows = [(FlowBatch.of_rows(rows[:0]), FlowBatch.of_rows(rows))]
+        return plan
 
     def port_flows(self) -> list[Flow]:
         """The flows the compiled core made for the ports' programs, as they are installed."""
@@ -184,9 +234,11 @@ class Engine:
         self.flows.commit(plan)
 
     # -- what an event touches ------------------------------------------------------
-    def _affected(self, old: Model | None, new: Model | None, flood_changed: bool = True) -> set[Owner]:
+    def _affected(self, old: Model | None, new: Model | None, flood_changed: bool = True,
+                  differing: frozenset[str] | None = None) -> set[Owner]:
+        """`differing`: the fields in which `old` and `new` differ (None: not two versions of one object)."""
         obj = new or old
-        if isinstance(old, LogicalPort) and isinstance(new, LogicalPort) and _only_moved(old, new):
+        if isinstance(new, LogicalPort) and differing is not None and differing <= WHERE_FIELDS:
             # A migration step or a binding change: the port itself, and its network's flooding if
             # that changed (not when the port moves between two chassis that host others of its ports).
             return {(PORT, new.id, ""), (SWITCH, new.lswitch, "")} if flood_changed else {(PORT, new.id, "")}
@@ -413,14 +465,12 @@ def _kind_and_where(place: Place | None) -> tuple[str | None, str | None]:
     return (LOCAL if role.local else REMOTE), where
 
 
-def _equal_except(old: Model, new: Model, ignored: frozenset[str]) -> bool:
-    return type(old) is type(new) and all(getattr(old, f) == getattr(new, f)
-                                          for f in old.__dataclass_fields__ if f not in ignored)
-
-
-def _same_content(old: Model, new: Model) -> bool:
-    """The same object but for its NB revision: no flow can differ."""
-    return _equal_except(old, new, REVISION_FIELDS)
+def _differing(old: Model | None, new: Model | None) -> frozenset[str] | None:
+    """The fields in which two versions of an object differ (None: not two versions of one kind)."""
+    if old is None or new is None or type(old) is not type(new):
+        return None
+    after = vars(new)
+    return frozenset(name for name, value in vars(old).items() if after[name] != value)
 
 
 def _membership(port: LogicalPort | None) -> tuple | None:
@@ -428,8 +478,4 @@ def _membership(port: LogicalPort | None) -> tuple | None:
     if port is None or not port.security_groups:
         return None
     return tuple(port.security_groups), tuple(port.ips), tuple(port.allowed_address_pairs)
-
-
-def _only_moved(old: LogicalPort, new: LogicalPort) -> bool:
-    return _equal_except(old, new, WHERE_FIELDS)
 

@@ -29,6 +29,8 @@ class Plan:
     stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
     timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
     cause: str = ""  # "table:id" of the NB event that made it (empty for local events)
+    # The other NB events of a burst planned at once: (cause, timing) of each, in order.
+    batched: list[tuple[str, dict[str, float]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.adds or self.rows)

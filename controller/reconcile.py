@@ -15,6 +15,12 @@ from dfflow.flows import Command, Flow
 from dfflow.openflow.osken import flow_from_stats
 
 
+def holds_none_of_ours(dumped: Iterable[Any], app_ids: set[int]) -> bool:
+    """The switch has no flow of our apps (a fresh or restarted one): everything wanted is added, and
+    there is nothing to read back and compare."""
+    return all(app_of_cookie(stats.cookie) not in app_ids for stats in dumped)
+
+
 def reconcile(dumped: Iterable[Any], desired: dict[tuple, Flow], app_ids: set[int]) -> tuple[Plan, int]:
     """The plan that turns `dumped` into `desired`, and how many of our flows were already right.
 

@@ -3,6 +3,7 @@ owner) and the small values nested in one (`Record`), with their JSON round trip
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,7 +20,7 @@ _unknown_seen: set[tuple[str, str]] = set()
 def known_fields(cls: type, data: dict[str, Any], where: str, table: str) -> dict[str, Any]:
     """`data` without the fields `cls` does not have: a newer dfflow may have written them (a rolling
     upgrade), so they are ignored, with a warning the first time each is met."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     unknown = [name for name in data if name not in names]
     if not unknown:
         return data
@@ -28,6 +29,18 @@ def known_fields(cls: type, data: dict[str, Any], where: str, table: str) -> dic
             _unknown_seen.add((table, where + name))
             LOG.warning("%s objects carry a field this dfflow does not know, ignored: %s%s", table, where, name)
     return {k: v for k, v in data.items() if k in names}
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _required_fields(cls: type) -> tuple[str, ...]:
+    """The fields without a default: an object without one of them is incomplete."""
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
 @dataclass
@@ -65,9 +78,7 @@ class Model:
         if not isinstance(data, dict):
             raise ValidationError("object", f"expected a JSON object, got {type(data).__name__}", cls.table)
         data = known_fields(cls, data, "", cls.table)
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in data and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in _required_fields(cls) if name not in data]
         if missing:
             raise ValidationError(missing[0], "required field missing", cls.table)
         values = dict(data)

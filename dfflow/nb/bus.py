@@ -1,14 +1,17 @@
 """NB publish/subscribe: per-topic events that survive a lost connection.
 
 A `Subscriber` listens to the topics it is given (added and removed at run
-time) and hands every event to a callback and/or an asyncio queue. It keeps the
+time) and hands every event to a callback and/or an asyncio queue, and each
+burst -- the events the connection holds when the first of them is read, in
+order -- to a burst callback, which can handle them as one change. It keeps the
 version of every object it has seen; an event not newer than that is stale and
 dropped, so duplicates and reordering are harmless.
 
 When the connection drops it reconnects, resubscribes, and resynchronises each
 topic from a consistent snapshot of the store (one Lua script: revision,
 members and objects at one instant). What changed while it was away comes out
-as ordinary events, deletions included, marked `"resync": true`.
+as ordinary events, deletions included, marked `"resync": true` (each a burst
+of its own).
 
 A topic added while the NB does not answer (down, reconnecting, or a command
 timing out on a connection that then recovers) stays pending: the listening
@@ -58,6 +61,7 @@ Event = dict[str, Any]
 ACTIONS = ("create", "update", "delete")
 BAD_KEPT = 20
 RESUBSCRIBE_DELAY = 0.5  # s after a plain channel failed before following it again
+MAX_BURST = 1000  # events read at once, when that many are buffered, before they are handed over
 # A resync hands over what an object refers to before the object (a network before its ports): a
 # subscriber never computes a port for a network it has not heard of yet.
 _RESYNC_ORDER = {m.table: i for i, m in enumerate((Chassis, LogicalSwitch, Subnet, SecurityGroup,
@@ -133,10 +137,12 @@ class Subscriber:
     def __init__(self, url: str, prefix: str = "dfflow",
                  callback: Callable[[Event], Awaitable[None] | None] | None = None,
                  queue: asyncio.Queue | None = None, reconnect_delay: float = 0.1,
-                 max_reconnect_delay: float = 2.0):
+                 max_reconnect_delay: float = 2.0,
+                 burst_callback: Callable[[list[Event]], Awaitable[None] | None] | None = None):
         self.url = url
         self.keys = Keys(prefix)
         self.callback = callback
+        self.burst_callback = burst_callback
         self.queue = queue
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
@@ -271,22 +277,39 @@ class Subscriber:
                 # also notices a dead server even when no events flow
                 await self._check_revision(int(await self._redis.get(self.keys.rev) or 0))
                 continue
-            if message.get("type") != "message":
-                continue
-            channel = _text(message.get("channel") or b"?")
-            try:
-                event = json.loads(message["data"])
-            except (ValueError, TypeError) as exc:
-                self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
-                continue
-            problem = event_problem(event)
-            if problem is not None:
-                key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else channel
-                self._bad_data("bad_events", key, problem, message.get("data"))
-                continue
-            if event["topic"] in self.topics:
+            # Whatever else the connection holds already is one burst: handed over together.
+            burst = [message]
+            while len(burst) < MAX_BURST and await self._buffered():
+                message = await self._pubsub.get_message(timeout=0)
+                if message is None:
+                    break  # the rest of a message is still on its way
+                burst.append(message)
+            events = [e for e in map(self._event_of, burst) if e is not None and e["topic"] in self.topics]
+            if events:
                 async with self._lock:
-                    await self._deliver(event)
+                    await self._deliver_all(events)
+
+    async def _buffered(self) -> bool:
+        """Does the connection hold (part of) a message already? Never waits for the socket."""
+        conn = self._pubsub.connection
+        return await (conn.can_read() if hasattr(conn, "can_read") else conn.can_read_destructive())  # redis-py < 8
+
+    def _event_of(self, message: dict[str, Any]) -> Event | None:
+        """A pubsub message's NB event, or None (not an event message, or a malformed one: counted)."""
+        if message.get("type") != "message":
+            return None
+        channel = _text(message.get("channel") or b"?")
+        try:
+            event = json.loads(message["data"])
+        except (ValueError, TypeError) as exc:
+            self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
+            return None
+        problem = event_problem(event)
+        if problem is not None:
+            key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else channel
+            self._bad_data("bad_events", key, problem, message.get("data"))
+            return None
+        return event
 
     async def _resync(self, topic: str) -> None:
         raw = await self._redis.eval(_SNAPSHOT_LUA, 2, self.keys.topic(topic), self.keys.rev,
@@ -344,38 +367,58 @@ class Subscriber:
         return True
 
     async def _deliver(self, event: Event) -> None:
+        await self._deliver_all([event])
+
+    async def _deliver_all(self, events: list[Event]) -> None:
+        """Hand over the events that are news, in order: each to `callback` and `queue`, and all of
+        them at once to `burst_callback`."""
+        news = [e for e in events if self._news(e)]
+        if not news:
+            return
+        self.stats["bursts"] += 1
+        for event in news:
+            if self.queue is not None:
+                self.queue.put_nowait(event)
+            if self.callback is not None:
+                await self._call(self.callback, event, f"{event['action']} {event['table']} {event['id']}")
+        if self.burst_callback is not None:
+            await self._call(self.burst_callback, news, f"a burst of {len(news)} events, the first "
+                             f"{news[0]['action']} {news[0]['table']} {news[0]['id']}")
+
+    def _news(self, event: Event) -> bool:
+        """Is the event newer than what was delivered of its object, and valid? (It is then recorded
+        as delivered, its object parsed and validated in event["model"].)"""
         key = (event["table"], event["id"])
         seen = self._seen.get(key)
         deleting = event["action"] == "delete"
         if seen is not None and (event["version"] <= seen.version or (deleting and not seen.alive)):
             self.stats["stale"] += 1
-            return
+            return False
         if seen is None and deleting:
             self.stats["stale"] += 1
-            return
+            return False
         if not deleting:
             model, problem = checked_object(event)
             if problem is not None:
                 if (event["table"], event["id"], event["version"]) not in self._bad_seen:
                     self._bad_seen.add((event["table"], event["id"], event["version"]))
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
-                return
+                return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
         self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
         self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
-        if self.queue is not None:
-            self.queue.put_nowait(event)
-        if self.callback is not None:
-            try:
-                result = self.callback(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:  # a handler bug must not kill the bus, nor vanish
-                self.stats["callback_errors"] += 1
-                self.errors.append(exc)
-                LOG.error("NB event handler failed on %s %s %s:\n%s", event["action"], event["table"],
-                          event["id"], traceback.format_exc())
+        return True
+
+    async def _call(self, handler: Callable[[Any], Awaitable[None] | None], arg: Any, what: str) -> None:
+        try:
+            result = handler(arg)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # a handler bug must not kill the bus, nor vanish
+            self.stats["callback_errors"] += 1
+            self.errors.append(exc)
+            LOG.error("NB event handler failed on %s:\n%s", what, traceback.format_exc())
 
 
     def _bad_data(self, counter: str, key: str, problem: str, data: Any) -> None:
