@@ -35,13 +35,14 @@ from controller.migration import AppliedStamps
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
-from controller.interfaces import InterfaceTracker
+from controller.interfaces import InterfaceTracker, is_tunnel_row, is_vif_row
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
 from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import OneShots, TaskSupervisor
+from controller.timing import event_timing, ovsdb_row_timing, timed
 from dfflow.errors import Conflict, DfflowError, NotFound
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
@@ -292,8 +293,8 @@ class ControllerDaemon:
         if planned:
             plan = self.engine.plan_owners(owners)
             computed = time.time()
-            plan.cause, plan.timing = _event_timing(planned[0], received, computed)
-            plan.batched = [_event_timing(e, received, computed) for e in planned[1:]]
+            plan.cause, plan.timing = event_timing(planned[0], received, computed)
+            plan.batched = [event_timing(e, received, computed) for e in planned[1:]]
             self._emit(plan)
         for port_id in dict.fromkeys(e["id"] for e in planned
                                      if e["table"] == LogicalPort.table and e["action"] != "delete"):
@@ -384,8 +385,8 @@ class ControllerDaemon:
         tunnel_rows = 0
         for update in updates:
             row_before = self.interfaces.by_name.get(update.name)
-            if ((_is_tunnel_row(row_before) or _is_tunnel_row(update))
-                    and not (_is_vif_row(row_before) or _is_vif_row(update))):
+            if ((is_tunnel_row(row_before) or is_tunnel_row(update))
+                    and not (is_vif_row(row_before) or is_vif_row(update))):
                 self.stats["ovsdb_events"] += 1
                 self.interfaces.apply(update)
                 tunnel_rows += 1
@@ -406,9 +407,9 @@ class ControllerDaemon:
         for iface_id in sorted(set(before_vifs) - set(vifs)):
             self._plugged_before_known.discard(iface_id)
             port_before = self.engine.view.port(iface_id)
-            timing = self._vif_timing(update)
+            timing = ovsdb_row_timing(update, self._ovsdb_received)
             await self.migrator.vif_offline(port_before, timing)  # step 2 on the source, or an abort
-            self._emit(self._timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
+            self._emit(timed(self.engine.vif_offline(iface_id), timing, f"vif:{iface_id}"))
             self.pending_vifs.discard(iface_id)
             self.port_status.down(iface_id)  # written after this update's publishes and flows
         for iface_id, vif in sorted(vifs.items()):
@@ -422,22 +423,6 @@ class ControllerDaemon:
                 self.port_status.up(iface_id, since=update.seen or None)
         if tunnels != self.engine.view.tunnels:
             self._emit(self.engine.tunnels_changed(tunnels))
-
-    def _vif_timing(self, update: Any) -> dict[str, float]:
-        """When an OVSDB row change was seen by the IDL thread, and what reaching this loop took."""
-        if not update.seen:
-            return {}
-        return {"event_ts": update.seen, "received": self._ovsdb_received,
-                "ovsdb_loop_ms": (self._ovsdb_received - update.seen) * 1e3}
-
-    @staticmethod
-    def _timed(plan: Plan, timing: dict[str, float], cause: str) -> Plan:
-        if timing:
-            timing = dict(timing)
-            received = timing.pop("received")
-            plan.timing.update(timing, compute_ms=(time.time() - received) * 1e3)
-        plan.cause = plan.cause or cause
-        return plan
 
     async def _housekeeping_loop(self) -> None:
         await asyncio.sleep(HOUSEKEEPING_START)  # let OVSDB's rows and the NB snapshot arrive first
@@ -601,26 +586,9 @@ class ControllerDaemon:
         self._spawn(server.serve_forever, "status")
 
 
-def _event_timing(event: dict[str, Any], received: float, computed: float) -> tuple[str, dict[str, float]]:
-    """An NB event's cause and timing in an apply: its bus delivery (from the NB's publish, when the
-    event says when that was) and the compute of the plan it is in."""
-    timing = {"bus_ms": (received - event.get("ts", received)) * 1e3, "compute_ms": (computed - received) * 1e3}
-    if "ts" in event:
-        timing["event_ts"] = event["ts"]  # when the NB write was published (absolute)
-    return f"{event['table']}:{event.get('id', '')}", timing
-
-
 def _tunnel_end(row: Chassis | None) -> tuple[str, bool] | None:
     """What a chassis row says of the tunnel to it."""
     return (row.tunnel_ip, row.status == "up") if row is not None else None
-
-
-def _is_tunnel_row(row: Any) -> bool:
-    return row is not None and row.peer is not None
-
-
-def _is_vif_row(row: Any) -> bool:
-    return row is not None and bool(row.iface_id) and row.peer is None
 
 
 def main(argv: list[str] | None = None, daemon_class: type[ControllerDaemon] | None = None) -> None:

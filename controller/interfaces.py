@@ -28,3 +28,11 @@ class InterfaceTracker:
     def tunnels(self) -> dict[str, int]:
         return {row.peer: row.ofport for row in self.by_name.values()
                 if row.peer is not None and row.ofport is not None}
+
+
+def is_tunnel_row(row: IfaceUpdate | None) -> bool:
+    return row is not None and row.peer is not None
+
+
+def is_vif_row(row: IfaceUpdate | None) -> bool:
+    return row is not None and bool(row.iface_id) and row.peer is None
