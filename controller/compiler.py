@@ -303,7 +303,7 @@ def compile_port_changes(program: core.CompiledProgram, table: PortTable,
                                           for row, old, new in changes]), TRANSITION_DTYPE)
     dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
                                                 pairs=table.pairs)
-    return dels, adds
+    return dels, distinct_rows(adds)
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
@@ -352,8 +352,22 @@ def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.nda
         unchanged = set(_records(before))
         dels = before[[key not in kept_keys for key in _records(_keys(before))]]
         adds = after[[row not in unchanged for row in _records(after)]]
+    adds = distinct_rows(adds)
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
+
+
+def distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` with each identical flow once (two templates can make the same flow: a floating IP whose
+    MAC is its port's own on the port's own network), as a switch and FlowState hold it once."""
+    if len(rows) < 2:
+        return rows
+    records = _records(rows)
+    if len(set(records)) == len(records):
+        return rows
+    seen: set[bytes] = set()
+    first = [not (record in seen or seen.add(record)) for record in records]
+    return np.ascontiguousarray(rows[first])
 
 
 def distinct_keys(rows: np.ndarray) -> np.ndarray:
