@@ -44,8 +44,9 @@ def address_pair(draw) -> AddressPairFacts:
 
 @st.composite
 def port_facts(draw) -> PortFacts:
+    # as the NB holds them: each floating IP its own address and fixed IP (a second one is refused)
     fips = draw(st.lists(st.builds(FloatingIpFacts, ipv4, mac, ipv4, u24, mac), max_size=2,
-                         unique_by=lambda f: f.fip))
+                         unique_by=(lambda f: f.fip, lambda f: f.fixed_ip)))
     pairs = draw(st.lists(address_pair(), max_size=3, unique=True))
     return PortFacts(draw(st.integers(0, (1 << 56) - 1)), draw(u24), draw(mac), draw(st.booleans()),
                      draw(st.booleans()), tuple(draw(st.lists(ipv4, max_size=3, unique=True))), tuple(fips),
@@ -93,9 +94,18 @@ def test_compiled_programs_make_the_python_apps_flows_flow_for_flow(facts, role)
         assert flows_of(adds) == program.flows(facts, role)
 
 
+def _conflicting(flows) -> bool:
+    """Two different flows under one key: colliding generated addresses (a pair's or a floating IP's MAC
+    that is the port's own, with other actions); the oracle keeps one of them and logs an error, so it
+    has no answer to compare with."""
+    held: dict = {}
+    return any(held.setdefault((f.table, f.priority, f.match), f) != f for f in flows)
+
+
 # Two templates make the same flow when a floating IP's MAC is its port's own on the port's own network:
 # the flow is sent once, as FlowState holds it once.
-_SHARED_FLOW_FACTS = PortFacts(0, 1, 1, False, False, (), (FloatingIpFacts(1, 1, 1, 1, 1), FloatingIpFacts(2, 1, 1, 1, 1)), ())
+_SHARED_FLOW_FACTS = PortFacts(0, 1, 1, False, False, (),
+                               (FloatingIpFacts(1, 1, 1, 1, 1), FloatingIpFacts(2, 1, 2, 1, 1)), ())
 _REMOTE = PortRole(local=False, ofport=0, tunnel=3777, copy_tunnel=0, gated=False)
 
 
@@ -105,6 +115,7 @@ _REMOTE = PortRole(local=False, ofport=0, tunnel=3777, copy_tunnel=0, gated=Fals
 def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
     table = table_of(facts)
     for program in PROGRAMS:
+        assume(not _conflicting(program.flows(facts, old)) and not _conflicting(program.flows(facts, new)))
         dels, adds = compiler.compile_port_changes(PER_APP[program.app_id], table, [(0, old, new)])
         want_deletes, want_adds = python_diff(program, facts, old, new)
         deleted = flows_of(dels)
@@ -122,6 +133,7 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
     after = dataclasses.replace(after, object_hash=before.object_hash)  # the same port
     assume(old is not None and new is not None)  # (without a role before or after, nothing is kept)
     for program in PROGRAMS:
+        assume(not _conflicting(program.flows(before, old)) and not _conflicting(program.flows(after, new)))
         table = table_of(before)
         python = FlowState()
         owner = ("app", "port", "p0")
