@@ -195,6 +195,24 @@ def tcp_transfer(sb: Sandbox, client_vm: str, server_vm: str, server_ip: str, nb
             server.wait()
 
 
+def heard_while_sending(sb: Sandbox, receivers: list[str], listen: list[str], sender: str,
+                        send: list[str]) -> dict[str, str]:
+    """What each receiver VM's `listen` command printed after "ready" while `sender` ran `send`: the
+    listeners start first and are each waited for, so nothing sent can go unheard."""
+    listeners = {vm: sb.vm_popen(vm, listen, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for vm in receivers}
+    try:
+        for vm, listener in listeners.items():
+            assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
+        sb.vm_exec(sender, send, timeout=20)
+        return {vm: listener.communicate(timeout=20)[0] for vm, listener in listeners.items()}
+    finally:
+        for listener in listeners.values():
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+
+
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while True:

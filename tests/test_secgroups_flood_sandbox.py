@@ -10,13 +10,13 @@ X (chassis-2) is in a group of its own (egress open, no ingress rule); V (chassi
 off."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections import Counter
 
 import pytest
 
 from controller_fixtures import pings, running_cloud, wait_until
+from sandbox_fixtures import heard_while_sending
 
 pytestmark = pytest.mark.ovs
 
@@ -79,19 +79,9 @@ def received(sb, sender: str, receivers: list[str], dst: str, port: int = PORT,
              source_port: int = 0) -> dict[str, Counter]:
     """The datagrams of COUNT IPv4 UDP datagrams that `sender` sends to `dst` (a broadcast or
     multicast address) each receiver gets: a Counter of their payloads (a duplicate counts 2)."""
-    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", UDP_RECEIVE, str(port), "0.8", MULTICAST],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in receivers}
-    try:
-        for vm, listener in listeners.items():
-            assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
-        sb.vm_exec(sender, [sys.executable, "-c", UDP_SEND, dst, str(port), str(COUNT), str(source_port)],
-                   timeout=20)
-        return {vm: Counter(listener.communicate(timeout=20)[0].split()) for vm, listener in listeners.items()}
-    finally:
-        for listener in listeners.values():
-            if listener.poll() is None:
-                listener.kill()
-                listener.wait()
+    heard = heard_while_sending(sb, receivers, [sys.executable, "-c", UDP_RECEIVE, str(port), "0.8", MULTICAST],
+                                sender, [sys.executable, "-c", UDP_SEND, dst, str(port), str(COUNT), str(source_port)])
+    return {vm: Counter(out.split()) for vm, out in heard.items()}
 
 
 def every_once(dst: str) -> Counter:
@@ -183,16 +173,7 @@ def test_arp_floods_reach_filtered_ports_from_anyone(cloud):
     flooded to every port, filtered or not, as port security always admits ARP: from outside the group,
     on the same chassis and through a tunnel."""
     sb, unknown = cloud.sb, "10.1.0.99"
-    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", ARP_COUNT, unknown, "0.8"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in ("A", "B", "V")}
-    try:
-        for listener in listeners.values():
-            assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
-        sb.vm_exec("X", [sys.executable, "-c", ARP_ASK, VMS["X"][1], unknown, str(COUNT)], timeout=20)
-        got = {vm: int(listener.communicate(timeout=20)[0].strip()) for vm, listener in listeners.items()}
-    finally:
-        for listener in listeners.values():
-            if listener.poll() is None:
-                listener.kill()
-                listener.wait()
+    heard = heard_while_sending(sb, ["A", "B", "V"], [sys.executable, "-c", ARP_COUNT, unknown, "0.8"],
+                                "X", [sys.executable, "-c", ARP_ASK, VMS["X"][1], unknown, str(COUNT)])
+    got = {vm: int(out.strip()) for vm, out in heard.items()}
     assert got == {"A": COUNT, "B": COUNT, "V": COUNT}

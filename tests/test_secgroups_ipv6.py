@@ -11,12 +11,12 @@ net1: A (chassis-1) and B (chassis-2) are in their project's default group; U (c
 statically (no neighbour discovery needed for unicast)."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from controller_fixtures import pings, running_cloud, wait_until
+from sandbox_fixtures import heard_while_sending
 
 pytestmark = pytest.mark.ovs
 
@@ -82,18 +82,9 @@ def cloud():
 def received(sb, sender: str, receivers: list[str], dst: str) -> dict[str, int]:
     """How many of COUNT IPv6 UDP datagrams `sender` sends to `dst` (an address or ff02::1) each
     receiver gets."""
-    listeners = {vm: sb.vm_popen(vm, [sys.executable, "-c", UDP6_RECEIVE, str(PORT), "0.8"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vm in receivers}
-    try:
-        for vm, listener in listeners.items():
-            assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
-        sb.vm_exec(sender, [sys.executable, "-c", UDP6_SEND, dst, str(PORT), str(COUNT)], timeout=20)
-        return {vm: int(listener.communicate(timeout=20)[0].strip()) for vm, listener in listeners.items()}
-    finally:
-        for listener in listeners.values():
-            if listener.poll() is None:
-                listener.kill()
-                listener.wait()
+    heard = heard_while_sending(sb, receivers, [sys.executable, "-c", UDP6_RECEIVE, str(PORT), "0.8"],
+                                sender, [sys.executable, "-c", UDP6_SEND, dst, str(PORT), str(COUNT)])
+    return {vm: int(out.strip()) for vm, out in heard.items()}
 
 
 def test_ports_without_port_security_switch_ipv6_between_them(cloud):
