@@ -532,12 +532,12 @@ class ControllerDaemon:
         before it commits."""
         await dp.send_bundle(compiler.flow_mods(dp, flows), pipelined=pipelined)
 
-    def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
+    def _spawn_stamp(self, migration_id: str, state: str, when: float, first: bool = False) -> None:
         """Stamp the migration's timeline with when this chassis applied the step (not awaited by the
         sender; its failure recorded)."""
         async def stamp() -> None:
             try:
-                await self.migrator.timelines.applied(migration_id, self.chassis, state, when)
+                await self.migrator.timelines.applied(migration_id, self.chassis, state, when, first=first)
             except Exception:
                 self._record_error("timeline")
         self.one_shots.start(stamp(), f"stamp {migration_id} {state}")
@@ -562,9 +562,20 @@ class ControllerDaemon:
             self._deletions_held, plan.deletes = True, []
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
+        self._stamp_migrations_in_place(time.time())
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added", (time.monotonic() - started) * 1e3,
                  unchanged, len(plan.deletes), plan.n_flow_mods - len(plan.deletes))
+
+    def _stamp_migrations_in_place(self, applied: float) -> None:
+        """After a reconcile the switch holds every flow the NB asks of this chassis, migrating ports'
+        included: the step of each migration is stamped as applied here, unless it was already. A
+        controller killed between its bundle's commit and its stamp would otherwise leave the step
+        unstamped for good -- its successor finds the flows in place and sends nothing."""
+        view = self.engine.view
+        moving = [port.id for port in view.ports() if port.migration is not None and view.role(port) is not None]
+        for migration_id, state in self.stamps.of(moving, view.port):
+            self._spawn_stamp(migration_id, state, applied, first=True)
 
     async def _announced_while_away(self, dumped: list[Any]) -> None:
         """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
