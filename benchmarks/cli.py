@@ -261,10 +261,8 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
               help="Also write every run and the summaries to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write latency against chassis to this PNG.")
-@click.option("--event-loop", type=click.Choice(["uvloop", "asyncio"]), default="uvloop", show_default=True,
-              help="The event loop the chassis' controllers run on (as dfflow-controller --event-loop).")
 def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
-           json_path: str | None, plot_path: str | None, event_loop: str) -> None:
+           json_path: str | None, plot_path: str | None) -> None:
     """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
     chassis against a stand-in Open vSwitch (benchmarks.standin)."""
     from benchmarks import fanout as bench
@@ -279,7 +277,7 @@ def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: i
         raise click.BadParameter("at least 2 chassis", param_hint="--chassis")
     reports = []
     for n in counts:
-        report = bench.run(n, ports, evacuate=evacuate, runs=runs, workers=workers, event_loop=event_loop,
+        report = bench.run(n, ports, evacuate=evacuate, runs=runs, workers=workers,
                            progress=lambda m, n=n: click.echo(f"[{n} chassis] {m}", err=True))
         reports.append(report)
         click.echo(bench.format_summary(report))

@@ -24,9 +24,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int | None = None,
-        progress: Callable[[str], None] | None = None, event_loop: str = "uvloop") -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     movers = max(1, evacuate)
-    with Fleet(chassis, ports, movers, workers=workers, event_loop=event_loop) as fleet:
+    with Fleet(chassis, ports, movers, workers=workers) as fleet:
         starting = time.monotonic()
         fleet.up(timeout=max(600.0, 1.5 * chassis), progress=progress)
         startup = {"wall_s": time.monotonic() - starting, "workers": fleet.ask_all({"op": "resources"})}
@@ -41,7 +41,7 @@ def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int
             here = dest
             if progress:
                 progress(f"run {i}/{runs}")
-        return {"chassis": chassis, "ports": fleet.ports, "evacuate": evacuate, "runs": runs, "event_loop": event_loop,
+        return {"chassis": chassis, "ports": fleet.ports, "evacuate": evacuate, "runs": runs,
                 "workers": fleet.workers, "startup": startup, "after_runs": fleet.ask_all({"op": "resources"}),
                 "load_average": os.getloadavg(),
                 "results": [{"update": kind, "run": i, **r} for kind, i, r in results if i > 0]}

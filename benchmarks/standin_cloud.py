@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from controller import daemon as daemon_module
-from controller import eventloop
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
 from controller.status import GcPauses
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     # Chassis heartbeats are NB writes every chassis hears: N^2/5 events a second at N chassis
     # (200,000/s at 1,000). The fan-out benchmark measures port moves, so it spaces them out.
     daemon_module.HEARTBEAT_INTERVAL = config.get("heartbeat_interval", daemon_module.HEARTBEAT_INTERVAL)
-    eventloop.run(StandinCloud(config).run(), config.get("event_loop", "uvloop"))
+    asyncio.run(StandinCloud(config).run())
 
 
 if __name__ == "__main__":  # pragma: no cover

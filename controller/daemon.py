@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from controller import compiler, eventloop, nbmark, options
+from controller import compiler, nbmark, options
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App, opened_gates
 from controller.apps.l3 import L3App
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None, daemon_class: type[ControllerDaemon] | N
                                               metrics_listen=None if args.metrics_port is None
                                               else (args.metrics_listen, args.metrics_port))
     try:
-        code = eventloop.run(daemon.run(), args.event_loop)
+        code = asyncio.run(daemon.run())
         reason = daemon.exit_reason or "stopped"
     except Exception as exc:  # a fault at start-up, or one the tasks' supervision did not cover
         LOG.exception("unrecoverable fault")

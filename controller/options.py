@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import configparser
 
-from controller.eventloop import EVENT_LOOPS
 from dfflow import __version__
 from dfflow.errors import ValidationError
 from dfflow.models import ACTIVATION_STRATEGIES, DATAPATH_TYPES, TUNNEL_TYPES
@@ -54,8 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="serve Prometheus metrics on this TCP port (0: any free port, shown in status as "
                              "metrics_url); off by default")
     parser.add_argument("--metrics-listen", default=None, help="address for --metrics-port (default 127.0.0.1)")
-    parser.add_argument("--event-loop", default=None,
-                        help=f"one of {', '.join(EVENT_LOOPS)} (default uvloop: the loop's own work done in C)")
     args = parser.parse_args(argv)
     if args.config:
         cfg = configparser.ConfigParser()
@@ -79,7 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tunnel_type = _choice(parser, "--tunnel-type", args.tunnel_type or "geneve", TUNNEL_TYPES)
     args.log_level = _choice(parser, "--log-level", args.log_level or "INFO", LOG_LEVELS, fold=True)
     args.strategy = _choice(parser, "--strategy", args.strategy or "announce", STRATEGIES)
-    args.event_loop = _choice(parser, "--event-loop", args.event_loop or "uvloop", EVENT_LOOPS)
     if args.metrics_port is not None:
         port = str(args.metrics_port)
         if not port.isdigit() or int(port) > 65535:

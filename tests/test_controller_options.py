@@ -27,20 +27,3 @@ def test_an_unknown_datapath_type_is_refused_naming_the_option(tmp_path, capsys)
     with pytest.raises(SystemExit):
         parse_args(REQUIRED + ["--config", str(cfg)])
     assert "--datapath-type" in capsys.readouterr().err
-
-
-def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for_and_a_third_is_refused(capsys):
-    from controller import eventloop
-
-    assert parse_args(REQUIRED).event_loop == "uvloop"
-    assert parse_args(REQUIRED + ["--event-loop", "asyncio"]).event_loop == "asyncio"
-    with pytest.raises(SystemExit):
-        parse_args(REQUIRED + ["--event-loop", "trio"])
-    assert "--event-loop" in capsys.readouterr().err
-
-    async def loop_module() -> str:
-        import asyncio
-        return type(asyncio.get_running_loop()).__module__
-
-    assert eventloop.run(loop_module(), "uvloop").startswith("uvloop")
-    assert eventloop.run(loop_module(), "asyncio").startswith("asyncio")
