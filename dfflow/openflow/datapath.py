@@ -579,8 +579,12 @@ class Datapath(asyncio.Protocol):
         bxid = self.xids.alloc()
         fut = self._expect(bxid, self.ofproto.OFPT_BARRIER_REQUEST, bare=True)
         try:
-            self._write(buf)
-            self._write(self._barrier_bytes(bxid))
+            # One write (one send(2), one wake-up of the switch) for the messages and their barrier.
+            if isinstance(buf, bytearray):
+                buf += self._barrier_bytes(bxid)
+                self._write(buf)
+            else:
+                self._write(b"".join((buf, self._barrier_bytes(bxid))))
             await self._wait(bxid, fut, timeout, "BARRIER_REQUEST")
         finally:
             self._pending.pop(bxid, None)
