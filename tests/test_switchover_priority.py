@@ -1,5 +1,6 @@
 """The emulated resume's helper (dfflow/sandbox/switchover.py --many) runs at real-time priority only
-where the switchover needs it: waiting for the next line (so `go` is taken at once) and the resume.
+where the switchover needs it: waiting for the next line (so `go` is taken at once) and the resume;
+the VMs' routes and gratuitous ARPs after it run at normal priority, beside the resumed VMs' first replies.
 Preparing each VM -- pyroute2, its ARP cache, its sockets -- runs at normal priority: at real-time
 it took the CPU from every chassis' userspace datapath while an evacuation's plugs ran. A VM's gateway, when
 it has one, is the last word of its `prepare` line."""
@@ -46,7 +47,7 @@ def test_many_prepares_each_vm_at_normal_priority_and_waits_for_go_and_resumes_a
         switchover.many()
     assert events == ["normal", "prepare V1", "real-time", "normal", "prepare V2", "real-time",
                       "normal", "prepare V3", "real-time",
-                      "resume V1", "resume V2", "resume V3", "route V1", "route V2", "route V3"]
+                      "resume V1", "resume V2", "resume V3", "normal", "route V1", "route V2", "route V3"]
     assert [args[-1] for args in made] == ["10.1.0.1", None, "10.1.0.1"]  # the gateway, when there is one
     printed = out.getvalue().splitlines()
     assert printed[:4] == ["started", "ready V1", "ready V2", "ready V3"]
