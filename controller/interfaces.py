@@ -1,6 +1,8 @@
 """Interface updates folded into what the controller acts on: this chassis' VIFs and tunnel ofports."""
 from __future__ import annotations
 
+import asyncio
+
 from controller.view import Vif
 from dfflow.ovsdb.monitor import IfaceUpdate
 
@@ -53,3 +55,21 @@ def is_tunnel_row(row: IfaceUpdate | None) -> bool:
 
 def is_vif_row(row: IfaceUpdate | None) -> bool:
     return row is not None and bool(row.iface_id) and row.peer is None
+
+
+class PendingVifs(set):
+    """iface-ids of VIFs plugged here whose NB port has not been found yet; `wait` returns once
+    there is one (idle chassis, nearly all of them, sleep until a VIF waits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._some = asyncio.Event()
+
+    def add(self, port_id: str) -> None:
+        super().add(port_id)
+        self._some.set()
+
+    async def wait(self) -> None:
+        if not self:
+            self._some.clear()
+            await self._some.wait()

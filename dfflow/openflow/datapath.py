@@ -1,6 +1,6 @@
 """One OpenFlow connection (one switch): handshake, framing, keepalive, requests by xid, bundles.
 
-One class of ~650 lines: the connection's state (pending xids, error sinks, the
+One class of ~700 lines: the connection's state (pending xids, error sinks, the
 transport) is shared by every method, and splitting it would scatter the
 invariants that keep replies and errors attributed to the right call.
 """
