@@ -11,7 +11,6 @@ one atomic bundle.
 """
 from __future__ import annotations
 
-import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -107,9 +106,6 @@ def flows_of_rows(rows: np.ndarray) -> list[Flow]:
 PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
 FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
 PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
-TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
-_TRANSITION = struct.Struct(f"<{len(core.TRANSITION_FIELDS)}Q")  # one record of TRANSITION_DTYPE
-NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
 # The compiled core numbers params, facts and repetitions itself: it must be the numbering of the templates.
 core.require_agreement("port-template params", {p.name: p.value for p in Param},
@@ -283,27 +279,28 @@ class PortTable:
             self.ports[row]["pair_start"] = pstart
 
 
-def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
-    """A PortRole as the (kind, gated, ofport, tunnel, copy_tunnel) of a transition record."""
-    if role is None:
-        return (NONE, 0, 0, 0, 0)
-    return (LOCAL if role.local else REMOTE, int(role.gated), role.ofport, role.tunnel, role.copy_tunnel)
-
-
 PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
 
 
+class ChangeRows(tuple):
+    """(deletes, adds) of a change, and `key_conflicts`: how many adds have the flow key of an
+    earlier, different add (a switch would keep the later; the engine flags it)."""
+    key_conflicts: int
+
+    def __new__(cls, dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> "ChangeRows":
+        made = tuple.__new__(cls, (dels, adds))
+        made.key_conflicts = key_conflicts
+        return made
+
+
 def compile_port_changes(program: core.CompiledProgram, table: PortTable,
-                         changes: Sequence[PortChange]) -> tuple[np.ndarray, np.ndarray]:
+                         changes: Sequence[PortChange]) -> ChangeRows:
     """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
-    ones, in one call of the compiled core (the rows of each change in the order given).
+    ones, in one call of the compiled core (the rows of each change in the order given; an add
+    two templates make alike once).
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    transitions = np.frombuffer(b"".join([_TRANSITION.pack(row, 0, *role_fields(old), *role_fields(new))
-                                          for row, old, new in changes]), TRANSITION_DTYPE)
-    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
-                                                pairs=table.pairs)
-    return dels, distinct_rows(adds)
+    return ChangeRows(*core.compile_changes(program, table.ports, table.ips, table.fips, table.pairs, changes))
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
@@ -317,7 +314,7 @@ FactsChange = tuple[str, PortFacts, PortRole, PortRole]  # (port id, its new fac
 
 
 def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
-                          changes: Sequence[FactsChange]) -> tuple[np.ndarray, np.ndarray]:
+                          changes: Sequence[FactsChange]) -> ChangeRows:
     """(deletes, adds) that take ports' flows from their old roles over their facts in `table` to
     their new roles over new facts (their IPs, floating IPs or routers changed), in two calls of
     the compiled core for them all; `table` then holds the new facts (the old ones if it fails).
@@ -330,12 +327,12 @@ def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
     try:
         for port_id, facts, _, _ in changes:
             table.set(port_id, facts)
-        after = role_rows(program, table, [(row, new) for row, (_, _, _, new) in zip(rows, changes)])
+        after = compile_port_changes(program, table, [(row, None, new) for row, (*_, new) in zip(rows, changes)])
     except Exception:
         for port_id, facts in old_facts.items():
             table.set(port_id, facts)
         raise
-    return diff_rows(before, after)
+    return ChangeRows(*diff_rows(before, after[1]), after.key_conflicts)
 
 
 def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

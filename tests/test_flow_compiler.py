@@ -194,6 +194,19 @@ def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_r
     assert flows_of(adds)
 
 
+def test_adds_that_share_a_key_but_differ_are_counted_and_identical_ones_are_made_once():
+    one_mac = [PortFacts(7, 101, 0xFA163E000001), PortFacts(8, 101, 0xFA163E000001)]
+    table = table_of(*one_mac)
+    made = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10)),
+                                                           (1, None, PortRole(False, tunnel=11))])
+    assert made.key_conflicts == 1  # the two ports' L2 lookups: one key, two outputs
+    assert sorted(f.actions[-1].port for f in flows_of(made[1]) if f.table == 50) == [10, 11]
+    # the same port's change twice: every add once, and no conflict
+    twice = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10))] * 2)
+    alone = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10))])
+    assert twice.key_conflicts == 0 and twice[1].tobytes() == alone[1].tobytes()
+
+
 def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
     facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
                       (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
@@ -204,19 +217,15 @@ def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"port": 5}, "port index 5 is not in the port table"),
-    ({"group": 3}, "group 3"),
-    ({"old_kind": 7}, "role kind 7"),
+    ((5, None, PortRole(True, ofport=5)), "change 0: port index 5 is not in the port table"),
+    ((-1, None, PortRole(True, ofport=5)), "change 0: port row -1"),
+    ((0, None, PortRole(True, ofport=-5)), "change 0: new role"),
+    ((0, "local", PortRole(True, ofport=5)), "change 0: old role 'local'"),
 ])
-def test_bad_transitions_raise_naming_the_field(change, message):
+def test_bad_changes_raise_naming_the_field(change, message):
     table = table_of(PortFacts(7, 101, 0xFA163E000001))
-    transition = np.zeros(1, compiler.TRANSITION_DTYPE)
-    transition["new_kind"] = compiler.LOCAL
-    transition["new_ofport"] = 5
-    for name, value in change.items():
-        transition[name] = value
     with pytest.raises(ValueError, match=message):
-        core.compile_transitions(ALL_APPS, table.ports, table.ips, table.fips, transition, 2)
+        compiler.compile_port_changes(ALL_APPS, table, [change])
 
 
 def test_a_port_whose_addresses_run_past_the_column_is_refused():
