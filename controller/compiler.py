@@ -41,47 +41,55 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
     order, numbered from a block of the channel's xids."""
     if not messages:
         return b""
-    xid = dp.xids.alloc(sum(len(m) if isinstance(m, FlowBatch) else 1 for m in messages))
-    out = bytearray()
-    run: list[Flow] = []
-
-    def flush() -> None:
-        nonlocal xid
-        if run:
-            out.extend(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
-            xid += len(run)
-            run.clear()
-
-    def serialize(flow: Flow) -> None:
-        nonlocal xid
-        message = flow.to_osken(dp, xid)
-        message.serialize()
-        out.extend(message.buf)
-        xid += 1
-
+    xid = dp.xids.alloc(sum([len(m) if isinstance(m, FlowBatch) else 1 for m in messages]))
+    parts: list[bytes] = []
+    run: list[Flow] = []  # packable flows in a row, packed as one batch
     for item in messages:
         if isinstance(item, FlowBatch):
-            flush()
-            start = 0
-            for i in core.rows_with_action(item, OP_PARAMS):
-                if i > start:
-                    out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:i]), xid))
-                    xid += i - start
-                serialize(_carried_flow(item.rows[i]))
-                start = i + 1
-            if start == 0:
-                out.extend(core.pack_flow_mods(item, xid))
+            xid = _pack_run(run, xid, parts)
+            carried = core.rows_with_action(item, OP_PARAMS)
+            if carried:
+                xid = _pack_carrying(dp, item, carried, xid, parts)
+            else:
+                parts.append(core.pack_flow_mods(item, xid))
                 xid += len(item)
-            elif start < len(item):
-                out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:]), xid))
-                xid += len(item) - start
         elif packable(item):
             run.append(item)
         else:
-            flush()
-            serialize(item)
-    flush()
-    return bytes(out)
+            xid = _pack_run(run, xid, parts)
+            xid = _serialize(dp, item, xid, parts)
+    _pack_run(run, xid, parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pack_run(run: list[Flow], xid: int, parts: list[bytes]) -> int:
+    if run:
+        parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
+        xid += len(run)
+        run.clear()
+    return xid
+
+
+def _pack_carrying(dp: Any, batch: FlowBatch, carried: list[int], xid: int, parts: list[bytes]) -> int:
+    """A batch some of whose rows carry a template's params (os-ken serializes those), in order."""
+    start = 0
+    for i in carried:
+        if i > start:
+            parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:i]), xid))
+            xid += i - start
+        xid = _serialize(dp, _carried_flow(batch.rows[i]), xid, parts)
+        start = i + 1
+    if start < len(batch):
+        parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:]), xid))
+        xid += len(batch) - start
+    return xid
+
+
+def _serialize(dp: Any, flow: Flow, xid: int, parts: list[bytes]) -> int:
+    message = flow.to_osken(dp, xid)
+    message.serialize()
+    parts.append(bytes(message.buf))
+    return xid + 1
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -188,6 +196,11 @@ class PortTable:
         self._free: list[int] = []
         self._n = 0
         self._live_ips = self._live_fips = self._live_pairs = 0  # of current facts (the rest is stale)
+        self.columns = self._held()
+
+    def _held(self) -> core.PortColumns:
+        """The columns as the compiled core reads them (held anew whenever one is replaced)."""
+        return core.PortColumns(self.ports, self.ips, self.fips, self.pairs)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -243,6 +256,7 @@ class PortTable:
     def _grow_row(self) -> int:
         if self._n == len(self.ports):
             self.ports = np.concatenate([self.ports, np.zeros(len(self.ports), PORT_DTYPE)])
+            self.columns = self._held()
         self._n += 1
         return self._n - 1
 
@@ -258,6 +272,7 @@ class PortTable:
                 self.fips = np.concatenate([self.fips, np.zeros(max(len(self.fips), n_fips), FIP_DTYPE)])
             if self.n_pairs + n_pairs > len(self.pairs):
                 self.pairs = np.concatenate([self.pairs, np.zeros(max(len(self.pairs), n_pairs), PAIR_DTYPE)])
+            self.columns = self._held()
 
     def _compact(self) -> None:
         facts, self.n_ips, self.n_fips, self.n_pairs = dict(self.facts), 0, 0, 0
@@ -300,7 +315,7 @@ def compile_port_changes(program: core.CompiledProgram, table: PortTable,
     two templates make alike once).
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    return ChangeRows(*core.compile_changes(program, table.ports, table.ips, table.fips, table.pairs, changes))
+    return ChangeRows(*core.compile_changes(program, table.columns, changes))
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:

@@ -18,6 +18,7 @@ from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 
 from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld16, ld64, store64
 
@@ -517,8 +518,7 @@ cdef Py_ssize_t _distinct_adds(const LayoutC *L, unsigned char *rows, Py_ssize_t
     return kept
 
 
-_U64 = None  # numpy's little-endian uint64, once numpy is imported
-_np_empty = None
+_np_frombuffer = None  # numpy's, once numpy is imported
 
 
 class NotCompilable(ValueError):
@@ -568,24 +568,47 @@ cdef int _role_of(object role, RoleC *r, Py_ssize_t t, str side) except -1:
     return 0
 
 
-def compile_changes(CompiledProgram program, ports, ips, fips, pairs, changes):
+cdef class PortColumns:
+    """A port table's columns, held for compile_changes (checked once, not per call): ports
+    (records of PORT_FIELDS), ips (uint64 IPv4s: ports[i] owns ips[ip_start:ip_start+ip_count]),
+    fips (records of FIP_FIELDS) and pairs (records of PAIR_FIELDS), each C-contiguous. Their
+    contents may change in place; an owner that replaces an array holds the new ones anew."""
+    cdef _Buf bp, bi, bf, bpair
+    cdef ColumnsC c
+
+    def __init__(self, ports, ips, fips, pairs):
+        if getattr(ips, "dtype", None) != "<u8":
+            raise TypeError(f"ips: expected a C-contiguous array of uint64, got {getattr(ips, 'dtype', type(ips).__name__)}")
+        self.bp = _buf(ports, sizeof(PortC), "ports")
+        self.bi = _buf(ips, 8, "ips")
+        self.bf = _buf(fips, sizeof(FipC), "fips")
+        self.bpair = _buf(pairs, sizeof(PairC), "pairs")
+        self.c.ports = <const PortC *>self.bp.view.buf
+        self.c.nports = self.bp.view.len // sizeof(PortC)
+        self.c.ips = <const uint64_t *>self.bi.view.buf
+        self.c.nips = self.bi.view.len // 8
+        self.c.fips = <const FipC *>self.bf.view.buf
+        self.c.nfips = self.bf.view.len // sizeof(FipC)
+        self.c.pairs = <const PairC *>self.bpair.view.buf
+        self.c.npairs = self.bpair.view.len // sizeof(PairC)
+
+
+def compile_changes(CompiledProgram program, PortColumns columns, changes):
     """The flows that change when ports go from their old to their new role on a chassis.
 
-    ports: records of PORT_FIELDS; ips: uint64 IPv4s (ports[i] owns ips[ip_start:ip_start+ip_count]);
-    fips: records of FIP_FIELDS; pairs: records of PAIR_FIELDS; changes: a sequence of
-    (port row, old role, new role), a role None or an object with local, gated, ofport, tunnel
-    and copy_tunnel (controller.templates.PortRole).
+    columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
+    None or an object with local, gated, ofport, tunnel and copy_tunnel
+    (controller.templates.PortRole).
     Returns (deletes, adds, key_conflicts): two arrays of the program's flow records (deletes as
     DELETE_STRICT; each add once), and how many adds have the flow key of an earlier, different add
     (the switch would keep the later: the caller flags it). Raises ValueError naming the field
     for bad columns or changes.
     """
-    global _U64, _np_empty
-    if _U64 is None:
+    global _np_frombuffer
+    if _np_frombuffer is None:
         import numpy as np
-        _U64 = np.dtype("<u8")
-        _np_empty = np.empty
-    cdef ColumnsC C
+        _np_frombuffer = np.frombuffer
+    cdef const ColumnsC *C = &columns.c
     cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt = len(changes), total_old = 0, total_new = 0
     cdef Py_ssize_t max_old = 0, max_new = 0, k, nslots = 2
     cdef CompileOut o
@@ -593,26 +616,11 @@ def compile_changes(CompiledProgram program, ports, ips, fips, pairs, changes):
     cdef int32_t *ent_old
     cdef int32_t *ent_new
     cdef int32_t *slots
-    cdef _Buf brows
+    cdef bytearray out
     cdef TransitionC one
     cdef TransitionC *T = &one
     cdef const EntryC *E = program.entries
     cdef const unsigned char *protos = <const unsigned char *>program.view.buf
-    if getattr(ips, "dtype", None) != _U64:
-        import numpy as np
-        ips = np.ascontiguousarray(ips, dtype=_U64)
-    cdef _Buf bp = _buf(ports, sizeof(PortC), "ports")
-    cdef _Buf bi = _buf(ips, 8, "ips")
-    cdef _Buf bf = _buf(fips, sizeof(FipC), "fips")
-    cdef _Buf bpair = _buf(pairs, sizeof(PairC), "pairs")
-    C.ports = <const PortC *>bp.view.buf
-    C.nports = bp.view.len // sizeof(PortC)
-    C.ips = <const uint64_t *>bi.view.buf
-    C.nips = bi.view.len // 8
-    C.fips = <const FipC *>bf.view.buf
-    C.nfips = bf.view.len // sizeof(FipC)
-    C.pairs = <const PairC *>bpair.view.buf
-    C.npairs = bpair.view.len // sizeof(PairC)
     if nt > 1:
         T = <TransitionC *>malloc(nt * sizeof(TransitionC))
         if T == NULL:
@@ -629,24 +637,24 @@ def compile_changes(CompiledProgram program, ports, ips, fips, pairs, changes):
             _role_of(new, &T[t].new, t, "new")
         o.code = C_OK
         o.ndel = o.nadd = o.key_conflicts = 0
-        if _check_transitions(&C, T, nt, &o) < 0:
+        if _check_transitions(C, T, nt, &o) < 0:
             raise _compile_error(program, &o)
         with nogil:
             for t in range(nt):
                 if _same_role(&T[t].old, &T[t].new):
                     continue
-                k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].old,
+                k = _instances(E, program.n, protos, itemsize, C, &C.ports[T[t].port], &T[t].old,
                                _only_location(&T[t]), NULL, NULL)
                 total_old += k
                 if k > max_old:
                     max_old = k
-                k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].new,
+                k = _instances(E, program.n, protos, itemsize, C, &C.ports[T[t].port], &T[t].new,
                                _only_location(&T[t]), NULL, NULL)
                 total_new += k
                 if k > max_new:
                     max_new = k
-        # the deletes, then room for the adds, in one array (every byte of a used row is written)
-        rows = _np_empty(total_old + total_new, program.layout.dtype)
+        # the deletes, then room for the adds, in one buffer (every byte of a used row is written)
+        out = PyByteArray_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
         while nslots <= total_new:
             nslots *= 2
         scratch = <unsigned char *>malloc((max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4)
@@ -655,13 +663,10 @@ def compile_changes(CompiledProgram program, ports, ips, fips, pairs, changes):
         ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
         ent_new = ent_old + max_old + 1
         slots = ent_new + max_new + 1
-        brows = _Buf.__new__(_Buf)
-        PyObject_GetBuffer(rows, &brows.view, PyBUF_SIMPLE)
-        brows.held = True
-        o.dels = <unsigned char *>brows.view.buf
+        o.dels = <unsigned char *>PyByteArray_AS_STRING(out)
         o.adds = o.dels + total_old * itemsize
         with nogil:
-            rc = _compile(&program.layout.c, E, program.n, protos, &C, T, nt, scratch, ent_old, ent_new, &o)
+            rc = _compile(&program.layout.c, E, program.n, protos, C, T, nt, scratch, ent_old, ent_new, &o)
             if rc == 0 and o.nadd > 1:
                 memset(slots, 0, nslots * 4)
                 o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)
@@ -671,6 +676,7 @@ def compile_changes(CompiledProgram program, ports, ips, fips, pairs, changes):
             free(T)
     if rc < 0:
         raise _compile_error(program, &o)
+    rows = _np_frombuffer(out, program.layout.dtype)
     return rows[:o.ndel], rows[total_old:total_old + o.nadd], o.key_conflicts
 
 

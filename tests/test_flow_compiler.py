@@ -228,6 +228,27 @@ def test_bad_changes_raise_naming_the_field(change, message):
         compiler.compile_port_changes(ALL_APPS, table, [change])
 
 
+def test_columns_that_are_not_the_records_the_core_reads_are_refused_naming_them():
+    table = table_of(PortFacts(7, 101, 0xFA163E000001))
+    with pytest.raises(TypeError, match="ips"):
+        core.PortColumns(table.ports, table.ips.astype(np.float64), table.fips, table.pairs)
+    with pytest.raises(TypeError, match="fips"):
+        core.PortColumns(table.ports, table.ips, table.ips, table.pairs)
+
+
+def test_a_port_table_that_grew_is_compiled_from_its_new_columns():
+    table = compiler.PortTable(capacity=1)
+    facts = [PortFacts(i + 1, 101, 0xFA163E000001 + i, ipv4s=(0x0A000001 + i, 0x0A000101 + i),
+                       fips=(FloatingIpFacts(0xC0000201 + i, 0xFA163EBB0001, 0x0A000001 + i, 200, 0xFA163EAA0001),))
+             for i in range(9)]
+    for i, f in enumerate(facts):
+        table.set(f"p{i}", f)
+    role = PortRole(True, ofport=5)
+    for i, f in enumerate(facts):
+        _, adds = compiler.compile_port_changes(ALL_APPS, table, [(table.index[f"p{i}"], None, role)])
+        assert sorted(map(repr, flows_of(adds))) == sorted(repr(fl) for prog in PROGRAMS for fl in prog.flows(f, role))
+
+
 def test_a_port_whose_addresses_run_past_the_column_is_refused():
     table = table_of(PortFacts(7, 101, 0xFA163E000001, ipv4s=(1, 2)))
     table.ports[0]["ip_count"] = 99
