@@ -14,7 +14,7 @@ _compile) inlines this unit's role, key and delete helpers; split across extensi
 would become calls through function pointers in the loops `dfflow-bench compile` measures.
 The parsers are the small rest.
 """
-from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
@@ -146,6 +146,8 @@ cdef enum:
     EACH_PER_FIP = 2
     EACH_PER_PAIR_HOST = 3
     EACH_PER_PAIR_NET = 4
+    FACTS_KEYS = F_ROUTED << 1           # every combination of the facts bits
+    SELECTION_KEYS = 2 * FACTS_KEYS      # ... with only_location or not
 
 PARAM_NAMES = ("OBJECT", "VNI", "MAC", "OFPORT", "TUNNEL", "COPY_TUNNEL", "IP", "FIP", "FIP_MAC", "FIXED_IP",
                "EXT_VNI", "ROUTER_MAC", "COOKIE", "PAIR_MAC", "PAIR_IP", "PAIR_MASK")
@@ -214,11 +216,14 @@ cdef class CompiledProgram:
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
+    # per (facts, only_location) key: how many entries apply, then their indices (SELECTION_KEYS lists)
+    cdef int16_t *selection
     cdef readonly int n
     cdef readonly tuple names
 
     def __cinit__(self):
         self.entries = NULL
+        self.selection = NULL
         self.held = False
 
     def __init__(self, FlowLayout layout, protos, entries):
@@ -231,6 +236,8 @@ cdef class CompiledProgram:
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.n = len(entries)
+        if self.n > 0x7FFF:
+            raise ValueError(f"entries: {self.n}, at most {0x7FFF}")
         self.entries = <EntryC *>malloc(max(1, self.n) * sizeof(EntryC))
         if self.entries == NULL:
             raise MemoryError()
@@ -256,11 +263,15 @@ cdef class CompiledProgram:
                 self.entries[i].patch_off[k] = offset
                 self.entries[i].patch_param[k] = param
         self.names = tuple(names)
+        self.selection = _selection(self.entries, self.n)
+        if self.selection == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
         free(self.entries)
+        free(self.selection)
 
     def __repr__(self):
         return f"CompiledProgram({self.n} entries)"
@@ -292,7 +303,31 @@ cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
     return f
 
 
-cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned char *protos,
+cdef int16_t *_selection(const EntryC *entries, int nentries) noexcept nogil:
+    """For every (facts, only_location) key, the entries that apply: their number, then their
+    indices in order (so the per-transition loops visit only those)."""
+    cdef int16_t *selection = <int16_t *>malloc(SELECTION_KEYS * (nentries + 1) * sizeof(int16_t))
+    cdef int16_t *sel
+    cdef uint32_t key, facts
+    cdef bint only_location
+    cdef int e
+    if selection == NULL:
+        return NULL
+    for key in range(SELECTION_KEYS):
+        facts = key & (FACTS_KEYS - 1)
+        only_location = key >= FACTS_KEYS
+        sel = selection + key * (nentries + 1)
+        sel[0] = 0
+        for e in range(nentries):
+            if entries[e].when & ~facts or (only_location and not entries[e].uses_location):
+                continue
+            sel[0] += 1
+            sel[sel[0]] = <int16_t>e
+    return selection
+
+
+cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int nentries,
+                           const unsigned char *protos,
                            Py_ssize_t itemsize, const ColumnsC *C, const PortC *p, const RoleC *r,
                            bint only_location, unsigned char *out, int32_t *entry_of) noexcept nogil:
     """The rows of port p in role r (only the location-dependent ones with only_location);
@@ -300,7 +335,8 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
     cdef uint32_t facts
     cdef uint64_t param[N_PARAMS_C]
     cdef Py_ssize_t count = 0, reps, j
-    cdef int e, k
+    cdef int e, k, i
+    cdef const int16_t *sel
     cdef const EntryC *E
     cdef const FipC *fip
     cdef const PairC *pair
@@ -318,12 +354,10 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
         param[P_IP] = 0
         param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
         param[P_PAIR_MAC] = param[P_PAIR_IP] = param[P_PAIR_MASK] = 0
-    for e in range(nentries):
+    sel = selection + (facts | (FACTS_KEYS if only_location else 0)) * (nentries + 1)
+    for i in range(sel[0]):
+        e = sel[1 + i]
         E = &entries[e]
-        if E.when & ~facts:
-            continue
-        if only_location and not E.uses_location:
-            continue
         if E.each == EACH_ONCE:
             reps = 1
         elif E.each == EACH_PER_IP:
@@ -418,7 +452,8 @@ cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t 
     return 0
 
 
-cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const unsigned char *protos,
+cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *selection, int nentries,
+                  const unsigned char *protos,
                   const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
                   unsigned char *scratch_old, int32_t *ent_old, int32_t *ent_new,
                   CompileOut *o) noexcept nogil:
@@ -438,8 +473,10 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const u
         p = &C.ports[tr.port]
         only_location = _only_location(tr)
         new_rows = o.adds + o.nadd * itemsize
-        nold = _instances(entries, nentries, protos, itemsize, C, p, &tr.old, only_location, scratch_old, ent_old)
-        nnew = _instances(entries, nentries, protos, itemsize, C, p, &tr.new, only_location, new_rows, ent_new)
+        nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
+                          scratch_old, ent_old)
+        nnew = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.new, only_location,
+                          new_rows, ent_new)
         for i in range(nold):
             a = scratch_old + i * itemsize
             found = False
@@ -578,7 +615,8 @@ cdef class PortColumns:
 
     def __init__(self, ports, ips, fips, pairs):
         if getattr(ips, "dtype", None) != "<u8":
-            raise TypeError(f"ips: expected a C-contiguous array of uint64, got {getattr(ips, 'dtype', type(ips).__name__)}")
+            raise TypeError(f"ips: expected a C-contiguous array of uint64, "
+                            f"got {getattr(ips, 'dtype', type(ips).__name__)}")
         self.bp = _buf(ports, sizeof(PortC), "ports")
         self.bi = _buf(ips, 8, "ips")
         self.bf = _buf(fips, sizeof(FipC), "fips")
@@ -643,13 +681,13 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
             for t in range(nt):
                 if _same_role(&T[t].old, &T[t].new):
                     continue
-                k = _instances(E, program.n, protos, itemsize, C, &C.ports[T[t].port], &T[t].old,
-                               _only_location(&T[t]), NULL, NULL)
+                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                               &T[t].old, _only_location(&T[t]), NULL, NULL)
                 total_old += k
                 if k > max_old:
                     max_old = k
-                k = _instances(E, program.n, protos, itemsize, C, &C.ports[T[t].port], &T[t].new,
-                               _only_location(&T[t]), NULL, NULL)
+                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                               &T[t].new, _only_location(&T[t]), NULL, NULL)
                 total_new += k
                 if k > max_new:
                     max_new = k
@@ -666,7 +704,8 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
         o.dels = <unsigned char *>PyByteArray_AS_STRING(out)
         o.adds = o.dels + total_old * itemsize
         with nogil:
-            rc = _compile(&program.layout.c, E, program.n, protos, C, T, nt, scratch, ent_old, ent_new, &o)
+            rc = _compile(&program.layout.c, E, program.selection, program.n, protos, C, T, nt, scratch,
+                          ent_old, ent_new, &o)
             if rc == 0 and o.nadd > 1:
                 memset(slots, 0, nslots * 4)
                 o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)
