@@ -7,7 +7,7 @@ once per floating IP, or once per allowed address pair (single addresses and
 prefixes apart) of the port (`each`). Values that vary from port to port --
 match values and masks, action values -- are `Param`s. Two interpreters run the same program:
 
-* `dfflow._core.compile_transitions` over a `dfflow._core.CompiledProgram` (built by
+* `dfflow._core.compile_changes` over a `dfflow._core.CompiledProgram` (built by
   `controller.compiler.compile_program`): the controller's only interpreter of port
   programs, and the bulk compiler, over typed port columns, with no Python object per flow;
 * `PortProgram.flows` (here, Python): the oracle the tests hold the compiled core to
@@ -260,7 +260,7 @@ class PortProgram:
         self.entries = tuple(entries)
 
     def flows(self, port: PortFacts, role: PortRole | None) -> list[Flow]:
-        """The Python interpreter of the program (the compiled one is dfflow._core.compile_transitions)."""
+        """The Python interpreter of the program (the compiled one is dfflow._core.compile_changes)."""
         if role is None:
             return []
         facts = role.facts(port)

@@ -335,9 +335,11 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 
     def round_() -> None:
         cloud.migrate(moves)  # compile_port_changes, flow_mods and the bundle framing, on 10 chassis
-        for bad in (None, PortRole(True, ofport=5, gated=True)):
-            try:  # the error paths too
-                compiler.compile_port_changes(PER_APP[1], table, [(99 if bad is None else 0, None, bad)])
+        good = (0, None, PortRole(True, ofport=5))
+        for bad in ([(99, None, PortRole(True, ofport=5, gated=True))],  # the error paths too
+                    [good, (0, None, PortRole(True, ofport=-1))], [good, good, (-1, None, None)]):
+            try:
+                compiler.compile_port_changes(PER_APP[1], table, bad)
             except ValueError:
                 pass
 
