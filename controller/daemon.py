@@ -31,18 +31,18 @@ from controller.apps.l3 import L3App
 from controller.apps.secgroups import ARRIVAL_WINDOW, SecurityGroupsApp
 from controller.engine import Engine
 from controller.flowstate import Plan
-from controller.migration import AppliedStamps
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
 from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
 from controller.interfaces import InterfaceTracker, is_tunnel_row, is_vif_row
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
+from controller.stamps import AppliedStamps
 from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
-from controller.supervise import OneShots, TaskSupervisor
-from controller.timing import event_timing, ovsdb_row_timing, timed
+from controller.supervise import TaskSupervisor
+from controller.timing import apply_entries, event_timing, ovsdb_row_timing, timed
 from dfflow.errors import Conflict, DfflowError, NotFound
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
@@ -95,8 +95,7 @@ class ControllerDaemon:
         self._peers_stale = False  # a chassis change came while tunnels could not follow it
         self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
         self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
-        self.stamps = AppliedStamps()
-        self.one_shots = OneShots()  # timeline stamps under way
+        self.stamps = AppliedStamps(chassis, self.migrator.timelines, self._record_error)
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self.gc_pauses = GcPauses()
@@ -223,7 +222,7 @@ class ControllerDaemon:
     async def stop(self) -> None:
         LOG.info("chassis %s stopping", self.chassis)
         await self.tasks.stop()
-        await self.one_shots.stop()
+        await self.stamps.stop()
         await self.migrator.one_shots.stop()
         if self.metrics is not None:
             await self.metrics.close()
@@ -486,21 +485,11 @@ class ControllerDaemon:
                     self.stats[self.sent_as] += 1
                     self.stats["coalesced_plans"] += len(batch) - 1
                     for p in batch:
-                        queued_ms = round((sending - p.timing["emitted"]) * 1e3, 3)
-                        # One entry per NB event the plan answers: a burst's flow mods are the first one's.
-                        for i, (cause, timing) in enumerate([(p.cause, p.timing), *p.batched]):
-                            self.apply_timings.append({
-                                **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items()
-                                   if k != "emitted"},
-                                "queued_ms": queued_ms, "bundle_ms": bundle_ms, "coalesced": len(batch),
-                                "burst": 1 + len(p.batched),
-                                "applied_at": round(applied, 6),  # absolute: the switch's commit/barrier reply
-                                "cause": cause, "stamps": [list(s) for s in p.stamps] if i == 0 else [],
-                                "flow_mods": p.n_flow_mods if i == 0 else 0,
-                                "compiled_flow_mods": sum(len(d) + len(a) for d, a in p.rows) if i == 0 else 0})
+                        for entry in apply_entries(p, sending, bundle_ms, applied, len(batch)):
+                            self.apply_timings.append(entry)  # one by one: the metrics observe appends
                         self.stats["flow_mods"] += p.n_flow_mods
                         for migration_id, state in p.stamps:
-                            self._spawn_stamp(migration_id, state, applied)
+                            self.stamps.stamp(migration_id, state, applied)
             except ConnectionLost:
                 self._need_reconcile.set()
             except OFChannelError:
@@ -532,16 +521,6 @@ class ControllerDaemon:
         before it commits."""
         await dp.send_bundle(compiler.flow_mods(dp, flows), pipelined=pipelined)
 
-    def _spawn_stamp(self, migration_id: str, state: str, when: float) -> None:
-        """Stamp the migration's timeline with when this chassis applied the step (not awaited by the
-        sender; its failure recorded)."""
-        async def stamp() -> None:
-            try:
-                await self.migrator.timelines.applied(migration_id, self.chassis, state, when)
-            except Exception:
-                self._record_error("timeline")
-        self.one_shots.start(stamp(), f"stamp {migration_id} {state}")
-
     def _drain_outbox(self) -> None:
         while not self._outbox.empty():
             self._outbox.get_nowait()
@@ -562,6 +541,9 @@ class ControllerDaemon:
             self._deletions_held, plan.deletes = True, []
         if plan:
             await self._send(dp, plan.messages(), pipelined=False)
+        applied = time.time()
+        for migration_id, state in self.stamps.in_place(self.engine.view):
+            self.stamps.stamp(migration_id, state, applied, first=True)
         self.stats["reconciles"] += 1
         LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added", (time.monotonic() - started) * 1e3,
                  unchanged, len(plan.deletes), plan.n_flow_mods - len(plan.deletes))

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from dfflow.models import LogicalPort, MigrationRecord
 from dfflow.nb.bindings import activate
@@ -82,27 +81,6 @@ def step3_arrived(port: LogicalPort) -> bool:
     """The binding moved to the destination since the migration started."""
     mig = port.migration
     return port.binding_chassis == mig.chassis and mig.bound != mig.chassis
-
-
-class AppliedStamps:
-    """Which step of its migration a port's moved flows stand for, to stamp on the migration's
-    timeline once a chassis applied them: the record's state (`bound` when step 3 moved it while
-    the record still says requested), and `bound` for the migration whose record is gone."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, str] = {}  # port id -> id of its last migration record seen moving
-
-    def of(self, moved: Iterable[str], port_of: Callable[[str], LogicalPort | None]) -> list[tuple[str, str]]:
-        stamps = []
-        for port_id in sorted(moved):
-            port = port_of(port_id)
-            mig = port.migration if port is not None else None
-            if mig is not None:
-                self._last[port_id] = mig.id
-                stamps.append((mig.id, "bound" if mig.state == "requested" and step3_arrived(port) else mig.state))
-            elif port_id in self._last:
-                stamps.append((self._last.pop(port_id), "bound"))
-        return stamps
 
 
 def nova_prepared(port: LogicalPort, dest: str) -> bool:

@@ -31,3 +31,20 @@ def timed(plan: Plan, timing: dict[str, float], cause: str) -> Plan:
         plan.timing.update(timing, compute_ms=(time.time() - received) * 1e3)
     plan.cause = plan.cause or cause
     return plan
+
+
+def apply_entries(plan: Plan, sending: float, bundle_ms: float, applied: float, coalesced: int
+                  ) -> list[dict[str, Any]]:
+    """What an applied plan records: one entry per NB event it answers (a burst's flow mods are the
+    first one's), with its queueing, its bundle's round trip and `applied`, the switch's reply (absolute)."""
+    queued_ms = round((sending - plan.timing["emitted"]) * 1e3, 3)
+    entries = []
+    for i, (cause, timing) in enumerate([(plan.cause, plan.timing), *plan.batched]):
+        entries.append({
+            **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items() if k != "emitted"},
+            "queued_ms": queued_ms, "bundle_ms": bundle_ms, "coalesced": coalesced, "burst": 1 + len(plan.batched),
+            "applied_at": round(applied, 6), "cause": cause,
+            "stamps": [list(s) for s in plan.stamps] if i == 0 else [],
+            "flow_mods": plan.n_flow_mods if i == 0 else 0,
+            "compiled_flow_mods": sum(len(d) + len(a) for d, a in plan.rows) if i == 0 else 0})
+    return entries

@@ -9,6 +9,16 @@ import pytest
 
 from dfflow.sandbox.ovsproc import OvsInstance, missing_binaries
 from dfflow.sandbox.redisproc import RedisServer
+from controller_fixtures import TEST_FAILED
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Mark a test whose set-up or body failed, for fixtures that must not hand on what it left."""
+    report = yield
+    if report.failed:
+        item.stash[TEST_FAILED] = True
+    return report
 
 
 @pytest.fixture

@@ -9,11 +9,15 @@ import time
 import contextlib
 from typing import Any, Awaitable, Callable, Iterator
 
+import pytest
+
 from dfflow.status import read_status
 from dfflow.sandbox.cloud import Cloud
 from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 from dfflow.nb.store import NbApi
 from sandbox_fixtures import _new_dir, _teardown, require_substrate
+
+TEST_FAILED = pytest.StashKey[bool]()  # set on a test's item when its set-up or body failed (conftest)
 
 
 class SyncCloud:

@@ -8,15 +8,17 @@ controllers' is lost. Probes every 5 ms from a third chassis measure the outage.
 The default run takes a representative case per kind of step; `pytest -m stress` runs the matrix."""
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from dfflow.sandbox import nova
 from dfflow.sandbox.probe import Echo, Sender, analyse
-from controller_fixtures import controller_status, dump_flows, migrate, pings, running_cloud, wait_until
+from controller_fixtures import TEST_FAILED, controller_status, dump_flows, migrate, pings, running_cloud, wait_until
 from controller.apps.l2 import L2App
 from dfflow.sandbox.topology import INT_BRIDGE
 from fault_kill import POINTS, ROLLBACKS, VICTIMS, Kill, converged, flow_audit, migrate_with_kill, wait_converged
@@ -38,22 +40,50 @@ MATRIX = [(strategy, point, victim) for strategy in ("announce", "unplug") for p
           for victim in VICTIMS if point != "activated" or strategy == "announce"]
 
 
-@pytest.fixture(scope="module")
-def cloud():
+def start_cloud(stack: contextlib.ExitStack):
     """M (migrating) on chassis-1; a peer on each chassis; M answers probes."""
-    with running_cloud(3) as c:
-        c.call("create_network", "net1", "10.3.0.0/24")
-        c.call("create_vm", "M", "chassis-1", "net1", M_IP)
-        for name, (host, ip) in PEERS.items():
-            c.call("create_vm", name, host, "net1", ip)
-        for name in PEERS:
-            wait_until(lambda: pings(c.sb, name, M_IP), 20, what=f"{name} -> M before migrating")
-        c.echo = Echo(c.sb, "M")
-        c.recoveries = []
-        yield c
-        c.echo.stop()
-        for line in c.recoveries:
-            print(line)
+    c = stack.enter_context(running_cloud(3))
+    c.call("create_network", "net1", "10.3.0.0/24")
+    c.call("create_vm", "M", "chassis-1", "net1", M_IP)
+    for name, (host, ip) in PEERS.items():
+        c.call("create_vm", name, host, "net1", ip)
+    for name in PEERS:
+        wait_until(lambda: pings(c.sb, name, M_IP), 20, what=f"{name} -> M before migrating")
+    c.echo = Echo(c.sb, "M")
+    stack.callback(c.echo.stop)
+    return c
+
+
+@pytest.fixture(scope="module")
+def clouds():
+    """The module's cloud, started again for the next test when a test failed in it: a migration a
+    failure left half done must not fail every later case too."""
+    recoveries: list[str] = []
+    stack = contextlib.ExitStack()
+    current: list = []
+
+    def get():
+        if not current:
+            current.append(start_cloud(stack))
+            current[0].recoveries = recoveries
+        return current[0]
+
+    def discard():
+        stack.close()
+        current.clear()
+
+    get.discard = discard
+    yield get
+    stack.close()
+    for line in recoveries:
+        print(line)
+
+
+@pytest.fixture
+def cloud(clouds, request):
+    yield clouds()
+    if request.node.stash.get(TEST_FAILED, False):
+        clouds.discard()
 
 
 def where(cloud) -> str:
@@ -232,3 +262,52 @@ def test_a_restarted_destination_activates_a_vm_that_announced_itself_while_it_w
     wait_converged(cloud, port_id, dest)
     cloud.recoveries.append(f"ANNOUNCED WHILE AWAY: the restarted destination activated M {activated - announced:.2f} s "
                             f"after its announcement (its controller was released at once)")
+
+
+def test_a_restarted_destination_stamps_the_pre_programming_it_finds_in_place(cloud, monkeypatch):
+    """`announce`: a destination's controller killed between its pre-programming bundle's commit and
+    its timeline stamp (here: the stamp deleted, then the kill) leaves the flows in OVS and no stamp.
+    Its successor sends nothing for them, yet stamps the step -- which Nova's side waits for before
+    the memory copy -- once its reconcile found them in place."""
+    sb = cloud.sb
+    monkeypatch.setattr(nova, "READY_TIMEOUT", NOVA_WAIT)
+    dest = next(h for h in HOSTS if h != where(cloud))
+    port_id = sb.vm("M").vifs[0].port_id
+    kill = Kill(sb, dest)
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["timeline"] = migrate(cloud, "M", dest, strategy="announce", memory_copy=8.0)
+        except BaseException as exc:
+            done["error"] = exc
+
+    def stamp(field: str) -> Any:
+        async def get(nb: Any) -> Any:
+            port = await nb.get("lport", port_id)
+            if port.migration is None:
+                return None
+            return port.migration.id, await nb.redis.hget(nb.keys.migration(port.migration.id), field)
+        return cloud.with_nb(get)
+
+    def drop_stamp(field: str) -> None:
+        async def hdel(nb: Any) -> int:
+            return await nb.redis.hdel(nb.keys.migration((await nb.get("lport", port_id)).migration.id), field)
+        assert cloud.with_nb(hdel) == 1
+
+    field = f"applied:{dest}:requested"
+    migration = threading.Thread(target=run, daemon=True)
+    migration.start()
+    try:
+        wait_until(lambda: (s := stamp(field)) and s[1], 30, what=f"{dest} stamping M's pre-programming")
+        migration_id = stamp(field)[0]
+        drop_stamp(field)
+        kill()
+        kill.wait_back()
+        wait_until(lambda: (s := stamp(field)) and s[1], 10, what=f"{dest}'s successor stamping the step")
+        again = stamp(field)
+        assert again[0] == migration_id and float(again[1]) > kill.at, again
+    finally:
+        migration.join(90)
+    assert "error" not in done, done.get("error")
+    wait_converged(cloud, port_id, dest)

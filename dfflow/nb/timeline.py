@@ -46,9 +46,11 @@ class Timelines:
             pipe.zremrangebyrank(self._index, 0, -MAX_KEPT - 1)
             await pipe.execute()
 
-    async def applied(self, migration_id: str, chassis: str, state: str, when: float) -> None:
-        """Chassis `chassis` applied its flows for `state` of the migration at `when`."""
-        await self.redis.hset(self._key(migration_id), f"applied:{chassis}:{state}", repr(when))
+    async def applied(self, migration_id: str, chassis: str, state: str, when: float, first: bool = False) -> None:
+        """Chassis `chassis` applied its flows for `state` of the migration at `when` (`first`: unless
+        a stamp of that step is there already)."""
+        write = self.redis.hsetnx if first else self.redis.hset
+        await write(self._key(migration_id), f"applied:{chassis}:{state}", repr(when))
 
     async def get(self, migration_id: str) -> dict[str, Any] | None:
         raw = await self.redis.hgetall(self._key(migration_id))
