@@ -11,6 +11,7 @@ one atomic bundle.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -358,12 +359,12 @@ def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.nda
     if not len(before) and not len(after):
         return before, after
     if not len(before) or not len(after):  # all of one or the other: nothing to compare
-        dels, adds = before.copy(), after
+        dels, adds = _padding_zeroed(before.copy()), after
     else:
         kept_keys = set(_records(_keys(after)))
         unchanged = set(_records(before))
-        dels = before[[key not in kept_keys for key in _records(_keys(before))]]
-        adds = after[[row not in unchanged for row in _records(after)]]
+        dels = _padding_zeroed(before[[key not in kept_keys for key in _records(_keys(before))]])
+        adds = _padding_zeroed(after[[row not in unchanged for row in _records(after)]])
     adds = distinct_rows(adds)
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
@@ -379,7 +380,7 @@ def distinct_rows(rows: np.ndarray) -> np.ndarray:
         return rows
     seen: set[bytes] = set()
     first = [not (record in seen or seen.add(record)) for record in records]
-    return np.ascontiguousarray(rows[first])
+    return _padding_zeroed(np.ascontiguousarray(rows[first]))
 
 
 def distinct_keys(rows: np.ndarray) -> np.ndarray:
@@ -400,6 +401,20 @@ def _keys(rows: np.ndarray) -> np.ndarray:
 
 
 def _records(rows: np.ndarray) -> list[bytes]:
-    """Each record of `rows` as bytes (comparable, hashable)."""
-    data, size = rows.tobytes(), rows.dtype.itemsize
+    """Each record of `rows` as bytes (comparable, hashable), its padding zeroed."""
+    size = rows.dtype.itemsize
+    data = (np.frombuffer(rows.tobytes(), np.uint8).reshape(-1, size) & _field_bytes(rows.dtype)).tobytes()
     return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def _padding_zeroed(copied: np.ndarray) -> np.ndarray:
+    """A copy just made of rows, its padding zeroed in place: numpy copies records field by field, so
+    the padding of a copy is whatever the allocator left there, and rows are compared as bytes."""
+    if len(copied):
+        copied.view(np.uint8).reshape(-1, copied.dtype.itemsize)[...] &= _field_bytes(copied.dtype)
+    return copied
+
+
+@functools.cache
+def _field_bytes(dtype: np.dtype) -> np.ndarray:
+    return core.field_bytes(dtype)

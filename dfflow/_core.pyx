@@ -203,6 +203,48 @@ assert sizeof(PortC) == 8 * len(PORT_FIELDS) and sizeof(FipC) == 8 * len(FIP_FIE
 assert sizeof(PairC) == 8 * len(PAIR_FIELDS)
 
 
+def _padding_zeroed(rows):
+    """The bytes of `rows` (records of a structured dtype) with the padding between fields zeroed.
+
+    The compiler compares rows byte for byte (an add equal to an old row is not sent, an add made
+    twice is kept once), and every row is a copy of a prototype: two prototypes that make the same
+    flow must agree in their padding too. numpy copies such records field by field, so the padding
+    of a copy (rows.copy(), rows[mask], a concatenation) is whatever the allocator left there."""
+    import numpy as np
+    data = bytearray(np.ascontiguousarray(rows).tobytes())
+    np.frombuffer(data, np.uint8).reshape(-1, rows.dtype.itemsize)[...] &= field_bytes(rows.dtype)
+    return data
+
+
+def field_bytes(dtype):
+    """A mask of a structured dtype's record: 0xFF at each byte of a field, 0 at the padding."""
+    import numpy as np
+    used = np.zeros(dtype.itemsize, np.uint8)
+    for offset, scalar in field_spans(dtype):
+        used[offset:offset + scalar.itemsize] = 0xFF
+    return used
+
+
+def field_spans(dtype, Py_ssize_t base=0):
+    """(offset, scalar dtype) of every scalar field of a structured dtype's record, the items of
+    sub-arrays and the fields of nested records included, in the order of the dtype."""
+    import numpy as np
+    spans = []
+    for name in dtype.names:
+        sub, offset = dtype.fields[name][:2]
+        count = 1
+        if sub.subdtype is not None:
+            sub, shape = sub.subdtype
+            count = int(np.prod(shape))
+        for k in range(count):
+            at = base + offset + k * sub.itemsize
+            if sub.names:
+                spans += field_spans(sub, at)
+            else:
+                spans.append((at, sub))
+    return spans
+
+
 cdef class CompiledProgram:
     """Port-flow entries as prototype rows of a FlowLayout and where each param goes in them.
 
@@ -232,7 +274,7 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
-        self.protos = protos.copy()
+        self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.n = len(entries)

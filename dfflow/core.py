@@ -34,6 +34,8 @@ wrap_bundle_adds = _framing.wrap_bundle_adds
 CompiledProgram = _core.CompiledProgram
 PortColumns = _core.PortColumns
 compile_changes = _core.compile_changes
+field_bytes = _core.field_bytes
+field_spans = _core.field_spans
 NotCompilable = _core.NotCompilable
 PARAM_NAMES: tuple = _core.PARAM_NAMES
 FACT_BITS: dict = _core.FACT_BITS
@@ -98,7 +100,8 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "rows_with_action", "frames", "wrap_bundle_adds",
-           "CompiledProgram", "PortColumns", "compile_changes", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
+           "CompiledProgram", "PortColumns", "compile_changes", "field_bytes", "field_spans", "NotCompilable",
+           "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
            "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
            "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",
