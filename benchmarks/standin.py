@@ -150,6 +150,7 @@ class StandinSwitch(asyncio.Protocol):
         self._bundles: dict[int, list[tuple[int, int, Flow]]] = {}
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._replies: list[bytes] | None = None  # while received() handles what came: its answers
         self._task: asyncio.Task | None = None
         self._stopped = False
 
@@ -187,7 +188,9 @@ class StandinSwitch(asyncio.Protocol):
 
     # -- messages ----------------------------------------------------------------
     def _send(self, data: bytes) -> None:
-        if self._transport is not None:
+        if self._replies is not None:
+            self._replies.append(data)  # written together once what was received is handled
+        elif self._transport is not None:
             self._transport.write(data)
 
     def _error(self, xid: int, etype: int, code: int, frame: bytes) -> None:
@@ -196,14 +199,22 @@ class StandinSwitch(asyncio.Protocol):
         self.stats["errors_sent"] += 1
 
     def received(self, data: bytes) -> None:
+        """Handle every complete message received; what they answer goes out in one write (a bundle's
+        open, commit and barrier replies: one send(2) of the harness', not three)."""
         self._buf += data
-        while len(self._buf) >= 8:
-            version, mtype, length, xid = HDR.unpack_from(self._buf)
-            if length < 8 or len(self._buf) < length:
-                break
-            frame = bytes(self._buf[:length])
-            del self._buf[:length]
-            self._dispatch(mtype, xid, frame)
+        self._replies = []
+        try:
+            while len(self._buf) >= 8:
+                version, mtype, length, xid = HDR.unpack_from(self._buf)
+                if length < 8 or len(self._buf) < length:
+                    break
+                frame = bytes(self._buf[:length])
+                del self._buf[:length]
+                self._dispatch(mtype, xid, frame)
+        finally:
+            replies, self._replies = self._replies, None
+            if replies and self._transport is not None:
+                self._transport.write(b"".join(replies))
 
     def _dispatch(self, mtype: int, xid: int, frame: bytes) -> None:
         self.stats["msgs_rx"] += 1

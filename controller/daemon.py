@@ -81,6 +81,7 @@ class ControllerDaemon:
         self.errors: list[str] = []
         self.dp: Datapath | None = None
         self.pending_vifs: set[str] = set()  # iface-ids whose NB port we have not found yet
+        self._vifs_pending = asyncio.Event()  # set when pending_vifs gets one: the retry loop wakes only then
         self._outbox: asyncio.Queue[Plan] = asyncio.Queue()
         self._need_reconcile = asyncio.Event()
         self._ovsdb_busy = False
@@ -343,12 +344,16 @@ class ControllerDaemon:
                 LOG.warning("VIF with iface-id %s has no NB port (yet); waiting for it", port_id)
                 self.stats["unknown_vifs"] += 1
             self.pending_vifs.add(port_id)
+            self._vifs_pending.set()
             return
         self.pending_vifs.discard(port_id)
         await self.bus.add_topic(port.topic)
 
     async def _pending_vif_loop(self) -> None:
         while True:
+            if not self.pending_vifs:  # idle chassis (nearly all of them) sleep until a VIF waits
+                self._vifs_pending.clear()
+                await self._vifs_pending.wait()
             await asyncio.sleep(PENDING_VIF_RETRY)
             for port_id in sorted(self.pending_vifs):
                 if port_id in self.engine.view.vifs:

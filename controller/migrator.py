@@ -170,10 +170,8 @@ class Migrator:
         records that waited too long."""
         view = self.engine.view
         self._drop_told_ones_not_written(time.time() if now is None else now)
-        for port in list(view.ports()):
+        for port in view.migrating_ports():
             mig = port.migration
-            if mig is None:
-                continue
             here = port.id in view.vifs
             if mig.state == "requested" and self.chassis in (mig.chassis, mig.source):
                 step = await self._run(port.id, Event.NOVA_CHANGED, now=now, local_first=False)

@@ -57,6 +57,8 @@ class View:
         # ports migrating to this chassis, until a while after their migration ended (controller.engine):
         # their established connections are admitted here meanwhile (controller.apps.secgroups)
         self.arrivals: set[str] = set()
+        self._migrating: set[str] = set()  # ports whose NB version holds a migration record
+
 
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:
@@ -66,6 +68,10 @@ class View:
             if old is not None:
                 self._ports_by_switch[old.lswitch].discard(obj.id)
             self._ports_by_switch[obj.lswitch].add(obj.id)
+            if obj.migration is not None:
+                self._migrating.add(obj.id)
+            else:
+                self._migrating.discard(obj.id)
             self._port_changed(obj.id)
         elif obj.table in _ROLE_TABLES:
             self._topology_changed()
@@ -75,6 +81,7 @@ class View:
         old = self.objects[table].pop(obj_id, None)
         if isinstance(old, LogicalPort):
             self._ports_by_switch[old.lswitch].discard(obj_id)
+            self._migrating.discard(obj_id)
             self._port_changed(obj_id)
         elif table in _ROLE_TABLES:
             self._topology_changed()
@@ -174,6 +181,12 @@ class View:
 
     def ports(self) -> Iterator[LogicalPort]:
         return iter(list(self.objects[LogicalPort.table].values()))
+
+    def migrating_ports(self) -> list[LogicalPort]:
+        """The ports with a migration record, in id order (what the migrator's housekeeping looks at
+        every second: not a pass over every port of a network spread over 1,000 chassis)."""
+        table = self.objects[LogicalPort.table]
+        return [table[p] for p in sorted(self._migrating)]
 
     def ports_on(self, switch_id: str) -> list[LogicalPort]:
         table = self.objects[LogicalPort.table]

@@ -126,3 +126,16 @@ def test_round_trip_through_dict_keeps_nested_records():
     again = LogicalPort.from_dict(port.to_dict())
     assert again == port
     assert isinstance(again.migration, MigrationRecord)
+
+
+def test_an_address_checked_again_gives_the_same_answer_and_the_same_error_naming_its_field():
+    from dfflow.errors import ValidationError
+    from dfflow.models.fields import check_ip
+
+    for _ in range(2):  # the second time from what the first one remembered
+        assert check_ip("ips[0]", "2001:db8:0::0001") == "2001:db8::1"
+        assert check_ip("ips[0]", "10.0.0.1", version=4) == "10.0.0.1"
+        for bad, version in (("10.0.0.256", None), ("10.0.0.1", 6), ("2001:db8::1", 4), (1234, None)):
+            with pytest.raises(ValidationError) as err:
+                check_ip("ips[3]", bad, "lport", version)
+            assert "ips[3]" in str(err.value)

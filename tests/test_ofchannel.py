@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import pytest
+from os_ken.ofproto import ofproto_parser
 
 from dfflow import openflow as oc
 from dfflow.openflow import OF13, OF14, OFP13, OFP14, OpenFlowServer
@@ -275,6 +276,40 @@ def test_wrap_bundle_adds_matches_os_ken(proto):
         m.serialize()
         expected += m.buf
     assert bytes(wrapped) == bytes(expected)
+
+
+@pytest.mark.parametrize("proto", [OF13, OF14], ids=["of13-onf", "of14"])
+def test_barrier_and_bundle_control_replies_are_read_from_their_header_as_os_ken_reads_them(proto):
+    """What the sender waits on per bundle (barrier and bundle control replies) is read without
+    os-ken, and says what os-ken's own parse of the same bytes says; other messages are left to os-ken."""
+    from dfflow.openflow.datapath import BundleCtrlReply, bare_reply
+    p, ofp = proto.ofproto_parser, proto.ofproto
+    version = ofp.OFP_VERSION
+    barrier = p.OFPBarrierReply(proto)
+    barrier.set_xid(9)
+    barrier.serialize()
+    assert bare_reply(version, ofp.OFPT_BARRIER_REPLY, bytes(barrier.buf)) == (True, None)
+    ctrl_cls = p.ONFBundleCtrlMsg if proto is OF13 else p.OFPBundleCtrlMsg
+    for kind in ("OPEN_REPLY", "COMMIT_REPLY", "DISCARD_REPLY"):
+        type_ = getattr(ofp, ("ONF_BCT_" if proto is OF13 else "OFPBCT_") + kind)
+        reply = ctrl_cls(proto, 0x01020304, type_, 3, [])
+        reply.set_xid(10)
+        reply.serialize()
+        frame = bytes(reply.buf)
+        _, mtype, _, _ = struct.unpack_from("!BBHI", frame)
+        parsed = ofproto_parser.msg(proto, version, mtype, len(frame), 10, frame)
+        assert bare_reply(version, mtype, frame) == (True, BundleCtrlReply(parsed.bundle_id, parsed.type,
+                                                                            parsed.flags))
+        assert (parsed.bundle_id, parsed.type, parsed.flags) == (0x01020304, type_, 3)
+    echo = p.OFPEchoReply(proto, b"x")
+    echo.serialize()
+    assert bare_reply(version, ofp.OFPT_ECHO_REPLY, bytes(echo.buf)) == (False, None)
+    if proto is OF13:  # an experimenter message that is not a bundle control: os-ken reads it
+        other = p.OFPExperimenter(proto, 0x2320, 7, b"\0" * 8)
+        other.serialize()
+        assert bare_reply(version, ofp.OFPT_EXPERIMENTER, bytes(other.buf)) == (False, None)
+        short = bytes(other.buf[:12])
+        assert bare_reply(version, ofp.OFPT_EXPERIMENTER, short) == (False, None)
 
 
 def test_raw_buffer_validation_and_xids():

@@ -6,6 +6,7 @@ pinned to the gateway chassis as Neutron pins it, reaches the VM before and afte
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -34,6 +35,12 @@ def ovn_cloud(sandbox_factory):  # noqa: F811
 
 def _ping(sb, vm: str, ip: str) -> bool:
     return sb.vm_exec(vm, ["ping", "-c", "2", "-i", "0.2", "-W", "1", ip], check=False).returncode == 0
+
+
+def test_ovn_northd_and_every_ovn_controller_run_at_the_niceness_ovn_ctl_gives_them(ovn_cloud):
+    daemons = [ovn_cloud.ovn.central.northd] + [node.controller for node in ovn_cloud.ovn.chassis.values()]
+    assert {d.name + str(i): os.getpriority(os.PRIO_PROCESS, d.pid()) for i, d in enumerate(daemons)} == {
+        d.name + str(i): ovnmod.OVN_NICENESS for i, d in enumerate(daemons)}
 
 
 def test_vms_on_two_ovn_chassis_reach_each_other_and_a_migrated_vm_answers_from_its_destination(ovn_cloud):

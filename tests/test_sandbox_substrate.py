@@ -21,6 +21,7 @@ from dfflow.sandbox import names as nm
 from dfflow.sandbox import netns, preflight, procs
 from dfflow.sandbox.redisproc import RedisServer
 from dfflow.sandbox.netns import SandboxError
+from dfflow.sandbox.ovsproc import OVS_NICENESS
 from dfflow.sandbox.topology import INT_BRIDGE, Sandbox
 
 from sandbox_fixtures import (add_geneve_mesh, ofport, ping, require_substrate,  # noqa: F401
@@ -102,6 +103,19 @@ def test_chassis_layout(sandbox2):
                 assert peer.tunnel_ip in arp and peer.phy_mac in arp
         assert netns.run(["ip", "netns", "exec", ch.namespace, "cat",
                           "/proc/sys/net/ipv4/conf/all/arp_ignore"]).stdout.strip() == "1"
+
+
+@pytest.mark.ovs
+def test_open_vswitch_runs_every_thread_at_the_niceness_ovs_ctl_gives_it(sandbox2):
+    """ovs-ctl starts ovsdb-server and ovs-vswitchd at niceness -10: the sandbox's forwarding threads do not
+    wait behind the emulated cloud's processes (all at 0)."""
+    for ch in sandbox2.chassis_list():
+        for daemon in ("ovsdb-server", "ovs-vswitchd"):
+            pid = ch.ovs().pid(daemon)
+            threads = os.listdir(f"/proc/{pid}/task")
+            assert daemon != "ovs-vswitchd" or len(threads) > 1  # its handler and revalidator threads too
+            assert {tid: os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in threads} == {
+                tid: OVS_NICENESS for tid in threads}, (ch.name, daemon)
 
 
 @pytest.mark.ovs

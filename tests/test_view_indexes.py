@@ -51,7 +51,8 @@ def by_brute_force(view: View) -> dict:
                 needed |= attached
                 grown = True
     needed = {s for s in needed if view.switch(s) is not None}
-    answers = {"needed": needed}
+    answers = {"needed": needed, "migrating": [p for p in sorted(view.ports(), key=lambda p: p.id)
+                                               if p.migration is not None]}
     for s in SWITCHES:
         on = view.ports_on(s)
         answers[s] = {"present": any(view.is_local(p) for p in on),
@@ -61,7 +62,7 @@ def by_brute_force(view: View) -> dict:
 
 
 def by_index(view: View) -> dict:
-    answers = {"needed": set(view.needed_switches())}
+    answers = {"needed": set(view.needed_switches()), "migrating": view.migrating_ports()}
     for s in SWITCHES:
         answers[s] = {"present": view.switch_is_present(s), "local": [p.id for p in view.local_ports(s)],
                       "remote": view.remote_chassis_of(s)}

@@ -2,6 +2,7 @@
 ValidationError naming the field and, when given, the table."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -38,15 +39,23 @@ def check_mac(name: str, value: Any, table: str | None = None) -> str:
     return value.lower()
 
 
-def check_ip(name: str, value: Any, table: str | None = None, version: int | None = None) -> str:
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed_ip(value: str) -> tuple[int, str] | None:
+    """(version, normal form) of an address, or None. Remembered: every chassis validates every port
+    event it hears (a 100-port evacuation is 100 of them per chassis), mostly of addresses seen before."""
     try:
-        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+        addr = ipaddress.ip_address(value)
     except ValueError:
-        addr = None
-    if addr is None or (version and addr.version != version):
+        return None
+    return addr.version, str(addr)
+
+
+def check_ip(name: str, value: Any, table: str | None = None, version: int | None = None) -> str:
+    parsed = _parsed_ip(value) if isinstance(value, str) else None
+    if parsed is None or (version and parsed[0] != version):
         kind = {4: "IPv4", 6: "IPv6"}.get(version, "IP")
         raise ValidationError(name, f"not an {kind} address: {value!r}", table)
-    return str(addr)
+    return parsed[1]
 
 
 def check_cidr(name: str, value: Any, table: str | None = None) -> str:

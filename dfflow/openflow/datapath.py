@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, Union, cast
 
-from os_ken.ofproto import ofproto_parser, ofproto_v1_3
+from os_ken.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3
 from os_ken.ofproto.ofproto_parser import MsgBase
 
 from dfflow.openflow.framing import XidAllocator, hello_frame, hello_versions, iter_frames, wrap_bundle_adds
 from dfflow.openflow.protocol import (OFP13, OFP_HEADER, OFP_HEADER_LEN, OFPET_HELLO_FAILED, OFPHFC_INCOMPATIBLE,
-                                      OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR, OFPT_HELLO, PROTOCOLS,
+                                      OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_HELLO,
+                                      PROTOCOLS,
                                       BundleError, ConnectionLost, FlowModError, OpenFlowError, ProtocolError,
                                       RequestTimeout, msg_type_name)
 
@@ -39,6 +40,35 @@ class _Pending:
     request_type: int
     multipart: bool = False
     parts: list = field(default_factory=list)
+    bare: bool = False  # a barrier or a bundle control: its waiter needs the reply's header only
+
+
+@dataclass(frozen=True)
+class BundleCtrlReply:
+    """A bundle control reply, read from its header (the sender needs no more of it)."""
+    bundle_id: int
+    type: int
+    flags: int
+
+
+_ONF_BUNDLE_CTRL = struct.Struct("!IIIHH")  # experimenter, exp_type, bundle_id, type, flags
+_OF14_BUNDLE_CTRL = struct.Struct("!IHH")  # bundle_id, type, flags
+_OFPT_BARRIER_REPLY = 21  # in OpenFlow 1.3 and 1.4
+_OFPT_BUNDLE_CONTROL = 33  # OpenFlow 1.4
+
+
+def bare_reply(version: int, mtype: int, frame: bytes) -> tuple[bool, Any]:
+    """(True, result) for a barrier reply (result None) or a bundle control reply (a BundleCtrlReply),
+    read from the frame without os-ken; (False, None) for anything else."""
+    if mtype == _OFPT_BARRIER_REPLY:
+        return True, None
+    if version == OFP13 and mtype == OFPT_EXPERIMENTER and len(frame) >= OFP_HEADER_LEN + _ONF_BUNDLE_CTRL.size:
+        experimenter, exp_type, bundle_id, type_, flags = _ONF_BUNDLE_CTRL.unpack_from(frame, OFP_HEADER_LEN)
+        if experimenter == ofproto_common.ONF_EXPERIMENTER_ID and exp_type == ofproto_v1_3.ONF_ET_BUNDLE_CONTROL:
+            return True, BundleCtrlReply(bundle_id, type_, flags)
+    elif mtype == _OFPT_BUNDLE_CONTROL and version != OFP13 and len(frame) >= OFP_HEADER_LEN + _OF14_BUNDLE_CTRL.size:
+        return True, BundleCtrlReply(*_OF14_BUNDLE_CTRL.unpack_from(frame, OFP_HEADER_LEN))
+    return False, None
 
 
 @dataclass
@@ -323,6 +353,16 @@ class Datapath(asyncio.Protocol):
         if not self._hello.done():
             self._protocol_error(f"{msg_type_name(version, mtype)} before HELLO")
             return
+        pending = self._pending.get(xid)
+        if pending is not None and pending.bare:
+            # A barrier or bundle control reply: the sender waits on one per bundle, and os-ken's
+            # parse of it cost more than the rest of the reply's handling.
+            bare, result = bare_reply(version, mtype, frame)
+            if bare:
+                del self._pending[xid]
+                if not pending.future.done():
+                    pending.future.set_result(result)
+                return
         err: Exception | None = None
         try:
             msg = ofproto_parser.msg(self, version, mtype, length, xid, frame)
@@ -337,7 +377,6 @@ class Datapath(asyncio.Protocol):
         if mtype == OFPT_ERROR:
             self._on_error(msg)
             return
-        pending = self._pending.get(xid)
         if pending is not None and mtype != self.ofproto.OFPT_PACKET_IN:
             if pending.multipart:
                 if mtype != self.ofproto.OFPT_MULTIPART_REPLY:
@@ -444,11 +483,11 @@ class Datapath(asyncio.Protocol):
         """
         self._write(buf)
 
-    def _expect(self, xid: int, request_type: int, multipart: bool = False) -> asyncio.Future:
+    def _expect(self, xid: int, request_type: int, multipart: bool = False, bare: bool = False) -> asyncio.Future:
         if xid in self._pending:
             raise RuntimeError(f"xid {xid} already in flight")
         fut = self.loop.create_future()
-        self._pending[xid] = _Pending(fut, request_type, multipart)
+        self._pending[xid] = _Pending(fut, request_type, multipart, bare=bare)
         return fut
 
     async def _wait(self, xid: int, fut: asyncio.Future, timeout: float | None, what: str) -> Any:
@@ -492,7 +531,7 @@ class Datapath(asyncio.Protocol):
         """BARRIER_REQUEST; returns when the switch has processed everything sent before."""
         self._require_version()
         xid = self.xids.alloc()
-        fut = self._expect(xid, self.ofproto.OFPT_BARRIER_REQUEST)
+        fut = self._expect(xid, self.ofproto.OFPT_BARRIER_REQUEST, bare=True)
         try:
             self._write(self._barrier_bytes(xid))
         except BaseException:
@@ -538,10 +577,14 @@ class Datapath(asyncio.Protocol):
         for x in xids:
             sinks[x] = sink
         bxid = self.xids.alloc()
-        fut = self._expect(bxid, self.ofproto.OFPT_BARRIER_REQUEST)
+        fut = self._expect(bxid, self.ofproto.OFPT_BARRIER_REQUEST, bare=True)
         try:
-            self._write(buf)
-            self._write(self._barrier_bytes(bxid))
+            # One write (one send(2), one wake-up of the switch) for the messages and their barrier.
+            if isinstance(buf, bytearray):
+                buf += self._barrier_bytes(bxid)
+                self._write(buf)
+            else:
+                self._write(b"".join((buf, self._barrier_bytes(bxid))))
             await self._wait(bxid, fut, timeout, "BARRIER_REQUEST")
         finally:
             self._pending.pop(bxid, None)
@@ -565,7 +608,7 @@ class Datapath(asyncio.Protocol):
 
     async def _send_pipelined_bundle(self, framed: bytearray, xids: list[int], ctrl_xids: tuple[int, int],
                                      ctrl_type: int, bundle_id: int, timeout: float | None) -> None:
-        replies = [self._expect(xid, ctrl_type) for xid in ctrl_xids]
+        replies = [self._expect(xid, ctrl_type, bare=True) for xid in ctrl_xids]
         errors: list[OpenFlowError] = []
         try:
             errors = await self._send_and_barrier(framed, xids, timeout)
@@ -634,7 +677,7 @@ class Datapath(asyncio.Protocol):
         # Stage 1: open + adds + barrier in one write.  OVS validates each message when
         # it is added and merely leaves a bad one out, so an error on the open or on any
         # add must abort the bundle (a commit would apply the rest).
-        open_reply = self._expect(open_xid, ctrl_type)
+        open_reply = self._expect(open_xid, ctrl_type, bare=True)
         errors: list[OpenFlowError] = []
         try:
             errors = await self._send_and_barrier(framed, xids, timeout)

@@ -177,6 +177,14 @@ def realtime() -> None:
         print(f"switchover: running at normal priority ({exc})", file=sys.stderr, flush=True)
 
 
+def normal() -> None:
+    """Back to the ordinary processes' priority, for work that may wait for a CPU."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError as exc:
+        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr)
+
+
 def leave() -> None:
     """Once the stamps are out: back to normal priority, wait without a CPU until the emulation reaps
     the helper (closes its stdin, after the source unplug), then exit without the interpreter's
@@ -186,10 +194,7 @@ def leave() -> None:
     the bare exit (a few ms of the kernel's) right after the resume delayed the VMs' first replies in
     an evacuation: the emulated QEMU's cost, in the measured window of dfflow's migrations and OVN's
     alike (benchmarks/RESULTS.md, 2026-11-28, `unplug-stall`). The kernel closes the sockets."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except OSError as exc:
-        print(f"switchover: could not leave real-time priority ({exc})", file=sys.stderr)
+    normal()
     sys.stdout.flush()
     sys.stderr.flush()
     sys.stdin.read()
@@ -223,12 +228,15 @@ def many() -> None:
     print("started", flush=True)
     for line in sys.stdin:
         words = line.split()
-        if words and words[0] == "prepare" and len(words) in (8, 9):
+        if words and words[0] == "prepare" and len(words) in (7, 8):
+            # Preparing is not the resume: at real-time priority, N VMs' set-up (pyroute2, their ARP
+            # caches) would take the CPU from every chassis' datapath while the evacuation's plugs run
+            # (branch `evac-tails`). Only the wait for the next line is real-time, so `go` is taken at once.
+            normal()
             name, netns, old, new, mac, ip = words[1:7]
             with inside(netns):
-                prepared[name] = Switchover(old, new, mac, ip, words[8] if len(words) == 9 else None)
-            if len(prepared) == 1:
-                realtime()
+                prepared[name] = Switchover(old, new, mac, ip, words[7] if len(words) == 8 else None)
+            realtime()
             print(f"ready {name}", flush=True)
         elif words and words[0] == "go":
             unknown = [n for n in words[1:] if n not in prepared]
@@ -237,6 +245,7 @@ def many() -> None:
             chosen = [prepared[n] for n in words[1:]]
             go = time.time()
             stamps = [vm.resume(go) for vm in chosen]  # every VM runs again before any takes its route
+            normal()  # N routes and GARPs at real-time would hold a CPU while the resumed VMs answer
             for vm, stamp in zip(chosen, stamps):
                 vm.route(stamp)
             print(json.dumps(dict(zip(words[1:], stamps))), flush=True)
