@@ -89,6 +89,12 @@ class Cloud:
                                (base + 2 * (i % PORTS_PER_NETWORK) + 11) & 0xFFFFFFFF), fips)
             self.ports.append(facts)
             self.table.set(f"port-{i}", facts)
+        # what each chassis' controller keeps between changes: the port's row in its table, and the
+        # role it placed each port in (made on first use); plain lists, as the view's dicts are
+        self._rows = [self.table.index[f"port-{i}"] for i in range(ports)]
+        self._placed: list[dict[int, PortRole]] = [{} for _ in range(chassis)]
+        self._host, self._dest_ofport = self.host.tolist(), self.dest_ofport.tolist()
+        self._tunnels = self.tunnel.tolist()
 
     # -- changes ----------------------------------------------------------------------
     def one_migration(self, port: int = 0) -> list[Move]:
@@ -125,13 +131,18 @@ class Cloud:
 
     def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[FlowBatch]:
         """The plan's batches on one chassis: the moved ports' flows from their old roles there to
-        their new ones, compiled as the engine does (one call for them all: deletes, then adds)."""
+        their new ones, compiled as the engine does (one call for them all: deletes, then adds).
+        As in the engine, the old role is the one the chassis placed the port in (kept from its
+        last change), the new one is made for the change (the view's answer)."""
         changes = []
+        placed = self._placed[chassis]
+        tunnels = self._tunnels[chassis]
         for p, dest in moves:
-            old = self.role(p, chassis, int(self.host[p]), dest=False)
-            new = self.role(p, chassis, dest, dest=True)
+            old = placed.get(p) or placed.setdefault(p, self.role(p, chassis, self._host[p], dest=False))
+            new = (PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis
+                   else PortRole(False, tunnel=tunnels[dest]))
             if old != new:
-                changes.append((self.table.index[f"port-{p}"], old, new))
+                changes.append((self._rows[p], old, new))
         if not changes:
             return []
         d, a = compiler.compile_port_changes(self.program, self.table, changes)

@@ -11,7 +11,7 @@ one atomic bundle.
 """
 from __future__ import annotations
 
-import struct
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,47 +42,55 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
     order, numbered from a block of the channel's xids."""
     if not messages:
         return b""
-    xid = dp.xids.alloc(sum(len(m) if isinstance(m, FlowBatch) else 1 for m in messages))
-    out = bytearray()
-    run: list[Flow] = []
-
-    def flush() -> None:
-        nonlocal xid
-        if run:
-            out.extend(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
-            xid += len(run)
-            run.clear()
-
-    def serialize(flow: Flow) -> None:
-        nonlocal xid
-        message = flow.to_osken(dp, xid)
-        message.serialize()
-        out.extend(message.buf)
-        xid += 1
-
+    xid = dp.xids.alloc(sum([len(m) if isinstance(m, FlowBatch) else 1 for m in messages]))
+    parts: list[bytes] = []
+    run: list[Flow] = []  # packable flows in a row, packed as one batch
     for item in messages:
         if isinstance(item, FlowBatch):
-            flush()
-            start = 0
-            for i in core.rows_with_action(item, OP_PARAMS):
-                if i > start:
-                    out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:i]), xid))
-                    xid += i - start
-                serialize(_carried_flow(item.rows[i]))
-                start = i + 1
-            if start == 0:
-                out.extend(core.pack_flow_mods(item, xid))
+            xid = _pack_run(run, xid, parts)
+            carried = core.rows_with_action(item, OP_PARAMS)
+            if carried:
+                xid = _pack_carrying(dp, item, carried, xid, parts)
+            else:
+                parts.append(core.pack_flow_mods(item, xid))
                 xid += len(item)
-            elif start < len(item):
-                out.extend(core.pack_flow_mods(FlowBatch.of_rows(item.rows[start:]), xid))
-                xid += len(item) - start
         elif packable(item):
             run.append(item)
         else:
-            flush()
-            serialize(item)
-    flush()
-    return bytes(out)
+            xid = _pack_run(run, xid, parts)
+            xid = _serialize(dp, item, xid, parts)
+    _pack_run(run, xid, parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pack_run(run: list[Flow], xid: int, parts: list[bytes]) -> int:
+    if run:
+        parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
+        xid += len(run)
+        run.clear()
+    return xid
+
+
+def _pack_carrying(dp: Any, batch: FlowBatch, carried: list[int], xid: int, parts: list[bytes]) -> int:
+    """A batch some of whose rows carry a template's params (os-ken serializes those), in order."""
+    start = 0
+    for i in carried:
+        if i > start:
+            parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:i]), xid))
+            xid += i - start
+        xid = _serialize(dp, _carried_flow(batch.rows[i]), xid, parts)
+        start = i + 1
+    if start < len(batch):
+        parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:]), xid))
+        xid += len(batch) - start
+    return xid
+
+
+def _serialize(dp: Any, flow: Flow, xid: int, parts: list[bytes]) -> int:
+    message = flow.to_osken(dp, xid)
+    message.serialize()
+    parts.append(bytes(message.buf))
+    return xid + 1
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -107,9 +115,6 @@ def flows_of_rows(rows: np.ndarray) -> list[Flow]:
 PORT_DTYPE = np.dtype([(name, "<u8") for name in core.PORT_FIELDS])
 FIP_DTYPE = np.dtype([(name, "<u8") for name in core.FIP_FIELDS])
 PAIR_DTYPE = np.dtype([(name, "<u8") for name in core.PAIR_FIELDS])
-TRANSITION_DTYPE = np.dtype([(name, "<u8") for name in core.TRANSITION_FIELDS])
-_TRANSITION = struct.Struct(f"<{len(core.TRANSITION_FIELDS)}Q")  # one record of TRANSITION_DTYPE
-NONE, LOCAL, REMOTE = core.ROLE_KINDS["none"], core.ROLE_KINDS["local"], core.ROLE_KINDS["remote"]
 
 # The compiled core numbers params, facts and repetitions itself: it must be the numbering of the templates.
 core.require_agreement("port-template params", {p.name: p.value for p in Param},
@@ -192,6 +197,11 @@ class PortTable:
         self._free: list[int] = []
         self._n = 0
         self._live_ips = self._live_fips = self._live_pairs = 0  # of current facts (the rest is stale)
+        self.columns = self._held()
+
+    def _held(self) -> core.PortColumns:
+        """The columns as the compiled core reads them (held anew whenever one is replaced)."""
+        return core.PortColumns(self.ports, self.ips, self.fips, self.pairs)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -247,6 +257,7 @@ class PortTable:
     def _grow_row(self) -> int:
         if self._n == len(self.ports):
             self.ports = np.concatenate([self.ports, np.zeros(len(self.ports), PORT_DTYPE)])
+            self.columns = self._held()
         self._n += 1
         return self._n - 1
 
@@ -262,6 +273,7 @@ class PortTable:
                 self.fips = np.concatenate([self.fips, np.zeros(max(len(self.fips), n_fips), FIP_DTYPE)])
             if self.n_pairs + n_pairs > len(self.pairs):
                 self.pairs = np.concatenate([self.pairs, np.zeros(max(len(self.pairs), n_pairs), PAIR_DTYPE)])
+            self.columns = self._held()
 
     def _compact(self) -> None:
         facts, self.n_ips, self.n_fips, self.n_pairs = dict(self.facts), 0, 0, 0
@@ -283,27 +295,28 @@ class PortTable:
             self.ports[row]["pair_start"] = pstart
 
 
-def role_fields(role: PortRole | None) -> tuple[int, int, int, int, int]:
-    """A PortRole as the (kind, gated, ofport, tunnel, copy_tunnel) of a transition record."""
-    if role is None:
-        return (NONE, 0, 0, 0, 0)
-    return (LOCAL if role.local else REMOTE, int(role.gated), role.ofport, role.tunnel, role.copy_tunnel)
-
-
 PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
 
 
+class ChangeRows(tuple):
+    """(deletes, adds) of a change, and `key_conflicts`: how many adds have the flow key of an
+    earlier, different add (a switch would keep the later; the engine flags it)."""
+    key_conflicts: int
+
+    def __new__(cls, dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> "ChangeRows":
+        made = tuple.__new__(cls, (dels, adds))
+        made.key_conflicts = key_conflicts
+        return made
+
+
 def compile_port_changes(program: core.CompiledProgram, table: PortTable,
-                         changes: Sequence[PortChange]) -> tuple[np.ndarray, np.ndarray]:
+                         changes: Sequence[PortChange]) -> ChangeRows:
     """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
-    ones, in one call of the compiled core (the rows of each change in the order given).
+    ones, in one call of the compiled core (the rows of each change in the order given; an add
+    two templates make alike once).
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    transitions = np.frombuffer(b"".join([_TRANSITION.pack(row, 0, *role_fields(old), *role_fields(new))
-                                          for row, old, new in changes]), TRANSITION_DTYPE)
-    dels, adds, _, _ = core.compile_transitions(program, table.ports, table.ips, table.fips, transitions,
-                                                pairs=table.pairs)
-    return dels, distinct_rows(adds)
+    return ChangeRows(*core.compile_changes(program, table.columns, changes))
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
@@ -317,7 +330,7 @@ FactsChange = tuple[str, PortFacts, PortRole, PortRole]  # (port id, its new fac
 
 
 def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
-                          changes: Sequence[FactsChange]) -> tuple[np.ndarray, np.ndarray]:
+                          changes: Sequence[FactsChange]) -> ChangeRows:
     """(deletes, adds) that take ports' flows from their old roles over their facts in `table` to
     their new roles over new facts (their IPs, floating IPs or routers changed), in two calls of
     the compiled core for them all; `table` then holds the new facts (the old ones if it fails).
@@ -330,12 +343,12 @@ def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
     try:
         for port_id, facts, _, _ in changes:
             table.set(port_id, facts)
-        after = role_rows(program, table, [(row, new) for row, (_, _, _, new) in zip(rows, changes)])
+        after = compile_port_changes(program, table, [(row, None, new) for row, (*_, new) in zip(rows, changes)])
     except Exception:
         for port_id, facts in old_facts.items():
             table.set(port_id, facts)
         raise
-    return diff_rows(before, after)
+    return ChangeRows(*diff_rows(before, after[1]), after.key_conflicts)
 
 
 def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,12 +359,12 @@ def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.nda
     if not len(before) and not len(after):
         return before, after
     if not len(before) or not len(after):  # all of one or the other: nothing to compare
-        dels, adds = before.copy(), after
+        dels, adds = _padding_zeroed(before.copy()), after
     else:
         kept_keys = set(_records(_keys(after)))
         unchanged = set(_records(before))
-        dels = before[[key not in kept_keys for key in _records(_keys(before))]]
-        adds = after[[row not in unchanged for row in _records(after)]]
+        dels = _padding_zeroed(before[[key not in kept_keys for key in _records(_keys(before))]])
+        adds = _padding_zeroed(after[[row not in unchanged for row in _records(after)]])
     adds = distinct_rows(adds)
     dels["command"], dels["n_actions"], dels["has_wmeta"], dels["goto"] = int(Command.DELETE_STRICT), 0, 0, -1
     return np.ascontiguousarray(dels), np.ascontiguousarray(adds)
@@ -367,7 +380,7 @@ def distinct_rows(rows: np.ndarray) -> np.ndarray:
         return rows
     seen: set[bytes] = set()
     first = [not (record in seen or seen.add(record)) for record in records]
-    return np.ascontiguousarray(rows[first])
+    return _padding_zeroed(np.ascontiguousarray(rows[first]))
 
 
 def distinct_keys(rows: np.ndarray) -> np.ndarray:
@@ -388,6 +401,20 @@ def _keys(rows: np.ndarray) -> np.ndarray:
 
 
 def _records(rows: np.ndarray) -> list[bytes]:
-    """Each record of `rows` as bytes (comparable, hashable)."""
-    data, size = rows.tobytes(), rows.dtype.itemsize
+    """Each record of `rows` as bytes (comparable, hashable), its padding zeroed."""
+    size = rows.dtype.itemsize
+    data = (np.frombuffer(rows.tobytes(), np.uint8).reshape(-1, size) & _field_bytes(rows.dtype)).tobytes()
     return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def _padding_zeroed(copied: np.ndarray) -> np.ndarray:
+    """A copy just made of rows, its padding zeroed in place: numpy copies records field by field, so
+    the padding of a copy is whatever the allocator left there, and rows are compared as bytes."""
+    if len(copied):
+        copied.view(np.uint8).reshape(-1, copied.dtype.itemsize)[...] &= _field_bytes(copied.dtype)
+    return copied
+
+
+@functools.cache
+def _field_bytes(dtype: np.dtype) -> np.ndarray:
+    return core.field_bytes(dtype)

@@ -360,14 +360,15 @@ class Engine:
             placed.pop(port_id, None)
         return [(FlowBatch.of_rows(d), FlowBatch.of_rows(a)) for d, a in rows if len(d) or len(a)], placed, failed
 
-    def _compile_role_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+    def _compile_role_changes(self, changes: list[_PortChange]) -> compiler.ChangeRows:
         return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])
 
-    def _compile_facts_changes(self, changes: list[_PortChange]) -> tuple[Any, Any]:
+    def _compile_facts_changes(self, changes: list[_PortChange]) -> compiler.ChangeRows:
         return compiler.compile_facts_changes(self.program, self.table,
                                               [(c.port_id, c.facts, c.old, c.new) for c in changes])
 
-    def _compile_together(self, changes: list[_PortChange], compile_: Callable[[list[_PortChange]], tuple[Any, Any]],
+    def _compile_together(self, changes: list[_PortChange],
+                          compile_: Callable[[list[_PortChange]], compiler.ChangeRows],
                           failed: set[str]) -> list[tuple[Any, Any]]:
         """The ports' changes in one call of the core. If it fails on several, each is compiled
         alone: the error is counted against the ports it fails on, and the others get their flows."""
@@ -389,11 +390,23 @@ class Engine:
                 self._failed("compiler_errors", f"the compiled core failed on {len(changes)} ports together, "
                                                 "though on none alone")
             return made
+        if made[0].key_conflicts:
+            self._flag_key_conflicts(changes, made[0].key_conflicts)
         for change in changes:
             if change.gone:
                 self.table.drop(change.port_id)
             self.stats["compiled_ports"] += 1
         return made
+
+    def _flag_key_conflicts(self, changes: list[_PortChange], conflicts: int) -> None:
+        """The ports' programs made different flows under one flow key (bad facts, e.g. two ports
+        with one MAC on a network): the switch keeps the later, so it is an error (counted, kept
+        for status), not a silent choice."""
+        what = (f"the flows of port(s) {', '.join(sorted(c.port_id for c in changes))}: {conflicts} flow(s) with "
+                "the key (table, priority, match) of another, different one; the switch keeps the later")
+        self.stats["flow_key_conflicts"] += conflicts
+        LOG.error("%s", what)
+        self.errors = (self.errors + [what])[-ERRORS_KEPT:]
 
     def _app_port_rows(self, port_id: str) -> list[tuple[FlowBatch, FlowBatch]]:
         """The flow mods of the rows the apps without a port program make for the port: what they

@@ -14,12 +14,13 @@ _compile) inlines this unit's role, key and delete helpers; split across extensi
 would become calls through function pointers in the loops `dfflow-bench compile` measures.
 The parsers are the small rest.
 """
-from libc.stdint cimport uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memcpy, memcmp
+from libc.stdint cimport uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 
-from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld64, store64
+from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld16, ld64, store64
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -99,8 +100,9 @@ cpdef str int_to_ipv4(uint32_t value):
 # columns (PORT_FIELDS, IPv4s, floating IPs); a transition says a port's role on one
 # chassis before and after a change. For each transition the compiler makes the rows of
 # both roles, diffs them (delete what no longer has its key, add what is new or
-# different) and appends the result to the deletes and adds of its group (a chassis),
-# without a Python object per flow; the packer packs the rows.
+# different) and appends the result to the change's deletes and adds, without a Python
+# object per flow or per role; an add made twice is kept once, and adds that share a flow
+# key but differ are counted for the caller to flag. The packer packs the rows.
 
 cdef enum:
     MAX_PATCHES = 24
@@ -144,6 +146,8 @@ cdef enum:
     EACH_PER_FIP = 2
     EACH_PER_PAIR_HOST = 3
     EACH_PER_PAIR_NET = 4
+    FACTS_KEYS = F_ROUTED << 1           # every combination of the facts bits
+    SELECTION_KEYS = 2 * FACTS_KEYS      # ... with only_location or not
 
 PARAM_NAMES = ("OBJECT", "VNI", "MAC", "OFPORT", "TUNNEL", "COPY_TUNNEL", "IP", "FIP", "FIP_MAC", "FIXED_IP",
                "EXT_VNI", "ROUTER_MAC", "COOKIE", "PAIR_MAC", "PAIR_IP", "PAIR_MASK")
@@ -161,8 +165,6 @@ PORT_FIELDS = ("object_hash", "vni", "mac", "flags", "ip_start", "ip_count", "fi
                "pair_start", "pair_hosts", "pair_nets")
 FIP_FIELDS = ("fip", "fip_mac", "fixed_ip", "ext_vni", "router_mac")
 PAIR_FIELDS = ("mac", "ip", "mask")
-ROLE_FIELDS = ("kind", "gated", "ofport", "tunnel", "copy_tunnel")
-TRANSITION_FIELDS = ("port", "group") + tuple("old_" + f for f in ROLE_FIELDS) + tuple("new_" + f for f in ROLE_FIELDS)
 
 cdef struct PortC:
     uint64_t object_hash, vni, mac, flags, ip_start, ip_count, fip_start, fip_count
@@ -178,7 +180,7 @@ cdef struct RoleC:
     uint64_t kind, gated, ofport, tunnel, copy_tunnel
 
 cdef struct TransitionC:
-    uint64_t port, group
+    uint64_t port
     RoleC old
     RoleC new
 
@@ -195,13 +197,52 @@ cdef enum CompileErr:
     C_IP_RANGE
     C_FIP_RANGE
     C_PAIR_RANGE
-    C_GROUP
-    C_ROLE_KIND
     C_NOT_COMPILABLE
 
 assert sizeof(PortC) == 8 * len(PORT_FIELDS) and sizeof(FipC) == 8 * len(FIP_FIELDS)
 assert sizeof(PairC) == 8 * len(PAIR_FIELDS)
-assert sizeof(TransitionC) == 8 * len(TRANSITION_FIELDS)
+
+
+def _padding_zeroed(rows):
+    """The bytes of `rows` (records of a structured dtype) with the padding between fields zeroed.
+
+    The compiler compares rows byte for byte (an add equal to an old row is not sent, an add made
+    twice is kept once), and every row is a copy of a prototype: two prototypes that make the same
+    flow must agree in their padding too. numpy copies such records field by field, so the padding
+    of a copy (rows.copy(), rows[mask], a concatenation) is whatever the allocator left there."""
+    import numpy as np
+    data = bytearray(np.ascontiguousarray(rows).tobytes())
+    np.frombuffer(data, np.uint8).reshape(-1, rows.dtype.itemsize)[...] &= field_bytes(rows.dtype)
+    return data
+
+
+def field_bytes(dtype):
+    """A mask of a structured dtype's record: 0xFF at each byte of a field, 0 at the padding."""
+    import numpy as np
+    used = np.zeros(dtype.itemsize, np.uint8)
+    for offset, scalar in field_spans(dtype):
+        used[offset:offset + scalar.itemsize] = 0xFF
+    return used
+
+
+def field_spans(dtype, Py_ssize_t base=0):
+    """(offset, scalar dtype) of every scalar field of a structured dtype's record, the items of
+    sub-arrays and the fields of nested records included, in the order of the dtype."""
+    import numpy as np
+    spans = []
+    for name in dtype.names:
+        sub, offset = dtype.fields[name][:2]
+        count = 1
+        if sub.subdtype is not None:
+            sub, shape = sub.subdtype
+            count = int(np.prod(shape))
+        for k in range(count):
+            at = base + offset + k * sub.itemsize
+            if sub.names:
+                spans += field_spans(sub, at)
+            else:
+                spans.append((at, sub))
+    return spans
 
 
 cdef class CompiledProgram:
@@ -217,11 +258,14 @@ cdef class CompiledProgram:
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
+    # per (facts, only_location) key: how many entries apply, then their indices (SELECTION_KEYS lists)
+    cdef int16_t *selection
     cdef readonly int n
     cdef readonly tuple names
 
     def __cinit__(self):
         self.entries = NULL
+        self.selection = NULL
         self.held = False
 
     def __init__(self, FlowLayout layout, protos, entries):
@@ -230,10 +274,12 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
-        self.protos = protos.copy()
+        self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
         self.n = len(entries)
+        if self.n > 0x7FFF:
+            raise ValueError(f"entries: {self.n}, at most {0x7FFF}")
         self.entries = <EntryC *>malloc(max(1, self.n) * sizeof(EntryC))
         if self.entries == NULL:
             raise MemoryError()
@@ -259,11 +305,15 @@ cdef class CompiledProgram:
                 self.entries[i].patch_off[k] = offset
                 self.entries[i].patch_param[k] = param
         self.names = tuple(names)
+        self.selection = _selection(self.entries, self.n)
+        if self.selection == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
         free(self.entries)
+        free(self.selection)
 
     def __repr__(self):
         return f"CompiledProgram({self.n} entries)"
@@ -295,7 +345,31 @@ cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
     return f
 
 
-cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned char *protos,
+cdef int16_t *_selection(const EntryC *entries, int nentries) noexcept nogil:
+    """For every (facts, only_location) key, the entries that apply: their number, then their
+    indices in order (so the per-transition loops visit only those)."""
+    cdef int16_t *selection = <int16_t *>malloc(SELECTION_KEYS * (nentries + 1) * sizeof(int16_t))
+    cdef int16_t *sel
+    cdef uint32_t key, facts
+    cdef bint only_location
+    cdef int e
+    if selection == NULL:
+        return NULL
+    for key in range(SELECTION_KEYS):
+        facts = key & (FACTS_KEYS - 1)
+        only_location = key >= FACTS_KEYS
+        sel = selection + key * (nentries + 1)
+        sel[0] = 0
+        for e in range(nentries):
+            if entries[e].when & ~facts or (only_location and not entries[e].uses_location):
+                continue
+            sel[0] += 1
+            sel[sel[0]] = <int16_t>e
+    return selection
+
+
+cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int nentries,
+                           const unsigned char *protos,
                            Py_ssize_t itemsize, const ColumnsC *C, const PortC *p, const RoleC *r,
                            bint only_location, unsigned char *out, int32_t *entry_of) noexcept nogil:
     """The rows of port p in role r (only the location-dependent ones with only_location);
@@ -303,7 +377,8 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
     cdef uint32_t facts
     cdef uint64_t param[N_PARAMS_C]
     cdef Py_ssize_t count = 0, reps, j
-    cdef int e, k
+    cdef int e, k, i
+    cdef const int16_t *sel
     cdef const EntryC *E
     cdef const FipC *fip
     cdef const PairC *pair
@@ -321,12 +396,10 @@ cdef Py_ssize_t _instances(const EntryC *entries, int nentries, const unsigned c
         param[P_IP] = 0
         param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
         param[P_PAIR_MAC] = param[P_PAIR_IP] = param[P_PAIR_MASK] = 0
-    for e in range(nentries):
+    sel = selection + (facts | (FACTS_KEYS if only_location else 0)) * (nentries + 1)
+    for i in range(sel[0]):
+        e = sel[1 + i]
         E = &entries[e]
-        if E.when & ~facts:
-            continue
-        if only_location and not E.uses_location:
-            continue
         if E.each == EACH_ONCE:
             reps = 1
         elif E.each == EACH_PER_IP:
@@ -378,8 +451,7 @@ cdef struct CompileOut:
     unsigned char *dels
     unsigned char *adds
     Py_ssize_t ndel, nadd
-    int64_t *del_ends
-    int64_t *add_ends
+    Py_ssize_t key_conflicts  # adds whose flow key an earlier, different add has
     int code
     Py_ssize_t where      # transition of the error
     uint64_t value
@@ -396,11 +468,9 @@ cdef inline bint _only_location(const TransitionC *t) noexcept nogil:
             and (t.old.copy_tunnel != 0) == (t.new.copy_tunnel != 0))
 
 
-cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, Py_ssize_t ngroups,
-                            CompileOut *o) noexcept nogil:
+cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
     cdef Py_ssize_t t
     cdef const PortC *p
-    cdef uint64_t group = 0
     for t in range(nt):
         o.where = t
         if T[t].port >= <uint64_t>C.nports:
@@ -421,26 +491,17 @@ cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t 
             o.code = C_PAIR_RANGE
             o.value = T[t].port
             return -1
-        if T[t].group >= <uint64_t>ngroups or T[t].group < group:
-            o.code = C_GROUP
-            o.value = T[t].group
-            return -1
-        group = T[t].group
-        if T[t].old.kind > ROLE_REMOTE or T[t].new.kind > ROLE_REMOTE:
-            o.code = C_ROLE_KIND
-            o.value = T[t].old.kind if T[t].old.kind > ROLE_REMOTE else T[t].new.kind
-            return -1
     return 0
 
 
-cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const unsigned char *protos,
-                  const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, Py_ssize_t ngroups,
+cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *selection, int nentries,
+                  const unsigned char *protos,
+                  const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
                   unsigned char *scratch_old, int32_t *ent_old, int32_t *ent_new,
                   CompileOut *o) noexcept nogil:
     """The new role's rows are made in place at the end of the adds, then the ones equal to an
     old row are squeezed out: most rows of a move are adds, so most are written once."""
     cdef Py_ssize_t itemsize = L.itemsize, t, i, j, nold, nnew, kept
-    cdef Py_ssize_t g = 0
     cdef const TransitionC *tr
     cdef const PortC *p
     cdef bint only_location, found
@@ -449,17 +510,15 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const u
     cdef unsigned char *b
     for t in range(nt):
         tr = &T[t]
-        while g < <Py_ssize_t>tr.group:
-            o.del_ends[g] = o.ndel
-            o.add_ends[g] = o.nadd
-            g += 1
         if _same_role(&tr.old, &tr.new):
             continue
         p = &C.ports[tr.port]
         only_location = _only_location(tr)
         new_rows = o.adds + o.nadd * itemsize
-        nold = _instances(entries, nentries, protos, itemsize, C, p, &tr.old, only_location, scratch_old, ent_old)
-        nnew = _instances(entries, nentries, protos, itemsize, C, p, &tr.new, only_location, new_rows, ent_new)
+        nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
+                          scratch_old, ent_old)
+        nnew = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.new, only_location,
+                          new_rows, ent_new)
         for i in range(nold):
             a = scratch_old + i * itemsize
             found = False
@@ -491,14 +550,54 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, int nentries, const u
                 memcpy(new_rows + kept * itemsize, b, itemsize)
             kept += 1
         o.nadd += kept
-    while g < ngroups:
-        o.del_ends[g] = o.ndel
-        o.add_ends[g] = o.nadd
-        g += 1
     return 0
 
 
-_U64 = None  # numpy's little-endian uint64, once numpy is imported
+cdef inline uint64_t _key_hash(const LayoutC *L, const unsigned char *row) noexcept nogil:
+    """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes."""
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef int i
+    h = (h ^ (row[L.table] | (<uint64_t>ld64(row + L.present) << 8))) * 1099511628211ULL
+    h = (h ^ ld64(row + L.masked) ^ (<uint64_t>ld16(row + L.priority) << 48)) * 1099511628211ULL
+    for i in range(L.nfields):
+        h = (h ^ ld64(row + L.mvalue + 8 * i) ^ (ld64(row + L.mmask + 8 * i) << 1)) * 1099511628211ULL
+    return h ^ (h >> 31)
+
+
+cdef Py_ssize_t _distinct_adds(const LayoutC *L, unsigned char *rows, Py_ssize_t n, int32_t *slots,
+                               Py_ssize_t nslots, Py_ssize_t *conflicts) noexcept nogil:
+    """Squeeze out of rows[0:n] each row identical to an earlier one (two templates can make the
+    same flow: a floating IP whose MAC is its port's own, on the port's own network; the switch
+    and FlowState hold it once), counting in *conflicts each kept row whose flow key an earlier,
+    different row has. slots: nslots (a power of two > n) zeroed ints. Returns the rows kept."""
+    cdef Py_ssize_t itemsize = L.itemsize, j, kept = 0, s, mask = nslots - 1
+    cdef unsigned char *b
+    cdef const unsigned char *a
+    cdef bint same, conflict
+    for j in range(n):
+        b = rows + j * itemsize
+        s = <Py_ssize_t>(_key_hash(L, b) & <uint64_t>mask)
+        same = conflict = False
+        while slots[s]:
+            a = rows + (slots[s] - 1) * itemsize
+            if _same_key(L, a, b):
+                if memcmp(a, b, itemsize) == 0:
+                    same = True
+                    break
+                conflict = True
+            s = (s + 1) & mask
+        if same:
+            continue
+        if conflict:
+            conflicts[0] += 1
+        if kept != j:
+            memcpy(rows + kept * itemsize, b, itemsize)
+        slots[s] = <int32_t>(kept + 1)
+        kept += 1
+    return kept
+
+
+_np_frombuffer = None  # numpy's, once numpy is imported
 
 
 class NotCompilable(ValueError):
@@ -530,117 +629,136 @@ cdef _Buf _buf(obj, Py_ssize_t record, str what):
                     f"got {getattr(obj, 'dtype', type(obj).__name__)}")
 
 
-cdef _Buf _own(obj):
-    """An array this module just made (contiguous records of the right size), held."""
-    cdef _Buf b = _Buf.__new__(_Buf)
-    PyObject_GetBuffer(obj, &b.view, PyBUF_SIMPLE)
-    b.held = True
-    return b
+cdef int _role_of(object role, RoleC *r, Py_ssize_t t, str side) except -1:
+    """A role (None, or an object with local, gated, ofport, tunnel and copy_tunnel:
+    controller.templates.PortRole) as a record; ValueError naming the change and field if bad."""
+    if role is None:
+        r.kind = ROLE_NONE
+        r.gated = r.ofport = r.tunnel = r.copy_tunnel = 0
+        return 0
+    try:
+        r.kind = ROLE_LOCAL if role.local else ROLE_REMOTE
+        r.gated = 1 if role.gated else 0
+        r.ofport = role.ofport
+        r.tunnel = role.tunnel
+        r.copy_tunnel = role.copy_tunnel
+    except (AttributeError, OverflowError, TypeError) as exc:
+        raise ValueError(f"change {t}: {side} role {role!r}: {exc}") from None
+    return 0
 
 
-def compile_transitions(CompiledProgram program, ports, ips, fips, transitions, Py_ssize_t n_groups=1,
-                        workspace=None, pairs=None):
-    """The flows that change, per group, when ports go from their old to their new role.
+cdef class PortColumns:
+    """A port table's columns, held for compile_changes (checked once, not per call): ports
+    (records of PORT_FIELDS), ips (uint64 IPv4s: ports[i] owns ips[ip_start:ip_start+ip_count]),
+    fips (records of FIP_FIELDS) and pairs (records of PAIR_FIELDS), each C-contiguous. Their
+    contents may change in place; an owner that replaces an array holds the new ones anew."""
+    cdef _Buf bp, bi, bf, bpair
+    cdef ColumnsC c
 
-    ports: records of PORT_FIELDS; ips: uint64 IPv4s (ports[i] owns ips[ip_start:ip_start+ip_count]);
-    fips: records of FIP_FIELDS; transitions: records of TRANSITION_FIELDS, sorted by group;
-    pairs: records of PAIR_FIELDS (None: no port has allowed address pairs).
-    Returns (deletes, adds, del_ends, add_ends): two arrays of the program's flow records
-    (deletes as DELETE_STRICT) and, per group g, the end of its rows in each
-    (group g's rows are [ends[g-1]:ends[g]]). Raises NotCompilable when an add needs a flow
-    with actions the packer does not encode, ValueError naming the field for bad columns.
+    def __init__(self, ports, ips, fips, pairs):
+        if getattr(ips, "dtype", None) != "<u8":
+            raise TypeError(f"ips: expected a C-contiguous array of uint64, "
+                            f"got {getattr(ips, 'dtype', type(ips).__name__)}")
+        self.bp = _buf(ports, sizeof(PortC), "ports")
+        self.bi = _buf(ips, 8, "ips")
+        self.bf = _buf(fips, sizeof(FipC), "fips")
+        self.bpair = _buf(pairs, sizeof(PairC), "pairs")
+        self.c.ports = <const PortC *>self.bp.view.buf
+        self.c.nports = self.bp.view.len // sizeof(PortC)
+        self.c.ips = <const uint64_t *>self.bi.view.buf
+        self.c.nips = self.bi.view.len // 8
+        self.c.fips = <const FipC *>self.bf.view.buf
+        self.c.nfips = self.bf.view.len // sizeof(FipC)
+        self.c.pairs = <const PairC *>self.bpair.view.buf
+        self.c.npairs = self.bpair.view.len // sizeof(PairC)
 
-    workspace: a dict the call may keep its row arrays in and reuse next time (no fresh
-    pages to fault in per call); the rows returned are then valid until the next call with it.
+
+def compile_changes(CompiledProgram program, PortColumns columns, changes):
+    """The flows that change when ports go from their old to their new role on a chassis.
+
+    columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
+    None or an object with local, gated, ofport, tunnel and copy_tunnel
+    (controller.templates.PortRole).
+    Returns (deletes, adds, key_conflicts): two arrays of the program's flow records (deletes as
+    DELETE_STRICT; each add once), and how many adds have the flow key of an earlier, different add
+    (the switch would keep the later: the caller flags it). Raises ValueError naming the field
+    for bad columns or changes.
     """
-    import numpy as np
-    global _U64
-    if _U64 is None:
-        _U64 = np.dtype("<u8")
-    cdef ColumnsC C
-    cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt, total_old = 0, total_new = 0
-    cdef Py_ssize_t max_old = 0, max_new = 0, k
+    global _np_frombuffer
+    if _np_frombuffer is None:
+        import numpy as np
+        _np_frombuffer = np.frombuffer
+    cdef const ColumnsC *C = &columns.c
+    cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt = len(changes), total_old = 0, total_new = 0
+    cdef Py_ssize_t max_old = 0, max_new = 0, k, nslots = 2
     cdef CompileOut o
-    cdef int rc
-    cdef const TransitionC *T
+    cdef int rc = 0
+    cdef int32_t *ent_old
+    cdef int32_t *ent_new
+    cdef int32_t *slots
+    cdef bytearray out
+    cdef TransitionC one
+    cdef TransitionC *T = &one
     cdef const EntryC *E = program.entries
     cdef const unsigned char *protos = <const unsigned char *>program.view.buf
-    if n_groups < 1:
-        raise ValueError(f"n_groups: {n_groups}, at least 1")
-    if getattr(ips, "dtype", None) != _U64:
-        ips = np.ascontiguousarray(ips, dtype=_U64)
-    if pairs is None:
-        pairs = np.zeros(1, [(name, "<u8") for name in PAIR_FIELDS])
-    cdef _Buf bp = _buf(ports, sizeof(PortC), "ports")
-    cdef _Buf bi = _buf(ips, 8, "ips")
-    cdef _Buf bf = _buf(fips, sizeof(FipC), "fips")
-    cdef _Buf bt = _buf(transitions, sizeof(TransitionC), "transitions")
-    cdef _Buf bpair = _buf(pairs, sizeof(PairC), "pairs")
-    C.ports = <const PortC *>bp.view.buf
-    C.nports = bp.view.len // sizeof(PortC)
-    C.ips = <const uint64_t *>bi.view.buf
-    C.nips = bi.view.len // 8
-    C.fips = <const FipC *>bf.view.buf
-    C.nfips = bf.view.len // sizeof(FipC)
-    C.pairs = <const PairC *>bpair.view.buf
-    C.npairs = bpair.view.len // sizeof(PairC)
-    T = <const TransitionC *>bt.view.buf
-    nt = bt.view.len // sizeof(TransitionC)
-    o.code = C_OK
-    if _check_transitions(&C, T, nt, n_groups, &o) < 0:
-        raise _compile_error(program, &o)
-    with nogil:
-        for t in range(nt):
-            if _same_role(&T[t].old, &T[t].new):
-                continue
-            k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].old,
-                           _only_location(&T[t]), NULL, NULL)
-            total_old += k
-            if k > max_old:
-                max_old = k
-            k = _instances(E, program.n, protos, itemsize, &C, &C.ports[T[t].port], &T[t].new,
-                           _only_location(&T[t]), NULL, NULL)
-            total_new += k
-            if k > max_new:
-                max_new = k
-    ws = workspace if workspace is not None else {}
-    # every byte of a used row is written (prototype copy), so no zeroing
-    dels = _rows_room(ws, "deletes", total_old, program.layout.dtype)
-    adds = _rows_room(ws, "adds", total_new, program.layout.dtype)
-    del_ends = np.zeros(n_groups, np.int64)
-    add_ends = np.zeros(n_groups, np.int64)
-    cdef unsigned char *scratch = <unsigned char *>malloc((max_old + 1) * itemsize + (max_old + max_new + 2) * 4)
-    if scratch == NULL:
-        raise MemoryError()
-    cdef int32_t *ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
-    cdef int32_t *ent_new = ent_old + max_old + 1
-    cdef _Buf bd = _own(dels)
-    cdef _Buf ba = _own(adds)
-    cdef _Buf bde = _own(del_ends)
-    cdef _Buf bae = _own(add_ends)
-    o.dels = <unsigned char *>bd.view.buf
-    o.adds = <unsigned char *>ba.view.buf
-    o.del_ends = <int64_t *>bde.view.buf
-    o.add_ends = <int64_t *>bae.view.buf
-    o.ndel = o.nadd = 0
+    if nt > 1:
+        T = <TransitionC *>malloc(nt * sizeof(TransitionC))
+        if T == NULL:
+            raise MemoryError()
+    cdef unsigned char *scratch = NULL
     try:
+        for t in range(nt):
+            port, old, new = changes[t]
+            try:
+                T[t].port = port
+            except (OverflowError, TypeError) as exc:
+                raise ValueError(f"change {t}: port row {port!r}: {exc}") from None
+            _role_of(old, &T[t].old, t, "old")
+            _role_of(new, &T[t].new, t, "new")
+        o.code = C_OK
+        o.ndel = o.nadd = o.key_conflicts = 0
+        if _check_transitions(C, T, nt, &o) < 0:
+            raise _compile_error(program, &o)
         with nogil:
-            rc = _compile(&program.layout.c, E, program.n, protos, &C, T, nt, n_groups,
-                          scratch, ent_old, ent_new, &o)
+            for t in range(nt):
+                if _same_role(&T[t].old, &T[t].new):
+                    continue
+                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                               &T[t].old, _only_location(&T[t]), NULL, NULL)
+                total_old += k
+                if k > max_old:
+                    max_old = k
+                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                               &T[t].new, _only_location(&T[t]), NULL, NULL)
+                total_new += k
+                if k > max_new:
+                    max_new = k
+        # the deletes, then room for the adds, in one buffer (every byte of a used row is written)
+        out = PyByteArray_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
+        while nslots <= total_new:
+            nslots *= 2
+        scratch = <unsigned char *>malloc((max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4)
+        if scratch == NULL:
+            raise MemoryError()
+        ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
+        ent_new = ent_old + max_old + 1
+        slots = ent_new + max_new + 1
+        o.dels = <unsigned char *>PyByteArray_AS_STRING(out)
+        o.adds = o.dels + total_old * itemsize
+        with nogil:
+            rc = _compile(&program.layout.c, E, program.selection, program.n, protos, C, T, nt, scratch,
+                          ent_old, ent_new, &o)
+            if rc == 0 and o.nadd > 1:
+                memset(slots, 0, nslots * 4)
+                o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)
     finally:
         free(scratch)
+        if T != &one:
+            free(T)
     if rc < 0:
         raise _compile_error(program, &o)
-    return dels[:o.ndel], adds[:o.nadd], del_ends, add_ends
-
-
-cdef object _rows_room(dict ws, str name, Py_ssize_t n, dtype):
-    import numpy as np
-    rows = ws.get(name)
-    if rows is None or len(rows) < n or rows.dtype != dtype:
-        rows = np.empty(max(1, n, 0 if rows is None else 2 * len(rows)), dtype)
-        ws[name] = rows
-    return rows
+    rows = _np_frombuffer(out, program.layout.dtype)
+    return rows[:o.ndel], rows[total_old:total_old + o.nadd], o.key_conflicts
 
 
 _COMPILE_ERR_TEXT = {
@@ -648,13 +766,11 @@ _COMPILE_ERR_TEXT = {
     C_IP_RANGE: "port {value}: ip_start/ip_count run past the IPv4 column",
     C_FIP_RANGE: "port {value}: fip_start/fip_count run past the floating-IP column",
     C_PAIR_RANGE: "port {value}: pair_start/pair_hosts/pair_nets run past the address-pair column",
-    C_GROUP: "group {value}: groups must be sorted and below n_groups",
-    C_ROLE_KIND: "role kind {value} is not none (0), local (1) or remote (2)",
 }
 
 
 cdef object _compile_error(CompiledProgram program, CompileOut *o):
-    where = f"transition {o.where}: "
+    where = f"change {o.where}: "
     if o.code == C_NOT_COMPILABLE:
         return NotCompilable(f"{where}{program.names[o.value]} has actions the compiled path does not encode")
     text = _COMPILE_ERR_TEXT.get(o.code, "compile error {code}")

@@ -32,7 +32,10 @@ wrap_bundle_adds = _framing.wrap_bundle_adds
 
 # The port-flow compiler (programs of flow templates x port columns -> the rows that change).
 CompiledProgram = _core.CompiledProgram
-compile_transitions = _core.compile_transitions
+PortColumns = _core.PortColumns
+compile_changes = _core.compile_changes
+field_bytes = _core.field_bytes
+field_spans = _core.field_spans
 NotCompilable = _core.NotCompilable
 PARAM_NAMES: tuple = _core.PARAM_NAMES
 FACT_BITS: dict = _core.FACT_BITS
@@ -42,8 +45,6 @@ PORT_FLAG_ROUTED: int = _core.PORT_FLAG_ROUTED
 PORT_FIELDS: tuple = _core.PORT_FIELDS
 FIP_FIELDS: tuple = _core.FIP_FIELDS
 PAIR_FIELDS: tuple = _core.PAIR_FIELDS
-ROLE_FIELDS: tuple = _core.ROLE_FIELDS
-TRANSITION_FIELDS: tuple = _core.TRANSITION_FIELDS
 
 # A port's security-group flows from its rules as rows (controller.apps.secgroups).
 SecGroupProgram = _secgroups.SecGroupProgram
@@ -99,9 +100,10 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "rows_with_action", "frames", "wrap_bundle_adds",
-           "CompiledProgram", "compile_transitions", "NotCompilable", "PARAM_NAMES", "FACT_BITS",
-           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS", "ROLE_FIELDS",
-           "TRANSITION_FIELDS", "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
+           "CompiledProgram", "PortColumns", "compile_changes", "field_bytes", "field_spans", "NotCompilable",
+           "PARAM_NAMES", "FACT_BITS",
+           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
+           "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
            "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",
            "SG_FLAG_GROUP",
            "OFP_VERSION", "OFPT_FLOW_MOD", "OFPT_EXPERIMENTER", "ONF_EXPERIMENTER_ID",

@@ -257,23 +257,7 @@ def _int_in(what: str, value: object, lo: int, hi: int) -> int:
 def _record_struct(dtype: np.dtype) -> struct.Struct:
     """A struct.Struct writing one record of `dtype` (fields in offset order, padding zeroed)."""
     codes = {"u1": "B", "u2": "H", "i2": "h", "u4": "I", "u8": "Q"}
-
-    def walk(dt: np.dtype, base: int, out: list[tuple[int, str, int]]) -> None:
-        for name in dt.names:
-            sub, off = dt.fields[name][:2]
-            count = 1
-            if sub.subdtype is not None:
-                sub, shape = sub.subdtype
-                count = int(np.prod(shape))
-            for k in range(count):
-                at = base + off + k * sub.itemsize
-                if sub.names:
-                    walk(sub, at, out)
-                else:
-                    out.append((at, codes[sub.str[1:]], sub.itemsize))
-
-    items: list[tuple[int, str, int]] = []
-    walk(dtype, 0, items)
+    items = [(at, codes[scalar.str[1:]], scalar.itemsize) for at, scalar in core.field_spans(dtype)]
     fmt, pos = "<", 0
     for at, code, size in sorted(items):
         fmt += "x" * (at - pos) + code

@@ -255,3 +255,24 @@ def test_an_inactive_binding_or_a_profile_change_recomputes_only_the_port_and_it
     plan = engine.nb_event(event(b1.replace(inactive_bindings=[InactiveBinding(host="C")],
                                             binding_profile={"migrating_to": "C"})))
     assert not plan.moved and not plan.n_flow_mods
+
+
+def test_two_ports_whose_flows_share_a_key_but_differ_are_an_error_in_status_not_a_silent_choice():
+    engine = make_engine()
+    # two ports with one MAC, on different chassis: their L2 lookups have one key and different outputs
+    apply(engine, engine.nb_event(event(port("b1", 2, 12, "B"))))
+    apply(engine, engine.nb_event(event(port("c1", 2, 13, "C"))))
+    assert engine.stats["flow_key_conflicts"] == 0  # no flows yet: net1 has no local port
+    apply(engine, engine.nb_event(event(port("a1", 1, 11, "A"))))
+    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))  # net1 needed here: its ports compiled together
+    assert engine.stats["flow_key_conflicts"] == 1
+    assert "b1, c1" in engine.errors[-1] and "key" in engine.errors[-1]
+    # the other ports' flows are made as before
+    assert l2_lookup_actions(engine, 1) == (Output(5),)
+
+
+def test_ports_with_distinct_flows_raise_no_key_conflict():
+    engine, _ = engine_with_a1_here_and_b1_on_b()
+    apply(engine, engine.nb_event(event(port("c1", 3, 13, "C"))))
+    apply(engine, engine.everything())
+    assert engine.stats["flow_key_conflicts"] == 0 and not engine.errors

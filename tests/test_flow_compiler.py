@@ -124,10 +124,18 @@ def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, want_adds))
 
 
+# A port leaves its remote role for a gated local one that copies to the same tunnel: both roles
+# have the same lookup flow, made by two templates (two prototype rows), so it is not sent again.
+_LEFT_FOR_GATED = (PortFacts(0, 1, 1, False, False, (), (), ()),
+                   PortRole(local=False, ofport=0, tunnel=1, copy_tunnel=0, gated=False),
+                   PortRole(local=True, ofport=1, tunnel=0, copy_tunnel=1, gated=True))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(port_facts(), port_facts(), roles(), roles())
 @example(dataclasses.replace(_SHARED_FLOW_FACTS, fips=()), _SHARED_FLOW_FACTS,
          PortRole(local=True, ofport=1, tunnel=0, copy_tunnel=0, gated=False), _REMOTE)
+@example(_LEFT_FOR_GATED[0], *_LEFT_FOR_GATED)
 def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, new):
     """The port's IPs, floating IPs or routers change (under the same or another role)."""
     after = dataclasses.replace(after, object_hash=before.object_hash)  # the same port
@@ -147,6 +155,67 @@ def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, 
                 == {(f.table, f.priority, f.match, f.cookie) for f in plan.deletes})
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, plan.adds))
 
+
+
+def _facts_change_rows(program: core.CompiledProgram) -> tuple[bytes, bytes, tuple[str, ...]]:
+    facts, old, new = _LEFT_FOR_GATED
+    dels, adds = compiler.compile_facts_changes(program, table_of(facts), [("p0", facts, old, new)])
+    return dels.tobytes(), adds.tobytes(), tuple(sorted(map(repr, flows_of(adds))))
+
+
+def _python_adds(program, facts: PortFacts, old: PortRole, new: PortRole) -> tuple[str, ...]:
+    python = FlowState()
+    owner = ("app", "port", "p0")
+    python.commit(python.plan({owner: program.flows(facts, old)}))
+    return tuple(sorted(map(repr, python.plan({owner: program.flows(facts, new)}).adds)))
+
+
+def test_prototypes_whose_padding_differs_compile_the_rows_of_clean_ones(monkeypatch):
+    """Rows are compared byte for byte; numpy copies records field by field, so a copy's padding is
+    whatever the allocator left there. The program zeroes it: garbage there never reaches a row."""
+    made = {}
+    real = core.CompiledProgram
+
+    def with_garbage_in_the_padding(layout, protos, entries):
+        dirty = np.frombuffer(bytearray(i % 251 + 1 for i in range(len(protos)) for _ in range(protos.itemsize)),
+                              protos.dtype)  # each prototype's padding a different byte
+        dirty[...] = protos  # numpy assigns records field by field: the padding keeps its bytes
+        made["protos"] = protos.tobytes(), dirty.tobytes()
+        return real(layout, dirty, entries)
+
+    monkeypatch.setattr(core, "CompiledProgram", with_garbage_in_the_padding)
+    dirty = compiler.compile_program(L2_PORT_FLOWS)
+    monkeypatch.undo()
+    clean_protos, dirty_protos = made["protos"]
+    assert clean_protos != dirty_protos and dirty_protos.count(0) < clean_protos.count(0)
+    assert _facts_change_rows(dirty) == _facts_change_rows(compiler.compile_program(L2_PORT_FLOWS))
+    assert _facts_change_rows(dirty)[2] == _python_adds(L2_PORT_FLOWS, *_LEFT_FOR_GATED)
+
+
+def test_programs_made_over_a_dirty_heap_compile_a_change_identically():
+    """The same change, compiled by programs made one after another (the heap between them filled
+    with junk and freed, as a long-running agent's is), is the same rows every time: the Python plan."""
+    want = _python_adds(L2_PORT_FLOWS, *_LEFT_FOR_GATED)
+    outputs = set()
+    for round_ in range(24):
+        junk = [np.full(n << 10, 0x9A + round_, np.uint8) for n in range(8, 64) for _ in range(2)]
+        del junk
+        program = compiler.compile_program(L2_PORT_FLOWS)
+        compiler.compile_port_changes(program, table_of(_SHARED_FLOW_FACTS), [(0, None, _REMOTE)])
+        outputs.add(_facts_change_rows(program))
+    assert len(outputs) == 1
+    assert next(iter(outputs))[2] == want
+
+
+def test_rows_that_differ_only_in_their_padding_are_one_flow_and_come_out_with_it_zeroed():
+    rows = compiler.compile_port_changes(PER_APP[1], table_of(_SHARED_FLOW_FACTS), [(0, None, _REMOTE)])[1]
+    garbage = np.frombuffer(bytearray(b"\x9a" * rows.nbytes), rows.dtype)
+    garbage[...] = rows  # numpy assigns records field by field: the padding keeps its 0x9a
+    assert garbage.tobytes() != rows.tobytes()
+    assert [len(r) for r in compiler.diff_rows(rows, garbage)] == [0, 0]
+    assert len(compiler.distinct_rows(np.concatenate([rows, garbage]))) == len(rows)
+    dels, adds = compiler.diff_rows(rows[:1], garbage)
+    assert len(dels) == 0 and adds.tobytes() == rows[1:].tobytes()
 
 
 def _numbers(before: PortFacts, after: PortFacts, *roles: PortRole) -> set[int]:
@@ -194,6 +263,19 @@ def test_a_pre_programmed_destination_compiles_its_learn_and_resubmit_flows_as_r
     assert flows_of(adds)
 
 
+def test_adds_that_share_a_key_but_differ_are_counted_and_identical_ones_are_made_once():
+    one_mac = [PortFacts(7, 101, 0xFA163E000001), PortFacts(8, 101, 0xFA163E000001)]
+    table = table_of(*one_mac)
+    made = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10)),
+                                                           (1, None, PortRole(False, tunnel=11))])
+    assert made.key_conflicts == 1  # the two ports' L2 lookups: one key, two outputs
+    assert sorted(f.actions[-1].port for f in flows_of(made[1]) if f.table == 50) == [10, 11]
+    # the same port's change twice: every add once, and no conflict
+    twice = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10))] * 2)
+    alone = compiler.compile_port_changes(ALL_APPS, table, [(0, None, PortRole(False, tunnel=10))])
+    assert twice.key_conflicts == 0 and twice[1].tobytes() == alone[1].tobytes()
+
+
 def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
     facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
                       (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
@@ -204,19 +286,36 @@ def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"port": 5}, "port index 5 is not in the port table"),
-    ({"group": 3}, "group 3"),
-    ({"old_kind": 7}, "role kind 7"),
+    ((5, None, PortRole(True, ofport=5)), "change 0: port index 5 is not in the port table"),
+    ((-1, None, PortRole(True, ofport=5)), "change 0: port row -1"),
+    ((0, None, PortRole(True, ofport=-5)), "change 0: new role"),
+    ((0, "local", PortRole(True, ofport=5)), "change 0: old role 'local'"),
 ])
-def test_bad_transitions_raise_naming_the_field(change, message):
+def test_bad_changes_raise_naming_the_field(change, message):
     table = table_of(PortFacts(7, 101, 0xFA163E000001))
-    transition = np.zeros(1, compiler.TRANSITION_DTYPE)
-    transition["new_kind"] = compiler.LOCAL
-    transition["new_ofport"] = 5
-    for name, value in change.items():
-        transition[name] = value
     with pytest.raises(ValueError, match=message):
-        core.compile_transitions(ALL_APPS, table.ports, table.ips, table.fips, transition, 2)
+        compiler.compile_port_changes(ALL_APPS, table, [change])
+
+
+def test_columns_that_are_not_the_records_the_core_reads_are_refused_naming_them():
+    table = table_of(PortFacts(7, 101, 0xFA163E000001))
+    with pytest.raises(TypeError, match="ips"):
+        core.PortColumns(table.ports, table.ips.astype(np.float64), table.fips, table.pairs)
+    with pytest.raises(TypeError, match="fips"):
+        core.PortColumns(table.ports, table.ips, table.ips, table.pairs)
+
+
+def test_a_port_table_that_grew_is_compiled_from_its_new_columns():
+    table = compiler.PortTable(capacity=1)
+    facts = [PortFacts(i + 1, 101, 0xFA163E000001 + i, ipv4s=(0x0A000001 + i, 0x0A000101 + i),
+                       fips=(FloatingIpFacts(0xC0000201 + i, 0xFA163EBB0001, 0x0A000001 + i, 200, 0xFA163EAA0001),))
+             for i in range(9)]
+    for i, f in enumerate(facts):
+        table.set(f"p{i}", f)
+    role = PortRole(True, ofport=5)
+    for i, f in enumerate(facts):
+        _, adds = compiler.compile_port_changes(ALL_APPS, table, [(table.index[f"p{i}"], None, role)])
+        assert sorted(map(repr, flows_of(adds))) == sorted(repr(fl) for prog in PROGRAMS for fl in prog.flows(f, role))
 
 
 def test_a_port_whose_addresses_run_past_the_column_is_refused():
@@ -305,9 +404,11 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 
     def round_() -> None:
         cloud.migrate(moves)  # compile_port_changes, flow_mods and the bundle framing, on 10 chassis
-        for bad in (None, PortRole(True, ofport=5, gated=True)):
-            try:  # the error paths too
-                compiler.compile_port_changes(PER_APP[1], table, [(99 if bad is None else 0, None, bad)])
+        good = (0, None, PortRole(True, ofport=5))
+        for bad in ([(99, None, PortRole(True, ofport=5, gated=True))],  # the error paths too
+                    [good, (0, None, PortRole(True, ofport=-1))], [good, good, (-1, None, None)]):
+            try:
+                compiler.compile_port_changes(PER_APP[1], table, bad)
             except ValueError:
                 pass
 
