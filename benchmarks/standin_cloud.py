@@ -27,7 +27,6 @@ import sys
 import time
 from typing import Any
 
-from controller import daemon as daemon_module
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
 from controller.status import GcPauses
@@ -277,9 +276,6 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # Chassis heartbeats are NB writes every chassis hears: N^2/5 events a second at N chassis
-    # (200,000/s at 1,000). The fan-out benchmark measures port moves, so it spaces them out.
-    daemon_module.HEARTBEAT_INTERVAL = config.get("heartbeat_interval", daemon_module.HEARTBEAT_INTERVAL)
     asyncio.run(StandinCloud(config).run())
 
 

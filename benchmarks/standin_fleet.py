@@ -42,15 +42,12 @@ def _mac(n: int) -> str:
 
 class Fleet:
     def __init__(self, chassis: int, ports: int, movers: int, workers: int | None = None,
-                 workdir: str | None = None, heartbeat_interval: float | None = None):
+                 workdir: str | None = None):
         if chassis < 2:
             raise ValueError("chassis: at least 2 (a port moves from chassis-1 to chassis-2)")
         self.n, self.movers = chassis, movers
         self.ports = max(ports, chassis)
         self.workers = workers or min(2, chassis)
-        # Every chassis hears every heartbeat: N^2/interval events a second. Spaced so that they cost the
-        # fleet's 2 cores a few per cent (~100 us each): 30 s up to 170 chassis, 1,000 s at 1,000.
-        self.heartbeat_interval = heartbeat_interval or max(30.0, chassis * chassis / 1000)
         self.workdir = workdir or tempfile.mkdtemp(prefix="dffan-", dir="/tmp")
         self.redis = RedisServer(os.path.join(self.workdir, "redis"), port=0)
         self.procs: list[subprocess.Popen] = []
@@ -71,7 +68,6 @@ class Fleet:
             names = [chassis_name(i) for i in range(w * per, min(self.n, (w + 1) * per))]
             control = os.path.join(self.workdir, f"worker-{w}.sock")
             config = {"nb": self.nb_url, "dir": self.workdir, "control": control, "total_chassis": self.n,
-                      "heartbeat_interval": self.heartbeat_interval,
                       # the controller's OpenFlow requests wait behind every chassis of their process
                       "request_timeout": max(30.0, 0.3 * per),
                       "chassis": [{"name": n, "index": int(n.split("-")[1]), "tunnel_ip": _ip(int(n.split("-")[1])),

@@ -43,7 +43,7 @@ from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import TaskSupervisor
 from controller.timing import apply_entries, event_timing, ovsdb_row_timing, timed
-from dfflow.errors import Conflict, DfflowError, NotFound
+from dfflow.errors import Conflict, DfflowError
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
 from dfflow.nb.store import NbApi
@@ -248,13 +248,14 @@ class ControllerDaemon:
                 status="up", last_seen=time.time(), **where))
 
     async def _heartbeat_loop(self) -> None:
+        """The chassis row kept up (registered again if the NB db lost it); the beat stamped unheard."""
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
-                await self.nb.modify(Chassis.table, self.chassis,
-                                     lambda c: c.replace(status="up", last_seen=time.time()))
-            except NotFound:
-                await self._guard(self._register_chassis, "heartbeat")()
+                row = await self.nb.get(Chassis.table, self.chassis)
+                if row is None or row.status != "up":
+                    await self._guard(self._register_chassis, "heartbeat")()
+                await self.nb.chassis_seen(self.chassis, time.time())
             except TRANSIENT as exc:  # the NB db is away: say so, and beat again when it is back
                 self.stats["heartbeat_failures"] += 1
                 LOG.warning("heartbeat: NB db unreachable (%s)", exc)

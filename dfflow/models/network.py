@@ -23,7 +23,7 @@ class Chassis(Model):
     tunnel_ip: str = ""
     tunnel_type: str = "geneve"
     status: str = "up"
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # when its controller registered it; its heartbeats: NbApi.chassis_last_seen
     # What a VIF plugged here needs (Neutron's binding:vif_details for os-vif): the integration
     # bridge's name and datapath type (os-vif creates the bridge with it if it is missing).
     datapath_type: str = "system"

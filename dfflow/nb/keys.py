@@ -8,6 +8,8 @@ Layout (all keys under a prefix, "dfflow" by default):
   {p}:uniq:{key}            "table:id" holding a unique claim (a MAC or IP on a switch, a VNI, ...)
   {p}:claims:{table}:{id}   set of the claims an object holds
   {p}:chassis-ports:{name}  set of port ids bound to, or migrating from/to, a chassis
+  {p}:chassis-seen          hash: chassis name -> its controller's last heartbeat (no event: nobody's flows
+                            depend on it, and every chassis hearing every beat costs N^2 events)
   {p}:counter:{name}        a high-water mark that only grows (the last VNI handed out, ...)
   {p}:rev                   the NB revision counter
   {p}:migration:{id}         a migration's timeline (dfflow.nb.timeline)
@@ -55,6 +57,10 @@ class Keys:
 
     def chassis_ports(self, chassis: str) -> str:
         return f"{self.prefix}:chassis-ports:{chassis}"
+
+    @property
+    def chassis_seen(self) -> str:
+        return f"{self.prefix}:chassis-seen"
 
     def counter(self, name: str) -> str:
         return f"{self.prefix}:counter:{name}"

@@ -259,6 +259,15 @@ class NbApi:
         raws = await self._reachable(lambda: self.redis.mget([self.keys.obj(t, i) for t, i in pairs]))
         return list(zip(pairs, raws))
 
+    async def chassis_seen(self, chassis: str, when: float) -> None:
+        """The chassis' controller is alive at `when` (a heartbeat: written beside the NB objects,
+        published to no one)."""
+        await self.redis.hset(self.keys.chassis_seen, chassis, repr(when))
+
+    async def chassis_last_seen(self) -> dict[str, float]:
+        """Each chassis' last heartbeat."""
+        return {_s(k): float(v) for k, v in (await self.redis.hgetall(self.keys.chassis_seen)).items()}
+
     async def ports_of_chassis(self, chassis: str) -> list[Model]:
         """Ports bound to `chassis`, or migrating from or to it (what its controller must follow)."""
         ids = await self.redis.smembers(self.keys.chassis_ports(chassis))
