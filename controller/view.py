@@ -59,7 +59,6 @@ class View:
         self.arrivals: set[str] = set()
         self._migrating: set[str] = set()  # ports whose NB version holds a migration record
 
-
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:
         old = self.objects[obj.table].get(obj.id)

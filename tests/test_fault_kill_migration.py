@@ -54,34 +54,38 @@ def start_cloud(stack: contextlib.ExitStack):
     return c
 
 
-@pytest.fixture(scope="module")
-def clouds():
+class ModuleCloud:
     """The module's cloud, started again for the next test when a test failed in it: a migration a
     failure left half done must not fail every later case too."""
-    recoveries: list[str] = []
-    stack = contextlib.ExitStack()
-    current: list = []
 
-    def get():
-        if not current:
-            current.append(start_cloud(stack))
-            current[0].recoveries = recoveries
-        return current[0]
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.current = None
+        self.recoveries: list[str] = []
 
-    def discard():
-        stack.close()
-        current.clear()
+    def get(self):
+        if self.current is None:
+            self.current = start_cloud(self.stack)
+            self.current.recoveries = self.recoveries
+        return self.current
 
-    get.discard = discard
-    yield get
-    stack.close()
-    for line in recoveries:
+    def discard(self) -> None:
+        self.stack.close()
+        self.current = None
+
+
+@pytest.fixture(scope="module")
+def clouds():
+    module_cloud = ModuleCloud()
+    yield module_cloud
+    module_cloud.discard()
+    for line in module_cloud.recoveries:
         print(line)
 
 
 @pytest.fixture
 def cloud(clouds, request):
-    yield clouds()
+    yield clouds.get()
     if request.node.stash.get(TEST_FAILED, False):
         clouds.discard()
 

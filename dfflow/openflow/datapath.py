@@ -20,8 +20,8 @@ from os_ken.ofproto.ofproto_parser import MsgBase
 
 from dfflow.openflow.framing import XidAllocator, hello_frame, hello_versions, iter_frames, wrap_bundle_adds
 from dfflow.openflow.protocol import (OFP13, OFP_HEADER, OFP_HEADER_LEN, OFPET_HELLO_FAILED, OFPHFC_INCOMPATIBLE,
-                                      OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_HELLO,
-                                      PROTOCOLS,
+                                      OFPT_BARRIER_REPLY, OFPT_BUNDLE_CONTROL, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST,
+                                      OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_HELLO, PROTOCOLS,
                                       BundleError, ConnectionLost, FlowModError, OpenFlowError, ProtocolError,
                                       RequestTimeout, msg_type_name)
 
@@ -53,20 +53,18 @@ class BundleCtrlReply:
 
 _ONF_BUNDLE_CTRL = struct.Struct("!IIIHH")  # experimenter, exp_type, bundle_id, type, flags
 _OF14_BUNDLE_CTRL = struct.Struct("!IHH")  # bundle_id, type, flags
-_OFPT_BARRIER_REPLY = 21  # in OpenFlow 1.3 and 1.4
-_OFPT_BUNDLE_CONTROL = 33  # OpenFlow 1.4
 
 
 def bare_reply(version: int, mtype: int, frame: bytes) -> tuple[bool, Any]:
     """(True, result) for a barrier reply (result None) or a bundle control reply (a BundleCtrlReply),
     read from the frame without os-ken; (False, None) for anything else."""
-    if mtype == _OFPT_BARRIER_REPLY:
+    if mtype == OFPT_BARRIER_REPLY:
         return True, None
     if version == OFP13 and mtype == OFPT_EXPERIMENTER and len(frame) >= OFP_HEADER_LEN + _ONF_BUNDLE_CTRL.size:
         experimenter, exp_type, bundle_id, type_, flags = _ONF_BUNDLE_CTRL.unpack_from(frame, OFP_HEADER_LEN)
         if experimenter == ofproto_common.ONF_EXPERIMENTER_ID and exp_type == ofproto_v1_3.ONF_ET_BUNDLE_CONTROL:
             return True, BundleCtrlReply(bundle_id, type_, flags)
-    elif mtype == _OFPT_BUNDLE_CONTROL and version != OFP13 and len(frame) >= OFP_HEADER_LEN + _OF14_BUNDLE_CTRL.size:
+    elif mtype == OFPT_BUNDLE_CONTROL and version != OFP13 and len(frame) >= OFP_HEADER_LEN + _OF14_BUNDLE_CTRL.size:
         return True, BundleCtrlReply(*_OF14_BUNDLE_CTRL.unpack_from(frame, OFP_HEADER_LEN))
     return False, None
 
