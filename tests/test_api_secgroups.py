@@ -188,22 +188,31 @@ def test_duplicate_rules_are_409_naming_the_existing_rule(neutron, http, nb_url,
     neutron.create_security_group_rule({"security_group_rule": {**base, **second, "direction": "egress"}})
 
 
-def test_groups_in_use_cannot_be_deleted(neutron, http, nb_url):
+def test_a_group_a_port_uses_cannot_be_deleted_one_other_groups_rules_name_can(neutron, http, nb_url):
+    """As Neutron: SecurityGroupInUse (409) only for a group ports use; a group named as another group's
+    rules' remote group is deleted, and those rules with it (Neutron's foreign key cascades)."""
     net = neutron.create_network({"network": {"name": "n"}})["network"]
     neutron.create_subnet({"subnet": {"network_id": net["id"], "cidr": "10.0.0.0/24", "ip_version": 4,
                                       "enable_dhcp": False}})
     app = neutron.create_security_group({"security_group": {"name": "app"}})["security_group"]
     web = neutron.create_security_group({"security_group": {"name": "web"}})["security_group"]
-    neutron.create_security_group_rule({"security_group_rule": {
+    naming_web = neutron.create_security_group_rule({"security_group_rule": {
         "security_group_id": app["id"], "direction": "ingress", "remote_group_id": web["id"]}})
     port = neutron.create_port({"port": {"network_id": net["id"], "security_groups": [app["id"]]}})["port"]
     before = nb_snapshot(nb_url)
     refused(http.delete(f"/security-groups/{app['id']}"), 409, "SecurityGroupInUse", app["id"], port["id"])
-    refused(http.delete(f"/security-groups/{web['id']}"), 409, "SecurityGroupInUse", web["id"])
     assert nb_snapshot(nb_url) == before
+    app_rules = {r["id"] for r in neutron.show_security_group(app["id"])["security_group"]["security_group_rules"]}
+
+    assert http.delete(f"/security-groups/{web['id']}").status_code == 204
+    refused(http.get(f"/security-groups/{web['id']}"), 404, "SecurityGroupNotFound", web["id"])
+    refused(http.get(f"/security-group-rules/{naming_web['security_group_rule']['id']}"), 404,
+            "SecurityGroupRuleNotFound")
+    kept = {r["id"] for r in neutron.show_security_group(app["id"])["security_group"]["security_group_rules"]}
+    assert kept == app_rules - {naming_web["security_group_rule"]["id"]} and len(kept) == 2  # its egress rules
+    assert not [r for r in nb_call(nb_url, "list", "secgroup_rule") if web["id"] in (r.secgroup, r.remote_group)]
     neutron.update_port(port["id"], {"port": {"security_groups": []}})
-    neutron.delete_security_group(app["id"])  # its rule naming `web` goes with it
-    neutron.delete_security_group(web["id"])
+    neutron.delete_security_group(app["id"])
 
 
 def test_group_name_default_is_reserved(neutron, http, nb_url):

@@ -157,8 +157,13 @@ class SecurityGroupRule(Model):
             raise RuleError("protocol", f"Invalid protocol {self.protocol} for port range, only supported for "
                                         f"TCP, UDP, UDPLITE, SCTP and DCCP.", "SecurityGroupInvalidProtocolForPort")
 
-    def owner(self) -> tuple[str, str]:
-        return (SecurityGroup.table, self.secgroup)
+    def deleted_with(self) -> list[tuple[str, str]]:
+        """Its group, and as in Neutron (a foreign-key cascade) its remote group: deleting a group
+        deletes the rules of other groups that name it."""
+        found = [(SecurityGroup.table, self.secgroup)]
+        if self.remote_group is not None:
+            found.append((SecurityGroup.table, self.remote_group))
+        return found
 
     def references(self) -> list[tuple[str, str, str]]:
         refs = [("secgroup", SecurityGroup.table, self.secgroup)]

@@ -4,7 +4,7 @@ Neutron's own database code does the work (its checks, the project's default gro
 announces the group or rule (AFTER_CREATE / AFTER_UPDATE / AFTER_DELETE) and this writes what it then
 holds to the NB. A group's rules are written after the group (a default group's ingress rules name the
 group itself). Neutron deletes with a group the rules of other groups that name it as their remote group
-(a foreign-key cascade it announces for none of them): the NB drops them first too. A failure is logged
+(a foreign-key cascade it announces for none of them): the NB deletes them with the group too. A failure is logged
 with its traceback and counted: the request has already succeeded in Neutron (the driver's `errors`)."""
 from __future__ import annotations
 
@@ -33,10 +33,7 @@ def write_rule(nb: NbClient, rule: dict[str, Any]) -> None:
 
 
 def delete_group(nb: NbClient, group_id: str) -> None:
-    for rule in nb.list(SecurityGroupRule.table):
-        if rule.remote_group == group_id and rule.secgroup != group_id:
-            resource.delete(nb, SecurityGroupRule.table, rule.id)
-    resource.delete(nb, SecurityGroup.table, group_id)  # its own rules go with it
+    resource.delete(nb, SecurityGroup.table, group_id)  # its rules and the rules naming it go with it
 
 
 def delete_rule(nb: NbClient, rule_id: str) -> None:
