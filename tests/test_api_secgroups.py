@@ -143,7 +143,9 @@ def test_openstacksdk_sees_the_extensions_and_manages_groups(api):  # noqa: F811
     ({"ethertype": "IPv4", "protocol": "ipv6-icmp"}, 400, "SecurityGroupEthertypeConflictWithProtocol", ("IPv4",)),
     ({"ethertype": "IPv5"}, 400, "SecurityGroupRuleInvalidEtherType", ("IPv5",)),
     ({"direction": "sideways"}, 400, "SecurityGroupRuleInvalidDirection", ("sideways",)),
-    ({"remote_ip_prefix": "10.0.0.0/33"}, 400, "HTTPBadRequest", ("remote_ip_prefix",)),
+    ({"remote_ip_prefix": "10.0.0.0/33"}, 400, "InvalidCIDR", ("10.0.0.0/33",)),
+    ({"protocol": "tcp", "port_range_min": "http", "port_range_max": 80}, 400, "SecurityGroupInvalidPortValue",
+     ("http",)),
     ({"remote_group_id": "no-such-group"}, 404, "SecurityGroupNotFound", ("no-such-group",)),
 ])
 def test_malformed_rules_get_neutrons_errors_and_write_nothing(neutron, http, nb_url, body, status, type_, words):
@@ -161,6 +163,32 @@ def test_a_rule_for_an_unknown_group_is_404(neutron, http, nb_url):
     refused(http.post("/security-group-rules", json={"security_group_rule": {
         "security_group_id": "nope", "direction": "ingress"}}), 404, "SecurityGroupNotFound", "nope")
     assert nb_snapshot(nb_url) == before
+
+
+@pytest.mark.parametrize("given, stored", [
+    ({"ethertype": "ipv4", "protocol": "TCP"}, {"ethertype": "IPv4", "protocol": "tcp"}),
+    ({"protocol": "any"}, {"protocol": None}),
+    ({"protocol": "tcp", "port_range_min": "22", "port_range_max": "22"}, {"port_range_min": 22, "port_range_max": 22}),
+    ({"protocol": "udp", "port_range_min": 1, "port_range_max": 65535},
+     {"port_range_min": None, "port_range_max": None}),
+    ({"ethertype": "IPv6", "protocol": "icmp"}, {"protocol": "ipv6-icmp"}),
+    ({"ethertype": "IPv6", "protocol": "icmpv6", "port_range_min": 128}, {"protocol": "ipv6-icmp"}),
+    ({"ethertype": "IPv6", "protocol": "1"}, {"protocol": "58"}),
+])
+def test_rule_values_are_taken_and_stored_as_neutron_converts_them(neutron, http, nb_url, given, stored):
+    """What Neutron accepts and rewrites (an ethertype in any case, `any`, a port as a string, the whole port
+    range as none, IPv6's legacy ICMP names) is accepted, shown and stored as Neutron stores it, and a rule
+    written the way Neutron stores it is then its duplicate."""
+    sg = neutron.create_security_group({"security_group": {"name": "g"}})["security_group"]
+    base = {"security_group_id": sg["id"], "direction": "ingress"}
+    made = neutron.create_security_group_rule({"security_group_rule": {**base, **given}})["security_group_rule"]
+    assert {k: made[k] for k in stored} == stored, made
+    kept = nb_call(nb_url, "get", "secgroup_rule", made["id"])
+    assert {k: getattr(kept, k) for k in stored if k != "ethertype"} == {k: v for k, v in stored.items()
+                                                                          if k != "ethertype"}
+    canonical = {**base, **{k: v for k, v in rule_shape(made).items() if v is not None}}
+    refused(http.post("/security-group-rules", json={"security_group_rule": canonical}), 409,
+            "SecurityGroupRuleExists", made["id"])
 
 
 @pytest.mark.parametrize("first, second", [

@@ -17,6 +17,9 @@ IP_PROTOCOLS = {"ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "hopopt": 
                 "ipv6-nonxt": 59, "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46,
                 "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112}
 PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # the protocols whose rules take a port range
+ANY_PROTOCOL = "any"  # Neutron's word for no protocol
+EVERY_PORT = (1, 65535)  # a port range Neutron stores as none
+IPV6_ICMP_ALIASES = {"icmp": "ipv6-icmp", "icmpv6": "ipv6-icmp", "1": "58"}  # for IPv6, as Neutron stores them
 ICMP_PROTOCOLS = frozenset({1, 58})  # whose rules' port range is an ICMP type and code
 
 
@@ -58,9 +61,9 @@ def protocol_number(protocol: str | None) -> int | None:
 
 
 def normalize_protocol(value: Any) -> str | None:
-    """Neutron's protocol value: None, a known name (any case, given back lower-case) or a number
-    0-255 (int or string, given back as a string)."""
-    if value is None:
+    """Neutron's protocol value: None (or "any"), a known name (any case, given back lower-case) or a
+    number 0-255 (int or string, given back as a string)."""
+    if value is None or value == ANY_PROTOCOL:
         return None
     if isinstance(value, str) and value.lower() in IP_PROTOCOLS:
         return value.lower()
@@ -104,6 +107,10 @@ class SecurityGroupRule(Model):
             raise RuleError("ethertype", f"Security group rule for ethertype {self.ethertype!r} not supported. "
                                          f"Allowed values are IPv4, IPv6.", "SecurityGroupRuleInvalidEtherType")
         self.protocol = normalize_protocol(self.protocol)
+        if self.ethertype == "IPv6" and self.protocol in IPV6_ICMP_ALIASES:
+            self.protocol = IPV6_ICMP_ALIASES[self.protocol]
+        if (self.port_range_min, self.port_range_max) == EVERY_PORT:
+            self.port_range_min = self.port_range_max = None
         number = protocol_number(self.protocol)
         if number == 58 and self.ethertype == "IPv4":
             raise RuleError("protocol", f"Invalid ethertype IPv4 for protocol {self.protocol}.",
@@ -120,8 +127,8 @@ class SecurityGroupRule(Model):
             except ValueError:
                 prefix = None
             if prefix is None:
-                raise ValidationError("remote_ip_prefix", f"not an IP address or CIDR: {self.remote_ip_prefix!r}",
-                                      self.table)
+                raise RuleError("remote_ip_prefix", f"Invalid CIDR {self.remote_ip_prefix} given as IP prefix.",
+                                "InvalidCIDR")
             if f"IPv{prefix.version}" != self.ethertype:
                 raise RuleError("remote_ip_prefix", f"Conflicting value ethertype {self.ethertype} for CIDR "
                                                     f"{self.remote_ip_prefix}", "SecurityGroupRuleParameterConflict")
