@@ -197,7 +197,7 @@ def test_rule_values_are_taken_and_stored_as_neutron_converts_them(neutron, http
     ({"protocol": "tcp", "port_range_min": 22, "port_range_max": 22},
      {"protocol": "6", "port_range_min": 22, "port_range_max": 22}),
     ({"protocol": "udp", "remote_ip_prefix": "0.0.0.0/0"}, {"protocol": "udp"}),
-    ({"protocol": "tcp", "remote_ip_prefix": "10.1.2.3/16"}, {"protocol": "tcp", "remote_ip_prefix": "10.1.0.0/16"}),
+    ({"protocol": "tcp", "remote_ip_prefix": "10.1.2.3"}, {"protocol": "tcp", "remote_ip_prefix": "10.1.2.3/32"}),
     ({"ethertype": "IPv6", "protocol": "icmp"}, {"ethertype": "IPv6", "protocol": "ipv6-icmp"}),
 ])
 def test_duplicate_rules_are_409_naming_the_existing_rule(neutron, http, nb_url, first, second):
@@ -214,6 +214,18 @@ def test_duplicate_rules_are_409_naming_the_existing_rule(neutron, http, nb_url,
         "SecurityGroupRuleExists")
     # a rule that differs in any match field is no duplicate
     neutron.create_security_group_rule({"security_group_rule": {**base, **second, "direction": "egress"}})
+
+
+def test_prefixes_differing_in_host_bits_are_two_rules_as_in_neutron(neutron):
+    """Neutron compares rules' prefixes as written: in neutron-server both are made, so the NB must take
+    both too (or it would miss the second, and lose what it allows when the first goes)."""
+    sg = neutron.create_security_group({"security_group": {"name": "g"}})["security_group"]
+    made = [neutron.create_security_group_rule({"security_group_rule": {
+        "security_group_id": sg["id"], "direction": "ingress", "protocol": "tcp", "remote_ip_prefix": prefix}})
+        ["security_group_rule"] for prefix in ("10.1.2.3/16", "10.1.0.0/16")]
+    assert [r["normalized_cidr"] for r in made] == ["10.1.0.0/16", "10.1.0.0/16"]
+    neutron.delete_security_group_rule(made[0]["id"])
+    assert neutron.show_security_group_rule(made[1]["id"])["security_group_rule"]["remote_ip_prefix"] == "10.1.0.0/16"
 
 
 def test_a_group_a_port_uses_cannot_be_deleted_one_other_groups_rules_name_can(neutron, http, nb_url):

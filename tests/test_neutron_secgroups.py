@@ -81,3 +81,16 @@ def test_a_group_deleted_in_neutron_takes_the_rules_naming_it_out_of_the_nb(conn
     assert nb_call(neutron.nb_url, "get", "secgroup", web.id) is None
     assert nb_call(neutron.nb_url, "get", "secgroup", app.id) is not None
     net.delete_security_group(app)
+
+
+def test_rules_neutron_holds_as_two_are_two_in_the_nb(conn, neutron):
+    """Neutron compares prefixes as written: rules differing only in a prefix's host bits are two rules
+    there, so the NB holds both (refusing the second would lose what it allows once the first goes)."""
+    net = conn.network
+    group = net.create_security_group(name="hosts")
+    made = [net.create_security_group_rule(security_group_id=group.id, direction="ingress", protocol="tcp",
+                                           remote_ip_prefix=prefix) for prefix in ("10.1.2.3/16", "10.1.0.0/16")]
+    net.delete_security_group_rule(made[0])
+    stored = _rules_of(neutron.nb_url, group.id)
+    assert made[0].id not in stored and stored[made[1].id][5] == "10.1.0.0/16", stored
+    net.delete_security_group(group)

@@ -179,13 +179,14 @@ class SecurityGroupRule(Model):
         return refs
 
     def match_key(self) -> str:
-        """What the rule matches, canonical: two rules of a group with the same key are duplicates
-        (a protocol's name and number, `icmp` and `ipv6-icmp` for IPv6, 0.0.0.0/0 and no prefix
-        are the same)."""
+        """What the rule matches, as Neutron compares rules: two rules of a group with the same key are
+        duplicates (a protocol's name and number, `icmp` and `ipv6-icmp` for IPv6, 0.0.0.0/0 and no
+        prefix are the same; prefixes are compared as written, host bits included: 10.1.2.3/16 and
+        10.1.0.0/16 are two rules to Neutron)."""
         number = protocol_number(self.protocol)
         if self.ethertype == "IPv6" and number == 1:
             number = 58
-        prefix = str(ipaddress.ip_interface(self.remote_ip_prefix).network) if self.remote_ip_prefix else None
+        prefix = str(ipaddress.ip_interface(self.remote_ip_prefix)) if self.remote_ip_prefix else None
         if prefix in ("0.0.0.0/0", "::/0"):
             prefix = None
         return "|".join(str(v) for v in (self.direction, self.ethertype, number, self.port_range_min,
