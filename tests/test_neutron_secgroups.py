@@ -2,6 +2,7 @@
 deletes (groups, rules, a port's groups and address pairs) is what the NB db holds."""
 from __future__ import annotations
 
+import openstack.exceptions
 import pytest
 
 from api_fixtures import nb_call, sdk
@@ -94,3 +95,21 @@ def test_rules_neutron_holds_as_two_are_two_in_the_nb(conn, neutron):
     stored = _rules_of(neutron.nb_url, group.id)
     assert made[0].id not in stored and stored[made[1].id][5] == "10.1.0.0/16", stored
     net.delete_security_group(group)
+
+
+def test_a_rule_naming_an_address_group_is_refused_rather_than_allowing_everyone(conn, neutron):
+    """dfflow has no address groups: a rule whose remote end is one would reach the chassis with no remote,
+    allowing any source. neutron-server refuses it (400 naming the field) and neither Neutron nor the NB
+    holds it."""
+    net = conn.network
+    group = net.create_security_group(name="admins-only")
+    admins = net.create_address_group(name="admins", addresses=["10.9.9.9/32"])
+    before = _rules_of(neutron.nb_url, group.id)
+    with pytest.raises(openstack.exceptions.BadRequestException) as info:
+        net.create_security_group_rule(security_group_id=group.id, direction="ingress", protocol="tcp",
+                                       port_range_min=22, port_range_max=22, remote_address_group_id=admins.id)
+    assert "remote_address_group_id" in str(info.value), info.value
+    assert _rules_of(neutron.nb_url, group.id) == before
+    assert sorted(r.id for r in net.security_group_rules(security_group_id=group.id)) == sorted(before)
+    net.delete_security_group(group)
+    net.delete_address_group(admins)
