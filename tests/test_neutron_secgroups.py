@@ -113,3 +113,19 @@ def test_a_rule_naming_an_address_group_is_refused_rather_than_allowing_everyone
     assert sorted(r.id for r in net.security_group_rules(security_group_id=group.id)) == sorted(before)
     net.delete_security_group(group)
     net.delete_address_group(admins)
+
+
+def test_a_stateless_group_is_refused_rather_than_filtered_statefully(conn, neutron):
+    """Every chassis filters with connection tracking: a stateless group would let in the replies its rules
+    do not allow. neutron-server refuses to make one, or to turn a group stateless."""
+    net = conn.network
+    with pytest.raises(openstack.exceptions.ConflictException) as info:
+        net.create_security_group(name="stateless", stateful=False)
+    assert "stateful" in str(info.value), info.value
+    assert not [g for g in net.security_groups(name="stateless")]
+    assert not [g for g in nb_call(neutron.nb_url, "list", "secgroup") if g.name == "stateless"]
+    group = net.create_security_group(name="stateful")
+    with pytest.raises(openstack.exceptions.ConflictException):
+        net.update_security_group(group, stateful=False)
+    assert net.get_security_group(group.id).stateful is True
+    net.delete_security_group(group)

@@ -2,11 +2,12 @@
 
 Neutron's own database code does the work (its checks, the project's default group); after each commit it
 announces the group or rule (AFTER_CREATE / AFTER_UPDATE / AFTER_DELETE) and this writes what it then
-holds to the NB. A rule the NB would refuse (one naming an address group) is refused before Neutron makes
-it (BEFORE_CREATE). A group's rules are written after the group (a default group's ingress rules name the
-group itself). Neutron deletes with a group the rules of other groups that name it as their remote group
-(a foreign-key cascade it announces for none of them): the NB deletes them with the group too. A failure is
-logged with its traceback and counted: the request has already succeeded in Neutron (the driver's `errors`)."""
+holds to the NB. A rule the NB would refuse (one naming an address group) and a stateless group are refused
+before Neutron makes them (BEFORE_CREATE, BEFORE_UPDATE). A group's rules are written after the group (a
+default group's ingress rules name the group itself). Neutron deletes with a group the rules of other groups
+that name it as their remote group (a foreign-key cascade it announces for none of them): the NB deletes them
+with the group too. A failure is logged with its traceback and counted: the request has already succeeded in
+Neutron (the driver's `errors`)."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ from neutron_lib.callbacks import events, registry, resources
 from dfflow.models import SecurityGroup, SecurityGroupRule
 from dfflow.nb import convert
 from dfflow.neutron import resource
-from dfflow.neutron.errors import refusals
+from dfflow.neutron.errors import NbInvalid, refusals
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class SecurityGroupWriter:
 
     def subscribe(self) -> None:
         registry.subscribe(self._rule_to_create, resources.SECURITY_GROUP_RULE, events.BEFORE_CREATE)
+        for event in (events.BEFORE_CREATE, events.BEFORE_UPDATE):
+            registry.subscribe(self._group_to_write, resources.SECURITY_GROUP, event)
         for event in (events.AFTER_CREATE, events.AFTER_UPDATE):
             registry.subscribe(self._group_written, resources.SECURITY_GROUP, event)
             registry.subscribe(self._rule_written, resources.SECURITY_GROUP_RULE, event)
@@ -73,6 +76,14 @@ class SecurityGroupWriter:
         """An update does not say whether the group is its project's default: the NB remembers."""
         current = self.nb.get(SecurityGroup.table, group_id)
         return current is not None and current.is_default
+
+    @staticmethod
+    def _group_to_write(resource_: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """A stateless group is refused before Neutron makes it or turns one stateless: every chassis filters
+        with connection tracking, so it would let in the replies the group's rules do not allow."""
+        if (payload.latest_state or {}).get("stateful") is False:
+            raise NbInvalid(error_message="stateful: stateless security groups are not supported (dfflow "
+                                          "filters with connection tracking)")
 
     def _rule_to_create(self, resource_: str, event: str, trigger: Any, payload: Any = None) -> None:
         """A rule the NB would refuse (one naming an address group) is refused before Neutron makes it:
