@@ -37,6 +37,8 @@ from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowSe
 from controller.interfaces import InterfaceTracker, PendingVifs, is_tunnel_row, is_vif_row
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
+from controller.conntrack_sweep import ConntrackSweeper, appctl_command
+from controller.conntrack_sweep import policy_of as sweep_policy
 from controller.stamps import AppliedStamps
 from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
@@ -103,6 +105,8 @@ class ControllerDaemon:
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
         self.metrics_listen, self.metrics_url = metrics_listen, None
         self.metrics = ControllerMetrics(self) if metrics_listen is not None else None
+        self.conntrack_sweeper = ConntrackSweeper(lambda port_id: sweep_policy(self.engine.view, port_id),
+                                                  self.stats, self._record_error, appctl_command(ovsdb))
 
     def _new_engine(self) -> Engine:
         return Engine(self.chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()])
@@ -210,6 +214,7 @@ class ControllerDaemon:
             self.metrics_url = await self.metrics.serve(*self.metrics_listen)
             LOG.info("Prometheus metrics on %s", self.metrics_url)
         self._spawn(self._heartbeat_loop, "heartbeat")
+        self._spawn(self.conntrack_sweeper.run, "conntrack-sweep")
         self._spawn(self._pending_vif_loop, "pending-vifs")
         self._spawn(self._housekeeping_loop, "migration-housekeeping")
         self._spawn(self.migrator.listen, "migration-events")
@@ -473,8 +478,10 @@ class ControllerDaemon:
             try:
                 if self._need_reconcile.is_set():
                     self._need_reconcile.clear()
-                    self._drain_outbox()  # everything queued is part of the desired state below
+                    drained = self._drain_outbox()  # everything queued is part of the desired state below
                     await self._reconcile(dp)
+                    for p in [plan, *drained]:
+                        self.conntrack_sweeper.request(p.arrived, p.narrowed)
                 elif plan:
                     # Plans queued meanwhile go out with this one, in order, as one bundle: a burst
                     # of NB events (an evacuation) costs one round trip per chassis, not one per event.
@@ -492,6 +499,7 @@ class ControllerDaemon:
                         self.stats["flow_mods"] += p.n_flow_mods
                         for migration_id, state in p.stamps:
                             self.stamps.stamp(migration_id, state, applied)
+                        self.conntrack_sweeper.request(p.arrived, p.narrowed)  # now that its flows are in
             except ConnectionLost:
                 self._need_reconcile.set()
             except OFChannelError:
@@ -523,9 +531,11 @@ class ControllerDaemon:
         before it commits."""
         await dp.send_bundle(compiler.flow_mods(dp, flows), pipelined=pipelined)
 
-    def _drain_outbox(self) -> None:
+    def _drain_outbox(self) -> list[Plan]:
+        drained = []
         while not self._outbox.empty():
-            self._outbox.get_nowait()
+            drained.append(self._outbox.get_nowait())
+        return drained
 
     async def _reconcile(self, dp: Datapath) -> None:
         started = time.monotonic()

@@ -77,6 +77,8 @@ class Engine:
         self.placed: dict[str, Place] = {}  # port id -> what its installed flows are for
         self.windows_ending: list[str] = []  # arrivals whose migration ended: the daemon closes them later
         self._closes_due: Counter[str] = Counter()  # port id -> closes handed to the daemon, not yet run
+        self._narrowed: set[str] = set()  # ports whose allowing flows the plan being made deletes
+        self._narrowed_arriving: set[str] = set()  # ... while they arrive: swept when their window closes
         # What this chassis applied to a port ahead of its own NB write, laid on each NB version of
         # the port until that write settles (controller.migrator sets it).
         self.port_overlay: Callable[[LogicalPort], LogicalPort] | None = None
@@ -168,7 +170,14 @@ class Engine:
         if mig is not None and mig.chassis == self.view.chassis:
             return Plan()  # migrating here again meanwhile
         self.view.arrivals.discard(port_id)
-        return self._deferred() if self.loading else self._recompute({(PORT, port_id, "")})
+        if self.loading:
+            return self._deferred()
+        plan = self._recompute({(PORT, port_id, "")})
+        plan.arrived.add(port_id)
+        if port_id in self._narrowed_arriving:
+            self._narrowed_arriving.discard(port_id)
+            plan.narrowed.add(port_id)
+        return plan
 
     def vif_online(self, vif: Vif) -> Plan:
         if self.view.vifs.get(vif.iface_id) == vif:
@@ -312,6 +321,9 @@ class Engine:
         plan = self.flows.plan(wanted)
         plan.rows = rows
         plan.moved = {port_id for port_id, place in placed.items() if self._place(port_id, place)}
+        narrowed, self._narrowed = self._narrowed, set()
+        self._narrowed_arriving |= narrowed & self.view.arrivals
+        plan.narrowed = narrowed - self.view.arrivals
         return plan
 
     def _failed(self, counter: str, what: str) -> None:
@@ -428,6 +440,8 @@ class Engine:
                 self.app_rows.pop(installed, None)
             if len(dels) or len(adds):
                 changes.append((FlowBatch.of_rows(dels), FlowBatch.of_rows(adds)))
+            if len(dels) and len(rows) and app.narrows(dels):  # (no rows left: not filtered here any more)
+                self._narrowed.add(port_id)
         return changes
 
     def _place(self, port_id: str, place: Place | None) -> bool:

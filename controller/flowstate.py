@@ -26,6 +26,10 @@ class Plan:
     rows: list[tuple[Any, Any]] = field(default_factory=list)
     owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
     moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
+    # Local ports whose security groups allow less once it is applied, and those whose arrival window it
+    # closes: their conntrack zones are swept and recorded (controller.conntrack_sweep).
+    narrowed: set[str] = field(default_factory=set)
+    arrived: set[str] = field(default_factory=set)
     stamps: list[tuple[str, str]] = field(default_factory=list)  # (migration id, state) to stamp once applied
     timing: dict[str, float] = field(default_factory=dict)  # what it took: event to plan, queue, bundle
     cause: str = ""  # "table:id" of the NB event that made it (empty for local events)

@@ -123,8 +123,10 @@ def wait_controllers_ready(sb: Sandbox, timeout: float = 20.0) -> None:
 
 def wait_arrival_windows_closed(sb: Sandbox, timeout: float = 20.0) -> None:
     """Until no chassis admits a migrated port's established connections any more (their window,
-    controller.apps.secgroups.ARRIVAL_WINDOW after a migration, is closed): its flows are gone."""
-    wait_until(lambda: not any("tcp_flags" in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
+    controller.apps.secgroups.ARRIVAL_WINDOW after a migration, is closed): its flows, which commit TCP
+    without SYN, are gone (the static ones dropping it stay)."""
+    wait_until(lambda: not any("tcp_flags" in f and "commit" in f for ch in sb.chassis_list()
+                               for f in dump_flows(sb, ch.name)),
                timeout, what="arrival windows closed")
 
 

@@ -265,6 +265,15 @@ def test_group_name_default_is_reserved(neutron, http, nb_url):
     assert nb_snapshot(nb_url) == before
 
 
+def test_a_projects_default_group_cannot_be_deleted(neutron, http, nb_url):
+    default = neutron.list_security_groups()["security_groups"][0]
+    before = nb_snapshot(nb_url)
+    refused(http.delete(f"/security-groups/{default['id']}"), 409, "SecurityGroupCannotRemoveDefault", default["id"])
+    assert nb_snapshot(nb_url) == before
+    other = neutron.create_security_group({"security_group": {"name": "other"}})["security_group"]
+    neutron.delete_security_group(other["id"])  # any other group can
+
+
 def test_ports_get_the_default_group_groups_and_address_pairs(neutron, nb_url):
     net = neutron.create_network({"network": {"name": "n"}})["network"]
     default = neutron.list_security_groups()["security_groups"]

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from controller.apps.l2 import L2App
-from controller.apps.secgroups import SecurityGroupsApp
+from controller.apps.secgroups import MID_STREAM, SecurityGroupsApp
 from controller.engine import Engine
 from controller.pipeline import table
 from controller.reconcile import flow_from_stats
@@ -115,7 +115,7 @@ def test_a_rule_removed_goes_at_once_a_port_without_groups_allows_nothing_and_on
 
 
 def mid_stream_flows(engine, port_id: str) -> list:
-    return [f for f in sg_flows(engine, port_id) if f.priority == 90]
+    return [f for f in sg_flows(engine, port_id) if f.priority == MID_STREAM]
 
 
 def test_a_port_migrating_here_admits_its_established_tcp_until_a_while_after_the_migration():

@@ -20,9 +20,10 @@ import time
 import pytest
 
 from benchmarks import faulty_controller
-from controller_fixtures import fault, migrate, pings, running_cloud, wait_arrival_windows_closed, wait_until
+from controller_fixtures import (controller_status, fault, migrate, pings, running_cloud, wait_arrival_windows_closed,
+                                 wait_until)
 from dfflow.sandbox.faults import DROP_PUBLISH
-from test_secgroups_sandbox import TCP_LISTEN, routed_net1_and_public, tcp_opens
+from test_secgroups_sandbox import ONE_CONNECTION, TCP_LISTEN, Talk, routed_net1_and_public, tcp_opens
 
 pytestmark = pytest.mark.ovs
 
@@ -33,16 +34,7 @@ M_IP, E_IP = "10.1.0.10", "172.24.4.100"
 STREAM = """
 import json, socket, sys, threading, time
 role, host, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-if role == "server":
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(1)
-    print("listening", flush=True)
-    conn = listener.accept()[0]
-else:
-    conn = socket.create_connection((host, port), timeout=5)
-conn.settimeout(60)
+""" + ONE_CONNECTION + """conn.settimeout(60)
 out = {"sent": 0, "received": 0, "error": None}
 PATTERN = bytes(i % 251 for i in range(251 * 8))
 def send():
@@ -163,3 +155,33 @@ def test_a_tcp_stream_opened_from_inside_keeps_going_across_a_live_migration(clo
     assert len(during) >= 2, (migrating, migrated, attempts, prober_err)  # ... during the migration ...
     assert not tcp_opens(sb, "E", "M", cloud.fip, 5302)  # ... and after it
     wait_arrival_windows_closed(sb)  # the admission of M's connections ends by itself
+
+
+def test_a_migrated_connection_outlives_a_later_narrowing_of_its_ports_rules(cloud, tmp_path):
+    """M opened the connection; at the destination E's bytes come first, so its conntrack entry there reads
+    E -> M. A rule of M's group removed after the window (a sweep of M's zone) must not cut it: the sweep
+    judges the connections recorded at the window's close either way round."""
+    sb = cloud.sb
+    dest = next(c.name for c in sb.chassis_list() if c.name not in (where(cloud), "chassis-3"))
+    group = cloud.nb("get", "lport", sb.vm("M").vifs[0].port_id).security_groups[0]
+    talk = Talk(sb, tmp_path, "M", "E", E_IP, 5210, quiet_client=True)
+    try:
+        wait_until(talk.flowing, 10, what="E streams to M")
+        migrate(cloud, "M", dest, strategy="announce", nova_path="extended")
+        assert where(cloud) == dest
+        wait_until(talk.flowing, 10, what="the stream resumes at the destination")
+        wait_arrival_windows_closed(sb)
+        wait_until(lambda: controller_status(sb, dest)["conntrack_sweep"]["arrivals_recorded"], 5,
+                   what="M's connections recorded at the window's close")
+        sweeps = controller_status(sb, dest)["stats"].get("conntrack_sweep.sweeps", 0)
+        body = {"security_group_id": group, "direction": "ingress", "ethertype": "IPv4", "protocol": "udp",
+                "port_range_min": 5999, "port_range_max": 5999}
+        rule = cloud.call("neutron", "create_security_group_rule", {"security_group_rule": body})
+        cloud.call("neutron", "delete_security_group_rule", rule["security_group_rule"]["id"])
+        wait_until(lambda: controller_status(sb, dest)["stats"].get("conntrack_sweep.sweeps", 0) > sweeps, 10,
+                   what="M's zone swept at the destination")
+        assert talk.flowing(1.5), talk.received()
+        status = controller_status(sb, dest)
+        assert not status["stats"].get("conntrack_sweep.failures"), status["errors"]
+    finally:
+        talk.close()

@@ -5,12 +5,14 @@ its own (egress open, no ingress rule); E is an external host on `public` (chass
 security, and A has a floating IP."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 
 import pytest
 
-from controller_fixtures import dump_flows, pings, running_cloud, wait_until
+from controller_fixtures import controller_status, dump_flows, pings, running_cloud, wait_until
 from sandbox_fixtures import tcp_transfer
 
 pytestmark = pytest.mark.ovs
@@ -172,3 +174,134 @@ def test_an_allowed_address_pair_is_let_through_and_other_spoofed_sources_are_no
     finally:
         for address in (PAIR, spoofed):
             sb.vm_exec("A", ["ip", "addr", "del", f"{address}/24", "dev", "eth0"], check=False)
+
+
+# The connection of a script run with `role` server (listening on `host`:`port`; it says when) or client.
+ONE_CONNECTION = """
+if role == "server":
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(1)
+    print("listening", flush=True)
+    conn = listener.accept()[0]
+else:
+    conn = socket.create_connection((host, port), timeout=5)
+"""
+
+# Both ends of one connection keep sending (1 KiB every 20 ms) and write how many bytes they received so far
+# to a file, so the test sees whether the connection still carries bytes either way.
+TALKER = """
+import os, socket, sys, threading, time
+role, host, port, counter = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+quiet = sys.argv[5:] == ["quiet"]  # receive only
+""" + ONE_CONNECTION + """conn.settimeout(None)
+def send():
+    try:
+        while True:
+            conn.sendall(b"x" * 1024)
+            time.sleep(0.02)
+    except OSError:
+        pass
+if not quiet:
+    threading.Thread(target=send, daemon=True).start()
+received = 0
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    received += len(data)
+    with open(counter + ".tmp", "w") as f:
+        f.write(str(received))
+    os.replace(counter + ".tmp", counter)
+"""
+
+
+class Talk:
+    """A TCP connection from `client` to `server` (listening on `port`, reached at `dst_ip`) carrying bytes
+    both ways (`quiet_client`: from the server only); `received()` is what each end got so far."""
+
+    def __init__(self, sb, tmp_path, client: str, server: str, dst_ip: str, port: int, quiet_client: bool = False):
+        self.quiet = quiet_client
+        self.files = (str(tmp_path / f"{server}-{port}"), str(tmp_path / f"{client}-{port}"))
+        self.procs = [sb.vm_popen(server, [sys.executable, "-c", TALKER, "server", "0.0.0.0", str(port), self.files[0]],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+        assert self.procs[0].stdout.readline().strip() == "listening", self.procs[0].stderr.read()
+        self.procs.append(sb.vm_popen(client, [sys.executable, "-c", TALKER, "client", dst_ip, str(port),
+                                               self.files[1], *(["quiet"] if quiet_client else [])],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+    def received(self) -> tuple[int, int]:
+        def read(path: str) -> int:
+            try:
+                with open(path) as f:
+                    return int(f.read() or 0)
+            except FileNotFoundError:
+                return 0
+        return read(self.files[0]), read(self.files[1])
+
+    def flowing(self, over: float = 0.5) -> bool:
+        before = self.received()
+        time.sleep(over)
+        after = self.received()
+        return after[1] > before[1] and (self.quiet or after[0] > before[0])
+
+    def stopped(self, over: float = 1.0) -> bool:
+        before = self.received()
+        time.sleep(over)
+        return self.received() == before
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def talking(*talks_args):
+    talks = []
+    try:
+        for args in talks_args:
+            talks.append(Talk(*args))
+        yield talks
+    finally:
+        for talk in talks:
+            talk.close()
+
+
+def test_removing_the_rule_that_let_a_connection_in_cuts_it_while_others_go_on(cloud, tmp_path):
+    sb = cloud.sb
+    cut_rule = add_rule(cloud, protocol="tcp", port_range_min=5120, port_range_max=5120, remote_ip_prefix=f"{E}/32")
+    kept_rule = add_rule(cloud, protocol="tcp", port_range_min=5121, port_range_max=5121,
+                         remote_ip_prefix="172.24.4.0/24")
+    try:
+        wait_until(lambda: tcp_opens(sb, "E", "A", cloud.fip, 5120), 10, what="E -> A tcp 5120 once allowed")
+        with talking((sb, tmp_path, "E", "A", cloud.fip, 5120), (sb, tmp_path, "E", "A", cloud.fip, 5121)) as (cut, kept):
+            wait_until(lambda: cut.flowing() and kept.flowing(), 10, what="both connections carry bytes both ways")
+            neutron(cloud, "delete_security_group_rule", cut_rule)
+            wait_until(cut.stopped, 5, what="the connection of the removed rule cut")
+            assert cut.stopped(2.0), cut.received()  # no byte either way since, though both ends keep sending
+            assert kept.flowing(1.0), kept.received()
+        status = controller_status(sb, "chassis-1")
+        assert status["stats"].get("conntrack_sweep.entries_cut", 0) >= 1, status["stats"]
+        assert not status["stats"].get("conntrack_sweep.failures"), status["errors"]
+    finally:
+        for rule in (cut_rule, kept_rule):
+            with contextlib.suppress(Exception):
+                neutron(cloud, "delete_security_group_rule", rule)
+
+
+def test_a_member_leaving_the_remote_group_loses_its_connections_to_the_group(cloud, tmp_path):
+    sb = cloud.sb
+    port_c = sb.vm("C").vifs[0].port_id
+    neutron(cloud, "update_port", port_c, {"port": {"security_groups": [cloud.own_group, cloud.default_group]}})
+    try:
+        wait_until(lambda: pings(sb, "C", A), 10, what="C -> A once C is a member of A's group")
+        with talking((sb, tmp_path, "C", "A", A, 5130), (sb, tmp_path, "B", "A", A, 5131)) as (leaving, member):
+            wait_until(lambda: leaving.flowing() and member.flowing(), 10, what="both connections carry bytes")
+            neutron(cloud, "update_port", port_c, {"port": {"security_groups": [cloud.own_group]}})
+            wait_until(leaving.stopped, 5, what="C's connection cut once it left the group")
+            assert leaving.stopped(2.0), leaving.received()
+            assert member.flowing(1.0), member.received()
+    finally:
+        neutron(cloud, "update_port", port_c, {"port": {"security_groups": [cloud.own_group]}})

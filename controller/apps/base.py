@@ -49,6 +49,11 @@ class App:
         """The port's flows on this chassis as rows of the flow record (makes_port_rows apps)."""
         raise NotImplementedError(f"app {self.name} makes no port rows")
 
+    def narrows(self, deleted: np.ndarray) -> bool:
+        """Whether deleting these of a port's rows takes away something its flows allowed (makes_port_rows
+        apps; the engine then has the port's established connections judged again)."""
+        return False
+
     # -- the blueprint's four port events -------------------------------------------
     def add_local_port(self, port: "LogicalPort", view: "View") -> list[Flow]:
         return []

@@ -19,7 +19,11 @@ Connections survive a live migration: the destination's zone has never seen the 
 while the port migrates here and for ARRIVAL_WINDOW seconds after its migration ended (View.arrivals,
 kept by the engine, closed by the daemon's timer) TCP packets without SYN, in either direction, are
 committed as they come: an established stream resumes whichever end speaks first, and no new connection
-can open through it (that needs a SYN).
+can open through it (that needs a SYN). Elsewhere a TCP packet without SYN opens nothing, whatever the rules.
+
+A connection the rules no longer allow (a rule, a remote group's member or a group of the port gone) is cut:
+the engine marks the plans that narrow a port's rules and controller.conntrack_sweep deletes the zone's
+entries the remaining rules do not allow.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from controller.pipeline import table
 from controller.view import mac_int
 from dfflow import core
 from dfflow.flowbatch import LAYOUT, MAX_ACTIONS
-from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, Flow, match
+from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, TCP_SYN, Flow, match
 from dfflow.models import LogicalPort, SecurityGroupRule
 
 if TYPE_CHECKING:
@@ -52,7 +56,11 @@ DHCP_REPLY = match(eth_type=ETH_TYPE_IP, ip_proto=IPPROTO_UDP, udp_src=DHCP_SERV
 DHCP = 250  # above the conntrack verdicts: a reply is neither tracked as one connection nor a rule's
 CONNTRACK, RULE = 100, 100  # the conntrack tables' port flows; a rule's flows
 CONJUNCTION = 95  # a conjunctive rule's flows: apart from the plain rules' (a clause may share their match)
-MID_STREAM = 90  # below the rules: what they allow is committed by them
+# A TCP packet without SYN new to the zone opens nothing (priority 150): not even where a rule would allow it
+# read as a new connection (userspace and kernel conntrack both take it as +new), else a connection cut
+# because its rule went (controller.conntrack_sweep) would be committed again by its other end's next packet.
+NOT_OPENING = 150
+MID_STREAM = 160  # an arriving port's TCP without SYN: above NOT_OPENING, which drops it for the others
 MAX_CONJUNCTIONS = MAX_ACTIONS  # per port and direction: a clause's flow holds one action per conjunction
 
 
@@ -114,6 +122,11 @@ class SecurityGroupsApp(App):
         return core.compile_secgroups(PROGRAM, role.ofport, view.vni(port.lswitch), self.cookie(port.id), macs,
                                       rows, addresses, arriving(port, view))
 
+    def narrows(self, deleted: np.ndarray) -> bool:
+        """A rule's flow (or a conjunctive match's) deleted: a rule, a remote member or a group went."""
+        sg_tables = np.isin(deleted["table"], [EGRESS_SG, INGRESS_SG])
+        return bool(np.any(sg_tables & np.isin(deleted["priority"], [RULE, CONJUNCTION])))
+
     def static_flows(self) -> list[Flow]:
         cookie = self.cookie("pipeline")
         flows = []  # the conntrack tables' misses (pass) are the pipeline's own, in controller.apps.l2
@@ -123,6 +136,9 @@ class SecurityGroupsApp(App):
                            cookie=cookie),
                       Flow(sg_table, 200, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), goto=allowed_to,
                            cookie=cookie)]
+            flows.append(Flow(sg_table, NOT_OPENING, match(ct_state=TRACKED_NEW, eth_type=ETH_TYPE_IP,
+                                                           ip_proto=IPPROTO_TCP, tcp_flags=(0, TCP_SYN)),
+                              cookie=cookie))
         # As Neutron: a filtered port may not answer DHCP, and receives DHCP replies whatever its groups
         # (its request went out to the broadcast address, so the reply is a new connection to conntrack).
         flows += [Flow(EGRESS_SG, DHCP, DHCP_REPLY, cookie=cookie),

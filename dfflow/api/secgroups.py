@@ -261,6 +261,14 @@ class SecurityGroupService:
         return await self._view(plural, obj_id)
 
     async def delete(self, plural: str, obj_id: str) -> None:
+        if plural == "security_groups":
+            # Neutron lets only an admin delete a project's default group; dfflow api has no roles. (A
+            # group's is_default never changes, so checking before the delete is enough.)
+            group = await self.nb.get(SecurityGroup.table, obj_id)
+            if group is not None and group.is_default:
+                raise conflict("SecurityGroupCannotRemoveDefault",
+                               f"Security group {obj_id} is the default group of project {group.topic}: "
+                               "it cannot be deleted.")
         with nb_errors(PLURALS[plural]):
             await self.nb.delete(PLURALS[plural], obj_id)
 
