@@ -543,6 +543,8 @@ class ControllerDaemon:
         await self._announced_while_away(dumped)
         app_ids = {app.app_id for app in self.engine.apps}
         if holds_none_of_ours(dumped, app_ids):
+            self.engine.zones_lost()
+            self._emit(Plan())  # (the arrival windows' closes)
             plan, unchanged = self.engine.desired_plan(), 0
         else:
             plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)

@@ -179,6 +179,18 @@ class Engine:
             plan.narrowed.add(port_id)
         return plan
 
+    def zones_lost(self) -> None:
+        """The switch came back holding none of our flows (ovs-vswitchd restarted): with a userspace datapath its
+        conntrack zones lost every connection, so every local port is treated as arriving here again, its
+        established TCP admitted for the arrival window (windows_ending), as after a migration. The port flows
+        this changes are made and kept as installed: the caller sends everything (desired_plan)."""
+        ports = [p.id for p in self.view.ports() if self.view.role(p) == LOCAL]
+        for port_id in ports:
+            self.view.arrivals.add(port_id)
+            if port_id not in self.windows_ending:
+                self.windows_ending.append(port_id)
+        self.commit(self._recompute({(PORT, port_id, "") for port_id in ports}))
+
     def vif_online(self, vif: Vif) -> Plan:
         if self.view.vifs.get(vif.iface_id) == vif:
             return Plan()

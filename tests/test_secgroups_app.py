@@ -242,3 +242,15 @@ def test_a_failure_making_a_ports_rows_is_an_error_and_the_port_keeps_its_flows(
     assert sg_rows_of(apply(engine, engine.nb_event(event(rule)))) == ([], [])
     assert any("port a1" in e and "no rows today" in e for e in engine.errors) and engine.stats["app_errors"]
     assert sg_flows(engine, "a1") == before
+
+
+def test_a_switch_that_lost_its_zones_admits_every_local_ports_established_tcp_for_a_window():
+    engine = engine_with_groups()
+    assert not mid_stream_flows(engine, "a1")
+    engine.zones_lost()
+    assert mid_stream_flows(engine, "a1") and not mid_stream_flows(engine, "b1")  # b1 runs elsewhere
+    assert engine.take_windows_ending() == ["a1"]
+    plan = engine.arrival_window_closed("a1")
+    assert plan.arrived == {"a1"}
+    apply(engine, plan)
+    assert not mid_stream_flows(engine, "a1")

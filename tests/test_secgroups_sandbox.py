@@ -305,3 +305,22 @@ def test_a_member_leaving_the_remote_group_loses_its_connections_to_the_group(cl
             assert member.flowing(1.0), member.received()
     finally:
         neutron(cloud, "update_port", port_c, {"port": {"security_groups": [cloud.own_group]}})
+
+
+def test_established_connections_resume_after_ovs_vswitchd_restarts(cloud, tmp_path):
+    """A userspace datapath's conntrack zones die with ovs-vswitchd; as TCP without SYN opens nothing, the
+    controller admits every local port's established TCP for an arrival window once it reprograms the switch."""
+    sb = cloud.sb
+    rule = add_rule(cloud, protocol="tcp", port_range_min=5140, port_range_max=5140, remote_ip_prefix=f"{E}/32")
+    try:
+        wait_until(lambda: tcp_opens(sb, "E", "A", cloud.fip, 5140), 10, what="E -> A tcp 5140 once allowed")
+        with talking((sb, tmp_path, "E", "A", cloud.fip, 5140), (sb, tmp_path, "A", "B", B, 5141)) as talks:
+            wait_until(lambda: all(t.flowing() for t in talks), 10, what="both connections carry bytes both ways")
+            connects = controller_status(sb, "chassis-1")["stats"]["switch_connects"]
+            sb.ovs("chassis-1").restart_vswitchd()
+            wait_until(lambda: controller_status(sb, "chassis-1")["stats"]["switch_connects"] == connects + 1, 15,
+                       what="the controller reconnected to the new ovs-vswitchd")
+            for talk in talks:
+                wait_until(talk.flowing, 15, what="the connection carries bytes both ways again")
+    finally:
+        neutron(cloud, "delete_security_group_rule", rule)

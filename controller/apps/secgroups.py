@@ -19,7 +19,8 @@ Connections survive a live migration: the destination's zone has never seen the 
 while the port migrates here and for ARRIVAL_WINDOW seconds after its migration ended (View.arrivals,
 kept by the engine, closed by the daemon's timer) TCP packets without SYN, in either direction, are
 committed as they come: an established stream resumes whichever end speaks first, and no new connection
-can open through it (that needs a SYN). Elsewhere a TCP packet without SYN opens nothing, whatever the rules.
+can open through it (that needs a SYN). Elsewhere a TCP packet without SYN opens nothing, whatever the rules;
+a switch that lost its zones (ovs-vswitchd restarted) gives every local port such a window (Engine.zones_lost).
 
 A connection the rules no longer allow (a rule, a remote group's member or a group of the port gone) is cut:
 the engine marks the plans that narrow a port's rules and controller.conntrack_sweep deletes the zone's
