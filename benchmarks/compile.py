@@ -9,10 +9,11 @@ one port's migration, or the evacuation of K ports of one chassis. For every cha
 the change is what its controller computes and sends: the L2, L3 and DNAT flows that
 differ between the port's old and new role there, as one bundle per chassis.
 
-* ``compiled``: what each chassis' controller does, looped over the chassis --
-  `controller.compiler.compile_port_changes` over the moved ports (one call of the compiled
-  core over the port columns), `controller.compiler.flow_mods` (the packer) over the plan's
-  batches, and the channel's pipelined bundle (`Datapath.send_bundle`: `wrap_bundle_adds`
+* ``compiled``: what each chassis' controller does, looped over the chassis -- the moved
+  ports' new roles (the view's answer; a remote one is a held record, `remote_role`),
+  `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
+  port columns), `controller.compiler.flow_mods` (one call of the packer for the plan's
+  batches) and the channel's pipelined bundle (`Datapath.send_bundle`: `wrap_bundle_adds`
   frames the open, the adds and the commit);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
@@ -36,7 +37,7 @@ from controller.apps.dnat import DNAT_PORT_FLOWS
 from controller.apps.l2 import L2_PORT_FLOWS
 from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
-from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash
+from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash, remote_role
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow
 from dfflow.openflow.framing import XidAllocator, wrap_bundle_adds
@@ -109,7 +110,7 @@ class Cloud:
     def role(self, port: int, chassis: int, where: int, dest: bool) -> PortRole:
         if where == chassis:
             return PortRole(True, ofport=int(self.dest_ofport[port] if dest else self.ofport[port]))
-        return PortRole(False, tunnel=int(self.tunnel[chassis, where]))
+        return remote_role(int(self.tunnel[chassis, where]))
 
     # -- the agent's path ----------------------------------------------------------------
     def migrate(self, moves: Sequence[Move], xid_start: int = 1, bundle_id_start: int = 1) -> tuple[bytes, list[int]]:
@@ -139,8 +140,7 @@ class Cloud:
         tunnels = self._tunnels[chassis]
         for p, dest in moves:
             old = placed.get(p) or placed.setdefault(p, self.role(p, chassis, self._host[p], dest=False))
-            new = (PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis
-                   else PortRole(False, tunnel=tunnels[dest]))
+            new = PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis else remote_role(tunnels[dest])
             if old != new:
                 changes.append((self._rows[p], old, new))
         if not changes:

@@ -37,60 +37,41 @@ def packable(flow: Flow) -> bool:
     return len(flow.actions) <= MAX_ACTIONS and all(isinstance(a, PACKABLE_ACTIONS) for a in flow.actions)
 
 
-def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
+def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearray:
     """FLOW_MOD messages for `messages` (flows, and batches of rows the compiled core made), in
-    order, numbered from a block of the channel's xids."""
+    order, numbered from a block of the channel's xids: the batches packed by one call of the
+    packer, runs of packable flows as a batch, the rest (and rows carrying a template's params)
+    serialized by os-ken in their place."""
     if not messages:
         return b""
     xid = dp.xids.alloc(sum([len(m) if isinstance(m, FlowBatch) else 1 for m in messages]))
+    return core.pack_messages(messages, xid, FlowBatch, lambda flows, first: _encode_flows(dp, flows, first),
+                              OP_PARAMS, lambda batch, row, row_xid: _encode(dp, _carried_flow(batch.rows[row]), row_xid))
+
+
+def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
+    """FLOW_MODs for flows in a row: packable ones in runs, the others serialized by os-ken."""
     parts: list[bytes] = []
-    run: list[Flow] = []  # packable flows in a row, packed as one batch
-    for item in messages:
-        if isinstance(item, FlowBatch):
-            xid = _pack_run(run, xid, parts)
-            carried = core.rows_with_action(item, OP_PARAMS)
-            if carried:
-                xid = _pack_carrying(dp, item, carried, xid, parts)
-            else:
-                parts.append(core.pack_flow_mods(item, xid))
-                xid += len(item)
-        elif packable(item):
-            run.append(item)
-        else:
-            xid = _pack_run(run, xid, parts)
-            xid = _serialize(dp, item, xid, parts)
-    _pack_run(run, xid, parts)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _pack_run(run: list[Flow], xid: int, parts: list[bytes]) -> int:
+    run: list[Flow] = []
+    for flow in flows:
+        if packable(flow):
+            run.append(flow)
+            continue
+        if run:
+            parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
+            xid += len(run)
+            run = []
+        parts.append(_encode(dp, flow, xid))
+        xid += 1
     if run:
         parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
-        xid += len(run)
-        run.clear()
-    return xid
+    return b"".join(parts)
 
 
-def _pack_carrying(dp: Any, batch: FlowBatch, carried: list[int], xid: int, parts: list[bytes]) -> int:
-    """A batch some of whose rows carry a template's params (os-ken serializes those), in order."""
-    start = 0
-    for i in carried:
-        if i > start:
-            parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:i]), xid))
-            xid += i - start
-        xid = _serialize(dp, _carried_flow(batch.rows[i]), xid, parts)
-        start = i + 1
-    if start < len(batch):
-        parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:]), xid))
-        xid += len(batch) - start
-    return xid
-
-
-def _serialize(dp: Any, flow: Flow, xid: int, parts: list[bytes]) -> int:
+def _encode(dp: Any, flow: Flow, xid: int) -> bytes:
     message = flow.to_osken(dp, xid)
     message.serialize()
-    parts.append(bytes(message.buf))
-    return xid + 1
+    return bytes(message.buf)
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -121,6 +102,8 @@ core.require_agreement("port-template params", {p.name: p.value for p in Param},
                        {name: i for i, name in enumerate(core.PARAM_NAMES)})
 core.require_agreement("port facts", {f.name: f.value for f in Fact}, core.FACT_BITS)
 core.require_agreement("port-template repetitions (each)", {e.name: e.value for e in Each}, core.EACH_KINDS)
+core.require_agreement("port roles' items", {name: i for i, name in enumerate(PortRole._fields)},
+                       {name: i for i, name in enumerate(core.ROLE_FIELDS)})
 
 _ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1]
                for name in ("cookie", "wmeta_value", "match_value", "match_mask", "actions")}

@@ -19,6 +19,7 @@ from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld16, ld64, store64
 
@@ -156,6 +157,8 @@ FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_O
 PORT_FLAG_SECURITY = PORT_SECURITY
 PORT_FLAG_ROUTED = PORT_ROUTED
 ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
+# A role's items, in order (a tuple: indexed, not looked up by name, for every change of a plan).
+ROLE_FIELDS = ("local", "ofport", "tunnel", "copy_tunnel", "gated")
 EACH_KINDS = {"ONCE": EACH_ONCE, "PER_IP": EACH_PER_IP, "PER_FIP": EACH_PER_FIP, "PER_PAIR_HOST": EACH_PER_PAIR_HOST,
               "PER_PAIR_NET": EACH_PER_PAIR_NET}
 # The column tables' records: every column a little-endian uint64, in this order.
@@ -630,20 +633,27 @@ cdef _Buf _buf(obj, Py_ssize_t record, str what):
 
 
 cdef int _role_of(object role, RoleC *r, Py_ssize_t t, str side) except -1:
-    """A role (None, or an object with local, gated, ofport, tunnel and copy_tunnel:
-    controller.templates.PortRole) as a record; ValueError naming the change and field if bad."""
+    """A role (None, or a tuple of ROLE_FIELDS: controller.templates.PortRole) as a record;
+    ValueError naming the change and field if bad."""
+    cdef int k = 0
     if role is None:
         r.kind = ROLE_NONE
         r.gated = r.ofport = r.tunnel = r.copy_tunnel = 0
         return 0
+    if not isinstance(role, tuple) or PyTuple_GET_SIZE(role) != 5:
+        raise ValueError(f"change {t}: {side} role {role!r}: expected a tuple of {', '.join(ROLE_FIELDS)}")
     try:
-        r.kind = ROLE_LOCAL if role.local else ROLE_REMOTE
-        r.gated = 1 if role.gated else 0
-        r.ofport = role.ofport
-        r.tunnel = role.tunnel
-        r.copy_tunnel = role.copy_tunnel
-    except (AttributeError, OverflowError, TypeError) as exc:
-        raise ValueError(f"change {t}: {side} role {role!r}: {exc}") from None
+        r.kind = ROLE_LOCAL if <object>PyTuple_GET_ITEM(role, 0) else ROLE_REMOTE
+        k = 1
+        r.ofport = <object>PyTuple_GET_ITEM(role, 1)
+        k = 2
+        r.tunnel = <object>PyTuple_GET_ITEM(role, 2)
+        k = 3
+        r.copy_tunnel = <object>PyTuple_GET_ITEM(role, 3)
+        k = 4
+        r.gated = 1 if <object>PyTuple_GET_ITEM(role, 4) else 0
+    except (OverflowError, TypeError) as exc:
+        raise ValueError(f"change {t}: {side} role {role!r}: {ROLE_FIELDS[k]}: {exc}") from None
     return 0
 
 
@@ -677,8 +687,7 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     """The flows that change when ports go from their old to their new role on a chassis.
 
     columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
-    None or an object with local, gated, ofport, tunnel and copy_tunnel
-    (controller.templates.PortRole).
+    None or a tuple of ROLE_FIELDS (controller.templates.PortRole).
     Returns (deletes, adds, key_conflicts): two arrays of the program's flow records (deletes as
     DELETE_STRICT; each add once), and how many adds have the flow key of an earlier, different add
     (the switch would keep the later: the caller flags it). Raises ValueError naming the field
@@ -757,8 +766,9 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
             free(T)
     if rc < 0:
         raise _compile_error(program, &o)
-    rows = _np_frombuffer(out, program.layout.dtype)
-    return rows[:o.ndel], rows[total_old:total_old + o.nadd], o.key_conflicts
+    dtype = program.layout.dtype
+    return (_np_frombuffer(out, dtype, o.ndel), _np_frombuffer(out, dtype, o.nadd, total_old * itemsize),
+            o.key_conflicts)
 
 
 _COMPILE_ERR_TEXT = {

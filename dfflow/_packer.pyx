@@ -30,6 +30,7 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING
 
 # The OpenFlow numbers the packer writes (declared in _packer.pxd), by os-ken's names;
 # dfflow.openflow.protocol checks them against os-ken at import.
@@ -738,3 +739,64 @@ def rows_with_action(batch, unsigned int op):
         if rec[L.n_actions] and rec[L.actions + L.a_op] == op:
             found.append(r)
     return found
+
+
+
+
+def pack_messages(messages, xid_start, batch_type, encode, int carried_op=-1, encode_row=None):
+    """FLOW_MODs for ``messages`` in order, in one buffer, numbered xid_start, +1, ...: the rows of
+    every ``batch_type`` (a FlowBatch) packed here, each run of other messages (flows) by
+    ``encode(messages, xid)``, and a row whose first action slot holds opcode ``carried_op`` by
+    ``encode_row(batch, row, xid)`` (both return FLOW_MOD bytes, one message per item). One call
+    for a plan's batches: no Python call per batch or row unless it carries. ValueError naming the
+    message and flow for a bad row (nothing is returned then)."""
+    cdef Py_ssize_t total = 0, i = 0, r, start, size, pos, written
+    cdef _Rows rows
+    cdef const LayoutC *L
+    cdef const unsigned char *rec
+    cdef unsigned char *dst
+    cdef Err err
+    for m in messages:
+        total += len(m) if isinstance(m, batch_type) else 1
+    cdef uint32_t xid = _check_xids(xid_start, total, "")
+    cdef bytearray out = bytearray()
+    pending = []
+    for m in messages:
+        if not isinstance(m, batch_type):
+            pending.append(m)
+            i += 1
+            continue
+        if pending:
+            out += encode(pending, xid)
+            xid += <uint32_t>len(pending)
+            pending = []
+        rows = _rows_of(m)
+        L = &rows.layout.c
+        start = 0
+        for r in range(rows.n + 1):
+            if r < rows.n:
+                rec = rows.base + r * L.itemsize
+                if carried_op < 0 or not rec[L.n_actions] or rec[L.actions + L.a_op] != carried_op:
+                    continue
+            if r > start:
+                err.code = E_OK
+                with nogil:
+                    size = _check_rows(L, rows.base, start, r, &err)
+                if size < 0:
+                    raise _error(rows.layout, &err, f"message {i}: ")
+                pos = len(out)
+                PyByteArray_Resize(out, pos + size)
+                dst = <unsigned char *>PyByteArray_AS_STRING(out) + pos
+                with nogil:
+                    written = _write_rows(L, rows.base + start * L.itemsize, r - start, dst, size, xid, False, 0, 0)
+                if written != size:
+                    raise RuntimeError(f"message {i}: the batch changed while it was being packed")
+                xid += <uint32_t>(r - start)
+            if r < rows.n:
+                out += encode_row(m, r, xid)
+                xid += 1
+            start = r + 1
+        i += 1
+    if pending:
+        out += encode(pending, xid)
+    return out
