@@ -44,9 +44,7 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearra
     serialized by os-ken in their place."""
     if not messages:
         return b""
-    xid = dp.xids.alloc(sum([len(m) if isinstance(m, FlowBatch) else 1 for m in messages]))
-    return core.pack_messages(messages, xid, FlowBatch, lambda flows, first: _encode_flows(dp, flows, first),
-                              OP_PARAMS, lambda batch, row, row_xid: _encode(dp, _carried_flow(batch.rows[row]), row_xid))
+    return core.pack_messages(dp, messages, FlowBatch, _encode_flows, OP_PARAMS, _encode_carried)
 
 
 def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
@@ -66,6 +64,10 @@ def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
     if run:
         parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
     return b"".join(parts)
+
+
+def _encode_carried(dp: Any, batch: FlowBatch, row: int, xid: int) -> bytes:
+    return _encode(dp, _carried_flow(batch.rows[row]), xid)
 
 
 def _encode(dp: Any, flow: Flow, xid: int) -> bytes:
@@ -284,11 +286,12 @@ PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the Por
 class ChangeRows(tuple):
     """(deletes, adds) of a change, and `key_conflicts`: how many adds have the flow key of an
     earlier, different add (a switch would keep the later; the engine flags it)."""
-    key_conflicts: int
+    key_conflicts: int = 0  # (set on the few that have any: no attribute dict per change)
 
     def __new__(cls, dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> "ChangeRows":
         made = tuple.__new__(cls, (dels, adds))
-        made.key_conflicts = key_conflicts
+        if key_conflicts:
+            made.key_conflicts = key_conflicts
         return made
 
 

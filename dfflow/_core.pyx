@@ -21,7 +21,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld16, ld64, store64
+from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ctz64, ld16, ld64, store64
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -258,6 +258,7 @@ cdef class CompiledProgram:
     """
     cdef FlowLayout layout
     cdef object protos
+    cdef object no_rows  # an empty array of the flow record: the side of a change that has no rows
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
@@ -277,6 +278,7 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
+        self.no_rows = protos[:0].copy()
         self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
@@ -557,12 +559,16 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
 
 
 cdef inline uint64_t _key_hash(const LayoutC *L, const unsigned char *row) noexcept nogil:
-    """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes."""
+    """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes. Only the
+    fields the key has are hashed (equal keys have the same ones): a few, of the layout's 27."""
     cdef uint64_t h = 14695981039346656037ULL
+    cdef uint64_t present = ld64(row + L.present)
     cdef int i
-    h = (h ^ (row[L.table] | (<uint64_t>ld64(row + L.present) << 8))) * 1099511628211ULL
+    h = (h ^ (row[L.table] | (present << 8))) * 1099511628211ULL
     h = (h ^ ld64(row + L.masked) ^ (<uint64_t>ld16(row + L.priority) << 48)) * 1099511628211ULL
-    for i in range(L.nfields):
+    while present:
+        i = ctz64(present)
+        present &= present - 1
         h = (h ^ ld64(row + L.mvalue + 8 * i) ^ (ld64(row + L.mmask + 8 * i) << 1)) * 1099511628211ULL
     return h ^ (h >> 31)
 
@@ -767,7 +773,8 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     if rc < 0:
         raise _compile_error(program, &o)
     dtype = program.layout.dtype
-    return (_np_frombuffer(out, dtype, o.ndel), _np_frombuffer(out, dtype, o.nadd, total_old * itemsize),
+    return (_np_frombuffer(out, dtype, o.ndel) if o.ndel else program.no_rows,
+            _np_frombuffer(out, dtype, o.nadd, total_old * itemsize) if o.nadd else program.no_rows,
             o.key_conflicts)
 
 

@@ -47,11 +47,11 @@ def validate_flows(batch: _Batch, start: int = 0, stop: int | None = None) -> No
 def pack_flow_mods(batch: _Batch, xid_start: int) -> bytes: ...
 def pack_bundle(batch: _Batch, bundle_id: int, xid_start: int, flags: int = 3, commit: bool = True) -> bytes: ...
 def pack_messages(
+    channel: Any,
     messages: Sequence[Any],
-    xid_start: int,
     batch_type: type,
-    encode: Callable[[list[Any], int], bytes],
+    encode: Callable[[Any, list[Any], int], bytes],
     carried_op: int = -1,
-    encode_row: Callable[[Any, int, int], bytes] | None = None,
+    encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
 ) -> bytearray: ...
 def rows_with_action(batch: _Batch, op: int) -> list[int]: ...

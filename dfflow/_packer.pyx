@@ -743,13 +743,14 @@ def rows_with_action(batch, unsigned int op):
 
 
 
-def pack_messages(messages, xid_start, batch_type, encode, int carried_op=-1, encode_row=None):
-    """FLOW_MODs for ``messages`` in order, in one buffer, numbered xid_start, +1, ...: the rows of
-    every ``batch_type`` (a FlowBatch) packed here, each run of other messages (flows) by
-    ``encode(messages, xid)``, and a row whose first action slot holds opcode ``carried_op`` by
-    ``encode_row(batch, row, xid)`` (both return FLOW_MOD bytes, one message per item). One call
-    for a plan's batches: no Python call per batch or row unless it carries. ValueError naming the
-    message and flow for a bad row (nothing is returned then)."""
+def pack_messages(channel, messages, batch_type, encode, int carried_op=-1, encode_row=None):
+    """FLOW_MODs for ``messages`` in order, in one buffer, numbered from a block of
+    ``channel.xids.alloc(n)``: the rows of every ``batch_type`` (a FlowBatch) packed here, each run
+    of other messages (flows) by ``encode(channel, messages, xid)``, and a row whose first action
+    slot holds opcode ``carried_op`` by ``encode_row(channel, batch, row, xid)`` (both return
+    FLOW_MOD bytes, one message per item). One call for a plan's batches: no Python call per batch
+    or row unless it carries. ValueError naming the message and flow for a bad row (nothing is
+    returned then)."""
     cdef Py_ssize_t total = 0, i = 0, r, start, size, pos, written
     cdef _Rows rows
     cdef const LayoutC *L
@@ -758,7 +759,7 @@ def pack_messages(messages, xid_start, batch_type, encode, int carried_op=-1, en
     cdef Err err
     for m in messages:
         total += len(m) if isinstance(m, batch_type) else 1
-    cdef uint32_t xid = _check_xids(xid_start, total, "")
+    cdef uint32_t xid = _check_xids(channel.xids.alloc(total) if total else 0, total, "")
     cdef bytearray out = bytearray()
     pending = []
     for m in messages:
@@ -767,7 +768,7 @@ def pack_messages(messages, xid_start, batch_type, encode, int carried_op=-1, en
             i += 1
             continue
         if pending:
-            out += encode(pending, xid)
+            out += encode(channel, pending, xid)
             xid += <uint32_t>len(pending)
             pending = []
         rows = _rows_of(m)
@@ -793,10 +794,10 @@ def pack_messages(messages, xid_start, batch_type, encode, int carried_op=-1, en
                     raise RuntimeError(f"message {i}: the batch changed while it was being packed")
                 xid += <uint32_t>(r - start)
             if r < rows.n:
-                out += encode_row(m, r, xid)
+                out += encode_row(channel, m, r, xid)
                 xid += 1
             start = r + 1
         i += 1
     if pending:
-        out += encode(pending, xid)
+        out += encode(channel, pending, xid)
     return out
