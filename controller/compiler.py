@@ -47,6 +47,22 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearra
     return core.pack_messages(dp, messages, FlowBatch, _encode_flows, OP_PARAMS, _encode_carried)
 
 
+class PlanBundle:
+    """A plan's messages as `Datapath.send_bundle` takes them to pack and frame in one call of the
+    packer (`frame_bundle`): the FLOW_MODs flow_mods makes, each in a bundle add, between the
+    bundle's open and (pipelined) its commit."""
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: Sequence[Flow | FlowBatch]) -> None:
+        self.messages = messages
+
+    def frame_bundle(self, dp: Any, bundle_id: int, flags: int, commit: bool) -> tuple[bytearray, Sequence[int], int]:
+        """(framed bundle, the adds' xids, the open's xid; the commit's is the next), numbered from
+        one block of the channel's xids: the FLOW_MODs first, then the open and the commit."""
+        return core.pack_bundle_messages(dp, self.messages, bundle_id, flags, commit, FlowBatch, _encode_flows,
+                                         OP_PARAMS, _encode_carried)
+
+
 def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
     """FLOW_MODs for flows in a row: packable ones in runs, the others serialized by os-ken."""
     parts: list[bytes] = []

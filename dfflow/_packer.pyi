@@ -54,4 +54,15 @@ def pack_messages(
     carried_op: int = -1,
     encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
 ) -> bytearray: ...
+def pack_bundle_messages(
+    channel: Any,
+    messages: Sequence[Any],
+    bundle_id: int,
+    flags: int,
+    commit: bool,
+    batch_type: type,
+    encode: Callable[[Any, list[Any], int], bytes],
+    carried_op: int = -1,
+    encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
+) -> tuple[bytearray, range, int]: ...
 def rows_with_action(batch: _Batch, op: int) -> list[int]: ...

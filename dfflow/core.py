@@ -25,6 +25,7 @@ validate_flows = _packer.validate_flows
 pack_flow_mods = _packer.pack_flow_mods
 pack_bundle = _packer.pack_bundle
 pack_messages = _packer.pack_messages
+pack_bundle_messages = _packer.pack_bundle_messages
 rows_with_action = _packer.rows_with_action
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
@@ -101,7 +102,7 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
-           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "rows_with_action", "frames", "wrap_bundle_adds",
+           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "pack_bundle_messages", "rows_with_action", "frames", "wrap_bundle_adds",
            "CompiledProgram", "PortColumns", "compile_changes", "field_bytes", "field_spans", "NotCompilable",
            "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "ROLE_FIELDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
