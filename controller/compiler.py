@@ -304,11 +304,16 @@ class ChangeRows(tuple):
     earlier, different add (a switch would keep the later; the engine flags it)."""
     key_conflicts: int = 0  # (set on the few that have any: no attribute dict per change)
 
-    def __new__(cls, dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> "ChangeRows":
-        made = tuple.__new__(cls, (dels, adds))
-        if key_conflicts:
-            made.key_conflicts = key_conflicts
-        return made
+
+def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> ChangeRows:
+    """ChangeRows made without a class call (one per chassis and plan: the call costs as much)."""
+    made = _new_tuple(ChangeRows, (dels, adds))
+    if key_conflicts:
+        made.key_conflicts = key_conflicts
+    return made
+
+
+_new_tuple = tuple.__new__
 
 
 def compile_port_changes(program: core.CompiledProgram, table: PortTable,
@@ -318,7 +323,7 @@ def compile_port_changes(program: core.CompiledProgram, table: PortTable,
     two templates make alike once).
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    return ChangeRows(*core.compile_changes(program, table.columns, changes))
+    return change_rows(*core.compile_changes(program, table.columns, changes))
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
@@ -350,7 +355,7 @@ def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
         for port_id, facts in old_facts.items():
             table.set(port_id, facts)
         raise
-    return ChangeRows(*diff_rows(before, after[1]), after.key_conflicts)
+    return change_rows(*diff_rows(before, after[1]), after.key_conflicts)
 
 
 def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
