@@ -6,8 +6,9 @@ per message. The compiled core makes every entry of a port program, including th
 few whose actions the packer does not encode (the announce gate's learn and
 resubmit): their rows carry the template and its bound params instead of actions
 (`OP_PARAMS` slots), and `flow_mods` serializes them with os-ken in their place, so
-the order of the plan (deletes, then adds) is kept. The channel wraps the buffer in
-one atomic bundle.
+the order of the plan (deletes, then adds) is kept. The daemon hands a plan to the channel
+as a `PlanBundle`: the packer writes its FLOW_MODs as the adds of one atomic bundle, open
+and commit included, in one call.
 """
 from __future__ import annotations
 
