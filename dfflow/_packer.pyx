@@ -23,7 +23,9 @@ and the bundle header writer) is declared in _packer.pxd, which the port-flow co
 Longer than ~600 lines on purpose: the validator (pass 1) and the writer (pass 2) state the
 same wire rules and change together, and both inline the same per-field and prefetch
 helpers; in separate extensions those would become calls through function pointers in the
-per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest.
+per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest, and
+pack_messages / pack_bundle_messages: a plan's batches packed (and framed as one bundle) in one
+call, the per-chassis cost `dfflow-bench compile` measures.
 """
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
