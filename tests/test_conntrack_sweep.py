@@ -114,6 +114,7 @@ class Switch:
 
     def __init__(self, dump: str, fail: bool = False, deletes: bool = True):
         self.dump, self.fail, self.deletes, self.flushed = dump, fail, deletes, []
+        self.gone_already: set[str] = set()  # tuples the switch answers it has not
 
     async def __call__(self, *args: str) -> str:
         if args[0] == "dpctl/dump-conntrack":
@@ -121,6 +122,8 @@ class Switch:
                 raise RuntimeError("ovs-appctl dpctl/dump-conntrack zone=5 exited 2: no datapath")
             return self.dump
         self.flushed.append(args[1:])
+        if self.gone_already and args[2] in self.gone_already:
+            raise RuntimeError("ovs-appctl dpctl/flush-conntrack exited 2: No such file or directory")
         if self.deletes:
             self.dump = "\n".join(x for x in self.dump.splitlines() if flush_tuple_of(x) != args[2])
         return ""
@@ -163,6 +166,11 @@ def test_a_sweep_deletes_exactly_what_the_rules_no_longer_allow_and_skips_unread
     assert sweeper.stats["conntrack_sweep.entries_cut"] == 1 and sweeper.stats["conntrack_sweep.entries_judged"] == 3
     assert sweeper.stats["conntrack_sweep.unreadable_entries"] == 1 and "skips an entry" in caplog.text
     assert not errors
+    switch.dump = "\n".join([line("tcp", WEB_CLIENT, A1, 40001, 80), line("tcp", WEB_CLIENT, A1, 40002, 80)])
+    switch.gone_already = {flush_tuple(parse_entry(switch.dump.splitlines()[0]))}  # ended since the dump
+    run_sweeps(sweeper, narrowed=["a1"])
+    assert sweeper.stats["conntrack_sweep.flush_failures"] == 1 and sweeper.stats["conntrack_sweep.entries_cut"] == 2
+    assert "could not delete" in caplog.text and "No such file" in caplog.text
 
 
 def test_a_recorded_arrival_is_judged_either_way_and_a_big_zone_is_cut_in_bounded_rounds():
