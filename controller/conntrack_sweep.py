@@ -281,8 +281,8 @@ class ConntrackSweeper:
             try:
                 await self._run_appctl("dpctl/flush-conntrack", f"zone={policy.zone}", flush_tuple(entry))
             except RuntimeError:
-                # one entry that will not go (it may have ended since the dump: the datapath answers ENOENT)
-                # does not keep the others; a failure is logged with its traceback and counted
+                # one entry that will not go does not keep the others (OVS 3.1 answers an entry that ended
+                # since the dump with success; another datapath may not): logged with its traceback, counted
                 self.stats["conntrack_sweep.flush_failures"] += 1
                 LOG.warning("conntrack sweep of port %s could not delete %s", port_id, flush_tuple(entry),
                             exc_info=True)
