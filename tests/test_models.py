@@ -167,3 +167,13 @@ def test_an_nb_event_decodes_as_json_would_even_where_orjson_refuses():
     assert nan != nan
     with pytest.raises(ValueError):
         loads(b"{not json")
+
+
+def test_an_id_checked_again_gives_the_same_answer_and_the_same_error_naming_its_field():
+    from dfflow.models.fields import check_id
+    for _ in range(2):
+        assert check_id("lswitch", "net-1.a_b", "lport") == "net-1.a_b"
+        for bad in ("", "-net", "net 1", "x" * 256, ["net-1.a_b"], 5, None):
+            with pytest.raises(ValidationError) as info:
+                check_id("lswitch", bad, "lport")
+            assert info.value.field == "lswitch" and "lport.lswitch" in str(info.value)
