@@ -87,7 +87,7 @@ return out
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     version: int
     topic: str
@@ -434,7 +434,10 @@ class Subscriber:
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
-        self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        if seen is None:
+            self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        else:  # kept, not made again: one per object this chassis follows
+            seen.version, seen.topic, seen.alive = event["version"], event["topic"], not deleting
         self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
         return True
