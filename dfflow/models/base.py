@@ -43,14 +43,6 @@ def _required_fields(cls: type) -> tuple[str, ...]:
                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 
 
-@functools.cache
-def _plain_init(cls: type) -> bool:
-    """Does the dataclass' __init__ only assign its fields (no __post_init__, no slots, not frozen)?"""
-    params = cls.__dataclass_params__  # type: ignore[attr-defined]
-    return (not hasattr(cls, "__post_init__") and "__slots__" not in cls.__dict__ and not params.frozen
-            and all(f.init for f in dataclasses.fields(cls)))
-
-
 @dataclass
 class Model:
     table: ClassVar[str] = ""
@@ -91,26 +83,20 @@ class Model:
             missing = [name for name in _required_fields(cls) if name not in data]
             if missing:
                 raise ValidationError(missing[0], "required field missing", cls.table)
-        values = dict(data)
+        records = {}
         for name, (record_cls, is_list) in cls.records.items():
-            raw = values.get(name)
+            raw = data.get(name)
             if raw is None:
                 continue
             if is_list:
                 if not isinstance(raw, list):
                     raise ValidationError(name, "must be a list", cls.table)
                 if raw:
-                    values[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
-                                    for i, item in enumerate(raw)]
+                    records[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
+                                     for i, item in enumerate(raw)]
             else:
-                values[name] = record_cls.from_dict(raw, name, cls.table)
-        if complete and _plain_init(cls):
-            # Every field given, and __init__ would only assign them: the instance is its values (an NB
-            # event's object is built on every chassis that hears it; __init__ with ~20 keywords is half of that).
-            obj = cls.__new__(cls)
-            obj.__dict__ = values
-            return obj
-        return cls(**values)
+                records[name] = record_cls.from_dict(raw, name, cls.table)
+        return cls(**{**data, **records}) if records else cls(**data)
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)
