@@ -143,7 +143,9 @@ def test_openstacksdk_sees_the_extensions_and_manages_groups(api):  # noqa: F811
     ({"ethertype": "IPv4", "protocol": "ipv6-icmp"}, 400, "SecurityGroupEthertypeConflictWithProtocol", ("IPv4",)),
     ({"ethertype": "IPv5"}, 400, "SecurityGroupRuleInvalidEtherType", ("IPv5",)),
     ({"direction": "sideways"}, 400, "SecurityGroupRuleInvalidDirection", ("sideways",)),
-    ({"remote_ip_prefix": "10.0.0.0/33"}, 400, "HTTPBadRequest", ("remote_ip_prefix",)),
+    ({"remote_ip_prefix": "10.0.0.0/33"}, 400, "InvalidCIDR", ("10.0.0.0/33",)),
+    ({"protocol": "tcp", "port_range_min": "http", "port_range_max": 80}, 400, "SecurityGroupInvalidPortValue",
+     ("http",)),
     ({"remote_group_id": "no-such-group"}, 404, "SecurityGroupNotFound", ("no-such-group",)),
 ])
 def test_malformed_rules_get_neutrons_errors_and_write_nothing(neutron, http, nb_url, body, status, type_, words):
@@ -163,13 +165,39 @@ def test_a_rule_for_an_unknown_group_is_404(neutron, http, nb_url):
     assert nb_snapshot(nb_url) == before
 
 
+@pytest.mark.parametrize("given, stored", [
+    ({"ethertype": "ipv4", "protocol": "TCP"}, {"ethertype": "IPv4", "protocol": "tcp"}),
+    ({"protocol": "any"}, {"protocol": None}),
+    ({"protocol": "tcp", "port_range_min": "22", "port_range_max": "22"}, {"port_range_min": 22, "port_range_max": 22}),
+    ({"protocol": "udp", "port_range_min": 1, "port_range_max": 65535},
+     {"port_range_min": None, "port_range_max": None}),
+    ({"ethertype": "IPv6", "protocol": "icmp"}, {"protocol": "ipv6-icmp"}),
+    ({"ethertype": "IPv6", "protocol": "icmpv6", "port_range_min": 128}, {"protocol": "ipv6-icmp"}),
+    ({"ethertype": "IPv6", "protocol": "1"}, {"protocol": "58"}),
+])
+def test_rule_values_are_taken_and_stored_as_neutron_converts_them(neutron, http, nb_url, given, stored):
+    """What Neutron accepts and rewrites (an ethertype in any case, `any`, a port as a string, the whole port
+    range as none, IPv6's legacy ICMP names) is accepted, shown and stored as Neutron stores it, and a rule
+    written the way Neutron stores it is then its duplicate."""
+    sg = neutron.create_security_group({"security_group": {"name": "g"}})["security_group"]
+    base = {"security_group_id": sg["id"], "direction": "ingress"}
+    made = neutron.create_security_group_rule({"security_group_rule": {**base, **given}})["security_group_rule"]
+    assert {k: made[k] for k in stored} == stored, made
+    kept = nb_call(nb_url, "get", "secgroup_rule", made["id"])
+    assert {k: getattr(kept, k) for k in stored if k != "ethertype"} == {k: v for k, v in stored.items()
+                                                                          if k != "ethertype"}
+    canonical = {**base, **{k: v for k, v in rule_shape(made).items() if v is not None}}
+    refused(http.post("/security-group-rules", json={"security_group_rule": canonical}), 409,
+            "SecurityGroupRuleExists", made["id"])
+
+
 @pytest.mark.parametrize("first, second", [
     ({"protocol": "tcp", "port_range_min": 22, "port_range_max": 22},
      {"protocol": "TCP", "port_range_min": 22, "port_range_max": 22}),
     ({"protocol": "tcp", "port_range_min": 22, "port_range_max": 22},
      {"protocol": "6", "port_range_min": 22, "port_range_max": 22}),
     ({"protocol": "udp", "remote_ip_prefix": "0.0.0.0/0"}, {"protocol": "udp"}),
-    ({"protocol": "tcp", "remote_ip_prefix": "10.1.2.3/16"}, {"protocol": "tcp", "remote_ip_prefix": "10.1.0.0/16"}),
+    ({"protocol": "tcp", "remote_ip_prefix": "10.1.2.3"}, {"protocol": "tcp", "remote_ip_prefix": "10.1.2.3/32"}),
     ({"ethertype": "IPv6", "protocol": "icmp"}, {"ethertype": "IPv6", "protocol": "ipv6-icmp"}),
 ])
 def test_duplicate_rules_are_409_naming_the_existing_rule(neutron, http, nb_url, first, second):
@@ -188,22 +216,43 @@ def test_duplicate_rules_are_409_naming_the_existing_rule(neutron, http, nb_url,
     neutron.create_security_group_rule({"security_group_rule": {**base, **second, "direction": "egress"}})
 
 
-def test_groups_in_use_cannot_be_deleted(neutron, http, nb_url):
+def test_prefixes_differing_in_host_bits_are_two_rules_as_in_neutron(neutron):
+    """Neutron compares rules' prefixes as written: in neutron-server both are made, so the NB must take
+    both too (or it would miss the second, and lose what it allows when the first goes)."""
+    sg = neutron.create_security_group({"security_group": {"name": "g"}})["security_group"]
+    made = [neutron.create_security_group_rule({"security_group_rule": {
+        "security_group_id": sg["id"], "direction": "ingress", "protocol": "tcp", "remote_ip_prefix": prefix}})
+        ["security_group_rule"] for prefix in ("10.1.2.3/16", "10.1.0.0/16")]
+    assert [r["normalized_cidr"] for r in made] == ["10.1.0.0/16", "10.1.0.0/16"]
+    neutron.delete_security_group_rule(made[0]["id"])
+    assert neutron.show_security_group_rule(made[1]["id"])["security_group_rule"]["remote_ip_prefix"] == "10.1.0.0/16"
+
+
+def test_a_group_a_port_uses_cannot_be_deleted_one_other_groups_rules_name_can(neutron, http, nb_url):
+    """As Neutron: SecurityGroupInUse (409) only for a group ports use; a group named as another group's
+    rules' remote group is deleted, and those rules with it (Neutron's foreign key cascades)."""
     net = neutron.create_network({"network": {"name": "n"}})["network"]
     neutron.create_subnet({"subnet": {"network_id": net["id"], "cidr": "10.0.0.0/24", "ip_version": 4,
                                       "enable_dhcp": False}})
     app = neutron.create_security_group({"security_group": {"name": "app"}})["security_group"]
     web = neutron.create_security_group({"security_group": {"name": "web"}})["security_group"]
-    neutron.create_security_group_rule({"security_group_rule": {
+    naming_web = neutron.create_security_group_rule({"security_group_rule": {
         "security_group_id": app["id"], "direction": "ingress", "remote_group_id": web["id"]}})
     port = neutron.create_port({"port": {"network_id": net["id"], "security_groups": [app["id"]]}})["port"]
     before = nb_snapshot(nb_url)
     refused(http.delete(f"/security-groups/{app['id']}"), 409, "SecurityGroupInUse", app["id"], port["id"])
-    refused(http.delete(f"/security-groups/{web['id']}"), 409, "SecurityGroupInUse", web["id"])
     assert nb_snapshot(nb_url) == before
+    app_rules = {r["id"] for r in neutron.show_security_group(app["id"])["security_group"]["security_group_rules"]}
+
+    assert http.delete(f"/security-groups/{web['id']}").status_code == 204
+    refused(http.get(f"/security-groups/{web['id']}"), 404, "SecurityGroupNotFound", web["id"])
+    refused(http.get(f"/security-group-rules/{naming_web['security_group_rule']['id']}"), 404,
+            "SecurityGroupRuleNotFound")
+    kept = {r["id"] for r in neutron.show_security_group(app["id"])["security_group"]["security_group_rules"]}
+    assert kept == app_rules - {naming_web["security_group_rule"]["id"]} and len(kept) == 2  # its egress rules
+    assert not [r for r in nb_call(nb_url, "list", "secgroup_rule") if web["id"] in (r.secgroup, r.remote_group)]
     neutron.update_port(port["id"], {"port": {"security_groups": []}})
-    neutron.delete_security_group(app["id"])  # its rule naming `web` goes with it
-    neutron.delete_security_group(web["id"])
+    neutron.delete_security_group(app["id"])
 
 
 def test_group_name_default_is_reserved(neutron, http, nb_url):

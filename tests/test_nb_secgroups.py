@@ -58,17 +58,28 @@ async def test_deleting_a_group_deletes_its_rules_with_an_event_each(nb, nb_url)
     await nb.create_all([group("g"), rule("r1", "g", direction="egress")])
 
 
-async def test_a_group_named_by_a_port_or_another_groups_rule_is_in_use(nb):
+async def test_a_group_a_port_uses_is_in_use(nb):
     await network(nb, "net1", "10.1.0.0/24", 101)
     await nb.create_all([group("a"), group("b"), rule("ra", "a", remote_group="b")])
     p = await port(nb, "p1", "net1", "fa:16:3e:00:00:01", ["10.1.0.5"])
     await nb.update(p.replace(security_groups=["a"]))
     before = await _contents(nb)
-    for gid, user in (("a", "lport:p1"), ("b", "secgroup_rule:ra")):
-        with pytest.raises(InUse) as info:
-            await nb.delete("secgroup", gid)
-        assert info.value.referrers == [user]
+    with pytest.raises(InUse) as info:
+        await nb.delete("secgroup", "a")
+    assert info.value.referrers == ["lport:p1"]
     assert await _contents(nb) == before
+
+
+async def test_deleting_a_group_deletes_the_other_groups_rules_naming_it_as_neutron_does(nb):
+    """Neutron's remote_group_id is a foreign key that cascades: the group goes, and so do the rules of
+    other groups that name it, in the same transaction; their groups and other rules stay."""
+    await network(nb, "net1", "10.1.0.0/24", 101)
+    await nb.create_all([group("a"), group("b"), rule("ra", "a", remote_group="b"),
+                         rule("rb", "a", direction="egress"), rule("own", "b", remote_group="b")])
+    p = await port(nb, "p1", "net1", "fa:16:3e:00:00:01", ["10.1.0.5"])
+    await nb.update(p.replace(security_groups=["a"]))  # `a` in use does not keep `b`
+    await nb.delete("secgroup", "b")
+    assert [(t, i) for t, i, _ in await _contents(nb)] == [("secgroup", "a"), ("secgroup_rule", "rb")]
 
 
 async def test_one_default_group_per_topic(nb):

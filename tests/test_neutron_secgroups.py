@@ -2,6 +2,7 @@
 deletes (groups, rules, a port's groups and address pairs) is what the NB db holds."""
 from __future__ import annotations
 
+import openstack.exceptions
 import pytest
 
 from api_fixtures import nb_call, sdk
@@ -81,3 +82,50 @@ def test_a_group_deleted_in_neutron_takes_the_rules_naming_it_out_of_the_nb(conn
     assert nb_call(neutron.nb_url, "get", "secgroup", web.id) is None
     assert nb_call(neutron.nb_url, "get", "secgroup", app.id) is not None
     net.delete_security_group(app)
+
+
+def test_rules_neutron_holds_as_two_are_two_in_the_nb(conn, neutron):
+    """Neutron compares prefixes as written: rules differing only in a prefix's host bits are two rules
+    there, so the NB holds both (refusing the second would lose what it allows once the first goes)."""
+    net = conn.network
+    group = net.create_security_group(name="hosts")
+    made = [net.create_security_group_rule(security_group_id=group.id, direction="ingress", protocol="tcp",
+                                           remote_ip_prefix=prefix) for prefix in ("10.1.2.3/16", "10.1.0.0/16")]
+    net.delete_security_group_rule(made[0])
+    stored = _rules_of(neutron.nb_url, group.id)
+    assert made[0].id not in stored and stored[made[1].id][5] == "10.1.0.0/16", stored
+    net.delete_security_group(group)
+
+
+def test_a_rule_naming_an_address_group_is_refused_rather_than_allowing_everyone(conn, neutron):
+    """dfflow has no address groups: a rule whose remote end is one would reach the chassis with no remote,
+    allowing any source. neutron-server refuses it (400 naming the field) and neither Neutron nor the NB
+    holds it."""
+    net = conn.network
+    group = net.create_security_group(name="admins-only")
+    admins = net.create_address_group(name="admins", addresses=["10.9.9.9/32"])
+    before = _rules_of(neutron.nb_url, group.id)
+    with pytest.raises(openstack.exceptions.BadRequestException) as info:
+        net.create_security_group_rule(security_group_id=group.id, direction="ingress", protocol="tcp",
+                                       port_range_min=22, port_range_max=22, remote_address_group_id=admins.id)
+    assert "remote_address_group_id" in str(info.value), info.value
+    assert _rules_of(neutron.nb_url, group.id) == before
+    assert sorted(r.id for r in net.security_group_rules(security_group_id=group.id)) == sorted(before)
+    net.delete_security_group(group)
+    net.delete_address_group(admins)
+
+
+def test_a_stateless_group_is_refused_rather_than_filtered_statefully(conn, neutron):
+    """Every chassis filters with connection tracking: a stateless group would let in the replies its rules
+    do not allow. neutron-server refuses to make one, or to turn a group stateless."""
+    net = conn.network
+    with pytest.raises(openstack.exceptions.ConflictException) as info:
+        net.create_security_group(name="stateless", stateful=False)
+    assert "stateful" in str(info.value), info.value
+    assert not [g for g in net.security_groups(name="stateless")]
+    assert not [g for g in nb_call(neutron.nb_url, "list", "secgroup") if g.name == "stateless"]
+    group = net.create_security_group(name="stateful")
+    with pytest.raises(openstack.exceptions.ConflictException):
+        net.update_security_group(group, stateful=False)
+    assert net.get_security_group(group.id).stateful is True
+    net.delete_security_group(group)

@@ -1,7 +1,10 @@
 """The security groups app's flows: what a rule matches, where the flows live, and what recomputes them."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+
+import pytest
 
 from controller.apps.l2 import L2App
 from controller.apps.secgroups import SecurityGroupsApp
@@ -43,11 +46,11 @@ def test_rules_openflow_cannot_express_allow_nothing_rather_than_more():
     assert protocol_matches(icmp) == [{"ip_proto": 1, "icmpv4_type": 8, "icmpv4_code": 0}]
 
 
-def engine_with_groups():
+def engine_with_groups(here: str = "A", vif: Vif = Vif("a1", "tapa1", 5)):
     """Chassis A hosting a1 (group web: tcp 80 from 10.9.0.0/16, and anything from group db's members)
-    and a chassis B hosting b1 (group db)."""
-    engine = Engine("A", [L2App(), SecurityGroupsApp()])
-    apply(engine, engine.tunnels_changed({"B": 10}))
+    and a chassis B hosting b1 (group db); the engine is chassis `here`'s, with `vif` plugged."""
+    engine = Engine(here, [L2App(), SecurityGroupsApp()])
+    apply(engine, engine.tunnels_changed({"B" if here == "A" else "A": 10}))
     objs = [LogicalSwitch(id="net1", topic="t", segmentation_id=101),
             Subnet(id="s1", topic="t", lswitch="net1", cidr="10.0.0.0/24"),
             SecurityGroup(id="web", topic="t"), SecurityGroup(id="db", topic="t"),
@@ -61,7 +64,7 @@ def engine_with_groups():
                         binding_chassis="B", security_groups=["db"])]
     for obj in objs:
         apply(engine, engine.nb_event(event(obj)))
-    apply(engine, engine.vif_online(Vif("a1", "tapa1", 5)))
+    apply(engine, engine.vif_online(vif))
     return engine
 
 
@@ -133,6 +136,43 @@ def test_a_port_migrating_here_admits_its_established_tcp_until_a_while_after_th
     assert not mid_stream_flows(engine, "b1") and sg_flows(engine, "b1")
     for flow in flows:
         assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)
+
+
+EGRESS_CT = table("egress_conntrack")
+# move -> (the migration record at step 1, the port at the step that moves it)
+STEPS = {
+    "announce": (MigrationRecord(chassis="A", source="B", strategy="announce", id="m1", bound="B"),
+                 lambda port: port.replace(migration=dataclasses.replace(port.migration, state="activated"))),
+    "unplug": (MigrationRecord(chassis="A", source="B", strategy="unplug", id="m1", bound="B"),
+               lambda port: port.replace(migration=dataclasses.replace(port.migration, state="switched"))),
+    "fallback": (MigrationRecord(chassis="A", source="B", strategy="unplug", id="m1", bound="B"),
+                 lambda port: port.replace(binding_chassis="A")),  # step 3 with no step 2
+}
+
+
+def filtered_in_zone(engine, port_id: str, zone: int) -> bool:
+    """The port's conntrack flows in `zone`, both ways, are in the engine's flows."""
+    tables = {f.table for f in sg_flows(engine, port_id)
+              if any(getattr(a, "zone", None) == zone for a in f.actions)}
+    return {EGRESS_CT, INGRESS_CT} <= tables
+
+
+@pytest.mark.parametrize("move", list(STEPS))
+def test_a_ports_filter_moves_with_it_pre_programmed_at_step_1_moved_at_step_2_or_3(move):
+    """b1 moves from B to A: its filter is on the source until the step that moves the port, and on the
+    destination from then (with `announce`, from step 1, pre-programmed with the port's other flows)."""
+    record, moving = STEPS[move]
+    source, dest = engine_with_groups("B", Vif("b1", "tapb1", 7)), engine_with_groups("A", Vif("b1", "tapb1", 6))
+    assert filtered_in_zone(source, "b1", 7) and not sg_flows(dest, "b1")
+    for engine in (source, dest):
+        b1 = engine.view.port("b1")
+        apply(engine, engine.nb_event(event(b1.replace(migration=record), "update")))
+    assert filtered_in_zone(source, "b1", 7)  # the VM still runs there
+    assert filtered_in_zone(dest, "b1", 6) is (move == "announce")
+    for engine in (source, dest):
+        apply(engine, engine.nb_event(event(moving(engine.view.port("b1")), "update")))
+    assert not sg_flows(source, "b1")
+    assert filtered_in_zone(dest, "b1", 6) and mid_stream_flows(dest, "b1")
 
 
 def test_a_port_that_left_and_came_back_keeps_its_new_arrival_window_until_its_own_close():

@@ -34,6 +34,7 @@ ADDRESS_PAIR_IN = {"type": "object", "additionalProperties": False, "required": 
 ADDRESS_PAIR_OUT = {"type": "object", "properties": {"ip_address": {"type": "string"},
                                                      "mac_address": {"type": "string"}}}
 NULLABLE_INT = {"type": ["integer", "null"]}
+PORT_VALUE = {"type": ["integer", "string", "null"], "maxLength": 16}  # Neutron takes "80" for 80
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ SECURITY_GROUP_RULE = Resource("security_group_rule", "security_group_rules", pa
     Attr("ethertype", {"type": "string", "maxLength": 16}, post=True),
     Attr("protocol", {"type": ["string", "integer", "null"], "maxLength": 32}, post=True,
          out={"type": ["string", "null"]}),
-    Attr("port_range_min", NULLABLE_INT, post=True),
-    Attr("port_range_max", NULLABLE_INT, post=True),
+    Attr("port_range_min", PORT_VALUE, post=True, out=NULLABLE_INT),
+    Attr("port_range_max", PORT_VALUE, post=True, out=NULLABLE_INT),
     Attr("remote_ip_prefix", NULLABLE_IP, post=True),
     Attr("remote_group_id", NULLABLE_ID, post=True),
     Attr("remote_address_group_id", {"type": "null"}, post=True),

@@ -159,6 +159,25 @@ def _check_port_security(security: bool, groups: list[str], pairs: list[AddressP
                                                              "allowed address pairs on a port.")
 
 
+# -- a rule's values as Neutron converts them ---------------------------------------------------------
+
+def _ethertype(value: Any) -> Any:
+    """`ipv4` is IPv4 (Neutron matches the names in any case); anything else is left for the rule's check."""
+    if isinstance(value, str):
+        return next((e for e in models.ETHERTYPES if e.lower() == value.lower()), value)
+    return value
+
+
+def _port(data: dict[str, Any], name: str) -> int | None:
+    """A port value given as a number or a string of digits, as Neutron takes it."""
+    value = data.get(name)
+    if value is None or isinstance(value, int):
+        return value
+    if value.strip().isdigit():
+        return int(value)
+    raise ApiError(400, "SecurityGroupInvalidPortValue", f"Invalid value for port {value}")
+
+
 # -- the resources -------------------------------------------------------------------------------------
 
 class SecurityGroupService:
@@ -275,9 +294,9 @@ class SecurityGroupService:
         if project_given and topic != group.topic:
             raise bad_request("project_id", f"the rule's project {topic} is not its group's {group.topic}")
         rule = SecurityGroupRule(id=new_id(), topic=group.topic, secgroup=group_id,
-                                 direction=data["direction"], ethertype=data.get("ethertype", "IPv4"),
-                                 protocol=data.get("protocol"), port_range_min=data.get("port_range_min"),
-                                 port_range_max=data.get("port_range_max"),
+                                 direction=data["direction"], ethertype=_ethertype(data.get("ethertype", "IPv4")),
+                                 protocol=data.get("protocol"), port_range_min=_port(data, "port_range_min"),
+                                 port_range_max=_port(data, "port_range_max"),
                                  remote_ip_prefix=data.get("remote_ip_prefix"),
                                  remote_group=data.get("remote_group_id"),
                                  description=data.get("description", ""))

@@ -66,9 +66,10 @@ class Model:
         """(field, key) claims that no other object may hold at the same time."""
         return []
 
-    def owner(self) -> tuple[str, str] | None:
-        """(table, id) of the object this one belongs to: deleting that deletes this one with it."""
-        return None
+    def deleted_with(self) -> list[tuple[str, str]]:
+        """(table, id) of the objects whose deletion deletes this one with it (rather than being refused
+        while this one refers to them)."""
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

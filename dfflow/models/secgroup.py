@@ -17,6 +17,9 @@ IP_PROTOCOLS = {"ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "hopopt": 
                 "ipv6-nonxt": 59, "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46,
                 "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112}
 PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # the protocols whose rules take a port range
+ANY_PROTOCOL = "any"  # Neutron's word for no protocol
+EVERY_PORT = (1, 65535)  # a port range Neutron stores as none
+IPV6_ICMP_ALIASES = {"icmp": "ipv6-icmp", "icmpv6": "ipv6-icmp", "1": "58"}  # for IPv6, as Neutron stores them
 ICMP_PROTOCOLS = frozenset({1, 58})  # whose rules' port range is an ICMP type and code
 
 
@@ -58,9 +61,9 @@ def protocol_number(protocol: str | None) -> int | None:
 
 
 def normalize_protocol(value: Any) -> str | None:
-    """Neutron's protocol value: None, a known name (any case, given back lower-case) or a number
-    0-255 (int or string, given back as a string)."""
-    if value is None:
+    """Neutron's protocol value: None (or "any"), a known name (any case, given back lower-case) or a
+    number 0-255 (int or string, given back as a string)."""
+    if value is None or value == ANY_PROTOCOL:
         return None
     if isinstance(value, str) and value.lower() in IP_PROTOCOLS:
         return value.lower()
@@ -104,6 +107,10 @@ class SecurityGroupRule(Model):
             raise RuleError("ethertype", f"Security group rule for ethertype {self.ethertype!r} not supported. "
                                          f"Allowed values are IPv4, IPv6.", "SecurityGroupRuleInvalidEtherType")
         self.protocol = normalize_protocol(self.protocol)
+        if self.ethertype == "IPv6" and self.protocol in IPV6_ICMP_ALIASES:
+            self.protocol = IPV6_ICMP_ALIASES[self.protocol]
+        if (self.port_range_min, self.port_range_max) == EVERY_PORT:
+            self.port_range_min = self.port_range_max = None
         number = protocol_number(self.protocol)
         if number == 58 and self.ethertype == "IPv4":
             raise RuleError("protocol", f"Invalid ethertype IPv4 for protocol {self.protocol}.",
@@ -120,8 +127,8 @@ class SecurityGroupRule(Model):
             except ValueError:
                 prefix = None
             if prefix is None:
-                raise ValidationError("remote_ip_prefix", f"not an IP address or CIDR: {self.remote_ip_prefix!r}",
-                                      self.table)
+                raise RuleError("remote_ip_prefix", f"Invalid CIDR {self.remote_ip_prefix} given as IP prefix.",
+                                "InvalidCIDR")
             if f"IPv{prefix.version}" != self.ethertype:
                 raise RuleError("remote_ip_prefix", f"Conflicting value ethertype {self.ethertype} for CIDR "
                                                     f"{self.remote_ip_prefix}", "SecurityGroupRuleParameterConflict")
@@ -157,8 +164,13 @@ class SecurityGroupRule(Model):
             raise RuleError("protocol", f"Invalid protocol {self.protocol} for port range, only supported for "
                                         f"TCP, UDP, UDPLITE, SCTP and DCCP.", "SecurityGroupInvalidProtocolForPort")
 
-    def owner(self) -> tuple[str, str]:
-        return (SecurityGroup.table, self.secgroup)
+    def deleted_with(self) -> list[tuple[str, str]]:
+        """Its group, and as in Neutron (a foreign-key cascade) its remote group: deleting a group
+        deletes the rules of other groups that name it."""
+        found = [(SecurityGroup.table, self.secgroup)]
+        if self.remote_group is not None:
+            found.append((SecurityGroup.table, self.remote_group))
+        return found
 
     def references(self) -> list[tuple[str, str, str]]:
         refs = [("secgroup", SecurityGroup.table, self.secgroup)]
@@ -167,13 +179,14 @@ class SecurityGroupRule(Model):
         return refs
 
     def match_key(self) -> str:
-        """What the rule matches, canonical: two rules of a group with the same key are duplicates
-        (a protocol's name and number, `icmp` and `ipv6-icmp` for IPv6, 0.0.0.0/0 and no prefix
-        are the same)."""
+        """What the rule matches, as Neutron compares rules: two rules of a group with the same key are
+        duplicates (a protocol's name and number, `icmp` and `ipv6-icmp` for IPv6, 0.0.0.0/0 and no
+        prefix are the same; prefixes are compared as written, host bits included: 10.1.2.3/16 and
+        10.1.0.0/16 are two rules to Neutron)."""
         number = protocol_number(self.protocol)
         if self.ethertype == "IPv6" and number == 1:
             number = 58
-        prefix = str(ipaddress.ip_interface(self.remote_ip_prefix).network) if self.remote_ip_prefix else None
+        prefix = str(ipaddress.ip_interface(self.remote_ip_prefix)) if self.remote_ip_prefix else None
         if prefix in ("0.0.0.0/0", "::/0"):
             prefix = None
         return "|".join(str(v) for v in (self.direction, self.ethertype, number, self.port_range_min,

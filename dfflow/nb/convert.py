@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from dfflow.errors import ValidationError
 from dfflow.models import AddressPair, ExternalGateway, LogicalSwitch, RouterPort
 
 DEFAULT_TOPIC = "admin"  # the NB topic of a resource Neutron gives no project (noauth, admin-created)
@@ -75,12 +76,20 @@ def secgroup_fields(group: dict[str, Any], is_default: bool) -> dict[str, Any]:
             "is_default": is_default}
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)  # (Neutron's rule before it is made holds a netaddr network)
+
+
 def secgroup_rule_fields(rule: dict[str, Any]) -> dict[str, Any]:
-    """A Neutron security group rule -> SecurityGroupRule fields."""
+    """A Neutron security group rule -> SecurityGroupRule fields. One naming an address group is refused:
+    the NB has none, and without its remote the rule would allow traffic from anywhere."""
+    if rule.get("remote_address_group_id"):
+        raise ValidationError("remote_address_group_id", "address groups are not supported: dfflow cannot "
+                                                         "enforce a rule whose remote end is one", "secgroup_rule")
     return {"secgroup": rule["security_group_id"], "direction": rule["direction"],
             "ethertype": rule.get("ethertype") or "IPv4", "protocol": rule.get("protocol"),
             "port_range_min": rule.get("port_range_min"), "port_range_max": rule.get("port_range_max"),
-            "remote_ip_prefix": rule.get("remote_ip_prefix"), "remote_group": rule.get("remote_group_id"),
+            "remote_ip_prefix": _text(rule.get("remote_ip_prefix")), "remote_group": rule.get("remote_group_id"),
             "description": rule.get("description") or ""}
 
 

@@ -524,13 +524,13 @@ class NbApi:
             raise NotFound(table, obj_id)
         if version is not None and old.version != version:
             raise VersionConflict(table, obj_id, version, old.version)
-        # What the object owns (a group's rules) goes with it; any other referrer keeps it.
-        owned, users = [], []
+        # What goes with the object (a group's rules, and the rules naming it) goes; any other referrer keeps it.
+        going, users = [], []
         refs = sorted(_s(m) for m in referrers)
         pairs = [(ref_table, ref_id) for ref_table, ref_id in (ref.split(":", 1) for ref in refs)]
         for ref, referrer in zip(refs, await ctx.get_many(pairs)):
-            if referrer is not None and referrer.owner() == (table, obj_id):
-                owned.append(referrer)
+            if referrer is not None and (table, obj_id) in referrer.deleted_with():
+                going.append(referrer)
             else:
                 users.append(ref)
         if users:
@@ -538,7 +538,7 @@ class NbApi:
         delete_rule = rules.DELETE_RULES.get(table)
         if delete_rule is not None:
             await delete_rule(old, ctx)
-        gone = owned + [old]
+        gone = going + [old]
         claims_keys = [keys.claims(obj.table, obj.id) for obj in gone]
         replies = await ctx.read(claims_keys, [command for claims_key in claims_keys
                                                for command in (("SMEMBERS", claims_key), ("INCR", keys.rev))])

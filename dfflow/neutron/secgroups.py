@@ -2,10 +2,12 @@
 
 Neutron's own database code does the work (its checks, the project's default group); after each commit it
 announces the group or rule (AFTER_CREATE / AFTER_UPDATE / AFTER_DELETE) and this writes what it then
-holds to the NB. A group's rules are written after the group (a default group's ingress rules name the
-group itself). Neutron deletes with a group the rules of other groups that name it as their remote group
-(a foreign-key cascade it announces for none of them): the NB drops them first too. A failure is logged
-with its traceback and counted: the request has already succeeded in Neutron (the driver's `errors`)."""
+holds to the NB. A rule the NB would refuse (one naming an address group) and a stateless group are refused
+before Neutron makes them (BEFORE_CREATE, BEFORE_UPDATE). A group's rules are written after the group (a
+default group's ingress rules name the group itself). Neutron deletes with a group the rules of other groups
+that name it as their remote group (a foreign-key cascade it announces for none of them): the NB deletes them
+with the group too. A failure is logged with its traceback and counted: the request has already succeeded in
+Neutron (the driver's `errors`)."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +19,7 @@ from neutron_lib.callbacks import events, registry, resources
 from dfflow.models import SecurityGroup, SecurityGroupRule
 from dfflow.nb import convert
 from dfflow.neutron import resource
+from dfflow.neutron.errors import NbInvalid, refusals
 from dfflow.neutron.nbclient import NbClient
 
 LOG = logging.getLogger(__name__)
@@ -33,10 +36,7 @@ def write_rule(nb: NbClient, rule: dict[str, Any]) -> None:
 
 
 def delete_group(nb: NbClient, group_id: str) -> None:
-    for rule in nb.list(SecurityGroupRule.table):
-        if rule.remote_group == group_id and rule.secgroup != group_id:
-            resource.delete(nb, SecurityGroupRule.table, rule.id)
-    resource.delete(nb, SecurityGroup.table, group_id)  # its own rules go with it
+    resource.delete(nb, SecurityGroup.table, group_id)  # its rules and the rules naming it go with it
 
 
 def delete_rule(nb: NbClient, rule_id: str) -> None:
@@ -51,6 +51,9 @@ class SecurityGroupWriter:
         self.errors = errors  # the driver's count of failures no request reports
 
     def subscribe(self) -> None:
+        registry.subscribe(self._rule_to_create, resources.SECURITY_GROUP_RULE, events.BEFORE_CREATE)
+        for event in (events.BEFORE_CREATE, events.BEFORE_UPDATE):
+            registry.subscribe(self._group_to_write, resources.SECURITY_GROUP, event)
         for event in (events.AFTER_CREATE, events.AFTER_UPDATE):
             registry.subscribe(self._group_written, resources.SECURITY_GROUP, event)
             registry.subscribe(self._rule_written, resources.SECURITY_GROUP_RULE, event)
@@ -73,6 +76,21 @@ class SecurityGroupWriter:
         """An update does not say whether the group is its project's default: the NB remembers."""
         current = self.nb.get(SecurityGroup.table, group_id)
         return current is not None and current.is_default
+
+    @staticmethod
+    def _group_to_write(resource_: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """A stateless group is refused before Neutron makes it or turns one stateless: every chassis filters
+        with connection tracking, so it would let in the replies the group's rules do not allow."""
+        if (payload.latest_state or {}).get("stateful") is False:
+            raise NbInvalid(error_message="stateful: stateless security groups are not supported (dfflow "
+                                          "filters with connection tracking)")
+
+    def _rule_to_create(self, resource_: str, event: str, trigger: Any, payload: Any = None) -> None:
+        """A rule the NB would refuse (one naming an address group) is refused before Neutron makes it:
+        a 400 naming the field, rather than a rule Neutron holds and no chassis enforces."""
+        rule = payload.latest_state
+        with refusals():
+            resource.checked(SecurityGroupRule, rule, convert.secgroup_rule_fields(rule))
 
     def _rule_written(self, resource_: str, event: str, trigger: Any, payload: Any = None) -> None:
         rule = payload.latest_state
