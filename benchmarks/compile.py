@@ -9,11 +9,12 @@ one port's migration, or the evacuation of K ports of one chassis. For every cha
 the change is what its controller computes and sends: the L2, L3 and DNAT flows that
 differ between the port's old and new role there, as one bundle per chassis.
 
-* ``compiled``: what each chassis' controller does, looped over the chassis --
-  `controller.compiler.compile_port_changes` over the moved ports (one call of the compiled
-  core over the port columns), `controller.compiler.flow_mods` (the packer) over the plan's
-  batches, and the channel's pipelined bundle (`Datapath.send_bundle`: `wrap_bundle_adds`
-  frames the open, the adds and the commit);
+* ``compiled``: what each chassis' controller does, looped over the chassis -- the moved
+  ports' new roles (the view's answer; a remote one is a held record, `remote_role`),
+  `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
+  port columns), and the channel's pipelined bundle (`Datapath.send_bundle` of a
+  `controller.compiler.PlanBundle`: one call of the packer packs the plan's batches and frames
+  the open, the adds and the commit);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
   `OFPFlowMod` / ONF bundle objects serialized. The run checks both give the same bytes.
@@ -36,10 +37,10 @@ from controller.apps.dnat import DNAT_PORT_FLOWS
 from controller.apps.l2 import L2_PORT_FLOWS
 from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
-from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash
+from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash, remote_role
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow
-from dfflow.openflow.framing import XidAllocator, wrap_bundle_adds
+from dfflow.openflow.framing import XidAllocator
 
 PROGRAMS = (L2_PORT_FLOWS, L3_PORT_FLOWS, DNAT_PORT_FLOWS)
 PORTS_PER_NETWORK = 50
@@ -109,7 +110,7 @@ class Cloud:
     def role(self, port: int, chassis: int, where: int, dest: bool) -> PortRole:
         if where == chassis:
             return PortRole(True, ofport=int(self.dest_ofport[port] if dest else self.ofport[port]))
-        return PortRole(False, tunnel=int(self.tunnel[chassis, where]))
+        return remote_role(int(self.tunnel[chassis, where]))
 
     # -- the agent's path ----------------------------------------------------------------
     def migrate(self, moves: Sequence[Move], xid_start: int = 1, bundle_id_start: int = 1) -> tuple[bytes, list[int]]:
@@ -139,8 +140,7 @@ class Cloud:
         tunnels = self._tunnels[chassis]
         for p, dest in moves:
             old = placed.get(p) or placed.setdefault(p, self.role(p, chassis, self._host[p], dest=False))
-            new = (PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis
-                   else PortRole(False, tunnel=tunnels[dest]))
+            new = PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis else remote_role(tunnels[dest])
             if old != new:
                 changes.append((self._rows[p], old, new))
         if not changes:
@@ -207,14 +207,10 @@ class Cloud:
 
 
 def agent_bundle(dp: Datapath13, messages: Sequence[Flow | FlowBatch], bundle_id: int) -> bytearray:
-    """The bytes a chassis' controller writes for a plan: its flow mods packed
-    (`controller.compiler.flow_mods`), framed as `Datapath.send_bundle(..., pipelined=True)`
-    frames them -- an open, a bundle add around each flow mod, a commit, in one compiled call."""
-    buf = compiler.flow_mods(dp, messages)
-    open_xid = dp.xids.alloc(2)
-    out, _ = wrap_bundle_adds(buf, dp.ofproto.OFP_VERSION, bundle_id, BUNDLE_FLAGS, open_xid=open_xid,
-                              commit_xid=open_xid + 1)
-    return out
+    """The bytes a chassis' controller writes for a plan, as `Datapath.send_bundle(PlanBundle(...),
+    pipelined=True)` makes them: its flow mods packed and framed in one call of the packer -- an
+    open, a bundle add around each flow mod, a commit."""
+    return compiler.PlanBundle(messages).frame_bundle(dp, bundle_id, BUNDLE_FLAGS, True)[0]
 
 
 # ------------------------------------------------------------------------------------------ runs

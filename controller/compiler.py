@@ -6,8 +6,9 @@ per message. The compiled core makes every entry of a port program, including th
 few whose actions the packer does not encode (the announce gate's learn and
 resubmit): their rows carry the template and its bound params instead of actions
 (`OP_PARAMS` slots), and `flow_mods` serializes them with os-ken in their place, so
-the order of the plan (deletes, then adds) is kept. The channel wraps the buffer in
-one atomic bundle.
+the order of the plan (deletes, then adds) is kept. The daemon hands a plan to the channel
+as a `PlanBundle`: the packer writes its FLOW_MODs as the adds of one atomic bundle, open
+and commit included, in one call.
 """
 from __future__ import annotations
 
@@ -37,60 +38,59 @@ def packable(flow: Flow) -> bool:
     return len(flow.actions) <= MAX_ACTIONS and all(isinstance(a, PACKABLE_ACTIONS) for a in flow.actions)
 
 
-def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes:
+def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearray:
     """FLOW_MOD messages for `messages` (flows, and batches of rows the compiled core made), in
-    order, numbered from a block of the channel's xids."""
+    order, numbered from a block of the channel's xids: the batches packed by one call of the
+    packer, runs of packable flows as a batch, the rest (and rows carrying a template's params)
+    serialized by os-ken in their place."""
     if not messages:
         return b""
-    xid = dp.xids.alloc(sum([len(m) if isinstance(m, FlowBatch) else 1 for m in messages]))
+    return core.pack_messages(dp, messages, FlowBatch, _encode_flows, OP_PARAMS, _encode_carried)
+
+
+class PlanBundle:
+    """A plan's messages as `Datapath.send_bundle` takes them to pack and frame in one call of the
+    packer (`frame_bundle`): the FLOW_MODs flow_mods makes, each in a bundle add, between the
+    bundle's open and (pipelined) its commit."""
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: Sequence[Flow | FlowBatch]) -> None:
+        self.messages = messages
+
+    def frame_bundle(self, dp: Any, bundle_id: int, flags: int, commit: bool) -> tuple[bytearray, Sequence[int], int]:
+        """(framed bundle, the adds' xids, the open's xid; the commit's is the next), numbered from
+        one block of the channel's xids: the FLOW_MODs first, then the open and the commit."""
+        return core.pack_bundle_messages(dp, self.messages, bundle_id, flags, commit, FlowBatch, _encode_flows,
+                                         OP_PARAMS, _encode_carried)
+
+
+def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
+    """FLOW_MODs for flows in a row: packable ones in runs, the others serialized by os-ken."""
     parts: list[bytes] = []
-    run: list[Flow] = []  # packable flows in a row, packed as one batch
-    for item in messages:
-        if isinstance(item, FlowBatch):
-            xid = _pack_run(run, xid, parts)
-            carried = core.rows_with_action(item, OP_PARAMS)
-            if carried:
-                xid = _pack_carrying(dp, item, carried, xid, parts)
-            else:
-                parts.append(core.pack_flow_mods(item, xid))
-                xid += len(item)
-        elif packable(item):
-            run.append(item)
-        else:
-            xid = _pack_run(run, xid, parts)
-            xid = _serialize(dp, item, xid, parts)
-    _pack_run(run, xid, parts)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _pack_run(run: list[Flow], xid: int, parts: list[bytes]) -> int:
+    run: list[Flow] = []
+    for flow in flows:
+        if packable(flow):
+            run.append(flow)
+            continue
+        if run:
+            parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
+            xid += len(run)
+            run = []
+        parts.append(_encode(dp, flow, xid))
+        xid += 1
     if run:
         parts.append(core.pack_flow_mods(FlowBatch.from_flows(run), xid))
-        xid += len(run)
-        run.clear()
-    return xid
+    return b"".join(parts)
 
 
-def _pack_carrying(dp: Any, batch: FlowBatch, carried: list[int], xid: int, parts: list[bytes]) -> int:
-    """A batch some of whose rows carry a template's params (os-ken serializes those), in order."""
-    start = 0
-    for i in carried:
-        if i > start:
-            parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:i]), xid))
-            xid += i - start
-        xid = _serialize(dp, _carried_flow(batch.rows[i]), xid, parts)
-        start = i + 1
-    if start < len(batch):
-        parts.append(core.pack_flow_mods(FlowBatch.of_rows(batch.rows[start:]), xid))
-        xid += len(batch) - start
-    return xid
+def _encode_carried(dp: Any, batch: FlowBatch, row: int, xid: int) -> bytes:
+    return _encode(dp, _carried_flow(batch.rows[row]), xid)
 
 
-def _serialize(dp: Any, flow: Flow, xid: int, parts: list[bytes]) -> int:
+def _encode(dp: Any, flow: Flow, xid: int) -> bytes:
     message = flow.to_osken(dp, xid)
     message.serialize()
-    parts.append(bytes(message.buf))
-    return xid + 1
+    return bytes(message.buf)
 
 
 def _carried_flow(row: np.void) -> Flow:
@@ -121,6 +121,8 @@ core.require_agreement("port-template params", {p.name: p.value for p in Param},
                        {name: i for i, name in enumerate(core.PARAM_NAMES)})
 core.require_agreement("port facts", {f.name: f.value for f in Fact}, core.FACT_BITS)
 core.require_agreement("port-template repetitions (each)", {e.name: e.value for e in Each}, core.EACH_KINDS)
+core.require_agreement("port roles' items", {name: i for i, name in enumerate(PortRole._fields)},
+                       {name: i for i, name in enumerate(core.ROLE_FIELDS)})
 
 _ROW_OFFSET = {name: FLOW_DTYPE.fields[name][1]
                for name in ("cookie", "wmeta_value", "match_value", "match_mask", "actions")}
@@ -301,12 +303,18 @@ PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the Por
 class ChangeRows(tuple):
     """(deletes, adds) of a change, and `key_conflicts`: how many adds have the flow key of an
     earlier, different add (a switch would keep the later; the engine flags it)."""
-    key_conflicts: int
+    key_conflicts: int = 0  # (set on the few that have any: no attribute dict per change)
 
-    def __new__(cls, dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> "ChangeRows":
-        made = tuple.__new__(cls, (dels, adds))
+
+def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> ChangeRows:
+    """ChangeRows made without a class call (one per chassis and plan: the call costs as much)."""
+    made = _new_tuple(ChangeRows, (dels, adds))
+    if key_conflicts:
         made.key_conflicts = key_conflicts
-        return made
+    return made
+
+
+_new_tuple = tuple.__new__
 
 
 def compile_port_changes(program: core.CompiledProgram, table: PortTable,
@@ -316,7 +324,7 @@ def compile_port_changes(program: core.CompiledProgram, table: PortTable,
     two templates make alike once).
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    return ChangeRows(*core.compile_changes(program, table.columns, changes))
+    return change_rows(*core.compile_changes(program, table.columns, changes))
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:
@@ -348,7 +356,7 @@ def compile_facts_changes(program: core.CompiledProgram, table: PortTable,
         for port_id, facts in old_facts.items():
             table.set(port_id, facts)
         raise
-    return ChangeRows(*diff_rows(before, after[1]), after.key_conflicts)
+    return change_rows(*diff_rows(before, after[1]), after.key_conflicts)
 
 
 def diff_rows(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -515,13 +515,13 @@ class ControllerDaemon:
         return taken
 
     async def _send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
-        """Apply flow mods, packed by the compiled packer, in one atomic bundle.
+        """Apply flow mods, packed and framed by the compiled packer in one call, in one atomic bundle.
 
         A plan's bundle is pipelined (open, adds and commit in one round trip): its rows were
         validated by the packer, so the switch rejecting one means it changed under us -- the
         BundleError that says so makes the sender reconcile. A reconcile's own bundle is checked
         before it commits."""
-        await dp.send_bundle(compiler.flow_mods(dp, flows), pipelined=pipelined)
+        await dp.send_bundle(compiler.PlanBundle(flows), pipelined=pipelined)
 
     def _drain_outbox(self) -> None:
         while not self._outbox.empty():

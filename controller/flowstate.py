@@ -41,7 +41,7 @@ class Plan:
 
     def messages(self) -> list[Any]:
         """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key); the
-        compiled rows as FlowBatches in between (controller.compiler.flow_mods packs both)."""
+        compiled rows as FlowBatches in between (controller.compiler's PlanBundle packs both)."""
         return [f if f.command == Command.DELETE else
                 Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                 for f in self.deletes] + \

@@ -252,6 +252,13 @@ class PortRole(NamedTuple):
         return facts
 
 
+@functools.lru_cache(maxsize=4096)
+def remote_role(tunnel: int, copy_tunnel: int = 0, gated: bool = False) -> PortRole:
+    """The REMOTE role via `tunnel`, one held record per (tunnel, copy, gate): a chassis answers it
+    for every remote port of every change, and a few tunnels make all of them."""
+    return PortRole(False, tunnel=tunnel, copy_tunnel=copy_tunnel, gated=gated)
+
+
 class PortProgram:
     """An app's port flows: its entries, and its app id (the cookie's top byte)."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from controller.migration import current_location
-from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole, object_hash
+from controller.templates import AddressPairFacts, FloatingIpFacts, PortFacts, PortRole, object_hash, remote_role
 from dfflow import core
 from dfflow.models import (Chassis, FloatingIP, LogicalPort, LogicalRouter, LogicalSwitch, Model, RouterPort,
                            Subnet)
@@ -337,8 +337,7 @@ class View:
             if gated:  # until the VM announces itself here, what this chassis sends it goes to the source
                 copy_tunnel = self.tunnels.get(self.location(port), 0)
             return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=gated)
-        return PortRole(False, tunnel=self.tunnel_ofport(port), copy_tunnel=copy_tunnel,
-                        gated=self.forwards_no_copies(port))
+        return remote_role(self.tunnel_ofport(port), copy_tunnel, self.forwards_no_copies(port))
 
     def usable_floating_ips(self, port: LogicalPort) -> list[FloatingIpFacts]:
         """The port's floating IPs whose external network is needed here and whose router has an

@@ -1,4 +1,23 @@
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
 def mac_to_int(mac: str) -> int: ...
 def int_to_mac(value: int) -> str: ...
 def ipv4_to_int(ip: str) -> int: ...
 def int_to_ipv4(value: int) -> str: ...
+
+ROLE_FIELDS: tuple[str, ...]
+
+class CompiledProgram:
+    def __init__(self, layout: Any, prototypes: np.ndarray[Any, np.dtype[Any]], entries: Sequence[tuple[Any, ...]]) -> None: ...
+
+class PortColumns:
+    def __init__(self, ports: np.ndarray[Any, np.dtype[Any]], ips: np.ndarray[Any, np.dtype[Any]],
+                 fips: np.ndarray[Any, np.dtype[Any]], pairs: np.ndarray[Any, np.dtype[Any]]) -> None: ...
+
+# changes: (port row, old role, new role), a role None or a tuple of ROLE_FIELDS (a PortRole)
+def compile_changes(
+    program: CompiledProgram, columns: PortColumns, changes: Sequence[tuple[int, tuple[Any, ...] | None, tuple[Any, ...] | None]]
+) -> tuple[np.ndarray[Any, np.dtype[Any]], np.ndarray[Any, np.dtype[Any]], int]: ...

@@ -19,8 +19,9 @@ from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ld16, ld64, store64
+from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ctz64, ld16, ld64, store64
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -156,6 +157,8 @@ FACT_BITS = {"LOCAL": F_LOCAL, "REMOTE": F_REMOTE, "GATED": F_GATED, "OPEN": F_O
 PORT_FLAG_SECURITY = PORT_SECURITY
 PORT_FLAG_ROUTED = PORT_ROUTED
 ROLE_KINDS = {"none": ROLE_NONE, "local": ROLE_LOCAL, "remote": ROLE_REMOTE}
+# A role's items, in order (a tuple: indexed, not looked up by name, for every change of a plan).
+ROLE_FIELDS = ("local", "ofport", "tunnel", "copy_tunnel", "gated")
 EACH_KINDS = {"ONCE": EACH_ONCE, "PER_IP": EACH_PER_IP, "PER_FIP": EACH_PER_FIP, "PER_PAIR_HOST": EACH_PER_PAIR_HOST,
               "PER_PAIR_NET": EACH_PER_PAIR_NET}
 # The column tables' records: every column a little-endian uint64, in this order.
@@ -255,6 +258,7 @@ cdef class CompiledProgram:
     """
     cdef FlowLayout layout
     cdef object protos
+    cdef object no_rows  # an empty array of the flow record: the side of a change that has no rows
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
@@ -274,6 +278,7 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
+        self.no_rows = protos[:0].copy()
         self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
@@ -554,12 +559,16 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
 
 
 cdef inline uint64_t _key_hash(const LayoutC *L, const unsigned char *row) noexcept nogil:
-    """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes."""
+    """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes. Only the
+    fields the key has are hashed (equal keys have the same ones): a few, of the layout's 27."""
     cdef uint64_t h = 14695981039346656037ULL
+    cdef uint64_t present = ld64(row + L.present)
     cdef int i
-    h = (h ^ (row[L.table] | (<uint64_t>ld64(row + L.present) << 8))) * 1099511628211ULL
+    h = (h ^ (row[L.table] | (present << 8))) * 1099511628211ULL
     h = (h ^ ld64(row + L.masked) ^ (<uint64_t>ld16(row + L.priority) << 48)) * 1099511628211ULL
-    for i in range(L.nfields):
+    while present:
+        i = ctz64(present)
+        present &= present - 1
         h = (h ^ ld64(row + L.mvalue + 8 * i) ^ (ld64(row + L.mmask + 8 * i) << 1)) * 1099511628211ULL
     return h ^ (h >> 31)
 
@@ -630,20 +639,27 @@ cdef _Buf _buf(obj, Py_ssize_t record, str what):
 
 
 cdef int _role_of(object role, RoleC *r, Py_ssize_t t, str side) except -1:
-    """A role (None, or an object with local, gated, ofport, tunnel and copy_tunnel:
-    controller.templates.PortRole) as a record; ValueError naming the change and field if bad."""
+    """A role (None, or a tuple of ROLE_FIELDS: controller.templates.PortRole) as a record;
+    ValueError naming the change and field if bad."""
+    cdef int k = 0
     if role is None:
         r.kind = ROLE_NONE
         r.gated = r.ofport = r.tunnel = r.copy_tunnel = 0
         return 0
+    if not isinstance(role, tuple) or PyTuple_GET_SIZE(role) != 5:
+        raise ValueError(f"change {t}: {side} role {role!r}: expected a tuple of {', '.join(ROLE_FIELDS)}")
     try:
-        r.kind = ROLE_LOCAL if role.local else ROLE_REMOTE
-        r.gated = 1 if role.gated else 0
-        r.ofport = role.ofport
-        r.tunnel = role.tunnel
-        r.copy_tunnel = role.copy_tunnel
-    except (AttributeError, OverflowError, TypeError) as exc:
-        raise ValueError(f"change {t}: {side} role {role!r}: {exc}") from None
+        r.kind = ROLE_LOCAL if <object>PyTuple_GET_ITEM(role, 0) else ROLE_REMOTE
+        k = 1
+        r.ofport = <object>PyTuple_GET_ITEM(role, 1)
+        k = 2
+        r.tunnel = <object>PyTuple_GET_ITEM(role, 2)
+        k = 3
+        r.copy_tunnel = <object>PyTuple_GET_ITEM(role, 3)
+        k = 4
+        r.gated = 1 if <object>PyTuple_GET_ITEM(role, 4) else 0
+    except (OverflowError, TypeError) as exc:
+        raise ValueError(f"change {t}: {side} role {role!r}: {ROLE_FIELDS[k]}: {exc}") from None
     return 0
 
 
@@ -677,8 +693,7 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     """The flows that change when ports go from their old to their new role on a chassis.
 
     columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
-    None or an object with local, gated, ofport, tunnel and copy_tunnel
-    (controller.templates.PortRole).
+    None or a tuple of ROLE_FIELDS (controller.templates.PortRole).
     Returns (deletes, adds, key_conflicts): two arrays of the program's flow records (deletes as
     DELETE_STRICT; each add once), and how many adds have the flow key of an earlier, different add
     (the switch would keep the later: the caller flags it). Raises ValueError naming the field
@@ -757,8 +772,10 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
             free(T)
     if rc < 0:
         raise _compile_error(program, &o)
-    rows = _np_frombuffer(out, program.layout.dtype)
-    return rows[:o.ndel], rows[total_old:total_old + o.nadd], o.key_conflicts
+    dtype = program.layout.dtype
+    return (_np_frombuffer(out, dtype, o.ndel) if o.ndel else program.no_rows,
+            _np_frombuffer(out, dtype, o.nadd, total_old * itemsize) if o.nadd else program.no_rows,
+            o.key_conflicts)
 
 
 _COMPILE_ERR_TEXT = {

@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,4 +46,23 @@ class _Batch(Protocol):
 def validate_flows(batch: _Batch, start: int = 0, stop: int | None = None) -> None: ...
 def pack_flow_mods(batch: _Batch, xid_start: int) -> bytes: ...
 def pack_bundle(batch: _Batch, bundle_id: int, xid_start: int, flags: int = 3, commit: bool = True) -> bytes: ...
+def pack_messages(
+    channel: Any,
+    messages: Sequence[Any],
+    batch_type: type,
+    encode: Callable[[Any, list[Any], int], bytes],
+    carried_op: int = -1,
+    encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
+) -> bytearray: ...
+def pack_bundle_messages(
+    channel: Any,
+    messages: Sequence[Any],
+    bundle_id: int,
+    flags: int,
+    commit: bool,
+    batch_type: type,
+    encode: Callable[[Any, list[Any], int], bytes],
+    carried_op: int = -1,
+    encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
+) -> tuple[bytearray, range, int]: ...
 def rows_with_action(batch: _Batch, op: int) -> list[int]: ...

@@ -23,13 +23,16 @@ and the bundle header writer) is declared in _packer.pxd, which the port-flow co
 Longer than ~600 lines on purpose: the validator (pass 1) and the writer (pass 2) state the
 same wire rules and change together, and both inline the same per-field and prefetch
 helpers; in separate extensions those would become calls through function pointers in the
-per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest.
+per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest, and
+pack_messages / pack_bundle_messages: a plan's batches packed (and framed as one bundle) in one
+call, the per-chassis cost `dfflow-bench compile` measures.
 """
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING
 
 # The OpenFlow numbers the packer writes (declared in _packer.pxd), by os-ken's names;
 # dfflow.openflow.protocol checks them against os-ken at import.
@@ -738,3 +741,134 @@ def rows_with_action(batch, unsigned int op):
         if rec[L.n_actions] and rec[L.actions + L.a_op] == op:
             found.append(r)
     return found
+
+
+
+
+
+cdef void _append_wrapped(bytearray out, bytes encoded, uint32_t bid, uint16_t fl) except *:
+    """Append each message of ``encoded`` (whole OpenFlow 1.3 messages) wrapped in an ONF bundle add."""
+    cdef const unsigned char *src = <const unsigned char *>PyBytes_AS_STRING(encoded)
+    cdef Py_ssize_t n = len(encoded), off = 0, count = 0, length, pos
+    cdef unsigned char *dst
+    while off < n:  # walk first: the adds' room, and whole messages
+        length = (<Py_ssize_t>src[off + 2] << 8) | src[off + 3] if n - off >= 8 else 0
+        if length < 8 or off + length > n or length + C_BUNDLE_ADD_HEADER_LEN > 0xFFFF:
+            raise ValueError(f"encoded messages: a message at byte {off} is cut or too long to bundle")
+        off += length
+        count += 1
+    pos = len(out)
+    PyByteArray_Resize(out, pos + n + count * C_BUNDLE_ADD_HEADER_LEN)
+    dst = <unsigned char *>PyByteArray_AS_STRING(out) + pos
+    off = 0
+    while off < n:
+        length = (<Py_ssize_t>src[off + 2] << 8) | src[off + 3]
+        _write_onf_bundle_msg(dst, <uint16_t>(C_BUNDLE_ADD_HEADER_LEN + length),
+                              (<uint32_t>src[off + 4] << 24) | (<uint32_t>src[off + 5] << 16)
+                              | (<uint32_t>src[off + 6] << 8) | src[off + 7],
+                              ONF_ET_BUNDLE_ADD_MESSAGE, bid, 0, fl)
+        memcpy(dst + C_BUNDLE_ADD_HEADER_LEN, src + off, length)
+        dst += C_BUNDLE_ADD_HEADER_LEN + length
+        off += length
+
+
+cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op, encode_row, bint bundle,
+                           uint32_t bid, uint16_t fl, bint commit):
+    """pack_messages, and pack_bundle_messages when ``bundle``: the open first, each FLOW_MOD in a
+    bundle add (the packer writes the adds around its rows), the commit last if ``commit``."""
+    cdef Py_ssize_t total = 0, i = 0, r, start, size, pos, written, nctrl = 0
+    cdef _Rows rows
+    cdef const LayoutC *L
+    cdef const unsigned char *rec
+    cdef unsigned char *dst
+    cdef Err err
+    for m in messages:
+        total += len(m) if isinstance(m, batch_type) else 1
+    if bundle:
+        nctrl = 2 if commit else 1
+    cdef uint32_t first = _check_xids(channel.xids.alloc(total + nctrl) if total + nctrl else 0, total + nctrl, "")
+    cdef uint32_t xid = first
+    cdef bytearray out = bytearray()
+    if bundle:
+        PyByteArray_Resize(out, C_BUNDLE_CTRL_LEN)
+        _write_bundle_ctrl(<unsigned char *>PyByteArray_AS_STRING(out), first + <uint32_t>total, bid,
+                           ONF_BCT_OPEN_REQUEST, fl)
+    pending = []
+    for m in messages:
+        if not isinstance(m, batch_type):
+            pending.append(m)
+            i += 1
+            continue
+        if pending:
+            _append_encoded(out, encode(channel, pending, xid), bundle, bid, fl)
+            xid += <uint32_t>len(pending)
+            pending = []
+        rows = _rows_of(m)
+        L = &rows.layout.c
+        start = 0
+        for r in range(rows.n + 1):
+            if r < rows.n:
+                rec = rows.base + r * L.itemsize
+                if carried_op < 0 or not rec[L.n_actions] or rec[L.actions + L.a_op] != carried_op:
+                    continue
+            if r > start:
+                err.code = E_OK
+                with nogil:
+                    size = _check_rows(L, rows.base, start, r, &err)
+                if size < 0:
+                    raise _error(rows.layout, &err, f"message {i}: ")
+                if bundle:
+                    size += C_BUNDLE_ADD_HEADER_LEN * (r - start)
+                pos = len(out)
+                PyByteArray_Resize(out, pos + size)
+                dst = <unsigned char *>PyByteArray_AS_STRING(out) + pos
+                with nogil:
+                    written = _write_rows(L, rows.base + start * L.itemsize, r - start, dst, size, xid, bundle, bid, fl)
+                if written != size:
+                    raise RuntimeError(f"message {i}: the batch changed while it was being packed")
+                xid += <uint32_t>(r - start)
+            if r < rows.n:
+                _append_encoded(out, encode_row(channel, m, r, xid), bundle, bid, fl)
+                xid += 1
+            start = r + 1
+        i += 1
+    if pending:
+        _append_encoded(out, encode(channel, pending, xid), bundle, bid, fl)
+    if not bundle:
+        return out
+    if commit:
+        pos = len(out)
+        PyByteArray_Resize(out, pos + C_BUNDLE_CTRL_LEN)
+        _write_bundle_ctrl(<unsigned char *>PyByteArray_AS_STRING(out) + pos, first + <uint32_t>total + 1, bid,
+                           ONF_BCT_COMMIT_REQUEST, fl)
+    return out, range(first, first + total), first + total
+
+
+cdef inline void _append_encoded(bytearray out, bytes encoded, bint bundle, uint32_t bid, uint16_t fl) except *:
+    if bundle:
+        _append_wrapped(out, encoded, bid, fl)
+    else:
+        out += encoded
+
+
+def pack_messages(channel, messages, batch_type, encode, int carried_op=-1, encode_row=None):
+    """FLOW_MODs for ``messages`` in order, in one buffer, numbered from a block of
+    ``channel.xids.alloc(n)``: the rows of every ``batch_type`` (a FlowBatch) packed here, each run
+    of other messages (flows) by ``encode(channel, messages, xid)``, and a row whose first action
+    slot holds opcode ``carried_op`` by ``encode_row(channel, batch, row, xid)`` (both return
+    FLOW_MOD bytes, one message per item). One call for a plan's batches: no Python call per batch
+    or row unless it carries. ValueError naming the message and flow for a bad row (nothing is
+    returned then)."""
+    return _pack_messages(channel, messages, batch_type, encode, carried_op, encode_row, False, 0, 0, False)
+
+
+def pack_bundle_messages(channel, messages, bundle_id, flags, bint commit, batch_type, encode, int carried_op=-1,
+                         encode_row=None):
+    """The same FLOW_MODs as pack_messages, framed as one ONF bundle (OpenFlow 1.3, EXT-230) in the
+    same call: its open, a bundle add around each FLOW_MOD (carrying its xid), and its commit if
+    ``commit``. The FLOW_MODs are numbered first, then the open and the commit, from one block of
+    ``channel.xids``. Returns ``(framed, xids of the adds (a range), open xid)``; the commit's is open + 1.
+    Byte-identical to pack_messages' output through wrap_bundle_adds (dfflow._framing)."""
+    _check_bundle_args(bundle_id, flags, "")
+    return _pack_messages(channel, messages, batch_type, encode, carried_op, encode_row, True, bundle_id, flags,
+                          commit)

@@ -24,6 +24,8 @@ FlowLayout = _packer.FlowLayout
 validate_flows = _packer.validate_flows
 pack_flow_mods = _packer.pack_flow_mods
 pack_bundle = _packer.pack_bundle
+pack_messages = _packer.pack_messages
+pack_bundle_messages = _packer.pack_bundle_messages
 rows_with_action = _packer.rows_with_action
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
@@ -40,6 +42,7 @@ NotCompilable = _core.NotCompilable
 PARAM_NAMES: tuple = _core.PARAM_NAMES
 FACT_BITS: dict = _core.FACT_BITS
 ROLE_KINDS: dict = _core.ROLE_KINDS
+ROLE_FIELDS: tuple = _core.ROLE_FIELDS
 PORT_FLAG_SECURITY: int = _core.PORT_FLAG_SECURITY
 PORT_FLAG_ROUTED: int = _core.PORT_FLAG_ROUTED
 PORT_FIELDS: tuple = _core.PORT_FIELDS
@@ -99,10 +102,10 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
-           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "rows_with_action", "frames", "wrap_bundle_adds",
+           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "pack_bundle_messages", "rows_with_action", "frames", "wrap_bundle_adds",
            "CompiledProgram", "PortColumns", "compile_changes", "field_bytes", "field_spans", "NotCompilable",
            "PARAM_NAMES", "FACT_BITS",
-           "ROLE_KINDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
+           "ROLE_KINDS", "ROLE_FIELDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
            "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",
            "SG_MEMBER_FIELDS", "SG_SHAPE_FIELDS", "SG_EGRESS", "SG_INGRESS", "SG_FLAG_LOW", "SG_FLAG_HIGH",
            "SG_FLAG_GROUP",

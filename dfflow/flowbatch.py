@@ -183,7 +183,7 @@ class FlowBatch:
     @classmethod
     def of_rows(cls, rows: np.ndarray) -> "FlowBatch":
         """A batch over existing rows of the flow record (no copy; the packer validates them)."""
-        if rows.dtype != FLOW_DTYPE or not rows.flags.c_contiguous:
+        if (rows.dtype is not FLOW_DTYPE and rows.dtype != FLOW_DTYPE) or not rows.flags.c_contiguous:
             raise TypeError(f"of_rows: expected C-contiguous rows of the flow record, got {rows.dtype}")
         batch = cls.__new__(cls)
         batch.array, batch.n = rows, len(rows)

@@ -1,4 +1,5 @@
 """The controller's send path packs with the compiled core and matches os-ken byte for byte."""
+import pytest
 from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import compiler
@@ -7,7 +8,7 @@ from controller.engine import Engine
 from dfflow.openflow import XidAllocator
 from controller.view import Vif
 from dfflow.flowbatch import FlowBatch
-from dfflow.flows import Command
+from dfflow.flows import Command, Flow, Output
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
 
 
@@ -57,3 +58,37 @@ def test_packed_plan_is_byte_identical_to_os_ken_in_the_same_order():
 
 def test_an_empty_plan_packs_to_nothing():
     assert compiler.flow_mods(FakeDatapath(), []) == b""
+
+
+def test_a_plan_bundle_is_os_ken_bundle_framing_around_the_same_flow_mods():
+    """What the daemon sends (Datapath.send_bundle of a PlanBundle: packed and framed in one call)
+    is os-ken's ONF bundle -- open, a bundle add around each FLOW_MOD with its xid, commit -- around
+    the FLOW_MODs flow_mods makes, the flow mods numbered first, then the open and the commit."""
+    messages = pending_port_messages()
+    flows = as_flows(messages)
+    dp, ofp, parser = FakeDatapath(), ofproto_v1_3, ofproto_v1_3_parser
+    flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+    for commit in (True, False):
+        framed, xids, open_xid = compiler.PlanBundle(messages).frame_bundle(dp, 7, flags, commit)
+        first = open_xid - len(flows)
+        expected = [(parser.ONFBundleCtrlMsg(dp, 7, ofp.ONF_BCT_OPEN_REQUEST, flags, []), open_xid)]
+        expected += [(parser.ONFBundleAddMsg(dp, 7, flags, f.to_osken(dp, first + i), []), first + i)
+                     for i, f in enumerate(flows)]
+        if commit:
+            expected.append((parser.ONFBundleCtrlMsg(dp, 7, ofp.ONF_BCT_COMMIT_REQUEST, flags, []), open_xid + 1))
+        wire = b""
+        for message, xid in expected:
+            message.set_xid(xid)
+            message.serialize()
+            wire += bytes(message.buf)
+        assert bytes(framed) == wire
+        assert list(xids) == list(range(first, open_xid))
+        assert dp.xids.alloc() == open_xid + (2 if commit else 1)  # one block: nothing else took xids
+
+
+def test_a_plan_bundle_with_a_bad_row_raises_naming_the_message_and_flow():
+    good = Flow(10, 100, (("eth_dst", 0xFA163E000001, None),), (Output(3),), goto=20)
+    bad = FlowBatch.from_flows([good, good])
+    bad.rows["table"][1] = 255
+    with pytest.raises(ValueError, match="message 1: flow 1: table 255 out of range"):
+        compiler.PlanBundle([FlowBatch.from_flows([good]), bad]).frame_bundle(FakeDatapath(), 7, 3, True)

@@ -288,8 +288,10 @@ def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
 @pytest.mark.parametrize("change, message", [
     ((5, None, PortRole(True, ofport=5)), "change 0: port index 5 is not in the port table"),
     ((-1, None, PortRole(True, ofport=5)), "change 0: port row -1"),
-    ((0, None, PortRole(True, ofport=-5)), "change 0: new role"),
+    ((0, None, PortRole(True, ofport=-5)), "change 0: new role .*: ofport"),
+    ((0, None, PortRole(False, tunnel="t")), "change 0: new role .*: tunnel"),
     ((0, "local", PortRole(True, ofport=5)), "change 0: old role 'local'"),
+    ((0, (True, 5), None), r"change 0: old role \(True, 5\): expected a tuple of local, ofport, tunnel"),
 ])
 def test_bad_changes_raise_naming_the_field(change, message):
     table = table_of(PortFacts(7, 101, 0xFA163E000001))

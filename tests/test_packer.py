@@ -989,6 +989,27 @@ def test_ovs_channel_send_bundle_of_packed_flow_mods(ovs):
     assert _dump(ovs) == expected_in_ovs(flow_list)
 
 
+def test_ovs_applies_a_plan_bundle_packed_and_framed_in_one_call_and_refuses_it_whole(ovs):
+    """The daemon's send: Datapath.send_bundle of a controller.compiler.PlanBundle (the packer frames
+    the open, the adds and the commit itself), pipelined as a plan's or checked before its commit."""
+    ofchannel = pytest.importorskip("dfflow.openflow")
+    ovs.ofctl("del-flows", "br-int")
+    flow_list = ovs_valid_flows()[:40]
+    half = len(flow_list) // 2
+
+    async def go() -> None:
+        async with Switch(ovs) as sw:
+            plan = [FlowBatch.from_flows(flow_list[:half]), *flow_list[half:]]
+            await sw.dp.send_bundle(compiler.PlanBundle(plan), pipelined=True)
+            assert _dump(ovs) == expected_in_ovs(flow_list)
+            bad = [FlowBatch.from_flows([Flow(40, 1, match(metadata=1), (Output(1),)), INVALID_FOR_OVS])]
+            with pytest.raises(ofchannel.BundleError):
+                await sw.dp.send_bundle(compiler.PlanBundle(bad))
+
+    _run(go())
+    assert _dump(ovs) == expected_in_ovs(flow_list)
+
+
 def test_an_experimenter_field_is_packed_in_matches_and_refused_in_actions():
     flow = Flow(14, 90, match(eth_type=0x0800, ip_proto=6, tcp_flags=(0, 2)), goto=20, cookie=5)
     assert core.pack_flow_mods(FlowBatch.from_flows([flow]), 1) == osken_flow_mods([flow], 1)

@@ -56,6 +56,9 @@ behave the same in OVS 3.1, so we speak 1.3 by default (``versions=(OFP13,)``).
 (FLOW_MOD, GROUP_MOD, ...); it frames the open, a bundle-add around each and (pipelined)
 the commit itself, in one compiled call (:func:`framing.wrap_bundle_adds`, byte-identical
 to os-ken's ``ONFBundleCtrlMsg``/``ONFBundleAddMsg`` and their OpenFlow 1.4 counterparts).
+On OpenFlow 1.3 it also takes a ``BundleFramer``, messages that pack and frame themselves
+(the controller's plans: the packer writes the open, the adds and the commit in the call
+that packs the rows, numbered from one block of the channel's xids).
 
 Transaction ids
 ---------------

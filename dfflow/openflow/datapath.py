@@ -13,7 +13,7 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence, Union, cast
 
 from os_ken.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3
 from os_ken.ofproto.ofproto_parser import MsgBase
@@ -32,6 +32,14 @@ LOG = logging.getLogger("dfflow.openflow")
 
 Callback = Callable[..., Union[None, Awaitable[None]]]
 Messages = Union[Sequence[MsgBase], bytes, bytearray, memoryview]
+
+
+class BundleFramer(Protocol):
+    """Messages that pack and frame themselves as one OpenFlow 1.3 bundle (controller.compiler's
+    PlanBundle: the packer writes the open, the adds and the commit in one call)."""
+
+    def frame_bundle(self, dp: Any, bundle_id: int, flags: int, commit: bool) -> tuple[bytearray, Sequence[int], int]:
+        """(framed open + adds [+ commit], the adds' xids, the open's xid; the commit's is the next)."""
 
 
 @dataclass
@@ -567,7 +575,7 @@ class Datapath(asyncio.Protocol):
         replies = await self.request_multipart(req, timeout=timeout)
         return [stats for reply in replies for stats in reply.body]
 
-    async def _send_and_barrier(self, buf: bytes | bytearray | memoryview, xids: list[int],
+    async def _send_and_barrier(self, buf: bytes | bytearray | memoryview, xids: Sequence[int],
                                 timeout: float | None) -> list[OpenFlowError]:
         """Send buf + BARRIER_REQUEST; return the errors received for ``xids``."""
         sink = _ErrorSink()
@@ -604,7 +612,7 @@ class Datapath(asyncio.Protocol):
         if errors:
             raise FlowModError(errors)
 
-    async def _send_pipelined_bundle(self, framed: bytearray, xids: list[int], ctrl_xids: tuple[int, int],
+    async def _send_pipelined_bundle(self, framed: bytearray, xids: Sequence[int], ctrl_xids: tuple[int, int],
                                      ctrl_type: int, bundle_id: int, timeout: float | None) -> None:
         replies = [self._expect(xid, ctrl_type, bare=True) for xid in ctrl_xids]
         errors: list[OpenFlowError] = []
@@ -640,9 +648,10 @@ class Datapath(asyncio.Protocol):
         return (o.OFPBCT_OPEN_REQUEST, o.OFPBCT_COMMIT_REQUEST, o.OFPBCT_DISCARD_REQUEST,
                 o.OFPBF_ATOMIC, o.OFPBF_ORDERED)
 
-    async def send_bundle(self, msgs: Messages, *, flags: int | None = None,
+    async def send_bundle(self, msgs: Messages | BundleFramer, *, flags: int | None = None,
                           timeout: float | None = None, pipelined: bool = False) -> None:
-        """Apply messages (os-ken objects or one raw buffer of plain messages) atomically.
+        """Apply messages (os-ken objects, one raw buffer of plain messages, or a BundleFramer on an
+        OpenFlow 1.3 channel) atomically.
 
         open + bundle-adds + barrier go out in one write; if the switch rejected no add,
         COMMIT (ATOMIC|ORDERED by default) follows and its reply is awaited.  If anything
@@ -659,13 +668,19 @@ class Datapath(asyncio.Protocol):
         _, commit_t, discard_t, atomic, ordered = self._bundle_consts()
         if flags is None:
             flags = atomic | ordered
-        buf = msgs if isinstance(msgs, (bytes, bytearray, memoryview)) else self._pack(msgs)[0]
         self._bundle_ids = self._bundle_ids % 0xFFFFFFFF + 1
         bundle_id = self._bundle_ids
         # The open (and, pipelined, the commit) framed around the adds in one compiled call.
-        open_xid = self.xids.alloc(2 if pipelined else 1)
-        commit_xid = open_xid + 1 if pipelined else None
-        framed, xids = wrap_bundle_adds(buf, version, bundle_id, flags, open_xid=open_xid, commit_xid=commit_xid)
+        if hasattr(msgs, "frame_bundle"):
+            if version != OFP13:
+                raise ValueError(f"{self._desc()}: a BundleFramer writes OpenFlow 1.3 bundles, the channel speaks "
+                                 f"version {version}")
+            framed, xids, open_xid = msgs.frame_bundle(self, bundle_id, flags, pipelined)
+        else:
+            buf = msgs if isinstance(msgs, (bytes, bytearray, memoryview)) else self._pack(msgs)[0]
+            open_xid = self.xids.alloc(2 if pipelined else 1)
+            framed, xids = wrap_bundle_adds(buf, version, bundle_id, flags, open_xid=open_xid,
+                                            commit_xid=open_xid + 1 if pipelined else None)
         ctrl_type = ofproto_v1_3.OFPT_EXPERIMENTER if version == OFP13 else self.ofproto.OFPT_BUNDLE_CONTROL
         self._count("msgs_tx", len(xids) + 2)
         self._count("bundles")
