@@ -37,14 +37,19 @@ def apply_entries(plan: Plan, sending: float, bundle_ms: float, applied: float, 
                   ) -> list[dict[str, Any]]:
     """What an applied plan records: one entry per NB event it answers (a burst's flow mods are the
     first one's), with its queueing, its bundle's round trip and `applied`, the switch's reply (absolute)."""
-    queued_ms = round((sending - plan.timing["emitted"]) * 1e3, 3)
-    entries = []
-    for i, (cause, timing) in enumerate([(plan.cause, plan.timing), *plan.batched]):
-        entries.append({
-            **{k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items() if k != "emitted"},
-            "queued_ms": queued_ms, "bundle_ms": bundle_ms, "coalesced": coalesced, "burst": 1 + len(plan.batched),
-            "applied_at": round(applied, 6), "cause": cause,
-            "stamps": [list(s) for s in plan.stamps] if i == 0 else [],
-            "flow_mods": plan.n_flow_mods if i == 0 else 0,
-            "compiled_flow_mods": sum(len(d) + len(a) for d, a in plan.rows) if i == 0 else 0})
+    shared = {"queued_ms": round((sending - plan.timing["emitted"]) * 1e3, 3), "bundle_ms": bundle_ms,
+              "coalesced": coalesced, "burst": 1 + len(plan.batched), "applied_at": round(applied, 6)}
+    entries = [_entry(plan.timing, shared, plan.cause, [list(s) for s in plan.stamps], plan.n_flow_mods,
+                      sum(len(d) + len(a) for d, a in plan.rows))]
+    # one per event of a burst (an evacuation's 100 on every chassis): the rest of them made once, above
+    entries += [_entry(timing, shared, cause, [], 0, 0) for cause, timing in plan.batched]
     return entries
+
+
+def _entry(timing: dict[str, float], shared: dict[str, Any], cause: str, stamps: list[list[Any]], flow_mods: int,
+           compiled_flow_mods: int) -> dict[str, Any]:
+    entry = {k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items() if k != "emitted"}
+    entry.update(shared)
+    entry["cause"], entry["stamps"] = cause, stamps
+    entry["flow_mods"], entry["compiled_flow_mods"] = flow_mods, compiled_flow_mods
+    return entry

@@ -132,3 +132,53 @@ async def test_the_bus_hands_over_what_it_read_at_once_as_one_burst_in_order(nb,
         [("create", f"tb-n{i}") for i in range(1, 41)] + [("delete", "tb-n3")]
     assert all(e["model"].id == e["id"] for e in bursts[1] if e["action"] == "create")
     assert sub.stats["bursts"] == 2 and sub.stats["events"] == 42
+
+
+async def test_a_buffered_burst_is_read_from_the_hiredis_reader_with_subscriptions_confirmed_in_it(nb, nb_url):
+    """The events a connection holds are taken from hiredis' reader, not one by one through redis-py's
+    get_message; a topic subscribed to in the middle of them (its confirmation among them) is kept."""
+    bursts: list[list[dict]] = []
+    busy, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(events):
+        bursts.append(events)
+        if len(bursts) == 1:
+            busy.set()
+            await release.wait()
+
+    sub = Subscriber(nb_url, burst_callback=handle)
+    await sub.start()
+    reads = 0
+    try:
+        await sub.add_topic("hr")
+        get_message = sub._pubsub.get_message
+
+        async def counted(*args, **kwargs):
+            nonlocal reads
+            reads += 1
+            return await get_message(*args, **kwargs)
+
+        sub._pubsub.get_message = counted
+        await nb.create(LogicalSwitch(id="hr-n0", topic="hr", segmentation_id=1))
+        await asyncio.wait_for(busy.wait(), 10)
+        for i in range(1, 21):
+            await nb.create(LogicalSwitch(id=f"hr-n{i}", topic="hr", segmentation_id=1 + i))
+        adding = asyncio.create_task(sub.add_topic("hr2"))  # its confirmation lands among the events
+        await asyncio.sleep(0.1)
+        for i in range(21, 31):
+            await nb.create(LogicalSwitch(id=f"hr-n{i}", topic="hr", segmentation_id=1 + i))
+        await nb.create(LogicalSwitch(id="hr2-n1", topic="hr2", segmentation_id=100))
+        await asyncio.sleep(0.3)
+        reads_before = reads
+        release.set()
+        await asyncio.wait_for(adding, 10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while sum(map(len, bursts)) < 32 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        release.set()
+        await sub.stop()
+    delivered = [e["id"] for b in bursts for e in b]
+    assert delivered[:31] == [f"hr-n{i}" for i in range(31)]
+    assert "hr2-n1" in delivered and sub.stats["bad_events"] == 0
+    assert reads - reads_before <= 3, f"{reads - reads_before} get_message calls for a burst of 31 messages"

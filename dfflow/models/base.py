@@ -78,23 +78,26 @@ class Model:
     def from_dict(cls, data: dict[str, Any]) -> "Model":
         if not isinstance(data, dict):
             raise ValidationError("object", f"expected a JSON object, got {type(data).__name__}", cls.table)
-        data = known_fields(cls, data, "", cls.table)
-        missing = [name for name in _required_fields(cls) if name not in data]
-        if missing:
-            raise ValidationError(missing[0], "required field missing", cls.table)
-        values = dict(data)
+        complete = data.keys() == _field_names(cls)  # what this dfflow writes: every field, none other
+        if not complete:
+            data = known_fields(cls, data, "", cls.table)
+            missing = [name for name in _required_fields(cls) if name not in data]
+            if missing:
+                raise ValidationError(missing[0], "required field missing", cls.table)
+        records = {}
         for name, (record_cls, is_list) in cls.records.items():
-            raw = values.get(name)
+            raw = data.get(name)
             if raw is None:
                 continue
             if is_list:
                 if not isinstance(raw, list):
                     raise ValidationError(name, "must be a list", cls.table)
-                values[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
-                                for i, item in enumerate(raw)]
+                if raw:
+                    records[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
+                                     for i, item in enumerate(raw)]
             else:
-                values[name] = record_cls.from_dict(raw, name, cls.table)
-        return cls(**values)
+                records[name] = record_cls.from_dict(raw, name, cls.table)
+        return cls(**{**data, **records}) if records else cls(**data)
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)

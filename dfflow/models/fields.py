@@ -16,10 +16,20 @@ PROFILE_MAX_BYTES = 4096  # binding:profile, serialized
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 
 
+_VALID_IDS: set[str] = set()  # ids found valid (every event names its topic, network and chassis again)
+_VALID_IDS_KEPT = 1 << 16
+
+
 def check_id(name: str, value: Any, table: str | None = None) -> str:
+    if type(value) is str and value in _VALID_IDS:
+        return value
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ValidationError(name, f"not a valid id: {value!r} (letters, digits, '.', '_', '-'; "
                                     "1-255 characters)", table)
+    if type(value) is str:
+        if len(_VALID_IDS) >= _VALID_IDS_KEPT:
+            _VALID_IDS.clear()
+        _VALID_IDS.add(value)
     return value
 
 

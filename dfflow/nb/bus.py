@@ -47,7 +47,10 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import hiredis
+import orjson
 import redis.asyncio as aioredis
+from redis._parsers import hiredis as redis_hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -62,6 +65,7 @@ ACTIONS = ("create", "update", "delete")
 BAD_KEPT = 20
 RESUBSCRIBE_DELAY = 0.5  # s after a plain channel failed before following it again
 MAX_BURST = 1000  # events read at once, when that many are buffered, before they are handed over
+_NOT_ENOUGH_DATA = getattr(redis_hiredis, "NOT_ENOUGH_DATA", False)  # what the reader gives for an incomplete reply
 # A resync hands over what an object refers to before the object (a network before its ports): a
 # subscriber never computes a port for a network it has not heard of yet.
 _RESYNC_ORDER = {m.table: i for i, m in enumerate((Chassis, LogicalSwitch, Subnet, SecurityGroup,
@@ -83,7 +87,7 @@ return out
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     version: int
     topic: str
@@ -279,8 +283,11 @@ class Subscriber:
                 continue
             # Whatever else the connection holds already is one burst: handed over together.
             burst = [message]
-            while len(burst) < MAX_BURST and await self._buffered():
-                message = await self._pubsub.get_message(timeout=0)
+            while len(burst) < MAX_BURST:
+                await self._take_parsed(burst)
+                if len(burst) >= MAX_BURST or not await self._buffered():
+                    break
+                message = await self._pubsub.get_message(timeout=0)  # reads the socket into the parser
                 if message is None:
                     break  # the rest of a message is still on its way
                 burst.append(message)
@@ -294,13 +301,35 @@ class Subscriber:
         conn = self._pubsub.connection
         return await (conn.can_read() if hasattr(conn, "can_read") else conn.can_read_destructive())  # redis-py < 8
 
+    async def _take_parsed(self, burst: list[dict[str, Any]]) -> None:
+        """Append to `burst` the messages the connection's hiredis reader holds complete, up to
+        MAX_BURST, without redis-py's per-message path (its timeout, retry and read layers cost a
+        chassis more than the event's own parse). A reply that is not a published message (a
+        subscription's confirmation) goes through redis-py's own handling; an error reply is raised.
+        Without a hiredis reader (another parser) nothing is taken: get_message reads them one by one."""
+        reader = getattr(getattr(self._pubsub.connection, "_parser", None), "_reader", None)
+        if not isinstance(reader, hiredis.Reader):
+            return
+        while len(burst) < MAX_BURST:
+            response = reader.gets()
+            if response is _NOT_ENOUGH_DATA or response is False:
+                return
+            if isinstance(response, BaseException):
+                raise response
+            if isinstance(response, list) and len(response) == 3 and response[0] == b"message":
+                burst.append({"type": "message", "pattern": None, "channel": response[1], "data": response[2]})
+                continue
+            message = await self._pubsub.handle_message(response, ignore_subscribe_messages=True)
+            if message is not None:
+                burst.append(message)
+
     def _event_of(self, message: dict[str, Any]) -> Event | None:
         """A pubsub message's NB event, or None (not an event message, or a malformed one: counted)."""
         if message.get("type") != "message":
             return None
         channel = _text(message.get("channel") or b"?")
         try:
-            event = json.loads(message["data"])
+            event = loads(message["data"])
         except (ValueError, TypeError) as exc:
             self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
             return None
@@ -321,7 +350,7 @@ class Subscriber:
         for i in range(1, len(raw), 2):
             table, _, obj_id = _text(raw[i]).partition(":")
             try:
-                obj = json.loads(raw[i + 1])
+                obj = loads(raw[i + 1])
                 if not isinstance(obj, dict) or not isinstance(obj.get("version"), int):
                     raise ValueError("not an object with an integer version")
             except (ValueError, TypeError) as exc:
@@ -405,7 +434,10 @@ class Subscriber:
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
-        self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        if seen is None:
+            self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+        else:  # kept, not made again: one per object this chassis follows
+            seen.version, seen.topic, seen.alive = event["version"], event["topic"], not deleting
         self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
         return True
@@ -459,6 +491,15 @@ def checked_object(event: Event) -> tuple[Model | None, str | None]:
         return None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
                       f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
     return obj, None
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON `data` decoded by orjson (~4x faster than json on an NB event, which every chassis decodes);
+    what orjson refuses goes to json, whose answer (a value, as NaN, or an error) stands."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _text(value: bytes | str) -> str:
