@@ -4,9 +4,9 @@ It owns every connection and the clock: the NB store and bus (Redis), this
 chassis' OVSDB (ovsdbapp) and the OpenFlow channel to br-int. Events from all
 three are handled one at a time on one asyncio loop (a burst of NB events, what
 the bus read at once, as one): the engine turns each into a plan, commits it as
-the desired state at once, and a single sender task
-applies plans to OVS in order, each as one atomic bundle. On every (re)connect
-of the switch the sender first reconciles (dump, diff, fix the difference).
+the desired state at once, and a single sender task applies plans to OVS in
+order, each as one atomic bundle. On every (re)connect of the switch the sender
+first reconciles (dump, diff, fix the difference).
 
 Errors in any handler are logged with their traceback and counted; the counts
 and the rest of the state are served as JSON on the status socket.
@@ -37,8 +37,7 @@ from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowSe
 from controller.interfaces import InterfaceTracker, PendingVifs, is_tunnel_row, is_vif_row
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
-from controller.conntrack_sweep import ConntrackSweeper, appctl_command
-from controller.conntrack_sweep import policy_of as sweep_policy
+from controller.conntrack_sweep import ConntrackSweeper, appctl_command, policy_of as sweep_policy
 from controller.stamps import AppliedStamps
 from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
@@ -88,8 +87,7 @@ class ControllerDaemon:
         self._ovsdb_busy = False
         self._stopping = asyncio.Event()
         self.tasks = TaskSupervisor(self.stats, self._task_died, self._fatal)
-        self.exit_code = 0
-        self.exit_reason = ""
+        self.exit_code, self.exit_reason = 0, ""
         self._deletions_held = False  # a reconcile kept flows because the NB db was behind
         self._mark_written, self._mark_at = 0, 0.0
         self._peers: dict[str, str] = {}
@@ -532,10 +530,7 @@ class ControllerDaemon:
         await dp.send_bundle(compiler.PlanBundle(flows), pipelined=pipelined)
 
     def _drain_outbox(self) -> list[Plan]:
-        drained = []
-        while not self._outbox.empty():
-            drained.append(self._outbox.get_nowait())
-        return drained
+        return [self._outbox.get_nowait() for _ in range(self._outbox.qsize())]
 
     async def _reconcile(self, dp: Datapath) -> None:
         started = time.monotonic()
