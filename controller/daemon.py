@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from controller import compiler, nbmark, options
+from controller import collector, compiler, nbmark, options
 from controller.apps.dnat import DnatApp
 from controller.apps.l2 import L2App, opened_gates
 from controller.apps.l3 import L3App
@@ -206,6 +206,7 @@ class ControllerDaemon:
         self._emit(self.engine.loaded())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
         self._spawn(self._sender_loop, "sender")
+        collector.settle_after_startup()  # the view just loaded is long-lived: out of the collector's way
         if self.status_socket:
             await self._start_status_server()
         if self.metrics is not None:
