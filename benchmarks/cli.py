@@ -257,11 +257,14 @@ def api(levels: str, requests: int, servers: str, as_json: bool) -> None:
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="Moves per fleet.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Processes the chassis are spread over (default 2).")
+@click.option("--settle", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+              help="Seconds the fleet runs idle after start-up before the first move (controllers as after a "
+                   "while up: start-up's arrival windows, 10 s, closed).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write every run and the summaries to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write latency against chassis to this PNG.")
-def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None,
+def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: int | None, settle: float,
            json_path: str | None, plot_path: str | None) -> None:
     """NB binding change -> last chassis' bundle acknowledged, at many chassis: the real controller per
     chassis against a stand-in Open vSwitch (benchmarks.standin)."""
@@ -277,7 +280,7 @@ def fanout(chassis_counts: str, ports: int, evacuate: int, runs: int, workers: i
         raise click.BadParameter("at least 2 chassis", param_hint="--chassis")
     reports = []
     for n in counts:
-        report = bench.run(n, ports, evacuate=evacuate, runs=runs, workers=workers,
+        report = bench.run(n, ports, evacuate=evacuate, runs=runs, workers=workers, settle=settle,
                            progress=lambda m, n=n: click.echo(f"[{n} chassis] {m}", err=True))
         reports.append(report)
         click.echo(bench.format_summary(report))

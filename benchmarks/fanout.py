@@ -24,12 +24,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, settle: float = 0.0) -> dict[str, Any]:
+    """`settle`: seconds the fleet runs idle between start-up and the first move, so that the moves meet
+    controllers as they are after a while up (start-up's arrival windows closed, heartbeats heard, the
+    heap past its first collections), not fresh from start-up."""
     movers = max(1, evacuate)
     with Fleet(chassis, ports, movers, workers=workers) as fleet:
         starting = time.monotonic()
         fleet.up(timeout=max(600.0, 1.5 * chassis), progress=progress)
         startup = {"wall_s": time.monotonic() - starting, "workers": fleet.ask_all({"op": "resources"})}
+        time.sleep(settle)
         results = []
         here = "chassis-1"
         for i in range(runs + 1):  # the first move warms every chassis' paths up and is not counted
@@ -41,7 +45,7 @@ def run(chassis: int, ports: int, evacuate: int = 0, runs: int = 5, workers: int
             here = dest
             if progress:
                 progress(f"run {i}/{runs}")
-        return {"chassis": chassis, "ports": fleet.ports, "evacuate": evacuate, "runs": runs,
+        return {"chassis": chassis, "ports": fleet.ports, "evacuate": evacuate, "runs": runs, "settle_s": settle,
                 "workers": fleet.workers, "startup": startup, "after_runs": fleet.ask_all({"op": "resources"}),
                 "load_average": os.getloadavg(),
                 "results": [{"update": kind, "run": i, **r} for kind, i, r in results if i > 0]}
@@ -105,7 +109,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 def format_summary(report: dict[str, Any]) -> str:
     summary = summarise(report)
     lines = [f"{report['chassis']} stand-in chassis in {report['workers']} processes, {report['ports']} VIF ports, "
-             f"{report['runs']} runs" + (f", evacuation of {report['evacuate']} ports" if report["evacuate"] else "")]
+             f"{report['runs']} runs" + (f", evacuation of {report['evacuate']} ports" if report["evacuate"] else "")
+             + (f", after {report['settle_s']:g} s idle" if report.get("settle_s") else "")]
     lines.append(f"  {'update':11} {'median':>10} {'p95':>10} {'min':>9} {'max':>9} {'chassis median':>15} "
                  f"{'flow mods':>10} {'bundles':>8}  slowest parts (bus/compute/queued/bundle)")
     for update, s in summary.items():
