@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+from controller.collector import collect_young_less_often
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
 from controller.status import GcPauses
@@ -70,6 +71,9 @@ class StandinChassis:
                                   self.of_listen)
         daemon.ovsdb = StandinOvsdb(self.server, self.switch)
         daemon.gc_pauses = PROCESS_GC_PAUSES  # one collector per process: one callback, not one per chassis
+        # this process collects and freezes what start-up made once per wave (a collection per chassis would
+        # walk the heaps of all the chassis before it); the controller's young threshold is kept
+        daemon.settle_collector = collect_young_less_often
         if self.request_timeout is not None:
             # This loop answers a chassis' OpenFlow request after the events of all its other chassis: in a
             # burst of K events at C chassis per process, C x K handlings (~0.5 ms each) come first.

@@ -98,7 +98,7 @@ class ControllerDaemon:
         self.stamps = AppliedStamps(chassis, self.migrator.timelines, self._record_error)
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
-        self.gc_pauses = GcPauses()
+        self.gc_pauses, self.settle_collector = GcPauses(), collector.settle_after_startup
         self._sending = False  # a plan is out to the switch, its reply not in yet
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
         self.metrics_listen, self.metrics_url = metrics_listen, None
@@ -206,7 +206,7 @@ class ControllerDaemon:
         self._emit(self.engine.loaded())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
         self._spawn(self._sender_loop, "sender")
-        collector.settle_after_startup()  # the view just loaded is long-lived: out of the collector's way
+        self.settle_collector()  # the view just loaded is long-lived: out of the collector's way
         if self.status_socket:
             await self._start_status_server()
         if self.metrics is not None:
