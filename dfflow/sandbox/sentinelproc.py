@@ -25,6 +25,9 @@ from .redisproc import RedisServer, free_port
 SERVICE = "dfflow-nb"
 SENTINELS = 3
 QUORUM = 2
+# How long a failover or a returning server's reconfiguration may take: a sentinel whose timer saw a stall
+# of over 2 s (a loaded machine) enters TILT mode and does nothing for 30 s, so 30 s alone was not enough.
+SENTINEL_ACTS_WITHIN = 75.0
 
 
 class SentinelServer:
@@ -167,7 +170,7 @@ class SentinelNb:
             os.kill(server.pid, 9)  # type: ignore[arg-type]
         return server
 
-    def wait_failover(self, old: RedisServer, timeout: float = 30.0) -> RedisServer:
+    def wait_failover(self, old: RedisServer, timeout: float = SENTINEL_ACTS_WITHIN) -> RedisServer:
         """Until every sentinel names a primary other than `old`; returns the new one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -177,7 +180,7 @@ class SentinelNb:
             time.sleep(0.1)
         raise SandboxError(f"no failover away from {old.host}:{old.port} within {timeout:g} s")
 
-    def revive(self, server: RedisServer, timeout: float = 30.0) -> None:
+    def revive(self, server: RedisServer, timeout: float = SENTINEL_ACTS_WITHIN) -> None:
         """Start a killed data server again (same port and directory); the sentinels turn it into the
         current primary's replica. Returns once it is in sync."""
         if not server.running():
