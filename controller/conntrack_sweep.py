@@ -35,6 +35,7 @@ import numpy as np
 from controller.apps.secgroups import filtered, group_members, rules_of
 from controller.apps.sg_rules import prefix, rule_rows
 from dfflow import core
+from dfflow.models.secgroup import IP_PROTOCOLS, PORT_PROTOCOLS  # the protocols conntrack tracks with ports
 
 if TYPE_CHECKING:
     from controller.view import View
@@ -44,8 +45,6 @@ MAX_ENTRIES = 20000  # entries of one zone judged per round
 MAX_DELETIONS = 500  # entries of one zone deleted per round (one ovs-appctl each)
 APPCTL_TIMEOUT = 10.0  # s
 IPPROTO_ICMP, IPPROTO_TCP = 1, 6
-PORT_PROTOCOLS = frozenset({6, 17, 132, 33, 136})  # what conntrack tracks with ports
-PROTOCOL_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "dccp": 33, "gre": 47, "sctp": 132, "udplite": 136}
 LINE = re.compile(r"^(\w+),orig=\(([^()]*)\),reply=\(([^()]*)\)")
 
 
@@ -71,7 +70,7 @@ def parse_entry(line: str) -> Entry | None:
     name, orig = found.group(1), found.group(2)
     try:
         fields = dict(part.split("=", 1) for part in orig.split(","))
-        proto = int(name) if name.isdigit() else PROTOCOL_NAMES.get(name)
+        proto = int(name) if name.isdigit() else IP_PROTOCOLS.get(name)
         if proto is None:
             if name.endswith("6"):  # icmp6 and its kind
                 return None
