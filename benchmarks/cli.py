@@ -149,6 +149,9 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
         click.echo(ovn_peer.format_evacuation(report) if vms > 1 else ovn_peer.format_single(report))
     else:
         click.echo(bench.format_summary(report))
+        if vms == 1:
+            from dfflow.sandbox.gap_phases import format_runs
+            click.echo(format_runs(report["runs"]))
     if plot_path:
         click.echo(f"plot: {plot_path}")
 

@@ -111,15 +111,15 @@ async def _run(sb: Sandbox, count: int, runs: int, strategies: tuple[str, ...], 
 
 
 async def probed(sandbox: Any, prober: str, targets: list[str] | str, interval: float,
-                 work: Callable[[], Awaitable[Any]]) -> tuple[Any, dict[str, Any], float, float]:
-    """One probed run: the prober started in VM `prober`, QUIET s of it alone (the machine's own gaps),
+                 work: Callable[[], Awaitable[Any]], quiet: float = QUIET) -> tuple[Any, dict[str, Any], float, float]:
+    """One probed run: the prober started in VM `prober`, `quiet` s of it alone (the machine's own gaps),
     then `work()`, then WINDOW_AFTER s more; returns (what `work` returned, the prober's raw result,
-    when the quiet second began, when `work` began)."""
+    when the quiet window began, when `work` began)."""
     sender = Sender(sandbox, prober, targets, interval=interval)
     try:
         await asyncio.sleep(0.2)
         quiet_from = time.time()
-        await asyncio.sleep(QUIET)
+        await asyncio.sleep(quiet)
         started = time.time()
         result = await work()
         await asyncio.sleep(WINDOW_AFTER)

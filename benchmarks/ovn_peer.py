@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 from typing import Any, Awaitable, Callable
 
@@ -35,7 +36,8 @@ from dfflow.sandbox.ovn import Ovn
 from dfflow.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
 from dfflow.sandbox.ovn_router import create_floating_ip, create_router
 from dfflow.sandbox.probe import Echo, Sender
-from dfflow.sandbox.scenario import FIP_PROBE, L2_PROBE, WINDOW_AFTER, _wait_reachable, load_line, percentile
+from dfflow.sandbox.gap_phases import format_runs, phase_counts, quiet_seconds
+from dfflow.sandbox.scenario import FIP_PROBE, L2_PROBE, WINDOW_AFTER, WINDOW_BEFORE, _wait_reachable, load_line, percentile
 from dfflow.sandbox.topology import Sandbox
 
 PEER = "ovn"
@@ -86,9 +88,10 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
                 def move(dest: str) -> Awaitable[dict[str, Any]]:
                     return migrate(cloud, "M", dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
                                    update_port_delay=update_port_delay)
+                quiet = quiet_seconds(WINDOW_BEFORE, memory_copy, unplug_delay, update_port_delay, WINDOW_AFTER)
                 results, stopped = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
-                                                   _migration_figures(keep_samples), progress,
-                                                   also={FIP_PROBE: ("E", fip)}))
+                                                   _migration_figures(keep_samples, update_port_delay), progress,
+                                                   also={FIP_PROBE: ("E", fip)}, quiet=quiet))
             finally:
                 echo.stop()
         finally:
@@ -122,7 +125,8 @@ async def _alternating(cloud: OvnCloud, runs: int, targets: str | list[str], int
                        move: Callable[[str], Awaitable[Any]],
                        figures: Callable[[int, Any, dict[str, Any], float, float], dict[str, Any]],
                        progress: Callable[[str], None] | None,
-                       also: dict[str, tuple[str, str]] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                       also: dict[str, tuple[str, str]] | None = None,
+                       quiet: float = evacuation.QUIET) -> tuple[list[dict[str, Any]], str | None]:
     """`runs` probed moves, chassis-1 -> chassis-2 and back (`move(dest)`), P probing `targets`; with
     `also` ({probe name: (VM, address)}) those VMs probe too, each with its own prober, and `figures`
     gets every probe's raw result by name ({L2_PROBE: P's, ...}). Returns the runs' figures and, when
@@ -132,7 +136,7 @@ async def _alternating(cloud: OvnCloud, runs: int, targets: str | list[str], int
     here = "chassis-1"
     for i in range(runs):
         try:
-            results.append(await _one_run(cloud, i, here, targets, interval, move, figures, also))
+            results.append(await _one_run(cloud, i, here, targets, interval, move, figures, also, quiet))
         except (OvnRunFailed, SandboxError) as exc:
             if not results:
                 raise
@@ -152,12 +156,12 @@ class OvnRunFailed(RuntimeError):
 async def _one_run(cloud: OvnCloud, i: int, here: str, targets: str | list[str], interval: float,
                    move: Callable[[str], Awaitable[Any]],
                    figures: Callable[[int, Any, dict[str, Any], float, float], dict[str, Any]],
-                   also: dict[str, tuple[str, str]] | None) -> dict[str, Any]:
+                   also: dict[str, tuple[str, str]] | None, quiet: float = evacuation.QUIET) -> dict[str, Any]:
     dest = "chassis-2" if here == "chassis-1" else "chassis-1"
     others = {name: Sender(cloud.sandbox, vm, ip, interval=interval) for name, (vm, ip) in (also or {}).items()}
     try:
         outcome, raw, quiet_from, started = await evacuation.probed(cloud.sandbox, "P", targets, interval,
-                                                                    lambda: move(dest))
+                                                                    lambda: move(dest), quiet=quiet)
     finally:
         raws = {name: sender.stop() for name, sender in others.items()}
     if also:
@@ -165,12 +169,12 @@ async def _one_run(cloud: OvnCloud, i: int, here: str, targets: str | list[str],
     return figures(i, outcome, raw, quiet_from, started)
 
 
-def _migration_figures(keep_samples: bool) -> Callable[..., dict[str, Any]]:
+def _migration_figures(keep_samples: bool, update_port_delay: float | None = None) -> Callable[..., dict[str, Any]]:
     def figures(i: int, timeline: dict[str, Any], raw: dict[str, Any], quiet_from: float, started: float):
         # the figures of an announce migration (its trigger is the VM's announcement); OVN reports no
         # per-chassis apply times, so no convergence
         return scenario._figures("announce", i, started, timeline, raw, keep_samples,
-                                  quiet_from) | {"strategy": STRATEGY}
+                                  quiet_from, update_port_delay) | {"strategy": STRATEGY}
     return figures
 
 
@@ -264,7 +268,9 @@ def per_probe_stats(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         stats[name] = {"runs": len(probes), **scenario._stats(gaps, "gap"), **scenario._stats(lost, "lost"),
                        "duplicates": sum(p["duplicates"] for p in probes),
                        "unrecovered": sum(not p["recovered"] for p in probes),
-                       "quiet_p95_ms": percentile(quiet, 0.95) if quiet else None}
+                       "quiet_median_ms": statistics.median(quiet) if quiet else None,
+                       "quiet_p95_ms": percentile(quiet, 0.95) if quiet else None,
+                       "gap_phases": phase_counts([{"probes": {name: p}} for p in probes])}
     return stats
 
 
@@ -291,7 +297,8 @@ def format_single(report: dict[str, Any]) -> str:
              f"{report['memory_copy_ms']:g} ms, unplug {report['unplug_delay_ms']:g} ms after the switchover, clean-up "
              f"{report['update_port_delay_ms']:g} ms after it; Nova's binding-extended calls",
              f"{'system, strategy':16} {'probe':28} {'runs':>4} {'reply gap median':>16} {'p95':>7} {'max':>7} "
-             f"{'lost median':>11} {'p95':>6} {'dups':>5} {'quiet p95':>9}  {'reply gap dfflow/OVN (median, p95)':>34}"]
+             f"{'lost median':>11} {'p95':>6} {'dups':>5} {'quiet median':>12} {'p95':>6}  "
+             f"{'reply gap dfflow/OVN (median, p95)':>34}"]
     for label, by_probe in per_probe.items():
         for probe, s in by_probe.items():
             other = theirs.get(probe, {})
@@ -300,11 +307,20 @@ def format_single(report: dict[str, Any]) -> str:
             lines.append(f"{label:16} {probe:28} {s['runs']:>4} {_fmt(s['gap_median_ms']):>13} ms "
                          f"{_fmt(s['gap_p95_ms']):>7} {_fmt(s['gap_max_ms']):>7} "
                          f"{_fmt(s['lost_median_ms']):>11} {_fmt(s['lost_p95_ms']):>6} {s['duplicates']:>5} "
-                         f"{_fmt(s['quiet_p95_ms']):>9}  {ratio:>34}")
+                         f"{_fmt(s.get('quiet_median_ms')):>12} {_fmt(s['quiet_p95_ms']):>6}  {ratio:>34}")
+    for label, by_probe in per_probe.items():
+        for probe, s in by_probe.items():
+            if s.get("gap_phases"):
+                lines.append(f"{label}, {SHORT.get(probe, probe)}: longest gap began in "
+                             + ", ".join(f"{phase} {n}" for phase, n in s["gap_phases"].items()))
+    lines.append("per run: each probe's longest gap (the phase it began in, ms from the switchover), and its "
+                 "longest gap over as long a window right before the migration (quiet):")
+    lines.append(format_runs(report["runs"], SHORT))
     lines += _load_lines(report)
     lines.append("reply gap: the longest gap between reply arrivals (the downtime), from 50 ms before the "
                  f"destination's plug to the migration's last step + {WINDOW_AFTER * 1e3:.0f} ms; lost: the longest run "
-                 "of lost replies x interval; quiet: the longest gap in the second before (the machine's own); ms. "
+                 "of lost replies x interval; quiet: the longest gap over a window as long as the migration's, right "
+                 "before it (the machine's own); ms. "
                  "A ratio below 1: dfflow's outage is shorter. OVN's floating IP: centralized on the router's "
                  f"gateway chassis ({GATEWAY_CHASSIS}), Neutron's default.")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from dfflow.sandbox import nova
 from dfflow.sandbox.cloud import Cloud
 from dfflow.sandbox.faults import DROP_PUBLISH, set_fault
+from dfflow.sandbox.gap_phases import locate, phase_counts, quiet_seconds, quiet_window
 from dfflow.sandbox.probe import Echo, Sender, analyse
 from dfflow.sandbox.secgroup_rules import allow_probes, default_group, external_host_attrs
 from dfflow.sandbox.topology import Sandbox
@@ -44,8 +45,9 @@ L2_PROBE, FIP_PROBE = "peer (L2, chassis-3)", "external host (floating IP)"
 TRIGGERS = {"announce": "vm_announced", "unplug": "unplug", "fallback": "update_port"}
 # The figures of a run are those of the probes sent from just before the plug until just after the
 # migration's last step (the destination's flows, the switchover, the unplug, update_port and
-# every chassis' clean-up); the same probes sent for QUIET seconds before it show what the machine
-# does with no migration at all (its baseline reply gap).
+# every chassis' clean-up); the same probes sent before it, over a window as long as the migration's
+# (gap_phases.quiet_seconds of probing with nothing migrating), show what the machine does with no
+# migration at all (its baseline reply gap). QUIET: the evacuations' quiet second.
 QUIET, WINDOW_BEFORE, WINDOW_AFTER = 1.0, 0.05, 0.3
 
 
@@ -136,6 +138,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
         await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
         results: list[dict[str, Any]] = []
         here, mode_now = "chassis-1", "on"
+        quiet = quiet_seconds(WINDOW_BEFORE, memory_copy, unplug_delay, update_port_delay, WINDOW_AFTER)
         for strategy in strategies:
             for i, mode in ((i, m) for i in range(runs) for m in secgroups):
                 if mode != mode_now:
@@ -148,7 +151,7 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                 senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
                 await asyncio.sleep(0.2)
                 quiet_from = time.time()
-                await asyncio.sleep(QUIET)
+                await asyncio.sleep(quiet)
                 started = time.time()
                 try:
                     timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
@@ -162,7 +165,8 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                     if strategy == "fallback":
                         await set_fault(nb, DROP_PUBLISH, False)
                 here = dest
-                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from)
+                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from,
+                                        update_port_delay)
                                | ({"secgroups": mode, "row": f"{strategy}, sg {mode}"} if len(secgroups) > 1 else
                                   {"secgroups": mode}))
                 if on_migration is not None:
@@ -179,13 +183,20 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
 
 
 def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any],
-             raw: dict[str, dict[str, Any]], keep_samples: bool, quiet_from: float) -> dict[str, Any]:
+             raw: dict[str, dict[str, Any]], keep_samples: bool, quiet_from: float,
+             update_port_delay: float | None = None) -> dict[str, Any]:
+    """One run's figures per probe: the reply gap over the migration's window, the phase it began in
+    (gap_phases), and the baseline: the longest gap over as long a window with nothing migrating."""
     probes = {}
     window = (timeline["origin"] - WINDOW_BEFORE,
               timeline["origin"] + max(timeline["steps"].values()) + WINDOW_AFTER)
+    baseline = quiet_window(quiet_from, started, window[1] - window[0])
     for name, result in raw.items():
         figures = analyse(result, after=window[0], until=window[1])
-        figures["baseline_gap_ms"] = analyse(result, after=quiet_from, until=started)["downtime_ms"]
+        figures |= locate(figures["gap_start"], timeline, update_port_delay)
+        figures["baseline_gap_ms"] = analyse(result, after=baseline[0], until=baseline[1])["downtime_ms"]
+        figures["window_s"], figures["baseline_window_s"] = (round(window[1] - window[0], 3),
+                                                             round(baseline[1] - baseline[0], 3))
         if keep_samples:  # (arrival time since the migration started, RTT) of every reply
             figures["samples"] = [(round(r - started, 4), round((r - s) * 1e3, 3))
                                   for _, s, r in result["replies"] if s >= quiet_from]
@@ -244,6 +255,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             **_stats(downtimes, "downtime"), **_stats(lost_windows, "lost_window"),
             "duplicates": sum(p["duplicates"] for p in probes),
             **_stats([p["baseline_gap_ms"] for p in probes if p.get("baseline_gap_ms") is not None], "baseline_gap"),
+            "gap_phases": phase_counts(runs),
             "convergence_median_ms": statistics.median(convergence) if convergence else None,
             "convergence_p95_ms": percentile(convergence, 0.95) if convergence else None,
             "unplug_at_median_ms": statistics.median(unplug_at) if unplug_at else None,
@@ -303,17 +315,21 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [f"probes every {report['interval_ms']:g} ms; memory copy {report['memory_copy_ms']:g} ms, "
              f"unplug delay {report['unplug_delay_ms']:g} ms, update_port delay {report['update_port_delay_ms']:g} ms, "
              f"Nova's {report.get('nova_path', 'extended')} calls",
-             f"{'':{w}} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':>9}",
+             f"{'':{w}} {'':>4} {'downtime (reply gap)':^29} {'lost window':^19} {'quiet':^19}",
              f"{'strategy':{w}} {'runs':>4} {'median':>9} {'p95':>9} {'max':>9} {'median':>9} {'p95':>9} "
-             f"{'p95':>9} {'dups':>5} {'converge':>9} {'(from)':14} unrecovered"]
+             f"{'median':>9} {'p95':>9} {'dups':>5} {'converge':>9} {'(from)':14} unrecovered"]
     fmt = lambda v: f"{v:.1f}" if v is not None else "-"
     for strategy, s in report["summary"].items():
         trigger = next(r["trigger"] for r in report["runs"] if row(r) == strategy)
         lines.append(f"{strategy:{w}} {s['runs']:>4} {fmt(s['downtime_median_ms']):>6} ms "
                      f"{fmt(s['downtime_p95_ms']):>6} ms {fmt(s['downtime_max_ms']):>6} ms "
                      f"{fmt(s['lost_window_median_ms']):>6} ms {fmt(s['lost_window_p95_ms']):>6} ms "
-                     f"{fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {trigger:14} "
+                     f"{fmt(s['baseline_gap_median_ms']):>6} ms {fmt(s['baseline_gap_p95_ms']):>6} ms {s['duplicates']:>5} {fmt(s['convergence_median_ms']):>6} ms {trigger:14} "
                      f"{s['unrecovered']}")
+    for strategy, s in report["summary"].items():
+        if s.get("gap_phases"):
+            lines.append(f"{strategy}: longest gap began in " + ", ".join(f"{phase} {n}" for phase, n
+                                                                         in s["gap_phases"].items()))
     unplug_at = [s["unplug_at_median_ms"] for s in report["summary"].values() if s.get("unplug_at_median_ms")]
     if unplug_at:
         lines.append(f"the source VIF was unplugged {statistics.median(unplug_at):.1f} ms (median) after the VM "
@@ -328,7 +344,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines.append("downtime: the longest gap between reply arrivals (kernel receive times; about one probe "
                  "interval when nothing is wrong), over the probes sent from the plug until the migration's last "
                  f"step + {WINDOW_AFTER * 1e3:.0f} ms; lost window: the longest run of lost replies x interval; "
-                 f"quiet: the longest reply gap in the {QUIET:g} s before the migration (the machine's own "
-                 "stalls); dups: replies received twice; over every probing peer and run. converge: from the "
+                 "quiet: the longest reply gap over a window as long, right before the migration (the machine's "
+                 "own stalls); dups: replies received twice; over every probing peer and run. converge: from the "
                  "trigger to the last chassis' bundle applied (median).")
     return "\n".join(lines)
