@@ -96,9 +96,13 @@ def compile(ports: int, chassis: int, migrate: int, min_time: float, osken_reps:
                    "after dfflow's, on a fresh sandbox of the same topology, and print both in one table "
                    "and one plot with the ratio dfflow/OVN [default strategy then: announce; one VM: probed "
                    "from its L2 peer and through its floating IP on both].")
+@click.option("--cloud-niceness", type=click.IntRange(0, 19), default=10, show_default=True,
+              help="One VM: the niceness of the emulated cloud's control services while it migrates (Nova's calls, "
+                   "the API server, the Nova API, the os-vif agents; in a cloud they run on other hosts), on both "
+                   "systems; 0 runs them at the guests' niceness.")
 def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_copy: int, unplug_delay: int,
               update_port_delay: int, nova_path: str, interval: float | None, secgroups: str, as_json: bool,
-              plot_path: str | None, peer: str | None) -> None:
+              plot_path: str | None, peer: str | None, cloud_niceness: int) -> None:
     """Live-migrate a VM (or evacuate --vms VMs at once) on a real 3-chassis sandbox and measure downtime
     per strategy (needs root)."""
     from benchmarks import evacuation, faulty_controller
@@ -135,9 +139,9 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
             report = single.run(interval=interval or 0.001, progress=lambda _: bar.update(1), secgroups=modes,
                                 say=lambda line: click.echo(line, err=True),
                                 controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
-                                **options)
+                                cloud_niceness=cloud_niceness, **options)
     if peer is not None:
-        report = _with_ovn(report, vms, runs, interval, options)
+        report = _with_ovn(report, vms, runs, interval, options | {"cloud_niceness": cloud_niceness})
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
@@ -167,7 +171,8 @@ def _with_ovn(report: dict, vms: int, runs: int, interval: float | None, options
                                          progress=lambda m: click.echo(m, err=True), **same)
         return ovn_peer.combine(report, theirs, evacuation.summarise)
     with click.progressbar(length=runs, label="migrating on OVN", file=sys.stderr) as bar:
-        theirs = ovn_peer.run_single(runs=runs, interval=interval or 0.001, progress=lambda _: bar.update(1), **same)
+        theirs = ovn_peer.run_single(runs=runs, interval=interval or 0.001, progress=lambda _: bar.update(1),
+                                     cloud_niceness=options["cloud_niceness"], **same)
     return ovn_peer.combine(report, theirs, single.summarise)
 
 

@@ -37,6 +37,7 @@ from dfflow.sandbox.ovn_cloud import STRATEGY, OvnCloud, migrate
 from dfflow.sandbox.ovn_router import create_floating_ip, create_router
 from dfflow.sandbox.probe import Echo, Sender
 from dfflow.sandbox.gap_phases import format_runs, phase_counts, quiet_seconds
+from dfflow.sandbox.priorities import EMULATED_CLOUD_NICENESS, emulated_nova, lower_emulated_cloud
 from dfflow.sandbox.scenario import FIP_PROBE, L2_PROBE, WINDOW_AFTER, WINDOW_BEFORE, _wait_reachable, load_line, percentile
 from dfflow.sandbox.topology import Sandbox
 
@@ -73,9 +74,10 @@ def _down(sb: Sandbox, ovn: Ovn, workdir: str) -> None:
 def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_delay: float = 0.2,
                update_port_delay: float = 0.3, interval: float = 0.001,
                progress: Callable[[str], None] | None = None, keep_samples: bool = True,
-               workdir: str | None = None) -> dict[str, Any]:
+               workdir: str | None = None, cloud_niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, Any]:
     """One VM migrated `runs` times on OVN, probed from its L2 peer and through its floating IP;
-    dfflow.sandbox.scenario's report shape (strategy `ovn-rarp`)."""
+    dfflow.sandbox.scenario's report shape (strategy `ovn-rarp`). `cloud_niceness`: as dfflow's run
+    (Nova's calls and Neutron's OVN driver in this process, the Nova API and the os-vif agents)."""
     load_before = os.getloadavg()
     sb, ovn, workdir = _up(workdir, "dfbench-ovn-")
     try:
@@ -89,9 +91,11 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
                     return migrate(cloud, "M", dest, memory_copy=memory_copy, unplug_delay=unplug_delay,
                                    update_port_delay=update_port_delay)
                 quiet = quiet_seconds(WINDOW_BEFORE, memory_copy, unplug_delay, update_port_delay, WINDOW_AFTER)
-                results, stopped = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
-                                                   _migration_figures(keep_samples, update_port_delay), progress,
-                                                   also={FIP_PROBE: ("E", fip)}, quiet=quiet))
+                lower_emulated_cloud(sb, cloud_niceness)
+                with emulated_nova(cloud_niceness):
+                    results, stopped = asyncio.run(_alternating(cloud, runs, scenario.M_IP, interval, move,
+                                                       _migration_figures(keep_samples, update_port_delay),
+                                                       progress, also={FIP_PROBE: ("E", fip)}, quiet=quiet))
             finally:
                 echo.stop()
         finally:
@@ -101,7 +105,7 @@ def run_single(runs: int = 5, memory_copy: float = nova.MEMORY_COPY, unplug_dela
     return {"runs": results, "stopped": stopped, "summary": scenario.summarise(results), "interval_ms": interval * 1e3,
             "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3, "nova_path": "extended",
             "update_port_delay_ms": update_port_delay * 1e3, "probes": [L2_PROBE, FIP_PROBE],
-            "load_before": load_before, "load_after": os.getloadavg()}
+            "load_before": load_before, "load_after": os.getloadavg(), "cloud_niceness": cloud_niceness}
 
 
 def _build_single(cloud: OvnCloud) -> str:
@@ -276,6 +280,8 @@ def per_probe_stats(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _loads(report: dict[str, Any]) -> dict[str, Any]:
     loads = {"load_before": report["load_before"], "load_after": report["load_after"]}
+    if "cloud_niceness" in report:
+        loads["cloud_niceness"] = report["cloud_niceness"]
     return loads | ({"stopped": report["stopped"]} if report.get("stopped") else {})
 
 
@@ -356,6 +362,8 @@ def format_evacuation(report: dict[str, Any]) -> str:
 
 
 def _load_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"{system}: {load_line(loads)}" for system, loads in report["systems"].items()]
+    lines = [f"{system}: {load_line(loads)}" + (f"; emulated cloud at niceness {loads['cloud_niceness']}"
+                                                if "cloud_niceness" in loads else "")
+             for system, loads in report["systems"].items()]
     return lines + [f"{system} STOPPED EARLY, {loads['stopped']}" for system, loads in report["systems"].items()
                     if loads.get("stopped")]

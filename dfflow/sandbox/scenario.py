@@ -30,6 +30,7 @@ from dfflow.sandbox import nova
 from dfflow.sandbox.cloud import Cloud
 from dfflow.sandbox.faults import DROP_PUBLISH, set_fault
 from dfflow.sandbox.gap_phases import locate, phase_counts, quiet_seconds, quiet_window
+from dfflow.sandbox.priorities import EMULATED_CLOUD_NICENESS, emulated_nova, lower_emulated_cloud
 from dfflow.sandbox.probe import Echo, Sender, analyse
 from dfflow.sandbox.secgroup_rules import allow_probes, default_group, external_host_attrs
 from dfflow.sandbox.topology import Sandbox
@@ -98,11 +99,13 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         routed_probe: bool = False, on_migration: Callable[[dict[str, Any]], None] | None = None,
         workdir: str | None = None, nova_path: str = "extended", neutron: bool = False,
         controller_cmd: list[str] | None = None, secgroups: tuple[str, ...] = ("on",),
-        say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        say: Callable[[str], None] = lambda _: None, cloud_niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, Any]:
     """Bring a 3-chassis sandbox up, migrate `runs` times per strategy, tear down; return figures.
     `secgroups`: each run of a strategy is made once per mode (SECGROUPS), interleaved; `say` hears
     what the set-up adds to the security groups.
     With `neutron`, neutron-server with the dfflow driver serves the cloud's API (not `dfflow api`).
+    `cloud_niceness`: the niceness of the emulated cloud's control services while it migrates (Nova's
+    calls, the API server, the Nova API, the os-vif agents: priorities.py; 0 = the guests').
     The `fallback` strategy needs controllers that obey the faults (`controller_cmd`: the command of
     `benchmarks.faulty_controller`)."""
     if "fallback" in strategies and controller_cmd is None:
@@ -115,8 +118,8 @@ def run(runs: int = 5, strategies: tuple[str, ...] = STRATEGIES, memory_copy: fl
         time.sleep(1.0)
         report = asyncio.run(_run(sb, runs, strategies, unplug_delay, update_port_delay, interval, progress,
                                   keep_samples, routed_probe, on_migration, memory_copy, nova_path,
-                                  secgroups, say))
-        return report | {"load_before": load_before, "load_after": os.getloadavg()}
+                                  secgroups, say, cloud_niceness))
+        return report | {"load_before": load_before, "load_after": os.getloadavg(), "cloud_niceness": cloud_niceness}
     finally:
         sb.down()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -128,58 +131,71 @@ async def _run(sb: Sandbox, runs: int, strategies: tuple[str, ...], unplug_delay
                on_migration: Callable[[dict[str, Any]], None] | None,
                memory_copy: float = nova.MEMORY_COPY, nova_path: str = "extended",
                secgroups: tuple[str, ...] = ("on",),
-               say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+               say: Callable[[str], None] = lambda _: None,
+               cloud_niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, Any]:
     nb, cloud, fip = await _build(sb, say)
     echo = Echo(sb, "M")
     probes = {L2_PROBE: ("P", M_IP), FIP_PROBE: ("E", fip)}
     if routed_probe:
         probes["routed peer (net2, chassis-3)"] = ("Q", M_IP)
+    lower_emulated_cloud(sb, cloud_niceness)  # Nova's and Neutron's services run on other hosts in a cloud
     try:
-        await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
-        results: list[dict[str, Any]] = []
-        here, mode_now = "chassis-1", "on"
-        quiet = quiet_seconds(WINDOW_BEFORE, memory_copy, unplug_delay, update_port_delay, WINDOW_AFTER)
-        for strategy in strategies:
-            for i, mode in ((i, m) for i in range(runs) for m in secgroups):
-                if mode != mode_now:
-                    await _set_secgroups(cloud, mode)
-                    await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
-                    mode_now = mode
-                dest = "chassis-2" if here == "chassis-1" else "chassis-1"
-                if strategy == "fallback":
-                    await set_fault(nb, DROP_PUBLISH, True)
-                senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
-                await asyncio.sleep(0.2)
-                quiet_from = time.time()
-                await asyncio.sleep(quiet)
-                started = time.time()
-                try:
-                    timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
-                                                  unplug_delay=unplug_delay,
-                                                  update_port_delay=update_port_delay,
-                                                  strategy="announce" if strategy == "announce" else "unplug",
-                                                  nova_path=nova_path)
-                    await asyncio.sleep(0.3)
-                finally:
-                    raw = {name: s.stop() for name, s in senders.items()}
-                    if strategy == "fallback":
-                        await set_fault(nb, DROP_PUBLISH, False)
-                here = dest
-                results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from,
-                                        update_port_delay)
-                               | ({"secgroups": mode, "row": f"{strategy}, sg {mode}"} if len(secgroups) > 1 else
-                                  {"secgroups": mode}))
-                if on_migration is not None:
-                    on_migration(results[-1])
-                if progress is not None:
-                    progress(f"{strategy} run {i + 1}/{runs}")
-        return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
-                "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
-                "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
-                "probes": list(probes), "secgroups": list(secgroups)}
+        with emulated_nova(cloud_niceness):
+            return await _migrations(sb, cloud, nb, probes, runs, strategies, unplug_delay, update_port_delay,
+                                     interval, progress, keep_samples, on_migration, memory_copy, nova_path,
+                                     secgroups)
     finally:
         echo.stop()
         await nb.close()
+
+
+async def _migrations(sb: Sandbox, cloud: Cloud, nb: NbApi, probes: dict[str, tuple[str, str]], runs: int,
+                      strategies: tuple[str, ...], unplug_delay: float, update_port_delay: float, interval: float,
+                      progress: Callable[[str], None] | None, keep_samples: bool,
+                      on_migration: Callable[[dict[str, Any]], None] | None, memory_copy: float, nova_path: str,
+                      secgroups: tuple[str, ...]) -> dict[str, Any]:
+    await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
+    results: list[dict[str, Any]] = []
+    here, mode_now = "chassis-1", "on"
+    quiet = quiet_seconds(WINDOW_BEFORE, memory_copy, unplug_delay, update_port_delay, WINDOW_AFTER)
+    for strategy in strategies:
+        for i, mode in ((i, m) for i in range(runs) for m in secgroups):
+            if mode != mode_now:
+                await _set_secgroups(cloud, mode)
+                await asyncio.to_thread(_wait_reachable, sb, list(probes.values()))
+                mode_now = mode
+            dest = "chassis-2" if here == "chassis-1" else "chassis-1"
+            if strategy == "fallback":
+                await set_fault(nb, DROP_PUBLISH, True)
+            senders = {name: Sender(sb, vm, ip, interval=interval) for name, (vm, ip) in probes.items()}
+            await asyncio.sleep(0.2)
+            quiet_from = time.time()
+            await asyncio.sleep(quiet)
+            started = time.time()
+            try:
+                timeline = await nova.migrate(cloud, "M", dest, memory_copy=memory_copy,
+                                              unplug_delay=unplug_delay,
+                                              update_port_delay=update_port_delay,
+                                              strategy="announce" if strategy == "announce" else "unplug",
+                                              nova_path=nova_path)
+                await asyncio.sleep(0.3)
+            finally:
+                raw = {name: s.stop() for name, s in senders.items()}
+                if strategy == "fallback":
+                    await set_fault(nb, DROP_PUBLISH, False)
+            here = dest
+            results.append(_figures(strategy, i, started, timeline, raw, keep_samples, quiet_from,
+                                    update_port_delay)
+                           | ({"secgroups": mode, "row": f"{strategy}, sg {mode}"} if len(secgroups) > 1 else
+                              {"secgroups": mode}))
+            if on_migration is not None:
+                on_migration(results[-1])
+            if progress is not None:
+                progress(f"{strategy} run {i + 1}/{runs}")
+    return {"runs": results, "summary": summarise(results), "interval_ms": interval * 1e3,
+            "memory_copy_ms": memory_copy * 1e3, "unplug_delay_ms": unplug_delay * 1e3,
+            "nova_path": nova_path, "update_port_delay_ms": update_port_delay * 1e3,
+            "probes": list(probes), "secgroups": list(secgroups)}
 
 
 def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any],
@@ -335,7 +351,8 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"the source VIF was unplugged {statistics.median(unplug_at):.1f} ms (median) after the VM "
                      "left the source")
     if "load_before" in report:
-        lines.append(load_line(report))
+        lines.append(load_line(report) + (f"; emulated cloud at niceness {report['cloud_niceness']}"
+                                          if "cloud_niceness" in report else ""))
     if report.get("secgroups"):
         lines.append("security groups " + " and ".join(report["secgroups"]) + ": on, the VMs' ports have their "
                      "project's default group (the external host, no port security, is let in by rules for ICMP "

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from . import names as nm
-from . import netns, procs
+from . import netns, priorities, procs
 from .netns import SandboxError
 from .records import INT_BRIDGE, NO_IPV6_SYSCTLS, VM_MTU, Chassis, Vif, Vm
 
@@ -150,4 +150,7 @@ class SandboxVms:
         return subprocess.run(self.vm_argv(vm, argv), check=check, timeout=timeout, **kwargs)
 
     def vm_popen(self, vm: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+        """A guest's process in the VM's namespace, at a guest's niceness whatever this process' is
+        (a benchmark drives Nova's calls at a lower priority: see priorities.py)."""
+        kwargs.setdefault("preexec_fn", priorities.as_guest)
         return subprocess.Popen(self.vm_argv(vm, argv), **kwargs)

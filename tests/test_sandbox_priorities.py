@@ -1,0 +1,50 @@
+"""A benchmark's emulated cloud runs below the guests and the datapaths (dfflow.sandbox.priorities): the
+API server, the sandbox's Nova API, the os-vif agents and the process making Nova's calls at
+EMULATED_CLOUD_NICENESS; Open vSwitch where ovs-ctl puts it; a guest's process at a guest's niceness
+whatever the niceness of the process that starts it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from dfflow.sandbox.ovsproc import OVS_NICENESS
+from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, emulated_nova, lower_emulated_cloud,
+                                       niceness_of)
+from sandbox_fixtures import sandbox_factory  # noqa: F401
+
+pytestmark = pytest.mark.ovs
+
+
+def test_the_emulated_clouds_services_run_below_the_guests_and_open_vswitch_stays_where_ovs_ctl_puts_it(
+        sandbox_factory):  # noqa: F811
+    sb = sandbox_factory(chassis=1)
+    sb.osvif_socket("chassis-1")  # nova-compute's os-vif, as the benchmarks start it
+    sb.plug_vm("g", "chassis-1", "port-g-0001", "fa:16:3e:00:00:0c", "10.0.0.3/24")
+    lowered = lower_emulated_cloud(sb)
+    assert {"nova api", "os-vif chassis-1"} <= set(lowered), lowered
+    for name, pid in lowered.items():
+        assert niceness_of(pid) == {EMULATED_CLOUD_NICENESS}, name
+    ch = sb.chassis("chassis-1")
+    for daemon in ("ovsdb-server", "ovs-vswitchd"):
+        assert niceness_of(ch.ovs().pid(daemon)) == {OVS_NICENESS}, daemon
+
+    show = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+    seen: dict[str, int] = {}
+    main_before = os.getpriority(os.PRIO_PROCESS, 0)
+    with emulated_nova():
+        # Nova's calls (this thread, and the worker threads it starts) run at the cloud's niceness ...
+        worker = threading.Thread(target=lambda: seen.setdefault("worker", os.getpriority(os.PRIO_PROCESS, 0)))
+        worker.start()
+        worker.join()
+        seen["main"] = os.getpriority(os.PRIO_PROCESS, 0)
+        # ... an `ip` or helper the emulation forks inherits it, but a guest's process does not
+        seen["forked"] = int(subprocess.run(show, capture_output=True, text=True, check=True).stdout)
+        guest = sb.vm_popen("g", show, stdout=subprocess.PIPE, text=True)
+        seen["guest"] = int(guest.communicate(timeout=30)[0])
+    assert seen == {"worker": EMULATED_CLOUD_NICENESS, "main": EMULATED_CLOUD_NICENESS,
+                    "forked": EMULATED_CLOUD_NICENESS, "guest": GUEST_NICENESS}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main_before  # restored once the migrations are over
