@@ -32,9 +32,18 @@ def test_ovns_timeline_has_the_same_phases_its_claim_ending_the_pre_programming(
 
 def test_a_gap_is_placed_by_when_it_began_and_timed_from_the_switchover():
     timeline = {"origin": 1000.0, "steps": DFFLOW_STEPS}
-    where = gap_phases.locate(1000.0 + 0.020, timeline, 0.3)
+    where = gap_phases.locate(1000.0 + 0.020, 1000.0 + 0.028, timeline, 0.3)
     assert where == {"gap_phase": "plug", "gap_from_switchover_ms": -533.0}
-    assert gap_phases.locate(None, timeline, 0.3) == {"gap_phase": None, "gap_from_switchover_ms": None}
+    assert gap_phases.locate(None, None, timeline, 0.3) == {"gap_phase": None, "gap_from_switchover_ms": None}
+
+
+def test_a_gap_across_the_switchover_is_the_switchovers_though_its_last_reply_came_before_it():
+    # the last reply from the source 2 ms before the VM stopped there, the next one from the destination
+    timeline = {"origin": 1000.0, "steps": DFFLOW_STEPS}
+    where = gap_phases.locate(1000.0 + 0.551, 1000.0 + 0.560, timeline, 0.3)
+    assert where == {"gap_phase": "switchover", "gap_from_switchover_ms": -2.0}
+    # a gap across the unplug's start and the binding's activation: the last of them to begin
+    assert gap_phases.locate(1000.0 + 0.750, 1000.0 + 0.765, timeline, 0.3)["gap_phase"] == "unplug"
 
 
 def _raw(start: float, until: float, held: list[tuple[float, float]]) -> dict:

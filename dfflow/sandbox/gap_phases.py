@@ -58,15 +58,23 @@ def phase_at(at: float, steps: dict[str, float], update_port_delay: float | None
     return current
 
 
-def locate(gap_start: float | None, timeline: dict[str, Any], update_port_delay: float | None) -> dict[str, Any]:
-    """Where a gap that began at `gap_start` (an absolute time) lies: its phase and ms from the
-    switchover (the VM stopping on the source), or nothing for a run without a gap."""
+def locate(gap_start: float | None, gap_end: float | None, timeline: dict[str, Any],
+           update_port_delay: float | None) -> dict[str, Any]:
+    """Where the gap between the reply arrivals `gap_start` and `gap_end` (absolute times) lies: the
+    phase it began in -- or, if a phase began while no reply came (the switchover a few ms after the
+    last reply from the source), the last phase that began inside it -- and its start in ms from the
+    switchover (the VM stopping on the source). Nothing for a run without a gap."""
     if gap_start is None:
         return {"gap_phase": None, "gap_from_switchover_ms": None}
     steps = timeline["steps"]
     at = gap_start - timeline["origin"]
+    until = at if gap_end is None else gap_end - timeline["origin"]
+    phase = phase_at(at, steps, update_port_delay)
+    for name, begins in boundaries(steps, update_port_delay):
+        if at < begins <= until:
+            phase = name
     switched = steps.get("vm_source_down")
-    return {"gap_phase": phase_at(at, steps, update_port_delay),
+    return {"gap_phase": phase,
             "gap_from_switchover_ms": round((at - switched) * 1e3, 1) if switched is not None else None}
 
 

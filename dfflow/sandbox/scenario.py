@@ -209,7 +209,7 @@ def _figures(strategy: str, index: int, started: float, timeline: dict[str, Any]
     baseline = quiet_window(quiet_from, started, window[1] - window[0])
     for name, result in raw.items():
         figures = analyse(result, after=window[0], until=window[1])
-        figures |= locate(figures["gap_start"], timeline, update_port_delay)
+        figures |= locate(figures["gap_start"], figures["gap_end"], timeline, update_port_delay)
         figures["baseline_gap_ms"] = analyse(result, after=baseline[0], until=baseline[1])["downtime_ms"]
         figures["window_s"], figures["baseline_window_s"] = (round(window[1] - window[0], 3),
                                                              round(baseline[1] - baseline[0], 3))
