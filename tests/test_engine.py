@@ -259,6 +259,29 @@ def test_an_announce_source_the_vm_left_forwards_nothing_a_tunnel_brings_until_t
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
 
 
+def test_a_sender_changes_no_flow_of_the_port_at_an_announce_migrations_activation_or_end():
+    """It sends the port's traffic to the destination alone from the migration's start: the VM's
+    switchover, the activation and the migration's end leave its flows for the port as they are (the
+    network's floods follow the chassis hosting its ports)."""
+    from controller.templates import object_hash
+
+    def port_flows():
+        return {k: f for k, f in engine.desired().items() if f.cookie & (2**56 - 1) == object_hash("b1")}
+
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", strategy="announce"))
+    apply(engine, engine.nb_event(event(moving)))
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(11))
+    before = port_flows()
+    assert before
+    for state in ("activated", "switched"):
+        apply(engine, engine.nb_event(event(b1.replace(
+            migration=MigrationRecord(chassis="C", source="B", strategy="announce", state=state)))))
+        assert port_flows() == before, state
+    apply(engine, engine.nb_event(event(b1.replace(binding_chassis="C"))))
+    assert port_flows() == before
+
+
 def test_port_status_reports_never_reach_the_view_or_recompute_flows():
     from dfflow.models import PortStatus
     engine, _ = engine_with_a1_here_and_b1_on_b()
