@@ -123,11 +123,13 @@ def test_each_probe_is_answered_once_and_the_destination_vif_gets_nothing_before
 
 
 
-def test_a_vm_on_the_destination_chassis_reaches_the_migrating_vm_throughout(cloud):
-    """Before the announcement its probes go to the source, where the VM runs; after it, to the VIF
-    next to it: none is lost for the memory copy, none is answered twice."""
+@pytest.mark.parametrize("end", ["destination", "source"])
+def test_a_vm_next_to_either_end_reaches_the_migrating_vm_throughout(cloud, end):
+    """Before the announcement its probes go to the source, where the VM runs (from the source's own
+    VM: to the destination and back out of the tunnel they came in by); after it, to the destination's
+    VIF: none is lost for the memory copy, none is answered twice."""
     sb, dest = cloud.sb, other(cloud)
-    cloud.call("create_vm", "N", dest, "net1", "10.1.0.40")
+    cloud.call("create_vm", "N", dest if end == "destination" else where(cloud), "net1", "10.1.0.40")
     try:
         wait_until(lambda: pings(sb, "N", M_IP), 20, what="N -> M before migrating")
         sender = Sender(sb, "N", M_IP)
