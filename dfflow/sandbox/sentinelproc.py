@@ -178,7 +178,7 @@ class SentinelNb:
             if len(named) == 1 and None not in named and named != {(old.host, old.port)}:
                 return self.primary()
             time.sleep(0.1)
-        raise SandboxError(f"no failover away from {old.host}:{old.port} within {timeout:g} s")
+        raise SandboxError(f"no failover away from {old.host}:{old.port} within {timeout:g} s\n{self.logs_tail()}")
 
     def revive(self, server: RedisServer, timeout: float = SENTINEL_ACTS_WITHIN) -> None:
         """Start a killed data server again (same port and directory); the sentinels turn it into the
@@ -188,8 +188,22 @@ class SentinelNb:
         deadline = time.monotonic() + timeout
         while b"master_link_status:up" not in _command(server.host, server.port, b"INFO replication"):
             if time.monotonic() > deadline:
-                raise SandboxError(f"{server.host}:{server.port} did not become a replica within {timeout:g} s")
+                replication = _command(server.host, server.port, b"INFO replication").decode(errors="replace")
+                raise SandboxError(f"{server.host}:{server.port} did not become a replica within {timeout:g} s; "
+                                   f"its INFO replication: {replication!r}\n{self.logs_tail()}")
             time.sleep(0.1)
+
+    def logs_tail(self, lines: int = 25) -> str:
+        """The last lines of every sentinel's log (a failover that did not come: +tilt, -odown, ...)."""
+        tails = []
+        for sentinel in self.sentinels:
+            try:
+                with open(sentinel.logfile, errors="replace") as f:
+                    tail = f.readlines()[-lines:]
+            except OSError as exc:
+                tail = [f"(unreadable: {exc})\n"]
+            tails.append(f"--- {sentinel.logfile}\n" + "".join(tail))
+        return "".join(tails)
 
     def pids(self) -> list[int]:
         alive = [s for s in self.servers if s.running()] + [s for s in self.sentinels if s.running()]
