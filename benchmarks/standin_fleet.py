@@ -54,6 +54,10 @@ class Fleet:
         self.controls: list[str] = []
         self.mover_ids = [f"mover-{i}" for i in range(movers)]
         self.where = {pid: chassis_name(0) for pid in self.mover_ids}
+        # The moves' NB client lives as long as the fleet, on a loop of its own, as the API server's does
+        # (its pool's connections open once, not once per move).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._nb: NbApi | None = None
 
     @property
     def nb_url(self) -> str:
@@ -92,6 +96,11 @@ class Fleet:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        if self._loop is not None:
+            if self._nb is not None:
+                self._loop.run_until_complete(self._nb.close())
+            self._loop.close()
+            self._loop = self._nb = None
         self.redis.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -178,7 +187,9 @@ class Fleet:
         before = self.ask_all({"op": "progress"})
         cpu_before = self.ask_all({"op": "cpu"})
         started = time.time()
-        asyncio.run(self._write_bindings(port_ids, dest))
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._write_bindings(port_ids, dest))
         written = time.time()
         deadline = time.monotonic() + timeout
         while True:
@@ -198,12 +209,12 @@ class Fleet:
         return {"started": started, "written": written, "timings": timings, "cpu_s": cpu, "events": len(port_ids)}
 
     async def _write_bindings(self, port_ids: list[str], dest: str) -> None:
-        nb = NbApi(self.nb_url)
-        try:
-            await asyncio.gather(*(nb.modify(LogicalPort.table, pid, lambda p: p.replace(binding_chassis=dest))
-                                   for pid in port_ids))
-        finally:
-            await nb.close()
+        """The binding changes, concurrent (Nova's `max_concurrent_live_migrations` migrations each make
+        their own call), each one `NbApi.modify`: the write the API's binding activation makes."""
+        if self._nb is None:
+            self._nb = NbApi(self.nb_url)
+        await asyncio.gather(*(self._nb.modify(LogicalPort.table, pid, lambda p: p.replace(binding_chassis=dest))
+                               for pid in port_ids))
 
     def converged(self) -> dict[str, Any]:
         return self.ask_all({"op": "converged"})

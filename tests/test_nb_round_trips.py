@@ -9,6 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
+from dfflow.errors import ValidationError
+from dfflow.models import LogicalPort, LogicalSwitch, Subnet
 from dfflow.nb.store import NbApi, _TxnContext
 from tests.nbtopo import TOPIC, network, port, router
 
@@ -43,6 +45,38 @@ async def test_a_port_write_takes_a_fixed_small_number_of_round_trips(nb, round_
     trips, _ = await round_trips(nb.modify("lswitch", "net1", lambda s: s.replace(mtu=1400)))
     assert trips == 3
     assert (await round_trips(nb.delete("lport", "p1")))[0] == 3
+
+
+async def test_a_port_write_reads_its_networks_subnets_and_none_of_its_other_ports(nb, monkeypatch):
+    await network(nb, "net1", "10.1.0.0/16", 101)
+    await nb.create(Subnet(id="net1-v6", topic=TOPIC, lswitch="net1", cidr="fd00:1::/64"))
+    for i in range(30):
+        await port(nb, f"p{i}", "net1", f"fa:16:3e:00:00:{i + 1:02x}", [f"10.1.0.{i + 10}"])
+    received = []
+    real_read = _TxnContext.read
+
+    async def recording(ctx, watch, commands):
+        replies = await real_read(ctx, watch, commands)
+        received.append(repr(replies))
+        return replies
+
+    monkeypatch.setattr(_TxnContext, "read", recording)
+    moved = await nb.modify("lport", "p0", lambda p: p.replace(ips=["10.1.0.10", "fd00:1::a"]))
+    assert moved.ips == ["10.1.0.10", "fd00:1::a"]
+    assert any("subnet:net1-v6" in reply for reply in received)  # both subnets were read and checked
+    assert not [i for i in range(1, 30) if any(f"lport:p{i}'" in reply for reply in received)]
+    with pytest.raises(ValidationError, match=r"ips\[0\]: 10.9.0.1 is in no subnet of switch 'net1' "
+                                              r"\(subnets: 10.1.0.0/16, fd00:1::/64\)"):
+        await nb.modify("lport", "p1", lambda p: p.replace(ips=["10.9.0.1"]))
+
+
+async def test_a_subnet_created_with_a_port_in_one_transaction_is_the_ports_subnet(nb):
+    await nb.create(LogicalSwitch(id="net2", topic=TOPIC, name="net2", segmentation_id=102))
+    created = await nb.create_all([Subnet(id="net2-subnet", topic=TOPIC, lswitch="net2", cidr="10.2.0.0/24"),
+                                   LogicalPort(id="p", topic=TOPIC, lswitch="net2", mac="fa:16:3e:00:01:02",
+                                               ips=["10.2.0.7"])])
+    assert [o.id for o in created] == ["net2-subnet", "p"]
+    assert (await nb.get("lport", "p")).ips == ["10.2.0.7"]
 
 
 async def test_a_router_write_reads_its_rule_claims_holders_in_one_round_trip(nb, round_trips):

@@ -21,14 +21,16 @@ class Context(Protocol):
 
     async def get_many(self, pairs: list[tuple[str, str]]) -> list[Model | None]: ...
 
-    async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]: ...
+    async def referrers(self, table: str, obj_id: str, watch: bool = True,
+                        of_table: str | None = None) -> list[tuple[str, str]]: ...
 
 
 async def _subnets_of(ctx: Context, lswitch: str, watch_all: bool = True) -> list[Subnet]:
-    """The switch's subnets (WATCHed, read in one round trip). `watch_all=False` leaves the set of the
-    switch's referrers unwatched: a port needs its subnets unchanged, not the switch's other ports."""
-    referrers = await ctx.referrers(LogicalSwitch.table, lswitch, watch=watch_all)
-    found = await ctx.get_many([(table, obj_id) for table, obj_id in referrers if table == Subnet.table])
+    """The switch's subnets (WATCHed, read in one round trip; its referrers filtered by Redis, not sent:
+    a network's ports are most of them). `watch_all=False` leaves the set of the switch's referrers
+    unwatched: a port needs its subnets unchanged, not the switch's other ports."""
+    referrers = await ctx.referrers(LogicalSwitch.table, lswitch, watch=watch_all, of_table=Subnet.table)
+    found = await ctx.get_many(referrers)
     return [subnet for subnet in found if subnet is not None]
 
 

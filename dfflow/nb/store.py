@@ -49,6 +49,15 @@ if v < floor then redis.call('SET', KEYS[1], floor); v = floor end
 return v
 """
 UNREPLICATED_HOLD = 5.0  # s of writes not waiting for replicas after a WAIT that timed out
+# The members of a set (KEYS[1]) that begin with ARGV[1]: a network's subnets among its referrers, which
+# are mostly its ports (hundreds or thousands), filtered where they are rather than sent and parsed.
+_MEMBERS_WITH_PREFIX = """
+local out = {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(member, 1, #ARGV[1]) == ARGV[1] then out[#out + 1] = member end
+end
+return out
+"""
 
 
 def decode(table: str, raw: bytes | str | None, obj_id: str = "?", checked: bool = False) -> Model | None:
@@ -136,13 +145,19 @@ class _TxnContext:
         for (table, obj_id), raw in zip(pairs, raws):
             self.cache[(table, obj_id)] = decode(table, raw, obj_id)
 
-    async def referrers(self, table: str, obj_id: str, watch: bool = True) -> list[tuple[str, str]]:
+    async def referrers(self, table: str, obj_id: str, watch: bool = True,
+                        of_table: str | None = None) -> list[tuple[str, str]]:
         """`watch=False`: the caller WATCHes the referrers it uses instead of the whole set (which every
-        new port of a network changes: watching it would make concurrent creates retry each other)."""
+        new port of a network changes: watching it would make concurrent creates retry each other).
+        `of_table`: only the referrers of that table, chosen by Redis (the set is read whole there)."""
         key = self.keys.refs(table, obj_id)
-        (found,) = await self.read([key] if watch else [], [("SMEMBERS", key)])
+        read = ("SMEMBERS", key) if of_table is None else ("EVAL", _MEMBERS_WITH_PREFIX, 1, key, f"{of_table}:")
+        (found,) = await self.read([key] if watch else [], [read])
         members = {tuple(_s(m).split(":", 1)) for m in found}
-        return sorted(members | self.pending_refs.get((table, obj_id), set()))
+        pending = self.pending_refs.get((table, obj_id), set())
+        if of_table is not None:
+            pending = {pair for pair in pending if pair[0] == of_table}
+        return sorted(members | pending)
 
     def add_pending(self, obj: Model) -> None:
         self.cache[(obj.table, obj.id)] = obj
