@@ -14,6 +14,9 @@ Registers and metadata:
   reg7      ingress_conntrack: the ofport (conntrack zone) of the local port a packet is for
   reg8      a flooded IPv4 packet's copy for one local port with port security, sent through that
             port's ingress filter: the port's ofport, which l2_lookup outputs it to (0 otherwise)
+  reg9      ingress_conntrack, while an announce migration is in flight: where a packet for the
+            migrating port goes (0 undecided, 1 delivered on this chassis, 2 on the destination: the
+            VM has not announced itself here yet, so it goes back to the source)
   ct_state  what Open vSwitch's connection tracker says of the packet, in the conntrack zone of the
             port whose security groups are checked (its VIF ofport on this chassis)
   conj_id   the conjunctive match (a rule with a large remote group) the packet completed, in the
@@ -51,7 +54,7 @@ PIPELINE: tuple[Table, ...] = (
           "re-learns that flow (same key, no timeout), in the datapath, to set reg5=1 for that VIF, "
           "so the VM's egress opens at once, before the controller hears of it, and stays open "
           "however long the controller is away; the same announcement opens its ingress in "
-          "l2_lookup. The controller's activation deletes the key.",
+          "delivery_gate. The controller's activation deletes the key.",
           "reg6",
           "nothing (reg5 stays 0)"),
     Table(10, "port_security",
@@ -114,15 +117,35 @@ PIPELINE: tuple[Table, ...] = (
           "port (or floating IP) that owns the address; then the L2 lookup finds where it lives.",
           "metadata, eth_type=IP, ipv4_dst",
           "drop", ("ingress_conntrack",)),
+    Table(46, "delivery_gate",
+          "Announce strategy: a pending destination's port is looked up here (resubmit from "
+          "ingress_conntrack) by every packet for it, where the controller's flow leaves "
+          "reg9=2 (the VM has not announced itself here: the packet goes back to the source). Its "
+          "first RARP/GARP re-learns that flow (same key, no timeout), in the datapath, to set reg9=1: "
+          "from that packet on the destination delivers to its own VIF. The controller's activation "
+          "deletes the key.",
+          "metadata, eth_dst",
+          "nothing (reg9 stays 2)"),
     Table(47, "ingress_conntrack",
+          "One decision per packet for a port an announce migration moves, before any ingress filter "
+          "(priorities 110-120, reg9): every chassis sends such a packet to the destination alone "
+          "(the source's own VIFs too: priority 110), and the destination looks the port up in "
+          "delivery_gate: until the VM announces itself there, the packet goes back to the source "
+          "(tun_id=VNI, out of the tunnel it came in by if it came from the source: OFPP_IN_PORT; "
+          "dropped if there is no tunnel to the source), from then on it is delivered here. The "
+          "source delivers what a tunnel brings for the port (reg6=0, priority 120) and never "
+          "forwards it again. A packet decided for delivery here (reg9=1) is looked up in this "
+          "table again and takes the usual way. "
           "Security groups, ingress, on the chassis hosting the port (every path to a port passes here "
           "before the L2 lookup: switched, routed, DNATed, from a tunnel): an IPv4 packet for a local "
           "port with port security (its MAC or an allowed address pair's) gets reg7=the port's zone and "
           "goes through the connection tracker in that zone on to ingress_security_groups. IPv6 for a local "
           "port with port security is dropped (the groups filter IPv4 only: IPv6 rules are stored, not "
           "enforced). Others pass.",
-          "metadata, eth_dst, eth_type=IP|IPv6",
-          "goto l2_lookup", ("l2_lookup",), conntrack=("ingress_security_groups",)),
+          "metadata, eth_dst, eth_type=IP|IPv6 | metadata, eth_dst, reg9 (+ reg6=0 on the source, "
+          "in_port on the destination: a migrating port's packet)",
+          "goto l2_lookup", ("l2_lookup",), resubmits=("delivery_gate", "ingress_conntrack"),
+          conntrack=("ingress_security_groups",)),
     Table(48, "ingress_security_groups",
           "As egress_security_groups, for what arrives: established and related packets pass, invalid "
           "ones are dropped, a new connection passes (committed in the port's zone) only if an ingress "
@@ -137,25 +160,18 @@ PIPELINE: tuple[Table, ...] = (
     Table(50, "l2_lookup",
           "Destination lookup by (network, MAC): a local port is output to its ofport; a remote "
           "port gets tun_id=VNI and is output to the tunnel of the chassis hosting it. Broadcast, "
-          "multicast and unknown unicast go to flood. While an announce migration is in flight, "
-          "the chassis where a packet for the port enters the overlay also sends it to the "
-          "destination (the source copies only what its own VIFs send: a tunnel's packet was "
-          "copied by its sender). Until the VM announces itself there, the destination drops what "
-          "tunnels bring for the port (priority 110, reg6=0: copies) and sends what its own VIFs "
-          "send it to the source, where the VM still runs (priority 100). The VM's first RARP/GARP "
-          "learns, over each of those two flows (same key, no timeout), the output to the VIF it "
-          "came in on; the controller's activation then writes or deletes those keys as its own. "
-          "Once the VM has left the source (activated on the destination, or the source unplugged "
-          "first), the source drops what tunnels still bring it for the port (priority 110, "
-          "reg6=0: a sender that has not caught up copied it to the destination) until the "
-          "migration ends. So a VM not yet running there is never handed a copy, and each packet "
-          "reaches it once -- but for a packet in flight on both paths at the VM's own switchover "
-          "(its original delivered to the source before the VM stopped there, its copy reaching "
-          "the destination after the announcement), which no flow can tell apart. A flood's copy for "
+          "multicast and unknown unicast go to flood. While an announce migration is in flight, a "
+          "remote port is output to the tunnel of its destination alone, which decides where each "
+          "packet goes (ingress_conntrack): what reaches l2_lookup for a local port, a migrating one "
+          "too, is delivered to it. Once the VM has left the source (activated on the destination, "
+          "or the source unplugged first), the source drops what tunnels still bring it for the port "
+          "(priority 110, reg6=0: sent back by the destination before the announcement, in flight "
+          "across the switchover) until the migration ends. So a packet for a migrating port "
+          "exists in one copy, and reaches the VM once or not at all. A flood's copy for "
           "a port with port security that its ingress filter let through (reg8=the port's ofport) is "
           "output to that port only (priority 200), never flooded again.",
-          "metadata, eth_dst (+ reg6=0 on an announce migration's source or pending destination: "
-          "a tunnel's packet) | metadata, reg8 (a flood's checked copy)",
+          "metadata, eth_dst (+ reg6=0 on the source an announce migration's VM left: a tunnel's "
+          "packet) | metadata, reg8 (a flood's checked copy)",
           "goto flood", ("flood",)),
     Table(60, "flood",
           "Floods a network: to its local ports (not a pending announce destination's VIF: its VM "
@@ -218,6 +234,8 @@ def render_markdown() -> str:
              "| reg7 | ingress_conntrack on: the ofport (conntrack zone) of the local port the packet is for |",
              "| reg8 | a flood's IPv4 copy for one local port with port security, checked by its ingress filter: "
              "that port's ofport, which l2_lookup outputs it to; 0 otherwise |",
+             "| reg9 | in ingress_conntrack, for a port an announce migration moves: 0 undecided, 1 delivered on "
+             "this chassis, 2 on the destination before the VM announced itself there: back to the source |",
              "| ct_state | the connection tracker's verdict, in the zone of the port whose security groups "
              "are checked: its VIF's ofport on this chassis |",
              "| conj_id | in the security-group tables: the conjunctive match (a rule with a large remote "

@@ -44,8 +44,9 @@ class Param(enum.IntEnum):
     MAC = 2
     OFPORT = 3       # local role: the VIF's OpenFlow port here
     TUNNEL = 4       # remote role: our tunnel to the chassis that hosts the port
-    COPY_TUNNEL = 5  # an `announce` migration in flight: our tunnel to its destination (on the gated
-    #                  destination itself: to the source, where the VM still runs)
+    COPY_TUNNEL = 5  # an `announce` migration in flight: our tunnel to its destination, where all of the
+    #                  port's traffic goes (on the gated destination itself: to the source, where the VM
+    #                  still runs). The name is historical: no packet is copied.
     IP = 6           # `each=PER_IP`: this IPv4 address of the port
     FIP = 7          # `each=PER_FIP`: the floating IP, ...
     FIP_MAC = 8      # ... its MAC,
@@ -72,7 +73,7 @@ class Fact(enum.IntFlag):
     GATED = 1 << 2      # LOCAL: pre-programmed `announce` destination, still closed; REMOTE: the source
     #                     an `announce` migration's VM left (forwards nothing a tunnel brings for it)
     OPEN = 1 << 3
-    COPY = 1 << 4       # traffic for it is also sent to an `announce` destination (gated: to the source)
+    COPY = 1 << 4       # traffic for it goes to an `announce` destination alone (gated: to the source)
     NO_COPY = 1 << 5
     PS_OFF = 1 << 6     # port security disabled
     PS_MAC = 1 << 7     # port security on, no IPv4 address: the MAC only
@@ -236,7 +237,8 @@ class PortRole(NamedTuple):
     local: bool
     ofport: int = 0
     tunnel: int = 0
-    copy_tunnel: int = 0  # 0: no copy (gated: the tunnel to the source, 0 if none)
+    copy_tunnel: int = 0  # an `announce` migration in flight: the tunnel to its destination (gated: to the
+    #                       source, 0 if none); 0 otherwise
     gated: bool = False  # see Fact.GATED
 
     def facts(self, port: PortFacts) -> Fact:

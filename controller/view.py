@@ -217,14 +217,16 @@ class View:
     def forwards_no_copies(self, port: LogicalPort) -> bool:
         """This chassis is the source of an `announce` migration the VM has left (activated on its
         destination, or switched by the source's unplug -- which may come before any activation):
-        what a tunnel still brings it for the port, its sender copied to the destination already."""
+        what a tunnel still brings it for the port, the destination sent back before the announcement;
+        the VM is not here to take it."""
         mig = port.migration
         return (mig is not None and mig.state in ("activated", "switched") and mig.strategy == "announce"
                 and mig.source == self.chassis)
 
     def also_send_to(self, port: LogicalPort) -> str | None:
         """While an `announce` migration is in flight, traffic for the port goes to its destination
-        too (when this chassis is not that destination and has a tunnel to it)."""
+        alone, which decides where it goes (when this chassis is not that destination and has a
+        tunnel to it)."""
         mig = port.migration
         if (mig is not None and mig.state == "requested" and mig.strategy == "announce"
                 and mig.chassis != self.chassis and mig.chassis in self.tunnels):
@@ -334,7 +336,7 @@ class View:
         copy_tunnel = self.tunnels[copy_to] if copy_to is not None else 0
         if role == LOCAL:
             gated = self.is_pending(port)
-            if gated:  # until the VM announces itself here, what this chassis sends it goes to the source
+            if gated:  # until the VM announces itself here, what comes for the port goes on to the source
                 copy_tunnel = self.tunnels.get(self.location(port), 0)
             return PortRole(True, ofport=self.ofport(port), copy_tunnel=copy_tunnel, gated=gated)
         return remote_role(self.tunnel_ofport(port), copy_tunnel, self.forwards_no_copies(port))

@@ -61,6 +61,7 @@ FIELDS: dict[str, FieldSpec] = {f.name: f for f in (
     FieldSpec("reg6", NXM_1, 6, 32, True),
     FieldSpec("reg7", NXM_1, 7, 32, True),
     FieldSpec("reg8", NXM_1, 8, 32, True),
+    FieldSpec("reg9", NXM_1, 9, 32, True),
     FieldSpec("conj_id", NXM_1, 37, 32, False),  # set by a completed conjunctive match (Conjunction)
     FieldSpec("ct_state", NXM_1, 105, 32, True),
     # ONF's OpenFlow 1.3 extension (an experimenter OXM), not Nicira's: its prerequisites (eth_type,

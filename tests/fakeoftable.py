@@ -18,7 +18,7 @@ from typing import Iterable
 from dfflow.flows import (FIELDS, OFPP_IN_PORT, DecTtl, Flow, Learn, Move, Output, Resubmit,
                           SetField, match)
 
-PIPELINE_FIELDS = ("metadata", "reg5", "reg6", "reg7")
+PIPELINE_FIELDS = ("metadata", "reg5", "reg6", "reg7", "reg8", "reg9")
 MAX_RESUBMIT_DEPTH = 64  # Open vSwitch gives up well before a loop would matter
 
 

@@ -2,7 +2,7 @@
 from controller.apps.l2 import L2App
 from controller.engine import Engine
 from controller.view import Vif
-from dfflow.flows import Ct, Learn, Output, SetField
+from dfflow.flows import OFPP_IN_PORT, Ct, Learn, Output, Resubmit, SetField
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
 
 
@@ -181,17 +181,33 @@ def lookups_of(engine, mac_last):
             if f.table == 50 and ("eth_dst", 0xfa163e000000 | mac_last, None) in f.match}
 
 
-def test_a_pending_destination_delivers_nothing_to_its_vif_until_the_announcement_learns_it():
+def decisions_of(engine, mac_last):
+    """The chassis' flows deciding where a packet for a migrating port goes (ingress_conntrack,
+    above the security groups' flows), by (priority, reg9, in_port or None, reg6 or None)."""
+    found = {}
+    for f in engine.desired().values():
+        fields = {n: v for n, v, _ in f.match}
+        if f.table == 47 and fields.get("eth_dst") == 0xfa163e000000 | mac_last and "reg9" in fields:
+            found[(f.priority, fields["reg9"], fields.get("in_port"), fields.get("reg6"))] = f.actions
+    return found
+
+
+def test_a_pending_destination_hands_nothing_to_its_vif_until_the_announcement_opens_its_delivery_gate():
     engine, b1 = pending_destination_a1()
-    lookups = lookups_of(engine, 2)
-    # the copies tunnels bring are dropped; what local VIFs send goes to the source, where the VM runs
-    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == ()
-    assert lookups[100].actions == (SetField("tunnel_id", 101), Output(10))
+    # what reaches the L2 lookup is for the VIF: the decision is taken before, in ingress_conntrack
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(6),)}
+    to_b = (SetField("tunnel_id", 101), Output(10))
+    assert decisions_of(engine, 2) == {
+        (110, 0, None, None): (SetField("reg9", 2), Resubmit(46), Resubmit(47)),  # look the gate up
+        (110, 2, None, None): to_b,  # not announced: to the source, where the VM runs ...
+        (120, 2, 10, None): (SetField("tunnel_id", 101), Output(OFPP_IN_PORT))}  # ... back, if it came from there
+    gate = [f for f in engine.desired().values() if f.table == 46]
+    assert [(f.match, f.actions) for f in gate] == [((("metadata", 101, None), ("eth_dst", 0xfa163e000002, None)), ())]
     learns = {a for f in engine.desired().values() if f.table == 0 and ("in_port", 6, None) in f.match
-              for a in f.actions if isinstance(a, Learn) and a.table == 50}
-    # the VM's RARP/GARP learns, over each of those flows (same key), the output to its VIF, no timeout
-    assert learns == {Learn(50, f.priority, 0, 0, f.cookie, tuple((n, v) for n, v, _ in f.match), (),
-                            output_in_port=True) for f in lookups.values()}
+              for a in f.actions if isinstance(a, Learn) and a.table == 46}
+    # the VM's RARP/GARP learns over the gate (same key, no timeout) reg9=1: delivered here from then on
+    assert learns == {Learn(46, 100, 0, 0, gate[0].cookie, (("metadata", 101), ("eth_dst", 0xfa163e000002)),
+                            (("reg9", 1),))}
     # (IPv6 is flooded to no port with port security: these have it, so only the other floods are looked at;
     # IPv4 reaches them through their ingress filter, in their zone)
     flood = [f for f in engine.desired().values() if f.table == 60 and ("eth_type", 0x86DD, None) not in f.match]
@@ -200,27 +216,29 @@ def test_a_pending_destination_delivers_nothing_to_its_vif_until_the_announcemen
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated")))))
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(6),)}
+    assert decisions_of(engine, 2) == {} and not [f for f in engine.desired().values() if f.table == 46]
     assert all({Output(6), Ct(6, table=48)} & set(f.actions) for f in engine.desired().values()
                if f.table == 60 and ("eth_type", 0x86DD, None) not in f.match)
 
 
-def test_an_announce_source_copies_what_its_vifs_send_and_not_what_a_tunnel_brought():
+def test_an_announce_source_sends_what_its_vifs_send_the_port_to_the_destination_and_delivers_what_a_tunnel_brings():
     engine = make_engine("B")
     b1 = port("b1", 2, 12, "B")
     apply(engine, engine.nb_event(event(b1)))
     apply(engine, engine.vif_online(Vif("b1", "tapb1", 4)))
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="C", source="B", strategy="announce")))))
-    lookups = {f.priority: f for f in engine.desired().values()
-               if f.table == 50 and ("eth_dst", 0xfa163e000002, None) in f.match}
-    assert lookups[100].actions == (Output(4), SetField("tunnel_id", 101), Output(11))
-    assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == (Output(4),)
+    assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(4),)}
+    assert decisions_of(engine, 2) == {
+        (120, 0, None, 0): (SetField("reg9", 1), Resubmit(47)),  # a tunnel's: delivered here, filtered as usual
+        (110, 0, None, None): (SetField("tunnel_id", 101), Output(11))}  # its own VIFs': to the destination
 
 
 def test_an_announce_source_the_vm_left_forwards_nothing_a_tunnel_brings_until_the_migration_ends():
     """Once the VM is activated on C (and after the source unplug), a tunnel's packet for it still
-    reaching the source B was copied to C by its sender: forwarded, it would arrive twice. B's own VMs
-    still reach it on C. (tests/test_announce_single_delivery.py walks the packets.)"""
+    reaching the source B was sent back by C before the announcement: the VM is not here to take it,
+    and forwarded it could loop. B's own VMs still reach it on C. (tests/test_announce_single_delivery.py
+    walks the packets.)"""
     engine = make_engine("B")
     for p, ofport in ((port("b1", 2, 12, "B"), 4), (port("b2", 3, 13, "B"), 7)):
         apply(engine, engine.nb_event(event(p)))
@@ -232,12 +250,36 @@ def test_an_announce_source_the_vm_left_forwards_nothing_a_tunnel_brings_until_t
     lookups = lookups_of(engine, 2)
     assert ("reg6", 0, None) in lookups[110].match and lookups[110].actions == ()
     assert lookups[100].actions == (SetField("tunnel_id", 101), Output(11))
+    assert decisions_of(engine, 2) == {}
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="C", source="B", strategy="announce", state="switched")))))
     to_c = (SetField("tunnel_id", 101), Output(11))
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {110: (), 100: to_c}
     apply(engine, engine.nb_event(event(b1.replace(binding_chassis="C"))))  # done: the record is gone
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: to_c}
+
+
+def test_a_sender_changes_no_flow_of_the_port_at_an_announce_migrations_activation_or_end():
+    """It sends the port's traffic to the destination alone from the migration's start: the VM's
+    switchover, the activation and the migration's end leave its flows for the port as they are (the
+    network's floods follow the chassis hosting its ports)."""
+    from controller.templates import object_hash
+
+    def port_flows():
+        return {k: f for k, f in engine.desired().items() if f.cookie & (2**56 - 1) == object_hash("b1")}
+
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    moving = b1.replace(migration=MigrationRecord(chassis="C", source="B", strategy="announce"))
+    apply(engine, engine.nb_event(event(moving)))
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(11))
+    before = port_flows()
+    assert before
+    for state in ("activated", "switched"):
+        apply(engine, engine.nb_event(event(b1.replace(
+            migration=MigrationRecord(chassis="C", source="B", strategy="announce", state=state)))))
+        assert port_flows() == before, state
+    apply(engine, engine.nb_event(event(b1.replace(binding_chassis="C"))))
+    assert port_flows() == before
 
 
 def test_port_status_reports_never_reach_the_view_or_recompute_flows():

@@ -146,6 +146,9 @@ def test_vm_migrate_with_one_name_is_the_single_migration_with_its_timeline(clou
 
 
 def test_no_probe_is_answered_twice_during_evacuations(cloud):
+    """While the VMs' migrations are in flight P sends each probe to the destination alone, which
+    sends it back to the source until that VM announces itself there: one copy of each, so none can
+    be answered twice, however the destination's vswitchd queues them across the switchover."""
     for dest in ("chassis-2", "chassis-1"):
         _, figures = run_evacuation(cloud, dest, strategy="announce")
         assert {vm: f["duplicates"] for vm, f in figures.items()} == {vm: 0 for vm in VMS}

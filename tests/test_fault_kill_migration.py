@@ -182,14 +182,17 @@ def kill_once_preprogrammed(cloud, port_id: str, dest: str, kill: Kill) -> None:
 
 
 def gate_flows(sb, chassis: str) -> list[str]:
-    """The chassis' flows in activation_gate (table 5; not the learn actions that write there)."""
-    return [f for f in dump_flows(sb, chassis) if re.match(r"(cookie=\S+ )?table=5,", f)]
+    """The chassis' flows in activation_gate (table 5) and delivery_gate (table 46): not the learn
+    actions that write there."""
+    return [f for f in dump_flows(sb, chassis) if re.match(r"(cookie=\S+ )?table=(5|46),", f)]
 
 
 def assert_gate_open_for_good(sb, chassis: str) -> None:
-    """The VM's announcement opened its gate in the datapath, with no timeout to close it again."""
-    wait_until(lambda: any("load:0x1->NXM_NX_REG5" in f for f in gate_flows(sb, chassis)), 10,
-               what="the VM's announcement opening its gate in the datapath")
+    """The VM's announcement opened its gates in the datapath, egress and delivery, with no timeout to
+    close them again."""
+    wait_until(lambda: all(any(load in f for f in gate_flows(sb, chassis))
+                           for load in ("load:0x1->NXM_NX_REG5", "load:0x1->NXM_NX_REG9")), 10,
+               what="the VM's announcement opening its gates in the datapath")
     gates = gate_flows(sb, chassis)
     assert all("timeout" not in g for g in gates), gates
 

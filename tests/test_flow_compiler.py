@@ -124,11 +124,16 @@ def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
         assert sorted(map(repr, flows_of(adds))) == sorted(map(repr, want_adds))
 
 
-# A port leaves its remote role for a gated local one that copies to the same tunnel: both roles
-# have the same lookup flow, made by two templates (two prototype rows), so it is not sent again.
+# A port leaves its remote role for a gated local one whose source is behind the same tunnel.
 _LEFT_FOR_GATED = (PortFacts(0, 1, 1, False, False, (), (), ()),
                    PortRole(local=False, ofport=0, tunnel=1, copy_tunnel=0, gated=False),
                    PortRole(local=True, ofport=1, tunnel=0, copy_tunnel=1, gated=True))
+# A sender at an `announce` migration's activation: it sent the port's traffic to the destination
+# alone, and still does; both roles have the same lookup flow, made by two templates (two prototype
+# rows), so it is not sent again.
+_SENDER_AT_ACTIVATION = (PortFacts(0, 1, 1, False, False, (), (), ()),
+                         PortRole(local=False, ofport=0, tunnel=1, copy_tunnel=2, gated=False),
+                         PortRole(local=False, ofport=0, tunnel=2, copy_tunnel=0, gated=False))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,6 +141,7 @@ _LEFT_FOR_GATED = (PortFacts(0, 1, 1, False, False, (), (), ()),
 @example(dataclasses.replace(_SHARED_FLOW_FACTS, fips=()), _SHARED_FLOW_FACTS,
          PortRole(local=True, ofport=1, tunnel=0, copy_tunnel=0, gated=False), _REMOTE)
 @example(_LEFT_FOR_GATED[0], *_LEFT_FOR_GATED)
+@example(_SENDER_AT_ACTIVATION[0], *_SENDER_AT_ACTIVATION)
 def test_a_facts_change_compiles_to_exactly_the_python_plan(before, after, old, new):
     """The port's IPs, floating IPs or routers change (under the same or another role)."""
     after = dataclasses.replace(after, object_hash=before.object_hash)  # the same port

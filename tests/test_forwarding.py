@@ -114,21 +114,22 @@ def test_a_switched_migration_sends_the_ports_traffic_to_its_new_chassis():
     assert table_of(a).ports(A1_OFPORT, **ipv4(1, 2)) == [TUNNEL_C]
 
 
-def test_an_announce_migration_copies_to_the_destination_from_where_the_packet_entered_only():
+def test_an_announce_migration_sends_the_ports_traffic_to_the_destination_alone_no_copy_to_the_source():
     a = chassis("A", (A1, A1_OFPORT))
     write(a, B1)
     write(a, B1.replace(migration=MigrationRecord(chassis="C", source="B", strategy="announce")))
-    assert sorted(table_of(a).ports(A1_OFPORT, **ipv4(1, 2))) == [TUNNEL_B, TUNNEL_C]
+    assert table_of(a).ports(A1_OFPORT, **ipv4(1, 2)) == [TUNNEL_C]
 
 
-def test_a_pending_destination_hands_its_vif_one_copy_only_after_the_vms_announcement():
+def test_a_pending_destination_sends_the_ports_traffic_to_the_source_until_the_vms_announcement():
     a = chassis("A", (A1, A1_OFPORT))
     moving = B1.replace(migration=MigrationRecord(chassis="A", source="B", strategy="announce"))
     write(a, moving)
     a.commit(a.vif_online(Vif("b1", "tapb1", B1_OFPORT_HERE)))
     fake = table_of(a)
-    # not running here yet: the tunnel's copy is dropped, the local peer's packet goes to the source
-    assert fake.ports(TUNNEL_B, tunnel_id=VNI, **ipv4(1, 2)) == []
+    # not running here yet: whatever way it came, to the source (from the source: back out of its tunnel)
+    assert fake.ports(TUNNEL_B, tunnel_id=VNI, **ipv4(1, 2)) == [TUNNEL_B]
+    assert fake.ports(TUNNEL_C, tunnel_id=VNI, **ipv4(1, 2)) == [TUNNEL_B]
     assert fake.ports(A1_OFPORT, **ipv4(1, 2)) == [TUNNEL_B]
     # and what the paused VM's tap would send before its announcement goes nowhere
     assert fake.ports(B1_OFPORT_HERE, **ipv4(2, 1)) == []
@@ -136,6 +137,7 @@ def test_a_pending_destination_hands_its_vif_one_copy_only_after_the_vms_announc
     fake.forward(B1_OFPORT_HERE, **rarp)
     # the datapath itself opened both ways, before the controller heard of it
     assert fake.ports(TUNNEL_B, tunnel_id=VNI, **ipv4(1, 2)) == [B1_OFPORT_HERE]
+    assert fake.ports(TUNNEL_C, tunnel_id=VNI, **ipv4(1, 2)) == [B1_OFPORT_HERE]
     assert fake.ports(A1_OFPORT, **ipv4(1, 2)) == [B1_OFPORT_HERE]
     assert fake.ports(B1_OFPORT_HERE, **ipv4(2, 1)) == [A1_OFPORT]
 
@@ -145,7 +147,7 @@ def test_an_activated_source_drops_what_tunnels_still_bring_but_forwards_its_own
     for state in ("requested", "activated"):
         write(b, B1.replace(migration=MigrationRecord(chassis="C", source="B", strategy="announce", state=state)))
     fake = table_of(b)
-    assert fake.ports(TUNNEL_C, tunnel_id=VNI, **ipv4(1, 2)) == []  # its sender copied it to C
+    assert fake.ports(TUNNEL_C, tunnel_id=VNI, **ipv4(1, 2)) == []  # C sent it back before the announcement
     assert fake.ports(7, **ipv4(3, 2)) == [TUNNEL_C]
 
 

@@ -17,7 +17,7 @@ from controller.migration import Event, transition
 from controller.migrator import KNOWN_HOLD, TOLD_HOLD, Migrator
 from controller.view import Vif
 from dfflow.errors import Conflict
-from dfflow.flows import ETH_TYPE_IP
+from dfflow.flows import BROADCAST_MAC, ETH_TYPE_IP, ETH_TYPE_RARP
 from dfflow.models import LogicalPort, LogicalSwitch, Subnet
 from fakeoftable import FakeOFTable
 
@@ -90,11 +90,28 @@ def destination_a(nb=None):
     return engine, nb, migrator
 
 
-def where_a_copy_from_c_goes(engine):
-    """A packet for b1 (a copy, while it migrates) from the entry chassis C, arriving on its tunnel."""
+def where_a_packet_from_c_goes(engine, announced=False):
+    """A packet for b1 from the entry chassis C, arriving on its tunnel (`announced`: after b1's VM sent
+    its RARP on A's VIF, which on a pending destination opens delivery here in the datapath)."""
+    table = FakeOFTable.of(engine.desired().values())
+    if announced:
+        table.forward(B1_OFPORT_HERE, eth_src=0xfa163e000002, eth_dst=BROADCAST_MAC, eth_type=ETH_TYPE_RARP)
     packet = dict(eth_src=0xfa163e000001, eth_dst=0xfa163e000002, eth_type=ETH_TYPE_IP,
                   ipv4_src=0x0a000001, ipv4_dst=0x0a000002, ip_ttl=64, tunnel_id=VNI)
-    return FakeOFTable.of(engine.desired().values()).ports(TUNNEL_C, **packet)
+    return table.ports(TUNNEL_C, **packet)
+
+
+def gated(engine):
+    """A is b1's pending destination: what comes for b1 goes on to the source until the VM announces
+    itself here, and is delivered here from then on."""
+    return where_a_packet_from_c_goes(engine) == [TUNNEL_B] and where_a_packet_from_c_goes(engine, True) == [
+        B1_OFPORT_HERE]
+
+
+def on_b(engine):
+    """b1 lives on B for A, announcement or not."""
+    return where_a_packet_from_c_goes(engine) == [TUNNEL_B] and where_a_packet_from_c_goes(engine, True) == [
+        TUNNEL_B]
 
 
 def novas_write(nb):
@@ -110,20 +127,20 @@ async def plugged_and_applied_here(migrator):
     return run
 
 
-def test_before_the_migration_a_copy_from_the_entry_chassis_is_forwarded_to_the_source():
+def test_before_the_migration_a_packet_from_the_entry_chassis_is_forwarded_to_the_source():
     engine, _, _ = destination_a()
-    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]  # the port lives on B: the reason to gate
+    assert on_b(engine)  # the port lives on B: the reason to gate
 
 
 async def test_an_nb_version_without_the_record_does_not_undo_the_pending_destination_while_its_write_is_in_flight():
     engine, nb, migrator = destination_a()
     run = await plugged_and_applied_here(migrator)
     assert engine.view.is_pending(engine.view.port("b1"))
-    assert where_a_copy_from_c_goes(engine) == []  # gated: dropped until the VM announces itself here
+    assert gated(engine)  # until the VM announces itself here
 
     engine.commit(engine.nb_event(event(novas_write(nb))))  # Nova's write: no record yet
     assert engine.view.port("b1").migrating_to == "A"  # Nova's change is taken...
-    assert where_a_copy_from_c_goes(engine) == []  # ...with the record laid on it: no copy back to B
+    assert gated(engine)  # ...with the record laid on it: still gated
     assert migrator.stats["in_flight_reapplied"] == 1
 
     nb.go.set()
@@ -131,16 +148,16 @@ async def test_an_nb_version_without_the_record_does_not_undo_the_pending_destin
     record = nb.ports["b1"].migration
     assert record.state == "requested" and record.prepared  # the CAS built on Nova's write
     assert migrator.stats["requested"] == 1
-    assert where_a_copy_from_c_goes(engine) == []  # its event has not come: still laid on
+    assert gated(engine)  # its event has not come: still laid on
     engine.commit(engine.nb_event(event(nb.ports["b1"])))  # the record's own event
     assert engine.view.port("b1").migration == record
-    assert where_a_copy_from_c_goes(engine) == []
+    assert gated(engine)
     assert not migrator._overlays
 
     # settled: a later NB version is the NB's alone (here: the migration cleared by someone else)
     engine.commit(engine.nb_event(event(nb.store(nb.ports["b1"].replace(migration=None)))))
     assert engine.view.port("b1").migration is None
-    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]
+    assert on_b(engine)
     assert migrator.stats["in_flight_reapplied"] == 1
 
 
@@ -159,13 +176,13 @@ async def test_a_failed_write_drops_what_was_applied_here_and_takes_the_nbs_vers
     engine, nb, migrator = destination_a()
     run = await plugged_and_applied_here(migrator)
     engine.commit(engine.nb_event(event(novas_write(nb))))
-    assert where_a_copy_from_c_goes(engine) == []
+    assert gated(engine)
     nb.fail = Conflict("port b1 kept changing")
     nb.go.set()
     with pytest.raises(Conflict):
         await run
     assert engine.view.port("b1").migration is None and engine.view.port("b1").migrating_to == "A"
-    assert where_a_copy_from_c_goes(engine) == [TUNNEL_B]
+    assert on_b(engine)
     assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays
 
 
@@ -196,7 +213,7 @@ async def announced_twice_and_written_by_the_second():
     engine, nb, migrator = destination_a(TurnNb())
     requested = nb.store(transition(nb.ports["b1"], Event.DEST_PLUGGED, "A", now=100.0, strategy="announce").port)
     engine.commit(engine.nb_event(event(requested)))
-    assert engine.view.is_pending(engine.view.port("b1")) and where_a_copy_from_c_goes(engine) == []
+    assert engine.view.is_pending(engine.view.port("b1")) and gated(engine)
     novas_binding = nb.store(requested.replace(binding_chassis="A"))  # its event comes late
     rarp = asyncio.create_task(migrator.announced(B1_OFPORT_HERE))
     garp = asyncio.create_task(migrator.announced(B1_OFPORT_HERE))
@@ -216,10 +233,10 @@ async def test_an_activated_destination_keeps_its_vm_reachable_over_older_nb_eve
     Nova's binding (an older version, record still requested) put the VM back behind the pending gate
     -- its traffic dropped both ways until the record's own events came."""
     engine, nb, migrator, novas_binding = await announced_twice_and_written_by_the_second()
-    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
     engine.commit(engine.nb_event(event(novas_binding)))  # late: older than what the write found
     assert engine.view.port("b1").migration.state == "activated"
-    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
     assert migrator.stats["stale_nb_versions"] == 1
     activated = nb.ports["b1"]
     done = nb.store(activated.replace(migration=None))  # step 3 ends the migration
@@ -227,7 +244,7 @@ async def test_an_activated_destination_keeps_its_vm_reachable_over_older_nb_eve
     assert not migrator._overlays
     engine.commit(engine.nb_event(event(done)))
     assert not migrator._overlays and engine.view.port("b1").migration is None
-    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE] and what_b1_sends_reaches(engine) == [A1_OFPORT]
 
 
 async def test_a_version_a_write_found_stops_hiding_older_nb_events_after_a_while():
@@ -264,23 +281,23 @@ def announced_at_a(port):
 
 def test_a_source_told_of_the_announcement_keeps_it_over_an_nb_version_written_before_it():
     engine, nb, migrator = source_b_of_a_requested_migration()
-    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
     migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
-    assert where_a_copy_from_c_goes(engine) == []  # the VM runs on A: what C still sends here is a copy
+    assert where_a_packet_from_c_goes(engine) == []  # the VM runs on A: what still comes here is not for it
     engine.commit(engine.nb_event(event(novas_write(nb))))  # written before A's record of the announcement
-    assert where_a_copy_from_c_goes(engine) == []
+    assert where_a_packet_from_c_goes(engine) == []
     assert migrator.stats["in_flight_reapplied"] == 1
     activated = nb.store(transition(nb.ports["b1"], Event.ANNOUNCED, "A", now=101.0).port)
     engine.commit(engine.nb_event(event(activated)))  # A's write: the NB shows it now
-    assert not migrator._overlays and where_a_copy_from_c_goes(engine) == []
+    assert not migrator._overlays and where_a_packet_from_c_goes(engine) == []
 
 
 async def test_a_told_transition_the_nb_never_shows_is_dropped_after_a_while():
     engine, nb, migrator = source_b_of_a_requested_migration()
     migrator._on_migration_event(announced_at_a(nb.ports["b1"]), received=101.002)
     await migrator.housekeeping(now=101.0 + TOLD_HOLD / 2)
-    assert where_a_copy_from_c_goes(engine) == []
+    assert where_a_packet_from_c_goes(engine) == []
     await migrator.housekeeping(now=101.0 + TOLD_HOLD * 2)
     assert engine.view.port("b1").migration.state == "requested"
-    assert where_a_copy_from_c_goes(engine) == [B1_OFPORT_HERE]
+    assert where_a_packet_from_c_goes(engine) == [B1_OFPORT_HERE]
     assert migrator.stats["in_flight_dropped"] == 1 and not migrator._overlays

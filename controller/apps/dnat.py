@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from controller.apps.base import App
 from controller.apps.builders import ALL_ONES_64, ARP_REPLY, RESOLVE
-from controller.apps.l2 import LOOKUP_LEFT_FROM_TUNNEL, LOOKUP_REMOTE, LOOKUP_REMOTE_COPY
+from controller.apps.l2 import LOOKUP_LEFT_FROM_TUNNEL, LOOKUP_REMOTE, LOOKUP_REMOTE_VIA_DESTINATION
 from controller.pipeline import table
 from controller.templates import Each, Fact, Param, PortProgram, bound, template
 from dfflow.flows import ETH_TYPE_IP, DecTtl, SetField
@@ -42,7 +42,7 @@ DNAT_PORT_FLOWS = PortProgram(3, [
     bound(DNAT_IN, Fact.LOCAL, Each.PER_FIP),
     bound(SNAT_OUT, Fact.LOCAL, Each.PER_FIP),
     bound(LOOKUP_REMOTE, Fact.REMOTE | Fact.NO_COPY, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
-    bound(LOOKUP_REMOTE_COPY, Fact.REMOTE | Fact.COPY, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
+    bound(LOOKUP_REMOTE_VIA_DESTINATION, Fact.REMOTE | Fact.COPY, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
     bound(LOOKUP_LEFT_FROM_TUNNEL, Fact.REMOTE | Fact.GATED, Each.PER_FIP, vni=EXT_VNI, mac=FIP_MAC),
 ])
 

@@ -9,12 +9,12 @@ from controller.apps.secgroups import filtered
 from controller.pipeline import table
 from controller.templates import Each, Fact, Param, PortProgram, bound, template, with_match
 from controller.view import View
-from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_RARP, MULTICAST_BIT, Ct, Flow, Learn,
-                          Output, Resubmit, SetField, controller_output, match)
+from dfflow.flows import (ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_RARP, MULTICAST_BIT, OFPP_IN_PORT, Ct,
+                          Flow, Learn, Output, Resubmit, SetField, controller_output, match)
 from dfflow.models import LogicalSwitch
 
 CLASSIFY, PORT_SECURITY, ARP_RESPONDER = table("classify"), table("port_security"), table("arp_responder")
-ACTIVATION_GATE = table("activation_gate")
+ACTIVATION_GATE, DELIVERY_GATE = table("activation_gate"), table("delivery_gate")
 L3_ENTRY, L2_LOOKUP, FLOOD = table("l3_entry"), table("l2_lookup"), table("flood")
 # What port security lets through goes on to the security groups' egress check; what goes to the
 # L2 lookup passes their ingress check on the way.
@@ -60,9 +60,8 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 
 # A pre-programmed destination: the VM's first RARP or GARP opens its egress and its ingress in
 # the datapath, in the same action list, and tells the controller, which activates the port and
-# publishes. Until then the gated port-security flows drop what the VM sends, and the gated lookup
-# drops what is sent to it (an `announce` migration copies the port's traffic here: delivered to
-# a VM that is not running here yet, it would be a duplicate, or queued in a paused guest's tap).
+# publishes. Until then the gated port-security flows drop what the VM sends, and what is sent to
+# it goes on to the source, where the VM runs (see "one copy" below).
 # Egress: the gate is a flow of the controller's (reg5 stays 0), which the announcement re-learns
 # under the same key (table, priority, match) to set reg5=1 for this VIF. No timeout: the VM's
 # egress stays open for as long as the migration is unresolved, however long the controller is
@@ -70,42 +69,65 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
 GATE_CLOSED = template("gate_closed", ACTIVATION_GATE, 100, dict(reg6=OFPORT))
 OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
 
-# Ingress, until the announcement: what a tunnel brings is a copy (the original went to the
-# source, where the VM runs): dropped. What this chassis' own VIFs send goes to the source
-# (COPY_TUNNEL: the tunnel there, for a gated port), or is dropped if there is no tunnel to it.
-LOOKUP_GATED_FROM_TUNNEL = template("lookup_gated_from_tunnel", L2_LOOKUP, 110,
-                                   dict(metadata=VNI, eth_dst=MAC, reg6=0))
-LOOKUP_GATED_VIA_SOURCE = template("lookup_gated_via_source", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
-                                   (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
-LOOKUP_GATED = template("lookup_gated", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC))
-# The announcement learns, over both of those flows (their own keys: table, priority, match), the
-# delivery to the VIF it came in on. No timeout: each key is the controller's, whose next write of
-# it (activation, step 2 or 3, an abort) replaces or deletes the learned flow.
-OPENS_INGRESS = tuple(Learn(L2_LOOKUP, t.priority, 0, 0, Param.COOKIE, tuple((f, v) for f, v, _ in t.match), (),
-                            output_in_port=True) for t in (LOOKUP_GATED_FROM_TUNNEL, LOOKUP_GATED))
+# -- one copy: where a packet for a migrating port goes, decided in ingress_conntrack ---------------
+# While an `announce` migration is in flight every chassis sends the port's packets to its
+# destination alone (COPY_TUNNEL), the source's own VIFs too, and the destination's datapath
+# decides, before any ingress filter: until the VM announces itself there, back out to the source
+# (COPY_TUNNEL on the gated destination), which delivers what a tunnel brings to its VIF and never
+# forwards it again; from the announcement on, to its own VIF. A packet thus exists in one copy,
+# and is filtered once, by the chassis that delivers it. reg9 carries the decision: 0 undecided,
+# 1 deliver here (on to the port's ingress filter and l2_lookup), 2 the destination's VM has not
+# announced itself: to the source.
+DELIVER_HERE, NOT_ANNOUNCED = 1, 2
+# The source: a tunnel's packet is delivered here (decided, it takes the usual way: the port's
+# ingress filter, then l2_lookup); what its own VIFs send the port goes to the destination, unfiltered.
+SOURCE_DELIVERS_FROM_TUNNEL = template("source_delivers_from_tunnel", INGRESS_CONNTRACK, 120,
+                                       dict(metadata=VNI, eth_dst=MAC, reg6=0, reg9=0),
+                                       (SetField("reg9", DELIVER_HERE), Resubmit(INGRESS_CONNTRACK)))
+SOURCE_SENDS_TO_DESTINATION = template("source_sends_to_destination", INGRESS_CONNTRACK, 110,
+                                       dict(metadata=VNI, eth_dst=MAC, reg9=0),
+                                       (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
+# The destination: whatever way it came (a tunnel, its own VIFs; switched, routed, DNATed) the
+# packet looks its port up in delivery_gate, where the controller's flow (no action) leaves
+# reg9=NOT_ANNOUNCED and the one the announcement learns over it (same key, no timeout: the
+# controller's next write of the port replaces or deletes it) sets reg9=DELIVER_HERE.
+DESTINATION_DECIDES = template("destination_decides", INGRESS_CONNTRACK, 110,
+                               dict(metadata=VNI, eth_dst=MAC, reg9=0),
+                               (SetField("reg9", NOT_ANNOUNCED), Resubmit(DELIVERY_GATE),
+                                Resubmit(INGRESS_CONNTRACK)))
+DELIVERY_CLOSED = template("delivery_closed", DELIVERY_GATE, 100, dict(metadata=VNI, eth_dst=MAC))
+OPENS_DELIVERY = Learn(DELIVERY_GATE, DELIVERY_CLOSED.priority, 0, 0, Param.COOKIE,
+                       (("metadata", VNI), ("eth_dst", MAC)), (("reg9", DELIVER_HERE),))
+# Not announced: to the source (out of the tunnel it came in by, if it came from the source
+# itself: Open vSwitch sends nothing back out of its input port unless told OFPP_IN_PORT) ...
+DESTINATION_TO_SOURCE = template("destination_to_source", INGRESS_CONNTRACK, 110,
+                                 dict(metadata=VNI, eth_dst=MAC, reg9=NOT_ANNOUNCED),
+                                 (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
+DESTINATION_BACK_TO_SOURCE = template("destination_back_to_source", INGRESS_CONNTRACK, 120,
+                                      dict(metadata=VNI, eth_dst=MAC, reg9=NOT_ANNOUNCED, in_port=COPY_TUNNEL),
+                                      (SetField("tunnel_id", VNI), Output(OFPP_IN_PORT)))
+# ... or, with no tunnel to the source, dropped: never handed to a VM that does not run here yet.
+DESTINATION_HOLDS = template("destination_holds", INGRESS_CONNTRACK, 110,
+                             dict(metadata=VNI, eth_dst=MAC, reg9=NOT_ANNOUNCED))
 ANNOUNCE_RARP = template("announce_rarp", CLASSIFY, 110, dict(in_port=OFPORT, eth_type=ETH_TYPE_RARP, eth_src=MAC),
-                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
+                         (OPENS_GATE, OPENS_DELIVERY, controller_output()))
 ANNOUNCE_GARP = template("announce_garp", CLASSIFY, 110,
                          dict(in_port=OFPORT, eth_type=ETH_TYPE_ARP, eth_src=MAC, arp_spa=IP, arp_tpa=IP),
-                         (OPENS_GATE, *OPENS_INGRESS, controller_output()))
+                         (OPENS_GATE, OPENS_DELIVERY, controller_output()))
 
 # -- where packets for the port go ----------------------------------------------------------------
+# A local port (a migrating one's too: what reaches l2_lookup for it was decided for delivery here).
 LOOKUP_LOCAL = template("lookup_local", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC), (Output(OFPORT),))
 LOOKUP_REMOTE = template("lookup_remote", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
                          (SetField("tunnel_id", VNI), Output(TUNNEL)))
-# While an `announce` migration is in flight, its destination gets a copy too: from the chassis
-# where the packet entered the overlay, and only from there (the source does not copy again what
-# a tunnel brought it: the chassis that sent it copied it already).
-LOOKUP_LOCAL_COPY = template("lookup_local_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
-                             (Output(OFPORT), SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
-LOOKUP_LOCAL_FROM_TUNNEL = template("lookup_local_from_tunnel", L2_LOOKUP, 110,
-                                    dict(metadata=VNI, eth_dst=MAC, reg6=0), (Output(OFPORT),))
-LOOKUP_REMOTE_COPY = template("lookup_remote_copy", L2_LOOKUP, 100, dict(metadata=VNI, eth_dst=MAC),
-                              (SetField("tunnel_id", VNI), Output(TUNNEL), Output(COPY_TUNNEL)))
+# While an `announce` migration is in flight: to its destination alone (which decides, see above).
+LOOKUP_REMOTE_VIA_DESTINATION = template("lookup_remote_via_destination", L2_LOOKUP, 100,
+                                         dict(metadata=VNI, eth_dst=MAC),
+                                         (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
 # The source, once the VM has left it (activated on its destination, or the source unplugged before
-# any activation), until the migration ends: a tunnel's packet for the port still arriving here was
-# sent while its sender copied the port's traffic, so the destination has it already; forwarded
-# there, it would arrive twice. Dropped.
+# any activation), until the migration ends: a tunnel's packet for the port still arriving here is
+# one the destination sent back before the announcement, in flight across the switchover; the VM
+# is no longer here to take it, and forwarded again it could loop. Dropped.
 LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, dict(metadata=VNI, eth_dst=MAC, reg6=0))
 
 L2_PORT_FLOWS = PortProgram(1, [
@@ -117,14 +139,16 @@ L2_PORT_FLOWS = PortProgram(1, [
       for t, facts, each in PORT_SECURITY_ENTRIES),
     bound(ANNOUNCE_RARP, LOCAL | GATED),
     bound(ANNOUNCE_GARP, LOCAL | GATED, Each.PER_IP),
-    bound(LOOKUP_GATED_FROM_TUNNEL, LOCAL | GATED),
-    bound(LOOKUP_GATED_VIA_SOURCE, LOCAL | GATED | Fact.COPY),
-    bound(LOOKUP_GATED, LOCAL | GATED | Fact.NO_COPY),
-    bound(LOOKUP_LOCAL, LOCAL | OPEN | Fact.NO_COPY),
-    bound(LOOKUP_LOCAL_COPY, LOCAL | OPEN | Fact.COPY),
-    bound(LOOKUP_LOCAL_FROM_TUNNEL, LOCAL | OPEN | Fact.COPY),
+    bound(SOURCE_DELIVERS_FROM_TUNNEL, LOCAL | OPEN | Fact.COPY),
+    bound(SOURCE_SENDS_TO_DESTINATION, LOCAL | OPEN | Fact.COPY),
+    bound(DESTINATION_DECIDES, LOCAL | GATED),
+    bound(DELIVERY_CLOSED, LOCAL | GATED),
+    bound(DESTINATION_TO_SOURCE, LOCAL | GATED | Fact.COPY),
+    bound(DESTINATION_BACK_TO_SOURCE, LOCAL | GATED | Fact.COPY),
+    bound(DESTINATION_HOLDS, LOCAL | GATED | Fact.NO_COPY),
+    bound(LOOKUP_LOCAL, LOCAL),
     bound(LOOKUP_REMOTE, REMOTE | Fact.NO_COPY),
-    bound(LOOKUP_REMOTE_COPY, REMOTE | Fact.COPY),
+    bound(LOOKUP_REMOTE_VIA_DESTINATION, REMOTE | Fact.COPY),
     bound(LOOKUP_LEFT_FROM_TUNNEL, REMOTE | GATED),
     bound(ARP_REPLY, Fact(0), Each.PER_IP),
 ])
