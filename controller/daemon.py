@@ -66,7 +66,7 @@ class ControllerDaemon:
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
                  strategy: str = "announce", datapath_type: str = "system",
-                 metrics_listen: tuple[str, int] | None = None):
+                 metrics_listen: tuple[str, int] | None = None, activation_settle_ms: float = 0.0):
         if datapath_type not in DATAPATH_TYPES:
             raise ValueError(f"datapath_type must be one of {DATAPATH_TYPES}, not {datapath_type!r}")
         self.datapath_type, self.bridge = datapath_type, bridge
@@ -93,7 +93,8 @@ class ControllerDaemon:
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
         self._peers_stale = False  # a chassis change came while tunnels could not follow it
-        self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy)
+        self.migrator = Migrator(chassis, self.engine, self.nb, self._emit, strategy,
+                                 activation_settle=activation_settle_ms / 1e3)
         self.port_status = StatusReporter(chassis, self.nb, self._topic_of)
         self.stamps = AppliedStamps(chassis, self.migrator.timelines, self._record_error)
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
@@ -591,6 +592,7 @@ def main(argv: list[str] | None = None, daemon_class: type[ControllerDaemon] | N
     daemon = (daemon_class or ControllerDaemon)(args.chassis, args.tunnel_ip, args.nb, args.ovsdb, args.bridge,
                                               args.of_listen, args.status_socket, args.tunnel_type, args.strategy,
                                               datapath_type=args.datapath_type,
+                                              activation_settle_ms=args.activation_settle_ms,
                                               metrics_listen=None if args.metrics_port is None
                                               else (args.metrics_listen, args.metrics_port))
     try:

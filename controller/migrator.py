@@ -86,8 +86,9 @@ class _Overlay:
 
 class Migrator:
     def __init__(self, chassis: str, engine: Engine, nb: NbApi, emit: Callable[[Plan], None],
-                 strategy: str = "unplug"):
+                 strategy: str = "unplug", activation_settle: float = 0.0):
         self.chassis, self.engine, self.nb, self.emit, self.strategy = chassis, engine, nb, emit, strategy
+        self.activation_settle = activation_settle  # s between an announcement and its activation
         self.timelines = Timelines(nb.redis, nb.keys)
         self.events = MigrationEvents(nb, self._count)
         self.stats: dict[str, int] = {}
@@ -117,6 +118,11 @@ class Migrator:
         if not is_announcement(data):
             self._count("packet_in_ignored")
             return
+        # Its gates opened in the datapath already (the learn actions): the activation's flow changes
+        # wait `activation_settle`, so that this chassis' vswitchd does not hold the VM's first packets
+        # behind them.
+        if self.activation_settle:
+            await asyncio.sleep(self.activation_settle)
         await self.announced(ofport)
 
     async def announced(self, ofport: int) -> None:

@@ -11,6 +11,10 @@ from dfflow.nb.nburl import parse_nb_url
 
 DESCRIPTION = "`dfflow-controller`: one per chassis, the shell around the engine."
 STRATEGIES = ACTIVATION_STRATEGIES
+# Measured on the 3-chassis sandbox (benchmarks/RESULTS.md, branch switch-path): the destination's
+# activation bundle, landing 5-12 ms after the RARP, held the VM's first replies behind it.
+ACTIVATION_SETTLE_MS = 30
+MAX_ACTIVATION_SETTLE_MS = 1000  # well below Nova's unplug after the switchover (hundreds of ms to seconds)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -48,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="live-migration activation: at the source's unplug (the blueprint), unplug, or at the "
                              "VM's announcement on a pre-programmed destination, announce, falling back to the "
                              "source's unplug when the VM never announces (default announce)")
+    parser.add_argument("--activation-settle-ms", default=None,
+                        help="announce strategy: how long the destination waits after its VM's RARP/GARP before it "
+                             "activates the port (the activation's flow changes on every chassis). The datapath "
+                             "delivers from the announcement on without it (the gates' learn actions); the wait keeps "
+                             "the activation's bundle and revalidation off the switchover's first packets, which "
+                             f"the destination's vswitchd would otherwise hold behind it (default {ACTIVATION_SETTLE_MS})")
     parser.add_argument("--log-level", default=None, help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     parser.add_argument("--metrics-port", default=None,
                         help="serve Prometheus metrics on this TCP port (0: any free port, shown in status as "
@@ -76,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tunnel_type = _choice(parser, "--tunnel-type", args.tunnel_type or "geneve", TUNNEL_TYPES)
     args.log_level = _choice(parser, "--log-level", args.log_level or "INFO", LOG_LEVELS, fold=True)
     args.strategy = _choice(parser, "--strategy", args.strategy or "announce", STRATEGIES)
+    settle = str(args.activation_settle_ms if args.activation_settle_ms is not None else ACTIVATION_SETTLE_MS)
+    try:
+        args.activation_settle_ms = float(settle)
+    except ValueError:
+        args.activation_settle_ms = -1.0
+    if not 0 <= args.activation_settle_ms <= MAX_ACTIVATION_SETTLE_MS:
+        parser.error(f"--activation-settle-ms: {settle!r} is not a number of ms in 0..{MAX_ACTIVATION_SETTLE_MS}")
     if args.metrics_port is not None:
         port = str(args.metrics_port)
         if not port.isdigit() or int(port) > 65535:

@@ -27,3 +27,18 @@ def test_an_unknown_datapath_type_is_refused_naming_the_option(tmp_path, capsys)
     with pytest.raises(SystemExit):
         parse_args(REQUIRED + ["--config", str(cfg)])
     assert "--datapath-type" in capsys.readouterr().err
+
+
+def test_the_activation_waits_30_ms_after_the_announcement_unless_told_otherwise(tmp_path):
+    assert parse_args(REQUIRED).activation_settle_ms == 30.0
+    assert parse_args(REQUIRED + ["--activation-settle-ms", "0"]).activation_settle_ms == 0.0
+    cfg = tmp_path / "c.ini"
+    cfg.write_text("[controller]\nactivation-settle-ms = 12.5\n")
+    assert parse_args(REQUIRED + ["--config", str(cfg)]).activation_settle_ms == 12.5
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "1001", "nan"])
+def test_a_bad_activation_settle_is_refused_naming_the_option(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(REQUIRED + ["--activation-settle-ms", value])
+    assert "--activation-settle-ms" in capsys.readouterr().err
