@@ -248,3 +248,11 @@ def test_an_update_that_is_not_a_complete_port_is_read_whole():
     assert LogicalPort.updated(held, dict(data, newer_field=1)) is None
     assert LogicalPort.updated(LogicalSwitch(id="n", topic="t"), data) is None
     assert LogicalPort.updated(held, ["not", "an", "object"]) is None
+
+
+def test_an_update_of_a_model_checked_only_whole_is_read_whole():
+    from dfflow.models import Chassis
+    held = Chassis(id="c1", topic="chassis", tunnel_ip="172.31.0.1", version=3)
+    held.check()
+    assert not Chassis.checks_by_field and LogicalPort.checks_by_field
+    assert Chassis.updated(held, dict(held.to_dict(), version=4, last_seen=5.0)) is None

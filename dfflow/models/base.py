@@ -48,6 +48,8 @@ class Model:
     table: ClassVar[str] = ""
     # Nested record fields: name -> (record class, is_list)
     records: ClassVar[dict[str, tuple[type, bool]]] = {}
+    # `check_changed` checks only the fields it is given (else an update is read and checked whole)
+    checks_by_field: ClassVar[bool] = False
 
     id: str
     topic: str
@@ -107,8 +109,8 @@ class Model:
         before it, already checked: (the object, the fields whose values differ from `held`'s). A field
         whose raw value is `held`'s, type for type, takes `held`'s value (checked, normalized) and need
         not be checked again (`check_changed`). None when `data` is not a complete object of this model,
-        or `held` not one: read it whole (`from_dict`)."""
-        if type(held) is not cls or type(data) is not dict or data.keys() != _field_names(cls):
+        or `held` not one, or the model is checked only whole: read it whole (`from_dict`)."""
+        if not cls.checks_by_field or type(held) is not cls or type(data) is not dict or data.keys() != _field_names(cls):
             return None
         values = vars(held)
         if len(values) != len(data):  # something besides its fields on `held`
@@ -128,7 +130,7 @@ class Model:
 
     def check_changed(self, changed: Collection[str]) -> None:
         """Check an object whose fields other than `changed` hold values already checked (those of the
-        version before it): a model without checks per field checks everything."""
+        version before it): a model without checks per field (`checks_by_field`) checks everything."""
         self.check()
 
     def replace(self, **changes: Any) -> "Model":

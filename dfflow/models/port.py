@@ -69,6 +69,7 @@ class LogicalPort(Model):
     table: ClassVar[str] = "lport"
     records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True),
                "allowed_address_pairs": (AddressPair, True)}
+    checks_by_field = True
     lswitch: str = ""
     mac: str = ""
     ips: list[str] = field(default_factory=list)
