@@ -92,7 +92,8 @@ class _Seen:
     version: int
     topic: str
     alive: bool
-    model: Model | None = None  # the version delivered, checked (the next one's unchanged fields are its)
+    model: Model | None = None  # the version delivered, checked, of a model checked by field: the next
+    # version's unchanged fields are its (the handler holds it too: the engine's view)
 
 
 async def cancel(task: asyncio.Task) -> None:
@@ -436,6 +437,8 @@ class Subscriber:
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
+            if not model.checks_by_field:
+                model = None  # (not kept: its next version is read whole anyway)
         if seen is None:
             self._seen[key] = _Seen(event["version"], event["topic"], not deleting, model)
         else:  # kept, not made again: one per object this chassis follows
