@@ -110,7 +110,8 @@ class Model:
         whose raw value is `held`'s, type for type, takes `held`'s value (checked, normalized) and need
         not be checked again (`check_changed`). None when `data` is not a complete object of this model,
         or `held` not one, or the model is checked only whole: read it whole (`from_dict`)."""
-        if not cls.checks_by_field or type(held) is not cls or type(data) is not dict or data.keys() != _field_names(cls):
+        if not (cls.checks_by_field and type(held) is cls and type(data) is dict
+                and data.keys() == _field_names(cls)):
             return None
         values = vars(held)
         if len(values) != len(data):  # something besides its fields on `held`
