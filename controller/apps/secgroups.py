@@ -116,7 +116,7 @@ class SecurityGroupsApp(App):
     def port_rows(self, port: LogicalPort, view: "View") -> np.ndarray:
         """The port's flows on this chassis as rows of the flow record, made by the compiled core: none
         but where the port runs (its groups are enforced there)."""
-        if not filtered(port) or view.role(port) != LOCAL:  # (most ports: a remote port's role is cheaper)
+        if not filtered(port) or view.placed_role(port) != LOCAL:  # (most ports: no role record made)
             return NO_ROWS
         role = view.port_role(port)
         rules = rules_of(view, port.security_groups)
