@@ -328,8 +328,17 @@ class View:
                          bool(self.routers_on(port.lswitch)), tuple(ipv4s_of(port)),
                          tuple(self.usable_floating_ips(port)), address_pairs_of(port))
 
+    def placed_role(self, port: LogicalPort) -> str | None:
+        """`role(port)`, read from the placement when `port` is the view's version of it (every input of
+        a role re-places the port or drops the placement)."""
+        if self._placed is not None and self.objects[LogicalPort.table].get(port.id) is port:
+            placed = self._placed.get(port.id)
+            if placed is not None:
+                return placed[1]
+        return self.role(port)
+
     def port_role(self, port: LogicalPort) -> PortRole | None:
-        role = self.role(port)
+        role = self.placed_role(port)
         if role is None:
             return None
         copy_to = self.also_send_to(port)

@@ -177,3 +177,82 @@ def test_an_id_checked_again_gives_the_same_answer_and_the_same_error_naming_its
             with pytest.raises(ValidationError) as info:
                 check_id("lswitch", bad, "lport")
             assert info.value.field == "lswitch" and "lport.lswitch" in str(info.value)
+
+
+def _held_port():
+    from dfflow.models import InactiveBinding
+    held = LogicalPort(id="p1", topic="t", lswitch="n", mac="FA:16:3E:00:00:01", ips=["10.0.0.5", "fd00::01"],
+                       binding_chassis="c1", security_groups=["g"], binding_profile={"k": "v", "n": 1},
+                       inactive_bindings=[InactiveBinding(host="c2")], version=7,
+                       allowed_address_pairs=[AddressPair("10.0.0.9", "fa:16:3e:00:00:02")])
+    held.check()  # as the subscriber held it: checked, its MAC and addresses normalized
+    return held
+
+
+def _read_whole(data):
+    obj = LogicalPort.from_dict(data)
+    obj.check()
+    return obj
+
+
+@pytest.mark.parametrize("change", [
+    {"binding_chassis": "c3"}, {"binding_chassis": None}, {"mac": "FA:16:3E:00:00:07"},
+    {"ips": ["10.0.0.6"]}, {"ips": ["fd00::1", "10.0.0.5"]}, {"binding_profile": {"k": "v", "n": 2}},
+    {"inactive_bindings": [{"host": "c3", "vnic_type": "normal", "profile": {}}]}, {"inactive_bindings": []},
+    {"migration": {"chassis": "c2", "state": "requested"}}, {"allowed_address_pairs": []}, {"enabled": False},
+    {"binding_chassis": "c2", "inactive_bindings": [{"host": "c1", "vnic_type": "normal", "profile": {}}]}, {}])
+def test_a_port_updated_from_its_held_version_is_the_one_read_whole(change):
+    held = _held_port()
+    data = dict(held.to_dict(), version=8, **change)
+    whole = _read_whole(data)
+    obj, changed = LogicalPort.updated(held, data)
+    obj.check_changed(changed)
+    assert obj == whole and type(obj) is LogicalPort and vars(obj).keys() == vars(whole).keys()
+    assert set(changed) == {"version", *change}
+    assert held.version == 7 and held.binding_chassis == "c1"  # the held version is left as it was
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"binding_chassis": "not an id"}, "binding_chassis"),
+    ({"binding_chassis": "c2"}, "inactive_bindings[0].host"),  # the unchanged binding's host is now the active one
+    ({"port_security": False}, "security_groups"),  # the unchanged groups need port security
+    ({"enabled": 1}, "enabled"),  # 1 == True in Python, not in JSON: a change, checked
+    ({"version": True}, "version"),
+    ({"binding_profile": {"k": "v", "n": True}}, None),  # a change; a valid one
+    ({"ips": ["10.0.0.5", "10.0.0.5"]}, "ips"),
+    ({"mac": "01:00:5e:00:00:01"}, "mac"),
+    ({"inactive_bindings": [{"host": "c3"}, {"host": "c3"}]}, "inactive_bindings[1].host"),
+    ({"migration": {"chassis": "c2", "state": "flying"}}, "migration.state"),
+    ({"migration": "c2"}, "migration"),
+])
+def test_a_bad_value_in_a_changed_field_of_an_update_is_refused_as_when_read_whole(change, field):
+    held = _held_port()
+    data = {**held.to_dict(), "version": 8, **change}
+    if field is None:
+        obj, changed = LogicalPort.updated(held, data)
+        obj.check_changed(changed)
+        assert obj == _read_whole(data) and set(changed) == {"version", *change}
+        return
+    with pytest.raises(ValidationError) as whole:
+        _read_whole(data)
+    with pytest.raises(ValidationError) as updated:
+        obj, changed = LogicalPort.updated(held, data)
+        obj.check_changed(changed)
+    assert updated.value.field == whole.value.field == field and str(updated.value) == str(whole.value)
+
+
+def test_an_update_that_is_not_a_complete_port_is_read_whole():
+    held = _held_port()
+    data = held.to_dict()
+    assert LogicalPort.updated(held, {k: v for k, v in data.items() if k != "name"}) is None
+    assert LogicalPort.updated(held, dict(data, newer_field=1)) is None
+    assert LogicalPort.updated(LogicalSwitch(id="n", topic="t"), data) is None
+    assert LogicalPort.updated(held, ["not", "an", "object"]) is None
+
+
+def test_an_update_of_a_model_checked_only_whole_is_read_whole():
+    from dfflow.models import Chassis
+    held = Chassis(id="c1", topic="chassis", tunnel_ip="172.31.0.1", version=3)
+    held.check()
+    assert not Chassis.checks_by_field and LogicalPort.checks_by_field
+    assert Chassis.updated(held, dict(held.to_dict(), version=4, last_seen=5.0)) is None

@@ -90,6 +90,19 @@ def test_a_local_port_is_filtered_in_its_own_zone_by_its_rules_and_remote_group_
         assert flow_from_stats(read_back(flow)) == flow.as_command(Command.ADD)
 
 
+def test_a_port_running_elsewhere_or_unfiltered_makes_no_rows_here_and_none_can_be_written_into():
+    engine = engine_with_groups()
+    app = engine.row_port_apps[0]
+    remote, local = engine.view.port("b1"), engine.view.port("a1")
+    assert len(app.port_rows(local, engine.view)) > 0
+    for port in (remote, local.replace(port_security=False, security_groups=[]),
+                 local.replace(device_owner="network:dhcp")):
+        rows = app.port_rows(port, engine.view)
+        assert len(rows) == 0 and not rows.flags.writeable  # one empty array, shared by every such port
+        with pytest.raises(ValueError):
+            rows.resize(1)
+
+
 def test_a_members_new_address_or_pair_updates_the_ports_whose_rules_name_its_group():
     engine = engine_with_groups()
     b1 = engine.view.port("b1")

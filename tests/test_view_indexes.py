@@ -52,7 +52,8 @@ def by_brute_force(view: View) -> dict:
                 grown = True
     needed = {s for s in needed if view.switch(s) is not None}
     answers = {"needed": needed, "migrating": [p for p in sorted(view.ports(), key=lambda p: p.id)
-                                               if p.migration is not None]}
+                                               if p.migration is not None],
+               "roles": {p.id: view.role(p) for p in view.ports()}}
     for s in SWITCHES:
         on = view.ports_on(s)
         answers[s] = {"present": any(view.is_local(p) for p in on),
@@ -62,7 +63,8 @@ def by_brute_force(view: View) -> dict:
 
 
 def by_index(view: View) -> dict:
-    answers = {"needed": set(view.needed_switches()), "migrating": view.migrating_ports()}
+    answers = {"needed": set(view.needed_switches()), "migrating": view.migrating_ports(),
+               "roles": {p.id: view.placed_role(p) for p in view.ports()}}
     for s in SWITCHES:
         answers[s] = {"present": view.switch_is_present(s), "local": [p.id for p in view.local_ports(s)],
                       "remote": view.remote_chassis_of(s)}

@@ -36,7 +36,7 @@ import numpy as np
 from controller.apps.base import App
 from controller.apps.sg_rules import rule_rows
 from controller.pipeline import table
-from controller.view import mac_int
+from controller.view import LOCAL, mac_int
 from dfflow import core
 from dfflow.flowbatch import LAYOUT, MAX_ACTIONS
 from dfflow.flows import CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, ETH_TYPE_IP, TCP_SYN, Flow, match
@@ -70,6 +70,10 @@ ARRIVAL_WINDOW = 10.0  # s after a migration to this chassis ended that its conn
 
 def arriving(port: LogicalPort, view: "View") -> bool:
     return port.id in view.arrivals
+
+
+NO_ROWS = np.zeros(0, LAYOUT.dtype)  # shared by every port without rows here: read-only
+NO_ROWS.flags.writeable = False
 
 
 def filtered(port: LogicalPort) -> bool:
@@ -112,9 +116,9 @@ class SecurityGroupsApp(App):
     def port_rows(self, port: LogicalPort, view: "View") -> np.ndarray:
         """The port's flows on this chassis as rows of the flow record, made by the compiled core: none
         but where the port runs (its groups are enforced there)."""
+        if not filtered(port) or view.placed_role(port) != LOCAL:  # (most ports: no role record made)
+            return NO_ROWS
         role = view.port_role(port)
-        if role is None or not role.local or not filtered(port):
-            return np.zeros(0, LAYOUT.dtype)
         rules = rules_of(view, port.security_groups)
         members = group_members(view) if any(r.remote_group for r in rules) else {}
         rows, addresses = rule_rows(rules, members)

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Collection
 
 from dfflow.errors import ValidationError
 from dfflow.models.fields import check_id, check_int
@@ -48,6 +48,8 @@ class Model:
     table: ClassVar[str] = ""
     # Nested record fields: name -> (record class, is_list)
     records: ClassVar[dict[str, tuple[type, bool]]] = {}
+    # `check_changed` checks only the fields it is given (else an update is read and checked whole)
+    checks_by_field: ClassVar[bool] = False
 
     id: str
     topic: str
@@ -85,22 +87,74 @@ class Model:
             if missing:
                 raise ValidationError(missing[0], "required field missing", cls.table)
         records = {}
-        for name, (record_cls, is_list) in cls.records.items():
+        for name in cls.records:
             raw = data.get(name)
-            if raw is None:
-                continue
-            if is_list:
-                if not isinstance(raw, list):
-                    raise ValidationError(name, "must be a list", cls.table)
-                if raw:
-                    records[name] = [record_cls.from_dict(item, f"{name}[{i}]", cls.table)
-                                     for i, item in enumerate(raw)]
-            else:
-                records[name] = record_cls.from_dict(raw, name, cls.table)
+            if raw is not None:
+                records[name] = cls._record_value(name, raw)
         return cls(**{**data, **records}) if records else cls(**data)
+
+    @classmethod
+    def _record_value(cls, name: str, raw: Any) -> Any:
+        """The value of the nested record field `name` (a record or a list of them) read from `raw`."""
+        record_cls, is_list = cls.records[name]
+        if not is_list:
+            return record_cls.from_dict(raw, name, cls.table)
+        if not isinstance(raw, list):
+            raise ValidationError(name, "must be a list", cls.table)
+        return [record_cls.from_dict(item, f"{name}[{i}]", cls.table) for i, item in enumerate(raw)] if raw else raw
+
+    @classmethod
+    def updated(cls, held: "Model", data: Any) -> tuple["Model", list[str]] | None:
+        """A new version read from `data`, a complete object of this model, given `held`, the version
+        before it, already checked: (the object, the fields whose values differ from `held`'s). A field
+        whose raw value is `held`'s, type for type, takes `held`'s value (checked, normalized) and need
+        not be checked again (`check_changed`). None when `data` is not a complete object of this model,
+        or `held` not one, or the model is checked only whole: read it whole (`from_dict`)."""
+        if not (cls.checks_by_field and type(held) is cls and type(data) is dict
+                and data.keys() == _field_names(cls)):
+            return None
+        values = vars(held)
+        if len(values) != len(data):  # something besides its fields on `held`
+            return None
+        changes: dict[str, Any] = {}
+        for name, raw in data.items():
+            value = values[name]
+            if raw is value or raw == value and (type(value) is str or not value and type(raw) is type(value)
+                                                 or same_json(raw, value)):
+                continue  # (an empty list, object or string, a zero, false: the same only of the same type)
+            if name in cls.records and raw is not None:
+                if value is not None and same_json(raw, value):
+                    continue
+                raw = cls._record_value(name, raw)
+            changes[name] = raw
+        return cls(**{**values, **changes}), list(changes)
+
+    def check_changed(self, changed: Collection[str]) -> None:
+        """Check an object whose fields other than `changed` hold values already checked (those of the
+        version before it): a model without checks per field (`checks_by_field`) checks everything."""
+        self.check()
 
     def replace(self, **changes: Any) -> "Model":
         return dataclasses.replace(self, **changes)
+
+
+def same_json(raw: Any, held: Any) -> bool:
+    """Is `raw` (decoded JSON) the value `held` (a model's field) holds, type for type? (`1 == True`
+    and `1 == 1.0` in Python; here they differ.)"""
+    if raw is held:  # None, true, false, small integers
+        return True
+    kind = type(held)
+    if kind is str:
+        return raw == held  # among JSON values only a string equals a string
+    if kind is list:
+        return type(raw) is list and len(raw) == len(held) and all(map(same_json, raw, held))
+    if kind is dict:
+        return (type(raw) is dict and raw.keys() == held.keys()
+                and all(same_json(raw[key], value) for key, value in held.items()))
+    if isinstance(held, Record):
+        return (type(raw) is dict and raw.keys() == _field_names(kind)
+                and all(same_json(value, getattr(held, name)) for name, value in raw.items()))
+    return type(raw) is kind and raw == held
 
 
 @dataclass(frozen=True)

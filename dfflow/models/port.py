@@ -2,13 +2,13 @@
 of their VIFs (`PortStatus`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Collection
 
 from dfflow.errors import ValidationError
 from dfflow.models.base import Model, Record
-from dfflow.models.fields import (check_address_or_cidr, check_bool, check_choice, check_id, check_ip, check_mac,
-                                  check_number, check_optional_id, check_profile, check_str)
+from dfflow.models.fields import (check_address_or_cidr, check_bool, check_choice, check_id, check_int, check_ip,
+                                  check_mac, check_number, check_optional_id, check_profile, check_str)
 from dfflow.models.migration import ACTIVATION_STRATEGIES, MigrationRecord
 from dfflow.models.network import LogicalSwitch
 from dfflow.models.secgroup import SecurityGroup
@@ -69,6 +69,7 @@ class LogicalPort(Model):
     table: ClassVar[str] = "lport"
     records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True),
                "allowed_address_pairs": (AddressPair, True)}
+    checks_by_field = True
     lswitch: str = ""
     mac: str = ""
     ips: list[str] = field(default_factory=list)
@@ -95,50 +96,60 @@ class LogicalPort(Model):
         return next((b for b in self.inactive_bindings if b.host == host), None)
 
     def check(self) -> None:
-        super().check()
-        check_id("lswitch", self.lswitch, self.table)
+        self.check_changed(_PORT_FIELDS)
+
+    def check_changed(self, changed: Collection[str]) -> None:
+        """Check the fields in `changed` (the others hold values already checked), in the order of the
+        model's fields, then the rules across fields."""
+        for name in changed:
+            _PORT_CHECKS[name](self)
+        if self.binding_chassis is not None:
+            for i, binding in enumerate(self.inactive_bindings):
+                if binding.host == self.binding_chassis:
+                    raise ValidationError(f"inactive_bindings[{i}].host", f"{binding.host!r} holds the port's "
+                                                                          "active binding", self.table)
+        if not self.port_security and self.security_groups:
+            raise ValidationError("security_groups", "need port_security: a port without port security "
+                                                     "has no security groups", self.table)
+        if not self.port_security and self.allowed_address_pairs:
+            raise ValidationError("allowed_address_pairs", "need port_security", self.table)
+
+    def _check_mac(self) -> None:
         self.mac = check_mac("mac", self.mac, self.table)
+
+    def _check_ips(self) -> None:
         if not isinstance(self.ips, list):
             raise ValidationError("ips", "must be a list of IP addresses", self.table)
         self.ips = [check_ip(f"ips[{i}]", ip, self.table) for i, ip in enumerate(self.ips)]
         if len(set(self.ips)) != len(self.ips):
             raise ValidationError("ips", "lists an address twice", self.table)
-        check_optional_id("binding_chassis", self.binding_chassis, self.table)
+
+    def _check_migration(self) -> None:
         if self.migration is not None:
             self.migration.check(self.table)
+
+    def _check_activation_strategy(self) -> None:
         if self.activation_strategy is not None:
             check_choice("activation_strategy", self.activation_strategy, ACTIVATION_STRATEGIES, self.table)
-        check_str("device_owner", self.device_owner, table=self.table)
-        check_str("device_id", self.device_id, table=self.table)
-        check_str("name", self.name, table=self.table)
-        check_bool("enabled", self.enabled, self.table)
-        check_bool("port_security", self.port_security, self.table)
-        check_choice("vnic_type", self.vnic_type, VNIC_TYPES, self.table)
-        check_profile("binding_profile", self.binding_profile, self.table)
+
+    def _check_inactive_bindings(self) -> None:
         if not isinstance(self.inactive_bindings, list):
             raise ValidationError("inactive_bindings", "must be a list", self.table)
         hosts: set[str] = set()
         for i, binding in enumerate(self.inactive_bindings):
             binding.check(f"inactive_bindings[{i}]", self.table)
-            if binding.host == self.binding_chassis:
-                raise ValidationError(f"inactive_bindings[{i}].host", f"{binding.host!r} holds the port's "
-                                                                      "active binding", self.table)
             if binding.host in hosts:
                 raise ValidationError(f"inactive_bindings[{i}].host", f"a second binding for host "
                                                                       f"{binding.host!r}", self.table)
             hosts.add(binding.host)
+
+    def _check_security_groups(self) -> None:
         if not isinstance(self.security_groups, list):
             raise ValidationError("security_groups", "must be a list of security group ids", self.table)
         for i, group in enumerate(self.security_groups):
             check_id(f"security_groups[{i}]", group, self.table)
         if len(set(self.security_groups)) != len(self.security_groups):
             raise ValidationError("security_groups", "lists a group twice", self.table)
-        check_address_pairs(self.allowed_address_pairs, self.table)
-        if not self.port_security and self.security_groups:
-            raise ValidationError("security_groups", "need port_security: a port without port security "
-                                                     "has no security groups", self.table)
-        if not self.port_security and self.allowed_address_pairs:
-            raise ValidationError("allowed_address_pairs", "need port_security", self.table)
 
     def references(self) -> list[tuple[str, str, str]]:
         return [("lswitch", LogicalSwitch.table, self.lswitch)] + [
@@ -148,6 +159,32 @@ class LogicalPort(Model):
         keys = [("mac", f"mac:{self.lswitch}:{self.mac}")]
         keys += [(f"ips[{i}]", f"ip:{self.lswitch}:{ip}") for i, ip in enumerate(self.ips)]
         return keys
+
+
+# Each field's own check, in the order of the fields; the rules across fields are in `check_changed`.
+_PORT_CHECKS: dict[str, Callable[[LogicalPort], None]] = {
+    "id": lambda p: check_id("id", p.id, p.table),
+    "topic": lambda p: check_id("topic", p.topic, p.table),
+    "version": lambda p: check_int("version", p.version, 0, 2**63 - 1, p.table),
+    "lswitch": lambda p: check_id("lswitch", p.lswitch, p.table),
+    "mac": LogicalPort._check_mac,
+    "ips": LogicalPort._check_ips,
+    "binding_chassis": lambda p: check_optional_id("binding_chassis", p.binding_chassis, p.table),
+    "migration": LogicalPort._check_migration,
+    "activation_strategy": LogicalPort._check_activation_strategy,
+    "device_owner": lambda p: check_str("device_owner", p.device_owner, table=p.table),
+    "device_id": lambda p: check_str("device_id", p.device_id, table=p.table),
+    "name": lambda p: check_str("name", p.name, table=p.table),
+    "enabled": lambda p: check_bool("enabled", p.enabled, p.table),
+    "port_security": lambda p: check_bool("port_security", p.port_security, p.table),
+    "vnic_type": lambda p: check_choice("vnic_type", p.vnic_type, VNIC_TYPES, p.table),
+    "binding_profile": lambda p: check_profile("binding_profile", p.binding_profile, p.table),
+    "inactive_bindings": LogicalPort._check_inactive_bindings,
+    "security_groups": LogicalPort._check_security_groups,
+    "allowed_address_pairs": lambda p: check_address_pairs(p.allowed_address_pairs, p.table),
+}
+_PORT_FIELDS = tuple(_PORT_CHECKS)
+assert _PORT_FIELDS == tuple(f.name for f in fields(LogicalPort)), "a port field without its check"
 
 
 @dataclass

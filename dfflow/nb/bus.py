@@ -92,6 +92,8 @@ class _Seen:
     version: int
     topic: str
     alive: bool
+    model: Model | None = None  # the version delivered, checked, of a model checked by field: the next
+    # version's unchanged fields are its (the handler holds it too: the engine's view)
 
 
 async def cancel(task: asyncio.Task) -> None:
@@ -426,18 +428,21 @@ class Subscriber:
         if seen is None and deleting:
             self.stats["stale"] += 1
             return False
+        model = None
         if not deleting:
-            model, problem = checked_object(event)
+            model, problem = checked_object(event, seen.model if seen is not None and seen.alive else None)
             if problem is not None:
                 if (event["table"], event["id"], event["version"]) not in self._bad_seen:
                     self._bad_seen.add((event["table"], event["id"], event["version"]))
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
+            if not model.checks_by_field:
+                model = None  # (not kept: its next version is read whole anyway)
         if seen is None:
-            self._seen[key] = _Seen(event["version"], event["topic"], not deleting)
+            self._seen[key] = _Seen(event["version"], event["topic"], not deleting, model)
         else:  # kept, not made again: one per object this chassis follows
-            seen.version, seen.topic, seen.alive = event["version"], event["topic"], not deleting
+            seen.version, seen.topic, seen.alive, seen.model = event["version"], event["topic"], not deleting, model
         self.high_water = max(self.high_water, event["version"])
         self.stats["events"] += 1
         return True
@@ -479,12 +484,19 @@ def event_problem(event: Any) -> str | None:
     return None
 
 
-def checked_object(event: Event) -> tuple[Model | None, str | None]:
+def checked_object(event: Event, held: Model | None = None) -> tuple[Model | None, str | None]:
     """The event's object parsed and validated, or None and what makes it not a valid object of its
-    table (the same one)."""
+    table (the same one). `held`: the version delivered before it, checked; the fields whose values
+    are still its are not checked again (an evacuation's binding change rewrites one field of a port)."""
     try:
-        obj = MODELS[event["table"]].from_dict(event["object"])
-        obj.check()
+        model = MODELS[event["table"]]
+        update = model.updated(held, event["object"]) if held is not None else None
+        if update is not None:
+            obj, changed = update
+            obj.check_changed(changed)
+        else:
+            obj = model.from_dict(event["object"])
+            obj.check()
     except Exception as exc:  # untrusted data: whatever it breaks is a reason to skip it
         return None, f"{type(exc).__name__}: {exc}"
     if (obj.id, obj.topic, obj.version) != (event["id"], event["topic"], event["version"]):
