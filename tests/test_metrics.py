@@ -56,7 +56,7 @@ def test_a_bad_option_is_one_line_naming_it_and_what_it_may_be_with_exit_status_
 @pytest.mark.parametrize("config, wanted", [
     ("strategy = annonce\n", "--strategy: 'annonce' is not one of unplug, announce"),
     ("log-level = verbose\n", "--log-level: 'verbose' is not one of DEBUG"),
-    ("stratgy = announce\n", "unknown key 'stratgy' in [controller]; known keys: bridge, chassis"),
+    ("stratgy = announce\n", "unknown key 'stratgy' in [controller]; known keys: activation-settle-ms, bridge, chassis"),
 ])
 def test_a_bad_config_file_key_or_value_is_one_line_naming_it(tmp_path, config, wanted):
     ini = tmp_path / "controller.ini"
