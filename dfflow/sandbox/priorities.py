@@ -79,10 +79,10 @@ def niceness_of(pid: int) -> set[int]:
 def emulated_cloud_pids(sandbox: Any) -> dict[str, int]:
     """The emulated cloud's control services the sandbox runs, by name: its API server, its Nova API,
     each chassis' os-vif agent."""
-    state = sandbox._load() or {}
-    pids = {name: (state.get(key) or {}).get("pid") for name, key in (("api", "api"), ("nova api", "nova"))}
-    for ch in sandbox.chassis_list():
-        pids[f"os-vif {ch.name}"] = ch.osvif_pid
+    status = sandbox.status()
+    pids = {"api": status.get("api_pid"), "nova api": status.get("nova_pid")}
+    for ch in status["chassis"]:
+        pids[f"os-vif {ch['name']}"] = ch["osvif_pid"]
     return {name: pid for name, pid in pids.items() if pid}
 
 
