@@ -12,7 +12,8 @@ differ between the port's old and new role there, as one bundle per chassis.
 * ``compiled``: what each chassis' controller does, looped over the chassis -- the moved
   ports' new roles (the view's answer; a remote one is a held record, `remote_role`),
   `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
-  port columns), and the channel's pipelined bundle (`Datapath.send_bundle` of a
+  port columns; its deletes and adds are rows the packer reads, no numpy view made), and the
+  channel's pipelined bundle (`Datapath.send_bundle` of a
   `controller.compiler.PlanBundle`: one call of the packer packs the plan's batches and frames
   the open, the adds and the commit);
 * ``osken``: what a Python controller does -- the same programs run by the Python
@@ -38,7 +39,6 @@ from controller.apps.l2 import L2_PORT_FLOWS
 from controller.apps.l3 import L3_PORT_FLOWS
 from controller.flowstate import FlowState
 from controller.templates import FloatingIpFacts, PortFacts, PortRole, object_hash, remote_role
-from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow
 from dfflow.openflow.framing import XidAllocator
 
@@ -130,7 +130,7 @@ class Cloud:
             offsets.append(len(out))
         return bytes(out), offsets
 
-    def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[FlowBatch]:
+    def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[Any]:
         """The plan's batches on one chassis: the moved ports' flows from their old roles there to
         their new ones, compiled as the engine does (one call for them all: deletes, then adds).
         As in the engine, the old role is the one the chassis placed the port in (kept from its
@@ -145,8 +145,8 @@ class Cloud:
                 changes.append((self._rows[p], old, new))
         if not changes:
             return []
-        d, a = compiler.compile_port_changes(self.program, self.table, changes)
-        return [FlowBatch.of_rows(rows) for rows in (d, a) if len(rows)]
+        made = compiler.compile_port_changes(self.program, self.table, changes)
+        return [rows for rows in (made.deletes, made.adds) if rows.n]
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:
@@ -206,7 +206,7 @@ class Cloud:
         return b"".join(out), offsets
 
 
-def agent_bundle(dp: Datapath13, messages: Sequence[Flow | FlowBatch], bundle_id: int) -> bytearray:
+def agent_bundle(dp: Datapath13, messages: Sequence[Any], bundle_id: int) -> bytearray:
     """The bytes a chassis' controller writes for a plan, as `Datapath.send_bundle(PlanBundle(...),
     pipelined=True)` makes them: its flow mods packed and framed in one call of the packer -- an
     open, a bundle add around each flow mod, a commit."""

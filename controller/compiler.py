@@ -38,7 +38,7 @@ def packable(flow: Flow) -> bool:
     return len(flow.actions) <= MAX_ACTIONS and all(isinstance(a, PACKABLE_ACTIONS) for a in flow.actions)
 
 
-def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearray:
+def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch | core.Rows]) -> bytes | bytearray:
     """FLOW_MOD messages for `messages` (flows, and batches of rows the compiled core made), in
     order, numbered from a block of the channel's xids: the batches packed by one call of the
     packer, runs of packable flows as a batch, the rest (and rows carrying a template's params)
@@ -46,22 +46,6 @@ def flow_mods(dp: Any, messages: Sequence[Flow | FlowBatch]) -> bytes | bytearra
     if not messages:
         return b""
     return core.pack_messages(dp, messages, FlowBatch, _encode_flows, OP_PARAMS, _encode_carried)
-
-
-class PlanBundle:
-    """A plan's messages as `Datapath.send_bundle` takes them to pack and frame in one call of the
-    packer (`frame_bundle`): the FLOW_MODs flow_mods makes, each in a bundle add, between the
-    bundle's open and (pipelined) its commit."""
-    __slots__ = ("messages",)
-
-    def __init__(self, messages: Sequence[Flow | FlowBatch]) -> None:
-        self.messages = messages
-
-    def frame_bundle(self, dp: Any, bundle_id: int, flags: int, commit: bool) -> tuple[bytearray, Sequence[int], int]:
-        """(framed bundle, the adds' xids, the open's xid; the commit's is the next), numbered from
-        one block of the channel's xids: the FLOW_MODs first, then the open and the commit."""
-        return core.pack_bundle_messages(dp, self.messages, bundle_id, flags, commit, FlowBatch, _encode_flows,
-                                         OP_PARAMS, _encode_carried)
 
 
 def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
@@ -85,6 +69,16 @@ def _encode_flows(dp: Any, flows: list[Flow], xid: int) -> bytes:
 
 def _encode_carried(dp: Any, batch: FlowBatch, row: int, xid: int) -> bytes:
     return _encode(dp, _carried_flow(batch.rows[row]), xid)
+
+
+# What the packer does not encode itself: runs of flows, and rows carrying a template's params.
+_ENCODING = core.MessageEncoding(FlowBatch, _encode_flows, OP_PARAMS, _encode_carried)
+
+# A plan's messages as `Datapath.send_bundle` takes them to pack and frame in one call of the packer
+# (`PlanBundle(messages).frame_bundle(dp, bundle_id, flags, commit)`): the FLOW_MODs flow_mods makes,
+# each in a bundle add, between the bundle's open and (pipelined) its commit; it returns (framed bundle,
+# the adds' xids, the open's xid; the commit's is the next), numbered from one block of the channel's xids.
+PlanBundle = functools.partial(core.PlanBundle, _ENCODING)
 
 
 def _encode(dp: Any, flow: Flow, xid: int) -> bytes:
@@ -300,31 +294,23 @@ class PortTable:
 PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
 
 
-class ChangeRows(tuple):
-    """(deletes, adds) of a change, and `key_conflicts`: how many adds have the flow key of an
-    earlier, different add (a switch would keep the later; the engine flags it)."""
-    key_conflicts: int = 0  # (set on the few that have any: no attribute dict per change)
+ChangeRows = core.ChangeRows  # (deletes, adds) of a change, and its key_conflicts
 
 
 def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> ChangeRows:
-    """ChangeRows made without a class call (one per chassis and plan: the call costs as much)."""
-    made = _new_tuple(ChangeRows, (dels, adds))
-    if key_conflicts:
-        made.key_conflicts = key_conflicts
-    return made
-
-
-_new_tuple = tuple.__new__
+    """A change made of numpy rows (a diff's), as the compiled core gives its own."""
+    return ChangeRows(core.rows_of_array(LAYOUT, dels), core.rows_of_array(LAYOUT, adds), key_conflicts)
 
 
 def compile_port_changes(program: core.CompiledProgram, table: PortTable,
                          changes: Sequence[PortChange]) -> ChangeRows:
     """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
     ones, in one call of the compiled core (the rows of each change in the order given; an add
-    two templates make alike once).
+    two templates make alike once): `.deletes` and `.adds` as the packer reads them, numpy
+    arrays when unpacked.
 
     Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    return change_rows(*core.compile_changes(program, table.columns, changes))
+    return core.compile_changes(program, table.columns, changes)
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:

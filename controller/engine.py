@@ -343,13 +343,13 @@ class Engine:
         LOG.exception("%s", what)
         self.errors = (self.errors + [f"{what}: {traceback.format_exc()}"])[-ERRORS_KEPT:]
 
-    def _compile_ports(self, port_ids: list[str]) -> tuple[list[tuple[FlowBatch, FlowBatch]],
+    def _compile_ports(self, port_ids: list[str]) -> tuple[list[tuple[Any, Any]],
                                                           dict[str, Place | None], set[str]]:
         """The flow mods of the ports' role and facts changes, made by the compiled core: every role
         change in one call, every facts change in two (before and after). Returns them, where each
         port's flows are now for, and the ports the core failed on (counted and kept in `errors`;
         they keep their flows and places)."""
-        rows: list[tuple[Any, Any]] = []
+        rows: list[compiler.ChangeRows] = []
         placed: dict[str, Place | None] = {}
         failed: set[str] = set()
         role_changes: list[_PortChange] = []
@@ -382,7 +382,7 @@ class Engine:
             rows += self._compile_together(role_changes, self._compile_role_changes, failed)
         for port_id in failed:
             placed.pop(port_id, None)
-        return [(FlowBatch.of_rows(d), FlowBatch.of_rows(a)) for d, a in rows if len(d) or len(a)], placed, failed
+        return [(c.deletes, c.adds) for c in rows if c.deletes.n or c.adds.n], placed, failed
 
     def _compile_role_changes(self, changes: list[_PortChange]) -> compiler.ChangeRows:
         return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])
@@ -393,7 +393,7 @@ class Engine:
 
     def _compile_together(self, changes: list[_PortChange],
                           compile_: Callable[[list[_PortChange]], compiler.ChangeRows],
-                          failed: set[str]) -> list[tuple[Any, Any]]:
+                          failed: set[str]) -> list[compiler.ChangeRows]:
         """The ports' changes in one call of the core. If it fails on several, each is compiled
         alone: the error is counted against the ports it fails on, and the others get their flows."""
         try:

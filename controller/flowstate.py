@@ -21,7 +21,7 @@ FlowKey = tuple
 class Plan:
     deletes: list[Flow] = field(default_factory=list)
     adds: list[Flow] = field(default_factory=list)
-    # The port flow mods the compiled core made as rows (FlowBatch deletes, FlowBatch adds), sent
+    # The port flow mods the compiled core made as rows (deletes, adds: its Rows, or FlowBatches), sent
     # between the deletes and adds of the flows planned here (`owners`: their owners' new flows).
     rows: list[tuple[Any, Any]] = field(default_factory=list)
     owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
@@ -45,7 +45,7 @@ class Plan:
 
     def messages(self) -> list[Any]:
         """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key); the
-        compiled rows as FlowBatches in between (controller.compiler's PlanBundle packs both)."""
+        compiled rows in between (controller.compiler's PlanBundle packs both)."""
         return [f if f.command == Command.DELETE else
                 Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                 for f in self.deletes] + \

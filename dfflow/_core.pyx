@@ -21,7 +21,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport OFPFC_DELETE_STRICT, FlowLayout, LayoutC, _same_key, ctz64, ld16, ld64, store64
+from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rows_in,
+                             store64)
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -107,6 +108,7 @@ cpdef str int_to_ipv4(uint32_t value):
 
 cdef enum:
     MAX_PATCHES = 24
+    SMALL_SCRATCH = 8192  # bytes of a compile's scratch taken from the stack (more: malloc)
     # params (controller.templates.Param)
     P_OBJECT = 0
     P_VNI = 1
@@ -258,7 +260,7 @@ cdef class CompiledProgram:
     """
     cdef FlowLayout layout
     cdef object protos
-    cdef object no_rows  # an empty array of the flow record: the side of a change that has no rows
+    cdef Rows no_rows  # no rows of the flow record: the side of a change that has none
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
@@ -278,7 +280,7 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
-        self.no_rows = protos[:0].copy()
+        self.no_rows = rows_in(layout, bytearray(), 0, 0)
         self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
@@ -541,7 +543,11 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
             found = False
             if entries[ent_new[j]].addable:
                 for i in range(nold):
-                    if entries[ent_old[i]].addable and memcmp(scratch_old + i * itemsize, b, itemsize) == 0:
+                    a = scratch_old + i * itemsize
+                    # (the table, priority and match bitmap first: most rows differ there)
+                    if (entries[ent_old[i]].addable and a[L.table] == b[L.table]
+                            and ld64(a + L.present) == ld64(b + L.present)
+                            and ld16(a + L.priority) == ld16(b + L.priority) and memcmp(a, b, itemsize) == 0):
                         found = True
                         break
             if found:
@@ -562,14 +568,15 @@ cdef inline uint64_t _key_hash(const LayoutC *L, const unsigned char *row) noexc
     """A hash of the row's flow key (FNV-1a over its words): equal keys, equal hashes. Only the
     fields the key has are hashed (equal keys have the same ones): a few, of the layout's 27."""
     cdef uint64_t h = 14695981039346656037ULL
-    cdef uint64_t present = ld64(row + L.present)
+    cdef uint64_t present = ld64(row + L.present), masked = ld64(row + L.masked)
     cdef int i
     h = (h ^ (row[L.table] | (present << 8))) * 1099511628211ULL
-    h = (h ^ ld64(row + L.masked) ^ (<uint64_t>ld16(row + L.priority) << 48)) * 1099511628211ULL
+    h = (h ^ masked ^ (<uint64_t>ld16(row + L.priority) << 48)) * 1099511628211ULL
     while present:
         i = ctz64(present)
         present &= present - 1
-        h = (h ^ ld64(row + L.mvalue + 8 * i) ^ (ld64(row + L.mmask + 8 * i) << 1)) * 1099511628211ULL
+        h = (h ^ ld64(row + L.mvalue + 8 * i)
+             ^ ((ld64(row + L.mmask + 8 * i) << 1) if masked >> i & 1 else 0)) * 1099511628211ULL
     return h ^ (h >> 31)
 
 
@@ -604,9 +611,6 @@ cdef Py_ssize_t _distinct_adds(const LayoutC *L, unsigned char *rows, Py_ssize_t
         slots[s] = <int32_t>(kept + 1)
         kept += 1
     return kept
-
-
-_np_frombuffer = None  # numpy's, once numpy is imported
 
 
 class NotCompilable(ValueError):
@@ -689,23 +693,55 @@ cdef class PortColumns:
         self.c.npairs = self.bpair.view.len // sizeof(PairC)
 
 
+cdef void _count_instances(CompiledProgram program, const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
+                           Py_ssize_t *sizes) noexcept nogil:
+    """sizes: the rows of the old roles, of the new ones, and the most of one old and of one new role."""
+    cdef Py_ssize_t t, k, itemsize = program.layout.c.itemsize
+    cdef const unsigned char *protos = <const unsigned char *>program.view.buf
+    sizes[0] = sizes[1] = sizes[2] = sizes[3] = 0
+    for t in range(nt):
+        if _same_role(&T[t].old, &T[t].new):
+            continue
+        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                       &T[t].old, _only_location(&T[t]), NULL, NULL)
+        sizes[0] += k
+        if k > sizes[2]:
+            sizes[2] = k
+        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+                       &T[t].new, _only_location(&T[t]), NULL, NULL)
+        sizes[1] += k
+        if k > sizes[3]:
+            sizes[3] = k
+
+
+cdef int _compile_distinct(CompiledProgram program, const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
+                           unsigned char *scratch, int32_t *ent_old, int32_t *ent_new, int32_t *slots,
+                           Py_ssize_t nslots, CompileOut *o) noexcept nogil:
+    """_compile, then each add once (_distinct_adds)."""
+    cdef int rc = _compile(&program.layout.c, program.entries, program.selection, program.n,
+                           <const unsigned char *>program.view.buf, C, T, nt, scratch, ent_old, ent_new, o)
+    if rc == 0 and o.nadd > 1:
+        memset(slots, 0, nslots * 4)
+        o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)
+    return rc
+
+
 def compile_changes(CompiledProgram program, PortColumns columns, changes):
     """The flows that change when ports go from their old to their new role on a chassis.
 
     columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
     None or a tuple of ROLE_FIELDS (controller.templates.PortRole).
-    Returns (deletes, adds, key_conflicts): two arrays of the program's flow records (deletes as
-    DELETE_STRICT; each add once), and how many adds have the flow key of an earlier, different add
-    (the switch would keep the later: the caller flags it). Raises ValueError naming the field
-    for bad columns or changes.
+    Returns a ChangeRows: the deletes (DELETE_STRICT) and the adds (each once) as rows of the program's
+    flow record in one buffer, no numpy view made unless one is read, and how many adds have the flow
+    key of an earlier, different add (the switch would keep the later: the caller flags it). Raises
+    ValueError naming the field for bad columns or changes.
     """
-    global _np_frombuffer
-    if _np_frombuffer is None:
-        import numpy as np
-        _np_frombuffer = np.frombuffer
     cdef const ColumnsC *C = &columns.c
     cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt = len(changes), total_old = 0, total_new = 0
-    cdef Py_ssize_t max_old = 0, max_new = 0, k, nslots = 2
+    cdef Py_ssize_t max_old = 0, max_new = 0, nslots = 2
+    cdef Py_ssize_t sizes[4]
+    cdef Py_ssize_t need
+    cdef unsigned char small_scratch[SMALL_SCRATCH]
     cdef CompileOut o
     cdef int rc = 0
     cdef int32_t *ent_old
@@ -713,9 +749,8 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     cdef int32_t *slots
     cdef bytearray out
     cdef TransitionC one
+    cdef ChangeRows made
     cdef TransitionC *T = &one
-    cdef const EntryC *E = program.entries
-    cdef const unsigned char *protos = <const unsigned char *>program.view.buf
     if nt > 1:
         T = <TransitionC *>malloc(nt * sizeof(TransitionC))
         if T == NULL:
@@ -734,48 +769,79 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
         o.ndel = o.nadd = o.key_conflicts = 0
         if _check_transitions(C, T, nt, &o) < 0:
             raise _compile_error(program, &o)
-        with nogil:
-            for t in range(nt):
-                if _same_role(&T[t].old, &T[t].new):
-                    continue
-                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
-                               &T[t].old, _only_location(&T[t]), NULL, NULL)
-                total_old += k
-                if k > max_old:
-                    max_old = k
-                k = _instances(E, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
-                               &T[t].new, _only_location(&T[t]), NULL, NULL)
-                total_new += k
-                if k > max_new:
-                    max_new = k
+        if nt < NOGIL_ROWS:
+            _count_instances(program, C, T, nt, sizes)
+        else:
+            with nogil:
+                _count_instances(program, C, T, nt, sizes)
+        total_old, total_new, max_old, max_new = sizes[0], sizes[1], sizes[2], sizes[3]
         # the deletes, then room for the adds, in one buffer (every byte of a used row is written)
         out = PyByteArray_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
         while nslots <= total_new:
             nslots *= 2
-        scratch = <unsigned char *>malloc((max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4)
-        if scratch == NULL:
-            raise MemoryError()
+        need = (max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4
+        if need <= SMALL_SCRATCH:  # most changes of a plan on one chassis: a few rows
+            scratch = small_scratch
+        else:
+            scratch = <unsigned char *>malloc(need)
+            if scratch == NULL:
+                raise MemoryError()
         ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
         ent_new = ent_old + max_old + 1
         slots = ent_new + max_new + 1
         o.dels = <unsigned char *>PyByteArray_AS_STRING(out)
         o.adds = o.dels + total_old * itemsize
-        with nogil:
-            rc = _compile(&program.layout.c, E, program.selection, program.n, protos, C, T, nt, scratch,
-                          ent_old, ent_new, &o)
-            if rc == 0 and o.nadd > 1:
-                memset(slots, 0, nslots * 4)
-                o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)
+        if nt < NOGIL_ROWS:
+            rc = _compile_distinct(program, C, T, nt, scratch, ent_old, ent_new, slots, nslots, &o)
+        else:
+            with nogil:
+                rc = _compile_distinct(program, C, T, nt, scratch, ent_old, ent_new, slots, nslots, &o)
     finally:
-        free(scratch)
+        if scratch != small_scratch:
+            free(scratch)
         if T != &one:
             free(T)
     if rc < 0:
         raise _compile_error(program, &o)
-    dtype = program.layout.dtype
-    return (_np_frombuffer(out, dtype, o.ndel) if o.ndel else program.no_rows,
-            _np_frombuffer(out, dtype, o.nadd, total_old * itemsize) if o.nadd else program.no_rows,
-            o.key_conflicts)
+    made = ChangeRows.__new__(ChangeRows)
+    made.deletes = rows_in(program.layout, out, 0, o.ndel) if o.ndel else program.no_rows
+    made.adds = rows_in(program.layout, out, total_old * itemsize, o.nadd) if o.nadd else program.no_rows
+    made.key_conflicts = o.key_conflicts
+    return made
+
+
+cdef class ChangeRows:
+    """What a change sends on a chassis: ``deletes`` (DELETE_STRICT) and ``adds``, rows the packer
+    reads as they are (dfflow._packer.Rows), and ``key_conflicts``: how many adds have the flow key of
+    an earlier, different add (the switch would keep the later: the caller flags it). Unpacked or
+    indexed, it is the two sides as numpy arrays of the flow record: ``dels, adds = change``."""
+    cdef readonly Rows deletes, adds
+    cdef readonly Py_ssize_t key_conflicts
+
+    def __init__(self, Rows deletes, Rows adds, Py_ssize_t key_conflicts=0):
+        self.deletes, self.adds, self.key_conflicts = deletes, adds, key_conflicts
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, Py_ssize_t side):
+        if side == 0 or side == -2:
+            return self.deletes.array
+        if side == 1 or side == -1:
+            return self.adds.array
+        raise IndexError("a change has two sides: deletes (0) and adds (1)")
+
+    def __iter__(self):
+        return iter((self.deletes.array, self.adds.array))
+
+
+def rows_of_array(FlowLayout layout, rows):
+    """Rows over a C-contiguous numpy array of `layout`'s flow record (a copy of it: the packer
+    reads it as the compiler's own), e.g. a diff's deletes or adds for a ChangeRows."""
+    if getattr(rows, "dtype", None) != layout.dtype:
+        raise TypeError(f"rows: expected an array of the flow record, got {getattr(rows, 'dtype', type(rows).__name__)}")
+    cdef Py_ssize_t n = len(rows)
+    return rows_in(layout, bytearray(rows.tobytes()) if n else bytearray(), 0, n)
 
 
 _COMPILE_ERR_TEXT = {

@@ -125,6 +125,11 @@ cdef extern from *:
     uint32_t OFPBCT_COMMIT_REQUEST "DFF_OFPBCT_COMMIT_REQUEST"
 
 cdef enum:
+    # Work on fewer rows (or port changes) than this holds the GIL: releasing and taking it back costs
+    # more than it lets another thread do (the agent's plans are mostly a few rows per chassis).
+    NOGIL_ROWS = 128
+    ROW_BYTES_GUESS = 256            # a usual FLOW_MOD in its bundle add (the packer grows its output if more)
+    C_XID_CHANNEL_MAX = 0x7FFFFFFF   # a channel's xids: 1..this (dfflow.openflow.framing)
     C_FLOW_MOD_FIXED_LEN = 48
     C_BUNDLE_CTRL_LEN = 24
     C_BUNDLE_ADD_HEADER_LEN = 24
@@ -211,6 +216,22 @@ cdef class FlowLayout:
     cdef readonly tuple names
 
 
+# Flow records the packer reads: n rows from base. The port-flow compiler makes them over its own
+# output buffer (rows_in: no numpy view unless one is read); a FlowBatch's are made per call.
+cdef class Rows:
+    cdef readonly FlowLayout layout
+    cdef readonly Py_ssize_t n
+    cdef const unsigned char *base
+    cdef object owner          # what holds the records (a bytearray the compiler made, or an array)
+    cdef Py_ssize_t offset     # where the first record is in owner, in bytes
+    cdef Py_buffer view        # owner's buffer, when held (an array's: it must not move meanwhile)
+    cdef bint held
+    cdef object _array         # the numpy view, made when first read
+
+
+cdef Rows rows_in(FlowLayout layout, bytearray owner, Py_ssize_t offset, Py_ssize_t n)
+
+
 
 cdef inline void _write_onf_bundle_msg(unsigned char *p, uint16_t length, uint32_t xid, uint32_t exp_type,
                                        uint32_t bundle_id, uint16_t ctrl_type, uint16_t flags) noexcept nogil:
@@ -232,12 +253,25 @@ cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, ui
     _write_onf_bundle_msg(p, C_BUNDLE_CTRL_LEN, xid, ONF_ET_BUNDLE_CONTROL, bundle_id, ctrl_type, flags)
     return p + C_BUNDLE_CTRL_LEN
 
-# Whether two rows are the same flow for OpenFlow (table, priority, match).
+# Whether two rows are the same flow for OpenFlow (table, priority, match): the fields the match has,
+# each value (and mask, where masked) -- as the packer writes them, a few words of the 27 fields' columns.
 cdef inline bint _same_key(const LayoutC *L, const unsigned char *a, const unsigned char *b) noexcept nogil:
-    return (a[L.table] == b[L.table] and ld16(a + L.priority) == ld16(b + L.priority)
-            and ld64(a + L.present) == ld64(b + L.present) and ld64(a + L.masked) == ld64(b + L.masked)
-            and memcmp(a + L.mvalue, b + L.mvalue, 8 * L.nfields) == 0
-            and memcmp(a + L.mmask, b + L.mmask, 8 * L.nfields) == 0)
+    cdef uint64_t present = ld64(a + L.present), masked = ld64(a + L.masked)
+    cdef int i
+    if (a[L.table] != b[L.table] or ld16(a + L.priority) != ld16(b + L.priority)
+            or present != ld64(b + L.present) or masked != ld64(b + L.masked)):
+        return False
+    while present:
+        i = ctz64(present)
+        present &= present - 1
+        if ld64(a + L.mvalue + 8 * i) != ld64(b + L.mvalue + 8 * i):
+            return False
+    while masked:
+        i = ctz64(masked)
+        masked &= masked - 1
+        if ld64(a + L.mmask + 8 * i) != ld64(b + L.mmask + 8 * i):
+            return False
+    return True
 
 
 # Validate rows start..stop-1; the packed size of their FLOW_MODs, or -1 with *err set.

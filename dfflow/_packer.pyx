@@ -24,7 +24,7 @@ Longer than ~600 lines on purpose: the validator (pass 1) and the writer (pass 2
 same wire rules and change together, and both inline the same per-field and prefetch
 helpers; in separate extensions those would become calls through function pointers in the
 per-row loops `dfflow-bench pack` measures. The Python-facing calls are the thin rest, and
-pack_messages / pack_bundle_messages: a plan's batches packed (and framed as one bundle) in one
+pack_messages / PlanBundle.frame_bundle: a plan's batches packed (and framed as one bundle) in one
 call, the per-chassis cost `dfflow-bench compile` measures.
 """
 
@@ -32,7 +32,8 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytearray cimport PyByteArray_Resize, PyByteArray_AS_STRING
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
+                               PyByteArray_Resize)
 
 # The OpenFlow numbers the packer writes (declared in _packer.pxd), by os-ken's names;
 # dfflow.openflow.protocol checks them against os-ken at import.
@@ -593,21 +594,65 @@ cdef object _error(FlowLayout layout, Err *err, str what):
     return ValueError(f"{what}flow {err.row}: {text}")
 
 
-cdef class _Rows:
-    """A batch's record buffer, held (numpy refuses to resize it meanwhile)."""
-    cdef Py_buffer view
-    cdef bint held
-    cdef FlowLayout layout
-    cdef const unsigned char *base
-    cdef Py_ssize_t n
+cdef class Rows:
+    """Flow records as a batch the packer reads (``layout``, ``n``): rows the port-flow compiler made,
+    over its output buffer with no numpy view unless one is read (``array``), or a FlowBatch's rows
+    (held meanwhile: numpy refuses to resize them)."""
 
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
 
+    def __len__(self):
+        return self.n
 
-cdef _Rows _rows_of(batch):
-    cdef _Rows rows = _Rows.__new__(_Rows)
+    def __repr__(self):
+        return f"Rows(n={self.n})"
+
+    @property
+    def array(self):
+        """The rows as a numpy array of the flow record (a view, made when first read)."""
+        if self._array is None:
+            global _np_frombuffer
+            if _np_frombuffer is None:
+                import numpy as np
+                _np_frombuffer = np.frombuffer
+            if self.n:
+                self._array = _np_frombuffer(self.owner, self.layout.dtype, self.n, self.offset)
+            else:
+                self._array = _np_frombuffer(b"", self.layout.dtype, 0)
+        return self._array
+
+    @property
+    def rows(self):
+        """The same as ``array`` (a FlowBatch's name for its used rows)."""
+        return self.array
+
+    def flows(self):
+        """The rows as dfflow.flows.Flow objects (status, reconcile, tests: never the hot path)."""
+        from dfflow.flowbatch import FlowBatch  # (it imports this module: not at import time)
+        return FlowBatch.of_rows(self.array).flows()
+
+
+_np_frombuffer = None  # numpy's, once an array is read
+
+
+cdef Rows rows_in(FlowLayout layout, bytearray owner, Py_ssize_t offset, Py_ssize_t n):
+    """n rows of `layout` at byte `offset` of `owner`, a buffer its maker never resizes (not held)."""
+    cdef Rows rows = Rows.__new__(Rows)
+    rows.layout = layout
+    rows.owner = owner
+    rows.offset = offset
+    rows.n = n
+    rows.base = <const unsigned char *>PyByteArray_AS_STRING(owner) + offset
+    return rows
+
+
+cdef Rows _rows_of(batch):
+    """A batch's rows: itself if it is Rows, else a FlowBatch's array held for the call."""
+    if type(batch) is Rows:
+        return <Rows>batch
+    cdef Rows rows = Rows.__new__(Rows)
     layout = getattr(batch, "layout", None)
     if not isinstance(layout, FlowLayout):
         raise TypeError(f"expected a FlowBatch, got {type(batch).__name__}")
@@ -618,6 +663,7 @@ cdef _Rows _rows_of(batch):
         raise TypeError(f"batch array has dtype {array.dtype}, not the flow record")
     PyObject_GetBuffer(array, &rows.view, PyBUF_SIMPLE)
     rows.held = True
+    rows.owner = array
     if n < 0 or n * rows.layout.c.itemsize > rows.view.len:
         raise ValueError(f"batch claims {n} rows but its array holds {rows.view.len // rows.layout.c.itemsize}")
     rows.base = <const unsigned char *>rows.view.buf
@@ -625,7 +671,7 @@ cdef _Rows _rows_of(batch):
     return rows
 
 
-cdef Py_ssize_t _checked_size(_Rows rows, bint bundle, bint commit, str what) except -1:
+cdef Py_ssize_t _checked_size(Rows rows, bint bundle, bint commit, str what) except -1:
     cdef Err err
     cdef Py_ssize_t size
     err.code = E_OK
@@ -657,7 +703,7 @@ cdef _check_bundle_args(object bundle_id, object flags, str what):
 
 def validate_flows(batch, Py_ssize_t start=0, stop=None):
     """Check rows start..stop-1 of a batch; raise ValueError naming the flow and field."""
-    cdef _Rows rows = _rows_of(batch)
+    cdef Rows rows = _rows_of(batch)
     cdef Err err
     cdef Py_ssize_t size, end = rows.n if stop is None else stop
     if not 0 <= start <= end <= rows.n:
@@ -669,7 +715,7 @@ def validate_flows(batch, Py_ssize_t start=0, stop=None):
         raise _error(rows.layout, &err, "")
 
 
-cdef bytes _pack_bytes(_Rows rows, object xid_start, bint bundle, object bundle_id, object flags,
+cdef bytes _pack_bytes(Rows rows, object xid_start, bint bundle, object bundle_id, object flags,
                        bint commit, str what):
     """Validate and size (pass 1), then write into a bytes object of exactly that size.
 
@@ -731,7 +777,7 @@ def pack_bundle(batch, bundle_id, xid_start, flags=ONF_BF_ATOMIC | ONF_BF_ORDERE
 def rows_with_action(batch, unsigned int op):
     """Indices of the rows whose first action slot holds opcode ``op``, in order (rows without
     actions have none): the rows a caller encodes another way before packing the rest."""
-    cdef _Rows rows = _rows_of(batch)
+    cdef Rows rows = _rows_of(batch)
     cdef const LayoutC *L = &rows.layout.c
     cdef const unsigned char *rec
     cdef Py_ssize_t r
@@ -744,6 +790,44 @@ def rows_with_action(batch, unsigned int op):
 
 
 
+
+
+XID_CHANNEL_MAX = C_XID_CHANNEL_MAX
+
+
+cdef class XidAllocator:
+    """Hands out transaction ids from 1..XID_CHANNEL_MAX, in contiguous blocks if asked (a channel's:
+    the packer numbers a plan's messages from one block, with no Python call).
+
+    xids above XID_CHANNEL_MAX are never allocated: a raw-buffer packer may use them freely. After
+    2**31 - 1 ids the allocator wraps back to 1 (a block never straddles the end).
+    """
+    cdef uint64_t next_xid
+
+    def __init__(self, start=1):
+        if not 1 <= start <= C_XID_CHANNEL_MAX:
+            raise ValueError(f"xid start {start} out of range (1..{C_XID_CHANNEL_MAX:#x})")
+        self.next_xid = start
+
+    cpdef uint32_t alloc(self, Py_ssize_t n=1) except 0:
+        """Reserve ``n`` consecutive xids and return the first."""
+        cdef uint64_t first = self.next_xid
+        if not 1 <= n <= C_XID_CHANNEL_MAX:
+            raise ValueError(f"cannot allocate {n} xids")
+        if first + <uint64_t>n - 1 > C_XID_CHANNEL_MAX:
+            first = 1
+        self.next_xid = first + <uint64_t>n
+        return <uint32_t>first
+
+
+cdef uint32_t _alloc_xids(channel, Py_ssize_t n) except? 0:
+    """The first of n xids from ``channel.xids`` (0 for none)."""
+    if not n:
+        return 0
+    xids = channel.xids
+    if type(xids) is XidAllocator:
+        return (<XidAllocator>xids).alloc(n)
+    return _check_xids(xids.alloc(n), n, "")
 
 
 cdef void _append_wrapped(bytearray out, bytes encoded, uint32_t bid, uint16_t fl) except *:
@@ -772,37 +856,53 @@ cdef void _append_wrapped(bytearray out, bytes encoded, uint32_t bid, uint16_t f
         off += length
 
 
+cdef unsigned char *_room(bytearray out, Py_ssize_t *used, Py_ssize_t need) except NULL:
+    """Where to write `need` more bytes after the first *used of `out` (grown, doubling, if short; its
+    length is set to the bytes used at the end); *used counts them."""
+    cdef Py_ssize_t have = PyByteArray_GET_SIZE(out), want = used[0] + need
+    if want > have:
+        PyByteArray_Resize(out, want if want > 2 * have else 2 * have)
+    cdef unsigned char *at = <unsigned char *>PyByteArray_AS_STRING(out) + used[0]
+    used[0] = want
+    return at
+
+
 cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op, encode_row, bint bundle,
                            uint32_t bid, uint16_t fl, bint commit):
-    """pack_messages, and pack_bundle_messages when ``bundle``: the open first, each FLOW_MOD in a
-    bundle add (the packer writes the adds around its rows), the commit last if ``commit``."""
-    cdef Py_ssize_t total = 0, i = 0, r, start, size, pos, written, nctrl = 0
-    cdef _Rows rows
+    """pack_messages, and PlanBundle.frame_bundle when ``bundle``: the open first, each FLOW_MOD in a
+    bundle add (the packer writes the adds around its rows), the commit last if ``commit``. The
+    output is sized once for rows of a usual size (ROW_BYTES_GUESS), grown if they are larger."""
+    cdef Py_ssize_t total = 0, i = 0, r, start, size, written, nctrl = 0, used = 0
+    cdef Rows rows
     cdef const LayoutC *L
     cdef const unsigned char *rec
     cdef unsigned char *dst
     cdef Err err
     for m in messages:
-        total += len(m) if isinstance(m, batch_type) else 1
+        if type(m) is Rows:
+            total += (<Rows>m).n
+        else:
+            total += len(m) if isinstance(m, batch_type) else 1
     if bundle:
         nctrl = 2 if commit else 1
-    cdef uint32_t first = _check_xids(channel.xids.alloc(total + nctrl) if total + nctrl else 0, total + nctrl, "")
+    cdef uint32_t first = _alloc_xids(channel, total + nctrl)
     cdef uint32_t xid = first
-    cdef bytearray out = bytearray()
+    cdef bytearray out = PyByteArray_FromStringAndSize(NULL, nctrl * C_BUNDLE_CTRL_LEN + total * ROW_BYTES_GUESS)
     if bundle:
-        PyByteArray_Resize(out, C_BUNDLE_CTRL_LEN)
-        _write_bundle_ctrl(<unsigned char *>PyByteArray_AS_STRING(out), first + <uint32_t>total, bid,
-                           ONF_BCT_OPEN_REQUEST, fl)
-    pending = []
+        _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total, bid, ONF_BCT_OPEN_REQUEST,
+                           fl)
+    pending = None
     for m in messages:
-        if not isinstance(m, batch_type):
+        if type(m) is not Rows and not isinstance(m, batch_type):
+            if pending is None:
+                pending = []
             pending.append(m)
             i += 1
             continue
         if pending:
-            _append_encoded(out, encode(channel, pending, xid), bundle, bid, fl)
+            used = _append_encoded(out, used, encode(channel, pending, xid), bundle, bid, fl)
             xid += <uint32_t>len(pending)
-            pending = []
+            pending = None
         rows = _rows_of(m)
         L = &rows.layout.c
         start = 0
@@ -813,42 +913,51 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
                     continue
             if r > start:
                 err.code = E_OK
-                with nogil:
+                if r - start < NOGIL_ROWS:
                     size = _check_rows(L, rows.base, start, r, &err)
+                else:
+                    with nogil:
+                        size = _check_rows(L, rows.base, start, r, &err)
                 if size < 0:
                     raise _error(rows.layout, &err, f"message {i}: ")
                 if bundle:
                     size += C_BUNDLE_ADD_HEADER_LEN * (r - start)
-                pos = len(out)
-                PyByteArray_Resize(out, pos + size)
-                dst = <unsigned char *>PyByteArray_AS_STRING(out) + pos
-                with nogil:
+                dst = _room(out, &used, size)
+                if r - start < NOGIL_ROWS:
                     written = _write_rows(L, rows.base + start * L.itemsize, r - start, dst, size, xid, bundle, bid, fl)
+                else:
+                    with nogil:
+                        written = _write_rows(L, rows.base + start * L.itemsize, r - start, dst, size, xid, bundle,
+                                              bid, fl)
                 if written != size:
                     raise RuntimeError(f"message {i}: the batch changed while it was being packed")
                 xid += <uint32_t>(r - start)
             if r < rows.n:
-                _append_encoded(out, encode_row(channel, m, r, xid), bundle, bid, fl)
+                used = _append_encoded(out, used, encode_row(channel, m, r, xid), bundle, bid, fl)
                 xid += 1
             start = r + 1
         i += 1
     if pending:
-        _append_encoded(out, encode(channel, pending, xid), bundle, bid, fl)
+        used = _append_encoded(out, used, encode(channel, pending, xid), bundle, bid, fl)
+    if bundle and commit:
+        _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total + 1, bid,
+                           ONF_BCT_COMMIT_REQUEST, fl)
+    PyByteArray_Resize(out, used)
     if not bundle:
         return out
-    if commit:
-        pos = len(out)
-        PyByteArray_Resize(out, pos + C_BUNDLE_CTRL_LEN)
-        _write_bundle_ctrl(<unsigned char *>PyByteArray_AS_STRING(out) + pos, first + <uint32_t>total + 1, bid,
-                           ONF_BCT_COMMIT_REQUEST, fl)
     return out, range(first, first + total), first + total
 
 
-cdef inline void _append_encoded(bytearray out, bytes encoded, bint bundle, uint32_t bid, uint16_t fl) except *:
+cdef Py_ssize_t _append_encoded(bytearray out, Py_ssize_t used, bytes encoded, bint bundle, uint32_t bid,
+                                uint16_t fl) except -1:
+    """Append encoded messages after the first `used` bytes of out (each in a bundle add if `bundle`);
+    the bytes used then."""
+    PyByteArray_Resize(out, used)
     if bundle:
         _append_wrapped(out, encoded, bid, fl)
     else:
         out += encoded
+    return PyByteArray_GET_SIZE(out)
 
 
 def pack_messages(channel, messages, batch_type, encode, int carried_op=-1, encode_row=None):
@@ -862,13 +971,33 @@ def pack_messages(channel, messages, batch_type, encode, int carried_op=-1, enco
     return _pack_messages(channel, messages, batch_type, encode, carried_op, encode_row, False, 0, 0, False)
 
 
-def pack_bundle_messages(channel, messages, bundle_id, flags, bint commit, batch_type, encode, int carried_op=-1,
-                         encode_row=None):
-    """The same FLOW_MODs as pack_messages, framed as one ONF bundle (OpenFlow 1.3, EXT-230) in the
-    same call: its open, a bundle add around each FLOW_MOD (carrying its xid), and its commit if
-    ``commit``. The FLOW_MODs are numbered first, then the open and the commit, from one block of
-    ``channel.xids``. Returns ``(framed, xids of the adds (a range), open xid)``; the commit's is open + 1.
-    Byte-identical to pack_messages' output through wrap_bundle_adds (dfflow._framing)."""
-    _check_bundle_args(bundle_id, flags, "")
-    return _pack_messages(channel, messages, batch_type, encode, carried_op, encode_row, True, bundle_id, flags,
-                          commit)
+cdef class MessageEncoding:
+    """How pack_messages' callers encode what is not a row it packs: ``batch_type`` (the batches of
+    rows), ``encode`` (a run of other messages), ``carried_op`` and ``encode_row`` (a row carrying
+    another encoding); see pack_messages. Made once by the caller, for every PlanBundle."""
+    cdef readonly object batch_type, encode, encode_row
+    cdef readonly int carried_op
+
+    def __init__(self, batch_type, encode, int carried_op=-1, encode_row=None):
+        self.batch_type, self.encode, self.carried_op, self.encode_row = batch_type, encode, carried_op, encode_row
+
+
+cdef class PlanBundle:
+    """A plan's messages as Datapath.send_bundle takes them to pack and frame in one call
+    (``frame_bundle``), with ``encoding``'s encoders for what the packer does not encode itself."""
+    cdef readonly MessageEncoding encoding
+    cdef readonly object messages
+
+    def __init__(self, MessageEncoding encoding not None, messages):
+        self.encoding, self.messages = encoding, messages
+
+    def frame_bundle(self, channel, bundle_id, flags, bint commit):
+        """The FLOW_MODs pack_messages makes of the messages, framed as one ONF bundle (OpenFlow 1.3,
+        EXT-230): its open, a bundle add around each FLOW_MOD (carrying its xid), and its commit if
+        ``commit``; byte-identical to pack_messages' output through wrap_bundle_adds (dfflow._framing).
+        Returns (framed bundle, the adds' xids (a range), the open's xid; the commit's is the next),
+        numbered from one block of ``channel.xids``: the FLOW_MODs first, then the open and the commit."""
+        cdef MessageEncoding e = self.encoding
+        _check_bundle_args(bundle_id, flags, "")
+        return _pack_messages(channel, self.messages, e.batch_type, e.encode, e.carried_op, e.encode_row, True,
+                              bundle_id, flags, commit)

@@ -25,8 +25,12 @@ validate_flows = _packer.validate_flows
 pack_flow_mods = _packer.pack_flow_mods
 pack_bundle = _packer.pack_bundle
 pack_messages = _packer.pack_messages
-pack_bundle_messages = _packer.pack_bundle_messages
+MessageEncoding = _packer.MessageEncoding
+PlanBundle = _packer.PlanBundle
 rows_with_action = _packer.rows_with_action
+Rows = _packer.Rows
+XidAllocator = _packer.XidAllocator
+XID_CHANNEL_MAX: int = _packer.XID_CHANNEL_MAX
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
 frames = _framing.frames
@@ -36,6 +40,8 @@ wrap_bundle_adds = _framing.wrap_bundle_adds
 CompiledProgram = _core.CompiledProgram
 PortColumns = _core.PortColumns
 compile_changes = _core.compile_changes
+ChangeRows = _core.ChangeRows
+rows_of_array = _core.rows_of_array
 field_bytes = _core.field_bytes
 field_spans = _core.field_spans
 NotCompilable = _core.NotCompilable
@@ -102,8 +108,11 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
-           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "pack_bundle_messages", "rows_with_action", "frames", "wrap_bundle_adds",
-           "CompiledProgram", "PortColumns", "compile_changes", "field_bytes", "field_spans", "NotCompilable",
+           "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "MessageEncoding",
+           "PlanBundle", "rows_with_action", "Rows", "XidAllocator",
+           "XID_CHANNEL_MAX", "frames", "wrap_bundle_adds",
+           "CompiledProgram", "PortColumns", "compile_changes", "ChangeRows", "rows_of_array",
+           "field_bytes", "field_spans", "NotCompilable",
            "PARAM_NAMES", "FACT_BITS",
            "ROLE_KINDS", "ROLE_FIELDS", "PORT_FLAG_SECURITY", "PORT_FLAG_ROUTED", "PORT_FIELDS", "FIP_FIELDS", "PAIR_FIELDS",
            "SecGroupProgram", "compile_secgroups", "SG_RULE_FIELDS",

@@ -7,6 +7,7 @@ from controller.apps.l2 import L2App
 from controller.engine import Engine
 from dfflow.openflow import XidAllocator
 from controller.view import Vif
+from dfflow import core
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Flow, Output
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
@@ -36,7 +37,8 @@ def pending_port_messages():
 
 
 def as_flows(messages):
-    return [f for m in messages for f in (compiler.flows_of_rows(m.rows) if isinstance(m, FlowBatch) else [m])]
+    return [f for m in messages for f in (compiler.flows_of_rows(m.rows) if isinstance(m, (FlowBatch, core.Rows))
+                                          else [m])]
 
 
 def pending_port_flows():

@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 from dfflow import core
 from dfflow.openflow.protocol import OFP_HEADER, OFP_HEADER_LEN, OFPHET_VERSIONBITMAP, OFPT_HELLO
 
-XID_CHANNEL_MAX = 0x7FFFFFFF
-XID_RAW_BASE = 0x80000000
+XID_CHANNEL_MAX: int = core.XID_CHANNEL_MAX
+XID_RAW_BASE = XID_CHANNEL_MAX + 1
 
 
 def iter_frames(buf: bytes | bytearray | memoryview,
@@ -51,22 +51,6 @@ def hello_versions(frame: bytes) -> set[int] | None:
     return None
 
 
-class XidAllocator:
-    """Hands out transaction ids from 1..XID_CHANNEL_MAX, in contiguous blocks if asked.
-
-    xids at or above :data:`XID_RAW_BASE` are never allocated: a raw-buffer packer may use
-    them freely.  After 2**31 - 1 ids the allocator wraps back to 1.
-    """
-
-    def __init__(self, start: int = 1) -> None:
-        self._next = start
-
-    def alloc(self, n: int = 1) -> int:
-        """Reserve ``n`` consecutive xids and return the first."""
-        if not 1 <= n <= XID_CHANNEL_MAX:
-            raise ValueError(f"cannot allocate {n} xids")
-        first = self._next
-        if first + n - 1 > XID_CHANNEL_MAX:
-            first = 1
-        self._next = first + n
-        return first
+# Hands out a channel's transaction ids (1..XID_CHANNEL_MAX, in blocks): compiled, so that the packer
+# numbers a plan's messages from it without a Python call.
+XidAllocator = core.XidAllocator
