@@ -304,6 +304,8 @@ cdef class CompiledProgram:
             self.entries[i].addable = bool(addable)
             self.entries[i].uses_location = bool(uses_location)
             self.entries[i].n_patches = len(patches)
+            if len({offset for offset, _ in patches}) != len(patches):
+                raise ValueError(f"entry {name}: two params patch one slot")
             for k, (offset, param) in enumerate(patches):
                 if not 0 <= offset <= layout.c.itemsize - 8 or offset % 8:
                     raise ValueError(f"entry {name}: patch offset {offset} outside the row or unaligned")
@@ -390,6 +392,7 @@ cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int 
     cdef const FipC *fip
     cdef const PairC *pair
     cdef unsigned char *row
+    cdef const unsigned char *proto
     if r.kind == ROLE_NONE:
         return 0
     facts = _facts(p, r)
@@ -437,9 +440,12 @@ cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int 
                 param[P_PAIR_IP] = pair.ip
                 param[P_PAIR_MASK] = pair.mask
             row = out + count * itemsize
-            memcpy(row, protos + e * itemsize, itemsize)
+            proto = protos + e * itemsize
+            memcpy(row, proto, itemsize)
+            # (each slot patched once: read from the prototype, not from the copy just stored, whose
+            # wide stores a narrow load would wait for)
             for k in range(<int>E.n_patches):
-                store64(row + E.patch_off[k], ld64(row + E.patch_off[k]) | param[E.patch_param[k]])
+                store64(row + E.patch_off[k], ld64(proto + E.patch_off[k]) | param[E.patch_param[k]])
             entry_of[count] = e
             count += 1
     return count
