@@ -9,7 +9,8 @@ from dfflow.openflow import XidAllocator
 from controller.view import Vif
 from dfflow import core
 from dfflow.flowbatch import FlowBatch
-from dfflow.flows import Command, Flow, Output
+from dfflow.flows import Command, Flow, Output, SetField
+from dfflow.openflow.framing import wrap_bundle_adds
 from dfflow.models import LogicalPort, LogicalSwitch, MigrationRecord, Subnet
 
 
@@ -94,3 +95,38 @@ def test_a_plan_bundle_with_a_bad_row_raises_naming_the_message_and_flow():
     bad.rows["table"][1] = 255
     with pytest.raises(ValueError, match="message 1: flow 1: table 255 out of range"):
         compiler.PlanBundle([FlowBatch.from_flows([good]), bad]).frame_bundle(FakeDatapath(), 7, 3, True)
+
+
+class _PythonXids:
+    """A channel's xids from an allocator that is not the compiled one (the packer calls its alloc)."""
+
+    def __init__(self, start):
+        self.next, self.calls = start, []
+
+    def alloc(self, n=1):
+        self.calls.append(n)
+        first, self.next = self.next, self.next + n
+        return first
+
+
+def test_a_plan_bundle_numbers_from_any_allocator_of_the_channel_as_from_the_compiled_one():
+    messages = pending_port_messages()
+    compiled, python = FakeDatapath(), FakeDatapath()
+    python.xids = _PythonXids(100)
+    made = compiler.PlanBundle(messages).frame_bundle(compiled, 7, 3, True)
+    assert compiler.PlanBundle(messages).frame_bundle(python, 7, 3, True) == made
+    assert python.xids.calls == [len(as_flows(messages)) + 2]  # one block for the adds, the open and the commit
+
+
+def test_a_plan_bundle_of_rows_larger_than_usual_is_the_flow_mods_wrapped_in_bundle_adds():
+    """Rows past the packer's first guess of a FLOW_MOD's size (eight set-fields, several matches): its
+    output grows, and is the same bytes as the flow mods wrapped in bundle adds."""
+    big = [Flow(10, 100 + i, (("eth_dst", 0xFA163E000001 + i, None), ("eth_src", 0xFA163E100000, None),
+                              ("in_port", 3, None), ("metadata", i, None)),
+                tuple(SetField("eth_src", 0xFA163E200000 + k) for k in range(7)) + (Output(4),), goto=20)
+           for i in range(40)]
+    batch = FlowBatch.from_flows(big)
+    framed, xids, open_xid = compiler.PlanBundle([batch]).frame_bundle(FakeDatapath(), 7, 3, True)
+    flow_mods = compiler.flow_mods(FakeDatapath(), [batch])
+    assert len(framed) > 2 * 24 + 40 * 256  # more than the first guess of 256 bytes an add
+    assert bytes(framed) == bytes(wrap_bundle_adds(flow_mods, 4, 7, 3, open_xid=open_xid, commit_xid=open_xid + 1)[0])

@@ -448,3 +448,30 @@ def test_floating_ips_that_come_and_go_do_not_grow_the_columns():
     assert len(table.fips) <= 16 and len(table.ips) <= 16
     rec = table.ports[table.index["p0"]]
     assert tuple(table.fips[rec["fip_start"]:rec["fip_start"] + rec["fip_count"]]["fip"]) == (0xC0000232,)
+
+
+def test_many_changes_and_large_rows_compile_and_frame_as_each_change_alone():
+    """A plan past the core's small-plan size (its C work then runs without the GIL): the same rows as
+    each change compiled alone, and framed as the flow mods wrapped in bundle adds."""
+    facts = [PortFacts(7 + i, 101, 0xFA163E000000 + i, True, True, (0x0A000000 + 2 * i, 0x0A000001 + 2 * i),
+                       (FloatingIpFacts(0xC0000000 + i, 0xFA163EBB0000 + i, 0x0A000000 + 2 * i, 200, 0xFA163EAA0001),))
+             for i in range(150)]
+    table = table_of(*facts)
+    changes = [(i, None, PortRole(True, ofport=10 + i)) for i in range(150)]
+    made = compiler.compile_port_changes(ALL_APPS, table, changes)
+    alone = [compiler.compile_port_changes(ALL_APPS, table, [change])[1] for change in changes]
+    assert made.adds.n == len(made[1]) == sum(map(len, alone)) > 1000
+    assert made[1].tobytes() == np.concatenate(alone).tobytes()
+    framed, xids, open_xid = compiler.PlanBundle([made.adds]).frame_bundle(Datapath13(5), 9, 3, True)
+    dp = Datapath13(5)
+    flow_mods = compiler.flow_mods(dp, [FlowBatch.of_rows(made[1])])
+    assert bytes(framed) == bytes(core.wrap_bundle_adds(flow_mods, 4, 9, 3, open_xid=open_xid,
+                                                        commit_xid=open_xid + 1)[0])
+    assert list(xids) == list(range(5, open_xid))
+
+
+def test_a_program_whose_entry_patches_one_slot_twice_is_refused():
+    protos = FlowBatch(1)
+    protos.append(Flow(10, 100, (("eth_dst", 0, None),)), check=False)
+    with pytest.raises(ValueError, match="entry twice: two params patch one slot"):
+        core.CompiledProgram(compiler.LAYOUT, protos.rows, [("twice", 0, 0, 0, True, False, [(0, 1), (0, 2)])])
