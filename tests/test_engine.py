@@ -201,7 +201,7 @@ def test_a_pending_destination_hands_nothing_to_its_vif_until_the_announcement_o
         (110, 0, None, None): (SetField("reg9", 2), Resubmit(46), Resubmit(47)),  # look the gate up
         (110, 2, None, None): to_b,  # not announced: to the source, where the VM runs ...
         (120, 2, 10, None): (SetField("tunnel_id", 101), Output(OFPP_IN_PORT))}  # ... back, if it came from there
-    gate = [f for f in engine.desired().values() if f.table == 46]
+    gate = [f for f in engine.desired().values() if f.table == 46 and ("eth_dst", 0xfa163e000002, None) in f.match]
     assert [(f.match, f.actions) for f in gate] == [((("metadata", 101, None), ("eth_dst", 0xfa163e000002, None)), ())]
     learns = {a for f in engine.desired().values() if f.table == 0 and ("in_port", 6, None) in f.match
               for a in f.actions if isinstance(a, Learn) and a.table == 46}
@@ -216,7 +216,10 @@ def test_a_pending_destination_hands_nothing_to_its_vif_until_the_announcement_o
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated")))))
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(6),)}
-    assert decisions_of(engine, 2) == {} and not [f for f in engine.desired().values() if f.table == 46]
+    # activated: the gate holds open with the controller's flow, as every local port's does
+    assert decisions_of(engine, 2) == {(110, 0, None, None): (SetField("reg9", 2), Resubmit(46), Resubmit(47))}
+    assert [(f.match, f.actions) for f in engine.desired().values() if f.table == 46 and f.cookie == gate[0].cookie] \
+        == [(gate[0].match, (SetField("reg9", 1),))]
     assert all({Output(6), Ct(6, table=48)} & set(f.actions) for f in engine.desired().values()
                if f.table == 60 and ("eth_type", 0x86DD, None) not in f.match)
 
