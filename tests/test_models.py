@@ -256,3 +256,14 @@ def test_an_update_of_a_model_checked_only_whole_is_read_whole():
     held.check()
     assert not Chassis.checks_by_field and LogicalPort.checks_by_field
     assert Chassis.updated(held, dict(held.to_dict(), version=4, last_seen=5.0)) is None
+
+
+@pytest.mark.parametrize("name", sorted(LogicalPort.text_fields))
+def test_a_port_text_field_refuses_every_value_but_text_so_an_equal_update_is_the_same_json(name):
+    """`updated` takes a text field's raw value equal to the held one as the same JSON (a string equals only a
+    string): that holds only if its checks let no number, bool or object in, which `1 == True == 1.0` would pass."""
+    held = _held_port()
+    for other in (1, True, 1.0, 0, False, [1], [True], [0.0], {"a": 1}, [{"a": 1}]):
+        with pytest.raises(ValidationError) as refused:
+            _read_whole({**held.to_dict(), name: other})
+        assert refused.value.field.partition("[")[0] == name

@@ -50,6 +50,9 @@ class Model:
     records: ClassVar[dict[str, tuple[type, bool]]] = {}
     # `check_changed` checks only the fields it is given (else an update is read and checked whole)
     checks_by_field: ClassVar[bool] = False
+    # Fields whose checked values hold text only (a string, None, a list of strings): a string equals
+    # only a string, so a raw value equal to one is the same JSON, type for type (`updated`).
+    text_fields: ClassVar[frozenset[str]] = frozenset()
 
     id: str
     topic: str
@@ -117,9 +120,10 @@ class Model:
         if len(values) != len(data):  # something besides its fields on `held`
             return None
         changes: dict[str, Any] = {}
+        text = cls.text_fields
         for name, raw in data.items():
             value = values[name]
-            if raw is value or raw == value and (type(value) is str or not value and type(raw) is type(value)
+            if raw is value or raw == value and (name in text or not value and type(raw) is type(value)
                                                  or same_json(raw, value)):
                 continue  # (an empty list, object or string, a zero, false: the same only of the same type)
             if name in cls.records and raw is not None:
