@@ -418,7 +418,9 @@ class Subscriber:
 
     def _news(self, event: Event) -> bool:
         """Is the event newer than what was delivered of its object, and valid? (It is then recorded
-        as delivered, its object parsed and validated in event["model"].)"""
+        as delivered, its object parsed and validated in event["model"]; when that was read from the
+        version delivered before, event["changed_from"] is (that version, the fields in which the new
+        one may differ from it: those whose raw values differ).)"""
         key = (event["table"], event["id"])
         seen = self._seen.get(key)
         deleting = event["action"] == "delete"
@@ -430,13 +432,16 @@ class Subscriber:
             return False
         model = None
         if not deleting:
-            model, problem = checked_object(event, seen.model if seen is not None and seen.alive else None)
+            held = seen.model if seen is not None and seen.alive else None
+            model, changed, problem = checked_object(event, held)
             if problem is not None:
                 if (event["table"], event["id"], event["version"]) not in self._bad_seen:
                     self._bad_seen.add((event["table"], event["id"], event["version"]))
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
+            if changed is not None:  # (the handler holds `held` too: it need not compare them again)
+                event["changed_from"] = (held, changed)
             if not model.checks_by_field:
                 model = None  # (not kept: its next version is read whole anyway)
         if seen is None:
@@ -484,10 +489,13 @@ def event_problem(event: Any) -> str | None:
     return None
 
 
-def checked_object(event: Event, held: Model | None = None) -> tuple[Model | None, str | None]:
-    """The event's object parsed and validated, or None and what makes it not a valid object of its
-    table (the same one). `held`: the version delivered before it, checked; the fields whose values
-    are still its are not checked again (an evacuation's binding change rewrites one field of a port)."""
+def checked_object(event: Event, held: Model | None = None
+                   ) -> tuple[Model | None, list[str] | None, str | None]:
+    """The event's object parsed and validated, the fields checked when it was read from `held` (else
+    None), and None; or None, None and what makes it not a valid object of its table (the same one).
+    `held`: the version delivered before it, checked; the fields whose values are still its are not
+    checked again (an evacuation's binding change rewrites one field of a port)."""
+    changed = None
     try:
         model = MODELS[event["table"]]
         update = model.updated(held, event["object"]) if held is not None else None
@@ -498,11 +506,11 @@ def checked_object(event: Event, held: Model | None = None) -> tuple[Model | Non
             obj = model.from_dict(event["object"])
             obj.check()
     except Exception as exc:  # untrusted data: whatever it breaks is a reason to skip it
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, None, f"{type(exc).__name__}: {exc}"
     if (obj.id, obj.topic, obj.version) != (event["id"], event["topic"], event["version"]):
-        return None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
-                      f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
-    return obj, None
+        return None, None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
+                            f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
+    return obj, changed, None
 
 
 def loads(data: bytes | str) -> Any:
