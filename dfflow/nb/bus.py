@@ -329,15 +329,14 @@ class Subscriber:
         """A pubsub message's NB event, or None (not an event message, or a malformed one: counted)."""
         if message.get("type") != "message":
             return None
-        channel = _text(message.get("channel") or b"?")
         try:
             event = loads(message["data"])
         except (ValueError, TypeError) as exc:
-            self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
+            self._bad_data("bad_events", _channel_of(message), f"not JSON ({exc})", message.get("data"))
             return None
         problem = event_problem(event)
         if problem is not None:
-            key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else channel
+            key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else _channel_of(message)
             self._bad_data("bad_events", key, problem, message.get("data"))
             return None
         return event
@@ -520,6 +519,11 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def _channel_of(message: dict[str, Any]) -> str:
+    """The channel a malformed message came on, to name it (read only then: most messages are good)."""
+    return _text(message.get("channel") or b"?")
 
 
 def _text(value: bytes | str) -> str:
