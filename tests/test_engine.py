@@ -321,3 +321,23 @@ def test_ports_with_distinct_flows_raise_no_key_conflict():
     apply(engine, engine.nb_event(event(port("c1", 3, 13, "C"))))
     apply(engine, engine.everything())
     assert engine.stats["flow_key_conflicts"] == 0 and not engine.errors
+
+
+def test_the_fields_the_bus_found_changed_are_taken_only_against_the_version_it_found_them_against():
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    held = engine.view.port("b1")
+    # The bus read version 2 from the version it delivered before, which the view holds: its word stands
+    # (here, deliberately, that nothing but the version changed, though the binding did).
+    moved = b1.replace(binding_chassis="C", version=2)
+    claimed = dict(event(moved, "update"), model=moved, changed_from=(held, ["version"]))
+    assert not engine.nb_event(claimed)
+    assert engine.stats["unchanged_writes"] == 1
+    # The view holds another version (the migrator's own write, applied ahead): the engine compares.
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    held = engine.view.port("b1")
+    apply(engine, engine.object_written(b1.replace(binding_chassis="C", version=2)))
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(11))
+    back = b1.replace(version=3)
+    plan = apply(engine, engine.nb_event(dict(event(back, "update"), model=back, changed_from=(held, ["version"]))))
+    assert plan and engine.stats["unchanged_writes"] == 0
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(10))
