@@ -563,7 +563,10 @@ class ControllerDaemon:
         """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
         away (the datapath opened the port; the packet-in was lost). It is activated as that packet-in
         would have done, before the reconcile, which would otherwise close the port again."""
-        for ofport in opened_gates(dumped):
+        view = self.engine.view
+        pending = [vif.ofport for vif in view.vifs.values()
+                   if (port := view.port(vif.iface_id)) is not None and view.is_pending(port)]
+        for ofport in opened_gates(dumped, pending):
             self.stats["announcements_found_open"] += 1
             try:
                 await self.migrator.announced(ofport)

@@ -114,7 +114,9 @@ class Engine:
         obj = event.get("model") or model_for(event["table"]).from_dict(event["object"])  # the bus parsed it
         if self.port_overlay is not None and isinstance(obj, LogicalPort):
             obj = self.port_overlay(obj)
-        return self._changed(obj.table, obj.id, obj)
+        # what the bus found differing from the version it delivered before, if that is the view's
+        changed_from = event.get("changed_from") if obj is event.get("model") else None
+        return self._changed(obj.table, obj.id, obj, changed_from)
 
     def plan_owners(self, owners: set[Owner]) -> Plan:
         """The plan that gives `owners` the flows the view wants now."""
@@ -124,13 +126,18 @@ class Engine:
         """An NB object as written (the migrator's own step, applied before its NB event arrives)."""
         return self.plan_owners(self._changed(obj.table, obj.id, obj))
 
-    def _changed(self, table: str, obj_id: str, new: Model | None) -> set[Owner]:
+    def _changed(self, table: str, obj_id: str, new: Model | None,
+                 changed_from: tuple[Model, list[str]] | None = None) -> set[Owner]:
+        """`changed_from`: (a version of the object, the fields in which `new` may differ from it)."""
         if table == LogicalPort.table:
             self._track_arrival(obj_id, new)
         # (while loading, no index is asked for: they are built once, when everything is computed)
         needed, flood = (None, 0) if self.loading else (self.view.needed_switches(), self.view.flood_version())
         old = self.view.drop(table, obj_id) if new is None else self.view.put(new)
-        differing = _differing(old, new)
+        if changed_from is not None and changed_from[0] is old:
+            differing: frozenset[str] | None = frozenset(changed_from[1])  # (those whose raw values differed)
+        else:
+            differing = _differing(old, new)
         if differing is not None and differing <= REVISION_FIELDS:
             # The same object but for its NB revision: typically the NB event of a migration step this
             # chassis applied from the migration event. No flow can differ.

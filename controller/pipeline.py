@@ -5,8 +5,8 @@ is generated from this declaration (`python -m controller.pipeline > docs/pipeli
 and `check_flow` refuses a flow that sits in, or jumps to, a table not declared here.
 
 Registers and metadata:
-  reg5      1 once a pending port has announced itself (set by the flow its first RARP/GARP
-            learned in activation_gate); the pending port's port-security flows require it
+  reg5      1 when a VIF's activation gate is open (every local port's, but a pending destination's
+            until its first RARP/GARP learns it open); port security requires it
   metadata  the logical network of the packet: the switch's VNI (its segmentation id),
             written at classification and rewritten by the router when it routes
   reg6      the VIF ofport the packet came from on this chassis; 0 when it came from a tunnel
@@ -14,9 +14,9 @@ Registers and metadata:
   reg7      ingress_conntrack: the ofport (conntrack zone) of the local port a packet is for
   reg8      a flooded IPv4 packet's copy for one local port with port security, sent through that
             port's ingress filter: the port's ofport, which l2_lookup outputs it to (0 otherwise)
-  reg9      ingress_conntrack, while an announce migration is in flight: where a packet for the
-            migrating port goes (0 undecided, 1 delivered on this chassis, 2 on the destination: the
-            VM has not announced itself here yet, so it goes back to the source)
+  reg9      ingress_conntrack: where a packet for a local port (or a migrating one) goes (0
+            undecided, 1 delivered on this chassis: its delivery gate open, 2 on a pending
+            destination: the VM has not announced itself here yet, so it goes back to the source)
   ct_state  what Open vSwitch's connection tracker says of the packet, in the conntrack zone of the
             port whose security groups are checked (its VIF ofport on this chassis)
   conj_id   the conjunctive match (a rule with a large remote group) the packet completed, in the
@@ -44,17 +44,20 @@ class Table:
 PIPELINE: tuple[Table, ...] = (
     Table(0, "classify",
           "Gives every packet its logical network. A VIF's packets get metadata=VNI and reg6=ofport; "
-          "a tunnel's packets get metadata=tun_id (the VNI) and reg6=0. A port awaiting activation "
-          "(announce strategy) sends its RARP/GARP to the controller and drops the rest.",
+          "a tunnel's packets get metadata=tun_id (the VNI) and reg6=0; a VIF's packets look its "
+          "activation gate up. A port awaiting activation (announce strategy) sends its RARP/GARP to "
+          "the controller (priority 110).",
           "in_port (VIF) | tunnel_id (tunnel) | in_port+eth_type (pending VIF announcements)",
           "drop", ("port_security", "arp_responder"), resubmits=("activation_gate",)),
     Table(5, "activation_gate",
-          "Announce strategy: a pre-programmed destination's VIF is looked up here (resubmit from "
-          "classify), where the controller's flow for it leaves reg5=0. Its first RARP/GARP "
-          "re-learns that flow (same key, no timeout), in the datapath, to set reg5=1 for that VIF, "
-          "so the VM's egress opens at once, before the controller hears of it, and stays open "
-          "however long the controller is away; the same announcement opens its ingress in "
-          "delivery_gate. The controller's activation deletes the key.",
+          "Every local VIF is looked up here (resubmit from classify): its gate sets reg5=1, which "
+          "port security requires. A pre-programmed announce destination's gate is closed (no action: "
+          "reg5 stays 0, its VM's packets are dropped). Its first RARP/GARP re-learns that flow (same "
+          "key, no timeout), in the datapath, to set reg5=1 for that VIF, so the VM's egress opens at "
+          "once, before the controller hears of it, and stays open however long the controller is "
+          "away; the same announcement opens its ingress in delivery_gate. The activation writes the "
+          "controller's open gate over the learned one: the same flow, so nothing the datapath "
+          "cached for the VM changes.",
           "reg6",
           "nothing (reg5 stays 0)"),
     Table(10, "port_security",
@@ -118,17 +121,18 @@ PIPELINE: tuple[Table, ...] = (
           "metadata, eth_type=IP, ipv4_dst",
           "drop", ("ingress_conntrack",)),
     Table(46, "delivery_gate",
-          "Announce strategy: a pending destination's port is looked up here (resubmit from "
-          "ingress_conntrack) by every packet for it, where the controller's flow leaves "
-          "reg9=2 (the VM has not announced itself here: the packet goes back to the source). Its "
-          "first RARP/GARP re-learns that flow (same key, no timeout), in the datapath, to set reg9=1: "
-          "from that packet on the destination delivers to its own VIF. The controller's activation "
-          "deletes the key.",
+          "Every packet for a local port looks the port up here (resubmit from ingress_conntrack): "
+          "its open gate sets reg9=1, delivered here. A pending announce destination's gate is "
+          "closed: reg9 stays 2 (the VM has not announced itself here: the packet goes back to the "
+          "source). Its first RARP/GARP re-learns that flow (same key, no timeout), in the datapath, "
+          "to set reg9=1: from that packet on the destination delivers to its own VIF. The activation "
+          "writes the controller's open gate, the same flow, over the learned one.",
           "metadata, eth_dst",
           "nothing (reg9 stays 2)"),
     Table(47, "ingress_conntrack",
-          "One decision per packet for a port an announce migration moves, before any ingress filter "
-          "(priorities 110-120, reg9): every chassis sends such a packet to the destination alone "
+          "One decision per packet for a local port, before any ingress filter (priorities 110-120, "
+          "reg9): its delivery_gate says deliver here, unless an announce migration moves it: "
+          "every chassis sends such a packet to the destination alone "
           "(the source's own VIFs too: priority 110), and the destination looks the port up in "
           "delivery_gate: until the VM announces itself there, the packet goes back to the source "
           "(tun_id=VNI, out of the tunnel it came in by if it came from the source: OFPP_IN_PORT; "
@@ -229,13 +233,15 @@ def render_markdown() -> str:
              "Generated from `controller/pipeline.py` (`python -m controller.pipeline > docs/pipeline.md`).",
              "", "## Registers", "", "| register | holds |", "| --- | --- |",
              "| metadata | the packet's logical network: its switch's VNI (segmentation id) |",
-             "| reg5 | 1 once a pending (announce) port's first RARP/GARP has opened its egress |",
+             "| reg5 | 1 when a VIF's activation gate is open: every local port's, a pending (announce) "
+             "destination's once its first RARP/GARP learned it open; port security requires it |",
              "| reg6 | the VIF ofport the packet entered from on this chassis; 0 if it came from a tunnel |",
              "| reg7 | ingress_conntrack on: the ofport (conntrack zone) of the local port the packet is for |",
              "| reg8 | a flood's IPv4 copy for one local port with port security, checked by its ingress filter: "
              "that port's ofport, which l2_lookup outputs it to; 0 otherwise |",
-             "| reg9 | in ingress_conntrack, for a port an announce migration moves: 0 undecided, 1 delivered on "
-             "this chassis, 2 on the destination before the VM announced itself there: back to the source |",
+             "| reg9 | in ingress_conntrack, for a local or migrating port: 0 undecided, 1 delivered on "
+             "this chassis (its delivery gate open), 2 on a pending destination before the VM announced "
+             "itself there: back to the source |",
              "| ct_state | the connection tracker's verdict, in the zone of the port whose security groups "
              "are checked: its VIF's ofport on this chassis |",
              "| conj_id | in the security-group tables: the conjunctive match (a rule with a large remote "

@@ -8,11 +8,13 @@ from controller.flowstate import Plan
 
 
 def event_timing(event: dict[str, Any], received: float, computed: float) -> tuple[str, dict[str, float]]:
-    """An NB event's cause and timing in an apply: its bus delivery (from the NB's publish, when the
-    event says when that was) and the compute of the plan it is in."""
-    timing = {"bus_ms": (received - event.get("ts", received)) * 1e3, "compute_ms": (computed - received) * 1e3}
+    """An NB event's cause and timing in an apply, its durations rounded as an apply records them: its
+    bus delivery (from the NB's publish, when the event says when that was) and the compute of the plan
+    it is in."""
+    timing = {"bus_ms": round((received - event.get("ts", received)) * 1e3, 3),
+              "compute_ms": round((computed - received) * 1e3, 3)}
     if "ts" in event:
-        timing["event_ts"] = event["ts"]  # when the NB write was published (absolute)
+        timing["event_ts"] = event["ts"]  # when the NB write was published (absolute; a float's digits)
     return f"{event['table']}:{event.get('id', '')}", timing
 
 
@@ -39,17 +41,16 @@ def apply_entries(plan: Plan, sending: float, bundle_ms: float, applied: float, 
     first one's), with its queueing, its bundle's round trip and `applied`, the switch's reply (absolute)."""
     shared = {"queued_ms": round((sending - plan.timing["emitted"]) * 1e3, 3), "bundle_ms": bundle_ms,
               "coalesced": coalesced, "burst": 1 + len(plan.batched), "applied_at": round(applied, 6)}
-    entries = [_entry(plan.timing, shared, plan.cause, [list(s) for s in plan.stamps], plan.n_flow_mods,
+    timing = {k: round(v, 6 if k == "event_ts" else 3) for k, v in plan.timing.items() if k != "emitted"}
+    entries = [_entry(timing, shared, plan.cause, [list(s) for s in plan.stamps], plan.n_flow_mods,
                       sum(len(d) + len(a) for d, a in plan.rows))]
-    # one per event of a burst (an evacuation's 100 on every chassis): the rest of them made once, above
+    # one per event of a burst (an evacuation's 100 on every chassis): their timings rounded already
+    # (event_timing), the rest of them made once, above
     entries += [_entry(timing, shared, cause, [], 0, 0) for cause, timing in plan.batched]
     return entries
 
 
 def _entry(timing: dict[str, float], shared: dict[str, Any], cause: str, stamps: list[list[Any]], flow_mods: int,
            compiled_flow_mods: int) -> dict[str, Any]:
-    entry = {k: round(v, 6 if k == "event_ts" else 3) for k, v in timing.items() if k != "emitted"}
-    entry.update(shared)
-    entry["cause"], entry["stamps"] = cause, stamps
-    entry["flow_mods"], entry["compiled_flow_mods"] = flow_mods, compiled_flow_mods
-    return entry
+    return {**timing, **shared, "cause": cause, "stamps": stamps, "flow_mods": flow_mods,
+            "compiled_flow_mods": compiled_flow_mods}

@@ -63,6 +63,13 @@ def dump_flows(sb: Sandbox, chassis: str) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip() and "reply" not in line]
 
 
+def gates_open(sb: Sandbox, chassis: str) -> bool:
+    """Every activation gate (table 5) of the chassis is open (loads reg5): no pre-programmed `announce`
+    destination waits for its VM there. Every local port has one; a closed gate has no action."""
+    return all("REG5" in f or "reg5" in f.partition("actions=")[2]
+               for f in dump_flows(sb, chassis) if "table=5," in f)
+
+
 def flow_cookies(lines: list[str]) -> list[int]:
     return [int(m.group(1), 16) for line in lines if (m := re.search(r"cookie=0x([0-9a-f]+)", line))]
 

@@ -6,7 +6,10 @@ and on the ports they leave by, instead of on flow text with bare table numbers.
 
 It interprets what the pipeline uses: highest-priority match per table (a miss
 drops), apply-actions in order (output, set-field, dec_ttl, reg-move, resubmit,
-learn), write-metadata and goto-table. Learned flows are added to the table like
+learn, ct), write-metadata and goto-table. `ct` records the pipeline fields the
+connection tracker freezes (`conntracked`: what names the datapath's recirculation,
+so two pipelines that reach it with other registers make other datapath flows) and
+goes on in its table as an established connection's packet. Learned flows are added to the table like
 the datapath does, so a packet after an announcement sees them. Pipeline fields
 (metadata, registers) start at 0, as in Open vSwitch.
 """
@@ -15,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from dfflow.flows import (FIELDS, OFPP_IN_PORT, DecTtl, Flow, Learn, Move, Output, Resubmit,
-                          SetField, match)
+from dfflow.flows import (CT_EST, CT_TRK, FIELDS, OFPP_IN_PORT, Ct, DecTtl, Flow, Learn, Move, Output,
+                          Resubmit, SetField, match)
 
 PIPELINE_FIELDS = ("metadata", "reg5", "reg6", "reg7", "reg8", "reg9")
 MAX_RESUBMIT_DEPTH = 64  # Open vSwitch gives up well before a loop would matter
@@ -36,6 +39,7 @@ class Delivered:
 class FakeOFTable:
     flows: list[Flow]
     learned: list[Flow] = field(default_factory=list)
+    conntracked: list[tuple[int, int | None, dict[str, int]]] = field(default_factory=list)  # (zone, table, fields)
 
     @classmethod
     def of(cls, flows: Iterable[Flow]) -> "FakeOFTable":
@@ -101,6 +105,12 @@ class FakeOFTable:
                 return False
         elif isinstance(action, Learn):
             self._learn(action, state)
+        elif isinstance(action, Ct):
+            self.conntracked.append((action.zone, action.table, {k: state[k] for k in PIPELINE_FIELDS}))
+            if action.table is not None:
+                recirculated = dict(state, ct_state=CT_TRK | CT_EST)
+                if not self._run_table(action.table, recirculated, delivered, depth + 1):
+                    return False
         else:
             raise TypeError(f"the fake table cannot run {action!r}")
         return True

@@ -201,7 +201,7 @@ def test_a_pending_destination_hands_nothing_to_its_vif_until_the_announcement_o
         (110, 0, None, None): (SetField("reg9", 2), Resubmit(46), Resubmit(47)),  # look the gate up
         (110, 2, None, None): to_b,  # not announced: to the source, where the VM runs ...
         (120, 2, 10, None): (SetField("tunnel_id", 101), Output(OFPP_IN_PORT))}  # ... back, if it came from there
-    gate = [f for f in engine.desired().values() if f.table == 46]
+    gate = [f for f in engine.desired().values() if f.table == 46 and ("eth_dst", 0xfa163e000002, None) in f.match]
     assert [(f.match, f.actions) for f in gate] == [((("metadata", 101, None), ("eth_dst", 0xfa163e000002, None)), ())]
     learns = {a for f in engine.desired().values() if f.table == 0 and ("in_port", 6, None) in f.match
               for a in f.actions if isinstance(a, Learn) and a.table == 46}
@@ -216,7 +216,10 @@ def test_a_pending_destination_hands_nothing_to_its_vif_until_the_announcement_o
     apply(engine, engine.nb_event(event(b1.replace(
         migration=MigrationRecord(chassis="A", source="B", strategy="announce", state="activated")))))
     assert {p: f.actions for p, f in lookups_of(engine, 2).items()} == {100: (Output(6),)}
-    assert decisions_of(engine, 2) == {} and not [f for f in engine.desired().values() if f.table == 46]
+    # activated: the gate holds open with the controller's flow, as every local port's does
+    assert decisions_of(engine, 2) == {(110, 0, None, None): (SetField("reg9", 2), Resubmit(46), Resubmit(47))}
+    assert [(f.match, f.actions) for f in engine.desired().values() if f.table == 46 and f.cookie == gate[0].cookie] \
+        == [(gate[0].match, (SetField("reg9", 1),))]
     assert all({Output(6), Ct(6, table=48)} & set(f.actions) for f in engine.desired().values()
                if f.table == 60 and ("eth_type", 0x86DD, None) not in f.match)
 
@@ -318,3 +321,23 @@ def test_ports_with_distinct_flows_raise_no_key_conflict():
     apply(engine, engine.nb_event(event(port("c1", 3, 13, "C"))))
     apply(engine, engine.everything())
     assert engine.stats["flow_key_conflicts"] == 0 and not engine.errors
+
+
+def test_the_fields_the_bus_found_changed_are_taken_only_against_the_version_it_found_them_against():
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    held = engine.view.port("b1")
+    # The bus read version 2 from the version it delivered before, which the view holds: its word stands
+    # (here, deliberately, that nothing but the version changed, though the binding did).
+    moved = b1.replace(binding_chassis="C", version=2)
+    claimed = dict(event(moved, "update"), model=moved, changed_from=(held, ["version"]))
+    assert not engine.nb_event(claimed)
+    assert engine.stats["unchanged_writes"] == 1
+    # The view holds another version (the migrator's own write, applied ahead): the engine compares.
+    engine, b1 = engine_with_a1_here_and_b1_on_b()
+    held = engine.view.port("b1")
+    apply(engine, engine.object_written(b1.replace(binding_chassis="C", version=2)))
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(11))
+    back = b1.replace(version=3)
+    plan = apply(engine, engine.nb_event(dict(event(back, "update"), model=back, changed_from=(held, ["version"]))))
+    assert plan and engine.stats["unchanged_writes"] == 0
+    assert l2_lookup_actions(engine, 2) == (SetField("tunnel_id", 101), Output(10))

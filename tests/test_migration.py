@@ -3,6 +3,7 @@ and the edge cases, with L2, routed and floating-IP traffic probed every millise
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from benchmarks import faulty_controller
 from dfflow.sandbox.faults import DROP_PUBLISH, IGNORE_ANNOUNCEMENTS
 from dfflow.sandbox.probe import Echo, Sender, analyse
 from dfflow.sandbox.topology import INT_BRIDGE
-from controller_fixtures import (running_cloud, controller_status, dump_flows, migrate, pings, fault,
+from controller_fixtures import (running_cloud, controller_status, dump_flows, gates_open, migrate, pings, fault,
                                  update_binding, wait_arrival_windows_closed, wait_until)
 
 pytestmark = pytest.mark.ovs
@@ -158,6 +159,54 @@ def test_the_vms_announcement_opens_its_egress_in_the_datapath_without_the_contr
     assert_everyone_places_m_on(cloud, dest)
 
 
+def datapath_flows_of(sb, chassis: str, mac: str) -> dict[str, str]:
+    """The chassis' datapath flows (its userspace datapath's megaflows) of packets from or to `mac`:
+    key -> actions, the statistics left out."""
+    flows = {}
+    for line in sb.ovs(chassis).appctl("dpctl/dump-flows").splitlines():
+        key, _, actions = line.partition(" actions:")
+        if mac in key:
+            flows[re.sub(r", (packets|bytes|used|flags):[^,]*", "", key)] = actions.strip()
+    return flows
+
+
+def test_the_destinations_activation_changes_no_datapath_flow_the_vms_announcement_made(cloud):
+    """The VM's announcement opens the destination's gates in the datapath (the controller, deaf to it
+    here, does not activate the port); the destination's change once the VM left the source (the source
+    unplug, which gives it the activated port's flows) replaces the learned gates with its own same flows:
+    the datapath flows of the probes to M and of M's replies keep their actions (nothing is upcalled
+    again: same registers at the connection tracker, same recirculation)."""
+    sb, dest = cloud.sb, other(cloud)
+    mac = cloud.nb("get", "lport", port_id(cloud)).mac
+    sender = Sender(sb, "P", M_IP, interval=0.005)
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["result"] = migrate(cloud, "M", dest, strategy="announce", nova_path="legacy", unplug_delay=2.0,
+                                     update_port_delay=0.3)
+        except BaseException as exc:
+            done["error"] = exc
+    try:
+        with fault(cloud, IGNORE_ANNOUNCEMENTS):
+            migration = threading.Thread(target=run, daemon=True)
+            migration.start()
+            wait_until(lambda: sum("ct(" in a for a in datapath_flows_of(sb, dest, mac).values()) >= 2, 20,
+                       what=f"M answering P through {dest}'s datapath, its gates learned open")
+            time.sleep(0.3)
+            announced = datapath_flows_of(sb, dest, mac)
+            migration.join(30)
+        assert "error" not in done and "activated" not in done["result"]["states"], done
+        time.sleep(0.5)  # the destination's change applied, its revalidation over, the probes going on
+        after = datapath_flows_of(sb, dest, mac)
+    finally:
+        figures = analyse(sender.stop())
+    assert figures["recovered"], figures
+    kept = announced.keys() & after.keys()
+    assert kept and {k: announced[k] for k in kept} == {k: after[k] for k in kept}, (announced, after)
+    assert any("ct(" in a for a in announced.values()), announced  # M's security groups: through conntrack
+
+
 def test_step_two_alone_moves_the_flows_when_update_port_never_comes(cloud):
     source, dest = where(cloud), other(cloud)
     senders = probes(cloud)
@@ -275,9 +324,9 @@ def test_migrating_back_and_forth_twenty_times_leaves_no_stale_state(cloud):
     wait_until(lambda: pings(sb, "P", M_IP) and pings(sb, "E", cloud.fip), 15, what="M reachable after 20")
     assert cloud.nb("get", "lport", port_id(cloud)).migration is None
     assert_everyone_places_m_on(cloud, where(cloud))
-    # the activation gates the announcements learned in the datapath go with their keys (the activation deletes them)
-    wait_until(lambda: not any("table=5," in f for ch in sb.chassis_list() for f in dump_flows(sb, ch.name)),
-               20, what="learned activation gates expired")
+    # every local port's activation gate open (the activation wrote the controller's over the learned one)
+    wait_until(lambda: all(gates_open(sb, ch.name) for ch in sb.chassis_list()), 20,
+               what="every activation gate open: no pending destination left")
     wait_arrival_windows_closed(sb)  # and so do the destinations' admissions of M's connections
     after = {ch.name: len(dump_flows(sb, ch.name)) for ch in sb.chassis_list()}
     assert after == baseline or sum(after.values()) == sum(baseline.values()), (baseline, after)

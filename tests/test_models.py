@@ -256,3 +256,59 @@ def test_an_update_of_a_model_checked_only_whole_is_read_whole():
     held.check()
     assert not Chassis.checks_by_field and LogicalPort.checks_by_field
     assert Chassis.updated(held, dict(held.to_dict(), version=4, last_seen=5.0)) is None
+
+
+@pytest.mark.parametrize("name", sorted(LogicalPort.text_fields))
+def test_a_port_text_field_refuses_every_value_but_text_so_an_equal_update_is_the_same_json(name):
+    """`updated` takes a text field's raw value equal to the held one as the same JSON (a string equals only a
+    string): that holds only if its checks let no number, bool or object in, which `1 == True == 1.0` would pass."""
+    held = _held_port()
+    for other in (1, True, 1.0, 0, False, [1], [True], [0.0], {"a": 1}, [{"a": 1}]):
+        with pytest.raises(ValidationError) as refused:
+            _read_whole({**held.to_dict(), name: other})
+        assert refused.value.field.partition("[")[0] == name
+
+
+def _containers(data):
+    """Every list and dict inside `data` (JSON data), by identity."""
+    found = []
+    if isinstance(data, (list, dict)):
+        found.append(id(data))
+        for item in (data.values() if isinstance(data, dict) else data):
+            found += _containers(item)
+    return found
+
+
+def test_an_object_as_json_data_is_what_asdict_makes_of_it_and_shares_nothing_mutable_with_it():
+    import dataclasses
+    from dfflow.models import ExternalGateway, InactiveBinding, MigrationRecord, PortStatus, RouterPort
+    objects = [
+        _held_port(),
+        LogicalPort(id="p2", topic="t", migration=MigrationRecord(chassis="c2", source="c1", timestamps={"a": 1.5}),
+                    binding_profile={"k": [1, {"deep": [True, None, 2.5]}]},
+                    inactive_bindings=[InactiveBinding(host="c3", profile={"x": [1]})]),
+        LogicalRouter(id="r", topic="t", ports=[RouterPort(subnet="s", mac="fa:16:3e:00:00:09", ip="10.0.0.1")],
+                      external_gateway=ExternalGateway(lswitch="ext", ip="172.24.4.2", mac="fa:16:3e:00:00:0a")),
+        PortStatus(id="p1", topic="t", up={"c1": 5.0}), Chassis(id="c1", topic="chassis", tunnel_ip="172.31.0.1"),
+        FloatingIP(id="f", topic="t", floating_ip="172.24.4.3", port="p1", fixed_ip="10.0.0.5"),
+    ]
+    for obj in objects:
+        data = obj.to_dict()
+        assert data == dataclasses.asdict(obj) and list(data) == list(dataclasses.asdict(obj))
+        assert not set(_containers(data)) & _all_containers_of(obj), obj.table
+        assert type(obj).from_dict(data) == obj
+
+
+def _all_containers_of(obj):
+    """Every list and dict held by the object or its records, by identity."""
+    import dataclasses
+    found = set()
+    todo = [obj]
+    while todo:
+        value = todo.pop()
+        if dataclasses.is_dataclass(value):
+            todo += [getattr(value, f.name) for f in dataclasses.fields(value)]
+        elif isinstance(value, (list, dict)):
+            found.add(id(value))
+            todo += list(value.values() if isinstance(value, dict) else value)
+    return found

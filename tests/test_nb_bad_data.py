@@ -42,6 +42,10 @@ async def test_malformed_events_are_counted_and_skipped_and_later_events_still_a
     bad = {b["key"]: b["problem"] for b in sub.bad}
     assert "lport.mac" in bad["lport:p-bad"] and "not-a-mac" in bad["lport:p-bad"]
     assert bad["lport:p-none"] == "a create or update without its object"
+    # what names no object is named by the channel it came on
+    channel = sub.keys.channel(TOPIC)
+    assert [(b["key"], b["problem"][:8]) for b in sub.bad if not b["key"].startswith("lport:")] == [
+        (channel, "not JSON"), (channel, "an event")]
     await sub.stop()
 
 

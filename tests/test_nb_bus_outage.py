@@ -98,3 +98,37 @@ async def test_each_topic_added_on_a_healthy_connection_is_resynchronised_once(n
         assert sub.stats["resyncs"] == 8 and sub.stats["events"] == 8
     finally:
         await sub.stop()
+
+
+async def test_a_subscription_cut_while_the_nb_stays_up_is_followed_by_a_resync_of_what_was_published_meanwhile(
+        nb, nb_url):
+    """The NB stays up; only the subscriber's connection is cut, and an object is written before it is back: the
+    subscriber's own read of its connection sees the cut, and what was published meanwhile comes by the resync."""
+    import json
+    import time
+    from nb_corrupt import KEYS
+
+    await nb.create(switch(1, "t1"))
+    mirror = Mirror()
+    sub = Subscriber(nb_url, callback=mirror)
+    admin = aioredis.from_url(nb_url)
+    try:
+        await sub.start()
+        await sub.add_topic("t1")
+        await eventually(lambda: ("lswitch", "t1-n1") in mirror.objects)
+        late = switch(2, "t1").replace(version=int(await admin.get(KEYS.rev)) + 1)
+        event = {"table": "lswitch", "action": "create", "id": late.id, "topic": "t1", "version": late.version,
+                 "object": late.to_dict(), "ts": time.time()}
+        async with admin.pipeline(transaction=False) as pipe:  # one packet: the cut, then the write and its publish
+            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            pipe.set(KEYS.rev, late.version)
+            pipe.set(KEYS.obj("lswitch", late.id), json.dumps(late.to_dict()))
+            pipe.sadd(KEYS.ids("lswitch"), late.id)
+            pipe.sadd(KEYS.topic("t1"), f"lswitch:{late.id}")
+            pipe.publish(KEYS.channel("t1"), json.dumps(event))
+            await pipe.execute()
+        await eventually(lambda: ("lswitch", "t1-n2") in mirror.objects, timeout=5)
+        assert sub.stats["reconnects"] == 1 and sub.stats["resyncs"] >= 2
+    finally:
+        await sub.stop()
+        await admin.aclose()

@@ -57,6 +57,9 @@ async def test_an_update_checks_only_the_fields_it_changes_and_takes_the_others_
     assert moved is not held and held.binding_chassis == "c1"
     assert moved == LogicalPort.from_dict(port_dict(binding_chassis="c2", version=moved.version))
     assert moved.ips is held.ips and moved.binding_profile is held.binding_profile  # the checked values kept
+    # the handler is told what was compared (the engine need not compare them again); a first version: nothing
+    assert "changed_from" not in next(e for e in got if e["id"] == "p1")
+    assert got[-1]["changed_from"][0] is held and set(got[-1]["changed_from"][1]) == {"version", "binding_chassis"}
     assert sub.stats["bad_objects"] == 0
     await sub.stop()
 

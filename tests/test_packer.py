@@ -33,7 +33,7 @@ from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, 
                               OP_SET_FIELD, VNI_MAX, FlowBatch)
 from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OFPP_CONTROLLER, OFPP_IN_PORT, Command,
                           Conjunction, Ct, DecTtl, Flow,
-                          Move, Output, SetField, match)
+                          Move, Output, Resubmit, SetField, match)
 from dfflow.openflow.framing import XidAllocator
 
 ofp = ofproto_v1_3
@@ -634,7 +634,7 @@ OVS_MATCH_NAMES = {
     "dl_type": "eth_type", "nw_proto": "ip_proto", "nw_src": "ipv4_src", "nw_dst": "ipv4_dst",
     "icmp_type": "icmpv4_type", "icmp_code": "icmpv4_code", "arp_op": "arp_op", "arp_spa": "arp_spa",
     "arp_tpa": "arp_tpa", "arp_sha": "arp_sha", "arp_tha": "arp_tha", "tun_id": "tunnel_id",
-    "reg6": "reg6", "reg7": "reg7",
+    "reg5": "reg5", "reg6": "reg6", "reg7": "reg7", "reg9": "reg9",
 }
 OVS_SET_FIELD_NAMES = {**OVS_MATCH_NAMES, "eth_dst": "eth_dst", "eth_src": "eth_src", "eth_type": "eth_type",
                        "ip_src": "ipv4_src", "ip_dst": "ipv4_dst", "tunnel_id": "tunnel_id",
@@ -645,7 +645,7 @@ OVS_NXM_NAMES = {
     "NXM_OF_IP_SRC": "ipv4_src", "NXM_OF_IP_DST": "ipv4_dst", "NXM_OF_ICMP_TYPE": "icmpv4_type",
     "NXM_OF_ICMP_CODE": "icmpv4_code", "NXM_OF_ARP_OP": "arp_op", "NXM_OF_ARP_SPA": "arp_spa",
     "NXM_OF_ARP_TPA": "arp_tpa", "NXM_NX_ARP_SHA": "arp_sha", "NXM_NX_ARP_THA": "arp_tha",
-    "NXM_NX_TUN_ID": "tunnel_id", "NXM_NX_REG6": "reg6", "NXM_NX_REG7": "reg7",
+    "NXM_NX_TUN_ID": "tunnel_id", "NXM_NX_REG5": "reg5", "NXM_NX_REG6": "reg6", "NXM_NX_REG7": "reg7", "NXM_NX_REG9": "reg9",
 }
 OVS_SHORTHANDS = {"ip": {"eth_type": 0x0800}, "arp": {"eth_type": 0x0806}, "rarp": {"eth_type": 0x8035},
                   "icmp": {"eth_type": 0x0800, "ip_proto": 1}, "tcp": {"eth_type": 0x0800, "ip_proto": 6},
@@ -697,8 +697,11 @@ def parse_dump_flows(text: str) -> dict[tuple, dict]:
                 matched[name] = _ovs_value(name, value)
         actions: list[Any] = []
         goto = wmeta = None
-        for a in acts.split(","):
+        for a in re.sub(r"resubmit\(,(\d+)\)", r"resubmit:\1", acts).split(","):
             if a == "drop":
+                continue
+            if a.startswith("resubmit:"):
+                actions.append(Resubmit(int(a[9:])))
                 continue
             if a.startswith("output:"):
                 actions.append(Output(int(a[7:]), 0))

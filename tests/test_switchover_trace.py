@@ -1,5 +1,5 @@
 """The switchover trace's reading of a userspace vswitchd's datapath debug log (benchmarks.switchover_trace)."""
-from benchmarks.switchover_trace import datapath_events, milestones, prober_timing
+from benchmarks.switchover_trace import after_activation, datapath_events, milestones, prober_timing
 
 RARP = 1764386000.000
 LOG = [
@@ -31,6 +31,13 @@ def test_milestones_follow_the_rarp_the_hairpin_rewrite_and_the_first_upcalls():
     got = milestones(datapath_events(LOG, RARP))
     assert got == {"rarp_upcall": 1.0, "hairpin_modified": 2.0, "first_delivery_upcall": 4.0,
                    "first_vif_egress_upcall": 6.0, "activation_revalidation": 15.0, "upcalls_first_30ms": 3}
+
+
+def test_what_the_datapath_did_after_the_activation_is_counted_in_the_20_ms_after_it_was_applied():
+    events = datapath_events(LOG, RARP)
+    assert after_activation(events, 3.0) == {"upcalls_after_activation": 2, "rewrites_after_activation": 1}
+    assert after_activation(events, 16.0) == {"upcalls_after_activation": 0, "rewrites_after_activation": 0}
+    assert after_activation(events, None)["upcalls_after_activation"] is None
 
 
 def test_milestones_are_none_when_the_rarp_never_reached_the_datapath():

@@ -26,30 +26,35 @@ TUNNEL, COPY_TUNNEL = Param.TUNNEL, Param.COPY_TUNNEL
 LOCAL, REMOTE, GATED, OPEN = Fact.LOCAL, Fact.REMOTE, Fact.GATED, Fact.OPEN
 
 # -- a local port: classification, then what the VM may send (port security) -----------------
-CLASSIFY_PORT = template("classify_port", CLASSIFY, 100, dict(in_port=OFPORT), (SetField("reg6", OFPORT),),
+# Every local port's VIF looks its activation gate up (reg5) before port security, whether the port is
+# a pre-programmed `announce` destination (closed: reg5 stays 0) or runs here (open: reg5=1, the very
+# action the VM's announcement learns). A port's activation thus rewrites its gate and nothing its
+# packets take: their datapath flows translate as before (reg5=1 frozen at `ct` both ways).
+CLASSIFY_PORT = template("classify_port", CLASSIFY, 100, dict(in_port=OFPORT),
+                         (SetField("reg6", OFPORT), Resubmit(ACTIVATION_GATE)),
                          goto=PORT_SECURITY, write_metadata=(VNI, ALL_ONES_64))
-# A pre-programmed `announce` destination: classify looks the activation gate up (reg5) first.
-CLASSIFY_GATED = template("classify_gated", CLASSIFY, 100, dict(in_port=OFPORT),
-                          (SetField("reg6", OFPORT), Resubmit(ACTIVATION_GATE)),
-                          goto=PORT_SECURITY, write_metadata=(VNI, ALL_ONES_64))
-PS_ANY = template("ps_any", PORT_SECURITY, 100, dict(reg6=OFPORT), goto=EGRESS_CONNTRACK)
-PS_MAC = template("ps_mac", PORT_SECURITY, 100, dict(eth_src=MAC, reg6=OFPORT), goto=EGRESS_CONNTRACK)
+OPEN_GATE = 1  # reg5: the gate lets the VIF's packets on to port security
+PS_ANY = template("ps_any", PORT_SECURITY, 100, dict(reg6=OFPORT, reg5=OPEN_GATE), goto=EGRESS_CONNTRACK)
+PS_MAC = template("ps_mac", PORT_SECURITY, 100, dict(eth_src=MAC, reg6=OFPORT, reg5=OPEN_GATE),
+                  goto=EGRESS_CONNTRACK)
 # QEMU announces a migrated guest with RARP from its MAC: always let that through.
-PS_RARP = template("ps_rarp", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_RARP, reg6=OFPORT),
-                   goto=EGRESS_CONNTRACK)
-PS_IP = template("ps_ip", PORT_SECURITY, 100, dict(eth_src=MAC, eth_type=ETH_TYPE_IP, ipv4_src=IP, reg6=OFPORT),
-                 goto=EGRESS_CONNTRACK)
+PS_RARP = template("ps_rarp", PORT_SECURITY, 100,
+                   dict(eth_src=MAC, eth_type=ETH_TYPE_RARP, reg6=OFPORT, reg5=OPEN_GATE), goto=EGRESS_CONNTRACK)
+PS_IP = template("ps_ip", PORT_SECURITY, 100,
+                 dict(eth_src=MAC, eth_type=ETH_TYPE_IP, ipv4_src=IP, reg6=OFPORT, reg5=OPEN_GATE), goto=EGRESS_CONNTRACK)
 PS_ARP = template("ps_arp", PORT_SECURITY, 100,
-                  dict(eth_src=MAC, eth_type=ETH_TYPE_ARP, arp_spa=IP, arp_sha=MAC, reg6=OFPORT), goto=EGRESS_CONNTRACK)
+                  dict(eth_src=MAC, eth_type=ETH_TYPE_ARP, arp_spa=IP, arp_sha=MAC, reg6=OFPORT, reg5=OPEN_GATE),
+                  goto=EGRESS_CONNTRACK)
 # Allowed address pairs: the port may also send from each pair's MAC and address or prefix (a
 # port has pairs only with port security on).
 PAIR_MAC, PAIR_IP, PAIR_MASK = Param.PAIR_MAC, Param.PAIR_IP, Param.PAIR_MASK
 PS_PAIR_IP = template("ps_pair_ip", PORT_SECURITY, 100,
-                      dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_IP, ipv4_src=PAIR_IP, reg6=OFPORT),
+                      dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_IP, ipv4_src=PAIR_IP, reg6=OFPORT, reg5=OPEN_GATE),
                       goto=EGRESS_CONNTRACK)
 PS_PAIR_NET = with_match(PS_PAIR_IP, "ps_pair_net", ipv4_src=(PAIR_IP, PAIR_MASK))
 PS_PAIR_ARP = template("ps_pair_arp", PORT_SECURITY, 100,
-                       dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_ARP, arp_spa=PAIR_IP, arp_sha=PAIR_MAC, reg6=OFPORT),
+                       dict(eth_src=PAIR_MAC, eth_type=ETH_TYPE_ARP, arp_spa=PAIR_IP, arp_sha=PAIR_MAC, reg6=OFPORT,
+                            reg5=OPEN_GATE),
                        goto=EGRESS_CONNTRACK)
 PS_PAIR_ARP_NET = with_match(PS_PAIR_ARP, "ps_pair_arp_net", arp_spa=(PAIR_IP, PAIR_MASK))
 PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC, Each.ONCE),
@@ -58,16 +63,19 @@ PORT_SECURITY_ENTRIES = ((PS_ANY, Fact.PS_OFF, Each.ONCE), (PS_MAC, Fact.PS_MAC,
                          (PS_PAIR_IP, Fact(0), Each.PER_PAIR_HOST), (PS_PAIR_NET, Fact(0), Each.PER_PAIR_NET),
                          (PS_PAIR_ARP, Fact(0), Each.PER_PAIR_HOST), (PS_PAIR_ARP_NET, Fact(0), Each.PER_PAIR_NET))
 
-# A pre-programmed destination: the VM's first RARP or GARP opens its egress and its ingress in
-# the datapath, in the same action list, and tells the controller, which activates the port and
-# publishes. Until then the gated port-security flows drop what the VM sends, and what is sent to
-# it goes on to the source, where the VM runs (see "one copy" below).
-# Egress: the gate is a flow of the controller's (reg5 stays 0), which the announcement re-learns
-# under the same key (table, priority, match) to set reg5=1 for this VIF. No timeout: the VM's
-# egress stays open for as long as the migration is unresolved, however long the controller is
-# away; the controller's next write of the port (activation, step 2 or 3, an abort) deletes the key.
+# The activation gate. A pre-programmed destination's VM's first RARP or GARP opens its egress and
+# its ingress in the datapath, in the same action list, and tells the controller, which activates
+# the port and publishes. Until then port security drops what the VM sends (reg5=0), and what is
+# sent to it goes on to the source, where the VM runs (see "one copy" below).
+# Egress: the closed gate is a flow of the controller's (reg5 stays 0), which the announcement
+# re-learns under the same key (table, priority, match) to set reg5=1 for this VIF. No timeout:
+# the VM's egress stays open for as long as the migration is unresolved, however long the
+# controller is away. The activation replaces the learned flow with the controller's open gate,
+# the same flow: every local port has it, so nothing the datapath cached for the VM changes.
 GATE_CLOSED = template("gate_closed", ACTIVATION_GATE, 100, dict(reg6=OFPORT))
-OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),), (("reg5", 1),))
+GATE_OPEN = template("gate_open", ACTIVATION_GATE, 100, dict(reg6=OFPORT), (SetField("reg5", OPEN_GATE),))
+OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, (("reg6", OFPORT),),
+                   (("reg5", OPEN_GATE),))
 
 # -- one copy: where a packet for a migrating port goes, decided in ingress_conntrack ---------------
 # While an `announce` migration is in flight every chassis sends the port's packets to its
@@ -77,7 +85,10 @@ OPENS_GATE = Learn(ACTIVATION_GATE, GATE_CLOSED.priority, 0, 0, Param.COOKIE, ((
 # forwards it again; from the announcement on, to its own VIF. A packet thus exists in one copy,
 # and is filtered once, by the chassis that delivers it. reg9 carries the decision: 0 undecided,
 # 1 deliver here (on to the port's ingress filter and l2_lookup), 2 the destination's VM has not
-# announced itself: to the source.
+# announced itself: to the source. Every local port's packets take the same decision (their
+# delivery gate open), so they reach the connection tracker with reg9=1 whether the port is a
+# migration's destination, its source, or neither: a port's migration changes no datapath flow of
+# its packets but where the migration sends them.
 DELIVER_HERE, NOT_ANNOUNCED = 1, 2
 # The source: a tunnel's packet is delivered here (decided, it takes the usual way: the port's
 # ingress filter, then l2_lookup); what its own VIFs send the port goes to the destination, unfiltered.
@@ -87,15 +98,17 @@ SOURCE_DELIVERS_FROM_TUNNEL = template("source_delivers_from_tunnel", INGRESS_CO
 SOURCE_SENDS_TO_DESTINATION = template("source_sends_to_destination", INGRESS_CONNTRACK, 110,
                                        dict(metadata=VNI, eth_dst=MAC, reg9=0),
                                        (SetField("tunnel_id", VNI), Output(COPY_TUNNEL)))
-# The destination: whatever way it came (a tunnel, its own VIFs; switched, routed, DNATed) the
-# packet looks its port up in delivery_gate, where the controller's flow (no action) leaves
-# reg9=NOT_ANNOUNCED and the one the announcement learns over it (same key, no timeout: the
-# controller's next write of the port replaces or deletes it) sets reg9=DELIVER_HERE.
-DESTINATION_DECIDES = template("destination_decides", INGRESS_CONNTRACK, 110,
-                               dict(metadata=VNI, eth_dst=MAC, reg9=0),
-                               (SetField("reg9", NOT_ANNOUNCED), Resubmit(DELIVERY_GATE),
-                                Resubmit(INGRESS_CONNTRACK)))
+# A local port (the destination too): whatever way it came (a tunnel, its own VIFs; switched,
+# routed, DNATed) the packet looks its port up in delivery_gate, where a pending destination's flow
+# (no action) leaves reg9=NOT_ANNOUNCED and the one the announcement learns over it (same key, no
+# timeout) sets reg9=DELIVER_HERE, as the controller's own open gate does for every other local port.
+LOOKS_UP_DELIVERY_GATE = template("looks_up_delivery_gate", INGRESS_CONNTRACK, 110,
+                                  dict(metadata=VNI, eth_dst=MAC, reg9=0),
+                                  (SetField("reg9", NOT_ANNOUNCED), Resubmit(DELIVERY_GATE),
+                                   Resubmit(INGRESS_CONNTRACK)))
 DELIVERY_CLOSED = template("delivery_closed", DELIVERY_GATE, 100, dict(metadata=VNI, eth_dst=MAC))
+DELIVERY_OPEN = template("delivery_open", DELIVERY_GATE, 100, dict(metadata=VNI, eth_dst=MAC),
+                         (SetField("reg9", DELIVER_HERE),))
 OPENS_DELIVERY = Learn(DELIVERY_GATE, DELIVERY_CLOSED.priority, 0, 0, Param.COOKIE,
                        (("metadata", VNI), ("eth_dst", MAC)), (("reg9", DELIVER_HERE),))
 # Not announced: to the source (out of the tunnel it came in by, if it came from the source
@@ -131,18 +144,18 @@ LOOKUP_REMOTE_VIA_DESTINATION = template("lookup_remote_via_destination", L2_LOO
 LOOKUP_LEFT_FROM_TUNNEL = template("lookup_left_from_tunnel", L2_LOOKUP, 110, dict(metadata=VNI, eth_dst=MAC, reg6=0))
 
 L2_PORT_FLOWS = PortProgram(1, [
-    bound(CLASSIFY_PORT, LOCAL | OPEN),
-    bound(CLASSIFY_GATED, LOCAL | GATED),
+    bound(CLASSIFY_PORT, LOCAL),
     bound(GATE_CLOSED, LOCAL | GATED),
-    *(bound(t, LOCAL | OPEN | facts, each) for t, facts, each in PORT_SECURITY_ENTRIES),
-    *(bound(with_match(t, t.name + "_gated", reg5=1), LOCAL | GATED | facts, each)
-      for t, facts, each in PORT_SECURITY_ENTRIES),
+    bound(GATE_OPEN, LOCAL | OPEN),
+    *(bound(t, LOCAL | facts, each) for t, facts, each in PORT_SECURITY_ENTRIES),
     bound(ANNOUNCE_RARP, LOCAL | GATED),
     bound(ANNOUNCE_GARP, LOCAL | GATED, Each.PER_IP),
     bound(SOURCE_DELIVERS_FROM_TUNNEL, LOCAL | OPEN | Fact.COPY),
     bound(SOURCE_SENDS_TO_DESTINATION, LOCAL | OPEN | Fact.COPY),
-    bound(DESTINATION_DECIDES, LOCAL | GATED),
+    bound(LOOKS_UP_DELIVERY_GATE, LOCAL | GATED),
+    bound(LOOKS_UP_DELIVERY_GATE, LOCAL | OPEN | Fact.NO_COPY),
     bound(DELIVERY_CLOSED, LOCAL | GATED),
+    bound(DELIVERY_OPEN, LOCAL | OPEN),
     bound(DESTINATION_TO_SOURCE, LOCAL | GATED | Fact.COPY),
     bound(DESTINATION_BACK_TO_SOURCE, LOCAL | GATED | Fact.COPY),
     bound(DESTINATION_HOLDS, LOCAL | GATED | Fact.NO_COPY),
@@ -213,13 +226,16 @@ class L2App(App):
         ]
 
 
-def opened_gates(dumped: Iterable[Any]) -> list[int]:
-    """The VIF ofports whose gate the datapath holds open (flows dumped from OVS: the controller's
-    gate has no action, a learned one loads reg5): their VM announced itself. A restarted
-    controller finds here the announcements it missed while it was away."""
+def opened_gates(dumped: Iterable[Any], pending: Iterable[int]) -> list[int]:
+    """Of the `pending` VIF ofports (pre-programmed destinations, their gates closed by the
+    controller), those whose gate the datapath holds open (flows dumped from OVS: the closed gate has
+    no action, a learned one loads reg5): their VM announced itself. A restarted controller finds here
+    the announcements it missed while it was away. (Every other local port's gate is open: the
+    controller's own flow.)"""
+    waiting = set(pending)
     found = []
     for stats in dumped:
         ofport = dict(stats.match.items()).get("reg6") if stats.table_id == ACTIVATION_GATE else None
-        if ofport is not None and any(getattr(inst, "actions", None) for inst in stats.instructions):
+        if ofport in waiting and any(getattr(inst, "actions", None) for inst in stats.instructions):
             found.append(ofport)
     return found

@@ -70,6 +70,8 @@ class LogicalPort(Model):
     records = {"migration": (MigrationRecord, False), "inactive_bindings": (InactiveBinding, True),
                "allowed_address_pairs": (AddressPair, True)}
     checks_by_field = True
+    text_fields = frozenset({"id", "topic", "lswitch", "mac", "ips", "binding_chassis", "activation_strategy",
+                             "device_owner", "device_id", "name", "vnic_type", "security_groups"})
     lswitch: str = ""
     mac: str = ""
     ips: list[str] = field(default_factory=list)

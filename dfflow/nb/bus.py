@@ -253,6 +253,9 @@ class Subscriber:
         channels = [self.keys.channel(t) for t in self._subscribed]
         # A channel that nobody else uses keeps the connection in subscribed mode even with no topics.
         await self._pubsub.subscribe(self.keys.keepalive, *channels)
+        if not isinstance(getattr(self._pubsub.connection._parser, "_reader", None), hiredis.Reader):
+            raise RuntimeError("the NB bus reads its connection with hiredis (a dfflow dependency), which redis-py "
+                               "does not use here: is it installed?")
 
     async def _close_connection(self) -> None:
         pubsub, client = self._pubsub, self._redis
@@ -278,40 +281,43 @@ class Subscriber:
         while True:
             for topic in sorted(self._pending & self.topics):
                 await self._sync_new_topic(topic)  # an error here is a lost connection: reconnect
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is None:
+            burst: list[dict[str, Any]] = []
+            await self._take_parsed(burst)
+            if not burst and not await self._read(timeout=1.0):
                 # also notices a dead server even when no events flow
                 await self._check_revision(int(await self._redis.get(self.keys.rev) or 0))
                 continue
             # Whatever else the connection holds already is one burst: handed over together.
-            burst = [message]
             while len(burst) < MAX_BURST:
                 await self._take_parsed(burst)
-                if len(burst) >= MAX_BURST or not await self._buffered():
+                if len(burst) >= MAX_BURST or not await self._read(timeout=0):
                     break
-                message = await self._pubsub.get_message(timeout=0)  # reads the socket into the parser
-                if message is None:
-                    break  # the rest of a message is still on its way
-                burst.append(message)
             events = [e for e in map(self._event_of, burst) if e is not None and e["topic"] in self.topics]
             if events:
                 async with self._lock:
                     await self._deliver_all(events)
 
-    async def _buffered(self) -> bool:
-        """Does the connection hold (part of) a message already? Never waits for the socket."""
-        conn = self._pubsub.connection
-        return await (conn.can_read() if hasattr(conn, "can_read") else conn.can_read_destructive())  # redis-py < 8
+    async def _read(self, timeout: float) -> bool:
+        """Feed the connection's hiredis reader what its socket brings within `timeout` s (0: only what
+        is buffered already, never waiting); whether anything came. Read here, not through redis-py's
+        `get_message`, whose timeout, retry and read layers cost a chassis more per burst than several
+        events' parse. A closed connection raises: the subscriber reconnects and resynchronises."""
+        parser = self._pubsub.connection._parser
+        stream = parser._stream
+        if timeout == 0 and not stream._buffer and not stream.at_eof():  # (redis-py's own `can_read` test)
+            return False
+        try:
+            async with asyncio.timeout(timeout or None):
+                await parser.read_from_socket()
+        except TimeoutError:
+            return False
+        return True
 
     async def _take_parsed(self, burst: list[dict[str, Any]]) -> None:
         """Append to `burst` the messages the connection's hiredis reader holds complete, up to
-        MAX_BURST, without redis-py's per-message path (its timeout, retry and read layers cost a
-        chassis more than the event's own parse). A reply that is not a published message (a
-        subscription's confirmation) goes through redis-py's own handling; an error reply is raised.
-        Without a hiredis reader (another parser) nothing is taken: get_message reads them one by one."""
-        reader = getattr(getattr(self._pubsub.connection, "_parser", None), "_reader", None)
-        if not isinstance(reader, hiredis.Reader):
-            return
+        MAX_BURST. A reply that is not a published message (a subscription's confirmation) goes
+        through redis-py's own handling (its record of the subscriptions); an error reply is raised."""
+        reader = self._pubsub.connection._parser._reader
         while len(burst) < MAX_BURST:
             response = reader.gets()
             if response is _NOT_ENOUGH_DATA or response is False:
@@ -329,15 +335,14 @@ class Subscriber:
         """A pubsub message's NB event, or None (not an event message, or a malformed one: counted)."""
         if message.get("type") != "message":
             return None
-        channel = _text(message.get("channel") or b"?")
         try:
             event = loads(message["data"])
         except (ValueError, TypeError) as exc:
-            self._bad_data("bad_events", channel, f"not JSON ({exc})", message.get("data"))
+            self._bad_data("bad_events", _channel_of(message), f"not JSON ({exc})", message.get("data"))
             return None
         problem = event_problem(event)
         if problem is not None:
-            key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else channel
+            key = f"{event.get('table')}:{event.get('id')}" if isinstance(event, dict) else _channel_of(message)
             self._bad_data("bad_events", key, problem, message.get("data"))
             return None
         return event
@@ -418,7 +423,9 @@ class Subscriber:
 
     def _news(self, event: Event) -> bool:
         """Is the event newer than what was delivered of its object, and valid? (It is then recorded
-        as delivered, its object parsed and validated in event["model"].)"""
+        as delivered, its object parsed and validated in event["model"]; when that was read from the
+        version delivered before, event["changed_from"] is (that version, the fields in which the new
+        one may differ from it: those whose raw values differ).)"""
         key = (event["table"], event["id"])
         seen = self._seen.get(key)
         deleting = event["action"] == "delete"
@@ -430,13 +437,16 @@ class Subscriber:
             return False
         model = None
         if not deleting:
-            model, problem = checked_object(event, seen.model if seen is not None and seen.alive else None)
+            held = seen.model if seen is not None and seen.alive else None
+            model, changed, problem = checked_object(event, held)
             if problem is not None:
                 if (event["table"], event["id"], event["version"]) not in self._bad_seen:
                     self._bad_seen.add((event["table"], event["id"], event["version"]))
                     self._bad_data("bad_objects", f"{event['table']}:{event['id']}", problem, event["object"])
                 return False
             event["model"] = model  # parsed and validated: the subscriber's handler need not parse it again
+            if changed is not None:  # (the handler holds `held` too: it need not compare them again)
+                event["changed_from"] = (held, changed)
             if not model.checks_by_field:
                 model = None  # (not kept: its next version is read whole anyway)
         if seen is None:
@@ -484,10 +494,13 @@ def event_problem(event: Any) -> str | None:
     return None
 
 
-def checked_object(event: Event, held: Model | None = None) -> tuple[Model | None, str | None]:
-    """The event's object parsed and validated, or None and what makes it not a valid object of its
-    table (the same one). `held`: the version delivered before it, checked; the fields whose values
-    are still its are not checked again (an evacuation's binding change rewrites one field of a port)."""
+def checked_object(event: Event, held: Model | None = None
+                   ) -> tuple[Model | None, list[str] | None, str | None]:
+    """The event's object parsed and validated, the fields checked when it was read from `held` (else
+    None), and None; or None, None and what makes it not a valid object of its table (the same one).
+    `held`: the version delivered before it, checked; the fields whose values are still its are not
+    checked again (an evacuation's binding change rewrites one field of a port)."""
+    changed = None
     try:
         model = MODELS[event["table"]]
         update = model.updated(held, event["object"]) if held is not None else None
@@ -498,11 +511,11 @@ def checked_object(event: Event, held: Model | None = None) -> tuple[Model | Non
             obj = model.from_dict(event["object"])
             obj.check()
     except Exception as exc:  # untrusted data: whatever it breaks is a reason to skip it
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, None, f"{type(exc).__name__}: {exc}"
     if (obj.id, obj.topic, obj.version) != (event["id"], event["topic"], event["version"]):
-        return None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
-                      f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
-    return obj, None
+        return None, None, (f"the object says {obj.table} {obj.id!r} topic {obj.topic!r} version {obj.version}, "
+                            f"its event {event['id']!r} topic {event['topic']!r} version {event['version']}")
+    return obj, changed, None
 
 
 def loads(data: bytes | str) -> Any:
@@ -512,6 +525,11 @@ def loads(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def _channel_of(message: dict[str, Any]) -> str:
+    """The channel a malformed message came on, to name it (read only then: most messages are good)."""
+    return _text(message.get("channel") or b"?")
 
 
 def _text(value: bytes | str) -> str:
