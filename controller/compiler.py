@@ -1,10 +1,10 @@
 """The apps' port programs compiled for dfflow._core, and a plan's flows packed into one buffer.
 
-Every flow the packer has an opcode for (output, set-field, dec-ttl, reg-move) is
-encoded into a `FlowBatch` row and packed by `dfflow._core` without a Python object
-per message. The compiled core makes every entry of a port program, including the
-few whose actions the packer does not encode (the announce gate's learn and
-resubmit): their rows carry the template and its bound params instead of actions
+Every flow the packer has an opcode for (output, set-field, dec-ttl, reg-move, ct,
+conjunction, resubmit) is encoded into a `FlowBatch` row and packed by `dfflow._core`
+without a Python object per message. The compiled core makes every entry of a port
+program, including the few whose actions the packer does not encode (the announce
+gate's learn): their rows carry the template and its bound params instead of actions
 (`OP_PARAMS` slots), and `flow_mods` serializes them with os-ken in their place, so
 the order of the plan (deletes, then adds) is kept. The daemon hands a plan to the channel
 as a `PlanBundle`: the packer writes its FLOW_MODs as the adds of one atomic bundle, open

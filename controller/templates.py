@@ -114,7 +114,7 @@ class FlowTemplate:
         return frozenset(used)
 
     def packable(self) -> bool:
-        """Whether the compiled packer encodes its actions (learn and resubmit it does not)."""
+        """Whether the compiled packer encodes its actions (learn it does not)."""
         return all(isinstance(a, PACKABLE_ACTIONS) for a in self.actions)
 
     def flow(self, values: Mapping[Param, int], cookie: int) -> Flow:

@@ -620,7 +620,7 @@ cdef Py_ssize_t _distinct_adds(const LayoutC *L, unsigned char *rows, Py_ssize_t
 
 
 class NotCompilable(ValueError):
-    """A change needs a flow the compiled path cannot make (a learn or resubmit action):
+    """A change needs a flow the compiled path cannot make (a learn action):
     the caller runs the Python program instead."""
 
 

@@ -78,6 +78,7 @@ cdef extern from *:
     #define DFF_NXAST_REG_MOVE 6u
     #define DFF_NXAST_CONJUNCTION 34u
     #define DFF_NXAST_CT 35u
+    #define DFF_NXAST_RESUBMIT_TABLE 14u
     #define DFF_NX_CT_F_COMMIT 1u
     #define DFF_OFPT_BUNDLE_CONTROL 33u  /* OpenFlow 1.4's */
     #define DFF_OFPT_BUNDLE_ADD_MESSAGE 34u  /* OpenFlow 1.4's */
@@ -118,6 +119,7 @@ cdef extern from *:
     uint32_t NXAST_REG_MOVE "DFF_NXAST_REG_MOVE"
     uint32_t NXAST_CONJUNCTION "DFF_NXAST_CONJUNCTION"
     uint32_t NXAST_CT "DFF_NXAST_CT"
+    uint32_t NXAST_RESUBMIT_TABLE "DFF_NXAST_RESUBMIT_TABLE"
     uint32_t NX_CT_F_COMMIT "DFF_NX_CT_F_COMMIT"
     uint32_t OFPT_BUNDLE_CONTROL "DFF_OFPT_BUNDLE_CONTROL"
     uint32_t OFPT_BUNDLE_ADD_MESSAGE "DFF_OFPT_BUNDLE_ADD_MESSAGE"
@@ -146,6 +148,7 @@ cdef enum:
     OP_MOVE = 4
     OP_CT = 5
     OP_CONJUNCTION = 6
+    OP_RESUBMIT = 7
 
 cdef enum ErrCode:
     E_OK = 0
@@ -176,6 +179,7 @@ cdef enum ErrCode:
     E_CONJ_CLAUSE
     E_CONJ_ID
     E_CONJ_ALONE
+    E_RESUBMIT_TABLE
 
 
 cdef struct FieldC:

@@ -51,7 +51,8 @@ OPENFLOW = {
     "ONF_BCT_COMMIT_REQUEST": ONF_BCT_COMMIT_REQUEST, "ONF_BCT_DISCARD_REQUEST": ONF_BCT_DISCARD_REQUEST,
     "ONF_BF_ATOMIC": ONF_BF_ATOMIC, "ONF_BF_ORDERED": ONF_BF_ORDERED,
     "NX_EXPERIMENTER_ID": NX_EXPERIMENTER_ID, "NXAST_REG_MOVE": NXAST_REG_MOVE,
-    "NXAST_CONJUNCTION": NXAST_CONJUNCTION, "NXAST_CT": NXAST_CT, "NX_CT_F_COMMIT": NX_CT_F_COMMIT,
+    "NXAST_CONJUNCTION": NXAST_CONJUNCTION, "NXAST_CT": NXAST_CT,
+    "NXAST_RESUBMIT_TABLE": NXAST_RESUBMIT_TABLE, "NX_CT_F_COMMIT": NX_CT_F_COMMIT,
     # OpenFlow 1.4's
     "OFPT_BUNDLE_CONTROL": OFPT_BUNDLE_CONTROL, "OFPT_BUNDLE_ADD_MESSAGE": OFPT_BUNDLE_ADD_MESSAGE,
     "OFPBCT_OPEN_REQUEST": OFPBCT_OPEN_REQUEST, "OFPBCT_COMMIT_REQUEST": OFPBCT_COMMIT_REQUEST,
@@ -59,7 +60,7 @@ OPENFLOW = {
 }
 # The opcodes of a flow record's action slots (dfflow.flowbatch takes them from here).
 ACTION_OPCODES = {"NONE": OP_NONE, "OUTPUT": OP_OUTPUT, "SET_FIELD": OP_SET_FIELD, "DEC_NW_TTL": OP_DEC_NW_TTL,
-                  "MOVE": OP_MOVE, "CT": OP_CT, "CONJUNCTION": OP_CONJUNCTION}
+                  "MOVE": OP_MOVE, "CT": OP_CT, "CONJUNCTION": OP_CONJUNCTION, "RESUBMIT": OP_RESUBMIT}
 FLOW_MOD_FIXED_LEN = C_FLOW_MOD_FIXED_LEN
 BUNDLE_CTRL_LEN = C_BUNDLE_CTRL_LEN
 BUNDLE_ADD_HEADER_LEN = C_BUNDLE_ADD_HEADER_LEN
@@ -323,6 +324,10 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                             return _fail(err, E_CONJ_ID, r, -1, k, v, 0)
                         nconj += 1
                         alen += 16
+                    elif op == OP_RESUBMIT:
+                        if ld16(a + L.a_arg) > 254:
+                            return _fail(err, E_RESUBMIT_TABLE, r, -1, k, ld16(a + L.a_arg), 0)
+                        alen += 16
                     else:
                         return _fail(err, E_OPCODE, r, -1, k, op, 0)
                 if nconj and (nconj != na or rec[L.has_wmeta] or <int16_t>ld16(rec + L.goto_) != -1):
@@ -507,6 +512,14 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         p[11] = a[a_dst]
                         be32(p + 12, <uint32_t>ld64(a + a_value))
                         p += 16
+                    elif op == OP_RESUBMIT:        # Nicira NXAST_RESUBMIT_TABLE from the packet's in_port
+                        be32(p, (OFPAT_EXPERIMENTER << 16) | 16U)
+                        be32(p + 4, NX_EXPERIMENTER_ID)
+                        be16(p + 8, NXAST_RESUBMIT_TABLE)
+                        be16(p + 10, <uint16_t>OFPP_IN_PORT)
+                        p[12] = <unsigned char>ld16(a + a_arg)
+                        p[13] = p[14] = p[15] = 0
+                        p += 16
                     else:              # OP_MOVE: Nicira's reg-move
                         be32(p, (OFPAT_EXPERIMENTER << 16) | 24U)
                         be32(p + 4, NX_EXPERIMENTER_ID)
@@ -573,6 +586,7 @@ _ERR_TEXT = {
                    "2 <= n_clauses <= 64",
     E_CONJ_ID: "action {action} conjunction id {value:#x} is wider than 32 bits",
     E_CONJ_ALONE: "a flow with conjunction actions has no other action, write-metadata or goto",
+    E_RESUBMIT_TABLE: "action {action} resubmit table {value} out of range (0..254)",
 }
 
 

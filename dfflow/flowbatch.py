@@ -21,11 +21,12 @@ column             type      meaning
 ``match_mask``     u8[NF]    mask of field i, read only where ``match_masked``
 ``actions``        [M]       ``MAX_ACTIONS`` slots of ``ACTION_DTYPE``:
   ``.op``          u1        ``OP_OUTPUT`` / ``OP_SET_FIELD`` / ``OP_DEC_NW_TTL`` / ``OP_MOVE`` /
-                             ``OP_CT`` / ``OP_CONJUNCTION``
+                             ``OP_CT`` / ``OP_CONJUNCTION`` / ``OP_RESUBMIT``
   ``.field``       u1        set-field field index; move source field index; ct: 1 = commit;
                              conjunction: its clause (1..n)
   ``.dst``         u1        move destination field index; conjunction: n_clauses
-  ``.arg``         u2        output max_len; move n_bits; ct: recirculation table (255: none)
+  ``.arg``         u2        output max_len; move n_bits; ct: recirculation table (255: none);
+                             resubmit: its table (from the packet's in_port)
   ``.value``       u8        output port; set-field value; ct zone; conjunction id
 =================  ========  ===================================================
 
@@ -53,7 +54,7 @@ import numpy as np
 
 from dfflow import core
 from dfflow.flows import (CT_NO_TABLE, FIELDS, IPV4_FIELDS, MAC_FIELDS, OXM_EXPERIMENTER, Action, Command,
-                          Conjunction, Ct, DecTtl, Flow, MatchItem, Move, Output, SetField, oxm_order)
+                          Conjunction, Ct, DecTtl, Flow, MatchItem, Move, Output, Resubmit, SetField, oxm_order)
 
 FIELD_ORDER: tuple[str, ...] = tuple(sorted(FIELDS, key=oxm_order))
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FIELD_ORDER)}
@@ -62,15 +63,16 @@ NF = len(FIELD_ORDER)
 MAX_ACTIONS = 8  # an ARP responder needs 8 (3 moves, 4 set-fields, output in_port)
 
 # The action slots' opcodes are the packer's; the numbers of flows.py it also writes must be its own.
-OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION = (
-    core.ACTION_OPCODES[name] for name in ("NONE", "OUTPUT", "SET_FIELD", "DEC_NW_TTL", "MOVE", "CT", "CONJUNCTION"))
+OP_NONE, OP_OUTPUT, OP_SET_FIELD, OP_DEC_NW_TTL, OP_MOVE, OP_CT, OP_CONJUNCTION, OP_RESUBMIT = (
+    core.ACTION_OPCODES[name]
+    for name in ("NONE", "OUTPUT", "SET_FIELD", "DEC_NW_TTL", "MOVE", "CT", "CONJUNCTION", "RESUBMIT"))
 core.require_agreement(
     "FLOW_MOD commands and OXM classes",
     {"OFPFC_DELETE": Command.DELETE, "OFPFC_DELETE_STRICT": Command.DELETE_STRICT,
      "OFPXMC_EXPERIMENTER": OXM_EXPERIMENTER},
     {name: core.OPENFLOW[name] for name in ("OFPFC_DELETE", "OFPFC_DELETE_STRICT", "OFPXMC_EXPERIMENTER")})
-# what a row encodes (not learn, not resubmit)
-PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move, Ct, Conjunction)
+# what a row encodes (not learn)
+PACKABLE_ACTIONS = (Output, SetField, DecTtl, Move, Ct, Conjunction, Resubmit)
 
 # Range rules beyond the field width (the packer enforces them too).
 VNI_MAX = (1 << 24) - 1  # dfflow's tunnels (Geneve/VXLAN) carry a 24-bit VNI in tunnel_id
@@ -331,6 +333,9 @@ def _encode(flow: Flow) -> list[int]:
             slots[j + 3] = CT_NO_TABLE if action.table is None else _int_in(f"action {k} ct table", action.table,
                                                                             0, 254)
             slots[j + 4] = _int_in(f"action {k} ct zone", action.zone, 0, 0xFFFF)
+        elif isinstance(action, Resubmit):
+            slots[j] = OP_RESUBMIT
+            slots[j + 3] = _int_in(f"action {k} resubmit table", action.table, 0, 254)
         elif isinstance(action, Conjunction):
             slots[j] = OP_CONJUNCTION
             slots[j + 2] = _int_in(f"action {k} conjunction n_clauses", action.n_clauses, 2, 64)
@@ -368,6 +373,8 @@ def _decode(row: np.void) -> Flow:
             actions.append(Ct(int(slot["value"]), bool(slot["field"]), None if recirc == CT_NO_TABLE else recirc))
         elif op == OP_CONJUNCTION:
             actions.append(Conjunction(int(slot["value"]), int(slot["field"]), int(slot["dst"])))
+        elif op == OP_RESUBMIT:
+            actions.append(Resubmit(int(slot["arg"])))
         else:
             raise ValueError(f"action {k}: unknown opcode {op}")
     goto = int(row["goto"])
@@ -378,5 +385,5 @@ def _decode(row: np.void) -> Flow:
 
 
 __all__ = ["FlowBatch", "FLOW_DTYPE", "ACTION_DTYPE", "FIELD_ORDER", "FIELD_INDEX", "FIELD_BIT", "NF",
-           "MAX_ACTIONS", "PACKABLE_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "OP_CT", "OP_CONJUNCTION", "VNI_MAX",
+           "MAX_ACTIONS", "PACKABLE_ACTIONS", "OP_NONE", "OP_OUTPUT", "OP_SET_FIELD", "OP_DEC_NW_TTL", "OP_MOVE", "OP_CT", "OP_CONJUNCTION", "OP_RESUBMIT", "VNI_MAX",
            "LAYOUT"]

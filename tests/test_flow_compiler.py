@@ -429,8 +429,8 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 
 
 @pytest.mark.parametrize("role, field", [
-    (PortRole(True, ofport=0), "output port 0x0 "),       # no such OpenFlow port
-    (PortRole(True, ofport=0xFFFFFFFF), "output port 0xffffffff"),  # OFPP_ANY is not a port
+    (PortRole(True, ofport=0), "in_port"),                 # no such OpenFlow port
+    (PortRole(True, ofport=0xFFFFFFFF), "in_port"),        # OFPP_ANY is not a port
     (PortRole(False, tunnel=0xFFFFFFFF), "output port"),
 ])
 def test_an_out_of_range_ofport_is_refused_before_anything_is_packed(role, field):

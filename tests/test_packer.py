@@ -124,6 +124,9 @@ def flow_from_osken(msg: Any) -> Flow:
                                       None if a.recirc_table == CT_NO_TABLE else a.recirc_table))
                 elif isinstance(a, parser.NXActionConjunction):
                     actions.append(Conjunction(a.id, a.clause + 1, a.n_clauses))
+                elif isinstance(a, parser.NXActionResubmitTable):
+                    assert a.in_port == ofp.OFPP_IN_PORT & 0xFFFF
+                    actions.append(Resubmit(a.table_id))
                 else:
                     raise AssertionError(f"unexpected action {a}")
         elif isinstance(inst, parser.OFPInstructionWriteMetadata):
@@ -181,7 +184,9 @@ ACTION_FIELDS = sorted(name for name, spec in FIELDS.items() if spec.oxm_class !
 
 @st.composite
 def actions(draw: Any) -> Any:
-    kind = draw(st.sampled_from(["output", "set", "dec", "move", "ct"]))
+    kind = draw(st.sampled_from(["output", "set", "dec", "move", "ct", "resubmit"]))
+    if kind == "resubmit":
+        return Resubmit(draw(st.integers(0, 254)))
     if kind == "ct":
         return Ct(draw(st.integers(0, 0xFFFF)), draw(st.booleans()), draw(st.none() | st.integers(0, 254)))
     if kind == "output":
@@ -441,6 +446,7 @@ ENCODER_ERRORS = [
     (_with(actions=(Output(1),) * (MAX_ACTIONS + 1)), r"actions: 9 actions, at most 8"),
     (_with(actions=("drop",)), r"action 0: unknown action 'drop'"),
     (_with(actions=(Ct(70000),)), r"action 0 ct zone: 70000 out of range"),
+    (_with(actions=(Resubmit(255),)), r"action 0 resubmit table: 255 out of range"),
     (_with(actions=(Conjunction(1, 3, 2),), goto=None), r"action 0 conjunction clause: 3 out of range"),
     (_with(actions=(Conjunction(1, 1, 2),)), r"a flow with conjunction actions has no other action"),
     (_with(actions=(Conjunction(1, 1, 2), Output(1)), goto=None), r"conjunction actions has no other action"),
