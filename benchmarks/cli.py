@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 
@@ -140,14 +141,18 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
                                 say=lambda line: click.echo(line, err=True),
                                 controller_cmd=faulty_controller.controller_cmd() if "fallback" in chosen else None,
                                 cloud_niceness=cloud_niceness, **options)
+    peer_failed = None
     if peer is not None:
-        report = _with_ovn(report, vms, runs, interval, options | {"cloud_niceness": cloud_niceness})
+        try:
+            report = _with_ovn(report, vms, runs, interval, options | {"cloud_niceness": cloud_niceness})
+        except Exception as exc:  # OVN's half failed: dfflow's measured half is still reported, then the failure
+            logging.getLogger(__name__).exception("the OVN peer's runs failed; dfflow's runs are reported alone")
+            peer_failed = report["peer_failed"] = f"{type(exc).__name__}: {exc}"
     if plot_path:
         bench.plot(report, plot_path)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    if peer is not None:
+    elif peer is not None and peer_failed is None:
         from benchmarks import ovn_peer
 
         click.echo(ovn_peer.format_evacuation(report) if vms > 1 else ovn_peer.format_single(report))
@@ -157,7 +162,9 @@ def migration(chassis: int, vms: int, runs: int, strategies: str | None, memory_
             from dfflow.sandbox.gap_phases import format_runs
             click.echo(format_runs(report["runs"]))
     if plot_path:
-        click.echo(f"plot: {plot_path}")
+        click.echo(f"plot: {plot_path}", err=as_json)
+    if peer_failed is not None:
+        raise click.ClickException(f"the OVN peer failed, dfflow's runs above stand alone: {peer_failed}")
 
 
 def _with_ovn(report: dict, vms: int, runs: int, interval: float | None, options: dict) -> dict:

@@ -2,6 +2,8 @@
 dfflow/OVN (benchmarks/ovn_peer.py), and the options it refuses before anything starts."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -62,3 +64,28 @@ def test_the_ovn_peer_refuses_the_legacy_nova_path_before_starting_anything():
         pytest.skip("; ".join(ovn.missing()))
     result = CliRunner().invoke(cli.main, ["migration", "--peer", "ovn", "--nova-path", "legacy"])
     assert result.exit_code == 2 and "--nova-path" in result.output and "binding-extended" in result.output
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
+def test_dfflows_measured_runs_are_reported_when_the_ovn_peer_fails_and_the_command_fails_naming_why(
+        monkeypatch, as_json):
+    monkeypatch.setattr(ovn, "missing", lambda: [])
+    vm = {"back_ms": 12.5, "downtime_ms": 12.5, "switchover_gap_ms": 12.5, "lost_window_ms": 0.0,
+          "recovered": True, "duplicates": 0, "baseline_gap_ms": 1.0}
+    runs = [{"strategy": "announce", "per_vm": {"V1": vm, "V2": vm}, "last_back_ms": 12.5, "converge_ms": None,
+             "switchover_ms": 1.0}]
+    ours = _report(runs) | {"vms": 2, "nova_path": "extended", "summary": evacuation.summarise(runs)}
+    monkeypatch.setattr(evacuation, "run", lambda *args, **kwargs: ours)
+
+    def ovn_fails(*args, **kwargs):
+        raise ovn_peer.OvnRunFailed("migrations failed: ['V3']")
+    monkeypatch.setattr(ovn_peer, "run_evacuation", ovn_fails)
+    result = CliRunner().invoke(cli.main, ["migration", "--peer", "ovn", "--vms", "2", "--runs", "1"]
+                                + (["--json"] if as_json else []))
+    assert result.exit_code == 1
+    assert "the OVN peer failed" in result.output and "migrations failed: ['V3']" in result.output
+    if as_json:
+        report = json.loads(result.output[:result.output.rindex("}") + 1])
+        assert report["runs"] == ours["runs"] and "OvnRunFailed" in report["peer_failed"]
+    else:
+        assert "12.5" in result.output  # dfflow's own summary
