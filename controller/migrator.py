@@ -7,14 +7,20 @@ not wait for its own publish to come back), and writes the record to the NB db
 with compare-and-set, which publishes it to every other chassis following the
 port's topic. Each transition is stamped in the migration's timeline.
 
-The step-2 (source unplugged) and announce (activated) transitions also go out
-on the migration-event channel (`dfflow.nb.migration_events`), published before
-the NB write starts. Every chassis that follows the port runs the same pure
-transition on its own view and applies it at once, as the chassis that saw the
-event does; the NB write's event follows a few milliseconds later and, being the
-same port, changes no flow. The message is only a head start: a chassis that
-misses it, or whose view does not hold that migration, converges from the NB
-event as before.
+The step-2 (source unplugged) transition also goes out on the migration-event
+channel (`dfflow.nb.migration_events`), published before the NB write starts.
+Every chassis that follows the port runs the same pure transition on its own view
+and applies it at once, as the chassis that saw the event does; the NB write's
+event follows a few milliseconds later and, being the same port, changes no flow.
+The message is only a head start: a chassis that misses it, or whose view does
+not hold that migration, converges from the NB event as before. An `announce`
+activation has no such head start: while the migration is in flight every chassis
+sends the port's traffic to the destination already, whose datapath opened the
+VM's gates at its announcement, so no other chassis changes how a packet for the
+port is forwarded at the activation (the source drops what a tunnel still brings
+instead of handing it to the VIF of a VM that stopped; floods reach the
+destination). They follow the NB write, a few milliseconds after the
+destination's own change, instead of all waking with it on the same cores.
 
 A transition applied here ahead of its NB write stays applied until that write settles: an NB
 event of the port meanwhile (typically Nova's own write, committed just before ours, which our
@@ -53,8 +59,9 @@ from dfflow.nb.timeline import Timelines
 
 LOG = logging.getLogger(__name__)
 ETH_TYPE_ARP, ETH_TYPE_RARP = 0x0806, 0x8035
-# Events every related chassis can apply to its own view at once, told by the chassis that saw them.
-FAST_EVENTS = (Event.SOURCE_UNPLUGGED, Event.ANNOUNCED)
+# Events every related chassis can apply to its own view at once, told by the chassis that saw them
+# (not an announce's activation: see the module's doc).
+FAST_EVENTS = (Event.SOURCE_UNPLUGGED,)
 # s a transition told by another chassis stays laid on this one's NB versions without the NB showing it
 TOLD_HOLD = 5.0
 # s a version a write's reply showed stays laid on older NB events of the port (an NB event bus that

@@ -29,6 +29,12 @@ def requested_port():
     return transition(p, Event.DEST_PLUGGED, D, now=100.0).port
 
 
+def announce_requested_port():
+    p = LogicalPort(id="p1", topic="t", lswitch="n", mac="fa:16:3e:00:00:01", ips=["10.0.0.5"],
+                    binding_chassis=S, activation_strategy="announce")
+    return transition(p, Event.DEST_PLUGGED, D, now=100.0).port
+
+
 def migrator_on(chassis, port):
     nb = SimpleNamespace(redis=None, keys=SimpleNamespace(prefix="t"))
     emitted = []
@@ -70,3 +76,50 @@ def test_a_bad_event_is_logged_and_counted_not_raised(caplog):
     m._on_migration_event(b"{not json", received=101.0)
     assert m.stats == {"event_errors": 1} and not emitted
     assert "not applied" in caplog.text and "Traceback" in caplog.text
+
+
+def test_an_announce_activation_is_left_to_the_nb_event_on_every_other_chassis():
+    """No chassis but the destination changes how the port's packets are forwarded at an announce's
+    activation (they go to the destination already): the others follow the NB write."""
+    port = announce_requested_port()
+    for chassis in (S, C):
+        m, emitted = migrator_on(chassis, port)
+        m._on_migration_event(message(port, event=Event.ANNOUNCED.value, chassis=D), received=101.0)
+        assert not emitted and not m.engine.events
+        assert m.stats == {"events_not_applicable": 1}
+
+
+def test_the_destination_publishes_no_migration_event_for_its_vms_announcement_and_the_source_does_for_its_unplug():
+    import asyncio
+
+    class RecordingEvents:
+        def __init__(self):
+            self.published = []
+
+        async def publish(self, event):
+            self.published.append(event.event)
+
+    class Nb:
+        def __init__(self, port):
+            self.port, self.redis, self.keys = port, None, SimpleNamespace(prefix="t")
+
+        async def modify(self, table, port_id, change):
+            self.port = change(self.port)
+            return self.port
+
+    class Timelines:
+        async def record(self, *args):
+            pass
+
+    async def run(chassis, port, event):
+        m = Migrator(chassis, FakeEngine(port), Nb(port), [].append, strategy="announce")
+        m.events, m.timelines = RecordingEvents(), Timelines()
+        await m._run(port.id, event)
+        await asyncio.sleep(0)
+        return m.events.published, m.engine.events
+
+    port = announce_requested_port()
+    published, applied = asyncio.run(run(D, port, Event.ANNOUNCED))
+    assert published == [] and applied  # activated here, told to nobody but through the NB write
+    published, applied = asyncio.run(run(S, port, Event.SOURCE_UNPLUGGED))
+    assert published == [Event.SOURCE_UNPLUGGED.value] and applied

@@ -1,7 +1,6 @@
 """The migration-event channel (`<prefix>:migration-events`): "chassis X saw EVENT for migration M at NOW".
 
-The chassis that sees a migration's step-2 unplug or its announcement publishes it here before its NB
-write starts; every chassis that follows the port runs the same pure transition on its own view and
+The chassis that sees a migration's step-2 unplug publishes it here before its NB write starts; every chassis that follows the port runs the same pure transition on its own view and
 applies it at once (`controller.migrator`). A message is only a head start: a chassis that misses it,
 or whose view does not hold that migration, converges from the NB write's event, so a publish that
 fails is logged and counted, never raised, and a lost subscription is followed again
