@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from dfflow.sandbox.ovsproc import OVS_NICENESS
-from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, children, emulated_nova,
-                                       lower_emulated_cloud, niceness_of, session_members)
+from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, emulated_nova, lower_emulated_cloud,
+                                       niceness_of)
 from sandbox_fixtures import sandbox_factory  # noqa: F401
 
 pytestmark = pytest.mark.ovs
@@ -48,24 +48,3 @@ def test_the_emulated_clouds_services_run_below_the_guests_and_open_vswitch_stay
     assert seen == {"worker": EMULATED_CLOUD_NICENESS, "main": EMULATED_CLOUD_NICENESS,
                     "forked": EMULATED_CLOUD_NICENESS, "guest": GUEST_NICENESS}
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_before  # restored once the migrations are over
-
-
-def test_the_os_vif_agents_privsep_daemon_runs_at_the_emulated_clouds_niceness_though_it_left_the_agent(
-        sandbox_factory):  # noqa: F811
-    sb = sandbox_factory(chassis=1)
-    sb.osvif_socket("chassis-1")
-    agent = sb.chassis("chassis-1").osvif_pid
-    privsep = [pid for pid in session_members(agent) if _runs(pid, "privsep-helper")]
-    assert privsep, "os-vif's privsep daemon should run in its agent's session"
-    assert not set(privsep) & set(children(agent))  # forked away: no child of the agent
-    lower_emulated_cloud(sb)
-    for pid in privsep:
-        assert niceness_of(pid) == {EMULATED_CLOUD_NICENESS}
-
-
-def _runs(pid: int, program: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return any(arg.endswith(program.encode()) for arg in f.read().split(b"\0"))
-    except OSError:
-        return False

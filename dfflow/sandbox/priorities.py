@@ -37,29 +37,20 @@ def threads(pid: int) -> list[int]:
         return []
 
 
-def _processes() -> Iterator[tuple[int, int, int]]:
-    """(pid, parent's pid, session id) of every process (one that ends meanwhile is skipped)."""
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[-1].split()  # after the command's name: state, ppid, pgrp, sid
-            yield int(entry), int(fields[1]), int(fields[3])
+                ppid = int(f.read().rsplit(")", 1)[-1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    return [child for child, parent, _ in _processes() if parent == pid]
-
-
-def session_members(leader: int) -> list[int]:
-    """The processes in the session `leader` started (the sandbox starts each service in a session of
-    its own): also those that left their parent, as a daemon that forks and lets its parent exit does
-    (oslo.privsep's helper: its daemon is no child of the os-vif agent, but stays in its session)."""
-    return [member for member, _, session in _processes() if session == leader]
+        if ppid == pid:
+            found.append(int(entry))
+    return found
 
 
 def renice(pid: int, niceness: int, descendants: bool = True) -> int:
@@ -96,13 +87,11 @@ def emulated_cloud_pids(sandbox: Any) -> dict[str, int]:
 
 
 def lower_emulated_cloud(sandbox: Any, niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, int]:
-    """The sandbox's emulated control services (and what they started: workers, and os-vif's privsep
-    daemons, which run in the agent's session but are not its children) at `niceness`; returns the
-    pids set, by name."""
+    """The sandbox's emulated control services (and their children: privsep, workers) at `niceness`;
+    returns the pids set, by name."""
     pids = emulated_cloud_pids(sandbox)
     for pid in pids.values():
-        for member in {pid, *session_members(pid)}:
-            renice(member, niceness)
+        renice(pid, niceness)
     return pids
 
 
