@@ -10,12 +10,14 @@ the change is what its controller computes and sends: the L2, L3 and DNAT flows 
 differ between the port's old and new role there, as one bundle per chassis.
 
 * ``compiled``: what each chassis' controller does, looped over the chassis -- the moved
-  ports' new roles (the view's answer; a remote one is a held record, `remote_role`),
+  ports' new roles (the view's answer: records it holds, `remote_role`'s and each VIF's; the
+  engine's placed roles kept per chassis), compared with the old ones,
   `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
   port columns; its deletes and adds are rows the packer reads, no numpy view made), and the
   channel's pipelined bundle (`Datapath.send_bundle` of a
   `controller.compiler.PlanBundle`: one call of the packer packs the plan's batches and frames
-  the open, the adds and the commit);
+  the open, the adds and the commit). `benchmarks/compile_agent_then.py` times the same calls with
+  the plan's own objects, in this tree or in one from before #14 (f085df4);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
   `OFPFlowMod` / ONF bundle objects serialized. The run checks both give the same bytes.
