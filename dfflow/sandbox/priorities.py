@@ -18,6 +18,14 @@ Nothing of the networks' own runs lower or higher for it: Open vSwitch and OVN's
 niceness their start scripts give them, dfflow's controllers and NB database and OVN's databases
 niceness 0, and the guests (started through `Sandbox.vm_popen`) always start at GUEST_NICENESS, whatever
 the niceness of the process that starts them. Nothing becomes real-time.
+
+Where a niceness acts: with the kernel's autogroup scheduling on (`/proc/sys/kernel/sched_autogroup_enabled`,
+1 here and by default on Debian), every session is a group of its own that shares the CPUs equally with
+the other sessions, and a niceness weighs only against the threads of its own session. The sandbox starts
+each service (each ovs-vswitchd, controller, os-vif agent, API server) in a session of its own, as a
+service manager does, and the guests in the benchmark's session: so the emulated Nova's niceness puts it
+below the guests, whereas the other services' nicenesses (Open vSwitch's -10 included) act within their
+own sessions only, as they would on a host scheduling the same way (RESULTS.md, branch `h16-onevm`).
 """
 from __future__ import annotations
 
@@ -87,7 +95,8 @@ def emulated_cloud_pids(sandbox: Any) -> dict[str, int]:
 
 
 def lower_emulated_cloud(sandbox: Any, niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, int]:
-    """The sandbox's emulated control services (and their children: privsep, workers) at `niceness`;
+    """The sandbox's emulated control services (and their children: workers; os-vif's privsep daemons fork
+    away from their agent and are not among them, which changes nothing: they share its session) at `niceness`;
     returns the pids set, by name."""
     pids = emulated_cloud_pids(sandbox)
     for pid in pids.values():
