@@ -7,6 +7,7 @@ here, in one place, from its binding and its migration record.
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -58,6 +59,13 @@ class View:
         # their established connections are admitted here meanwhile (controller.apps.secgroups)
         self.arrivals: set[str] = set()
         self._migrating: set[str] = set()  # ports whose NB version holds a migration record
+        # port id -> (what its facts were made of, the facts): a move (a new binding, a migration record)
+        # changes none of it. The port's own fields are compared by identity (an update read from the
+        # version before shares the values it did not change, dfflow.models.base.Model.updated); the rest
+        # of the view they read (networks, subnets, routers, floating IPs, the networks needed here), by
+        # `_facts_epoch`, bumped whenever it may change.
+        self._facts: dict[str, tuple[tuple[Any, ...], PortFacts]] = {}
+        self._facts_epoch = 0
 
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:
@@ -74,6 +82,8 @@ class View:
             self._port_changed(obj.id)
         elif obj.table in _ROLE_TABLES:
             self._topology_changed()
+        elif obj.table == FloatingIP.table:
+            self._facts_epoch += 1
         return old
 
     def drop(self, table: str, obj_id: str) -> Model | None:
@@ -81,9 +91,12 @@ class View:
         if isinstance(old, LogicalPort):
             self._ports_by_switch[old.lswitch].discard(obj_id)
             self._migrating.discard(obj_id)
+            self._facts.pop(obj_id, None)
             self._port_changed(obj_id)
         elif table in _ROLE_TABLES:
             self._topology_changed()
+        elif table == FloatingIP.table:
+            self._facts_epoch += 1
         return old
 
     def set_vif(self, vif: Vif) -> None:
@@ -104,6 +117,7 @@ class View:
         """A network, subnet or router changed: what is needed, and every role, may differ."""
         self._needed = None
         self._placed = None
+        self._facts_epoch += 1
 
     def _port_changed(self, port_id: str) -> None:
         port = self.port(port_id)
@@ -123,6 +137,7 @@ class View:
                 _count(self._local_here, now[0], now[1])
             if any((switch in self._present) != before for switch, before in touched.items()):
                 self._needed = None  # the networks present here differ: recomputed when asked
+                self._facts_epoch += 1
         if self._placed is None:
             return
         if self._needed is None:
@@ -324,6 +339,17 @@ class View:
 
     # -- what a port's flows depend on (controller.templates) ---------------------------
     def port_facts(self, port: LogicalPort) -> PortFacts:
+        made = self._facts.get(port.id)
+        inputs = (self._facts_epoch, port.lswitch, port.mac, port.port_security, port.ips,
+                  port.allowed_address_pairs)
+        if made is not None and all(map(operator.is_, made[0], inputs)):
+            return made[1]
+        facts = self.facts_of(port)
+        self._facts[port.id] = (inputs, facts)
+        return facts
+
+    def facts_of(self, port: LogicalPort) -> PortFacts:
+        """`port_facts` made again, from the view as it is."""
         return PortFacts(object_hash(port.id), self.vni(port.lswitch), mac_int(port.mac), port.port_security,
                          bool(self.routers_on(port.lswitch)), tuple(ipv4s_of(port)),
                          tuple(self.usable_floating_ips(port)), address_pairs_of(port))
