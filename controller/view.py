@@ -149,8 +149,9 @@ class View:
         was = self._placed.pop(port_id, None)
         now = None
         if port is not None:
-            role = self.role(port)
-            now = (port.lswitch, role, self.location(port) if role == REMOTE else
+            where = self.location(port)
+            role = self._role_at(port, where)
+            now = (port.lswitch, role, where if role == REMOTE else
                    (self.vifs[port_id].ofport, self.is_pending(port)) if role == LOCAL else None)
         if now is not None:
             self._placed[port_id] = now
@@ -252,11 +253,14 @@ class View:
         """LOCAL if this chassis hosts the port (or is its pending `announce` destination) and its
         VIF is here; REMOTE if another chassis does and the port's network is needed here;
         otherwise None (no flows)."""
+        return self._role_at(port, self.location(port))
+
+    def _role_at(self, port: LogicalPort, where: str | None) -> str | None:
+        """`role(port)`, `where` being its location."""
         if not port.enabled or self.switch(port.lswitch) is None:
             return None
-        if self.is_local(port):
+        if port.id in self.vifs and self._hosted_here(port, where):
             return LOCAL
-        where = self.location(port)
         if where is None or where == self.chassis or where not in self.tunnels:
             return None
         return REMOTE if port.lswitch in self.needed_switches() else None
@@ -267,8 +271,11 @@ class View:
         return port.enabled and port.id in self.vifs and mig is not None and mig.chassis == self.chassis
 
     def is_local(self, port: LogicalPort) -> bool:
-        return (port.enabled and port.id in self.vifs
-                and (self.location(port) == self.chassis or self.is_pending(port)))
+        return port.enabled and port.id in self.vifs and self._hosted_here(port, self.location(port))
+
+    def _hosted_here(self, port: LogicalPort, where: str | None) -> bool:
+        """The port, located at `where`, runs here or is this chassis' pending `announce` destination."""
+        return where == self.chassis or self.is_pending(port)
 
     def switch_is_present(self, switch_id: str) -> bool:
         """A network is present on this chassis while one of its ports is local here."""
