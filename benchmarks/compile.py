@@ -10,12 +10,14 @@ the change is what its controller computes and sends: the L2, L3 and DNAT flows 
 differ between the port's old and new role there, as one bundle per chassis.
 
 * ``compiled``: what each chassis' controller does, looped over the chassis -- the moved
-  ports' new roles (the view's answer; a remote one is a held record, `remote_role`),
+  ports' new roles (the view's answer: records it holds, `remote_role`'s and each VIF's; the
+  engine's placed roles kept per chassis), compared with the old ones,
   `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
   port columns; its deletes and adds are rows the packer reads, no numpy view made), and the
   channel's pipelined bundle (`Datapath.send_bundle` of a
   `controller.compiler.PlanBundle`: one call of the packer packs the plan's batches and frames
-  the open, the adds and the commit);
+  the open, the adds and the commit). `benchmarks/compile_agent_then.py` times the same calls with
+  the plan's own objects, in this tree or in one from before #14 (f085df4);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
   `OFPFlowMod` / ONF bundle objects serialized. The run checks both give the same bytes.
@@ -94,8 +96,11 @@ class Cloud:
         # role it placed each port in (made on first use); plain lists, as the view's dicts are
         self._rows = [self.table.index[f"port-{i}"] for i in range(ports)]
         self._placed: list[dict[int, PortRole]] = [{} for _ in range(chassis)]
-        self._host, self._dest_ofport = self.host.tolist(), self.dest_ofport.tolist()
-        self._tunnels = self.tunnel.tolist()
+        self._host = self.host.tolist()
+        # the roles a change places ports in, held as the view holds them: on chassis c, a port moved to
+        # chassis d is remote via c's tunnel to d, or local on its destination's VIF
+        self._remote_roles = [[remote_role(t) for t in tunnels] for tunnels in self.tunnel.tolist()]
+        self._dest_roles = [PortRole(True, ofport=o) for o in self.dest_ofport.tolist()]
 
     # -- changes ----------------------------------------------------------------------
     def one_migration(self, port: int = 0) -> list[Move]:
@@ -122,31 +127,36 @@ class Cloud:
         if any(not 0 <= p < len(self.ports) for p, _ in moves):
             raise ValueError("moves: a port index outside the cloud")
         dp = Datapath13(xid_start)
-        out, offsets = bytearray(), [0]
+        bundles, offsets, end = [], [0], 0
         for c in range(self.n_chassis):
             messages = self.chassis_messages(moves, c)
-            if messages:
-                out += agent_bundle(dp, messages, bundle_id_start + c)
-            offsets.append(len(out))
-        return bytes(out), offsets
+            if messages:  # the bytes Datapath.send_bundle(PlanBundle(messages), pipelined=True) writes
+                framed = compiler.PlanBundle(messages).frame_bundle(dp, bundle_id_start + c, BUNDLE_FLAGS, True)[0]
+                bundles.append(framed)
+                end += len(framed)
+            offsets.append(end)
+        return b"".join(bundles), offsets
 
-    def chassis_messages(self, moves: Sequence[Move], chassis: int) -> list[Any]:
+    def chassis_messages(self, moves: Sequence[Move], chassis: int) -> Sequence[Any]:
         """The plan's batches on one chassis: the moved ports' flows from their old roles there to
         their new ones, compiled as the engine does (one call for them all: deletes, then adds).
         As in the engine, the old role is the one the chassis placed the port in (kept from its
         last change), the new one is made for the change (the view's answer)."""
         changes = []
         placed = self._placed[chassis]
-        tunnels = self._tunnels[chassis]
+        remote = self._remote_roles[chassis]
         for p, dest in moves:
-            old = placed.get(p) or placed.setdefault(p, self.role(p, chassis, self._host[p], dest=False))
-            new = PortRole(True, ofport=self._dest_ofport[p]) if dest == chassis else remote_role(tunnels[dest])
+            old = placed.get(p)
+            if old is None:
+                old = placed[p] = self.role(p, chassis, self._host[p], dest=False)
+            new = self._dest_roles[p] if dest == chassis else remote[dest]
             if old != new:
                 changes.append((self._rows[p], old, new))
         if not changes:
-            return []
+            return ()
         made = compiler.compile_port_changes(self.program, self.table, changes)
-        return [rows for rows in (made.deletes, made.adds) if rows.n]
+        # both sides, in order, as the plan lists them (a side with no rows adds nothing to the bundle)
+        return (made.deletes, made.adds) if made.deletes.n or made.adds.n else ()
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:
@@ -204,13 +214,6 @@ class Cloud:
                 xid += n + 2
             offsets.append(sum(map(len, out)))
         return b"".join(out), offsets
-
-
-def agent_bundle(dp: Datapath13, messages: Sequence[Any], bundle_id: int) -> bytearray:
-    """The bytes a chassis' controller writes for a plan, as `Datapath.send_bundle(PlanBundle(...),
-    pipelined=True)` makes them: its flow mods packed and framed in one call of the packer -- an
-    open, a bundle add around each flow mod, a commit."""
-    return compiler.PlanBundle(messages).frame_bundle(dp, bundle_id, BUNDLE_FLAGS, True)[0]
 
 
 # ------------------------------------------------------------------------------------------ runs

@@ -22,6 +22,7 @@ from typing import Any
 from controller import compiler, daemon
 from controller.apps.base import App
 from controller.engine import Engine
+from controller.sender import PlanSender
 from dfflow.flowbatch import FlowBatch
 from dfflow.openflow import Datapath
 
@@ -55,7 +56,7 @@ class PythonPorts(App):
         return self.app.static_flows()
 
 
-class VariantDaemon(daemon.ControllerDaemon):
+class VariantSender(PlanSender):
     flow_path = "compiled"
     bundle = True
 
@@ -63,13 +64,7 @@ class VariantDaemon(daemon.ControllerDaemon):
     def sent_as(self) -> str:  # type: ignore[override]
         return "bundles" if self.bundle else "flow_mod_batches"
 
-    def _new_engine(self) -> Engine:
-        engine = super()._new_engine()
-        if self.flow_path == "compiled":
-            return engine
-        return Engine(self.chassis, [PythonPorts(app) for app in engine.apps])
-
-    async def _send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
+    async def send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
         msgs: Any = (compiler.flow_mods(dp, flows) if self.flow_path == "compiled"
                      else [f.to_osken(dp) for f in flows])
         if self.bundle:
@@ -77,8 +72,18 @@ class VariantDaemon(daemon.ControllerDaemon):
         else:
             await dp.send_flow_mods(msgs)
 
+
+class VariantDaemon(daemon.ControllerDaemon):
+    sender_class: type[VariantSender] = VariantSender
+
+    def _new_engine(self) -> Engine:
+        engine = super()._new_engine()
+        if self.sender_class.flow_path == "compiled":
+            return engine
+        return Engine(self.chassis, [PythonPorts(app) for app in engine.apps])
+
     def status(self) -> dict[str, Any]:
-        return super().status() | {"flow_path": self.flow_path, "bundle": self.bundle}
+        return super().status() | {"flow_path": self.sender_class.flow_path, "bundle": self.sender_class.bundle}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flow-path", choices=FLOW_PATHS, default="compiled")
     parser.add_argument("--no-bundle", action="store_true")
     variant, rest = parser.parse_known_args(argv)
-    daemon.main(rest, type("FlowPathDaemon", (VariantDaemon,),
-                           {"flow_path": variant.flow_path, "bundle": not variant.no_bundle}))
+    sender = type("FlowPathSender", (VariantSender,), {"flow_path": variant.flow_path, "bundle": not variant.no_bundle})
+    daemon.main(rest, type("FlowPathDaemon", (VariantDaemon,), {"sender_class": sender}))
 
 
 if __name__ == "__main__":

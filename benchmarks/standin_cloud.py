@@ -117,8 +117,7 @@ class StandinChassis:
 
     def ready(self, peers: int) -> bool:
         d = self.daemon
-        return (d.dp is not None and len(d.engine.view.tunnels) == peers and d._outbox.empty()
-                and not d._sending)
+        return (d.dp is not None and len(d.engine.view.tunnels) == peers and d.sender.idle)
 
     async def converged(self) -> dict[str, Any]:
         """What differs between the flows the switch holds and what the engine wants."""

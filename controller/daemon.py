@@ -5,8 +5,9 @@ chassis' OVSDB (ovsdbapp) and the OpenFlow channel to br-int. Events from all
 three are handled one at a time on one asyncio loop (a burst of NB events, what
 the bus read at once, as one): the engine turns each into a plan, commits it as
 the desired state at once, and a single sender task applies plans to OVS in
-order, each as one atomic bundle. On every (re)connect of the switch the sender
-first reconciles (dump, diff, fix the difference).
+order, each as one atomic bundle (`controller/sender.py`). On every (re)connect of
+the switch the sender first reconciles (dump, diff, fix the difference). The daemon
+wires these parts together and owns their tasks.
 
 Errors in any handler are logged with their traceback and counted; the counts
 and the rest of the state are served as JSON on the status socket.
@@ -24,26 +25,26 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from controller import collector, compiler, nbmark, options
+from controller import collector, nbmark, options
 from controller.apps.dnat import DnatApp
-from controller.apps.l2 import L2App, opened_gates
+from controller.apps.l2 import L2App
 from controller.apps.l3 import L3App
 from controller.apps.secgroups import ARRIVAL_WINDOW, SecurityGroupsApp
 from controller.engine import Engine
 from controller.flowstate import Plan
 from controller.metrics import ControllerMetrics
 from controller.migrator import Migrator
-from dfflow.openflow import ConnectionLost, Datapath, OFChannelError, OpenFlowServer
+from controller.sender import PlanSender
+from dfflow.openflow import Datapath, OpenFlowServer
 from controller.interfaces import InterfaceTracker, PendingVifs, is_tunnel_row, is_vif_row
 from dfflow.ovsdb.chassis import Ovsdb
 from controller.portstatus import StatusReporter
 from controller.conntrack_sweep import ConntrackSweeper, appctl_command, policy_of as sweep_policy
 from controller.stamps import AppliedStamps
-from controller.reconcile import holds_none_of_ours, reconcile
 from dfflow.retry import TRANSIENT, Backoff, retried
 from controller.status import GcPauses, controller_status, serve_status
 from controller.supervise import TaskSupervisor
-from controller.timing import apply_entries, event_timing, ovsdb_row_timing, timed
+from controller.timing import event_timing, ovsdb_row_timing, timed
 from dfflow.errors import Conflict, DfflowError
 from dfflow.models import CHASSIS_TOPIC, DATAPATH_TYPES, Chassis, LogicalPort, PortStatus
 from dfflow.nb.bus import Subscriber
@@ -55,13 +56,11 @@ PENDING_VIF_RETRY = 0.5
 HOUSEKEEPING_START, HOUSEKEEPING_INTERVAL = 3.0, 1.0
 STARTUP_NB_ATTEMPTS = 12  # ~40 s of back-off for the NB db at start-up
 NB_MARK_INTERVAL = 10.0  # s between records of the NB revision the flows come from (in OVSDB)
-MAX_COALESCED_FLOW_MODS = 5000
 APPLY_TIMINGS_KEPT = 1024
-SENDER_ERROR_PAUSE = 0.5
 
 
 class ControllerDaemon:
-    sent_as = "bundles"  # the stat counting what the sender applies (one atomic bundle per batch of plans)
+    sender_class: type[PlanSender] = PlanSender
 
     def __init__(self, chassis: str, tunnel_ip: str, nb_url: str, ovsdb: str, bridge: str,
                  of_listen: str, status_socket: str | None = None, tunnel_type: str = "geneve",
@@ -82,13 +81,10 @@ class ControllerDaemon:
         self.errors: list[str] = []
         self.dp: Datapath | None = None
         self.pending_vifs = PendingVifs()
-        self._outbox: asyncio.Queue[Plan] = asyncio.Queue()
-        self._need_reconcile = asyncio.Event()
         self._ovsdb_busy = False
         self._stopping = asyncio.Event()
         self.tasks = TaskSupervisor(self.stats, self._task_died, self._fatal)
         self.exit_code, self.exit_reason = 0, ""
-        self._deletions_held = False  # a reconcile kept flows because the NB db was behind
         self._mark_written, self._mark_at = 0, 0.0
         self._peers: dict[str, str] = {}
         self._chassis_synced = False  # tunnels follow chassis rows once the first snapshot is complete
@@ -100,12 +96,15 @@ class ControllerDaemon:
         self._plugged_before_known: set[str] = set()  # VIFs that came online before their NB port
         self.apply_timings: deque[dict[str, Any]] = deque(maxlen=APPLY_TIMINGS_KEPT)  # the last applies
         self.gc_pauses, self.settle_collector = GcPauses(), collector.settle_after_startup
-        self._sending = False  # a plan is out to the switch, its reply not in yet
         self._ovsdb_received = 0.0  # time.time() when the OVSDB update being handled reached the loop
         self.metrics_listen, self.metrics_url = metrics_listen, None
         self.metrics = ControllerMetrics(self) if metrics_listen is not None else None
         self.conntrack_sweeper = ConntrackSweeper(lambda port_id: sweep_policy(self.engine.view, port_id),
                                                   self.stats, self._record_error, appctl_command(ovsdb))
+        self.sender = self.sender_class(
+            self.engine, lambda: self.dp, self.stats, self._record_error, emit=self._emit,
+            announced=self.migrator.announced, nb_behind=lambda: self.bus.behind, stamps=self.stamps,
+            sweeper=self.conntrack_sweeper, record_apply=lambda entry: self.apply_timings.append(entry))
 
     def _new_engine(self) -> Engine:
         return Engine(self.chassis, [L2App(), L3App(), DnatApp(), SecurityGroupsApp()])
@@ -169,7 +168,7 @@ class ControllerDaemon:
         plan.stamps += self.stamps.of(plan.moved, self.engine.view.port)
         plan.timing["emitted"] = time.monotonic()
         self.engine.commit(plan)
-        self._outbox.put_nowait(plan)
+        self.sender.put(plan)
 
     def _close_arrival_window(self, port_id: str) -> None:
         try:
@@ -206,7 +205,7 @@ class ControllerDaemon:
         await self._settle()
         self._emit(self.engine.loaded())
         # Only now may the switch be reconciled: a partial view would delete flows that still serve.
-        self._spawn(self._sender_loop, "sender")
+        self._spawn(self.sender.run, "sender")
         self.settle_collector()  # the view just loaded is long-lived: out of the collector's way
         if self.status_socket:
             await self._start_status_server()
@@ -442,10 +441,7 @@ class ControllerDaemon:
         caught up, reconcile again to remove what the held reconcile kept."""
         if self.bus.behind is not None:
             return
-        if self._deletions_held:
-            self._deletions_held = False
-            self._need_reconcile.set()
-            self._outbox.put_nowait(Plan())
+        self.sender.release_held_deletions()
         now = time.monotonic()
         if self.bus.high_water > self._mark_written and now - self._mark_at >= NB_MARK_INTERVAL:
             self._mark_at = now
@@ -461,117 +457,12 @@ class ControllerDaemon:
         LOG.info("switch connected: datapath %016x", dp.id or 0)
         self.dp = dp
         self.stats["switch_connects"] += 1
-        self._need_reconcile.set()
-        self._outbox.put_nowait(Plan())  # wake the sender
+        self.sender.request_reconcile()
 
     def _on_switch_disconnect(self, dp: Datapath, *args: Any) -> None:
         if self.dp is dp:
             self.dp = None
             self.stats["switch_disconnects"] += 1
-
-    async def _sender_loop(self) -> None:
-        while True:
-            plan = await self._outbox.get()
-            dp = self.dp
-            if dp is None:
-                continue  # applied by the reconcile that follows the next connect
-            try:
-                if self._need_reconcile.is_set():
-                    self._need_reconcile.clear()
-                    drained = self._drain_outbox()  # everything queued is part of the desired state below
-                    await self._reconcile(dp)
-                    for p in [plan, *drained]:
-                        self.conntrack_sweeper.request(p.arrived, p.narrowed)
-                elif plan:
-                    # Plans queued meanwhile go out with this one, in order, as one bundle: a burst
-                    # of NB events (an evacuation) costs one round trip per chassis, not one per event.
-                    batch = [plan] + self._take_queued(MAX_COALESCED_FLOW_MODS - plan.n_flow_mods)
-                    sending = time.monotonic()
-                    self._sending = True
-                    await self._send(dp, [m for p in batch for m in p.messages()])
-                    applied = time.time()
-                    bundle_ms = round((time.monotonic() - sending) * 1e3, 3)
-                    self.stats[self.sent_as] += 1
-                    self.stats["coalesced_plans"] += len(batch) - 1
-                    for p in batch:
-                        for entry in apply_entries(p, sending, bundle_ms, applied, len(batch)):
-                            self.apply_timings.append(entry)  # one by one: the metrics observe appends
-                        self.stats["flow_mods"] += p.n_flow_mods
-                        for migration_id, state in p.stamps:
-                            self.stamps.stamp(migration_id, state, applied)
-                        self.conntrack_sweeper.request(p.arrived, p.narrowed)  # now that its flows are in
-            except ConnectionLost:
-                self._need_reconcile.set()
-            except OFChannelError:
-                self._record_error("apply")
-                self._need_reconcile.set()
-            except Exception:  # a bug in one plan must not stop every later one; the reconcile repairs
-                self._record_error("sender")
-                self._need_reconcile.set()
-                await asyncio.sleep(SENDER_ERROR_PAUSE)
-            finally:
-                self._sending = False
-
-    def _take_queued(self, room: int) -> list[Plan]:
-        """Plans already waiting in the outbox, up to `room` flow mods (a reconcile request stops it)."""
-        taken: list[Plan] = []
-        while room > 0 and not self._outbox.empty() and not self._need_reconcile.is_set():
-            queued = self._outbox.get_nowait()
-            if queued:
-                taken.append(queued)
-                room -= queued.n_flow_mods
-        return taken
-
-    async def _send(self, dp: Datapath, flows: list[Any], pipelined: bool = True) -> None:
-        """Apply flow mods, packed and framed by the compiled packer in one call, in one atomic bundle.
-
-        A plan's bundle is pipelined (open, adds and commit in one round trip): its rows were
-        validated by the packer, so the switch rejecting one means it changed under us -- the
-        BundleError that says so makes the sender reconcile. A reconcile's own bundle is checked
-        before it commits."""
-        await dp.send_bundle(compiler.PlanBundle(flows), pipelined=pipelined)
-
-    def _drain_outbox(self) -> list[Plan]:
-        return [self._outbox.get_nowait() for _ in range(self._outbox.qsize())]
-
-    async def _reconcile(self, dp: Datapath) -> None:
-        started = time.monotonic()
-        dumped = await dp.dump_flows()
-        await self._announced_while_away(dumped)
-        app_ids = {app.app_id for app in self.engine.apps}
-        if holds_none_of_ours(dumped, app_ids):
-            self.engine.zones_lost()
-            self._emit(Plan())  # (the arrival windows' closes)
-            plan, unchanged = self.engine.desired_plan(), 0
-        else:
-            plan, unchanged = reconcile(dumped, self.engine.desired(), app_ids)
-        if plan.deletes and self.bus.behind is not None:
-            LOG.warning("NB db behind (%s): the reconcile keeps %d flows it cannot explain until it catches up",
-                        self.bus.behind, len(plan.deletes))
-            self.stats["reconcile_deletions_held"] += 1
-            self._deletions_held, plan.deletes = True, []
-        if plan:
-            await self._send(dp, plan.messages(), pipelined=False)
-        applied = time.time()
-        for migration_id, state in self.stamps.in_place(self.engine.view):
-            self.stamps.stamp(migration_id, state, applied, first=True)
-        self.stats["reconciles"] += 1
-        LOG.info("reconciled in %.1f ms: %d flows kept, %d removed, %d added", (time.monotonic() - started) * 1e3,
-                 unchanged, len(plan.deletes), plan.n_flow_mods - len(plan.deletes))
-
-    async def _announced_while_away(self, dumped: list[Any]) -> None:
-        """A pending VIF whose gate OVS holds open: its VM announced itself while this controller was
-        away (the datapath opened the port; the packet-in was lost). It is activated as that packet-in
-        would have done, before the reconcile, which would otherwise close the port again."""
-        view = self.engine.view
-        pending = [vif.ofport for vif in view.vifs.values()
-                   if (port := view.port(vif.iface_id)) is not None and view.is_pending(port)]
-        for ofport in opened_gates(dumped, pending):
-            self.stats["announcements_found_open"] += 1
-            try:
-                await self.migrator.announced(ofport)
-            except Exception:
-                self._record_error("announced_while_away")
 
     # -- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

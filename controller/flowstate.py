@@ -45,12 +45,20 @@ class Plan:
 
     def messages(self) -> list[Any]:
         """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key); the
-        compiled rows in between (controller.compiler's PlanBundle packs both)."""
-        return [f if f.command == Command.DELETE else
-                Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
-                for f in self.deletes] + \
-               [d for d, _ in self.rows if len(d)] + [a for _, a in self.rows if len(a)] + \
-               [f.as_command(Command.ADD) for f in self.adds]
+        compiled rows in between (controller.compiler's PlanBundle packs both). (Loops, not four
+        comprehensions: every plan of every chassis comes here, most with one change of rows only.)"""
+        out = [f if f.command == Command.DELETE else
+               Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
+               for f in self.deletes] if self.deletes else []
+        for deletes, _ in self.rows:
+            if len(deletes):
+                out.append(deletes)
+        for _, adds in self.rows:
+            if len(adds):
+                out.append(adds)
+        if self.adds:
+            out += [f.as_command(Command.ADD) for f in self.adds]
+        return out
 
 
 class FlowState:

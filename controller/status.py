@@ -57,7 +57,7 @@ def controller_status(daemon: Any) -> dict[str, Any]:
         "pending_vifs": sorted(daemon.pending_vifs), "flows": len(cookies),
         "flows_by_cookie": dict(Counter(f"{c:#x}" for c in cookies)),
         "errors": (daemon.errors + engine.errors)[-5:], "apply_timings": list(daemon.apply_timings),
-        "outbox": daemon._outbox.qsize(), "sending": daemon._sending, "gc": daemon.gc_pauses.status(),
+        "outbox": daemon.sender.outbox.qsize(), "sending": daemon.sender.sending, "gc": daemon.gc_pauses.status(),
         "port_status": daemon.port_status.status(), "conntrack_sweep": daemon.conntrack_sweeper.status(),
         "nb_writes": dict(daemon.nb.stats), "metrics_url": daemon.metrics_url,
     }

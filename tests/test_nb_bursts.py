@@ -89,8 +89,8 @@ async def test_the_daemon_plans_a_burst_of_port_moves_once_and_times_every_event
     for e in moves:
         e["ts"] = 1.0
     await daemon._on_nb_events([dict(e) for e in moves])
-    assert daemon._outbox.qsize() == 1  # one plan: the sender applies it as one bundle
-    plan = daemon._outbox.get_nowait()
+    assert daemon.sender.outbox.qsize() == 1  # one plan: the sender applies it as one bundle
+    plan = daemon.sender.outbox.get_nowait()
     assert [plan.cause] + [cause for cause, _ in plan.batched] == [f"lport:{p.id}" for p in ports]
     assert all(timing["event_ts"] == 1.0 for _, timing in plan.batched)
     assert daemon.stats["nb_events.lport"] == len(ports) + 0 and daemon.stats.get("handler_errors", 0) == 0

@@ -1012,8 +1012,15 @@ def test_ovs_applies_a_plan_bundle_packed_and_framed_in_one_call_and_refuses_it_
             await sw.dp.send_bundle(compiler.PlanBundle(plan), pipelined=True)
             assert _dump(ovs) == expected_in_ovs(flow_list)
             bad = [FlowBatch.from_flows([Flow(40, 1, match(metadata=1), (Output(1),)), INVALID_FOR_OVS])]
-            with pytest.raises(ofchannel.BundleError):
+            with pytest.raises(ofchannel.BundleError) as refused:
                 await sw.dp.send_bundle(compiler.PlanBundle(bad))
+            # the switch's error for the add is the bundle's (its xids are one block): refused before the commit
+            assert refused.value.stage == "add" and len(refused.value.errors) == 1
+            with pytest.raises(ofchannel.BundleError) as left_out:
+                await sw.dp.send_bundle(compiler.PlanBundle(bad), pipelined=True)
+            assert left_out.value.stage == "pipelined" and len(left_out.value.errors) == 1
+            assert sw.dp.stats["unsolicited_errors"] == 0
+            ovs.ofctl("del-flows", "br-int", "table=40,metadata=1")  # the good add the pipelined bundle committed
 
     _run(go())
     assert _dump(ovs) == expected_in_ovs(flow_list)
