@@ -70,7 +70,8 @@ class StandinChassis:
         daemon = ControllerDaemon(self.name, self.tunnel_ip, self.nb_url, self.server.remote, "br-int",
                                   self.of_listen)
         daemon.ovsdb = StandinOvsdb(self.server, self.switch)
-        daemon.conntrack_sweeper = StandinConntrackSweeper.replacing(daemon.conntrack_sweeper)
+        # (the sender asks it too)
+        daemon.conntrack_sweeper = daemon.sender.sweeper = StandinConntrackSweeper.replacing(daemon.conntrack_sweeper)
         daemon.gc_pauses = PROCESS_GC_PAUSES  # one collector per process: one callback, not one per chassis
         # this process collects and freezes what start-up made once per wave (a collection per chassis would
         # walk the heaps of all the chassis before it); the controller's young threshold is kept
