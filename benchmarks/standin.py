@@ -10,6 +10,8 @@ The real controller (`ControllerDaemon`) runs against it unchanged except for co
 * `StandinOvsdbServer`: the part of ovsdb-server the controller reads with its own JSON-RPC code:
   a monitor of the Interface table (VIF and tunnel rows, with ofports as vswitchd would assign)
   and select/mutate of `Open_vSwitch` external_ids (the NB revision mark).
+* `StandinConntrackSweeper`: the controller's conntrack sweeper with `ovs-appctl` answered as the
+  stand-in's vswitchd would, without a process.
 * `StandinOvsdb`: the controller's `Ovsdb` with its two ovsdbapp configuration calls replaced:
   `setup_bridge` points the stand-in switch at the controller, `ensure_tunnels` adds one tunnel
   Interface row per peer.
@@ -32,6 +34,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from controller.conntrack_sweep import ConntrackSweeper
 from dfflow.ovsdb.chassis import Ovsdb, tunnel_port_name
 from dfflow.ovsdb.jsonrpc import Framer
 
@@ -471,3 +474,17 @@ class StandinOvsdb(Ovsdb):
         rows.update({name: {"dfflow-peer": peer, "remote-ip": ip} for name, (peer, ip) in wanted.items()})
         self.server.transact(rows)
         self.stats["tunnel_changes"] += 1
+
+
+class StandinConntrackSweeper(ConntrackSweeper):
+    """The controller's conntrack sweeper, its `ovs-appctl` answered as the stand-in's vswitchd would: with
+    no datapath it tracks no connection (an empty dump) and has none to delete. Without it each chassis
+    forks an `ovs-appctl` that finds no vswitchd, and fails, when its start-up's arrival windows close
+    (ARRIVAL_WINDOW after it connected: in a 1,000-chassis fleet, while the last chassis' moves are timed)."""
+
+    @classmethod
+    def replacing(cls, sweeper: ConntrackSweeper) -> "StandinConntrackSweeper":
+        return cls(sweeper.policy, sweeper.stats, sweeper.record_error, (sweeper.appctl, sweeper.appctl_env))
+
+    async def _run_appctl(self, *args: str) -> str:
+        return ""

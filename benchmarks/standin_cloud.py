@@ -31,7 +31,7 @@ from controller.collector import collect_young_less_often
 from controller.daemon import ControllerDaemon
 from controller.reconcile import reconcile
 from controller.status import GcPauses
-from benchmarks.standin import StandinOvsdb, StandinOvsdbServer, StandinSwitch
+from benchmarks.standin import StandinConntrackSweeper, StandinOvsdb, StandinOvsdbServer, StandinSwitch
 
 LOG = logging.getLogger(__name__)
 START_BATCH = 10  # chassis started at once; each batch is connected before the next starts
@@ -70,6 +70,8 @@ class StandinChassis:
         daemon = ControllerDaemon(self.name, self.tunnel_ip, self.nb_url, self.server.remote, "br-int",
                                   self.of_listen)
         daemon.ovsdb = StandinOvsdb(self.server, self.switch)
+        # (the sender asks it too)
+        daemon.conntrack_sweeper = daemon.sender.sweeper = StandinConntrackSweeper.replacing(daemon.conntrack_sweeper)
         daemon.gc_pauses = PROCESS_GC_PAUSES  # one collector per process: one callback, not one per chassis
         # this process collects and freezes what start-up made once per wave (a collection per chassis would
         # walk the heaps of all the chassis before it); the controller's young threshold is kept
@@ -217,6 +219,7 @@ class StandinCloud:
         if op == "counters":
             return {n: {"lport_events": ch.daemon.stats.get("nb_events.lport", 0),
                         "idle": ch.ready(self.peers), "handler_errors": ch.daemon.stats.get("handler_errors", 0),
+                        "conntrack_sweep": {k: v for k, v in ch.daemon.stats.items() if k.startswith("conntrack_sweep.")},
                         "switch": dict(ch.switch.stats), "engine": dict(ch.daemon.engine.stats)}
                     for n, ch in self.chassis.items()}
         if op == "cpu":  # this process' CPU time: what its chassis cost, all of them together

@@ -7,6 +7,7 @@ here, in one place, from its binding and its migration record.
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -58,6 +59,13 @@ class View:
         # their established connections are admitted here meanwhile (controller.apps.secgroups)
         self.arrivals: set[str] = set()
         self._migrating: set[str] = set()  # ports whose NB version holds a migration record
+        # port id -> (what its facts were made of, the facts): a move (a new binding, a migration record)
+        # changes none of it. The port's own fields are compared by identity (an update read from the
+        # version before shares the values it did not change, dfflow.models.base.Model.updated); the rest
+        # of the view they read (networks, subnets, routers, floating IPs, the networks needed here), by
+        # `_facts_epoch`, bumped whenever it may change.
+        self._facts: dict[str, tuple[tuple[Any, ...], PortFacts]] = {}
+        self._facts_epoch = 0
 
     # -- NB --------------------------------------------------------------------
     def put(self, obj: Model) -> Model | None:
@@ -74,6 +82,8 @@ class View:
             self._port_changed(obj.id)
         elif obj.table in _ROLE_TABLES:
             self._topology_changed()
+        elif obj.table == FloatingIP.table:
+            self._facts_epoch += 1
         return old
 
     def drop(self, table: str, obj_id: str) -> Model | None:
@@ -81,9 +91,12 @@ class View:
         if isinstance(old, LogicalPort):
             self._ports_by_switch[old.lswitch].discard(obj_id)
             self._migrating.discard(obj_id)
+            self._facts.pop(obj_id, None)
             self._port_changed(obj_id)
         elif table in _ROLE_TABLES:
             self._topology_changed()
+        elif table == FloatingIP.table:
+            self._facts_epoch += 1
         return old
 
     def set_vif(self, vif: Vif) -> None:
@@ -104,6 +117,7 @@ class View:
         """A network, subnet or router changed: what is needed, and every role, may differ."""
         self._needed = None
         self._placed = None
+        self._facts_epoch += 1
 
     def _port_changed(self, port_id: str) -> None:
         port = self.port(port_id)
@@ -123,6 +137,7 @@ class View:
                 _count(self._local_here, now[0], now[1])
             if any((switch in self._present) != before for switch, before in touched.items()):
                 self._needed = None  # the networks present here differ: recomputed when asked
+                self._facts_epoch += 1
         if self._placed is None:
             return
         if self._needed is None:
@@ -134,8 +149,9 @@ class View:
         was = self._placed.pop(port_id, None)
         now = None
         if port is not None:
-            role = self.role(port)
-            now = (port.lswitch, role, self.location(port) if role == REMOTE else
+            where = self.location(port)
+            role = self._role_at(port, where)
+            now = (port.lswitch, role, where if role == REMOTE else
                    (self.vifs[port_id].ofport, self.is_pending(port)) if role == LOCAL else None)
         if now is not None:
             self._placed[port_id] = now
@@ -237,11 +253,14 @@ class View:
         """LOCAL if this chassis hosts the port (or is its pending `announce` destination) and its
         VIF is here; REMOTE if another chassis does and the port's network is needed here;
         otherwise None (no flows)."""
+        return self._role_at(port, self.location(port))
+
+    def _role_at(self, port: LogicalPort, where: str | None) -> str | None:
+        """`role(port)`, `where` being its location."""
         if not port.enabled or self.switch(port.lswitch) is None:
             return None
-        if self.is_local(port):
+        if port.id in self.vifs and self._hosted_here(port, where):
             return LOCAL
-        where = self.location(port)
         if where is None or where == self.chassis or where not in self.tunnels:
             return None
         return REMOTE if port.lswitch in self.needed_switches() else None
@@ -252,8 +271,11 @@ class View:
         return port.enabled and port.id in self.vifs and mig is not None and mig.chassis == self.chassis
 
     def is_local(self, port: LogicalPort) -> bool:
-        return (port.enabled and port.id in self.vifs
-                and (self.location(port) == self.chassis or self.is_pending(port)))
+        return port.enabled and port.id in self.vifs and self._hosted_here(port, self.location(port))
+
+    def _hosted_here(self, port: LogicalPort, where: str | None) -> bool:
+        """The port, located at `where`, runs here or is this chassis' pending `announce` destination."""
+        return where == self.chassis or self.is_pending(port)
 
     def switch_is_present(self, switch_id: str) -> bool:
         """A network is present on this chassis while one of its ports is local here."""
@@ -324,6 +346,17 @@ class View:
 
     # -- what a port's flows depend on (controller.templates) ---------------------------
     def port_facts(self, port: LogicalPort) -> PortFacts:
+        made = self._facts.get(port.id)
+        inputs = (self._facts_epoch, port.lswitch, port.mac, port.port_security, port.ips,
+                  port.allowed_address_pairs)
+        if made is not None and all(map(operator.is_, made[0], inputs)):
+            return made[1]
+        facts = self.facts_of(port)
+        self._facts[port.id] = (inputs, facts)
+        return facts
+
+    def facts_of(self, port: LogicalPort) -> PortFacts:
+        """`port_facts` made again, from the view as it is."""
         return PortFacts(object_hash(port.id), self.vni(port.lswitch), mac_int(port.mac), port.port_security,
                          bool(self.routers_on(port.lswitch)), tuple(ipv4s_of(port)),
                          tuple(self.usable_floating_ips(port)), address_pairs_of(port))

@@ -212,6 +212,20 @@ def test_a_port_updated_from_its_held_version_is_the_one_read_whole(change):
     assert held.version == 7 and held.binding_chassis == "c1"  # the held version is left as it was
 
 
+def test_a_port_updated_from_an_update_is_the_one_read_whole_and_each_version_keeps_its_own_fields():
+    held = _held_port()
+    versions = [held]
+    for version, where in ((8, "c3"), (9, "c4"), (10, "c1")):
+        obj, changed = LogicalPort.updated(versions[-1], dict(held.to_dict(), version=version, binding_chassis=where))
+        obj.check_changed(changed)
+        assert obj == _read_whole(dict(held.to_dict(), version=version, binding_chassis=where))
+        assert set(changed) == {"version", "binding_chassis"}
+        versions.append(obj)
+    versions[-1].name = "renamed"  # (a model is not changed in place; were it, only that version would be)
+    assert [(v.version, v.binding_chassis, v.name) for v in versions] == [
+        (7, "c1", held.name), (8, "c3", held.name), (9, "c4", held.name), (10, "c1", "renamed")]
+
+
 @pytest.mark.parametrize("change, field", [
     ({"binding_chassis": "not an id"}, "binding_chassis"),
     ({"binding_chassis": "c2"}, "inactive_bindings[0].host"),  # the unchanged binding's host is now the active one

@@ -37,11 +37,11 @@ def round_trips(monkeypatch):
 async def test_a_port_write_takes_a_fixed_small_number_of_round_trips(nb, round_trips):
     await network(nb, "net1", "10.1.0.0/24", 101)
     await nb.get("lport", "none")  # the pool's connection opened outside the counts
-    assert (await round_trips(port(nb, "p1", "net1", "fa:16:3e:00:00:01", ["10.1.0.5"])))[0] == 4
+    assert (await round_trips(port(nb, "p1", "net1", "fa:16:3e:00:00:01", ["10.1.0.5"])))[0] == 3
     # modify: the read, then (WATCH and reads: the port, its claims, the switch, its MAC and IP
-    # holders, the revision), the switch's referrers, its subnets, and the MULTI/EXEC
+    # holders, the revision; and, read ahead, the switch's subnet referrers), its subnets, and the MULTI/EXEC
     trips, moved = await round_trips(nb.modify("lport", "p1", lambda p: p.replace(binding_chassis="c2")))
-    assert trips == 5 and moved.binding_chassis == "c2"
+    assert trips == 4 and moved.binding_chassis == "c2"
     trips, _ = await round_trips(nb.modify("lswitch", "net1", lambda s: s.replace(mtu=1400)))
     assert trips == 3
     assert (await round_trips(nb.delete("lport", "p1")))[0] == 3

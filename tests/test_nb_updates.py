@@ -2,6 +2,9 @@
 version's (checked when it came); a bad value in a changed field is refused as in a whole object."""
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 import pytest
 
 import dfflow.models.port as port_module
@@ -89,4 +92,24 @@ async def test_a_bad_value_in_a_changed_field_of_an_update_is_logged_counted_and
                                          "lport.inactive_bindings[0].host")):
         assert field in problem, problems
     assert sum("skipped a malformed NB object lport:p1" in r.getMessage() for r in caplog.records) == 4
+    await sub.stop()
+
+
+async def test_the_version_an_update_replaced_is_released_once_delivered_not_when_the_next_event_comes(nb, nb_url):
+    await network(nb, "net1", "10.1.0.0/24", 101)
+    delivered, first = [], []
+
+    def handler(event):  # keeps no event
+        delivered.append((event["id"], event["model"].binding_chassis))
+        if not first:
+            first.append(weakref.ref(event["model"]))
+    sub = Subscriber(nb_url, callback=handler)
+    await sub.start()
+    await sub.add_topic(TOPIC)
+    await write_object(nb.redis, "lport", port_dict())
+    await eventually(lambda: ("p1", "c1") in delivered)
+    await write_object(nb.redis, "lport", port_dict(binding_chassis="c2"))
+    await eventually(lambda: ("p1", "c2") in delivered)
+    await asyncio.sleep(0.05)  # the subscriber back waiting for the next burst; none comes
+    assert first[0]() is None  # the replaced version (the update's `changed_from`) is gone
     await sub.stop()

@@ -5,10 +5,12 @@ and every chassis applied a change caused by each move."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
 from benchmarks.standin_fleet import Fleet
+from controller.apps.secgroups import ARRIVAL_WINDOW
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 CHASSIS = 20
@@ -18,6 +20,7 @@ CHASSIS = 20
 def fleet():
     f = Fleet(CHASSIS, ports=CHASSIS * 2, movers=6)
     try:
+        f.started = time.monotonic()
         f.up(timeout=180)
         yield f
     finally:
@@ -49,3 +52,18 @@ def test_five_port_evacuation_converges_on_every_standin_chassis(fleet):
     for name, entries in result["timings"].items():
         assert {e["cause"] for e in entries} == {f"lport:{m}" for m in movers}, name
     _assert_converged(fleet)
+
+
+def test_the_arrival_windows_of_start_up_close_with_each_local_ports_connections_recorded_and_no_failure(fleet):
+    # a controller's start-up admits its ports' connections for ARRIVAL_WINDOW, then records them (an
+    # empty dump here: the stand-in's vswitchd has no datapath)
+    deadline = fleet.started + ARRIVAL_WINDOW + 60.0
+    while True:
+        counters = fleet.ask_all({"op": "counters"})
+        sweeps = [c["conntrack_sweep"] for c in counters.values()]
+        recorded = sum(s.get("conntrack_sweep.arrivals_recorded", 0) for s in sweeps)
+        failed = sum(s.get("conntrack_sweep.failures", 0) for s in sweeps)
+        if recorded + failed >= CHASSIS * 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (recorded, failed) == (CHASSIS * 2, 0), sweeps

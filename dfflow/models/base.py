@@ -143,7 +143,7 @@ class Model:
         if not (cls.checks_by_field and type(held) is cls and type(data) is dict
                 and data.keys() == _field_names(cls)):
             return None
-        values = vars(held)
+        values = held.__dict__
         if len(values) != len(data):  # something besides its fields on `held`
             return None
         changes: dict[str, Any] = {}
@@ -158,7 +158,11 @@ class Model:
                     continue
                 raw = cls._record_value(name, raw)
             changes[name] = raw
-        return cls(**{**values, **changes}), list(changes)
+        # what the dataclass' __init__ makes of every field given, without its call: this dict becomes the
+        # object's own (an __init__'s object makes one when `held.__dict__` is first read, above)
+        new = object.__new__(cls)
+        new.__dict__ = {**values, **changes}
+        return new, list(changes)
 
     def check_changed(self, changed: Collection[str]) -> None:
         """Check an object whose fields other than `changed` hold values already checked (those of the

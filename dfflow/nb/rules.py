@@ -140,6 +140,11 @@ WRITE_RULES: dict[str, Callable[[Model, Context], Awaitable[Claims]]] = {
 DELETE_RULES: dict[str, Callable[[Model, Context], Awaitable[None]]] = {
     Subnet.table: check_subnet_delete,
 }
+# The referrers (table, id, of that table) a rule reads unwatched, by the table of the object written: read
+# ahead, in the write's first round trip, they cost it none of their own.
+REFERRERS_READ_AHEAD: dict[str, Callable[[Model], list[tuple[str, str, str]]]] = {
+    LogicalPort.table: lambda port: [(LogicalSwitch.table, port.lswitch, Subnet.table)],
+}
 # Fields an update may not change (Neutron refuses these too).
 IMMUTABLE = {
     Subnet.table: ("lswitch", "cidr"),

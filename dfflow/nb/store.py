@@ -84,6 +84,9 @@ class _TxnContext:
         # Objects written earlier in the same transaction (a batch), and what they reference.
         self.pending_refs: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self.pending_claims: dict[str, str] = {}
+        # (table, id, of_table) -> its referrers of that table, read unwatched ahead of the rule that asks
+        # (rules.REFERRERS_READ_AHEAD), in the write's first round trip
+        self.referrers_ahead: dict[tuple[str, str, str], list[Any]] = {}
 
     async def read(self, watch: list[str], commands: list[tuple[Any, ...]]) -> list[Any]:
         """WATCH `watch`, then `commands` (reads), in one round trip on the transaction's connection;
@@ -151,8 +154,9 @@ class _TxnContext:
         new port of a network changes: watching it would make concurrent creates retry each other).
         `of_table`: only the referrers of that table, chosen by Redis (the set is read whole there)."""
         key = self.keys.refs(table, obj_id)
-        read = ("SMEMBERS", key) if of_table is None else ("EVAL", _MEMBERS_WITH_PREFIX, 1, key, f"{of_table}:")
-        (found,) = await self.read([key] if watch else [], [read])
+        found = self.referrers_ahead.pop((table, obj_id, of_table), None) if not watch and of_table else None
+        if found is None:
+            (found,) = await self.read([key] if watch else [], [referrers_read(key, of_table)])
         members = {tuple(_s(m).split(":", 1)) for m in found}
         pending = self.pending_refs.get((table, obj_id), set())
         if of_table is not None:
@@ -163,6 +167,11 @@ class _TxnContext:
         self.cache[(obj.table, obj.id)] = obj
         for _, table, ref_id in obj.references():
             self.pending_refs.setdefault((table, ref_id), set()).add((obj.table, obj.id))
+
+
+def referrers_read(key: str, of_table: str | None) -> tuple[Any, ...]:
+    """The command reading the referrer set `key` (of_table: only the members of that table, chosen by Redis)."""
+    return ("SMEMBERS", key) if of_table is None else ("EVAL", _MEMBERS_WITH_PREFIX, 1, key, f"{of_table}:")
 
 
 def _chassis_of(obj: Model | None) -> set[str]:
@@ -445,13 +454,19 @@ class NbApi:
         unread_keys = [keys.obj(table, ref_id) for table, ref_id in unread]
         own_claims = obj.unique_keys()
         own_holder_keys = [keys.uniq(claim) for _, claim in own_claims]
+        # and, unwatched, the referrers its table's rule will read unwatched (rules.REFERRERS_READ_AHEAD)
+        ahead = rules.REFERRERS_READ_AHEAD[obj.table](obj) if obj.table in rules.REFERRERS_READ_AHEAD else []
         commands: list[tuple[Any, ...]] = [("GET", key), ("SMEMBERS", claims_key), ("INCR", keys.rev)]
         commands += [("MGET", *unread_keys)] if unread_keys else []
         commands += [("MGET", *own_holder_keys)] if own_holder_keys else []
+        commands += [referrers_read(keys.refs(table, ref_id), of_table) for table, ref_id, of_table in ahead]
         replies = await ctx.read([key, claims_key, *unread_keys, *own_holder_keys], commands)
         raw, stored_claims, version = replies[:3]
         if unread_keys:
             ctx.remember(unread, replies[3])
+        if ahead:
+            ctx.referrers_ahead.update(zip(ahead, replies[-len(ahead):]))
+            replies = replies[:-len(ahead)]
         holders = dict(zip((claim for _, claim in own_claims), replies[-1] if own_holder_keys else []))
         old = decode(obj.table, raw, obj.id)
         if lost and old is not None and old.version != expected and _same(old, obj):
