@@ -14,6 +14,7 @@ from dfflow.sandbox import ovn as ovnmod
 from dfflow.sandbox.ovn import Ovn
 from dfflow.sandbox.ovn_cloud import OvnCloud, migrate
 from dfflow.sandbox.ovn_router import create_floating_ip, create_router
+from dfflow.sandbox.priorities import autogroup_enabled, autogroup_of
 from dfflow.sandbox.topology import INT_BRIDGE
 from sandbox_fixtures import sandbox_factory  # noqa: F401
 
@@ -41,6 +42,10 @@ def test_ovn_northd_and_every_ovn_controller_run_at_the_niceness_ovn_ctl_gives_t
     daemons = [ovn_cloud.ovn.central.northd] + [node.controller for node in ovn_cloud.ovn.chassis.values()]
     assert {d.name + str(i): os.getpriority(os.PRIO_PROCESS, d.pid()) for i, d in enumerate(daemons)} == {
         d.name + str(i): ovnmod.OVN_NICENESS for i, d in enumerate(daemons)}
+    if autogroup_enabled():  # and each one's session, weighed against the guests' (this process') session
+        assert {d.name + str(i): autogroup_of(d.pid())[1] for i, d in enumerate(daemons)} == {
+            d.name + str(i): ovnmod.OVN_NICENESS for i, d in enumerate(daemons)}
+        assert autogroup_of(os.getpid())[0] not in {autogroup_of(d.pid())[0] for d in daemons}
 
 
 def test_vms_on_two_ovn_chassis_reach_each_other_and_a_migrated_vm_answers_from_its_destination(ovn_cloud):

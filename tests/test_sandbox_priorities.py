@@ -4,6 +4,7 @@ EMULATED_CLOUD_NICENESS; Open vSwitch where ovs-ctl puts it; a guest's process a
 whatever the niceness of the process that starts it."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import threading
 import pytest
 
 from dfflow.sandbox.ovsproc import OVS_NICENESS
-from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, emulated_nova, lower_emulated_cloud,
-                                       niceness_of)
+from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, autogroup_enabled, autogroup_of,
+                                       emulated_nova, lower_emulated_cloud, niceness_of, session_at)
 from sandbox_fixtures import sandbox_factory  # noqa: F401
 
 pytestmark = pytest.mark.ovs
@@ -48,3 +49,48 @@ def test_the_emulated_clouds_services_run_below_the_guests_and_open_vswitch_stay
     assert seen == {"worker": EMULATED_CLOUD_NICENESS, "main": EMULATED_CLOUD_NICENESS,
                     "forked": EMULATED_CLOUD_NICENESS, "guest": GUEST_NICENESS}
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_before  # restored once the migrations are over
+
+
+def require_autogroup() -> None:
+    if not autogroup_enabled() or autogroup_of(os.getpid()) is None:
+        pytest.skip("the kernel does not schedule by session here (autogroup off): a niceness acts by itself")
+
+
+def test_open_vswitchs_sessions_run_above_the_guests_and_the_emulated_clouds_below_them(sandbox_factory):  # noqa: F811
+    require_autogroup()
+    guests_session = autogroup_of(os.getpid())  # the guests run in the benchmark's session: this one
+    sb = sandbox_factory(chassis=1)
+    sb.osvif_socket("chassis-1")
+    lowered = lower_emulated_cloud(sb)
+    ovs = sb.chassis("chassis-1").ovs()
+    for daemon in ("ovsdb-server", "ovs-vswitchd"):
+        group, niceness = autogroup_of(ovs.pid(daemon))
+        assert (niceness, group != guests_session[0]) == (OVS_NICENESS, True), daemon
+    for name, pid in lowered.items():
+        group, niceness = autogroup_of(pid)
+        assert (niceness, group != guests_session[0]) == (EMULATED_CLOUD_NICENESS, True), name
+    ovs.restart_vswitchd()  # a restarted ovs-vswitchd is a new session, weighed again
+    assert autogroup_of(ovs.pid("ovs-vswitchd"))[1] == OVS_NICENESS
+    assert autogroup_of(os.getpid()) == guests_session
+
+
+def test_a_session_is_weighed_only_if_it_is_not_the_guests_and_a_failure_is_logged_with_its_reason(caplog):
+    require_autogroup()
+    guests_session = autogroup_of(os.getpid())
+    in_ours = subprocess.Popen(["sleep", "30"])
+    own = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dfflow.sandbox.priorities"):
+            assert not session_at(in_ours.pid, EMULATED_CLOUD_NICENESS, "a helper in the guests' session")
+            assert session_at(own.pid, EMULATED_CLOUD_NICENESS, "a service")
+            assert autogroup_of(own.pid)[1] == EMULATED_CLOUD_NICENESS
+            assert not session_at(own.pid, 99, "a service at an impossible niceness")
+    finally:
+        for proc in (in_ours, own):
+            proc.kill()
+            proc.wait()
+    assert autogroup_of(os.getpid()) == guests_session
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert "a helper in the guests' session" in warnings[0] and "this process' session" in warnings[0]
+    assert "impossible niceness" in warnings[1] and "Invalid argument" in warnings[1]

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from . import procs
+from . import priorities, procs
 from .netns import SandboxError
 
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
@@ -38,7 +38,8 @@ START_TIMEOUT = 15.0  # s
 BR_INT_PROTOCOLS = "OpenFlow13,OpenFlow14,OpenFlow15"
 GW_CMS_OPTIONS = "enable-chassis-as-gw"  # what a chassis says in its OVS row to host routers' gateways
 # ovn-ctl starts ovn-northd and ovn-controller at niceness -10 (--ovn-northd-priority,
-# --ovn-controller-priority), its ovsdb-servers at the default; the sandbox starts them as it does.
+# --ovn-controller-priority), its ovsdb-servers at the default; the sandbox starts them as it does, each
+# detached into a session of its own, weighed at the daemon's niceness (priorities.session_at).
 OVN_NICENESS = -10
 
 
@@ -103,6 +104,13 @@ class Daemon:
             "ovn-northd" if self.name == "ovn-northd" else "ovsdb-server")
         return pid if procs.comm(pid) == binary[:15] else None
 
+    def weigh_session(self, niceness: int) -> None:
+        """The daemon's session weighed at `niceness` against the others (priorities.session_at)."""
+        pid = self.pid()
+        if pid is None:
+            raise SandboxError(f"{self.name} is not running (see {self.log})")
+        priorities.session_at(pid, niceness, f"{self.name} of {self.dir}")
+
 
 class OvnCentral:
     """The NB and SB databases and ovn-northd of one sandbox (`<sandbox dir>/ovn`)."""
@@ -140,6 +148,7 @@ class OvnCentral:
         _run(["nice", "-n", str(OVN_NICENESS), "ovn-northd", f"--ovnnb-db={self.nb_url}", f"--ovnsb-db={self.sb_url}",
               *self.northd.common_args()])
         _wait_path(self.northd.ctl, "ovn-northd", self.northd.log)
+        self.northd.weigh_session(OVN_NICENESS)
 
     def stop(self, timeout: float = 5.0) -> None:
         procs.terminate_all([p for d in self.daemons() if (p := d.pid())], timeout)
@@ -173,6 +182,7 @@ class OvnChassis:
              env=env)
         _wait_path(self.controller.pidfile, f"ovn-controller of {ch.name}", self.controller.log)
         _wait_path(self.controller.ctl, f"ovn-controller of {ch.name}", self.controller.log)
+        self.controller.weigh_session(OVN_NICENESS)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM: ovn-controller leaves br-int, its flows and its SB chassis record as they are."""

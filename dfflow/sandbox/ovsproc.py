@@ -16,12 +16,15 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
+from . import priorities
+
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 REQUIRED_BINARIES = ("ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl", "ovs-ofctl", "ovs-appctl")
 # The niceness Open vSwitch's own start script gives both daemons (ovs-ctl's --ovsdb-server-priority and
 # --ovs-vswitchd-priority, -10 by default; Debian's openvswitch-switch starts them through it). At niceness 0
 # a userspace datapath's forwarding thread waited behind the emulated Nova, Neutron and guests on a small
-# machine, and every VM behind it went silent at once (benchmarks/RESULTS.md, branch `evac-tails`).
+# machine, and every VM behind it went silent at once (benchmarks/RESULTS.md, branch `evac-tails`). Each
+# daemon detaches into a session of its own, weighed at the same niceness (priorities.session_at).
 OVS_NICENESS = -10
 
 
@@ -71,6 +74,13 @@ class OvsInstance:
         user's `nice` warns and starts it at its own niceness)."""
         return self._prefix() + ["nice", "-n", str(OVS_NICENESS)]
 
+    def _weigh_session(self, daemon: str) -> None:
+        """The detached daemon's session weighed at OVS_NICENESS against the others (priorities.session_at)."""
+        pid = self.pid(daemon)
+        if pid is None:
+            raise OvsError(f"{daemon} left no pidfile in {self.rundir}")
+        priorities.session_at(pid, OVS_NICENESS, f"{daemon} of {self.rundir}")
+
     def pidfile(self, daemon: str) -> str:
         return os.path.join(self.rundir, f"{daemon}.pid")
 
@@ -107,6 +117,7 @@ class OvsInstance:
             if time.monotonic() > deadline:
                 raise OvsError(f"ovs-vswitchd did not start in {self.rundir}")
             time.sleep(0.02)
+        self._weigh_session("ovs-vswitchd")
 
     def _start_ovsdb(self) -> None:
         self._run(self._daemon_prefix() + [
@@ -115,6 +126,7 @@ class OvsInstance:
             f"--unixctl={self.ovsdb_ctl}", f"--pidfile={self.pidfile('ovsdb-server')}",
             f"--log-file={os.path.join(self.rundir, 'ovsdb-server.log')}", "--detach", "--no-chdir",
         ])
+        self._weigh_session("ovsdb-server")
 
     def restart_ovsdb(self, timeout: float = 10.0) -> None:
         """Restart ovsdb-server alone, as a package upgrade does; ovs-vswitchd and every other client

@@ -15,26 +15,37 @@ emulated control services at EMULATED_CLOUD_NICENESS:
   `lower_emulated_cloud`.
 
 Nothing of the networks' own runs lower or higher for it: Open vSwitch and OVN's daemons keep the
-niceness their start scripts give them, dfflow's controllers and NB database and OVN's databases
-niceness 0, and the guests (started through `Sandbox.vm_popen`) always start at GUEST_NICENESS, whatever
-the niceness of the process that starts them. Nothing becomes real-time.
+niceness their start scripts give them (ovsproc.py, ovn.py), dfflow's controllers and NB database and OVN's
+databases niceness 0, and the guests (started through `Sandbox.vm_popen`) always start at GUEST_NICENESS,
+whatever the niceness of the process that starts them. Nothing becomes real-time.
 
 Where a niceness acts: with the kernel's autogroup scheduling on (`/proc/sys/kernel/sched_autogroup_enabled`,
-1 here and by default on Debian), every session is a group of its own that shares the CPUs equally with
-the other sessions, and a niceness weighs only against the threads of its own session. The sandbox starts
-each service (each ovs-vswitchd, controller, os-vif agent, API server) in a session of its own, as a
-service manager does, and the guests in the benchmark's session: so the emulated Nova's niceness puts it
-below the guests, whereas the other services' nicenesses (Open vSwitch's -10 included) act within their
-own sessions only, as they would on a host scheduling the same way (RESULTS.md, branch `h16-onevm`).
+1 here and by default on Debian), every session is a group of its own that shares the CPUs with the other
+sessions by the group's own niceness (0 when the session starts), and a process' niceness weighs only against
+the threads of its own session. The sandbox starts each service (each ovs-vswitchd and ovsdb-server, OVN
+daemon, controller, os-vif agent, API server) in a session of its own, as a service manager does, and the
+guests in the benchmark's session. A process' niceness alone would therefore put nothing below or above the
+guests but the emulated Nova, which runs in their session (RESULTS.md, branch `h16-onevm`). So every service
+the sandbox starts at a niceness other than 0 has its session's autogroup set to the same niceness
+(`session_at`): Open vSwitch's daemons at -10 and OVN's ovn-northd and ovn-controllers at -10 ahead of the
+guests, dfflow's controllers, NB database and OVN's databases level with them, and the emulated cloud's
+services at EMULATED_CLOUD_NICENESS below them. The emulated Nova keeps only its own niceness: its session is
+the guests'. Where autogroup is off, the niceness of a process weighs against every other process already,
+and nothing more is set (logged once).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any, Iterator
 
 EMULATED_CLOUD_NICENESS = 10
 GUEST_NICENESS = 0
+AUTOGROUP_SWITCH = "/proc/sys/kernel/sched_autogroup_enabled"
+
+LOG = logging.getLogger(__name__)
+_said_autogroup_off = False
 
 
 def threads(pid: int) -> list[int]:
@@ -84,6 +95,58 @@ def niceness_of(pid: int) -> set[int]:
     return found
 
 
+def autogroup_of(pid: int) -> tuple[str, int] | None:
+    """The autogroup `pid` runs in and its niceness (`("/autogroup-12", -10)`); None where the kernel has no
+    autogroups or `pid` is gone."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            name, _, niceness = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return name, int(niceness)
+
+
+def autogroup_enabled() -> bool:
+    """Whether the kernel schedules by session (autogroup) now."""
+    try:
+        with open(AUTOGROUP_SWITCH) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def session_at(pid: int, niceness: int, what: str) -> bool:
+    """The session of `pid` (a service the sandbox started in a session of its own) weighed at `niceness`
+    against the other sessions: its autogroup's niceness set, so that the service's own niceness acts
+    beyond its session. Returns whether it was set. Nothing is set where autogroup is off (said once in
+    the log), nor for a process in this process' own session (that is the guests' session: it would move
+    them too); a failure is logged with its reason and is not fatal."""
+    global _said_autogroup_off
+    if not autogroup_enabled() or autogroup_of(os.getpid()) is None:
+        if not _said_autogroup_off:
+            LOG.warning("autogroup scheduling is off here (%s, /proc/PID/autogroup): a niceness acts across "
+                     "sessions by itself, no session's niceness is set", AUTOGROUP_SWITCH)
+            _said_autogroup_off = True
+        return False
+    group, ours = autogroup_of(pid), autogroup_of(os.getpid())
+    if group is None:
+        LOG.warning("%s (pid %d) at session niceness %d: it has no autogroup (gone?); left as is",
+                    what, pid, niceness)
+        return False
+    if ours is not None and group[0] == ours[0]:
+        LOG.warning("%s (pid %d) runs in this process' session (%s): its session's niceness is left as is, "
+                    "%d would weigh the guests' session too", what, pid, group[0], niceness)
+        return False
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(niceness))
+    except OSError as exc:
+        LOG.warning("%s (pid %d): could not set its session's (%s) niceness to %d: %s",
+                    what, pid, group[0], niceness, exc)
+        return False
+    return True
+
+
 def emulated_cloud_pids(sandbox: Any) -> dict[str, int]:
     """The emulated cloud's control services the sandbox runs, by name: its API server, its Nova API,
     each chassis' os-vif agent."""
@@ -96,11 +159,12 @@ def emulated_cloud_pids(sandbox: Any) -> dict[str, int]:
 
 def lower_emulated_cloud(sandbox: Any, niceness: int = EMULATED_CLOUD_NICENESS) -> dict[str, int]:
     """The sandbox's emulated control services (and their children: workers; os-vif's privsep daemons fork
-    away from their agent and are not among them, which changes nothing: they share its session) at `niceness`;
-    returns the pids set, by name."""
+    away from their agent and are not among them, but they share its session) at `niceness`, and their
+    sessions at the same niceness (`session_at`); returns the pids set, by name."""
     pids = emulated_cloud_pids(sandbox)
-    for pid in pids.values():
+    for name, pid in pids.items():
         renice(pid, niceness)
+        session_at(pid, niceness, name)
     return pids
 
 
