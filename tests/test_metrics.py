@@ -91,8 +91,16 @@ def test_a_migration_moves_the_controllers_and_the_apis_counters_and_histograms(
             after = samples(url)
             applies = "dfflow_controller_apply_seconds_count"
             assert value(after, applies, chassis=name) > value(before[name], applies, chassis=name)
+            # the NB events of the migration reached every chassis; an announce migration's steps are the
+            # destination's (the source follows the activation through its NB write, and Nova unplugs the
+            # source after activating the destination's binding, when the migration has ended)
+            events = "dfflow_controller_events_total"
+            assert value(after, events, chassis=name, counter="nb_events") > value(
+                before[name], events, chassis=name, counter="nb_events")
             steps = "dfflow_controller_migration_steps_total"
-            assert value(after, steps, chassis=name) > value(before[name], steps, chassis=name)
+            if name == "chassis-2":
+                assert value(after, steps, chassis=name, counter="activated") == 1 + value(
+                    before[name], steps, chassis=name, counter="activated")
             assert value(after, "dfflow_controller_nb_connected", chassis=name) == 1
             assert value(after, "dfflow_controller_events_total", chassis=name, counter="handler_errors") == 0
             assert value(after, "process_start_time_seconds") > 0
