@@ -122,18 +122,19 @@ def session_at(pid: int, niceness: int, what: str) -> bool:
     the log), nor for a process in this process' own session (that is the guests' session: it would move
     them too); a failure is logged with its reason and is not fatal."""
     global _said_autogroup_off
-    if not autogroup_enabled() or autogroup_of(os.getpid()) is None:
+    ours = autogroup_of(os.getpid())
+    if not autogroup_enabled() or ours is None:
         if not _said_autogroup_off:
             LOG.warning("autogroup scheduling is off here (%s, /proc/PID/autogroup): a niceness acts across "
-                     "sessions by itself, no session's niceness is set", AUTOGROUP_SWITCH)
+                        "sessions by itself, no session's niceness is set", AUTOGROUP_SWITCH)
             _said_autogroup_off = True
         return False
-    group, ours = autogroup_of(pid), autogroup_of(os.getpid())
+    group = autogroup_of(pid)
     if group is None:
         LOG.warning("%s (pid %d) at session niceness %d: it has no autogroup (gone?); left as is",
                     what, pid, niceness)
         return False
-    if ours is not None and group[0] == ours[0]:
+    if group[0] == ours[0]:
         LOG.warning("%s (pid %d) runs in this process' session (%s): its session's niceness is left as is, "
                     "%d would weigh the guests' session too", what, pid, group[0], niceness)
         return False
