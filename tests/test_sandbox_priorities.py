@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
+from dfflow.sandbox import priorities
 from dfflow.sandbox.ovsproc import OVS_NICENESS
-from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, autogroup_enabled, autogroup_of,
+from dfflow.sandbox.priorities import (EMULATED_CLOUD_NICENESS, GUEST_NICENESS, ROOT_GROUP, autogroup_enabled, autogroup_of,
                                        emulated_nova, lower_emulated_cloud, niceness_of, session_at)
 from sandbox_fixtures import sandbox_factory  # noqa: F401
 
@@ -94,3 +95,26 @@ def test_a_session_is_weighed_only_if_it_is_not_the_guests_and_a_failure_is_logg
     assert len(warnings) == 2, warnings
     assert "a helper in the guests' session" in warnings[0] and "this process' session" in warnings[0]
     assert "impossible niceness" in warnings[1] and "Invalid argument" in warnings[1]
+
+
+def test_a_benchmark_in_inits_session_still_weighs_a_services_session_and_not_its_own(monkeypatch, caplog):
+    """A CI runner starts no session: its processes share init's, the root group, which the kernel prints as
+    nothing. The services the sandbox starts in sessions of their own are weighed all the same."""
+    require_autogroup()
+    real_autogroup_of = priorities.autogroup_of
+    in_ours = subprocess.Popen(["sleep", "30"])
+    own = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    monkeypatch.setattr(priorities, "autogroup_of",
+                        lambda pid: ROOT_GROUP if pid in (os.getpid(), in_ours.pid) else real_autogroup_of(pid))
+    try:
+        with caplog.at_level(logging.WARNING, logger="dfflow.sandbox.priorities"):
+            assert not session_at(in_ours.pid, EMULATED_CLOUD_NICENESS, "a helper in init's session")
+            assert session_at(own.pid, EMULATED_CLOUD_NICENESS, "a service")
+        assert real_autogroup_of(own.pid)[1] == EMULATED_CLOUD_NICENESS
+    finally:
+        for proc in (in_ours, own):
+            proc.kill()
+            proc.wait()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"a helper in init's session (pid {in_ours.pid}) runs in this process' session (/): its session's niceness "
+        f"is left as is, {EMULATED_CLOUD_NICENESS} would weigh the guests' session too"]

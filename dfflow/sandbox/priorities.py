@@ -31,7 +31,8 @@ the sandbox starts at a niceness other than 0 has its session's autogroup set to
 guests, dfflow's controllers, NB database and OVN's databases level with them, and the emulated cloud's
 services at EMULATED_CLOUD_NICENESS below them. The emulated Nova keeps only its own niceness: its session is
 the guests'. Where autogroup is off, the niceness of a process weighs against every other process already,
-and nothing more is set (logged once).
+and nothing more is set (logged once). Where the benchmark itself runs in init's session (a CI runner's, which
+never starts a session of its own), the guests share the root group, and a service's session is still set.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from typing import Any, Iterator
 EMULATED_CLOUD_NICENESS = 10
 GUEST_NICENESS = 0
 AUTOGROUP_SWITCH = "/proc/sys/kernel/sched_autogroup_enabled"
+ROOT_GROUP = ("/", 0)
 
 LOG = logging.getLogger(__name__)
 _said_autogroup_off = False
@@ -96,14 +98,21 @@ def niceness_of(pid: int) -> set[int]:
 
 
 def autogroup_of(pid: int) -> tuple[str, int] | None:
-    """The autogroup `pid` runs in and its niceness (`("/autogroup-12", -10)`); None where the kernel has no
-    autogroups or `pid` is gone."""
+    """The autogroup `pid` runs in and its niceness (`("/autogroup-12", -10)`); ROOT_GROUP for a process of
+    init's session, which never started one of its own (the kernel prints nothing for it: it shares the
+    root group's fixed weight, niceness 0); None where the kernel has no autogroups or `pid` is gone."""
     try:
         with open(f"/proc/{pid}/autogroup") as f:
-            name, _, niceness = f.read().split()
-    except (OSError, ValueError):
+            text = f.read()
+    except OSError:
         return None
-    return name, int(niceness)
+    if not text.strip():
+        return ROOT_GROUP
+    try:
+        name, _, niceness = text.split()
+        return name, int(niceness)
+    except ValueError:
+        return None
 
 
 def autogroup_enabled() -> bool:
@@ -122,7 +131,7 @@ def session_at(pid: int, niceness: int, what: str) -> bool:
     the log), nor for a process in this process' own session (that is the guests' session: it would move
     them too); a failure is logged with its reason and is not fatal."""
     global _said_autogroup_off
-    ours = autogroup_of(os.getpid())
+    ours = autogroup_of(os.getpid())  # ROOT_GROUP where this process runs in init's session (a CI runner's)
     if not autogroup_enabled() or ours is None:
         if not _said_autogroup_off:
             LOG.warning("autogroup scheduling is off here (%s, /proc/PID/autogroup): a niceness acts across "
@@ -137,6 +146,10 @@ def session_at(pid: int, niceness: int, what: str) -> bool:
     if group[0] == ours[0]:
         LOG.warning("%s (pid %d) runs in this process' session (%s): its session's niceness is left as is, "
                     "%d would weigh the guests' session too", what, pid, group[0], niceness)
+        return False
+    if group == ROOT_GROUP:
+        LOG.warning("%s (pid %d) runs in init's session, the root group, whose weight is fixed: its session's "
+                    "niceness is left as is", what, pid)
         return False
     try:
         with open(f"/proc/{pid}/autogroup", "w") as f:
