@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from dfflow.sandbox import names as nm
-from dfflow.sandbox import netns, preflight, procs
+from dfflow.sandbox import netns, preflight, procs, slices
 from dfflow.sandbox.redisproc import RedisServer
 from dfflow.sandbox.netns import SandboxError
 from dfflow.sandbox.ovsproc import OVS_NICENESS
@@ -116,6 +116,20 @@ def test_open_vswitch_runs_every_thread_at_the_niceness_ovs_ctl_gives_it(sandbox
             assert daemon != "ovs-vswitchd" or len(threads) > 1  # its handler and revalidator threads too
             assert {tid: os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in threads} == {
                 tid: OVS_NICENESS for tid in threads}, (ch.name, daemon)
+
+
+@pytest.mark.ovs
+def test_the_vswitchds_forwarding_thread_preempts_on_wakeup_and_keeps_its_niceness(sandbox2):
+    """The userspace datapath's forwarding thread (ovs-vswitchd's main thread) runs at the shortest slice the
+    kernel allows, so a packet that wakes it does not wait for a running task's slice to end (slices.py);
+    its niceness stays ovs-ctl's."""
+    if slices.slice_of(os.getpid()) is None:
+        pytest.skip("sched_getattr is not available here")
+    for ch in sandbox2.chassis_list():
+        pid = ch.ovs().pid("ovs-vswitchd")
+        assert (slices.slice_of(pid), os.getpriority(os.PRIO_PROCESS, pid)) == (
+            slices.FORWARDING_SLICE_NS, OVS_NICENESS), ch.name
+    assert slices.slice_of(os.getpid()) != slices.FORWARDING_SLICE_NS  # the kernel's own, for everything else
 
 
 @pytest.mark.ovs

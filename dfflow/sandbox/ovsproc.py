@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
-from . import priorities
+from . import priorities, slices
 
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 REQUIRED_BINARIES = ("ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl", "ovs-ofctl", "ovs-appctl")
@@ -118,6 +118,16 @@ class OvsInstance:
                 raise OvsError(f"ovs-vswitchd did not start in {self.rundir}")
             time.sleep(0.02)
         self._weigh_session("ovs-vswitchd")
+        self._forwarding_thread_preempts()
+
+    def _forwarding_thread_preempts(self) -> None:
+        """ovs-vswitchd's main thread forwards every packet of the userspace datapath (no PMD threads here):
+        it takes a CPU when a packet wakes it, as the kernel's datapath would (slices.py). The threads it
+        starts afterwards inherit the slice (the kernel copies it on clone): its handler, revalidator, urcu
+        and conntrack cleaner threads, which wake briefly and rarely."""
+        pid = self.pid("ovs-vswitchd")
+        if pid is not None:
+            slices.shorten_slice(pid, f"ovs-vswitchd's forwarding thread of {self.rundir}")
 
     def _start_ovsdb(self) -> None:
         self._run(self._daemon_prefix() + [
