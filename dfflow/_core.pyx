@@ -21,8 +21,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rows_in,
-                             store64)
+from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rd64,
+                             rows_in, store64)
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -188,6 +188,10 @@ cdef struct TransitionC:
     uint64_t port
     RoleC old
     RoleC new
+    # the port's record as _check_transitions read and checked it: counting and compiling read only this
+    # copy, never the port table again, whose contents may change in place meanwhile (another thread),
+    # so the rows counted are the rows written and the ranges checked are the ranges read
+    PortC rec
 
 
 cdef struct EntryC:
@@ -481,7 +485,16 @@ cdef inline bint _only_location(const TransitionC *t) noexcept nogil:
             and (t.old.copy_tunnel != 0) == (t.new.copy_tunnel != 0))
 
 
-cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
+cdef inline void _copy_once(void *dst, const void *src, Py_ssize_t nwords) noexcept nogil:
+    """Copy nwords 64-bit words, each read once (rd64): the compiler may see through a plain memcpy and
+    read the source again where the copy is read."""
+    cdef Py_ssize_t k
+    for k in range(nwords):
+        (<uint64_t *>dst)[k] = rd64(<const unsigned char *>src + 8 * k)
+
+
+cdef int _check_transitions(const ColumnsC *C, TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
+    """Copy each transition's port record (TransitionC.rec) and check its ranges against the columns."""
     cdef Py_ssize_t t
     cdef const PortC *p
     for t in range(nt):
@@ -490,7 +503,8 @@ cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t 
             o.code = C_PORT_INDEX
             o.value = T[t].port
             return -1
-        p = &C.ports[T[t].port]
+        _copy_once(&T[t].rec, &C.ports[T[t].port], sizeof(PortC) // 8)
+        p = &T[t].rec
         if p.ip_start > <uint64_t>C.nips or p.ip_count > <uint64_t>C.nips - p.ip_start:
             o.code = C_IP_RANGE
             o.value = T[t].port
@@ -525,7 +539,7 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
         tr = &T[t]
         if _same_role(&tr.old, &tr.new):
             continue
-        p = &C.ports[tr.port]
+        p = &tr.rec
         only_location = _only_location(tr)
         new_rows = o.adds + o.nadd * itemsize
         nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
@@ -708,12 +722,12 @@ cdef void _count_instances(CompiledProgram program, const ColumnsC *C, const Tra
     for t in range(nt):
         if _same_role(&T[t].old, &T[t].new):
             continue
-        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &T[t].rec,
                        &T[t].old, _only_location(&T[t]), NULL, NULL)
         sizes[0] += k
         if k > sizes[2]:
             sizes[2] = k
-        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
+        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &T[t].rec,
                        &T[t].new, _only_location(&T[t]), NULL, NULL)
         sizes[1] += k
         if k > sizes[3]:
