@@ -32,6 +32,7 @@ call, the per-chassis cost `dfflow-bench compile` measures.
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
@@ -1010,7 +1011,14 @@ cdef class MessageEncoding:
     def __init__(self, batch_type, encode, int carried_op=-1, encode_row=None):
         self.batch_type, self.encode, self.carried_op, self.encode_row = batch_type, encode, carried_op, encode_row
 
+    def bundle(self, messages):
+        """PlanBundle(self, messages), made without a call of the class (a sender's every plan)."""
+        cdef PlanBundle made = PlanBundle.__new__(PlanBundle)
+        made.encoding, made.messages = self, messages
+        return made
 
+
+@cython.freelist(8)
 cdef class PlanBundle:
     """A plan's messages as Datapath.send_bundle takes them to pack and frame in one call
     (``frame_bundle``), with ``encoding``'s encoders for what the packer does not encode itself."""
