@@ -657,7 +657,7 @@ def test_port_facts_changed_while_compiling_make_the_rows_they_counted():
                for p, dest in cloud.evacuation(0, 200)]  # chassis 1's view of evacuating chassis 0
 
     def compile_() -> None:
-        made = core.compile_changes(cloud.program, cloud.table.columns, changes)
+        made = core.compile_changes(cloud.program, cloud.table, changes)
         core.validate_flows(made.deletes)
         core.validate_flows(made.adds)
 
