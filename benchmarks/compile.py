@@ -156,7 +156,7 @@ class Cloud:
             return ()
         made = compiler.compile_port_changes(self.program, self.table, changes)
         # both sides, in order, as the plan lists them (a side with no rows adds nothing to the bundle)
-        return (made.deletes, made.adds) if made.deletes.n or made.adds.n else ()
+        return (made.deletes, made.adds) if made else ()
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:

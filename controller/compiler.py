@@ -13,7 +13,7 @@ and commit included, in one call.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import numpy.lib.recfunctions as rf
@@ -78,7 +78,7 @@ _ENCODING = core.MessageEncoding(FlowBatch, _encode_flows, OP_PARAMS, _encode_ca
 # (`PlanBundle(messages).frame_bundle(dp, bundle_id, flags, commit)`): the FLOW_MODs flow_mods makes,
 # each in a bundle add, between the bundle's open and (pipelined) its commit; it returns (framed bundle,
 # the adds' xids, the open's xid; the commit's is the next), numbered from one block of the channel's xids.
-PlanBundle = functools.partial(core.PlanBundle, _ENCODING)
+PlanBundle = _ENCODING.bundle
 
 
 def _encode(dp: Any, flow: Flow, xid: int) -> bytes:
@@ -174,12 +174,14 @@ def _carry(protos: np.ndarray, row: int, t: FlowTemplate, source: Any) -> list[t
     return [(_action_offset(k), source(param)) for k, param in enumerate(carried)]
 
 
-class PortTable:
+class PortTable(core.PortColumns):
     """The ports' facts as typed columns, kept in step with the NB view by the engine.
 
     `ports[i]` is port i's record (PORT_DTYPE); its IPv4 addresses, floating IPs and allowed
     address pairs are slices of `ips`, `fips` and `pairs`. Rows are reused when a port goes; the
     other columns only grow until they are compacted (when half of them is stale).
+    It is the compiled core's `PortColumns` of its arrays (held anew whenever one is replaced), so a
+    compile reads it as it is: no Python call or attribute between the engine and the core.
     """
 
     def __init__(self, capacity: int = 64) -> None:
@@ -193,11 +195,11 @@ class PortTable:
         self._free: list[int] = []
         self._n = 0
         self._live_ips = self._live_fips = self._live_pairs = 0  # of current facts (the rest is stale)
-        self.columns = self._held()
+        self._hold()
 
-    def _held(self) -> core.PortColumns:
+    def _hold(self) -> None:
         """The columns as the compiled core reads them (held anew whenever one is replaced)."""
-        return core.PortColumns(self.ports, self.ips, self.fips, self.pairs)
+        core.PortColumns.__init__(self, self.ports, self.ips, self.fips, self.pairs)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -253,7 +255,7 @@ class PortTable:
     def _grow_row(self) -> int:
         if self._n == len(self.ports):
             self.ports = np.concatenate([self.ports, np.zeros(len(self.ports), PORT_DTYPE)])
-            self.columns = self._held()
+            self._hold()
         self._n += 1
         return self._n - 1
 
@@ -269,7 +271,7 @@ class PortTable:
                 self.fips = np.concatenate([self.fips, np.zeros(max(len(self.fips), n_fips), FIP_DTYPE)])
             if self.n_pairs + n_pairs > len(self.pairs):
                 self.pairs = np.concatenate([self.pairs, np.zeros(max(len(self.pairs), n_pairs), PAIR_DTYPE)])
-            self.columns = self._held()
+            self._hold()
 
     def _compact(self) -> None:
         facts, self.n_ips, self.n_fips, self.n_pairs = dict(self.facts), 0, 0, 0
@@ -302,15 +304,14 @@ def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> C
     return ChangeRows(core.rows_of_array(LAYOUT, dels), core.rows_of_array(LAYOUT, adds), key_conflicts)
 
 
-def compile_port_changes(program: core.CompiledProgram, table: PortTable,
-                         changes: Sequence[PortChange]) -> ChangeRows:
-    """(deletes, adds) that take ports' flows on this chassis from their old roles to their new
-    ones, in one call of the compiled core (the rows of each change in the order given; an add
-    two templates make alike once): `.deletes` and `.adds` as the packer reads them, numpy
-    arrays when unpacked.
-
-    Both roles are made from the port's facts in `table` (compile_facts_changes when they change)."""
-    return core.compile_changes(program, table.columns, changes)
+# compile_port_changes(program, table, changes): (deletes, adds) that take ports' flows on this chassis
+# from their old roles to their new ones (changes: PortChange), in one call of the compiled core (the
+# rows of each change in the order given; an add two templates make alike once): `.deletes` and `.adds`
+# as the packer reads them, numpy arrays when unpacked. Both roles are made from the port's facts in
+# `table` (compile_facts_changes when they change). The core's own function: every plan of every
+# chassis calls it, and a Python wrapper around it cost more than the core's work on a small change.
+compile_port_changes: Callable[[core.CompiledProgram, PortTable, Sequence[PortChange]], ChangeRows] = \
+    core.compile_changes
 
 
 def role_rows(program: core.CompiledProgram, table: PortTable, placed: Sequence[tuple[int, PortRole]]) -> np.ndarray:

@@ -389,7 +389,7 @@ class Engine:
             rows += self._compile_together(role_changes, self._compile_role_changes, failed)
         for port_id in failed:
             placed.pop(port_id, None)
-        return [(c.deletes, c.adds) for c in rows if c.deletes.n or c.adds.n], placed, failed
+        return [(c.deletes, c.adds) for c in rows if c], placed, failed  # (a ChangeRows: true if it sends)
 
     def _compile_role_changes(self, changes: list[_PortChange]) -> compiler.ChangeRows:
         return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])

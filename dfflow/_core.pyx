@@ -14,15 +14,16 @@ _compile) inlines this unit's role, key and delete helpers; split across extensi
 would become calls through function pointers in the loops `dfflow-bench compile` measures.
 The parsers are the small rest.
 """
+cimport cython
 from libc.stdint cimport uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport calloc, malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
 from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rows_in,
-                             store64)
+from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rd64,
+                             rows_in, store64)
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -149,6 +150,7 @@ cdef enum:
     EACH_PER_FIP = 2
     EACH_PER_PAIR_HOST = 3
     EACH_PER_PAIR_NET = 4
+    N_EACH = 5
     FACTS_KEYS = F_ROUTED << 1           # every combination of the facts bits
     SELECTION_KEYS = 2 * FACTS_KEYS      # ... with only_location or not
 
@@ -188,6 +190,10 @@ cdef struct TransitionC:
     uint64_t port
     RoleC old
     RoleC new
+    # the port's record as _check_transitions read and checked it: counting and compiling read only this
+    # copy, never the port table again, whose contents may change in place meanwhile (another thread),
+    # so the rows counted are the rows written and the ranges checked are the ranges read
+    PortC rec
 
 
 cdef struct EntryC:
@@ -266,12 +272,15 @@ cdef class CompiledProgram:
     cdef EntryC *entries
     # per (facts, only_location) key: how many entries apply, then their indices (SELECTION_KEYS lists)
     cdef int16_t *selection
+    # per key: how many of the entries that apply repeat each way (N_EACH counts: ONCE, PER_IP, ...)
+    cdef int32_t *each_counts
     cdef readonly int n
     cdef readonly tuple names
 
     def __cinit__(self):
         self.entries = NULL
         self.selection = NULL
+        self.each_counts = NULL
         self.held = False
 
     def __init__(self, FlowLayout layout, protos, entries):
@@ -317,12 +326,16 @@ cdef class CompiledProgram:
         self.selection = _selection(self.entries, self.n)
         if self.selection == NULL:
             raise MemoryError()
+        self.each_counts = _each_counts(self.entries, self.selection, self.n)
+        if self.each_counts == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
         free(self.entries)
         free(self.selection)
+        free(self.each_counts)
 
     def __repr__(self):
         return f"CompiledProgram({self.n} entries)"
@@ -377,12 +390,38 @@ cdef int16_t *_selection(const EntryC *entries, int nentries) noexcept nogil:
     return selection
 
 
+cdef int32_t *_each_counts(const EntryC *entries, const int16_t *selection, int nentries) noexcept nogil:
+    """For every (facts, only_location) key, how many of the entries that apply repeat each way
+    (N_EACH counts, by EACH_*): a role's rows are counted without visiting its entries."""
+    cdef int32_t *counts = <int32_t *>calloc(SELECTION_KEYS * N_EACH, sizeof(int32_t))
+    cdef const int16_t *sel
+    cdef int key, i
+    if counts == NULL:
+        return NULL
+    for key in range(SELECTION_KEYS):
+        sel = selection + key * (nentries + 1)
+        for i in range(sel[0]):
+            counts[key * N_EACH + entries[sel[1 + i]].each] += 1
+    return counts
+
+
+cdef inline Py_ssize_t _count_rows(const int32_t *each_counts, const PortC *p, const RoleC *r,
+                                   bint only_location) noexcept nogil:
+    """How many rows _instances makes of port p in role r."""
+    cdef const int32_t *c
+    if r.kind == ROLE_NONE:
+        return 0
+    c = each_counts + (_facts(p, r) | (FACTS_KEYS if only_location else 0)) * N_EACH
+    return (c[EACH_ONCE] + c[EACH_PER_IP] * <Py_ssize_t>p.ip_count + c[EACH_PER_FIP] * <Py_ssize_t>p.fip_count
+            + c[EACH_PER_PAIR_HOST] * <Py_ssize_t>p.pair_hosts + c[EACH_PER_PAIR_NET] * <Py_ssize_t>p.pair_nets)
+
+
 cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int nentries,
                            const unsigned char *protos,
                            Py_ssize_t itemsize, const ColumnsC *C, const PortC *p, const RoleC *r,
                            bint only_location, unsigned char *out, int32_t *entry_of) noexcept nogil:
-    """The rows of port p in role r (only the location-dependent ones with only_location);
-    with out == NULL, just how many."""
+    """The rows of port p in role r (only the location-dependent ones with only_location), written
+    at out (_count_rows of them), the entry of each at entry_of; how many."""
     cdef uint32_t facts
     cdef uint64_t param[N_PARAMS_C]
     cdef Py_ssize_t count = 0, reps, j
@@ -396,16 +435,15 @@ cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int 
     if r.kind == ROLE_NONE:
         return 0
     facts = _facts(p, r)
-    if out != NULL:
-        param[P_OBJECT] = p.object_hash
-        param[P_VNI] = p.vni
-        param[P_MAC] = p.mac
-        param[P_OFPORT] = r.ofport
-        param[P_TUNNEL] = r.tunnel
-        param[P_COPY_TUNNEL] = r.copy_tunnel
-        param[P_IP] = 0
-        param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
-        param[P_PAIR_MAC] = param[P_PAIR_IP] = param[P_PAIR_MASK] = 0
+    param[P_OBJECT] = p.object_hash
+    param[P_VNI] = p.vni
+    param[P_MAC] = p.mac
+    param[P_OFPORT] = r.ofport
+    param[P_TUNNEL] = r.tunnel
+    param[P_COPY_TUNNEL] = r.copy_tunnel
+    param[P_IP] = 0
+    param[P_FIP] = param[P_FIP_MAC] = param[P_FIXED_IP] = param[P_EXT_VNI] = param[P_ROUTER_MAC] = 0
+    param[P_PAIR_MAC] = param[P_PAIR_IP] = param[P_PAIR_MASK] = 0
     sel = selection + (facts | (FACTS_KEYS if only_location else 0)) * (nentries + 1)
     for i in range(sel[0]):
         e = sel[1 + i]
@@ -420,9 +458,6 @@ cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int 
             reps = p.pair_hosts
         else:
             reps = p.pair_nets
-        if out == NULL:
-            count += reps
-            continue
         param[P_COOKIE] = E.app_cookie | p.object_hash
         for j in range(reps):
             if E.each == EACH_PER_IP:
@@ -481,7 +516,16 @@ cdef inline bint _only_location(const TransitionC *t) noexcept nogil:
             and (t.old.copy_tunnel != 0) == (t.new.copy_tunnel != 0))
 
 
-cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
+cdef inline void _copy_once(void *dst, const void *src, Py_ssize_t nwords) noexcept nogil:
+    """Copy nwords 64-bit words, each read once (rd64): the compiler may see through a plain memcpy and
+    read the source again where the copy is read."""
+    cdef Py_ssize_t k
+    for k in range(nwords):
+        (<uint64_t *>dst)[k] = rd64(<const unsigned char *>src + 8 * k)
+
+
+cdef int _check_transitions(const ColumnsC *C, TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
+    """Copy each transition's port record (TransitionC.rec) and check its ranges against the columns."""
     cdef Py_ssize_t t
     cdef const PortC *p
     for t in range(nt):
@@ -490,7 +534,8 @@ cdef int _check_transitions(const ColumnsC *C, const TransitionC *T, Py_ssize_t 
             o.code = C_PORT_INDEX
             o.value = T[t].port
             return -1
-        p = &C.ports[T[t].port]
+        _copy_once(&T[t].rec, &C.ports[T[t].port], sizeof(PortC) // 8)
+        p = &T[t].rec
         if p.ip_start > <uint64_t>C.nips or p.ip_count > <uint64_t>C.nips - p.ip_start:
             o.code = C_IP_RANGE
             o.value = T[t].port
@@ -525,7 +570,7 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
         tr = &T[t]
         if _same_role(&tr.old, &tr.new):
             continue
-        p = &C.ports[tr.port]
+        p = &tr.rec
         only_location = _only_location(tr)
         new_rows = o.adds + o.nadd * itemsize
         nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
@@ -677,7 +722,8 @@ cdef class PortColumns:
     """A port table's columns, held for compile_changes (checked once, not per call): ports
     (records of PORT_FIELDS), ips (uint64 IPv4s: ports[i] owns ips[ip_start:ip_start+ip_count]),
     fips (records of FIP_FIELDS) and pairs (records of PAIR_FIELDS), each C-contiguous. Their
-    contents may change in place; an owner that replaces an array holds the new ones anew."""
+    contents may change in place; an owner that replaces an array holds the new ones anew (calls
+    __init__ again: controller.compiler.PortTable is a PortColumns, handed to the core as it is)."""
     cdef _Buf bp, bi, bf, bpair
     cdef ColumnsC c
 
@@ -702,19 +748,20 @@ cdef class PortColumns:
 cdef void _count_instances(CompiledProgram program, const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
                            Py_ssize_t *sizes) noexcept nogil:
     """sizes: the rows of the old roles, of the new ones, and the most of one old and of one new role."""
-    cdef Py_ssize_t t, k, itemsize = program.layout.c.itemsize
-    cdef const unsigned char *protos = <const unsigned char *>program.view.buf
+    cdef Py_ssize_t t, k
+    cdef bint only_location
+    cdef const PortC *p
     sizes[0] = sizes[1] = sizes[2] = sizes[3] = 0
     for t in range(nt):
         if _same_role(&T[t].old, &T[t].new):
             continue
-        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
-                       &T[t].old, _only_location(&T[t]), NULL, NULL)
+        p = &T[t].rec  # the record copied once (_check_transitions): counted and written from the same values
+        only_location = _only_location(&T[t])
+        k = _count_rows(program.each_counts, p, &T[t].old, only_location)
         sizes[0] += k
         if k > sizes[2]:
             sizes[2] = k
-        k = _instances(program.entries, program.selection, program.n, protos, itemsize, C, &C.ports[T[t].port],
-                       &T[t].new, _only_location(&T[t]), NULL, NULL)
+        k = _count_rows(program.each_counts, p, &T[t].new, only_location)
         sizes[1] += k
         if k > sizes[3]:
             sizes[3] = k
@@ -816,16 +863,22 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     return made
 
 
+@cython.freelist(8)
+@cython.no_gc  # (it holds two Rows, which hold nothing that could lead back to it)
 cdef class ChangeRows:
     """What a change sends on a chassis: ``deletes`` (DELETE_STRICT) and ``adds``, rows the packer
     reads as they are (dfflow._packer.Rows), and ``key_conflicts``: how many adds have the flow key of
     an earlier, different add (the switch would keep the later: the caller flags it). Unpacked or
-    indexed, it is the two sides as numpy arrays of the flow record: ``dels, adds = change``."""
+    indexed, it is the two sides as numpy arrays of the flow record: ``dels, adds = change``. True
+    when it sends something (a row on either side), as a plan is."""
     cdef readonly Rows deletes, adds
     cdef readonly Py_ssize_t key_conflicts
 
     def __init__(self, Rows deletes, Rows adds, Py_ssize_t key_conflicts=0):
         self.deletes, self.adds, self.key_conflicts = deletes, adds, key_conflicts
+
+    def __bool__(self):
+        return self.deletes.n != 0 or self.adds.n != 0
 
     def __len__(self):
         return 2

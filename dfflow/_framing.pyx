@@ -87,6 +87,13 @@ cdef inline void _write_ctrl(unsigned char *p, int version, uint32_t xid, uint32
         be16(p + 14, flags)
 
 
+cdef void _changed(bytearray out, Py_ssize_t start, Py_ssize_t off) except *:
+    """The buffer being wrapped changed since it was walked (another thread): its messages no longer
+    fit what was sized. Nothing is appended."""
+    PyByteArray_Resize(out, start)
+    raise RuntimeError(f"the buffer changed while its messages were being wrapped (at byte {off})")
+
+
 def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, open_xid=None, commit_xid=None):
     """Every message of a packed buffer wrapped into a bundle add; returns ``(out, xids)``.
 
@@ -100,7 +107,7 @@ def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, ope
     cdef Py_buffer view
     cdef const unsigned char *src
     cdef unsigned char *dst
-    cdef Py_ssize_t total = 0, start, off, length, n
+    cdef Py_ssize_t total = 0, start, off, length, n, k = 0
     cdef uint32_t xid
     cdef Py_ssize_t hdr = ONF_BUNDLE_ADD_LEN if version == OFP_VERSION else OF14_BUNDLE_ADD_LEN
     cdef Py_ssize_t ctrl = ONF_BUNDLE_CTRL_LEN if version == OFP_VERSION else OF14_BUNDLE_CTRL_LEN
@@ -131,6 +138,10 @@ def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, ope
         off = 0
         while off < view.len:
             length = _length(src + off)
+            # walked and sized above: checked again, in case the buffer changed meanwhile (another thread)
+            if length < OFP_HEADER_LEN or length > view.len - off or hdr + length > OFP_MAX_MSG_LEN or k == n:
+                _changed(out, start, off)
+            k += 1
             xid = _ld32be(src + off + 4)
             xids.append(xid)
             if version == OFP_VERSION:
@@ -146,6 +157,8 @@ def wrap_bundle_adds(buf, int version, bundle_id, flags, bytearray out=None, ope
             memcpy(dst + hdr, src + off, length)
             dst += hdr + length
             off += length
+        if k != n:
+            _changed(out, start, off)
         if commit_xid is not None:
             _write_ctrl(dst, version, cxid, bid, True, fl)
     finally:

@@ -16,6 +16,16 @@ cdef extern from *:
     static inline uint64_t dff_ld64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
     static inline void dff_st64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
     static inline uint16_t dff_ld16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    /* Reads of what another thread may be writing meanwhile (a caller's flow records, which the packer
+       checks and writes from without the GIL; a port table's records): for a plain read the compiler may
+       load a value again for a later use -- GCC did: an action's opcode read once for the jump table's
+       range check and again for its index, a jump through garbage when the byte changed in between.
+       A volatile read is done exactly once, where it is written, like the kernel's READ_ONCE. */
+    typedef uint16_t __attribute__((may_alias, aligned(1))) dff_u16_any;
+    typedef uint64_t __attribute__((may_alias, aligned(1))) dff_u64_any;
+    static inline unsigned int dff_rd8(const unsigned char *p) { return *(const volatile unsigned char *)p; }
+    static inline uint16_t dff_rd16(const unsigned char *p) { return *(const volatile dff_u16_any *)p; }
+    static inline uint64_t dff_rd64(const unsigned char *p) { return *(const volatile dff_u64_any *)p; }
     static inline int dff_ctz64(uint64_t v) { return __builtin_ctzll(v); }
     static inline int dff_clz64(uint64_t v) { return __builtin_clzll(v); }
     /* GCC's IPA pure-const pass treats __builtin_prefetch as side-effect free and drops
@@ -34,6 +44,9 @@ cdef extern from *:
     uint64_t ld64 "dff_ld64"(const unsigned char *p) noexcept nogil
     void store64 "dff_st64"(unsigned char *p, uint64_t v) noexcept nogil
     uint16_t ld16 "dff_ld16"(const unsigned char *p) noexcept nogil
+    unsigned int rd8 "dff_rd8"(const unsigned char *p) noexcept nogil      # a row's byte, read once
+    uint16_t rd16 "dff_rd16"(const unsigned char *p) noexcept nogil        # a row's u16, read once
+    uint64_t rd64 "dff_rd64"(const unsigned char *p) noexcept nogil        # a row's u64, read once
     int ctz64 "dff_ctz64"(uint64_t v) noexcept nogil
     int clz64 "dff_clz64"(uint64_t v) noexcept nogil
     void prefetch "dff_prefetch"(const void *p) noexcept nogil

@@ -84,6 +84,7 @@ class MessageEncoding:
         carried_op: int = -1,
         encode_row: Callable[[Any, Any, int, int], bytes] | None = None,
     ) -> None: ...
+    def bundle(self, messages: Sequence[Any]) -> PlanBundle: ...
 
 class PlanBundle:
     """A plan's messages, packed and framed as one bundle in one call (Datapath.send_bundle's BundleFramer)."""

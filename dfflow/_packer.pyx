@@ -9,7 +9,9 @@ Every call runs two passes over the rows, both without the GIL: the first valida
 every row and sizes the output exactly, the second writes it. Nothing is produced when
 a row is bad: the first pass stops at the first bad value and a ValueError names the
 flow (row), the field and the value. The writer never writes past its output, even if
-the rows changed in between (another thread): it then raises RuntimeError. A row is at
+the rows changed in between (another thread): it then raises RuntimeError. Both passes
+read each value of a row once (rd8/rd16/rd64, volatile reads: the compiler may not load
+it again), and the writer bounds again what it addresses with. A row is at
 most MAX_ROW_BYTES (2.2 KB), far below OpenFlow's 64 KB message limit. The output is byte-identical to os-ken's
 OFPFlowMod(...).serialize() as built by dfflow.flows.Flow.to_osken (idle/hard timeout
 0, buffer_id NO_BUFFER, out_port ANY, out_group ANY, flags 0; deletes carry cookie_mask
@@ -30,6 +32,7 @@ call, the per-chassis cost `dfflow-bench compile` measures.
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
@@ -208,28 +211,32 @@ cdef inline void _prefetch_rows(const LayoutC *L, const unsigned char *base, Py_
 
 cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssize_t start,
                             Py_ssize_t stop, Err *err) noexcept nogil:
-    """Validate rows start..stop-1; return the packed size of their FLOW_MODs, -1 on error."""
+    """Validate rows start..stop-1; return the packed size of their FLOW_MODs, -1 on error.
+
+    Each value of a row is read once (rd8/rd16/rd64: another thread may be changing the rows), and
+    what is checked is what the size and the table lookups use.
+    """
     cdef Py_ssize_t r, total = 0, size, mlen, alen
     cdef const unsigned char *rec
     cdef const unsigned char *a
     cdef const FieldC *F
     cdef const FieldC *G
     cdef uint64_t present, masked, bits, v, m
-    cdef unsigned int cmd, table, na, k, op, fi, di, nb, nconj
+    cdef unsigned int cmd, table, na, k, op, fi, di, nb, nconj, hasw, arg
     cdef int i, goto_
     cdef bint deleting
     for r in range(start, stop):
         _prefetch_rows(L, base, r, stop)
         rec = base + r * L.itemsize
-        cmd = rec[L.command]
+        cmd = rd8(rec + L.command)
         if cmd >= 32 or not (L.commands >> cmd) & 1:
             return _fail(err, E_COMMAND, r, -1, -1, cmd, 0)
         deleting = cmd == OFPFC_DELETE or cmd == OFPFC_DELETE_STRICT
-        table = rec[L.table]
+        table = rd8(rec + L.table)
         if table == OFPTT_ALL and not deleting:
             return _fail(err, E_TABLE, r, -1, -1, table, 0)
-        present = ld64(rec + L.present)
-        masked = ld64(rec + L.masked)
+        present = rd64(rec + L.present)
+        masked = rd64(rec + L.masked)
         if L.nfields < 64 and (present >> L.nfields):
             return _fail(err, E_MATCH_BIT, r, ctz64(present >> L.nfields) + L.nfields, -1, present, 0)
         if masked & ~present:
@@ -240,7 +247,7 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
             i = ctz64(bits)
             bits &= bits - 1
             F = &L.f[i]
-            v = ld64(rec + L.mvalue + 8 * i)
+            v = rd64(rec + L.mvalue + 8 * i)
             if F.bits < 64 and (v >> F.bits):
                 return _fail(err, E_MATCH_WIDE, r, i, -1, v, 0)
             if v > F.limit:
@@ -248,7 +255,7 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
             if (masked >> i) & 1:
                 if not F.maskable:
                     return _fail(err, E_NOT_MASKABLE, r, i, -1, 0, 0)
-                m = ld64(rec + L.mmask + 8 * i)
+                m = rd64(rec + L.mmask + 8 * i)
                 if F.bits < 64 and (m >> F.bits):
                     return _fail(err, E_MASK_WIDE, r, i, -1, m, 0)
                 if v & ~m:
@@ -260,7 +267,9 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                 mlen += 4 + F.extra + F.nbytes
         size = C_FLOW_MOD_FIXED_LEN + ((mlen + 7) & ~7)
         if not deleting:
-            na = rec[L.n_actions]
+            na = rd8(rec + L.n_actions)
+            hasw = rd8(rec + L.has_wmeta)
+            goto_ = <int16_t>rd16(rec + L.goto_)
             if na > <unsigned int>L.max_actions:
                 return _fail(err, E_N_ACTIONS, r, -1, -1, na, L.max_actions)
             if na:
@@ -268,20 +277,20 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                 nconj = 0
                 for k in range(na):
                     a = rec + L.actions + k * L.a_size
-                    op = a[L.a_op]
+                    op = rd8(a + L.a_op)
                     if op == OP_OUTPUT:
-                        v = ld64(a + L.a_value)
+                        v = rd64(a + L.a_value)
                         if not _valid_ofport(v):
                             return _fail(err, E_OUTPUT_PORT, r, -1, k, v, 0)
                         alen += 16
                     elif op == OP_SET_FIELD:
-                        fi = a[L.a_field]
+                        fi = rd8(a + L.a_field)
                         if fi >= <unsigned int>L.nfields:
                             return _fail(err, E_ACTION_FIELD, r, -1, k, fi, 0)
                         F = &L.f[fi]
                         if F.extra:
                             return _fail(err, E_ACTION_EXPERIMENTER, r, fi, k, 0, 0)
-                        v = ld64(a + L.a_value)
+                        v = rd64(a + L.a_value)
                         if F.bits < 64 and (v >> F.bits):
                             return _fail(err, E_SET_WIDE, r, fi, k, v, 0)
                         if v > F.limit:
@@ -292,13 +301,13 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                     elif op == OP_DEC_NW_TTL:
                         alen += 8
                     elif op == OP_MOVE:
-                        fi = a[L.a_field]
-                        di = a[L.a_dst]
+                        fi = rd8(a + L.a_field)
+                        di = rd8(a + L.a_dst)
                         if fi >= <unsigned int>L.nfields:
                             return _fail(err, E_ACTION_FIELD, r, -1, k, fi, 0)
                         if di >= <unsigned int>L.nfields:
                             return _fail(err, E_MOVE_DST, r, -1, k, di, 0)
-                        nb = ld16(a + L.a_arg)
+                        nb = rd16(a + L.a_arg)
                         F = &L.f[fi]
                         G = &L.f[di]
                         if F.extra or G.extra:
@@ -307,35 +316,38 @@ cdef Py_ssize_t _check_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                             return _fail(err, E_MOVE_NBITS, r, fi, k, nb, di)
                         alen += 24
                     elif op == OP_CT:
-                        v = ld64(a + L.a_value)
+                        v = rd64(a + L.a_value)
                         if v > 0xFFFF:
                             return _fail(err, E_CT_ZONE, r, -1, k, v, 0)
-                        if a[L.a_field] > 1:
-                            return _fail(err, E_CT_FLAGS, r, -1, k, a[L.a_field], 0)
-                        if ld16(a + L.a_arg) > 255:
-                            return _fail(err, E_CT_TABLE, r, -1, k, ld16(a + L.a_arg), 0)
+                        fi = rd8(a + L.a_field)
+                        if fi > 1:
+                            return _fail(err, E_CT_FLAGS, r, -1, k, fi, 0)
+                        arg = rd16(a + L.a_arg)
+                        if arg > 255:
+                            return _fail(err, E_CT_TABLE, r, -1, k, arg, 0)
                         alen += 24
                     elif op == OP_CONJUNCTION:
-                        nb = a[L.a_dst]
-                        if nb < 2 or nb > 64 or a[L.a_field] < 1 or a[L.a_field] > nb:
-                            return _fail(err, E_CONJ_CLAUSE, r, -1, k, a[L.a_field], nb)
-                        v = ld64(a + L.a_value)
+                        nb = rd8(a + L.a_dst)
+                        fi = rd8(a + L.a_field)
+                        if nb < 2 or nb > 64 or fi < 1 or fi > nb:
+                            return _fail(err, E_CONJ_CLAUSE, r, -1, k, fi, nb)
+                        v = rd64(a + L.a_value)
                         if v > 0xFFFFFFFFULL:
                             return _fail(err, E_CONJ_ID, r, -1, k, v, 0)
                         nconj += 1
                         alen += 16
                     elif op == OP_RESUBMIT:
-                        if ld16(a + L.a_arg) > 254:
-                            return _fail(err, E_RESUBMIT_TABLE, r, -1, k, ld16(a + L.a_arg), 0)
+                        arg = rd16(a + L.a_arg)
+                        if arg > 254:
+                            return _fail(err, E_RESUBMIT_TABLE, r, -1, k, arg, 0)
                         alen += 16
                     else:
                         return _fail(err, E_OPCODE, r, -1, k, op, 0)
-                if nconj and (nconj != na or rec[L.has_wmeta] or <int16_t>ld16(rec + L.goto_) != -1):
+                if nconj and (nconj != na or hasw or goto_ != -1):
                     return _fail(err, E_CONJ_ALONE, r, -1, -1, 0, 0)
                 size += alen
-            if rec[L.has_wmeta]:
+            if hasw:
                 size += 24
-            goto_ = <int16_t>ld16(rec + L.goto_)
             if goto_ != -1:
                 if goto_ < 0 or goto_ > 254 or <unsigned int>goto_ <= table:
                     return _fail(err, E_GOTO, r, -1, -1, <uint64_t><int64_t>goto_, table)
@@ -379,8 +391,12 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
 
     Never writes past ``room``, whatever the rows hold: a row is written in place only
     when the room surely holds it (``L.max_row``), else into a scratch row first and
-    copied if it fits; counts and indices are clamped to the layout. If the rows changed
-    since they were validated and no longer fit, it stops and returns -1.
+    copied if it fits. It trusts nothing pass 1 checked, since the rows may have changed
+    since (another thread): each value is read once (rd8/rd16/rd64) and what addresses
+    anything is bounded again where it is used -- the match bitmap to the layout's fields,
+    n_actions to its slots, a field index to the table, an unknown opcode written as the
+    largest action -- so a row never takes more than ``L.max_row``. If the rows changed
+    and no longer fit, it stops and returns -1.
 
     The layout's offsets are copied into locals first: stores into the output go
     through `unsigned char *`, which may alias anything, so the compiler would
@@ -421,17 +437,17 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
         if direct:
             prefetchw(row + 512)       # output lines ahead (a prefetch never faults)
         m = row + 24 if bundle else row
-        cmd = rec[o_command]
+        cmd = rd8(rec + o_command)
         deleting = cmd == OFPFC_DELETE or cmd == OFPFC_DELETE_STRICT
         m[0] = OFP_VERSION
         m[1] = OFPT_FLOW_MOD
         be32(m + 4, x)
-        be64(m + 8, ld64(rec + o_cookie))
+        be64(m + 8, rd64(rec + o_cookie))
         be64(m + 16, 0xFFFFFFFFFFFFFFFFULL if deleting else 0)
-        m[24] = rec[o_table]
+        m[24] = <unsigned char>rd8(rec + o_table)
         m[25] = <unsigned char>cmd
         be32(m + 26, 0)                # idle_timeout, hard_timeout
-        be16(m + 30, ld16(rec + o_priority))
+        be16(m + 30, rd16(rec + o_priority))
         be32(m + 32, OFP_NO_BUFFER)    # buffer_id
         be32(m + 36, OFPP_ANY)         # out_port
         be32(m + 40, OFPG_ANY)         # out_group
@@ -440,8 +456,8 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
         q = m + 48
         be16(q, OFPMT_OXM)
         p = q + 4
-        present = ld64(rec + o_present) & all_fields
-        masked = ld64(rec + o_masked) & present
+        present = rd64(rec + o_present) & all_fields
+        masked = rd64(rec + o_masked) & present
         bits = present
         while bits:
             i = ctz64(bits)
@@ -456,13 +472,13 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
             if F.extra:
                 be32(p, F.experimenter)
                 p += 4
-            p = _put_value(p, ld64(rec + o_mvalue + 8 * i), nbytes)
+            p = _put_value(p, rd64(rec + o_mvalue + 8 * i), nbytes)
             if (masked >> i) & 1:
-                p = _put_value(p, ld64(rec + o_mmask + 8 * i), nbytes)
+                p = _put_value(p, rd64(rec + o_mmask + 8 * i), nbytes)
         be16(q + 2, <uint16_t>(p - q))
         p = _pad8(m, p)
         if not deleting:
-            na = rec[o_nact]
+            na = rd8(rec + o_nact)
             if na > max_actions:
                 na = max_actions
             if na:
@@ -472,22 +488,22 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                 p += 8
                 for k in range(na):
                     a = rec + o_actions + k * a_size
-                    op = a[a_op]
+                    op = rd8(a + a_op)
                     if op == OP_OUTPUT:
                         be32(p, (OFPAT_OUTPUT << 16) | 16U)
-                        be32(p + 4, <uint32_t>ld64(a + a_value))
-                        be16(p + 8, ld16(a + a_arg))
+                        be32(p + 4, <uint32_t>rd64(a + a_value))
+                        be16(p + 8, rd16(a + a_arg))
                         be16(p + 10, 0)
                         be32(p + 12, 0)
                         p += 16
                     elif op == OP_SET_FIELD:
-                        F = &fields[a[a_field] & (MAX_FIELDS - 1)]
+                        F = &fields[rd8(a + a_field) & (MAX_FIELDS - 1)]
                         nbytes = F.nbytes
                         be64(p + 8, 0)  # zero the padding the value may not cover
                         be16(p, OFPAT_SET_FIELD)
                         be16(p + 2, <uint16_t>((8 + nbytes + 7) & ~7U))
                         be32(p + 4, F.hdr)
-                        _put_value(p + 8, ld64(a + a_value), nbytes)
+                        _put_value(p + 8, rd64(a + a_value), nbytes)
                         p += (8 + nbytes + 7) & ~7U
                     elif op == OP_DEC_NW_TTL:
                         be32(p, (OFPAT_DEC_NW_TTL << 16) | 8U)
@@ -497,10 +513,10 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         be32(p, (OFPAT_EXPERIMENTER << 16) | 24U)
                         be32(p + 4, NX_EXPERIMENTER_ID)
                         be16(p + 8, NXAST_CT)
-                        be16(p + 10, NX_CT_F_COMMIT if a[a_field] else 0)
+                        be16(p + 10, NX_CT_F_COMMIT if rd8(a + a_field) else 0)
                         be32(p + 12, 0)            # zone_src: none, the zone is immediate
-                        be16(p + 16, <uint16_t>ld64(a + a_value))
-                        p[18] = <unsigned char>ld16(a + a_arg)  # recirc_table (255: none)
+                        be16(p + 16, <uint16_t>rd64(a + a_value))
+                        p[18] = <unsigned char>rd16(a + a_arg)  # recirc_table (255: none)
                         p[19] = p[20] = p[21] = 0
                         be16(p + 22, 0)            # alg
                         p += 24
@@ -508,35 +524,35 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                         be32(p, (OFPAT_EXPERIMENTER << 16) | 16U)
                         be32(p + 4, NX_EXPERIMENTER_ID)
                         be16(p + 8, NXAST_CONJUNCTION)
-                        p[10] = <unsigned char>(a[a_field] - 1)
-                        p[11] = a[a_dst]
-                        be32(p + 12, <uint32_t>ld64(a + a_value))
+                        p[10] = <unsigned char>(rd8(a + a_field) - 1)
+                        p[11] = <unsigned char>rd8(a + a_dst)
+                        be32(p + 12, <uint32_t>rd64(a + a_value))
                         p += 16
                     elif op == OP_RESUBMIT:        # Nicira NXAST_RESUBMIT_TABLE from the packet's in_port
                         be32(p, (OFPAT_EXPERIMENTER << 16) | 16U)
                         be32(p + 4, NX_EXPERIMENTER_ID)
                         be16(p + 8, NXAST_RESUBMIT_TABLE)
                         be16(p + 10, <uint16_t>OFPP_IN_PORT)
-                        p[12] = <unsigned char>ld16(a + a_arg)
+                        p[12] = <unsigned char>rd16(a + a_arg)
                         p[13] = p[14] = p[15] = 0
                         p += 16
                     else:              # OP_MOVE: Nicira's reg-move
                         be32(p, (OFPAT_EXPERIMENTER << 16) | 24U)
                         be32(p + 4, NX_EXPERIMENTER_ID)
                         be16(p + 8, NXAST_REG_MOVE)
-                        be16(p + 10, ld16(a + a_arg))
+                        be16(p + 10, rd16(a + a_arg))
                         be32(p + 12, 0)            # src_ofs, dst_ofs
-                        be32(p + 16, fields[a[a_field] & (MAX_FIELDS - 1)].hdr)
-                        be32(p + 20, fields[a[a_dst] & (MAX_FIELDS - 1)].hdr)
+                        be32(p + 16, fields[rd8(a + a_field) & (MAX_FIELDS - 1)].hdr)
+                        be32(p + 20, fields[rd8(a + a_dst) & (MAX_FIELDS - 1)].hdr)
                         p += 24
                 be16(q + 2, <uint16_t>(p - q))
-            if rec[o_hasw]:
+            if rd8(rec + o_hasw):
                 be32(p, (OFPIT_WRITE_METADATA << 16) | 24U)
                 be32(p + 4, 0)
-                be64(p + 8, ld64(rec + o_wmv))
-                be64(p + 16, ld64(rec + o_wmm))
+                be64(p + 8, rd64(rec + o_wmv))
+                be64(p + 16, rd64(rec + o_wmm))
                 p += 24
-            goto_ = <int16_t>ld16(rec + o_goto)
+            goto_ = <int16_t>rd16(rec + o_goto)
             if goto_ != -1:
                 be32(p, (OFPIT_GOTO_TABLE << 16) | 8U)
                 be32(p + 4, <uint32_t>goto_ << 24)
@@ -995,7 +1011,14 @@ cdef class MessageEncoding:
     def __init__(self, batch_type, encode, int carried_op=-1, encode_row=None):
         self.batch_type, self.encode, self.carried_op, self.encode_row = batch_type, encode, carried_op, encode_row
 
+    def bundle(self, messages):
+        """PlanBundle(self, messages), made without a call of the class (a sender's every plan)."""
+        cdef PlanBundle made = PlanBundle.__new__(PlanBundle)
+        made.encoding, made.messages = self, messages
+        return made
 
+
+@cython.freelist(8)
 cdef class PlanBundle:
     """A plan's messages as Datapath.send_bundle takes them to pack and frame in one call
     (``frame_bundle``), with ``encoding``'s encoders for what the packer does not encode itself."""

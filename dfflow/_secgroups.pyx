@@ -11,12 +11,17 @@ matches (a port range as the fewest value/mask prefixes covering it), or a conju
 product outgrows their sum, and, while the port arrives here, the mid-stream TCP flows. Flows of
 one key are made once; conjunction clauses of one key carry one conjunction action per
 conjunctive match. The rows are the packer's (dfflow/_packer.pxd), packed like any other.
+
+The caller's arrays may change in place while it runs (another thread; it runs without the GIL):
+it copies them once, each word read once (rd64), and checks, counts and writes from that copy
+only, so the flows counted are the flows written and the ranges checked the ranges read.
 """
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from dfflow._packer cimport (OP_CONJUNCTION, OP_CT, OP_SET_FIELD, FlowLayout, LayoutC, _same_key, ctz64, ld16,
-                             ld64, store64)
+                             ld64, rd64, store64)
 
 SG_RULE_FIELDS = ("direction", "ip_proto", "flags", "low", "high", "remote_ip", "remote_mask", "member_start",
                   "member_count")
@@ -384,6 +389,16 @@ cdef str _sg_check_rules(const SgRuleC *R, Py_ssize_t nrules, Py_ssize_t nmember
     return None
 
 
+cdef uint64_t *_take(uint64_t *dst, const uint64_t[::1] src) noexcept:
+    """src's words into dst, each read once (rd64): after a plain memcpy the compiler may read the
+    caller's words again where ours are read. Returns the end of what it wrote."""
+    cdef Py_ssize_t k, n = src.shape[0]
+    cdef const unsigned char *p = <const unsigned char *>&src[0] if n else NULL
+    for k in range(n):
+        dst[k] = rd64(p + 8 * k)
+    return dst + n
+
+
 def _words(records, Py_ssize_t record, str what):
     """The records as one run of uint64 words (refused unless they are C-contiguous `record`-byte ones)."""
     import numpy as np
@@ -403,10 +418,6 @@ def compile_secgroups(SecGroupProgram program, uint64_t zone, uint64_t vni, uint
     established TCP is admitted). Raises ValueError naming the field of a bad input.
     """
     import numpy as np
-    cdef const LayoutC *L = &program.layout.c
-    cdef SgPortC port
-    cdef Py_ssize_t n, nslots, kept, i
-    cdef const SgMemberC *M
     if not 1 <= zone <= 0xFFFF:
         raise ValueError(f"zone: {zone} is not a conntrack zone (1..65535)")
     cdef const uint64_t[::1] mac_words = np.ascontiguousarray(macs, dtype="<u8").reshape(-1)
@@ -414,9 +425,30 @@ def compile_secgroups(SecGroupProgram program, uint64_t zone, uint64_t vni, uint
     cdef const uint64_t[::1] member_words = _words(members, sizeof(SgMemberC), "members")
     cdef Py_ssize_t nmacs = mac_words.shape[0], nrules = rule_words.shape[0] * 8 // sizeof(SgRuleC)
     cdef Py_ssize_t nmembers = member_words.shape[0] * 8 // sizeof(SgMemberC)
-    cdef const uint64_t *mac = &mac_words[0] if nmacs else NULL
-    cdef const SgRuleC *R = <const SgRuleC *>&rule_words[0] if nrules else NULL
-    M = <const SgMemberC *>&member_words[0] if nmembers else NULL
+    # our copy of the three arrays, which everything below reads: the caller's may change meanwhile
+    cdef uint64_t *copy = <uint64_t *>PyMem_Malloc(8 * (nmacs + rule_words.shape[0] + member_words.shape[0] + 1))
+    cdef uint64_t *rules_at
+    cdef uint64_t *members_at
+    if copy == NULL:
+        raise MemoryError()
+    try:
+        rules_at = _take(copy, mac_words)
+        members_at = _take(rules_at, rule_words)
+        _take(members_at, member_words)
+        return _compile(program, zone, vni, cookie, copy, nmacs, <const SgRuleC *>rules_at, nrules,
+                        <const SgMemberC *>members_at, nmembers, arriving)
+    finally:
+        PyMem_Free(copy)
+
+
+cdef _compile(SecGroupProgram program, uint64_t zone, uint64_t vni, uint64_t cookie, const uint64_t *mac,
+              Py_ssize_t nmacs, const SgRuleC *R, Py_ssize_t nrules, const SgMemberC *M, Py_ssize_t nmembers,
+              bint arriving):
+    """compile_secgroups over our copy of its arrays: checked, counted and written from it alone."""
+    import numpy as np
+    cdef const LayoutC *L = &program.layout.c
+    cdef SgPortC port
+    cdef Py_ssize_t n, nslots, kept, i
     for i in range(nmacs):
         if mac[i] >> 48:
             raise ValueError(f"macs[{i}]: {mac[i]:#x} is wider than 48 bits")

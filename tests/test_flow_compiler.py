@@ -282,6 +282,20 @@ def test_adds_that_share_a_key_but_differ_are_counted_and_identical_ones_are_mad
     assert twice.key_conflicts == 0 and twice[1].tobytes() == alone[1].tobytes()
 
 
+def test_a_change_is_true_only_when_it_sends_a_row():
+    """What the engine keeps of a plan's changes (`if change`): one that makes no row on either side
+    is false, as an empty plan is, though it still unpacks into its two (empty) sides."""
+    table = table_of(PortFacts(7, 101, 0xFA163E000001))
+    remote = PortRole(False, tunnel=10)
+    unchanged = compiler.compile_port_changes(ALL_APPS, table, [(0, remote, remote)])
+    assert not unchanged and [len(side) for side in unchanged] == [0, 0]
+    assert not compiler.compile_port_changes(ALL_APPS, table, [])
+    moved = compiler.compile_port_changes(ALL_APPS, table, [(0, remote, PortRole(False, tunnel=11))])
+    assert moved and moved.deletes.n == 0 and moved.adds.n > 0
+    gone = compiler.compile_port_changes(ALL_APPS, table, [(0, remote, None)])
+    assert gone and gone.deletes.n > 0 and gone.adds.n == 0
+
+
 def test_a_move_between_remote_chassis_rewrites_only_the_lookup_flows():
     facts = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
                       (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))

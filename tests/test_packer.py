@@ -557,39 +557,112 @@ def test_bundle_of_nothing_and_bad_ids():
         core.pack_flow_mods(object(), 1)
 
 
+def _while_meddling(meddle: Any, *calls: Any, seconds: float = 1.5) -> dict[str, int]:
+    """Make each of ``calls`` in turn, over and over for ``seconds``, while another thread calls
+    ``meddle`` over and over (changing what they read); how often they returned and raised each
+    exception a change may cause (any other fails the test)."""
+    import threading
+    import time
+    stop = threading.Event()
+
+    def meddling() -> None:
+        while not stop.is_set():
+            meddle()
+
+    outcomes = {"ok": 0, "ValueError": 0, "RuntimeError": 0}
+    thread = threading.Thread(target=meddling)
+    thread.start()
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            for call in calls:
+                try:
+                    call()
+                    outcomes["ok"] += 1
+                except (ValueError, RuntimeError) as exc:
+                    outcomes[type(exc).__name__] += 1
+    finally:
+        stop.set()
+        thread.join()
+    return outcomes
+
+
+def _flipping(column: np.ndarray, bits: int) -> Any:
+    """Flip ``bits`` of every element of ``column`` and back, as fast as numpy can (without the GIL,
+    so truly while the other thread runs); the column is as it was after each call."""
+    def flip() -> None:
+        np.bitwise_xor(column, bits, out=column)
+        np.bitwise_xor(column, bits, out=column)
+    return flip
+
+
 def test_rows_scribbled_on_while_packing_never_overrun():
     """Another thread overwriting rows with garbage between the packer's passes (it runs
     without the GIL) gets a clean exception or a buffer, never a write out of bounds."""
     import random
-    import threading
     from benchmarks.pack import realistic_flows
     batch = FlowBatch.from_flows(realistic_flows(2000))
     raw = batch.array.view(np.uint8)
-    stop = threading.Event()
+    rng = random.Random(5)
 
     def scribble() -> None:  # garbage into a row, then the row back: mostly valid rows
-        rng = random.Random(5)
-        while not stop.is_set():
-            at = rng.randrange(len(raw) - 64)
-            saved = raw[at:at + 64].copy()
-            raw[at:at + 64] = np.frombuffer(rng.randbytes(64), np.uint8)
-            raw[at:at + 64] = saved
+        at = rng.randrange(len(raw) - 64)
+        saved = raw[at:at + 64].copy()
+        raw[at:at + 64] = np.frombuffer(rng.randbytes(64), np.uint8)
+        raw[at:at + 64] = saved
 
-    outcomes = {"ok": 0, "ValueError": 0, "RuntimeError": 0}
-    thread = threading.Thread(target=scribble)
-    thread.start()
-    try:
-        for i in range(300):
-            try:
-                for call in (lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1)):
-                    call()
-                outcomes["ok"] += 1
-            except (ValueError, RuntimeError) as exc:
-                outcomes[type(exc).__name__] += 1
-    finally:
-        stop.set()
-        thread.join()
-    assert sum(outcomes.values()) == 300, outcomes
+    outcomes = _while_meddling(scribble, lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
+                               seconds=0.5)
+    assert outcomes["ok"] > 0, outcomes
+
+
+def test_action_opcodes_flipped_while_packing_give_a_buffer_or_an_exception():
+    """Each value the packer checks must be the value it uses, even where the compiler could load it
+    again: GCC read an action's opcode twice in the writer, for its jump table's range check and for
+    the index, and an opcode flipped in between jumped through garbage (before the fix: SIGSEGV in
+    most runs of this, within a second or two)."""
+    rows = [Flow(10, 100, match(metadata=i % 500 + 1), (DecTtl(),) * (MAX_ACTIONS - 1) + (Output(3),))
+            for i in range(2000)]
+    batch = FlowBatch.from_flows(rows)
+    outcomes = _while_meddling(_flipping(batch.rows["actions"]["op"], 0xF8),  # each opcode > OP_RESUBMIT
+                               lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
+                               seconds=2.0)
+    assert outcomes["ok"] + outcomes["RuntimeError"] > 0, outcomes  # some calls got past validation
+    assert core.pack_flow_mods(batch, 1) == osken_flow_mods(rows, 1)
+
+
+def test_messages_resized_while_bundled_give_whole_adds_or_an_exception():
+    """wrap_bundle_adds sizes its output from a walk of the messages, then copies them: lengths
+    changed in between must not copy past either buffer (before the fix: heap corruption, glibc
+    aborted) nor leave part of the output unwritten."""
+    flows = [_with(match=match(metadata=i + 1, eth_dst=0xFA163E000001)) for i in range(2000)]
+    packed = np.frombuffer(bytearray(core.pack_flow_mods(FlowBatch.from_flows(flows), 1)), np.uint8)
+    length_high = packed.reshape(len(flows), -1)[:, 2]  # every message's length, high byte: + 256
+
+    def wrap() -> None:
+        out, xids = core.wrap_bundle_adds(packed, ofp.OFP_VERSION, 1, ATOMIC_ORDERED, open_xid=1, commit_xid=2)
+        assert len(out) == 2 * core.BUNDLE_CTRL_LEN + len(packed) + core.BUNDLE_ADD_HEADER_LEN * len(xids)
+
+    outcomes = _while_meddling(_flipping(length_high, 1), wrap)
+    assert outcomes["ok"] + outcomes["RuntimeError"] > 0, outcomes
+
+
+def test_port_facts_changed_while_compiling_make_the_rows_they_counted():
+    """compile_changes counts a change's rows, sizes its output, then writes them: a port's IP count
+    changed in place meanwhile (its table's contents may) must not write more rows than were counted
+    (before the fix: SIGSEGV). 200 changes: the compiler runs without the GIL."""
+    from benchmarks.compile import Cloud
+    cloud = Cloud(ports=600, chassis=3)
+    changes = [(cloud._rows[p], cloud.role(p, 1, 0, dest=False), cloud.role(p, 1, dest, dest=True))
+               for p, dest in cloud.evacuation(0, 200)]  # chassis 1's view of evacuating chassis 0
+
+    def compile_() -> None:
+        made = core.compile_changes(cloud.program, cloud.table, changes)
+        core.validate_flows(made.deletes)
+        core.validate_flows(made.adds)
+
+    outcomes = _while_meddling(_flipping(cloud.table.ports["ip_count"], 1), compile_)  # 2 IPs <-> 3: in the column
+    assert outcomes["ok"] > 0 and not outcomes["ValueError"], outcomes
 
 
 # --------------------------------------------------------------------------- memory

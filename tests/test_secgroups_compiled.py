@@ -20,7 +20,7 @@ from dfflow import core
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Conjunction
 from dfflow.models import AddressPair, LogicalPort, LogicalSwitch, SecurityGroup, SecurityGroupRule, Subnet
-from test_packer import osken_flow_mods
+from test_packer import _flipping, _while_meddling, osken_flow_mods
 from test_reconcile import read_back
 
 APP = SecurityGroupsApp()
@@ -218,3 +218,31 @@ def test_rules_openflow_cannot_express_get_no_row():
     rows, _ = rule_rows([rule(1, protocol="dccp", port_range_min=5, port_range_max=6),
                          rule(2, ethertype="IPv6"), rule(3, protocol="tcp", port_range_min=1, port_range_max=65535)], {})
     assert len(rows) == 1 and rows[0]["flags"] == 0 and rows.dtype == RULE_DTYPE
+
+
+def group_rules(n: int, low: int, high: int, member_count: int) -> np.ndarray:
+    """n ingress TCP rules over ports low..high from members[0:member_count]."""
+    rows = np.zeros(n, RULE_DTYPE)
+    rows["direction"], rows["ip_proto"], rows["low"], rows["high"] = core.SG_INGRESS, 6, low, high
+    rows["flags"] = core.SG_FLAG_GROUP | core.SG_FLAG_LOW | core.SG_FLAG_HIGH
+    rows["member_count"] = member_count
+    return rows
+
+
+@pytest.mark.parametrize("column,rules", [
+    ("member_count", group_rules(300, 80, 80, 2)),        # 2 members <-> 3: a flow more per rule
+    ("high", group_rules(300, 1000, 1999, 2)),            # 1000..1999 <-> 1000..1998: 7 prefixes <-> 10
+], ids=["member_count", "port_range"])
+def test_rules_changed_while_compiling_make_the_flows_they_counted(column, rules):
+    """compile_secgroups checks the rules, counts their flows without the GIL, sizes its output, then
+    writes them: rules changed in place meanwhile (the caller's arrays may be) must not write more flows
+    than were counted (before the fix: SIGSEGV or heap corruption), and what is made is whole."""
+    members = np.array([(0x0A000001 + i, 0xFFFFFFFF) for i in range(4)], MEMBER_DTYPE)
+    macs = np.array([0xFA163E000001], np.uint64)
+
+    def compile_() -> None:
+        made = core.compile_secgroups(PROGRAM, ZONE, 101, 1, macs, rules, members, False)
+        core.validate_flows(FlowBatch.of_rows(made))
+
+    outcomes = _while_meddling(_flipping(rules[column], 1), compile_)
+    assert outcomes["ok"] > 0 and not outcomes["ValueError"], outcomes
