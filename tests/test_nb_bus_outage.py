@@ -132,3 +132,56 @@ async def test_a_subscription_cut_while_the_nb_stays_up_is_followed_by_a_resync_
     finally:
         await sub.stop()
         await admin.aclose()
+
+
+async def test_a_topic_whose_subscription_meets_the_connection_closed_under_it_is_taken_up_by_the_reconnect(
+        nb, nb_url, monkeypatch):
+    """The listening loop may see the NB go and close the connection while add_topic's SUBSCRIBE is on its way:
+    redis-py then fails the call on the closed connection's state (an AttributeError, seen in CI), not with a
+    connection error. That is a lost connection, not a failure: the topic comes with the reconnect."""
+    await nb.create(switch(1, "late"))
+    mirror = Mirror()
+    sub = Subscriber(nb_url, callback=mirror, reconnect_delay=0.1, max_reconnect_delay=0.3)
+    try:
+        await sub.start()
+        await sub.add_topic("early")
+        pubsub = sub._pubsub
+
+        async def closed_under_the_call(*channels):
+            sub.connected.clear()  # what the loop does on seeing the connection go ...
+            await pubsub.connection.disconnect()  # ... and redis-py on reading its end
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        monkeypatch.setattr(pubsub, "subscribe", closed_under_the_call)
+        await sub.add_topic("late")  # returns: nothing fails for the caller
+        assert (sub.stats["topic_retries"], list(sub.errors)) == (1, [])
+        await eventually(lambda: ("lswitch", "late-n1") in mirror.objects, timeout=10)
+        await nb.create(switch(2, "late"))
+        await eventually(lambda: ("lswitch", "late-n2") in mirror.objects, timeout=10)
+        assert sub.stats["reconnects"] >= 1 and not sub.errors
+    finally:
+        await sub.stop()
+
+
+async def test_a_subscription_that_fails_on_a_live_connection_is_counted_kept_and_retried(nb, nb_url, monkeypatch):
+    await nb.create(switch(1, "late"))
+    mirror = Mirror()
+    sub = Subscriber(nb_url, callback=mirror)
+    try:
+        await sub.start()
+        pubsub = sub._pubsub
+        subscribe = pubsub.subscribe
+        failures = []
+
+        async def fails_once(*channels):
+            if not failures:
+                failures.append(RuntimeError("an answer the subscriber did not expect"))
+                raise failures[0]
+            return await subscribe(*channels)
+
+        monkeypatch.setattr(pubsub, "subscribe", fails_once)
+        await sub.add_topic("late")
+        assert list(sub.errors) == failures and sub.stats["loop_errors"] == 1
+        await eventually(lambda: ("lswitch", "late-n1") in mirror.objects, timeout=10)  # the loop took it up
+    finally:
+        await sub.stop()

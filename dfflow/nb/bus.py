@@ -193,6 +193,23 @@ class Subscriber:
                 # pending and the listening loop adds it once the NB answers.
                 self.stats["topic_retries"] += 1
                 LOG.warning("NB did not answer while adding topic %s (%s); retrying it", topic, exc)
+            except Exception as exc:
+                self._topic_call_failed("adding", topic, exc)
+
+    def _topic_call_failed(self, doing: str, topic: str, exc: Exception) -> None:
+        """A (un)subscription that failed with something other than a connection error. The listening loop
+        may have closed the connection under it: redis-py then fails the call on the closed connection's
+        state (`'NoneType' object has no attribute 'writelines'`), and the reconnect takes the topic up. On
+        a connection still up it is a failure of its own: logged with its traceback, counted and kept in
+        `errors`; an added topic stays pending either way, never fatal to the caller."""
+        if not self.connected.is_set():
+            self.stats["topic_retries"] += 1
+            LOG.warning("NB connection lost while %s topic %s (%r); the reconnect takes it up", doing, topic, exc)
+            return
+        self.stats["loop_errors"] += 1
+        self.errors.append(exc)
+        LOG.error("%s topic %s failed; it is retried by the listening loop", doing.capitalize(), topic,
+                  exc_info=exc)
 
     async def remove_topic(self, topic: str) -> None:
         """Stop listening to `topic` and forget what was seen of it (no events are emitted)."""
@@ -206,7 +223,9 @@ class Subscriber:
             try:
                 await self._pubsub.unsubscribe(self.keys.channel(topic))
             except (RedisConnectionError, RedisTimeoutError, OSError):
-                pass
+                pass  # the reconnect subscribes to self.topics only
+            except Exception as exc:
+                self._topic_call_failed("removing", topic, exc)
 
     def version_of(self, table: str, obj_id: str) -> int | None:
         seen = self._seen.get((table, obj_id))
