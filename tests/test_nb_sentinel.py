@@ -7,8 +7,11 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
+import time
 
 import pytest
+import redis
 
 from dfflow.sandbox.sentinelproc import SERVICE, SentinelNb
 from dfflow.errors import ValidationError
@@ -108,3 +111,44 @@ async def _eventually(predicate, timeout: float = 15.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+
+def test_a_failover_back_to_a_revived_primary_loses_no_write_and_the_sandbox_waits_for_it_to_settle(sentinel_nb):
+    """What CI met on a loaded machine: the sentinels missed the new primary's pings just after the killed
+    one was revived, and failed over back to it (forced here with SENTINEL FAILOVER). Revived as the new
+    primary's replica from its first moment, it holds every write by then, and the sandbox waits for
+    whichever primary the sentinels settle on."""
+    old = sentinel_nb.kill_primary()
+    new = sentinel_nb.wait_failover(old)
+    client = redis.Redis(host=new.host, port=new.port)
+    for i in range(WRITES):  # on the new primary only: it has no replica yet
+        client.set(f"key-{i}", i)
+    client.close()
+    settled: dict = {}
+
+    def revive() -> None:
+        try:
+            settled["primary"] = sentinel_nb.revive(old, timeout=60)
+        except BaseException as exc:
+            settled["error"] = exc
+
+    reviving = threading.Thread(target=revive)
+    reviving.start()
+    deadline = time.monotonic() + 10
+    while not (old.running() and old.ping()):
+        assert time.monotonic() < deadline, "the killed server did not start again"
+        time.sleep(0.02)
+    while not sentinel_nb.sentinels[0].failover():
+        assert time.monotonic() < deadline + 30, "no sentinel would fail over to the revived server"
+        time.sleep(0.1)
+    reviving.join(90)
+    assert "error" not in settled, settled.get("error")
+    assert sentinel_nb.wait_failover(new) is old
+    primary = sentinel_nb.wait_settled(60)
+    assert primary is old
+    client = redis.Redis(host=primary.host, port=primary.port)
+    try:
+        assert [client.get(f"key-{i}") for i in range(WRITES)] == [str(i).encode() for i in range(WRITES)]
+    finally:
+        client.close()

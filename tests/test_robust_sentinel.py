@@ -37,13 +37,13 @@ def cloud():
 
 def fail_over(sb: Sandbox) -> float:
     """SIGKILL the primary, wait for the sentinels to promote the replica, then bring the killed
-    server back (the sentinels make it the new primary's replica), ready for the next failover.
+    server back as the new primary's replica, ready for the next failover.
     Returns when the new primary was named."""
     ha = sb.sentinel_nb()
     old = ha.kill_primary()
     ha.wait_failover(old)
     promoted = time.time()
-    ha.revive(old)
+    sb.revive_nb_server(ha, old)
     return promoted
 
 

@@ -40,6 +40,15 @@ class SandboxDaemons:
             raise SandboxError(f"sandbox {self.dir} was not started with --nb sentinel")
         return SentinelNb.from_state(st["nb_sentinel"])
 
+    def revive_nb_server(self, ha: SentinelNb, server: RedisServer) -> RedisServer:
+        """Start a killed data server of the sentinel NB again as the primary's replica (`SentinelNb.revive`)
+        and record its new process, which a later failover kills; returns the primary settled on."""
+        try:
+            return ha.revive(server)
+        finally:
+            with self._txn() as st:
+                st["nb_sentinel"] = ha.to_state()
+
     def _start_nova(self) -> None:
         """The sandbox's Nova API (its os-server-external-events, see nova_events.py): Neutron's Nova
         notifier posts there; its URL is `nova.url` in the state (`nova_url` in `status()`)."""

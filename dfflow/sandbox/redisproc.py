@@ -102,6 +102,9 @@ class RedisServer:
                      else ["--appendonly", "no"])
             if self.replica_of:
                 argv += ["--replicaof", self.replica_of]
+            # A primary waits 5 s by default before a replica's full sync, for others to join it; a server
+            # revived after a failover would be a replica without the data for that long.
+            argv += ["--repl-diskless-sync-delay", "0"]
             if self.unixsocket:
                 argv += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
             try:

@@ -76,6 +76,10 @@ class SentinelServer:
         parts = [line for line in reply.split(b"\r\n") if line and not line[:1] in (b"*", b"$")]
         return (parts[0].decode(), int(parts[1])) if len(parts) == 2 else None
 
+    def failover(self) -> bool:
+        """Ask for a failover now (SENTINEL FAILOVER); False when it refuses, e.g. no replica is fit."""
+        return _command(self.host, self.port, f"SENTINEL failover {SERVICE}".encode()).startswith(b"+OK")
+
     def running(self) -> bool:
         return procs.same_process(self.pid, self.starttime) and procs.cwd(self.pid) == self.dir
 
@@ -180,18 +184,49 @@ class SentinelNb:
             time.sleep(0.1)
         raise SandboxError(f"no failover away from {old.host}:{old.port} within {timeout:g} s\n{self.logs_tail()}")
 
-    def revive(self, server: RedisServer, timeout: float = SENTINEL_ACTS_WITHIN) -> None:
-        """Start a killed data server again (same port and directory); the sentinels turn it into the
-        current primary's replica. Returns once it is in sync."""
+    def revive(self, server: RedisServer, timeout: float = SENTINEL_ACTS_WITHIN) -> RedisServer:
+        """Start a killed data server again (same port and directory) as the current primary's replica, as
+        an operator brings a failed primary back: started as a primary it would serve its stale data until a
+        sentinel reconfigures it, and a second failover in that window (a loaded machine's sentinel missing
+        the new primary's pings) would promote it and drop the writes made since. Returns the primary once
+        the topology has settled (`wait_settled`)."""
         if not server.running():
+            primary = self.primary()
+            server.replica_of = None if primary is server else f"{primary.host} {primary.port}"
             server.start()
+        return self.wait_settled(timeout)
+
+    def wait_settled(self, timeout: float = SENTINEL_ACTS_WITHIN) -> RedisServer:
+        """Until every sentinel names the same running primary and every other data server replicates it
+        with its link up; returns that primary. Whichever server it is: a second failover may have come."""
         deadline = time.monotonic() + timeout
-        while b"master_link_status:up" not in _command(server.host, server.port, b"INFO replication"):
+        while True:
+            primary = self._settled_primary()
+            if primary is not None:
+                return primary
             if time.monotonic() > deadline:
-                replication = _command(server.host, server.port, b"INFO replication").decode(errors="replace")
-                raise SandboxError(f"{server.host}:{server.port} did not become a replica within {timeout:g} s; "
-                                   f"its INFO replication: {replication!r}\n{self.logs_tail()}")
+                replication = {f"{s.host}:{s.port}": _command(s.host, s.port, b"INFO replication").decode(
+                    errors="replace") for s in self.servers}
+                named = [s.primary() for s in self.sentinels]
+                raise SandboxError(f"the sentinel NB did not settle within {timeout:g} s: the sentinels name "
+                                   f"{named}; INFO replication: {replication!r}\n{self.logs_tail()}")
             time.sleep(0.1)
+
+    def _settled_primary(self) -> RedisServer | None:
+        named = {s.primary() for s in self.sentinels}
+        if len(named) != 1 or None in named:
+            return None
+        address = named.pop()
+        primary = next((s for s in self.servers if (s.host, s.port) == address), None)
+        if primary is None or b"role:master" not in _command(primary.host, primary.port, b"INFO replication"):
+            return None
+        for replica in self.servers:
+            if replica is primary:
+                continue
+            info = _command(replica.host, replica.port, b"INFO replication")
+            if f"master_port:{primary.port}\r\n".encode() not in info or b"master_link_status:up" not in info:
+                return None
+        return primary
 
     def logs_tail(self, lines: int = 25) -> str:
         """The last lines of every sentinel's log (a failover that did not come: +tilt, -odown, ...)."""
