@@ -28,6 +28,7 @@ from os_ken.ofproto import ofproto_parser, ofproto_v1_3, ofproto_v1_3_parser
 
 from controller import compiler
 from dfflow.sandbox.ovsproc import OvsInstance
+from races import flipping, while_meddling
 from dfflow import core
 from dfflow.flowbatch import (FIELD_BIT, FIELD_INDEX, FIELD_ORDER, MAX_ACTIONS, OP_MOVE, OP_OUTPUT,
                               OP_SET_FIELD, VNI_MAX, FlowBatch)
@@ -557,45 +558,6 @@ def test_bundle_of_nothing_and_bad_ids():
         core.pack_flow_mods(object(), 1)
 
 
-def _while_meddling(meddle: Any, *calls: Any, seconds: float = 1.5) -> dict[str, int]:
-    """Make each of ``calls`` in turn, over and over for ``seconds``, while another thread calls
-    ``meddle`` over and over (changing what they read); how often they returned and raised each
-    exception a change may cause (any other fails the test)."""
-    import threading
-    import time
-    stop = threading.Event()
-
-    def meddling() -> None:
-        while not stop.is_set():
-            meddle()
-
-    outcomes = {"ok": 0, "ValueError": 0, "RuntimeError": 0}
-    thread = threading.Thread(target=meddling)
-    thread.start()
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            for call in calls:
-                try:
-                    call()
-                    outcomes["ok"] += 1
-                except (ValueError, RuntimeError) as exc:
-                    outcomes[type(exc).__name__] += 1
-    finally:
-        stop.set()
-        thread.join()
-    return outcomes
-
-
-def _flipping(column: np.ndarray, bits: int) -> Any:
-    """Flip ``bits`` of every element of ``column`` and back, as fast as numpy can (without the GIL,
-    so truly while the other thread runs); the column is as it was after each call."""
-    def flip() -> None:
-        np.bitwise_xor(column, bits, out=column)
-        np.bitwise_xor(column, bits, out=column)
-    return flip
-
-
 def test_rows_scribbled_on_while_packing_never_overrun():
     """Another thread overwriting rows with garbage between the packer's passes (it runs
     without the GIL) gets a clean exception or a buffer, never a write out of bounds."""
@@ -611,7 +573,7 @@ def test_rows_scribbled_on_while_packing_never_overrun():
         raw[at:at + 64] = np.frombuffer(rng.randbytes(64), np.uint8)
         raw[at:at + 64] = saved
 
-    outcomes = _while_meddling(scribble, lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
+    outcomes = while_meddling(scribble, lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
                                seconds=0.5)
     assert outcomes["ok"] > 0, outcomes
 
@@ -624,7 +586,7 @@ def test_action_opcodes_flipped_while_packing_give_a_buffer_or_an_exception():
     rows = [Flow(10, 100, match(metadata=i % 500 + 1), (DecTtl(),) * (MAX_ACTIONS - 1) + (Output(3),))
             for i in range(2000)]
     batch = FlowBatch.from_flows(rows)
-    outcomes = _while_meddling(_flipping(batch.rows["actions"]["op"], 0xF8),  # each opcode > OP_RESUBMIT
+    outcomes = while_meddling(flipping(batch.rows["actions"]["op"], 0xF8),  # each opcode > OP_RESUBMIT
                                lambda: core.pack_flow_mods(batch, 1), lambda: core.pack_bundle(batch, 1, 1),
                                seconds=2.0)
     assert outcomes["ok"] + outcomes["RuntimeError"] > 0, outcomes  # some calls got past validation
@@ -643,7 +605,7 @@ def test_messages_resized_while_bundled_give_whole_adds_or_an_exception():
         out, xids = core.wrap_bundle_adds(packed, ofp.OFP_VERSION, 1, ATOMIC_ORDERED, open_xid=1, commit_xid=2)
         assert len(out) == 2 * core.BUNDLE_CTRL_LEN + len(packed) + core.BUNDLE_ADD_HEADER_LEN * len(xids)
 
-    outcomes = _while_meddling(_flipping(length_high, 1), wrap)
+    outcomes = while_meddling(flipping(length_high, 1), wrap)
     assert outcomes["ok"] + outcomes["RuntimeError"] > 0, outcomes
 
 
@@ -661,7 +623,7 @@ def test_port_facts_changed_while_compiling_make_the_rows_they_counted():
         core.validate_flows(made.deletes)
         core.validate_flows(made.adds)
 
-    outcomes = _while_meddling(_flipping(cloud.table.ports["ip_count"], 1), compile_)  # 2 IPs <-> 3: in the column
+    outcomes = while_meddling(flipping(cloud.table.ports["ip_count"], 1), compile_)  # 2 IPs <-> 3: in the column
     assert outcomes["ok"] > 0 and not outcomes["ValueError"], outcomes
 
 

@@ -20,7 +20,8 @@ from dfflow import core
 from dfflow.flowbatch import FlowBatch
 from dfflow.flows import Command, Conjunction
 from dfflow.models import AddressPair, LogicalPort, LogicalSwitch, SecurityGroup, SecurityGroupRule, Subnet
-from test_packer import _flipping, _while_meddling, osken_flow_mods
+from races import flipping, while_meddling
+from test_packer import osken_flow_mods
 from test_reconcile import read_back
 
 APP = SecurityGroupsApp()
@@ -244,5 +245,5 @@ def test_rules_changed_while_compiling_make_the_flows_they_counted(column, rules
         made = core.compile_secgroups(PROGRAM, ZONE, 101, 1, macs, rules, members, False)
         core.validate_flows(FlowBatch.of_rows(made))
 
-    outcomes = _while_meddling(_flipping(rules[column], 1), compile_)
+    outcomes = while_meddling(flipping(rules[column], 1), compile_)
     assert outcomes["ok"] > 0 and not outcomes["ValueError"], outcomes
