@@ -862,6 +862,8 @@ cdef class XidBlock:
     cdef Py_ssize_t n
 
     def __init__(self, start, stop):
+        if stop < start:
+            raise ValueError(f"xid block {start}..{stop}: stop before start")
         self.first = _check_xids(start, stop - start, "")
         self.n = stop - start
 
