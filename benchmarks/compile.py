@@ -13,10 +13,11 @@ differ between the port's old and new role there, as one bundle per chassis.
   ports' new roles (the view's answer: records it holds, `remote_role`'s and each VIF's; the
   engine's placed roles kept per chassis), compared with the old ones,
   `controller.compiler.compile_port_changes` over them (one call of the compiled core over the
-  port columns; its deletes and adds are rows the packer reads, no numpy view made), and the
-  channel's pipelined bundle (`Datapath.send_bundle` of a
-  `controller.compiler.PlanBundle`: one call of the packer packs the plan's batches and frames
-  the open, the adds and the commit). `benchmarks/compile_agent_then.py` times the same calls with
+  port columns, which also packs the change's deletes and adds as bundle adds, their xids and bundle
+  id left for the framing; no numpy view made), the plan's one change as `Plan.messages` gives it,
+  and the channel's pipelined bundle (`Datapath.send_bundle` of a
+  `controller.compiler.PlanBundle`: one call copies the packed change with its xids, bundle id and
+  flags patched in, between the open and the commit). `benchmarks/compile_agent_then.py` times the same calls with
   the plan's own objects, in this tree or in one from before #14 (f085df4);
 * ``osken``: what a Python controller does -- the same programs run by the Python
   apps (`PortProgram.flows`), the engine's diff (`FlowState.plan`), os-ken
@@ -155,8 +156,8 @@ class Cloud:
         if not changes:
             return ()
         made = compiler.compile_port_changes(self.program, self.table, changes)
-        # both sides, in order, as the plan lists them (a side with no rows adds nothing to the bundle)
-        return (made.deletes, made.adds) if made else ()
+        # the plan's one change, whole, as Plan.messages lists it (its deletes, then its adds, packed)
+        return (made,) if made else ()
 
     # -- the Python path (the reference) -----------------------------------------------------
     def python_flows(self, port: int, chassis: int) -> list[Flow]:

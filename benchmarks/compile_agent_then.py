@@ -17,8 +17,9 @@ to the bytes of its bundle, as its controller computes them:
   commit serialized (a pipelined bundle);
 * after (`compile_port_changes`, main's `Engine._compile_ports`, `PlanSender.send`,
   `Datapath.send_bundle`): per moved port its facts stored, then one call of the compiled core for
-  all of them (`compile_port_changes`: the three apps' programs as one), the plan's rows,
-  `plan.messages()`, and `PlanBundle(...).frame_bundle` (packing and framing in one call).
+  all of them (`compile_port_changes`: the three apps' programs as one, packing its rows in the same
+  call), the plan's change, `plan.messages()`, and `PlanBundle(...).frame_bundle` (the packed change
+  copied with its xids, bundle id and flags patched in, the open and the commit around it).
 
 Each side uses its own tree's real `Datapath` (made on a loop, never connected) for the xids and the
 os-ken objects. The moved ports have no security groups (the cloud's ports have none). A run checks every
@@ -114,7 +115,10 @@ def after_path(cloud: bench.Cloud) -> Callable[[Any, Chassis, int], bytes | None
             return None
         made = compiler.compile_port_changes(program, table, changes)  # Engine._compile_ports
         plan = Plan()
-        plan.rows = [(made.deletes, made.adds)] if made.deletes.n or made.adds.n else []
+        if hasattr(plan, "changes"):  # the change packed where it was compiled (h14-pack on)
+            plan.changes = [made] if made else []
+        else:
+            plan.rows = [(made.deletes, made.adds)] if made.deletes.n or made.adds.n else []
         if not plan:
             return None
         return compiler.PlanBundle(plan.messages()).frame_bundle(dp, bundle_id, FLAGS, True)[0]  # send_bundle

@@ -6,9 +6,11 @@ without a Python object per message. The compiled core makes every entry of a po
 program, including the few whose actions the packer does not encode (the announce
 gate's learn): their rows carry the template and its bound params instead of actions
 (`OP_PARAMS` slots), and `flow_mods` serializes them with os-ken in their place, so
-the order of the plan (deletes, then adds) is kept. The daemon hands a plan to the channel
-as a `PlanBundle`: the packer writes its FLOW_MODs as the adds of one atomic bundle, open
-and commit included, in one call.
+the order of the plan (deletes, then adds) is kept. The compiled core packs a change's rows
+where it compiles them (bundle adds whose xids, bundle id and flags are placeholders). The
+daemon hands a plan to the channel as a `PlanBundle`: one call of the packer copies each packed
+change with the bundle's numbers patched in (and packs any other rows), between the bundle's
+open and commit.
 """
 from __future__ import annotations
 
@@ -296,7 +298,7 @@ class PortTable(core.PortColumns):
 PortChange = tuple[int, "PortRole | None", "PortRole | None"]  # (row in the PortTable, old role, new role)
 
 
-ChangeRows = core.ChangeRows  # (deletes, adds) of a change, and its key_conflicts
+ChangeRows = core.ChangeRows  # (deletes, adds) of a change, packed, and its key_conflicts
 
 
 def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> ChangeRows:
@@ -306,8 +308,8 @@ def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> C
 
 # compile_port_changes(program, table, changes): (deletes, adds) that take ports' flows on this chassis
 # from their old roles to their new ones (changes: PortChange), in one call of the compiled core (the
-# rows of each change in the order given; an add two templates make alike once): `.deletes` and `.adds`
-# as the packer reads them, numpy arrays when unpacked. Both roles are made from the port's facts in
+# rows of each change in the order given; an add two templates make alike once), packed in the same
+# call: `.deletes` and `.adds` as the packer reads them, numpy arrays when unpacked. Both roles are made from the port's facts in
 # `table` (compile_facts_changes when they change). The core's own function: every plan of every
 # chassis calls it, and a Python wrapper around it cost more than the core's work on a small change.
 compile_port_changes: Callable[[core.CompiledProgram, PortTable, Sequence[PortChange]], ChangeRows] = \

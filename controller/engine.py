@@ -320,7 +320,8 @@ class Engine:
     # -- recomputation -----------------------------------------------------------
     def _recompute(self, targets: set[Owner]) -> Plan:
         ordered = sorted(targets)
-        rows, placed, failed = self._compile_ports([obj_id for kind, obj_id, _ in ordered if kind == PORT])
+        changes, placed, failed = self._compile_ports([obj_id for kind, obj_id, _ in ordered if kind == PORT])
+        rows: list[tuple[FlowBatch, FlowBatch]] = []
         wanted: dict[Owner, list[Flow]] = {}
         for kind, obj_id, _ in ordered:
             apps = self.apps
@@ -338,7 +339,7 @@ class Engine:
                     self._failed("app_errors", f"app {app.name} failed computing flows for {kind} {obj_id}")
                     wanted[owner] = self.flows.flows_of(owner)
         plan = self.flows.plan(wanted)
-        plan.rows = rows
+        plan.changes, plan.rows = changes, rows
         plan.moved = {port_id for port_id, place in placed.items() if self._place(port_id, place)}
         narrowed, self._narrowed = self._narrowed, set()
         self._narrowed_arriving |= narrowed & self.view.arrivals
@@ -350,7 +351,7 @@ class Engine:
         LOG.exception("%s", what)
         self.errors = (self.errors + [f"{what}: {traceback.format_exc()}"])[-ERRORS_KEPT:]
 
-    def _compile_ports(self, port_ids: list[str]) -> tuple[list[tuple[Any, Any]],
+    def _compile_ports(self, port_ids: list[str]) -> tuple[list[compiler.ChangeRows],
                                                           dict[str, Place | None], set[str]]:
         """The flow mods of the ports' role and facts changes, made by the compiled core: every role
         change in one call, every facts change in two (before and after). Returns them, where each
@@ -389,7 +390,7 @@ class Engine:
             rows += self._compile_together(role_changes, self._compile_role_changes, failed)
         for port_id in failed:
             placed.pop(port_id, None)
-        return [(c.deletes, c.adds) for c in rows if c], placed, failed  # (a ChangeRows: true if it sends)
+        return [c for c in rows if c], placed, failed  # (a ChangeRows: true if it sends)
 
     def _compile_role_changes(self, changes: list[_PortChange]) -> compiler.ChangeRows:
         return compiler.compile_port_changes(self.program, self.table, [(c.row, c.old, c.new) for c in changes])

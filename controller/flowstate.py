@@ -21,8 +21,10 @@ FlowKey = tuple
 class Plan:
     deletes: list[Flow] = field(default_factory=list)
     adds: list[Flow] = field(default_factory=list)
-    # The port flow mods the compiled core made as rows (deletes, adds: its Rows, or FlowBatches), sent
+    # The port flow mods the compiled core made: its role and facts changes (`changes`: ChangeRows, each
+    # packed where it was compiled), and rows made otherwise (`rows`: deletes, adds as FlowBatches), sent
     # between the deletes and adds of the flows planned here (`owners`: their owners' new flows).
+    changes: list[Any] = field(default_factory=list)
     rows: list[tuple[Any, Any]] = field(default_factory=list)
     owners: dict[Owner, dict[FlowKey, Flow]] = field(default_factory=dict)
     moved: set[str] = field(default_factory=set)  # ports whose role or location here changed
@@ -37,25 +39,36 @@ class Plan:
     batched: list[tuple[str, dict[str, float]]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.deletes or self.adds or self.rows)
+        return bool(self.deletes or self.adds or self.changes or self.rows)
+
+    @property
+    def n_row_flow_mods(self) -> int:
+        """The flow mods of its changes and rows."""
+        return sum(c.n for c in self.changes) + sum(len(d) + len(a) for d, a in self.rows)
 
     @property
     def n_flow_mods(self) -> int:
-        return len(self.deletes) + len(self.adds) + sum(len(d) + len(a) for d, a in self.rows)
+        return len(self.deletes) + len(self.adds) + self.n_row_flow_mods
 
     def messages(self) -> list[Any]:
         """Deletes then adds, as flow-mod commands (an add replaces a flow with the same key); the
-        compiled rows in between (controller.compiler's PlanBundle packs both). (Loops, not four
-        comprehensions: every plan of every chassis comes here, most with one change of rows only.)"""
+        compiled rows in between, every delete before every add (controller.compiler's PlanBundle packs
+        and frames them). A plan of one change of the core sends it whole: its deletes, then its adds,
+        packed where it was compiled. (Loops, not comprehensions: every plan of every chassis comes here,
+        most with one change only.)"""
         out = [f if f.command == Command.DELETE else
                Flow(f.table, f.priority, f.match, cookie=f.cookie, command=Command.DELETE_STRICT)
                for f in self.deletes] if self.deletes else []
-        for deletes, _ in self.rows:
-            if len(deletes):
-                out.append(deletes)
-        for _, adds in self.rows:
-            if len(adds):
-                out.append(adds)
+        if len(self.changes) == 1 and not self.rows:
+            out.append(self.changes[0])
+        else:
+            for side in (0, 1):  # every change's and batch's deletes, then their adds
+                for change in self.changes:
+                    if change.nadd if side else change.ndel:
+                        out.append(change.adds if side else change.deletes)
+                for pair in self.rows:
+                    if len(pair[side]):
+                        out.append(pair[side])
         if self.adds:
             out += [f.as_command(Command.ADD) for f in self.adds]
         return out

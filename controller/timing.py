@@ -43,7 +43,7 @@ def apply_entries(plan: Plan, sending: float, bundle_ms: float, applied: float, 
               "coalesced": coalesced, "burst": 1 + len(plan.batched), "applied_at": round(applied, 6)}
     timing = {k: round(v, 6 if k == "event_ts" else 3) for k, v in plan.timing.items() if k != "emitted"}
     entries = [_entry(timing, shared, plan.cause, [list(s) for s in plan.stamps], plan.n_flow_mods,
-                      sum(len(d) + len(a) for d, a in plan.rows))]
+                      plan.n_row_flow_mods)]
     # one per event of a burst (an evacuation's 100 on every chassis): their timings rounded already
     # (event_timing), the rest of them made once, above
     entries += [_entry(timing, shared, cause, [], 0, 0) for cause, timing in plan.batched]

@@ -6,8 +6,8 @@ IPv4 addresses as uint32. Parsers are strict: anything but the canonical textual
 forms raises ValueError, and the caller names the field.
 
 The port-flow compiler (below): port programs over typed port columns to the rows
-that change, for the packer (dfflow/_packer.pyx, whose C interface _packer.pxd declares)
-to pack.
+that change, packed in the same call by the packer's row writer (dfflow/_packer.pyx, whose C
+interface _packer.pxd declares) as the bundle adds the framing sends with their xids patched in.
 
 Longer than ~600 lines on purpose: the compiler's per-transition loop (_instances,
 _compile) inlines this unit's role, key and delete helpers; split across extensions they
@@ -16,14 +16,16 @@ The parsers are the small rest.
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t, int16_t, int32_t, int64_t
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memmove, memset
 from libc.stdlib cimport calloc, malloc, free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE
-from cpython.bytearray cimport PyByteArray_FromStringAndSize, PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
-from dfflow._packer cimport (NOGIL_ROWS, OFPFC_DELETE_STRICT, FlowLayout, LayoutC, Rows, _same_key, ctz64, ld16, ld64, rd64,
-                             rows_in, store64)
+from dfflow._packer cimport (C_BUNDLE_ADD_HEADER_LEN, E_OK, NOGIL_ROWS, OFPFC_DELETE_STRICT, Err,
+                             FlowLayout, LayoutC, Rows, _check_rows, _same_key, _write_rows, ctz64, ld16, ld64, rd8,
+                             rd64, rows_in, store64)
 
 
 cdef inline int _hexval(Py_UCS4 c):
@@ -266,7 +268,6 @@ cdef class CompiledProgram:
     """
     cdef FlowLayout layout
     cdef object protos
-    cdef Rows no_rows  # no rows of the flow record: the side of a change that has none
     cdef Py_buffer view
     cdef bint held
     cdef EntryC *entries
@@ -289,7 +290,6 @@ cdef class CompiledProgram:
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
         self.layout = layout
-        self.no_rows = rows_in(layout, bytearray(), 0, 0)
         self.protos = _padding_zeroed(protos)
         PyObject_GetBuffer(self.protos, &self.view, PyBUF_SIMPLE)
         self.held = True
@@ -522,6 +522,14 @@ cdef inline void _copy_once(void *dst, const void *src, Py_ssize_t nwords) noexc
     cdef Py_ssize_t k
     for k in range(nwords):
         (<uint64_t *>dst)[k] = rd64(<const unsigned char *>src + 8 * k)
+
+
+cdef inline void _copy_bytes_once(unsigned char *dst, const unsigned char *src, Py_ssize_t nbytes) noexcept nogil:
+    """Copy nbytes, each read once (_copy_once's words, then rd8)."""
+    cdef Py_ssize_t k
+    _copy_once(dst, src, nbytes // 8)
+    for k in range(nbytes - nbytes % 8, nbytes):
+        dst[k] = <unsigned char>rd8(src + k)
 
 
 cdef int _check_transitions(const ColumnsC *C, TransitionC *T, Py_ssize_t nt, CompileOut *o) noexcept nogil:
@@ -785,9 +793,11 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     columns: the ports' facts; changes: a sequence of (port row, old role, new role), a role
     None or a tuple of ROLE_FIELDS (controller.templates.PortRole).
     Returns a ChangeRows: the deletes (DELETE_STRICT) and the adds (each once) as rows of the program's
-    flow record in one buffer, no numpy view made unless one is read, and how many adds have the flow
-    key of an earlier, different add (the switch would keep the later: the caller flags it). Raises
-    ValueError naming the field for bad columns or changes.
+    flow record in one read-only buffer, no numpy view made unless one is read, packed in the same call
+    (bundle adds around their FLOW_MODs, the xids, bundle id and flags patched in when a bundle is
+    framed: PlanBundle.frame_bundle), and how many adds have the flow key of an earlier, different add
+    (the switch would keep the later: the caller flags it). Raises ValueError naming the field for bad
+    columns or changes.
     """
     cdef const ColumnsC *C = &columns.c
     cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt = len(changes), total_old = 0, total_new = 0
@@ -800,9 +810,9 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     cdef int32_t *ent_old
     cdef int32_t *ent_new
     cdef int32_t *slots
-    cdef bytearray out
+    cdef bytes out
     cdef TransitionC one
-    cdef ChangeRows made
+    cdef ChangeRows made = None
     cdef TransitionC *T = &one
     if nt > 1:
         T = <TransitionC *>malloc(nt * sizeof(TransitionC))
@@ -828,8 +838,9 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
             with nogil:
                 _count_instances(program, C, T, nt, sizes)
         total_old, total_new, max_old, max_new = sizes[0], sizes[1], sizes[2], sizes[3]
-        # the deletes, then room for the adds, in one buffer (every byte of a used row is written)
-        out = PyByteArray_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
+        # the deletes, then room for the adds, in one buffer (every byte of a used row is written; the
+        # buffer is the ChangeRows' own, immutable once made)
+        out = PyBytes_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
         while nslots <= total_new:
             nslots *= 2
         need = (max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4
@@ -842,7 +853,7 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
         ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
         ent_new = ent_old + max_old + 1
         slots = ent_new + max_new + 1
-        o.dels = <unsigned char *>PyByteArray_AS_STRING(out)
+        o.dels = <unsigned char *>PyBytes_AS_STRING(out)
         o.adds = o.dels + total_old * itemsize
         if nt < NOGIL_ROWS:
             rc = _compile_distinct(program, C, T, nt, scratch, ent_old, ent_new, slots, nslots, &o)
@@ -857,28 +868,119 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     if rc < 0:
         raise _compile_error(program, &o)
     made = ChangeRows.__new__(ChangeRows)
-    made.deletes = rows_in(program.layout, out, 0, o.ndel) if o.ndel else program.no_rows
-    made.adds = rows_in(program.layout, out, total_old * itemsize, o.nadd) if o.nadd else program.no_rows
-    made.key_conflicts = o.key_conflicts
+    _pack_change(made, program.layout, out, total_old * itemsize, o.ndel, o.nadd, o.key_conflicts)
     return made
 
 
-@cython.freelist(8)
-@cython.no_gc  # (it holds two Rows, which hold nothing that could lead back to it)
-cdef class ChangeRows:
-    """What a change sends on a chassis: ``deletes`` (DELETE_STRICT) and ``adds``, rows the packer
-    reads as they are (dfflow._packer.Rows), and ``key_conflicts``: how many adds have the flow key of
-    an earlier, different add (the switch would keep the later: the caller flags it). Unpacked or
-    indexed, it is the two sides as numpy arrays of the flow record: ``dels, adds = change``. True
-    when it sends something (a row on either side), as a plan is."""
-    cdef readonly Rows deletes, adds
-    cdef readonly Py_ssize_t key_conflicts
+cdef int _pack_change(ChangeRows made, FlowLayout layout, bytes out, Py_ssize_t adds_at, Py_ssize_t ndel,
+                      Py_ssize_t nadd, Py_ssize_t key_conflicts) except -1:
+    """Make `made` the change whose ndel deletes start `out` (its own rows, which nothing else writes)
+    and whose nadd adds start at byte adds_at of it: the two sides made adjacent (the smaller one
+    moved), and the rows packed into a bytes object of their own -- each a bundle add around its
+    FLOW_MOD, the xids, bundle id and flags placeholders the framing patches. Rows the packer cannot
+    encode (a template's carried params, or a bad value) are left unpacked: the framing packs them as
+    it packs any rows (naming a bad one then)."""
+    cdef const LayoutC *L = &layout.c
+    cdef Py_ssize_t itemsize = L.itemsize, n = ndel + nadd, start = 0, dsize = 0, asize = 0, size, written = 0
+    cdef unsigned char *base = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef unsigned char *dst
+    cdef Err err
+    if ndel == 0:
+        start = adds_at
+    elif nadd and adds_at != ndel * itemsize:
+        if ndel <= nadd:  # the deletes moved up to the adds
+            start = adds_at - ndel * itemsize
+            memmove(base + start, base, ndel * itemsize)
+        else:             # the adds moved down to the deletes
+            memmove(base + ndel * itemsize, base + adds_at, nadd * itemsize)
+    base += start
+    err.code = E_OK
+    if n < NOGIL_ROWS:
+        dsize = _check_rows(L, base, 0, ndel, &err)
+        if dsize >= 0:
+            asize = _check_rows(L, base, ndel, n, &err)
+    else:
+        with nogil:
+            dsize = _check_rows(L, base, 0, ndel, &err)
+            if dsize >= 0:
+                asize = _check_rows(L, base, ndel, n, &err)
+    made.packed_buf = None
+    if dsize >= 0 and asize >= 0:
+        size = dsize + asize + C_BUNDLE_ADD_HEADER_LEN * n
+        packed = PyBytes_FromStringAndSize(NULL, size)
+        dst = <unsigned char *>PyBytes_AS_STRING(packed)
+        if n < NOGIL_ROWS:
+            written = _write_rows(L, base, n, dst, size, 0, True, 0, 0)
+        else:
+            with nogil:
+                written = _write_rows(L, base, n, dst, size, 0, True, 0, 0)
+        if written != size:  # (its own rows, checked above: cannot differ)
+            raise RuntimeError("a change's rows changed while they were being packed")
+        made.packed_buf, made.packed_off, made.packed_len = packed, 0, size
+        made.packed_deletes = dsize + C_BUNDLE_ADD_HEADER_LEN * ndel
+    made.layout, made.owner, made.offset, made.base, made.n = layout, out, start, base, n
+    made.ndel, made.nadd, made.key_conflicts = ndel, nadd, key_conflicts
+    return 0
+
+
+@cython.no_gc  # (it holds its two sides' Rows, which hold nothing that could lead back to it)
+cdef class ChangeRows(Rows):
+    """What a change sends on a chassis, packed where it was compiled: its rows (a Rows the packer
+    reads: the ``ndel`` deletes (DELETE_STRICT), then the ``nadd`` adds) and the bundle adds they make,
+    which the framing copies with the bundle's xids, id and flags patched in (PlanBundle.frame_bundle).
+    ``deletes`` and ``adds``: each side as Rows (made when first read); ``key_conflicts``: how many
+    adds have the flow key of an earlier, different add (the switch would keep the later: the caller
+    flags it). Unpacked or indexed, it is the two sides as numpy arrays of the flow record:
+    ``dels, adds = change``. True when it sends something (a row on either side), as a plan is."""
+    cdef readonly Py_ssize_t ndel, nadd, key_conflicts
+    cdef Py_ssize_t packed_deletes  # bytes of the deletes' bundle adds (the adds' follow)
+    cdef Rows _deletes, _adds
 
     def __init__(self, Rows deletes, Rows adds, Py_ssize_t key_conflicts=0):
-        self.deletes, self.adds, self.key_conflicts = deletes, adds, key_conflicts
+        """The change of two sides' rows (a diff's): copied (once: another thread may be writing
+        them) and packed, as compile_changes makes its own."""
+        if deletes.layout is not adds.layout:
+            raise ValueError("a change's deletes and adds must be rows of one flow record")
+        cdef Py_ssize_t itemsize = deletes.layout.c.itemsize
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, (deletes.n + adds.n) * itemsize)
+        cdef unsigned char *copy = <unsigned char *>PyBytes_AS_STRING(out)
+        _copy_bytes_once(copy, deletes.base, deletes.n * itemsize)
+        _copy_bytes_once(copy + deletes.n * itemsize, adds.base, adds.n * itemsize)
+        _pack_change(self, deletes.layout, out, deletes.n * itemsize, deletes.n, adds.n, key_conflicts)
+
+    cdef Rows _side(self, Py_ssize_t offset, Py_ssize_t n, Py_ssize_t packed_off, Py_ssize_t packed_len):
+        """n of its rows from byte offset as Rows (with their packed bundle adds, if packed)."""
+        cdef Rows side = Rows.__new__(Rows)
+        side.layout, side.owner, side.offset, side.n = self.layout, self.owner, self.offset + offset, n
+        side.base = self.base + offset
+        side.packed_buf, side.packed_off, side.packed_len = self.packed_buf, packed_off, packed_len
+        return side
+
+    @property
+    def deletes(self):
+        """The deletes (DELETE_STRICT) as Rows."""
+        if self._deletes is None:
+            self._deletes = self._side(0, self.ndel, self.packed_off, self.packed_deletes)
+        return self._deletes
+
+    @property
+    def adds(self):
+        """The adds as Rows."""
+        if self._adds is None:
+            self._adds = self._side(self.ndel * self.layout.c.itemsize, self.nadd, self.packed_off + self.packed_deletes,
+                                    self.packed_len - self.packed_deletes)
+        return self._adds
+
+    @property
+    def packed(self):
+        """Whether its rows were packed where they were made (else the framing packs them)."""
+        return self.packed_buf is not None
+
+    def __repr__(self):
+        return f"ChangeRows(ndel={self.ndel}, nadd={self.nadd}, packed={self.packed_buf is not None})"
 
     def __bool__(self):
-        return self.deletes.n != 0 or self.adds.n != 0
+        return self.n != 0
 
     def __len__(self):
         return 2

@@ -244,6 +244,11 @@ cdef class Rows:
     cdef Py_buffer view        # owner's buffer, when held (an array's: it must not move meanwhile)
     cdef bint held
     cdef object _array         # the numpy view, made when first read
+    # The rows already packed where they were made (the port-flow compiler packs its rows in the same
+    # call): packed_len bytes at packed_off of packed_buf, each row a bundle add around its FLOW_MOD with
+    # the xids, the bundle id and the flags as placeholders, patched when the bundle is framed.
+    cdef bytes packed_buf      # None: not packed
+    cdef Py_ssize_t packed_off, packed_len
 
 
 cdef Rows rows_in(FlowLayout layout, bytearray owner, Py_ssize_t offset, Py_ssize_t n)

@@ -33,7 +33,7 @@ call, the per-chassis cost `dfflow-bench compile` measures.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, int16_t, int64_t
 from libc.string cimport memcpy
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
                                PyByteArray_Resize)
@@ -624,6 +624,8 @@ cdef object _error(FlowLayout layout, Err *err, str what):
     return ValueError(f"{what}flow {err.row}: {text}")
 
 
+@cython.freelist(16)
+@cython.no_gc  # (it holds its layout, the buffer of its records and a numpy view of them: nothing leads back)
 cdef class Rows:
     """Flow records as a batch the packer reads (``layout``, ``n``): rows the port-flow compiler made,
     over its output buffer with no numpy view unless one is read (``array``), or a FlowBatch's rows
@@ -679,8 +681,9 @@ cdef Rows rows_in(FlowLayout layout, bytearray owner, Py_ssize_t offset, Py_ssiz
 
 
 cdef Rows _rows_of(batch):
-    """A batch's rows: itself if it is Rows, else a FlowBatch's array held for the call."""
-    if type(batch) is Rows:
+    """A batch's rows: itself if it is Rows (or the compiler's ChangeRows), else a FlowBatch's array
+    held for the call."""
+    if isinstance(batch, Rows):
         return <Rows>batch
     cdef Rows rows = Rows.__new__(Rows)
     layout = getattr(batch, "layout", None)
@@ -850,6 +853,49 @@ cdef class XidAllocator:
         return <uint32_t>first
 
 
+@cython.freelist(8)
+@cython.final
+cdef class XidBlock:
+    """Consecutive xids ``start`` .. ``stop - 1`` (a bundle's adds, numbered from one block): a
+    sequence as a range is, made without range's arithmetic on Python ints for every bundle."""
+    cdef uint32_t first
+    cdef Py_ssize_t n
+
+    def __init__(self, start, stop):
+        if stop < start:
+            raise ValueError(f"xid block {start}..{stop}: stop before start")
+        self.first = _check_xids(start, stop - start, "")
+        self.n = stop - start
+
+    @property
+    def start(self):
+        return self.first
+
+    @property
+    def stop(self):
+        return self.first + self.n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.first, self.first + self.n))
+
+    def __contains__(self, xid):
+        return isinstance(xid, int) and self.first <= xid < self.first + self.n
+
+    def __eq__(self, other):
+        if type(other) is XidBlock:
+            return self.first == (<XidBlock>other).first and self.n == (<XidBlock>other).n
+        return NotImplemented
+
+    def __hash__(self):
+        return hash((self.first, self.n))
+
+    def __repr__(self):
+        return f"XidBlock({self.first}, {self.first + self.n})"
+
+
 cdef uint32_t _alloc_xids(channel, Py_ssize_t n) except? 0:
     """The first of n xids from ``channel.xids`` (0 for none)."""
     if not n:
@@ -897,33 +943,71 @@ cdef unsigned char *_room(bytearray out, Py_ssize_t *used, Py_ssize_t need) exce
     return at
 
 
+cdef Py_ssize_t _copy_packed(const unsigned char *src, Py_ssize_t length, Py_ssize_t n, unsigned char *dst,
+                             Py_ssize_t room, uint32_t xid, bint bundle, uint32_t bid, uint16_t fl) noexcept nogil:
+    """Copy n packed rows (bundle adds around FLOW_MODs, length bytes at src) into dst[0:room], numbered
+    xid, xid+1, ...: as they are, with the bundle id and flags, if ``bundle``, else only their
+    FLOW_MODs. The bytes written, or -1 if they are not n whole adds that fit (they changed: another
+    thread). Each add's length is read once and bounded before it is used."""
+    cdef Py_ssize_t off = 0, pos = 0, k = 0, size, skip = 0 if bundle else C_BUNDLE_ADD_HEADER_LEN
+    cdef unsigned char *m
+    while off < length:
+        if k == n or length - off < C_BUNDLE_ADD_HEADER_LEN + 8:
+            return -1
+        size = (<Py_ssize_t>rd8(src + off + 2) << 8) | rd8(src + off + 3)
+        if size < C_BUNDLE_ADD_HEADER_LEN + 8 or size > length - off or size - skip > room - pos:
+            return -1
+        memcpy(dst + pos, src + off + skip, size - skip)
+        m = dst + pos + C_BUNDLE_ADD_HEADER_LEN - skip  # the FLOW_MOD
+        be32(m + 4, xid)
+        if bundle:                     # the add carries its FLOW_MOD's xid, as EXT-230 requires
+            be16(dst + pos + 2, <uint16_t>size)
+            be32(dst + pos + 4, xid)
+            be32(dst + pos + 16, bid)
+            be16(dst + pos + 22, fl)
+        be16(m + 2, <uint16_t>(size - C_BUNDLE_ADD_HEADER_LEN))
+        pos += size - skip
+        off += size
+        xid += 1
+        k += 1
+    return pos if k == n else -1
+
+
 cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op, encode_row, bint bundle,
                            uint32_t bid, uint16_t fl, bint commit):
     """pack_messages, and PlanBundle.frame_bundle when ``bundle``: the open first, each FLOW_MOD in a
     bundle add (the packer writes the adds around its rows), the commit last if ``commit``. The
     output is sized once for rows of a usual size (ROW_BYTES_GUESS), grown if they are larger."""
-    cdef Py_ssize_t total = 0, i = 0, r, start, size, written, nctrl = 0, used = 0
+    cdef Py_ssize_t total = 0, i = 0, r, start, size, written, nctrl = 0, used = 0, packed = 0
+    cdef bint all_packed = True
     cdef Rows rows
     cdef const LayoutC *L
     cdef const unsigned char *rec
     cdef unsigned char *dst
     cdef Err err
     for m in messages:
-        if type(m) is Rows:
+        if isinstance(m, Rows):
             total += (<Rows>m).n
+            if (<Rows>m).packed_buf is not None:
+                packed += (<Rows>m).packed_len if bundle else (<Rows>m).packed_len - C_BUNDLE_ADD_HEADER_LEN * (<Rows>m).n
+            else:
+                all_packed = False
         else:
             total += len(m) if isinstance(m, batch_type) else 1
+            all_packed = False
     if bundle:
         nctrl = 2 if commit else 1
     cdef uint32_t first = _alloc_xids(channel, total + nctrl)
     cdef uint32_t xid = first
-    cdef bytearray out = PyByteArray_FromStringAndSize(NULL, nctrl * C_BUNDLE_CTRL_LEN + total * ROW_BYTES_GUESS)
+    # sized exactly when every message was packed where it was made, else for rows of a usual size
+    cdef bytearray out = PyByteArray_FromStringAndSize(
+        NULL, nctrl * C_BUNDLE_CTRL_LEN + (packed if all_packed else total * ROW_BYTES_GUESS))
     if bundle:
         _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total, bid, ONF_BCT_OPEN_REQUEST,
                            fl)
     pending = None
     for m in messages:
-        if type(m) is not Rows and not isinstance(m, batch_type):
+        if not isinstance(m, Rows) and not isinstance(m, batch_type):
             if pending is None:
                 pending = []
             pending.append(m)
@@ -934,6 +1018,18 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
             xid += <uint32_t>len(pending)
             pending = None
         rows = _rows_of(m)
+        if rows.packed_buf is not None:  # packed where it was made: copied, its xids, bundle id and flags patched in
+            if rows.packed_off < 0 or rows.packed_len < 0 or \
+                    rows.packed_off + rows.packed_len > PyBytes_GET_SIZE(rows.packed_buf):
+                raise RuntimeError(f"message {i}: its packed rows are not where they were made")
+            size = rows.packed_len if bundle else rows.packed_len - C_BUNDLE_ADD_HEADER_LEN * rows.n
+            dst = _room(out, &used, size)
+            if _copy_packed(<const unsigned char *>PyBytes_AS_STRING(rows.packed_buf) + rows.packed_off,
+                            rows.packed_len, rows.n, dst, size, xid, bundle, bid, fl) != size:
+                raise RuntimeError(f"message {i}: its packed rows changed while they were being framed")
+            xid += <uint32_t>rows.n
+            i += 1
+            continue
         L = &rows.layout.c
         start = 0
         for r in range(rows.n + 1):
@@ -972,10 +1068,13 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
     if bundle and commit:
         _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total + 1, bid,
                            ONF_BCT_COMMIT_REQUEST, fl)
-    PyByteArray_Resize(out, used)
+    if used != PyByteArray_GET_SIZE(out):
+        PyByteArray_Resize(out, used)
     if not bundle:
         return out
-    return out, range(first, first + total), first + total
+    cdef XidBlock adds = XidBlock.__new__(XidBlock)
+    adds.first, adds.n = first, total
+    return out, adds, first + total
 
 
 cdef Py_ssize_t _append_encoded(bytearray out, Py_ssize_t used, bytes encoded, bint bundle, uint32_t bid,
@@ -1032,7 +1131,7 @@ cdef class PlanBundle:
         """The FLOW_MODs pack_messages makes of the messages, framed as one ONF bundle (OpenFlow 1.3,
         EXT-230): its open, a bundle add around each FLOW_MOD (carrying its xid), and its commit if
         ``commit``; byte-identical to pack_messages' output through wrap_bundle_adds (dfflow._framing).
-        Returns (framed bundle, the adds' xids (a range), the open's xid; the commit's is the next),
+        Returns (framed bundle, the adds' xids (an XidBlock), the open's xid; the commit's is the next),
         numbered from one block of ``channel.xids``: the FLOW_MODs first, then the open and the commit."""
         cdef MessageEncoding e = self.encoding
         _check_bundle_args(bundle_id, flags, "")

@@ -30,6 +30,7 @@ PlanBundle = _packer.PlanBundle
 rows_with_action = _packer.rows_with_action
 Rows = _packer.Rows
 XidAllocator = _packer.XidAllocator
+XidBlock = _packer.XidBlock
 XID_CHANNEL_MAX: int = _packer.XID_CHANNEL_MAX
 
 # OpenFlow framing (the messages of a packed buffer; bundle adds around them).
@@ -109,7 +110,7 @@ def require_agreement(what: str, python: Mapping[str, int], compiled: Mapping[st
 
 __all__ = ["mac_to_int", "int_to_mac", "ipv4_to_int", "int_to_ipv4",
            "FlowLayout", "validate_flows", "pack_flow_mods", "pack_bundle", "pack_messages", "MessageEncoding",
-           "PlanBundle", "rows_with_action", "Rows", "XidAllocator",
+           "PlanBundle", "rows_with_action", "Rows", "XidAllocator", "XidBlock",
            "XID_CHANNEL_MAX", "frames", "wrap_bundle_adds",
            "CompiledProgram", "PortColumns", "compile_changes", "ChangeRows", "rows_of_array",
            "field_bytes", "field_spans", "NotCompilable",

@@ -130,3 +130,81 @@ def test_a_plan_bundle_of_rows_larger_than_usual_is_the_flow_mods_wrapped_in_bun
     flow_mods = compiler.flow_mods(FakeDatapath(), [batch])
     assert len(framed) > 2 * 24 + 40 * 256  # more than the first guess of 256 bytes an add
     assert bytes(framed) == bytes(wrap_bundle_adds(flow_mods, 4, 7, 3, open_xid=open_xid, commit_xid=open_xid + 1)[0])
+
+
+def _cloud_change():
+    """An evacuation as one chassis' controller compiles it (benchmarks.compile's cloud: L2, L3 and DNAT
+    programs, floating IPs), and the cloud to check it against."""
+    from benchmarks.compile import Cloud
+    cloud = Cloud(ports=60, chassis=3)
+    moves = cloud.evacuation(0, 8)
+    return cloud, moves
+
+
+def test_a_compiled_change_is_packed_where_it_is_compiled_and_framed_as_os_ken_frames_its_flows():
+    """compile_port_changes packs the change's rows in the same call (bundle adds whose xids, bundle id
+    and flags the framing patches in): every chassis' bundle is os-ken's, byte for byte, and the same
+    as the framing packing the change's rows itself."""
+    from benchmarks.compile import BUNDLE_FLAGS
+    cloud, moves = _cloud_change()
+    ref, offsets = cloud.osken(moves, xid_start=1, bundle_id_start=1)
+    dp, unpacked = FakeDatapath(), FakeDatapath()
+    dp.xids, unpacked.xids = XidAllocator(1), XidAllocator(1)
+    sides = []
+    for c in range(cloud.n_chassis):
+        messages = cloud.chassis_messages(moves, c)
+        assert len(messages) == 1 and messages[0].packed
+        change = messages[0]
+        sides.append((change.ndel > 0, change.nadd > 0))
+        framed, xids, open_xid = compiler.PlanBundle(messages).frame_bundle(dp, c + 1, BUNDLE_FLAGS, True)
+        assert bytes(framed) == ref[offsets[c]:offsets[c + 1]]
+        assert list(xids) == list(range(open_xid - change.n, open_xid)) and len(xids) == change.n
+        as_rows = [FlowBatch.of_rows(change.deletes.array), FlowBatch.of_rows(change.adds.array)]
+        assert compiler.PlanBundle(as_rows).frame_bundle(unpacked, c + 1, BUNDLE_FLAGS, True)[0] == framed
+        # without the bundle: its FLOW_MODs alone, as the packer makes them of the rows
+        assert compiler.flow_mods(FakeDatapath(), [change]) == compiler.flow_mods(FakeDatapath(), as_rows)
+        # each side alone (a plan of several changes sends every delete first)
+        assert (compiler.flow_mods(FakeDatapath(), [change.deletes, change.adds])
+                == compiler.flow_mods(FakeDatapath(), as_rows))
+    assert (True, True) in sides  # a chassis with both deletes and adds
+
+
+def test_a_change_whose_rows_carry_a_template_is_left_for_the_framing_to_pack():
+    """A pending port's announce gate (a learn action: rows carrying its template's params) cannot be
+    packed by the core: its change is sent as rows, packed and encoded when framed."""
+    change = pending_port_messages()[0]
+    assert isinstance(change, core.ChangeRows) and not change.packed
+    assert any(not compiler.packable(f) for f in as_flows([change]))
+
+
+def test_a_compiled_changes_rows_cannot_be_written_once_it_is_made():
+    """What a change sends is packed when it is made: its rows are read-only from then on, so they
+    cannot come to differ from its bundle adds."""
+    cloud, moves = _cloud_change()
+    change = cloud.chassis_messages(moves, 1)[0]
+    for rows in (change.array, change.deletes.array, change.adds.array):
+        with pytest.raises(ValueError, match="read-only"):
+            rows["priority"][0] = 1
+
+
+def test_a_plan_of_several_changes_sends_every_delete_before_every_add_and_one_change_whole():
+    from controller.flowstate import Plan
+    cloud, moves = _cloud_change()
+    table, program = cloud.table, cloud.program
+
+    def arrival(p, dest):  # the port's flows on its destination, from remote to local
+        return compiler.compile_port_changes(program, table, [(cloud._rows[p], cloud.role(p, dest, 0, False),
+                                                               cloud.role(p, dest, dest, True))])
+    def departure(p, dest):  # its flows on the chassis it leaves, from local to remote
+        return compiler.compile_port_changes(program, table, [(cloud._rows[p], cloud.role(p, 0, 0, False),
+                                                               cloud.role(p, 0, dest, True))])
+    one = next(c for c in (arrival(p, dest) for p, dest in moves) if c.ndel and c.nadd)
+    two = departure(*moves[1])
+    assert one.ndel and one.nadd and two.ndel and two.nadd
+    assert Plan(changes=[one]).messages() == [one]
+    sent = Plan(changes=[one, two]).messages()
+    assert [(type(m), len(m)) for m in sent] == [(core.Rows, one.ndel), (core.Rows, two.ndel),
+                                                 (core.Rows, one.nadd), (core.Rows, two.nadd)]
+    assert [m.rows.tobytes() for m in sent] == [one.deletes.rows.tobytes(), two.deletes.rows.tobytes(),
+                                                one.adds.rows.tobytes(), two.adds.rows.tobytes()]
+    assert Plan(changes=[one, two]).n_flow_mods == one.n + two.n

@@ -747,3 +747,16 @@ def test_packet_in(ovs, caplog):
     with caplog.at_level(logging.ERROR, logger="dfflow.openflow"):
         run(body())
     assert any(r.exc_info and "handler bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_a_bundles_xid_block_collects_the_errors_of_its_xids_only():
+    """PlanBundle.frame_bundle numbers a bundle's adds from one block (an XidBlock, not a range made of
+    Python ints per bundle): the channel's error sinks take it as one entry."""
+    from dfflow.openflow.datapath import _ErrorSink, _ErrorSinks
+    block = oc.XidBlock(5, 9)
+    assert list(block) == [5, 6, 7, 8] and len(block) == 4 and 7 in block and 9 not in block
+    sinks, sink = _ErrorSinks(), _ErrorSink()
+    sinks.add(block, sink)
+    assert [x for x in range(3, 11) if sinks.get(x) is sink] == [5, 6, 7, 8]
+    sinks.remove(oc.XidBlock(5, 9), sink)
+    assert sinks.get(6) is None

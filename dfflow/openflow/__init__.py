@@ -98,7 +98,7 @@ transaction as ``set-controller``.  Observed with OVS 3.1 (see the tests):
   namespace.
 """
 from dfflow.openflow.datapath import Callback, Datapath, Messages
-from dfflow.openflow.framing import (XID_CHANNEL_MAX, XID_RAW_BASE, XidAllocator, iter_frames,
+from dfflow.openflow.framing import (XID_CHANNEL_MAX, XID_RAW_BASE, XidAllocator, XidBlock, iter_frames,
                                      wrap_bundle_adds)
 from dfflow.openflow.protocol import (OF13, OF14, OFP13, OFP14, PROTOCOLS, BundleError, ConnectionLost,
                                       FlowModError, OFChannelError, OFProto, OpenFlowError, ProtocolError,
@@ -107,5 +107,6 @@ from dfflow.openflow.server import OpenFlowServer
 
 __all__ = ["BundleError", "Callback", "ConnectionLost", "Datapath", "FlowModError", "Messages", "OF13", "OF14",
            "OFChannelError", "OFP13", "OFP14", "OFProto", "OpenFlowError", "OpenFlowServer", "PROTOCOLS",
-           "ProtocolError", "RequestTimeout", "XID_CHANNEL_MAX", "XID_RAW_BASE", "XidAllocator", "iter_frames",
+           "ProtocolError", "RequestTimeout", "XID_CHANNEL_MAX", "XID_RAW_BASE", "XidAllocator", "XidBlock",
+           "iter_frames",
            "msg_type_name", "wrap_bundle_adds"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence, 
 from os_ken.ofproto import ofproto_common, ofproto_parser, ofproto_v1_3
 from os_ken.ofproto.ofproto_parser import MsgBase
 
-from dfflow.openflow.framing import XidAllocator, hello_frame, hello_versions, iter_frames, wrap_bundle_adds
+from dfflow.openflow.framing import XidAllocator, XidBlock, hello_frame, hello_versions, iter_frames, wrap_bundle_adds
 from dfflow.openflow.protocol import (OFP13, OFP_HEADER, OFP_HEADER_LEN, OFPET_HELLO_FAILED, OFPHFC_INCOMPATIBLE,
                                       OFPT_BARRIER_REPLY, OFPT_BUNDLE_CONTROL, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST,
                                       OFPT_ERROR, OFPT_EXPERIMENTER, OFPT_HELLO, PROTOCOLS,
@@ -90,17 +90,17 @@ class _ErrorSinks:
 
     def __init__(self) -> None:
         self._by_xid: dict[int, _ErrorSink] = {}
-        self._blocks: list[tuple[range, _ErrorSink]] = []
+        self._blocks: list[tuple[range | XidBlock, _ErrorSink]] = []
 
     def add(self, xids: Sequence[int], sink: _ErrorSink) -> None:
-        if isinstance(xids, range) and xids.step == 1:
+        if type(xids) is XidBlock or (isinstance(xids, range) and xids.step == 1):
             self._blocks.append((xids, sink))
         else:
             for x in xids:
                 self._by_xid[x] = sink
 
     def remove(self, xids: Sequence[int], sink: _ErrorSink) -> None:
-        if isinstance(xids, range) and xids.step == 1:
+        if type(xids) is XidBlock or (isinstance(xids, range) and xids.step == 1):
             for i, (block, block_sink) in enumerate(self._blocks):
                 if block_sink is sink and block == xids:
                     del self._blocks[i]

@@ -54,3 +54,5 @@ def hello_versions(frame: bytes) -> set[int] | None:
 # Hands out a channel's transaction ids (1..XID_CHANNEL_MAX, in blocks): compiled, so that the packer
 # numbers a plan's messages from it without a Python call.
 XidAllocator = core.XidAllocator
+# Consecutive xids (a bundle's adds, numbered from one block), as PlanBundle.frame_bundle returns them.
+XidBlock = core.XidBlock
