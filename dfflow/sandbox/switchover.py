@@ -6,9 +6,9 @@ guest already has (its ARP cache on the destination interface, a raw socket
 for the announcements), prints `ready` and waits for
 `go` on stdin. Then, over netlink in one process (four `ip` commands would take
 ~22 ms on their own): the source interface goes down, the destination interface
-takes the guest's address, the guest announces itself with a RARP (as QEMU does right after the
-resume), takes the default route and sends a gratuitous ARP. It prints one JSON
-line of timestamps and exits once its stdin is closed.
+takes the guest's address and its default route (a resumed guest has its routes: they are in its
+memory), the guest announces itself with a RARP (as QEMU does right after the resume) and sends a
+gratuitous ARP. It prints one JSON line of timestamps and exits once its stdin is closed.
 
     python -m dfflow.sandbox.switchover --old eth0 --new eth1 --mac M --ip 10.0.0.5/24 [--gateway G]
 
@@ -19,8 +19,8 @@ interface exists, answered `ready NAME`:
 
     prepare NAME NETNS OLD NEW MAC IP/PREFIX [GATEWAY]
 
-then `go NAME...`: those VMs resume in that order (down, address, up, RARP each), then each
-takes its route and sends its gratuitous ARP; one JSON line maps each name to its timestamps.
+then `go NAME...`: those VMs resume in that order (down, address, up, route, RARP each), then each
+sends its gratuitous ARP; one JSON line maps each name to its timestamps.
 
 Either way the helper then waits for its stdin to close (the emulation reaping it) before it exits.
 """
@@ -48,13 +48,16 @@ NETNS_DIR = "/run/netns"
 
 
 # rtnetlink, for the resume's own requests (see Rtnl)
-RTM_NEWLINK, RTM_NEWADDR, NLMSG_ERROR = 16, 20, 2
+RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, NLMSG_ERROR = 16, 20, 24, 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 IFF_UP = 0x1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_OIF, RTA_GATEWAY = 4, 5
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 IFINFOMSG = struct.Struct("=BxHiII")  # family, device type, index, flags, change mask
 IFADDRMSG = struct.Struct("=BBBBi")  # family, prefix length, flags, scope, index
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst/src prefix lengths, tos, table, protocol, scope, type, flags
 RTATTR = struct.Struct("=HH")
 NLMSGERR = struct.Struct("=i")
 
@@ -83,6 +86,14 @@ class Rtnl:
         attrs = b"".join(RTATTR.pack(RTATTR.size + 4, kind) + iface.ip.packed for kind in (IFA_LOCAL, IFA_ADDRESS))
         return self._message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE,
                              IFADDRMSG.pack(socket.AF_INET, iface.network.prefixlen, 0, 0, index) + attrs)
+
+    def default_route(self, index: int, gateway: ipaddress.IPv4Address) -> bytes:
+        """`ip route replace default via GATEWAY dev INDEX`: replaces the route of the interface that went down."""
+        attrs = RTATTR.pack(RTATTR.size + 4, RTA_GATEWAY) + gateway.packed + RTATTR.pack(RTATTR.size + 4, RTA_OIF) \
+            + struct.pack("=i", index)
+        return self._message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
+                             RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
+                                        RTN_UNICAST, 0) + attrs)
 
     def send(self, message: bytes) -> None:
         self.sock.send(message)
@@ -120,7 +131,7 @@ class Switchover:
 
     def __init__(self, old: str, new: str, mac: str, ip: str, gateway: str | None):
         self.ipr = IPRoute()
-        self.gateway, self.iface = gateway, ipaddress.ip_interface(ip)
+        self.iface = ipaddress.ip_interface(ip)
         self.mac = bytes.fromhex(mac.replace(":", ""))
         self.old_idx = self.ipr.link_lookup(ifname=old)[0]
         self.new_idx = self.ipr.link_lookup(ifname=new)[0]
@@ -136,32 +147,37 @@ class Switchover:
         self.raw.bind((new, 0))
         self.frames = (rarp_frame(self.mac), garp_frame(self.mac, self.iface.ip.packed))
         self.rtnl = Rtnl()
+        # A resumed guest runs with its routes (they are in its memory): its default route moves with the address,
+        # in the resume's burst, before QEMU's RARP. Taken after it with pyroute2 (~2 ms of Python, at the
+        # single-VM helper's real-time priority) it held one of the machine's two CPUs while the destination's
+        # datapath handled the announcement, and the guest could answer no routed packet until it was done
+        # (benchmarks/RESULTS.md, branch `h16-route`).
+        route = (self.rtnl.default_route(self.new_idx, ipaddress.ip_address(gateway)),) if gateway else ()
         self.requests = (self.rtnl.link(self.old_idx, up=False), self.rtnl.address(self.new_idx, self.iface),
-                         self.rtnl.link(self.new_idx, up=True))
+                         self.rtnl.link(self.new_idx, up=True), *route)
 
     def go(self) -> dict[str, float]:
         stamps = self.resume(time.time())
+        normal()  # the gratuitous ARP and the requests' acknowledgements may wait beside the resumed VM's replies
         self.route(stamps)
         return stamps
 
     def resume(self, go: float) -> dict[str, float]:
         """The VM stops on the source and runs on the destination, where it announces itself."""
         stamps = {"go": go}
-        source_down, address, destination_up = self.requests
+        source_down, *destination = self.requests
         self.rtnl.send(source_down)
         stamps["source_down"] = time.time()
-        self.rtnl.send(address)
-        self.rtnl.send(destination_up)
+        for request in destination:  # its address, up, its default route (if it has a gateway)
+            self.rtnl.send(request)
         stamps["destination_up"] = time.time()
         self.raw.send(self.frames[0])  # QEMU announces first thing after the resume
         stamps["announced"] = time.time()
         return stamps
 
     def route(self, stamps: dict[str, float]) -> None:
-        """The guest's default route on the destination interface, and its gratuitous ARP."""
+        """The resume's requests were all applied (their acknowledgements), and the guest's gratuitous ARP."""
         self.rtnl.check()
-        if self.gateway:
-            self.ipr.route("replace", dst="0.0.0.0/0", gateway=self.gateway, oif=self.new_idx)
         self.raw.send(self.frames[1])
         stamps["routed"] = time.time()
 
@@ -244,8 +260,8 @@ def many() -> None:
                 sys.exit(f"switchover: go for VMs never prepared: {' '.join(unknown)}")
             chosen = [prepared[n] for n in words[1:]]
             go = time.time()
-            stamps = [vm.resume(go) for vm in chosen]  # every VM runs again before any takes its route
-            normal()  # N routes and GARPs at real-time would hold a CPU while the resumed VMs answer
+            stamps = [vm.resume(go) for vm in chosen]  # every VM runs again (its route too) before any sends its GARP
+            normal()  # N GARPs and acknowledgements at real-time would hold a CPU while the resumed VMs answer
             for vm, stamp in zip(chosen, stamps):
                 vm.route(stamp)
             print(json.dumps(dict(zip(words[1:], stamps))), flush=True)
