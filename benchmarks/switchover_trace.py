@@ -7,7 +7,8 @@ emulated QEMU sending the VM's RARP: the destination's upcall of that RARP (its 
 delivery gate), the revalidator rewriting the hairpin datapath flow (back to the source -> deliver
 here), the first probe's upcall past the port's conntrack (delivered to the VIF), the VM's first reply
 upcalled at its VIF, the activation bundle's revalidation, and how late each prober sent around the
-RARP (its send time minus its deadline) and when its first replies came back.
+RARP (its send time minus its deadline) and when its first replies came back. The other chassis'
+datapath events in the same window are kept beside the destination's (`other_events` in the JSON).
 
     python -m benchmarks.switchover_trace --runs 10 [--other-config n-revalidator-threads=2 ...]
 
@@ -153,15 +154,14 @@ class Tracer:
         steps = timeline["steps"]
         rarp = timeline["origin"] + steps["vm_announced"]
         events = self._take_log(result["to"], rarp)
-        for ch in CHASSIS:
-            if ch != result["to"]:
-                self._take_log(ch, rarp)
+        others = {ch: self._take_log(ch, rarp) for ch in CHASSIS if ch != result["to"]}
         self.runs.append({
             "to": result["to"], "routed": round((steps["vm_routed"] - steps["vm_announced"]) * 1e3, 2),
             **milestones(events), **after_activation(events, result["applied_ms"].get(result["to"])),
             "applied_ms": result["applied_ms"],
             "reply_gap_ms": {name: round(p["downtime_ms"], 2) for name, p in result["probes"].items()},
-            "probers": [prober_timing(r, rarp) for r in raw], "destination_events": events})
+            "probers": [prober_timing(r, rarp) for r in raw], "destination_events": events,
+            "other_events": others})
 
 
 def summary(runs: list[dict[str, Any]]) -> str:

@@ -56,3 +56,20 @@ def test_a_stalled_prober_is_late_by_its_stall_and_answered_after_it():
     got = prober_timing({"interval": 0.001, "replies": replies}, RARP)
     assert got["max_late_ms"] == 3.0
     assert got["first_replies"][0] == (3.0, 5.5)
+
+
+def test_every_chassis_datapath_events_are_kept_beside_the_destinations(tmp_path, monkeypatch):
+    from benchmarks.switchover_trace import CHASSIS, Tracer
+    for i, ch in enumerate(CHASSIS):
+        (tmp_path / ch / "ovs").mkdir(parents=True)
+        (tmp_path / ch / "ovs" / "ovs-vswitchd.log").write_text(LOG[i * 3] + "\n" if ch != "chassis-2" else "\n".join(LOG))
+    tracer = Tracer(str(tmp_path), [])
+    monkeypatch.setattr(tracer, "_ovs", lambda *args: "")
+    tracer.on = True
+    tracer({"to": "chassis-2", "applied_ms": {}, "probes": {},
+            "timeline": {"origin": RARP - 1.0, "steps": {"vm_announced": 1.0, "vm_routed": 1.001}}})
+    run = tracer.runs[0]
+    assert [at for at, _ in run["destination_events"]] == [1.0, 2.0, 4.0, 6.0, 15.0]
+    assert sorted(run["other_events"]) == ["chassis-1", "chassis-3"]
+    assert run["other_events"]["chassis-1"] == []  # its line is 100 ms before the RARP: outside the window
+    assert [at for at, _ in run["other_events"]["chassis-3"]] == [15.0]
