@@ -309,9 +309,10 @@ def change_rows(dels: np.ndarray, adds: np.ndarray, key_conflicts: int = 0) -> C
 # compile_port_changes(program, table, changes): (deletes, adds) that take ports' flows on this chassis
 # from their old roles to their new ones (changes: PortChange), in one call of the compiled core (the
 # rows of each change in the order given; an add two templates make alike once), packed in the same
-# call: `.deletes` and `.adds` as the packer reads them, numpy arrays when unpacked. Both roles are made from the port's facts in
-# `table` (compile_facts_changes when they change). The core's own function: every plan of every
-# chassis calls it, and a Python wrapper around it cost more than the core's work on a small change.
+# call: `.deletes` and `.adds` as the packer reads them, numpy arrays when unpacked. Both roles are made
+# from the port's facts in `table` (compile_facts_changes when they change). The core's own function:
+# every plan of every chassis calls it, and a Python wrapper around it cost more than the core's work on
+# a small change.
 compile_port_changes: Callable[[core.CompiledProgram, PortTable, Sequence[PortChange]], ChangeRows] = \
     core.compile_changes
 

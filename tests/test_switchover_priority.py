@@ -24,7 +24,7 @@ class FakeVm:
         self.events.append(f"resume {self.name}")
         return {"go": go}
 
-    def route(self, stamps: dict[str, float]) -> None:
+    def confirm_and_garp(self, stamps: dict[str, float]) -> None:
         self.events.append(f"route {self.name}")
 
 

@@ -60,7 +60,7 @@ def test_the_guest_has_its_default_route_on_the_destination_interface_when_it_an
         vm.raw.close()
         vm.raw = wire = Wire()
         stamps = vm.resume(time.time())
-        vm.route(stamps)
+        vm.confirm_and_garp(stamps)
         routes_after = default_routes()
     (rarp_type, routes_at_rarp), (garp_type, _) = wire.sent
     assert (rarp_type, garp_type) == (switchover.ETH_P_RARP, switchover.ETH_P_ARP)
@@ -75,6 +75,6 @@ def test_a_guest_without_a_gateway_resumes_without_a_route_request(netns):
         vm = switchover.Switchover("old0", "new0", MAC, IP, None)
         vm.raw.close()
         vm.raw = Wire()
-        vm.route(vm.resume(time.time()))
+        vm.confirm_and_garp(vm.resume(time.time()))
         assert default_routes() == []
     assert len(vm.requests) == 3  # source down, destination address, destination up

@@ -148,7 +148,7 @@ class Switchover:
         self.frames = (rarp_frame(self.mac), garp_frame(self.mac, self.iface.ip.packed))
         self.rtnl = Rtnl()
         # A resumed guest runs with its routes (they are in its memory): its default route moves with the address,
-        # in the resume's burst, before QEMU's RARP. Taken after it with pyroute2 (~2 ms of Python, at the
+        # in the resume's burst, before QEMU's RARP. Taken after it with pyroute2 (~1 ms of Python, at the
         # single-VM helper's real-time priority) it held one of the machine's two CPUs while the destination's
         # datapath handled the announcement, and the guest could answer no routed packet until it was done
         # (benchmarks/RESULTS.md, branch `h16-route`).
@@ -159,7 +159,7 @@ class Switchover:
     def go(self) -> dict[str, float]:
         stamps = self.resume(time.time())
         normal()  # the gratuitous ARP and the requests' acknowledgements may wait beside the resumed VM's replies
-        self.route(stamps)
+        self.confirm_and_garp(stamps)
         return stamps
 
     def resume(self, go: float) -> dict[str, float]:
@@ -175,7 +175,7 @@ class Switchover:
         stamps["announced"] = time.time()
         return stamps
 
-    def route(self, stamps: dict[str, float]) -> None:
+    def confirm_and_garp(self, stamps: dict[str, float]) -> None:
         """The resume's requests were all applied (their acknowledgements), and the guest's gratuitous ARP."""
         self.rtnl.check()
         self.raw.send(self.frames[1])
@@ -263,7 +263,7 @@ def many() -> None:
             stamps = [vm.resume(go) for vm in chosen]  # every VM runs again (its route too) before any sends its GARP
             normal()  # N GARPs and acknowledgements at real-time would hold a CPU while the resumed VMs answer
             for vm, stamp in zip(chosen, stamps):
-                vm.route(stamp)
+                vm.confirm_and_garp(stamp)
             print(json.dumps(dict(zip(words[1:], stamps))), flush=True)
             leave()
         else:
