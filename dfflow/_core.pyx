@@ -8,6 +8,8 @@ forms raises ValueError, and the caller names the field.
 The port-flow compiler (below): port programs over typed port columns to the rows
 that change, packed in the same call by the packer's row writer (dfflow/_packer.pyx, whose C
 interface _packer.pxd declares) as the bundle adds the framing sends with their xids patched in.
+Its own C interface (the records, the classes' C attributes, compile_transitions) is declared in
+_core.pxd, for a module that runs it with no Python call per change (benchmarks/_core_fleet.pyx).
 
 Longer than ~600 lines on purpose: the compiler's per-transition loop (_instances,
 _compile) inlines this unit's role, key and delete helpers; split across extensions they
@@ -144,9 +146,6 @@ cdef enum:
     # port flags column
     PORT_SECURITY = 1
     PORT_ROUTED = 2
-    ROLE_NONE = 0
-    ROLE_LOCAL = 1
-    ROLE_REMOTE = 2
     EACH_ONCE = 0
     EACH_PER_IP = 1
     EACH_PER_FIP = 2
@@ -174,29 +173,6 @@ PORT_FIELDS = ("object_hash", "vni", "mac", "flags", "ip_start", "ip_count", "fi
                "pair_start", "pair_hosts", "pair_nets")
 FIP_FIELDS = ("fip", "fip_mac", "fixed_ip", "ext_vni", "router_mac")
 PAIR_FIELDS = ("mac", "ip", "mask")
-
-cdef struct PortC:
-    uint64_t object_hash, vni, mac, flags, ip_start, ip_count, fip_start, fip_count
-    uint64_t pair_start, pair_hosts, pair_nets
-
-cdef struct FipC:
-    uint64_t fip, fip_mac, fixed_ip, ext_vni, router_mac
-
-cdef struct PairC:
-    uint64_t mac, ip, mask
-
-cdef struct RoleC:
-    uint64_t kind, gated, ofport, tunnel, copy_tunnel
-
-cdef struct TransitionC:
-    uint64_t port
-    RoleC old
-    RoleC new
-    # the port's record as _check_transitions read and checked it: counting and compiling read only this
-    # copy, never the port table again, whose contents may change in place meanwhile (another thread),
-    # so the rows counted are the rows written and the ranges checked are the ranges read
-    PortC rec
-
 
 cdef struct EntryC:
     uint64_t app_cookie     # app id << 56
@@ -266,18 +242,6 @@ cdef class CompiledProgram:
     patches a sequence of (byte offset in the row, param index). A patch ORs the param's
     value into the (zero) 64-bit slot at its offset.
     """
-    cdef FlowLayout layout
-    cdef object protos
-    cdef Py_buffer view
-    cdef bint held
-    cdef EntryC *entries
-    # per (facts, only_location) key: how many entries apply, then their indices (SELECTION_KEYS lists)
-    cdef int16_t *selection
-    # per key: how many of the entries that apply repeat each way (N_EACH counts: ONCE, PER_IP, ...)
-    cdef int32_t *each_counts
-    cdef readonly int n
-    cdef readonly tuple names
-
     def __cinit__(self):
         self.entries = NULL
         self.selection = NULL
@@ -339,17 +303,6 @@ cdef class CompiledProgram:
 
     def __repr__(self):
         return f"CompiledProgram({self.n} entries)"
-
-
-cdef struct ColumnsC:
-    const PortC *ports
-    Py_ssize_t nports
-    const uint64_t *ips
-    Py_ssize_t nips
-    const FipC *fips
-    Py_ssize_t nfips
-    const PairC *pairs
-    Py_ssize_t npairs
 
 
 cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
@@ -678,9 +631,6 @@ class NotCompilable(ValueError):
 
 
 cdef class _Buf:
-    cdef Py_buffer view
-    cdef bint held
-
     def __dealloc__(self):
         if self.held:
             PyBuffer_Release(&self.view)
@@ -732,9 +682,6 @@ cdef class PortColumns:
     fips (records of FIP_FIELDS) and pairs (records of PAIR_FIELDS), each C-contiguous. Their
     contents may change in place; an owner that replaces an array holds the new ones anew (calls
     __init__ again: controller.compiler.PortTable is a PortColumns, handed to the core as it is)."""
-    cdef _Buf bp, bi, bf, bpair
-    cdef ColumnsC c
-
     def __init__(self, ports, ips, fips, pairs):
         if getattr(ips, "dtype", None) != "<u8":
             raise TypeError(f"ips: expected a C-contiguous array of uint64, "
@@ -799,8 +746,33 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     (the switch would keep the later: the caller flags it). Raises ValueError naming the field for bad
     columns or changes.
     """
+    cdef Py_ssize_t t, nt = len(changes)
+    cdef TransitionC one
+    cdef TransitionC *T = &one
+    if nt > 1:
+        T = <TransitionC *>malloc(nt * sizeof(TransitionC))
+        if T == NULL:
+            raise MemoryError()
+    try:
+        for t in range(nt):
+            port, old, new = changes[t]
+            try:
+                T[t].port = port
+            except (OverflowError, TypeError) as exc:
+                raise ValueError(f"change {t}: port row {port!r}: {exc}") from None
+            _role_of(old, &T[t].old, t, "old")
+            _role_of(new, &T[t].new, t, "new")
+        return compile_transitions(program, columns, T, nt)
+    finally:
+        if T != &one:
+            free(T)
+
+
+cdef ChangeRows compile_transitions(CompiledProgram program, PortColumns columns, TransitionC *T, Py_ssize_t nt):
+    """compile_changes' work once its changes are records: T[t].port, .old and .new set (.rec is
+    filled here, from the columns)."""
     cdef const ColumnsC *C = &columns.c
-    cdef Py_ssize_t itemsize = program.layout.c.itemsize, t, nt = len(changes), total_old = 0, total_new = 0
+    cdef Py_ssize_t itemsize = program.layout.c.itemsize, total_old = 0, total_new = 0
     cdef Py_ssize_t max_old = 0, max_new = 0, nslots = 2
     cdef Py_ssize_t sizes[4]
     cdef Py_ssize_t need
@@ -811,23 +783,9 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     cdef int32_t *ent_new
     cdef int32_t *slots
     cdef bytes out
-    cdef TransitionC one
     cdef ChangeRows made = None
-    cdef TransitionC *T = &one
-    if nt > 1:
-        T = <TransitionC *>malloc(nt * sizeof(TransitionC))
-        if T == NULL:
-            raise MemoryError()
     cdef unsigned char *scratch = NULL
     try:
-        for t in range(nt):
-            port, old, new = changes[t]
-            try:
-                T[t].port = port
-            except (OverflowError, TypeError) as exc:
-                raise ValueError(f"change {t}: port row {port!r}: {exc}") from None
-            _role_of(old, &T[t].old, t, "old")
-            _role_of(new, &T[t].new, t, "new")
         o.code = C_OK
         o.ndel = o.nadd = o.key_conflicts = 0
         if _check_transitions(C, T, nt, &o) < 0:
@@ -863,8 +821,6 @@ def compile_changes(CompiledProgram program, PortColumns columns, changes):
     finally:
         if scratch != small_scratch:
             free(scratch)
-        if T != &one:
-            free(T)
     if rc < 0:
         raise _compile_error(program, &o)
     made = ChangeRows.__new__(ChangeRows)
@@ -932,10 +888,6 @@ cdef class ChangeRows(Rows):
     adds have the flow key of an earlier, different add (the switch would keep the later: the caller
     flags it). Unpacked or indexed, it is the two sides as numpy arrays of the flow record:
     ``dels, adds = change``. True when it sends something (a row on either side), as a plan is."""
-    cdef readonly Py_ssize_t ndel, nadd, key_conflicts
-    cdef Py_ssize_t packed_deletes  # bytes of the deletes' bundle adds (the adds' follow)
-    cdef Rows _deletes, _adds
-
     def __init__(self, Rows deletes, Rows adds, Py_ssize_t key_conflicts=0):
         """The change of two sides' rows (a diff's): copied (once: another thread may be writing
         them) and packed, as compile_changes makes its own."""
