@@ -254,6 +254,13 @@ cdef class Rows:
 cdef Rows rows_in(FlowLayout layout, bytearray owner, Py_ssize_t offset, Py_ssize_t n)
 
 
+# A channel's transaction ids (dfflow.openflow.framing.XidAllocator).
+cdef class XidAllocator:
+    cdef uint64_t next_xid
+
+    cpdef uint32_t alloc(self, Py_ssize_t n=*) except 0
+
+
 
 cdef inline void _write_onf_bundle_msg(unsigned char *p, uint16_t length, uint32_t xid, uint32_t exp_type,
                                        uint32_t bundle_id, uint16_t ctrl_type, uint16_t flags) noexcept nogil:
@@ -274,6 +281,16 @@ cdef inline unsigned char *_write_bundle_ctrl(unsigned char *p, uint32_t xid, ui
                                               uint16_t ctrl_type, uint16_t flags) noexcept nogil:
     _write_onf_bundle_msg(p, C_BUNDLE_CTRL_LEN, xid, ONF_ET_BUNDLE_CONTROL, bundle_id, ctrl_type, flags)
     return p + C_BUNDLE_CTRL_LEN
+
+# A bundle's xids are one block from `first`: its nadds adds first, then its open, then its commit
+# (PlanBundle.frame_bundle's numbering).
+cdef inline void _write_bundle_open(unsigned char *p, uint32_t first, Py_ssize_t nadds, uint32_t bundle_id,
+                                    uint16_t flags) noexcept nogil:
+    _write_bundle_ctrl(p, first + <uint32_t>nadds, bundle_id, ONF_BCT_OPEN_REQUEST, flags)
+
+cdef inline void _write_bundle_commit(unsigned char *p, uint32_t first, Py_ssize_t nadds, uint32_t bundle_id,
+                                      uint16_t flags) noexcept nogil:
+    _write_bundle_ctrl(p, first + <uint32_t>nadds + 1, bundle_id, ONF_BCT_COMMIT_REQUEST, flags)
 
 # Whether two rows are the same flow for OpenFlow (table, priority, match): the fields the match has,
 # each value (and mask, where masked) -- as the packer writes them, a few words of the 27 fields' columns.
@@ -304,5 +321,10 @@ cdef Py_ssize_t _write_rows(const LayoutC *L, const unsigned char *base, Py_ssiz
                             unsigned char *out, Py_ssize_t room, uint32_t xid, bint bundle,
                             uint32_t bundle_id, uint16_t flags) noexcept nogil
 cdef object _error(FlowLayout layout, Err *err, str what)
+# One Rows packed where it was made (a ChangeRows) framed as a bundle after the first `used` bytes of out
+# (grown if short), numbered from a block of rows.n + 2 xids at `first` (+ 1 without the commit): as
+# PlanBundle((rows,)).frame_bundle frames it. The bytes of out used then.
+cdef Py_ssize_t frame_packed_bundle(bytearray out, Py_ssize_t used, Rows rows, uint32_t first, uint32_t bid,
+                                    uint16_t fl, bint commit) except -1
 cdef uint32_t _check_xids(object xid_start, Py_ssize_t count, str what) except? 0
 cdef _check_bundle_args(object bundle_id, object flags, str what)

@@ -835,8 +835,6 @@ cdef class XidAllocator:
     xids above XID_CHANNEL_MAX are never allocated: a raw-buffer packer may use them freely. After
     2**31 - 1 ids the allocator wraps back to 1 (a block never straddles the end).
     """
-    cdef uint64_t next_xid
-
     def __init__(self, start=1):
         if not 1 <= start <= C_XID_CHANNEL_MAX:
             raise ValueError(f"xid start {start} out of range (1..{C_XID_CHANNEL_MAX:#x})")
@@ -973,18 +971,36 @@ cdef Py_ssize_t _copy_packed(const unsigned char *src, Py_ssize_t length, Py_ssi
     return pos if k == n else -1
 
 
+cdef Py_ssize_t frame_packed_bundle(bytearray out, Py_ssize_t used, Rows rows, uint32_t first, uint32_t bid,
+                                    uint16_t fl, bint commit) except -1:
+    """One Rows packed where it was made framed as a bundle after the first `used` bytes of out (grown if
+    short): its open, its bundle adds copied with the xids, bundle id and flags patched in, its commit if
+    ``commit``; the bytes used then. The xids are a block from `first` (rows.n + 2 of them, + 1 without
+    the commit): _write_bundle_open's numbering."""
+    cdef Py_ssize_t size = rows.packed_len
+    if rows.packed_buf is None:
+        raise ValueError("a bundle's rows: not packed where they were made")
+    if rows.packed_off < 0 or size < 0 or rows.packed_off + size > PyBytes_GET_SIZE(rows.packed_buf):
+        raise RuntimeError("a bundle's packed rows are not where they were made")
+    cdef unsigned char *dst = _room(out, &used, size + C_BUNDLE_CTRL_LEN * (2 if commit else 1))
+    _write_bundle_open(dst, first, rows.n, bid, fl)
+    dst += C_BUNDLE_CTRL_LEN
+    if _copy_packed(<const unsigned char *>PyBytes_AS_STRING(rows.packed_buf) + rows.packed_off, size, rows.n,
+                    dst, size, first, True, bid, fl) != size:
+        raise RuntimeError("a bundle's packed rows changed while they were being framed")
+    if commit:
+        _write_bundle_commit(dst + size, first, rows.n, bid, fl)
+    return used
+
+
 cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op, encode_row, bint bundle,
                            uint32_t bid, uint16_t fl, bint commit):
     """pack_messages, and PlanBundle.frame_bundle when ``bundle``: the open first, each FLOW_MOD in a
     bundle add (the packer writes the adds around its rows), the commit last if ``commit``. The
-    output is sized once for rows of a usual size (ROW_BYTES_GUESS), grown if they are larger."""
-    cdef Py_ssize_t total = 0, i = 0, r, start, size, written, nctrl = 0, used = 0, packed = 0
+    output is sized once for rows of a usual size (ROW_BYTES_GUESS), grown if they are larger; one
+    packed Rows (a plan of one change) framed as a bundle by frame_packed_bundle."""
+    cdef Py_ssize_t total = 0, nctrl = 0, used = 0, packed = 0, count = 0
     cdef bint all_packed = True
-    cdef Rows rows
-    cdef const LayoutC *L
-    cdef const unsigned char *rec
-    cdef unsigned char *dst
-    cdef Err err
     for m in messages:
         if isinstance(m, Rows):
             total += (<Rows>m).n
@@ -995,6 +1011,7 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
         else:
             total += len(m) if isinstance(m, batch_type) else 1
             all_packed = False
+        count += 1
     if bundle:
         nctrl = 2 if commit else 1
     cdef uint32_t first = _alloc_xids(channel, total + nctrl)
@@ -1002,9 +1019,35 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
     # sized exactly when every message was packed where it was made, else for rows of a usual size
     cdef bytearray out = PyByteArray_FromStringAndSize(
         NULL, nctrl * C_BUNDLE_CTRL_LEN + (packed if all_packed else total * ROW_BYTES_GUESS))
-    if bundle:
-        _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total, bid, ONF_BCT_OPEN_REQUEST,
-                           fl)
+    cdef XidBlock adds
+    if bundle and all_packed and count == 1:  # (m: the one message)
+        used = frame_packed_bundle(out, used, <Rows>m, first, bid, fl, commit)
+    else:
+        if bundle:
+            _write_bundle_open(_room(out, &used, C_BUNDLE_CTRL_LEN), first, total, bid, fl)
+        used = _pack_each(channel, messages, batch_type, encode, carried_op, encode_row, bundle, bid, fl, out, used,
+                          xid)
+        if bundle and commit:
+            _write_bundle_commit(_room(out, &used, C_BUNDLE_CTRL_LEN), first, total, bid, fl)
+    if used != PyByteArray_GET_SIZE(out):
+        PyByteArray_Resize(out, used)
+    if not bundle:
+        return out
+    adds = XidBlock.__new__(XidBlock)
+    adds.first, adds.n = first, total
+    return out, adds, first + total
+
+
+cdef Py_ssize_t _pack_each(channel, messages, batch_type, encode, int carried_op, encode_row, bint bundle,
+                           uint32_t bid, uint16_t fl, bytearray out, Py_ssize_t used, uint32_t xid) except -1:
+    """_pack_messages' messages, one by one, after the first `used` bytes of out, numbered from xid;
+    the bytes used then."""
+    cdef Py_ssize_t i = 0, r, start, size, written
+    cdef Rows rows
+    cdef const LayoutC *L
+    cdef const unsigned char *rec
+    cdef unsigned char *dst
+    cdef Err err
     pending = None
     for m in messages:
         if not isinstance(m, Rows) and not isinstance(m, batch_type):
@@ -1065,16 +1108,7 @@ cdef object _pack_messages(channel, messages, batch_type, encode, int carried_op
         i += 1
     if pending:
         used = _append_encoded(out, used, encode(channel, pending, xid), bundle, bid, fl)
-    if bundle and commit:
-        _write_bundle_ctrl(_room(out, &used, C_BUNDLE_CTRL_LEN), first + <uint32_t>total + 1, bid,
-                           ONF_BCT_COMMIT_REQUEST, fl)
-    if used != PyByteArray_GET_SIZE(out):
-        PyByteArray_Resize(out, used)
-    if not bundle:
-        return out
-    cdef XidBlock adds = XidBlock.__new__(XidBlock)
-    adds.first, adds.n = first, total
-    return out, adds, first + total
+    return used
 
 
 cdef Py_ssize_t _append_encoded(bytearray out, Py_ssize_t used, bytes encoded, bint bundle, uint32_t bid,
