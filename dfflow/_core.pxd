@@ -33,6 +33,11 @@ cdef struct PairC:
 cdef struct RoleC:
     uint64_t kind, gated, ofport, tunnel, copy_tunnel
 
+# (a PortRole's ==)
+cdef inline bint _same_role(const RoleC *a, const RoleC *b) noexcept nogil:
+    return (a.kind == b.kind and a.gated == b.gated and a.ofport == b.ofport and a.tunnel == b.tunnel
+            and a.copy_tunnel == b.copy_tunnel)
+
 cdef struct TransitionC:
     uint64_t port
     RoleC old

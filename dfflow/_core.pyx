@@ -458,11 +458,6 @@ cdef struct CompileOut:
     uint64_t value
 
 
-cdef inline bint _same_role(const RoleC *a, const RoleC *b) noexcept nogil:
-    return (a.kind == b.kind and a.gated == b.gated and a.ofport == b.ofport and a.tunnel == b.tunnel
-            and a.copy_tunnel == b.copy_tunnel)
-
-
 cdef inline bint _only_location(const TransitionC *t) noexcept nogil:
     """Same facts on both sides: only the entries that use the location can differ."""
     return (t.old.kind == t.new.kind and t.old.gated == t.new.gated

@@ -399,6 +399,48 @@ def agent_numbered_bundle(flows: list[Flow], bundle_id: int, xid: int) -> bytes:
     return ser(open_, xid + len(flows)) + adds + ser(commit, xid + len(flows) + 1)
 
 
+def transition_kinds(cloud: Cloud, moves) -> set[tuple[str, str]]:
+    """The (old, new) kinds of the moved ports' roles over every chassis ("local" or "remote")."""
+    kind = {True: "local", False: "remote"}
+    return {(kind[cloud.role(p, c, int(cloud.host[p]), dest=False).local], kind[cloud.role(p, c, d, dest=True).local])
+            for p, d in moves for c in range(cloud.n_chassis)}
+
+
+def test_the_core_loop_frames_every_chassis_bundle_as_the_agent_does():
+    cloud = Cloud(ports=16, chassis=4, seed=5)
+    one, evacuation = cloud.one_migration(1), cloud.evacuation(0, 3)
+    assert transition_kinds(cloud, one) == transition_kinds(cloud, evacuation) == {
+        ("local", "remote"), ("remote", "local"), ("remote", "remote")}
+    # (its buffer reused: a smaller change after a larger one, and the larger again)
+    for moves, xid, bid in ((evacuation, 1, 1), (one, 77, 9), (evacuation, 0x7FFFFFF0, 3)):
+        buf, offsets = cloud.migrate_core(moves, xid_start=xid, bundle_id_start=bid)
+        want, want_offsets = cloud.migrate(moves, xid_start=xid, bundle_id_start=bid)
+        assert offsets.tolist() == want_offsets
+        assert all(offsets[c + 1] > offsets[c] for c in range(cloud.n_chassis))  # a bundle on every chassis
+        assert bytes(buf) == want
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000), st.integers(1, 5), st.integers(2, 6))
+def test_the_core_loop_is_byte_identical_to_the_agent_for_any_evacuation(seed, k, n_chassis):
+    cloud = Cloud(ports=12, chassis=n_chassis, seed=seed)
+    moves = cloud.evacuation(seed % n_chassis, k)
+    buf, offsets = cloud.migrate_core(moves, xid_start=100, bundle_id_start=7)
+    assert (bytes(buf), offsets.tolist()) == cloud.migrate(moves, xid_start=100, bundle_id_start=7)
+
+
+@pytest.mark.parametrize("moves, named", [
+    ([], "empty change"),
+    ([(0, 1), (12, 2)], "move 1: port 12 is not in the cloud"),
+    ([(-1, 1)], "move 0: port -1 is not in the cloud"),
+    ([(0, 1), (2, 3)], "move 1: port 2 from chassis 2 to 3: a chassis outside"),
+])
+def test_a_bad_move_is_refused_by_the_core_loop_naming_it(moves, named):
+    cloud = Cloud(ports=12, chassis=3, seed=1)
+    with pytest.raises(ValueError, match=named):
+        cloud.migrate_core(moves)
+
+
 def test_ovs_installs_what_the_python_apps_would_after_a_compiled_migration(ovs):
     cloud = Cloud(ports=20, chassis=3, seed=3)
     before = [f for p in range(len(cloud.ports)) for f in cloud.python_flows(p, chassis=2)]
