@@ -15,6 +15,7 @@ cdef enum:
     ROLE_NONE = 0
     ROLE_LOCAL = 1
     ROLE_REMOTE = 2
+    FACTS_KEYS = 1 << 10  # every combination of the facts bits (_core.pyx's F_*, F_ROUTED the last)
 
 # The column tables' records (_core.pyx's PORT_FIELDS, FIP_FIELDS, PAIR_FIELDS): every column a
 # little-endian uint64.
@@ -70,6 +71,8 @@ cdef class CompiledProgram:
     cdef int16_t *selection
     # per key: how many of the entries that apply repeat each way (N_EACH counts: ONCE, PER_IP, ...)
     cdef int32_t *each_counts
+    # per facts: whether a location-dependent entry that applies has the location in its match
+    cdef bint location_keyed[FACTS_KEYS]
     cdef readonly int n
     cdef readonly tuple names
 

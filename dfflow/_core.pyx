@@ -152,8 +152,7 @@ cdef enum:
     EACH_PER_PAIR_HOST = 3
     EACH_PER_PAIR_NET = 4
     N_EACH = 5
-    FACTS_KEYS = F_ROUTED << 1           # every combination of the facts bits
-    SELECTION_KEYS = 2 * FACTS_KEYS      # ... with only_location or not
+    SELECTION_KEYS = 2 * FACTS_KEYS      # every combination of the facts bits (_core.pxd), with only_location or not
 
 PARAM_NAMES = ("OBJECT", "VNI", "MAC", "OFPORT", "TUNNEL", "COPY_TUNNEL", "IP", "FIP", "FIP_MAC", "FIXED_IP",
                "EXT_VNI", "ROUTER_MAC", "COOKIE", "PAIR_MAC", "PAIR_IP", "PAIR_MASK")
@@ -177,6 +176,7 @@ PAIR_FIELDS = ("mac", "ip", "mask")
 cdef struct EntryC:
     uint64_t app_cookie     # app id << 56
     uint32_t when, each, addable, uses_location, n_patches
+    uint32_t location_in_key  # a location param patches its match (a move changes its flow key)
     uint32_t patch_off[MAX_PATCHES]
     uint32_t patch_param[MAX_PATCHES]
 
@@ -190,6 +190,7 @@ cdef enum CompileErr:
 
 assert sizeof(PortC) == 8 * len(PORT_FIELDS) and sizeof(FipC) == 8 * len(FIP_FIELDS)
 assert sizeof(PairC) == 8 * len(PAIR_FIELDS)
+assert FACTS_KEYS == F_ROUTED << 1
 
 
 def _padding_zeroed(rows):
@@ -249,7 +250,8 @@ cdef class CompiledProgram:
         self.held = False
 
     def __init__(self, FlowLayout layout, protos, entries):
-        cdef int i, k
+        cdef int i, k, facts
+        cdef const int16_t *sel
         entries = list(entries)
         if protos.dtype != layout.dtype or len(protos) != len(entries):
             raise ValueError(f"protos: need {len(entries)} rows of the flow record, got {len(protos)} of {protos.dtype}")
@@ -279,6 +281,7 @@ cdef class CompiledProgram:
             self.entries[i].n_patches = len(patches)
             if len({offset for offset, _ in patches}) != len(patches):
                 raise ValueError(f"entry {name}: two params patch one slot")
+            self.entries[i].location_in_key = False
             for k, (offset, param) in enumerate(patches):
                 if not 0 <= offset <= layout.c.itemsize - 8 or offset % 8:
                     raise ValueError(f"entry {name}: patch offset {offset} outside the row or unaligned")
@@ -286,6 +289,8 @@ cdef class CompiledProgram:
                     raise ValueError(f"entry {name}: param {param} out of range")
                 self.entries[i].patch_off[k] = offset
                 self.entries[i].patch_param[k] = param
+                if _is_location(param) and _in_match(&layout.c, offset):
+                    self.entries[i].location_in_key = True
         self.names = tuple(names)
         self.selection = _selection(self.entries, self.n)
         if self.selection == NULL:
@@ -293,6 +298,9 @@ cdef class CompiledProgram:
         self.each_counts = _each_counts(self.entries, self.selection, self.n)
         if self.each_counts == NULL:
             raise MemoryError()
+        for facts in range(FACTS_KEYS):
+            sel = self.selection + (facts | FACTS_KEYS) * (self.n + 1)
+            self.location_keyed[facts] = any(self.entries[sel[1 + k]].location_in_key for k in range(sel[0]))
 
     def __dealloc__(self):
         if self.held:
@@ -303,6 +311,36 @@ cdef class CompiledProgram:
 
     def __repr__(self):
         return f"CompiledProgram({self.n} entries)"
+
+
+cdef inline bint _is_location(uint32_t param) noexcept nogil:
+    return param == P_OFPORT or param == P_TUNNEL or param == P_COPY_TUNNEL
+
+
+cdef inline bint _in_match(const LayoutC *L, Py_ssize_t offset) noexcept nogil:
+    """Whether a row's byte offset is in a match value or mask slot (part of the flow key)."""
+    return (L.mvalue <= offset < L.mvalue + 8 * L.nfields) or (L.mmask <= offset < L.mmask + 8 * L.nfields)
+
+
+cdef inline uint64_t _location(const RoleC *r, uint32_t param) noexcept nogil:
+    if param == P_OFPORT:
+        return r.ofport
+    return r.tunnel if param == P_TUNNEL else r.copy_tunnel
+
+
+cdef inline bint _entry_moves(const EntryC *E, const unsigned char *proto, const RoleC *old,
+                              const RoleC *new) noexcept nogil:
+    """Whether the entry's rows differ between two roles of the same facts: a location param it
+    patches has another value in the row."""
+    cdef uint32_t k, param
+    cdef uint64_t slot
+    for k in range(E.n_patches):
+        param = E.patch_param[k]
+        if _is_location(param):
+            slot = ld64(proto + E.patch_off[k])
+            if (slot | _location(old, param)) != (slot | _location(new, param)):
+                return True
+    return False
 
 
 cdef inline uint32_t _facts(const PortC *p, const RoleC *r) noexcept nogil:
@@ -372,9 +410,11 @@ cdef inline Py_ssize_t _count_rows(const int32_t *each_counts, const PortC *p, c
 cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int nentries,
                            const unsigned char *protos,
                            Py_ssize_t itemsize, const ColumnsC *C, const PortC *p, const RoleC *r,
-                           bint only_location, unsigned char *out, int32_t *entry_of) noexcept nogil:
+                           bint only_location, unsigned char *out, int32_t *entry_of,
+                           const RoleC *since=NULL) noexcept nogil:
     """The rows of port p in role r (only the location-dependent ones with only_location), written
-    at out (_count_rows of them), the entry of each at entry_of; how many."""
+    at out (at most _count_rows of them), the entry of each at entry_of; how many. With `since` (a
+    role of the same facts), only the rows of entries whose rows differ from since's (_entry_moves)."""
     cdef uint32_t facts
     cdef uint64_t param[N_PARAMS_C]
     cdef Py_ssize_t count = 0, reps, j
@@ -401,6 +441,8 @@ cdef Py_ssize_t _instances(const EntryC *entries, const int16_t *selection, int 
     for i in range(sel[0]):
         e = sel[1 + i]
         E = &entries[e]
+        if since != NULL and not _entry_moves(E, protos + e * itemsize, since, r):
+            continue
         if E.each == EACH_ONCE:
             reps = 1
         elif E.each == EACH_PER_IP:
@@ -508,13 +550,21 @@ cdef int _check_transitions(const ColumnsC *C, TransitionC *T, Py_ssize_t nt, Co
     return 0
 
 
+cdef inline bint _keeps_keys(const bint *location_keyed, const TransitionC *t) noexcept nogil:
+    """Whether a move keeps every flow key of the port (only the location changes, and no entry
+    that applies has it in its match): its changed rows are adds of the new role's, no deletes."""
+    return _only_location(t) and not location_keyed[_facts(&t.rec, &t.new)]
+
+
 cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *selection, int nentries,
-                  const unsigned char *protos,
+                  const unsigned char *protos, const bint *location_keyed,
                   const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
                   unsigned char *scratch_old, int32_t *ent_old, int32_t *ent_new,
                   CompileOut *o) noexcept nogil:
     """The new role's rows are made in place at the end of the adds, then the ones equal to an
-    old row are squeezed out: most rows of a move are adds, so most are written once."""
+    old row are squeezed out: most rows of a move are adds, so most are written once. A move that
+    keeps the port's flow keys (_keeps_keys: a remote port's new tunnel) makes only the rows that
+    change, each an add."""
     cdef Py_ssize_t itemsize = L.itemsize, t, i, j, nold, nnew, kept
     cdef const TransitionC *tr
     cdef const PortC *p
@@ -529,6 +579,17 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
         p = &tr.rec
         only_location = _only_location(tr)
         new_rows = o.adds + o.nadd * itemsize
+        if _keeps_keys(location_keyed, tr):
+            nnew = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.new, True,
+                              new_rows, ent_new, &tr.old)
+            for j in range(nnew):
+                if not entries[ent_new[j]].addable:
+                    o.code = C_NOT_COMPILABLE
+                    o.where = t
+                    o.value = ent_new[j]
+                    return -1
+            o.nadd += nnew
+            continue
         nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
                           scratch_old, ent_old)
         nnew = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.new, only_location,
@@ -707,10 +768,11 @@ cdef void _count_instances(CompiledProgram program, const ColumnsC *C, const Tra
             continue
         p = &T[t].rec  # the record copied once (_check_transitions): counted and written from the same values
         only_location = _only_location(&T[t])
-        k = _count_rows(program.each_counts, p, &T[t].old, only_location)
-        sizes[0] += k
-        if k > sizes[2]:
-            sizes[2] = k
+        if not _keeps_keys(program.location_keyed, &T[t]):  # (else no old row is made)
+            k = _count_rows(program.each_counts, p, &T[t].old, only_location)
+            sizes[0] += k
+            if k > sizes[2]:
+                sizes[2] = k
         k = _count_rows(program.each_counts, p, &T[t].new, only_location)
         sizes[1] += k
         if k > sizes[3]:
@@ -722,7 +784,8 @@ cdef int _compile_distinct(CompiledProgram program, const ColumnsC *C, const Tra
                            Py_ssize_t nslots, CompileOut *o) noexcept nogil:
     """_compile, then each add once (_distinct_adds)."""
     cdef int rc = _compile(&program.layout.c, program.entries, program.selection, program.n,
-                           <const unsigned char *>program.view.buf, C, T, nt, scratch, ent_old, ent_new, o)
+                           <const unsigned char *>program.view.buf, program.location_keyed, C, T, nt, scratch,
+                           ent_old, ent_new, o)
     if rc == 0 and o.nadd > 1:
         memset(slots, 0, nslots * 4)
         o.nadd = _distinct_adds(&program.layout.c, o.adds, o.nadd, slots, nslots, &o.key_conflicts)

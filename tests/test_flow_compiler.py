@@ -107,11 +107,18 @@ def _conflicting(flows) -> bool:
 _SHARED_FLOW_FACTS = PortFacts(0, 1, 1, False, False, (),
                                (FloatingIpFacts(1, 1, 1, 1, 1), FloatingIpFacts(2, 1, 2, 1, 1)), ())
 _REMOTE = PortRole(local=False, ofport=0, tunnel=3777, copy_tunnel=0, gated=False)
+# Moves that change only the location: one that keeps every flow key (only the changed rows are made,
+# as adds) and one whose location is in a match (the old rows are made and diffed).
+_ROUTED_FACTS = PortFacts(7, 101, 0xFA163E000001, True, True, (0x0A000001, 0x0A000002),
+                          (FloatingIpFacts(0xC0000232, 0xFA163EBB0001, 0x0A000001, 200, 0xFA163EAA0001),))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(port_facts(), roles(), roles())
 @example(_SHARED_FLOW_FACTS, None, _REMOTE)
+@example(_ROUTED_FACTS, PortRole(False, tunnel=10), PortRole(False, tunnel=11))
+@example(_ROUTED_FACTS, PortRole(False, tunnel=10, copy_tunnel=4), PortRole(False, tunnel=10, copy_tunnel=5))
+@example(_ROUTED_FACTS, PortRole(True, ofport=5, copy_tunnel=4), PortRole(True, ofport=6, copy_tunnel=4))
 def test_a_role_change_compiles_to_exactly_the_python_plan(facts, old, new):
     table = table_of(facts)
     for program in PROGRAMS:
