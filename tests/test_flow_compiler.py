@@ -475,6 +475,7 @@ def test_no_memory_growth_over_10000_compiled_migrations():
 
     def round_() -> None:
         cloud.migrate(moves)  # compile_port_changes, flow_mods and the bundle framing, on 10 chassis
+        cloud.migrate_core(moves)  # the same in one C loop (compile_transitions, frame_packed_bundle)
         good = (0, None, PortRole(True, ofport=5))
         for bad in ([(99, None, PortRole(True, ofport=5, gated=True))],  # the error paths too
                     [good, (0, None, PortRole(True, ofport=-1))], [good, good, (-1, None, None)]):
