@@ -559,18 +559,20 @@ cdef inline bint _keeps_keys(const bint *location_keyed, const TransitionC *t) n
 cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *selection, int nentries,
                   const unsigned char *protos, const bint *location_keyed,
                   const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
-                  unsigned char *scratch_old, int32_t *ent_old, int32_t *ent_new,
+                  unsigned char *gone, int32_t *ent_old, int32_t *ent_new,
                   CompileOut *o) noexcept nogil:
-    """The new role's rows are made in place at the end of the adds, then the ones equal to an
-    old row are squeezed out: most rows of a move are adds, so most are written once. A move that
-    keeps the port's flow keys (_keeps_keys: a remote port's new tunnel) makes only the rows that
-    change, each an add."""
+    """Each role's rows are made in place: the old role's at the end of the deletes, the new one's
+    at the end of the adds; then the new rows equal to an old row, and the old rows whose key a new
+    row has, are squeezed out (the old ones kept made deletes): every row is written once, where it
+    is sent. A move that keeps the port's flow keys (_keeps_keys: a remote port's new tunnel) makes
+    only the rows that change, each an add. gone: a byte for each old row of the largest role."""
     cdef Py_ssize_t itemsize = L.itemsize, t, i, j, nold, nnew, kept
     cdef const TransitionC *tr
     cdef const PortC *p
     cdef bint only_location, found
     cdef const unsigned char *a
     cdef unsigned char *new_rows
+    cdef unsigned char *old_rows
     cdef unsigned char *b
     for t in range(nt):
         tr = &T[t]
@@ -590,28 +592,25 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
                     return -1
             o.nadd += nnew
             continue
+        old_rows = o.dels + o.ndel * itemsize
         nold = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.old, only_location,
-                          scratch_old, ent_old)
+                          old_rows, ent_old)
         nnew = _instances(entries, selection, nentries, protos, itemsize, C, p, &tr.new, only_location,
                           new_rows, ent_new)
-        for i in range(nold):
-            a = scratch_old + i * itemsize
-            found = False
+        for i in range(nold):  # (only marked: the adds are compared with the old rows as they are)
+            a = old_rows + i * itemsize
+            gone[i] = True
             for j in range(nnew):
                 if _same_key(L, a, new_rows + j * itemsize):
-                    found = True
+                    gone[i] = False
                     break
-            if not found:
-                memcpy(o.dels + o.ndel * itemsize, a, itemsize)
-                _as_delete(L, o.dels + o.ndel * itemsize)
-                o.ndel += 1
         kept = 0
         for j in range(nnew):
             b = new_rows + j * itemsize
             found = False
             if entries[ent_new[j]].addable:
                 for i in range(nold):
-                    a = scratch_old + i * itemsize
+                    a = old_rows + i * itemsize
                     # (the table, priority and match bitmap first: most rows differ there)
                     if (entries[ent_old[i]].addable and a[L.table] == b[L.table]
                             and ld64(a + L.present) == ld64(b + L.present)
@@ -629,6 +628,14 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
                 memcpy(new_rows + kept * itemsize, b, itemsize)
             kept += 1
         o.nadd += kept
+        kept = 0
+        for i in range(nold):
+            if gone[i]:
+                if kept != i:
+                    memcpy(old_rows + kept * itemsize, old_rows + i * itemsize, itemsize)
+                _as_delete(L, old_rows + kept * itemsize)
+                kept += 1
+        o.ndel += kept
     return 0
 
 
@@ -780,11 +787,11 @@ cdef void _count_instances(CompiledProgram program, const ColumnsC *C, const Tra
 
 
 cdef int _compile_distinct(CompiledProgram program, const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
-                           unsigned char *scratch, int32_t *ent_old, int32_t *ent_new, int32_t *slots,
+                           unsigned char *gone, int32_t *ent_old, int32_t *ent_new, int32_t *slots,
                            Py_ssize_t nslots, CompileOut *o) noexcept nogil:
     """_compile, then each add once (_distinct_adds)."""
     cdef int rc = _compile(&program.layout.c, program.entries, program.selection, program.n,
-                           <const unsigned char *>program.view.buf, program.location_keyed, C, T, nt, scratch,
+                           <const unsigned char *>program.view.buf, program.location_keyed, C, T, nt, gone,
                            ent_old, ent_new, o)
     if rc == 0 and o.nadd > 1:
         memset(slots, 0, nslots * 4)
@@ -859,23 +866,25 @@ cdef ChangeRows compile_transitions(CompiledProgram program, PortColumns columns
         out = PyBytes_FromStringAndSize(NULL, (total_old + total_new) * itemsize)
         while nslots <= total_new:
             nslots *= 2
-        need = (max_old + 1) * itemsize + (max_old + max_new + 2) * 4 + nslots * 4
+        need = (max_old + max_new + 2 + nslots) * 4 + max_old + 1  # the entries, the slots, gone
         if need <= SMALL_SCRATCH:  # most changes of a plan on one chassis: a few rows
             scratch = small_scratch
         else:
             scratch = <unsigned char *>malloc(need)
             if scratch == NULL:
                 raise MemoryError()
-        ent_old = <int32_t *>(scratch + (max_old + 1) * itemsize)
+        ent_old = <int32_t *>scratch
         ent_new = ent_old + max_old + 1
         slots = ent_new + max_new + 1
         o.dels = <unsigned char *>PyBytes_AS_STRING(out)
         o.adds = o.dels + total_old * itemsize
         if nt < NOGIL_ROWS:
-            rc = _compile_distinct(program, C, T, nt, scratch, ent_old, ent_new, slots, nslots, &o)
+            rc = _compile_distinct(program, C, T, nt, <unsigned char *>(slots + nslots), ent_old, ent_new, slots,
+                                   nslots, &o)
         else:
             with nogil:
-                rc = _compile_distinct(program, C, T, nt, scratch, ent_old, ent_new, slots, nslots, &o)
+                rc = _compile_distinct(program, C, T, nt, <unsigned char *>(slots + nslots), ent_old, ent_new,
+                                       slots, nslots, &o)
     finally:
         if scratch != small_scratch:
             free(scratch)
