@@ -556,6 +556,14 @@ cdef inline bint _keeps_keys(const bint *location_keyed, const TransitionC *t) n
     return _only_location(t) and not location_keyed[_facts(&t.rec, &t.new)]
 
 
+cdef inline int _not_compilable(CompileOut *o, Py_ssize_t t, int32_t entry) noexcept nogil:
+    """Transition t needs a row of `entry`, which the packer cannot encode (a learn action)."""
+    o.code = C_NOT_COMPILABLE
+    o.where = t
+    o.value = entry
+    return -1
+
+
 cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *selection, int nentries,
                   const unsigned char *protos, const bint *location_keyed,
                   const ColumnsC *C, const TransitionC *T, Py_ssize_t nt,
@@ -586,10 +594,7 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
                               new_rows, ent_new, &tr.old)
             for j in range(nnew):
                 if not entries[ent_new[j]].addable:
-                    o.code = C_NOT_COMPILABLE
-                    o.where = t
-                    o.value = ent_new[j]
-                    return -1
+                    return _not_compilable(o, t, ent_new[j])
             o.nadd += nnew
             continue
         old_rows = o.dels + o.ndel * itemsize
@@ -620,10 +625,7 @@ cdef int _compile(const LayoutC *L, const EntryC *entries, const int16_t *select
             if found:
                 continue
             if not entries[ent_new[j]].addable:
-                o.code = C_NOT_COMPILABLE
-                o.where = t
-                o.value = ent_new[j]
-                return -1
+                return _not_compilable(o, t, ent_new[j])
             if kept != j:
                 memcpy(new_rows + kept * itemsize, b, itemsize)
             kept += 1
